@@ -1,0 +1,3 @@
+module github.com/cni-userstack/cni-userstack
+
+go 1.26.8
