@@ -1,0 +1,432 @@
+package afpacket
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/link"
+)
+
+// Defaults and bounds.
+const (
+	// DefaultBatchSize is the number of frames one recvmmsg/sendmmsg moves.
+	DefaultBatchSize = 64
+	// MaxBatchSize bounds BatchSize (and the preallocated rings).
+	MaxBatchSize = 1024
+	// DefaultSockBuf is the socket send and receive buffer, in bytes.
+	DefaultSockBuf = 4 << 20
+	// rxHeadroom is reserved before each received frame, which starts at
+	// the Ethernet header (see the package doc).
+	rxHeadroom = buf.MaxHeadroom
+	ethHdrLen  = 14
+)
+
+// Drop reasons of the AF_PACKET link.
+var (
+	DropAFPacketRxTruncated = buf.NewDropReason("AFPACKET_RX_TRUNCATED")
+	DropAFPacketRxRunt      = buf.NewDropReason("AFPACKET_RX_RUNT")
+	DropAFPacketTxTooBig    = buf.NewDropReason("AFPACKET_TX_TOO_BIG")
+	DropAFPacketTxRunt      = buf.NewDropReason("AFPACKET_TX_RUNT")
+	DropAFPacketTxError     = buf.NewDropReason("AFPACKET_TX_ERROR")
+)
+
+// Config says which interface to open.
+type Config struct {
+	// NetNS is the path of the interface's network namespace (e.g.
+	// /var/run/netns/NAME or /proc/PID/ns/net); empty is the caller's.
+	NetNS string
+	// Ifindex or Name selects the interface (both: they must agree).
+	Ifindex int
+	Name    string
+	// BatchSize is the most frames per syscall (0: DefaultBatchSize,
+	// at most MaxBatchSize).
+	BatchSize int
+	// FrameSize is the largest frame received, Ethernet header included
+	// (0: the interface MTU + 14). Longer frames are dropped and counted.
+	FrameSize int
+	// SockBuf is the socket buffer size in bytes (0: DefaultSockBuf).
+	SockBuf int
+}
+
+// Endpoint is an AF_PACKET link. It implements link.Endpoint.
+type Endpoint struct {
+	info      ifInfo
+	frameSize int
+	batch     int
+
+	f      *os.File
+	rc     syscall.RawConn
+	closed atomic.Bool
+	once   sync.Once
+
+	// Receive ring: slot i's SKB holds frameSize bytes of data that
+	// rxIov[i] points at; rxMsgs[i] points at rxIov[i]. Guarded by rxMu.
+	rxMu   sync.Mutex
+	rxSkbs []*buf.SKB
+	rxIov  []unix.Iovec
+	rxMsgs []unix.Mmsghdr
+	rxVlen int
+	rxN    int
+	rxErr  unix.Errno
+	rxFn   func(fd uintptr) bool // e.recv, bound once so a read allocates nothing
+
+	// Transmit: txSkbs[:txLen] are the frames of the batch being sent.
+	// Guarded by txMu.
+	txMu   sync.Mutex
+	txSkbs []*buf.SKB
+	txIov  []unix.Iovec
+	txMsgs []unix.Mmsghdr
+	txOff  int
+	txLen  int
+	txN    int
+	txErr  unix.Errno
+	txFn   func(fd uintptr) bool
+
+	rxPackets, rxBytes, rxErrors atomic.Uint64
+	txPackets, txBytes, txErrors atomic.Uint64
+	kernelDrops                  atomic.Uint64 // accumulated PACKET_STATISTICS tp_drops
+	drops                        buf.DropStats
+}
+
+// Open opens an AF_PACKET socket on the interface in cfg (see the package
+// doc for how the namespace is entered).
+func Open(cfg Config) (*Endpoint, error) {
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = DefaultBatchSize
+	}
+	if cfg.BatchSize > MaxBatchSize {
+		return nil, fmt.Errorf("afpacket: BatchSize %d > %d", cfg.BatchSize, MaxBatchSize)
+	}
+	if cfg.SockBuf <= 0 {
+		cfg.SockBuf = DefaultSockBuf
+	}
+	fd, info, err := openInNetNS(cfg.NetNS, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	frameSize := cfg.FrameSize
+	if frameSize <= 0 {
+		frameSize = info.mtu + ethHdrLen
+	}
+	if frameSize < ethHdrLen {
+		unix.Close(fd)
+		return nil, fmt.Errorf("afpacket: FrameSize %d below an Ethernet header", frameSize)
+	}
+	f := os.NewFile(uintptr(fd), "afpacket:"+info.name)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("afpacket: %w", err)
+	}
+	e := &Endpoint{
+		info: info, frameSize: frameSize, batch: cfg.BatchSize, f: f, rc: rc,
+		rxSkbs: make([]*buf.SKB, cfg.BatchSize),
+		rxIov:  make([]unix.Iovec, cfg.BatchSize),
+		rxMsgs: make([]unix.Mmsghdr, cfg.BatchSize),
+		txSkbs: make([]*buf.SKB, cfg.BatchSize),
+		txIov:  make([]unix.Iovec, cfg.BatchSize),
+		txMsgs: make([]unix.Mmsghdr, cfg.BatchSize),
+	}
+	for i := range e.rxMsgs {
+		e.rxMsgs[i].Hdr.Iov = &e.rxIov[i]
+		e.rxMsgs[i].Hdr.SetIovlen(1)
+		e.txMsgs[i].Hdr.Iov = &e.txIov[i]
+		e.txMsgs[i].Hdr.SetIovlen(1)
+		e.refill(i)
+	}
+	e.rxFn = e.recv
+	e.txFn = e.send
+	return e, nil
+}
+
+// Name is the interface name in its namespace.
+func (e *Endpoint) Name() string { return e.info.name }
+
+// Ifindex is the interface index in its namespace.
+func (e *Endpoint) Ifindex() int { return e.info.index }
+
+// MAC is the interface's hardware address, read at Open.
+func (e *Endpoint) MAC() [6]byte { return e.info.mac }
+
+// MTU is the interface MTU read at Open.
+func (e *Endpoint) MTU() int { return e.info.mtu }
+
+// Caps is empty until PACKET_VNET_HDR support lands.
+func (e *Endpoint) Caps() link.Caps { return 0 }
+
+// refill gives receive slot i a fresh SKB from buf's pools.
+func (e *Endpoint) refill(i int) {
+	s := buf.Alloc(rxHeadroom, e.frameSize)
+	p := s.Put(e.frameSize)
+	e.rxSkbs[i] = s
+	e.rxIov[i].Base = &p[0]
+	e.rxIov[i].SetLen(e.frameSize)
+}
+
+// recv runs inside rc.Read; false asks the poller to wait for readability.
+func (e *Endpoint) recv(fd uintptr) bool {
+	for {
+		// MSG_TRUNC: msg_len is the frame's real length (packet(7)).
+		n, errno := recvmmsg(fd, e.rxMsgs[:e.rxVlen], unix.MSG_TRUNC)
+		switch errno {
+		case 0:
+			e.rxN, e.rxErr = n, 0
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			e.rxN, e.rxErr = 0, errno
+			return true
+		}
+	}
+}
+
+// ReadBatch blocks until at least one frame arrives (or Close, then
+// link.ErrClosed, or a read deadline, then os.ErrDeadlineExceeded) and
+// returns up to len(pkts) frames the caller owns, from the Ethernet header,
+// MAC header set.
+func (e *Endpoint) ReadBatch(pkts []*buf.SKB) (int, error) {
+	if len(pkts) == 0 {
+		return 0, nil
+	}
+	e.rxMu.Lock()
+	defer e.rxMu.Unlock()
+	for {
+		if e.closed.Load() {
+			return 0, link.ErrClosed
+		}
+		e.rxVlen = min(len(pkts), e.batch)
+		for i := 0; i < e.rxVlen; i++ {
+			e.rxMsgs[i].Hdr.Flags = 0
+		}
+		if err := e.rc.Read(e.rxFn); err != nil {
+			if e.closed.Load() || errors.Is(err, os.ErrClosed) {
+				return 0, link.ErrClosed
+			}
+			return 0, err
+		}
+		if e.rxErr != 0 {
+			e.rxErrors.Add(1)
+			if e.rxErr == unix.ENETDOWN {
+				// The interface went down (packet_notifier reports it
+				// once); it may come back: keep reading.
+				continue
+			}
+			return 0, fmt.Errorf("afpacket: recvmmsg on %s: %w", e.info.name, e.rxErr)
+		}
+		n := 0
+		for i := 0; i < e.rxN; i++ {
+			m := &e.rxMsgs[i]
+			l := int(m.Len)
+			switch {
+			case m.Hdr.Flags&unix.MSG_TRUNC != 0 || l > e.frameSize:
+				// The slot keeps its SKB for the next read.
+				e.rxErrors.Add(1)
+				e.drops.Add(DropAFPacketRxTruncated)
+				continue
+			case l < ethHdrLen:
+				e.rxErrors.Add(1)
+				e.drops.Add(DropAFPacketRxRunt)
+				continue
+			}
+			s := e.rxSkbs[i]
+			s.Trim(l)
+			s.SetMACHeader()
+			pkts[n] = s
+			n++
+			e.rxBytes.Add(uint64(l))
+			e.refill(i)
+		}
+		if n > 0 {
+			e.rxPackets.Add(uint64(n))
+			return n, nil
+		}
+	}
+}
+
+// SetReadDeadline bounds a blocked ReadBatch (os.File semantics; the zero
+// time removes the deadline).
+func (e *Endpoint) SetReadDeadline(t time.Time) error { return e.f.SetReadDeadline(t) }
+
+// send runs inside rc.Write over txMsgs[txOff:txLen].
+func (e *Endpoint) send(fd uintptr) bool {
+	for {
+		n, errno := sendmmsg(fd, e.txMsgs[e.txOff:e.txLen], 0)
+		switch errno {
+		case 0:
+			e.txN, e.txErr = n, 0
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			// sendmmsg fails only when the first message fails.
+			e.txN, e.txErr = 0, errno
+			return true
+		}
+	}
+}
+
+// WriteBatch sends pkts in order with as few sendmmsg calls as the batch
+// size allows and consumes all of them: n were sent, the rest were freed
+// with a drop reason.
+func (e *Endpoint) WriteBatch(pkts []*buf.SKB) (int, error) {
+	e.txMu.Lock()
+	defer e.txMu.Unlock()
+	if e.closed.Load() {
+		for _, s := range pkts {
+			e.free(s, link.DropTxClosed)
+		}
+		return 0, link.ErrClosed
+	}
+	sent := 0
+	e.txLen = 0
+	for i, s := range pkts {
+		pkts[i] = nil
+		l := s.Len()
+		switch {
+		case l < ethHdrLen:
+			e.txErrors.Add(1)
+			e.free(s, DropAFPacketTxRunt)
+			continue
+		case l > e.info.mtu+ethHdrLen:
+			e.txErrors.Add(1)
+			e.free(s, DropAFPacketTxTooBig)
+			continue
+		}
+		b := s.Bytes()
+		e.txSkbs[e.txLen] = s
+		e.txIov[e.txLen].Base = &b[0]
+		e.txIov[e.txLen].SetLen(l)
+		e.txLen++
+		if e.txLen == e.batch {
+			n, err := e.flush()
+			sent += n
+			if err != nil {
+				for _, rest := range pkts[i+1:] {
+					e.free(rest, link.DropTxClosed)
+				}
+				return sent, err
+			}
+		}
+	}
+	n, err := e.flush()
+	return sent + n, err
+}
+
+// flush sends txSkbs[:txLen] and empties it, returning how many were sent.
+func (e *Endpoint) flush() (int, error) {
+	sent := 0
+	for e.txOff = 0; e.txOff < e.txLen; {
+		if err := e.rc.Write(e.txFn); err != nil {
+			for i := e.txOff; i < e.txLen; i++ {
+				e.free(e.txSkbs[i], link.DropTxClosed)
+			}
+			e.resetTx()
+			if e.closed.Load() || errors.Is(err, os.ErrClosed) {
+				err = link.ErrClosed
+			}
+			return sent, err
+		}
+		if e.txErr != 0 {
+			// The kernel refused the frame at txOff (ENOBUFS when the
+			// device queue is full, ENETDOWN, ...): a lost frame.
+			e.txErrors.Add(1)
+			e.free(e.txSkbs[e.txOff], DropAFPacketTxError)
+			e.txSkbs[e.txOff] = nil
+			e.txOff++
+			continue
+		}
+		for i := e.txOff; i < e.txOff+e.txN; i++ {
+			s := e.txSkbs[i]
+			e.txBytes.Add(uint64(s.Len()))
+			s.Consume()
+			e.txSkbs[i] = nil
+		}
+		e.txPackets.Add(uint64(e.txN))
+		sent += e.txN
+		e.txOff += e.txN
+	}
+	e.resetTx()
+	return sent, nil
+}
+
+func (e *Endpoint) resetTx() {
+	for i := 0; i < e.txLen; i++ {
+		e.txSkbs[i] = nil
+		e.txIov[i].Base = nil // do not keep freed storage reachable
+	}
+	e.txLen, e.txOff = 0, 0
+}
+
+func (e *Endpoint) free(s *buf.SKB, r buf.DropReason) {
+	e.drops.Add(r)
+	s.Free(r)
+}
+
+// Close closes the socket: a blocked ReadBatch returns link.ErrClosed.
+// Safe to call more than once.
+func (e *Endpoint) Close() error {
+	var err error
+	e.once.Do(func() {
+		e.closed.Store(true)
+		e.pollKernelStats()
+		err = e.f.Close()
+		e.rxMu.Lock()
+		for i, s := range e.rxSkbs {
+			s.Consume() // never received: not a drop
+			e.rxSkbs[i] = nil
+			e.rxIov[i].Base = nil
+		}
+		e.rxMu.Unlock()
+	})
+	return err
+}
+
+// pollKernelStats folds PACKET_STATISTICS (which the kernel resets on
+// each read) into kernelDrops.
+func (e *Endpoint) pollKernelStats() {
+	e.rc.Control(func(fd uintptr) {
+		if st, err := unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
+			e.kernelDrops.Add(uint64(st.Drops))
+		}
+	})
+}
+
+// Stats are the link's counters (ip -s link, from the socket's side).
+type Stats struct {
+	RxPackets, RxBytes, RxErrors uint64
+	TxPackets, TxBytes, TxErrors uint64
+	// KernelDrops are frames the kernel dropped because the socket's
+	// receive buffer was full (PACKET_STATISTICS tp_drops).
+	KernelDrops uint64
+	Drops       map[string]uint64
+}
+
+// Stats returns a snapshot of the counters.
+func (e *Endpoint) Stats() Stats {
+	if !e.closed.Load() {
+		e.pollKernelStats()
+	}
+	return Stats{
+		RxPackets: e.rxPackets.Load(), RxBytes: e.rxBytes.Load(), RxErrors: e.rxErrors.Load(),
+		TxPackets: e.txPackets.Load(), TxBytes: e.txBytes.Load(), TxErrors: e.txErrors.Load(),
+		KernelDrops: e.kernelDrops.Load(), Drops: e.drops.Snapshot(),
+	}
+}
+
+// Drops counts the frames this endpoint freed, by reason.
+func (e *Endpoint) Drops() *buf.DropStats { return &e.drops }
+
+var _ link.Endpoint = (*Endpoint)(nil)

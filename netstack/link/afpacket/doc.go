@@ -1,0 +1,65 @@
+// Package afpacket owns the real link: an AF_PACKET SOCK_RAW socket bound
+// to one Ethernet interface (net/packet/af_packet.c: packet_create,
+// packet_bind, packet_recvmsg, packet_sendmsg), read and written in
+// batches with recvmmsg(2) and sendmmsg(2).
+//
+// Theory of operation.
+//
+// Open creates the socket inside the interface's network namespace: a
+// goroutine locks itself to its OS thread, setns(2)es into Config.NetNS,
+// creates and binds the socket, and setns(2)es back. A socket keeps the
+// namespace it was created in, so the process itself, and every other
+// thread, stays in the namespace it started in. If returning to the
+// original namespace fails, the goroutine exits without unlocking its
+// thread, and the Go runtime terminates a thread whose locked goroutine
+// exits: no other goroutine ever runs in the wrong namespace.
+//
+// The socket is created with protocol 0, so it receives nothing until
+// bind(2) with ETH_P_ALL on the interface: it never sees frames of other
+// interfaces. PACKET_IGNORE_OUTGOING (Linux 4.20) keeps our own
+// transmissions out of our receive queue. Promiscuous mode is not needed:
+// a veth has no hardware address filter (veth_xmit hands every frame to
+// the peer's receive path) and an ETH_P_ALL packet socket is a ptype_all
+// handler, which __netif_receive_skb_core runs for every frame, including
+// PACKET_OTHERHOST frames addressed to MACs that are not the interface's.
+// On a physical NIC whose hardware filters by MAC, set promiscuity
+// outside this package (PACKET_ADD_MEMBERSHIP/PACKET_MR_PROMISC).
+//
+// The socket is non-blocking and registered with the Go netpoller through
+// os.NewFile; ReadBatch and WriteBatch call recvmmsg/sendmmsg from inside
+// syscall.RawConn.Read/Write and wait on the poller on EAGAIN, so Close
+// (which closes the file and evicts the poller) wakes a blocked ReadBatch,
+// which then returns link.ErrClosed.
+//
+// Receive owns a ring of BatchSize preallocated SKBs, each with
+// buf.MaxHeadroom of headroom (received frames start at the Ethernet
+// header; the headroom lets forwarding push a header again without a copy)
+// and FrameSize bytes of data, with an iovec and an mmsghdr pointing at it.
+// A received frame's SKB goes to the caller and its slot is refilled from
+// buf's pools, so the steady state allocates nothing. Transmit keeps a
+// matching array of mmsghdrs and iovecs that point into the caller's SKBs
+// for the duration of the syscall.
+//
+// Limits: one recvmmsg returns at most min(len(pkts), BatchSize) frames;
+// a frame longer than FrameSize is freed with DropAFPacketRxTruncated
+// (the kernel reports MSG_TRUNC), shorter than an Ethernet header with
+// DropAFPacketRxRunt. On transmit, frames longer than MTU+14 are freed
+// with DropAFPacketTxTooBig, shorter than 14 bytes with DropAFPacketTxRunt,
+// and a frame the kernel refuses (ENOBUFS, ENETDOWN, ...) with
+// DropAFPacketTxError. The socket's receive buffer (SockBuf, default
+// DefaultSockBuf, forced past rmem_max with SO_RCVBUFFORCE when
+// privileged) bounds what the kernel queues for us; its overflow is the
+// kernel's drop, reported by PACKET_STATISTICS in Stats().KernelDrops.
+//
+// Offloads: none yet (Caps is 0). PACKET_VNET_HDR will add a struct
+// virtio_net_hdr before each frame: set the option in openSocket, point a
+// second iovec of each mmsghdr at a per-slot header (rxHdr/txHdr beside
+// rxIov/txIov), and translate it to the SKB's Csum/GSO fields in
+// ReadBatch/WriteBatch (netstack/offload owns the translation).
+//
+// Lock order: rxMu and txMu are independent; Close takes rxMu after
+// closing the file.
+//
+// Not owned here: the namespace and the veth (veth package), MAC
+// addresses the stack uses (dev), queueing (dev's tx queue).
+package afpacket

@@ -1,0 +1,168 @@
+package afpacket
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"unsafe"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// ifInfo is what Open learns about the interface.
+type ifInfo struct {
+	index int
+	name  string
+	mtu   int
+	mac   [6]byte
+}
+
+// htons converts to network byte order for sll_protocol and socket(2).
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// openInNetNS runs openSocket inside the namespace at path on a locked OS
+// thread and returns to the caller's namespace (see the package doc).
+func openInNetNS(path string, cfg *Config) (int, ifInfo, error) {
+	if path == "" {
+		return openSocket(cfg)
+	}
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		return -1, ifInfo{}, fmt.Errorf("afpacket: netns %s: %w", path, err)
+	}
+	defer target.Close()
+
+	type result struct {
+		fd   int
+		info ifInfo
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- result{-1, ifInfo{}, fmt.Errorf("afpacket: current netns: %w", err)}
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			// setns failed, so the thread is still where it was.
+			runtime.UnlockOSThread()
+			done <- result{-1, ifInfo{}, fmt.Errorf("afpacket: setns %s: %w", path, err)}
+			return
+		}
+		fd, info, err := openSocket(cfg)
+		if rerr := netns.Set(orig); rerr != nil {
+			// The thread is stranded in the target namespace: return
+			// without UnlockOSThread, so the runtime kills the thread
+			// when this goroutine exits. The socket, if any, is fine:
+			// it belongs to the namespace it was created in.
+			done <- result{fd, info, err}
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- result{fd, info, err}
+	}()
+	r := <-done
+	return r.fd, r.info, r.err
+}
+
+// openSocket creates and binds the packet socket in the calling thread's
+// namespace and reads the interface's index, name, MTU and MAC.
+func openSocket(cfg *Config) (fd int, info ifInfo, err error) {
+	// Protocol 0: nothing is queued before bind narrows us to one interface.
+	fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, info, fmt.Errorf("afpacket: socket: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			unix.Close(fd)
+			fd = -1
+		}
+	}()
+	if info, err = lookupInterface(fd, cfg.Name, cfg.Ifindex); err != nil {
+		return fd, info, err
+	}
+	if err = unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
+		return fd, info, fmt.Errorf("afpacket: PACKET_IGNORE_OUTGOING (needs Linux 4.20): %w", err)
+	}
+	setSockBuf(fd, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, cfg.SockBuf)
+	setSockBuf(fd, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, cfg.SockBuf)
+	sll := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: info.index}
+	if err = unix.Bind(fd, sll); err != nil {
+		return fd, info, fmt.Errorf("afpacket: bind %s: %w", info.name, err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fd, info, fmt.Errorf("afpacket: getsockname: %w", err)
+	}
+	ll, ok := sa.(*unix.SockaddrLinklayer)
+	if !ok || ll.Hatype != unix.ARPHRD_ETHER || ll.Halen != 6 {
+		err = fmt.Errorf("afpacket: %s is not an Ethernet interface", info.name)
+		return fd, info, err
+	}
+	copy(info.mac[:], ll.Addr[:6])
+	return fd, info, nil
+}
+
+// lookupInterface resolves name and/or index with ioctls on fd, which
+// answer for the socket's namespace (sock_ioctl → dev_ioctl).
+func lookupInterface(fd int, name string, index int) (ifInfo, error) {
+	var info ifInfo
+	switch {
+	case name != "":
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			return info, fmt.Errorf("afpacket: interface name %q: %w", name, err)
+		}
+		if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
+			return info, fmt.Errorf("afpacket: interface %q: %w", name, err)
+		}
+		info.index, info.name = int(ifr.Uint32()), name
+		if index != 0 && index != info.index {
+			return info, fmt.Errorf("afpacket: interface %q has index %d, not %d", name, info.index, index)
+		}
+	case index > 0:
+		ifr, _ := unix.NewIfreq("")
+		ifr.SetUint32(uint32(index))
+		if err := unix.IoctlIfreq(fd, unix.SIOCGIFNAME, ifr); err != nil {
+			return info, fmt.Errorf("afpacket: interface index %d: %w", index, err)
+		}
+		info.index, info.name = index, ifr.Name()
+	default:
+		return info, errors.New("afpacket: Config needs Name or Ifindex")
+	}
+	ifr, _ := unix.NewIfreq(info.name)
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFMTU, ifr); err != nil {
+		return info, fmt.Errorf("afpacket: MTU of %s: %w", info.name, err)
+	}
+	info.mtu = int(ifr.Uint32())
+	return info, nil
+}
+
+// setSockBuf sets a socket buffer size, past the sysctl maximum when
+// privileged; failure leaves the kernel default, which only costs drops
+// under bursts (counted in KernelDrops).
+func setSockBuf(fd, force, plain, n int) {
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, n) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, plain, n)
+	}
+}
+
+// recvmmsg and sendmmsg: golang.org/x/sys/unix has the Mmsghdr type but no
+// wrappers, so these call the syscalls directly. They are non-blocking
+// (the socket is O_NONBLOCK) and return the raw errno.
+
+func recvmmsg(fd uintptr, msgs []unix.Mmsghdr, flags int) (int, unix.Errno) {
+	r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
+	return int(r), errno
+}
+
+func sendmmsg(fd uintptr, msgs []unix.Mmsghdr, flags int) (int, unix.Errno) {
+	r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
+	return int(r), errno
+}
