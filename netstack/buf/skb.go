@@ -39,10 +39,12 @@ type SKB struct {
 	Mark uint32
 	// Csum describes checksum state (skb->ip_summed).
 	Csum CsumState
-	// CsumStart and CsumOffset locate the checksum a CsumPartial packet
-	// still needs: the sum covers bytes from CsumStart (relative to the
-	// data start) to the end and is stored at CsumStart+CsumOffset.
-	CsumStart, CsumOffset uint16
+	// CsumOffset locates the checksum a CsumPartial packet still needs
+	// (csum_start/csum_offset): the sum covers the bytes from the
+	// transport header (SetTransportHeader) to the end and is stored
+	// CsumOffset bytes past the transport header. The transport header is
+	// an offset into the storage, so it survives Push and Pull.
+	CsumOffset uint16
 	// GSOSize is the segment payload size of a GSO super-packet, 0 for a
 	// normal packet (skb_shinfo(skb)->gso_size).
 	GSOSize uint16

@@ -648,3 +648,42 @@ func FuzzDevRx(f *testing.F) {
 		}
 	})
 }
+
+// A CsumPartial UDP datagram leaving through a link without checksum
+// offload gets its checksum finished in software (skb_checksum_help).
+func TestXmitFinishesPartialChecksum(t *testing.T) {
+	src, dst := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	payload := []byte("partial checksum payload")
+	frame := make([]byte, 14+20+8+len(payload))
+	header.Ethernet(frame).Encode(header.EthernetFields{Src: header.MAC{2, 0, 0, 0, 0, 1}, Dst: header.MAC{2, 0, 0, 0, 0, 2}, Type: header.EtherTypeIPv4})
+	header.IPv4(frame[14:]).Encode(header.IPv4Fields{TotalLen: uint16(len(frame) - 14), TTL: 64, Protocol: header.ProtoUDP, Src: src, Dst: dst})
+	header.UDP(frame[34:]).Encode(header.UDPFields{SrcPort: 1000, DstPort: 2000, Length: uint16(8 + len(payload))})
+	copy(frame[42:], payload)
+	skb := buf.FromBytes(buf.MaxHeadroom, frame)
+	udp := header.UDP(skb.Bytes()[34:])
+	// What a sending kernel leaves in the field: the folded pseudo-header sum.
+	pseudo := header.Fold(header.PseudoHeaderSum(header.ProtoUDP, src, dst, len(udp)))
+	udp[6], udp[7] = byte(pseudo>>8), byte(pseudo)
+	skb.Csum, skb.CsumOffset = buf.CsumPartial, 6
+	skb.SetTransportHeaderAt(34)
+	if udp.ChecksumValid(src, dst) {
+		t.Fatal("test setup: the partial checksum must not already be valid")
+	}
+
+	ep := newFakeEP()
+	devs := NewDevices(clock.NewManual())
+	nic, err := devs.Add(ep, Config{Name: "eth0", MAC: header.MAC{2, 0, 0, 0, 0, 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nic.Up()
+	defer devs.Remove(nic.ID())
+	nic.Xmit(skb)
+	sent := ep.sent()
+	if len(sent) != 1 {
+		t.Fatalf("sent %d frames", len(sent))
+	}
+	if !header.UDP(sent[0][34:]).ChecksumValid(src, dst) {
+		t.Fatal("checksum not completed in software")
+	}
+}

@@ -3,6 +3,7 @@ package dev
 import (
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/link"
 )
 
 // HardHeader pushes an Ethernet header onto skb (dev_hard_header,
@@ -24,6 +25,11 @@ func (n *NIC) Xmit(skb *buf.SKB) {
 	if !n.up.Load() {
 		n.txDropped.Add(1)
 		skb.Free(buf.DropNICDown)
+		return
+	}
+	if r, ok := n.validateXmit(skb); !ok {
+		n.txDropped.Add(1)
+		skb.Free(r)
 		return
 	}
 	n.txMu.Lock()
@@ -111,4 +117,50 @@ func (n *NIC) xmitBatch(pkts []*buf.SKB) {
 		n.txErrors.Add(1)
 	}
 	clear(pkts)
+}
+
+// Drop reasons of validateXmit.
+var (
+	DropGSOUnsupported = buf.NewDropReason("GSO_UNSUPPORTED")
+	DropCsumHelp       = buf.NewDropReason("SKB_CSUM_HELP")
+)
+
+// validateXmit is validate_xmit_skb: it finishes what the endpoint cannot
+// offload. A CsumPartial packet on a link without CapTxChecksumPartial
+// gets its checksum in software (skb_checksum_help). A GSO super-packet on
+// a link without CapGSO is dropped: software segmentation arrives with
+// netstack/offload; until then every link that receives GSO packets
+// (afpacket with vnet headers) also sends them.
+func (n *NIC) validateXmit(skb *buf.SKB) (buf.DropReason, bool) {
+	caps := n.ep.Caps()
+	if skb.GSOSize != 0 && !caps.Has(link.CapGSO) {
+		return DropGSOUnsupported, false
+	}
+	if skb.Csum == buf.CsumPartial && !caps.Has(link.CapTxChecksumPartial) {
+		if !checksumHelp(skb) {
+			return DropCsumHelp, false
+		}
+	}
+	return 0, true
+}
+
+// checksumHelp completes a partial checksum: the one's complement sum from
+// the transport header to the end, over the pseudo-header sum the sender
+// left in the checksum field, stored folded (0 becomes 0xFFFF, which the
+// receiver reads the same, RFC 768/RFC 1071).
+func checksumHelp(skb *buf.SKB) bool {
+	skb.Writable()
+	th := skb.TransportHeader()
+	off := int(skb.CsumOffset)
+	if th == nil || skb.TransportOffset() < 0 || off+2 > len(th) {
+		return false
+	}
+	th = th[:len(th):len(th)]
+	sum := header.ChecksumFinal(header.Checksum(th, 0))
+	if sum == 0 {
+		sum = 0xffff
+	}
+	th[off], th[off+1] = byte(sum>>8), byte(sum)
+	skb.Csum = buf.CsumNone
+	return true
 }

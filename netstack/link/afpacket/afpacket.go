@@ -36,6 +36,7 @@ var (
 	DropAFPacketTxTooBig    = buf.NewDropReason("AFPACKET_TX_TOO_BIG")
 	DropAFPacketTxRunt      = buf.NewDropReason("AFPACKET_TX_RUNT")
 	DropAFPacketTxError     = buf.NewDropReason("AFPACKET_TX_ERROR")
+	DropAFPacketBadVnetHdr  = buf.NewDropReason("AFPACKET_BAD_VNET_HDR")
 )
 
 // Config says which interface to open.
@@ -54,6 +55,12 @@ type Config struct {
 	FrameSize int
 	// SockBuf is the socket buffer size in bytes (0: DefaultSockBuf).
 	SockBuf int
+	// NoVnetHdr turns PACKET_VNET_HDR off: no checksum or segmentation
+	// offload crosses the socket. Then a peer that sends TSO/GSO frames
+	// (a veth with offloads on) loses them as truncated, and its partial
+	// checksums arrive unfinished: only for links whose peer has
+	// offloads off.
+	NoVnetHdr bool
 }
 
 // Endpoint is an AF_PACKET link. It implements link.Endpoint.
@@ -61,6 +68,8 @@ type Endpoint struct {
 	info      ifInfo
 	frameSize int
 	batch     int
+	vnet      bool // PACKET_VNET_HDR is on
+	iovPer    int  // iovecs per message: 2 with vnet headers, else 1
 
 	f      *os.File
 	rc     syscall.RawConn
@@ -71,7 +80,8 @@ type Endpoint struct {
 	// rxIov[i] points at; rxMsgs[i] points at rxIov[i]. Guarded by rxMu.
 	rxMu   sync.Mutex
 	rxSkbs []*buf.SKB
-	rxIov  []unix.Iovec
+	rxIov  []unix.Iovec // two per slot with vnet headers: header, frame
+	rxHdr  []vnetHdr
 	rxMsgs []unix.Mmsghdr
 	rxVlen int
 	rxN    int
@@ -82,7 +92,8 @@ type Endpoint struct {
 	// Guarded by txMu.
 	txMu   sync.Mutex
 	txSkbs []*buf.SKB
-	txIov  []unix.Iovec
+	txIov  []unix.Iovec // two per slot with vnet headers: header, frame
+	txHdr  []vnetHdr
 	txMsgs []unix.Mmsghdr
 	txOff  int
 	txLen  int
@@ -112,9 +123,14 @@ func Open(cfg Config) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
+	vnet := !cfg.NoVnetHdr
 	frameSize := cfg.FrameSize
 	if frameSize <= 0 {
 		frameSize = info.mtu + ethHdrLen
+		if vnet {
+			// A GSO super-frame: up to 64 KiB of IP datagram.
+			frameSize = max(frameSize, maxGSOFrame)
+		}
 	}
 	if frameSize < ethHdrLen {
 		unix.Close(fd)
@@ -126,21 +142,44 @@ func Open(cfg Config) (*Endpoint, error) {
 		f.Close()
 		return nil, fmt.Errorf("afpacket: %w", err)
 	}
+	rxBatch := cfg.BatchSize
+	if vnet && cfg.FrameSize <= 0 {
+		// Each receive slot holds a 64 KiB buffer: fewer slots bound the
+		// memory a link pins (see the package doc).
+		rxBatch = min(rxBatch, vnetRxBatch)
+	}
+	iovPer := 1
+	if vnet {
+		iovPer = 2
+	}
 	e := &Endpoint{
 		info: info, frameSize: frameSize, batch: cfg.BatchSize, f: f, rc: rc,
-		rxSkbs: make([]*buf.SKB, cfg.BatchSize),
-		rxIov:  make([]unix.Iovec, cfg.BatchSize),
-		rxMsgs: make([]unix.Mmsghdr, cfg.BatchSize),
+		vnet: vnet, iovPer: iovPer,
+		rxSkbs: make([]*buf.SKB, rxBatch),
+		rxIov:  make([]unix.Iovec, rxBatch*iovPer),
+		rxHdr:  make([]vnetHdr, rxBatch),
+		rxMsgs: make([]unix.Mmsghdr, rxBatch),
 		txSkbs: make([]*buf.SKB, cfg.BatchSize),
-		txIov:  make([]unix.Iovec, cfg.BatchSize),
+		txIov:  make([]unix.Iovec, cfg.BatchSize*iovPer),
+		txHdr:  make([]vnetHdr, cfg.BatchSize),
 		txMsgs: make([]unix.Mmsghdr, cfg.BatchSize),
 	}
 	for i := range e.rxMsgs {
-		e.rxMsgs[i].Hdr.Iov = &e.rxIov[i]
-		e.rxMsgs[i].Hdr.SetIovlen(1)
-		e.txMsgs[i].Hdr.Iov = &e.txIov[i]
-		e.txMsgs[i].Hdr.SetIovlen(1)
+		e.rxMsgs[i].Hdr.Iov = &e.rxIov[i*iovPer]
+		e.rxMsgs[i].Hdr.SetIovlen(iovPer)
+		if vnet {
+			e.rxIov[i*2].Base = &e.rxHdr[i][0]
+			e.rxIov[i*2].SetLen(vnetHdrLen)
+		}
 		e.refill(i)
+	}
+	for i := range e.txMsgs {
+		e.txMsgs[i].Hdr.Iov = &e.txIov[i*iovPer]
+		e.txMsgs[i].Hdr.SetIovlen(iovPer)
+		if vnet {
+			e.txIov[i*2].Base = &e.txHdr[i][0]
+			e.txIov[i*2].SetLen(vnetHdrLen)
+		}
 	}
 	e.rxFn = e.recv
 	e.txFn = e.send
@@ -159,16 +198,23 @@ func (e *Endpoint) MAC() [6]byte { return e.info.mac }
 // MTU is the interface MTU read at Open.
 func (e *Endpoint) MTU() int { return e.info.mtu }
 
-// Caps is empty until PACKET_VNET_HDR support lands.
-func (e *Endpoint) Caps() link.Caps { return 0 }
+// Caps are the offloads PACKET_VNET_HDR carries: partial checksums and
+// TCP segmentation both ways.
+func (e *Endpoint) Caps() link.Caps {
+	if !e.vnet {
+		return 0
+	}
+	return link.CapTxChecksumPartial | link.CapRxChecksum | link.CapGSO | link.CapGRO
+}
 
 // refill gives receive slot i a fresh SKB from buf's pools.
 func (e *Endpoint) refill(i int) {
 	s := buf.Alloc(rxHeadroom, e.frameSize)
 	p := s.Put(e.frameSize)
 	e.rxSkbs[i] = s
-	e.rxIov[i].Base = &p[0]
-	e.rxIov[i].SetLen(e.frameSize)
+	iov := &e.rxIov[i*e.iovPer+e.iovPer-1]
+	iov.Base = &p[0]
+	iov.SetLen(e.frameSize)
 }
 
 // recv runs inside rc.Read; false asks the poller to wait for readability.
@@ -205,7 +251,7 @@ func (e *Endpoint) ReadBatch(pkts []*buf.SKB) (int, error) {
 		if e.closed.Load() {
 			return 0, link.ErrClosed
 		}
-		e.rxVlen = min(len(pkts), e.batch)
+		e.rxVlen = min(len(pkts), len(e.rxMsgs))
 		for i := 0; i < e.rxVlen; i++ {
 			e.rxMsgs[i].Hdr.Flags = 0
 		}
@@ -239,13 +285,33 @@ func (e *Endpoint) ReadBatch(pkts []*buf.SKB) (int, error) {
 				e.drops.Add(DropAFPacketRxRunt)
 				continue
 			}
+			if e.vnet {
+				l -= vnetHdrLen // msg_len counts the virtio_net_hdr
+				if l < ethHdrLen {
+					e.rxErrors.Add(1)
+					e.drops.Add(DropAFPacketRxRunt)
+					continue
+				}
+			}
 			s := e.rxSkbs[i]
-			s.Trim(l)
+			if l+rxHeadroom <= copyBreak {
+				// copybreak: a small frame moves to a small buffer and the
+				// slot keeps its 64 KiB one, so queues never pin big
+				// buffers for small packets.
+				s = buf.FromBytes(rxHeadroom, s.Bytes()[:l])
+			} else {
+				s.Trim(l)
+				e.refill(i)
+			}
 			s.SetMACHeader()
+			if e.vnet && !e.rxHdr[i].toSKB(s) {
+				e.rxErrors.Add(1)
+				e.free(s, DropAFPacketBadVnetHdr)
+				continue
+			}
 			pkts[n] = s
 			n++
 			e.rxBytes.Add(uint64(l))
-			e.refill(i)
 		}
 		if n > 0 {
 			e.rxPackets.Add(uint64(n))
@@ -300,15 +366,19 @@ func (e *Endpoint) WriteBatch(pkts []*buf.SKB) (int, error) {
 			e.txErrors.Add(1)
 			e.free(s, DropAFPacketTxRunt)
 			continue
-		case l > e.info.mtu+ethHdrLen:
+		case l > e.info.mtu+ethHdrLen && (s.GSOSize == 0 || !e.vnet || l > maxGSOFrame):
 			e.txErrors.Add(1)
 			e.free(s, DropAFPacketTxTooBig)
 			continue
 		}
 		b := s.Bytes()
 		e.txSkbs[e.txLen] = s
-		e.txIov[e.txLen].Base = &b[0]
-		e.txIov[e.txLen].SetLen(l)
+		iov := &e.txIov[e.txLen*e.iovPer+e.iovPer-1]
+		iov.Base = &b[0]
+		iov.SetLen(l)
+		if e.vnet {
+			e.txHdr[e.txLen].fromSKB(s)
+		}
 		e.txLen++
 		if e.txLen == e.batch {
 			n, err := e.flush()
@@ -365,7 +435,7 @@ func (e *Endpoint) flush() (int, error) {
 func (e *Endpoint) resetTx() {
 	for i := 0; i < e.txLen; i++ {
 		e.txSkbs[i] = nil
-		e.txIov[i].Base = nil // do not keep freed storage reachable
+		e.txIov[i*e.iovPer+e.iovPer-1].Base = nil // do not keep freed storage reachable
 	}
 	e.txLen, e.txOff = 0, 0
 }
@@ -387,7 +457,7 @@ func (e *Endpoint) Close() error {
 		for i, s := range e.rxSkbs {
 			s.Consume() // never received: not a drop
 			e.rxSkbs[i] = nil
-			e.rxIov[i].Base = nil
+			e.rxIov[i*e.iovPer+e.iovPer-1].Base = nil
 		}
 		e.rxMu.Unlock()
 	})

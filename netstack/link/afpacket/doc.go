@@ -51,11 +51,19 @@
 // privileged) bounds what the kernel queues for us; its overflow is the
 // kernel's drop, reported by PACKET_STATISTICS in Stats().KernelDrops.
 //
-// Offloads: none yet (Caps is 0). PACKET_VNET_HDR will add a struct
-// virtio_net_hdr before each frame: set the option in openSocket, point a
-// second iovec of each mmsghdr at a per-slot header (rxHdr/txHdr beside
-// rxIov/txIov), and translate it to the SKB's Csum/GSO fields in
-// ReadBatch/WriteBatch (netstack/offload owns the translation).
+// Offloads: PACKET_VNET_HDR (on unless Config.NoVnetHdr) puts a struct
+// virtio_net_hdr before every frame in both directions (vnet.go). On
+// receive it says whether the checksum still needs finishing (a veth peer
+// with tx checksum offload leaves the pseudo-header sum in the field:
+// buf.CsumPartial, transport header at csum_start) or was verified
+// (CsumUnnecessary), and whether the frame is a TSO/GSO super-frame of up
+// to 64 KiB (GSOSize/GSOType), which the peer kernel sends unsegmented.
+// On transmit the same fields become the header, so the peer kernel
+// finishes checksums and segments for us. With vnet headers each receive
+// slot holds a 64 KiB buffer, so receive uses at most vnetRxBatch (16)
+// slots (about 1 MiB pinned per link), and frames small enough for a
+// smaller pool class are copied out (copybreak) so a socket queue never
+// pins a 64 KiB buffer for a small datagram.
 //
 // Lock order: rxMu and txMu are independent; Close takes rxMu after
 // closing the file.

@@ -90,6 +90,11 @@ func openSocket(cfg *Config) (fd int, info ifInfo, err error) {
 	if err = unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
 		return fd, info, fmt.Errorf("afpacket: PACKET_IGNORE_OUTGOING (needs Linux 4.20): %w", err)
 	}
+	if !cfg.NoVnetHdr {
+		if err = unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
+			return fd, info, fmt.Errorf("afpacket: PACKET_VNET_HDR: %w", err)
+		}
+	}
 	setSockBuf(fd, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, cfg.SockBuf)
 	setSockBuf(fd, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, cfg.SockBuf)
 	sll := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: info.index}

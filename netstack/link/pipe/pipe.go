@@ -19,7 +19,7 @@
 // DropPipeTooBig, frames shorter than an Ethernet header with DropPipeRunt.
 //
 // Offload metadata crosses the wire only when both ends agree: checksum
-// state (Csum, CsumStart, CsumOffset) when the sender advertises
+// state (Csum, CsumOffset and the transport header it is relative to) when the sender advertises
 // link.CapTxChecksumPartial and the receiver link.CapRxChecksum; GSO fields
 // when the sender advertises link.CapGSO and the receiver link.CapGRO.
 //
@@ -215,7 +215,10 @@ func (e *Endpoint) transfer(s *buf.SKB, peer *Endpoint) *buf.SKB {
 	c := buf.FromBytes(buf.MaxHeadroom, s.Bytes())
 	c.SetMACHeader()
 	if e.caps.Has(link.CapTxChecksumPartial) && peer.caps.Has(link.CapRxChecksum) {
-		c.Csum, c.CsumStart, c.CsumOffset = s.Csum, s.CsumStart, s.CsumOffset
+		c.Csum, c.CsumOffset = s.Csum, s.CsumOffset
+		if off := s.TransportOffset(); s.TransportHeader() != nil && off >= 0 {
+			c.SetTransportHeaderAt(off)
+		}
 	}
 	if s.GSOSize != 0 && e.caps.Has(link.CapGSO) && peer.caps.Has(link.CapGRO) {
 		c.GSOSize, c.GSOType = s.GSOSize, s.GSOType
