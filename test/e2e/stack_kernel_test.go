@@ -27,14 +27,14 @@ func TestKernelPingsStack(t *testing.T) {
 	requireCmd(t, "ping")
 	p := newKernelPeer(t, "10.211.0.1/24", "10.211.0.2/24", 1500)
 	capture := filepath.Join(t.TempDir(), "ping.pcap")
-	s, nicID := p.attach(t, capture)
+	s, nicID := attachStack(t, p, capture)
 	stackIP := p.StackAddr.Addr().String()
 
-	out, err := p.exec("ping", "-c", "100", "-i", "0.01", "-W", "2", "-q", stackIP)
+	out, err := p.Exec("ping", "-c", "100", "-i", "0.01", "-W", "2", "-q", stackIP)
 	if err != nil || !strings.Contains(out, " 0% packet loss") {
 		t.Fatalf("ping 100: %v\n%s\nstack stats:\n%s", err, out, s.Stats())
 	}
-	out, err = p.exec("ping", "-c", "5", "-i", "0.05", "-W", "2", "-s", "4000", "-q", stackIP)
+	out, err = p.Exec("ping", "-c", "5", "-i", "0.05", "-W", "2", "-s", "4000", "-q", stackIP)
 	if err != nil || !strings.Contains(out, " 0% packet loss") {
 		t.Fatalf("ping -s 4000: %v\n%s\nstack stats:\n%s", err, out, s.Stats())
 	}
@@ -44,7 +44,7 @@ func TestKernelPingsStack(t *testing.T) {
 	}
 
 	nic := s.Devices().ByID(nicID)
-	out, err = p.exec("ip", "neigh", "show", stackIP, "dev", p.If)
+	out, err = p.Exec("ip", "neigh", "show", stackIP, "dev", p.If)
 	if err != nil || !strings.Contains(out, nic.MAC().String()) {
 		t.Fatalf("kernel ARP table lacks the stack MAC %s: %v\n%s", nic.MAC(), err, out)
 	}
@@ -66,7 +66,7 @@ func TestKernelPingsStack(t *testing.T) {
 func TestKernelUDPEchoBothWays(t *testing.T) {
 	requireRoot(t)
 	p := newKernelPeer(t, "10.212.0.1/24", "10.212.0.2/24", 1500)
-	s, _ := p.attach(t, "")
+	s, _ := attachStack(t, p, "")
 	stackAddr := netip.AddrPortFrom(p.StackAddr.Addr(), 7007)
 	kernelAddr := netip.AddrPortFrom(p.KernelAddr.Addr(), 7008)
 
@@ -87,7 +87,7 @@ func TestKernelUDPEchoBothWays(t *testing.T) {
 		}
 	}()
 	var kc *net.UDPConn
-	if err := p.do(func() (err error) {
+	if err := p.Do(func() (err error) {
 		kc, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(stackAddr))
 		return err
 	}); err != nil {
@@ -109,7 +109,7 @@ func TestKernelUDPEchoBothWays(t *testing.T) {
 
 	// Kernel server, stack client.
 	var ks *net.UDPConn
-	if err := p.do(func() (err error) {
+	if err := p.Do(func() (err error) {
 		ks, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(kernelAddr))
 		return err
 	}); err != nil {
@@ -151,9 +151,9 @@ func TestKernelUDPEchoBothWays(t *testing.T) {
 func TestKernelUDPToClosedStackPortIsRefused(t *testing.T) {
 	requireRoot(t)
 	p := newKernelPeer(t, "10.213.0.1/24", "10.213.0.2/24", 1500)
-	s, _ := p.attach(t, "")
+	s, _ := attachStack(t, p, "")
 	var kc *net.UDPConn
-	if err := p.do(func() (err error) {
+	if err := p.Do(func() (err error) {
 		kc, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: p.StackAddr.Addr().AsSlice(), Port: 9})
 		return err
 	}); err != nil {
