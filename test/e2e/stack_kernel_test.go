@@ -5,7 +5,6 @@
 package e2e
 
 import (
-	"bytes"
 	"errors"
 	"net"
 	"net/netip"
@@ -16,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cni-userstack/cni-userstack/test/e2e/env"
 )
 
 // The kernel pings the stack: 100 echoes without loss, then 4000-byte
@@ -76,16 +77,7 @@ func TestKernelUDPEchoBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	go func() {
-		b := make([]byte, 65536)
-		for {
-			n, from, err := srv.ReadFromUDPAddrPort(b)
-			if err != nil {
-				return
-			}
-			_, _ = srv.WriteToUDPAddrPort(b[:n], from)
-		}
-	}()
+	go env.ServeUDPEcho(srv)
 	var kc *net.UDPConn
 	if err := p.Do(func() (err error) {
 		kc, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(stackAddr))
@@ -94,17 +86,8 @@ func TestKernelUDPEchoBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer kc.Close()
-	for i, size := range []int{1, 100, 1472, 8000, 30000} {
-		msg := bytes.Repeat([]byte{byte('a' + i)}, size)
-		if _, err := kc.Write(msg); err != nil {
-			t.Fatal(err)
-		}
-		_ = kc.SetReadDeadline(time.Now().Add(3 * time.Second))
-		got := make([]byte, 65536)
-		n, err := kc.Read(got)
-		if err != nil || !bytes.Equal(got[:n], msg) {
-			t.Fatalf("kernel→stack echo of %d bytes: n=%d err=%v\n%s", size, n, err, s.Stats())
-		}
+	if _, err := env.CheckEcho(kc, []int{1, 100, 1472, 8000, 30000}, 3*time.Second); err != nil {
+		t.Fatalf("kernel→stack: %v\n%s", err, s.Stats())
 	}
 
 	// Kernel server, stack client.
@@ -116,32 +99,14 @@ func TestKernelUDPEchoBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ks.Close()
-	go func() {
-		b := make([]byte, 65536)
-		for {
-			n, from, err := ks.ReadFromUDPAddrPort(b)
-			if err != nil {
-				return
-			}
-			_, _ = ks.WriteToUDPAddrPort(b[:n], from)
-		}
-	}()
+	go env.ServeUDPEcho(ks)
 	c, err := s.DialUDP(netip.AddrPort{}, kernelAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for i, size := range []int{1, 512, 1472, 4000, 60000} {
-		msg := bytes.Repeat([]byte{byte('A' + i)}, size)
-		if _, err := c.Write(msg); err != nil {
-			t.Fatal(err)
-		}
-		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
-		got := make([]byte, 65536)
-		n, err := c.Read(got)
-		if err != nil || !bytes.Equal(got[:n], msg) {
-			t.Fatalf("stack→kernel echo of %d bytes: n=%d err=%v\n%s", size, n, err, s.Stats())
-		}
+	if _, err := env.CheckEcho(c, []int{1, 512, 1472, 4000, 60000}, 3*time.Second); err != nil {
+		t.Fatalf("stack→kernel: %v\n%s", err, s.Stats())
 	}
 }
 

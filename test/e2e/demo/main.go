@@ -5,7 +5,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -204,16 +203,7 @@ func udpKernelToStack(p *env.Peer, s *netstack.Stack) (string, error) {
 		return "", err
 	}
 	defer srv.Close()
-	go func() {
-		b := make([]byte, 65536)
-		for {
-			n, from, err := srv.ReadFromUDPAddrPort(b)
-			if err != nil {
-				return
-			}
-			_, _ = srv.WriteToUDPAddrPort(b[:n], from)
-		}
-	}()
+	go env.ServeUDPEcho(srv)
 	var c *net.UDPConn
 	if err := p.Do(func() (err error) {
 		c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
@@ -222,7 +212,7 @@ func udpKernelToStack(p *env.Peer, s *netstack.Stack) (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	return echo(c, []int{64, 1472, 20000})
+	return env.CheckEcho(c, []int{64, 1472, 20000}, 3*time.Second)
 }
 
 func udpStackToKernel(p *env.Peer, s *netstack.Stack) (string, error) {
@@ -235,42 +225,11 @@ func udpStackToKernel(p *env.Peer, s *netstack.Stack) (string, error) {
 		return "", err
 	}
 	defer srv.Close()
-	go func() {
-		b := make([]byte, 65536)
-		for {
-			n, from, err := srv.ReadFromUDPAddrPort(b)
-			if err != nil {
-				return
-			}
-			_, _ = srv.WriteToUDPAddrPort(b[:n], from)
-		}
-	}()
+	go env.ServeUDPEcho(srv)
 	c, err := s.DialUDP(netip.AddrPort{}, addr)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	return echo(c, []int{64, 1472, 20000})
-}
-
-// echo sends datagrams of the given sizes and checks each comes back intact.
-func echo(c net.Conn, sizes []int) (string, error) {
-	var done []string
-	for i, n := range sizes {
-		msg := bytes.Repeat([]byte{byte('a' + i)}, n)
-		if _, err := c.Write(msg); err != nil {
-			return "", err
-		}
-		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
-		got := make([]byte, 65536)
-		m, err := c.Read(got)
-		if err != nil {
-			return strings.Join(done, ", "), fmt.Errorf("%d-byte datagram: %w", n, err)
-		}
-		if !bytes.Equal(got[:m], msg) {
-			return "", fmt.Errorf("%d-byte datagram came back altered", n)
-		}
-		done = append(done, fmt.Sprintf("%d B", n))
-	}
-	return "echoed intact: " + strings.Join(done, ", "), nil
+	return env.CheckEcho(c, []int{64, 1472, 20000}, 3*time.Second)
 }

@@ -1,0 +1,281 @@
+package stacktest
+
+// In-memory topologies of whole stacks (STYLE.md §8): stacks wired over
+// link/pipe, optionally through link/fault, every link captured with
+// link/pcap. This file imports the root netstack package, so only tests
+// above the root (this package's own tests, the daemon's) may use the
+// topologies; the packet builders in packet.go stay importable from every
+// layer's external (_test) package.
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/clock"
+	"github.com/cni-userstack/cni-userstack/netstack/dev"
+	"github.com/cni-userstack/cni-userstack/netstack/link"
+	"github.com/cni-userstack/cni-userstack/netstack/link/fault"
+	"github.com/cni-userstack/cni-userstack/netstack/link/pcap"
+	"github.com/cni-userstack/cni-userstack/netstack/link/pipe"
+	"github.com/cni-userstack/cni-userstack/netstack/route"
+)
+
+// Addresses of the topologies.
+var (
+	// Pair: A 10.0.0.1/24 — B 10.0.0.2/24.
+	PairA = netip.MustParsePrefix("10.0.0.1/24")
+	PairB = netip.MustParsePrefix("10.0.0.2/24")
+	// Chain: A 10.0.1.1/24 — 10.0.1.254/24 R 10.0.2.254/24 — 10.0.2.1/24 B.
+	ChainA  = netip.MustParsePrefix("10.0.1.1/24")
+	ChainRA = netip.MustParsePrefix("10.0.1.254/24")
+	ChainRB = netip.MustParsePrefix("10.0.2.254/24")
+	ChainB  = netip.MustParsePrefix("10.0.2.1/24")
+)
+
+// DefaultMTU is the links' MTU unless MTU says otherwise.
+const DefaultMTU = 1500
+
+// Node is one stack of a topology with the NICs the topology gave it, in
+// link order, and their addresses.
+type Node struct {
+	*netstack.Stack
+	Name  string
+	NICs  []*dev.NIC
+	Addrs []netip.Prefix
+}
+
+// NIC is the node's first NIC.
+func (n *Node) NIC() *dev.NIC { return n.NICs[0] }
+
+// Addr is the node's first address.
+func (n *Node) Addr() netip.Addr { return n.Addrs[0].Addr() }
+
+// TopoOption configures Pair and Chain.
+type TopoOption func(*topoConfig)
+
+type topoConfig struct {
+	clk       clock.Clock
+	mtu       int
+	faults    []fault.Option
+	capture   bool
+	stackOpts []netstack.Option
+}
+
+// WithClock runs every stack, fault delay and capture timestamp of the
+// topology on clk (a clock.Manual in protocol tests). Without it the
+// stacks share one real clock, stopped at cleanup.
+func WithClock(clk clock.Clock) TopoOption { return func(c *topoConfig) { c.clk = clk } }
+
+// MTU sets the links' MTU.
+func MTU(n int) TopoOption { return func(c *topoConfig) { c.mtu = n } }
+
+// Fault wraps the first stack's end of the first link (A's frames towards
+// B or the router) with link/fault; add fault.OnReceive to hit the other
+// direction too. The topology's clock drives fault.Delay.
+func Fault(opts ...fault.Option) TopoOption {
+	return func(c *topoConfig) { c.faults = append(c.faults, opts...) }
+}
+
+// StackOptions are passed to every netstack.New of the topology.
+func StackOptions(opts ...netstack.Option) TopoOption {
+	return func(c *topoConfig) { c.stackOpts = append(c.stackOpts, opts...) }
+}
+
+// NoCapture turns the pcap capture off (benchmarks).
+func NoCapture() TopoOption { return func(c *topoConfig) { c.capture = false } }
+
+// topology builds stacks and links for one test and tears them down.
+type topology struct {
+	t   testing.TB
+	cfg topoConfig
+
+	mu       sync.Mutex
+	captures []*capture
+}
+
+type capture struct {
+	name string
+	buf  lockedBuffer
+	w    *pcap.Writer
+}
+
+// lockedBuffer is the pcap Writer's sink; the Writer serialises writes,
+// the lock makes the final read safe too.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]byte(nil), l.b.Bytes()...)
+}
+
+func newTopology(t testing.TB, opts []TopoOption) *topology {
+	t.Helper()
+	cfg := topoConfig{mtu: DefaultMTU, capture: true}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.clk == nil {
+		r := clock.NewReal()
+		cfg.clk = r
+		t.Cleanup(r.Close) // runs after the stacks' cleanups (LIFO)
+	}
+	tp := &topology{t: t, cfg: cfg}
+	// Registered before any stack, so it runs after every stack closed:
+	// the captures are complete.
+	t.Cleanup(tp.dumpCaptures)
+	return tp
+}
+
+// dumpCaptures writes each link's capture to a file when the test failed
+// and logs the path. The directory is $STACKTEST_PCAP_DIR or a fresh
+// directory under os.TempDir(): not t.TempDir, which is deleted when the
+// test ends and would leave the logged path dangling.
+func (tp *topology) dumpCaptures() {
+	if !tp.t.Failed() {
+		return
+	}
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if len(tp.captures) == 0 {
+		return
+	}
+	dir := os.Getenv("STACKTEST_PCAP_DIR")
+	if dir == "" {
+		d, err := os.MkdirTemp("", "stacktest-"+sanitize(tp.t.Name())+"-")
+		if err != nil {
+			tp.t.Logf("pcap: %v", err)
+			return
+		}
+		dir = d
+	}
+	for _, c := range tp.captures {
+		p := filepath.Join(dir, sanitize(tp.t.Name())+"-"+c.name+".pcap")
+		if err := os.WriteFile(p, c.buf.bytes(), 0o644); err != nil {
+			tp.t.Logf("pcap: %v", err)
+			continue
+		}
+		st := c.w.Stats()
+		tp.t.Logf("pcap of link %s: %s (%+v)", c.name, p, st)
+	}
+}
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			return r
+		}
+		return '_'
+	}, s)
+}
+
+// stack makes one stack, closed at cleanup.
+func (tp *topology) stack(name string) *Node {
+	opts := append([]netstack.Option{netstack.WithClock(tp.cfg.clk)}, tp.cfg.stackOpts...)
+	s := netstack.New(opts...)
+	tp.t.Cleanup(func() { s.Close() })
+	return &Node{Stack: s, Name: name}
+}
+
+// link connects a and b over a pipe; the a side is captured (every frame
+// on the wire, both directions) and, for the first link, wrapped with the
+// faults. Each end gets its address; the NICs are up.
+func (tp *topology) link(name string, a *Node, pa netip.Prefix, b *Node, pb netip.Prefix, faulty bool) {
+	tp.t.Helper()
+	ea, eb := pipe.New(tp.cfg.mtu)
+	var epA link.Endpoint = ea
+	if tp.cfg.capture {
+		c := &capture{name: name}
+		w, err := pcap.NewWriter(&c.buf, 0)
+		if err != nil {
+			tp.t.Fatalf("pcap: %v", err)
+		}
+		c.w = w
+		tp.mu.Lock()
+		tp.captures = append(tp.captures, c)
+		tp.mu.Unlock()
+		epA = pcap.Wrap(epA, w, tp.cfg.clk)
+	}
+	if faulty && len(tp.cfg.faults) > 0 {
+		epA = fault.Wrap(epA, append([]fault.Option{fault.Clock(tp.cfg.clk)}, tp.cfg.faults...)...)
+	}
+	tp.attach(a, epA, pa, name)
+	tp.attach(b, eb, pb, name)
+}
+
+func (tp *topology) attach(n *Node, ep link.Endpoint, p netip.Prefix, linkName string) {
+	tp.t.Helper()
+	nic, err := n.AddNIC(ep, netstack.NICConfig{Name: fmt.Sprintf("%s-%s", n.Name, linkName)})
+	if err != nil {
+		tp.t.Fatalf("%s: AddNIC: %v", n.Name, err)
+	}
+	if err := n.AddAddress(nic.ID(), p); err != nil {
+		tp.t.Fatalf("%s: AddAddress %v: %v", n.Name, p, err)
+	}
+	n.NICs = append(n.NICs, nic)
+	n.Addrs = append(n.Addrs, p)
+}
+
+// Pair is two stacks over one pipe: A (PairA) and B (PairB). Everything
+// is torn down at the end of the test.
+func Pair(t testing.TB, opts ...TopoOption) (a, b *Node) {
+	t.Helper()
+	tp := newTopology(t, opts)
+	a, b = tp.stack("a"), tp.stack("b")
+	tp.link("ab", a, PairA, b, PairB, true)
+	return a, b
+}
+
+// Chain is A — R — B: two pipes, R forwarding between them, A and B with
+// default routes via R. Faults apply to A's link.
+func Chain(t testing.TB, opts ...TopoOption) (a, r, b *Node) {
+	t.Helper()
+	tp := newTopology(t, opts)
+	a, r, b = tp.stack("a"), tp.stack("r"), tp.stack("b")
+	tp.link("ar", a, ChainA, r, ChainRA, true)
+	tp.link("rb", r, ChainRB, b, ChainB, false)
+	r.SetForwarding(true)
+	for _, n := range []struct {
+		node *Node
+		gw   netip.Prefix
+	}{{a, ChainRA}, {b, ChainRB}} {
+		err := n.node.AddRoute(route.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: n.gw.Addr(),
+			NIC: n.node.NIC().ID(), Type: route.Unicast})
+		if err != nil {
+			t.Fatalf("%s: default route: %v", n.node.Name, err)
+		}
+	}
+	return a, r, b
+}
+
+// WaitFor polls cond until it holds, failing the test after 5 s of wall
+// time. It bounds waits for the NICs' goroutines to carry packets; it is
+// not protocol timing, which the manual clock drives.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}

@@ -1,0 +1,73 @@
+// Package udp owns UDP (RFC 768, RFC 1122 §4.1; net/ipv4/udp.c): the port
+// table, datagram sockets with their bounded receive queues, input
+// validation and demultiplexing (__udp4_lib_rcv), ICMP error delivery
+// (__udp4_lib_err) and output (udp_sendmsg → udp_send_skb).
+//
+// Not owned here: IP headers, routing, fragmentation and ICMP generation
+// (ipv4, reached through the family interface so IPv6 lands beside it),
+// the protocol-independent socket API and net.Conn adapters (socket).
+//
+// # Theory of operation
+//
+// Port table. Sockets with a local port live in Proto.ports, keyed by
+// port; each port holds a short list of sockets (different local
+// addresses, or one wildcard). Bind conflicts follow Linux without
+// SO_REUSEADDR (udp_lib_lport_inuse): two sockets may share a port only if
+// both are bound to different specific addresses. A port of 0 picks an
+// ephemeral port from Config.EphemeralLow..EphemeralHigh (default
+// 32768–60999, ip_local_port_range) starting at a random offset. Bound:
+// MaxSockets bound sockets (ENOBUFS past it); the port space bounds the rest.
+// Bind does not require the address to be local (as with IP_FREEBIND /
+// IP_TRANSPARENT), so a proxy-mode socket can take diverted flows to
+// foreign addresses; this package has no view of the local addresses.
+//
+// Input (V4Rcv, on the NIC's receive goroutine, run to completion):
+// CheckUDP, the length field against the IP payload, the checksum unless
+// it is zero (RFC 768) or the link verified it; then the lookup, which
+// scores each socket on the port like compute_score: a connected socket
+// matches only its peer (4-tuple, best), then a socket bound to the
+// destination address, then a wildcard one. No socket → ICMP port
+// unreachable (RFC 1122 §4.1.3.1) and NoPorts. The SKB itself is queued on
+// the socket (no copy, no allocation); RecvFrom copies into the caller's
+// buffer and frees it.
+//
+// Receive queue bound: Socket.rcvbuf bytes, default DefaultRcvBuf =
+// 212992 like net.core.rmem_default, charged per datagram by truesize (its
+// buffer block plus a fixed SKB overhead, as the kernel charges
+// skb->truesize, so tiny datagrams cannot pin unbounded memory). As in
+// __udp_enqueue_schedule_skb, a datagram is accepted while the charge is
+// below the bound (so an empty queue always takes one); otherwise it is
+// freed with SOCKET_RCVBUFF and counted in RcvbufErrors and InErrors.
+//
+// Errors (V4Err): the socket is found from the quoted header; as Linux
+// does without IP_RECVERR, only CONNECTED sockets hear of it, and only
+// hard errors (icmp_err_convert's fatal ones: port and protocol
+// unreachable, parameter problem, host unknown or isolated; fragmentation
+// needed as EMSGSIZE). RFC 1122 §4.1.3.3 says all errors MUST be passed
+// up; an unconnected socket cannot tell which send caused one, and soft
+// errors (time exceeded, host or net unreachable) are transient. ipv4
+// passes the errno, not the ICMP code, so administratively prohibited
+// (EHOSTUNREACH, fatal in Linux) counts as soft here. The error is stored
+// on the socket, wakes its waiters, and the next receive or send returns
+// it once (sock_error).
+//
+// Output: SendTo checks the size (65507 bytes of payload at most, else
+// EMSGSIZE), binds an ephemeral port if needed (inet_autobind), routes to
+// learn the source address, builds the header and the RFC 768 checksum
+// (a computed 0 is sent as 0xFFFF) and hands the SKB to the family's
+// QueueXmit, which fragments datagrams larger than the path MTU. Sends
+// never block: there is no send buffer accounting beyond the layers below,
+// whose ENOBUFS is counted in SndbufErrors and not reported, as Linux does
+// without IP_RECVERR.
+//
+// Blocking and deadlines. Each socket has one mutex and one sync.Cond.
+// A blocked receiver waits on the cond; enqueue signals it, errors and
+// Close broadcast. Deadlines are instants on the stack's clock (wall time
+// with the real clock); a blocked receiver arms the socket's one clock
+// timer for its deadline, whose callback broadcasts. No goroutine is
+// started per packet, per socket or per wait.
+//
+// Lock order: Proto.mu > Socket.mu > the clock's timer lock. V4Rcv holds
+// Proto.mu for reading while it enqueues, so a socket found in the table
+// cannot be closed under it; timer callbacks take only Socket.mu.
+package udp

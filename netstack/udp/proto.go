@@ -1,0 +1,263 @@
+package udp
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/clock"
+	"github.com/cni-userstack/cni-userstack/netstack/route"
+)
+
+// family is what UDP needs from the network layer (icsk_af_ops, the
+// struct proto callbacks into ip_*): ipv4.Layer satisfies it, an IPv6
+// layer will too.
+type family interface {
+	// QueueXmit consumes skb; skb.Bytes() starts at the UDP header, whose
+	// checksum is complete.
+	QueueXmit(skb *buf.SKB, fl route.Flow) error
+	// RouteOutput is ip_route_output_key: it picks the source address.
+	RouteOutput(fl route.Flow) (route.Result, error)
+	// SendICMPError does not consume skb; skb.NetworkHeader() is the
+	// offending packet.
+	SendICMPError(skb *buf.SKB, typ, code uint8, info uint32)
+}
+
+// Defaults for Config fields left zero.
+const (
+	// DefaultRcvBuf is the receive queue bound in bytes (net.core.rmem_default).
+	DefaultRcvBuf = 212992
+	// MaxRcvBuf caps SetReadBuffer (net.core.rmem_max is 212992 on Linux;
+	// we allow more for relays, still bounded).
+	MaxRcvBuf = 16 << 20
+	// MinRcvBuf is the smallest receive buffer (SOCK_MIN_RCVBUF rounded up).
+	MinRcvBuf = 2048
+	// DefaultEphemeralLow and DefaultEphemeralHigh are ip_local_port_range.
+	DefaultEphemeralLow  = 32768
+	DefaultEphemeralHigh = 60999
+	// DefaultMaxSockets bounds the port table.
+	DefaultMaxSockets = 1 << 16
+)
+
+// MaxPayload is the largest UDP payload over IPv4: 65535 - 20 - 8.
+const MaxPayload = 65507
+
+// Config tunes a Proto.
+type Config struct {
+	// Clock runs deadline timers; nil = clock.NewReal().
+	Clock clock.Clock
+	// EphemeralLow..EphemeralHigh is the autobind range; zero = 32768–60999.
+	EphemeralLow, EphemeralHigh uint16
+	// RcvBuf is the default per-socket receive queue bound in bytes; 0 = 212992.
+	RcvBuf int
+	// MaxSockets bounds the bound sockets; 0 = 65536.
+	MaxSockets int
+}
+
+// Proto is the UDP protocol of one stack (struct proto udp_prot plus the
+// udp_table).
+type Proto struct {
+	ip  family
+	clk clock.Clock
+	cfg Config
+
+	// mu guards ports and nbound. Bound: cfg.MaxSockets bound sockets.
+	mu     sync.RWMutex
+	ports  map[uint16][]*Socket
+	nbound int
+
+	mib   [numCounters]atomic.Uint64
+	drops buf.DropStats // drops of locally originated datagrams
+}
+
+// New returns a UDP protocol sending through ip. Register it with
+// ipv4.Layer.AddProtocol(header.ProtoUDP, ipv4.Protocol{Rcv: p.V4Rcv, Err: p.V4Err}).
+func New(ip family, cfg Config) *Proto {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.NewReal()
+	}
+	if cfg.EphemeralLow == 0 && cfg.EphemeralHigh == 0 {
+		cfg.EphemeralLow, cfg.EphemeralHigh = DefaultEphemeralLow, DefaultEphemeralHigh
+	}
+	if cfg.EphemeralLow == 0 {
+		cfg.EphemeralLow = 1
+	}
+	if cfg.EphemeralHigh < cfg.EphemeralLow {
+		cfg.EphemeralLow, cfg.EphemeralHigh = cfg.EphemeralHigh, cfg.EphemeralLow
+	}
+	if cfg.RcvBuf <= 0 {
+		cfg.RcvBuf = DefaultRcvBuf
+	}
+	cfg.RcvBuf = min(max(cfg.RcvBuf, MinRcvBuf), MaxRcvBuf)
+	if cfg.MaxSockets <= 0 {
+		cfg.MaxSockets = DefaultMaxSockets
+	}
+	return &Proto{ip: ip, clk: cfg.Clock, cfg: cfg, ports: map[uint16][]*Socket{}}
+}
+
+// Drops counts drops of datagrams this package originated or was handed
+// by a caller (the receive path counts on the input NIC's DropStats).
+func (p *Proto) Drops() *buf.DropStats { return &p.drops }
+
+// NewSocket returns an unbound socket (udp_init_sock).
+func (p *Proto) NewSocket() *Socket {
+	s := &Socket{p: p, rcvbuf: p.cfg.RcvBuf}
+	s.cond.L = &s.mu
+	s.timer = p.clk.NewTimer(s.deadlineFired)
+	return s
+}
+
+// conflicts reports whether binding addr on a port already used by list
+// conflicts (udp_lib_lport_inuse without SO_REUSEADDR/SO_REUSEPORT): it
+// does unless both addresses are specific and different.
+func conflicts(list []*Socket, addr netip.Addr) bool {
+	for _, o := range list {
+		if !o.laddr.IsValid() || o.laddr.IsUnspecified() || !addr.IsValid() || addr.IsUnspecified() || o.laddr == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// bindLocked puts s in the table at addr:port, picking an ephemeral port
+// for 0 (udp_lib_get_port). Called with p.mu and s.mu held.
+func (p *Proto) bindLocked(s *Socket, addr netip.Addr, port uint16) error {
+	if p.nbound >= p.cfg.MaxSockets {
+		return syscall.ENOBUFS
+	}
+	if port == 0 {
+		lo, hi := uint32(p.cfg.EphemeralLow), uint32(p.cfg.EphemeralHigh)
+		n := hi - lo + 1
+		start := rand.Uint32N(n)
+		found := false
+		for i := uint32(0); i < n; i++ {
+			c := uint16(lo + (start+i)%n)
+			if !conflicts(p.ports[c], addr) {
+				port, found = c, true
+				break
+			}
+		}
+		if !found {
+			return syscall.EADDRINUSE // Linux returns EADDRINUSE when the range is exhausted too
+		}
+	} else if conflicts(p.ports[port], addr) {
+		return syscall.EADDRINUSE
+	}
+	p.ports[port] = append(p.ports[port], s)
+	p.nbound++
+	s.laddr, s.lport = addr, port
+	return nil
+}
+
+// unhashLocked removes s from the table (udp_lib_unhash). Called with
+// p.mu held.
+func (p *Proto) unhashLocked(s *Socket) {
+	list := p.ports[s.lport]
+	for i, o := range list {
+		if o == s {
+			list = append(list[:i:i], list[i+1:]...)
+			p.nbound--
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(p.ports, s.lport)
+	} else {
+		p.ports[s.lport] = list
+	}
+}
+
+// lookup finds the socket for a datagram from saddr:sport to daddr:dport
+// (__udp4_lib_lookup, compute_score). Called with p.mu held for reading.
+// The fields read are written only under p.mu (bind, connect), so no
+// socket lock is needed.
+func (p *Proto) lookup(saddr netip.Addr, sport uint16, daddr netip.Addr, dport uint16) *Socket {
+	var best *Socket
+	bestScore := -1
+	for _, s := range p.ports[dport] {
+		score := 0
+		if s.laddr.IsValid() && !s.laddr.IsUnspecified() {
+			if s.laddr != daddr {
+				continue
+			}
+			score += 2
+		}
+		if s.connected {
+			if s.raddr != saddr || s.rport != sport {
+				continue
+			}
+			score += 4
+		}
+		if score > bestScore {
+			best, bestScore = s, score
+		}
+	}
+	return best
+}
+
+// counter indexes the UDP MIB (UDP_MIB_*).
+type counter int
+
+const (
+	InDatagrams counter = iota
+	NoPorts
+	InErrors
+	OutDatagrams
+	RcvbufErrors
+	SndbufErrors
+	InCsumErrors
+	numCounters
+)
+
+var counterNames = [numCounters]string{
+	"UdpInDatagrams", "UdpNoPorts", "UdpInErrors", "UdpOutDatagrams",
+	"UdpRcvbufErrors", "UdpSndbufErrors", "UdpInCsumErrors",
+}
+
+// String is the nstat name.
+func (c counter) String() string {
+	if c >= 0 && c < numCounters {
+		return counterNames[c]
+	}
+	return "?"
+}
+
+func (p *Proto) count(c counter) { p.mib[c].Add(1) }
+
+// Stats is the UDP MIB (RFC 4113 udp group, /proc/net/snmp Udp:).
+type Stats struct {
+	InDatagrams, NoPorts, InErrors, OutDatagrams uint64
+	RcvbufErrors, SndbufErrors, InCsumErrors     uint64
+}
+
+// Stats returns the counters.
+func (p *Proto) Stats() Stats {
+	g := func(c counter) uint64 { return p.mib[c].Load() }
+	return Stats{
+		InDatagrams: g(InDatagrams), NoPorts: g(NoPorts), InErrors: g(InErrors), OutDatagrams: g(OutDatagrams),
+		RcvbufErrors: g(RcvbufErrors), SndbufErrors: g(SndbufErrors), InCsumErrors: g(InCsumErrors),
+	}
+}
+
+// Counters returns every counter by its nstat name, zeros included.
+func (p *Proto) Counters() map[string]uint64 {
+	m := make(map[string]uint64, numCounters)
+	for c := counter(0); c < numCounters; c++ {
+		m[counterNames[c]] = p.mib[c].Load()
+	}
+	return m
+}
+
+// Drop reasons of this layer (SKB_DROP_REASON_*).
+var (
+	DropTooSmall   = buf.NewDropReason("PKT_TOO_SMALL")
+	DropCsum       = buf.NewDropReason("UDP_CSUM")
+	DropNoSocket   = buf.NewDropReason("NO_SOCKET")
+	DropRcvBuf     = buf.NewDropReason("SOCKET_RCVBUFF")
+	DropClose      = buf.NewDropReason("SOCKET_CLOSE")
+	DropBadPort    = buf.NewDropReason("UDP_BAD_PORT")
+	DropNotToLocal = buf.NewDropReason("UDP_NOT_LOCAL")
+)
