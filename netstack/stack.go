@@ -190,7 +190,7 @@ func (s *Stack) AddAddress(nicID int, p netip.Prefix) error {
 		err := s.fib.Add(route.Route{Dst: p.Masked(), NIC: nicID, Src: p.Addr(), Type: route.Unicast})
 		// A second address in the same prefix shares the route.
 		if err != nil && !errors.Is(err, route.ErrExists) {
-			s.fib.RemoveLocal(p.Addr())
+			s.fib.RemoveLocalFrom(p.Addr(), nicID)
 			return err
 		}
 	}
@@ -219,7 +219,8 @@ func (s *Stack) RemoveAddress(nicID int, p netip.Prefix) error {
 }
 
 func (s *Stack) removeRoutesLocked(nic *dev.NIC, p netip.Prefix) {
-	s.fib.RemoveLocal(p.Addr())
+	// Only this NIC's claim: the gateway address lives on every pod link.
+	s.fib.RemoveLocalFrom(p.Addr(), nic.ID())
 	if p.Bits() >= 32 {
 		return
 	}

@@ -36,9 +36,11 @@
 // least recently used Stale entry goes. When every entry is busy
 // (Incomplete, Reachable, Delay, Probe, Permanent) the new resolution
 // fails: the packet is freed with NEIGH_CREATEFAIL and TableFull counted.
-// Each unresolved entry queues at most MaxPending packets (default 3,
-// Linux's unres_qlen before it became a byte count); overflow frees the
-// OLDEST with NEIGH_QUEUEFULL, as __neigh_event_send does. When
+// Each unresolved entry queues at most MaxPending packets (default 101)
+// and MaxPendingBytes bytes (default 212992, Linux's unres_qlen_bytes), so
+// every fragment of a 64 KiB datagram sent before ARP completes survives;
+// overflow frees the OLDEST with NEIGH_QUEUEFULL, as __neigh_event_send
+// does. When
 // resolution fails, each queued packet goes to the failure handler (ipv4
 // answers locally originated ones with ICMP host unreachable) and is then
 // freed with NEIGH_FAILED.

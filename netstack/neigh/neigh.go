@@ -28,8 +28,11 @@ type Config struct {
 	MaxProbes int
 	// DelayProbe is delay_first_probe_time (5s).
 	DelayProbe time.Duration
-	// MaxPending bounds each entry's queue of unresolved packets (3).
-	MaxPending int
+	// MaxPending bounds each entry's queue of unresolved packets in
+	// packets (101) and MaxPendingBytes in bytes (212992, Linux's
+	// unres_qlen_bytes): enough for every fragment of a 64 KiB datagram.
+	MaxPending      int
+	MaxPendingBytes int
 	// MaxEntries bounds the table (1024, gc_thresh3).
 	MaxEntries int
 	// GCStale is gc_stale_time (60s): a Stale entry unused this long is
@@ -51,7 +54,10 @@ func (c *Config) setDefaults() {
 		c.DelayProbe = 5 * time.Second
 	}
 	if c.MaxPending <= 0 {
-		c.MaxPending = 3
+		c.MaxPending = 101
+	}
+	if c.MaxPendingBytes <= 0 {
+		c.MaxPendingBytes = 212992
 	}
 	if c.MaxEntries <= 0 {
 		c.MaxEntries = 1024
@@ -434,9 +440,9 @@ func (t *Table) Output(nic *dev.NIC, nextHop netip.Addr, skb *buf.SKB) {
 	// Incomplete: queue, the oldest making room (RFC 1122 §2.3.2.2:
 	// "SHOULD save (rather than discard) at least one (the latest)
 	// packet"), then solicit if this is the first packet.
-	var old *buf.SKB
-	if e.pending.Len() >= t.cfg.MaxPending {
-		old = e.pending.PopFront()
+	var old buf.Queue
+	for e.pending.Len() > 0 && (e.pending.Len() >= t.cfg.MaxPending || e.pending.Bytes()+skb.Len() > t.cfg.MaxPendingBytes) {
+		old.PushBack(e.pending.PopFront())
 		t.stats.QueueDrops++
 	}
 	e.pending.PushBack(skb)
@@ -446,8 +452,8 @@ func (t *Table) Output(nic *dev.NIC, nextHop netip.Addr, skb *buf.SKB) {
 		req = t.solicitLocked(e, false)
 	}
 	t.mu.Unlock()
-	if old != nil {
-		old.Free(DropNeighQueueFull)
+	if old.Len() > 0 {
+		old.Purge(DropNeighQueueFull)
 	}
 	if solicit {
 		t.sendRequest(req)

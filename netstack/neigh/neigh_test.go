@@ -413,6 +413,34 @@ func TestPendingOverflowDropsOldest(t *testing.T) {
 	}
 }
 
+// Like Linux's unres_qlen_bytes: the byte bound drops the oldest too, and
+// by default every fragment of a 64 KiB datagram (45 of 1500 bytes) waits
+// for resolution instead of all but the last three being lost.
+func TestPendingByteBound(t *testing.T) {
+	e := setup(t, Config{MaxPendingBytes: 50})
+	var drops buf.DropStats
+	for id := byte(1); id <= 4; id++ {
+		s := ipPacket(ourIP, peerIP, id) // 21 bytes each: the third overflows
+		s.Drops = &drops
+		e.tbl.Output(e.nic, peerIP, s)
+	}
+	if drops.Get(DropNeighQueueFull) == 0 {
+		t.Fatal("the byte bound must drop the oldest")
+	}
+
+	d := setup(t, Config{})
+	for id := byte(1); id <= 45; id++ {
+		s := ipPacket(ourIP, peerIP, id)
+		s.Put(1400)
+		d.tbl.Output(d.nic, peerIP, s)
+	}
+	d.sent()
+	d.arpIn(ourMAC, reply(peerMAC, peerIP))
+	if n := len(d.sent()); n != 45 || d.tbl.Stats().QueueDrops != 0 {
+		t.Fatalf("flushed %d of 45 fragments, %d queue drops", n, d.tbl.Stats().QueueDrops)
+	}
+}
+
 // resolve makes peerIP Reachable at peerMAC.
 func (e *env) resolve() {
 	e.t.Helper()
