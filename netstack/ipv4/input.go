@@ -40,8 +40,9 @@ func (l *Layer) Rcv(nic *dev.NIC, skb *buf.SKB) {
 	}
 	// RFC 1122 §3.2.1.2: "A host MUST verify the IP header checksum on
 	// every received datagram and silently discard every datagram that
-	// has a bad checksum." Skipped when the link vouched for it.
-	if skb.Csum != buf.CsumUnnecessary && !h.ChecksumValid() {
+	// has a bad checksum." Always, as ip_rcv_core does: a link's checksum
+	// offload (skb.Csum) speaks for the transport checksum only.
+	if !h.ChecksumValid() {
 		l.count(InCsumErrors)
 		l.count(InHdrErrors)
 		skb.Free(DropCsum)
@@ -91,7 +92,7 @@ func (l *Layer) badHeader(skb *buf.SKB, err error) {
 	if errors.Is(err, header.ErrBadTotalLen) && len(b) >= header.IPv4MinSize {
 		v := header.IPv4(b)
 		if hl := v.HeaderLen(); hl >= header.IPv4MinSize && hl <= len(b) && v.TotalLen() > len(b) {
-			if skb.Csum != buf.CsumUnnecessary && header.ChecksumFinal(header.Checksum(b[:hl], 0)) != 0 {
+			if header.ChecksumFinal(header.Checksum(b[:hl], 0)) != 0 {
 				l.count(InCsumErrors)
 				l.count(InHdrErrors)
 				skb.Free(DropCsum)
