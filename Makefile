@@ -7,9 +7,9 @@ GO        ?= go
 BIN       := bin/cni-userstack
 PKGS      := ./...
 # Debian packages the demo and the end-to-end tests drive as real peers.
-APT_PKGS  := iproute2 iputils-ping tcpdump iperf3 procps
+APT_PKGS  := iproute2 iputils-ping tcpdump iperf3 procps iptables
 # Commands that prove each package above is present.
-APT_CMDS  := ip ping tcpdump iperf3 pkill
+APT_CMDS  := ip ping tcpdump iperf3 pkill iptables
 TEST_TIMEOUT ?= 14m
 
 .PHONY: all build demo test unit vet fmt-check bench deps clean

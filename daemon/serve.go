@@ -1,0 +1,148 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/cni-userstack/cni-userstack/daemon/api"
+	"github.com/cni-userstack/cni-userstack/veth"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultStateDir holds the daemon's records and locks.
+const DefaultStateDir = "/var/lib/cni-userstack"
+
+// ServeFlags are the flags of `cni-userstack serve`.
+type ServeFlags struct {
+	Socket           string
+	StateDir         string
+	StackNetNS       string
+	LogLevel         string
+	UplinkSubnet     string
+	UplinkHostIfName string
+}
+
+// ParseServeFlags parses the arguments after "serve".
+func ParseServeFlags(args []string, stderr io.Writer) (*ServeFlags, error) {
+	f := &ServeFlags{}
+	fs := flag.NewFlagSet("cni-userstack serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.Socket, "socket", api.DefaultSocket, "unix socket of the API (created 0600, its directory 0700)")
+	fs.StringVar(&f.StateDir, "state-dir", DefaultStateDir, "directory of the attachment records and locks")
+	fs.StringVar(&f.StackNetNS, "stack-netns", veth.DefaultStackNetNS, "name of the stack's network namespace under /var/run/netns (created when missing)")
+	fs.StringVar(&f.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.UplinkSubnet, "uplink-subnet", DefaultUplinkSubnet.String(), "route-mode uplink subnet, IPv4 /30 or shorter: the host end gets the first address, the stack the second")
+	fs.StringVar(&f.UplinkHostIfName, "uplink-host-ifname", DefaultUplinkHostIfName, "name of the uplink's end in the host netns")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("serve: unexpected arguments %q", fs.Args())
+	}
+	if _, err := f.subnet(); err != nil {
+		return nil, err
+	}
+	if _, err := f.level(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *ServeFlags) subnet() (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(f.UplinkSubnet)
+	if err != nil {
+		return p, fmt.Errorf("--uplink-subnet: %v", err)
+	}
+	if _, _, err := UplinkAddrs(p); err != nil {
+		return p, fmt.Errorf("--uplink-subnet: %v", err)
+	}
+	return p.Masked(), nil
+}
+
+func (f *ServeFlags) level() (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(strings.ToUpper(f.LogLevel))); err != nil {
+		return l, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.LogLevel)
+	}
+	return l, nil
+}
+
+// lockStateDir takes stateDir/daemon.lock (flock, held for the process's
+// life; the kernel drops it when the process dies, kill -9 included), so
+// two daemons never drive one state dir.
+func lockStateDir(stateDir string) (*os.File, error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(stateDir, "daemon.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another daemon holds %s", f.Name())
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
+// Run is `cni-userstack serve`: lock the state dir, build the stack,
+// recover the recorded attachments, listen, and serve until SIGTERM or
+// SIGINT. Records, links and host routes are kept on exit.
+func Run(args []string, version string, stderr io.Writer) error {
+	f, err := ParseServeFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	lvl, _ := f.level()
+	subnet, _ := f.subnet()
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+
+	lock, err := lockStateDir(f.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	store, err := OpenStore(f.StateDir)
+	if err != nil {
+		return err
+	}
+	att, err := NewStackAttacher(StackConfig{StackNetNS: f.StackNetNS, UplinkSubnet: subnet,
+		UplinkHostIfName: f.UplinkHostIfName, Logger: log})
+	if err != nil {
+		return err
+	}
+	d := New(Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log}, store, att)
+	if err := d.Recover(); err != nil {
+		att.Close()
+		return fmt.Errorf("recover: %w", err)
+	}
+	l, err := Listen(f.Socket)
+	if err != nil {
+		att.Close()
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log.Info("serving", "socket", f.Socket, "stateDir", f.StateDir, "stackNetNS", f.StackNetNS,
+		"attachments", len(d.List()), "pid", os.Getpid(), "version", version)
+	err = d.Serve(ctx, l)
+	os.Remove(f.Socket)
+	log.Info("stopped; attachments kept on disk for the next start", "err", err)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}

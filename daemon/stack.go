@@ -1,0 +1,482 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/cni-userstack/cni-userstack/daemon/api"
+	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/link"
+	"github.com/cni-userstack/cni-userstack/netstack/link/afpacket"
+	"github.com/cni-userstack/cni-userstack/netstack/neigh"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
+	"github.com/cni-userstack/cni-userstack/netstack/route"
+	"github.com/cni-userstack/cni-userstack/veth"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+)
+
+// Defaults of route mode's uplink.
+var (
+	// DefaultUplinkSubnet is the link-local /30 of the uplink: the host end
+	// gets the first address, the stack the second.
+	DefaultUplinkSubnet = netip.MustParsePrefix("169.254.100.0/30")
+)
+
+const (
+	// DefaultUplinkHostIfName is the uplink's end in the host netns.
+	DefaultUplinkHostIfName = "cni-us-uplink"
+	// UplinkStackIfName is the uplink's end in the stack netns (and the
+	// stack's NIC name for it).
+	UplinkStackIfName = "us-uplink"
+	// uplinkMTU is the uplink's MTU: pods' MTUs are at most this in
+	// practice; a larger pod MTU is fragmented or refused by the stack.
+	uplinkMTU = 1500
+)
+
+// DropPodSrcMAC is the drop reason of a frame on a pod link whose Ethernet
+// source is not the pod's MAC (anti-spoofing).
+var DropPodSrcMAC = buf.NewDropReason("POD_SRC_MAC_MISMATCH")
+
+// hostRouteProtocol tags the host routes the daemon installs (rtm_protocol
+// in `ip route`, shown as "proto 0x75"): reconciliation only ever removes
+// routes carrying it.
+const hostRouteProtocol netlink.RouteProtocol = 0x75
+
+// errNoRoute is what RTM_DELROUTE answers for a missing route.
+var errNoRoute = syscall.ESRCH
+
+// kernel is what the attacher needs from the host kernel besides the
+// stack: the far ends as link endpoints, the uplink pair and host routes.
+// kernelOps is the real one; tests use in-memory pipes.
+type kernel interface {
+	// OpenLink opens the far end name in the stack netns.
+	OpenLink(name string) (link.Endpoint, header.MAC, error)
+	// UplinkSetup creates or reuses the uplink pair with hostAddr on its
+	// host end and returns the host end's ifindex.
+	UplinkSetup(hostAddr netip.Prefix) (hostIndex int, err error)
+	// HostRoute adds (replace) or removes `dst via gw dev hostIndex` in
+	// the host netns; removing a missing route is success.
+	HostRoute(dst netip.Prefix, gw netip.Addr, hostIndex int, add bool) error
+}
+
+// kernelOps is the real kernel: AF_PACKET in the stack netns, veth for the
+// uplink, netlink in the daemon's (host) netns.
+type kernelOps struct {
+	nsPath, stackNetNS, uplinkHostIfName string
+}
+
+func (k kernelOps) OpenLink(name string) (link.Endpoint, header.MAC, error) {
+	ep, err := afpacket.Open(afpacket.Config{NetNS: k.nsPath, Name: name})
+	if err != nil {
+		return nil, header.MAC{}, fmt.Errorf("open %s in netns %s: %w", name, k.stackNetNS, err)
+	}
+	return ep, header.MAC(ep.MAC()), nil
+}
+
+func (k kernelOps) UplinkSetup(hostAddr netip.Prefix) (int, error) {
+	pair, err := veth.UplinkSetup(k.uplinkHostIfName, UplinkStackIfName, k.stackNetNS, hostAddr, uplinkMTU)
+	if err != nil {
+		return 0, err
+	}
+	return pair.PodIfIndex, nil
+}
+
+func (k kernelOps) HostRoute(dst netip.Prefix, gw netip.Addr, hostIndex int, add bool) error {
+	r := &netlink.Route{
+		LinkIndex: hostIndex,
+		Dst:       &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)},
+		Gw:        gw.AsSlice(),
+		Protocol:  hostRouteProtocol,
+	}
+	if add {
+		return netlink.RouteReplace(r)
+	}
+	if err := netlink.RouteDel(r); err != nil && !errors.Is(err, errNoRoute) {
+		return err
+	}
+	return nil
+}
+
+// StackConfig configures the real attacher.
+type StackConfig struct {
+	StackNetNS       string       // name under /var/run/netns
+	UplinkSubnet     netip.Prefix // an IPv4 prefix of at most /30
+	UplinkHostIfName string
+	Logger           *slog.Logger
+	// Options are passed to netstack.New (forwarding is always on).
+	Options []netstack.Option
+}
+
+// UplinkAddrs returns the host and stack addresses of an uplink subnet:
+// the first and second host addresses, with the subnet's length.
+func UplinkAddrs(subnet netip.Prefix) (host, stack netip.Prefix, err error) {
+	if !subnet.IsValid() || !subnet.Addr().Is4() || subnet.Bits() > 30 {
+		return host, stack, fmt.Errorf("uplink subnet %v: need an IPv4 prefix of /30 or shorter", subnet)
+	}
+	s := subnet.Masked()
+	h := s.Addr().Next()
+	return netip.PrefixFrom(h, s.Bits()), netip.PrefixFrom(h.Next(), s.Bits()), nil
+}
+
+type podLink struct {
+	nic int
+	rng netip.Prefix
+}
+
+type uplinkState struct {
+	api.Uplink
+	hostIndex int
+}
+
+// StackAttacher drives the userspace stack: one NIC per pod link over an
+// AF_PACKET socket opened in the stack netns, and the route-mode uplink.
+type StackAttacher struct {
+	cfg      StackConfig
+	hostAddr netip.Prefix
+	stkAddr  netip.Prefix
+	s        *netstack.Stack
+	k        kernel
+	log      *slog.Logger
+
+	// macs maps a pod NIC to its pod's MAC for the source-MAC check; the
+	// map is copied on write so the hook reads it without a lock.
+	macs       atomic.Pointer[map[int]header.MAC]
+	spoofDrops atomic.Uint64
+
+	mu     sync.Mutex
+	pods   map[string]podLink   // by attachment ID; bound MaxAttachments
+	ranges map[netip.Prefix]int // pods per routed range
+	uplink *uplinkState         // nil until the first attach
+}
+
+// NewStackAttacher creates the stack netns when missing and a stack with
+// forwarding on and the source-MAC check at PREROUTING.
+func NewStackAttacher(cfg StackConfig) (*StackAttacher, error) {
+	if cfg.StackNetNS == "" {
+		cfg.StackNetNS = veth.DefaultStackNetNS
+	}
+	if !cfg.UplinkSubnet.IsValid() {
+		cfg.UplinkSubnet = DefaultUplinkSubnet
+	}
+	cfg.UplinkSubnet = cfg.UplinkSubnet.Masked()
+	if cfg.UplinkHostIfName == "" {
+		cfg.UplinkHostIfName = DefaultUplinkHostIfName
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if _, _, err := UplinkAddrs(cfg.UplinkSubnet); err != nil {
+		return nil, err
+	}
+	path, err := veth.EnsureStackNetNS(cfg.StackNetNS)
+	if err != nil {
+		return nil, err
+	}
+	return newStackAttacher(cfg, kernelOps{nsPath: path, stackNetNS: cfg.StackNetNS, uplinkHostIfName: cfg.UplinkHostIfName}), nil
+}
+
+// newStackAttacher builds the attacher over a kernel; cfg has its
+// defaults filled.
+func newStackAttacher(cfg StackConfig, k kernel) *StackAttacher {
+	hostAddr, stkAddr, _ := UplinkAddrs(cfg.UplinkSubnet)
+	// Every pod holds a static neighbour: the table's bound grows with
+	// MaxAttachments, leaving Linux's default room for learned entries.
+	opts := append([]netstack.Option{netstack.WithNeighConfig(neigh.Config{MaxEntries: MaxAttachments + 1024})}, cfg.Options...)
+	opts = append(opts, netstack.WithForwarding(true), netstack.WithRPFilter(true))
+	a := &StackAttacher{cfg: cfg, hostAddr: hostAddr, stkAddr: stkAddr, s: netstack.New(opts...), k: k,
+		log: cfg.Logger, pods: map[string]podLink{}, ranges: map[netip.Prefix]int{}}
+	a.macs.Store(&map[int]header.MAC{})
+	a.s.Hooks().Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriRaw, Name: "pod-src-mac", Fn: a.checkSrcMAC})
+	return a
+}
+
+// Stack is the stack the attacher drives.
+func (a *StackAttacher) Stack() *netstack.Stack { return a.s }
+
+// checkSrcMAC drops a frame from a pod link whose Ethernet source is not
+// the pod's MAC: the pod may not impersonate another host on its link
+// (the IP source is checked by strict rp_filter, RFC 3704 §2.2).
+func (a *StackAttacher) checkSrcMAC(skb *buf.SKB, st *netfilter.State) netfilter.Verdict {
+	want, ok := (*a.macs.Load())[st.In]
+	if !ok {
+		return netfilter.Accept()
+	}
+	eth := skb.MACHeader()
+	if len(eth) < header.EthernetMinSize || header.Ethernet(eth).Src() != want {
+		a.spoofDrops.Add(1)
+		return netfilter.Drop(DropPodSrcMAC)
+	}
+	return netfilter.Accept()
+}
+
+func (a *StackAttacher) setMAC(nic int, mac header.MAC, on bool) {
+	old := *a.macs.Load()
+	next := make(map[int]header.MAC, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	if on {
+		next[nic] = mac
+	} else {
+		delete(next, nic)
+	}
+	a.macs.Store(&next)
+}
+
+// Attach makes the far end a NIC owning the gateway (/32), with a /32
+// route and a static neighbour for the pod, proxy ARP for every address
+// but the pod's, strict rp_filter and the source-MAC check; the first
+// attach sets up the uplink, the first pod of a range installs the host
+// route for it.
+func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
+	podMAC, err := parseMAC(at.PodMAC)
+	if err != nil {
+		return err
+	}
+	if at.Range.Overlaps(a.cfg.UplinkSubnet) {
+		return fmt.Errorf("pod range %v overlaps the uplink subnet %v: the host could not route it; use another IPAM range or --uplink-subnet", at.Range, a.cfg.UplinkSubnet)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.pods[at.ID]; ok {
+		return fmt.Errorf("%s is already a NIC of the stack", at.ID)
+	}
+	if err := a.ensureUplinkLocked(); err != nil {
+		return err
+	}
+	ep, mac, err := a.k.OpenLink(at.HostIfName)
+	if err != nil {
+		return err
+	}
+	nic, err := a.s.AddNIC(ep, netstack.NICConfig{Name: at.HostIfName, MAC: mac, MTU: at.MTU})
+	if err != nil {
+		ep.Close()
+		return fmt.Errorf("add NIC %s: %w", at.HostIfName, err)
+	}
+	id := nic.ID()
+	defer func() {
+		if err != nil {
+			a.setMAC(id, header.MAC{}, false)
+			a.s.RemoveNIC(id)
+		}
+	}()
+	pod := at.IP.Addr()
+	if err := a.s.AddAddress(id, netip.PrefixFrom(at.Gateway, 32)); err != nil {
+		return fmt.Errorf("gateway %v on %s: %w", at.Gateway, at.HostIfName, err)
+	}
+	if err := a.s.AddRoute(route.Route{Dst: netip.PrefixFrom(pod, 32), NIC: id, Src: at.Gateway, Type: route.Unicast}); err != nil {
+		return fmt.Errorf("route %v/32 via %s: %w", pod, at.HostIfName, err)
+	}
+	if err := a.s.AddStaticNeighbor(id, pod, podMAC); err != nil {
+		return fmt.Errorf("neighbour %v %v: %w", pod, podMAC, err)
+	}
+	a.s.SetProxyARP(id, func(target netip.Addr) bool { return target != pod })
+	a.s.SetRPFilter(id, true)
+	a.setMAC(id, podMAC, true)
+	if err := a.addRangeLocked(at.Range); err != nil {
+		return err
+	}
+	a.pods[at.ID] = podLink{nic: id, rng: at.Range}
+	at.NIC = id
+	at.StackMAC = nic.MAC().String()
+	return nil
+}
+
+// Detach removes the pod's NIC (its routes, local address and neighbour
+// go with it) and the host route of its range when it was the last pod.
+func (a *StackAttacher) Detach(at *api.Attachment) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p, ok := a.pods[at.ID]
+	if !ok {
+		return nil
+	}
+	a.setMAC(p.nic, header.MAC{}, false)
+	if err := a.s.RemoveNIC(p.nic); err != nil && !errors.Is(err, netstack.ErrNoNIC) {
+		return err
+	}
+	delete(a.pods, at.ID)
+	return a.delRangeLocked(p.rng)
+}
+
+// RemoveLinks deletes the pod's veth pair.
+func (a *StackAttacher) RemoveLinks(at *api.Attachment) error {
+	return veth.Teardown(at.PodNetNS, at.IfName, at.HostIfName, a.cfg.StackNetNS)
+}
+
+// Presence looks up the pod netns and far ends of recs.
+func (a *StackAttacher) Presence(recs []api.Attachment) Presence {
+	p := Presence{NetNS: map[string]bool{}, Links: map[string]bool{}}
+	for _, r := range recs {
+		if r.PodNetNS != "" {
+			p.NetNS[r.PodNetNS] = ns.IsNSorErr(r.PodNetNS) == nil
+		}
+		if _, err := veth.LookupFarEnd(a.cfg.StackNetNS, r.HostIfName); err == nil {
+			p.Links[r.HostIfName] = true
+		}
+	}
+	return p
+}
+
+// Reconcile removes host routes over the uplink that no attached pod's
+// range needs (left by pods removed while the daemon was down).
+func (a *StackAttacher) Reconcile() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(a.cfg.UplinkHostIfName)
+	if err != nil {
+		return nil // no uplink: no routes over it
+	}
+	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: l.Attrs().Index, Protocol: hostRouteProtocol},
+		netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range rs {
+		if r.Dst == nil {
+			continue
+		}
+		p, ok := ipNetPrefix(r.Dst)
+		if ok && a.ranges[p] > 0 {
+			continue
+		}
+		if err := h.RouteDel(&r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ensureUplinkLocked creates (or reuses) the uplink pair, makes its stack
+// end a NIC with the stack's address and the default route via the host
+// end. Neighbours on it are resolved by ARP.
+func (a *StackAttacher) ensureUplinkLocked() (err error) {
+	if a.uplink != nil {
+		return nil
+	}
+	hostIndex, err := a.k.UplinkSetup(a.hostAddr)
+	if err != nil {
+		return fmt.Errorf("uplink: %w", err)
+	}
+	ep, mac, err := a.k.OpenLink(UplinkStackIfName)
+	if err != nil {
+		return fmt.Errorf("uplink: %w", err)
+	}
+	nic, err := a.s.AddNIC(ep, netstack.NICConfig{Name: UplinkStackIfName, MAC: mac})
+	if err != nil {
+		ep.Close()
+		return fmt.Errorf("uplink: add NIC: %w", err)
+	}
+	id := nic.ID()
+	defer func() {
+		if err != nil {
+			a.s.RemoveNIC(id)
+		}
+	}()
+	if err := a.s.AddAddress(id, a.stkAddr); err != nil {
+		return fmt.Errorf("uplink: address %v: %w", a.stkAddr, err)
+	}
+	if err := a.s.AddRoute(route.Route{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Gateway: a.hostAddr.Addr(), NIC: id, Type: route.Unicast}); err != nil {
+		return fmt.Errorf("uplink: default route via %v: %w", a.hostAddr.Addr(), err)
+	}
+	// Replies to the host come from anywhere the host routes to us.
+	a.s.SetRPFilter(id, false)
+	a.uplink = &uplinkState{Uplink: api.Uplink{HostIfName: a.cfg.UplinkHostIfName, HostAddr: a.hostAddr, StackAddr: a.stkAddr, NIC: id},
+		hostIndex: hostIndex}
+	a.log.Info("uplink up", "host", a.cfg.UplinkHostIfName, "hostAddr", a.hostAddr, "stackAddr", a.stkAddr)
+	return nil
+}
+
+// addRangeLocked counts a pod in its range and installs `ip route replace
+// RANGE via STACK dev UPLINK proto 0x75` in the host netns for the first.
+func (a *StackAttacher) addRangeLocked(p netip.Prefix) error {
+	if a.ranges[p] == 0 {
+		if err := a.hostRoute(p, true); err != nil {
+			return fmt.Errorf("host route %v via %v: %w", p, a.stkAddr.Addr(), err)
+		}
+	}
+	a.ranges[p]++
+	return nil
+}
+
+func (a *StackAttacher) delRangeLocked(p netip.Prefix) error {
+	if a.ranges[p] == 0 {
+		return nil
+	}
+	a.ranges[p]--
+	if a.ranges[p] > 0 {
+		return nil
+	}
+	delete(a.ranges, p)
+	if err := a.hostRoute(p, false); err != nil {
+		return fmt.Errorf("remove host route %v: %w", p, err)
+	}
+	return nil
+}
+
+func (a *StackAttacher) hostRoute(p netip.Prefix, add bool) error {
+	return a.k.HostRoute(p, a.stkAddr.Addr(), a.uplink.hostIndex, add)
+}
+
+// Status fills the stack counters and the uplink.
+func (a *StackAttacher) Status(st *api.Status) {
+	s := a.s.Stats()
+	st.Stack = api.StackStats{Counters: s.Counters, Drops: s.Drops}
+	st.Stack.Counters["PodSrcMACDrops"] = a.spoofDrops.Load()
+	for _, n := range s.NICs {
+		st.Stack.NICs = append(st.Stack.NICs, api.NICStats{ID: n.ID, Name: n.Name, RxPackets: n.RxPackets, RxBytes: n.RxBytes,
+			RxDropped: n.RxDropped, TxPackets: n.TxPackets, TxBytes: n.TxBytes, TxDropped: n.TxDropped, Drops: n.Drops})
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.uplink != nil {
+		u := a.uplink.Uplink
+		for p := range a.ranges {
+			u.Routes = append(u.Routes, p)
+		}
+		sort.Slice(u.Routes, func(i, j int) bool { return u.Routes[i].String() < u.Routes[j].String() })
+		st.Uplink = &u
+	}
+}
+
+// Close stops the stack; links, records and host routes stay for the
+// next daemon.
+func (a *StackAttacher) Close() error { return a.s.Close() }
+
+func parseMAC(s string) (header.MAC, error) {
+	var m header.MAC
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return m, fmt.Errorf("pod MAC %q: not an Ethernet MAC", s)
+	}
+	copy(m[:], hw)
+	if m.IsMulticast() || m == (header.MAC{}) {
+		return m, fmt.Errorf("pod MAC %v: not a unicast MAC", m)
+	}
+	return m, nil
+}
+
+func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}

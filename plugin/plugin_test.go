@@ -1,0 +1,340 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/cni-userstack/cni-userstack/daemon/api"
+	"github.com/cni-userstack/cni-userstack/veth"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+)
+
+func conf(mod func(m map[string]any)) []byte {
+	m := map[string]any{
+		"cniVersion": "1.1.0", "name": "net1", "type": "cni-userstack",
+		"ipam": map[string]any{"type": "host-local", "subnet": "10.1.0.0/24"},
+	}
+	if mod != nil {
+		mod(m)
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+func TestLoadConfDefaults(t *testing.T) {
+	c, err := LoadConf(conf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := struct {
+		mode       api.Mode
+		mtu        int
+		socket     string
+		stateDir   string
+		stackNetNS string
+		autostart  bool
+		subnet     string
+		hostIf     string
+		log        string
+	}{"route", 1500, "/run/cni-userstack/daemon.sock", "/var/lib/cni-userstack", "cni-userstack", true,
+		"169.254.100.0/30", "cni-us-uplink", "/var/lib/cni-userstack/daemon.log"}
+	got := want
+	got.mode, got.mtu, got.socket, got.stateDir, got.stackNetNS = c.Mode, c.MTU, c.Socket, c.StateDir, c.StackNetNS
+	got.autostart, got.subnet, got.hostIf, got.log = c.AutostartOn(), c.UplinkSubnet().String(), c.Uplink.HostIfName, c.LogPath()
+	if got != want {
+		t.Fatalf("defaults: got %+v, want %+v", got, want)
+	}
+}
+
+func TestLoadConfSettings(t *testing.T) {
+	c, err := LoadConf(conf(func(m map[string]any) {
+		m["mtu"], m["socket"], m["autostart"], m["stateDir"], m["stackNetNS"], m["logFile"] = 9000, "/tmp/x.sock", false, "/tmp/st", "ns-1", "/tmp/l.log"
+		m["uplink"] = map[string]any{"subnet": "169.254.7.5/30", "hostIfName": "up0"}
+		m["cni.dev/attachments"] = []any{map[string]any{"containerID": "a", "ifname": "eth0"}}
+		m["cni.dev/valid-attachments"] = []any{map[string]any{"containerID": "a", "ifname": "eth0"}, map[string]any{"containerID": "b", "ifname": "eth1"}}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MTU != 9000 || c.Socket != "/tmp/x.sock" || c.AutostartOn() || c.StateDir != "/tmp/st" || c.StackNetNS != "ns-1" ||
+		c.LogPath() != "/tmp/l.log" || c.UplinkSubnet() != netip.MustParsePrefix("169.254.7.4/30") || c.Uplink.HostIfName != "up0" {
+		t.Fatalf("settings not applied: %+v", c)
+	}
+	want := []api.GCAttachment{{ContainerID: "a", IfName: "eth0"}, {ContainerID: "b", IfName: "eth1"}}
+	if got := c.ValidAttachmentList(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("valid attachments: %v, want %v", got, want)
+	}
+}
+
+func TestLoadConfErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		stdin []byte
+		code  uint
+		msg   string
+	}{
+		{"garbage", []byte("{nope"), types.ErrDecodingFailure, "not valid JSON"},
+		{"wrong type", conf(func(m map[string]any) { m["type"] = "ptp" }), types.ErrInvalidNetworkConfig, `type is "ptp"`},
+		{"missing name", conf(func(m map[string]any) { delete(m, "name") }), types.ErrInvalidNetworkConfig, "name is missing"},
+		{"missing ipam", conf(func(m map[string]any) { delete(m, "ipam") }), types.ErrInvalidNetworkConfig, "ipam is missing"},
+		{"ipam without type", conf(func(m map[string]any) { m["ipam"] = map[string]any{} }), types.ErrInvalidNetworkConfig, "ipam is missing"},
+		{"negative mtu", conf(func(m map[string]any) { m["mtu"] = -5 }), types.ErrInvalidNetworkConfig, "mtu -5 is out of range"},
+		{"small mtu", conf(func(m map[string]any) { m["mtu"] = 67 }), types.ErrInvalidNetworkConfig, "mtu 67"},
+		{"oversized mtu", conf(func(m map[string]any) { m["mtu"] = 65536 }), types.ErrInvalidNetworkConfig, "mtu 65536"},
+		{"mtu not a number", conf(func(m map[string]any) { m["mtu"] = "big" }), types.ErrDecodingFailure, "mtu"},
+		{"proxy mode", conf(func(m map[string]any) { m["mode"] = "proxy" }), types.ErrInvalidNetworkConfig, "later release"},
+		{"unknown mode", conf(func(m map[string]any) { m["mode"] = "bridge" }), types.ErrInvalidNetworkConfig, `mode "bridge" is unknown`},
+		{"relative socket", conf(func(m map[string]any) { m["socket"] = "d.sock" }), types.ErrInvalidNetworkConfig, "absolute"},
+		{"relative stateDir", conf(func(m map[string]any) { m["stateDir"] = "st" }), types.ErrInvalidNetworkConfig, "absolute"},
+		{"bad stackNetNS", conf(func(m map[string]any) { m["stackNetNS"] = "a/b" }), types.ErrInvalidNetworkConfig, "stackNetNS"},
+		{"uplink unknown key", conf(func(m map[string]any) { m["uplink"] = map[string]any{"gateway": "x"} }), types.ErrUnsupportedField, "gateway"},
+		{"uplink subnet garbage", conf(func(m map[string]any) { m["uplink"] = map[string]any{"subnet": "x"} }), types.ErrInvalidNetworkConfig, "uplink.subnet"},
+		{"uplink subnet too small", conf(func(m map[string]any) { m["uplink"] = map[string]any{"subnet": "169.254.1.0/31"} }), types.ErrInvalidNetworkConfig, "/30"},
+		{"uplink IPv6", conf(func(m map[string]any) { m["uplink"] = map[string]any{"subnet": "fe80::/64"} }), types.ErrInvalidNetworkConfig, "IPv4"},
+		{"uplink long name", conf(func(m map[string]any) { m["uplink"] = map[string]any{"hostIfName": "abcdefghijklmnop"} }), types.ErrInvalidNetworkConfig, "hostIfName"},
+		{"bad prevResult", conf(func(m map[string]any) { m["prevResult"] = map[string]any{"ips": "x"} }), types.ErrDecodingFailure, "prevResult"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := LoadConf(tc.stdin)
+			var te *types.Error
+			if !errors.As(err, &te) {
+				t.Fatalf("error %v (%T) is not a *types.Error", err, err)
+			}
+			if te.Code != tc.code || !strings.Contains(te.Error(), tc.msg) {
+				t.Fatalf("got code %d %q, want code %d containing %q", te.Code, te.Error(), tc.code, tc.msg)
+			}
+		})
+	}
+}
+
+func ipamResult(t *testing.T, js string) *current.Result {
+	t.Helper()
+	var r current.Result
+	if err := json.Unmarshal([]byte(js), &r); err != nil {
+		t.Fatal(err)
+	}
+	return &r
+}
+
+func TestPodAddressing(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		res  string
+		want *podAddr
+		err  string
+	}{
+		{"gateway and no routes", `{"ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.1"}]}`,
+			&podAddr{IP: netip.MustParsePrefix("10.1.0.5/24"), Gateway: netip.MustParseAddr("10.1.0.1"), Range: netip.MustParsePrefix("10.1.0.0/24"),
+				Routes: []veth.Route{{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("10.1.0.1")}}}, ""},
+		{"no gateway: first address", `{"ips":[{"address":"10.1.0.5/24"}]}`,
+			&podAddr{IP: netip.MustParsePrefix("10.1.0.5/24"), Gateway: netip.MustParseAddr("10.1.0.1"), Range: netip.MustParsePrefix("10.1.0.0/24"),
+				Routes: []veth.Route{{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("10.1.0.1")}}}, ""},
+		{"IPAM routes, gateway filled", `{"ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.254"}],"routes":[{"dst":"10.9.0.0/16"},{"dst":"0.0.0.0/0","gw":"10.1.0.254"}]}`,
+			&podAddr{IP: netip.MustParsePrefix("10.1.0.5/24"), Gateway: netip.MustParseAddr("10.1.0.254"), Range: netip.MustParsePrefix("10.1.0.0/24"),
+				Routes: []veth.Route{{Dst: netip.MustParsePrefix("10.9.0.0/16"), GW: netip.MustParseAddr("10.1.0.254")},
+					{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("10.1.0.254")}}}, ""},
+		{"no address", `{"ips":[]}`, nil, "no IPv4 address"},
+		{"IPv6", `{"ips":[{"address":"fd00::5/64"}]}`, nil, "IPv4 only"},
+		{"two IPv4", `{"ips":[{"address":"10.1.0.5/24"},{"address":"10.2.0.5/24"}]}`, nil, "more than one"},
+		{"gateway is the pod", `{"ips":[{"address":"10.1.0.1/24"}]}`, nil, "not usable"},
+		{"/32", `{"ips":[{"address":"10.1.0.1/32"}]}`, nil, "/30 or shorter"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := podAddressing(ipamResult(t, tc.res))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err %v, want %q", err, tc.err)
+				}
+				var te *types.Error
+				if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig {
+					t.Fatalf("err %v is not a code 7 *types.Error", err)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %+v %v, want %+v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestResultShapePerVersion converts the ADD result to every supported
+// version and checks each one's shape.
+func TestResultShapePerVersion(t *testing.T) {
+	ipamRes := ipamResult(t, `{"ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.1"}],"dns":{"nameservers":["10.1.0.53"]}}`)
+	pa, err := podAddressing(ipamRes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac, _ := net.ParseMAC("02:00:00:00:00:05")
+	res := buildResult(nil, ipamRes, "eth0", "/var/run/netns/p1", mac, pa)
+	for _, v := range []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
+		t.Run(v, func(t *testing.T) {
+			r, err := res.GetAsVersion(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := json.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var raw struct {
+				CNIVersion string `json:"cniVersion"`
+				Interfaces []struct {
+					Name, Mac, Sandbox string
+				} `json:"interfaces"`
+				IPs    []map[string]any `json:"ips"`
+				Routes []struct {
+					Dst, GW string
+				} `json:"routes"`
+				DNS struct {
+					Nameservers []string
+				} `json:"dns"`
+			}
+			if err := json.Unmarshal(b, &raw); err != nil {
+				t.Fatal(err)
+			}
+			if raw.CNIVersion != v || len(raw.Interfaces) != 1 || raw.Interfaces[0].Name != "eth0" ||
+				raw.Interfaces[0].Sandbox != "/var/run/netns/p1" || raw.Interfaces[0].Mac != "02:00:00:00:00:05" {
+				t.Fatalf("%s: %s", v, b)
+			}
+			if len(raw.IPs) != 1 || raw.IPs[0]["address"] != "10.1.0.5/24" || raw.IPs[0]["gateway"] != "10.1.0.1" || raw.IPs[0]["interface"] != 0.0 {
+				t.Fatalf("%s ips: %s", v, b)
+			}
+			_, hasVer := raw.IPs[0]["version"]
+			if wantVer := v < "1.0.0"; hasVer != wantVer {
+				t.Fatalf("%s: ips[0].version present=%v, want %v: %s", v, hasVer, wantVer, b)
+			}
+			if len(raw.Routes) != 1 || raw.Routes[0].Dst != "0.0.0.0/0" || raw.Routes[0].GW != "10.1.0.1" {
+				t.Fatalf("%s routes: %s", v, b)
+			}
+			if len(raw.DNS.Nameservers) != 1 || raw.DNS.Nameservers[0] != "10.1.0.53" {
+				t.Fatalf("%s dns: %s", v, b)
+			}
+		})
+	}
+}
+
+// TestResultChained appends our interface to a previous plugin's result.
+func TestResultChained(t *testing.T) {
+	prev := ipamResult(t, `{"cniVersion":"1.1.0","interfaces":[{"name":"lo","sandbox":"/p"}],"ips":[{"address":"127.0.0.1/8","interface":0}],"dns":{"nameservers":["1.1.1.1"]}}`)
+	ipamRes := ipamResult(t, `{"ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.1"}],"dns":{"nameservers":["10.1.0.53"]}}`)
+	pa, _ := podAddressing(ipamRes)
+	mac, _ := net.ParseMAC("02:00:00:00:00:05")
+	r := buildResult(prev, ipamRes, "eth0", "/p", mac, pa)
+	if len(r.Interfaces) != 2 || len(r.IPs) != 2 || *r.IPs[1].Interface != 1 || r.DNS.Nameservers[0] != "1.1.1.1" {
+		t.Fatalf("chained result: %+v", r)
+	}
+	if len(prev.Interfaces) != 1 {
+		t.Fatalf("prevResult modified")
+	}
+	ips, gotMAC, err := resultIPs(r, "eth0", "/p")
+	if err != nil || len(ips) != 1 || ips[0] != netip.MustParsePrefix("10.1.0.5/24") || gotMAC != "02:00:00:00:00:05" {
+		t.Fatalf("resultIPs: %v %q %v", ips, gotMAC, err)
+	}
+	if _, _, err := resultIPs(r, "eth1", "/p"); err == nil {
+		t.Fatalf("resultIPs found a missing interface")
+	}
+}
+
+func TestUndoListLIFO(t *testing.T) {
+	var order []string
+	var u undoList
+	u.add("ipam", func() error { order = append(order, "ipam"); return nil })
+	u.add("veth", func() error { order = append(order, "veth"); return errors.New("busy") })
+	u.add("detach", func() error { order = append(order, "detach"); return nil })
+	err := u.run()
+	if want := []string{"detach", "veth", "ipam"}; !reflect.DeepEqual(order, want) {
+		t.Fatalf("order %v, want %v", order, want)
+	}
+	if err == nil || !strings.Contains(err.Error(), "undo veth: busy") {
+		t.Fatalf("err %v, want the veth step's error", err)
+	}
+	order = nil
+	if err := u.run(); err != nil || order != nil {
+		t.Fatalf("second run: %v %v", order, err)
+	}
+}
+
+// TestUndoOnNamedReturn checks the cmdAdd pattern: a later step's failure
+// assigned to the named return (no shadowing) runs the undo list.
+func TestUndoOnNamedReturn(t *testing.T) {
+	ran := false
+	f := func() (err error) {
+		var u undoList
+		defer func() {
+			if err != nil {
+				u.run()
+			}
+		}()
+		u.add("first", func() error { ran = true; return nil })
+		_, err = netip.ParsePrefix("not a prefix")
+		if err != nil {
+			return err
+		}
+		return nil
+	}
+	if f() == nil || !ran {
+		t.Fatalf("undo did not run on failure")
+	}
+}
+
+func TestDaemonEnvDropsCNIVars(t *testing.T) {
+	got := daemonEnv([]string{"PATH=/bin", "CNI_COMMAND=ADD", "CNI_NETNS=/x", "HOME=/root"})
+	if want := []string{"PATH=/bin", "HOME=/root"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+func TestDaemonDownCodes(t *testing.T) {
+	sock := t.TempDir() + "/none.sock"
+	stdin := conf(func(m map[string]any) { m["socket"], m["autostart"] = sock, false })
+	c, err := LoadConf(stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ensureDaemon(context.Background(), c)
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrTryAgainLater || !strings.Contains(te.Msg, "autostart is false") || !strings.Contains(te.Msg, sock) {
+		t.Fatalf("ensureDaemon with the daemon down: %v", err)
+	}
+	err = cmdStatus(&skel.CmdArgs{StdinData: stdin})
+	if !errors.As(err, &te) || te.Code != types.ErrPluginNotAvailable {
+		t.Fatalf("STATUS with the daemon down: %v", err)
+	}
+}
+
+func TestDaemonStackNetNSMismatch(t *testing.T) {
+	sock := t.TempDir() + "/d.sock"
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(api.Status{StackNetNS: "other-ns"})
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	c, err := LoadConf(conf(func(m map[string]any) { m["socket"] = sock }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ensureDaemon(context.Background(), c)
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, "other-ns") {
+		t.Fatalf("mismatched stack netns: %v", err)
+	}
+	c.StackNetNS = "other-ns"
+	if _, err := ensureDaemon(context.Background(), c); err != nil {
+		t.Fatalf("matching stack netns: %v", err)
+	}
+}

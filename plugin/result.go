@@ -1,0 +1,151 @@
+package plugin
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/cni-userstack/cni-userstack/veth"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// podAddr is what a pod gets from IPAM (ARCHITECTURE.md "Pod link
+// addressing"): its address with the IPAM prefix length, the gateway the
+// stack owns on its link, the network's pod range, and its routes (the
+// IPAM routes, with the gateway filled in, or a default via the gateway).
+type podAddr struct {
+	IP      netip.Prefix
+	Gateway netip.Addr
+	Range   netip.Prefix
+	Routes  []veth.Route
+}
+
+// podAddressing picks the pod's addressing from an IPAM result. The stack
+// is IPv4-only in this release: exactly one IPv4 address is required and
+// an IPv6 one is refused (code 7) rather than configured and black-holed.
+// A missing gateway is the first address of the subnet, as ptp does.
+func podAddressing(res *current.Result) (*podAddr, error) {
+	var pa *podAddr
+	for _, ipc := range res.IPs {
+		a, ok := netip.AddrFromSlice(ipc.Address.IP)
+		if !ok {
+			return nil, confErr("IPAM returned an invalid address %v", ipc.Address.IP)
+		}
+		a = a.Unmap()
+		ones, _ := ipc.Address.Mask.Size()
+		if a.Is6() {
+			return nil, confErr("IPAM returned IPv6 address %v: cni-userstack routes IPv4 only in this release; configure an IPv4-only IPAM range", ipc.Address.String())
+		}
+		if pa != nil {
+			return nil, confErr("IPAM returned more than one IPv4 address (%v and %v): configure one IPv4 range", pa.IP, ipc.Address.String())
+		}
+		p := netip.PrefixFrom(a, ones)
+		if ones >= 31 {
+			return nil, confErr("IPAM address %v: the prefix must be /30 or shorter to hold a gateway", p)
+		}
+		gw, _ := netip.AddrFromSlice(ipc.Gateway)
+		gw = gw.Unmap()
+		if !gw.IsValid() {
+			gw = p.Masked().Addr().Next()
+		}
+		if !gw.Is4() || gw == a {
+			return nil, confErr("IPAM gateway %v is not usable for pod address %v", ipc.Gateway, p)
+		}
+		pa = &podAddr{IP: p, Gateway: gw, Range: p.Masked()}
+	}
+	if pa == nil {
+		return nil, confErr("IPAM returned no IPv4 address: check the ipam section's ranges")
+	}
+	for _, r := range res.Routes {
+		dst, ok := ipNetPrefix(&r.Dst)
+		if !ok || !dst.Addr().Is4() {
+			continue
+		}
+		gw, _ := netip.AddrFromSlice(r.GW)
+		gw = gw.Unmap()
+		if !gw.IsValid() {
+			gw = pa.Gateway
+		}
+		pa.Routes = append(pa.Routes, veth.Route{Dst: dst, GW: gw})
+	}
+	if len(pa.Routes) == 0 {
+		pa.Routes = []veth.Route{{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), GW: pa.Gateway}}
+	}
+	return pa, nil
+}
+
+// buildResult is the ADD result: the pod interface with its sandbox path,
+// its address (interface index pointing at it) with the gateway, the pod
+// routes and the IPAM DNS, appended to prev when the plugin is chained
+// after another one. It is in the current (1.1.0) shape; PrintResult
+// converts it to the requested version.
+func buildResult(prev *current.Result, ipamRes *current.Result, ifName, netns string, podMAC net.HardwareAddr, pa *podAddr) *current.Result {
+	r := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	if prev != nil {
+		cp := *prev
+		r = &cp
+		r.CNIVersion = current.ImplementedSpecVersion
+	}
+	idx := len(r.Interfaces)
+	r.Interfaces = append(r.Interfaces, &current.Interface{Name: ifName, Mac: podMAC.String(), Sandbox: netns})
+	r.IPs = append(r.IPs, &current.IPConfig{
+		Interface: current.Int(idx),
+		Address:   net.IPNet{IP: pa.IP.Addr().AsSlice(), Mask: net.CIDRMask(pa.IP.Bits(), 32)},
+		Gateway:   pa.Gateway.AsSlice(),
+	})
+	for _, rt := range pa.Routes {
+		r.Routes = append(r.Routes, &types.Route{
+			Dst: net.IPNet{IP: rt.Dst.Addr().AsSlice(), Mask: net.CIDRMask(rt.Dst.Bits(), 32)},
+			GW:  rt.GW.AsSlice(),
+		})
+	}
+	if prev == nil || (len(r.DNS.Nameservers) == 0 && r.DNS.Domain == "" && len(r.DNS.Search) == 0) {
+		r.DNS = ipamRes.DNS
+	}
+	return r
+}
+
+func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, bits := n.Mask.Size()
+	if bits == 0 {
+		return netip.Prefix{}, false
+	}
+	a = a.Unmap()
+	if a.Is4() && bits == 128 {
+		ones -= 96
+	}
+	return netip.PrefixFrom(a, ones).Masked(), true
+}
+
+// resultIPs lists the addresses of a result on the interface (name,
+// sandbox), for CHECK.
+func resultIPs(r *current.Result, ifName, netns string) ([]netip.Prefix, string, error) {
+	idx := -1
+	mac := ""
+	for i, in := range r.Interfaces {
+		if in.Name == ifName && in.Sandbox == netns {
+			idx, mac = i, in.Mac
+		}
+	}
+	if idx < 0 {
+		return nil, "", fmt.Errorf("prevResult has no interface %q in sandbox %s", ifName, netns)
+	}
+	var out []netip.Prefix
+	for _, ipc := range r.IPs {
+		if ipc.Interface == nil || *ipc.Interface != idx {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(ipc.Address.IP)
+		if !ok {
+			continue
+		}
+		ones, _ := ipc.Address.Mask.Size()
+		out = append(out, netip.PrefixFrom(a.Unmap(), ones))
+	}
+	return out, mac, nil
+}
