@@ -56,7 +56,7 @@ func indent(s string) string {
 
 func main() {
 	outDir := flag.String("out", "demo-report", "directory for the report and the packet capture")
-	flag.String("bin", "bin/cni-userstack", "the cni-userstack binary (used by the CNI part)")
+	bin := flag.String("bin", "bin/cni-userstack", "the cni-userstack binary the CNI part installs as the plugin")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "demo: needs root (it creates network namespaces and veth pairs)")
@@ -91,6 +91,8 @@ func main() {
 	}()
 
 	stackOnVeth(r, *outDir, &cleanups)
+	cleanup()
+	cniPods(r, *outDir, *bin, &cleanups)
 	cleanup()
 
 	fmt.Fprintf(r.w, "\n%d steps passed, %d failed. Report: %s\n", r.passed, r.failed, filepath.Join(*outDir, "report.txt"))

@@ -1,0 +1,303 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/cni-userstack/cni-userstack/daemon/api"
+	"github.com/cni-userstack/cni-userstack/test/e2e/env"
+	"github.com/cni-userstack/cni-userstack/veth"
+)
+
+// Names and ranges of the demo's own node, kept apart from a real
+// installation's defaults (stack netns cni-userstack, 169.254.100.0/30).
+const (
+	demoNetwork  = "cni-userstack-demo"
+	demoStackNS  = "cnius-demo"
+	demoUplinkIf = "cnius-demo-up"
+	demoUplink   = "169.254.252.0/30"
+	demoSubnet   = "10.252.0.0/24"
+	demoHostAddr = "169.254.252.1"
+)
+
+type demoPod struct {
+	name, nsPath string
+	rt           *libcni.RuntimeConf
+	ip           netip.Addr
+}
+
+// cniPods drives the real plugin through libcni, as containerd and CRI-O
+// do: two pods get addresses from host-local, ping each other and the
+// host, move data over TCP and fetch a page from a server in the host
+// namespace, all forwarded by the userspace stack.
+func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
+	r.section("Pods attached by the CNI plugin (route mode), driven by libcni")
+	outDir, _ = filepath.Abs(outDir)
+	binDir := filepath.Join(outDir, "cni-bin")
+	socket := filepath.Join(outDir, "run", "daemon.sock")
+	stateDir := filepath.Join(outDir, "state")
+	// A previous run's state (leases, records) must not leak into this one.
+	for _, d := range []string{"run", "state", "ipam", "cni-cache"} {
+		_ = os.RemoveAll(filepath.Join(outDir, d))
+	}
+	ok := true
+	r.step("install the plugin and host-local into a CNI bin dir", func() (string, error) {
+		if err := os.MkdirAll(binDir, 0o755); err != nil {
+			ok = false
+			return "", err
+		}
+		if _, err := env.Run("cp", bin, filepath.Join(binDir, "cni-userstack")); err != nil {
+			ok = false
+			return "", err
+		}
+		if _, err := env.Run("go", "build", "-o", filepath.Join(binDir, "host-local"),
+			"github.com/containernetworking/plugins/plugins/ipam/host-local"); err != nil {
+			ok = false
+			return "", err
+		}
+		return binDir, nil
+	})
+	if !ok {
+		return
+	}
+	*cleanups = append(*cleanups, func() {
+		// The autostarted daemon is nobody's child: stop it by its PID.
+		if st, err := api.NewClient(socket, 2*time.Second).Status(context.Background()); err == nil && st.PID > 0 {
+			_ = syscall.Kill(st.PID, syscall.SIGTERM)
+			waitExit(st.PID, 5*time.Second)
+		}
+		_ = veth.UplinkTeardown(demoUplinkIf)
+		_ = veth.DeleteNetNS(demoStackNS)
+	})
+
+	conf := map[string]any{
+		"cniVersion": "1.1.0", "name": demoNetwork,
+		"plugins": []any{map[string]any{
+			"type": "cni-userstack", "mode": "route", "mtu": 1500,
+			"socket": socket, "stateDir": stateDir, "stackNetNS": demoStackNS,
+			"logFile": filepath.Join(outDir, "daemon.log"),
+			"uplink":  map[string]any{"subnet": demoUplink, "hostIfName": demoUplinkIf},
+			"ipam": map[string]any{"type": "host-local", "ranges": [][]map[string]string{{{"subnet": demoSubnet}}},
+				"dataDir": filepath.Join(outDir, "ipam")},
+		}},
+	}
+	js, _ := json.Marshal(conf)
+	list, err := libcni.ConfListFromBytes(js)
+	if err != nil {
+		r.step("parse the network config", func() (string, error) { return "", err })
+		return
+	}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(outDir, "cni-cache"), nil)
+
+	pods := make([]*demoPod, 2)
+	for i := range pods {
+		name := fmt.Sprintf("pod-%c-%s", 'a'+i, env.Suffix())
+		p := &demoPod{name: name}
+		pods[i] = p
+		r.step(fmt.Sprintf("CNI ADD %s (autostarts the daemon)", name), func() (string, error) {
+			path, err := veth.NewNetNS(name)
+			if err != nil {
+				ok = false
+				return "", err
+			}
+			p.nsPath = path
+			*cleanups = append(*cleanups, func() { _ = veth.DeleteNetNS(name) })
+			p.rt = &libcni.RuntimeConf{ContainerID: name, NetNS: path, IfName: "eth0"}
+			res, err := cni.AddNetworkList(context.Background(), list, p.rt)
+			if err != nil {
+				ok = false
+				return "", err
+			}
+			*cleanups = append(*cleanups, func() { _ = cni.DelNetworkList(context.Background(), list, p.rt) })
+			cur, err := current.NewResultFromResult(res)
+			if err != nil || len(cur.IPs) != 1 {
+				ok = false
+				return "", fmt.Errorf("unexpected result %v: %v", res, err)
+			}
+			p.ip, _ = netip.AddrFromSlice(cur.IPs[0].Address.IP.To4())
+			return fmt.Sprintf("eth0 %s gw %s", cur.IPs[0].Address.String(), cur.IPs[0].Gateway), nil
+		})
+		if !ok {
+			return
+		}
+	}
+	a, b := pods[0], pods[1]
+	r.step("pod A pings pod B (forwarded inside the stack)", func() (string, error) {
+		return podPing(a, b.ip.String())
+	})
+	r.step("pod B pings pod A", func() (string, error) {
+		return podPing(b, a.ip.String())
+	})
+	r.step("both pods ping the host through the uplink", func() (string, error) {
+		var out []string
+		for _, p := range pods {
+			s, err := podPing(p, demoHostAddr)
+			if err != nil {
+				return s, err
+			}
+			out = append(out, s)
+		}
+		return out[0], nil
+	})
+	r.step("pod A → pod B: 64 MiB over kernel TCP, SHA-256 checked", func() (string, error) {
+		return podTransfer(a, b, 64<<20)
+	})
+	r.step("pod B fetches a page from a server in the host namespace", func() (string, error) {
+		return podFetch(b)
+	})
+	r.step("the daemon's view of its attachments", func() (string, error) {
+		atts, err := api.NewClient(socket, 5*time.Second).List(context.Background())
+		if err != nil {
+			return "", err
+		}
+		var lines []string
+		for _, at := range atts {
+			lines = append(lines, fmt.Sprintf("%s %s: pod %s (mac %s) on stack NIC %d %s, gateway %s, range %s",
+				at.ContainerID, at.IfName, at.IP, at.PodMAC, at.NIC, at.HostIfName, at.Gateway, at.Range))
+		}
+		if len(atts) != 2 {
+			return strings.Join(lines, "\n"), fmt.Errorf("%d attachments, want 2", len(atts))
+		}
+		return strings.Join(lines, "\n        "), nil
+	})
+	r.step("CNI DEL both pods", func() (string, error) {
+		for _, p := range pods {
+			if err := cni.DelNetworkList(context.Background(), list, p.rt); err != nil {
+				return "", err
+			}
+		}
+		atts, err := api.NewClient(socket, 5*time.Second).List(context.Background())
+		if err == nil && len(atts) != 0 {
+			err = fmt.Errorf("%d attachments left", len(atts))
+		}
+		return "no attachment left", err
+	})
+}
+
+func waitExit(pid int, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+func podPing(p *demoPod, addr string) (string, error) {
+	out, err := env.Run("ip", "netns", "exec", p.name, "ping", "-c", "5", "-i", "0.05", "-W", "2", "-q", addr)
+	return lastLines(out, 1), pingErr(out, err)
+}
+
+// inPod runs fn on a thread in the pod's namespace; sockets it opens stay there.
+func inPod(p *demoPod, fn func() error) error {
+	return ns.WithNetNSPath(p.nsPath, func(ns.NetNS) error { return fn() })
+}
+
+func podTransfer(from, to *demoPod, n int64) (string, error) {
+	var ln net.Listener
+	if err := inPod(to, func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(to.ip, 5201).String())
+		return err
+	}); err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	got := make(chan [32]byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- [32]byte{}
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+		h := sha256.New()
+		_, _ = io.Copy(h, c)
+		var sum [32]byte
+		copy(sum[:], h.Sum(nil))
+		got <- sum
+	}()
+	var c net.Conn
+	if err := inPod(from, func() (err error) {
+		c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(to.ip, 5201).String(), 5*time.Second)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	start := time.Now()
+	h := sha256.New()
+	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := io.CopyN(io.MultiWriter(c, h), rand.Reader, n); err != nil {
+		c.Close()
+		return "", err
+	}
+	c.Close()
+	select {
+	case sum := <-got:
+		d := time.Since(start)
+		if string(sum[:]) != string(h.Sum(nil)) {
+			return "", fmt.Errorf("SHA-256 mismatch")
+		}
+		return fmt.Sprintf("%d MiB in %v (%.2f Gbit/s), checksum equal", n>>20, d.Round(time.Millisecond), float64(n*8)/d.Seconds()/1e9), nil
+	case <-time.After(60 * time.Second):
+		return "", fmt.Errorf("receiver did not finish in 60s")
+	}
+}
+
+func podFetch(p *demoPod) (string, error) {
+	ln, err := net.Listen("tcp4", demoHostAddr+":8080")
+	if err != nil {
+		return "", err
+	}
+	body := "hello from the host namespace\n"
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		fmt.Fprintf(w, "%s(you are %s)\n", body, req.RemoteAddr)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	// The transport dials on its own goroutine: the dial itself must enter
+	// the pod's namespace.
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = inPod(p, func() error {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}
+	defer tr.CloseIdleConnections()
+	var page string
+	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: tr}).Get("http://" + demoHostAddr + ":8080/")
+	if err == nil {
+		var b []byte
+		b, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		page = string(b)
+	}
+	if err == nil && !strings.Contains(page, "you are "+p.ip.String()+":") {
+		err = fmt.Errorf("the server should see the pod's own address %s: %q", p.ip, page)
+	}
+	if err == nil && !strings.HasPrefix(page, body) {
+		err = fmt.Errorf("unexpected page %q", page)
+	}
+	return strings.ReplaceAll(strings.TrimSpace(page), "\n", " "), err
+}
