@@ -112,6 +112,12 @@ func (l *Layer) badHeader(skb *buf.SKB, err error) {
 func (l *Layer) rcvFinish(skb *buf.SKB) {
 	h := header.IPv4(skb.Bytes())
 	src := h.Src()
+	// A flow diverted by netfilter's DIVERT (TPROXY-style) is local
+	// whatever its destination, as "ip rule fwmark → table local" makes it.
+	if skb.Mark&netfilter.MarkDivert != 0 {
+		l.localDeliver(skb)
+		return
+	}
 	res, err := l.fib.Input(src, h.Dst(), skb.InNIC)
 	if err != nil {
 		l.inputRouteError(skb, err)

@@ -1,11 +1,3 @@
-// Package netfilter owns the five IPv4 hook points and what runs at them
-// (net/netfilter/core.c, nf_hook_ops): hook functions registered with a
-// priority, called in priority order, each returning a verdict. Rule tables,
-// connection tracking and NAT register here as hook functions.
-//
-// Not owned here: where the hooks sit in the packet path (ipv4 calls Hook at
-// the kernel's places) and what happens to a dropped packet (the caller
-// frees it with the verdict's reason).
 package netfilter
 
 import (
@@ -86,7 +78,8 @@ type State struct {
 }
 
 // Func is a hook function (nf_hookfn). It may modify skb (after
-// skb.Writable) and returns a verdict; with Stolen it owns skb.
+// skb.Writable) and returns a verdict; with Stolen it owns skb. It must
+// not keep st after returning.
 type Func func(skb *buf.SKB, st *State) Verdict
 
 // Ops is one registration (nf_hook_ops).
@@ -151,11 +144,18 @@ func (h *Hooks) Run(hook Hook, skb *buf.SKB, in, out int) Verdict {
 	if p == nil || len(*p) == 0 {
 		return Accept()
 	}
-	st := State{Hook: hook, In: in, Out: out}
+	// The State is pooled: passed through a func value it would escape
+	// and cost an allocation per call.
+	st := statePool.Get().(*State)
+	*st = State{Hook: hook, In: in, Out: out}
+	v := Accept()
 	for _, o := range *p {
-		if v := o.Fn(skb, &st); !v.Accepted() {
-			return v
+		if v = o.Fn(skb, st); !v.Accepted() {
+			break
 		}
 	}
-	return Accept()
+	statePool.Put(st)
+	return v
 }
+
+var statePool = sync.Pool{New: func() any { return new(State) }}

@@ -1,0 +1,45 @@
+// Package conntrack owns connection tracking (net/netfilter/nf_conntrack_core.c,
+// nf_conntrack_proto_{tcp,udp,icmp}.c, the tuple handling of nf_nat_core.c):
+// the table of flows, each known by a tuple per direction, protocol state
+// and timeouts, and the NAT bindings that rewrite a flow's reply tuple.
+//
+// Not owned here: what runs at which hook, rule tables and the rewriting of
+// packet bytes (package netfilter), reassembly before tracking (netfilter's
+// defrag), and where the hooks sit in the packet path (ipv4).
+//
+// # Theory of operation
+//
+// A Conn has an original tuple (as the first packet saw it) and a reply
+// tuple (what an answer looks like, the inverse of the original unless NAT
+// bound the flow). Both are keys of one hash map, so a packet in either
+// direction finds its Conn with one lookup (the kernel's tuplehash[2]).
+// Table.In classifies a datagram: the Conn and direction it belongs to and
+// its ctinfo (New, Established, Related, Invalid), creating the Conn for
+// the first packet of a flow.
+//
+// Conns are inserted when created, not when confirmed: a Conn is visible
+// to other packets of the flow at once, and a NAT binding (BindNAT) rekeys
+// its reply tuple under the table lock, so two new flows can never be
+// given the same translated tuple. Confirm marks a Conn whose first packet
+// left the stack; until then it carries the short Unconfirmed timeout and
+// the rule engine removes it (Kill) when its own rules drop the packet.
+//
+// # Timers
+//
+// Each Conn has one clock.Timer, armed lazily: a packet only stores the new
+// deadline in an atomic. When the timer fires before that deadline it is
+// re-armed for it; when the deadline has passed the Conn is removed. A
+// deadline that moves earlier (TCP entering TIME_WAIT or CLOSE) re-arms at
+// once. So the per-packet cost is one atomic store, and no Conn costs a
+// goroutine.
+//
+// # Limits
+//
+// The table holds at most Config.Max Conns (nf_conntrack_max). A new flow
+// over the limit evicts an unreplied (not ASSURED) Conn found among the
+// next earlyDropScan slots (early_drop); when none is found the packet is
+// dropped and counted (Stats.Drop), and established flows are untouched.
+// NAT port allocation tries at most maxPortTries candidates.
+//
+// Lock order: Table.mu > Conn.mu. Timer callbacks take Table.mu.
+package conntrack

@@ -1,0 +1,125 @@
+// Package netfilter owns the five IPv4 hook points and what runs at them
+// (net/netfilter/core.c, nf_hook_ops; ip_tables.c; nf_nat_core.c;
+// nf_defrag_ipv4.c; ipt_REJECT, ipt_LOG, xt_MARK, ipt_MASQUERADE,
+// xt_REDIRECT, xt_TPROXY): hook functions registered with a priority and
+// called in priority order, each returning a verdict; and on top of them
+// the rule tables, reassembly before tracking, connection tracking (its
+// table lives in package conntrack) and NAT.
+//
+// Not owned here: where the hooks sit in the packet path (ipv4 calls
+// Hooks.Run at the kernel's places), what happens to a dropped packet (the
+// caller frees it with the verdict's reason), ICMP error generation (ipv4's
+// SendICMPError, reached through Sender), and the conntrack table itself
+// (package conntrack).
+//
+// # Hooks and priorities
+//
+// New registers, per hook, in the kernel's order (enum nf_ip_hook_priorities):
+//
+//	-400 defrag      PREROUTING                         nf_defrag_ipv4
+//	-200 conntrack   PREROUTING, OUTPUT                 nf_conntrack_in
+//	-150 mangle      all five                           iptable_mangle
+//	-100 nat (dst)   PREROUTING, OUTPUT                 DNAT, REDIRECT
+//	   0 filter      INPUT, FORWARD, OUTPUT             iptable_filter
+//	 100 nat (src)   POSTROUTING, INPUT                 SNAT, MASQUERADE
+//	 max confirm     POSTROUTING, INPUT                 nf_conntrack_confirm
+//
+// The raw priority (-300) is reserved for a raw table we do not have.
+//
+// # Tables, chains, rules
+//
+// Tables filter, nat and mangle have the kernel's built-in chains with a
+// policy (ACCEPT or DROP) each; user chains are reached by a jump and left
+// by RETURN or by falling off their end. Every rule and every policy
+// counts packets and bytes. A Ruleset is built by ParseRules or the Go API
+// (NewRuleset, NewChain, Append, SetPolicy), checked by Load (jumps
+// resolve, no loops, NAT targets only in nat at their hooks, REJECT only
+// at INPUT/FORWARD/OUTPUT, DIVERT only in mangle PREROUTING) and published
+// atomically: evaluation takes no lock. The nat table is consulted only
+// for the first packet of a flow (conntrack NEW); its decision becomes the
+// flow's binding and applies to every later packet, both ways.
+//
+// # Rule-file syntax
+//
+// A small iptables-save-like text, one command per line; # starts a
+// comment; "double quotes" group words.
+//
+//	*filter | *nat | *mangle          select the table (default filter)
+//	:CHAIN ACCEPT|DROP [n:m]          policy of a built-in chain
+//	:CHAIN - [n:m]                    create a user chain
+//	-N CHAIN                          create a user chain
+//	-P CHAIN ACCEPT|DROP              set a policy
+//	-A CHAIN [-t TABLE] MATCH... -j TARGET [TARGET OPTION...]
+//	COMMIT                            accepted and ignored
+//
+// Matches, each negatable with a leading "!":
+//
+//	-i NAME, -o NAME                  link; "eth+" matches every name starting "eth"
+//	-s ADDR[/LEN], -d ADDR[/LEN]      source, destination prefix
+//	-p tcp|udp|icmp|NUMBER|all        protocol
+//	--sport P[:Q], --dport P[:Q]      port range (after -p tcp or -p udp)
+//	--icmp-type T[/C] | NAME          ICMP type and code (after -p icmp)
+//	--tcp-flags MASK SET, --syn       TCP flags, e.g. SYN,ACK SYN (after -p tcp)
+//	--ctstate S[,S] (--state)         NEW ESTABLISHED RELATED INVALID UNTRACKED
+//	--mark V[/M]                      skb mark
+//	--length N[:M]                    IP total length
+//	-m MODULE, --comment TEXT         accepted for iptables compatibility
+//
+// Targets: ACCEPT, DROP, RETURN, a user chain name (jump), REJECT
+// [--reject-with icmp-port-unreachable|icmp-host-unreachable|
+// icmp-net-unreachable|icmp-proto-unreachable|icmp-admin-prohibited|
+// tcp-reset], LOG [--log-prefix TEXT], MARK --set-mark V[/M] |
+// --set-xmark V[/M], SNAT --to-source A[-B][:P[-Q]], DNAT
+// --to-destination A[-B][:P[-Q]], MASQUERADE [--to-ports P[-Q]], REDIRECT
+// [--to-ports P[-Q]], DIVERT.
+//
+// Every error is a *ParseError naming line and column, e.g.
+// "line 4, column 27: --dport needs -p tcp or -p udp before it".
+//
+// # Connection tracking and NAT
+//
+// The conntrack hook classifies each packet (package conntrack) and keeps
+// the result in skb.CB[16:28] (the kernel's skb->_nfct) until the packet
+// leaves IP; the later hooks read it there. NAT rewrites addresses and
+// ports to the flow's tuples with incremental checksum updates (RFC 1624).
+// A CHECKSUM_PARTIAL packet's transport checksum field holds the
+// uncomplemented pseudo-header sum, so an address change is folded in the
+// opposite sense and a port change not at all (inet_proto_csum_replace4
+// with pseudohdr). An ICMP error about a translated flow (RELATED) has its
+// quoted datagram translated back and its checksum recomputed
+// (nf_nat_icmp_reply_translation). Fragments are reassembled at
+// PREROUTING before tracking (defrag.go); the forward path fragments
+// again when the datagram exceeds the next MTU.
+//
+// A packet out of the TCP window is INVALID for the ctstate match but is
+// still translated, so a private address never leaks (the kernel leaves
+// such packets untranslated).
+//
+// REJECT's TCP reset is built here (nf_send_reset) with the flow's
+// original addresses, routed with the FIB and handed to the neighbour
+// layer without traversing the output hooks. A reset whose destination is
+// one of our own addresses (REJECT in OUTPUT of a local flow) is not sent
+// (counted as NF_REJECT_RST_NO_ROUTE in Drops): the route.Output of our
+// IPv4 layer refuses a foreign source and there is no raw loopback path.
+//
+// # DIVERT (proxy mode)
+//
+// DIVERT, in mangle PREROUTING, sets MarkDivert on the packet and on its
+// flow; the conntrack hook sets the mark again on every later packet of
+// the flow. The IPv4 routing input (ipv4.rcvFinish) treats a packet
+// carrying MarkDivert as local, as the kernel's TPROXY setup does with
+// "ip rule fwmark → table local": the packet is delivered to the local
+// transport with its original destination, where a transparent listener
+// takes it. The bit is reserved: MARK rules should leave it alone.
+//
+// # Limits
+//
+// Conntrack: Config.Conntrack.Max flows (see package conntrack). Defrag:
+// DefragMemLimit bytes held (4 MiB), 256 fragments per datagram,
+// DefragTimeout (30 s). Jumps nest at most 32 deep (loops are refused at
+// load). LOG lines: LogRate per second, burst LogBurst; the rest are
+// counted in Stats.LogSuppressed. ParseRules: 4 MiB of text, 100000 rules.
+//
+// Lock order: Netfilter.loadMu (Load only) ; defrag.mu ; conntrack's
+// Table.mu > Conn.mu. Rule evaluation holds no lock.
+package netfilter
