@@ -8,6 +8,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
 	"github.com/cni-userstack/cni-userstack/netstack/neigh"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
+	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 	"github.com/cni-userstack/cni-userstack/netstack/udp"
 )
 
@@ -20,6 +21,7 @@ type config struct {
 	neigh neigh.Config
 	ip    ipv4.Config
 	udp   udp.Config
+	tcp   tcp.Config
 }
 
 // WithClock runs the stack on clk: every timer, deadline and timestamp.

@@ -17,6 +17,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 	"github.com/cni-userstack/cni-userstack/netstack/socket"
+	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 	"github.com/cni-userstack/cni-userstack/netstack/udp"
 )
 
@@ -31,6 +32,8 @@ type Stack struct {
 	hooks   *netfilter.Hooks
 	ip      *ipv4.Layer
 	udp     *udp.Proto
+	tcp     *tcp.Proto
+	nf      *netfilter.Netfilter // nil until EnableNetfilter
 	sockets *socket.Registry
 	ping    pinger
 
@@ -78,12 +81,14 @@ func New(opts ...Option) *Stack {
 	uc.Clock = s.clk
 	s.udp = udp.New(s.ip, uc)
 	s.ping.init(s)
+	s.tcp = s.newTCP(cfg.tcp)
 
 	// inet_init: dev_add_pack(&arp_packet_type) via arp_init, then
 	// ip_packet_type; inet_add_protocol for each transport.
 	s.devs.AddPacketType(header.EtherTypeARP, s.neigh.Rcv)
 	s.devs.AddPacketType(header.EtherTypeIPv4, s.ip.Rcv)
 	s.ip.AddProtocol(header.ProtoUDP, ipv4.Protocol{Rcv: s.udp.V4Rcv, Err: s.udp.V4Err})
+	s.ip.AddProtocol(header.ProtoTCP, ipv4.Protocol{Rcv: s.tcp.V4Rcv, Err: s.tcp.V4Err})
 	s.ip.AddProtocol(header.ProtoICMP, ipv4.Protocol{Rcv: s.ping.rcv, Err: s.ping.err})
 
 	s.sockets = socket.NewRegistry()
@@ -92,6 +97,8 @@ func New(opts ...Option) *Stack {
 		Family: socket.AFInet, Type: socket.SockDgram, Protocol: header.ProtoUDP,
 		Create: func() (socket.Socket, error) { return s.udp.NewSocket(), nil },
 	})
+	_ = s.sockets.Register(socket.Protosw{Family: socket.AFInet, Type: socket.SockStream, Protocol: header.ProtoTCP,
+		Create: func() (socket.Socket, error) { return s.tcp.NewSock(), nil }})
 	return s
 }
 

@@ -50,6 +50,9 @@ func (s *Stack) Stats() Stats {
 	for k, v := range s.udp.Counters() {
 		st.Counters[k] = v
 	}
+	for k, v := range s.tcp.Counters() {
+		st.Counters[k] = v
+	}
 	n := st.Neigh
 	for k, v := range map[string]uint64{
 		"ArpInRequests": n.InRequests, "ArpInReplies": n.InReplies, "ArpOutRequests": n.OutRequests,
@@ -66,7 +69,7 @@ func (s *Stack) Stats() Stats {
 		}
 	}
 	sort.Slice(st.NICs, func(i, j int) bool { return st.NICs[i].ID < st.NICs[j].ID })
-	for _, d := range []map[string]uint64{s.ip.Drops().Snapshot(), s.udp.Drops().Snapshot()} {
+	for _, d := range []map[string]uint64{s.ip.Drops().Snapshot(), s.udp.Drops().Snapshot(), s.tcp.Drops().Snapshot()} {
 		for r, v := range d {
 			st.Drops[r] += v
 		}

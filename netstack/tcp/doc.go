@@ -1,0 +1,126 @@
+// Package tcp owns TCP (RFC 9293; net/ipv4/tcp*.c): the connection table
+// and listeners, the state machine, input (tcp_v4_rcv →
+// tcp_rcv_state_process → tcp_ack / tcp_data_queue), output
+// (tcp_sendmsg → tcp_write_xmit → tcp_transmit_skb), timers, loss
+// recovery (NewReno, SACK) and the socket calls with net.Conn and
+// net.Listener adapters. Congestion control lives behind an interface in
+// tcp/cc (NewReno, CUBIC).
+//
+// Not owned here: IP headers, routing and fragmentation (ipv4, reached
+// through the family interface — icsk_af_ops — so IPv6 lands beside
+// it); GSO segmentation and checksum completion (dev and the link);
+// the protocol registry (socket; netstack.New registers Sock).
+//
+// # Files
+//
+// proto.go (tables, ISNs, Config), sock.go (struct tcp_sock), input.go
+// (receive path), output.go (transmit path), timer.go (RTO, persist,
+// delayed ACK, keepalive, TIME-WAIT, tail loss probe), recovery.go (fast
+// retransmit, NewReno, RFC 6675 recovery), sack.go (scoreboard, SACK
+// blocks), listen.go (passive open), socket.go (user
+// calls, TCP_INFO), conn.go (net.Conn/net.Listener), ring.go (buffers),
+// syncookies.go (RFC 4987), ecn.go (RFC 3168), stats.go (MIB, drop
+// reasons).
+//
+// # Theory of operation
+//
+// States are RFC 9293 §3.3.2's eleven. A Sock is a listener or one
+// connection. Connections are hashed by 4-tuple in Proto.conns (the
+// ehash) from SYN-SENT or SYN-RECEIVED until CLOSED, TIME-WAIT included;
+// listeners by port in Proto.listeners, a specific address before the
+// wildcard. A SYN to a listener creates a child Sock in SYN-RECEIVED at
+// once (Linux keeps a smaller request_sock; we trade memory for one code
+// path, simultaneous open included). The child counts in the listener's
+// SYN queue until its handshake completes, then moves to the accept
+// queue.
+//
+// Receive runs to completion on the NIC's goroutine: V4Rcv validates
+// (length, options, checksum unless the link did it), looks the segment
+// up and processes it under the socket lock: PAWS (RFC 7323 §5.3), the
+// acceptability test, RST (RFC 5961 §3), SYN (RFC 5961 §4), ACK (RFC 5961
+// §5, window update, RTT, recovery, the FIN transitions), data and FIN.
+// In-order payload is copied into the receive ring and the SKB freed;
+// out-of-order segments are kept as SKBs (the payload pulled/trimmed in
+// place) until RCV.NXT reaches them; SACK blocks describe them. A GRO or
+// GSO super-segment (up to 64 KiB, CsumPartial) is one segment here.
+//
+// Send: Write copies into the send ring (bounded by the send buffer,
+// blocking or EAGAIN) and calls writeXmit, which builds segments from
+// the ring as the congestion window, the peer's window, Nagle and SWS
+// avoidance allow. Every segment is CsumPartial (the pseudo-header sum in
+// the field): dev completes it in software when the NIC cannot. When the
+// output NIC has link.CapGSO (afpacket with PACKET_VNET_HDR) a segment
+// carries up to 64 KiB with GSOSize = MSS: one SKB, one copy, one syscall
+// slot for up to 44 wire segments. Retransmission copies again from the
+// ring, which keeps every byte from SND.UNA on.
+//
+// Timers (per socket, clock.Timer values, no goroutine): the
+// retransmission timer (RTO per RFC 6298 with a 200 ms floor, doubling
+// per retransmission, cleared by an ACK of new data; also the persist
+// timer for zero-window probes and the SWS override); the delayed ACK
+// (40 ms; every second full segment is ACKed at once, the first 16
+// segments too, out-of-order data at once); the keepalive timer, which
+// also ends FIN-WAIT-2 of a closed socket (tcp_fin_timeout) and
+// TIME-WAIT (2 MSL); the deadline timer that wakes blocked callers.
+//
+// Loss recovery: three duplicate ACKs (or SACKed data of three MSS)
+// enter recovery. Without SACK it is RFC 6582 NewReno (cwnd inflation,
+// partial ACKs retransmit the next hole). With SACK a scoreboard of up
+// to 32 ranges drives RFC 6675 recovery (IsLost by DupThresh, lost holes
+// sent first, pipe limits sending); duplicates we receive are reported
+// with a D-SACK (RFC 2883), those we get are ignored; a retransmission of
+// SND.UNA is re-sent when DupThresh segments sent after it are SACKed
+// (Linux tcp_mark_lost_retrans). An RTO sets cwnd to one
+// segment and goes back to SND.UNA, skipping SACKed ranges. With SACK,
+// RFC 8985's tail loss probe replaces the RTO for the tail: PTO =
+// 2·SRTT (+200 ms with one segment in flight), then one new segment or
+// the last one again; a SACK of the probe with a hole below it enters
+// recovery (RACK's rule for that one segment). RACK's time-based loss
+// detection for every segment is not implemented: it needs per-segment
+// transmit times the ring-based send queue does not keep.
+//
+// Opening under load: a full SYN queue answers with SYN cookies
+// (RFC 4987, syncookies.go); options ride in the timestamp. ECN
+// (RFC 3168, ecn.go) is accepted when the peer asks and requested when
+// Config.ECN is set.
+//
+// Deviations, each marked where coded: RTO floor 200 ms (Linux, not
+// RFC 6298's 1 s); TS.Recent kept but segments without timestamps on a
+// timestamped connection accepted (Linux, not RFC 7323 §3.2's SHOULD
+// drop); window updates on any ACK that advances SND.UNA (Linux
+// tcp_may_update_window); data arriving after close answered with RST
+// (Linux, RFC 2525 §2.17); urgent data read inline (RFC 6093).
+//
+// # Limits
+//
+// Per connection: the send ring holds at most SndBuf bytes (default
+// 1 MiB), the receive ring at most RcvBuf (default 256 KiB, auto-tuned
+// up to MaxRcvBuf, 6 MiB, as the reader drains more per RTT —
+// tcp_rcv_space_adjust; the window scale is chosen for MaxRcvBuf); both
+// are allocated on first use, grow by doubling and are released at
+// close, so an idle connection holds no buffer (about 1.6 KiB in all). The
+// out-of-order queue holds at most maxOFO (1024) segments, bytes bounded
+// by the window; overflow is TCPOFODrop. The SACK scoreboard keeps 32
+// ranges. Per listener: backlog (default 128, at most 4096) accepted
+// connections; MaxSynBacklog (1024) in SYN-RECEIVED; overflow drops the
+// SYN (ListenDrops/ListenOverflows). Per Proto: MaxSockets connections
+// (default 131072); 1000 challenge ACKs per second (RFC 5961 §7). A SYN
+// flood past the SYN queue costs no memory: cookies hold the state.
+//
+// # Concurrency and lock order
+//
+// One mutex per socket (Sock.mu) guards all its state. The receive path,
+// timer callbacks and user calls take it. User calls hold it only to copy
+// and to run the output path, never across a wait (sync.Cond on the same
+// mutex), so receive never queues behind a blocked reader; this is the
+// simpler model next to Linux's owner flag + backlog (sk_add_backlog /
+// release_sock): a segment arriving while a user call copies waits for
+// the lock for the length of a copy instead of being queued, which keeps
+// one ordering of events and no second queue to bound.
+//
+// Lock order: child Sock.mu > listener Sock.mu > Proto.mu > the clock's
+// lock. Proto.mu (the tables) is a leaf: nothing else is taken under
+// it. ipv4.QueueXmit is called with Sock.mu held; it never calls back
+// into TCP on the same stack (loopback goes through ipv4's backlog), so
+// no socket lock is re-entered.
+package tcp

@@ -1,0 +1,369 @@
+package tcp
+
+import (
+	"time"
+
+	"net/netip"
+
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/route"
+	"github.com/cni-userstack/cni-userstack/netstack/tcp/cc"
+)
+
+// maxGSO bounds a GSO super-packet's TCP payload so that IPv4 + TCP
+// headers fit in 65535 bytes (GSO_MAX_SIZE).
+const maxGSO = 65535 - header.IPv4MinSize - header.TCPMaxSize
+
+// advMSS is the MSS we announce: the route MTU less the IPv4 and TCP
+// headers (RFC 9293 §3.7.1, RFC 6691: options excluded).
+func (s *Sock) advMSS() int { return s.routeMTU - header.IPv4MinSize - header.TCPMinSize }
+
+// syncMSS is tcp_sync_mss: the data bytes per segment, from the peer's
+// MSS, our route MTU and the fixed options (timestamps take 12 bytes;
+// RFC 6691 §3: the sender subtracts its options).
+func (s *Sock) syncMSS() {
+	m := min(s.peerMSS, s.advMSS())
+	if s.tsOK {
+		m -= 12
+	}
+	s.mss = max(m, 64)
+}
+
+// transmit is tcp_transmit_skb: it builds one segment carrying n bytes
+// of the send buffer from seq (SYN and FIN as flags say) with the options
+// the state calls for, and hands it to IP. Errors from IP are counted and
+// left to the retransmission timer, as Linux does (except where the
+// caller needs them: connect).
+func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
+	var o header.TCPOptions
+	syn := flags&header.SYN != 0
+	if syn {
+		// RFC 9293 §3.7.1: MSS only on SYNs; RFC 7323 §2.2 and §3.2
+		// window scale and timestamps, RFC 2018 §2 SACK-permitted, on a
+		// SYN when we offer them, on a SYN-ACK only when the SYN had them.
+		o.HasMSS, o.MSS = true, uint16(s.advMSS())
+		if s.wsOK {
+			o.HasWScale, o.WScale = true, s.rcvWscale
+		}
+		o.SACKPermitted = s.sackOK
+	}
+	if s.tsOK {
+		o.HasTS = true
+		o.TSVal = s.p.tsNow() + s.tsOff
+		o.TSEcr = s.tsRecent
+		if syn && flags&header.ACK == 0 {
+			o.TSEcr = 0
+		}
+	}
+	if s.sackOK && !syn && (len(s.ofo) > 0 || s.dsackPending) {
+		s.sackBlocks(&o)
+	}
+	ecnf, ect := s.ecnFlags(seq, n, flags)
+	flags |= ecnf
+	var ob [header.TCPMaxOptions]byte
+	olen := header.EncodeTCPOptions(ob[:], &o)
+	hl := header.TCPHeaderLen(olen)
+
+	var wnd uint32
+	if syn {
+		// RFC 7323 §2.2: the window field of a SYN is never scaled.
+		wnd = min(s.rcvWnd(), 0xffff)
+	} else {
+		// Round up to the scale unit: rounding down would move the right
+		// edge we advertised back (Linux tcp_select_window aligns up).
+		wnd = min((s.rcvWnd()+(1<<s.rcvWscale)-1)>>s.rcvWscale, 0xffff)
+	}
+	if flags&header.ACK != 0 {
+		s.rcvAdv = s.rcvNxt + wnd<<s.rcvWscale
+		if syn {
+			s.rcvAdv = s.rcvNxt + wnd
+		}
+		s.lastAckSent = s.rcvNxt
+		s.ackPending, s.unackedBytes = false, 0
+		s.delackTimer.Stop()
+	}
+
+	skb := buf.Alloc(buf.MaxHeadroom, hl+n)
+	b := skb.Put(hl + n)
+	th := header.TCP(b)
+	th.Encode(header.TCPFields{SrcPort: s.id.lport, DstPort: s.id.rport, Seq: seq, Ack: s.rcvNxt,
+		Flags: flags, Window: uint16(wnd), Options: ob[:olen]})
+	if flags&header.ACK == 0 {
+		th[8], th[9], th[10], th[11] = 0, 0, 0, 0
+	}
+	if n > 0 {
+		s.sndBuf.peek(int(seq-s.bufSeq), b[hl:])
+	}
+	// Checksum offload: the pseudo-header sum goes in the field and the
+	// device (or dev's checksum help) completes it (CHECKSUM_PARTIAL).
+	th.SetChecksumField(header.Fold(header.PseudoHeaderSum(header.ProtoTCP, s.id.laddr, s.id.raddr, len(b))))
+	skb.Csum, skb.CsumOffset = buf.CsumPartial, 16
+	if s.gso && n > s.mss {
+		skb.GSOSize, skb.GSOType = uint16(s.mss), buf.GSOTCPv4
+	}
+	s.segsOut++
+	s.p.count(OutSegs)
+	if flags&header.RST != 0 {
+		s.p.count(OutRsts)
+	}
+	s.lastSend = s.p.clk.Now()
+	fl := s.flow
+	if ect {
+		fl.TOS |= ecnECT0
+	}
+	return s.p.ip.QueueXmit(skb, fl)
+}
+
+// sendAck is tcp_send_ack.
+func (s *Sock) sendAck() { _ = s.transmit(s.sndNxt, 0, header.ACK) }
+
+// sendReset is tcp_send_active_reset: RST at SND.NXT.
+func (s *Sock) sendReset() { _ = s.transmit(s.sndNxt, 0, header.RST|header.ACK) }
+
+// oowRateLimit spaces the ACKs answering out-of-window and PAWS-failed
+// segments (Linux tcp_invalid_ratelimit, 500 ms), so two confused peers
+// cannot drive an ACK storm; RFC 9293 says "should be sent".
+const oowRateLimit = 500 * time.Millisecond
+
+// oowAck is tcp_send_dupack for an unacceptable segment, rate limited
+// unless the segment carries data (tcp_oow_rate_limited: data without
+// SYN is unlikely to be part of an ACK loop). A segment of old data
+// gets a D-SACK (RFC 2883).
+func (s *Sock) oowAck(seg *segment) {
+	if len(seg.data) > 0 && !seg.hasSyn {
+		if end := seg.seq + uint32(len(seg.data)); header.SeqLEQ(end, s.rcvNxt) {
+			s.noteDSACK(seg.seq, end)
+		}
+		s.sendAck()
+		return
+	}
+	now := s.p.clk.Now()
+	if !s.lastOOW.IsZero() && now.Sub(s.lastOOW) < oowRateLimit {
+		s.p.count(TCPACKSkippedSeq)
+		return
+	}
+	s.lastOOW = now
+	s.sendAck()
+}
+
+// challengeAck is RFC 5961 §3.2/§4.2/§5.2's ACK, rate limited (§7).
+func (s *Sock) challengeAck() {
+	s.p.count(TCPChallengeACK)
+	if s.p.allowChallenge() {
+		s.sendAck()
+	}
+}
+
+// sizeGoal is tcp_xmit_size_goal: one MSS, or as many MSS as a GSO
+// super-packet holds when the output NIC segments for us.
+func (s *Sock) sizeGoal() int {
+	if !s.gso {
+		return s.mss
+	}
+	return max(maxGSO/s.mss, 1) * s.mss
+}
+
+// canSendData reports the states in which queued data and the FIN may
+// go out.
+func (s *Sock) canSendData() bool {
+	switch s.state {
+	case Established, CloseWait, FinWait1, Closing, LastAck:
+		return true
+	}
+	return false
+}
+
+// dataEnd is the sequence number after the last queued byte (where the
+// FIN goes).
+func (s *Sock) dataEnd() uint32 { return s.bufSeq + uint32(s.sndBuf.len()) }
+
+// writeXmit is tcp_write_xmit: send queued data as the congestion window
+// (RFC 5681), the peer's window, Nagle (RFC 9293 §3.7.4) and sender-side
+// silly window avoidance (§3.8.6.2.1) allow, then the FIN.
+func (s *Sock) writeXmit() {
+	if !s.canSendData() {
+		return
+	}
+	now := s.p.clk.Now()
+	if s.sndNxt == s.sndUna && !s.lastSend.IsZero() && now.Sub(s.lastSend) > s.rto {
+		// RFC 5681 §4.1: after an idle period longer than the RTO,
+		// cwnd restarts from min(IW, cwnd).
+		if s.cs.Cwnd > cc.InitialWindow {
+			s.cs.Cwnd = cc.InitialWindow
+		}
+		s.ca.OnEvent(&s.cs, cc.EventIdleRestart, now)
+	}
+	sent := false
+	goal := s.sizeGoal()
+	for {
+		end := s.dataEnd()
+		avail := int(int32(end - s.sndNxt))
+		if avail < 0 {
+			avail = 0
+		}
+		inflight := s.inFlight()
+		cwndLeft := int(s.cs.Cwnd)*s.mss - inflight
+		wndLeft := int(int32(s.sndUna + s.sndWnd - s.sndNxt))
+		finNext := s.finQueued && s.sndNxt == end && avail == 0
+		if finNext {
+			// The FIN needs no window (tcp_send_fin queues it
+			// regardless), only the congestion window.
+			if cwndLeft <= 0 && inflight > 0 {
+				break
+			}
+			s.sendSeg(s.sndNxt, 0, header.FIN|header.ACK, now)
+			sent = true
+			break
+		}
+		n := min(avail, goal, max(cwndLeft, 0), max(wndLeft, 0))
+		if len(s.sacked) > 0 && header.SeqLT(s.sndNxt, s.sndMax) {
+			seq, room := s.sackedSkip(s.sndNxt)
+			if seq != s.sndNxt {
+				s.sndNxt = seq
+				continue
+			}
+			if room >= 0 {
+				n = min(n, room)
+			}
+		}
+		if n <= 0 {
+			break
+		}
+		if n < s.mss {
+			// RFC 9293 §3.8.6.2.1: send a partial segment only if it
+			// is everything queued and Nagle allows (MUST-27: no new
+			// small segment while data is unacknowledged, unless
+			// TCP_NODELAY), or it is at least half the largest window
+			// the peer offered.
+			nagleOK := !s.cork && (s.nodelay || inflight == 0)
+			if !(n == avail && nagleOK) && uint32(n) < s.maxSndWnd/2 {
+				break
+			}
+		}
+		flags := header.ACK
+		if s.sndNxt+uint32(n) == end {
+			flags |= header.PSH
+			if s.finQueued {
+				flags |= header.FIN
+			}
+		}
+		s.sendSeg(s.sndNxt, n, flags, now)
+		sent = true
+	}
+	if sent {
+		s.armRTOorPTO()
+		return
+	}
+	// RFC 9293 §3.8.6.1: with data queued, nothing in flight and a zero
+	// window, the persist timer probes the window; with a window too
+	// small for the sender's SWS rule it is §3.8.6.2.1's override
+	// timeout (tcp_check_probe_timer arms the same timer).
+	if s.sndNxt == s.sndUna && int(int32(s.dataEnd()-s.sndNxt)) > 0 && !s.rtxTimer.Armed() {
+		s.armProbe()
+	}
+}
+
+// sendSeg sends a data or FIN segment at seq and advances SND.NXT.
+func (s *Sock) sendSeg(seq uint32, n int, flags header.TCPFlags, now time.Time) {
+	if header.SeqLT(seq, s.sndMax) {
+		s.p.count(RetransSegs)
+		s.retransTotal++
+	} else {
+		if !s.tsOK && !s.rttTiming {
+			// RFC 6298 §3 (Karn): time one segment of new data at a time.
+			s.rttTiming, s.rttSeq, s.rttTime = true, seq+uint32(n), now
+		}
+	}
+	_ = s.transmit(seq, n, flags)
+	s.sndNxt = seq + uint32(n)
+	if flags&header.FIN != 0 {
+		s.sndNxt++
+	}
+	if header.SeqGT(s.sndNxt, s.sndMax) {
+		s.sndMax = s.sndNxt
+	}
+}
+
+// retransmitHead is tcp_retransmit_skb for the first unacknowledged
+// segment (or the SYN, or the FIN).
+func (s *Sock) retransmitHead() {
+	switch s.state {
+	case SynSent:
+		s.p.count(TCPSYNRetrans)
+		s.p.count(RetransSegs)
+		_ = s.transmit(s.iss, 0, header.SYN)
+		return
+	case SynReceived:
+		s.p.count(TCPSYNRetrans)
+		s.p.count(RetransSegs)
+		_ = s.transmit(s.iss, 0, header.SYN|header.ACK)
+		return
+	}
+	s.retransmitAt(s.sndUna)
+}
+
+// retransmitAt resends one segment at seq (which must be below SND.MAX)
+// without moving SND.NXT.
+func (s *Sock) retransmitAt(seq uint32) {
+	end := s.dataEnd()
+	n := min(int(int32(end-seq)), s.mss)
+	if n < 0 {
+		n = 0
+	}
+	flags := header.ACK
+	if seq+uint32(n) == end {
+		if n > 0 {
+			flags |= header.PSH
+		}
+		if s.finQueued && header.SeqGT(s.sndMax, end) {
+			flags |= header.FIN
+		}
+	}
+	if n == 0 && flags&header.FIN == 0 {
+		return
+	}
+	if s.rttTiming && header.SeqLT(seq, s.rttSeq) {
+		s.rttTiming = false // Karn: no sample from a retransmitted segment
+	}
+	s.p.count(RetransSegs)
+	s.retransTotal++
+	if s.inRecovery && seq == s.sndUna {
+		// Remember what was sent after this retransmission (lostRetransmit).
+		s.headRtxSeq, s.headRtxMark, s.headRtxValid = seq, s.sndMax, true
+	}
+	_ = s.transmit(seq, n, flags)
+}
+
+// sendResetFor is tcp_v4_send_reset: the RST answering a segment that
+// has no connection (RFC 9293 §3.10.7.1): <SEQ=SEG.ACK><CTL=RST> when it
+// had an ACK, else <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>. Never in
+// answer to a RST.
+func (p *Proto) sendResetFor(src, dst netip.Addr, th header.TCP, segLen uint32) {
+	if th.Flags()&header.RST != 0 {
+		return
+	}
+	var f header.TCPFields
+	f.SrcPort, f.DstPort = th.DstPort(), th.SrcPort()
+	if th.Flags()&header.ACK != 0 {
+		f.Seq, f.Flags = th.Ack(), header.RST
+	} else {
+		f.Ack, f.Flags = th.Seq()+segLen, header.RST|header.ACK
+	}
+	p.sendControl(dst, src, f)
+}
+
+// sendControl sends a connectionless segment from laddr to raddr.
+func (p *Proto) sendControl(laddr, raddr netip.Addr, f header.TCPFields) {
+	skb := buf.Alloc(buf.MaxHeadroom, header.TCPMinSize+len(f.Options))
+	b := skb.Put(header.TCPHeaderLen(len(f.Options)))
+	th := header.TCP(b)
+	th.Encode(f)
+	th.SetChecksum(laddr, raddr)
+	p.count(OutSegs)
+	if f.Flags&header.RST != 0 {
+		p.count(OutRsts)
+	}
+	_ = p.ip.QueueXmit(skb, route.Flow{Src: laddr, Dst: raddr, Proto: header.ProtoTCP, DontFragment: true,
+		SrcPort: f.SrcPort, DstPort: f.DstPort})
+}

@@ -1,0 +1,416 @@
+package tcp
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"math/bits"
+	mrand "math/rand/v2"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/clock"
+	"github.com/cni-userstack/cni-userstack/netstack/link"
+	"github.com/cni-userstack/cni-userstack/netstack/route"
+	"github.com/cni-userstack/cni-userstack/netstack/tcp/cc"
+)
+
+// family is what TCP needs from the network layer (icsk_af_ops):
+// ipv4.Layer satisfies it, an IPv6 layer will too.
+type family interface {
+	// QueueXmit consumes skb; skb.Bytes() starts at the TCP header, whose
+	// checksum is complete or CsumPartial.
+	QueueXmit(skb *buf.SKB, fl route.Flow) error
+	// RouteOutput is ip_route_output_key: it picks the source address
+	// and the output NIC.
+	RouteOutput(fl route.Flow) (route.Result, error)
+}
+
+// Defaults for Config fields left zero (Linux sysctl defaults unless said).
+const (
+	DefaultSndBuf        = 1 << 20   // bytes; tcp_wmem's default is 16 KiB, autotuned to 4 MiB
+	DefaultRcvBuf        = 256 << 10 // bytes at the start; autotuned up to MaxRcvBuf
+	DefaultMaxRcvBuf     = 6 << 20   // tcp_rmem[2]
+	MinBuf               = 4096
+	MaxBuf               = 32 << 20
+	DefaultTimeWait      = 60 * time.Second // TCP_TIMEWAIT_LEN (2 MSL)
+	DefaultFinTimeout    = 60 * time.Second // tcp_fin_timeout
+	DefaultSynRetries    = 6                // tcp_syn_retries
+	DefaultSynAckRetries = 5                // tcp_synack_retries
+	DefaultRetries2      = 15               // tcp_retries2
+	DefaultBacklog       = 128              // SOMAXCONN was 128 for decades
+	MaxBacklog           = 4096             // somaxconn
+	DefaultMaxSynBacklog = 1024             // tcp_max_syn_backlog per listener
+	DefaultMaxSockets    = 1 << 17          // bound of the connection table
+	DefaultKeepIdle      = 2 * time.Hour    // tcp_keepalive_time
+	DefaultKeepIntvl     = 75 * time.Second // tcp_keepalive_intvl
+	DefaultKeepCount     = 9                // tcp_keepalive_probes
+	DefaultEphemeralLow  = 32768
+	DefaultEphemeralHigh = 60999
+	// ChallengeACKLimit is RFC 5961 §7's rate limit, per second, per
+	// Proto (tcp_challenge_ack_limit).
+	ChallengeACKLimit = 1000
+)
+
+// RTO bounds. RFC 6298 §2.4: "if it is less than 1 second, then the RTO
+// SHOULD be rounded up to 1 second." We follow Linux (TCP_RTO_MIN) instead.
+const (
+	MinRTO     = 200 * time.Millisecond
+	MaxRTO     = 120 * time.Second // TCP_RTO_MAX; RFC 6298 §2.5 allows a maximum of at least 60 s
+	InitialRTO = time.Second       // RFC 6298 §2.1
+	// delAckMax is the delayed ACK timeout: RFC 9293 §3.8.6.3 (MUST-40)
+	// wants less than 0.5 s; Linux uses TCP_DELACK_MIN (40 ms) at first.
+	delAckTimeout = 40 * time.Millisecond
+	// quickAcks is how many segments are ACKed at once at the start of
+	// a connection (Linux quickack mode, TCP_MAX_QUICKBUFS spirit).
+	quickAcks = 16
+)
+
+// Config tunes a Proto (the net.ipv4.tcp_* sysctls).
+type Config struct {
+	// Clock runs every timer; nil = clock.NewReal().
+	Clock clock.Clock
+	// SndBuf and RcvBuf are the per-connection buffer bounds in bytes;
+	// RcvBuf grows up to MaxRcvBuf with the reader's pace (receive
+	// buffer auto-tuning) unless SetBuffers fixed it.
+	SndBuf, RcvBuf, MaxRcvBuf int
+	// CongestionControl names the default algorithm ("cubic", "reno").
+	CongestionControl string
+	// TimeWait is the TIME-WAIT duration (2 MSL); FinTimeout bounds
+	// FIN-WAIT-2 of a closed socket.
+	TimeWait, FinTimeout time.Duration
+	// SynRetries, SynAckRetries and Retries2 bound retransmissions.
+	SynRetries, SynAckRetries, Retries2 int
+	// MaxSynBacklog bounds each listener's SYN queue.
+	MaxSynBacklog int
+	// MaxSockets bounds the connection table (ENOBUFS/drop past it).
+	MaxSockets int
+	// NoTimestamps, NoWindowScaling and NoSACK turn off RFC 7323 and
+	// RFC 2018 options (tcp_timestamps=0 ...).
+	NoTimestamps, NoWindowScaling, NoSACK bool
+	// NoSynCookies turns RFC 4987 SYN cookies off (tcp_syncookies=0);
+	// by default they answer SYNs that find the SYN queue full.
+	NoSynCookies bool
+	// ECN requests Explicit Congestion Notification (RFC 3168) on
+	// active opens (tcp_ecn=1); NoECN also refuses it on passive ones.
+	// By default ECN is accepted when the peer asks (tcp_ecn=2).
+	ECN, NoECN bool
+	// Device reports an output NIC's MTU and offloads; nil = 1500 and
+	// no offloads. The root package wires it to dev.
+	Device func(nicID int) (mtu int, caps link.Caps, ok bool)
+	// EphemeralLow..EphemeralHigh is ip_local_port_range.
+	EphemeralLow, EphemeralHigh uint16
+}
+
+// tuple is a connection's 4-tuple from our side.
+type tuple struct {
+	laddr, raddr netip.Addr
+	lport, rport uint16
+}
+
+// Proto is TCP for one stack (struct proto tcp_prot plus the
+// inet_hashinfo tables).
+type Proto struct {
+	ip  family
+	clk clock.Clock
+	cfg Config
+
+	// mu guards conns, listeners and ports. It is a leaf: nothing is
+	// called with it held but map operations. Bounds: cfg.MaxSockets
+	// entries in conns (children and active opens past it are refused).
+	mu        sync.RWMutex
+	conns     map[tuple]*Sock
+	listeners map[uint16][]*Sock
+	ports     map[uint16]int // local ports held by connections we opened
+
+	secret [32]byte // RFC 6528 F() key and timestamp offsets
+	epoch  time.Time
+
+	// challenge is the RFC 5961 §7 token bucket.
+	challengeMu     sync.Mutex
+	challengeSecond int64
+	challengeLeft   int
+
+	mib   [numCounters]atomic.Uint64
+	drops buf.DropStats
+}
+
+// New returns TCP sending through ip. Register it with
+// ipv4.Layer.AddProtocol(header.ProtoTCP, ipv4.Protocol{Rcv: p.V4Rcv, Err: p.V4Err}).
+func New(ip family, cfg Config) *Proto {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.NewReal()
+	}
+	def := func(v *int, d, lo, hi int) {
+		if *v <= 0 {
+			*v = d
+		}
+		*v = min(max(*v, lo), hi)
+	}
+	def(&cfg.SndBuf, DefaultSndBuf, MinBuf, MaxBuf)
+	def(&cfg.RcvBuf, DefaultRcvBuf, MinBuf, MaxBuf)
+	def(&cfg.MaxRcvBuf, DefaultMaxRcvBuf, cfg.RcvBuf, MaxBuf)
+	def(&cfg.SynRetries, DefaultSynRetries, 1, 127)
+	def(&cfg.SynAckRetries, DefaultSynAckRetries, 1, 127)
+	def(&cfg.Retries2, DefaultRetries2, 1, 127)
+	def(&cfg.MaxSynBacklog, DefaultMaxSynBacklog, 1, 1<<20)
+	def(&cfg.MaxSockets, DefaultMaxSockets, 1, 1<<24)
+	if cfg.TimeWait <= 0 {
+		cfg.TimeWait = DefaultTimeWait
+	}
+	if cfg.FinTimeout <= 0 {
+		cfg.FinTimeout = DefaultFinTimeout
+	}
+	if cfg.CongestionControl == "" {
+		cfg.CongestionControl = cc.Default
+	}
+	if cfg.EphemeralLow == 0 && cfg.EphemeralHigh == 0 {
+		cfg.EphemeralLow, cfg.EphemeralHigh = DefaultEphemeralLow, DefaultEphemeralHigh
+	}
+	if cfg.EphemeralLow == 0 {
+		cfg.EphemeralLow = 1
+	}
+	if cfg.EphemeralHigh < cfg.EphemeralLow {
+		cfg.EphemeralLow, cfg.EphemeralHigh = cfg.EphemeralHigh, cfg.EphemeralLow
+	}
+	p := &Proto{ip: ip, clk: cfg.Clock, cfg: cfg, conns: map[tuple]*Sock{},
+		listeners: map[uint16][]*Sock{}, ports: map[uint16]int{}, epoch: cfg.Clock.Now()}
+	_, _ = rand.Read(p.secret[:])
+	return p
+}
+
+// Config returns the effective configuration.
+func (p *Proto) Config() Config { return p.cfg }
+
+// Drops counts drops of segments this package originated.
+func (p *Proto) Drops() *buf.DropStats { return &p.drops }
+
+// isn is RFC 6528 §3: ISN = M + F(localip, localport, remoteip,
+// remoteport, secretkey), M a 4 µs timer and F a keyed hash (SHA-256
+// here, as RFC 6528 suggests a cryptographic hash).
+func (p *Proto) isn(t tuple) uint32 {
+	m := uint32(p.clk.Now().Sub(p.epoch).Microseconds() / 4)
+	return m + p.hash(t, 0)
+}
+
+// tsOffset is the per-connection timestamp offset (RFC 7323 §5.4
+// recommends randomizing the initial TSval; Linux secure_tcp_ts_off).
+func (p *Proto) tsOffset(t tuple) uint32 { return p.hash(t, 1) }
+
+func (p *Proto) hash(t tuple, salt byte) uint32 {
+	var b [32 + 1 + 16 + 16 + 4]byte
+	copy(b[:], p.secret[:])
+	b[32] = salt
+	la, ra := t.laddr.As16(), t.raddr.As16()
+	copy(b[33:], la[:])
+	copy(b[49:], ra[:])
+	binary.BigEndian.PutUint16(b[65:], t.lport)
+	binary.BigEndian.PutUint16(b[67:], t.rport)
+	h := sha256.Sum256(b[:])
+	return binary.BigEndian.Uint32(h[:])
+}
+
+// tsNow is the timestamp clock: milliseconds (RFC 7323 §5.4: between
+// 1 ms and 1 s per tick; Linux uses 1 ms).
+func (p *Proto) tsNow() uint32 { return uint32(p.clk.Now().Sub(p.epoch).Milliseconds()) }
+
+// allowChallenge is RFC 5961 §7: "limit the number of challenge ACKs
+// sent per time frame" — ChallengeACKLimit per second.
+func (p *Proto) allowChallenge() bool {
+	now := p.clk.Now().Unix()
+	p.challengeMu.Lock()
+	defer p.challengeMu.Unlock()
+	if now != p.challengeSecond {
+		p.challengeSecond, p.challengeLeft = now, ChallengeACKLimit
+	}
+	if p.challengeLeft == 0 {
+		p.count(TCPChallengeACKLimited)
+		return false
+	}
+	p.challengeLeft--
+	return true
+}
+
+// device returns the output NIC's MTU and offloads.
+func (p *Proto) device(nic int) (int, link.Caps) {
+	if p.cfg.Device != nil {
+		if mtu, caps, ok := p.cfg.Device(nic); ok && mtu >= 68 {
+			return mtu, caps
+		}
+	}
+	return 1500, 0
+}
+
+// lookupListener finds the listener for daddr:dport, a specific address
+// before the wildcard (__inet_lookup_listener). Called with p.mu held.
+func (p *Proto) lookupListener(daddr netip.Addr, dport uint16) *Sock {
+	var wild *Sock
+	for _, l := range p.listeners[dport] {
+		if l.id.laddr == daddr {
+			return l
+		}
+		if !l.id.laddr.IsValid() || l.id.laddr.IsUnspecified() {
+			wild = l
+		}
+	}
+	return wild
+}
+
+// lookup is __inet_lookup: the established table, then listeners.
+func (p *Proto) lookup(t tuple) (*Sock, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if s := p.conns[t]; s != nil {
+		return s, false
+	}
+	return p.lookupListener(t.laddr, t.lport), true
+}
+
+// hashConn inserts s under its tuple (inet_ehash_insert); false when the
+// tuple is taken or the table is full.
+func (p *Proto) hashConn(s *Sock, holdsPort bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.conns[s.id]; ok {
+		return syscall.EADDRINUSE
+	}
+	if len(p.conns) >= p.cfg.MaxSockets {
+		return syscall.ENOBUFS
+	}
+	p.conns[s.id] = s
+	if holdsPort {
+		p.ports[s.id.lport]++
+		s.holdsPort = true
+	}
+	s.hashed = true
+	return nil
+}
+
+// unhash removes s from the tables (inet_unhash, inet_put_port).
+func (p *Proto) unhash(s *Sock) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s.hashed {
+		if p.conns[s.id] == s {
+			delete(p.conns, s.id)
+		}
+		s.hashed = false
+	}
+	if s.holdsPort {
+		if p.ports[s.id.lport]--; p.ports[s.id.lport] <= 0 {
+			delete(p.ports, s.id.lport)
+		}
+		s.holdsPort = false
+	}
+	if s.listening {
+		list := p.listeners[s.id.lport]
+		for i, o := range list {
+			if o == s {
+				list = append(list[:i:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(list) == 0 {
+			delete(p.listeners, s.id.lport)
+		} else {
+			p.listeners[s.id.lport] = list
+		}
+		s.listening = false
+	}
+}
+
+// listenConflict reports whether a listener on addr:port would clash
+// with another listener (inet_csk_bind_conflict with SO_REUSEADDR, which
+// Go's net.Listen sets: established and TIME-WAIT users do not clash).
+func listenConflict(list []*Sock, addr netip.Addr) bool {
+	for _, o := range list {
+		if !o.id.laddr.IsValid() || o.id.laddr.IsUnspecified() || !addr.IsValid() || addr.IsUnspecified() || o.id.laddr == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// hashListener puts s in the listener table, picking an ephemeral port
+// for port 0 (inet_csk_get_port).
+func (p *Proto) hashListener(s *Sock, addr netip.Addr, port uint16) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if port == 0 {
+		var ok bool
+		if port, ok = p.pickPortLocked(func(c uint16) bool {
+			return p.ports[c] == 0 && !listenConflict(p.listeners[c], addr)
+		}); !ok {
+			return syscall.EADDRINUSE
+		}
+	} else if listenConflict(p.listeners[port], addr) {
+		return syscall.EADDRINUSE
+	}
+	s.id.laddr, s.id.lport = addr, port
+	p.listeners[port] = append(p.listeners[port], s)
+	s.listening = true
+	return nil
+}
+
+// pickPortLocked walks the ephemeral range from a random offset
+// (RFC 6056 §3.3.1, Algorithm 1).
+func (p *Proto) pickPortLocked(free func(uint16) bool) (uint16, bool) {
+	lo, hi := uint32(p.cfg.EphemeralLow), uint32(p.cfg.EphemeralHigh)
+	n := hi - lo + 1
+	start := mrand.Uint32N(n)
+	for i := uint32(0); i < n; i++ {
+		c := uint16(lo + (start+i)%n)
+		if free(c) {
+			return c, true
+		}
+	}
+	return 0, false
+}
+
+// hashConnect binds an ephemeral port for an active open and inserts s
+// (inet_hash_connect): a port no listener holds whose 4-tuple is free.
+func (p *Proto) hashConnect(s *Sock) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.conns) >= p.cfg.MaxSockets {
+		return syscall.ENOBUFS
+	}
+	if s.id.lport == 0 {
+		// Like __inet_hash_connect, a port may serve several
+		// connections as long as their 4-tuples differ, so TIME-WAIT
+		// does not exhaust the range towards many destinations.
+		port, ok := p.pickPortLocked(func(c uint16) bool {
+			if len(p.listeners[c]) != 0 {
+				return false
+			}
+			t := s.id
+			t.lport = c
+			_, used := p.conns[t]
+			return !used
+		})
+		if !ok {
+			return syscall.EADDRNOTAVAIL // Linux: connect() with no free port
+		}
+		s.id.lport = port
+	} else if _, used := p.conns[s.id]; used {
+		return syscall.EADDRINUSE
+	}
+	p.conns[s.id] = s
+	p.ports[s.id.lport]++
+	s.holdsPort, s.hashed = true, true
+	return nil
+}
+
+// wscaleFor is tcp_select_initial_window's shift: the smallest shift
+// that lets a 16-bit field describe space (RFC 7323 §2.3, at most 14).
+func wscaleFor(space int) uint8 {
+	if space <= 0xffff {
+		return 0
+	}
+	s := bits.Len32(uint32(space)) - 16
+	return uint8(min(s, 14))
+}

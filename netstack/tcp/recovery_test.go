@@ -1,0 +1,216 @@
+package tcp
+
+import (
+	"testing"
+	"time"
+
+	"github.com/cni-userstack/cni-userstack/netstack/header"
+)
+
+// dropOnce loses the first transmission of the data segments whose
+// offsets (from the first data byte) are listed.
+func dropOnce(w *wire, offsets ...uint32) *int {
+	var base uint32
+	var haveBase bool
+	lost := 0
+	seen := map[uint32]bool{}
+	drop := map[uint32]bool{}
+	for _, o := range offsets {
+		drop[o] = true
+	}
+	w.filter = func(dir int, s seg) bool {
+		if dir != 0 || len(s.data) == 0 {
+			return true
+		}
+		if !haveBase {
+			base, haveBase = s.seq, true
+		}
+		off := s.seq - base
+		if drop[off] && !seen[off] {
+			seen[off] = true
+			lost++
+			return false
+		}
+		return true
+	}
+	return &lost
+}
+
+// RFC 2018 + RFC 6675: with SACK only the lost segments are
+// retransmitted, each once, and no timeout is needed.
+func TestSACKRetransmitsOnlyLostSegments(t *testing.T) {
+	w := newWire(t, wireCfg{delay: 5 * time.Millisecond}, Config{NoTimestamps: true})
+	mss := uint32(1460)
+	lost := dropOnce(w, 20*mss, 40*mss, 41*mss, 90*mss, 300*mss)
+	transfer(t, w, 1<<20, false)
+	if *lost != 5 {
+		t.Fatalf("dropped %d segments, want 5", *lost)
+	}
+	if got := w.a.Counter(RetransSegs); got != 5 {
+		t.Fatalf("%d retransmissions for 5 lost segments (SACK): %v", got, nonzero(w.a))
+	}
+	if w.a.Counter(TCPTimeouts) != 0 || w.a.Counter(TCPSACKRecovery) == 0 {
+		t.Fatalf("want SACK recovery without timeouts: %v", nonzero(w.a))
+	}
+}
+
+// RFC 6582: without SACK, NewReno repairs one hole per RTT with partial
+// ACKs, still without a timeout, for a few losses in one window.
+func TestNewRenoPartialAcks(t *testing.T) {
+	w := newWire(t, wireCfg{delay: 5 * time.Millisecond}, Config{NoTimestamps: true, NoSACK: true})
+	mss := uint32(1460)
+	lost := dropOnce(w, 20*mss, 40*mss, 41*mss)
+	transfer(t, w, 1<<20, false)
+	if *lost != 3 {
+		t.Fatalf("dropped %d", *lost)
+	}
+	if w.a.Counter(TCPTimeouts) != 0 || w.a.Counter(TCPLossRecovery) != 1 {
+		t.Fatalf("want one NewReno recovery, no timeout: %v", nonzero(w.a))
+	}
+	if got := w.a.Counter(RetransSegs); got != 3 {
+		t.Fatalf("%d retransmissions for 3 losses: %v", got, nonzero(w.a))
+	}
+}
+
+// Window scaling lets more than 64 KiB be in flight (RFC 7323 §2): the
+// receiver's 1 MiB buffer is advertised with a shift and used.
+func TestWindowScalingFillsLargeWindow(t *testing.T) {
+	w := newWire(t, wireCfg{delay: 20 * time.Millisecond}, Config{})
+	c, s := w.connect()
+	if in := c.Info(); in.SndWscale == 0 || in.RcvWscale == 0 {
+		t.Fatalf("window scale not negotiated: %+v", in)
+	}
+	big := make([]byte, 900<<10)
+	if _, err := c.Write(big); err != nil {
+		t.Fatal(err)
+	}
+	// After a few RTTs of slow start, more than 64 KiB is in flight.
+	maxFlight := 0
+	w.run(2*time.Second, func() bool {
+		if f := c.Info().Unacked; f > maxFlight {
+			maxFlight = f
+		}
+		s.Read(make([]byte, 1<<20))
+		return c.Info().Unacked == 0 && c.Info().NotSent == 0
+	})
+	if maxFlight <= 65535 {
+		t.Fatalf("at most %d bytes in flight: window scaling unused", maxFlight)
+	}
+	_ = header.TCPMaxWScale
+}
+
+// RFC 8985 §7: a loss at the tail, with too few later segments for three
+// duplicate ACKs, is repaired by the tail loss probe after about two
+// RTTs instead of waiting for the RTO.
+func TestTailLossProbe(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lost []uint32
+	}{
+		{"last segment", []uint32{99}},
+		{"second to last", []uint32{98}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWire(t, wireCfg{delay: 10 * time.Millisecond}, Config{NoTimestamps: true})
+			mss := uint32(1460)
+			var offs []uint32
+			for _, l := range tc.lost {
+				offs = append(offs, l*mss)
+			}
+			dropOnce(w, offs...)
+			c, s := w.connect()
+			// Warm up the RTT estimate, then send 100 segments at once.
+			start := w.clk.Now()
+			data := make([]byte, 100*1460)
+			c.Write(data)
+			got := 0
+			w.run(10*time.Second, func() bool {
+				n, _ := s.Read(make([]byte, len(data)))
+				got += n
+				return got == len(data)
+			})
+			el := w.clk.Now().Sub(start)
+			if w.a.Counter(TCPTimeouts) != 0 || w.a.Counter(TCPLossProbes) == 0 {
+				t.Fatalf("want a loss probe and no timeout: %v", nonzero(w.a))
+			}
+			if el >= MinRTO {
+				t.Fatalf("took %v: no faster than the RTO", el)
+			}
+			t.Logf("recovered in %v: %v", el, nonzero(w.a))
+		})
+	}
+}
+
+// Receive buffer auto-tuning (tcp_rcv_space_adjust): on a path whose
+// bandwidth-delay product exceeds the initial buffer, the buffer grows
+// with the reader's pace and the transfer finishes much sooner than with
+// the buffer fixed (as SetBuffers does). The sender's 1 MiB send buffer
+// bounds what one RTT can carry, so the buffer settles near 2 MiB.
+func TestReceiveBufferAutotuning(t *testing.T) {
+	run := func(fixed bool) (time.Duration, int) {
+		w := newWire(t, wireCfg{delay: 25 * time.Millisecond, rate: 100e6, queue: 4096}, Config{})
+		c, s := w.connect()
+		if fixed {
+			s.mu.Lock()
+			s.rcvAutoOff = true
+			s.mu.Unlock()
+		}
+		size := 32 << 20
+		start := w.clk.Now()
+		sent, got := 0, 0
+		buf := make([]byte, 1<<20)
+		w.run(time.Hour, func() bool {
+			if sent < size {
+				n, _ := c.Write(buf[:min(len(buf), size-sent)])
+				sent += n
+			}
+			for {
+				n, _ := s.Read(buf)
+				got += n
+				if n == 0 {
+					break
+				}
+			}
+			return got == size
+		})
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return w.clk.Now().Sub(start), s.rcvBufLimit
+	}
+	tFixed, bFixed := run(true)
+	tAuto, bAuto := run(false)
+	t.Logf("fixed %d KiB: %v; autotuned to %d KiB: %v", bFixed>>10, tFixed, bAuto>>10, tAuto)
+	if bAuto <= 2*DefaultRcvBuf || tAuto*2 > tFixed {
+		t.Fatalf("auto-tuning did not help: fixed %v, auto %v (buffer %d)", tFixed, tAuto, bAuto)
+	}
+}
+
+// A retransmission lost in recovery is sent again once DupThresh
+// segments sent after it are SACKed (Linux tcp_mark_lost_retrans), not
+// after an RTO.
+func TestLostRetransmission(t *testing.T) {
+	w := newWire(t, wireCfg{delay: 5 * time.Millisecond}, Config{NoTimestamps: true})
+	var base uint32
+	var haveBase bool
+	drops := 0
+	w.filter = func(dir int, s seg) bool {
+		if dir != 0 || len(s.data) == 0 {
+			return true
+		}
+		if !haveBase {
+			base, haveBase = s.seq, true
+		}
+		if s.seq-base == 50*1460 && drops < 2 { // the original and the first retransmission
+			drops++
+			return false
+		}
+		return true
+	}
+	transfer(t, w, 2<<20, false)
+	if drops != 2 {
+		t.Fatalf("dropped %d", drops)
+	}
+	if w.a.Counter(TCPTimeouts) != 0 || w.a.Counter(TCPLostRetransmit) == 0 {
+		t.Fatalf("want the lost retransmission detected without a timeout: %v", nonzero(w.a))
+	}
+}

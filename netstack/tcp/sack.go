@@ -1,0 +1,162 @@
+package tcp
+
+import "github.com/cni-userstack/cni-userstack/netstack/header"
+
+// SACK (RFC 2018; tcp_input.c tcp_sacktag_write_queue, tcp_output.c
+// tcp_sack options): the sender's scoreboard of SACKed ranges, which
+// recovery.go reads, and the receiver's SACK blocks built from the
+// out-of-order queue.
+
+// sackRange is one SACKed range [start, end).
+type sackRange struct{ start, end uint32 }
+
+// maxSackRanges bounds the scoreboard; past it the highest ranges are
+// forgotten (they are SACKed again by the next ACKs).
+const maxSackRanges = 32
+
+// sackRcv merges the SACK blocks of an ACK into the scoreboard
+// (tcp_sacktag_write_queue). Blocks outside (SND.UNA, SND.MAX] are
+// ignored (D-SACK, RFC 2883, and forged blocks).
+func (s *Sock) sackRcv(o *header.TCPOptions) {
+	for i := 0; i < o.NumSACK; i++ {
+		b := o.SACKBlocks[i]
+		if !header.SeqLT(b.Start, b.End) || header.SeqLEQ(b.End, s.sndUna) || header.SeqGT(b.End, s.sndMax) {
+			continue
+		}
+		start := header.SeqMax(b.Start, s.sndUna)
+		s.sackInsert(start, b.End)
+	}
+}
+
+func (s *Sock) sackInsert(start, end uint32) {
+	if cap(s.sacked) == 0 {
+		s.sacked = make([]sackRange, 0, maxSackRanges)
+	}
+	// Ranges are sorted and disjoint; merge through a stack copy.
+	merged := sackRange{start, end}
+	tmp := [maxSackRanges + 1]sackRange{}
+	n := 0
+	inserted := false
+	for _, r := range s.sacked {
+		switch {
+		case header.SeqLT(r.end, merged.start):
+			tmp[n] = r
+			n++
+		case header.SeqLT(merged.end, r.start):
+			if !inserted {
+				tmp[n] = merged
+				n++
+				inserted = true
+			}
+			tmp[n] = r
+			n++
+		default:
+			merged.start = header.SeqMin(merged.start, r.start)
+			merged.end = header.SeqMax(merged.end, r.end)
+		}
+		if n >= maxSackRanges {
+			break
+		}
+	}
+	if !inserted && n < maxSackRanges {
+		tmp[n] = merged
+		n++
+	}
+	s.sacked = append(s.sacked[:0], tmp[:n]...)
+}
+
+// sackPrune drops ranges SND.UNA passed.
+func (s *Sock) sackPrune() {
+	n := 0
+	for _, r := range s.sacked {
+		if header.SeqLEQ(r.end, s.sndUna) {
+			continue
+		}
+		if header.SeqLT(r.start, s.sndUna) {
+			r.start = s.sndUna
+		}
+		s.sacked[n] = r
+		n++
+	}
+	s.sacked = s.sacked[:n]
+}
+
+// sackedBelow is the SACKed bytes below seq.
+func (s *Sock) sackedBelow(seq uint32) int {
+	t := 0
+	for _, r := range s.sacked {
+		if header.SeqGEQ(r.start, seq) {
+			break
+		}
+		t += int(header.SeqMin(r.end, seq) - r.start)
+	}
+	return t
+}
+
+// sackedSkip moves seq past a SACKed range it falls in and returns the
+// bytes that may be sent from there before the next SACKed range (-1:
+// no limit). After a timeout, go-back-N resends only what the peer has
+// not SACKed (RFC 6675 §5.1: the scoreboard survives the RTO).
+func (s *Sock) sackedSkip(seq uint32) (uint32, int) {
+	for _, r := range s.sacked {
+		if header.SeqLT(seq, r.start) {
+			return seq, int(r.start - seq)
+		}
+		if header.SeqLT(seq, r.end) {
+			seq = r.end
+		}
+	}
+	return seq, -1
+}
+
+func (s *Sock) sackedBytes() int {
+	t := 0
+	for _, r := range s.sacked {
+		t += int(r.end - r.start)
+	}
+	return t
+}
+
+// sackBlocks fills o with the receiver's SACK blocks (RFC 2018 §4): the
+// block holding the most recent out-of-order segment first, then the
+// others, contiguous out-of-order data merged.
+func (s *Sock) sackBlocks(o *header.TCPOptions) {
+	var blocks [maxOFO/64 + 4]header.SACKBlock
+	n := 0
+	first := -1
+	for i := 0; i < len(s.ofo) && n < len(blocks); i++ {
+		e := s.ofo[i]
+		end := e.end
+		if e.fin {
+			end--
+		}
+		if n > 0 && header.SeqLEQ(e.seq, blocks[n-1].End) {
+			blocks[n-1].End = header.SeqMax(blocks[n-1].End, end)
+		} else {
+			blocks[n] = header.SACKBlock{Start: e.seq, End: end}
+			n++
+		}
+		if i == s.lastOFO {
+			first = n - 1
+		}
+	}
+	if first > 0 {
+		blocks[0], blocks[first] = blocks[first], blocks[0]
+	}
+	k := 0
+	if s.dsackPending {
+		// RFC 2883 §4: a duplicate segment is reported in the first
+		// block (a D-SACK), once.
+		o.SACKBlocks[0] = s.dsack
+		s.dsackPending = false
+		k = 1
+	}
+	o.NumSACK = k + copy(o.SACKBlocks[k:], blocks[:n])
+}
+
+// noteDSACK remembers a duplicate segment [start, end) for the next ACK.
+func (s *Sock) noteDSACK(start, end uint32) {
+	if s.sackOK && header.SeqLT(start, end) {
+		s.dsack, s.dsackPending = header.SACKBlock{Start: start, End: end}, true
+	}
+}

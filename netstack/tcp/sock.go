@@ -1,0 +1,321 @@
+package tcp
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/clock"
+	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/link"
+	"github.com/cni-userstack/cni-userstack/netstack/route"
+	"github.com/cni-userstack/cni-userstack/netstack/tcp/cc"
+)
+
+// State is a connection state (RFC 9293 §3.3.2).
+type State uint8
+
+const (
+	Closed State = iota
+	Listen
+	SynSent
+	SynReceived
+	Established
+	FinWait1
+	FinWait2
+	CloseWait
+	Closing
+	LastAck
+	TimeWait
+)
+
+var stateNames = [...]string{"CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED",
+	"FIN-WAIT-1", "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT"}
+
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "?"
+}
+
+// synchronized reports the states after the handshake (RFC 9293 §3.5.2).
+func (s State) synchronized() bool { return s >= Established }
+
+// rtxMode says what the retransmission timer does when it fires
+// (icsk_pending: ICSK_TIME_RETRANS or ICSK_TIME_PROBE0).
+type rtxMode uint8
+
+const (
+	rtxRetrans rtxMode = iota
+	rtxProbe
+	rtxTLP // RFC 8985 §7 probe timeout (ICSK_TIME_LOSS_PROBE)
+)
+
+// ofoSeg is one out-of-order segment: its payload is skb.Bytes().
+type ofoSeg struct {
+	seq, end uint32 // end includes the FIN
+	fin      bool
+	skb      *buf.SKB
+}
+
+// maxOFO bounds the out-of-order queue in segments; the bytes are bounded
+// by the receive window. Overflow drops the new segment (TCPOFODrop).
+const maxOFO = 1024
+
+// Sock is one TCP endpoint (struct tcp_sock): a listener, or a connection
+// in any state. Every field below mu is guarded by mu.
+type Sock struct {
+	p *Proto
+
+	mu   sync.Mutex
+	cond sync.Cond // readers, writers, connectors and acceptors wait here
+
+	state  State
+	stateA atomic.Uint32 // mirror of state for lock-free readers (Info, Counters)
+	id     tuple
+	bound  bool // Bind was called (id.laddr/lport set)
+
+	hashed, holdsPort, listening bool
+
+	// Listener side (listen.go): bounded queues.
+	backlog  int
+	acceptQ  []*Sock // established children awaiting Accept; bound: backlog
+	synQ     int     // children in SYN-RECEIVED; bound: cfg.MaxSynBacklog
+	parent   *Sock   // the listener of a passive child until accepted
+	accepted bool
+
+	// Send sequence space (RFC 9293 §3.3.1) plus BSD's snd_max.
+	iss, sndUna, sndNxt, sndMax uint32
+	sndWnd, maxSndWnd           uint32
+	sndWl1, sndWl2              uint32
+	sndWscale                   uint8
+	sndBuf                      ring   // bytes from bufSeq on, unacknowledged or unsent
+	bufSeq                      uint32 // sequence number of sndBuf's first byte
+	sndBufLimit                 int
+	finQueued                   bool // the user shut the write side: FIN after the data
+	mss                         int  // effective send MSS (data bytes per segment)
+	peerMSS                     int
+	routeMTU                    int
+	gso                         bool // output NIC takes GSO super-packets
+	flow                        route.Flow
+
+	// Receive sequence space.
+	irs, rcvNxt  uint32
+	rcvWscale    uint8
+	rcvAdv       uint32 // right edge of the window we advertised (rcv_wup + rcv_wnd)
+	rcvBuf       ring
+	rcvBufLimit  int
+	rcvAutoOff   bool      // SO_RCVBUF set: no auto-tuning
+	rcvqCopied   int       // bytes read since rcvqTime
+	rcvqTime     time.Time // start of the current measurement (one RTT)
+	rcvSpace     int       // most bytes read in one RTT so far
+	rcvMSS       int       // largest segment seen, for the delayed ACK rule
+	ofo          []ofoSeg
+	lastOFO      int // index of the most recently queued ofo segment (RFC 2018 §4)
+	dsack        header.SACKBlock
+	dsackPending bool // report dsack in the next ACK (RFC 2883)
+	finRcvd      bool
+
+	// Options negotiated (RFC 7323, RFC 2018).
+	wsOK, tsOK, sackOK bool
+	// ECN (RFC 3168): ecnOK once negotiated; ecnEcho while we must set
+	// ECE on ACKs (a CE mark arrived and no CWR since); cwrPending when
+	// the next new data segment carries CWR; ecnRecover bounds the
+	// window reduction to once per window of data (§6.1.2).
+	ecnOK, ecnEcho, cwrPending bool
+	ecnRecover                 uint32
+	tsRecent                   uint32
+	tsRecentTime               time.Time
+	tsOff                      uint32
+	lastAckSent                uint32
+	lastOOW                    time.Time // last out-of-window ACK (oowAck)
+
+	// RTT and RTO (RFC 6298).
+	srtt, rttvar, rto time.Duration
+	minRTT            time.Duration
+	rttSeq            uint32
+	rttTime           time.Time
+	rttTiming         bool
+	backoff           int // retransmissions of the current segment / probes
+	rtxMode           rtxMode
+	lastSend          time.Time
+	retransTotal      uint64
+
+	// Congestion control and recovery (recovery.go).
+	ca         cc.Algorithm
+	cs         cc.State
+	dupAcks    int
+	inRecovery bool
+	recover    uint32 // RFC 6582 "recover"
+	sacked     []sackRange
+	highRxt    uint32 // RFC 6675 HighRxt
+	tlpHigh    uint32 // RFC 8985 TLP.end_seq; 0 when no probe is out
+	lostBelow  uint32 // holes below are lost (a SACKed probe); 0: none
+	// The last retransmission of SND.UNA in recovery and SND.MAX then
+	// (lostRetransmit).
+	headRtxSeq, headRtxMark uint32
+	headRtxValid            bool
+
+	// ACK scheduling (RFC 9293 §3.8.6.3).
+	ackPending   bool
+	unackedBytes int
+	quickAcks    int
+
+	// User side.
+	nodelay, cork bool
+	rdShut        bool // the user will not read (shutdown RD or Close)
+	wrShut        bool // the user will not write (shutdown WR or Close)
+	orphan        bool // closed by the user; the protocol finishes alone
+	err           error
+	softErr       error
+	rdDeadline    time.Time
+	wrDeadline    time.Time
+	nonblock      bool
+	keepalive     bool
+	keepIdle      time.Duration
+	keepIntvl     time.Duration
+	keepCnt       int
+	keepProbes    int
+	lingerZero    bool
+
+	// Counters for Info.
+	bytesAcked, bytesReceived uint64
+	segsOut, segsIn           uint64
+
+	rtxTimer, delackTimer, kaTimer, dlTimer *clock.Timer
+}
+
+// NewSock returns an unbound socket (tcp_v4_init_sock). Its timers are
+// created now and cost no goroutine.
+func (p *Proto) NewSock() *Sock {
+	s := &Sock{p: p, sndBufLimit: p.cfg.SndBuf, rcvBufLimit: p.cfg.RcvBuf, rto: InitialRTO,
+		keepIdle: DefaultKeepIdle, keepIntvl: DefaultKeepIntvl, keepCnt: DefaultKeepCount}
+	s.cond.L = &s.mu
+	s.rtxTimer = p.clk.NewTimer(s.rtxFired)
+	s.delackTimer = p.clk.NewTimer(s.delackFired)
+	s.kaTimer = p.clk.NewTimer(s.kaFired)
+	s.dlTimer = p.clk.NewTimer(s.deadlineFired)
+	return s
+}
+
+func (s *Sock) setState(st State) {
+	s.state = st
+	s.stateA.Store(uint32(st))
+}
+
+// State returns the current state.
+func (s *Sock) State() State { return State(s.stateA.Load()) }
+
+// initCC picks the congestion control (tcp_init_congestion_control).
+func (s *Sock) initCC() {
+	a, err := cc.New(s.p.cfg.CongestionControl)
+	if err != nil {
+		a, _ = cc.New(cc.Default)
+	}
+	s.ca = a
+	s.cs = cc.State{Cwnd: cc.InitialWindow, Ssthresh: 1 << 30}
+	s.ca.Init(&s.cs, s.p.clk.Now())
+}
+
+// done moves to CLOSED, stops every timer, frees the queues and leaves
+// the tables (tcp_done). err, when set, is reported to the user.
+func (s *Sock) done(err error) {
+	if err != nil && s.err == nil {
+		s.err = err
+	}
+	prev := s.state
+	s.setState(Closed)
+	s.rtxTimer.Stop()
+	s.delackTimer.Stop()
+	s.kaTimer.Stop()
+	for i := range s.ofo {
+		s.ofo[i].skb.Free(DropClose)
+	}
+	s.ofo = nil
+	s.sndBuf.release()
+	if s.orphan {
+		s.rcvBuf.release()
+	}
+	s.p.unhash(s)
+	if prev == SynReceived && s.parent != nil {
+		s.leaveParent()
+	}
+	s.cond.Broadcast()
+}
+
+// rcvMaxSpace is the most the receive buffer may grow to: the window
+// scale is chosen for it at the handshake.
+func (s *Sock) rcvMaxSpace() int {
+	if s.rcvAutoOff {
+		return s.rcvBufLimit
+	}
+	return max(s.rcvBufLimit, s.p.cfg.MaxRcvBuf)
+}
+
+// rcvAutotune is tcp_rcv_space_adjust (dynamic right-sizing): once per
+// RTT, if the reader consumed more than ever before, the buffer grows to
+// twice that, so the window keeps ahead of a fast reader on a long path.
+func (s *Sock) rcvAutotune(n int) {
+	if s.rcvAutoOff || s.srtt == 0 {
+		return
+	}
+	s.rcvqCopied += n
+	now := s.p.clk.Now()
+	if s.rcvqTime.IsZero() {
+		s.rcvqTime = now
+		return
+	}
+	if now.Sub(s.rcvqTime) < s.srtt {
+		return
+	}
+	if s.rcvqCopied > s.rcvSpace {
+		s.rcvSpace = s.rcvqCopied
+		if want := min(2*s.rcvqCopied, s.rcvMaxSpace()); want > s.rcvBufLimit {
+			s.rcvBufLimit = want
+		}
+	}
+	s.rcvqCopied, s.rcvqTime = 0, now
+}
+
+// rcvWnd is the receive window we can offer now: the free buffer space,
+// never moving the right edge we advertised back (RFC 9293 §3.8.6.2.2:
+// "the window SHOULD NOT be shrunk").
+func (s *Sock) rcvWnd() uint32 {
+	free := s.rcvBufLimit - s.rcvBuf.len()
+	if free < 0 {
+		free = 0
+	}
+	w := uint32(free)
+	// Round down to the scale so the advertised edge is exact.
+	w &^= (1 << s.rcvWscale) - 1
+	if header.SeqGT(s.rcvAdv, s.rcvNxt) && w < s.rcvAdv-s.rcvNxt {
+		w = s.rcvAdv - s.rcvNxt
+	}
+	return min(w, uint32(0xffff)<<s.rcvWscale)
+}
+
+// errno maps a stored error for the user.
+func (s *Sock) takeSoftErr() error {
+	e := s.softErr
+	s.softErr = nil
+	return e
+}
+
+var errClosedSock = syscall.EBADF
+
+// linkGSO is what a NIC must offer for us to hand it super-packets.
+const linkGSO = link.CapGSO | link.CapTxChecksumPartial
+
+// String describes the socket for logs and test failures.
+func (s *Sock) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return fmt.Sprintf("%v:%d>%v:%d %v una=%d nxt=%d max=%d end=%d wnd=%d cwnd=%d ssthresh=%d rcvnxt=%d rcvbuf=%d ofo=%d rto=%v backoff=%d rec=%v fin=%v/%v err=%v adv=%d wl1=%d wl2=%d",
+		s.id.laddr, s.id.lport, s.id.raddr, s.id.rport, s.state, s.sndUna-s.iss, s.sndNxt-s.iss, s.sndMax-s.iss,
+		s.dataEnd()-s.iss, s.sndWnd, s.cs.Cwnd, s.cs.Ssthresh, s.rcvNxt-s.irs, s.rcvBuf.len(), len(s.ofo), s.rto,
+		s.backoff, s.inRecovery, s.finQueued, s.finRcvd, s.err, s.rcvAdv-s.irs, s.sndWl1-s.irs, s.sndWl2-s.iss)
+}
