@@ -97,9 +97,8 @@ func TestPing(t *testing.T) {
 	}
 }
 
-// resolve makes A resolve B first: neigh queues at most 3 packets per
-// unresolved entry (neigh.Config.MaxPending), fewer than a large
-// datagram's fragments.
+// resolve makes A resolve B first, so a test starts from a Reachable
+// neighbour instead of depending on the pending queue's bounds.
 func resolve(t *testing.T, a, b *stacktest.Node) {
 	t.Helper()
 	if _, err := a.Ping(pingCtx(t), b.Addr(), 0, nil); err != nil {
