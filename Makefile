@@ -12,7 +12,7 @@ APT_PKGS  := iproute2 iputils-ping tcpdump iperf3 procps iptables
 APT_CMDS  := ip ping tcpdump iperf3 pkill iptables
 TEST_TIMEOUT ?= 14m
 
-.PHONY: all build demo test unit vet fmt-check bench deps clean
+.PHONY: all build demo test unit vet fmt-check bench bench-deps deps clean
 
 all: build
 
@@ -41,12 +41,40 @@ fmt-check:
 
 # test runs every package's tests, the fuzz seed corpora and the
 # end-to-end tests against the kernel (root).
+# The packages run under the race detector; then, without it, the issue
+# sizes: 256 MiB per simulated TCP transfer under loss, reordering,
+# duplication and corruption, and 1 GiB each way against the kernel.
 test: deps fmt-check vet
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /test/)
+	TCP_TRANSFER_MB=256 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run TestTransferUnderFaults ./netstack/tcp
+	TCP_E2E_MB=1024 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/...
 
-# bench runs the Go benchmarks with allocation counts.
-bench: deps
+# Debian packages only `make bench` needs: the variants it runs beside
+# ours (pasta from passt, slirp4netns), iperf3 and nsenter (util-linux).
+BENCH_APT_PKGS := passt slirp4netns iperf3 util-linux
+BENCH_APT_CMDS := pasta slirp4netns iperf3 nsenter
+# Length of each iperf3, latency and connect-rate run; extra flags for
+# ./test/bench (e.g. BENCH_FLAGS=-variants=ptp,route).
+BENCH_DURATION ?= 5s
+BENCH_FLAGS ?=
+
+bench-deps:
+	@missing=""; for c in $(BENCH_APT_CMDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for the benchmark (missing:$$missing)"; \
+		if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install $(BENCH_APT_PKGS)" >&2; exit 1; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_APT_PKGS) >/dev/null; \
+	fi
+
+# bench runs the Go benchmarks with allocation counts, then the
+# side-by-side harness (./test/bench: kernel ptp, our route and proxy
+# modes, pasta, slirp4netns; throughput, latency, connections/s, CPU/GB,
+# CNI ADD/DEL latency), which prints its table and writes
+# bench-report/bench.md.
+bench: deps bench-deps
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 30m $(PKGS)
+	$(GO) run ./test/bench -duration $(BENCH_DURATION) -out bench-report/bench.md $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin demo-report bench-report

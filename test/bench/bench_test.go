@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		var out []time.Duration
+		for _, x := range v {
+			out = append(out, time.Duration(x)*time.Millisecond)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name string
+		in   []time.Duration
+		p    float64
+		want time.Duration
+	}{
+		{"empty is 0", nil, 50, 0},
+		{"one value is every percentile", ms(7), 99, 7 * time.Millisecond},
+		{"p50 of 1..10 is the 5th (nearest rank)", ms(10, 9, 8, 7, 6, 5, 4, 3, 2, 1), 50, 5 * time.Millisecond},
+		{"p99 of 1..100 is the 99th", func() []time.Duration {
+			var l []int
+			for i := 100; i >= 1; i-- {
+				l = append(l, i)
+			}
+			return ms(l...)
+		}(), 99, 99 * time.Millisecond},
+		{"p100 is the max", ms(3, 1, 2), 100, 3 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := percentile(tc.in, tc.p); got != tc.want {
+				t.Fatalf("percentile(%v, %v) = %v, want %v", tc.in, tc.p, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestCleanupsRunNewestFirstOnceAndAfterClose(t *testing.T) {
+	var c cleanups
+	var got []string
+	c.add("a", func() { got = append(got, "a") })
+	m := c.mark()
+	c.add("b", func() { got = append(got, "b") })
+	c.add("c", func() { panic("boom") }) // reported, the rest still run
+	c.add("d", func() { got = append(got, "d") })
+	c.runTo(m)
+	c.runTo(m) // nothing left above m: runs nothing twice
+	if strings.Join(got, "") != "db" {
+		t.Fatalf("runTo(mark) ran %q, want \"db\"", got)
+	}
+	c.close()
+	if strings.Join(got, "") != "dba" {
+		t.Fatalf("close ran %q, want \"dba\"", got)
+	}
+	c.add("late", func() { got = append(got, "late") })
+	if got[len(got)-1] != "late" {
+		t.Fatalf("add after close did not run at once: %q", got)
+	}
+}
+
+func TestCatchTurnsFatalAndPanicsIntoErrors(t *testing.T) {
+	var c cleanups
+	x := newTB("x", &c, context.Background())
+	for _, tc := range []struct {
+		name string
+		fn   func() error
+		want string
+	}{
+		{"Fatalf", func() error { x.Fatalf("bad %d", 1); return nil }, "bad 1"},
+		{"a method the adapter lacks", func() error { x.Output(); return nil }, "panic:"},
+		{"plain error", func() error { return errors.New("plain") }, "plain"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := catch(tc.fn)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("catch = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+	if err := catch(func() error { return nil }); err != nil {
+		t.Fatalf("catch(nil) = %v", err)
+	}
+	d := x.TempDir()
+	if _, err := os.Stat(d); err != nil {
+		t.Fatal(err)
+	}
+	c.close()
+	if _, err := os.Stat(d); !os.IsNotExist(err) {
+		t.Fatalf("TempDir %s not removed by the undo stack: %v", d, err)
+	}
+}
+
+func TestCPUCounters(t *testing.T) {
+	// Burn a little CPU so the counters have something to show.
+	end := time.Now().Add(50 * time.Millisecond)
+	for time.Now().Before(end) {
+	}
+	self, err := procCPU(os.Getpid())
+	if err != nil || self <= 0 {
+		t.Fatalf("procCPU(self) = %v, %v; want > 0", self, err)
+	}
+	sys, err := systemCPU()
+	if err != nil || sys < self {
+		t.Fatalf("systemCPU() = %v, %v; want ≥ this process's %v", sys, err, self)
+	}
+	if _, err := procCPU(1 << 30); err == nil {
+		t.Fatal("procCPU of a missing pid: no error")
+	}
+}
+
+func TestRequestResponseAndConnectRateOnLoopback(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	s, err := startServer(nil, lo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	dst := netip.AddrPortFrom(lo, uint16(s.port()))
+	ctx := context.Background()
+	rr, err := requestResponse(ctx, nil, dst, 500, 5*time.Second)
+	if err != nil || rr.N != 500 || rr.P50 <= 0 || rr.P99 < rr.P50 {
+		t.Fatalf("requestResponse = %+v, %v; want 500 round trips, 0 < p50 ≤ p99", rr, err)
+	}
+	cps, err := connectRate(ctx, nil, dst, 200*time.Millisecond)
+	if err != nil || cps.Conns == 0 || cps.Errors != 0 || cps.PerSec <= 0 {
+		t.Fatalf("connectRate = %+v, %v", cps, err)
+	}
+	// Nobody listens: the connect rate fails instead of looping.
+	s.close()
+	if _, err := connectRate(ctx, nil, dst, 5*time.Second); err == nil {
+		t.Fatal("connectRate to a closed port: no error")
+	}
+}
+
+func TestCellRatioAgainstKernel(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		m, ref   measured
+		want     string
+		wantNoRt bool
+	}{
+		{"ratio is variant/kernel", measured{v: 5}, measured{v: 20}, "5.00 (0.25×)", false},
+		{"no reference, no ratio", measured{v: 5}, measured{err: errors.New("x")}, "5.00", true},
+		{"failed figure", measured{err: errors.New("x")}, measured{v: 1}, "error", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := cell(tc.m, tc.ref, "%.2f"); got != tc.want {
+				t.Fatalf("cell = %q, want %q", got, tc.want)
+			}
+		})
+	}
+	if m := cpuPerGB(2*time.Second, 4e9); m.err != nil || m.v != 0.5 {
+		t.Fatalf("cpuPerGB(2s, 4 GB) = %+v, want 0.5", m)
+	}
+	if m := cpuPerGB(time.Second, 0); m.err == nil {
+		t.Fatal("cpuPerGB with no bytes: no error")
+	}
+}
+
+func TestReportMarksUnavailableRowsAndRatios(t *testing.T) {
+	ref := &row{label: "kernel (ptp)", rrP50: measured{v: 10}, rrP99: measured{v: 20}, cps: measured{v: 1000}, bytes: 1e9, procCPU: time.Second, sysCPU: time.Second}
+	ours := &row{label: "cni-userstack route", rrP50: measured{v: 30}, rrP99: measured{v: 40}, cps: measured{v: 500}, bytes: 1e9, procCPU: 2 * time.Second, sysCPU: 3 * time.Second}
+	for i := range throughputCases {
+		ref.tput[i] = measured{v: 20}
+		ours.tput[i] = measured{v: 10}
+	}
+	na := &row{label: "cni-userstack proxy", na: "n/a (not implemented)"}
+	rep := &report{opts: options{duration: time.Second}, started: time.Now(), rows: []*row{ref, ours, na}}
+	md := rep.markdown()
+	for _, want := range []string{
+		"| cni-userstack route | 10.00 (0.50×) |",
+		"30.0 (3.00×)",
+		"500 (0.50×)",
+		"2.00 (2.00×) | 3.00 (3.00×) |",
+		"| cni-userstack proxy | n/a (not implemented) |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if rep.broken() {
+		t.Fatal("report with a good kernel row is broken")
+	}
+	ref.tput[0].err = errors.New("iperf3 failed")
+	if !rep.broken() {
+		t.Fatal("report whose kernel row failed is not broken")
+	}
+}

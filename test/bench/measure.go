@@ -1,0 +1,454 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+// clockTick is USER_HZ, the unit of /proc/PID/stat and /proc/stat times:
+// 100 on every Linux architecture Go supports.
+const clockTick = 100
+
+// do runs fn in n, or directly when n is nil (the harness's own netns).
+func do(n ns.NetNS, fn func() error) error {
+	if n == nil {
+		return fn()
+	}
+	return n.Do(func(ns.NetNS) error { return fn() })
+}
+
+// nsCommand is name args run inside n (nil = host netns) through nsenter,
+// which execs the command itself, so the child's rusage is the command's.
+func nsCommand(ctx context.Context, n ns.NetNS, name string, args ...string) *exec.Cmd {
+	if n == nil {
+		return exec.CommandContext(ctx, name, args...)
+	}
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + n.Path(), "--", name}, args...)...)
+}
+
+// procCPU is the user+system CPU time of a running process from
+// /proc/PID/stat (fields 14 and 15, in clock ticks).
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// comm (field 2) may hold spaces and parentheses: fields restart after the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields after comm", pid, len(f))
+	}
+	u, err1 := strconv.ParseUint(f[11], 10, 64) // field 14 utime
+	k, err2 := strconv.ParseUint(f[12], 10, 64) // field 15 stime
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return time.Duration(u+k) * time.Second / clockTick, nil
+}
+
+// systemCPU is the busy time of all CPUs from /proc/stat's "cpu" line:
+// user+nice+system+irq+softirq+steal (idle and iowait left out).
+func systemCPU() (time.Duration, error) {
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 9 || fs[0] != "cpu" {
+			continue
+		}
+		var busy uint64
+		for i, v := range fs[1:9] {
+			if i == 3 || i == 4 { // idle, iowait
+				continue
+			}
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/stat: %w", err)
+			}
+			busy += n
+		}
+		return time.Duration(busy) * time.Second / clockTick, nil
+	}
+	return 0, errors.New("/proc/stat: no cpu line")
+}
+
+func rusageCPU(ps *os.ProcessState) time.Duration {
+	if ps == nil {
+		return 0
+	}
+	return ps.UserTime() + ps.SystemTime()
+}
+
+// cpuMeter samples the CPU time of long-lived helper processes (a daemon,
+// pasta, slirp4netns) and of the whole system around one measurement.
+type cpuMeter struct {
+	pids    []int
+	helpers time.Duration
+	system  time.Duration
+}
+
+func startCPU(pids []int) *cpuMeter {
+	m := &cpuMeter{pids: pids}
+	for _, p := range pids {
+		c, _ := procCPU(p)
+		m.helpers -= c
+	}
+	s, _ := systemCPU()
+	m.system = -s
+	return m
+}
+
+func (m *cpuMeter) stop() {
+	for _, p := range m.pids {
+		c, _ := procCPU(p)
+		m.helpers += c
+	}
+	s, _ := systemCPU()
+	m.system += s
+}
+
+// iperfResult is one iperf3 run.
+type iperfResult struct {
+	Bytes   float64 // received
+	Gbps    float64 // received, bits per second / 1e9
+	ProcCPU time.Duration
+	SysCPU  time.Duration
+}
+
+// iperfJSON is the part of `iperf3 -J` the harness reads.
+type iperfJSON struct {
+	End struct {
+		SumReceived struct {
+			Bytes         float64 `json:"bytes"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+	} `json:"end"`
+	Error string `json:"error"`
+}
+
+// iperfServer is `iperf3 -s` on addr:port inside n (nil = host netns).
+type iperfServer struct {
+	cmd  *exec.Cmd
+	port int
+	done chan error
+	log  *lockedBuilder
+}
+
+type lockedBuilder struct {
+	mu sync.Mutex
+	strings.Builder
+}
+
+func (b *lockedBuilder) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.Builder.Write(p)
+}
+
+// startIperfServer starts the server and registers its kill.
+func startIperfServer(ctx context.Context, undo *cleanups, n ns.NetNS, addr netip.Addr, port int) (*iperfServer, error) {
+	lb := &lockedBuilder{}
+	cmd := nsCommand(ctx, n, "iperf3", "-s", "-B", addr.String(), "-p", strconv.Itoa(port))
+	cmd.Stdout, cmd.Stderr = io.Discard, lb
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("iperf3 -s: %w", err)
+	}
+	s := &iperfServer{cmd: cmd, port: port, done: make(chan error, 1), log: lb}
+	go func() { s.done <- cmd.Wait() }()
+	undo.add("iperf3 server", func() {
+		cmd.Process.Kill()
+		select {
+		case <-s.done:
+		case <-time.After(5 * time.Second):
+		}
+	})
+	return s, nil
+}
+
+// runIperf runs one iperf3 client inside pod against addr:port, retrying
+// the connect for up to 3 s while the server comes up, bounded by
+// duration + 30 s. CPU: the client's and the server's... the server is
+// long-lived, so helpers (server, daemon, pasta…) are sampled from /proc
+// and the client from its rusage.
+func runIperf(ctx context.Context, pod ns.NetNS, addr netip.Addr, port int, dur time.Duration, streams int, reverse bool, helperPIDs []int) (iperfResult, error) {
+	args := []string{"-c", addr.String(), "-p", strconv.Itoa(port), "-t", strconv.Itoa(max(1, int(dur.Seconds()))),
+		"-P", strconv.Itoa(streams), "-J", "--connect-timeout", "3000"}
+	if reverse {
+		args = append(args, "-R")
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, dur+30*time.Second)
+		cmd := nsCommand(cctx, pod, "iperf3", args...)
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		m := startCPU(helperPIDs)
+		runErr := cmd.Run()
+		m.stop()
+		cancel()
+		var j iperfJSON
+		jerr := json.Unmarshal([]byte(out.String()), &j)
+		if runErr == nil && jerr == nil && j.Error == "" {
+			return iperfResult{
+				Bytes:   j.End.SumReceived.Bytes,
+				Gbps:    j.End.SumReceived.BitsPerSecond / 1e9,
+				ProcCPU: rusageCPU(cmd.ProcessState) + m.helpers,
+				SysCPU:  m.system,
+			}, nil
+		}
+		msg := j.Error
+		if msg == "" {
+			msg = strings.TrimSpace(errb.String())
+		}
+		if strings.Contains(msg, "unable to connect") && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if msg == "" && jerr != nil {
+			msg = "output is not iperf3 JSON: " + tail(out.String(), 300)
+		}
+		return iperfResult{}, fmt.Errorf("iperf3 %s: %v: %s", strings.Join(args, " "), runErr, msg)
+	}
+}
+
+// server is the host side of the request/response and connect tests: a
+// kernel TCP listener created inside n (nil = host netns) that answers each
+// byte it reads with one byte, until the peer closes.
+type server struct {
+	ln *net.TCPListener
+	wg sync.WaitGroup
+}
+
+// maxServerConns bounds the connections the server handles at once: the
+// tests run one client at a time, so more means leaked connections.
+const maxServerConns = 64
+
+func startServer(n ns.NetNS, addr netip.Addr) (*server, error) {
+	var ln *net.TCPListener
+	err := do(n, func() error {
+		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+		ln = l
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %v: %w", addr, err)
+	}
+	s := &server{ln: ln}
+	sem := make(chan struct{}, maxServerConns)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			select {
+			case sem <- struct{}{}:
+			default:
+				c.Close()
+				continue
+			}
+			s.wg.Add(1)
+			go func() {
+				defer func() { c.Close(); <-sem; s.wg.Done() }()
+				var b [1]byte
+				for {
+					c.SetDeadline(time.Now().Add(30 * time.Second))
+					if _, err := c.Read(b[:]); err != nil {
+						return
+					}
+					if _, err := c.Write(b[:]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return s, nil
+}
+
+func (s *server) port() int { return s.ln.Addr().(*net.TCPAddr).Port }
+
+func (s *server) close() {
+	s.ln.Close()
+	s.wg.Wait()
+}
+
+// rrResult is the request/response latency.
+type rrResult struct {
+	N        int
+	P50, P99 time.Duration
+}
+
+// requestResponse dials addr:port from pod and runs round trips of one
+// byte each way on that one connection: rrWarmup first, then up to count
+// (or until dur has passed), each timed.
+func requestResponse(ctx context.Context, pod ns.NetNS, dst netip.AddrPort, count int, dur time.Duration) (rrResult, error) {
+	const rrWarmup = 200
+	var c *net.TCPConn
+	err := do(pod, func() error {
+		d := net.Dialer{Timeout: 3 * time.Second}
+		cc, err := d.DialContext(ctx, "tcp", dst.String())
+		if err == nil {
+			c = cc.(*net.TCPConn)
+		}
+		return err
+	})
+	if err != nil {
+		return rrResult{}, fmt.Errorf("dial %v: %w", dst, err)
+	}
+	defer c.Close()
+	c.SetNoDelay(true)
+	c.SetDeadline(time.Now().Add(dur + 30*time.Second))
+	lat := make([]time.Duration, 0, count)
+	var b [1]byte
+	end := time.Now().Add(dur)
+	for i := 0; i < rrWarmup+count; i++ {
+		if ctx.Err() != nil {
+			return rrResult{}, ctx.Err()
+		}
+		start := time.Now()
+		if _, err := c.Write(b[:]); err != nil {
+			return rrResult{}, fmt.Errorf("round trip %d: %w", i, err)
+		}
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			return rrResult{}, fmt.Errorf("round trip %d: %w", i, err)
+		}
+		if i >= rrWarmup {
+			lat = append(lat, time.Since(start))
+			if time.Now().After(end) {
+				break
+			}
+		}
+	}
+	return rrResult{N: len(lat), P50: percentile(lat, 50), P99: percentile(lat, 99)}, nil
+}
+
+// percentile is the nearest-rank p-th percentile (0 for none).
+func percentile(l []time.Duration, p float64) time.Duration {
+	if len(l) == 0 {
+		return 0
+	}
+	s := slices.Clone(l)
+	slices.Sort(s)
+	rank := int(p/100*float64(len(s)) + 0.999999)
+	return s[min(max(rank, 1), len(s))-1]
+}
+
+// cpsResult is the connection rate.
+type cpsResult struct {
+	Conns  int
+	Errors int
+	PerSec float64
+}
+
+// maxCPSErrors stops the connect loop: a variant that fails this often is
+// broken, not slow.
+const maxCPSErrors = 50
+
+// connectRate runs, for dur, one connection after another from pod to
+// dst: connect, a 1-byte request, the 1-byte response, close. The loop
+// runs on one OS thread locked inside pod (ns.Do), so every socket is the
+// pod's. The pod's netns gets tcp_tw_reuse=1 and a wide ephemeral port
+// range (its own sysctls, not the host's) so TIME_WAIT does not run it
+// out of ports.
+func connectRate(ctx context.Context, pod ns.NetNS, dst netip.AddrPort, dur time.Duration) (cpsResult, error) {
+	var r cpsResult
+	var lastErr error
+	start := time.Now()
+	err := do(pod, func() error {
+		if pod != nil {
+			os.WriteFile("/proc/sys/net/ipv4/tcp_tw_reuse", []byte("1"), 0o644)
+			os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("1024 65000"), 0o644)
+		}
+		end := start.Add(dur)
+		var b [1]byte
+		for time.Now().Before(end) && ctx.Err() == nil {
+			err := func() error {
+				d := net.Dialer{Timeout: 2 * time.Second}
+				c, err := d.DialContext(ctx, "tcp", dst.String())
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(2 * time.Second))
+				if _, err := c.Write(b[:]); err != nil {
+					return err
+				}
+				_, err = io.ReadFull(c, b[:])
+				return err
+			}()
+			if err != nil {
+				r.Errors++
+				lastErr = err
+				if r.Errors >= maxCPSErrors {
+					return fmt.Errorf("%d failed connections, last: %w", r.Errors, err)
+				}
+				continue
+			}
+			r.Conns++
+		}
+		return nil
+	})
+	r.PerSec = float64(r.Conns) / time.Since(start).Seconds()
+	if err == nil && r.Conns == 0 && lastErr != nil {
+		err = lastErr
+	}
+	if err == nil {
+		err = ctx.Err()
+	}
+	return r, err
+}
+
+// killWait signals a child we started and waits for it (bounded), then
+// kills it.
+func killWait(cmd *exec.Cmd, done <-chan error, sig syscall.Signal, d time.Duration) {
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	cmd.Process.Signal(sig)
+	select {
+	case <-done:
+		return
+	case <-time.After(d):
+	}
+	cmd.Process.Kill()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+func tail(s string, n int) string {
+	s = strings.TrimSpace(s)
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
