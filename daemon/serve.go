@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/veth"
 	"golang.org/x/sys/unix"
 )
@@ -30,6 +31,9 @@ type ServeFlags struct {
 	LogLevel         string
 	UplinkSubnet     string
 	UplinkHostIfName string
+	// Rules is a netfilter ruleset file (netstack/netfilter's
+	// iptables-save-like text) loaded into the stack at start.
+	Rules string
 }
 
 // ParseServeFlags parses the arguments after "serve".
@@ -43,6 +47,7 @@ func ParseServeFlags(args []string, stderr io.Writer) (*ServeFlags, error) {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.UplinkSubnet, "uplink-subnet", DefaultUplinkSubnet.String(), "route-mode uplink subnet, IPv4 /30 or shorter: the host end gets the first address, the stack the second")
 	fs.StringVar(&f.UplinkHostIfName, "uplink-host-ifname", DefaultUplinkHostIfName, "name of the uplink's end in the host netns")
+	fs.StringVar(&f.Rules, "rules", "", "netfilter ruleset file (iptables-save-like text) for the stack's hooks; empty: no netfilter, no conntrack")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -110,6 +115,10 @@ func Run(args []string, version string, stderr io.Writer) error {
 	subnet, _ := f.subnet()
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 
+	rules, err := loadRules(f.Rules)
+	if err != nil {
+		return err
+	}
 	lock, err := lockStateDir(f.StateDir)
 	if err != nil {
 		return err
@@ -123,6 +132,13 @@ func Run(args []string, version string, stderr io.Writer) error {
 		UplinkHostIfName: f.UplinkHostIfName, Logger: log})
 	if err != nil {
 		return err
+	}
+	if rules != nil {
+		if err := att.Stack().EnableNetfilter(netfilter.Config{Logger: log}).Load(rules); err != nil {
+			att.Close()
+			return fmt.Errorf("--rules %s: %w", f.Rules, err)
+		}
+		log.Info("netfilter ruleset loaded", "file", f.Rules)
 	}
 	d := New(Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log}, store, att)
 	if err := d.Recover(); err != nil {
@@ -145,4 +161,21 @@ func Run(args []string, version string, stderr io.Writer) error {
 		return nil
 	}
 	return err
+}
+
+// loadRules reads and parses a --rules file; nil without one. Errors name
+// the file, line and column.
+func loadRules(path string) (*netfilter.Ruleset, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--rules: %w", err)
+	}
+	rs, err := netfilter.ParseRules(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("--rules %s: %w", path, err)
+	}
+	return rs, nil
 }

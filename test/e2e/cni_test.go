@@ -54,6 +54,8 @@ type cniEnv struct {
 	logFile  string
 	daemon   *exec.Cmd
 	waitErr  chan error
+	// serveArgs are extra flags for `cni-userstack serve`.
+	serveArgs []string
 }
 
 func randBytes(n int) []byte {
@@ -151,9 +153,9 @@ func (e *cniEnv) startDaemon() {
 		e.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(filepath.Join(e.bin, cnitest.PluginName), "serve",
-		"--socket", e.socket, "--state-dir", e.stateDir, "--stack-netns", e.stackNS,
-		"--uplink-subnet", e.uplink.String(), "--uplink-host-ifname", e.uplinkIf, "--log-level", "debug")
+	args := append([]string{"serve", "--socket", e.socket, "--state-dir", e.stateDir, "--stack-netns", e.stackNS,
+		"--uplink-subnet", e.uplink.String(), "--uplink-host-ifname", e.uplinkIf, "--log-level", "debug"}, e.serveArgs...)
+	cmd := exec.Command(filepath.Join(e.bin, cnitest.PluginName), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		e.t.Fatalf("start daemon: %v", err)
@@ -868,4 +870,25 @@ func TestCNIDelWhileDaemonDown(t *testing.T) {
 	}
 	e.startDaemon()
 	e.assertNothingLeft()
+}
+
+// serve --rules loads a netfilter ruleset into the stack: a FORWARD rule
+// dropping ICMP stops pod-to-pod pings while pod-to-pod TCP still flows.
+func TestCNIDaemonRules(t *testing.T) {
+	e := newCNIEnv(t)
+	rules := filepath.Join(t.TempDir(), "stack.rules")
+	if err := os.WriteFile(rules, []byte("*filter\n-A FORWARD -p icmp -j DROP\nCOMMIT\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.serveArgs = []string{"--rules", rules}
+	e.startDaemon()
+	list := e.confList("1.1.0")
+	a, b := e.add(list), e.add(list)
+	loss, out, err := cnitest.Ping(t, a.ns, b.ip.String(), 3)
+	if err != nil || loss != 100 {
+		t.Fatalf("ping through a DROP rule: loss %v%% err %v\n%s", loss, err, out)
+	}
+	if _, _, err := cnitest.TCPTransfer(t, b.ns, netip.AddrPortFrom(b.ip, 5301), a.ns, 1<<20, 20*time.Second); err != nil {
+		t.Fatalf("TCP must still flow: %v", err)
+	}
 }
