@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -364,28 +363,7 @@ func TestOurTCPThroughMasqueradeUnderLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	type result struct {
-		sum  [32]byte
-		peer netip.Addr
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-		h := sha256.New()
-		_, err = io.Copy(h, c)
-		var res result
-		copy(res.sum[:], h.Sum(nil))
-		res.peer = c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
-		res.err = err
-		done <- res
-	}()
+	done := stacktest.AcceptAndDrain(ln, 60*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := a.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(b.Addr(), 8000))
@@ -399,17 +377,17 @@ func TestOurTCPThroughMasqueradeUnderLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	var res result
+	var res stacktest.Drained
 	select {
 	case res = <-done:
 	case <-time.After(90 * time.Second):
 		t.Fatal("transfer did not finish in 90s")
 	}
-	if res.err != nil || res.sum != sha256.Sum256(data) {
-		t.Fatalf("transfer through NAT: err %v, checksum equal %v", res.err, res.sum == sha256.Sum256(data))
+	if res.Err != nil || res.N != int64(len(data)) || res.Sum != sha256.Sum256(data) {
+		t.Fatalf("transfer through NAT: %d of %d bytes, err %v, checksum equal %v", res.N, len(data), res.Err, res.Sum == sha256.Sum256(data))
 	}
-	if res.peer != stacktest.ChainRB.Addr() {
-		t.Fatalf("B saw peer %v, want R's address %v (masquerade)", res.peer, stacktest.ChainRB.Addr())
+	if res.Peer.Addr() != stacktest.ChainRB.Addr() {
+		t.Fatalf("B saw peer %v, want R's address %v (masquerade)", res.Peer, stacktest.ChainRB.Addr())
 	}
 	if a.TCP().Counters()["TcpRetransSegs"] == 0 {
 		t.Fatal("1% loss should have cost retransmissions")

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/link/afpacket"
@@ -60,23 +61,7 @@ func TestKernelTCPUnderLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	type result struct {
-		n   int64
-		sum [32]byte
-		err error
-	}
-	got := make(chan result, 1)
-	go func() {
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			got <- result{err: err}
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Minute))
-		n, sum, err := drain(c)
-		got <- result{n, sum, err}
-	}()
+	got := stacktest.AcceptAndDrain(ln, 5*time.Minute)
 	kc, err := tp.kernelDial(t, 5010)
 	if err != nil {
 		t.Fatal(err)
@@ -89,23 +74,13 @@ func TestKernelTCPUnderLoss(t *testing.T) {
 	kc.CloseWrite()
 	r := <-got
 	kc.Close()
-	if r.err != nil || r.n != int64(size) || r.sum != sum {
-		t.Fatalf("kernel→stack under 1%% loss: %d of %d bytes, checksum %v, %v", r.n, size, r.sum == sum, r.err)
+	if r.Err != nil || r.N != int64(size) || r.Sum != sum {
+		t.Fatalf("kernel→stack under 1%% loss: %d of %d bytes, checksum %v, %v", r.N, size, r.Sum == sum, r.Err)
 	}
 	t.Logf("kernel→stack %d MiB under 1%% loss: %v", size>>20, time.Since(start).Round(time.Millisecond))
 
 	kl := tp.kernelListen(t, 5011)
-	kgot := make(chan result, 1)
-	go func() {
-		c, err := kl.AcceptTCP()
-		if err != nil {
-			kgot <- result{err: err}
-			return
-		}
-		defer c.Close()
-		n, sum, err := drain(c)
-		kgot <- result{n, sum, err}
-	}()
+	kgot := stacktest.AcceptAndDrain(kl, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sc, err := s.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(tp.kernel, 5011))
@@ -121,8 +96,8 @@ func TestKernelTCPUnderLoss(t *testing.T) {
 	}
 	sc.CloseWrite()
 	r = <-kgot
-	if r.err != nil || r.n != int64(size) || r.sum != sum {
-		t.Fatalf("stack→kernel under 1%% loss: %d of %d bytes, checksum %v, %v", r.n, size, r.sum == sum, r.err)
+	if r.Err != nil || r.N != int64(size) || r.Sum != sum {
+		t.Fatalf("stack→kernel under 1%% loss: %d of %d bytes, checksum %v, %v", r.N, size, r.Sum == sum, r.Err)
 	}
 	in := sc.Info()
 	t.Logf("stack→kernel %d MiB under 1%% loss: %v (retransmits %d, rto %v)", size>>20,

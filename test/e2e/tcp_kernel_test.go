@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 	"github.com/cni-userstack/cni-userstack/test/e2e/env"
 )
@@ -100,15 +101,6 @@ func sendPattern(w io.Writer, n int) ([32]byte, error) {
 	return s, nil
 }
 
-// drain reads to EOF and returns the count and SHA-256.
-func drain(r io.Reader) (int64, [32]byte, error) {
-	h := sha256.New()
-	n, err := io.CopyBuffer(h, r, make([]byte, 256<<10))
-	var s [32]byte
-	copy(s[:], h.Sum(nil))
-	return n, s, err
-}
-
 // RFC 9293 data transfer against the Linux kernel, both directions, with
 // the checksum verified; the kernel's TCP_INFO (ss -tin) shows window
 // scaling, timestamps and SACK negotiated.
@@ -122,22 +114,7 @@ func TestKernelTCPBulkBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	type result struct {
-		n   int64
-		sum [32]byte
-		err error
-	}
-	got := make(chan result, 1)
-	go func() {
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			got <- result{err: err}
-			return
-		}
-		defer c.Close()
-		n, sum, err := drain(c)
-		got <- result{n, sum, err}
-	}()
+	got := stacktest.AcceptAndDrain(ln, 0)
 	kc, err := tp.kernelDial(t, 5001)
 	if err != nil {
 		t.Fatal(err)
@@ -152,24 +129,14 @@ func TestKernelTCPBulkBothWays(t *testing.T) {
 	r := <-got
 	el := time.Since(start)
 	kc.Close()
-	if r.err != nil || r.n != int64(size) || r.sum != sum {
-		t.Fatalf("stack received %d of %d bytes (checksum ok %v): %v", r.n, size, r.sum == sum, r.err)
+	if r.Err != nil || r.N != int64(size) || r.Sum != sum {
+		t.Fatalf("stack received %d of %d bytes (checksum ok %v): %v", r.N, size, r.Sum == sum, r.Err)
 	}
 	t.Logf("kernel→stack %d MiB in %v: %.2f Gbit/s", size>>20, el.Round(time.Millisecond), float64(size)*8/el.Seconds()/1e9)
 
 	// Stack → kernel.
 	kl := tp.kernelListen(t, 5002)
-	kgot := make(chan result, 1)
-	go func() {
-		c, err := kl.AcceptTCP()
-		if err != nil {
-			kgot <- result{err: err}
-			return
-		}
-		defer c.Close()
-		n, sum, err := drain(c)
-		kgot <- result{n, sum, err}
-	}()
+	kgot := stacktest.AcceptAndDrain(kl, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	sc, err := tp.s.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(tp.kernel, 5002))
@@ -188,8 +155,8 @@ func TestKernelTCPBulkBothWays(t *testing.T) {
 	sc.CloseWrite()
 	r = <-kgot
 	el = time.Since(start)
-	if r.err != nil || r.n != int64(size) || r.sum != sum {
-		t.Fatalf("kernel received %d of %d bytes (checksum ok %v): %v\n%s", r.n, size, r.sum == sum, r.err, tp.s.Stats())
+	if r.Err != nil || r.N != int64(size) || r.Sum != sum {
+		t.Fatalf("kernel received %d of %d bytes (checksum ok %v): %v\n%s", r.N, size, r.Sum == sum, r.Err, tp.s.Stats())
 	}
 	in := sc.Info()
 	t.Logf("stack→kernel %d MiB in %v: %.2f Gbit/s (rtt %v, retrans %d, cwnd %d)", size>>20, el.Round(time.Millisecond),
