@@ -17,7 +17,8 @@
 // (receive path), output.go (transmit path), timer.go (RTO, persist,
 // delayed ACK, keepalive, TIME-WAIT, tail loss probe), recovery.go (fast
 // retransmit, NewReno, RFC 6675 recovery), sack.go (scoreboard, SACK
-// blocks), listen.go (passive open), socket.go (user
+// blocks, D-SACK), rack.go (RFC 8985 RACK loss detection, send times,
+// the reordering timer), listen.go (passive open), socket.go (user
 // calls, TCP_INFO), conn.go (net.Conn/net.Listener), ring.go (buffers),
 // syncookies.go (RFC 4987), ecn.go (RFC 3168), stats.go (MIB, drop
 // reasons).
@@ -54,30 +55,57 @@
 // slot for up to 44 wire segments. Retransmission copies again from the
 // ring, which keeps every byte from SND.UNA on.
 //
-// Timers (per socket, clock.Timer values, no goroutine): the
+// Timers (per socket, five clock.Timer values, no goroutine): the
 // retransmission timer (RTO per RFC 6298 with a 200 ms floor, doubling
 // per retransmission, cleared by an ACK of new data; also the persist
 // timer for zero-window probes and the SWS override); the delayed ACK
 // (40 ms; every second full segment is ACKed at once, the first 16
 // segments too, out-of-order data at once); the keepalive timer, which
 // also ends FIN-WAIT-2 of a closed socket (tcp_fin_timeout) and
-// TIME-WAIT (2 MSL); the deadline timer that wakes blocked callers.
+// TIME-WAIT (2 MSL); the deadline timer that wakes blocked callers;
+// RACK's reordering timer (RFC 8985 §6.3).
 //
-// Loss recovery: three duplicate ACKs (or SACKed data of three MSS)
-// enter recovery. Without SACK it is RFC 6582 NewReno (cwnd inflation,
-// partial ACKs retransmit the next hole). With SACK a scoreboard of up
-// to 32 ranges drives RFC 6675 recovery (IsLost by DupThresh, lost holes
-// sent first, pipe limits sending); duplicates we receive are reported
-// with a D-SACK (RFC 2883), those we get are ignored; a retransmission of
-// SND.UNA is re-sent when DupThresh segments sent after it are SACKed
-// (Linux tcp_mark_lost_retrans). An RTO sets cwnd to one
-// segment and goes back to SND.UNA, skipping SACKed ranges. With SACK,
-// RFC 8985's tail loss probe replaces the RTO for the tail: PTO =
-// 2·SRTT (+200 ms with one segment in flight), then one new segment or
-// the last one again; a SACK of the probe with a hole below it enters
-// recovery (RACK's rule for that one segment). RACK's time-based loss
-// detection for every segment is not implemented: it needs per-segment
-// transmit times the ring-based send queue does not keep.
+// Loss recovery: without SACK, three duplicate ACKs enter RFC 6582
+// NewReno (cwnd inflation, partial ACKs retransmit the next hole). With
+// SACK a scoreboard of up to 32 ranges drives RFC 6675 recovery (lost
+// holes sent first, pipe limits sending), and losses are marked by
+// RFC 8985 RACK-TLP as Linux does with tcp_recovery=1 (rack.go): a hole
+// is lost when a segment sent after it was delivered RACK.rtt +
+// RACK.reo_wnd ago (§6.2 step 5), the reordering timer (§6.3) catching
+// the ones no further ACK will reveal. reo_wnd is min_RTT/4, times
+// reo_wnd_mult, which D-SACKs raise once per round and 16 D-SACK-free
+// recoveries reset (§6.2 step 4), capped at SRTT; it is 0 while no
+// reordering was seen and we are in recovery or DupThresh segments are
+// SACKed. Our choice for DupThresh: RFC 6675's IsLost (DupThresh
+// discontiguous ranges or (DupThresh-1)·SMSS SACKed above a hole)
+// marks losses too as long as no reordering was seen, and is off once
+// it was (§6.2 step 3: an original delivered below RACK.fack, or a
+// D-SACK of a retransmission whose original an earlier ACK had covered,
+// as Linux tcp_sacktag_one), so reordered segments get reo_wnd instead
+// of a spurious retransmission; recovery is then entered only on a
+// RACK-marked loss (Linux tcp_time_to_recover). Retransmissions RACK
+// finds lost go out again; a retransmission of SND.UNA is also re-sent
+// when DupThresh segments sent after it are SACKed (Linux
+// tcp_mark_lost_retrans). Duplicates we receive are reported with a
+// D-SACK (RFC 2883). An RTO sets cwnd to one segment and goes back to
+// SND.UNA, skipping SACKed ranges. The tail loss probe (RFC 8985 §7)
+// replaces the RTO for the tail: PTO = 2·SRTT (+200 ms with one segment
+// in flight), then one new segment or the last one again; a SACK of the
+// probe with a hole below it enters recovery.
+//
+// RACK's send times (RFC 8985 §6.1 Segment.xmit_ts) are kept beside the
+// send ring, not per segment: one record per run of bytes sent in the
+// same clock tick in the in-order pass (at most 512, the newest one
+// absorbing sends past that with its earliest and latest time), and the
+// hole retransmissions (at most 32, like the scoreboard), both
+// allocated on first send and freed with the send buffer. Send stamps
+// are strictly increasing within a tick, so a retransmission is never
+// ordered before new data sent ahead of it (§6.2's end_seq tiebreak
+// assumes sequence order is send order). Deviations: loss marks are not
+// stored but evaluated when recovery asks (same verdict at the same
+// instant); "RTO recovery" is not a state here, so reo_wnd is 0 after a
+// timeout only once DupThresh segments are SACKed; the TSecr test of
+// §6.2 step 1 uses the millisecond TSval of the retransmission.
 //
 // Opening under load: a full SYN queue answers with SYN cookies
 // (RFC 4987, syncookies.go); options ride in the timestamp. ECN
@@ -101,7 +129,8 @@
 // close, so an idle connection holds no buffer (about 1.6 KiB in all). The
 // out-of-order queue holds at most maxOFO (1024) segments, bytes bounded
 // by the window; overflow is TCPOFODrop. The SACK scoreboard keeps 32
-// ranges. Per listener: backlog (default 128, at most 4096) accepted
+// ranges; RACK keeps 512 send-time records and 32 retransmission
+// records while data is in flight. Per listener: backlog (default 128, at most 4096) accepted
 // connections; MaxSynBacklog (1024) in SYN-RECEIVED; overflow drops the
 // SYN (ListenDrops/ListenOverflows). Per Proto: MaxSockets connections
 // (default 131072); 1000 challenge ACKs per second (RFC 5961 §7). A SYN

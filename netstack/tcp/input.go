@@ -428,8 +428,16 @@ func (s *Sock) ackRcv(seg *segment) bool {
 		s.sndWnd, s.sndWl1, s.sndWl2 = wnd, seg.seq, ack
 		s.maxSndWnd = max(s.maxSndWnd, wnd)
 	}
-	if s.sackOK && seg.opts.NumSACK > 0 {
-		s.sackRcv(&seg.opts)
+	if s.sackOK {
+		// RFC 8985 §6.2 steps 1–4 for what this ACK delivers.
+		tsecr, hasTS := seg.opts.TSEcr, s.tsOK && seg.opts.HasTS && seg.opts.TSEcr != 0
+		if header.SeqGT(ack, s.sndUna) && header.SeqLEQ(ack, s.sndMax) {
+			s.rackCumAck(ack, tsecr, hasTS)
+		}
+		if seg.opts.NumSACK > 0 {
+			s.sackRcv(&seg.opts, ack, tsecr, hasTS)
+		}
+		s.rackUpdate()
 	}
 	if s.ecnOK {
 		s.ecnRcv(seg)
@@ -445,6 +453,7 @@ func (s *Sock) ackRcv(seg *segment) bool {
 			s.sndBuf.discard(d)
 			s.bufSeq += uint32(d)
 		}
+		s.rackPrune()
 		s.bytesAcked += uint64(acked)
 		// RTT (RFC 7323 §4.1: from TSecr of an ACK of new data, else
 		// the Karn-timed segment, RFC 6298 §3).
@@ -479,6 +488,7 @@ func (s *Sock) ackRcv(seg *segment) bool {
 	}
 	if s.sackOK && s.state.synchronized() {
 		s.tlpAck()
+		s.rackCheck() // RFC 8985 §6.2 step 5, §6.3
 	}
 	if s.rtxMode == rtxProbe && s.sndWnd > 0 {
 		s.rtxTimer.Stop()

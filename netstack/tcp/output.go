@@ -280,6 +280,7 @@ func (s *Sock) sendSeg(seq uint32, n int, flags header.TCPFlags, now time.Time) 
 	if flags&header.FIN != 0 {
 		s.sndNxt++
 	}
+	s.rackSent(seq, s.sndNxt, false) // RFC 8985 §6.1 Segment.xmit_ts
 	if header.SeqGT(s.sndNxt, s.sndMax) {
 		s.sndMax = s.sndNxt
 	}
@@ -333,6 +334,11 @@ func (s *Sock) retransmitAt(seq uint32) {
 		s.headRtxSeq, s.headRtxMark, s.headRtxValid = seq, s.sndMax, true
 	}
 	_ = s.transmit(seq, n, flags)
+	rend := seq + uint32(n)
+	if flags&header.FIN != 0 {
+		rend++
+	}
+	s.rackSent(seq, rend, true) // RFC 8985 §6.1: retransmitted, new xmit_ts
 }
 
 // sendResetFor is tcp_v4_send_reset: the RST answering a segment that

@@ -51,6 +51,7 @@ func (s *Sock) recoveryAck(ack uint32, acked int, prevUna uint32, now time.Time)
 			s.inRecovery, s.dupAcks = false, 0
 			s.sacked = s.sacked[:0]
 			s.lostBelow = 0
+			s.rackRecoveryExit()
 			s.ca.OnEvent(&s.cs, cc.EventRecoveryExit, now)
 			return
 		}
@@ -102,6 +103,12 @@ func (s *Sock) dupAck(now time.Time) {
 	}
 	lost := s.dupAcks >= dupThresh ||
 		s.sackOK && s.sackedBytes() >= dupThresh*s.mss // RFC 6675 §5: IsLost(HighACK+1)
+	if s.sackOK && s.rack.reorderSeen && len(s.sacked) > 0 {
+		// Reordering seen: DupThresh is off, RACK alone marks losses
+		// (RFC 8985 §6.2 step 4; Linux tcp_time_to_recover with
+		// tcp_recovery=1): rackCheck enters recovery.
+		_, lost = s.nextHole()
+	}
 	if !lost {
 		return
 	}
@@ -154,6 +161,7 @@ func (s *Sock) enterRecovery() {
 // the first hole above HighRxt (rule 1), else new data (rule 2).
 func (s *Sock) sackXmit() {
 	s.lostRetransmit()
+	s.rackLostRetransmits()
 	sentHole := false
 	for s.inFlight()+s.mss <= int(s.cs.Cwnd)*s.mss {
 		h, ok := s.nextHole()
@@ -216,6 +224,14 @@ func (s *Sock) nextHole() (uint32, bool) {
 func (s *Sock) holeLost(x uint32, i int) bool {
 	if s.lostBelow != 0 && header.SeqLT(x, s.lostBelow) {
 		return true
+	}
+	if s.rackLost(x) { // RFC 8985 §6.2 step 5
+		return true
+	}
+	if s.rack.reorderSeen {
+		// RFC 8985 §6.2 step 4: once reordering was seen, DupThresh
+		// would retransmit what is merely late; RACK's reo_wnd decides.
+		return false
 	}
 	if len(s.sacked)-i >= dupThresh {
 		return true

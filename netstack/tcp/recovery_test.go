@@ -99,16 +99,18 @@ func TestWindowScalingFillsLargeWindow(t *testing.T) {
 	_ = header.TCPMaxWScale
 }
 
-// RFC 8985 §7: a loss at the tail, with too few later segments for three
-// duplicate ACKs, is repaired by the tail loss probe after about two
-// RTTs instead of waiting for the RTO.
+// RFC 8985 §7: a loss of the last segment is repaired by the tail loss
+// probe after about two RTTs instead of waiting for the RTO. With one
+// segment after the lost one, its SACK lets RACK (§6.3, RACK.rtt +
+// reo_wnd) find the loss before the probe is due.
 func TestTailLossProbe(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		lost []uint32
+		name   string
+		lost   []uint32
+		byRACK bool
 	}{
-		{"last segment", []uint32{99}},
-		{"second to last", []uint32{98}},
+		{"last segment", []uint32{99}, false},
+		{"second to last", []uint32{98}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWire(t, wireCfg{delay: 10 * time.Millisecond}, Config{NoTimestamps: true})
@@ -130,7 +132,11 @@ func TestTailLossProbe(t *testing.T) {
 				return got == len(data)
 			})
 			el := w.clk.Now().Sub(start)
-			if w.a.Counter(TCPTimeouts) != 0 || w.a.Counter(TCPLossProbes) == 0 {
+			if tc.byRACK {
+				if w.a.Counter(TCPTimeouts) != 0 || w.a.Counter(TCPLossProbes) != 0 || w.a.Counter(TCPSACKRecovery) != 1 {
+					t.Fatalf("want RACK recovery, no probe, no timeout: %v", nonzero(w.a))
+				}
+			} else if w.a.Counter(TCPTimeouts) != 0 || w.a.Counter(TCPLossProbes) == 0 {
 				t.Fatalf("want a loss probe and no timeout: %v", nonzero(w.a))
 			}
 			if el >= MinRTO {

@@ -17,15 +17,61 @@ const maxSackRanges = 32
 // sackRcv merges the SACK blocks of an ACK into the scoreboard
 // (tcp_sacktag_write_queue). Blocks outside (SND.UNA, SND.MAX] are
 // ignored (D-SACK, RFC 2883, and forged blocks).
-func (s *Sock) sackRcv(o *header.TCPOptions) {
+func (s *Sock) sackRcv(o *header.TCPOptions, ack, tsecr uint32, hasTS bool) {
 	for i := 0; i < o.NumSACK; i++ {
 		b := o.SACKBlocks[i]
-		if !header.SeqLT(b.Start, b.End) || header.SeqLEQ(b.End, s.sndUna) || header.SeqGT(b.End, s.sndMax) {
+		if !header.SeqLT(b.Start, b.End) {
+			continue
+		}
+		if i == 0 && (header.SeqLEQ(b.End, ack) || o.NumSACK > 1 &&
+			header.SeqGEQ(b.Start, o.SACKBlocks[1].Start) && header.SeqLEQ(b.End, o.SACKBlocks[1].End)) {
+			// RFC 2883 §4: a first block below the ACK or inside the
+			// second is a D-SACK: data arrived twice (RFC 8985 §6.2
+			// step 4 widens reo_wnd).
+			s.p.count(TCPDSACKRecv)
+			s.rack.dsackThisAck = true
+			probe := s.rack.probeOK && s.rack.probeSeq == b.Start
+			// Only if an earlier ACK had already covered it: else
+			// the ACK of the original was lost, not late.
+			early := header.SeqLEQ(b.End, s.sndUna)
+			if _, retrans, ok := s.sendTime(b.Start); ok && retrans && !probe && early {
+				// A retransmission was spurious: the original came
+				// late (Linux tcp_sacktag_one counts it as
+				// reordering; RFC 8985 §6.2 step 3). A D-SACK of a
+				// loss probe only says the probe was not needed
+				// (§7.4.1).
+				if !s.rack.reorderSeen {
+					s.rack.reorderSeen = true
+					s.p.count(TCPSACKReorder)
+				}
+			}
+			continue
+		}
+		if header.SeqLEQ(b.End, s.sndUna) || header.SeqGT(b.End, s.sndMax) {
 			continue
 		}
 		start := header.SeqMax(b.Start, s.sndUna)
+		if end, ok := s.sackNewEnd(start, b.End); ok {
+			s.rackDelivered(end, tsecr, hasTS) // RFC 8985 §6.2 steps 1–3
+		}
 		s.sackInsert(start, b.End)
 	}
+}
+
+// sackNewEnd returns the end of the highest part of [start, end) the
+// scoreboard did not hold yet.
+func (s *Sock) sackNewEnd(start, end uint32) (uint32, bool) {
+	for i := len(s.sacked) - 1; i >= 0 && header.SeqLT(start, end); i-- {
+		r := s.sacked[i]
+		if header.SeqGEQ(r.start, end) {
+			continue
+		}
+		if header.SeqLT(r.end, end) {
+			break
+		}
+		end = r.start
+	}
+	return end, header.SeqLT(start, end)
 }
 
 func (s *Sock) sackInsert(start, end uint32) {

@@ -159,6 +159,7 @@ type Sock struct {
 	// (lostRetransmit).
 	headRtxSeq, headRtxMark uint32
 	headRtxValid            bool
+	rack                    rackState // RFC 8985 §6 (rack.go)
 
 	// ACK scheduling (RFC 9293 §3.8.6.3).
 	ackPending   bool
@@ -187,6 +188,7 @@ type Sock struct {
 	segsOut, segsIn           uint64
 
 	rtxTimer, delackTimer, kaTimer, dlTimer *clock.Timer
+	rackTimer                               *clock.Timer // RFC 8985 §6.3 reordering timer
 }
 
 // NewSock returns an unbound socket (tcp_v4_init_sock). Its timers are
@@ -199,6 +201,7 @@ func (p *Proto) NewSock() *Sock {
 	s.delackTimer = p.clk.NewTimer(s.delackFired)
 	s.kaTimer = p.clk.NewTimer(s.kaFired)
 	s.dlTimer = p.clk.NewTimer(s.deadlineFired)
+	s.rackTimer = p.clk.NewTimer(s.rackFired)
 	return s
 }
 
@@ -232,6 +235,8 @@ func (s *Sock) done(err error) {
 	s.rtxTimer.Stop()
 	s.delackTimer.Stop()
 	s.kaTimer.Stop()
+	s.rackTimer.Stop()
+	s.rackRelease()
 	for i := range s.ofo {
 		s.ofo[i].skb.Free(DropClose)
 	}

@@ -45,6 +45,8 @@ const (
 	TCPLossProbes
 	TCPACKSkippedSeq
 	TCPLostRetransmit
+	TCPSACKReorder
+	TCPDSACKRecv
 	numCounters
 )
 
@@ -58,7 +60,7 @@ var counterNames = [numCounters]string{
 	"TcpExtTCPKeepAlive", "TcpExtTCPSackRecovery", "TcpExtTCPSackRetrans", "TcpExtTCPWinProbe",
 	"TcpExtTCPSynRetrans", "TcpExtSyncookiesSent", "TcpExtSyncookiesRecv", "TcpExtSyncookiesFailed",
 	"TcpExtTCPECNReduce", "TcpExtTCPLossProbes", "TcpExtTCPACKSkippedSeq",
-	"TcpExtTCPLostRetransmit",
+	"TcpExtTCPLostRetransmit", "TcpExtTCPSACKReorder", "TcpExtTCPDSACKRecv",
 }
 
 // String is the nstat name.

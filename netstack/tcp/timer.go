@@ -126,6 +126,7 @@ func (s *Sock) rtxFired() {
 		s.rttTiming = false
 		s.tlpHigh, s.lostBelow = 0, 0
 		s.sndNxt = s.sndUna
+		s.rackReset() // go-back-N: a new pass records new send times
 	}
 	s.backoff++ // RFC 6298 §5.5
 	if !s.state.synchronized() {
@@ -190,6 +191,7 @@ func (s *Sock) tlpFired() {
 			seq = end - uint32(s.mss)
 		}
 		s.retransmitAt(seq)
+		s.rack.probeSeq, s.rack.probeOK = seq, true
 	}
 	s.tlpHigh = s.sndMax
 	s.armRTO()
@@ -315,6 +317,8 @@ func (s *Sock) enterTimeWait() {
 	s.setState(TimeWait)
 	s.rtxTimer.Stop()
 	s.delackTimer.Stop()
+	s.rackTimer.Stop()
+	s.rackRelease()
 	s.sndBuf.release()
 	s.kaTimer.Reset(s.p.cfg.TimeWait)
 	s.cond.Broadcast()
