@@ -335,48 +335,44 @@ func TestKernelTCPConcurrentEcho(t *testing.T) {
 	for i := range payload {
 		payload[i] = byte(i * 13)
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	sem := make(chan struct{}, 256) // the kernel's SYN backlog and our accept queue stay bounded
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			c, err := tp.kernelDial(t, 5007)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			go func() { c.Write(payload); c.CloseWrite() }()
-			b, err := io.ReadAll(c)
-			if err != nil || len(b) != len(payload) || string(b) != string(payload) {
-				errs <- fmt.Errorf("echo: %d bytes, %v", len(b), err)
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	kernelDial := func() (halfCloser, error) { return tp.kernelDial(t, 5007) }
+	if err := concurrentEcho(n, payload, kernelDial); err != nil {
 		t.Fatalf("kernel clients: %v\n%s", err, tp.s.Stats())
 	}
 
 	// Stack clients, kernel echo server.
 	kl := tp.kernelListen(t, 5008)
 	go echoServe(kl)
-	errs = make(chan error, n)
+	stackDial := func() (halfCloser, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return tp.s.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(tp.kernel, 5008))
+	}
+	if err := concurrentEcho(n, payload, stackDial); err != nil {
+		t.Fatalf("stack clients: %v\n%s", err, tp.s.Stats())
+	}
+}
+
+// halfCloser is a TCP connection of either stack: net.Conn plus CloseWrite.
+type halfCloser interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// concurrentEcho runs n clients, at most 256 at a time (the kernel's SYN
+// backlog and our accept queue stay bounded), each sending payload,
+// half-closing and expecting it back intact; the first failure is returned.
+func concurrentEcho(n int, payload []byte, dial func() (halfCloser, error)) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 256)
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			c, err := tp.s.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(tp.kernel, 5008))
+			c, err := dial()
 			if err != nil {
 				errs <- err
 				return
@@ -392,9 +388,7 @@ func TestKernelTCPConcurrentEcho(t *testing.T) {
 	}
 	wg.Wait()
 	close(errs)
-	for err := range errs {
-		t.Fatalf("stack clients: %v\n%s", err, tp.s.Stats())
-	}
+	return <-errs
 }
 
 // checkKernelOptions reads the kernel's TCP_INFO for c: RFC 7323 window
