@@ -80,5 +80,13 @@
 // local addresses (route.MaxRoutes, MaxLocal), reassembly memory (4 MiB)
 // and time (30 s), ICMP errors (1000/s, burst 50), loopback backlog
 // (1000), UDP receive queue per socket (212992 bytes of truesize), UDP
-// bound sockets (65536), echo requests in flight (256).
+// bound sockets (65536), echo requests in flight (256), intercepted TCP
+// SYNs awaiting the proxy (InterceptTCP's maxPending, default 4096).
+//
+// Proxy mode (proxy.go) wraps the transparent-proxy primitives of the
+// layers for the daemon's relay: InterceptTCP, InterceptUDP and
+// InterceptEcho receive the flows netfilter diverted (Netfilter.Divert or
+// the DIVERT target); SendEchoReply and SendPortUnreachable answer as the
+// original destination; DialTCPTransparent and DialUDPTransparent open
+// flows into a pod from an address that is not the stack's.
 package netstack

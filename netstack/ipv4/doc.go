@@ -79,6 +79,15 @@
 // Layer (ICMPRateLimit/s, burst ICMPRateBurst; RFC 1812 §4.3.2.8;
 // OutRateLimited). Errors to our own addresses are not limited.
 //
+// Proxy mode (proxy.go): an echo request carrying netfilter.MarkDivert to
+// an address that is not ours goes to the EchoFunc set by
+// SetEchoInterceptor (IcmpInEchoDiverted), or is dropped without one
+// (IcmpInEchoDivertDrops, ICMP_ECHO_NO_INTERCEPTOR). SendEchoReply and
+// SendICMPErrorQuote send from a foreign source (route.Flow.Transparent):
+// the proxy answers as the address the pod talked to. SendICMPErrorQuote
+// quotes a caller-built datagram under the same rules, size bound and
+// rate limit as SendICMPError.
+//
 // IP IDs: a keyed hash of (src, dst, proto) picks one of 2048 counters
 // (ip_idents); GSO packets reserve one ID per segment.
 //

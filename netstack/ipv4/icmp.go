@@ -9,6 +9,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 )
 
@@ -98,6 +99,12 @@ func (l *Layer) icmpEcho(skb *buf.SKB, m header.ICMPv4) {
 	}
 	ih := header.IPv4(skb.NetworkHeader())
 	src, dst, tos := ih.Src(), ih.Dst(), ih.TOS()
+	if skb.Mark&netfilter.MarkDivert != 0 && !l.fib.IsLocal(dst) {
+		// A diverted request to a foreign address: the proxy's to
+		// answer (proxy.go), not ours.
+		l.echoDiverted(skb, m, src, dst)
+		return
+	}
 	rest := m.RestOfHeader()
 	skb.Writable()
 	r := header.ICMPv4(skb.Bytes())

@@ -110,6 +110,9 @@ type Layer struct {
 	idSecret [4]uint32
 	idents   [idBuckets]atomic.Uint32
 
+	// echoFn receives diverted echo requests (SetEchoInterceptor).
+	echoFn atomic.Pointer[EchoFunc]
+
 	reasm   reassembler
 	icmpRL  tokenBucket
 	backlog backlog

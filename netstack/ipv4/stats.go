@@ -45,6 +45,8 @@ const (
 	IcmpOutTimeExcds
 	IcmpOutParmProbs
 	IcmpOutEchoReps
+	IcmpInEchoDiverted
+	IcmpInEchoDivertDrops
 	numCounters
 )
 
@@ -57,7 +59,7 @@ var counterNames = [numCounters]string{
 	"IcmpInMsgs", "IcmpInErrors", "IcmpInCsumErrors", "IcmpInDestUnreachs", "IcmpInTimeExcds",
 	"IcmpInParmProbs", "IcmpInSrcQuenchs", "IcmpInRedirects", "IcmpInEchos", "IcmpInEchoReps",
 	"IcmpOutMsgs", "IcmpOutErrors", "IcmpOutRateLimitGlobal", "IcmpOutDestUnreachs", "IcmpOutTimeExcds",
-	"IcmpOutParmProbs", "IcmpOutEchoReps",
+	"IcmpOutParmProbs", "IcmpOutEchoReps", "IcmpInEchoDiverted", "IcmpInEchoDivertDrops",
 }
 
 // String is the nstat name.
@@ -94,6 +96,9 @@ type ICMPStats struct {
 	InSrcQuenchs, InRedirects, InEchos, InEchoReps                           uint64
 	OutMsgs, OutErrors, OutRateLimited, OutDestUnreachs, OutTimeExcds        uint64
 	OutParmProbs, OutEchoReps                                                uint64
+	// InEchoDiverted counts diverted echo requests handed to the echo
+	// interceptor; InEchoDivertDrops those dropped for want of one.
+	InEchoDiverted, InEchoDivertDrops uint64
 }
 
 // Stats returns the counters.
@@ -115,6 +120,7 @@ func (l *Layer) Stats() Stats {
 			InEchoReps: g(IcmpInEchoReps), OutMsgs: g(IcmpOutMsgs), OutErrors: g(IcmpOutErrors),
 			OutRateLimited: g(IcmpOutRateLimited), OutDestUnreachs: g(IcmpOutDestUnreachs),
 			OutTimeExcds: g(IcmpOutTimeExcds), OutParmProbs: g(IcmpOutParmProbs), OutEchoReps: g(IcmpOutEchoReps),
+			InEchoDiverted: g(IcmpInEchoDiverted), InEchoDivertDrops: g(IcmpInEchoDivertDrops),
 		},
 	}
 }
@@ -162,4 +168,7 @@ var (
 	DropICMPNoHandler = buf.NewDropReason("ICMP_NO_HANDLER")
 	DropLocalOverflow = buf.NewDropReason("IP_LOCAL_TOO_BIG")
 	DropRouteError    = buf.NewDropReason("IP_ROUTE_ERROR")
+	// DropEchoNoInterceptor: a diverted echo request with no echo
+	// interceptor set (SetEchoInterceptor).
+	DropEchoNoInterceptor = buf.NewDropReason("ICMP_ECHO_NO_INTERCEPTOR")
 )

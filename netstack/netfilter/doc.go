@@ -111,6 +111,14 @@
 // "ip rule fwmark → table local": the packet is delivered to the local
 // transport with its original destination, where a transparent listener
 // takes it. The bit is reserved: MARK rules should leave it alone.
+// Netfilter.Divert does the same from a hook function written in Go (with
+// CtState to see whether the flow is NEW).
+//
+// The other way round, a transparent socket (one sending from an address
+// that is not ours, route.Flow.Transparent) puts MarkDivert on its
+// packets; the conntrack hook at OUTPUT copies it to the flow, so the
+// peer's replies to that foreign address are marked at PREROUTING and
+// delivered to the socket instead of being forwarded.
 //
 // # Limits
 //

@@ -447,10 +447,44 @@ func (nf *Netfilter) conntrackIn(skb *buf.SKB, st *State) Verdict {
 		return Drop(DropNATNoTuple)
 	}
 	setRef(skb, c, dir, info)
-	if c != nil && st.Hook == PreRouting && c.Mark.Load()&MarkDivert != 0 {
-		skb.Mark |= MarkDivert
+	if c != nil {
+		switch {
+		case st.Hook == PreRouting && c.Mark.Load()&MarkDivert != 0:
+			// A diverted flow: every later packet, both ways, is local.
+			skb.Mark |= MarkDivert
+		case st.Hook == LocalOut && skb.Mark&MarkDivert != 0:
+			// A transparent socket's packet (IP_TRANSPARENT with a
+			// foreign source): the flow is diverted from now on, so
+			// the peer's replies to that foreign address are
+			// delivered locally (the TPROXY "-m socket" rule's job).
+			c.Mark.Or(MarkDivert)
+		}
 	}
 	return Accept()
+}
+
+// CtState is the packet's conntrack state as the conntrack hook left it,
+// for hook functions registered after PriConntrack (the ctstate match).
+// ok is false when conntrack never saw skb (before the hook, or a looped
+// packet untracked on the way out); a packet conntrack could not parse is
+// CtInvalid with ok true.
+func (nf *Netfilter) CtState(skb *buf.SKB) (CtState, bool) {
+	_, _, info, ok := nf.ref(skb)
+	if !ok {
+		return 0, false
+	}
+	return ctInfoState(info), true
+}
+
+// Divert is what the DIVERT target does, for hook functions that decide
+// in Go (the daemon's proxy hook in PREROUTING after PriConntrack): it
+// sets MarkDivert on skb and on its conntrack entry, so this packet and
+// every later packet of the flow, both ways, are delivered locally.
+func (nf *Netfilter) Divert(skb *buf.SKB) {
+	skb.Mark |= MarkDivert
+	if c, _, _, ok := nf.ref(skb); ok && c != nil {
+		c.Mark.Or(MarkDivert)
+	}
 }
 
 // confirm is the last function at POSTROUTING and INPUT

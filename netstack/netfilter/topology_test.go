@@ -24,6 +24,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 	"github.com/cni-userstack/cni-userstack/netstack/socket"
 	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
+	"github.com/cni-userstack/cni-userstack/netstack/udp"
 )
 
 // natChain is stacktest.Chain (A 10.0.1.1 — R — B 10.0.2.1) on a manual
@@ -319,11 +320,17 @@ func TestMemPingAndDrop(t *testing.T) {
 	}
 }
 
-// DIVERT (proxy mode): a flow from A to B is delivered to a socket on R,
-// with its original destination kept; B sees nothing.
+// DIVERT (proxy mode): a flow from A to B is delivered to R's UDP
+// intercept socket (never to a wildcard listener), with its original
+// destination kept; B sees nothing.
 func TestMemDivertDeliversLocally(t *testing.T) {
 	a, r, b, nf, _ := natChain(t, "*mangle\n-A PREROUTING -i r-ar -p udp --dport 7000 -j DIVERT\n")
-	proxy, err := r.ListenUDP(netip.AddrPortFrom(netip.IPv4Unspecified(), 7000))
+	wild, err := r.ListenUDP(netip.AddrPortFrom(netip.IPv4Unspecified(), 7000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { wild.Close() })
+	proxy, err := r.InterceptUDP()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,10 +341,16 @@ func TestMemDivertDeliversLocally(t *testing.T) {
 		if _, err := cli.Write([]byte(m)); err != nil {
 			t.Fatal(err)
 		}
-		got, from := readFrom(t, proxy)
-		if string(got) != m || from.Addr() != a.Addr() {
-			t.Fatalf("proxy got %q from %v", got, from)
+		b := make([]byte, 64)
+		var n int
+		var meta udp.Meta
+		within(t, "read", func() { n, meta, err = proxy.RecvMsg(b, 0) })
+		if err != nil || string(b[:n]) != m || meta.From.Addr() != a.Addr() || meta.To != netip.AddrPortFrom(stacktest.ChainB.Addr(), 7000) {
+			t.Fatalf("proxy got %q %+v %v", b[:n], meta, err)
 		}
+	}
+	if st := r.UDP().Stats(); st.InDiverted != 2 {
+		t.Fatalf("R diverted %d datagrams, want 2 (%+v)", st.InDiverted, st)
 	}
 	if st := b.Stats().UDP; st.InDatagrams != 0 {
 		t.Fatalf("B received %d datagrams of a diverted flow", st.InDatagrams)

@@ -5,6 +5,10 @@
 // broadcast addresses derived from both, and the decision functions Input,
 // Output and ReversePathOK that turn an address pair into a Result.
 //
+// An output Flow may be Transparent (IP_TRANSPARENT, FLOWI_FLAG_ANYSRC):
+// its source need not be an address of the stack, which proxy mode uses
+// to answer as the foreign destination a pod talked to.
+//
 // Not owned here: device MTUs and link state (dev; a Result carries the
 // route's MTU or 0 for "the device's"), link-layer resolution of the next
 // hop (neigh), and what is done with a Result (ipv4).

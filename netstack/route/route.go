@@ -94,6 +94,12 @@ type Flow struct {
 	// DontFragment sets IP DF on output (IP_PMTUDISC_DO).
 	DontFragment     bool
 	SrcPort, DstPort uint16
+	// Transparent is IP_TRANSPARENT (FLOWI_FLAG_ANYSRC): Src need not be
+	// an address of the stack, so a proxy answers from the destination a
+	// diverted flow was sent to. Src must still name a single host (not
+	// 0/8, multicast or the limited broadcast); output picks the NIC and
+	// next hop by Dst as usual.
+	Transparent bool
 }
 
 // Result is a routing decision (struct rtable / dst_entry).

@@ -380,8 +380,10 @@ func isMulticast(k uint32) bool { return k>>28 == 0xe } // 224/4
 // Assume, that the destination is on link."). The source is fl.Src (which
 // must be an address of the stack: ErrBadSource otherwise), else the
 // route's Src, else the output NIC's primary address (ErrNoSource when it
-// has none). A local destination yields Type Local (the caller loops it
-// back); its source defaults to the destination, as Linux does.
+// has none); a Transparent flow's Src may be any single-host address
+// (loopback included only if it is local). A local destination yields
+// Type Local (the caller loops it back); its source defaults to the
+// destination, as Linux does.
 func (t *Table) Output(fl Flow) (Result, error) {
 	if !fl.Dst.Is4() {
 		return Result{}, ErrInvalid
@@ -396,7 +398,11 @@ func (t *Table) Output(fl Flow) (Result, error) {
 		if isZeroNet(sk) || isMulticast(sk) || fl.Src == limitedBroadcast {
 			return Result{}, ErrBadSource
 		}
-		if _, ok := s.local[sk]; !ok {
+		// __ip_route_output_key: a source that is not ours is EINVAL,
+		// unless the flow is transparent (FLOWI_FLAG_ANYSRC).
+		// A transparent source still may not be a loopback address
+		// that is not ours (a martian on any wire, RFC 1122 §3.2.1.3).
+		if _, ok := s.local[sk]; !ok && (!fl.Transparent || isLoopback(sk)) {
 			return Result{}, ErrBadSource
 		}
 	}

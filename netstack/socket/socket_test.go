@@ -62,6 +62,12 @@ func (l *loopIP) SendICMPError(skb *buf.SKB, typ, code uint8, info uint32) {
 	l.mu.Unlock()
 }
 
+// SendICMPErrorQuote is the proxy's transparent ICMP error; loopback
+// sockets never divert, so nothing calls it here.
+func (l *loopIP) SendICMPErrorQuote(src, dst netip.Addr, typ, code uint8, info uint32, quote []byte) error {
+	return syscall.EINVAL
+}
+
 func newRegistry(t *testing.T) *socket.Registry {
 	t.Helper()
 	l := &loopIP{}

@@ -183,7 +183,11 @@ func (l *Listener) Addr() net.Addr { return net.TCPAddrFromAddrPort(l.s.LocalAdd
 // peer resets the SYN, ETIMEDOUT after the SYN retries, ENETUNREACH
 // without a route, the context's error when it ends first.
 func (p *Proto) Dial(ctx context.Context, laddr, raddr netip.AddrPort) (*Conn, error) {
-	s := p.NewSock()
+	return p.dialSock(ctx, p.NewSock(), laddr, raddr)
+}
+
+// dialSock binds s to laddr when valid and connects it to raddr.
+func (p *Proto) dialSock(ctx context.Context, s *Sock, laddr, raddr netip.AddrPort) (*Conn, error) {
 	if laddr.IsValid() {
 		if err := s.Bind(laddr); err != nil {
 			return nil, opError("dial", laddr, raddr, err)

@@ -112,6 +112,36 @@
 // (RFC 3168, ecn.go) is accepted when the peer asks and requested when
 // Config.ECN is set.
 //
+// # Transparent proxying (intercept.go)
+//
+// Proxy mode terminates pod flows to foreign addresses in this stack. A
+// segment whose skb.Mark carries netfilter.MarkDivert (netfilter diverted
+// its flow to local delivery, destination kept) is looked up by exact
+// 4-tuple only; a SYN that finds no connection goes to the Proto's one
+// Interceptor (Proto.Intercept), never to a listener, and nothing else
+// ever reaches the Interceptor. Upstream first: the SYN is not answered;
+// its sequence number, length, window, options and ECN bits are kept in
+// a Request returned by Interceptor.Next. Request.Accept creates the child
+// as a listener would (initPassive, shared), hashed by 4-tuple with the
+// foreign destination as local address, sends the SYN,ACK and waits,
+// bounded by its context, for ESTABLISHED (on expiry the child is reset
+// and removed). Request.Refuse answers <SEQ=0><ACK=SEG.SEQ+SEG.LEN>
+// <CTL=RST,ACK> (RFC 9293 §3.10.7.1). SYN retransmissions of a pending
+// request are dropped (TcpExtInterceptSynDups, TCP_INTERCEPT_DUP_SYN);
+// once the child is hashed they get the SYN,ACK again. A diverted segment
+// with neither connection nor Interceptor gets the closed-port answer
+// (TcpExtInterceptNoInterceptor for SYNs). Children of intercepted
+// requests and DialTransparent sockets send with route.Flow.Transparent
+// (their source is not ours), as does every reset answering a diverted
+// segment; DialTransparent sockets also put MarkDivert in the flow's
+// Mark, so conntrack at OUTPUT marks the flow and the peer's replies are
+// diverted back to them.
+//
+// Bound: maxPending unresolved requests per Interceptor (default 4096,
+// DefaultMaxPending); a SYN past it is dropped (TcpExtInterceptOverflows,
+// TCP_INTERCEPT_FULL) and its retransmission tries again. Accepted
+// children count against MaxSockets like any connection.
+//
 // Deviations, each marked where coded: RTO floor 200 ms (Linux, not
 // RFC 6298's 1 s); TS.Recent kept but segments without timestamps on a
 // timestamped connection accepted (Linux, not RFC 7323 §3.2's SHOULD
@@ -148,7 +178,8 @@
 // one ordering of events and no second queue to bound.
 //
 // Lock order: child Sock.mu > listener Sock.mu > Proto.mu > the clock's
-// lock. Proto.mu (the tables) is a leaf: nothing else is taken under
+// lock; Interceptor.mu is a leaf (never held while a socket lock or
+// Proto.mu is taken). Proto.mu (the tables) is a leaf: nothing else is taken under
 // it. ipv4.QueueXmit is called with Sock.mu held; it never calls back
 // into TCP on the same stack (loopback goes through ipv4's backlog), so
 // no socket lock is re-entered.

@@ -26,6 +26,9 @@ type fakeIP struct {
 	sent  []*buf.SKB
 	noNet netip.Prefix // destinations without a route
 	mtu   int
+	// transparent counts segments sent with route.Flow.Transparent
+	// (intercept_test.go), marked those carrying a Mark.
+	transparent, marked int
 }
 
 func (f *fakeIP) QueueXmit(skb *buf.SKB, fl route.Flow) error {
@@ -37,6 +40,12 @@ func (f *fakeIP) QueueXmit(skb *buf.SKB, fl route.Flow) error {
 	skb.SetNetworkHeader()
 	ip.Encode(header.IPv4Fields{TotalLen: uint16(header.IPv4MinSize + n), TTL: 64, Protocol: header.ProtoTCP,
 		Src: fl.Src, Dst: fl.Dst, DF: fl.DontFragment, TOS: fl.TOS})
+	if fl.Transparent || fl.Mark != 0 {
+		f.mu.Lock()
+		f.transparent += b2i(fl.Transparent)
+		f.marked += b2i(fl.Mark != 0)
+		f.mu.Unlock()
+	}
 	if f.out != nil {
 		f.out(skb)
 		return nil
@@ -52,6 +61,13 @@ func (f *fakeIP) RouteOutput(fl route.Flow) (route.Result, error) {
 		return route.Result{}, syscall.ENETUNREACH
 	}
 	return route.Result{Type: route.Unicast, NIC: 1, NextHop: fl.Dst, Src: f.local, MTU: f.mtu}, nil
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // take returns and forgets the recorded segments.
@@ -152,6 +168,7 @@ type tmpl struct {
 	data     []byte
 	badCsum  bool
 	tos      uint8
+	mark     uint32 // skb.Mark on delivery (netfilter.MarkDivert: a diverted flow)
 }
 
 func (c *peer) Seg() tmpl { return tmpl{wnd: 65535} }
@@ -163,6 +180,7 @@ func (m tmpl) Wnd(n uint16) tmpl             { m.wnd = n; return m }
 func (m tmpl) Data(b []byte) tmpl            { m.data = b; return m }
 func (m tmpl) Opts(o header.TCPOptions) tmpl { m.opts = o; return m }
 func (m tmpl) TOS(t uint8) tmpl              { m.tos = t; return m }
+func (m tmpl) Mark(v uint32) tmpl            { m.mark = v; return m }
 
 // Send delivers m to the stack now.
 func (c *peer) Send(m tmpl) {
@@ -186,6 +204,7 @@ func (c *peer) Send(m tmpl) {
 	skb.SetNetworkHeader()
 	skb.Pull(header.IPv4MinSize)
 	skb.SetTransportHeader()
+	skb.Mark = m.mark
 	c.p.V4Rcv(skb)
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 )
 
 // segment is a received segment after validation (the fields of
@@ -26,6 +27,7 @@ type segment struct {
 	hasFin     bool
 	hasRst     bool
 	ce         bool // the IP header carried CE (RFC 3168 §5)
+	divert     bool // skb.Mark has netfilter.MarkDivert (intercept.go)
 	dataOffset int
 }
 
@@ -88,6 +90,13 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 		return
 	}
 	t := tuple{laddr: seg.dst, raddr: seg.src, lport: th.DstPort(), rport: th.SrcPort()}
+	if skb.Mark&netfilter.MarkDivert != 0 {
+		// A diverted flow: exact 4-tuple or the Interceptor, never a
+		// listener (intercept.go).
+		seg.divert = true
+		p.divertRcv(&seg, t)
+		return
+	}
 	s, listener := p.lookup(t)
 	switch {
 	case s == nil:
@@ -101,7 +110,7 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 
 // noSocket answers a segment for no connection (RFC 9293 §3.10.7.1).
 func (p *Proto) noSocket(seg *segment) {
-	p.sendResetFor(seg.src, seg.dst, seg.th, seg.len)
+	p.sendResetFor(seg)
 	seg.skb.Free(DropNoSocket)
 }
 
@@ -127,7 +136,7 @@ func (s *Sock) synSentRcv(seg *segment) {
 	if seg.hasAck && (header.SeqLEQ(seg.ack, s.iss) || header.SeqGT(seg.ack, s.sndMax)) {
 		// "If SEG.ACK =< ISS or SEG.ACK > SND.NXT, send a reset
 		// (unless the RST bit is set ...) and discard the segment."
-		s.p.sendResetFor(seg.src, seg.dst, seg.th, seg.len)
+		s.p.sendResetFor(seg)
 		seg.skb.Free(DropAckUnsent)
 		return
 	}
@@ -314,7 +323,7 @@ func (s *Sock) rcvStateProcess(seg *segment) {
 		if !(header.SeqLT(s.sndUna, seg.ack) && header.SeqLEQ(seg.ack, s.sndMax)) {
 			// "If the segment acknowledgment is not acceptable, form a
 			// reset segment, <SEQ=SEG.ACK><CTL=RST>, and send it."
-			s.p.sendResetFor(seg.src, seg.dst, seg.th, seg.len)
+			s.p.sendResetFor(seg)
 			seg.skb.Free(DropAckUnsent)
 			return
 		}

@@ -36,7 +36,7 @@ func (l *Sock) listenRcv(seg *segment, t tuple) {
 		}
 		// "Any acknowledgment is bad if it arrives on a connection
 		// still in the LISTEN state": <SEQ=SEG.ACK><CTL=RST>.
-		l.p.sendResetFor(seg.src, seg.dst, seg.th, seg.len)
+		l.p.sendResetFor(seg)
 		seg.skb.Free(DropNoSocket)
 		return
 	case !seg.hasSyn:
@@ -95,7 +95,7 @@ func (c *Sock) initPassive(seg *segment, t tuple) error {
 	p := c.p
 	c.id = t
 	c.flow = route.Flow{Src: t.laddr, Dst: t.raddr, Proto: header.ProtoTCP, DontFragment: true,
-		SrcPort: t.lport, DstPort: t.rport}
+		SrcPort: t.lport, DstPort: t.rport, Transparent: c.transparent, Mark: c.mark}
 	res, err := p.ip.RouteOutput(c.flow)
 	if err != nil {
 		return err

@@ -344,8 +344,10 @@ func (s *Sock) retransmitAt(seq uint32) {
 // sendResetFor is tcp_v4_send_reset: the RST answering a segment that
 // has no connection (RFC 9293 §3.10.7.1): <SEQ=SEG.ACK><CTL=RST> when it
 // had an ACK, else <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>. Never in
-// answer to a RST.
-func (p *Proto) sendResetFor(src, dst netip.Addr, th header.TCP, segLen uint32) {
+// answer to a RST. The answer to a diverted segment leaves from its
+// foreign destination (route.Flow.Transparent).
+func (p *Proto) sendResetFor(seg *segment) {
+	th := seg.th
 	if th.Flags()&header.RST != 0 {
 		return
 	}
@@ -354,13 +356,14 @@ func (p *Proto) sendResetFor(src, dst netip.Addr, th header.TCP, segLen uint32) 
 	if th.Flags()&header.ACK != 0 {
 		f.Seq, f.Flags = th.Ack(), header.RST
 	} else {
-		f.Ack, f.Flags = th.Seq()+segLen, header.RST|header.ACK
+		f.Ack, f.Flags = th.Seq()+seg.len, header.RST|header.ACK
 	}
-	p.sendControl(dst, src, f)
+	p.sendControl(seg.dst, seg.src, f, seg.divert)
 }
 
-// sendControl sends a connectionless segment from laddr to raddr.
-func (p *Proto) sendControl(laddr, raddr netip.Addr, f header.TCPFields) {
+// sendControl sends a connectionless segment from laddr to raddr;
+// transparent lets laddr be a foreign address (route.Flow.Transparent).
+func (p *Proto) sendControl(laddr, raddr netip.Addr, f header.TCPFields, transparent bool) {
 	skb := buf.Alloc(buf.MaxHeadroom, header.TCPMinSize+len(f.Options))
 	b := skb.Put(header.TCPHeaderLen(len(f.Options)))
 	th := header.TCP(b)
@@ -371,5 +374,5 @@ func (p *Proto) sendControl(laddr, raddr netip.Addr, f header.TCPFields) {
 		p.count(OutRsts)
 	}
 	_ = p.ip.QueueXmit(skb, route.Flow{Src: laddr, Dst: raddr, Proto: header.ProtoTCP, DontFragment: true,
-		SrcPort: f.SrcPort, DstPort: f.DstPort})
+		SrcPort: f.SrcPort, DstPort: f.DstPort, Transparent: transparent})
 }

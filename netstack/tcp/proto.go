@@ -135,6 +135,10 @@ type Proto struct {
 	challengeSecond int64
 	challengeLeft   int
 
+	// icpt is the transparent proxy's Interceptor (intercept.go), nil
+	// when none: diverted SYNs matching no connection go there.
+	icpt atomic.Pointer[Interceptor]
+
 	mib   [numCounters]atomic.Uint64
 	drops buf.DropStats
 }

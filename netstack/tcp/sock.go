@@ -102,6 +102,11 @@ type Sock struct {
 	routeMTU                    int
 	gso                         bool // output NIC takes GSO super-packets
 	flow                        route.Flow
+	// transparent is IP_TRANSPARENT: id.laddr need not be an address
+	// of the stack (intercepted children, DialTransparent); mark is
+	// SO_MARK, put on every segment (MarkDivert for DialTransparent).
+	transparent bool
+	mark        uint32
 
 	// Receive sequence space.
 	irs, rcvNxt  uint32

@@ -186,7 +186,8 @@ func (s *Sock) startConnect(raddr netip.AddrPort) error {
 		return syscall.EAFNOSUPPORT
 	}
 	p := s.p
-	fl := route.Flow{Src: s.id.laddr, Dst: raddr.Addr(), Proto: header.ProtoTCP, DontFragment: true}
+	fl := route.Flow{Src: s.id.laddr, Dst: raddr.Addr(), Proto: header.ProtoTCP, DontFragment: true,
+		Transparent: s.transparent, Mark: s.mark}
 	if fl.Src.IsValid() && fl.Src.IsUnspecified() {
 		fl.Src = netip.Addr{}
 	}
@@ -202,7 +203,7 @@ func (s *Sock) startConnect(raddr netip.AddrPort) error {
 		return err
 	}
 	s.flow = route.Flow{Src: s.id.laddr, Dst: s.id.raddr, Proto: header.ProtoTCP, DontFragment: true,
-		SrcPort: s.id.lport, DstPort: s.id.rport}
+		SrcPort: s.id.lport, DstPort: s.id.rport, Transparent: s.transparent, Mark: s.mark}
 	s.setRoute(res)
 	s.wsOK, s.tsOK, s.sackOK = !p.cfg.NoWindowScaling, !p.cfg.NoTimestamps, !p.cfg.NoSACK
 	if s.wsOK {

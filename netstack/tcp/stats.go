@@ -47,6 +47,11 @@ const (
 	TCPLostRetransmit
 	TCPSACKReorder
 	TCPDSACKRecv
+	InterceptRequests
+	InterceptSynDups
+	InterceptOverflows
+	InterceptRefused
+	InterceptNoInterceptor
 	numCounters
 )
 
@@ -61,6 +66,8 @@ var counterNames = [numCounters]string{
 	"TcpExtTCPSynRetrans", "TcpExtSyncookiesSent", "TcpExtSyncookiesRecv", "TcpExtSyncookiesFailed",
 	"TcpExtTCPECNReduce", "TcpExtTCPLossProbes", "TcpExtTCPACKSkippedSeq",
 	"TcpExtTCPLostRetransmit", "TcpExtTCPSACKReorder", "TcpExtTCPDSACKRecv",
+	"TcpExtInterceptRequests", "TcpExtInterceptSynDups", "TcpExtInterceptOverflows", "TcpExtInterceptRefused",
+	"TcpExtInterceptNoInterceptor",
 }
 
 // String is the nstat name.
@@ -117,4 +124,9 @@ var (
 	DropNoAck          = buf.NewDropReason("TCP_NO_ACK")
 	DropState          = buf.NewDropReason("TCP_STATE")
 	DropSocketFull     = buf.NewDropReason("SOCKET_FULL")
+	// DropInterceptDup: a diverted SYN retransmitted for a request still
+	// pending at the Interceptor (intercept.go).
+	DropInterceptDup = buf.NewDropReason("TCP_INTERCEPT_DUP_SYN")
+	// DropInterceptFull: a diverted SYN past the Interceptor's maxPending.
+	DropInterceptFull = buf.NewDropReason("TCP_INTERCEPT_FULL")
 )

@@ -117,7 +117,7 @@ func (l *Sock) sendCookieSynAck(seg *segment, t tuple) {
 	n := header.EncodeTCPOptions(ob[:], &o)
 	p.count(SyncookiesSent)
 	p.sendControl(t.laddr, t.raddr, header.TCPFields{SrcPort: t.lport, DstPort: t.rport, Seq: iss,
-		Ack: seg.seq + 1, Flags: header.SYN | header.ACK, Window: uint16(min(l.rcvBufLimit, 0xffff)), Options: ob[:n]})
+		Ack: seg.seq + 1, Flags: header.SYN | header.ACK, Window: uint16(min(l.rcvBufLimit, 0xffff)), Options: ob[:n]}, false)
 }
 
 // cookieAck is cookie_v4_check: an ACK to a listener may complete a

@@ -67,6 +67,22 @@
 // timer for its deadline, whose callback broadcasts. No goroutine is
 // started per packet, per socket or per wait.
 //
+// Transparent proxying (proxy.go). A datagram whose skb.Mark carries
+// netfilter.MarkDivert (a flow netfilter diverted to local delivery with
+// its foreign destination kept) matches only a connected socket by exact
+// 4-tuple, else the Proto's one intercept socket (Proto.Intercept), never
+// a bound or wildcard socket; with neither, port unreachable is sent from
+// the foreign destination (RFC 1122 §4.1.3.1, NoPorts and DivertNoPorts).
+// Non-diverted datagrams never reach the intercept socket. Its RecvMsg
+// reports Meta.To, the original destination; SendFromTo answers from it
+// (route.Flow.Transparent plus MarkDivert). SetTransparent and
+// DialTransparent make sockets whose local address is a client's own, for
+// port mappings into a pod: their datagrams carry MarkDivert, so
+// conntrack diverts the pod's replies back to them. Transparent connected
+// sockets conflict only on an identical 4-tuple (their foreign local
+// address never receives undiverted traffic). The intercept socket's
+// receive queue is bounded like any socket's.
+//
 // Lock order: Proto.mu > Socket.mu > the clock's timer lock. V4Rcv holds
 // Proto.mu for reading while it enqueues, so a socket found in the table
 // cannot be closed under it; timer callbacks take only Socket.mu.

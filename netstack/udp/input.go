@@ -7,6 +7,7 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 )
 
 // V4Rcv is __udp4_lib_rcv: it consumes skb, whose Bytes() start at the UDP
@@ -53,6 +54,10 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 		}
 	}
 	sport, dport := u.SrcPort(), u.DstPort()
+	if skb.Mark&netfilter.MarkDivert != 0 {
+		p.divertRcv(skb, src, sport, dst, dport)
+		return
+	}
 
 	p.mu.RLock()
 	s := p.lookup(src, sport, dst, dport)

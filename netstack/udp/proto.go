@@ -24,6 +24,9 @@ type family interface {
 	// SendICMPError does not consume skb; skb.NetworkHeader() is the
 	// offending packet.
 	SendICMPError(skb *buf.SKB, typ, code uint8, info uint32)
+	// SendICMPErrorQuote sends an ICMP error from src, which need not be
+	// local, quoting quote (an IPv4 header and at least 8 more bytes).
+	SendICMPErrorQuote(src, dst netip.Addr, typ, code uint8, info uint32, quote []byte) error
 }
 
 // Defaults for Config fields left zero.
@@ -64,10 +67,13 @@ type Proto struct {
 	clk clock.Clock
 	cfg Config
 
-	// mu guards ports and nbound. Bound: cfg.MaxSockets bound sockets.
+	// mu guards ports, nbound and icpt. Bound: cfg.MaxSockets bound sockets.
 	mu     sync.RWMutex
 	ports  map[uint16][]*Socket
 	nbound int
+	// icpt is the intercept socket (proxy.go): diverted datagrams that
+	// match no connected socket go there. Not in ports, not counted.
+	icpt *Socket
 
 	mib   [numCounters]atomic.Uint64
 	drops buf.DropStats // drops of locally originated datagrams
@@ -209,12 +215,15 @@ const (
 	RcvbufErrors
 	SndbufErrors
 	InCsumErrors
+	InDiverted
+	DivertNoPorts
 	numCounters
 )
 
 var counterNames = [numCounters]string{
 	"UdpInDatagrams", "UdpNoPorts", "UdpInErrors", "UdpOutDatagrams",
 	"UdpRcvbufErrors", "UdpSndbufErrors", "UdpInCsumErrors",
+	"UdpExtInDiverted", "UdpExtDivertNoPorts",
 }
 
 // String is the nstat name.
@@ -231,6 +240,10 @@ func (p *Proto) count(c counter) { p.mib[c].Add(1) }
 type Stats struct {
 	InDatagrams, NoPorts, InErrors, OutDatagrams uint64
 	RcvbufErrors, SndbufErrors, InCsumErrors     uint64
+	// InDiverted counts diverted datagrams delivered (to a connected
+	// socket by 4-tuple or to the intercept socket); DivertNoPorts
+	// those that found neither (also counted in NoPorts).
+	InDiverted, DivertNoPorts uint64
 }
 
 // Stats returns the counters.
@@ -239,6 +252,7 @@ func (p *Proto) Stats() Stats {
 	return Stats{
 		InDatagrams: g(InDatagrams), NoPorts: g(NoPorts), InErrors: g(InErrors), OutDatagrams: g(OutDatagrams),
 		RcvbufErrors: g(RcvbufErrors), SndbufErrors: g(SndbufErrors), InCsumErrors: g(InCsumErrors),
+		InDiverted: g(InDiverted), DivertNoPorts: g(DivertNoPorts),
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 )
 
@@ -54,6 +55,11 @@ type Socket struct {
 	nic       int  // SO_BINDTODEVICE
 	broadcast bool // SO_BROADCAST
 	dontFrag  bool // IP_PMTUDISC_DO
+	// transparent is IP_TRANSPARENT (SetTransparent): the local address
+	// need not be ours; output carries Flow.Transparent and MarkDivert.
+	transparent bool
+	// intercept marks the Proto's intercept socket (set at creation).
+	intercept bool
 }
 
 // Flags modify one call (MSG_*).
@@ -167,7 +173,7 @@ func (s *Socket) Bind(ap netip.AddrPort) error {
 	if s.closed {
 		return net.ErrClosed
 	}
-	if s.lport != 0 {
+	if s.lport != 0 || s.intercept {
 		return syscall.EINVAL
 	}
 	if err := s.p.bindLocked(s, addr, ap.Port()); err != nil {
@@ -186,6 +192,9 @@ func (s *Socket) autobind() error {
 	defer s.mu.Unlock()
 	if s.closed {
 		return net.ErrClosed
+	}
+	if s.intercept {
+		return syscall.EINVAL // the intercept socket sends with SendFromTo only
 	}
 	if s.lport != 0 {
 		return nil
@@ -283,6 +292,9 @@ func (s *Socket) flowLocked(dst netip.Addr, dport uint16) route.Flow {
 	if s.laddr.IsValid() && !s.laddr.IsUnspecified() {
 		fl.Src = s.laddr
 	}
+	if s.transparent {
+		fl.Transparent, fl.Mark = true, netfilter.MarkDivert
+	}
 	return fl
 }
 
@@ -336,7 +348,13 @@ func (s *Socket) SendTo(p []byte, to netip.AddrPort) (int, error) {
 		return 0, syscall.EACCES // SO_BROADCAST not set
 	}
 	fl.Src = res.Src
+	return s.xmit(p, fl)
+}
 
+// xmit is udp_send_skb: build the datagram of p for the routed flow fl
+// (fl.Src set) and hand it to IP.
+func (s *Socket) xmit(p []byte, fl route.Flow) (int, error) {
+	dst := fl.Dst
 	n := header.UDPSize + len(p)
 	skb := buf.Alloc(buf.MaxHeadroom, n)
 	u := header.UDP(skb.Put(n))
@@ -569,6 +587,9 @@ func (s *Socket) Close() error {
 	s.mu.Unlock()
 	if bound {
 		s.p.unhashLocked(s)
+	}
+	if s.intercept && s.p.icpt == s {
+		s.p.icpt = nil
 	}
 	s.p.mu.Unlock()
 

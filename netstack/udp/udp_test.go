@@ -63,6 +63,13 @@ func (f *fakeIP) SendICMPError(skb *buf.SKB, typ, code uint8, info uint32) {
 	f.icmp = append(f.icmp, icmpCall{typ, code, append([]byte(nil), skb.NetworkHeader()...)})
 }
 
+func (f *fakeIP) SendICMPErrorQuote(src, dst netip.Addr, typ, code uint8, info uint32, quote []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.icmp = append(f.icmp, icmpCall{typ, code, append([]byte(nil), quote...)})
+	return nil
+}
+
 var (
 	local  = netip.MustParseAddr("10.0.0.1")
 	peer   = netip.MustParseAddr("10.0.0.2")
