@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/tcp/cc"
 )
 
 // RACK (RFC 8985 §6; tcp_recovery.c tcp_rack_*): time-based loss
@@ -57,6 +58,8 @@ type rackState struct {
 	reoWndPersist int    // RACK.reo_wnd_persist
 	dsackRound    uint32 // RACK.dsack_round (valid when dsackRoundOK)
 	dsackRoundOK  bool
+	prevFack      uint32 // RACK.fack after the previous ACK (valid when prevFackOK)
+	prevFackOK    bool
 
 	recStart     uint32        // txq record of RACK.end_seq (recOrig)
 	recOrig      bool          // RACK.end_seq was an original send
@@ -65,8 +68,23 @@ type rackState struct {
 	txHead, txN  int
 	rtxq         []txRec // sorted by start, cap maxRtxRecs
 	dsackThisAck bool
+	dsackLastAck bool   // the ACK just fed carried a D-SACK (tlpProcessAck)
+	dupAckNow    bool   // the ACK being processed is a duplicate (tlpProcessAck)
 	probeSeq     uint32 // the last TLP retransmission (probeOK)
 	probeOK      bool
+
+	// RFC 8985 §7.4.2's TLP episode: TLP.end_seq (valid when
+	// tlpEpisode) and TLP.is_retrans. Kept apart from Sock.tlpHigh,
+	// which ends as soon as SND.UNA reaches the probe.
+	tlpEnd     uint32
+	tlpEpisode bool
+	tlpRetrans bool
+
+	// RTO recovery (RFC 8985 §6.2 step 4 "Fast or RTO recovery",
+	// Linux TCP_CA_Loss): from a timeout until SND.UNA passes
+	// rtoRecover, SND.MAX when the timer fired.
+	rtoRecovery bool
+	rtoRecover  uint32
 }
 
 // rackNow is the send-time clock: time since the Proto's epoch.
@@ -264,9 +282,14 @@ func (s *Sock) rackDelivered(end uint32, tsecr uint32, hasTS bool) {
 	}
 	r := &s.rack
 	// Step 3: an original delivered below RACK.fack was reordered.
+	// RACK.fack is compared as an earlier ACK left it (Linux
+	// prior_fack): blocks of one ACK come in any order (RFC 2018 §4
+	// puts the newest first), and a lower block reported beside a
+	// higher one, its first report lost with an ACK, is no reordering.
 	if !r.have || header.SeqGT(end, r.fack) {
 		r.fack = end
-	} else if header.SeqLT(end, r.fack) && !retrans && !r.reorderSeen {
+	}
+	if r.prevFackOK && header.SeqLT(end, r.prevFack) && !retrans && !r.reorderSeen {
 		r.reorderSeen = true
 		s.p.count(TCPSACKReorder)
 	}
@@ -310,9 +333,10 @@ func (s *Sock) rackCumAck(ack, tsecr uint32, hasTS bool) {
 func (s *Sock) rackReoWnd() time.Duration {
 	r := &s.rack
 	if !r.reorderSeen {
-		// Without reordering: 0 in recovery or once DupThresh segments
-		// are SACKed, which is RFC 6675's rule (§6.2 step 4).
-		if s.inRecovery || s.segs(s.sackedBytes()) >= dupThresh {
+		// Without reordering: 0 in fast or RTO recovery or once
+		// DupThresh segments are SACKed, which is RFC 6675's rule
+		// (§6.2 step 4).
+		if s.inRecovery || r.rtoRecovery || s.segs(s.sackedBytes()) >= dupThresh {
 			return 0
 		}
 	}
@@ -332,7 +356,8 @@ func (s *Sock) rackUpdate() {
 		r.reoWndMult = max(r.reoWndMult, 1) + 1
 		r.reoWndPersist = rackReoWndPersist
 	}
-	r.dsackThisAck = false
+	r.dsackLastAck, r.dsackThisAck = r.dsackThisAck, false
+	r.prevFack, r.prevFackOK = r.fack, r.have
 }
 
 // rackRecoveryExit is §6.2 step 4's "exiting Fast or RTO recovery".
@@ -488,4 +513,70 @@ func (s *Sock) rackCheck() {
 		return
 	}
 	s.enterRecovery()
+}
+
+// tlpSent opens RFC 8985 §7.4.2's TLP episode for a probe just sent:
+// TLP.end_seq = SND.NXT, TLP.is_retrans as the probe was.
+func (s *Sock) tlpSent(retrans bool) {
+	r := &s.rack
+	r.tlpEnd, r.tlpEpisode, r.tlpRetrans = s.sndMax, true, retrans
+}
+
+// tlpProcessAck is RFC 8985 §7.4.2 TLP_process_ack for the ACK just
+// processed (SND.UNA is its acknowledgment number; dupAck tells a
+// duplicate ACK): once the ACK covers TLP.end_seq, a probe of new data
+// or one the peer reports with a D-SACK (the original had arrived)
+// ends the episode; an ACK beyond TLP.end_seq without that D-SACK means
+// the retransmitted probe alone repaired a loss, which gets one
+// congestion response (tcp_process_tlp_ack).
+func (s *Sock) tlpProcessAck(dupAck bool) {
+	r := &s.rack
+	if !r.tlpEpisode || header.SeqLT(s.sndUna, r.tlpEnd) {
+		return
+	}
+	switch {
+	case !r.tlpRetrans:
+		r.tlpEpisode = false // TLP of new data delivered
+	case r.dsackLastAck:
+		// The probe was a duplicate: no loss. (Any D-SACK on an ACK
+		// at or past TLP.end_seq: outside recovery the probe is the
+		// only retransmission that can be in flight.)
+		r.tlpEpisode = false
+	case header.SeqGT(s.sndUna, r.tlpEnd):
+		r.tlpEpisode = false
+		s.tlpRepaired()
+	case dupAck && len(s.sacked) == 0:
+		// A duplicate ACK without SACK information: the peer got
+		// the probe twice but did not say so with a D-SACK.
+		r.tlpEpisode = false
+	}
+	// Else the ACK is for the probe or its original: wait for the
+	// next one (a D-SACK, or an ACK beyond TLP.end_seq).
+}
+
+// tlpRepaired is the congestion response of RFC 8985 §7.4.2 ("invoke
+// congestion control to react to the loss event the probe has
+// repaired"), as Linux: a CWR reduction that completes at once,
+// ssthresh from the algorithm and cwnd = ssthresh. RFC 6582's recover
+// is left alone: a hole found later in the window still starts fast
+// recovery rather than waiting for the RTO.
+func (s *Sock) tlpRepaired() {
+	if s.inRecovery || s.rack.rtoRecovery {
+		return // recovery already reduced cwnd for this window
+	}
+	s.cs.Ssthresh = s.ca.SSThresh(&s.cs)
+	s.cs.Cwnd = max(s.cs.Ssthresh, 1)
+	s.cs.CwndCnt = 0
+	s.ca.OnEvent(&s.cs, cc.EventRecoveryExit, s.p.clk.Now())
+}
+
+// rtoRecoveryCheck ends RTO recovery once SND.UNA passed the point the
+// timeout recorded (RFC 8985 §6.2 step 4 counts it as a recovery for
+// reo_wnd_persist).
+func (s *Sock) rtoRecoveryCheck() {
+	r := &s.rack
+	if r.rtoRecovery && header.SeqGEQ(s.sndUna, r.rtoRecover) {
+		r.rtoRecovery = false
+		s.rackRecoveryExit()
+	}
 }

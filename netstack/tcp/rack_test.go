@@ -220,3 +220,36 @@ func TestRACKDSACKWidensReoWnd(t *testing.T) {
 		t.Fatalf("retransmitted %v, want segment 3", r)
 	}
 }
+
+// RFC 8985 §6.2 step 3 compares with RACK.fack as earlier ACKs left it
+// (Linux prior_fack): RFC 2018 §4 lists the newest block first, so one
+// ACK may SACK a higher range before a lower one whose first report was
+// lost with an ACK; that is not reordering. An original arriving below
+// what an earlier ACK SACKed is.
+func TestRACKReorderingAcrossACKsOnly(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		acks    func(c *peer)
+		reorder uint64
+	}{
+		{"lower block listed second", func(c *peer) {
+			c.sackBlocks(1, [2]int{4, 5}, [2]int{2, 3})
+		}, 0},
+		{"lower block in a later ACK", func(c *peer) {
+			c.sackBlocks(1, [2]int{4, 5})
+			c.sackBlocks(1, [2]int{2, 3}, [2]int{4, 5})
+		}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newPeer(t, Config{NoTimestamps: true})
+			s := c.establishRACK()
+			c.sendSegs(s, 0, 6) // 1 and 3 missing
+			c.clk.Advance(rackRTT)
+			c.ackSACK(1, 0, 0)
+			tc.acks(c)
+			if got := c.p.Counter(TCPSACKReorder); got != tc.reorder {
+				t.Fatalf("TCPSACKReorder %d, want %d", got, tc.reorder)
+			}
+		})
+	}
+}

@@ -42,6 +42,7 @@ func (s *Sock) segs(n int) uint32 { return uint32((n + s.mss - 1) / s.mss) }
 // recoveryAck runs for an ACK that advanced SND.UNA by acked bytes.
 func (s *Sock) recoveryAck(ack uint32, acked int, prevUna uint32, now time.Time) {
 	s.sackPrune()
+	s.rtoRecoveryCheck()
 	if s.inRecovery {
 		if header.SeqGEQ(ack, s.recover) {
 			// RFC 6582 §3.2 step 3 (full acknowledgment): cwnd =
@@ -49,15 +50,17 @@ func (s *Sock) recoveryAck(ack uint32, acked int, prevUna uint32, now time.Time)
 			fl := s.segs(int(int32(s.sndNxt - s.sndUna)))
 			s.cs.Cwnd = min(s.cs.Ssthresh, max(fl, 1)+1)
 			s.inRecovery, s.dupAcks = false, 0
-			s.sacked = s.sacked[:0]
 			s.lostBelow = 0
 			s.rackRecoveryExit()
 			s.ca.OnEvent(&s.cs, cc.EventRecoveryExit, now)
 			return
 		}
-		if s.sackOK && len(s.sacked) > 0 {
+		if s.sackOK {
 			// RFC 6675 §5 (C): an ACK during recovery sends what
-			// pipe allows, holes first.
+			// pipe allows, holes first. A partial ACK that empties
+			// the scoreboard is not NewReno's: what is still
+			// missing is lost only when RACK says so (RFC 8985
+			// §6.2 step 5), not because the ACK stopped short.
 			s.sackXmit()
 			return
 		}
@@ -91,6 +94,7 @@ func (s *Sock) recoveryAck(ack uint32, acked int, prevUna uint32, now time.Time)
 // dupAck handles a duplicate ACK (RFC 5681 §3.2, RFC 6582, RFC 6675).
 func (s *Sock) dupAck(now time.Time) {
 	s.dupAcks++
+	s.rack.dupAckNow = true // for tlpProcessAck
 	if s.inRecovery {
 		if s.sackOK && len(s.sacked) > 0 {
 			s.sackXmit()
@@ -120,11 +124,15 @@ func (s *Sock) dupAck(now time.Time) {
 	s.enterRecovery()
 }
 
-// tlpAck is RFC 8985 §7.4 with §6.2's rule applied to the probe alone:
-// once an ACK SACKs data while a tail loss probe is out, the probe (sent
-// last) or data after a hole was delivered, so the holes sent before it
-// are lost and recovery starts.
+// tlpAck runs for every ACK: RFC 8985 §7.4.2's episode first
+// (tlpProcessAck), then §7.4.1 with §6.2's rule applied to the probe
+// alone: once an ACK SACKs data while a tail loss probe is out, the
+// probe (sent last) or data after a hole was delivered, so the holes
+// sent before it are lost and recovery starts.
 func (s *Sock) tlpAck() {
+	dup := s.rack.dupAckNow
+	s.rack.dupAckNow = false
+	s.tlpProcessAck(dup)
 	if s.tlpHigh == 0 || s.inRecovery || len(s.sacked) == 0 {
 		return
 	}
@@ -143,11 +151,21 @@ func (s *Sock) enterRecovery() {
 	s.recover = s.sndMax
 	s.inRecovery = true
 	s.rttTiming = false
+	// The recovery is the congestion response to whatever a TLP
+	// episode was probing (Linux tcp_init_cwnd_reduction clears
+	// tlp_high_seq): it does not get a second one (RFC 8985 §7.4.2).
+	s.rack.tlpEpisode = false
 	s.p.count(TCPFastRetrans)
 	if s.sackOK && len(s.sacked) > 0 {
 		s.p.count(TCPSACKRecovery)
 		s.cs.Cwnd = s.cs.Ssthresh // RFC 6675 §5 step 4.2
-		s.highRxt = s.sndUna
+		if !(header.SeqLT(s.sndUna, s.highRxt) && header.SeqLEQ(s.highRxt, s.sndMax)) {
+			// RFC 6675 §5 step 4.1 (HighRxt = HighACK), unless the
+			// episode just ended retransmitted holes above
+			// SND.UNA: they are not sent again (RACK, RFC 8985
+			// §6.2 step 5, resends them if they are lost again).
+			s.highRxt = s.sndUna
+		}
 		s.sackXmit()
 		return
 	}

@@ -220,3 +220,94 @@ func TestLostRetransmission(t *testing.T) {
 		t.Fatalf("want the lost retransmission detected without a timeout: %v", nonzero(w.a))
 	}
 }
+
+// sackBlocks acknowledges up to segment ack (exclusive) with the SACK
+// blocks given as segment ranges [from, to), first block first.
+func (c *peer) sackBlocks(ack int, blocks ...[2]int) {
+	c.t.Helper()
+	o := header.TCPOptions{NumSACK: len(blocks)}
+	for i, b := range blocks {
+		o.SACKBlocks[i] = header.SACKBlock{Start: c.segSeq(b[0]), End: c.segSeq(b[1])}
+	}
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.segSeq(ack)).Opts(o))
+}
+
+// countSent tallies the data segments sent, by segment index.
+func (c *peer) countSent(n map[int]int) {
+	for _, o := range c.Out() {
+		if len(o.data) > 0 {
+			n[int(o.seq-c.segSeq(0))/rackMSS]++
+		}
+	}
+}
+
+// RFC 6675 §5 with RFC 8985 §6.2: in SACK recovery, a partial ACK that
+// leaves nothing SACKed is not RFC 6582's partial acknowledgment: the
+// segment now at SND.UNA, sent before the retransmission that was just
+// delivered but in the same burst as the highest SACKed segment, is
+// not lost by RACK, so it is neither retransmitted nor is cwnd
+// deflated. (Segments 4–9 are late, not lost, and arrive after.)
+func TestSACKPartialAckIsNotNewReno(t *testing.T) {
+	c := newPeer(t, Config{NoTimestamps: true})
+	s := c.establishRACK()
+	c.sendSegs(s, 0, 10) // segment 0 is lost
+	c.clk.Advance(rackRTT)
+	for k := 2; k <= 4; k++ {
+		c.ackSACK(0, 1, k)
+	}
+	if r := c.Expect("fast retransmit"); r.seq != c.segSeq(0) {
+		t.Fatalf("retransmitted %v, want segment 0", r)
+	}
+	_, cwnd, ss := tlpState(s)
+	c.clk.Advance(rackRTT)
+	c.ackSACK(4, 0, 0) // the retransmission arrived; 4–9 are late
+	c.ExpectNone("no retransmission on a partial ACK with nothing SACKed")
+	if _, cwnd1, _ := tlpState(s); cwnd1 != cwnd || cwnd != ss {
+		t.Fatalf("partial ACK deflated cwnd %d → %d (ssthresh %d)", cwnd, cwnd1, ss)
+	}
+	c.clk.Advance(time.Millisecond)
+	c.ackSACK(10, 0, 0)
+	if in := s.Info(); in.Unacked != 0 || in.InRecovery {
+		t.Fatalf("after the full ACK: %+v", in)
+	}
+	if got := c.p.Counter(RetransSegs); got != 1 {
+		t.Fatalf("%d retransmissions for one loss: %v", got, nonzero(c.p))
+	}
+}
+
+// RFC 6675 §5 with RFC 8985: losses in consecutive windows make
+// back-to-back recoveries (a hole of the next window is found lost
+// while the first recovery still runs, and retransmitted in it). Each
+// lost segment is retransmitted once: the scoreboard and HighRxt
+// survive the end of a recovery, so the next one neither takes
+// forgotten SACKed data for holes nor resends a retransmission still in
+// flight, and no D-SACK ever reports a spurious retransmission.
+func TestBackToBackRecoveriesRetransmitOnce(t *testing.T) {
+	mss := uint32(1460)
+	for _, tc := range []struct {
+		name string
+		lost []uint32 // segment numbers, first transmission lost
+	}{
+		{"two windows", []uint32{20, 36, 53}},
+		{"two windows, later", []uint32{20, 39, 54}},
+		{"two windows, wider", []uint32{20, 42, 57}},
+		{"three windows", []uint32{20, 36, 53, 90, 95, 170}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWire(t, wireCfg{delay: 5 * time.Millisecond}, Config{NoTimestamps: true})
+			var offs []uint32
+			for _, l := range tc.lost {
+				offs = append(offs, l*mss)
+			}
+			lost := dropOnce(w, offs...)
+			transfer(t, w, 1<<20, false)
+			if *lost != len(tc.lost) {
+				t.Fatalf("dropped %d", *lost)
+			}
+			if got := w.a.Counter(RetransSegs); got != uint64(len(tc.lost)) || w.a.Counter(TCPDSACKRecv) != 0 ||
+				w.a.Counter(TCPTimeouts) != 0 {
+				t.Fatalf("%d retransmissions for %d losses: %v", got, len(tc.lost), nonzero(w.a))
+			}
+		})
+	}
+}

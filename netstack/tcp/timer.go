@@ -125,7 +125,22 @@ func (s *Sock) rtxFired() {
 		s.inRecovery, s.dupAcks = false, 0
 		s.rttTiming = false
 		s.tlpHigh, s.lostBelow = 0, 0
-		s.sndNxt = s.sndUna
+		s.sndNxt, s.highRxt = s.sndUna, s.sndUna
+		// RFC 8985 §6.2 step 4: RTO recovery until SND.UNA passes
+		// SND.MAX of now; reo_wnd is 0 in it while no reordering was
+		// seen. A TLP episode ends with the timeout (Linux
+		// tcp_retransmit_timer), the timeout being the response.
+		if !s.rack.rtoRecovery {
+			s.rack.rtoRecovery, s.rack.rtoRecover = true, s.sndMax
+		}
+		s.rack.tlpEpisode = false
+		// RFC 8985 §6.3 RACK_mark_losses_on_RTO marks SND.UNA lost and
+		// every segment sent RACK.rtt + reo_wnd ago; go-back-N resends
+		// from SND.UNA what is not SACKed (RFC 6675 §5.1) in sequence
+		// order, which is send order, so those go first. Deviation:
+		// a segment sent within RACK.rtt + reo_wnd of the timeout is
+		// not spared; the pass, cwnd growing from one, reaches it an
+		// RTT or more later, when it is SACKed (skipped) or overdue.
 		s.rackReset() // go-back-N: a new pass records new send times
 	}
 	s.backoff++ // RFC 6298 §5.5
@@ -148,7 +163,7 @@ const wcDelAckT = 200 * time.Millisecond
 // outstanding — and it would fire before the RTO; otherwise it keeps a
 // running retransmission timer (RFC 6298 §5.1) or starts one.
 func (s *Sock) armRTOorPTO() {
-	if s.sackOK && s.srtt > 0 && !s.inRecovery && s.tlpHigh == 0 && s.backoff == 0 &&
+	if s.sackOK && s.srtt > 0 && !s.inRecovery && !s.rack.rtoRecovery && s.tlpHigh == 0 && !s.rack.tlpEpisode && s.backoff == 0 &&
 		(s.state == Established || s.state == CloseWait) {
 		// PTO = 2*SRTT, plus WCDelAckT when one segment is in flight
 		// (its ACK may be delayed), never beyond the RTO.
@@ -185,6 +200,7 @@ func (s *Sock) tlpFired() {
 			flags |= header.PSH
 		}
 		s.sendSeg(s.sndNxt, n, flags, now)
+		s.tlpSent(false)
 	} else {
 		seq := s.sndUna
 		if d := int(int32(end - s.sndUna)); d > s.mss {
@@ -192,6 +208,7 @@ func (s *Sock) tlpFired() {
 		}
 		s.retransmitAt(seq)
 		s.rack.probeSeq, s.rack.probeOK = seq, true
+		s.tlpSent(true)
 	}
 	s.tlpHigh = s.sndMax
 	s.armRTO()
