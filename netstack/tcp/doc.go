@@ -65,47 +65,60 @@
 // TIME-WAIT (2 MSL); the deadline timer that wakes blocked callers;
 // RACK's reordering timer (RFC 8985 §6.3).
 //
-// Loss recovery: without SACK, three duplicate ACKs enter RFC 6582
-// NewReno (cwnd inflation, partial ACKs retransmit the next hole). With
-// SACK a scoreboard of up to 32 ranges drives RFC 6675 recovery (lost
-// holes sent first, pipe limits sending), and losses are marked by
-// RFC 8985 RACK-TLP as Linux does with tcp_recovery=1 (rack.go): a hole
-// is lost when a segment sent after it was delivered RACK.rtt +
-// RACK.reo_wnd ago (§6.2 step 5), the reordering timer (§6.3) catching
-// the ones no further ACK will reveal. reo_wnd is min_RTT/4, times
-// reo_wnd_mult, which D-SACKs raise once per round and 16 D-SACK-free
-// recoveries reset (§6.2 step 4), capped at SRTT; it is 0 while no
-// reordering was seen and we are in recovery or DupThresh segments are
-// SACKed. Our choice for DupThresh: RFC 6675's IsLost (DupThresh
-// discontiguous ranges or (DupThresh-1)·SMSS SACKed above a hole)
-// marks losses too as long as no reordering was seen, and is off once
-// it was (§6.2 step 3: an original delivered below RACK.fack, or a
-// D-SACK of a retransmission whose original an earlier ACK had covered,
-// as Linux tcp_sacktag_one), so reordered segments get reo_wnd instead
-// of a spurious retransmission; recovery is then entered only on a
-// RACK-marked loss (Linux tcp_time_to_recover). Retransmissions RACK
-// finds lost go out again; a retransmission of SND.UNA is also re-sent
-// when DupThresh segments sent after it are SACKed (Linux
-// tcp_mark_lost_retrans). Duplicates we receive are reported with a
-// D-SACK (RFC 2883). An RTO sets cwnd to one segment and goes back to
-// SND.UNA, skipping SACKed ranges. The tail loss probe (RFC 8985 §7)
-// replaces the RTO for the tail: PTO = 2·SRTT (+200 ms with one segment
-// in flight), then one new segment or the last one again; a SACK of the
-// probe with a hole below it enters recovery.
+// Loss recovery: without SACK, three duplicate ACKs enter RFC 6582 NewReno
+// (cwnd inflation, partial ACKs retransmit the next hole). With SACK a
+// scoreboard of up to 32 ranges drives RFC 6675 recovery (lost holes sent
+// first, pipe limits sending). The scoreboard and HighRxt outlive a
+// recovery, so one entered right after neither takes forgotten SACKed data
+// for holes nor resends a retransmission still in flight. A partial ACK
+// that empties the scoreboard leaves what is missing to RACK rather than
+// to NewReno's retransmit-and-deflate. Losses are marked by RFC 8985
+// RACK-TLP as Linux does with tcp_recovery=1 (rack.go): a hole is lost when a
+// segment sent after it was delivered RACK.rtt + RACK.reo_wnd ago (§6.2
+// step 5), the reordering timer (§6.3) catching the ones no further ACK
+// will reveal. reo_wnd is min_RTT/4, times reo_wnd_mult, which D-SACKs
+// raise once per round and 16 D-SACK-free recoveries reset (§6.2 step 4),
+// capped at SRTT. It is 0 while no reordering was seen and we are in fast
+// recovery, in RTO recovery (from a timeout until SND.UNA passes SND.MAX
+// of then), or DupThresh segments are SACKed. Our choice for DupThresh:
+// RFC 6675's IsLost (DupThresh discontiguous ranges or (DupThresh-1)·SMSS
+// SACKed above a hole) marks losses too as long as no reordering was seen,
+// and is off once it was. Reordering is seen (§6.2 step 3) when an
+// original is delivered below RACK.fack as an earlier ACK left it (blocks
+// of one ACK are not compared with each other, Linux prior_fack), or on a
+// D-SACK of a retransmission whose original an earlier ACK had covered, as
+// Linux tcp_sacktag_one. So reordered segments get reo_wnd instead of a
+// spurious retransmission; recovery is then entered only on a RACK-marked
+// loss (Linux tcp_time_to_recover). Retransmissions RACK finds lost go out
+// again; a retransmission of SND.UNA is also re-sent when DupThresh
+// segments sent after it are SACKed (Linux tcp_mark_lost_retrans).
+// Duplicates we receive are reported with a D-SACK (RFC 2883). An RTO sets
+// cwnd to one segment, enters RTO recovery and goes back to SND.UNA,
+// skipping SACKed ranges. The tail loss probe (RFC 8985 §7) replaces the
+// RTO for the tail: PTO = 2·SRTT (+200 ms with one segment in flight),
+// then one new segment or the last one again, which opens a TLP episode
+// (§7.4.2: TLP.end_seq, TLP.is_retrans; one at a time). A SACK of the
+// probe with a hole below it enters recovery (§7.4.1). An ACK beyond
+// TLP.end_seq with no D-SACK for a retransmitted probe means the probe
+// alone repaired a loss, answered once with ssthresh from the algorithm
+// and cwnd = ssthresh (Linux CWR). A D-SACK for the probe, a probe of new
+// data, fast recovery or a timeout end the episode without a reduction.
 //
 // RACK's send times (RFC 8985 §6.1 Segment.xmit_ts) are kept beside the
-// send ring, not per segment: one record per run of bytes sent in the
-// same clock tick in the in-order pass (at most 512, the newest one
-// absorbing sends past that with its earliest and latest time), and the
-// hole retransmissions (at most 32, like the scoreboard), both
-// allocated on first send and freed with the send buffer. Send stamps
-// are strictly increasing within a tick, so a retransmission is never
-// ordered before new data sent ahead of it (§6.2's end_seq tiebreak
-// assumes sequence order is send order). Deviations: loss marks are not
-// stored but evaluated when recovery asks (same verdict at the same
-// instant); "RTO recovery" is not a state here, so reo_wnd is 0 after a
-// timeout only once DupThresh segments are SACKed; the TSecr test of
-// §6.2 step 1 uses the millisecond TSval of the retransmission.
+// send ring, not per segment: one record per run of bytes sent in the same
+// clock tick in the in-order pass (at most 512, the newest one absorbing
+// sends past that with its earliest and latest time), and the hole
+// retransmissions (at most 32, like the scoreboard), both allocated on
+// first send and freed with the send buffer. Send stamps are strictly
+// increasing within a tick, so a retransmission is never ordered before
+// new data sent ahead of it (§6.2's end_seq tiebreak assumes sequence
+// order is send order). Deviations: loss marks are not stored but
+// evaluated when recovery asks (same verdict at the same instant). After a
+// timeout the go-back-N pass resends every unSACKed segment, also one sent
+// within RACK.rtt + reo_wnd of the timeout that §6.3 would spare (the pass
+// reaches it an RTT or more later). A D-SACK on an ACK at or past
+// TLP.end_seq is taken as the probe's. The TSecr test of §6.2 step 1 uses
+// the millisecond TSval of the retransmission.
 //
 // Opening under load: a full SYN queue answers with SYN cookies
 // (RFC 4987, syncookies.go); options ride in the timestamp. ECN
