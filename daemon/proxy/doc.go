@@ -1,0 +1,117 @@
+// Package proxy owns the relay engine of proxy mode: it takes the flows the
+// stack diverted to itself (tcp.Interceptor, the UDP intercept socket, the
+// ICMP echo interceptor), opens the matching connection over a host socket in
+// the daemon's network namespace, and copies between the two; it answers DNS
+// sent to the gateway by relaying to the host's resolvers; and it listens on
+// host ports for the pods' port mappings, dialling into the pod through the
+// stack from the client's own address. It is passt's role (tcp.c, udp.c,
+// icmp.c) on top of a stack that keeps the pod's TCP/IP.
+//
+// Not owned here: which packets are diverted (the daemon's "proxy-divert"
+// PREROUTING hook calls netfilter.Divert), how a diverted SYN, datagram or
+// echo request reaches us and how replies leave from the original destination
+// (netstack: InterceptTCP, InterceptUDP, InterceptEcho, the transparent dial
+// calls), the pods' addresses and links (the daemon), and the CNI side (plugin).
+//
+// # Theory of operation
+//
+// TCP, upstream first. One goroutine takes intercepted SYNs (Interceptor.Next)
+// and checks the per-pod flow limit; each new flow gets a goroutine that dials
+// the original destination over a host socket, bounded by ConnectTimeout, and
+// only then answers the pod: Request.Accept (SYN,ACK from the destination) when
+// the host connection is up, Request.Refuse (RST) otherwise. A refused,
+// unreachable (no route, EHOSTUNREACH) and timed-out upstream all become an
+// RST, counted apart (TCPRefused, TCPUnreachable, TCPTimeouts); the pod never
+// gets an ICMP unreachable from us, and never hangs past ConnectTimeout.
+// While the upstream connect is pending, the pod's retransmitted SYNs are
+// absorbed by the interceptor (a SYN for a tuple already pending).
+//
+// The relay is one goroutine per direction, each with one buffer of
+// relayBufSize bytes taken from a pool: read from one side, write all of it to
+// the other, repeat. A blocked write is the backpressure: it stops the reads of
+// that direction, so the source's receive window (ours or the kernel's) closes;
+// memory per flow stays 2·relayBufSize whatever the peers do. RFC 9293 §3.6:
+// a FIN read on one side (EOF) becomes CloseWrite on the other, and the other
+// direction keeps flowing (half-close). A reset, or any error, on either side
+// closes both sides abortively (linger 0: an RST), so an RST and an abortive
+// close are seen by the far peer as an RST. When both directions have ended
+// both sockets are closed and the flow is counted out.
+//
+// UDP. One goroutine reads the intercept socket (Meta.From is the pod, Meta.To
+// the original destination). A flow is a (pod, destination) pair with its own
+// connected host socket and one goroutine reading that socket; replies go back
+// with SendFromTo(from = destination, to = pod). ECONNREFUSED on the host socket
+// (the kernel got an ICMP port unreachable for our datagram) is reported to the
+// pod with Stack.SendPortUnreachable (RFC 1122 §4.1.3.1), so the pod's connected
+// socket sees ECONNREFUSED too. A flow idle (no datagram either way) for
+// UDPIdleTimeout is closed.
+//
+// ICMP echo. The stack calls the echo interceptor on its receive goroutine,
+// which must not block: the request is copied into a bounded queue
+// (echoQueueLen; full → dropped, EchoDropped) that one dispatcher goroutine
+// drains. Each (pod, destination, identifier) flow owns an unprivileged ping
+// socket (socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP), net/ipv4/ping.c) connected
+// to the destination, and a goroutine reading its replies. The kernel rewrites
+// the identifier to the socket's own; replies are mapped back to the pod's and
+// answered with SendEchoReply from the destination. Where the host refuses ping
+// sockets (EACCES: the daemon's group is outside net.ipv4.ping_group_range,
+// whose default "1 0" refuses everyone) the request is dropped and counted in
+// EchoDenied: pods can still ping their gateway, which the stack answers
+// itself. Flows close after UDPIdleTimeout without traffic.
+//
+// DNS. The stack listens on 0.0.0.0:53 for UDP and TCP; only traffic to the
+// stack's own addresses (the gateway) reaches these sockets, diverted traffic
+// never does. Nameservers come from ResolvConf (at most maxNameservers, port
+// 53; none → 127.0.0.1, as resolv.conf(5) says), re-read when the file's
+// modification time or size changes. A UDP query is tried on each nameserver in
+// order, dnsQueryTimeout each, and the first response whose ID matches (RFC
+// 1035 §4.1.1) is sent back; at most maxDNSInFlight queries are in flight
+// (past it the query is dropped and counted in DNSFailures; the client
+// retries). A TCP connection is relayed whole to the first nameserver that
+// accepts it, with the TCP relay above. A loopback stub resolver (127.0.0.53)
+// works because the engine runs in the host namespace.
+//
+// Port mappings. Each mapping of a pod has its own host listener on
+// HostIP:HostPort, TCP and UDP apart (the same number for both is two
+// mappings). A TCP client is relayed to a connection the stack dials
+// transparently from the client's address (an ephemeral port) to
+// pod:ContainerPort, so the pod sees the client's real address. A loopback
+// client (127.0.0.0/8, ::1) is shown as the pod's gateway instead: the pod's
+// kernel drops packets from a loopback source arriving on its veth as martians
+// (RFC 1122 §3.2.1.3). A UDP client gets a flow of its own (a transparent stack
+// socket, idle timeout as above). AddPod fails when a host port cannot be bound,
+// and then holds nothing of that pod.
+//
+// # Limits
+//
+//   - Flows per pod address (TCP, UDP, echo, DNS over TCP and port-mapping
+//     connections): MaxFlowsPerPod (default 4096); past it a TCP SYN is refused
+//     (RST), a datagram or echo request dropped, a port-mapping client reset;
+//     counted in FlowLimitDrops, overall and per pod.
+//   - UDP flows, outbound and port-mapping together: MaxUDPFlows (default
+//     16384); past it the datagram is dropped and counted in FlowLimitDrops.
+//   - Pending intercepted SYNs: maxPendingTCP in the interceptor, plus the
+//     per-pod limit on flows being dialled.
+//   - TCP relay memory: 2·relayBufSize per flow, from a pool, plus the
+//     sockets' own buffers (the stack's SndBuf/RcvBuf, the kernel's).
+//   - UDP and echo replies: a pooled maxDatagram buffer held only while a
+//     datagram is handled, never while a flow waits.
+//   - Echo queue: echoQueueLen requests. DNS: maxDNSInFlight UDP queries.
+//
+// # Concurrency
+//
+// Engine.mu guards the pod table, the per-address flow accounting and the
+// closed flag; flows are aborted after it is released. The flow tables'
+// locks (udpTable.mu, echoTable.mu, udpMapping.mu) are taken before it when
+// a flow is opened: lock order table > Engine.mu > flowHandle.mu, and a
+// flowHandle closes its sockets after releasing its own. echoTable.mu is
+// held across a ping socket's creation and send. Each flow has
+// a flowHandle that aborts it whatever phase it is in (dialling, accepting,
+// relaying). Every goroutine is started through Engine.spawn and counted in
+// Engine.wg (a relay's second direction is waited for by its first; a pod's
+// listener goroutines by the pod's own WaitGroup, which RemovePod and Close
+// wait for), so Close returns only when none is left.
+//
+// Time: the deadlines of host sockets and the idle times are wall-clock (the
+// kernel's); the stack's sockets get deadlines on the stack's clock.
+package proxy

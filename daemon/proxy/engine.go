@@ -1,0 +1,596 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/socket"
+	"github.com/cni-userstack/cni-userstack/netstack/tcp"
+	"github.com/cni-userstack/cni-userstack/netstack/udp"
+)
+
+// Defaults for Config fields left zero, and the engine's fixed bounds.
+const (
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultUDPIdleTimeout = 60 * time.Second
+	DefaultMaxFlowsPerPod = 4096
+	DefaultMaxUDPFlows    = 16384
+	DefaultResolvConf     = "/etc/resolv.conf"
+
+	// maxPendingTCP bounds the intercepted SYNs not yet taken by Next.
+	maxPendingTCP = 4096
+	// relayBufSize is the buffer of one direction of a TCP relay.
+	relayBufSize = 64 << 10
+	// maxDatagram is the largest UDP payload or ICMP message relayed.
+	maxDatagram = 65535
+)
+
+// Config configures New.
+type Config struct {
+	// Stack is the stack whose diverted flows the engine relays. It must
+	// have netfilter enabled and a divert hook for anything to arrive.
+	Stack *netstack.Stack
+	// ConnectTimeout bounds an upstream TCP connect (and the pod's
+	// handshake after it, and a port mapping's dial into the pod);
+	// default 10 s.
+	ConnectTimeout time.Duration
+	// UDPIdleTimeout closes a UDP or echo flow without traffic either
+	// way for that long; default 60 s.
+	UDPIdleTimeout time.Duration
+	// MaxFlowsPerPod bounds the TCP, UDP and ICMP flows of one pod
+	// address; default 4096.
+	MaxFlowsPerPod int
+	// MaxUDPFlows bounds the UDP flows of the whole node; default 16384.
+	MaxUDPFlows int
+	// ResolvConf is the resolver configuration the DNS relay reads;
+	// default /etc/resolv.conf. It is re-read when its mtime changes.
+	ResolvConf string
+	// Logger receives debug and warning logs; nil discards them.
+	Logger *slog.Logger
+	// Dialer opens host connections ("tcp" and "udp" with a host:port
+	// address); nil = a net.Dialer. Tests inject one.
+	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// PortMapping is one CNI portMappings entry.
+type PortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"` // "tcp" | "udp"; "" = tcp
+	HostIP        string `json:"hostIP,omitempty"`
+}
+
+// Pod is one proxy-mode pod.
+type Pod struct {
+	ID           string
+	Addr         netip.Addr // the pod's address: its flows are counted under it
+	Gateway      netip.Addr // shown to the pod for loopback port-mapping clients
+	PortMappings []PortMapping
+}
+
+// Stats are the engine's counters (JSON-friendly).
+type Stats struct {
+	ActiveTCP  int `json:"activeTCP"`  // relays copying (outbound, port-mapping, DNS over TCP)
+	ActiveUDP  int `json:"activeUDP"`  // UDP flows (outbound and port-mapping)
+	ActiveEcho int `json:"activeEcho"` // ping sockets
+	PendingTCP int `json:"pendingTCP"` // flows whose upstream connect or pod handshake is in progress
+
+	TCPAccepted         uint64 `json:"tcpAccepted"`         // upstream up, pod's SYN accepted
+	TCPRefused          uint64 `json:"tcpRefused"`          // upstream refused: RST to the pod
+	TCPTimeouts         uint64 `json:"tcpTimeouts"`         // upstream connect timed out: RST to the pod
+	TCPUnreachable      uint64 `json:"tcpUnreachable"`      // no route or other dial error: RST to the pod
+	FlowLimitDrops      uint64 `json:"flowLimitDrops"`      // flows refused by MaxFlowsPerPod or MaxUDPFlows
+	UDPFlowsOpened      uint64 `json:"udpFlowsOpened"`      // host sockets (or port-mapping flows) opened
+	UDPPortUnreachables uint64 `json:"udpPortUnreachables"` // ECONNREFUSED passed to a pod as port unreachable
+	EchoRelayed         uint64 `json:"echoRelayed"`         // echo requests sent through a ping socket
+	EchoDenied          uint64 `json:"echoDenied"`          // ping socket refused (net.ipv4.ping_group_range)
+	EchoDropped         uint64 `json:"echoDropped"`         // echo queue full, oversized or send failed
+	DNSQueries          uint64 `json:"dnsQueries"`          // UDP queries and TCP connections to the gateway's port 53
+	DNSFailures         uint64 `json:"dnsFailures"`         // no nameserver answered, malformed, or over maxDNSInFlight
+	PortMapConns        uint64 `json:"portMapConns"`        // port-mapping TCP connections relayed into a pod
+
+	Pods map[string]PodStats `json:"pods,omitempty"` // by pod ID
+}
+
+// PodStats are one pod's counters.
+type PodStats struct {
+	ActiveFlows    int    `json:"activeFlows"`
+	FlowLimitDrops uint64 `json:"flowLimitDrops"`
+}
+
+// counters are the engine's MIB.
+type counters struct {
+	activeTCP, activeUDP, activeEcho, pendingTCP atomic.Int64
+
+	tcpAccepted, tcpRefused, tcpTimeouts, tcpUnreachable, flowLimitDrops atomic.Uint64
+	udpFlowsOpened, udpPortUnreachables                                  atomic.Uint64
+	echoRelayed, echoDenied, echoDropped                                 atomic.Uint64
+	dnsQueries, dnsFailures, portMapConns                                atomic.Uint64
+}
+
+// Engine is the proxy-mode relay engine of one stack.
+type Engine struct {
+	cfg  Config
+	st   *netstack.Stack
+	log  *slog.Logger
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine the engine started
+
+	tcpIC  *tcp.Interceptor
+	udpIC  interceptSocket
+	dnsUDP *socket.PacketConn
+	dnsTCP *tcp.Listener
+	resolv *resolvConf
+	dnsSem chan struct{} // bound: maxDNSInFlight
+
+	c counters
+
+	// mu guards the fields below. Lock order: the flow tables' locks >
+	// mu > flowHandle.mu; flows are aborted after mu is released.
+	mu     sync.Mutex
+	closed bool
+	pods   map[string]*pod
+	// addrs: flow accounting per pod address. Bound: one entry per
+	// registered pod plus one per address with a live flow.
+	addrs    map[netip.Addr]*addrState
+	udpFlows int // outbound and port-mapping UDP flows; bound MaxUDPFlows
+
+	udp  udpTable
+	echo echoTable
+}
+
+// addrState is one pod address's flows.
+type addrState struct {
+	registered bool // AddPod named it: kept while idle
+	active     int  // bound: MaxFlowsPerPod
+	drops      uint64
+	flows      map[*flowHandle]struct{}
+}
+
+// interceptSocket is what the engine needs of the stack's UDP intercept
+// socket.
+type interceptSocket interface {
+	RecvMsg(p []byte, flags udp.Flags) (int, udp.Meta, error)
+	SendFromTo(p []byte, from, to netip.AddrPort) (int, error)
+	Close() error
+}
+
+// New starts an engine on cfg.Stack: the TCP, UDP and echo interceptors
+// and the DNS listeners on 0.0.0.0:53 (UDP and TCP) in the stack. On error
+// nothing stays open.
+func New(cfg Config) (_ *Engine, err error) {
+	if cfg.Stack == nil {
+		return nil, errors.New("proxy: Config.Stack is nil")
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.UDPIdleTimeout <= 0 {
+		cfg.UDPIdleTimeout = DefaultUDPIdleTimeout
+	}
+	if cfg.MaxFlowsPerPod <= 0 {
+		cfg.MaxFlowsPerPod = DefaultMaxFlowsPerPod
+	}
+	if cfg.MaxUDPFlows <= 0 {
+		cfg.MaxUDPFlows = DefaultMaxUDPFlows
+	}
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = DefaultResolvConf
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{
+		cfg:    cfg,
+		st:     cfg.Stack,
+		log:    log,
+		dial:   cfg.Dialer,
+		pods:   map[string]*pod{},
+		addrs:  map[netip.Addr]*addrState{},
+		resolv: &resolvConf{path: cfg.ResolvConf},
+		dnsSem: make(chan struct{}, maxDNSInFlight),
+	}
+	if e.dial == nil {
+		d := &net.Dialer{}
+		e.dial = d.DialContext
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.udp.init()
+	e.echo.init(e)
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
+
+	if e.tcpIC, err = e.st.InterceptTCP(maxPendingTCP); err != nil {
+		return nil, fmt.Errorf("proxy: intercept TCP: %w", err)
+	}
+	ic, err := e.st.InterceptUDP()
+	if err != nil {
+		return nil, fmt.Errorf("proxy: intercept UDP: %w", err)
+	}
+	e.udpIC = ic
+	any53 := netip.AddrPortFrom(netip.IPv4Unspecified(), 53)
+	if e.dnsUDP, err = e.st.ListenUDP(any53); err != nil {
+		return nil, fmt.Errorf("proxy: DNS listener udp %v: %w", any53, err)
+	}
+	if e.dnsTCP, err = e.st.ListenTCP(any53); err != nil {
+		return nil, fmt.Errorf("proxy: DNS listener tcp %v: %w", any53, err)
+	}
+	e.st.InterceptEcho(e.echo.intercept)
+	e.spawn(e.tcpLoop)
+	e.spawn(e.udpLoop)
+	e.spawn(e.echo.dispatch)
+	e.spawn(e.dnsUDPLoop)
+	e.spawn(e.dnsTCPLoop)
+	return e, nil
+}
+
+// Close stops the interceptors and the DNS listeners, closes every pod's
+// port-mapping listeners, aborts every flow and returns when no goroutine
+// of the engine is left. Flows intercepted afterwards are not taken: the
+// stack refuses them. Close is idempotent.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	pods := e.pods
+	e.pods = map[string]*pod{}
+	var flows []*flowHandle
+	for _, st := range e.addrs {
+		for f := range st.flows {
+			flows = append(flows, f)
+		}
+	}
+	e.mu.Unlock()
+
+	e.cancel()
+	e.st.InterceptEcho(nil)
+	var errs []error
+	if e.tcpIC != nil {
+		errs = append(errs, ignoreClosed(e.tcpIC.Close()))
+	}
+	if e.udpIC != nil {
+		errs = append(errs, ignoreClosed(e.udpIC.Close()))
+	}
+	if e.dnsUDP != nil {
+		errs = append(errs, ignoreClosed(e.dnsUDP.Close()))
+	}
+	if e.dnsTCP != nil {
+		errs = append(errs, ignoreClosed(e.dnsTCP.Close()))
+	}
+	for _, p := range pods {
+		p.closeListeners()
+	}
+	for _, f := range flows {
+		f.abort()
+	}
+	e.wg.Wait()
+	for _, p := range pods {
+		p.wg.Wait()
+	}
+	return errors.Join(errs...)
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// spawn runs fn on a goroutine counted in e.wg, unless the engine is
+// closed.
+func (e *Engine) spawn(fn func()) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// flowKind says which global bound a flow counts against besides the
+// per-pod one.
+type flowKind uint8
+
+const (
+	kindTCP flowKind = iota
+	kindUDP
+	kindEcho
+)
+
+// acquire counts a new flow of pod address a, within MaxFlowsPerPod (and
+// MaxUDPFlows for UDP); false means over a limit (counted) or closed.
+func (e *Engine) acquire(a netip.Addr, f *flowHandle, kind flowKind) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	st := e.addrs[a]
+	if st == nil {
+		st = &addrState{flows: map[*flowHandle]struct{}{}}
+		e.addrs[a] = st
+	}
+	if st.active >= e.cfg.MaxFlowsPerPod || (kind == kindUDP && e.udpFlows >= e.cfg.MaxUDPFlows) {
+		st.drops++
+		e.c.flowLimitDrops.Add(1)
+		if st.active == 0 && !st.registered {
+			delete(e.addrs, a)
+		}
+		return false
+	}
+	st.active++
+	st.flows[f] = struct{}{}
+	f.addr, f.kind = a, kind
+	if kind == kindUDP {
+		e.udpFlows++
+	}
+	return true
+}
+
+// release counts a flow out; it does not close anything.
+func (e *Engine) release(f *flowHandle) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := e.addrs[f.addr]
+	if st == nil {
+		return
+	}
+	if _, ok := st.flows[f]; !ok {
+		return
+	}
+	delete(st.flows, f)
+	st.active--
+	if f.kind == kindUDP {
+		e.udpFlows--
+	}
+	if st.active == 0 && !st.registered {
+		delete(e.addrs, f.addr)
+	}
+}
+
+// flowHandle aborts one flow in whatever phase it is: it cancels the
+// flow's context (a dial or an Accept in progress) and closes every
+// resource added so far abortively. A resource added after the abort is
+// closed at once.
+type flowHandle struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	addr   netip.Addr
+	kind   flowKind
+
+	mu      sync.Mutex
+	aborted bool
+	closers []func() // bound: the few sockets of one flow
+}
+
+func (e *Engine) newFlow() *flowHandle {
+	ctx, cancel := context.WithCancel(e.ctx)
+	return &flowHandle{ctx: ctx, cancel: cancel}
+}
+
+// add registers close; false (and close called) when already aborted.
+func (f *flowHandle) add(close func()) bool {
+	f.mu.Lock()
+	if f.aborted {
+		f.mu.Unlock()
+		close()
+		return false
+	}
+	f.closers = append(f.closers, close)
+	f.mu.Unlock()
+	return true
+}
+
+func (f *flowHandle) abort() {
+	f.mu.Lock()
+	if f.aborted {
+		f.mu.Unlock()
+		return
+	}
+	f.aborted = true
+	cs := f.closers
+	f.closers = nil
+	f.mu.Unlock()
+	f.cancel()
+	for _, c := range cs {
+		c()
+	}
+}
+
+// done releases the flow's context once the flow ended on its own.
+func (f *flowHandle) done() { f.cancel() }
+
+// Stats returns the counters and, per registered pod, its flows.
+func (e *Engine) Stats() Stats {
+	s := Stats{
+		ActiveTCP:           int(e.c.activeTCP.Load()),
+		ActiveUDP:           int(e.c.activeUDP.Load()),
+		ActiveEcho:          int(e.c.activeEcho.Load()),
+		PendingTCP:          int(e.c.pendingTCP.Load()),
+		TCPAccepted:         e.c.tcpAccepted.Load(),
+		TCPRefused:          e.c.tcpRefused.Load(),
+		TCPTimeouts:         e.c.tcpTimeouts.Load(),
+		TCPUnreachable:      e.c.tcpUnreachable.Load(),
+		FlowLimitDrops:      e.c.flowLimitDrops.Load(),
+		UDPFlowsOpened:      e.c.udpFlowsOpened.Load(),
+		UDPPortUnreachables: e.c.udpPortUnreachables.Load(),
+		EchoRelayed:         e.c.echoRelayed.Load(),
+		EchoDenied:          e.c.echoDenied.Load(),
+		EchoDropped:         e.c.echoDropped.Load(),
+		DNSQueries:          e.c.dnsQueries.Load(),
+		DNSFailures:         e.c.dnsFailures.Load(),
+		PortMapConns:        e.c.portMapConns.Load(),
+		Pods:                map[string]PodStats{},
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for id, p := range e.pods {
+		var ps PodStats
+		if st := e.addrs[p.Addr]; st != nil {
+			ps = PodStats{ActiveFlows: st.active, FlowLimitDrops: st.drops}
+		}
+		s.Pods[id] = ps
+	}
+	return s
+}
+
+// AddPod registers a pod: its address's flows are listed under its ID and
+// its port mappings get their host listeners. A mapping whose port cannot
+// be bound fails AddPod, which then closes what it opened. Adding an ID
+// again replaces that pod's port mappings (the old listeners are closed
+// first; flows of an address that changed are aborted).
+func (e *Engine) AddPod(p Pod) error {
+	if p.ID == "" {
+		return errors.New("proxy: pod without ID")
+	}
+	if !p.Addr.Is4() || !p.Gateway.Is4() {
+		return fmt.Errorf("proxy: pod %s: address %v, gateway %v: %w", p.ID, p.Addr, p.Gateway, syscall.EAFNOSUPPORT)
+	}
+	maps, err := normalizeMappings(p.PortMappings)
+	if err != nil {
+		return fmt.Errorf("proxy: pod %s: %w", p.ID, err)
+	}
+	p.PortMappings = maps
+	if old := e.removePod(p.ID, p.Addr); old != nil {
+		old.wg.Wait()
+	}
+	np := &pod{Pod: p, e: e}
+	if err := np.listen(); err != nil {
+		np.closeListeners()
+		np.wg.Wait()
+		return fmt.Errorf("proxy: pod %s: %w", p.ID, err)
+	}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		np.closeListeners()
+		np.wg.Wait()
+		return net.ErrClosed
+	}
+	e.pods[p.ID] = np
+	st := e.addrs[p.Addr]
+	if st == nil {
+		st = &addrState{flows: map[*flowHandle]struct{}{}}
+		e.addrs[p.Addr] = st
+	}
+	st.registered = true
+	e.mu.Unlock()
+	np.serve()
+	return nil
+}
+
+// RemovePod closes the pod's port-mapping listeners and aborts its flows
+// (every flow of its address). Unknown IDs are ignored.
+func (e *Engine) RemovePod(id string) {
+	if p := e.removePod(id, netip.Addr{}); p != nil {
+		p.wg.Wait()
+	}
+}
+
+// removePod takes pod id out of the table, closes its listeners and
+// aborts its address's flows unless keep is that same address.
+func (e *Engine) removePod(id string, keep netip.Addr) *pod {
+	e.mu.Lock()
+	p := e.pods[id]
+	if p == nil {
+		e.mu.Unlock()
+		return nil
+	}
+	delete(e.pods, id)
+	var flows []*flowHandle
+	if st := e.addrs[p.Addr]; st != nil && p.Addr != keep {
+		st.registered = false
+		for f := range st.flows {
+			flows = append(flows, f)
+		}
+		if st.active == 0 {
+			delete(e.addrs, p.Addr)
+		}
+	}
+	e.mu.Unlock()
+	p.closeListeners()
+	for _, f := range flows {
+		f.abort()
+	}
+	return p
+}
+
+// normalizeMappings checks mappings and fills defaults.
+func normalizeMappings(in []PortMapping) ([]PortMapping, error) {
+	out := make([]PortMapping, 0, len(in))
+	for _, m := range in {
+		m.Protocol = strings.ToLower(m.Protocol)
+		if m.Protocol == "" {
+			m.Protocol = "tcp"
+		}
+		if m.Protocol != "tcp" && m.Protocol != "udp" {
+			return nil, fmt.Errorf("port mapping %d: protocol %q: %w", m.HostPort, m.Protocol, syscall.EPROTONOSUPPORT)
+		}
+		if m.HostPort < 1 || m.HostPort > 65535 || m.ContainerPort < 1 || m.ContainerPort > 65535 {
+			return nil, fmt.Errorf("port mapping %d→%d: port out of range: %w", m.HostPort, m.ContainerPort, syscall.EINVAL)
+		}
+		if m.HostIP != "" {
+			a, err := netip.ParseAddr(m.HostIP)
+			if err != nil {
+				return nil, fmt.Errorf("port mapping %d: host IP: %w", m.HostPort, err)
+			}
+			if !a.Unmap().Is4() {
+				// Pods are IPv4: an IPv6 host address cannot be
+				// relayed with its client's address (the portmap
+				// plugin skips mappings of the other family too).
+				continue
+			}
+			m.HostIP = a.Unmap().String()
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Dial errors, sorted for the counters.
+func (e *Engine) countDialErr(err error) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.Canceled):
+		// Aborted by RemovePod or Close: not the upstream's doing.
+	case errors.Is(err, syscall.ECONNREFUSED):
+		e.c.tcpRefused.Add(1)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT),
+		errors.As(err, &ne) && ne.Timeout():
+		e.c.tcpTimeouts.Add(1)
+	default:
+		e.c.tcpUnreachable.Add(1)
+	}
+}
+
+// isClosed reports an error that means the socket was closed under us.
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
+}

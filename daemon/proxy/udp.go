@@ -1,0 +1,233 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// dgramBufs holds maxDatagram buffers, taken only while one datagram is
+// handled.
+var dgramBufs = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
+
+// udpKey names an outbound UDP flow.
+type udpKey struct{ pod, dst netip.AddrPort }
+
+// udpFlow is one outbound UDP flow: a connected host socket.
+type udpFlow struct {
+	key  udpKey
+	conn net.Conn
+	raw  syscall.RawConn // nil when conn is not a kernel socket
+	last atomic.Int64    // wall-clock nanoseconds of the last datagram either way
+	f    *flowHandle
+}
+
+func (u *udpFlow) touch() { u.last.Store(time.Now().UnixNano()) }
+
+// udpTable is the outbound flow table. Bound: MaxUDPFlows (with the
+// port-mapping flows), enforced by Engine.acquire.
+type udpTable struct {
+	mu sync.Mutex
+	m  map[udpKey]*udpFlow
+}
+
+func (t *udpTable) init() { t.m = map[udpKey]*udpFlow{} }
+
+// udpLoop reads the intercept socket until the engine closes.
+func (e *Engine) udpLoop() {
+	buf := make([]byte, maxDatagram)
+	for {
+		n, meta, err := e.udpIC.RecvMsg(buf, 0)
+		if err != nil {
+			if e.ctx.Err() != nil || isClosed(err) {
+				return
+			}
+			if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) || isErrno(err) {
+				continue // a pending socket error, reported once
+			}
+			e.log.Warn("proxy: udp intercept stopped", "err", err)
+			return
+		}
+		u := e.udpFlowFor(udpKey{pod: meta.From, dst: meta.To})
+		if u == nil {
+			continue // counted
+		}
+		u.touch()
+		if _, err := u.conn.Write(buf[:n]); err != nil {
+			e.udpHostError(u, err)
+		}
+	}
+}
+
+// udpFlowFor finds or opens the flow of k; nil when a limit or the dial
+// refused it.
+func (e *Engine) udpFlowFor(k udpKey) *udpFlow {
+	e.udp.mu.Lock()
+	defer e.udp.mu.Unlock()
+	if u := e.udp.m[k]; u != nil {
+		return u
+	}
+	if !k.pod.IsValid() || !k.dst.IsValid() {
+		return nil
+	}
+	f := e.newFlow()
+	if !e.acquire(k.pod.Addr(), f, kindUDP) {
+		f.done()
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, e.cfg.ConnectTimeout)
+	c, err := e.dial(ctx, "udp", k.dst.String())
+	cancel()
+	if err != nil {
+		e.log.Debug("proxy: udp flow dial failed", "pod", k.pod, "dst", k.dst, "err", err)
+		e.release(f)
+		f.done()
+		return nil
+	}
+	u := &udpFlow{key: k, conn: c, f: f}
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			u.raw = rc
+		}
+	}
+	u.touch()
+	f.add(func() { c.Close() })
+	if !e.spawn(func() { e.udpFlowReader(u) }) {
+		c.Close()
+		e.release(f)
+		f.done()
+		return nil
+	}
+	e.udp.m[k] = u
+	e.c.udpFlowsOpened.Add(1)
+	e.c.activeUDP.Add(1)
+	return u
+}
+
+// udpFlowReader relays the host socket's datagrams back to the pod until
+// the flow is idle for UDPIdleTimeout or aborted.
+func (e *Engine) udpFlowReader(u *udpFlow) {
+	defer e.udpFlowEnd(u)
+	idle := e.cfg.UDPIdleTimeout
+	for {
+		last := time.Unix(0, u.last.Load())
+		if time.Since(last) >= idle {
+			return
+		}
+		_ = u.conn.SetReadDeadline(last.Add(idle))
+		err := recvDatagram(u.conn, u.raw, func(p []byte) {
+			u.touch()
+			// From the original destination to the pod (the
+			// transparent side of the intercept socket).
+			if _, err := e.udpIC.SendFromTo(p, u.key.dst, u.key.pod); err != nil {
+				e.log.Debug("proxy: udp reply to pod failed", "pod", u.key.pod, "err", err)
+			}
+		})
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// loop: re-check the idle time
+		case isErrno(err) && !isClosed(err):
+			e.udpHostError(u, err)
+		default:
+			return
+		}
+	}
+}
+
+// udpHostError handles an error the host socket reported: ECONNREFUSED
+// (an ICMP port unreachable came back for our datagram) is passed on to
+// the pod as a port unreachable of its own datagram (RFC 1122 §4.1.3.1).
+func (e *Engine) udpHostError(u *udpFlow, err error) {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		e.c.udpPortUnreachables.Add(1)
+		if serr := e.st.SendPortUnreachable(u.key.pod, u.key.dst); serr != nil {
+			e.log.Debug("proxy: port unreachable to pod failed", "pod", u.key.pod, "err", serr)
+		}
+		return
+	}
+	e.log.Debug("proxy: udp host socket error", "pod", u.key.pod, "dst", u.key.dst, "err", err)
+}
+
+// udpFlowEnd removes u from the table and closes it.
+func (e *Engine) udpFlowEnd(u *udpFlow) {
+	e.udp.mu.Lock()
+	if e.udp.m[u.key] == u {
+		delete(e.udp.m, u.key)
+	}
+	e.udp.mu.Unlock()
+	u.conn.Close()
+	e.release(u.f)
+	u.f.done()
+	e.c.activeUDP.Add(-1)
+}
+
+// recvDatagram reads one datagram from c and hands it to fn. On a kernel
+// socket (raw set) it waits for readability first and takes a buffer only
+// then, so an idle flow holds none; otherwise it reads into a pooled
+// buffer. It returns c's error: a deadline, a socket error (an errno,
+// reported once), or a close.
+func recvDatagram(c net.Conn, raw syscall.RawConn, fn func(p []byte)) error {
+	if raw == nil {
+		bp := dgramBufs.Get().(*[]byte)
+		defer dgramBufs.Put(bp)
+		n, err := c.Read(*bp)
+		if err == nil {
+			fn((*bp)[:n])
+		}
+		return err
+	}
+	var rerr error
+	err := raw.Read(func(fd uintptr) bool {
+		bp := dgramBufs.Get().(*[]byte)
+		defer dgramBufs.Put(bp)
+		for {
+			n, _, err := unix.Recvfrom(int(fd), *bp, unix.MSG_DONTWAIT)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false // wait for readability
+			case err != nil:
+				rerr = err
+			default:
+				fn((*bp)[:n])
+			}
+			return true
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return rerr
+}
+
+func isErrno(err error) bool {
+	var en syscall.Errno
+	return errors.As(err, &en)
+}
+
+// recvfromNonblock is recvfrom(MSG_DONTWAIT) with the sender as an
+// AddrPort (IPv4-mapped addresses unmapped).
+func recvfromNonblock(fd int, p []byte) (int, netip.AddrPort, error) {
+	n, sa, err := unix.Recvfrom(fd, p, unix.MSG_DONTWAIT)
+	if err != nil {
+		return 0, netip.AddrPort{}, err
+	}
+	var from netip.AddrPort
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		from = netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		from = netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return n, from, nil
+}

@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// udpEchoServer answers every datagram on 127.0.0.1 with "re:"+payload.
+func udpEchoServer(t *testing.T) uint16 {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	must(t, err)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	t.Cleanup(func() { c.Close(); wg.Wait() })
+	go func() {
+		defer wg.Done()
+		b := make([]byte, 65535)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(b)
+			if err != nil {
+				return
+			}
+			c.WriteToUDPAddrPort(append([]byte("re:"), b[:n]...), from)
+		}
+	}()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
+}
+
+func TestUDPEchoAndPortUnreachable(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.UDPIdleTimeout = 300 * time.Millisecond })
+	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+
+	port := udpEchoServer(t)
+	c, err := r.pod.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(server, port))
+	must(t, err)
+	defer c.Close()
+	b := make([]byte, 2048)
+	for i, msg := range []string{"one", "two", string(fill(1400, 9))} {
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, from, err := c.ReadFromUDPAddrPort(b)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		if from != netip.AddrPortFrom(server, port) || string(b[:n]) != "re:"+msg {
+			t.Fatalf("datagram %d: %q from %v", i, b[:min(n, 16)], from)
+		}
+	}
+	s := r.e.Stats()
+	if s.UDPFlowsOpened != 1 || s.ActiveUDP != 1 || s.Pods["p"].ActiveFlows != 1 {
+		t.Errorf("one flow for three datagrams: %+v", s)
+	}
+
+	// RFC 1122 §4.1.3.1: the host's port unreachable reaches the pod's
+	// connected socket as ECONNREFUSED.
+	closed := closedPort(t, "udp")
+	c2, err := r.pod.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(server, closed))
+	must(t, err)
+	defer c2.Close()
+	c2.Write([]byte("anyone?"))
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c2.Read(b); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("pod read after send to a closed port: %v, want ECONNREFUSED", err)
+	}
+	if s := r.e.Stats(); s.UDPPortUnreachables == 0 {
+		t.Errorf("UDPPortUnreachables = 0")
+	}
+
+	// Both flows idle out.
+	r.waitStats("flows idle out", func(s Stats) bool { return s.ActiveUDP == 0 && s.Pods["p"].ActiveFlows == 0 })
+}
+
+func TestFlowLimits(t *testing.T) {
+	t.Run("per pod", func(t *testing.T) {
+		r := newRig(t, func(c *Config) { c.MaxFlowsPerPod = 2 })
+		must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+		port := kernelListener(t, echoServe)
+		var conns []net.Conn
+		for range 2 {
+			c, err := r.dialPod(ctxT(t, 5*time.Second), server, port)
+			must(t, err)
+			conns = append(conns, c)
+		}
+		if _, err := r.dialPod(ctxT(t, 5*time.Second), server, port); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("third flow: %v, want ECONNREFUSED", err)
+		}
+		// A UDP flow counts too.
+		uport := udpEchoServer(t)
+		u, err := r.pod.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(server, uport))
+		must(t, err)
+		defer u.Close()
+		u.Write([]byte("x"))
+		s := r.waitStats("drops counted", func(s Stats) bool { return s.FlowLimitDrops == 2 })
+		if s.Pods["p"].FlowLimitDrops != 2 || s.Pods["p"].ActiveFlows != 2 {
+			t.Errorf("pod stats %+v", s.Pods["p"])
+		}
+		conns[0].Close()
+		r.waitStats("flow counted out", func(s Stats) bool { return s.Pods["p"].ActiveFlows == 1 })
+		c, err := r.dialPod(ctxT(t, 5*time.Second), server, port)
+		if err != nil {
+			t.Fatalf("dial after a flow ended: %v", err)
+		}
+		c.Close()
+		conns[1].Close()
+	})
+	t.Run("udp table", func(t *testing.T) {
+		r := newRig(t, func(c *Config) { c.MaxUDPFlows = 1 })
+		port := udpEchoServer(t)
+		b := make([]byte, 64)
+		for i, want := range []bool{true, false} {
+			c, err := r.pod.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(server, port))
+			must(t, err)
+			defer c.Close()
+			c.Write([]byte("q"))
+			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			_, err = c.Read(b)
+			if (err == nil) != want {
+				t.Fatalf("flow %d: answered=%v, want %v", i, err == nil, want)
+			}
+		}
+		if s := r.e.Stats(); s.FlowLimitDrops != 1 || s.ActiveUDP != 1 {
+			t.Errorf("stats %+v", s)
+		}
+	})
+}
