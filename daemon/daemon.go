@@ -1,11 +1,12 @@
 // Package daemon owns the stack daemon (`cni-userstack serve`): the
 // HTTP+JSON API on a unix socket, the attachment records on disk, start-up
-// recovery, and the attacher that turns each pod link into a NIC of the
-// userspace stack with the route-mode uplink beside it.
+// recovery, the attacher that turns each pod link into a NIC of the
+// userspace stack with the uplink beside it, proxy mode's divert rule
+// (divert.go), and the wiring of the proxy engine to the attachments.
 //
 // Not owned here: the veth pairs and namespaces (veth), the stack itself
-// (netstack), what the plugin sends (plugin; the wire types are in
-// daemon/api).
+// (netstack), the relays, DNS and port-mapping listeners (daemon/proxy),
+// what the plugin sends (plugin; the wire types are in daemon/api).
 //
 // # Theory of operation
 //
@@ -17,6 +18,15 @@
 // answers; a detach removes the stack's NIC first and the record last, so
 // a crash at any point leaves a record whose far end recovery can judge.
 //
+// A proxy-mode attachment is also a pod of the proxy engine: Attach adds
+// it there after the stack has its NIC (its port mappings' host listeners
+// open then; a host port in use undoes the stack attach and fails the
+// call with code 102), Detach and GC remove it from the engine before the
+// stack. Recovery re-adds every re-attached proxy-mode pod, so its port
+// mappings listen again after a restart; a mapping that cannot listen any
+// more (its host port taken meanwhile) is logged and the pod re-added
+// without its mappings rather than cut off.
+//
 // On start every record is judged by PlanRecovery: pod netns and far end
 // both present → re-attached (a new AF_PACKET socket, a new NIC, the same
 // addresses, routes and neighbour); otherwise the record is removed, with
@@ -27,12 +37,14 @@
 // Limits: MaxAttachments attachments per daemon (an attach beyond it is
 // refused with code 11); request bodies are bounded by maxRequest.
 //
-// Lock order: Daemon.mu > the attacher's locks > the stack's.
+// Lock order: Daemon.mu > the proxy engine's locks or the attacher's
+// locks (neither calls the other) > the stack's.
 package daemon
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -42,6 +54,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
@@ -81,6 +94,20 @@ type Attacher interface {
 	Close() error
 }
 
+// Proxy is what the daemon needs of the proxy engine. The real one is
+// EngineProxy over a *proxy.Engine (engine.go); tests use a fake.
+type Proxy interface {
+	// AddPod makes a proxy-mode attachment a pod of the engine and opens
+	// its port mappings' host listeners; on error nothing of it is left.
+	AddPod(a *api.Attachment) error
+	// RemovePod closes the pod's listeners and flows. Idempotent.
+	RemovePod(id string)
+	// Stats are the engine's counters.
+	Stats() *api.ProxyStats
+	// Close closes every relay and listener.
+	Close() error
+}
+
 // Config configures a Daemon.
 type Config struct {
 	Socket     string
@@ -88,6 +115,9 @@ type Config struct {
 	StackNetNS string
 	Version    string
 	Logger     *slog.Logger
+	// Proxy is the proxy engine over the attacher's stack; nil refuses
+	// proxy-mode attachments.
+	Proxy Proxy
 }
 
 // Daemon is the API server and the attachment table.
@@ -95,6 +125,7 @@ type Daemon struct {
 	cfg     Config
 	store   *Store
 	att     Attacher
+	proxy   Proxy
 	log     *slog.Logger
 	started time.Time
 
@@ -108,7 +139,7 @@ func New(cfg Config, store *Store, att Attacher) *Daemon {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Daemon{cfg: cfg, store: store, att: att, log: cfg.Logger, started: time.Now(),
+	return &Daemon{cfg: cfg, store: store, att: att, proxy: cfg.Proxy, log: cfg.Logger, started: time.Now(),
 		attachments: map[string]*api.Attachment{}}
 }
 
@@ -136,6 +167,15 @@ func (d *Daemon) Recover() error {
 			plan.RemoveLink[a.ID] = true
 			continue
 		}
+		if err := d.readdPod(&a); err != nil {
+			d.log.Error("re-add to the proxy failed; removing the record", "attachment", a.ID, "err", err)
+			if derr := d.att.Detach(&a); derr != nil {
+				d.log.Error("undo re-attach", "attachment", a.ID, "err", derr)
+			}
+			plan.Remove = append(plan.Remove, a)
+			plan.RemoveLink[a.ID] = true
+			continue
+		}
 		if err := d.store.Put(&a); err != nil {
 			d.log.Error("rewrite record after re-attach", "attachment", a.ID, "err", err)
 		}
@@ -158,6 +198,31 @@ func (d *Daemon) Recover() error {
 	if err := d.att.Reconcile(); err != nil {
 		d.log.Warn("reconcile host routes", "err", err)
 	}
+	return nil
+}
+
+// readdPod adds a re-attached proxy-mode pod to the engine. When its port
+// mappings cannot be re-established (a host port taken while the daemon
+// was down), the pod is added without them: its egress keeps working and
+// the error names the mappings lost.
+func (d *Daemon) readdPod(a *api.Attachment) error {
+	if a.Mode == api.ModeRoute {
+		return nil
+	}
+	if d.proxy == nil {
+		return fmt.Errorf("proxy mode: this daemon runs without the proxy engine")
+	}
+	err := d.proxy.AddPod(a)
+	if err == nil || len(a.PortMappings) == 0 {
+		return err
+	}
+	bare := *a
+	bare.PortMappings = nil
+	if err2 := d.proxy.AddPod(&bare); err2 != nil {
+		return err2
+	}
+	d.log.Error("port mappings not re-established after restart; the pod keeps its egress without them",
+		"attachment", a.ID, "portMappings", fmt.Sprint(a.PortMappings), "err", err)
 	return nil
 }
 
@@ -208,7 +273,7 @@ func (d *Daemon) Handler() http.Handler {
 }
 
 // Serve answers the API on l until ctx is done, then shuts the server down
-// (bounded) and closes the attacher.
+// (bounded) and closes the proxy engine and the attacher.
 func (d *Daemon) Serve(ctx context.Context, l net.Listener) error {
 	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
@@ -216,12 +281,25 @@ func (d *Daemon) Serve(ctx context.Context, l net.Listener) error {
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
-		d.att.Close()
+		d.close()
 		return err
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := srv.Shutdown(sctx)
+	if cerr := d.close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// close closes the proxy engine (its relays use the stack) and then the
+// attacher.
+func (d *Daemon) close() error {
+	var err error
+	if d.proxy != nil {
+		err = d.proxy.Close()
+	}
 	if cerr := d.att.Close(); err == nil {
 		err = cerr
 	}
@@ -289,11 +367,29 @@ func (d *Daemon) Attach(req api.AttachRequest) (*api.Attachment, *api.Error) {
 	if len(d.attachments) >= MaxAttachments {
 		return nil, api.Errorf(types.ErrTryAgainLater, "the daemon holds its maximum of %d attachments", MaxAttachments)
 	}
+	if req.Mode == api.ModeProxy && d.proxy == nil {
+		return nil, api.Errorf(api.CodeStack, "attach: mode %q: this daemon runs without the proxy engine", req.Mode)
+	}
 	a := &api.Attachment{AttachRequest: req, ID: req.HostIfName, Created: time.Now().UTC()}
 	if err := d.att.Attach(a); err != nil {
 		return nil, api.Errorf(api.CodeStack, "attach %s to the stack: %v", a.ID, err)
 	}
+	proxied := a.Mode == api.ModeProxy
+	if proxied {
+		if err := d.proxy.AddPod(a); err != nil {
+			if derr := d.att.Detach(a); derr != nil {
+				d.log.Error("undo attach after a failed proxy add", "attachment", a.ID, "err", derr)
+			}
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return nil, api.Errorf(api.CodeStack, "attach %s: a host port of its port mappings is in use: %v; free the port or pick another hostPort", a.ID, err)
+			}
+			return nil, api.Errorf(api.CodeStack, "attach %s: the proxy engine refused the pod: %v", a.ID, err)
+		}
+	}
 	if err := d.store.Put(a); err != nil {
+		if proxied {
+			d.proxy.RemovePod(a.ID)
+		}
 		if derr := d.att.Detach(a); derr != nil {
 			d.log.Error("undo attach after a failed record write", "attachment", a.ID, "err", derr)
 		}
@@ -342,6 +438,9 @@ func (d *Daemon) Detach(req api.DetachRequest) (*api.DetachResponse, *api.Error)
 }
 
 func (d *Daemon) detachLocked(a *api.Attachment) *api.Error {
+	if a.Mode != api.ModeRoute && d.proxy != nil {
+		d.proxy.RemovePod(a.ID)
+	}
 	if err := d.att.Detach(a); err != nil {
 		return api.Errorf(api.CodeStack, "detach %s from the stack: %v", a.ID, err)
 	}
@@ -381,6 +480,9 @@ func (d *Daemon) Status() *api.Status {
 	st := &api.Status{Version: d.cfg.Version, PID: os.Getpid(), Started: d.started, Socket: d.cfg.Socket,
 		StateDir: d.cfg.StateDir, StackNetNS: d.cfg.StackNetNS, Attachments: n}
 	d.att.Status(st)
+	if d.proxy != nil {
+		st.Proxy = d.proxy.Stats()
+	}
 	return st
 }
 

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,12 +82,18 @@ func req(ctr, network string, last byte) api.AttachRequest {
 // serve runs a daemon with a fake attacher on a unix socket in a temp dir.
 func serve(t *testing.T, f *fakeAttacher, stateDir string) (*Daemon, *api.Client, context.CancelFunc) {
 	t.Helper()
+	return serveWith(t, f, nil, stateDir)
+}
+
+// serveWith is serve with a proxy engine (nil: none).
+func serveWith(t *testing.T, f *fakeAttacher, px Proxy, stateDir string) (*Daemon, *api.Client, context.CancelFunc) {
+	t.Helper()
 	store, err := OpenStore(stateDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "run", "d.sock")
-	d := New(Config{Socket: sock, StateDir: stateDir, Version: "test"}, store, f)
+	d := New(Config{Socket: sock, StateDir: stateDir, Version: "test", Proxy: px}, store, f)
 	if err := d.Recover(); err != nil {
 		t.Fatal(err)
 	}
@@ -447,7 +454,17 @@ func TestParseServeFlags(t *testing.T) {
 		def.UplinkSubnet != "169.254.100.0/30" || def.UplinkHostIfName != "cni-us-uplink" {
 		t.Fatalf("defaults %+v %v", def, err)
 	}
-	for _, args := range [][]string{{"--uplink-subnet", "x"}, {"--log-level", "loud"}, {"extra"}, {"--nope"}} {
+	if def.ResolvConf != "/etc/resolv.conf" || def.ProxyConnectTimeout != 10*time.Second || def.ProxyUDPIdleTimeout != time.Minute || def.ProxyMaxFlowsPerPod != 4096 {
+		t.Fatalf("proxy defaults %+v", def)
+	}
+	px, err := ParseServeFlags([]string{"--resolv-conf", "/tmp/resolv", "--proxy-connect-timeout", "3s", "--proxy-udp-idle-timeout", "90s",
+		"--proxy-max-flows-per-pod", "10"}, os.Stderr)
+	if err != nil || px.ResolvConf != "/tmp/resolv" || px.ProxyConnectTimeout != 3*time.Second || px.ProxyUDPIdleTimeout != 90*time.Second || px.ProxyMaxFlowsPerPod != 10 {
+		t.Fatalf("proxy flags %+v %v", px, err)
+	}
+	for _, args := range [][]string{{"--uplink-subnet", "x"}, {"--log-level", "loud"}, {"extra"}, {"--nope"},
+		{"--resolv-conf", ""}, {"--proxy-connect-timeout", "0s"}, {"--proxy-connect-timeout", "soon"}, {"--proxy-udp-idle-timeout", "-1s"},
+		{"--proxy-max-flows-per-pod", "0"}} {
 		if _, err := ParseServeFlags(args, &strings.Builder{}); err == nil {
 			t.Fatalf("%v accepted", args)
 		}
@@ -469,4 +486,216 @@ func TestLockStateDir(t *testing.T) {
 		t.Fatalf("lock after release: %v", err)
 	}
 	l2.Close()
+}
+
+// fakeProxy records the engine calls; failAdd makes AddPod fail for an ID
+// (with port mappings only, when failMappingsOnly).
+type fakeProxy struct {
+	mu               sync.Mutex
+	pods             map[string]*api.Attachment
+	removed          []string
+	failAdd          map[string]error
+	failMappingsOnly bool
+	closed           bool
+}
+
+func newFakeProxy() *fakeProxy {
+	return &fakeProxy{pods: map[string]*api.Attachment{}, failAdd: map[string]error{}}
+}
+
+func (p *fakeProxy) AddPod(a *api.Attachment) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.failAdd[a.ID]; err != nil && (!p.failMappingsOnly || len(a.PortMappings) > 0) {
+		return err
+	}
+	if _, ok := p.pods[a.ID]; ok {
+		return fmt.Errorf("pod %s added twice", a.ID)
+	}
+	cp := *a
+	p.pods[a.ID] = &cp
+	return nil
+}
+
+func (p *fakeProxy) RemovePod(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.pods, id)
+	p.removed = append(p.removed, id)
+}
+
+func (p *fakeProxy) Stats() *api.ProxyStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := &api.ProxyStats{TCPAccepted: 3, Pods: map[string]api.ProxyPodStats{}}
+	for id := range p.pods {
+		st.Pods[id] = api.ProxyPodStats{ActiveFlows: 1}
+	}
+	return st
+}
+
+func (p *fakeProxy) Close() error { p.closed = true; return nil }
+
+func (p *fakeProxy) pod(id string) *api.Attachment {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pods[id]
+}
+
+func proxyReq(ctr string, last byte, pms ...api.PortMapping) api.AttachRequest {
+	r := req(ctr, "n1", last)
+	r.Mode = ""
+	r.RoutedRanges = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	r.PortMappings = pms
+	return r
+}
+
+// TestAPIProxyMode: a proxy-mode attach (the default) adds the pod to the
+// engine with its normalised port mappings after the stack attach; an
+// engine refusal (a host port in use) undoes the stack attach and fails
+// with code 102; detach and GC remove the pod from the engine; status
+// carries the engine's counters; route mode never touches the engine.
+func TestAPIProxyMode(t *testing.T) {
+	f, px := newFake(), newFakeProxy()
+	stateDir := t.TempDir()
+	_, c, stop := serveWith(t, f, px, stateDir)
+	ctx := context.Background()
+
+	a, err := c.Attach(ctx, proxyReq("ctr-a", 5, api.PortMapping{HostPort: 8080, ContainerPort: 80, Protocol: "TCP"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Mode != api.ModeProxy || len(a.RoutedRanges) != 1 {
+		t.Fatalf("attach answer: %+v", a)
+	}
+	got := px.pod(a.ID)
+	if got == nil || got.NIC == 0 || !reflect.DeepEqual(got.PortMappings, []api.PortMapping{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}}) {
+		t.Fatalf("engine pod: %+v (the stack attach must come first, mappings normalised)", got)
+	}
+
+	busy := veth.HostIfName("ctr-b", "eth0")
+	px.failAdd[busy] = fmt.Errorf("listen tcp 0.0.0.0:8080: bind: %w", syscall.EADDRINUSE)
+	_, err = c.Attach(ctx, proxyReq("ctr-b", 6, api.PortMapping{HostPort: 8080, ContainerPort: 80}))
+	if code(err) != api.CodeStack || !strings.Contains(err.Error(), "host port") || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("host port in use: %v, want code %d naming the port", err, api.CodeStack)
+	}
+	if _, ok := f.attached[busy]; ok {
+		t.Fatalf("stack attach not undone after the engine refused the pod")
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "attachments", busy+".json")); !os.IsNotExist(err) {
+		t.Fatalf("record written for a refused attach: %v", err)
+	}
+	px.failAdd[busy] = errors.New("engine closed")
+	if _, err := c.Attach(ctx, proxyReq("ctr-b", 6)); code(err) != api.CodeStack || !strings.Contains(err.Error(), "engine closed") {
+		t.Fatalf("engine failure: %v", err)
+	}
+	delete(px.failAdd, busy)
+
+	if _, err := c.Attach(ctx, req("ctr-route", "n1", 7)); err != nil {
+		t.Fatal(err)
+	}
+	if px.pod(veth.HostIfName("ctr-route", "eth0")) != nil {
+		t.Fatalf("route-mode pod added to the proxy engine")
+	}
+	if _, err := c.Attach(ctx, proxyReq("ctr-gc", 8)); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := c.Status(ctx)
+	if err != nil || st.Proxy == nil || st.Proxy.TCPAccepted != 3 || len(st.Proxy.Pods) != 2 {
+		t.Fatalf("status: %+v %v", st.Proxy, err)
+	}
+
+	if _, err := c.Detach(ctx, api.DetachRequest{ContainerID: "ctr-a", IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	if px.pod(a.ID) != nil {
+		t.Fatalf("detach left the pod in the engine")
+	}
+	if _, err := c.GC(ctx, api.GCRequest{Network: "n1", Valid: []api.GCAttachment{{ContainerID: "ctr-route", IfName: "eth0"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if px.pod(veth.HostIfName("ctr-gc", "eth0")) != nil {
+		t.Fatalf("GC left the pod in the engine")
+	}
+	for _, id := range px.removed {
+		if id == veth.HostIfName("ctr-route", "eth0") {
+			t.Fatalf("route-mode pod removed from the engine")
+		}
+	}
+	stop()
+	if !px.closed || !f.closed {
+		t.Fatalf("Serve closed proxy %v, attacher %v", px.closed, f.closed)
+	}
+}
+
+// TestAPIProxyModeWithoutEngine: a daemon without the engine refuses
+// proxy-mode attachments before touching the stack.
+func TestAPIProxyModeWithoutEngine(t *testing.T) {
+	f := newFake()
+	_, c, _ := serve(t, f, t.TempDir())
+	if _, err := c.Attach(context.Background(), proxyReq("ctr-a", 5)); code(err) != api.CodeStack || !strings.Contains(err.Error(), "without the proxy engine") {
+		t.Fatalf("proxy attach without an engine: %v", err)
+	}
+	if len(f.attached) != 0 {
+		t.Fatalf("stack touched: %v", f.attached)
+	}
+}
+
+// TestRecoverProxyPods: after a restart every re-attached proxy-mode pod
+// is added to the engine again with its port mappings; one whose mappings
+// cannot listen any more is added without them (its egress keeps
+// working); one the engine refuses outright is removed like a failed
+// re-attach.
+func TestRecoverProxyPods(t *testing.T) {
+	stateDir := t.TempDir()
+	f, px := newFake(), newFakeProxy()
+	_, c, stop := serveWith(t, f, px, stateDir)
+	ctx := context.Background()
+	pm := api.PortMapping{HostPort: 8080, ContainerPort: 80}
+	for i, ctr := range []string{"back", "port-taken", "refused"} {
+		pm.HostPort = 8080 + i
+		if _, err := c.Attach(ctx, proxyReq(ctr, byte(10+i), pm)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop()
+
+	f2, px2 := newFake(), newFakeProxy()
+	f2.presence = Presence{NetNS: map[string]bool{}, Links: map[string]bool{}}
+	for _, ctr := range []string{"back", "port-taken", "refused"} {
+		f2.presence.NetNS["/var/run/netns/"+ctr] = true
+		f2.presence.Links[veth.HostIfName(ctr, "eth0")] = true
+	}
+	px2.failMappingsOnly = true
+	px2.failAdd[veth.HostIfName("port-taken", "eth0")] = syscall.EADDRINUSE
+	_, c2, _ := serveWith(t, f2, px2, stateDir)
+	if p := px2.pod(veth.HostIfName("back", "eth0")); p == nil || len(p.PortMappings) != 1 || p.PortMappings[0].HostPort != 8080 {
+		t.Fatalf("port mappings not re-established: %+v", p)
+	}
+	if p := px2.pod(veth.HostIfName("port-taken", "eth0")); p == nil || len(p.PortMappings) != 0 {
+		t.Fatalf("pod whose host port is taken: %+v, want it added without mappings", p)
+	}
+	l, err := c2.List(ctx)
+	if err != nil || len(l) != 3 {
+		t.Fatalf("after restart: %v %v", l, err)
+	}
+	// A third start where the engine refuses a pod altogether.
+	f3, px3 := newFake(), newFakeProxy()
+	f3.presence = f2.presence
+	px3.failAdd[veth.HostIfName("refused", "eth0")] = errors.New("engine broken")
+	store, err := OpenStore(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d3 := New(Config{Socket: filepath.Join(t.TempDir(), "d3.sock"), StateDir: stateDir, Proxy: px3}, store, f3)
+	if err := d3.Recover(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f3.attached[veth.HostIfName("refused", "eth0")]; ok {
+		t.Fatalf("refused pod left attached to the stack")
+	}
+	if !slices.Contains(f3.removed, veth.HostIfName("refused", "eth0")) || len(d3.List()) != 2 {
+		t.Fatalf("refused pod: links removed %v, attachments %v", f3.removed, d3.List())
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
@@ -34,7 +35,20 @@ type ServeFlags struct {
 	// Rules is a netfilter ruleset file (netstack/netfilter's
 	// iptables-save-like text) loaded into the stack at start.
 	Rules string
+	// Proxy engine settings (daemon/proxy.Config).
+	ResolvConf          string
+	ProxyConnectTimeout time.Duration
+	ProxyUDPIdleTimeout time.Duration
+	ProxyMaxFlowsPerPod int
 }
+
+// Defaults of the proxy engine's flags.
+const (
+	DefaultResolvConf          = "/etc/resolv.conf"
+	DefaultProxyConnectTimeout = 10 * time.Second
+	DefaultProxyUDPIdleTimeout = 60 * time.Second
+	DefaultProxyMaxFlowsPerPod = 4096
+)
 
 // ParseServeFlags parses the arguments after "serve".
 func ParseServeFlags(args []string, stderr io.Writer) (*ServeFlags, error) {
@@ -47,12 +61,26 @@ func ParseServeFlags(args []string, stderr io.Writer) (*ServeFlags, error) {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.UplinkSubnet, "uplink-subnet", DefaultUplinkSubnet.String(), "route-mode uplink subnet, IPv4 /30 or shorter: the host end gets the first address, the stack the second")
 	fs.StringVar(&f.UplinkHostIfName, "uplink-host-ifname", DefaultUplinkHostIfName, "name of the uplink's end in the host netns")
-	fs.StringVar(&f.Rules, "rules", "", "netfilter ruleset file (iptables-save-like text) for the stack's hooks; empty: no netfilter, no conntrack")
+	fs.StringVar(&f.Rules, "rules", "", "netfilter ruleset file (iptables-save-like text) for the stack's hooks; empty: no rules (every policy ACCEPT)")
+	fs.StringVar(&f.ResolvConf, "resolv-conf", DefaultResolvConf, "resolv.conf whose nameservers the gateway's DNS relay (proxy mode) forwards to; re-read when it changes")
+	fs.DurationVar(&f.ProxyConnectTimeout, "proxy-connect-timeout", DefaultProxyConnectTimeout, "proxy mode: bound of a pod's upstream TCP connect; the pod gets an RST when it passes")
+	fs.DurationVar(&f.ProxyUDPIdleTimeout, "proxy-udp-idle-timeout", DefaultProxyUDPIdleTimeout, "proxy mode: a UDP or ICMP echo flow with no traffic for this long is closed")
+	fs.IntVar(&f.ProxyMaxFlowsPerPod, "proxy-max-flows-per-pod", DefaultProxyMaxFlowsPerPod, "proxy mode: concurrent TCP+UDP+ICMP flows per pod; new flows past it are refused and counted")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("serve: unexpected arguments %q", fs.Args())
+	}
+	switch {
+	case f.ResolvConf == "":
+		return nil, fmt.Errorf("--resolv-conf: a file is required")
+	case f.ProxyConnectTimeout <= 0:
+		return nil, fmt.Errorf("--proxy-connect-timeout %v: must be positive", f.ProxyConnectTimeout)
+	case f.ProxyUDPIdleTimeout <= 0:
+		return nil, fmt.Errorf("--proxy-udp-idle-timeout %v: must be positive", f.ProxyUDPIdleTimeout)
+	case f.ProxyMaxFlowsPerPod <= 0:
+		return nil, fmt.Errorf("--proxy-max-flows-per-pod %d: must be positive", f.ProxyMaxFlowsPerPod)
 	}
 	if _, err := f.subnet(); err != nil {
 		return nil, err
@@ -103,9 +131,10 @@ func lockStateDir(stateDir string) (*os.File, error) {
 	return f, nil
 }
 
-// Run is `cni-userstack serve`: lock the state dir, build the stack,
-// recover the recorded attachments, listen, and serve until SIGTERM or
-// SIGINT. Records, links and host routes are kept on exit.
+// Run is `cni-userstack serve`: lock the state dir, build the stack and
+// the proxy engine over it, recover the recorded attachments, listen, and
+// serve until SIGTERM or SIGINT. Records, links and host routes are kept
+// on exit.
 func Run(args []string, version string, stderr io.Writer) error {
 	f, err := ParseServeFlags(args, stderr)
 	if err != nil {
@@ -134,20 +163,25 @@ func Run(args []string, version string, stderr io.Writer) error {
 		return err
 	}
 	if rules != nil {
-		if err := att.Stack().EnableNetfilter(netfilter.Config{Logger: log}).Load(rules); err != nil {
+		if err := att.Netfilter().Load(rules); err != nil {
 			att.Close()
 			return fmt.Errorf("--rules %s: %w", f.Rules, err)
 		}
 		log.Info("netfilter ruleset loaded", "file", f.Rules)
 	}
-	d := New(Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log}, store, att)
-	if err := d.Recover(); err != nil {
+	px, err := NewEngineProxy(att.Stack(), f, log)
+	if err != nil {
 		att.Close()
+		return err
+	}
+	d := New(Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px}, store, att)
+	if err := d.Recover(); err != nil {
+		d.close()
 		return fmt.Errorf("recover: %w", err)
 	}
 	l, err := Listen(f.Socket)
 	if err != nil {
-		att.Close()
+		d.close()
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -35,3 +35,26 @@ func TestLoadRules(t *testing.T) {
 		t.Fatalf("flag: %+v %v", f, err)
 	}
 }
+
+// TestRulesOverAttacherNetfilter: the attacher enables netfilter when it
+// is built (the divert rule needs conntrack); `serve --rules` loads its
+// ruleset into that same engine.
+func TestRulesOverAttacherNetfilter(t *testing.T) {
+	a := newStackAttacher(StackConfig{StackNetNS: "test", UplinkSubnet: DefaultUplinkSubnet, UplinkHostIfName: "up", Logger: discardLogger()}, newPipeKernel())
+	t.Cleanup(func() { a.Close() })
+	if a.Netfilter() == nil || a.Stack().Netfilter() != a.Netfilter() {
+		t.Fatalf("attacher's netfilter %p, stack's %p", a.Netfilter(), a.Stack().Netfilter())
+	}
+	path := filepath.Join(t.TempDir(), "r.rules")
+	os.WriteFile(path, []byte("*filter\n-A FORWARD -p udp --dport 53 -j ACCEPT\nCOMMIT\n"), 0o600)
+	rs, err := loadRules(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Netfilter().Load(rs); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(a.Netfilter().Ruleset().Chain("filter", "FORWARD").Rules); n != 1 {
+		t.Fatalf("FORWARD has %d rules after Load", n)
+	}
+}

@@ -131,6 +131,7 @@ func UplinkAddrs(subnet netip.Prefix) (host, stack netip.Prefix, err error) {
 type podLink struct {
 	nic int
 	rng netip.Prefix
+	pod netip.Addr
 }
 
 type uplinkState struct {
@@ -139,12 +140,14 @@ type uplinkState struct {
 }
 
 // StackAttacher drives the userspace stack: one NIC per pod link over an
-// AF_PACKET socket opened in the stack netns, and the route-mode uplink.
+// AF_PACKET socket opened in the stack netns, the uplink, and proxy
+// mode's divert rule (divert.go).
 type StackAttacher struct {
 	cfg      StackConfig
 	hostAddr netip.Prefix
 	stkAddr  netip.Prefix
 	s        *netstack.Stack
+	nf       *netfilter.Netfilter
 	k        kernel
 	log      *slog.Logger
 
@@ -153,6 +156,15 @@ type StackAttacher struct {
 	macs       atomic.Pointer[map[int]header.MAC]
 	spoofDrops atomic.Uint64
 
+	// proxyNICs maps a proxy-mode pod's NIC to its routed ranges and
+	// podAddrs holds every pod address (both modes): the divert hook's
+	// tables, copied on write like macs. Bound: MaxAttachments entries.
+	proxyNICs    atomic.Pointer[map[int]proxyPod]
+	podAddrs     atomic.Pointer[map[netip.Addr]struct{}]
+	diverted     atomic.Uint64
+	protoDrops   atomic.Uint64
+	invalidDrops atomic.Uint64
+
 	mu     sync.Mutex
 	pods   map[string]podLink   // by attachment ID; bound MaxAttachments
 	ranges map[netip.Prefix]int // pods per routed range
@@ -160,7 +172,8 @@ type StackAttacher struct {
 }
 
 // NewStackAttacher creates the stack netns when missing and a stack with
-// forwarding on and the source-MAC check at PREROUTING.
+// forwarding on, netfilter (conntrack) on, the source-MAC check and the
+// proxy divert rule at PREROUTING.
 func NewStackAttacher(cfg StackConfig) (*StackAttacher, error) {
 	if cfg.StackNetNS == "" {
 		cfg.StackNetNS = veth.DefaultStackNetNS
@@ -196,12 +209,25 @@ func newStackAttacher(cfg StackConfig, k kernel) *StackAttacher {
 	a := &StackAttacher{cfg: cfg, hostAddr: hostAddr, stkAddr: stkAddr, s: netstack.New(opts...), k: k,
 		log: cfg.Logger, pods: map[string]podLink{}, ranges: map[netip.Prefix]int{}}
 	a.macs.Store(&map[int]header.MAC{})
-	a.s.Hooks().Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriRaw, Name: "pod-src-mac", Fn: a.checkSrcMAC})
+	a.proxyNICs.Store(&map[int]proxyPod{})
+	a.podAddrs.Store(&map[netip.Addr]struct{}{})
+	// Proxy mode needs conntrack: the divert rule matches new flows, and
+	// the flows' later packets carry the divert mark from their conntrack
+	// entry. Route mode pays a conntrack lookup per packet for it; the
+	// ruleset stays empty (policy ACCEPT) unless `serve --rules` loads one.
+	a.nf = a.s.EnableNetfilter(netfilter.Config{Logger: cfg.Logger})
+	hooks := a.s.Hooks()
+	hooks.Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriRaw, Name: "pod-src-mac", Fn: a.checkSrcMAC})
+	hooks.Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriMangle, Name: "proxy-divert", Fn: a.proxyDivert})
 	return a
 }
 
 // Stack is the stack the attacher drives.
 func (a *StackAttacher) Stack() *netstack.Stack { return a.s }
+
+// Netfilter is the stack's rule engine (enabled at construction): `serve
+// --rules` loads its ruleset here.
+func (a *StackAttacher) Netfilter() *netfilter.Netfilter { return a.nf }
 
 // checkSrcMAC drops a frame from a pod link whose Ethernet source is not
 // the pod's MAC: the pod may not impersonate another host on its link
@@ -237,7 +263,10 @@ func (a *StackAttacher) setMAC(nic int, mac header.MAC, on bool) {
 // route and a static neighbour for the pod, proxy ARP for every address
 // but the pod's, strict rp_filter and the source-MAC check; the first
 // attach sets up the uplink, the first pod of a range installs the host
-// route for it.
+// route for it (in both modes: the host reaches pods through the uplink).
+// A proxy-mode pod's NIC joins the divert rule's table with its routed
+// ranges, which the stack forwards through the uplink by its default
+// route.
 func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
 	podMAC, err := parseMAC(at.PodMAC)
 	if err != nil {
@@ -250,6 +279,9 @@ func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
 	defer a.mu.Unlock()
 	if _, ok := a.pods[at.ID]; ok {
 		return fmt.Errorf("%s is already a NIC of the stack", at.ID)
+	}
+	if _, ok := (*a.podAddrs.Load())[at.IP.Addr()]; ok {
+		return fmt.Errorf("pod address %v is already attached to the stack", at.IP.Addr())
 	}
 	if err := a.ensureUplinkLocked(); err != nil {
 		return err
@@ -267,6 +299,7 @@ func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
 	defer func() {
 		if err != nil {
 			a.setMAC(id, header.MAC{}, false)
+			a.setProxyPod(id, proxyPod{}, false)
 			a.s.RemoveNIC(id)
 		}
 	}()
@@ -283,10 +316,14 @@ func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
 	a.s.SetProxyARP(id, func(target netip.Addr) bool { return target != pod })
 	a.s.SetRPFilter(id, true)
 	a.setMAC(id, podMAC, true)
+	if at.Mode != api.ModeRoute {
+		a.setProxyPod(id, proxyPod{routed: append([]netip.Prefix(nil), at.RoutedRanges...)}, true)
+	}
 	if err := a.addRangeLocked(at.Range); err != nil {
 		return err
 	}
-	a.pods[at.ID] = podLink{nic: id, rng: at.Range}
+	a.setPodAddr(pod, true)
+	a.pods[at.ID] = podLink{nic: id, rng: at.Range, pod: pod}
 	at.NIC = id
 	at.StackMAC = nic.MAC().String()
 	return nil
@@ -302,6 +339,8 @@ func (a *StackAttacher) Detach(at *api.Attachment) error {
 		return nil
 	}
 	a.setMAC(p.nic, header.MAC{}, false)
+	a.setProxyPod(p.nic, proxyPod{}, false)
+	a.setPodAddr(p.pod, false)
 	if err := a.s.RemoveNIC(p.nic); err != nil && !errors.Is(err, netstack.ErrNoNIC) {
 		return err
 	}
@@ -439,6 +478,9 @@ func (a *StackAttacher) Status(st *api.Status) {
 	s := a.s.Stats()
 	st.Stack = api.StackStats{Counters: s.Counters, Drops: s.Drops}
 	st.Stack.Counters["PodSrcMACDrops"] = a.spoofDrops.Load()
+	st.Stack.Counters["ProxyDiverted"] = a.diverted.Load()
+	st.Stack.Counters["ProxyProtoDrops"] = a.protoDrops.Load()
+	st.Stack.Counters["ProxyInvalidDrops"] = a.invalidDrops.Load()
 	for _, n := range s.NICs {
 		st.Stack.NICs = append(st.Stack.NICs, api.NICStats{ID: n.ID, Name: n.Name, RxPackets: n.RxPackets, RxBytes: n.RxBytes,
 			RxDropped: n.RxDropped, TxPackets: n.TxPackets, TxBytes: n.TxBytes, TxDropped: n.TxDropped, Drops: n.Drops})

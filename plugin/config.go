@@ -61,6 +61,14 @@ type NetConf struct {
 	StackNetNS string      `json:"stackNetNS,omitempty"`
 	Uplink     *UplinkConf `json:"-"`
 	LogFile    string      `json:"logFile,omitempty"`
+	// RoutedRanges (proxy mode) are CIDRs forwarded through the uplink
+	// with the pod's own address instead of proxied.
+	RoutedRanges []string `json:"routedRanges,omitempty"`
+	// RuntimeConfig carries the capabilities' arguments the runtime
+	// injects (capabilities: {"portMappings": true}).
+	RuntimeConfig struct {
+		PortMappings []PortMapEntry `json:"portMappings,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
 	// Attachments is the valid-attachments list under the key of the
 	// original spec text (libcni sends both).
 	Attachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
@@ -69,6 +77,39 @@ type NetConf struct {
 
 	// Derived by LoadConf.
 	uplinkSubnet netip.Prefix
+	routed       []netip.Prefix
+}
+
+// PortMapEntry is one runtimeConfig.portMappings entry, in the CNI
+// convention of the portMappings capability (CONVENTIONS.md).
+type PortMapEntry struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol,omitempty"`
+	HostIP        string `json:"hostIP,omitempty"`
+}
+
+// Routed is the parsed routedRanges.
+func (c *NetConf) Routed() []netip.Prefix { return c.routed }
+
+// PortMappings checks and normalises the runtime's port mappings (protocol
+// lowercased, "tcp" by default); a bad one is code 7. Only ADD checks
+// them: DEL must clean up whatever the runtime passes. Route mode leaves
+// them to a chained portmap plugin (the runtime hands them to every
+// plugin of the list that declares the capability) and returns none.
+func (c *NetConf) PortMappings() ([]api.PortMapping, error) {
+	if c.Mode == api.ModeRoute {
+		return nil, nil
+	}
+	in := make([]api.PortMapping, 0, len(c.RuntimeConfig.PortMappings))
+	for _, m := range c.RuntimeConfig.PortMappings {
+		in = append(in, api.PortMapping{HostPort: m.HostPort, ContainerPort: m.ContainerPort, Protocol: m.Protocol, HostIP: m.HostIP})
+	}
+	out, err := api.NormalizePortMappings(in)
+	if err != nil {
+		return nil, confErr("runtimeConfig.portMappings: %v", err)
+	}
+	return out, nil
 }
 
 // AutostartOn reports the autostart setting (default true).
@@ -120,12 +161,24 @@ func LoadConf(stdin []byte) (*NetConf, error) {
 		return nil, confErr("name is missing: every network needs a name")
 	}
 	switch c.Mode {
-	case "", api.ModeRoute:
-		c.Mode = api.ModeRoute
-	case api.ModeProxy:
-		return nil, confErr(`mode "proxy" arrives in a later release of cni-userstack; use "mode": "route"`)
+	case "":
+		c.Mode = api.DefaultMode
+	case api.ModeProxy, api.ModeRoute:
 	default:
-		return nil, confErr(`mode %q is unknown: use "route"`, c.Mode)
+		return nil, confErr(`mode %q is unknown: use "proxy" (the default) or "route"`, c.Mode)
+	}
+	if len(c.RoutedRanges) > api.MaxRoutedRanges {
+		return nil, confErr("routedRanges: %d ranges, at most %d", len(c.RoutedRanges), api.MaxRoutedRanges)
+	}
+	for _, r := range c.RoutedRanges {
+		p, err := netip.ParsePrefix(r)
+		if err != nil {
+			return nil, confErr("routedRanges: %q is not a CIDR: %v", r, err)
+		}
+		if err := api.CheckRoutedRanges([]netip.Prefix{p}); err != nil {
+			return nil, confErr("routedRanges: %v", err)
+		}
+		c.routed = append(c.routed, p)
 	}
 	if c.MTU == 0 {
 		c.MTU = DefaultMTU

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/containernetworking/cni/pkg/types"
 )
 
@@ -17,6 +18,8 @@ func FuzzLoadConf(f *testing.F) {
 		`{"cniVersion":"1.1.0","name":"n","type":"cni-userstack","ipam":{"type":"x"},"prevResult":{"cniVersion":"1.1.0","ips":[{"address":"10.0.0.2/24"}]}}`,
 		`{"cniVersion":"0.4.0","name":"n","type":"cni-userstack","ipam":{"type":"x"},"prevResult":{"ips":[{"version":"4","address":"10.0.0.2/24"}]}}`,
 		`{"type":"cni-userstack","uplink":null}`,
+		`{"cniVersion":"1.1.0","name":"n","type":"cni-userstack","ipam":{"type":"x"},"mode":"route","routedRanges":["10.244.0.0/16"]}`,
+		`{"cniVersion":"1.1.0","name":"n","type":"cni-userstack","ipam":{"type":"x"},"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":8080,"protocol":"UDP","hostIP":"0.0.0.0"}]}}`,
 		`[]`, `null`, `{`, ``,
 	} {
 		f.Add([]byte(s))
@@ -30,8 +33,17 @@ func FuzzLoadConf(f *testing.F) {
 			}
 			return
 		}
-		if c.MTU < MinMTU || c.MTU > MaxMTU || c.IPAM.Type == "" || c.Uplink == nil || !c.UplinkSubnet().IsValid() {
+		if c.MTU < MinMTU || c.MTU > MaxMTU || c.IPAM.Type == "" || c.Uplink == nil || !c.UplinkSubnet().IsValid() ||
+			(c.Mode != "proxy" && c.Mode != "route") || api.CheckRoutedRanges(c.Routed()) != nil {
 			t.Fatalf("accepted an invalid config: %+v", c)
+		}
+		if pm, err := c.PortMappings(); err != nil {
+			var te *types.Error
+			if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig {
+				t.Fatalf("port mapping error %v is not code 7", err)
+			}
+		} else if _, err := api.NormalizePortMappings(pm); err != nil {
+			t.Fatalf("normalised port mappings do not check: %v", err)
 		}
 	})
 }

@@ -67,11 +67,16 @@ func warnf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "cni-userstack: "+format+"\n", args...)
 }
 
-// cmdAdd is ADD: check nothing exists yet, IPAM, the veth pair, the
-// daemon's attachment, then print the result. Every step that changed
+// cmdAdd is ADD: check the port mappings and that nothing exists yet,
+// IPAM, the veth pair, the daemon's attachment (with the mode, routed
+// ranges and port mappings), then print the result. Every step that changed
 // something registers its undo; a failure runs them last-first.
 func cmdAdd(args *skel.CmdArgs) (err error) {
 	conf, err := LoadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	pm, err := conf.PortMappings()
 	if err != nil {
 		return err
 	}
@@ -128,7 +133,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	_, err = cl.Attach(ctx, api.AttachRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, Network: conf.Name, PodNetNS: args.Netns,
 		HostIfName: hostIf, PodMAC: pair.PodMAC.String(), IP: pa.IP, Gateway: pa.Gateway, Range: pa.Range,
-		MTU: conf.MTU, Mode: conf.Mode,
+		MTU: conf.MTU, Mode: conf.Mode, RoutedRanges: conf.Routed(), PortMappings: pm,
 	})
 	if err != nil {
 		return err
@@ -144,7 +149,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: %v", err), "")
 		}
 	}
-	res := buildResult(prev, ipamRes, args.IfName, args.Netns, pair.PodMAC, pa)
+	res := buildResult(prev, resultDNS(conf, ipamRes.DNS, pa.Gateway), args.IfName, args.Netns, pair.PodMAC, pa)
 	if err = types.PrintResult(res, conf.CNIVersion); err != nil {
 		return types.NewError(types.ErrIOFailure, fmt.Sprintf("print result: %v", err), "")
 	}

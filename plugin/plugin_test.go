@@ -45,7 +45,7 @@ func TestLoadConfDefaults(t *testing.T) {
 		subnet     string
 		hostIf     string
 		log        string
-	}{"route", 1500, "/run/cni-userstack/daemon.sock", "/var/lib/cni-userstack", "cni-userstack", true,
+	}{"proxy", 1500, "/run/cni-userstack/daemon.sock", "/var/lib/cni-userstack", "cni-userstack", true,
 		"169.254.100.0/30", "cni-us-uplink", "/var/lib/cni-userstack/daemon.log"}
 	got := want
 	got.mode, got.mtu, got.socket, got.stateDir, got.stackNetNS = c.Mode, c.MTU, c.Socket, c.StateDir, c.StackNetNS
@@ -53,12 +53,19 @@ func TestLoadConfDefaults(t *testing.T) {
 	if got != want {
 		t.Fatalf("defaults: got %+v, want %+v", got, want)
 	}
+	if len(c.Routed()) != 0 {
+		t.Fatalf("default routed ranges: %v", c.Routed())
+	}
+	if pm, err := c.PortMappings(); err != nil || len(pm) != 0 {
+		t.Fatalf("default port mappings: %v %v", pm, err)
+	}
 }
 
 func TestLoadConfSettings(t *testing.T) {
 	c, err := LoadConf(conf(func(m map[string]any) {
 		m["mtu"], m["socket"], m["autostart"], m["stateDir"], m["stackNetNS"], m["logFile"] = 9000, "/tmp/x.sock", false, "/tmp/st", "ns-1", "/tmp/l.log"
 		m["uplink"] = map[string]any{"subnet": "169.254.7.5/30", "hostIfName": "up0"}
+		m["mode"], m["routedRanges"] = "route", []string{"10.244.0.0/16", "192.168.7.0/24"}
 		m["cni.dev/attachments"] = []any{map[string]any{"containerID": "a", "ifname": "eth0"}}
 		m["cni.dev/valid-attachments"] = []any{map[string]any{"containerID": "a", "ifname": "eth0"}, map[string]any{"containerID": "b", "ifname": "eth1"}}
 	}))
@@ -66,7 +73,8 @@ func TestLoadConfSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.MTU != 9000 || c.Socket != "/tmp/x.sock" || c.AutostartOn() || c.StateDir != "/tmp/st" || c.StackNetNS != "ns-1" ||
-		c.LogPath() != "/tmp/l.log" || c.UplinkSubnet() != netip.MustParsePrefix("169.254.7.4/30") || c.Uplink.HostIfName != "up0" {
+		c.LogPath() != "/tmp/l.log" || c.UplinkSubnet() != netip.MustParsePrefix("169.254.7.4/30") || c.Uplink.HostIfName != "up0" ||
+		c.Mode != api.ModeRoute || !reflect.DeepEqual(c.Routed(), []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("192.168.7.0/24")}) {
 		t.Fatalf("settings not applied: %+v", c)
 	}
 	want := []api.GCAttachment{{ContainerID: "a", IfName: "eth0"}, {ContainerID: "b", IfName: "eth1"}}
@@ -91,8 +99,20 @@ func TestLoadConfErrors(t *testing.T) {
 		{"small mtu", conf(func(m map[string]any) { m["mtu"] = 67 }), types.ErrInvalidNetworkConfig, "mtu 67"},
 		{"oversized mtu", conf(func(m map[string]any) { m["mtu"] = 65536 }), types.ErrInvalidNetworkConfig, "mtu 65536"},
 		{"mtu not a number", conf(func(m map[string]any) { m["mtu"] = "big" }), types.ErrDecodingFailure, "mtu"},
-		{"proxy mode", conf(func(m map[string]any) { m["mode"] = "proxy" }), types.ErrInvalidNetworkConfig, "later release"},
-		{"unknown mode", conf(func(m map[string]any) { m["mode"] = "bridge" }), types.ErrInvalidNetworkConfig, `mode "bridge" is unknown`},
+		{"unknown mode", conf(func(m map[string]any) { m["mode"] = "bridge" }), types.ErrInvalidNetworkConfig, `mode "bridge" is unknown: use "proxy" (the default) or "route"`},
+		{"mode case", conf(func(m map[string]any) { m["mode"] = "Proxy" }), types.ErrInvalidNetworkConfig, `mode "Proxy" is unknown`},
+		{"routed range garbage", conf(func(m map[string]any) { m["routedRanges"] = []string{"10.0.0.0/8", "pods"} }), types.ErrInvalidNetworkConfig, `"pods" is not a CIDR`},
+		{"routed range address", conf(func(m map[string]any) { m["routedRanges"] = []string{"10.0.0.1"} }), types.ErrInvalidNetworkConfig, "not a CIDR"},
+		{"routed range host bits", conf(func(m map[string]any) { m["routedRanges"] = []string{"10.244.1.0/16"} }), types.ErrInvalidNetworkConfig, "did you mean 10.244.0.0/16"},
+		{"routed range IPv6", conf(func(m map[string]any) { m["routedRanges"] = []string{"fd00::/8"} }), types.ErrInvalidNetworkConfig, "IPv4"},
+		{"routed ranges not a list", conf(func(m map[string]any) { m["routedRanges"] = "10.0.0.0/8" }), types.ErrDecodingFailure, "routedRanges"},
+		{"too many routed ranges", conf(func(m map[string]any) {
+			var l []string
+			for i := 0; i <= api.MaxRoutedRanges; i++ {
+				l = append(l, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16).String())
+			}
+			m["routedRanges"] = l
+		}), types.ErrInvalidNetworkConfig, "at most"},
 		{"relative socket", conf(func(m map[string]any) { m["socket"] = "d.sock" }), types.ErrInvalidNetworkConfig, "absolute"},
 		{"relative stateDir", conf(func(m map[string]any) { m["stateDir"] = "st" }), types.ErrInvalidNetworkConfig, "absolute"},
 		{"bad stackNetNS", conf(func(m map[string]any) { m["stackNetNS"] = "a/b" }), types.ErrInvalidNetworkConfig, "stackNetNS"},
@@ -176,7 +196,7 @@ func TestResultShapePerVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	mac, _ := net.ParseMAC("02:00:00:00:00:05")
-	res := buildResult(nil, ipamRes, "eth0", "/var/run/netns/p1", mac, pa)
+	res := buildResult(nil, ipamRes.DNS, "eth0", "/var/run/netns/p1", mac, pa)
 	for _, v := range []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
 		t.Run(v, func(t *testing.T) {
 			r, err := res.GetAsVersion(v)
@@ -230,7 +250,7 @@ func TestResultChained(t *testing.T) {
 	ipamRes := ipamResult(t, `{"ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.1"}],"dns":{"nameservers":["10.1.0.53"]}}`)
 	pa, _ := podAddressing(ipamRes)
 	mac, _ := net.ParseMAC("02:00:00:00:00:05")
-	r := buildResult(prev, ipamRes, "eth0", "/p", mac, pa)
+	r := buildResult(prev, ipamRes.DNS, "eth0", "/p", mac, pa)
 	if len(r.Interfaces) != 2 || len(r.IPs) != 2 || *r.IPs[1].Interface != 1 || r.DNS.Nameservers[0] != "1.1.1.1" {
 		t.Fatalf("chained result: %+v", r)
 	}
@@ -336,5 +356,117 @@ func TestDaemonStackNetNSMismatch(t *testing.T) {
 	c.StackNetNS = "other-ns"
 	if _, err := ensureDaemon(context.Background(), c); err != nil {
 		t.Fatalf("matching stack netns: %v", err)
+	}
+}
+
+// TestPortMappings: runtimeConfig.portMappings (the portMappings
+// capability) in the CNI convention's shape, normalised, and refused with
+// code 7 when wrong.
+func TestPortMappings(t *testing.T) {
+	pmConf := func(mode string, pms ...map[string]any) []byte {
+		return conf(func(m map[string]any) {
+			m["capabilities"] = map[string]any{"portMappings": true}
+			m["runtimeConfig"] = map[string]any{"portMappings": pms}
+			if mode != "" {
+				m["mode"] = mode
+			}
+		})
+	}
+	pm := func(host, ctr int, proto, ip string) map[string]any {
+		m := map[string]any{"hostPort": host, "containerPort": ctr}
+		if proto != "" {
+			m["protocol"] = proto
+		}
+		if ip != "" {
+			m["hostIP"] = ip
+		}
+		return m
+	}
+	for _, tc := range []struct {
+		name  string
+		stdin []byte
+		want  []api.PortMapping
+		err   string
+	}{
+		{"tcp by default, udp kept apart", pmConf("", pm(8080, 80, "", ""), pm(8080, 80, "UDP", ""), pm(9090, 90, "tcp", "127.0.0.1")),
+			[]api.PortMapping{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}, {HostPort: 8080, ContainerPort: 80, Protocol: "udp"},
+				{HostPort: 9090, ContainerPort: 90, Protocol: "tcp", HostIP: "127.0.0.1"}}, ""},
+		{"two host IPs on one port", pmConf("proxy", pm(80, 80, "", "127.0.0.1"), pm(80, 81, "", "127.0.0.2")),
+			[]api.PortMapping{{HostPort: 80, ContainerPort: 80, Protocol: "tcp", HostIP: "127.0.0.1"}, {HostPort: 80, ContainerPort: 81, Protocol: "tcp", HostIP: "127.0.0.2"}}, ""},
+		{"wildcard host IP", pmConf("", pm(80, 80, "", "0.0.0.0")), []api.PortMapping{{HostPort: 80, ContainerPort: 80, Protocol: "tcp"}}, ""},
+		{"none", pmConf("route"), nil, ""},
+		{"host port 0", pmConf("", pm(0, 80, "", "")), nil, "hostPort 0"},
+		{"container port too big", pmConf("", pm(80, 65536, "", "")), nil, "containerPort 65536"},
+		{"sctp", pmConf("", pm(80, 80, "sctp", "")), nil, `protocol "sctp"`},
+		{"IPv6 host IP", pmConf("", pm(80, 80, "", "::1")), nil, `hostIP "::1"`},
+		{"garbage host IP", pmConf("", pm(80, 80, "", "localhost")), nil, `hostIP "localhost"`},
+		{"duplicate", pmConf("", pm(80, 80, "tcp", ""), pm(80, 81, "TCP", "")), nil, "mapped twice"},
+		{"wildcard beside a host IP", pmConf("", pm(80, 80, "", ""), pm(80, 81, "", "10.0.0.1")), nil, "every host address"},
+		{"route mode leaves them to a chained portmap", pmConf("route", pm(80, 80, "", ""), pm(0, 0, "sctp", "::1")), nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := LoadConf(tc.stdin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.PortMappings()
+			if tc.err != "" {
+				var te *types.Error
+				if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, tc.err) {
+					t.Fatalf("err %v, want code 7 containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %+v %v, want %+v", got, err, tc.want)
+			}
+		})
+	}
+	// A port that is not a number does not decode: code 6.
+	_, err := LoadConf(conf(func(m map[string]any) {
+		m["runtimeConfig"] = map[string]any{"portMappings": []any{map[string]any{"hostPort": "http", "containerPort": 80}}}
+	}))
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrDecodingFailure {
+		t.Fatalf("string hostPort: %v", err)
+	}
+}
+
+// TestResultDNS: proxy mode points the pod at the gateway's DNS relay
+// unless the configuration has "dns"; route mode keeps the IPAM DNS.
+func TestResultDNS(t *testing.T) {
+	gw := netip.MustParseAddr("10.1.0.1")
+	ipamDNS := types.DNS{Nameservers: []string{"10.1.0.53"}, Search: []string{"svc.local"}}
+	confDNS := types.DNS{Nameservers: []string{"9.9.9.9"}, Domain: "example"}
+	for _, tc := range []struct {
+		name string
+		mode api.Mode
+		conf types.DNS
+		want types.DNS
+	}{
+		{"proxy: the gateway, IPAM search kept", api.ModeProxy, types.DNS{}, types.DNS{Nameservers: []string{"10.1.0.1"}, Search: []string{"svc.local"}}},
+		{"proxy with dns in the config", api.ModeProxy, confDNS, confDNS},
+		{"route: IPAM", api.ModeRoute, types.DNS{}, ipamDNS},
+		{"route with dns in the config", api.ModeRoute, confDNS, confDNS},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &NetConf{Mode: tc.mode}
+			c.DNS = tc.conf
+			if got := resultDNS(c, ipamDNS, gw); !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+	// Through LoadConf: the "dns" key and the default mode.
+	c, err := LoadConf(conf(func(m map[string]any) { m["dns"] = map[string]any{"nameservers": []string{"9.9.9.9"}} }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resultDNS(c, ipamDNS, gw); !reflect.DeepEqual(got.Nameservers, []string{"9.9.9.9"}) {
+		t.Fatalf("config dns: %+v", got)
+	}
+	c, _ = LoadConf(conf(nil))
+	if got := resultDNS(c, types.DNS{}, gw); !reflect.DeepEqual(got, types.DNS{Nameservers: []string{"10.1.0.1"}}) {
+		t.Fatalf("default mode dns: %+v", got)
 	}
 }

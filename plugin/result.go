@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/veth"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -75,12 +76,26 @@ func podAddressing(res *current.Result) (*podAddr, error) {
 	return pa, nil
 }
 
+// resultDNS is the result's DNS: the configuration's "dns" when set;
+// otherwise in proxy mode the gateway, whose DNS relay forwards to the
+// host's resolvers (with the IPAM DNS's domain, search and options), and
+// in route mode the IPAM DNS.
+func resultDNS(conf *NetConf, ipamDNS types.DNS, gw netip.Addr) types.DNS {
+	if !conf.DNS.IsEmpty() {
+		return conf.DNS
+	}
+	if conf.Mode == api.ModeRoute {
+		return ipamDNS
+	}
+	return types.DNS{Nameservers: []string{gw.String()}, Domain: ipamDNS.Domain, Search: ipamDNS.Search, Options: ipamDNS.Options}
+}
+
 // buildResult is the ADD result: the pod interface with its sandbox path,
 // its address (interface index pointing at it) with the gateway, the pod
-// routes and the IPAM DNS, appended to prev when the plugin is chained
-// after another one. It is in the current (1.1.0) shape; PrintResult
-// converts it to the requested version.
-func buildResult(prev *current.Result, ipamRes *current.Result, ifName, netns string, podMAC net.HardwareAddr, pa *podAddr) *current.Result {
+// routes and dns (resultDNS), appended to prev when the plugin is chained
+// after another one (prev's DNS, when it has one, is kept). It is in the
+// current (1.1.0) shape; PrintResult converts it to the requested version.
+func buildResult(prev *current.Result, dns types.DNS, ifName, netns string, podMAC net.HardwareAddr, pa *podAddr) *current.Result {
 	r := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	if prev != nil {
 		cp := *prev
@@ -101,7 +116,7 @@ func buildResult(prev *current.Result, ipamRes *current.Result, ifName, netns st
 		})
 	}
 	if prev == nil || (len(r.DNS.Nameservers) == 0 && r.DNS.Domain == "" && len(r.DNS.Search) == 0) {
-		r.DNS = ipamRes.DNS
+		r.DNS = dns
 	}
 	return r
 }

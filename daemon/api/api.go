@@ -19,6 +19,7 @@ package api
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -54,11 +55,121 @@ const (
 type Mode string
 
 const (
+	// ModeProxy, the default, terminates the pod's flows to anything but
+	// another pod of the stack, the stack itself and the routed ranges in
+	// the stack and relays them over host sockets (daemon/proxy).
+	ModeProxy Mode = "proxy"
 	// ModeRoute forwards through the stack's routing table and the uplink.
 	ModeRoute Mode = "route"
-	// ModeProxy terminates flows in the stack (a later release).
-	ModeProxy Mode = "proxy"
 )
+
+// DefaultMode is the mode of a request that names none.
+const DefaultMode = ModeProxy
+
+// Bounds of one request's lists: far more than a pod uses, small enough
+// that the divert hook's per-packet range check and the engine's listener
+// set stay small.
+const (
+	MaxRoutedRanges = 64
+	MaxPortMappings = 256
+)
+
+// PortMapping is one entry of the CNI portMappings capability
+// (runtimeConfig.portMappings): the daemon listens on HostIP:HostPort and
+// relays each client into the pod's ContainerPort.
+type PortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol,omitempty"` // "tcp" (default) or "udp"
+	HostIP        string `json:"hostIP,omitempty"`   // "" = every host address
+}
+
+func (m PortMapping) String() string {
+	h := m.HostIP
+	if h == "" {
+		h = "*"
+	}
+	return fmt.Sprintf("%s:%d/%s→%d", h, m.HostPort, m.Protocol, m.ContainerPort)
+}
+
+// NormalizePortMappings checks port mappings and returns them with the
+// protocol lowercased ("tcp" when empty) and a wildcard host IP
+// ("0.0.0.0") as "". Refused: a port outside 1..65535, a protocol other
+// than tcp or udp, a host IP that is not an IPv4 address, two mappings of
+// one (host IP, host port, protocol), and a wildcard mapping beside one
+// on a specific host IP with the same port and protocol (the host could
+// not bind both).
+func NormalizePortMappings(in []PortMapping) ([]PortMapping, error) {
+	if len(in) > MaxPortMappings {
+		return nil, fmt.Errorf("%d port mappings: at most %d", len(in), MaxPortMappings)
+	}
+	if len(in) == 0 {
+		return nil, nil
+	}
+	type key struct {
+		ip    string
+		port  int
+		proto string
+	}
+	out := make([]PortMapping, 0, len(in))
+	seen := make(map[key]bool, len(in))
+	for _, m := range in {
+		switch {
+		case m.HostPort < 1 || m.HostPort > 65535:
+			return nil, fmt.Errorf("port mapping %+v: hostPort %d out of 1..65535", m, m.HostPort)
+		case m.ContainerPort < 1 || m.ContainerPort > 65535:
+			return nil, fmt.Errorf("port mapping %+v: containerPort %d out of 1..65535", m, m.ContainerPort)
+		}
+		m.Protocol = strings.ToLower(m.Protocol)
+		switch m.Protocol {
+		case "":
+			m.Protocol = "tcp"
+		case "tcp", "udp":
+		default:
+			return nil, fmt.Errorf("port mapping of host port %d: protocol %q: want tcp or udp", m.HostPort, m.Protocol)
+		}
+		if m.HostIP != "" {
+			a, err := netip.ParseAddr(m.HostIP)
+			if err != nil || !a.Is4() {
+				return nil, fmt.Errorf("port mapping of host port %d: hostIP %q: want an IPv4 address or nothing", m.HostPort, m.HostIP)
+			}
+			if a.IsUnspecified() {
+				m.HostIP = ""
+			} else {
+				m.HostIP = a.String()
+			}
+		}
+		k := key{m.HostIP, m.HostPort, m.Protocol}
+		if seen[k] {
+			return nil, fmt.Errorf("port mapping %v: host port %d/%s on %q is mapped twice", m, m.HostPort, m.Protocol, m.HostIP)
+		}
+		seen[k] = true
+		out = append(out, m)
+	}
+	for _, m := range out {
+		if m.HostIP != "" && seen[key{"", m.HostPort, m.Protocol}] {
+			return nil, fmt.Errorf("port mapping %v: host port %d/%s is also mapped on every host address", m, m.HostPort, m.Protocol)
+		}
+	}
+	return out, nil
+}
+
+// CheckRoutedRanges checks a network's routed ranges: masked IPv4
+// prefixes, at most MaxRoutedRanges.
+func CheckRoutedRanges(rs []netip.Prefix) error {
+	if len(rs) > MaxRoutedRanges {
+		return fmt.Errorf("%d routed ranges: at most %d", len(rs), MaxRoutedRanges)
+	}
+	for _, p := range rs {
+		switch {
+		case !p.IsValid() || !p.Addr().Is4():
+			return fmt.Errorf("routed range %v: an IPv4 prefix is required", p)
+		case p != p.Masked():
+			return fmt.Errorf("routed range %v has host bits set: did you mean %v?", p, p.Masked())
+		}
+	}
+	return nil
+}
 
 // AttachRequest asks the daemon to drive a pod's far end. The far end
 // (HostIfName) already exists in the daemon's stack netns.
@@ -83,10 +194,30 @@ type AttachRequest struct {
 	Range netip.Prefix `json:"range"`
 	MTU   int          `json:"mtu"`
 	Mode  Mode         `json:"mode"`
+	// RoutedRanges (proxy mode) are destinations forwarded through the
+	// uplink with the pod's own source address instead of proxied, e.g.
+	// the cluster's pod range; the host routes them as it routes any node
+	// traffic. Route mode forwards everything and ignores them.
+	RoutedRanges []netip.Prefix `json:"routedRanges,omitempty"`
+	// PortMappings (proxy mode) are the pod's host ports.
+	PortMappings []PortMapping `json:"portMappings,omitempty"`
 }
 
-// Validate checks a request before the daemon acts on it.
+// Validate checks a request before the daemon acts on it and normalises
+// it: an empty Mode becomes DefaultMode, port mappings are normalised by
+// NormalizePortMappings.
 func (r *AttachRequest) Validate() error {
+	if r.Mode == "" {
+		r.Mode = DefaultMode
+	}
+	if err := CheckRoutedRanges(r.RoutedRanges); err != nil {
+		return err
+	}
+	pm, err := NormalizePortMappings(r.PortMappings)
+	if err != nil {
+		return err
+	}
+	r.PortMappings = pm
 	switch {
 	case r.ContainerID == "" || r.IfName == "" || r.HostIfName == "":
 		return fmt.Errorf("containerID, ifName and hostIfName are required")
@@ -100,8 +231,10 @@ func (r *AttachRequest) Validate() error {
 		return fmt.Errorf("range %v must be a masked prefix holding %v", r.Range, r.IP.Addr())
 	case r.MTU < 68 || r.MTU > 65535:
 		return fmt.Errorf("mtu %d out of 68..65535", r.MTU)
-	case r.Mode != ModeRoute:
-		return fmt.Errorf("mode %q: only %q is implemented", r.Mode, ModeRoute)
+	case r.Mode != ModeProxy && r.Mode != ModeRoute:
+		return fmt.Errorf("mode %q: want %q or %q", r.Mode, ModeProxy, ModeRoute)
+	case r.Mode == ModeRoute && len(r.PortMappings) > 0:
+		return fmt.Errorf("port mappings are served in mode %q; in mode %q chain the portmap plugin", ModeProxy, ModeRoute)
 	}
 	return nil
 }
@@ -164,6 +297,40 @@ type Status struct {
 	Attachments int        `json:"attachments"`
 	Uplink      *Uplink    `json:"uplink,omitempty"`
 	Stack       StackStats `json:"stack"`
+	// Proxy is the proxy engine's counters (nil when it does not run).
+	Proxy *ProxyStats `json:"proxy,omitempty"`
+}
+
+// ProxyStats are the proxy engine's counters (daemon/proxy.Stats): flows
+// open now, and totals since start.
+type ProxyStats struct {
+	ActiveTCP  int `json:"activeTCP"`
+	ActiveUDP  int `json:"activeUDP"`
+	ActiveEcho int `json:"activeEcho"`
+	PendingTCP int `json:"pendingTCP"`
+
+	TCPAccepted         uint64 `json:"tcpAccepted"`
+	TCPRefused          uint64 `json:"tcpRefused"`
+	TCPTimeouts         uint64 `json:"tcpTimeouts"`
+	TCPUnreachable      uint64 `json:"tcpUnreachable"`
+	FlowLimitDrops      uint64 `json:"flowLimitDrops"`
+	UDPFlowsOpened      uint64 `json:"udpFlowsOpened"`
+	UDPPortUnreachables uint64 `json:"udpPortUnreachables"`
+	EchoRelayed         uint64 `json:"echoRelayed"`
+	EchoDenied          uint64 `json:"echoDenied"`
+	EchoDropped         uint64 `json:"echoDropped"`
+	DNSQueries          uint64 `json:"dnsQueries"`
+	DNSFailures         uint64 `json:"dnsFailures"`
+	PortMapConns        uint64 `json:"portMapConns"`
+
+	// Pods are per-pod counters by attachment ID.
+	Pods map[string]ProxyPodStats `json:"pods,omitempty"`
+}
+
+// ProxyPodStats are one pod's proxy counters.
+type ProxyPodStats struct {
+	ActiveFlows    int    `json:"activeFlows"`
+	FlowLimitDrops uint64 `json:"flowLimitDrops"`
 }
 
 // Uplink describes the route-mode uplink once it exists.
