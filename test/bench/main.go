@@ -22,10 +22,10 @@
 //     the harness holding ptp's host-side veths (the e2e tests' pattern:
 //     ptp would otherwise set ip_forward=1 and add routes in the real host
 //     netns). The kernel path a packet takes is the same.
-//   - host→pod throughput is `iperf3 -R`: the pod connects, the host side
-//     sends. Every variant allows that; a host-initiated connection into
-//     the pod would need a port mapping, which slirp4netns, pasta and proxy
-//     mode each do differently.
+//   - host→pod throughput is `iperf3 -R` (the pod connects, the host side
+//     sends), except in our proxy mode, where it runs through a port
+//     mapping as a host-initiated connection would: iperf3 -s in the pod,
+//     the client in the host netns at the mapped host port.
 //   - CPU per GB: over all iperf3 runs of a variant, (CPU of the iperf3
 //     client from its rusage + CPU of the iperf3 server and of the helper
 //     process — our daemon, pasta, slirp4netns — from /proc/PID/stat
@@ -250,6 +250,13 @@ func (h *harness) measure(v variant) *row {
 	if err == nil {
 		ip3, err = startIperfServer(h.ctx, h.undo, a.hostNS, a.listen, port)
 	}
+	// Host→pod through a port mapping: iperf3 -s in the pod, the client
+	// in the host netns at the mapped host port.
+	var podIp3 *iperfServer
+	var podErr error
+	if a.mapped != nil {
+		podIp3, podErr = startIperfServer(h.ctx, h.undo, a.pod, a.mapped.podAddr, a.mapped.podPort)
+	}
 	for i, c := range throughputCases {
 		if h.ctx.Err() != nil {
 			return r
@@ -258,7 +265,18 @@ func (h *harness) measure(v variant) *row {
 			r.tput[i].err = err
 			continue
 		}
-		res, rerr := runIperf(h.ctx, a.pod, a.dial, port, dur, c.streams, c.reverse, append([]int{ip3.cmd.Process.Pid}, a.pids...))
+		var res iperfResult
+		var rerr error
+		if c.reverse && a.mapped != nil {
+			if podErr != nil {
+				r.tput[i].err = podErr
+				continue
+			}
+			res, rerr = runIperf(h.ctx, nil, a.mapped.host.Addr(), int(a.mapped.host.Port()), dur, c.streams, false,
+				append([]int{podIp3.cmd.Process.Pid}, a.pids...))
+		} else {
+			res, rerr = runIperf(h.ctx, a.pod, a.dial, port, dur, c.streams, c.reverse, append([]int{ip3.cmd.Process.Pid}, a.pids...))
+		}
 		r.tput[i] = measured{v: res.Gbps, err: rerr}
 		if rerr == nil {
 			r.bytes += res.Bytes

@@ -202,7 +202,8 @@ func (rep *report) markdown() string {
 Method:
 
 - Throughput: ` + "`iperf3 -c -t <duration> -P 1|4 [-R] -J`" + ` from the pod netns to ` + "`iperf3 -s`" + ` on the host side; received bits/s.
-  host→pod is ` + "`-R`" + ` (the pod connects, the host side sends): every variant allows it without a port mapping.
+  host→pod is ` + "`-R`" + ` (the pod connects, the host side sends), except cni-userstack proxy: through its port mapping,
+  ` + "`iperf3 -s`" + ` in the pod and the client in the host netns at the mapped host port.
 - RR: one TCP connection (TCP_NODELAY), 1 byte each way per round trip, 200 untimed first, then up to -rr-count or -duration.
 - conn/s: for -duration, one after another: connect, 1-byte request, 1-byte response, close (the pod netns gets tcp_tw_reuse=1).
 - CPU s/GB (processes): over all iperf3 runs of the row, CPU of the iperf3 client (rusage) + the iperf3 server and the

@@ -35,6 +35,17 @@ type attached struct {
 	dial   netip.Addr // address the pod dials to reach them
 	pids   []int      // helper processes whose CPU is charged to the variant
 	note   string     // how the pod reaches the host, for the report
+	// mapped is set when host→pod runs through a port mapping (proxy
+	// mode) instead of iperf3 -R: the iperf3 server runs in the pod on
+	// podAddr:podPort and the client in the host netns dials host.
+	mapped *mappedPort
+}
+
+// mappedPort is a port mapping host → pod.
+type mappedPort struct {
+	podAddr netip.Addr
+	podPort int
+	host    netip.AddrPort
 }
 
 // notAvailable is a variant that cannot run here or is not implemented:
@@ -76,10 +87,11 @@ func inNS(h *harness, n ns.NetNS, fn func() error) error {
 }
 
 // addPod runs ADD for a fresh pod netns through libcni with the plugins'
-// "host" netns hostNS (nil = here) and registers the DEL.
-func (h *harness) addPod(cni *libcni.CNIConfig, list *libcni.NetworkConfigList, hostNS ns.NetNS) (ns.NetNS, *current.Result, error) {
+// "host" netns hostNS (nil = here) and the capability args caps (nil =
+// none), and registers the DEL.
+func (h *harness) addPod(cni *libcni.CNIConfig, list *libcni.NetworkConfigList, hostNS ns.NetNS, caps map[string]any) (ns.NetNS, *current.Result, error) {
 	pod := cnitest.NewPodNS(h.tb)
-	rt := cnitest.RuntimeConf(cnitest.UniqueName(h.tb, "ctr"), pod.Path(), "eth0", nil)
+	rt := cnitest.RuntimeConf(cnitest.UniqueName(h.tb, "ctr"), pod.Path(), "eth0", caps)
 	var r types.Result
 	// libcni kills the plugin when ctx ends: both calls are bounded.
 	ctx, cancel := context.WithTimeout(h.ctx, cniTimeout)
@@ -122,7 +134,7 @@ func (h *harness) ptpNode() (node ns.NetNS, cni *libcni.CNIConfig, list *libcni.
 
 func (h *harness) attachPTP() (*attached, error) {
 	node, cni, list := h.ptpNode()
-	pod, res, err := h.addPod(cni, list, node)
+	pod, res, err := h.addPod(cni, list, node, nil)
 	if err != nil {
 		return nil, fmt.Errorf("ptp ADD: %w", err)
 	}
@@ -274,6 +286,9 @@ func (o *oursNode) confList(h *harness, mode string) *libcni.NetworkConfigList {
 		"uplink":     map[string]any{"subnet": o.uplink.String(), "hostIfName": o.uplinkIf},
 		"ipam":       cnitest.HostLocal(o.subnet, o.ipamDir),
 	}
+	if mode == "proxy" {
+		p["capabilities"] = map[string]bool{"portMappings": true}
+	}
 	b, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": o.network, "plugins": []any{p}})
 	if err != nil {
 		h.tb.Fatal(err)
@@ -281,12 +296,35 @@ func (o *oursNode) confList(h *harness, mode string) *libcni.NetworkConfigList {
 	return cnitest.ConfList(h.tb, string(b))
 }
 
+// benchPodPort is the pod's iperf3 server port behind the proxy row's
+// port mapping.
+const benchPodPort = 5201
+
+// attachOurs adds a pod in mode. The host side is the uplink's host
+// address in the host netns: route mode forwards to it, proxy mode
+// terminates the pod's flows in the stack and the daemon relays them over
+// host sockets to it. In proxy mode the pod also gets a TCP port mapping
+// (a free host port on that address → benchPodPort) for host→pod.
 func (h *harness) attachOurs(mode string) (*attached, error) {
 	if h.oursErr != nil {
 		return nil, fmt.Errorf("our daemon: %w", h.oursErr)
 	}
 	o := h.ours
-	pod, _, err := h.addPod(o.cni, o.confList(h, mode), nil)
+	host := o.uplink.Addr().Next()
+	var caps map[string]any
+	var mapped *mappedPort
+	if mode == "proxy" {
+		l, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(host, 0)))
+		if err != nil {
+			return nil, fmt.Errorf("free host port on %v: %w", host, err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		mapped = &mappedPort{podPort: benchPodPort, host: netip.AddrPortFrom(host, uint16(port))}
+		caps = map[string]any{"portMappings": []map[string]any{
+			{"hostPort": port, "containerPort": benchPodPort, "protocol": "tcp", "hostIP": host.String()}}}
+	}
+	pod, res, err := h.addPod(o.cni, o.confList(h, mode), nil, caps)
 	if err != nil {
 		var te *types.Error
 		if mode == "proxy" && errors.As(err, &te) && te.Code == types.ErrInvalidNetworkConfig &&
@@ -295,9 +333,16 @@ func (h *harness) attachOurs(mode string) (*attached, error) {
 		}
 		return nil, fmt.Errorf("ADD mode %s: %w", mode, err)
 	}
-	host := o.uplink.Addr().Next()
-	return &attached{pod: pod, listen: host, dial: host, pids: []int{o.daemon.Process.Pid},
-		note: fmt.Sprintf("pod → %v, the uplink's host address (%s mode)", host, mode)}, nil
+	a := &attached{pod: pod, listen: host, dial: host, pids: []int{o.daemon.Process.Pid},
+		note: fmt.Sprintf("pod → %v, the uplink's host address (%s mode)", host, mode)}
+	if mapped != nil {
+		mapped.podAddr, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+		a.mapped = mapped
+		a.note = fmt.Sprintf("pod → %v, the uplink's host address, relayed by the daemon over host sockets; "+
+			"host → pod through the port mapping %v → %v:%d (iperf3 -s in the pod, the client in the host netns)",
+			host, mapped.host, mapped.podAddr, benchPodPort)
+	}
+	return a, nil
 }
 
 // helper is a pasta or slirp4netns process serving a pod netns.

@@ -716,7 +716,7 @@ func TestCNIBadInput(t *testing.T) {
 		{"negative mtu", good(func(m map[string]any) { m["mtu"] = -1 }), env, 7, "mtu -1"},
 		{"oversized mtu", good(func(m map[string]any) { m["mtu"] = 70000 }), env, 7, "mtu 70000"},
 		{"unknown mode", good(func(m map[string]any) { m["mode"] = "bridge" }), env, 7, `mode "bridge"`},
-		{"proxy mode", good(func(m map[string]any) { m["mode"] = "proxy" }), env, 7, "later release"},
+		{"bad routedRanges", good(func(m map[string]any) { m["routedRanges"] = []string{"10.0.0.0/33"} }), env, 7, "routedRanges"},
 		{"unsupported cniVersion", good(func(m map[string]any) { m["cniVersion"] = "0.2.0" }), env, 1, "incompatible"},
 		{"garbage stdin", []byte("{this is not json"), env, 6, ""},
 		{"missing CNI_NETNS", good(nil), map[string]string{"CNI_CONTAINERID": "bad-input", "CNI_IFNAME": "eth0"}, 4, "CNI_NETNS"},

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -33,24 +34,35 @@ const (
 	demoUplink   = "169.254.252.0/30"
 	demoSubnet   = "10.252.0.0/24"
 	demoHostAddr = "169.254.252.1"
+	demoHostPort = 18080
+	demoName     = "host.demo.test"
 )
+
+// demoResolver is the demo's DNS server, on a loopback address of the host
+// netns: the daemon relays the pods' queries to it.
+var demoResolver = netip.MustParseAddrPort("127.77.0.53:53")
 
 type demoPod struct {
 	name, nsPath string
 	rt           *libcni.RuntimeConf
-	ip           netip.Addr
+	ip, gw       netip.Addr
 }
 
 // cniPods drives the real plugin through libcni, as containerd and CRI-O
-// do: two pods get addresses from host-local, ping each other and the
-// host, move data over TCP and fetch a page from a server in the host
-// namespace, all forwarded by the userspace stack.
+// do, in proxy mode (the default): two pods get addresses from host-local,
+// ping each other (forwarded inside the stack) and their gateway (answered
+// by the stack), move data over TCP, fetch a page from a server in the host
+// namespace (terminated in the stack and relayed by the daemon over a host
+// socket), resolve a name through the gateway (relayed to the demo's
+// resolver on a loopback address of the host), and serve a page to the
+// host through a port mapping.
 func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
-	r.section("Pods attached by the CNI plugin (route mode), driven by libcni")
+	r.section("Pods attached by the CNI plugin (proxy mode, the default), driven by libcni")
 	outDir, _ = filepath.Abs(outDir)
 	binDir := filepath.Join(outDir, "cni-bin")
 	socket := filepath.Join(outDir, "run", "daemon.sock")
 	stateDir := filepath.Join(outDir, "state")
+	logFile := filepath.Join(outDir, "daemon.log")
 	// A previous run's state (leases, records) must not leak into this one.
 	for _, d := range []string{"run", "state", "ipam", "cni-cache"} {
 		_ = os.RemoveAll(filepath.Join(outDir, d))
@@ -75,8 +87,26 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 	if !ok {
 		return
 	}
+	resolvConf := filepath.Join(outDir, "resolv.conf")
+	r.step("start a resolver on "+demoResolver.String()+" (host netns)", func() (string, error) {
+		srv, err := env.StartDNSServer(demoResolver, map[string]netip.Addr{demoName: netip.MustParseAddr(demoHostAddr)})
+		if err != nil {
+			ok = false
+			return "", err
+		}
+		*cleanups = append(*cleanups, srv.Close)
+		if err := os.WriteFile(resolvConf, []byte("nameserver "+demoResolver.Addr().String()+"\n"), 0o644); err != nil {
+			ok = false
+			return "", err
+		}
+		return fmt.Sprintf("answers A %s = %s; %s names it", demoName, demoHostAddr, resolvConf), nil
+	})
+	if !ok {
+		return
+	}
 	*cleanups = append(*cleanups, func() {
-		// The autostarted daemon is nobody's child: stop it by its PID.
+		// Stop whatever daemon serves the socket by its PID (ours, or one
+		// an ADD autostarted).
 		if st, err := api.NewClient(socket, 2*time.Second).Status(context.Background()); err == nil && st.PID > 0 {
 			_ = syscall.Kill(st.PID, syscall.SIGTERM)
 			waitExit(st.PID, 5*time.Second)
@@ -84,14 +114,47 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 		_ = veth.UplinkTeardown(demoUplinkIf)
 		_ = veth.DeleteNetNS(demoStackNS)
 	})
+	r.step("start the daemon (serve --resolv-conf)", func() (string, error) {
+		logf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			ok = false
+			return "", err
+		}
+		defer logf.Close()
+		cmd := exec.Command(filepath.Join(binDir, "cni-userstack"), "serve", "--socket", socket, "--state-dir", stateDir,
+			"--stack-netns", demoStackNS, "--uplink-subnet", demoUplink, "--uplink-host-ifname", demoUplinkIf,
+			"--resolv-conf", resolvConf)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			ok = false
+			return "", err
+		}
+		go func() { _ = cmd.Wait() }()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st, err := api.NewClient(socket, 2*time.Second).Status(context.Background())
+			if err == nil {
+				return fmt.Sprintf("pid %d, stack netns %s, log %s", st.PID, st.StackNetNS, logFile), nil
+			}
+			if time.Now().After(deadline) {
+				ok = false
+				return "", fmt.Errorf("the daemon did not answer within 10s (log %s): %v", logFile, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	if !ok {
+		return
+	}
 
 	conf := map[string]any{
 		"cniVersion": "1.1.0", "name": demoNetwork,
 		"plugins": []any{map[string]any{
-			"type": "cni-userstack", "mode": "route", "mtu": 1500,
+			"type": "cni-userstack", "mtu": 1500, "autostart": false,
 			"socket": socket, "stateDir": stateDir, "stackNetNS": demoStackNS,
-			"logFile": filepath.Join(outDir, "daemon.log"),
-			"uplink":  map[string]any{"subnet": demoUplink, "hostIfName": demoUplinkIf},
+			"logFile":      logFile,
+			"capabilities": map[string]bool{"portMappings": true},
+			"uplink":       map[string]any{"subnet": demoUplink, "hostIfName": demoUplinkIf},
 			"ipam": map[string]any{"type": "host-local", "ranges": [][]map[string]string{{{"subnet": demoSubnet}}},
 				"dataDir": filepath.Join(outDir, "ipam")},
 		}},
@@ -109,7 +172,14 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 		name := fmt.Sprintf("pod-%c-%s", 'a'+i, env.Suffix())
 		p := &demoPod{name: name}
 		pods[i] = p
-		r.step(fmt.Sprintf("CNI ADD %s (autostarts the daemon)", name), func() (string, error) {
+		var caps map[string]any
+		what := fmt.Sprintf("CNI ADD %s", name)
+		if i == 0 {
+			caps = map[string]any{"portMappings": []map[string]any{
+				{"hostPort": demoHostPort, "containerPort": 8080, "protocol": "tcp", "hostIP": demoHostAddr}}}
+			what += fmt.Sprintf(", host port %d → 8080", demoHostPort)
+		}
+		r.step(what, func() (string, error) {
 			path, err := veth.NewNetNS(name)
 			if err != nil {
 				ok = false
@@ -117,7 +187,7 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 			}
 			p.nsPath = path
 			*cleanups = append(*cleanups, func() { _ = veth.DeleteNetNS(name) })
-			p.rt = &libcni.RuntimeConf{ContainerID: name, NetNS: path, IfName: "eth0"}
+			p.rt = &libcni.RuntimeConf{ContainerID: name, NetNS: path, IfName: "eth0", CapabilityArgs: caps}
 			res, err := cni.AddNetworkList(context.Background(), list, p.rt)
 			if err != nil {
 				ok = false
@@ -130,7 +200,8 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 				return "", fmt.Errorf("unexpected result %v: %v", res, err)
 			}
 			p.ip, _ = netip.AddrFromSlice(cur.IPs[0].Address.IP.To4())
-			return fmt.Sprintf("eth0 %s gw %s", cur.IPs[0].Address.String(), cur.IPs[0].Gateway), nil
+			p.gw, _ = netip.AddrFromSlice(cur.IPs[0].Gateway.To4())
+			return fmt.Sprintf("eth0 %s gw %s dns %v", cur.IPs[0].Address.String(), cur.IPs[0].Gateway, cur.DNS.Nameservers), nil
 		})
 		if !ok {
 			return
@@ -143,10 +214,10 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 	r.step("pod B pings pod A", func() (string, error) {
 		return podPing(b, a.ip.String())
 	})
-	r.step("both pods ping the host through the uplink", func() (string, error) {
+	r.step("both pods ping their gateway (the stack answers)", func() (string, error) {
 		var out []string
 		for _, p := range pods {
-			s, err := podPing(p, demoHostAddr)
+			s, err := podPing(p, p.gw.String())
 			if err != nil {
 				return s, err
 			}
@@ -154,11 +225,17 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 		}
 		return out[0], nil
 	})
-	r.step("pod A → pod B: 64 MiB over kernel TCP, SHA-256 checked", func() (string, error) {
+	r.step("pod A → pod B: 64 MiB over TCP, SHA-256 checked", func() (string, error) {
 		return podTransfer(a, b, 64<<20)
 	})
-	r.step("pod B fetches a page from a server in the host namespace", func() (string, error) {
+	r.step("pod B fetches a page from a host-namespace server", func() (string, error) {
 		return podFetch(b)
+	})
+	r.step("pod B resolves "+demoName+" via its gateway", func() (string, error) {
+		return podResolve(b)
+	})
+	r.step(fmt.Sprintf("host fetches a page from pod A via host port %d", demoHostPort), func() (string, error) {
+		return hostToMappedPod(a)
 	})
 	r.step("the daemon's view of its attachments", func() (string, error) {
 		atts, err := api.NewClient(socket, 5*time.Second).List(context.Background())
@@ -167,13 +244,25 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 		}
 		var lines []string
 		for _, at := range atts {
-			lines = append(lines, fmt.Sprintf("%s %s: pod %s (mac %s) on stack NIC %d %s, gateway %s, range %s",
-				at.ContainerID, at.IfName, at.IP, at.PodMAC, at.NIC, at.HostIfName, at.Gateway, at.Range))
+			lines = append(lines, fmt.Sprintf("%s %s: pod %s (mac %s) on stack NIC %d %s, gateway %s, range %s, mode %s, port mappings %v",
+				at.ContainerID, at.IfName, at.IP, at.PodMAC, at.NIC, at.HostIfName, at.Gateway, at.Range, at.Mode, at.PortMappings))
 		}
 		if len(atts) != 2 {
 			return strings.Join(lines, "\n"), fmt.Errorf("%d attachments, want 2", len(atts))
 		}
 		return strings.Join(lines, "\n        "), nil
+	})
+	r.step("the proxy's counters", func() (string, error) {
+		st, err := api.NewClient(socket, 5*time.Second).Status(context.Background())
+		if err != nil {
+			return "", err
+		}
+		if st.Proxy == nil {
+			return "", fmt.Errorf("the daemon reports no proxy counters")
+		}
+		x := st.Proxy
+		return fmt.Sprintf("TCP accepted %d refused %d, DNS queries %d, port-mapping connections %d, UDP flows %d, echo relayed %d denied %d",
+			x.TCPAccepted, x.TCPRefused, x.DNSQueries, x.PortMapConns, x.UDPFlowsOpened, x.EchoRelayed, x.EchoDenied), nil
 	})
 	r.step("CNI DEL both pods", func() (string, error) {
 		for _, p := range pods {
@@ -185,7 +274,14 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 		if err == nil && len(atts) != 0 {
 			err = fmt.Errorf("%d attachments left", len(atts))
 		}
-		return "no attachment left", err
+		if err != nil {
+			return "", err
+		}
+		if c, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", demoHostAddr, demoHostPort), 2*time.Second); err == nil {
+			c.Close()
+			return "", fmt.Errorf("host port %d still open after DEL", demoHostPort)
+		}
+		return fmt.Sprintf("no attachment left, host port %d closed", demoHostPort), nil
 	})
 }
 
@@ -260,11 +356,66 @@ func podFetch(p *demoPod) (string, error) {
 		resp.Body.Close()
 		page = string(b)
 	}
-	if err == nil && !strings.Contains(page, "you are "+p.ip.String()+":") {
-		err = fmt.Errorf("the server should see the pod's own address %s: %q", p.ip, page)
+	if err == nil && strings.Contains(page, "you are "+p.ip.String()+":") {
+		err = fmt.Errorf("the server saw the pod's own address %s: forwarded, not proxied: %q", p.ip, page)
 	}
 	if err == nil && !strings.HasPrefix(page, body) {
 		err = fmt.Errorf("unexpected page %q", page)
 	}
-	return strings.ReplaceAll(strings.TrimSpace(page), "\n", " "), err
+	return strings.ReplaceAll(strings.TrimSpace(page), "\n", " ") + ": relayed by the daemon's host socket", err
+}
+
+// podResolve asks the pod's gateway for demoName's A record over UDP and
+// over TCP, from sockets in the pod.
+func podResolve(p *demoPod) (string, error) {
+	var out []string
+	for i, network := range []string{"udp4", "tcp4"} {
+		var c net.Conn
+		if err := inPod(p, func() (err error) {
+			c, err = net.DialTimeout(network, netip.AddrPortFrom(p.gw, 53).String(), 5*time.Second)
+			return err
+		}); err != nil {
+			return strings.Join(out, "; "), err
+		}
+		a, err := env.LookupA(c, demoName, uint16(100+i), 5*time.Second)
+		c.Close()
+		if err != nil {
+			return strings.Join(out, "; "), fmt.Errorf("over %s: %w", network, err)
+		}
+		if a.String() != demoHostAddr {
+			return strings.Join(out, "; "), fmt.Errorf("over %s: %s = %v, want %s", network, demoName, a, demoHostAddr)
+		}
+		out = append(out, fmt.Sprintf("%s → %v over %s via %v", demoName, a, strings.TrimSuffix(network, "4"), p.gw))
+	}
+	return strings.Join(out, "; "), nil
+}
+
+// hostToMappedPod serves a page in pod p on 8080 and fetches it from the
+// host netns at the mapped host port; the page says who the pod saw.
+func hostToMappedPod(p *demoPod) (string, error) {
+	var ln net.Listener
+	if err := inPod(p, func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(p.ip, 8080).String())
+		return err
+	}); err != nil {
+		return "", err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		fmt.Fprintf(w, "hello from pod %s (you are %s)\n", p.ip, req.RemoteAddr)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: tr}).Get(fmt.Sprintf("http://%s:%d/", demoHostAddr, demoHostPort))
+	if err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	page := strings.TrimSpace(string(b))
+	if err == nil && !strings.Contains(page, "you are "+demoHostAddr+":") {
+		err = fmt.Errorf("the pod should see the host client's own address %s: %q", demoHostAddr, page)
+	}
+	return page, err
 }
