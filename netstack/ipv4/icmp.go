@@ -244,12 +244,16 @@ func (l *Layer) SendICMPError(skb *buf.SKB, typ, code uint8, info uint32) {
 	if t := ih.TotalLen(); t >= hl && t < n {
 		n = t
 	}
-	if max := icmpErrorMax - header.IPv4MinSize - header.ICMPv4MinSize; n > max {
-		n = max
-	}
+	l.xmitICMPError(route.Flow{Src: saddr, Dst: src, Proto: header.ProtoICMP, TOS: icmpTOS}, typ, code, info, pkt[:n])
+}
+
+// xmitICMPError builds an ICMP error of typ/code quoting quote (cut to
+// the RFC 1812 §4.3.2.3 maximum), counts it and sends it on fl.
+func (l *Layer) xmitICMPError(fl route.Flow, typ, code uint8, info uint32, quote []byte) error {
+	n := min(len(quote), icmpErrorMax-header.IPv4MinSize-header.ICMPv4MinSize)
 	e := buf.Alloc(buf.MaxHeadroom, header.ICMPv4MinSize+n)
 	msg := header.ICMPv4(e.Put(header.ICMPv4MinSize + n))
-	copy(msg[header.ICMPv4MinSize:], pkt[:n])
+	copy(msg[header.ICMPv4MinSize:], quote[:n])
 	msg.Encode(header.ICMPv4Fields{Type: typ, Code: code, RestOfHeader: info})
 	msg.SetChecksum()
 	l.count(IcmpOutMsgs)
@@ -261,9 +265,11 @@ func (l *Layer) SendICMPError(skb *buf.SKB, typ, code uint8, info uint32) {
 	case header.ICMPv4ParamProblem:
 		l.count(IcmpOutParmProbs)
 	}
-	if err := l.QueueXmit(e, route.Flow{Src: saddr, Dst: src, Proto: header.ProtoICMP, TOS: icmpTOS}); err != nil {
+	if err := l.QueueXmit(e, fl); err != nil {
 		l.count(IcmpOutErrors)
+		return err
 	}
+	return nil
 }
 
 // icmpMaxType is NR_ICMP_TYPES: types above it are unknown and treated as

@@ -117,24 +117,5 @@ func (l *Layer) SendICMPErrorQuote(src, dst netip.Addr, typ, code uint8, info ui
 		l.count(IcmpOutRateLimited)
 		return ErrICMPRateLimited
 	}
-	n := min(len(quote), icmpErrorMax-header.IPv4MinSize-header.ICMPv4MinSize)
-	e := buf.Alloc(buf.MaxHeadroom, header.ICMPv4MinSize+n)
-	msg := header.ICMPv4(e.Put(header.ICMPv4MinSize + n))
-	copy(msg[header.ICMPv4MinSize:], quote[:n])
-	msg.Encode(header.ICMPv4Fields{Type: typ, Code: code, RestOfHeader: info})
-	msg.SetChecksum()
-	l.count(IcmpOutMsgs)
-	switch typ {
-	case header.ICMPv4DstUnreachable:
-		l.count(IcmpOutDestUnreachs)
-	case header.ICMPv4TimeExceeded:
-		l.count(IcmpOutTimeExcds)
-	case header.ICMPv4ParamProblem:
-		l.count(IcmpOutParmProbs)
-	}
-	if err := l.QueueXmit(e, route.Flow{Src: src, Dst: dst, Proto: header.ProtoICMP, TOS: icmpTOS, Transparent: true}); err != nil {
-		l.count(IcmpOutErrors)
-		return err
-	}
-	return nil
+	return l.xmitICMPError(route.Flow{Src: src, Dst: dst, Proto: header.ProtoICMP, TOS: icmpTOS, Transparent: true}, typ, code, info, quote)
 }
