@@ -147,18 +147,9 @@ func (t *echoTable) open(k echoKey) *echoFlow {
 		f.done()
 		return nil
 	}
-	ef := &echoFlow{key: k, conn: c, f: f}
-	if sc, ok := c.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			ef.raw = rc
-		}
-	}
+	ef := &echoFlow{key: k, conn: c, f: f, raw: rawConn(c)}
 	ef.touch()
-	f.add(func() { c.Close() })
-	if !e.spawn(func() { t.reader(ef) }) {
-		c.Close()
-		e.release(f)
-		f.done()
+	if !e.adopt(f, c, func() { t.reader(ef) }) {
 		return nil
 	}
 	t.m[k] = ef

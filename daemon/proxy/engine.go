@@ -314,6 +314,31 @@ func (e *Engine) spawn(fn func()) bool {
 	return true
 }
 
+// adopt ties a flow's host socket to f (closed with the flow) and starts
+// its reader; false, with the socket closed and the flow released, when
+// the engine is closing.
+func (e *Engine) adopt(f *flowHandle, c net.Conn, reader func()) bool {
+	f.add(func() { c.Close() })
+	if !e.spawn(reader) {
+		c.Close()
+		e.release(f)
+		f.done()
+		return false
+	}
+	return true
+}
+
+// rawConn is c's syscall.RawConn, nil when c is not a kernel socket
+// (tests inject in-memory conns).
+func rawConn(c any) syscall.RawConn {
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			return rc
+		}
+	}
+	return nil
+}
+
 // flowKind says which global bound a flow counts against besides the
 // per-pod one.
 type flowKind uint8

@@ -82,10 +82,7 @@ func (p *pod) listen() error {
 			if err != nil {
 				return fmt.Errorf("port mapping %s/%d: %w", m.Protocol, m.HostPort, err)
 			}
-			um := &udpMapping{m: m, ln: ln, flows: map[netip.AddrPort]*pmFlow{}}
-			if rc, err := ln.SyscallConn(); err == nil {
-				um.raw = rc
-			}
+			um := &udpMapping{m: m, ln: ln, flows: map[netip.AddrPort]*pmFlow{}, raw: rawConn(ln)}
 			p.udp = append(p.udp, um)
 		}
 	}

@@ -92,18 +92,9 @@ func (e *Engine) udpFlowFor(k udpKey) *udpFlow {
 		f.done()
 		return nil
 	}
-	u := &udpFlow{key: k, conn: c, f: f}
-	if sc, ok := c.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			u.raw = rc
-		}
-	}
+	u := &udpFlow{key: k, conn: c, f: f, raw: rawConn(c)}
 	u.touch()
-	f.add(func() { c.Close() })
-	if !e.spawn(func() { e.udpFlowReader(u) }) {
-		c.Close()
-		e.release(f)
-		f.done()
+	if !e.adopt(f, c, func() { e.udpFlowReader(u) }) {
 		return nil
 	}
 	e.udp.m[k] = u
