@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"net/netip"
+	"sync/atomic"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
@@ -174,31 +175,28 @@ func (a *StackAttacher) proxyDivert(skb *buf.SKB, st *netfilter.State) netfilter
 // setProxyPod adds (on) or removes a proxy-mode pod NIC from the hook's
 // table, copying the map.
 func (a *StackAttacher) setProxyPod(nic int, pp proxyPod, on bool) {
-	old := *a.proxyNICs.Load()
-	next := make(map[int]proxyPod, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
-	if on {
-		next[nic] = pp
-	} else {
-		delete(next, nic)
-	}
-	a.proxyNICs.Store(&next)
+	cowSet(&a.proxyNICs, nic, pp, on)
 }
 
 // setPodAddr adds or removes a pod address from the hook's set of pod
 // destinations, copying the set.
 func (a *StackAttacher) setPodAddr(addr netip.Addr, on bool) {
-	old := *a.podAddrs.Load()
-	next := make(map[netip.Addr]struct{}, len(old)+1)
-	for k, v := range old {
-		next[k] = v
+	cowSet(&a.podAddrs, addr, struct{}{}, on)
+}
+
+// cowSet sets (on) or deletes k in the map behind p by copying it, so
+// packet-path readers load it without a lock; callers serialise writers
+// (a.mu).
+func cowSet[K comparable, V any](p *atomic.Pointer[map[K]V], k K, v V, on bool) {
+	old := *p.Load()
+	next := make(map[K]V, len(old)+1)
+	for key, val := range old {
+		next[key] = val
 	}
 	if on {
-		next[addr] = struct{}{}
+		next[k] = v
 	} else {
-		delete(next, addr)
+		delete(next, k)
 	}
-	a.podAddrs.Store(&next)
+	p.Store(&next)
 }

@@ -246,17 +246,7 @@ func (a *StackAttacher) checkSrcMAC(skb *buf.SKB, st *netfilter.State) netfilter
 }
 
 func (a *StackAttacher) setMAC(nic int, mac header.MAC, on bool) {
-	old := *a.macs.Load()
-	next := make(map[int]header.MAC, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
-	if on {
-		next[nic] = mac
-	} else {
-		delete(next, nic)
-	}
-	a.macs.Store(&next)
+	cowSet(&a.macs, nic, mac, on)
 }
 
 // Attach makes the far end a NIC owning the gateway (/32), with a /32

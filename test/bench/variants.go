@@ -18,6 +18,7 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/test/e2e/cnitest"
+	"github.com/cni-userstack/cni-userstack/test/e2e/env"
 	"github.com/cni-userstack/cni-userstack/veth"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -166,36 +167,6 @@ type oursNode struct {
 	done     chan error
 }
 
-// free reports whether p overlaps no route (but a default route) and no
-// address of the host netns, in any table.
-func free(p netip.Prefix) bool {
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: syscall.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return false
-	}
-	for _, r := range routes {
-		if r.Dst == nil {
-			continue
-		}
-		a, _ := netip.AddrFromSlice(r.Dst.IP.To4())
-		ones, _ := r.Dst.Mask.Size()
-		if ones > 0 && netip.PrefixFrom(a, ones).Overlaps(p) { // a default route overlaps everything
-			return false
-		}
-	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		return false
-	}
-	for _, a := range addrs {
-		ip, _ := netip.AddrFromSlice(a.IP.To4())
-		if p.Contains(ip) {
-			return false
-		}
-	}
-	return true
-}
-
 // startOurs builds the plugin, starts its daemon and registers the undo:
 // kill the daemon, remove the uplink (its host routes go with it) and the
 // stack netns (its veths go with it).
@@ -219,7 +190,7 @@ func (h *harness) startOurs() (*oursNode, error) {
 		rand.Read(r)
 		o.uplink = netip.PrefixFrom(netip.AddrFrom4([4]byte{169, 254, 101 + r[0]%150, r[1] &^ 3}), 30)
 		o.subnet = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200 + r[2]%50, r[3], 0}), 24)
-		if free(o.uplink) && free(o.subnet) {
+		if env.FreePrefix(o.uplink) && env.FreePrefix(o.subnet) {
 			break
 		}
 		if i == 20 {
