@@ -128,6 +128,21 @@ func conflicts(list []*Socket, addr netip.Addr) bool {
 	return false
 }
 
+// pickEphemeral picks a port of ip_local_port_range that taken refuses
+// not, scanning from a random offset (udp_lib_get_port); false when the
+// range is exhausted.
+func (p *Proto) pickEphemeral(taken func(uint16) bool) (uint16, bool) {
+	lo, hi := uint32(p.cfg.EphemeralLow), uint32(p.cfg.EphemeralHigh)
+	n := hi - lo + 1
+	start := rand.Uint32N(n)
+	for i := uint32(0); i < n; i++ {
+		if c := uint16(lo + (start+i)%n); !taken(c) {
+			return c, true
+		}
+	}
+	return 0, false
+}
+
 // bindLocked puts s in the table at addr:port, picking an ephemeral port
 // for 0 (udp_lib_get_port). Called with p.mu and s.mu held.
 func (p *Proto) bindLocked(s *Socket, addr netip.Addr, port uint16) error {
@@ -135,18 +150,8 @@ func (p *Proto) bindLocked(s *Socket, addr netip.Addr, port uint16) error {
 		return syscall.ENOBUFS
 	}
 	if port == 0 {
-		lo, hi := uint32(p.cfg.EphemeralLow), uint32(p.cfg.EphemeralHigh)
-		n := hi - lo + 1
-		start := rand.Uint32N(n)
-		found := false
-		for i := uint32(0); i < n; i++ {
-			c := uint16(lo + (start+i)%n)
-			if !conflicts(p.ports[c], addr) {
-				port, found = c, true
-				break
-			}
-		}
-		if !found {
+		var ok bool
+		if port, ok = p.pickEphemeral(func(c uint16) bool { return conflicts(p.ports[c], addr) }); !ok {
 			return syscall.EADDRINUSE // Linux returns EADDRINUSE when the range is exhausted too
 		}
 	} else if conflicts(p.ports[port], addr) {

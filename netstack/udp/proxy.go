@@ -1,7 +1,6 @@
 package udp
 
 import (
-	"math/rand/v2"
 	"net/netip"
 	"syscall"
 
@@ -156,18 +155,8 @@ func (p *Proto) DialTransparent(laddr, raddr netip.AddrPort) (*Socket, error) {
 	taken := func(port uint16) bool { return p.lookupConnected(ra, raddr.Port(), la, port) != nil }
 	port := laddr.Port()
 	if port == 0 {
-		lo, hi := uint32(p.cfg.EphemeralLow), uint32(p.cfg.EphemeralHigh)
-		n := hi - lo + 1
-		start := rand.Uint32N(n)
-		found := false
-		for i := uint32(0); i < n; i++ {
-			c := uint16(lo + (start+i)%n)
-			if !taken(c) {
-				port, found = c, true
-				break
-			}
-		}
-		if !found {
+		var ok bool
+		if port, ok = p.pickEphemeral(taken); !ok {
 			return nil, syscall.EADDRINUSE
 		}
 	} else if taken(port) {
