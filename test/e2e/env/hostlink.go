@@ -11,11 +11,11 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// HostLink is a dummy (or ifb) link in the current (host) netns holding a few test
+// HostLink is a veth pair in the current (host) netns holding a few test
 // addresses that a pod in proxy mode can target: Local are local addresses
 // of the host (servers listen there; the daemon's relay reaches them over
 // the host's loopback path), Blackhole is routed out of the link and never
-// answers (a dummy or ifb device drops every frame it is given). The
+// answers (the pair's other end has no address and ignores it). The
 // addresses come from 10.254.0.0/16, a /29 that overlaps no route and no
 // address of the netns. Close removes the link with its addresses and
 // routes.
@@ -49,14 +49,13 @@ func NewHostLink(n int) (h *HostLink, err error) {
 		}
 	}
 	h = &HostLink{Name: "usd" + Suffix(), Prefix: prefix}
-	// A dummy link where the kernel has the driver, else an ifb (its
-	// transmit drops whatever tc did not redirect to it): either way a
-	// link that holds addresses and swallows every frame routed out of it.
+	// A veth pair with both ends here: the addresses sit on one end, the
+	// blackhole is routed out of it and the other end, which has no
+	// address, answers no ARP for it. (No dummy/ifb: this kernel lacks the
+	// dummy driver, and loading ifb leaves its default ifb0/ifb1 behind.)
 	attrs := netlink.LinkAttrs{Name: h.Name}
-	if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: attrs}); err != nil {
-		if err2 := netlink.LinkAdd(&netlink.Ifb{LinkAttrs: attrs}); err2 != nil {
-			return nil, fmt.Errorf("env: add link %s: dummy: %v; ifb: %w", h.Name, err, err2)
-		}
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: h.Name + "p"}); err != nil {
+		return nil, fmt.Errorf("env: add veth %s: %w", h.Name, err)
 	}
 	defer func() {
 		if err != nil {
@@ -77,6 +76,13 @@ func NewHostLink(n int) (h *HostLink, err error) {
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
 		return nil, fmt.Errorf("env: set %s up: %w", h.Name, err)
+	}
+	peer, err := netlink.LinkByName(h.Name + "p")
+	if err == nil {
+		err = netlink.LinkSetUp(peer)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("env: set %sp up: %w", h.Name, err)
 	}
 	h.Blackhole = a
 	err = netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Scope: netlink.SCOPE_LINK,
