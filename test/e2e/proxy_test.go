@@ -3,7 +3,7 @@ package e2e
 // End-to-end tests of proxy mode (the default): pod TCP, UDP and ICMP echo
 // terminated in the stack and relayed by the daemon over host sockets, DNS
 // at the gateway, port mappings into pods. Each test has its own cniEnv
-// (daemon, stack netns, uplink, pod range) plus a dummy/ifb link in the host
+// (daemon, stack netns, uplink, pod range) plus a veth-pair test link in the host
 // netns (env.HostLink) whose local addresses are the "host namespace"
 // servers a pod targets and whose blackhole address never answers; all of
 // it is removed in t.Cleanup. Every wait is bounded.
