@@ -48,7 +48,10 @@
 // Send: Write copies into the send ring (bounded by the send buffer,
 // blocking or EAGAIN) and calls writeXmit, which builds segments from
 // the ring as the congestion window, the peer's window, Nagle and SWS
-// avoidance allow. Every segment is CsumPartial (the pseudo-header sum in
+// avoidance allow. A segment carries at most curMSS bytes (tcp_current_mss):
+// the MSS less the SACK blocks it carries while we hold out-of-order data
+// or owe a D-SACK (RFC 6691 §3), so it still fits the MTU with DF set.
+// Every segment is CsumPartial (the pseudo-header sum in
 // the field): dev completes it in software when the NIC cannot. When the
 // output NIC has link.CapGSO (afpacket with PACKET_VNET_HDR) a segment
 // carries up to 64 KiB with GSOSize = MSS: one SKB, one copy, one syscall

@@ -1,6 +1,7 @@
 package tcp
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -29,6 +30,10 @@ type fakeIP struct {
 	// transparent counts segments sent with route.Flow.Transparent
 	// (intercept_test.go), marked those carrying a Mark.
 	transparent, marked int
+	// tooBig counts DF packets longer than the route MTU, dropped as
+	// ipv4 drops them (IpFragFails): a wire segment (the IPv4 header, the
+	// TCP header with its options, GSOSize or all the payload) must fit.
+	tooBig int
 }
 
 func (f *fakeIP) QueueXmit(skb *buf.SKB, fl route.Flow) error {
@@ -40,6 +45,13 @@ func (f *fakeIP) QueueXmit(skb *buf.SKB, fl route.Flow) error {
 	skb.SetNetworkHeader()
 	ip.Encode(header.IPv4Fields{TotalLen: uint16(header.IPv4MinSize + n), TTL: 64, Protocol: header.ProtoTCP,
 		Src: fl.Src, Dst: fl.Dst, DF: fl.DontFragment, TOS: fl.TOS})
+	if mtu := cmp.Or(f.mtu, 1500); fl.DontFragment && wireLen(skb) > mtu {
+		f.mu.Lock()
+		f.tooBig++
+		f.mu.Unlock()
+		skb.Consume()
+		return syscall.EMSGSIZE
+	}
 	if fl.Transparent || fl.Mark != 0 {
 		f.mu.Lock()
 		f.transparent += b2i(fl.Transparent)
@@ -61,6 +73,16 @@ func (f *fakeIP) RouteOutput(fl route.Flow) (route.Result, error) {
 		return route.Result{}, syscall.ENETUNREACH
 	}
 	return route.Result{Type: route.Unicast, NIC: 1, NextHop: fl.Dst, Src: f.local, MTU: f.mtu}, nil
+}
+
+// wireLen is the longest IPv4 packet skb (IPv4 header pushed) puts on
+// the wire: the whole of it, or headers plus GSOSize for a GSO packet.
+func wireLen(skb *buf.SKB) int {
+	if skb.GSOSize == 0 {
+		return skb.Len()
+	}
+	th := header.TCP(skb.TransportHeader())
+	return header.IPv4MinSize + th.DataOffset() + int(skb.GSOSize)
 }
 
 func b2i(b bool) int {

@@ -30,6 +30,55 @@ func (s *Sock) syncMSS() {
 	s.mss = max(m, 64)
 }
 
+// tsOptLen is the bytes the timestamp option takes in every segment of
+// a connection that negotiated it (NOP, NOP, TSopt); syncMSS has taken
+// it off s.mss already.
+const tsOptLen = 12
+
+// sackOptLen is the option bytes the SACK blocks of our next segment
+// take (RFC 2018 §3: NOP, NOP, kind, length, 8 per block): a D-SACK due
+// and the out-of-order ranges as sackBlocks reports them, as many as
+// fit beside the timestamps (three; four without).
+func (s *Sock) sackOptLen() int {
+	if !s.sackOK || len(s.ofo) == 0 && !s.dsackPending {
+		return 0
+	}
+	limit := header.TCPMaxSACKBlocks
+	if s.tsOK {
+		limit = (header.TCPMaxOptions - tsOptLen - 4) / 8
+	}
+	k := 0
+	if s.dsackPending {
+		k++
+	}
+	var end uint32
+	for i := 0; i < len(s.ofo) && k < limit; i++ {
+		e := s.ofo[i]
+		eEnd := e.end
+		if e.fin {
+			eEnd--
+		}
+		if i > 0 && header.SeqLEQ(e.seq, end) {
+			end = header.SeqMax(end, eEnd) // merged into the previous block
+			continue
+		}
+		k++
+		end = eEnd
+	}
+	return 4 + 8*k
+}
+
+// curMSS is tcp_current_mss: the data bytes the next segment may carry.
+// RFC 9293 §3.7.1 (Eff.snd.MSS less the TCP header with its options) and
+// RFC 6691 §3 ("the sender MUST reduce the TCP data length to account
+// for any IP or TCP options that it is including"): s.mss leaves room
+// for timestamps only, so while SACK blocks ride along (out-of-order data
+// held, a D-SACK due) a segment of s.mss bytes would exceed the path MTU
+// and, DF set, never leave: IP drops it (IpFragFails) on every
+// retransmission until the out-of-order queue empties, which it cannot
+// while the peer is stuck the same way.
+func (s *Sock) curMSS() int { return max(s.mss-s.sackOptLen(), 8) }
+
 // transmit is tcp_transmit_skb: it builds one segment carrying n bytes
 // of the send buffer from seq (SYN and FIN as flags say) with the options
 // the state calls for, and hands it to IP. Errors from IP are counted and
@@ -59,6 +108,20 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 	if s.sackOK && !syn && (len(s.ofo) > 0 || s.dsackPending) {
 		s.sackBlocks(&o)
 	}
+	// The payload is sized by curMSS; an MSS-sized wire segment must also
+	// fit with the options actually encoded (RFC 6691 §3). A caller that
+	// sized n by a larger MSS loses SACK blocks rather than the segment
+	// (RFC 2018 §3 allows fewer blocks than the ranges held).
+	wireMSS := s.mss
+	if s.tsOK {
+		wireMSS += tsOptLen
+	}
+	if !syn && !(s.gso && n > s.mss) {
+		for o.NumSACK > 0 && n+header.TCPOptionsLen(&o) > wireMSS {
+			o.NumSACK--
+		}
+	}
+	wireMSS -= header.TCPOptionsLen(&o)
 	ecnf, ect := s.ecnFlags(seq, n, flags)
 	flags |= ecnf
 	var ob [header.TCPMaxOptions]byte
@@ -99,8 +162,10 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 	// device (or dev's checksum help) completes it (CHECKSUM_PARTIAL).
 	th.SetChecksumField(header.Fold(header.PseudoHeaderSum(header.ProtoTCP, s.id.laddr, s.id.raddr, len(b))))
 	skb.Csum, skb.CsumOffset = buf.CsumPartial, 16
-	if s.gso && n > s.mss {
-		skb.GSOSize, skb.GSOType = uint16(s.mss), buf.GSOTCPv4
+	if s.gso && n > wireMSS {
+		// Each wire segment repeats the options: GSOSize is what is
+		// left of the MSS beside them.
+		skb.GSOSize, skb.GSOType = uint16(max(wireMSS, 8)), buf.GSOTCPv4
 	}
 	s.segsOut++
 	s.p.count(OutSegs)
@@ -155,13 +220,13 @@ func (s *Sock) challengeAck() {
 	}
 }
 
-// sizeGoal is tcp_xmit_size_goal: one MSS, or as many MSS as a GSO
-// super-packet holds when the output NIC segments for us.
-func (s *Sock) sizeGoal() int {
+// sizeGoal is tcp_xmit_size_goal: one MSS (mss, from curMSS), or as
+// many as a GSO super-packet holds when the output NIC segments for us.
+func (s *Sock) sizeGoal(mss int) int {
 	if !s.gso {
-		return s.mss
+		return mss
 	}
-	return max(maxGSO/s.mss, 1) * s.mss
+	return max(maxGSO/mss, 1) * mss
 }
 
 // canSendData reports the states in which queued data and the FIN may
@@ -195,7 +260,10 @@ func (s *Sock) writeXmit() {
 		s.ca.OnEvent(&s.cs, cc.EventIdleRestart, now)
 	}
 	sent := false
-	goal := s.sizeGoal()
+	// One MSS for the whole pass: the options only shrink within it (a
+	// D-SACK goes out once).
+	mss := s.curMSS()
+	goal := s.sizeGoal(mss)
 	for {
 		end := s.dataEnd()
 		avail := int(int32(end - s.sndNxt))
@@ -230,7 +298,7 @@ func (s *Sock) writeXmit() {
 		if n <= 0 {
 			break
 		}
-		if n < s.mss {
+		if n < mss {
 			// RFC 9293 §3.8.6.2.1: send a partial segment only if it
 			// is everything queued and Nagle allows (MUST-27: no new
 			// small segment while data is unacknowledged, unless
@@ -305,10 +373,10 @@ func (s *Sock) retransmitHead() {
 }
 
 // retransmitAt resends one segment at seq (which must be below SND.MAX)
-// without moving SND.NXT.
-func (s *Sock) retransmitAt(seq uint32) {
+// without moving SND.NXT; it returns the data bytes sent.
+func (s *Sock) retransmitAt(seq uint32) int {
 	end := s.dataEnd()
-	n := min(int(int32(end-seq)), s.mss)
+	n := min(int(int32(end-seq)), s.curMSS())
 	if n < 0 {
 		n = 0
 	}
@@ -322,7 +390,7 @@ func (s *Sock) retransmitAt(seq uint32) {
 		}
 	}
 	if n == 0 && flags&header.FIN == 0 {
-		return
+		return 0
 	}
 	if s.rttTiming && header.SeqLT(seq, s.rttSeq) {
 		s.rttTiming = false // Karn: no sample from a retransmitted segment
@@ -339,6 +407,7 @@ func (s *Sock) retransmitAt(seq uint32) {
 		rend++
 	}
 	s.rackSent(seq, rend, true) // RFC 8985 §6.1: retransmitted, new xmit_ts
+	return n
 }
 
 // sendResetFor is tcp_v4_send_reset: the RST answering a segment that

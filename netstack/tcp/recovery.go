@@ -187,8 +187,8 @@ func (s *Sock) sackXmit() {
 			break
 		}
 		s.p.count(TCPSackRetrans)
-		s.retransmitAt(h)
-		s.highRxt = h + uint32(min(s.mss, int(int32(s.holeEnd(h)-h))))
+		n := s.retransmitAt(h)
+		s.highRxt = h + uint32(min(max(n, 1), int(int32(s.holeEnd(h)-h))))
 		sentHole = true
 	}
 	if sentHole {

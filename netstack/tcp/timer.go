@@ -194,7 +194,7 @@ func (s *Sock) tlpFired() {
 	avail := int(int32(end - s.sndNxt))
 	wndLeft := int(int32(s.sndUna + s.sndWnd - s.sndNxt))
 	if avail > 0 && wndLeft > 0 && s.sndNxt == s.sndMax {
-		n := min(avail, s.mss, wndLeft)
+		n := min(avail, s.curMSS(), wndLeft)
 		flags := header.ACK
 		if s.sndNxt+uint32(n) == end {
 			flags |= header.PSH
@@ -203,8 +203,8 @@ func (s *Sock) tlpFired() {
 		s.tlpSent(false)
 	} else {
 		seq := s.sndUna
-		if d := int(int32(end - s.sndUna)); d > s.mss {
-			seq = end - uint32(s.mss)
+		if m := s.curMSS(); int(int32(end-s.sndUna)) > m {
+			seq = end - uint32(m)
 		}
 		s.retransmitAt(seq)
 		s.rack.probeSeq, s.rack.probeOK = seq, true
@@ -227,7 +227,7 @@ func (s *Sock) probeTimer() {
 	if s.sndWnd != 0 {
 		// RFC 9293 §3.8.6.2.1 (d): the override timeout sends what the
 		// window allows though it is smaller than SWS would like.
-		n := min(avail, s.mss, int(s.sndWnd))
+		n := min(avail, s.curMSS(), int(s.sndWnd))
 		flags := header.ACK
 		if n == avail {
 			flags |= header.PSH
