@@ -56,9 +56,9 @@ func newRig(t testing.TB, mod func(*Config)) *rig {
 	t.Helper()
 	pod, node := netstack.New(), netstack.New()
 	t.Cleanup(func() { pod.Close(); node.Close() })
-	// A deep queue, like a veth's backlog: these tests are about the
-	// relay, not TCP loss recovery under a burst of 100 flows.
-	ea, eb := pipe.New(stacktest.DefaultMTU, pipe.WithQueueLen(16384))
+	// The pipe's default queue: 100 concurrent flows overflow it, so
+	// the relay is also shown working through TCP loss recovery.
+	ea, eb := pipe.New(stacktest.DefaultMTU)
 	pnic, err := pod.AddNIC(ea, netstack.NICConfig{Name: "pod0"})
 	if err != nil {
 		t.Fatal(err)
