@@ -119,8 +119,7 @@
 // evaluated when recovery asks (same verdict at the same instant). After a
 // timeout the go-back-N pass resends every unSACKed segment, also one sent
 // within RACK.rtt + reo_wnd of the timeout that §6.3 would spare (the pass
-// reaches it an RTT or more later). A D-SACK on an ACK at or past
-// TLP.end_seq is taken as the probe's. The TSecr test of §6.2 step 1 uses
+// reaches it an RTT or more later). The TSecr test of §6.2 step 1 uses
 // the millisecond TSval of the retransmission.
 //
 // Opening under load: a full SYN queue answers with SYN cookies

@@ -68,10 +68,13 @@ type rackState struct {
 	txHead, txN  int
 	rtxq         []txRec // sorted by start, cap maxRtxRecs
 	dsackThisAck bool
-	dsackLastAck bool   // the ACK just fed carried a D-SACK (tlpProcessAck)
-	dupAckNow    bool   // the ACK being processed is a duplicate (tlpProcessAck)
-	probeSeq     uint32 // the last TLP retransmission (probeOK)
-	probeOK      bool
+	dsackLastAck bool // the ACK just fed carried a D-SACK (tlpProcessAck)
+	// dsackProbe and dsackProbeLast: the same for a D-SACK of the last
+	// loss probe (sackRcv matches it against probeSeq).
+	dsackProbe, dsackProbeLast bool
+	dupAckNow                  bool   // the ACK being processed is a duplicate (tlpProcessAck)
+	probeSeq                   uint32 // the last TLP retransmission (probeOK)
+	probeOK                    bool
 
 	// RFC 8985 §7.4.2's TLP episode: TLP.end_seq (valid when
 	// tlpEpisode) and TLP.is_retrans. Kept apart from Sock.tlpHigh,
@@ -357,6 +360,7 @@ func (s *Sock) rackUpdate() {
 		r.reoWndPersist = rackReoWndPersist
 	}
 	r.dsackLastAck, r.dsackThisAck = r.dsackThisAck, false
+	r.dsackProbeLast, r.dsackProbe = r.dsackProbe, false
 	r.prevFack, r.prevFackOK = r.fack, r.have
 }
 
@@ -537,10 +541,9 @@ func (s *Sock) tlpProcessAck(dupAck bool) {
 	switch {
 	case !r.tlpRetrans:
 		r.tlpEpisode = false // TLP of new data delivered
-	case r.dsackLastAck:
-		// The probe was a duplicate: no loss. (Any D-SACK on an ACK
-		// at or past TLP.end_seq: outside recovery the probe is the
-		// only retransmission that can be in flight.)
+	case r.dsackProbeLast:
+		// The peer reports the probe twice (RFC 2883 D-SACK): the
+		// original had arrived, no loss to answer.
 		r.tlpEpisode = false
 	case header.SeqGT(s.sndUna, r.tlpEnd):
 		r.tlpEpisode = false
@@ -564,6 +567,7 @@ func (s *Sock) tlpRepaired() {
 	if s.inRecovery || s.rack.rtoRecovery {
 		return // recovery already reduced cwnd for this window
 	}
+	s.p.count(TCPLossProbeRecovery)
 	s.cs.Ssthresh = s.ca.SSThresh(&s.cs)
 	s.cs.Cwnd = max(s.cs.Ssthresh, 1)
 	s.cs.CwndCnt = 0

@@ -31,6 +31,7 @@ func (s *Sock) sackRcv(o *header.TCPOptions, ack, tsecr uint32, hasTS bool) {
 			s.p.count(TCPDSACKRecv)
 			s.rack.dsackThisAck = true
 			probe := s.rack.probeOK && s.rack.probeSeq == b.Start
+			s.rack.dsackProbe = s.rack.dsackProbe || probe
 			// Only if an earlier ACK had already covered it: else
 			// the ACK of the original was lost, not late.
 			early := header.SeqLEQ(b.End, s.sndUna)

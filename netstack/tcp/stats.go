@@ -43,6 +43,7 @@ const (
 	SyncookiesFailed
 	TCPECNReduce
 	TCPLossProbes
+	TCPLossProbeRecovery
 	TCPACKSkippedSeq
 	TCPLostRetransmit
 	TCPSACKReorder
@@ -64,7 +65,7 @@ var counterNames = [numCounters]string{
 	"TcpExtTCPAbortOnClose", "TcpExtTCPAbortOnTimeout", "TcpExtTCPLossRecovery", "TcpExtTCPPersistProbes",
 	"TcpExtTCPKeepAlive", "TcpExtTCPSackRecovery", "TcpExtTCPSackRetrans", "TcpExtTCPWinProbe",
 	"TcpExtTCPSynRetrans", "TcpExtSyncookiesSent", "TcpExtSyncookiesRecv", "TcpExtSyncookiesFailed",
-	"TcpExtTCPECNReduce", "TcpExtTCPLossProbes", "TcpExtTCPACKSkippedSeq",
+	"TcpExtTCPECNReduce", "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery", "TcpExtTCPACKSkippedSeq",
 	"TcpExtTCPLostRetransmit", "TcpExtTCPSACKReorder", "TcpExtTCPDSACKRecv",
 	"TcpExtInterceptRequests", "TcpExtInterceptSynDups", "TcpExtInterceptOverflows", "TcpExtInterceptRefused",
 	"TcpExtInterceptNoInterceptor",

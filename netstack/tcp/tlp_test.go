@@ -108,6 +108,9 @@ func TestTLPEpisodeCongestionResponse(t *testing.T) {
 			if _, cwnd2, ss2 := tlpState(s); ss2 != ss1 || cwnd2 < cwnd1 {
 				t.Fatalf("second response: cwnd %d → %d, ssthresh %d → %d", cwnd1, cwnd2, ss1, ss2)
 			}
+			if want := map[bool]uint64{true: 1}[tc.reduce]; c.p.Counter(TCPLossProbeRecovery) != want {
+				t.Fatalf("TCPLossProbeRecovery = %d, want %d", c.p.Counter(TCPLossProbeRecovery), want)
+			}
 			if c.p.Counter(TCPTimeouts) != 0 || c.p.Counter(TCPFastRetrans) != 0 || c.p.Counter(RetransSegs) != 1 {
 				t.Fatalf("want the probe as the only retransmission: %v", nonzero(c.p))
 			}
