@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/netstack"
@@ -73,10 +74,11 @@ type kernel interface {
 // uplink, netlink in the daemon's (host) netns.
 type kernelOps struct {
 	nsPath, stackNetNS, uplinkHostIfName string
+	busyPoll                             time.Duration
 }
 
 func (k kernelOps) OpenLink(name string) (link.Endpoint, header.MAC, error) {
-	ep, err := afpacket.Open(afpacket.Config{NetNS: k.nsPath, Name: name})
+	ep, err := afpacket.Open(afpacket.Config{NetNS: k.nsPath, Name: name, BusyPoll: k.busyPoll})
 	if err != nil {
 		return nil, header.MAC{}, fmt.Errorf("open %s in netns %s: %w", name, k.stackNetNS, err)
 	}
@@ -112,7 +114,9 @@ type StackConfig struct {
 	StackNetNS       string       // name under /var/run/netns
 	UplinkSubnet     netip.Prefix // an IPv4 prefix of at most /30
 	UplinkHostIfName string
-	Logger           *slog.Logger
+	// BusyPoll is every link's afpacket.Config.BusyPoll (0: off).
+	BusyPoll time.Duration
+	Logger   *slog.Logger
 	// Options are passed to netstack.New (forwarding is always on).
 	Options []netstack.Option
 }
@@ -195,7 +199,7 @@ func NewStackAttacher(cfg StackConfig) (*StackAttacher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newStackAttacher(cfg, kernelOps{nsPath: path, stackNetNS: cfg.StackNetNS, uplinkHostIfName: cfg.UplinkHostIfName}), nil
+	return newStackAttacher(cfg, kernelOps{nsPath: path, stackNetNS: cfg.StackNetNS, uplinkHostIfName: cfg.UplinkHostIfName, busyPoll: cfg.BusyPoll}), nil
 }
 
 // newStackAttacher builds the attacher over a kernel; cfg has its

@@ -80,10 +80,12 @@ func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
 		abortConn(up)
 		return
 	}
-	// Writes go out as the relay makes them, as Go's kernel sockets do
-	// (TCP_NODELAY): Nagle with the pod's delayed ACKs would stall
-	// multi-write responses.
+	// Writes go out as the relay makes them (TCP_NODELAY) on both sides,
+	// as any proxy does: Nagle with the peer's delayed ACKs would hold a
+	// small write behind an unacknowledged one. Go's net.Dialer sets it
+	// on kernel sockets already; a configured Dialer's conns may not.
 	down.SetNoDelay(true)
+	setNoDelay(up)
 	pending = false
 	e.c.pendingTCP.Add(-1)
 	e.c.tcpAccepted.Add(1)
@@ -162,6 +164,13 @@ func abortConn(c net.Conn) {
 		_ = l.SetLinger(0)
 	}
 	_ = c.Close()
+}
+
+// setNoDelay turns Nagle off on c where it can.
+func setNoDelay(c net.Conn) {
+	if nd, ok := c.(interface{ SetNoDelay(bool) error }); ok {
+		_ = nd.SetNoDelay(true)
+	}
 }
 
 // closeWrite half-closes c (shutdown(SHUT_WR)); a conn that cannot is left

@@ -31,6 +31,17 @@
 // (which closes the file and evicts the poller) wakes a blocked ReadBatch,
 // which then returns link.ErrClosed.
 //
+// Busy polling (Config.BusyPoll, off by default; the kernel's
+// napi_busy_loop behind SO_BUSY_POLL). When a read finds the socket empty,
+// ReadBatch keeps retrying the non-blocking recvmmsg, with sched_yield(2)
+// between tries, until a frame comes or BusyPoll has passed, and only then
+// waits on the netpoller: a frame that arrives within the budget costs no
+// wake-up of a parked goroutine. At most GOMAXPROCS/2 (at least one) reads
+// poll at once in the process; the others wait on the netpoller at once,
+// which keeps a P free to run the netpoller and the peers' threads a CPU. An idle link thus burns at most one budget of CPU
+// per read, then sleeps. Stats counts BusyPollHits (wake-ups saved),
+// BusyPollSleeps (budget spent, slept) and BusyPollSkips (no slot free).
+//
 // Receive owns a ring of BatchSize preallocated SKBs, each with
 // buf.MaxHeadroom of headroom (received frames start at the Ethernet
 // header; the headroom lets forwarding push a header again without a copy)
