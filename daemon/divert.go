@@ -145,6 +145,13 @@ func (a *StackAttacher) proxyDivert(skb *buf.SKB, st *netfilter.State) netfilter
 	if f.marked {
 		return netfilter.Accept()
 	}
+	// Most packets belong to a flow already decided: ESTABLISHED and
+	// RELATED pass whatever their destination (planDivert agrees), so
+	// they skip the FIB and table lookups.
+	f.state, f.tracked = a.nf.CtState(skb)
+	if f.tracked && f.state&(netfilter.CtEstablished|netfilter.CtRelated) != 0 {
+		return netfilter.Accept()
+	}
 	if eth := skb.MACHeader(); len(eth) >= header.EthernetMinSize {
 		d := header.Ethernet(eth).Dst()
 		f.l2Group = d.IsMulticast() // the broadcast MAC has the group bit too
@@ -157,7 +164,6 @@ func (a *StackAttacher) proxyDivert(skb *buf.SKB, st *netfilter.State) netfilter
 			f.icmpType = pl[0]
 		}
 	}
-	f.state, f.tracked = a.nf.CtState(skb)
 	switch planDivert(f) {
 	case divertDivert:
 		a.nf.Divert(skb)
