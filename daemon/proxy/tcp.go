@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 )
@@ -114,17 +115,12 @@ func splice(a, b net.Conn) {
 
 // spliceState is shared by the two directions of one relay.
 type spliceState struct {
-	mu      sync.Mutex
-	aborted bool
+	aborted atomic.Bool
 }
 
 // abort closes both sides abortively, once.
 func (s *spliceState) abort(a, b net.Conn) {
-	s.mu.Lock()
-	done := s.aborted
-	s.aborted = true
-	s.mu.Unlock()
-	if !done {
+	if s.aborted.CompareAndSwap(false, true) {
 		abortConn(a)
 		abortConn(b)
 	}
