@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/link/afpacket"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/veth"
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,11 +54,10 @@ const (
 	DefaultProxyMaxFlowsPerPod = 4096
 )
 
-// ParseServeFlags parses the arguments after "serve".
-func ParseServeFlags(args []string, stderr io.Writer) (*ServeFlags, error) {
-	f := &ServeFlags{}
-	fs := flag.NewFlagSet("cni-userstack serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// AddFlags registers the serve flags on fs, with their defaults. The
+// command line (cmd/cni-userstack) and ParseServeFlags share it, so a flag
+// is declared, defaulted and documented in one place.
+func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Socket, "socket", api.DefaultSocket, "unix socket of the API (created 0600, its directory 0700)")
 	fs.StringVar(&f.StateDir, "state-dir", DefaultStateDir, "directory of the attachment records and locks")
 	fs.StringVar(&f.StackNetNS, "stack-netns", veth.DefaultStackNetNS, "name of the stack's network namespace under /var/run/netns (created when missing)")
@@ -71,28 +70,45 @@ func ParseServeFlags(args []string, stderr io.Writer) (*ServeFlags, error) {
 	fs.DurationVar(&f.ProxyUDPIdleTimeout, "proxy-udp-idle-timeout", DefaultProxyUDPIdleTimeout, "proxy mode: a UDP or ICMP echo flow with no traffic for this long is closed")
 	fs.IntVar(&f.ProxyMaxFlowsPerPod, "proxy-max-flows-per-pod", DefaultProxyMaxFlowsPerPod, "proxy mode: concurrent TCP+UDP+ICMP flows per pod; new flows past it are refused and counted")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket before it sleeps (NAPI busy polling, one link at a time per 2 CPUs): lower round-trip latency for up to this much CPU per idle read, worth it only with cores to spare; 0 is off, at most "+afpacket.MaxBusyPoll.String())
+}
+
+// Validate checks the flags' values together; its errors name the flag.
+func (f *ServeFlags) Validate() error {
+	switch {
+	case f.ResolvConf == "":
+		return fmt.Errorf("--resolv-conf: a file is required")
+	case f.ProxyConnectTimeout <= 0:
+		return fmt.Errorf("--proxy-connect-timeout %v: must be positive", f.ProxyConnectTimeout)
+	case f.ProxyUDPIdleTimeout <= 0:
+		return fmt.Errorf("--proxy-udp-idle-timeout %v: must be positive", f.ProxyUDPIdleTimeout)
+	case f.ProxyMaxFlowsPerPod <= 0:
+		return fmt.Errorf("--proxy-max-flows-per-pod %d: must be positive", f.ProxyMaxFlowsPerPod)
+	case f.BusyPoll < 0 || f.BusyPoll > afpacket.MaxBusyPoll:
+		return fmt.Errorf("--busy-poll %v: must be between 0 and %v", f.BusyPoll, afpacket.MaxBusyPoll)
+	}
+	if _, err := f.subnet(); err != nil {
+		return err
+	}
+	if _, err := f.level(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ParseServeFlags parses the arguments after "serve" (for tests and
+// callers without a command line of their own).
+func ParseServeFlags(args []string, stderr io.Writer) (*ServeFlags, error) {
+	f := &ServeFlags{}
+	fs := pflag.NewFlagSet("cni-userstack serve", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("serve: unexpected arguments %q", fs.Args())
 	}
-	switch {
-	case f.ResolvConf == "":
-		return nil, fmt.Errorf("--resolv-conf: a file is required")
-	case f.ProxyConnectTimeout <= 0:
-		return nil, fmt.Errorf("--proxy-connect-timeout %v: must be positive", f.ProxyConnectTimeout)
-	case f.ProxyUDPIdleTimeout <= 0:
-		return nil, fmt.Errorf("--proxy-udp-idle-timeout %v: must be positive", f.ProxyUDPIdleTimeout)
-	case f.ProxyMaxFlowsPerPod <= 0:
-		return nil, fmt.Errorf("--proxy-max-flows-per-pod %d: must be positive", f.ProxyMaxFlowsPerPod)
-	case f.BusyPoll < 0 || f.BusyPoll > afpacket.MaxBusyPoll:
-		return nil, fmt.Errorf("--busy-poll %v: must be between 0 and %v", f.BusyPoll, afpacket.MaxBusyPoll)
-	}
-	if _, err := f.subnet(); err != nil {
-		return nil, err
-	}
-	if _, err := f.level(); err != nil {
+	if err := f.Validate(); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -141,12 +157,8 @@ func lockStateDir(stateDir string) (*os.File, error) {
 // Run is `cni-userstack serve`: lock the state dir, build the stack and
 // the proxy engine over it, recover the recorded attachments, listen, and
 // serve until SIGTERM or SIGINT. Records, links and host routes are kept
-// on exit.
-func Run(args []string, version string, stderr io.Writer) error {
-	f, err := ParseServeFlags(args, stderr)
-	if err != nil {
-		return err
-	}
+// on exit. f must have passed Validate.
+func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	lvl, _ := f.level()
 	subnet, _ := f.subnet()
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))

@@ -1,79 +1,60 @@
-// Command cni-userstack is one binary with several faces: with CNI_COMMAND
-// set it is the CNI plugin (package plugin); `cni-userstack serve [flags]`
-// runs the stack daemon (package daemon); `cni-userstack status` and
-// `cni-userstack attachments` print the running daemon's view as JSON;
-// `cni-userstack --version` prints the version. Flags and configuration
-// keys: docs/config.md.
+// Command cni-userstack is one binary with several faces:
+//
+//   - with CNI_COMMAND set (and no subcommand) it is the CNI plugin
+//     (package plugin), run by the container runtime;
+//   - `cni-userstack serve` runs the stack daemon (package daemon);
+//   - the other subcommands read a running daemon over its API socket.
+//
+// The command line is built with cobra (root.go); each command lives in a
+// file of its own. Exit codes: 0 success, 1 the command failed, 2 the
+// command line was wrong (unknown command or flag, bad value); usage is
+// printed then. Flags, keys and commands: docs/config.md and
+// docs/operations.md.
 package main
 
 import (
-	"context"
-	"encoding/json"
-	"flag"
+	"errors"
 	"fmt"
-	"io"
 	"os"
-	"time"
 
-	"github.com/cni-userstack/cni-userstack/daemon"
-	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/plugin"
 )
 
 // Version is set at build time with -ldflags "-X main.Version=...".
 var Version = "0.1.0-dev"
 
-const usage = "usage: cni-userstack serve [flags] | cni-userstack status|attachments [--socket PATH] | cni-userstack --version | (as a CNI plugin, with CNI_COMMAND set)"
+// Exit codes of the command line.
+const (
+	exitOK    = 0
+	exitFail  = 1
+	exitUsage = 2
+)
 
 func main() {
 	args := os.Args[1:]
-	switch {
-	case os.Getenv("CNI_COMMAND") != "" && (len(args) == 0 || args[0] != "serve"):
+	// A runtime execs the plugin with CNI_COMMAND set and no arguments.
+	// Any argument means the user asked for a command, whatever the
+	// environment says.
+	if os.Getenv("CNI_COMMAND") != "" && len(args) == 0 {
 		plugin.Main(Version)
-	case len(args) > 0 && args[0] == "serve":
-		if err := daemon.Run(args[1:], Version, os.Stderr); err != nil {
-			fmt.Fprintf(os.Stderr, "cni-userstack serve: %v\n", err)
-			os.Exit(1)
-		}
-	case len(args) > 0 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version"):
-		fmt.Printf("cni-userstack %s\n", Version)
-	case len(args) > 0 && (args[0] == "status" || args[0] == "attachments"):
-		if err := query(args[0], args[1:], os.Stdout); err != nil {
-			fmt.Fprintf(os.Stderr, "cni-userstack %s: %v\n", args[0], err)
-			os.Exit(1)
-		}
-	case len(args) == 0:
-		// skel prints the about string and the supported versions when
-		// CNI_COMMAND is unset.
-		plugin.Main(Version)
-		fmt.Fprintln(os.Stderr, usage)
-	default:
-		fmt.Fprintf(os.Stderr, "cni-userstack: unknown command %q\n%s\n", args[0], usage)
-		os.Exit(2)
+		return
 	}
+	os.Exit(run(args))
 }
 
-// query prints the daemon's status or attachments as indented JSON.
-func query(what string, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("cni-userstack "+what, flag.ContinueOnError)
-	socket := fs.String("socket", api.DefaultSocket, "the daemon's API socket")
-	if err := fs.Parse(args); err != nil {
-		return err
+// run executes the command line and returns its exit code.
+func run(args []string) int {
+	root := newRootCmd()
+	root.SetArgs(args)
+	cmd, err := root.ExecuteC()
+	if err == nil {
+		return exitOK
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c := api.NewClient(*socket, 10*time.Second)
-	var v any
-	var err error
-	if what == "status" {
-		v, err = c.Status(ctx)
-	} else {
-		v, err = c.List(ctx)
+	var ue *usageError
+	if errors.As(err, &ue) || isFlagError(err) {
+		fmt.Fprintf(os.Stderr, "Error: %v\n\n%s", err, cmd.UsageString())
+		return exitUsage
 	}
-	if err != nil {
-		return err
-	}
-	enc := json.NewEncoder(out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	fmt.Fprintf(os.Stderr, "cni-userstack %s: %v\n", cmd.Name(), err)
+	return exitFail
 }
