@@ -166,6 +166,10 @@ func (s *SKB) Len() int { return s.tail - s.head }
 // must not be written (see Writable).
 func (s *SKB) Bytes() []byte { return s.blk.data[s.head:s.tail] }
 
+// Truesize is the storage the SKB's block holds, headroom and tailroom
+// included (skb->truesize without the struct): what queueing it costs.
+func (s *SKB) Truesize() int { return len(s.blk.data) }
+
 // Headroom is the number of bytes Push can prepend without reallocating.
 func (s *SKB) Headroom() int { return s.head }
 

@@ -19,7 +19,8 @@
 // retransmit, NewReno, RFC 6675 recovery), sack.go (scoreboard, SACK
 // blocks, D-SACK), rack.go (RFC 8985 RACK loss detection, send times,
 // the reordering timer), listen.go (passive open), socket.go (user
-// calls, TCP_INFO), conn.go (net.Conn/net.Listener), ring.go (buffers),
+// calls, TCP_INFO), conn.go (net.Conn/net.Listener), ring.go (the send
+// buffer), rcvq.go (the receive queue),
 // syncookies.go (RFC 4987), ecn.go (RFC 3168), stats.go (MIB, drop
 // reasons).
 //
@@ -40,9 +41,14 @@
 // up and processes it under the socket lock: PAWS (RFC 7323 §5.3), the
 // acceptability test, RST (RFC 5961 §3), SYN (RFC 5961 §4), ACK (RFC 5961
 // §5, window update, RTT, recovery, the FIN transitions), data and FIN.
-// In-order payload is copied into the receive ring and the SKB freed;
-// out-of-order segments are kept as SKBs (the payload pulled/trimmed in
-// place) until RCV.NXT reaches them; SACK blocks describe them. A GRO or
+// In-order payload stays in the SKB it arrived in, queued on the
+// receive queue (rcvq.go, sk_receive_queue) with the headers pulled, so
+// receive copies nothing; a payload filling less than half its buffer is
+// copied into the tail of the queue instead (tcp_try_coalesce), which
+// bounds what the queue pins to twice its payload plus one 2 KiB block.
+// Out-of-order segments are kept as SKBs (the payload pulled/trimmed in
+// place) until RCV.NXT reaches them, then move to the receive queue
+// whole; SACK blocks describe them. A GRO or
 // GSO super-segment (up to 64 KiB, CsumPartial) is one segment here.
 //
 // Send: Write copies into the send ring (bounded by the send buffer,
@@ -167,11 +173,11 @@
 // # Limits
 //
 // Per connection: the send ring holds at most SndBuf bytes (default
-// 1 MiB), the receive ring at most RcvBuf (default 256 KiB, auto-tuned
-// up to MaxRcvBuf, 6 MiB, as the reader drains more per RTT —
-// tcp_rcv_space_adjust; the window scale is chosen for MaxRcvBuf); both
-// are allocated on first use, grow by doubling and are released at
-// close, so an idle connection holds no buffer (about 1.6 KiB in all). The
+// 1 MiB; allocated on first use, grown by doubling, released at close),
+// the receive queue at most RcvBuf bytes of payload (default 256 KiB,
+// auto-tuned up to MaxRcvBuf, 6 MiB, as the reader drains more per RTT
+// — tcp_rcv_space_adjust; the window scale is chosen for MaxRcvBuf) in
+// at most twice that of buffers; an empty receive queue holds nothing. The
 // out-of-order queue holds at most maxOFO (1024) segments, bytes bounded
 // by the window; overflow is TCPOFODrop. The SACK scoreboard keeps 32
 // ranges; RACK keeps 512 send-time records and 32 retransmission

@@ -578,6 +578,7 @@ func (s *Sock) synRcvdToEstablished(seg *segment) bool {
 func (s *Sock) dataQueue(seg *segment) {
 	seq := seg.seq
 	data := seg.data
+	off := seg.dataOffset // data's offset in seg.skb.Bytes()
 	fin := seg.hasFin
 	if d := int(int32(s.rcvNxt - seq)); d > 0 {
 		// Already received in part or whole.
@@ -590,6 +591,7 @@ func (s *Sock) dataQueue(seg *segment) {
 			return
 		}
 		data = data[d:]
+		off += d
 		seq = s.rcvNxt
 	}
 	wnd := s.rcvWnd()
@@ -601,13 +603,10 @@ func (s *Sock) dataQueue(seg *segment) {
 		s.rcvMSS = min(len(data), s.mss)
 	}
 	if seq == s.rcvNxt {
-		if len(data) > 0 {
-			s.rcvBuf.write(data, s.rcvBufLimit)
-			s.rcvNxt += uint32(len(data))
-			s.bytesReceived += uint64(len(data))
-			s.unackedBytes += len(data)
-		}
-		seg.skb.Consume()
+		s.rcvNxt += uint32(len(data))
+		s.bytesReceived += uint64(len(data))
+		s.unackedBytes += len(data)
+		s.rcvq.write(seg.skb, off, data) // consumes the SKB
 		had := len(s.ofo) > 0
 		if fin {
 			s.finRcvdNow()
@@ -700,12 +699,13 @@ func (s *Sock) ofoDrain() {
 		n++
 		data := e.skb.Bytes()
 		if d := int(int32(s.rcvNxt - e.seq)); d < len(data) {
-			data = data[max(d, 0):]
-			s.rcvBuf.write(data, s.rcvBufLimit)
-			s.rcvNxt += uint32(len(data))
-			s.bytesReceived += uint64(len(data))
+			d = max(d, 0)
+			s.rcvNxt += uint32(len(data) - d)
+			s.bytesReceived += uint64(len(data) - d)
+			s.rcvq.write(e.skb, d, data[d:]) // consumes the SKB
+		} else {
+			e.skb.Consume()
 		}
-		e.skb.Consume()
 		if e.fin && s.rcvNxt+1 == e.end {
 			copy(s.ofo, s.ofo[n:])
 			s.ofo = s.ofo[:len(s.ofo)-n]

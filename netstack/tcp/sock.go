@@ -111,8 +111,8 @@ type Sock struct {
 	// Receive sequence space.
 	irs, rcvNxt  uint32
 	rcvWscale    uint8
-	rcvAdv       uint32 // right edge of the window we advertised (rcv_wup + rcv_wnd)
-	rcvBuf       ring
+	rcvAdv       uint32   // right edge of the window we advertised (rcv_wup + rcv_wnd)
+	rcvq         rcvQueue // in-order bytes for the reader (rcvq.go)
 	rcvBufLimit  int
 	rcvAutoOff   bool      // SO_RCVBUF set: no auto-tuning
 	rcvqCopied   int       // bytes read since rcvqTime
@@ -248,7 +248,7 @@ func (s *Sock) done(err error) {
 	s.ofo = nil
 	s.sndBuf.release()
 	if s.orphan {
-		s.rcvBuf.release()
+		s.rcvq.release()
 	}
 	s.p.unhash(s)
 	if prev == SynReceived && s.parent != nil {
@@ -295,7 +295,7 @@ func (s *Sock) rcvAutotune(n int) {
 // never moving the right edge we advertised back (RFC 9293 §3.8.6.2.2:
 // "the window SHOULD NOT be shrunk").
 func (s *Sock) rcvWnd() uint32 {
-	free := s.rcvBufLimit - s.rcvBuf.len()
+	free := s.rcvBufLimit - s.rcvq.len()
 	if free < 0 {
 		free = 0
 	}
@@ -326,6 +326,6 @@ func (s *Sock) String() string {
 	defer s.mu.Unlock()
 	return fmt.Sprintf("%v:%d>%v:%d %v una=%d nxt=%d max=%d end=%d wnd=%d cwnd=%d ssthresh=%d rcvnxt=%d rcvbuf=%d ofo=%d rto=%v backoff=%d rec=%v fin=%v/%v err=%v adv=%d wl1=%d wl2=%d",
 		s.id.laddr, s.id.lport, s.id.raddr, s.id.rport, s.state, s.sndUna-s.iss, s.sndNxt-s.iss, s.sndMax-s.iss,
-		s.dataEnd()-s.iss, s.sndWnd, s.cs.Cwnd, s.cs.Ssthresh, s.rcvNxt-s.irs, s.rcvBuf.len(), len(s.ofo), s.rto,
+		s.dataEnd()-s.iss, s.sndWnd, s.cs.Cwnd, s.cs.Ssthresh, s.rcvNxt-s.irs, s.rcvq.len(), len(s.ofo), s.rto,
 		s.backoff, s.inRecovery, s.finQueued, s.finRcvd, s.err, s.rcvAdv-s.irs, s.sndWl1-s.irs, s.sndWl2-s.iss)
 }

@@ -234,11 +234,11 @@ func (s *Sock) Read(b []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
-		if s.rcvBuf.len() > 0 {
+		if s.rcvq.len() > 0 {
 			if len(b) == 0 {
 				return 0, nil
 			}
-			n := s.rcvBuf.read(b)
+			n := s.rcvq.read(b)
 			s.rcvAutotune(n)
 			s.rcvSpaceFreed()
 			return n, nil
@@ -275,7 +275,7 @@ func (s *Sock) rcvSpaceFreed() {
 	if adv < 0 {
 		adv = 0
 	}
-	free := s.rcvBufLimit - s.rcvBuf.len()
+	free := s.rcvBufLimit - s.rcvq.len()
 	if free-adv >= min(s.rcvBufLimit/2, s.mss) && free >= 2*adv {
 		s.sendAck()
 	}
@@ -389,15 +389,15 @@ func (s *Sock) Close() error {
 		return nil
 	case Closed:
 		s.p.unhash(s)
-		s.rcvBuf.release()
+		s.rcvq.release()
 		return nil
 	case SynSent:
 		s.wrShut = true
 		s.done(nil)
 		return nil
 	}
-	if s.rcvBuf.len() > 0 || s.lingerZero {
-		if s.rcvBuf.len() > 0 {
+	if s.rcvq.len() > 0 || s.lingerZero {
+		if s.rcvq.len() > 0 {
 			s.p.count(TCPAbortOnClose)
 		}
 		if s.state != TimeWait {
@@ -407,7 +407,7 @@ func (s *Sock) Close() error {
 		s.done(nil)
 		return nil
 	}
-	s.rcvBuf.release()
+	s.rcvq.release()
 	s.shutdownWrite()
 	if s.state == FinWait2 {
 		s.kaTimer.Reset(s.p.cfg.FinTimeout)
@@ -529,7 +529,7 @@ func (s *Sock) RemoteAddr() netip.AddrPort {
 func (s *Sock) Buffered() (in, out int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.rcvBuf.len(), s.sndBuf.len()
+	return s.rcvq.len(), s.sndBuf.len()
 }
 
 // Info is a TCP_INFO-like snapshot (struct tcp_info).
