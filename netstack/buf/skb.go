@@ -56,6 +56,11 @@ type SKB struct {
 	// CB is per-layer scratch space, like skb->cb: the layer that owns the
 	// SKB may use it and must not expect it to survive a hand-off.
 	CB [32]byte
+	// Batch is the receive batch carrying the SKB up (the NIC's receive
+	// goroutine sets it, see Batch), nil for SKBs not being received
+	// that way. Only valid while the SKB is carried up on that
+	// goroutine: Clone and Copy do not pass it on.
+	Batch *Batch
 
 	next *SKB // intrusive link for Queue
 }
@@ -264,7 +269,7 @@ func (s *SKB) expand(head, tail int) {
 func (s *SKB) Clone() *SKB {
 	c := skbPool.Get().(*SKB)
 	*c = *s
-	c.next = nil
+	c.next, c.Batch = nil, nil
 	s.blk.refs.Add(1)
 	return c
 }
@@ -273,7 +278,7 @@ func (s *SKB) Clone() *SKB {
 func (s *SKB) Copy() *SKB {
 	c := skbPool.Get().(*SKB)
 	*c = *s
-	c.next = nil
+	c.next, c.Batch = nil, nil
 	c.blk = getBlock(len(s.blk.data))
 	copy(c.blk.data[s.head:s.tail], s.blk.data[s.head:s.tail])
 	return c

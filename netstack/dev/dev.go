@@ -309,6 +309,7 @@ type NIC struct {
 	rxDone    chan struct{}
 	rxPkts    []*buf.SKB // bound: Config.RxBatch
 	rxTime    time.Time
+	rxDefer   buf.Batch // work deferred to the end of a batch (SKB.Batch)
 
 	// Transmit: txq and txRunning under txMu; txPkts/txLens are owned by
 	// the flusher (whoever set txRunning).

@@ -98,6 +98,7 @@ func (n *NIC) rxBatch(pkts []*buf.SKB) {
 		}
 		skb.InNIC = n.id
 		skb.Drops = &n.drops
+		skb.Batch = &n.rxDefer
 		n.rxPackets.Add(1)
 		n.rxBytes.Add(uint64(skb.Len()))
 		if !up {
@@ -109,6 +110,9 @@ func (n *NIC) rxBatch(pkts []*buf.SKB) {
 		}
 		n.receive(skb, ptypes)
 	}
+	// The batch's deferred work: one ACK and one data-ready upcall per
+	// socket instead of one per segment.
+	n.rxDefer.Flush()
 }
 
 // receive is __netif_receive_skb_core after eth_type_trans: classify by

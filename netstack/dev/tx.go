@@ -22,6 +22,7 @@ func (n *NIC) HardHeader(skb *buf.SKB, dst header.MAC, t header.EtherType) {
 // that finds no flusher running writes the queue out itself (qdisc_run).
 func (n *NIC) Xmit(skb *buf.SKB) {
 	skb.Drops = &n.drops
+	skb.Batch = nil // a forwarded frame leaves its receive batch here
 	if !n.up.Load() {
 		n.txDropped.Add(1)
 		skb.Free(buf.DropNICDown)

@@ -118,17 +118,18 @@ func (p *Proto) noSocket(seg *segment) {
 // socket lock.
 func (s *Sock) rcv(seg *segment) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.rxBatch = seg.skb.Batch
 	s.segsIn++
 	switch s.state {
 	case Closed, Listen:
 		s.p.noSocket(seg)
-		return
 	case SynSent:
 		s.synSentRcv(seg)
-		return
+	default:
+		s.rcvStateProcess(seg)
 	}
-	s.rcvStateProcess(seg)
+	s.rxBatch = nil
+	s.unlockNotify()
 }
 
 // synSentRcv is tcp_rcv_synsent_state_process (RFC 9293 §3.10.7.3).
@@ -215,7 +216,7 @@ func (s *Sock) establish() {
 	s.setState(Established)
 	s.bufSeq = s.iss + 1
 	s.armKeepalive()
-	s.cond.Broadcast()
+	s.wake(EventReadable | EventWritable)
 }
 
 // acceptable is RFC 9293 §3.10.7.4's first check, the four cases of
@@ -489,7 +490,7 @@ func (s *Sock) ackRcv(seg *segment) bool {
 		if s.tlpHigh != 0 && header.SeqGEQ(ack, s.tlpHigh) {
 			s.tlpHigh = 0 // the probe episode is over (RFC 8985 §7.4)
 		}
-		s.cond.Broadcast() // send buffer space for writers
+		s.wake(EventWritable) // send buffer space for writers
 	} else if ack == s.sndUna && len(seg.data) == 0 && !seg.hasFin && !wndUpdated && s.sndMax != s.sndUna {
 		// RFC 5681 §2 "DUPLICATE ACKNOWLEDGMENT" (a SACK block counts
 		// too, RFC 6675 §2).
@@ -613,7 +614,7 @@ func (s *Sock) dataQueue(seg *segment) {
 		} else if had {
 			s.ofoDrain()
 		}
-		s.cond.Broadcast()
+		s.wake(EventReadable)
 		// RFC 5681 §4.2: ACK at once when the segment fills a gap.
 		s.scheduleAck(had || fin)
 		return
@@ -641,7 +642,7 @@ func (s *Sock) finRcvdNow() {
 		s.ofo[i].skb.Free(DropOldData)
 	}
 	s.ofo = s.ofo[:0]
-	s.cond.Broadcast()
+	s.wake(EventReadable)
 }
 
 // ofoInsert queues an out-of-order segment (tcp_data_queue_ofo) and ACKs
@@ -742,7 +743,7 @@ func (p *Proto) V4Err(skb *buf.SKB, errno syscall.Errno, info uint32) {
 		return
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlockNotify()
 	// RFC 5927 §4.1 / RFC 5961 spirit: the quoted sequence number must
 	// be in flight, else the error is forged or stale.
 	if !(header.SeqLEQ(s.sndUna, seq) && header.SeqLT(seq, s.sndMax)) && s.state != SynSent {

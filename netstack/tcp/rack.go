@@ -491,7 +491,7 @@ func (s *Sock) isSacked(seq uint32) bool {
 // whose time is up are lost, recovery starts or resends them.
 func (s *Sock) rackFired() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlockNotify()
 	if s.rackTimer.Armed() || !s.state.synchronized() || s.state == TimeWait || s.sndUna == s.sndMax {
 		return
 	}

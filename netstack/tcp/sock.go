@@ -171,6 +171,17 @@ type Sock struct {
 	unackedBytes int
 	quickAcks    int
 
+	// Receive batches (notify.go): rxBatch is the batch of the segment
+	// being processed, set by rcv; inBatch: s is registered with a batch
+	// whose end runs FlushBatch; ackDeferred: the ACK goes out then.
+	rxBatch     *buf.Batch
+	inBatch     bool
+	ackDeferred bool
+	// notify is the owner's event callback (SetNotify), events what was
+	// raised since the last delivery.
+	notify func(Event)
+	events Event
+
 	// User side.
 	nodelay, cork bool
 	rdShut        bool // the user will not read (shutdown RD or Close)
@@ -254,7 +265,7 @@ func (s *Sock) done(err error) {
 	if prev == SynReceived && s.parent != nil {
 		s.leaveParent()
 	}
-	s.cond.Broadcast()
+	s.wake(EventReadable | EventWritable)
 }
 
 // rcvMaxSpace is the most the receive buffer may grow to: the window

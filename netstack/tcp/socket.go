@@ -268,8 +268,8 @@ func (s *Sock) Read(b []byte) (int, error) {
 // SWS avoidance: by min(RCV.BUFF/2, Eff.snd.MSS) at least, and (as
 // Linux) when the new window at least doubles the advertised one.
 func (s *Sock) rcvSpaceFreed() {
-	if !s.state.synchronized() || s.finRcvd {
-		return
+	if !s.state.synchronized() || s.finRcvd || s.ackDeferred {
+		return // the batch's deferred ACK carries the window
 	}
 	adv := int(int32(s.rcvAdv - s.rcvNxt))
 	if adv < 0 {

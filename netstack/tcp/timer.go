@@ -65,7 +65,7 @@ func (s *Sock) rttSample(r time.Duration) {
 // rtxFired is tcp_retransmit_timer / tcp_probe_timer.
 func (s *Sock) rtxFired() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlockNotify()
 	if s.rtxTimer.Armed() {
 		return // re-armed after this expiry was taken
 	}
@@ -257,11 +257,19 @@ func (s *Sock) probeTimer() {
 // §3.8.6.3 (MUST-58/SHOULD-40): ACK at least every second full-sized
 // segment, otherwise within the delayed ACK timeout; at once during
 // quick-ack at the start and when asked (out of order, FIN).
+//
+// The ACK due at once goes out at the end of the receive batch when the
+// segment came in one (FlushBatch): one ACK per batch for a burst of
+// in-order segments, carrying the window the reader left.
 func (s *Sock) scheduleAck(now bool) {
 	s.ackPending = true
 	if now || s.quickAcks > 0 || s.unackedBytes >= 2*max(s.rcvMSS, s.mss) {
 		if s.quickAcks > 0 {
 			s.quickAcks--
+		}
+		if s.deferToBatch() {
+			s.ackDeferred = true
+			return
 		}
 		s.sendAck()
 		return
@@ -286,7 +294,7 @@ func (s *Sock) delackFired() {
 // RFC 1122 §4.2.3.6: off by default, idle at least two hours).
 func (s *Sock) kaFired() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlockNotify()
 	switch s.state {
 	case TimeWait:
 		s.done(nil)
@@ -338,7 +346,7 @@ func (s *Sock) enterTimeWait() {
 	s.rackRelease()
 	s.sndBuf.release()
 	s.kaTimer.Reset(s.p.cfg.TimeWait)
-	s.cond.Broadcast()
+	s.wake(EventReadable | EventWritable)
 }
 
 // deadlineFired wakes every waiter so each rechecks its deadline.
