@@ -26,16 +26,32 @@
 // While the upstream connect is pending, the pod's retransmitted SYNs are
 // absorbed by the interceptor (a SYN for a tuple already pending).
 //
-// The relay is one goroutine per direction, each with one buffer of
-// relayBufSize bytes taken from a pool: read from one side, write all of it to
-// the other, repeat. A blocked write is the backpressure: it stops the reads of
-// that direction, so the source's receive window (ours or the kernel's) closes;
-// memory per flow stays 2·relayBufSize whatever the peers do. RFC 9293 §3.6:
-// a FIN read on one side (EOF) becomes CloseWrite on the other, and the other
-// direction keeps flowing (half-close). A reset, or any error, on either side
-// closes both sides abortively (linger 0: an RST), so an RST and an abortive
-// close are seen by the far peer as an RST. When both directions have ended
-// both sockets are closed and the flow is counted out.
+// The relay (relay.go) is event-driven: no goroutine and no buffer of its
+// own per flow. The pod's side is a stack socket whose Notify callback
+// reports it readable or writable; the host's side is a kernel socket
+// registered edge-triggered with the engine's poller (poll.go: one epoll
+// set, itself waited on through Go's netpoller by one goroutine). An event
+// runs the pump of the direction it concerns on the goroutine that saw it:
+// pod → host on the NIC's receive goroutine at the end of the batch that
+// queued the data, which is written to the host socket with one sendmsg
+// gathering the received SKBs' payloads in place (tcp.Sock.ReadTo), before
+// the batch's ACK; host → pod on the poller's goroutine (host readable) or
+// the NIC's (an ACK freed send space), reading the host socket with readv
+// straight into the stack socket's send ring (tcp.Sock.WriteFrom). A full
+// sink is the backpressure: the bytes stay in the source's queue, whose
+// window closes (ours or the kernel's), until the sink's next event; so a
+// flow holds no memory beyond the two sockets' own buffers. Each
+// direction's pump runs on one goroutine at a time (TryLock plus an
+// again flag: a goroutine that finds it running makes the runner loop
+// once more, so no event is lost and nobody waits). RFC 9293 §3.6: a FIN
+// read on one side becomes shutdown(SHUT_WR) on the other, and the other
+// direction keeps flowing (half-close). A reset, or any error, on either
+// side closes both sides abortively (linger 0: an RST), once. When both
+// directions have ended both sockets are closed and the flow is counted
+// out. The flow keeps its pod and peer addresses and the bytes moved each
+// way (flowHandle). A host conn without a kernel socket behind it (a test
+// Dialer's in-memory conn) is relayed by splice instead: a goroutine per
+// direction and a relayBufSize buffer each.
 //
 // UDP. One goroutine reads the intercept socket (Meta.From is the pod, Meta.To
 // the original destination). A flow is a (pod, destination) pair with its own
@@ -92,8 +108,10 @@
 //     16384); past it the datagram is dropped and counted in FlowLimitDrops.
 //   - Pending intercepted SYNs: maxPendingTCP in the interceptor, plus the
 //     per-pod limit on flows being dialled.
-//   - TCP relay memory: 2·relayBufSize per flow, from a pool, plus the
-//     sockets' own buffers (the stack's SndBuf/RcvBuf, the kernel's).
+//   - TCP relay memory: none of its own beyond the relay struct (about
+//     1 KiB); the sockets' own buffers (the stack's SndBuf/RcvBuf, the
+//     kernel's) hold the bytes in flight. Poller: one registration per
+//     relayed flow, pollBatch events per wait.
 //   - UDP and echo replies: a pooled maxDatagram buffer held only while a
 //     datagram is handled, never while a flow waits.
 //   - Echo queue: echoQueueLen requests. DNS: maxDNSInFlight UDP queries.

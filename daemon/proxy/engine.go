@@ -130,6 +130,7 @@ type Engine struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine the engine started
 
+	poll   *poller // host sockets of the TCP relays
 	tcpIC  *tcp.Interceptor
 	udpIC  interceptSocket
 	dnsUDP *socket.PacketConn
@@ -218,6 +219,10 @@ func New(cfg Config) (_ *Engine, err error) {
 		}
 	}()
 
+	if e.poll, err = newPoller(); err != nil {
+		return nil, err
+	}
+	e.spawn(e.poll.run)
 	if e.tcpIC, err = e.st.InterceptTCP(maxPendingTCP); err != nil {
 		return nil, fmt.Errorf("proxy: intercept TCP: %w", err)
 	}
@@ -283,6 +288,9 @@ func (e *Engine) Close() error {
 	}
 	for _, f := range flows {
 		f.abort()
+	}
+	if e.poll != nil {
+		errs = append(errs, ignoreClosed(e.poll.close()))
 	}
 	e.wg.Wait()
 	for _, p := range pods {
@@ -409,6 +417,13 @@ type flowHandle struct {
 	cancel context.CancelFunc
 	addr   netip.Addr
 	kind   flowKind
+
+	// A TCP flow's ends, set before it is relayed: pod is the pod's
+	// address and port, dst the other end (the original destination, a
+	// port mapping's client, a nameserver). toHost and toPod count the
+	// bytes the relay moved each way.
+	pod, dst      netip.AddrPort
+	toHost, toPod atomic.Uint64
 
 	mu      sync.Mutex
 	aborted bool

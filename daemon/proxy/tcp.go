@@ -11,8 +11,8 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 )
 
-// relayBufs holds the relay buffers (relayBufSize each); a flow holds two
-// while it lives.
+// relayBufs holds splice's buffers (relayBufSize each); a spliced flow
+// holds two while it lives.
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
 // tcpLoop takes intercepted SYNs until the engine closes.
@@ -44,15 +44,18 @@ func (e *Engine) tcpLoop() {
 // tcpFlow is one intercepted connection, upstream first: the host
 // connection is opened before the pod gets its SYN,ACK, and a failure of
 // any kind (refused, no route, timeout) refuses the pod's SYN with an RST.
+// Once both sides are up the relay takes the flow over (startRelay) and
+// this goroutine ends.
 func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
-	defer f.done()
-	defer e.release(f)
-	pending := true
+	relaying := false
 	defer func() {
-		if pending {
+		if !relaying {
 			e.c.pendingTCP.Add(-1)
+			e.release(f)
+			f.done()
 		}
 	}()
+	f.pod, f.dst = r.Src(), r.Dst()
 
 	ctx, cancel := context.WithTimeout(f.ctx, e.cfg.ConnectTimeout)
 	up, err := e.dial(ctx, "tcp", r.Dst().String())
@@ -87,25 +90,35 @@ func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
 	// on kernel sockets already; a configured Dialer's conns may not.
 	down.SetNoDelay(true)
 	setNoDelay(up)
-	pending = false
+	relaying = true
 	e.c.pendingTCP.Add(-1)
 	e.c.tcpAccepted.Add(1)
-	e.c.activeTCP.Add(1)
-	defer e.c.activeTCP.Add(-1)
-	splice(down, up)
+	e.relayTCP(f, down, up)
 }
 
-// splice relays between a and b until both directions ended, one
-// goroutine per direction (this one and one more), then closes both.
-func splice(a, b net.Conn) {
+// relayTCP relays an established pair and counts it active until it ends,
+// then counts the flow out.
+func (e *Engine) relayTCP(f *flowHandle, down *tcp.Conn, up net.Conn) {
+	e.c.activeTCP.Add(1)
+	e.startRelay(f, down, up, func() {
+		e.c.activeTCP.Add(-1)
+		e.release(f)
+		f.done()
+	})
+}
+
+// splice is the relay for a host conn without a kernel socket behind it
+// (a test Dialer's in-memory conn): a goroutine per direction (this one
+// and one more) until both directions ended, then it closes both.
+func splice(f *flowHandle, a, b net.Conn) {
 	var s spliceState
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.copyHalf(b, a)
+		s.copyHalf(b, a, &f.toHost)
 	}()
-	s.copyHalf(a, b)
+	s.copyHalf(a, b, &f.toPod)
 	wg.Wait()
 	// Both directions saw EOF (or one aborted both): a graceful close
 	// here sends nothing new after the FINs already exchanged.
@@ -131,7 +144,7 @@ func (s *spliceState) abort(a, b net.Conn) {
 // EOF from src is passed on as a half-close (RFC 9293 §3.6: FIN, the other
 // direction keeps flowing); a reset or any other error on either side
 // resets both.
-func (s *spliceState) copyHalf(dst, src net.Conn) {
+func (s *spliceState) copyHalf(dst, src net.Conn, count *atomic.Uint64) {
 	bp := relayBufs.Get().(*[]byte)
 	defer relayBufs.Put(bp)
 	buf := *bp
@@ -142,6 +155,7 @@ func (s *spliceState) copyHalf(dst, src net.Conn) {
 				s.abort(src, dst)
 				return
 			}
+			count.Add(uint64(n))
 		}
 		if err == io.EOF {
 			closeWrite(dst)

@@ -88,3 +88,64 @@ func TestNotifyOncePerBatchBeforeACK(t *testing.T) {
 		t.Fatalf("FIN: callbacks %v", calls)
 	}
 }
+
+// ReadTo's callback sees the queued bytes in place; a Close from inside
+// it (an abort racing the relay) frees the queue only after the callback
+// returned, so the bytes it writes out are never a reused buffer's.
+func TestReadToCloseDuringCallback(t *testing.T) {
+	c := newPeer(t, Config{})
+	s := c.establishPassive(batchSynOpts)
+	want := []byte("hello, relay")
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.IRS + 1).Data(want))
+	c.Out()
+	var v [4][]byte
+	n, err := s.ReadTo(v[:], func(v [][]byte) (int, error) {
+		if len(v) != 1 || string(v[0]) != string(want) {
+			t.Fatalf("callback got %q", v)
+		}
+		s.Close() // unread data: RST (RFC 2525 §2.17)
+		if string(v[0]) != string(want) {
+			t.Fatal("bytes changed under the callback")
+		}
+		return len(v[0]), nil
+	})
+	if n != len(want) || err != nil {
+		t.Fatalf("ReadTo: %d, %v", n, err)
+	}
+	if in, _ := s.Buffered(); in != 0 || s.rcvq.mem != 0 {
+		t.Fatalf("queue not released: %d bytes, %d pinned", in, s.rcvq.mem)
+	}
+	if rst := c.Expect("RST"); rst.flags&RST == 0 {
+		t.Fatalf("want RST, got %v", rst)
+	}
+	if _, err := s.ReadTo(v[:], func([][]byte) (int, error) { return 0, nil }); err == nil {
+		t.Fatal("ReadTo after Close succeeded")
+	}
+}
+
+// WriteFrom's callback fills the send ring in place and the bytes go out
+// as Write's would; a connection reset while it runs drops them.
+func TestWriteFromInPlaceAndReset(t *testing.T) {
+	c := newPeer(t, Config{})
+	s := c.establishPassive(batchSynOpts)
+	n, err := s.WriteFrom(func(a, _ []byte) (int, error) {
+		return copy(a, "abc"), nil
+	})
+	if n != 3 || err != nil {
+		t.Fatalf("WriteFrom: %d, %v", n, err)
+	}
+	if d := c.Expect("data"); string(d.data) != "abc" || d.seq != c.IRS+1 {
+		t.Fatalf("sent %v %q", d, d.data)
+	}
+	n, err = s.WriteFrom(func(a, _ []byte) (int, error) {
+		c.Send(c.Seg().Flags(RST).Seq(c.ISS + 1)) // the peer resets meanwhile
+		return copy(a, "def"), nil
+	})
+	if n != 0 || err == nil {
+		t.Fatalf("WriteFrom on a reset connection: %d, %v", n, err)
+	}
+	c.ExpectNone("nothing after the reset")
+	if _, out := s.Buffered(); out != 0 || s.sndBuf.b != nil {
+		t.Fatalf("send ring kept %d bytes, storage %v", out, s.sndBuf.b != nil)
+	}
+}

@@ -181,6 +181,10 @@ type Sock struct {
 	// raised since the last delivery.
 	notify func(Event)
 	events Event
+	// reading: a ReadTo callback is using the receive queue's bytes
+	// without the lock (releasing it waits: rcvqDeferRelease); writing:
+	// a WriteFrom callback is filling reserved send ring space.
+	reading, rcvqDeferRelease, writing bool
 
 	// User side.
 	nodelay, cork bool
@@ -259,7 +263,7 @@ func (s *Sock) done(err error) {
 	s.ofo = nil
 	s.sndBuf.release()
 	if s.orphan {
-		s.rcvq.release()
+		s.releaseRcvq()
 	}
 	s.p.unhash(s)
 	if prev == SynReceived && s.parent != nil {

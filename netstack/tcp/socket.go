@@ -3,6 +3,7 @@ package tcp
 import (
 	"context"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -234,7 +235,7 @@ func (s *Sock) Read(b []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
-		if s.rcvq.len() > 0 {
+		if s.rcvq.len() > 0 && !s.reading {
 			if len(b) == 0 {
 				return 0, nil
 			}
@@ -261,6 +262,78 @@ func (s *Sock) Read(b []byte) (int, error) {
 			return 0, err
 		}
 	}
+}
+
+// readErr is what a read of an empty receive queue returns (tcp_recvmsg
+// without data): the connection's error, EOF after the peer's FIN or our
+// shutdown, ENOTCONN when closed, else nil (the read would wait).
+func (s *Sock) readErr() error {
+	switch {
+	case s.err != nil:
+		return s.err
+	case s.rdShut && s.orphan:
+		return net.ErrClosed
+	case s.finRcvd || s.rdShut:
+		return io.EOF
+	case s.state == Closed:
+		return syscall.ENOTCONN
+	}
+	return nil
+}
+
+// ReadTo hands the queued in-order bytes to w as they lie in the received
+// SKBs, without copying them (a relay writev(2)s them to its host socket),
+// and consumes the n bytes w reports; at most len(v) slices, which ReadTo
+// fills and clears again. It never blocks: with nothing queued it returns
+// the connection's error, io.EOF after the peer's FIN, or EAGAIN. w runs
+// without the socket lock, so receive goes on meanwhile; its slices stay
+// valid until it returns (a Close in the meantime frees them afterwards).
+// One reader at a time: Read waits while a ReadTo's w runs.
+func (s *Sock) ReadTo(v [][]byte, w func([][]byte) (int, error)) (int, error) {
+	s.mu.Lock()
+	if s.rcvq.len() == 0 || len(v) == 0 {
+		err := s.readErr()
+		if err == nil {
+			err = syscall.EAGAIN
+		}
+		s.mu.Unlock()
+		return 0, err
+	}
+	if s.reading {
+		s.mu.Unlock()
+		return 0, syscall.EALREADY
+	}
+	k, total := s.rcvq.peek(v, math.MaxInt)
+	s.reading = true
+	s.mu.Unlock()
+
+	n, err := w(v[:k])
+	clear(v[:k])
+	n = min(max(n, 0), total)
+
+	s.mu.Lock()
+	s.reading = false
+	if s.rcvqDeferRelease {
+		s.rcvqDeferRelease = false
+		s.rcvq.release()
+	} else if n > 0 {
+		s.rcvq.discard(n)
+		s.rcvAutotune(n)
+		s.rcvSpaceFreed()
+	}
+	s.cond.Broadcast() // a Read waiting for the queue
+	s.mu.Unlock()
+	return n, err
+}
+
+// releaseRcvq frees the receive queue now, or when a ReadTo's callback
+// stops using its bytes.
+func (s *Sock) releaseRcvq() {
+	if s.reading {
+		s.rcvqDeferRelease = true
+		return
+	}
+	s.rcvq.release()
 }
 
 // rcvSpaceFreed is tcp_cleanup_rbuf: after a read, send a window update
@@ -306,6 +379,11 @@ func (s *Sock) Write(b []byte) (int, error) {
 				return total, syscall.ENOTCONN
 			}
 			return total, syscall.EPIPE
+		case s.writing:
+			if err := s.wait(s.wrDeadline); err != nil {
+				return total, err
+			}
+			continue
 		}
 		space := s.sndBufLimit - s.sndBuf.len()
 		if space <= 0 {
@@ -327,6 +405,77 @@ func (s *Sock) Write(b []byte) (int, error) {
 		s.writeXmit()
 	}
 	return total, nil
+}
+
+// writeErr is what a write finds when the connection cannot take data
+// (Write's checks), nil when it can.
+func (s *Sock) writeErr() error {
+	switch {
+	case s.err != nil:
+		return s.err
+	case s.wrShut:
+		if s.orphan {
+			return net.ErrClosed
+		}
+		return syscall.EPIPE
+	case s.state == SynSent || s.state == SynReceived:
+		return syscall.EAGAIN
+	case s.state != Established && s.state != CloseWait:
+		if s.state == Closed && !s.hashed && s.sndMax == 0 {
+			return syscall.ENOTCONN
+		}
+		return syscall.EPIPE
+	}
+	return nil
+}
+
+// WriteFrom lets r fill the send buffer's free space directly (a relay
+// readv(2)s its host socket into it: no copy through a buffer of its
+// own), then queues the n bytes r reports and pushes them out as Write
+// does. r gets the free space as a and, where the ring wraps, b (else
+// empty), at most the free send buffer space in all, to fill in that
+// order; it runs without the socket lock, so ACKs are
+// processed meanwhile. WriteFrom never blocks: with no space it returns
+// EAGAIN, on a connection that cannot send Write's error. A connection
+// that ends while r runs drops what r read. One writer at a time: Write
+// waits while a WriteFrom's r runs.
+func (s *Sock) WriteFrom(r func(a, b []byte) (int, error)) (int, error) {
+	s.mu.Lock()
+	if err := s.writeErr(); err != nil {
+		s.mu.Unlock()
+		return 0, err
+	}
+	if s.writing {
+		s.mu.Unlock()
+		return 0, syscall.EALREADY
+	}
+	space := s.sndBufLimit - s.sndBuf.len()
+	if space <= 0 {
+		s.mu.Unlock()
+		return 0, syscall.EAGAIN
+	}
+	a, b, w := s.sndBuf.reserve(space, s.sndBufLimit)
+	s.writing = true
+	s.mu.Unlock()
+
+	n, rerr := r(a, b)
+	n = min(max(n, 0), len(a)+len(b))
+
+	s.mu.Lock()
+	s.writing = false
+	if err := s.writeErr(); err != nil && n > 0 {
+		s.sndBuf.commit(w, 0)
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		return 0, err
+	}
+	s.sndBuf.commit(w, n)
+	if n > 0 {
+		s.writeXmit()
+	}
+	s.cond.Broadcast() // a Write waiting for the ring
+	s.mu.Unlock()
+	return n, rerr
 }
 
 // Shutdown is tcp_shutdown: read closes the receive side (further reads
@@ -389,7 +538,7 @@ func (s *Sock) Close() error {
 		return nil
 	case Closed:
 		s.p.unhash(s)
-		s.rcvq.release()
+		s.releaseRcvq()
 		return nil
 	case SynSent:
 		s.wrShut = true
@@ -407,7 +556,7 @@ func (s *Sock) Close() error {
 		s.done(nil)
 		return nil
 	}
-	s.rcvq.release()
+	s.releaseRcvq()
 	s.shutdownWrite()
 	if s.state == FinWait2 {
 		s.kaTimer.Reset(s.p.cfg.FinTimeout)
