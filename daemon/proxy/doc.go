@@ -15,16 +15,27 @@
 //
 // # Theory of operation
 //
-// TCP, upstream first. One goroutine takes intercepted SYNs (Interceptor.Next)
-// and checks the per-pod flow limit; each new flow gets a goroutine that dials
-// the original destination over a host socket, bounded by ConnectTimeout, and
-// only then answers the pod: Request.Accept (SYN,ACK from the destination) when
-// the host connection is up, Request.Refuse (RST) otherwise. A refused,
-// unreachable (no route, EHOSTUNREACH) and timed-out upstream all become an
-// RST, counted apart (TCPRefused, TCPUnreachable, TCPTimeouts); the pod never
-// gets an ICMP unreachable from us, and never hangs past ConnectTimeout.
-// While the upstream connect is pending, the pod's retransmitted SYNs are
-// absorbed by the interceptor (a SYN for a tuple already pending).
+// TCP, upstream first, without a goroutine per connection (tcpSYN in
+// relay.go). The Interceptor hands each intercepted SYN to the engine on
+// the NIC's receive goroutine (Interceptor.SetHandler); the engine checks
+// the per-pod flow limit, opens the host socket itself and starts a
+// non-blocking connect to the original destination (dialAsync: socket,
+// TCP_NODELAY, connect), registered with the poller. When the socket
+// reports the outcome (EPOLLOUT or an error, on the poller's goroutine)
+// the pod is answered: Request.AcceptAsync (SYN,ACK from the destination)
+// when the host connection is up, Request.Refuse (RST) otherwise; the
+// pod's ACK then completes the child and the relay starts moving bytes.
+// ConnectTimeout bounds connect and the pod's handshake together (one
+// runtime timer per pending flow; on expiry the pod gets an RST or its
+// half-open child is reset). A refused, unreachable (no route,
+// EHOSTUNREACH) and timed-out upstream all become an RST, counted apart
+// (TCPRefused, TCPUnreachable, TCPTimeouts); the pod never gets an ICMP
+// unreachable from us, and never hangs past ConnectTimeout. While the
+// upstream connect is pending, the pod's retransmitted SYNs are absorbed
+// by the interceptor (a SYN for a tuple already pending). With a
+// Config.Dialer (tests' in-memory conns) the old form remains: one
+// goroutine takes SYNs (Interceptor.Next), and each flow gets a
+// goroutine that dials, Accepts and hands over to the relay.
 //
 // The relay (relay.go) is event-driven: no goroutine and no buffer of its
 // own per flow. The pod's side is a stack socket whose Notify callback

@@ -59,8 +59,15 @@ type Config struct {
 	// Logger receives debug and warning logs; nil discards them.
 	Logger *slog.Logger
 	// Dialer opens host connections ("tcp" and "udp" with a host:port
-	// address); nil = a net.Dialer. Tests inject one.
+	// address); nil = a net.Dialer, and intercepted TCP flows connect
+	// without a goroutine (tcpSYN); a Dialer is used for those too.
+	// Tests inject one.
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// mapDst, for tests only, makes intercepted TCP flows connect
+	// without a goroutine (tcpSYN) even with a Dialer, to the
+	// destination it returns (the rig's outside addresses on loopback).
+	mapDst func(netip.AddrPort) netip.AddrPort
 }
 
 // PortMapping is one CNI portMappings entry.
@@ -239,7 +246,11 @@ func New(cfg Config) (_ *Engine, err error) {
 		return nil, fmt.Errorf("proxy: DNS listener tcp %v: %w", any53, err)
 	}
 	e.st.InterceptEcho(e.echo.intercept)
-	e.spawn(e.tcpLoop)
+	if cfg.Dialer == nil || cfg.mapDst != nil {
+		e.tcpIC.SetHandler(e.tcpSYN)
+	} else {
+		e.spawn(e.tcpLoop)
+	}
 	e.spawn(e.udpLoop)
 	e.spawn(e.echo.dispatch)
 	e.spawn(e.dnsUDPLoop)
@@ -409,7 +420,8 @@ func (e *Engine) release(f *flowHandle) {
 }
 
 // flowHandle aborts one flow in whatever phase it is: it cancels the
-// flow's context (a dial or an Accept in progress) and closes every
+// flow's context (a dial or an Accept in progress; an event-driven TCP
+// flow has none) and closes every
 // resource added so far abortively. A resource added after the abort is
 // closed at once.
 type flowHandle struct {
@@ -458,14 +470,20 @@ func (f *flowHandle) abort() {
 	cs := f.closers
 	f.closers = nil
 	f.mu.Unlock()
-	f.cancel()
+	if f.cancel != nil {
+		f.cancel()
+	}
 	for _, c := range cs {
 		c()
 	}
 }
 
 // done releases the flow's context once the flow ended on its own.
-func (f *flowHandle) done() { f.cancel() }
+func (f *flowHandle) done() {
+	if f.cancel != nil {
+		f.cancel()
+	}
+}
 
 // Stats returns the counters and, per registered pod, its flows.
 func (e *Engine) Stats() Stats {

@@ -36,6 +36,12 @@ type poller struct {
 // pollBatch is the most events one wait returns.
 const pollBatch = 128
 
+// controller runs a function with an fd it keeps open meanwhile
+// (syscall.RawConn.Control, hostConn).
+type controller interface {
+	Control(f func(fd uintptr)) error
+}
+
 // pollHandler receives a registered fd's events (EPOLL* bits) on the
 // poller's goroutine.
 type pollHandler interface{ ready(events uint32) }
@@ -71,7 +77,7 @@ func (p *poller) newID() uint64 {
 // add registers, as id (from newID), the fd behind rc (read through its
 // owner's RawConn, which keeps it open meanwhile) for edge-triggered
 // input, output, hang-up and error events, delivered to h.
-func (p *poller) add(id uint64, rc syscall.RawConn, h pollHandler) error {
+func (p *poller) add(id uint64, rc controller, h pollHandler) error {
 	p.mu.Lock()
 	p.flows[id] = h
 	p.mu.Unlock()
@@ -95,7 +101,7 @@ func (p *poller) add(id uint64, rc syscall.RawConn, h pollHandler) error {
 
 // remove forgets registration id of the fd behind rc; events already
 // fetched for it are dropped.
-func (p *poller) remove(id uint64, rc syscall.RawConn) {
+func (p *poller) remove(id uint64, rc controller) {
 	p.mu.Lock()
 	delete(p.flows, id)
 	p.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -45,12 +46,23 @@ import (
 type relay struct {
 	e     *Engine
 	f     *flowHandle
-	down  *tcp.Sock // the pod's side
+	down  *tcp.Sock // the pod's side (nil while connecting)
 	downC *tcp.Conn
-	up    net.Conn // the host's side
-	rc    syscall.RawConn
-	id    uint64 // the poller registration
-	onEnd func() // counts the flow out, once
+	up    hostConn // the host's side
+	id    uint64   // the poller registration
+	onEnd func(phase relayPhase)
+
+	// The upstream-first handshake (tcpSYN): req is the pod's SYN,
+	// answered once the host connect completed; timer bounds connect
+	// and handshake by ConnectTimeout. mu guards phase and finished.
+	req      *tcp.Request
+	timer    *time.Timer
+	mu       sync.Mutex
+	phase    atomic.Uint32 // a relayPhase; changed under mu, read anywhere
+	finished bool
+	// downReady is set once down is: the Notify callback can come
+	// before AcceptAsync's caller stored down.
+	downReady atomic.Bool
 
 	dirs  [2]relayDir
 	state atomic.Uint32 // relay* bits
@@ -62,7 +74,7 @@ type relay struct {
 	// Scratch of the host → pod pump (under dirs[toPod].mu).
 	podIov [2]unix.Iovec
 
-	// Results of the syscalls run inside rc.Control.
+	// Results of the syscalls run inside Control.
 	sendN, recvN     int
 	sendErr, recvErr unix.Errno
 
@@ -72,6 +84,15 @@ type relay struct {
 	sendFn      func(fd uintptr)
 	recvFn      func(fd uintptr)
 }
+
+// relayPhase is where a relay is in its life.
+type relayPhase uint8
+
+const (
+	phaseConnecting relayPhase = iota // host connect in progress; the pod's SYN unanswered
+	phaseAccepting                    // SYN,ACK sent; the pod's ACK awaited
+	phaseRelaying                     // both sides established
+)
 
 // relayMaxVec bounds the slices one sendmsg gathers: a receive batch of
 // GSO super-segments (16) and then some.
@@ -95,25 +116,34 @@ type relayDir struct {
 	again atomic.Bool
 }
 
+func newRelay(e *Engine, f *flowHandle, up hostConn) *relay {
+	r := &relay{e: e, f: f, up: up, id: e.poll.newID()}
+	r.readToFn, r.writeFromFn = r.writeHost, r.readHost
+	r.sendFn, r.recvFn = r.sendmsg, r.readv
+	return r
+}
+
 // startRelay relays between down (the stack's side) and up (the host's)
 // until both directions ended, then calls onEnd. With a kernel socket for
-// up and the poller running it returns at once and the relay runs on
-// events; otherwise (an in-memory conn a test's Dialer returned) it
-// copies with a goroutine per direction and returns when done.
+// up it returns at once and the relay runs on events; otherwise (an
+// in-memory conn a test's Dialer returned) it copies with a goroutine per
+// direction and returns when done.
 func (e *Engine) startRelay(f *flowHandle, down *tcp.Conn, up net.Conn, onEnd func()) {
 	rc := rawConn(up)
-	if rc == nil || e.poll == nil {
+	if rc == nil {
 		splice(f, down, up)
 		onEnd()
 		return
 	}
-	r := &relay{e: e, f: f, down: down.Sock(), downC: down, up: up, rc: rc, onEnd: onEnd, id: e.poll.newID()}
-	r.readToFn, r.writeFromFn = r.writeHost, r.readHost
-	r.sendFn, r.recvFn = r.sendmsg, r.readv
+	r := newRelay(e, f, netHost{c: up, rc: rc})
+	r.onEnd = func(relayPhase) { onEnd() }
+	r.phase.Store(uint32(phaseRelaying))
+	r.down, r.downC = down.Sock(), down
+	r.downReady.Store(true)
 	if !f.add(r.abort) {
 		return // aborted already: abort closed everything
 	}
-	if err := e.poll.add(r.id, rc, r); err != nil {
+	if err := e.poll.add(r.id, r.up, r); err != nil {
 		// Closed under us (an abort), or the poller is gone.
 		r.finish(true)
 		return
@@ -128,8 +158,135 @@ func (e *Engine) startRelay(f *flowHandle, down *tcp.Conn, up net.Conn, onEnd fu
 	r.kick(toPod)
 }
 
+// tcpSYN takes an intercepted SYN on the NIC's goroutine (the
+// Interceptor's handler) and starts the upstream connect without a
+// goroutine: a non-blocking connect whose completion the poller reports
+// (connected), after which the pod gets its SYN,ACK (AcceptAsync) and,
+// with its ACK, the relay. ConnectTimeout bounds connect and handshake
+// together.
+func (e *Engine) tcpSYN(req *tcp.Request) {
+	f := &flowHandle{}
+	if !e.acquire(req.Src().Addr(), f, kindTCP) {
+		req.Refuse()
+		return
+	}
+	e.c.pendingTCP.Add(1)
+	f.pod, f.dst = req.Src(), req.Dst()
+	dst := req.Dst()
+	if e.cfg.mapDst != nil {
+		dst = e.cfg.mapDst(dst)
+	}
+	h, err := dialAsync(dst)
+	if err != nil {
+		e.countDialErr(err)
+		e.log.Debug("proxy: upstream connect failed", "pod", req.Src(), "dst", req.Dst(), "err", err)
+		req.Refuse()
+		e.c.pendingTCP.Add(-1)
+		e.release(f)
+		return
+	}
+	r := newRelay(e, f, h)
+	r.req = req
+	r.onEnd = func(ph relayPhase) {
+		if ph == phaseRelaying {
+			e.c.activeTCP.Add(-1)
+		} else {
+			e.c.pendingTCP.Add(-1)
+		}
+		e.release(f)
+	}
+	r.mu.Lock() // timeout reads r.timer under mu
+	r.timer = time.AfterFunc(e.cfg.ConnectTimeout, r.timeout)
+	r.mu.Unlock()
+	if !f.add(r.abort) {
+		return
+	}
+	if err := e.poll.add(r.id, h, r); err != nil {
+		r.finish(true)
+	}
+}
+
+// connected runs on the poller's goroutine when the connecting socket
+// reported an event: the pod's SYN is answered as the connect went —
+// SYN,ACK from the destination when it is up (upstream first), an RST
+// when it failed (refused, unreachable: counted as a dial error).
+func (r *relay) connected() {
+	err := connectResult(r.up.(*hostFD))
+	if err == syscall.EAGAIN {
+		return // not this time
+	}
+	r.mu.Lock()
+	if r.finished || relayPhase(r.phase.Load()) != phaseConnecting {
+		r.mu.Unlock()
+		return
+	}
+	if err != nil {
+		r.mu.Unlock()
+		r.e.countDialErr(err)
+		r.e.log.Debug("proxy: upstream connect failed", "pod", r.f.pod, "dst", r.f.dst, "err", err)
+		r.finish(true) // refuses the SYN
+		return
+	}
+	r.phase.Store(uint32(phaseAccepting))
+	r.mu.Unlock()
+	conn, err := r.req.AcceptAsync(r.notify)
+	if err != nil {
+		r.finish(true)
+		return
+	}
+	conn.SetNoDelay(true)
+	r.down, r.downC = conn.Sock(), conn
+	r.downReady.Store(true)
+	// The pod's ACK may have come already: look now.
+	r.established()
+	r.kick(toHost)
+	r.kick(toPod)
+}
+
+// established moves an accepting relay to relaying once the pod's
+// handshake completed.
+func (r *relay) established() {
+	if st := r.down.State(); st == tcp.SynReceived || st == tcp.Closed {
+		return // not yet, or failed: the pumps see the error
+	}
+	r.mu.Lock()
+	if r.finished || relayPhase(r.phase.Load()) != phaseAccepting {
+		r.mu.Unlock()
+		return
+	}
+	r.phase.Store(uint32(phaseRelaying))
+	r.timer.Stop()
+	r.mu.Unlock()
+	r.e.c.pendingTCP.Add(-1)
+	r.e.c.tcpAccepted.Add(1)
+	r.e.c.activeTCP.Add(1)
+}
+
+// timeout is ConnectTimeout passing before the relay got to relaying:
+// the upstream connect timed out (the pod gets an RST) or the pod did
+// not complete its handshake (its half-open connection is reset).
+func (r *relay) timeout() {
+	r.mu.Lock()
+	ph, fin := relayPhase(r.phase.Load()), r.finished
+	r.mu.Unlock()
+	if fin || ph == phaseRelaying {
+		return
+	}
+	if ph == phaseConnecting {
+		r.e.c.tcpTimeouts.Add(1)
+	}
+	r.e.log.Debug("proxy: connect or pod handshake timed out", "pod", r.f.pod, "dst", r.f.dst)
+	r.finish(true)
+}
+
 // notify is the stack socket's event callback.
 func (r *relay) notify(ev tcp.Event) {
+	if !r.downReady.Load() {
+		return // connected kicks both directions once it has down
+	}
+	if relayPhase(r.phase.Load()) == phaseAccepting {
+		r.established()
+	}
 	if ev&tcp.EventReadable != 0 {
 		r.kick(toHost)
 	}
@@ -140,6 +297,10 @@ func (r *relay) notify(ev tcp.Event) {
 
 // ready is the host socket's poller callback.
 func (r *relay) ready(ev uint32) {
+	if !r.downReady.Load() {
+		r.connected()
+		return
+	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		r.kick(toPod)
 	}
@@ -183,7 +344,7 @@ func (r *relay) pumpToHost() {
 		case err == io.EOF:
 			// RFC 9293 §3.6: the pod's FIN becomes ours to the host.
 			var serr error
-			if cerr := r.rc.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
+			if cerr := r.up.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
 				serr = cerr
 			}
 			if serr != nil {
@@ -242,7 +403,7 @@ func (r *relay) writeHost(v [][]byte) (int, error) {
 	}
 	r.hostMsg.Iov = &r.hostIov[0]
 	r.hostMsg.SetIovlen(k)
-	err := r.rc.Control(r.sendFn)
+	err := r.up.Control(r.sendFn)
 	clear(r.hostIov[:k]) // do not keep the SKBs reachable
 	r.hostMsg.Iov = nil
 	if err != nil {
@@ -281,7 +442,7 @@ func (r *relay) readHost(a, b []byte) (int, error) {
 		k = 2
 	}
 	r.recvN = k
-	err := r.rc.Control(r.recvFn)
+	err := r.up.Control(r.recvFn)
 	clear(r.podIov[:])
 	switch {
 	case err != nil:
@@ -326,26 +487,37 @@ func (r *relay) dirDone(bit uint32) {
 func (r *relay) abort() { r.finish(true) }
 
 // finish ends the relay once: it stops the events, closes both sockets —
-// gracefully after both FINs went through, else abortively (RST) — and
+// gracefully after both FINs went through, else abortively (RST; a pod
+// whose SYN is still unanswered gets the RST of a refused connect) — and
 // counts the flow out.
 func (r *relay) finish(abort bool) {
-	for {
-		s := r.state.Load()
-		if s&relayFinished != 0 {
-			return
-		}
-		if r.state.CompareAndSwap(s, s|relayFinished) {
-			break
-		}
+	r.mu.Lock()
+	if r.finished {
+		r.mu.Unlock()
+		return
 	}
-	r.down.SetNotify(nil)
-	r.e.poll.remove(r.id, r.rc)
+	r.finished = true
+	ph := relayPhase(r.phase.Load())
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.mu.Unlock()
+	r.state.Or(relayFinished)
+	if r.req != nil {
+		r.req.Refuse() // does nothing once accepted
+	}
+	r.e.poll.remove(r.id, r.up)
+	if r.downReady.Load() {
+		r.down.SetNotify(nil)
+	}
 	if abort {
-		abortConn(r.downC)
-		abortConn(r.up)
+		if r.downC != nil && r.downReady.Load() {
+			abortConn(r.downC)
+		}
+		r.up.Abort()
 	} else {
 		r.downC.Close()
 		r.up.Close()
 	}
-	r.onEnd()
+	r.onEnd(ph)
 }

@@ -117,9 +117,34 @@ func TestTCPUpstreamFailures(t *testing.T) {
 		{"silent upstream times out", func(t *testing.T) (string, uint16) { return "203.0.113.250", 80 },
 			func(s Stats) uint64 { return s.TCPTimeouts }},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := newRig(t, func(c *Config) { c.ConnectTimeout = 300 * time.Millisecond })
+	for _, dialer := range []bool{false, true} {
+		for _, tt := range tests {
+			name := tt.name
+			if dialer {
+				name += " (Dialer)"
+			}
+			t.Run(name, func(t *testing.T) {
+				testUpstreamFailure(t, dialer, tt.dst, tt.counter)
+			})
+		}
+	}
+}
+
+// testUpstreamFailure is one case of TestTCPUpstreamFailures, through
+// the engine's own connects or (dialer) a Config.Dialer's.
+func testUpstreamFailure(t *testing.T, dialer bool, dst func(t *testing.T) (string, uint16), counter func(Stats) uint64) {
+	tt := struct {
+		dst     func(t *testing.T) (string, uint16)
+		counter func(Stats) uint64
+	}{dst, counter}
+	{
+		{
+			r := newRig(t, func(c *Config) {
+				c.ConnectTimeout = 300 * time.Millisecond
+				if dialer {
+					c.mapDst = nil // through testDialer and a goroutine per connect
+				}
+			})
 			must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
 			a, port := tt.dst(t)
 			start := time.Now()
@@ -139,7 +164,7 @@ func TestTCPUpstreamFailures(t *testing.T) {
 			if s.TCPAccepted != 0 {
 				t.Errorf("TCPAccepted = %d", s.TCPAccepted)
 			}
-		})
+		}
 	}
 }
 

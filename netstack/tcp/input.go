@@ -558,6 +558,8 @@ func (s *Sock) synRcvdToEstablished(seg *segment) bool {
 		l.cond.Broadcast()
 		l.mu.Unlock()
 		s.p.count(PassiveOpens)
+	} else if s.intercepted {
+		s.p.count(PassiveOpens)
 	}
 	if s.backoff == 0 {
 		s.rttSample(s.p.clk.Now().Sub(s.rttTime))

@@ -107,6 +107,9 @@ type Sock struct {
 	// SO_MARK, put on every segment (MarkDivert for DialTransparent).
 	transparent bool
 	mark        uint32
+	// intercepted: the child of an Interceptor's Request (a passive
+	// open without a listener; counted in PassiveOpens when established).
+	intercepted bool
 
 	// Receive sequence space.
 	irs, rcvNxt  uint32
