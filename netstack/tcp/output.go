@@ -180,11 +180,18 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 	return s.p.ip.QueueXmit(skb, fl)
 }
 
-// sendAck is tcp_send_ack.
-func (s *Sock) sendAck() { _ = s.transmit(s.sndNxt, 0, header.ACK) }
+// sendAck is tcp_send_ack. A pure ACK carries SND.MAX, not SND.NXT: after
+// a timeout SND.NXT went back to SND.UNA (go-back-N) while the peer may
+// hold everything up to SND.MAX, and an ACK numbered below its RCV.NXT
+// fails its acceptability test (RFC 9293 §3.10.7.4) before its ACK field
+// is read. Two ends doing that to each other never recover. BSD
+// tcp_output numbers ACK-only segments with snd_max for this reason; Linux
+// keeps snd_nxt at the highest sequence sent (tcp_acceptable_seq).
+func (s *Sock) sendAck() { _ = s.transmit(s.sndMax, 0, header.ACK) }
 
-// sendReset is tcp_send_active_reset: RST at SND.NXT.
-func (s *Sock) sendReset() { _ = s.transmit(s.sndNxt, 0, header.RST|header.ACK) }
+// sendReset is tcp_send_active_reset: RST at SND.MAX (see sendAck; the
+// peer accepts an RST only at its RCV.NXT, RFC 5961 §3.2).
+func (s *Sock) sendReset() { _ = s.transmit(s.sndMax, 0, header.RST|header.ACK) }
 
 // oowRateLimit spaces the ACKs answering out-of-window and PAWS-failed
 // segments (Linux tcp_invalid_ratelimit, 500 ms), so two confused peers
