@@ -67,10 +67,9 @@ type relay struct {
 	dirs  [2]relayDir
 	state atomic.Uint32 // relay* bits
 
-	// Scratch of the pod → host pump (under dirs[toHost].mu).
-	hostVec [relayMaxVec][]byte
-	hostIov [relayMaxVec]unix.Iovec
-	hostMsg unix.Msghdr
+	// Scratch of the pod → host pump, from a pool while it runs (under
+	// dirs[toHost].mu), so an idle relay holds none.
+	scr *relayScratch
 	// Scratch of the host → pod pump (under dirs[toPod].mu).
 	podIov [2]unix.Iovec
 
@@ -115,6 +114,15 @@ type relayDir struct {
 	mu    sync.Mutex
 	again atomic.Bool
 }
+
+// relayScratch is what one sendmsg of the pod → host pump needs.
+type relayScratch struct {
+	vec [relayMaxVec][]byte
+	iov [relayMaxVec]unix.Iovec
+	msg unix.Msghdr
+}
+
+var relayScratchPool = sync.Pool{New: func() any { return new(relayScratch) }}
 
 func newRelay(e *Engine, f *flowHandle, up hostConn) *relay {
 	r := &relay{e: e, f: f, up: up, id: e.poll.newID()}
@@ -228,8 +236,10 @@ func (r *relay) connected() {
 		return
 	}
 	r.phase.Store(uint32(phaseAccepting))
+	req := r.req
+	r.req = nil // resolved by AcceptAsync: nothing left to refuse
 	r.mu.Unlock()
-	conn, err := r.req.AcceptAsync(r.notify)
+	conn, err := req.AcceptAsync(r.notify)
 	if err != nil {
 		r.finish(true)
 		return
@@ -256,6 +266,7 @@ func (r *relay) established() {
 	}
 	r.phase.Store(uint32(phaseRelaying))
 	r.timer.Stop()
+	r.timer = nil
 	r.mu.Unlock()
 	r.e.c.pendingTCP.Add(-1)
 	r.e.c.tcpAccepted.Add(1)
@@ -332,8 +343,13 @@ func (r *relay) kick(d int) {
 // pumpToHost moves the pod's bytes to the host until the queue is empty
 // or the host socket full.
 func (r *relay) pumpToHost() {
+	r.scr = relayScratchPool.Get().(*relayScratch)
+	defer func() {
+		relayScratchPool.Put(r.scr)
+		r.scr = nil
+	}()
 	for r.state.Load()&(relayToHostDone|relayFinished) == 0 {
-		n, err := r.down.ReadTo(r.hostVec[:], r.readToFn)
+		n, err := r.down.ReadTo(r.scr.vec[:], r.readToFn)
 		if n > 0 {
 			r.f.toHost.Add(uint64(n))
 		}
@@ -389,23 +405,24 @@ func (r *relay) pumpToPod() {
 
 // writeHost is ReadTo's callback: one sendmsg of the queued slices.
 func (r *relay) writeHost(v [][]byte) (int, error) {
+	scr := r.scr
 	k := 0
 	for _, b := range v {
 		if len(b) == 0 {
 			continue
 		}
-		r.hostIov[k].Base = &b[0]
-		r.hostIov[k].SetLen(len(b))
+		scr.iov[k].Base = &b[0]
+		scr.iov[k].SetLen(len(b))
 		k++
 	}
 	if k == 0 {
 		return 0, nil
 	}
-	r.hostMsg.Iov = &r.hostIov[0]
-	r.hostMsg.SetIovlen(k)
+	scr.msg.Iov = &scr.iov[0]
+	scr.msg.SetIovlen(k)
 	err := r.up.Control(r.sendFn)
-	clear(r.hostIov[:k]) // do not keep the SKBs reachable
-	r.hostMsg.Iov = nil
+	clear(scr.iov[:k]) // do not keep the SKBs reachable
+	scr.msg.Iov = nil
 	if err != nil {
 		return 0, err
 	}
@@ -418,7 +435,7 @@ func (r *relay) writeHost(v [][]byte) (int, error) {
 func (r *relay) sendmsg(fd uintptr) {
 	for {
 		// MSG_NOSIGNAL: a host that reset gives EPIPE, not SIGPIPE.
-		n, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&r.hostMsg)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		n, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&r.scr.msg)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
 		if e == unix.EINTR {
 			continue
 		}
@@ -501,10 +518,11 @@ func (r *relay) finish(abort bool) {
 	if r.timer != nil {
 		r.timer.Stop()
 	}
+	req := r.req
 	r.mu.Unlock()
 	r.state.Or(relayFinished)
-	if r.req != nil {
-		r.req.Refuse() // does nothing once accepted
+	if req != nil {
+		req.Refuse() // the pod's SYN is still unanswered
 	}
 	r.e.poll.remove(r.id, r.up)
 	if r.downReady.Load() {
