@@ -133,4 +133,3 @@ func (e *cniEnv) stackDrops() map[string]uint64 {
 	}
 	return st.Stack.Drops
 }
-
