@@ -549,6 +549,12 @@ func (s *Socket) SetDontFragment(on bool) {
 	s.mu.Unlock()
 }
 
+func (s *Socket) dontFragment() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dontFrag
+}
+
 // BindToDevice restricts output to one NIC (SO_BINDTODEVICE); 0 clears.
 func (s *Socket) BindToDevice(nicID int) {
 	s.mu.Lock()
