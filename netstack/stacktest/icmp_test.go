@@ -302,4 +302,3 @@ func TestUDPHardAndSoftICMPErrors(t *testing.T) {
 		})
 	}
 }
-
