@@ -29,6 +29,10 @@ type segment struct {
 	ce         bool // the IP header carried CE (RFC 3168 §5)
 	divert     bool // skb.Mark has netfilter.MarkDivert (intercept.go)
 	dataOffset int
+	// twISN is the ISN of a connection this SYN reopens from TIME-WAIT
+	// (timewait.go), when hasTWISN.
+	twISN    uint32
+	hasTWISN bool
 }
 
 // V4Rcv is tcp_v4_rcv: it consumes skb, whose Bytes() start at the TCP
@@ -103,6 +107,13 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 		p.noSocket(&seg)
 	case listener:
 		s.listenRcv(&seg, t)
+	case seg.hasSyn && !seg.hasAck && s.timeWaitReopen(&seg, func() bool { return p.hasListener(t) }):
+		// A new incarnation of a tuple in TIME-WAIT (timewait.go).
+		if l := p.lookupListenerRLocked(t); l != nil {
+			l.listenRcv(&seg, t)
+			return
+		}
+		p.noSocket(&seg)
 	default:
 		s.rcv(&seg)
 	}
