@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
+	"github.com/cni-userstack/cni-userstack/daemon/proxy"
 	"github.com/cni-userstack/cni-userstack/netstack/link/afpacket"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/veth"
@@ -41,6 +42,11 @@ type ServeFlags struct {
 	ProxyConnectTimeout time.Duration
 	ProxyUDPIdleTimeout time.Duration
 	ProxyMaxFlowsPerPod int
+	// TCP keepalive of both sockets of every proxy relay
+	// (daemon/proxy.Config.KeepAlive*); Idle 0 turns it off.
+	ProxyKeepAliveIdle     time.Duration
+	ProxyKeepAliveInterval time.Duration
+	ProxyKeepAliveCount    int
 	// BusyPoll is the AF_PACKET links' busy-poll budget
 	// (afpacket.Config.BusyPoll); 0 is off.
 	BusyPoll time.Duration
@@ -52,6 +58,14 @@ const (
 	DefaultProxyConnectTimeout = 10 * time.Second
 	DefaultProxyUDPIdleTimeout = 60 * time.Second
 	DefaultProxyMaxFlowsPerPod = 4096
+	// The kernel's keepalive defaults (net.ipv4.tcp_keepalive_time,
+	// _intvl, _probes) and bounds (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL:
+	// 32767 s; MAX_TCP_KEEPCNT: 127).
+	DefaultProxyKeepAliveIdle     = proxy.DefaultKeepAliveIdle
+	DefaultProxyKeepAliveInterval = proxy.DefaultKeepAliveInterval
+	DefaultProxyKeepAliveCount    = proxy.DefaultKeepAliveCount
+	maxKeepAliveTime              = 32767 * time.Second
+	maxKeepAliveCount             = 127
 )
 
 // AddFlags registers the serve flags on fs, with their defaults. The
@@ -69,6 +83,9 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.ProxyConnectTimeout, "proxy-connect-timeout", DefaultProxyConnectTimeout, "proxy mode: bound of a pod's upstream TCP connect; the pod gets an RST when it passes")
 	fs.DurationVar(&f.ProxyUDPIdleTimeout, "proxy-udp-idle-timeout", DefaultProxyUDPIdleTimeout, "proxy mode: a UDP or ICMP echo flow with no traffic for this long is closed")
 	fs.IntVar(&f.ProxyMaxFlowsPerPod, "proxy-max-flows-per-pod", DefaultProxyMaxFlowsPerPod, "proxy mode: concurrent TCP+UDP+ICMP flows per pod; new flows past it are refused and counted")
+	fs.DurationVar(&f.ProxyKeepAliveIdle, "proxy-keepalive-idle", DefaultProxyKeepAliveIdle, "proxy mode: TCP keepalive of both sockets of a relay: idle time before the first probe (whole seconds, at most 32767s; the kernel's tcp_keepalive_time by default); 0 turns keepalive off")
+	fs.DurationVar(&f.ProxyKeepAliveInterval, "proxy-keepalive-interval", DefaultProxyKeepAliveInterval, "proxy mode: time between keepalive probes (whole seconds, at most 32767s; tcp_keepalive_intvl)")
+	fs.IntVar(&f.ProxyKeepAliveCount, "proxy-keepalive-count", DefaultProxyKeepAliveCount, "proxy mode: unanswered keepalive probes after which a relay is closed (1..127; tcp_keepalive_probes)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket before it sleeps (NAPI busy polling, one link at a time per 2 CPUs): lower round-trip latency for up to this much CPU per idle read, worth it only with cores to spare; 0 is off, at most "+afpacket.MaxBusyPoll.String())
 }
 
@@ -85,6 +102,12 @@ func (f *ServeFlags) Validate() error {
 		return fmt.Errorf("--proxy-max-flows-per-pod %d: must be positive", f.ProxyMaxFlowsPerPod)
 	case f.BusyPoll < 0 || f.BusyPoll > afpacket.MaxBusyPoll:
 		return fmt.Errorf("--busy-poll %v: must be between 0 and %v", f.BusyPoll, afpacket.MaxBusyPoll)
+	case f.ProxyKeepAliveIdle != 0 && !keepAliveTime(f.ProxyKeepAliveIdle):
+		return fmt.Errorf("--proxy-keepalive-idle %v: must be 0 (off) or whole seconds from 1s to %v", f.ProxyKeepAliveIdle, maxKeepAliveTime)
+	case !keepAliveTime(f.ProxyKeepAliveInterval):
+		return fmt.Errorf("--proxy-keepalive-interval %v: must be whole seconds from 1s to %v", f.ProxyKeepAliveInterval, maxKeepAliveTime)
+	case f.ProxyKeepAliveCount < 1 || f.ProxyKeepAliveCount > maxKeepAliveCount:
+		return fmt.Errorf("--proxy-keepalive-count %d: must be between 1 and %d", f.ProxyKeepAliveCount, maxKeepAliveCount)
 	}
 	if _, err := f.subnet(); err != nil {
 		return err
@@ -112,6 +135,13 @@ func ParseServeFlags(args []string, stderr io.Writer) (*ServeFlags, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// keepAliveTime reports whether d is a keepalive time the kernel takes as
+// is: whole seconds (TCP_KEEPIDLE and TCP_KEEPINTVL count seconds) from 1
+// to 32767.
+func keepAliveTime(d time.Duration) bool {
+	return d >= time.Second && d <= maxKeepAliveTime && d%time.Second == 0
 }
 
 func (f *ServeFlags) subnet() (netip.Prefix, error) {

@@ -37,6 +37,15 @@
 // close are seen by the far peer as an RST. When both directions have ended
 // both sockets are closed and the flow is counted out.
 //
+// Keepalive (keepalive.go): both sockets of every TCP relay (outbound,
+// port mapping, DNS over TCP) get TCP keepalive with KeepAliveIdle,
+// KeepAliveInterval and KeepAliveCount (defaults the kernel's: 2 h, 75 s,
+// 9): the stack's socket through our TCP's keepalive timer, the host's
+// through the kernel's socket options. A peer that vanished without FIN
+// or RST, on either side, fails its socket with ETIMEDOUT after Idle +
+// Count·Interval of silence; the relay then resets both sides as for any
+// error, and the flow leaves its pod's count.
+//
 // UDP. One goroutine reads the intercept socket (Meta.From is the pod, Meta.To
 // the original destination). A flow is a (pod, destination) pair with its own
 // connected host socket and one goroutine reading that socket; replies go back
@@ -93,7 +102,8 @@
 //   - Pending intercepted SYNs: maxPendingTCP in the interceptor, plus the
 //     per-pod limit on flows being dialled.
 //   - TCP relay memory: 2·relayBufSize per flow, from a pool, plus the
-//     sockets' own buffers (the stack's SndBuf/RcvBuf, the kernel's).
+//     sockets' own buffers (the stack's SndBuf/RcvBuf, the kernel's); a
+//     relay whose peer died silently holds them until keepalive finds it.
 //   - UDP and echo replies: a pooled maxDatagram buffer held only while a
 //     datagram is handled, never while a flow waits.
 //   - Echo queue: echoQueueLen requests. DNS: maxDNSInFlight UDP queries.

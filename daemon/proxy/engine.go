@@ -53,6 +53,14 @@ type Config struct {
 	MaxFlowsPerPod int
 	// MaxUDPFlows bounds the UDP flows of the whole node; default 16384.
 	MaxUDPFlows int
+	// KeepAliveIdle, KeepAliveInterval and KeepAliveCount are the TCP
+	// keepalive of both sockets of every relay (keepalive.go): probes
+	// after Idle without traffic, every Interval, the relay closed after
+	// Count unanswered. Zero values are the kernel's defaults (2 h, 75 s,
+	// 9); a negative Idle turns keepalive off.
+	KeepAliveIdle     time.Duration
+	KeepAliveInterval time.Duration
+	KeepAliveCount    int
 	// ResolvConf is the resolver configuration the DNS relay reads;
 	// default /etc/resolv.conf. It is re-read when its mtime changes.
 	ResolvConf string
@@ -125,6 +133,8 @@ type Engine struct {
 	st   *netstack.Stack
 	log  *slog.Logger
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// keepAlive is what both sockets of a TCP relay get (keepalive.go).
+	keepAlive net.KeepAliveConfig
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -191,19 +201,29 @@ func New(cfg Config) (_ *Engine, err error) {
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = DefaultResolvConf
 	}
+	if cfg.KeepAliveIdle == 0 {
+		cfg.KeepAliveIdle = DefaultKeepAliveIdle
+	}
+	if cfg.KeepAliveInterval <= 0 {
+		cfg.KeepAliveInterval = DefaultKeepAliveInterval
+	}
+	if cfg.KeepAliveCount <= 0 {
+		cfg.KeepAliveCount = DefaultKeepAliveCount
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	e := &Engine{
-		cfg:    cfg,
-		st:     cfg.Stack,
-		log:    log,
-		dial:   cfg.Dialer,
-		pods:   map[string]*pod{},
-		addrs:  map[netip.Addr]*addrState{},
-		resolv: &resolvConf{path: cfg.ResolvConf},
-		dnsSem: make(chan struct{}, maxDNSInFlight),
+		cfg:       cfg,
+		st:        cfg.Stack,
+		log:       log,
+		dial:      cfg.Dialer,
+		pods:      map[string]*pod{},
+		addrs:     map[netip.Addr]*addrState{},
+		resolv:    &resolvConf{path: cfg.ResolvConf},
+		keepAlive: cfg.keepAliveConfig(),
+		dnsSem:    make(chan struct{}, maxDNSInFlight),
 	}
 	if e.dial == nil {
 		d := &net.Dialer{}
