@@ -74,7 +74,8 @@ func apiProxyStats(s proxy.Stats) *api.ProxyStats {
 		ActiveTCP: s.ActiveTCP, ActiveUDP: s.ActiveUDP, ActiveEcho: s.ActiveEcho, PendingTCP: s.PendingTCP,
 		TCPAccepted: s.TCPAccepted, TCPRefused: s.TCPRefused, TCPTimeouts: s.TCPTimeouts, TCPUnreachable: s.TCPUnreachable,
 		FlowLimitDrops: s.FlowLimitDrops, UDPFlowsOpened: s.UDPFlowsOpened, UDPPortUnreachables: s.UDPPortUnreachables,
-		EchoRelayed: s.EchoRelayed, EchoDenied: s.EchoDenied, EchoDropped: s.EchoDropped,
+		UDPICMPErrors: s.UDPICMPErrors,
+		EchoRelayed:   s.EchoRelayed, EchoDenied: s.EchoDenied, EchoDropped: s.EchoDropped,
 		DNSQueries: s.DNSQueries, DNSFailures: s.DNSFailures,
 		PortMapConns: s.PortMapConns,
 	}

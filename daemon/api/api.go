@@ -316,6 +316,7 @@ type ProxyStats struct {
 	FlowLimitDrops      uint64 `json:"flowLimitDrops"`
 	UDPFlowsOpened      uint64 `json:"udpFlowsOpened"`
 	UDPPortUnreachables uint64 `json:"udpPortUnreachables"`
+	UDPICMPErrors       uint64 `json:"udpICMPErrors"`
 	EchoRelayed         uint64 `json:"echoRelayed"`
 	EchoDenied          uint64 `json:"echoDenied"`
 	EchoDropped         uint64 `json:"echoDropped"`

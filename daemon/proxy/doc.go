@@ -49,11 +49,15 @@
 // UDP. One goroutine reads the intercept socket (Meta.From is the pod, Meta.To
 // the original destination). A flow is a (pod, destination) pair with its own
 // connected host socket and one goroutine reading that socket; replies go back
-// with SendFromTo(from = destination, to = pod). ECONNREFUSED on the host socket
-// (the kernel got an ICMP port unreachable for our datagram) is reported to the
-// pod with Stack.SendPortUnreachable (RFC 1122 §4.1.3.1), so the pod's connected
-// socket sees ECONNREFUSED too. A flow idle (no datagram either way) for
-// UDPIdleTimeout is closed.
+// with SendFromTo(from = destination, to = pod). The host socket has IP_RECVERR
+// on: an ICMP error the host gets for a relayed datagram (port or protocol
+// unreachable, the other unreachables, time exceeded) goes to the pod as the
+// same error about its own datagram (icmperr.go): the IPv4 and UDP headers the
+// pod's datagram arrived with (udp.Socket.RecvMsgHeader keeps them per flow)
+// and the data the host's error quoted, so the quote is what the pod sent
+// (RFC 792, RFC 1122 §3.2.2) and a port unreachable reaches the pod's connected
+// socket as ECONNREFUSED (RFC 1122 §4.1.3.1). A flow idle (no datagram either
+// way) for UDPIdleTimeout is closed.
 //
 // ICMP echo. The stack calls the echo interceptor on its receive goroutine,
 // which must not block: the request is copied into a bounded queue

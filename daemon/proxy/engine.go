@@ -100,7 +100,8 @@ type Stats struct {
 	TCPUnreachable      uint64 `json:"tcpUnreachable"`      // no route or other dial error: RST to the pod
 	FlowLimitDrops      uint64 `json:"flowLimitDrops"`      // flows refused by MaxFlowsPerPod or MaxUDPFlows
 	UDPFlowsOpened      uint64 `json:"udpFlowsOpened"`      // host sockets (or port-mapping flows) opened
-	UDPPortUnreachables uint64 `json:"udpPortUnreachables"` // ECONNREFUSED passed to a pod as port unreachable
+	UDPPortUnreachables uint64 `json:"udpPortUnreachables"` // port unreachables for a relayed datagram passed to its pod
+	UDPICMPErrors       uint64 `json:"udpICMPErrors"`       // ICMP errors passed to a pod about its datagram (port unreachables included)
 	EchoRelayed         uint64 `json:"echoRelayed"`         // echo requests sent through a ping socket
 	EchoDenied          uint64 `json:"echoDenied"`          // ping socket refused (net.ipv4.ping_group_range)
 	EchoDropped         uint64 `json:"echoDropped"`         // echo queue full, oversized or send failed
@@ -122,7 +123,7 @@ type counters struct {
 	activeTCP, activeUDP, activeEcho, pendingTCP atomic.Int64
 
 	tcpAccepted, tcpRefused, tcpTimeouts, tcpUnreachable, flowLimitDrops atomic.Uint64
-	udpFlowsOpened, udpPortUnreachables                                  atomic.Uint64
+	udpFlowsOpened, udpPortUnreachables, udpICMPErrors                   atomic.Uint64
 	echoRelayed, echoDenied, echoDropped                                 atomic.Uint64
 	dnsQueries, dnsFailures, portMapConns                                atomic.Uint64
 }
@@ -174,7 +175,7 @@ type addrState struct {
 // interceptSocket is what the engine needs of the stack's UDP intercept
 // socket.
 type interceptSocket interface {
-	RecvMsg(p []byte, flags udp.Flags) (int, udp.Meta, error)
+	RecvMsgHeader(p []byte, h *udp.Header, flags udp.Flags) (int, udp.Meta, error)
 	SendFromTo(p []byte, from, to netip.AddrPort) (int, error)
 	Close() error
 }
@@ -486,6 +487,7 @@ func (e *Engine) Stats() Stats {
 		FlowLimitDrops:      e.c.flowLimitDrops.Load(),
 		UDPFlowsOpened:      e.c.udpFlowsOpened.Load(),
 		UDPPortUnreachables: e.c.udpPortUnreachables.Load(),
+		UDPICMPErrors:       e.c.udpICMPErrors.Load(),
 		EchoRelayed:         e.c.echoRelayed.Load(),
 		EchoDenied:          e.c.echoDenied.Load(),
 		EchoDropped:         e.c.echoDropped.Load(),
