@@ -318,6 +318,7 @@ type ProxyStats struct {
 	UDPPortUnreachables uint64 `json:"udpPortUnreachables"`
 	UDPICMPErrors       uint64 `json:"udpICMPErrors"`
 	EchoRelayed         uint64 `json:"echoRelayed"`
+	EchoRawRelayed      uint64 `json:"echoRawRelayed"`
 	EchoDenied          uint64 `json:"echoDenied"`
 	EchoDropped         uint64 `json:"echoDropped"`
 	DNSQueries          uint64 `json:"dnsQueries"`

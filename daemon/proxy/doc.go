@@ -68,9 +68,22 @@
 // the identifier to the socket's own; replies are mapped back to the pod's and
 // answered with SendEchoReply from the destination. Where the host refuses ping
 // sockets (EACCES: the daemon's group is outside net.ipv4.ping_group_range,
-// whose default "1 0" refuses everyone) the request is dropped and counted in
-// EchoDenied: pods can still ping their gateway, which the stack answers
-// itself. Flows close after UDPIdleTimeout without traffic.
+// whose default "1 0" refuses everyone) the flow goes through the engine's one
+// raw ICMP socket instead (SOCK_RAW, which the daemon may open as root with
+// CAP_NET_RAW; opened at the first such flow, kept until Close): the flow gets
+// an identifier of ours, unique among the raw flows to its destination, and
+// the request is sent with it; one goroutine reads the socket (the kernel's
+// ICMP_FILTER passes echo replies only) and hands a reply to the flow named by
+// its source and identifier, which answers the pod with the pod's identifier
+// (EchoRawRelayed counts these requests). Replies to other programs' pings find
+// no flow and are ignored. Raw-mode flows have no socket or goroutine of their
+// own: a timer per flow marks it for one sweeper goroutine, which ends it after
+// UDPIdleTimeout without traffic or when it is aborted. Large echoes work the
+// same way: the stack has reassembled the pod's request, the host socket sends
+// it whole, and SendEchoReply fragments the reply to the pod's MTU. Only when
+// both sockets are refused is the request dropped and counted in EchoDenied:
+// pods can still ping their gateway, which the stack answers itself. Ping
+// socket flows close after UDPIdleTimeout without traffic too.
 //
 // DNS. The stack listens on 0.0.0.0:53 for UDP and TCP; only traffic to the
 // stack's own addresses (the gateway) reaches these sockets, diverted traffic
@@ -111,6 +124,10 @@
 //   - UDP and echo replies: a pooled maxDatagram buffer held only while a
 //     datagram is handled, never while a flow waits.
 //   - Echo queue: echoQueueLen requests. DNS: maxDNSInFlight UDP queries.
+//   - Echo flows count against MaxFlowsPerPod, ping-socket and raw alike;
+//     raw-mode flows also against the 65536 identifiers per destination.
+//   - ICMP errors from a host UDP socket's error queue: maxErrQueue read per
+//     socket error (icmperr.go).
 //
 // # Concurrency
 //
@@ -119,7 +136,11 @@
 // locks (udpTable.mu, echoTable.mu, udpMapping.mu) are taken before it when
 // a flow is opened: lock order table > Engine.mu > flowHandle.mu, and a
 // flowHandle closes its sockets after releasing its own. echoTable.mu is
-// held across a ping socket's creation and send. Each flow has
+// held across a ping or raw socket's creation and a send; a raw-mode
+// flow's abort only marks it for the sweeper (echoTable.dueMu, a leaf), as
+// flowHandle may run it with echoTable.mu held. udpQuote.mu is a leaf.
+// The idle timers of raw-mode flows (time.AfterFunc) only mark the flow
+// too: the sweeper, an Engine.spawn goroutine, ends it. Each flow has
 // a flowHandle that aborts it whatever phase it is in (dialling, accepting,
 // relaying). Every goroutine is started through Engine.spawn and counted in
 // Engine.wg (a relay's second direction is waited for by its first; a pod's

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -33,29 +35,61 @@ type echoReq struct {
 	payload []byte
 }
 
-// echoFlow is one ping socket connected to the destination.
+// rawKey names a flow on the raw socket by what its replies carry: the
+// destination that answers and the identifier we gave the flow.
+type rawKey struct {
+	dst netip.Addr
+	id  uint16
+}
+
+// echoFlow is one pod identifier's echo flow: a ping socket connected to
+// the destination (conn), or an identifier of its own on the engine's raw
+// ICMP socket (raw mode, hostID).
 type echoFlow struct {
 	key  echoKey
 	conn net.Conn
 	raw  syscall.RawConn
 	last atomic.Int64 // wall-clock nanoseconds of the last request or reply
 	f    *flowHandle
+
+	// Raw mode.
+	viaRaw bool
+	hostID uint16
+	rawKey rawKey
+	idle   *time.Timer // marks the flow due for the sweeper; no goroutine per flow
+	dead   atomic.Bool // aborted (RemovePod, Close): the sweeper ends it
 }
 
 func (ef *echoFlow) touch() { ef.last.Store(time.Now().UnixNano()) }
 
 // echoTable is the echo relay: the queue from the stack's receive
-// goroutine and the flows. Bound: the flows count against MaxFlowsPerPod.
+// goroutine and the flows. Bound: the flows count against MaxFlowsPerPod;
+// raw-mode flows also against 65536 identifiers per destination.
 type echoTable struct {
 	e *Engine
 	q chan echoReq // bound: echoQueueLen
 
-	// mu guards m; held across a ping socket's creation and send.
-	mu sync.Mutex
-	m  map[echoKey]*echoFlow
+	// mu guards m, byRaw and rawSock; held across a socket's creation
+	// and a send.
+	mu    sync.Mutex
+	m     map[echoKey]*echoFlow
+	byRaw map[rawKey]*echoFlow // raw-mode flows by reply key
+	// rawSock is the engine's one raw ICMP socket, opened when ping
+	// sockets are first refused and kept until Close.
+	rawSock net.PacketConn
+	rawRC   syscall.RawConn
 
-	// openPing opens a ping socket connected to dst; tests replace it.
+	// dueMu guards due: raw-mode flows whose idle timer fired or which
+	// were aborted, for the sweeper (rawSweeper) to look at. Bound: the
+	// raw-mode flows. wake (capacity 1) says due is not empty.
+	dueMu sync.Mutex
+	due   map[*echoFlow]struct{}
+	wake  chan struct{}
+
+	// openPing opens a ping socket connected to dst; openRaw the raw
+	// ICMP socket; tests replace them.
 	openPing func(dst netip.Addr) (net.Conn, error)
+	openRaw  func() (net.PacketConn, error)
 	// hostDst maps a pod's destination to the address pinged; tests use
 	// it to reach loopback. nil = identity.
 	hostDst func(netip.Addr) netip.Addr
@@ -65,7 +99,11 @@ func (t *echoTable) init(e *Engine) {
 	t.e = e
 	t.q = make(chan echoReq, echoQueueLen)
 	t.m = map[echoKey]*echoFlow{}
+	t.byRaw = map[rawKey]*echoFlow{}
+	t.due = map[*echoFlow]struct{}{}
+	t.wake = make(chan struct{}, 1)
 	t.openPing = openPingSocket
+	t.openRaw = openRawICMP
 }
 
 // intercept is the stack's EchoFunc: it runs on the receive goroutine, so
@@ -83,7 +121,7 @@ func (t *echoTable) intercept(src, dst netip.Addr, id, seq uint16, payload []byt
 	}
 }
 
-// dispatch sends queued requests through their flows' ping sockets.
+// dispatch sends queued requests through their flows' sockets.
 func (t *echoTable) dispatch() {
 	for {
 		select {
@@ -106,23 +144,57 @@ func (t *echoTable) send(r echoReq) {
 		}
 	}
 	ef.touch()
-	// RFC 792 echo: the kernel sets the identifier to the socket's and
-	// computes the checksum (ping_v4_sendmsg).
+	// RFC 792 echo. A ping socket sets the identifier to its own and
+	// computes the checksum (ping_v4_sendmsg); on the raw socket both
+	// are ours to write.
 	msg := make([]byte, header.ICMPv4MinSize+len(r.payload))
-	header.ICMPv4(msg).Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(r.key.id, r.seq)})
+	id := r.key.id
+	if ef.viaRaw {
+		id = ef.hostID
+	}
+	header.ICMPv4(msg).Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(id, r.seq)})
 	copy(msg[header.ICMPv4MinSize:], r.payload)
 	// Counted before the send: the reply may be relayed before Write
 	// returns.
 	e.c.echoRelayed.Add(1)
-	if _, err := ef.conn.Write(msg); err != nil {
+	var err error
+	if ef.viaRaw {
+		e.c.echoRawRelayed.Add(1)
+		header.ICMPv4(msg).SetChecksum()
+		_, err = t.rawSock.WriteTo(msg, &net.IPAddr{IP: t.pinged(r.key.dst).AsSlice()})
+		if err != nil {
+			e.c.echoRawRelayed.Add(^uint64(0))
+		}
+	} else {
+		_, err = ef.conn.Write(msg)
+	}
+	if err != nil {
 		e.c.echoRelayed.Add(^uint64(0))
 		e.c.echoDropped.Add(1)
-		e.log.Debug("proxy: echo send failed", "pod", r.key.pod, "dst", r.key.dst, "err", err)
+		e.log.Debug("proxy: echo send failed", "pod", r.key.pod, "dst", r.key.dst, "raw", ef.viaRaw, "err", err)
 	}
 }
 
+// pinged is the address a request to dst goes to (hostDst in tests).
+func (t *echoTable) pinged(dst netip.Addr) netip.Addr {
+	if t.hostDst != nil {
+		return t.hostDst(dst)
+	}
+	return dst
+}
+
+// refused reports a socket(2) error that means "not allowed here", as
+// opposed to a failure of the moment.
+func refused(err error) bool {
+	return errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) ||
+		errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.EAFNOSUPPORT)
+}
+
 // open makes the flow of k; nil when denied, over a limit or failed (all
-// counted). Called with mu held.
+// counted). Called with mu held. A ping socket first; where the host
+// refuses those (net.ipv4.ping_group_range excludes our group, its
+// default "1 0" everyone) an identifier on the raw ICMP socket, which the
+// daemon may open as root with CAP_NET_RAW.
 func (t *echoTable) open(k echoKey) *echoFlow {
 	e := t.e
 	f := e.newFlow()
@@ -130,31 +202,205 @@ func (t *echoTable) open(k echoKey) *echoFlow {
 		f.done()
 		return nil
 	}
-	dst := k.dst
-	if t.hostDst != nil {
-		dst = t.hostDst(dst)
-	}
+	dst := t.pinged(k.dst)
 	c, err := t.openPing(dst)
-	if err != nil {
-		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) ||
-			errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.EAFNOSUPPORT) {
-			e.c.echoDenied.Add(1)
-		} else {
-			e.c.echoDropped.Add(1)
+	if err == nil {
+		ef := &echoFlow{key: k, conn: c, f: f, raw: rawConn(c)}
+		ef.touch()
+		if !e.adopt(f, c, func() { t.reader(ef) }) {
+			return nil
 		}
-		e.log.Debug("proxy: ping socket refused", "dst", dst, "err", err)
+		t.m[k] = ef
+		e.c.activeEcho.Add(1)
+		return ef
+	}
+	if !refused(err) {
+		e.c.echoDropped.Add(1)
+		e.log.Debug("proxy: ping socket failed", "dst", dst, "err", err)
 		e.release(f)
 		f.done()
 		return nil
 	}
-	ef := &echoFlow{key: k, conn: c, f: f, raw: rawConn(c)}
-	ef.touch()
-	if !e.adopt(f, c, func() { t.reader(ef) }) {
+	ef, rerr := t.openRawFlow(k, f)
+	if rerr != nil {
+		if refused(rerr) {
+			e.c.echoDenied.Add(1)
+		} else {
+			e.c.echoDropped.Add(1)
+		}
+		e.log.Debug("proxy: ping socket and raw ICMP socket refused", "dst", dst, "ping", err, "raw", rerr)
+		e.release(f)
+		f.done()
 		return nil
 	}
-	t.m[k] = ef
-	e.c.activeEcho.Add(1)
 	return ef
+}
+
+// openRawFlow gives k an identifier on the raw socket (opened on first
+// use, with its reader and sweeper) unused by any other raw flow to the
+// same destination, and arms its idle timer. Called with mu held.
+func (t *echoTable) openRawFlow(k echoKey, f *flowHandle) (*echoFlow, error) {
+	e := t.e
+	if t.rawSock == nil {
+		pc, err := t.openRaw()
+		if err != nil {
+			return nil, err
+		}
+		rc := rawConn(pc)
+		// The sweeper closes the socket when the engine closes, which
+		// ends the reader.
+		if !e.spawn(func() { t.rawSweeper(pc) }) {
+			pc.Close()
+			return nil, net.ErrClosed
+		}
+		t.rawSock, t.rawRC = pc, rc
+		if !e.spawn(func() { t.rawReader(pc, rc) }) {
+			return nil, net.ErrClosed // the sweeper closes pc
+		}
+	}
+	dst := t.pinged(k.dst)
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	id := binary.BigEndian.Uint16(b[:])
+	for i := 0; ; i++ {
+		if i == 1<<16 {
+			return nil, fmt.Errorf("echo to %v: all 65536 identifiers in use: %w", dst, syscall.EAGAIN)
+		}
+		if t.byRaw[rawKey{dst, id}] == nil {
+			break
+		}
+		id++
+	}
+	ef := &echoFlow{key: k, f: f, viaRaw: true, hostID: id, rawKey: rawKey{dst, id}}
+	ef.touch()
+	t.m[k] = ef
+	t.byRaw[ef.rawKey] = ef
+	e.c.activeEcho.Add(1)
+	ef.idle = time.AfterFunc(e.cfg.UDPIdleTimeout, func() { t.markDue(ef) })
+	// An abort only marks the flow: f.add may call this at once, with
+	// mu held.
+	f.add(func() { ef.dead.Store(true); t.markDue(ef) })
+	return ef, nil
+}
+
+// markDue hands ef to the sweeper.
+func (t *echoTable) markDue(ef *echoFlow) {
+	t.dueMu.Lock()
+	t.due[ef] = struct{}{}
+	t.dueMu.Unlock()
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// rawSweeper ends raw-mode flows idle for UDPIdleTimeout (a request or
+// reply since re-arms the timer for the rest) or aborted, and at Close
+// every raw-mode flow and the raw socket.
+func (t *echoTable) rawSweeper(pc net.PacketConn) {
+	e := t.e
+	for {
+		select {
+		case <-e.ctx.Done():
+			pc.Close()
+			t.mu.Lock()
+			var all []*echoFlow
+			for _, ef := range t.byRaw {
+				all = append(all, ef)
+			}
+			t.mu.Unlock()
+			for _, ef := range all {
+				t.rawEnd(ef)
+			}
+			return
+		case <-t.wake:
+		}
+		t.dueMu.Lock()
+		due := t.due
+		t.due = map[*echoFlow]struct{}{}
+		t.dueMu.Unlock()
+		for ef := range due {
+			left := e.cfg.UDPIdleTimeout - time.Since(time.Unix(0, ef.last.Load()))
+			if !ef.dead.Load() && left > 0 {
+				ef.idle.Reset(left)
+				continue
+			}
+			t.rawEnd(ef)
+		}
+	}
+}
+
+// rawEnd ends a raw-mode flow, once.
+func (t *echoTable) rawEnd(ef *echoFlow) {
+	t.mu.Lock()
+	if t.byRaw[ef.rawKey] != ef {
+		t.mu.Unlock()
+		return
+	}
+	delete(t.byRaw, ef.rawKey)
+	if t.m[ef.key] == ef {
+		delete(t.m, ef.key)
+	}
+	t.mu.Unlock()
+	ef.idle.Stop()
+	t.e.release(ef.f)
+	ef.f.done()
+	t.e.c.activeEcho.Add(-1)
+}
+
+// rawReader reads the raw ICMP socket until it is closed: echo replies to
+// a raw-mode flow's identifier from its destination go to the pod with the
+// pod's identifier. The socket sees the ICMP messages of the whole host
+// (the kernel's filter passes echo replies only, ICMP_FILTER); replies to
+// others' pings find no flow and are ignored.
+func (t *echoTable) rawReader(pc net.PacketConn, rc syscall.RawConn) {
+	e := t.e
+	for {
+		var err error
+		if rc != nil {
+			err = recvDatagram(nil, rc, t.rawReply)
+		} else { // not a kernel socket: a test's
+			bp := dgramBufs.Get().(*[]byte)
+			var n int
+			n, _, err = pc.ReadFrom(*bp)
+			if err == nil {
+				t.rawReply((*bp)[:n])
+			}
+			dgramBufs.Put(bp)
+		}
+		switch {
+		case err == nil:
+		case isErrno(err) && !isClosed(err):
+		default:
+			if e.ctx.Err() == nil {
+				e.log.Warn("proxy: raw ICMP socket stopped", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// rawReply handles one datagram of the raw socket: an IPv4 header, then
+// the ICMP message.
+func (t *echoTable) rawReply(p []byte) {
+	ip, err := header.CheckIPv4(p)
+	if err != nil || ip.Protocol() != header.ProtoICMP {
+		return
+	}
+	m, err := header.CheckICMPv4(ip.Payload())
+	if err != nil || m.Type() != header.ICMPv4EchoReply {
+		return
+	}
+	t.mu.Lock()
+	ef := t.byRaw[rawKey{ip.Src(), m.ID()}]
+	t.mu.Unlock()
+	if ef == nil {
+		return
+	}
+	ef.touch()
+	if err := t.e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, m.Seq(), m.Payload()); err != nil {
+		t.e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
+	}
 }
 
 // reader relays the ping socket's echo replies to the pod, with the pod's
@@ -235,4 +481,33 @@ func openPingSocket(dst netip.Addr) (net.Conn, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// icmpFilterPass is the ICMP_FILTER of the raw socket (net/ipv4/raw.c,
+// raw_icmp_filter: a set bit drops that type): everything but echo
+// replies is dropped in the kernel, so the reader wakes for its own.
+const icmpFilterPass = ^uint32(1 << header.ICMPv4EchoReply)
+
+// openRawICMP opens the raw ICMP socket (SOCK_RAW, IPPROTO_ICMP: needs
+// CAP_NET_RAW, EPERM without) with the filter above. Reads return the
+// IPv4 header and the message; writes take the message and get a header
+// from the kernel.
+func openRawICMP() (net.PacketConn, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	var filt [4]byte
+	binary.NativeEndian.PutUint32(filt[:], icmpFilterPass)
+	if err := unix.SetsockoptString(fd, unix.SOL_RAW, unix.ICMP_FILTER, string(filt[:])); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("setsockopt ICMP_FILTER", err)
+	}
+	f := os.NewFile(uintptr(fd), "raw-icmp")
+	pc, err := net.FilePacketConn(f) // dups the descriptor
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	return pc, nil
 }

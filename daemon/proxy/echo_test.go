@@ -80,15 +80,18 @@ func TestEcho(t *testing.T) {
 			t.Errorf("stats %+v", s)
 		}
 	})
-	t.Run("host refuses ping sockets", func(t *testing.T) {
+	t.Run("host refuses ping and raw sockets", func(t *testing.T) {
 		r := newRig(t, nil)
 		r.e.echo.openPing = func(netip.Addr) (net.Conn, error) {
 			return nil, os.NewSyscallError("socket", syscall.EACCES)
 		}
+		r.e.echo.openRaw = func() (net.PacketConn, error) {
+			return nil, os.NewSyscallError("socket", syscall.EPERM)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		defer cancel()
 		if _, err := r.pod.Ping(ctx, server, 1, payload); err == nil {
-			t.Fatal("ping answered though the host refuses ping sockets")
+			t.Fatal("ping answered though the host refuses ping and raw sockets")
 		}
 		// The gateway still answers (the stack itself).
 		ctx2, cancel2 := context.WithTimeout(context.Background(), 3*time.Second)
@@ -100,7 +103,7 @@ func TestEcho(t *testing.T) {
 			t.Errorf("stats %+v", s)
 		}
 	})
-	t.Run("real ping socket", func(t *testing.T) {
+	t.Run("real sockets: ping socket where allowed, else the raw socket", func(t *testing.T) {
 		r := newRig(t, nil)
 		r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -108,13 +111,89 @@ func TestEcho(t *testing.T) {
 		_, err := r.pod.Ping(ctx, server, 7, payload)
 		s := r.e.Stats()
 		if pingAllowed() {
-			if err != nil || s.EchoRelayed != 1 {
+			if err != nil || s.EchoRelayed != 1 || s.EchoRawRelayed != 0 {
 				t.Fatalf("ping through a ping socket: %v, stats %+v", err, s)
 			}
 			return
 		}
-		if err == nil || s.EchoDenied != 1 {
-			t.Fatalf("ping_group_range refuses us: ping %v, stats %+v; want EchoDenied", err, s)
+		pc, rerr := openRawICMP()
+		if rerr != nil {
+			if err == nil || s.EchoDenied != 1 {
+				t.Fatalf("ping and raw sockets refused: ping %v, stats %+v; want EchoDenied", err, s)
+			}
+			return
+		}
+		pc.Close()
+		if err != nil || s.EchoRawRelayed != 1 {
+			t.Fatalf("ping_group_range refuses us: ping %v, stats %+v; want it through the raw socket", err, s)
 		}
 	})
+}
+
+// openRawOrSkip is openRawICMP, or a skip where the test may not open
+// raw sockets (no CAP_NET_RAW).
+func openRawOrSkip(t *testing.T) {
+	t.Helper()
+	pc, err := openRawICMP()
+	if err != nil {
+		t.Skipf("raw ICMP socket: %v (needs CAP_NET_RAW)", err)
+	}
+	pc.Close()
+}
+
+// Where the host refuses ping sockets (net.ipv4.ping_group_range "1 0",
+// its default), echo goes through the engine's one raw ICMP socket: each
+// pod identifier gets an identifier of ours, replies are matched by it
+// and their source and go back with the pod's; large echoes too (the pod
+// fragments, the stack reassembles, the reply is fragmented back). The
+// flows count per pod, respect MaxFlowsPerPod and idle out.
+func TestEchoRawSocket(t *testing.T) {
+	openRawOrSkip(t)
+	r := newRig(t, func(c *Config) { c.UDPIdleTimeout = 300 * time.Millisecond; c.MaxFlowsPerPod = 3 })
+	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) {
+		return nil, os.NewSyscallError("socket", syscall.EACCES)
+	}
+	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+	for i, size := range []int{56, 3000, 56} {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, err := r.pod.Ping(ctx, server, uint16(i+1), fill(size, byte(i)))
+		cancel()
+		if err != nil {
+			t.Fatalf("ping %d bytes through the raw socket: %v (stats %+v)", size, err, r.e.Stats())
+		}
+	}
+	// Stack.Ping takes a fresh identifier each time: three flows, the
+	// pod's limit; a fourth is refused.
+	s := r.e.Stats()
+	if s.EchoRawRelayed != 3 || s.EchoRelayed != 3 || s.ActiveEcho != 3 || s.Pods["p"].ActiveFlows != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := r.pod.Ping(ctx, server, 9, nil); err == nil {
+		t.Fatal("a fourth flow passed MaxFlowsPerPod 3")
+	}
+	if s := r.e.Stats(); s.FlowLimitDrops != 1 {
+		t.Fatalf("flow limit not counted: %+v", s)
+	}
+	r.waitStats("raw echo flows idle out", func(s Stats) bool { return s.ActiveEcho == 0 && s.Pods["p"].ActiveFlows == 0 })
+}
+
+// RemovePod and Close end raw-mode flows and the raw socket's goroutines.
+func TestEchoRawSocketClose(t *testing.T) {
+	openRawOrSkip(t)
+	r := newRig(t, nil)
+	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) { return nil, syscall.EPERM }
+	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := r.pod.Ping(ctx, server, 1, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	r.e.RemovePod("p")
+	r.waitStats("the flow ended with its pod", func(s Stats) bool { return s.ActiveEcho == 0 })
+	r.e.Close()
+	waitNoEngineGoroutines(t)
 }

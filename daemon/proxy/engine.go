@@ -102,8 +102,9 @@ type Stats struct {
 	UDPFlowsOpened      uint64 `json:"udpFlowsOpened"`      // host sockets (or port-mapping flows) opened
 	UDPPortUnreachables uint64 `json:"udpPortUnreachables"` // port unreachables for a relayed datagram passed to its pod
 	UDPICMPErrors       uint64 `json:"udpICMPErrors"`       // ICMP errors passed to a pod about its datagram (port unreachables included)
-	EchoRelayed         uint64 `json:"echoRelayed"`         // echo requests sent through a ping socket
-	EchoDenied          uint64 `json:"echoDenied"`          // ping socket refused (net.ipv4.ping_group_range)
+	EchoRelayed         uint64 `json:"echoRelayed"`         // echo requests sent to the host (ping or raw socket)
+	EchoRawRelayed      uint64 `json:"echoRawRelayed"`      // of those, through the raw ICMP socket (ping sockets refused)
+	EchoDenied          uint64 `json:"echoDenied"`          // both ping and raw ICMP sockets refused
 	EchoDropped         uint64 `json:"echoDropped"`         // echo queue full, oversized or send failed
 	DNSQueries          uint64 `json:"dnsQueries"`          // UDP queries and TCP connections to the gateway's port 53
 	DNSFailures         uint64 `json:"dnsFailures"`         // no nameserver answered, malformed, or over maxDNSInFlight
@@ -124,7 +125,7 @@ type counters struct {
 
 	tcpAccepted, tcpRefused, tcpTimeouts, tcpUnreachable, flowLimitDrops atomic.Uint64
 	udpFlowsOpened, udpPortUnreachables, udpICMPErrors                   atomic.Uint64
-	echoRelayed, echoDenied, echoDropped                                 atomic.Uint64
+	echoRelayed, echoRawRelayed, echoDenied, echoDropped                 atomic.Uint64
 	dnsQueries, dnsFailures, portMapConns                                atomic.Uint64
 }
 
@@ -489,6 +490,7 @@ func (e *Engine) Stats() Stats {
 		UDPPortUnreachables: e.c.udpPortUnreachables.Load(),
 		UDPICMPErrors:       e.c.udpICMPErrors.Load(),
 		EchoRelayed:         e.c.echoRelayed.Load(),
+		EchoRawRelayed:      e.c.echoRawRelayed.Load(),
 		EchoDenied:          e.c.echoDenied.Load(),
 		EchoDropped:         e.c.echoDropped.Load(),
 		DNSQueries:          e.c.dnsQueries.Load(),
