@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -20,7 +19,6 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/veth"
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 )
 
 // DefaultStateDir holds the daemon's records and locks.
@@ -28,9 +26,12 @@ const DefaultStateDir = "/var/lib/cni-userstack"
 
 // ServeFlags are the flags of `cni-userstack serve`.
 type ServeFlags struct {
-	Socket           string
-	StateDir         string
-	StackNetNS       string
+	Socket     string
+	StateDir   string
+	StackNetNS string
+	// LockDir holds the claim files that keep a second daemon off this
+	// one's stack netns and uplink (claim.go).
+	LockDir          string
 	LogLevel         string
 	UplinkSubnet     string
 	UplinkHostIfName string
@@ -74,7 +75,8 @@ const (
 func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Socket, "socket", api.DefaultSocket, "unix socket of the API (created 0600, its directory 0700)")
 	fs.StringVar(&f.StateDir, "state-dir", DefaultStateDir, "directory of the attachment records and locks")
-	fs.StringVar(&f.StackNetNS, "stack-netns", veth.DefaultStackNetNS, "name of the stack's network namespace under /var/run/netns (created when missing)")
+	fs.StringVar(&f.StackNetNS, "stack-netns", veth.DefaultStackNetNS, "name of the stack's network namespace under /var/run/netns (created when missing); one daemon per stack netns")
+	fs.StringVar(&f.LockDir, "lock-dir", DefaultLockDir, "directory of the claim files (stack-<netns>.lock, uplink-<ifname>.lock) that refuse a second daemon on this one's stack netns or uplink; the same for every daemon of the node")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.UplinkSubnet, "uplink-subnet", DefaultUplinkSubnet.String(), "route-mode uplink subnet, IPv4 /30 or shorter: the host end gets the first address, the stack the second")
 	fs.StringVar(&f.UplinkHostIfName, "uplink-host-ifname", DefaultUplinkHostIfName, "name of the uplink's end in the host netns")
@@ -92,6 +94,12 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 // Validate checks the flags' values together; its errors name the flag.
 func (f *ServeFlags) Validate() error {
 	switch {
+	case f.LockDir == "":
+		return fmt.Errorf("--lock-dir: a directory is required")
+	case f.StackNetNS == "" || strings.Contains(f.StackNetNS, "/"):
+		return fmt.Errorf("--stack-netns %q: a name under /var/run/netns is required", f.StackNetNS)
+	case f.UplinkHostIfName == "":
+		return fmt.Errorf("--uplink-host-ifname: a name is required")
 	case f.ResolvConf == "":
 		return fmt.Errorf("--resolv-conf: a file is required")
 	case f.ProxyConnectTimeout <= 0:
@@ -163,30 +171,10 @@ func (f *ServeFlags) level() (slog.Level, error) {
 	return l, nil
 }
 
-// lockStateDir takes stateDir/daemon.lock (flock, held for the process's
-// life; the kernel drops it when the process dies, kill -9 included), so
-// two daemons never drive one state dir.
-func lockStateDir(stateDir string) (*os.File, error) {
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
-	}
-	f, err := os.OpenFile(filepath.Join(stateDir, "daemon.lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another daemon holds %s", f.Name())
-		}
-		return nil, err
-	}
-	return f, nil
-}
-
-// Run is `cni-userstack serve`: lock the state dir, build the stack and
-// the proxy engine over it, recover the recorded attachments, listen, and
-// serve until SIGTERM or SIGINT. Records, links and host routes are kept
+// Run is `cni-userstack serve`: claim the state dir, the stack netns and
+// the uplink (a second daemon on any of them refuses to start, naming the
+// first), build the stack and the proxy engine over it, recover the
+// recorded attachments, listen, and serve until SIGTERM or SIGINT. Records, links and host routes are kept
 // on exit. f must have passed Validate.
 func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	lvl, _ := f.level()
@@ -197,11 +185,12 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	lock, err := lockStateDir(f.StateDir)
+	// Before anything touches the stack netns or the uplink (claim.go).
+	held, err := takeClaims(f, f.StackNetNS)
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
+	defer held.Close()
 	store, err := OpenStore(f.StateDir)
 	if err != nil {
 		return err
