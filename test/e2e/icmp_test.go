@@ -143,4 +143,3 @@ func TestProxyUDPErrorQuotesDatagram(t *testing.T) {
 		t.Fatalf("not counted: %s", statsJSON(st))
 	}
 }
-
