@@ -58,11 +58,16 @@ func (e *ClaimError) Error() string {
 		e.What, e.Holder, e.Path)
 }
 
-// claims are the flocks a daemon holds; Close releases them.
+// claims are the flocks a daemon holds.
 type claims []*os.File
 
+// Close releases the claims and removes their files: unlinked while still
+// locked, so a daemon that opens the path afterwards makes a new file
+// (claim checks it locked the file the path names). A daemon killed
+// before this leaves its files; the next one locks them again.
 func (c claims) Close() {
 	for _, f := range c {
+		os.Remove(f.Name())
 		f.Close()
 	}
 }
@@ -74,16 +79,9 @@ func claim(path, what string, me *claimHolder) (*os.File, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("%s: lock dir: %w", what, err)
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := lockFile(path, what)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, &ClaimError{What: what, Path: path, Holder: readHolder(path)}
-		}
-		return nil, fmt.Errorf("%s: flock %s: %w", what, path, err)
+		return nil, err
 	}
 	b, _ := json.Marshal(me)
 	if err := f.Truncate(0); err == nil {
@@ -95,6 +93,38 @@ func claim(path, what string, me *claimHolder) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// lockFile opens path and takes its exclusive flock without waiting. A
+// releasing daemon unlinks the file under its lock, so the file locked
+// must still be the one path names (same inode), else the lock is on a
+// removed file and is taken again on the new one; bounded by
+// maxClaimTries.
+func lockFile(path, what string) (*os.File, error) {
+	for i := 0; ; i++ {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, &ClaimError{What: what, Path: path, Holder: readHolder(path)}
+			}
+			return nil, fmt.Errorf("%s: flock %s: %w", what, path, err)
+		}
+		var held, named unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &held) == nil && unix.Stat(path, &named) == nil && held.Ino == named.Ino && held.Dev == named.Dev {
+			return f, nil
+		}
+		f.Close()
+		if i == maxClaimTries {
+			return nil, fmt.Errorf("%s: %s keeps being replaced", what, path)
+		}
+	}
+}
+
+// maxClaimTries bounds lockFile's retries.
+const maxClaimTries = 10
 
 // readHolder reads a claim file's holder. The holder writes it right
 // after it took the lock: an empty file is read again a few times.

@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cni-userstack/cni-userstack/daemon"
 	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/test/e2e/cnitest"
 	"github.com/cni-userstack/cni-userstack/veth"
@@ -106,6 +107,9 @@ func (e *cniEnv) cleanup() {
 	if err := veth.DeleteNetNS(e.stackNS); err != nil {
 		e.t.Errorf("cleanup: %v", err)
 	}
+	// The claim files a killed daemon leaves (a clean exit removes them).
+	os.Remove(filepath.Join(daemon.DefaultLockDir, "stack-"+e.stackNS+".lock"))
+	os.Remove(filepath.Join(daemon.DefaultLockDir, "uplink-"+e.uplinkIf+".lock"))
 	if e.t.Failed() {
 		if b, err := os.ReadFile(e.logFile); err == nil {
 			e.t.Logf("daemon log:\n%s", tail(string(b), 8000))
