@@ -103,13 +103,13 @@ func (p *Proto) V4Err(skb *buf.SKB, e header.ICMPError) {
 	remote := netip.AddrFrom4([4]byte(b[16:20]))
 	lport := binary.BigEndian.Uint16(b[ihl:])
 	rport := binary.BigEndian.Uint16(b[ihl+2:])
-	p.err(e, local, lport, remote, rport)
+	p.icmpError(e, local, lport, remote, rport)
 }
 
-// err delivers an ICMP error about the datagram local:lport →
+// icmpError delivers an ICMP error about the datagram local:lport →
 // remote:rport to the connected socket it came from (see V4Err), whatever
 // the family of the message.
-func (p *Proto) err(e header.ICMPError, local netip.Addr, lport uint16, remote netip.Addr, rport uint16) {
+func (p *Proto) icmpError(e header.ICMPError, local netip.Addr, lport uint16, remote netip.Addr, rport uint16) {
 	pmtu := e.PathMTU()
 	if !e.Hard && !pmtu {
 		p.count(ICMPSoftErrors)
