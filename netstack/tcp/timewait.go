@@ -15,8 +15,9 @@ import "github.com/cni-userstack/cni-userstack/netstack/header"
 // (1) assigns its initial sequence number for the new connection to be
 // larger than the largest sequence number it used on the previous
 // connection incarnation, and (2) returns to TIME-WAIT state if the SYN
-// turns out to be an old duplicate". RFC 6191 §2 lets timestamps decide
-// instead of sequence numbers when both incarnations use them. A pod's
+// turns out to be an old duplicate". RFC 6191 §2 adds timestamps: a SYN
+// with a newer timestamp reopens too, one with an older timestamp never
+// does (PAWS), whatever the sequence numbers say. A pod's
 // kernel reuses ports long before our 60 s TIME-WAIT ends when our side
 // closed first (the proxied server closed, a DNS relay answered); without
 // reopening, its SYN would get a challenge ACK and a 1 s retransmission.
@@ -33,13 +34,20 @@ func (s *Sock) timeWaitReopen(seg *segment, taker func() bool) bool {
 	if s.state != TimeWait {
 		return false
 	}
-	// RFC 6191 §2: with timestamps on both incarnations, the SYN is
-	// newer when its TSval is beyond TS.Recent, whatever its sequence
-	// number; otherwise when its sequence number is beyond RCV.NXT
-	// (RFC 1122 §4.2.2.13, Linux: after(seq, rcv_nxt)).
-	newer := header.SeqGT(seg.seq, s.rcvNxt)
+	// The SYN is newer than the old incarnation when its sequence number
+	// is beyond RCV.NXT (RFC 1122 §4.2.2.13) or, with timestamps on both
+	// incarnations, its TSval is beyond TS.Recent (RFC 6191 §2), and PAWS
+	// does not reject it (a TSval older than TS.Recent: an old duplicate,
+	// RFC 7323 §5). This is Linux's rule (tcp_timewait_state_process):
+	// RFC 6191 would let the timestamp alone decide, so a pod reconnecting
+	// within the same millisecond (an equal TSval) with a new sequence
+	// number would be refused, and its SYN retried a second later.
+	var newer bool
 	if s.tsOK && seg.opts.HasTS {
-		newer = int32(seg.opts.TSVal-s.tsRecent) > 0
+		d := int32(seg.opts.TSVal - s.tsRecent)
+		newer = d > 0 || d == 0 && header.SeqGT(seg.seq, s.rcvNxt)
+	} else {
+		newer = header.SeqGT(seg.seq, s.rcvNxt)
 	}
 	if !newer || !taker() {
 		return false

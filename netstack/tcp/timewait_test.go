@@ -73,9 +73,11 @@ func TestListenerReopensTimeWait(t *testing.T) {
 	}
 }
 
-// RFC 6191 §2: with timestamps on both incarnations, the SYN's TSval
-// decides, not its sequence number: a newer TSval reopens even below
-// RCV.NXT, an older one does not even above it.
+// RFC 6191 §2 and PAWS (RFC 7323 §5), as Linux applies them: with
+// timestamps on both incarnations a newer TSval reopens even below
+// RCV.NXT; an older one never does (an old duplicate), even above it; an
+// equal one (a reconnect within the same millisecond) does when the
+// sequence number is beyond RCV.NXT.
 func TestListenerReopensTimeWaitByTimestamp(t *testing.T) {
 	c := newPeer(t, Config{TimeWait: 60 * time.Second})
 	ts := header.TCPOptions{HasTS: true, TSVal: 5000}
@@ -84,6 +86,11 @@ func TestListenerReopensTimeWaitByTimestamp(t *testing.T) {
 	c.Send(c.Seg().Flags(SYN).Seq(c.ISS + 500000).Opts(header.TCPOptions{HasTS: true, TSVal: 4000}))
 	if a := c.Expect("ACK from TIME-WAIT"); a.flags != ACK || old.State() != TimeWait {
 		t.Fatalf("older TSval: %v, old socket %v", a, old.State())
+	}
+	c.clk.Advance(time.Second) // past the rate limit of out-of-window ACKs
+	c.Send(c.Seg().Flags(SYN).Seq(c.ISS - 500000).Opts(header.TCPOptions{HasTS: true, TSVal: 5002}))
+	if a := c.Expect("ACK from TIME-WAIT"); a.flags != ACK || old.State() != TimeWait {
+		t.Fatalf("equal TSval, old sequence number: %v, old socket %v", a, old.State())
 	}
 	c.Send(c.Seg().Flags(SYN).Seq(c.ISS - 500000).Opts(header.TCPOptions{HasTS: true, TSVal: 6000}))
 	sa := c.Expect("SYN,ACK")
@@ -113,5 +120,22 @@ func TestTimeWaitWithoutListenerStays(t *testing.T) {
 	c.Send(c.Seg().Flags(SYN).Seq(c.ISS + 100000))
 	if a := c.Expect("ACK from TIME-WAIT"); a.flags != ACK || s.State() != TimeWait || c.p.Counter(TWReopened) != 0 {
 		t.Fatalf("got %v, state %v", a, s.State())
+	}
+}
+
+// A reconnect within the same millisecond: the SYN's TSval equals
+// TS.Recent, its sequence number is beyond RCV.NXT: Linux reopens.
+func TestListenerReopensTimeWaitEqualTimestamp(t *testing.T) {
+	c := newPeer(t, Config{TimeWait: 60 * time.Second})
+	l, old := c.twListen(header.TCPOptions{HasTS: true, TSVal: 5000})
+	c.Send(c.Seg().Flags(SYN).Seq(c.ISS + 100000).Opts(header.TCPOptions{HasTS: true, TSVal: 5002}))
+	sa := c.Expect("SYN,ACK")
+	if sa.flags != SYN|ACK || old.State() != Closed {
+		t.Fatalf("equal TSval, new sequence number: %v, old socket %v", sa, old.State())
+	}
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 100001).Ack(sa.seq + 1).
+		Opts(header.TCPOptions{HasTS: true, TSVal: 5003, TSEcr: sa.opts.TSVal}))
+	if s, err := l.Accept(time.Time{}); err != nil || s.State() != Established {
+		t.Fatalf("accept: %v %v", s, err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -82,7 +83,14 @@ func TestStackListenerReopensTimeWait(t *testing.T) {
 		}
 	}
 	if n := reopened() - before; n != 1 {
-		t.Fatalf("TcpExtTWReopened rose by %d, want 1: the second SYN did not reopen the tuple in TIME-WAIT", n)
+		st, _ := e.client().Status(t.Context())
+		diff := map[string]uint64{}
+		for k, v := range st.Stack.Counters {
+			if strings.HasPrefix(k, "Tcp") && v != 0 {
+				diff[k] = v
+			}
+		}
+		t.Fatalf("TcpExtTWReopened rose by %d, want 1: the second SYN did not reopen the tuple in TIME-WAIT\nTCP counters %v", n, diff)
 	}
 }
 
