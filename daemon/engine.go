@@ -75,7 +75,7 @@ func apiProxyStats(s proxy.Stats) *api.ProxyStats {
 		TCPAccepted: s.TCPAccepted, TCPRefused: s.TCPRefused, TCPTimeouts: s.TCPTimeouts, TCPUnreachable: s.TCPUnreachable,
 		FlowLimitDrops: s.FlowLimitDrops, UDPFlowsOpened: s.UDPFlowsOpened, UDPPortUnreachables: s.UDPPortUnreachables,
 		UDPICMPErrors: s.UDPICMPErrors,
-		EchoRelayed:   s.EchoRelayed, EchoRawRelayed: s.EchoRawRelayed, EchoDenied: s.EchoDenied, EchoDropped: s.EchoDropped,
+		EchoRelayed:   s.EchoRelayed, EchoRawRelayed: s.EchoRawRelayed, EchoDenied: s.EchoDenied, EchoICMPErrors: s.EchoICMPErrors, EchoDropped: s.EchoDropped,
 		DNSQueries: s.DNSQueries, DNSFailures: s.DNSFailures,
 		PortMapConns: s.PortMapConns,
 	}

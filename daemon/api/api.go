@@ -320,6 +320,7 @@ type ProxyStats struct {
 	EchoRelayed         uint64 `json:"echoRelayed"`
 	EchoRawRelayed      uint64 `json:"echoRawRelayed"`
 	EchoDenied          uint64 `json:"echoDenied"`
+	EchoICMPErrors      uint64 `json:"echoICMPErrors"`
 	EchoDropped         uint64 `json:"echoDropped"`
 	DNSQueries          uint64 `json:"dnsQueries"`
 	DNSFailures         uint64 `json:"dnsFailures"`

@@ -80,7 +80,12 @@
 // own: a timer per flow marks it for one sweeper goroutine, which ends it after
 // UDPIdleTimeout without traffic or when it is aborted. Large echoes work the
 // same way: the stack has reassembled the pod's request, the host socket sends
-// it whole, and SendEchoReply fragments the reply to the pod's MTU. Only when
+// it whole, and SendEchoReply fragments the reply to the pod's MTU. ICMP errors
+// about a relayed request (destination unreachable but fragmentation needed,
+// time exceeded: from the ping socket's error queue, IP_RECVERR, or the raw
+// socket, whose filter passes them too) go to the pod quoting its own request
+// as it arrived (EchoRequest.Header; each flow keeps the last echoQuotes) and
+// the data the host's error quoted (EchoICMPErrors). Only when
 // both sockets are refused is the request dropped and counted in EchoDenied:
 // pods can still ping their gateway, which the stack answers itself. Ping
 // socket flows close after UDPIdleTimeout without traffic too.

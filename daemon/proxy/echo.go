@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
 )
 
 // echoQueueLen bounds the echo requests waiting for the dispatcher; a
@@ -33,6 +34,20 @@ type echoReq struct {
 	key     echoKey
 	seq     uint16
 	payload []byte
+	hdr     []byte // the request's IPv4 and ICMP headers as they arrived
+}
+
+// echoQuotes is how many of a flow's last requests it keeps the headers
+// of, for ICMP errors about them (a ping sends one a second; an error
+// comes back within a few).
+const echoQuotes = 4
+
+// echoQuote is one request's headers, by sequence number.
+type echoQuote struct {
+	seq  uint16
+	used bool
+	n    int
+	hdr  [header.IPv4MaxSize + header.ICMPv4MinSize]byte
 }
 
 // rawKey names a flow on the raw socket by what its replies carry: the
@@ -51,6 +66,10 @@ type echoFlow struct {
 	raw  syscall.RawConn
 	last atomic.Int64 // wall-clock nanoseconds of the last request or reply
 	f    *flowHandle
+	// quotes are the headers of the last requests, a ring guarded by
+	// echoTable.mu (written by send, read by the error relay).
+	quotes [echoQuotes]echoQuote
+	nextQ  int
 
 	// Raw mode.
 	viaRaw bool
@@ -108,12 +127,13 @@ func (t *echoTable) init(e *Engine) {
 
 // intercept is the stack's EchoFunc: it runs on the receive goroutine, so
 // it only copies the request into the queue.
-func (t *echoTable) intercept(src, dst netip.Addr, id, seq uint16, payload []byte) {
-	if len(payload) > maxDatagram-header.ICMPv4MinSize {
+func (t *echoTable) intercept(q ipv4.EchoRequest) {
+	if len(q.Payload) > maxDatagram-header.ICMPv4MinSize {
 		t.e.c.echoDropped.Add(1)
 		return
 	}
-	r := echoReq{key: echoKey{pod: src, dst: dst, id: id}, seq: seq, payload: append([]byte(nil), payload...)}
+	r := echoReq{key: echoKey{pod: q.Src, dst: q.Dst, id: q.ID}, seq: q.Seq, payload: append([]byte(nil), q.Payload...),
+		hdr: append([]byte(nil), q.Header...)}
 	select {
 	case t.q <- r:
 	default:
@@ -144,6 +164,7 @@ func (t *echoTable) send(r echoReq) {
 		}
 	}
 	ef.touch()
+	ef.keepQuote(r.seq, r.hdr)
 	// RFC 792 echo. A ping socket sets the identifier to its own and
 	// computes the checksum (ping_v4_sendmsg); on the raw socket both
 	// are ours to write.
@@ -207,6 +228,9 @@ func (t *echoTable) open(k echoKey) *echoFlow {
 	if err == nil {
 		ef := &echoFlow{key: k, conn: c, f: f, raw: rawConn(c)}
 		ef.touch()
+		if err := setRecvErr(ef.raw); err != nil {
+			e.log.Debug("proxy: IP_RECVERR not set on a ping socket; its ICMP errors are not passed on", "err", err)
+		}
 		if !e.adopt(f, c, func() { t.reader(ef) }) {
 			return nil
 		}
@@ -388,7 +412,14 @@ func (t *echoTable) rawReply(p []byte) {
 		return
 	}
 	m, err := header.CheckICMPv4(ip.Payload())
-	if err != nil || m.Type() != header.ICMPv4EchoReply {
+	if err != nil {
+		return
+	}
+	if m.Type() == header.ICMPv4DstUnreachable || m.Type() == header.ICMPv4TimeExceeded {
+		t.rawError(ip.Src(), m)
+		return
+	}
+	if m.Type() != header.ICMPv4EchoReply {
 		return
 	}
 	t.mu.Lock()
@@ -439,8 +470,16 @@ func (t *echoTable) reader(ef *echoFlow) {
 		switch {
 		case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
 		case isErrno(err) && !isClosed(err):
-			// An ICMP error for our request (EHOSTUNREACH ...) is
-			// reported once; the pod's ping times out as it would.
+			// An ICMP error for our request (EHOSTUNREACH ...): the
+			// error queue has it (IP_RECVERR), its data starting at
+			// the quoted ICMP header (ping_err).
+			drainErrQueue(ef.raw, func(h hostICMP) {
+				if h.origin != unix.SO_EE_ORIGIN_ICMP || len(h.data) < header.ICMPv4MinSize {
+					return
+				}
+				q := header.ICMPv4(h.data)
+				t.relayError(ef, h.typ, h.code, h.offender, q.Seq(), q.Payload())
+			})
 		default:
 			return
 		}
@@ -485,8 +524,9 @@ func openPingSocket(dst netip.Addr) (net.Conn, error) {
 
 // icmpFilterPass is the ICMP_FILTER of the raw socket (net/ipv4/raw.c,
 // raw_icmp_filter: a set bit drops that type): everything but echo
-// replies is dropped in the kernel, so the reader wakes for its own.
-const icmpFilterPass = ^uint32(1 << header.ICMPv4EchoReply)
+// replies and the errors that may be about our requests (destination
+// unreachable, time exceeded) is dropped in the kernel.
+const icmpFilterPass = ^uint32(1<<header.ICMPv4EchoReply | 1<<header.ICMPv4DstUnreachable | 1<<header.ICMPv4TimeExceeded)
 
 // openRawICMP opens the raw ICMP socket (SOCK_RAW, IPPROTO_ICMP: needs
 // CAP_NET_RAW, EPERM without) with the filter above. Reads return the
@@ -510,4 +550,79 @@ func openRawICMP() (net.PacketConn, error) {
 		return nil, err
 	}
 	return pc, nil
+}
+
+// keepQuote records the headers of request seq. Called with mu held.
+func (ef *echoFlow) keepQuote(seq uint16, hdr []byte) {
+	if len(hdr) < header.IPv4MinSize+header.ICMPv4MinSize {
+		return
+	}
+	q := &ef.quotes[ef.nextQ]
+	ef.nextQ = (ef.nextQ + 1) % echoQuotes
+	q.seq, q.used = seq, true
+	q.n = copy(q.hdr[:], hdr)
+}
+
+// rawError handles an ICMP error the raw socket received: when it quotes
+// an echo request of a raw-mode flow (our identifier, sent to the flow's
+// destination), the pod gets it about its own request.
+func (t *echoTable) rawError(from netip.Addr, m header.ICMPv4) {
+	inner := m.Payload()
+	if len(inner) < header.IPv4MinSize {
+		return
+	}
+	iv := header.IPv4(inner)
+	hl := iv.HeaderLen()
+	if hl < header.IPv4MinSize || len(inner) < hl+header.ICMPv4MinSize || iv.Protocol() != header.ProtoICMP {
+		return
+	}
+	q := header.ICMPv4(inner[hl:])
+	if q.Type() != header.ICMPv4Echo {
+		return
+	}
+	t.mu.Lock()
+	ef := t.byRaw[rawKey{iv.Dst(), q.ID()}]
+	t.mu.Unlock()
+	if ef == nil {
+		return
+	}
+	t.relayError(ef, m.Type(), m.Code(), from, q.Seq(), q.Payload())
+}
+
+// relayError sends the pod an ICMP error typ/code about its echo request
+// seq, as the host got one about ours (see icmperr.go for UDP): from the
+// destination for protocol and port unreachable, else from the router
+// that sent it; quoting the request's headers as the pod sent them and
+// the data the host's error quoted (RFC 792, RFC 1122 §3.2.2).
+// Fragmentation needed is the host's path MTU, not passed on.
+func (t *echoTable) relayError(ef *echoFlow, typ, code uint8, offender netip.Addr, seq uint16, data []byte) {
+	e := t.e
+	from := ef.key.dst
+	switch {
+	case typ == header.ICMPv4DstUnreachable && (code == header.ICMPv4PortUnreachable || code == header.ICMPv4ProtoUnreachable):
+	case typ == header.ICMPv4DstUnreachable && code != header.ICMPv4FragNeeded, typ == header.ICMPv4TimeExceeded:
+		if offender.Is4() && !offender.IsLoopback() && !offender.IsUnspecified() {
+			from = offender
+		}
+	default:
+		return
+	}
+	t.mu.Lock()
+	var quote []byte
+	for i := range ef.quotes {
+		if q := &ef.quotes[i]; q.used && q.seq == seq {
+			quote = append(append(make([]byte, 0, q.n+len(data)), q.hdr[:q.n]...), data...)
+			break
+		}
+	}
+	t.mu.Unlock()
+	if quote == nil {
+		return // about a request too old to remember
+	}
+	ef.touch()
+	if err := e.st.SendICMPErrorQuote(from, ef.key.pod, typ, code, 0, quote); err != nil {
+		e.log.Debug("proxy: icmp error to pod failed", "pod", ef.key.pod, "type", typ, "code", code, "err", err)
+		return
+	}
+	e.c.echoICMPErrors.Add(1)
 }

@@ -1,18 +1,24 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
 )
 
 // fakePing stands in for the kernel's ping socket: it answers each echo
@@ -196,4 +202,100 @@ func TestEchoRawSocketClose(t *testing.T) {
 	r.waitStats("the flow ended with its pod", func(s Stats) bool { return s.ActiveEcho == 0 })
 	r.e.Close()
 	waitNoEngineGoroutines(t)
+}
+
+// fakeRaw stands in for the raw ICMP socket: ReadFrom returns what the
+// test injects (IPv4 header and ICMP message, as a raw socket reads), and
+// each echo request written is handed to onWrite.
+type fakeRaw struct {
+	in      chan []byte
+	closed  chan struct{}
+	once    sync.Once
+	onWrite func(msg []byte, to netip.Addr)
+}
+
+func newFakeRaw(onWrite func(msg []byte, to netip.Addr)) *fakeRaw {
+	return &fakeRaw{in: make(chan []byte, 16), closed: make(chan struct{}), onWrite: onWrite}
+}
+
+func (f *fakeRaw) ReadFrom(p []byte) (int, net.Addr, error) {
+	select {
+	case b := <-f.in:
+		return copy(p, b), &net.IPAddr{}, nil
+	case <-f.closed:
+		return 0, nil, net.ErrClosed
+	}
+}
+
+func (f *fakeRaw) WriteTo(p []byte, a net.Addr) (int, error) {
+	to, _ := netip.AddrFromSlice(a.(*net.IPAddr).IP)
+	f.onWrite(append([]byte(nil), p...), to.Unmap())
+	return len(p), nil
+}
+
+func (f *fakeRaw) Close() error                          { f.once.Do(func() { close(f.closed) }); return nil }
+func (f *fakeRaw) LocalAddr() net.Addr                   { return &net.IPAddr{} }
+func (f *fakeRaw) SetDeadline(time.Time) error           { return nil }
+func (f *fakeRaw) SetReadDeadline(time.Time) error       { return nil }
+func (f *fakeRaw) SetWriteDeadline(time.Time) error      { return nil }
+func (f *fakeRaw) inject(b []byte)                       { f.in <- b }
+func (f *fakeRaw) SyscallConn() (syscall.RawConn, error) { return nil, errors.New("not a socket") }
+
+// RFC 792 / RFC 1122 §3.2.2 for echo: a router on the host's path answers
+// the relayed request with host unreachable; the pod gets host unreachable
+// from that router about its own request, quoting the request's headers
+// as the pod sent them (its identifier, sequence number and checksum, not
+// the relay's), and its ping fails with EHOSTUNREACH.
+func TestEchoErrorQuotesThePodsRequest(t *testing.T) {
+	router := netip.MustParseAddr("192.0.2.1")
+	hostAddr := netip.MustParseAddr("198.51.100.2")
+	r := newRig(t, nil)
+	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) { return nil, syscall.EACCES }
+	var raw *fakeRaw
+	raw = newFakeRaw(func(msg []byte, to netip.Addr) {
+		// The host's request as a router saw it, then its error.
+		req := stacktest.IPv4(hostAddr.String(), to.String()).Proto(header.ProtoICMP).Payload(msg).Bytes()
+		raw.inject(stacktest.IPv4(router.String(), hostAddr.String()).
+			ICMP(header.ICMPv4DstUnreachable, header.ICMPv4HostUnreachable, 0).Payload(req).Bytes())
+	})
+	r.e.echo.openRaw = func() (net.PacketConn, error) { return raw, nil }
+
+	var mu sync.Mutex
+	var sent, got []byte
+	r.pod.Devices().AddTap(func(_ *dev.NIC, skb *buf.SKB, dir dev.Direction) {
+		eth, err := header.CheckEthernet(skb.Bytes())
+		if err != nil || eth.Type() != header.EtherTypeIPv4 {
+			return
+		}
+		ip, err := header.CheckIPv4(eth.Payload())
+		if err != nil || ip.Protocol() != header.ProtoICMP {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if m := header.ICMPv4(ip.Payload()); dir == dev.Tx && m.Type() == header.ICMPv4Echo {
+			sent = append([]byte(nil), ip[:ip.TotalLen()]...)
+		} else if dir == dev.Rx && m.Type() == header.ICMPv4DstUnreachable {
+			got = append([]byte(nil), ip[:ip.TotalLen()]...)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := r.pod.Ping(ctx, server, 5, []byte("are you there?")); !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Fatalf("ping: %v, want EHOSTUNREACH", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	ip := header.IPv4(got)
+	m := header.ICMPv4(ip.Payload())
+	if ip.Src() != router || m.Code() != header.ICMPv4HostUnreachable {
+		t.Fatalf("host unreachable code %d from %v, want from the router %v", m.Code(), ip.Src(), router)
+	}
+	if !bytes.Equal(m.Payload(), sent) {
+		t.Fatalf("quote\n% x\nwant the pod's request\n% x", m.Payload(), sent)
+	}
+	if s := r.e.Stats(); s.EchoICMPErrors != 1 || s.EchoRawRelayed != 1 {
+		t.Fatalf("stats %+v", s)
+	}
 }

@@ -105,6 +105,7 @@ type Stats struct {
 	EchoRelayed         uint64 `json:"echoRelayed"`         // echo requests sent to the host (ping or raw socket)
 	EchoRawRelayed      uint64 `json:"echoRawRelayed"`      // of those, through the raw ICMP socket (ping sockets refused)
 	EchoDenied          uint64 `json:"echoDenied"`          // both ping and raw ICMP sockets refused
+	EchoICMPErrors      uint64 `json:"echoICMPErrors"`      // ICMP errors about a pod's echo request passed to it
 	EchoDropped         uint64 `json:"echoDropped"`         // echo queue full, oversized or send failed
 	DNSQueries          uint64 `json:"dnsQueries"`          // UDP queries and TCP connections to the gateway's port 53
 	DNSFailures         uint64 `json:"dnsFailures"`         // no nameserver answered, malformed, or over maxDNSInFlight
@@ -125,7 +126,7 @@ type counters struct {
 
 	tcpAccepted, tcpRefused, tcpTimeouts, tcpUnreachable, flowLimitDrops atomic.Uint64
 	udpFlowsOpened, udpPortUnreachables, udpICMPErrors                   atomic.Uint64
-	echoRelayed, echoRawRelayed, echoDenied, echoDropped                 atomic.Uint64
+	echoRelayed, echoRawRelayed, echoDenied, echoDropped, echoICMPErrors atomic.Uint64
 	dnsQueries, dnsFailures, portMapConns                                atomic.Uint64
 }
 
@@ -492,6 +493,7 @@ func (e *Engine) Stats() Stats {
 		EchoRelayed:         e.c.echoRelayed.Load(),
 		EchoRawRelayed:      e.c.echoRawRelayed.Load(),
 		EchoDenied:          e.c.echoDenied.Load(),
+		EchoICMPErrors:      e.c.echoICMPErrors.Load(),
 		EchoDropped:         e.c.echoDropped.Load(),
 		DNSQueries:          e.c.dnsQueries.Load(),
 		DNSFailures:         e.c.dnsFailures.Load(),

@@ -55,8 +55,10 @@ func pingSized(t *testing.T, p *pod, addr string, size, count int) (int, string)
 // reassembles it), whatever net.ipv4.ping_group_range says: with "1 0"
 // (the kernel's default, ping sockets refused to everyone) the daemon
 // relays through its raw ICMP socket and counts it in echoRawRelayed;
-// with "0 0" (root's group admitted) through ping sockets. The sysctl is
-// restored afterwards, on failure too.
+// with "0 0" (root's group admitted) through ping sockets. An echo to a
+// host address that never answers ARP comes back as host unreachable
+// quoting the pod's request. The sysctl is restored afterwards, on
+// failure too.
 func TestProxyICMP(t *testing.T) {
 	e := newProxyEnv(t, nil, nil)
 	p := e.addPod()
@@ -83,6 +85,35 @@ func TestProxyICMP(t *testing.T) {
 				t.Fatalf("%d of %d relayed through the raw socket, want %v: %s", raw, relayed, tc.raw, statsJSON(after))
 			}
 			t.Logf("ping_group_range %q: %d echoes relayed, %d through the raw ICMP socket", tc.groups, relayed, raw)
+
+			// An address of the host's that never answers ARP: the host
+			// kernel reports host unreachable for the relayed request,
+			// and the pod gets it about its own request, quoted as sent.
+			echo := make([]byte, header.ICMPv4MinSize+24)
+			header.ICMPv4(echo).Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(0x5e5e, 1)})
+			copy(echo[header.ICMPv4MinSize:], "nobody answers this one")
+			header.ICMPv4(echo).SetChecksum()
+			req := env.IPv4Datagram(p.ip, e.host.Blackhole, header.ProtoICMP, 0x6006, 64, false, nil, echo)
+			var got []byte
+			err := do(p.ns, func() error {
+				var err error
+				got, err = env.RawICMPExchange(req, func(ip header.IPv4, m header.ICMPv4) bool {
+					return m.Type() == header.ICMPv4DstUnreachable && quotes(m, req)
+				}, 10*time.Second)
+				return err
+			})
+			if err != nil {
+				t.Fatalf("echo to %v (never answers ARP): %v\nproxy stats %s", e.host.Blackhole, err, statsJSON(e.proxyStats()))
+			}
+			m := header.ICMPv4(header.IPv4(got).Payload())
+			q := m.Payload()
+			if m.Code() != header.ICMPv4HostUnreachable || len(q) < len(req) || !bytes.Equal(maskTTL(q[:len(req)]), maskTTL(req)) {
+				t.Fatalf("unreachable code %d quoting\n% x\nwant host unreachable quoting the pod's request\n% x", m.Code(), q, req)
+			}
+			t.Logf("host unreachable from %v quotes the pod's request", header.IPv4(got).Src())
+			if st := e.proxyStats(); st.EchoICMPErrors == 0 {
+				t.Fatalf("echoICMPErrors not counted: %s", statsJSON(st))
+			}
 		})
 	}
 }
@@ -128,13 +159,7 @@ func TestProxyUDPErrorQuotesDatagram(t *testing.T) {
 		t.Fatalf("quote of %d bytes, want the whole %d-byte datagram", len(q), len(dg))
 	}
 	q = q[:len(dg)]
-	// TTL (byte 8) and header checksum (10, 11) aside.
-	mask := func(b []byte) []byte {
-		c := append([]byte(nil), b...)
-		c[8], c[10], c[11] = 0, 0, 0
-		return c
-	}
-	if !bytes.Equal(mask(q), mask(dg)) {
+	if !bytes.Equal(maskTTL(q), maskTTL(dg)) {
 		t.Fatalf("quote\n% x\nwant the pod's datagram (TTL and checksum aside)\n% x", q, dg)
 	}
 	t.Logf("port unreachable from %v quotes the pod's datagram (ID %#x, DF, options %x); TTL and checksum identical too: %v",
@@ -142,4 +167,12 @@ func TestProxyUDPErrorQuotesDatagram(t *testing.T) {
 	if st := e.proxyStats(); st.UDPPortUnreachables < 1 || st.UDPICMPErrors < 1 {
 		t.Fatalf("not counted: %s", statsJSON(st))
 	}
+}
+
+// maskTTL is an IPv4 datagram with its TTL (byte 8) and header checksum
+// (bytes 10, 11) zeroed: what a quote keeps whether or not it was routed.
+func maskTTL(b []byte) []byte {
+	c := append([]byte(nil), b...)
+	c[8], c[10], c[11] = 0, 0, 0
+	return c
 }
