@@ -620,9 +620,10 @@ func (t *echoTable) relayError(ef *echoFlow, typ, code uint8, offender netip.Add
 		return // about a request too old to remember
 	}
 	ef.touch()
-	if err := e.st.SendICMPErrorQuote(from, ef.key.pod, typ, code, 0, quote); err != nil {
-		e.log.Debug("proxy: icmp error to pod failed", "pod", ef.key.pod, "type", typ, "code", code, "err", err)
-		return
-	}
+	// Counted before the send: the pod may act on it first.
 	e.c.echoICMPErrors.Add(1)
+	if err := e.st.SendICMPErrorQuote(from, ef.key.pod, typ, code, 0, quote); err != nil {
+		e.c.echoICMPErrors.Add(^uint64(0))
+		e.log.Debug("proxy: icmp error to pod failed", "pod", ef.key.pod, "type", typ, "code", code, "err", err)
+	}
 }

@@ -179,25 +179,28 @@ func (e *Engine) relayUDPError(u *udpFlow, typ, code uint8, offender netip.Addr,
 	default:
 		return
 	}
+	portUnreach := typ == header.ICMPv4DstUnreachable && code == header.ICMPv4PortUnreachable
 	h := u.quote.get()
+	if h.N == 0 && !portUnreach {
+		return
+	}
+	// Counted before the send: the pod may act on the error before the
+	// send returns.
+	if portUnreach {
+		e.c.udpPortUnreachables.Add(1)
+	}
+	e.c.udpICMPErrors.Add(1)
 	var serr error
 	if h.N == 0 {
-		if !(typ == header.ICMPv4DstUnreachable && code == header.ICMPv4PortUnreachable) {
-			return
-		}
 		// No datagram header kept: the synthesized quote.
 		serr = e.st.SendPortUnreachable(u.key.pod, u.key.dst)
 	} else {
 		serr = e.st.SendICMPErrorQuote(from, u.key.pod.Addr(), typ, code, 0, quoteOf(&h, data))
 	}
-	if code == header.ICMPv4PortUnreachable && typ == header.ICMPv4DstUnreachable {
-		e.c.udpPortUnreachables.Add(1)
-	}
 	if serr != nil {
+		e.c.udpICMPErrors.Add(^uint64(0))
 		e.log.Debug("proxy: icmp error to pod failed", "pod", u.key.pod, "type", typ, "code", code, "err", serr)
-		return
 	}
-	e.c.udpICMPErrors.Add(1)
 }
 
 // quoteOf is the pod's datagram as an ICMP error quotes it: the header it
