@@ -240,6 +240,8 @@ func (e *Engine) dnsTCPRelay(c *tcp.Conn, f *flowHandle) {
 			f.done()
 			return
 		}
+		e.setKeepAlive(c)
+		e.setKeepAlive(up)
 		f.dst = ns
 		e.relayTCP(f, c, up)
 		return

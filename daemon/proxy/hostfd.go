@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -81,6 +82,49 @@ func (h *hostFD) Abort() {
 		_ = unix.SetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	})
 	_ = h.Close()
+}
+
+// SetKeepAliveConfig is (*net.TCPConn).SetKeepAliveConfig for the fd:
+// SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, with net's
+// meaning of zero (its default: 15 s, 15 s, 9) and of a negative field
+// (left as it is).
+func (h *hostFD) SetKeepAliveConfig(cfg net.KeepAliveConfig) error {
+	var err error
+	set := func(fd, level, opt, v int) {
+		if e := unix.SetsockoptInt(fd, level, opt, v); e != nil && err == nil {
+			err = e
+		}
+	}
+	secs := func(d, def time.Duration) int {
+		if d == 0 {
+			d = def
+		}
+		return int((d + time.Second - 1) / time.Second)
+	}
+	if cerr := h.Control(func(u uintptr) {
+		fd := int(u)
+		if !cfg.Enable {
+			set(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0)
+			return
+		}
+		set(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		if cfg.Idle >= 0 {
+			set(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs(cfg.Idle, 15*time.Second))
+		}
+		if cfg.Interval >= 0 {
+			set(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs(cfg.Interval, 15*time.Second))
+		}
+		if cfg.Count >= 0 {
+			c := cfg.Count
+			if c == 0 {
+				c = 9
+			}
+			set(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, c)
+		}
+	}); cerr != nil {
+		return cerr
+	}
+	return err
 }
 
 // dialAsync opens a TCP socket to dst and starts a non-blocking connect

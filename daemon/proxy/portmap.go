@@ -187,6 +187,8 @@ func (e *Engine) portMapTCP(c net.Conn, src, dst netip.AddrPort, f *flowHandle) 
 		return
 	}
 	down.SetNoDelay(true)
+	e.setKeepAlive(down)
+	e.setKeepAlive(c)
 	e.c.portMapConns.Add(1)
 	e.relayTCP(f, down, c)
 }

@@ -245,6 +245,13 @@ func (r *relay) connected() {
 		return
 	}
 	conn.SetNoDelay(true)
+	// Keepalive on both sockets, as every relay (keepalive.go).
+	_ = conn.SetKeepAliveConfig(r.e.keepAlive)
+	if h, ok := r.up.(*hostFD); ok {
+		if err := h.SetKeepAliveConfig(r.e.keepAlive); err != nil {
+			r.e.log.Debug("proxy: keepalive not set", "dst", r.f.dst, "err", err)
+		}
+	}
 	r.down, r.downC = conn.Sock(), conn
 	r.downReady.Store(true)
 	// The pod's ACK may have come already: look now.
