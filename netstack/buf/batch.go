@@ -1,5 +1,7 @@
 package buf
 
+import "time"
+
 // Batch is what a receive batch defers to its end: the NAPI poll context
 // in which the kernel flushes GRO and, through it, sends one ACK per
 // merged segment instead of one per wire segment. A layer that would act
@@ -13,7 +15,11 @@ package buf
 // per batch (the layer keeps the flag), so a batch holds at most one entry
 // per packet of the batch.
 type Batch struct {
-	fs []Flusher
+	// Now is the time the batch was read (the receive loop takes the
+	// clock once per batch): layers use it instead of reading the clock
+	// per packet, as Linux uses one timestamp per NAPI poll.
+	Now time.Time
+	fs  []Flusher
 }
 
 // Flusher is deferred work of one batch (a socket, typically).

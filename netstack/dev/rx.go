@@ -53,6 +53,7 @@ func (n *NIC) poll(done chan struct{}) {
 		k = min(max(k, 0), len(n.rxPkts)) // a misbehaving endpoint must not panic us
 		if k > 0 {
 			n.rxTime = n.devs.clk.Now()
+			n.rxDefer.Now = n.rxTime
 			n.rxBatch(n.rxPkts[:k])
 			clear(n.rxPkts[:k])
 		}

@@ -130,6 +130,11 @@ func (p *Proto) noSocket(seg *segment) {
 func (s *Sock) rcv(seg *segment) {
 	s.mu.Lock()
 	s.rxBatch = seg.skb.Batch
+	if b := s.rxBatch; b != nil && !b.Now.IsZero() {
+		s.nowScope(b.Now) // one clock reading per batch
+	} else {
+		s.nowScope(s.p.clk.Now())
+	}
 	s.segsIn++
 	switch s.state {
 	case Closed, Listen:
@@ -140,6 +145,7 @@ func (s *Sock) rcv(seg *segment) {
 		s.rcvStateProcess(seg)
 	}
 	s.rxBatch = nil
+	s.nowEnd()
 	s.unlockNotify()
 }
 
@@ -179,7 +185,7 @@ func (s *Sock) synSentRcv(seg *segment) {
 		s.sndWnd, s.sndWl1, s.sndWl2 = seg.wnd, seg.seq, seg.ack
 		s.maxSndWnd = s.sndWnd
 		if s.backoff == 0 {
-			s.rttSample(s.p.clk.Now().Sub(s.rttTime)) // Karn: only an unretransmitted SYN
+			s.rttSample(s.now().Sub(s.rttTime)) // Karn: only an unretransmitted SYN
 		}
 		s.backoff = 0
 		s.rtxTimer.Stop()
@@ -210,7 +216,7 @@ func (s *Sock) negotiate(o *header.TCPOptions) {
 	}
 	s.tsOK = s.tsOK && o.HasTS
 	if s.tsOK {
-		s.tsRecent, s.tsRecentTime = o.TSVal, s.p.clk.Now()
+		s.tsRecent, s.tsRecentTime = o.TSVal, s.now()
 	}
 	s.sackOK = s.sackOK && o.SACKPermitted
 	// RFC 9293 §3.7.1 (MUST-15): without an MSS option assume 536.
@@ -254,8 +260,8 @@ func (s *Sock) paws(seg *segment) bool {
 	if int32(seg.opts.TSVal-s.tsRecent) >= 0 {
 		return false
 	}
-	if s.p.clk.Now().Sub(s.tsRecentTime) > 24*24*time.Hour {
-		s.tsRecent, s.tsRecentTime = seg.opts.TSVal, s.p.clk.Now()
+	if s.now().Sub(s.tsRecentTime) > 24*24*time.Hour {
+		s.tsRecent, s.tsRecentTime = seg.opts.TSVal, s.now()
 		return false
 	}
 	return true
@@ -292,7 +298,7 @@ func (s *Sock) rcvStateProcess(seg *segment) {
 			// RFC 9293 §3.10.7.4 TIME-WAIT: a retransmission of the
 			// remote FIN: "Acknowledge it, and restart the 2 MSL
 			// timeout."
-			s.kaTimer.Reset(s.p.cfg.TimeWait)
+			s.kaReset(s.p.cfg.TimeWait)
 		}
 		seg.skb.Free(DropInvalidSeq)
 		return
@@ -314,7 +320,7 @@ func (s *Sock) rcvStateProcess(seg *segment) {
 	// RFC 7323 §4.3: record TS.Recent from a segment that covers
 	// Last.ACK.sent.
 	if s.tsOK && seg.opts.HasTS && header.SeqLEQ(seg.seq, s.lastAckSent) {
-		s.tsRecent, s.tsRecentTime = seg.opts.TSVal, s.p.clk.Now()
+		s.tsRecent, s.tsRecentTime = seg.opts.TSVal, s.now()
 	}
 
 	// Fourth: SYN. RFC 5961 §4.2: a SYN in a synchronized state gets a
@@ -386,7 +392,7 @@ func (s *Sock) rcvStateProcess(seg *segment) {
 		// (RFC 9293 §3.10.7.4, eighth, TIME-WAIT).
 		if seg.hasFin {
 			s.sendAck()
-			s.kaTimer.Reset(s.p.cfg.TimeWait)
+			s.kaReset(s.p.cfg.TimeWait)
 		}
 	}
 	seg.skb.Consume()
@@ -433,7 +439,7 @@ func (s *Sock) ackRcv(seg *segment) bool {
 		seg.skb.Free(DropTooOldAck)
 		return false
 	}
-	now := s.p.clk.Now()
+	now := s.now()
 	wnd := seg.wnd << s.sndWscale
 	prevUna := s.sndUna
 	// Window update (RFC 9293 §3.10.7.4: "If SND.UNA =< SEG.ACK =<
@@ -479,7 +485,7 @@ func (s *Sock) ackRcv(seg *segment) bool {
 		// RTT (RFC 7323 §4.1: from TSecr of an ACK of new data, else
 		// the Karn-timed segment, RFC 6298 §3).
 		if s.tsOK && seg.opts.HasTS && seg.opts.TSEcr != 0 {
-			if d := int32(s.p.tsNow() + s.tsOff - seg.opts.TSEcr); d >= 0 {
+			if d := int32(s.tsNow() + s.tsOff - seg.opts.TSEcr); d >= 0 {
 				s.rttSample(time.Duration(d)*time.Millisecond + time.Millisecond/2)
 			}
 		} else if s.rttTiming && header.SeqGEQ(ack, s.rttSeq) {
@@ -524,7 +530,7 @@ func (s *Sock) ackRcv(seg *segment) bool {
 			s.setState(FinWait2)
 			s.rtxTimer.Stop()
 			if s.orphan {
-				s.kaTimer.Reset(s.p.cfg.FinTimeout)
+				s.kaReset(s.p.cfg.FinTimeout)
 			}
 			s.cond.Broadcast()
 		}
@@ -573,7 +579,7 @@ func (s *Sock) synRcvdToEstablished(seg *segment) bool {
 		s.p.count(PassiveOpens)
 	}
 	if s.backoff == 0 {
-		s.rttSample(s.p.clk.Now().Sub(s.rttTime))
+		s.rttSample(s.now().Sub(s.rttTime))
 	}
 	s.backoff = 0
 	s.rtxTimer.Stop()

@@ -99,7 +99,7 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 	}
 	if s.tsOK {
 		o.HasTS = true
-		o.TSVal = s.p.tsNow() + s.tsOff
+		o.TSVal = s.tsNow() + s.tsOff
 		o.TSEcr = s.tsRecent
 		if syn && flags&header.ACK == 0 {
 			o.TSEcr = 0
@@ -172,7 +172,7 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 	if flags&header.RST != 0 {
 		s.p.count(OutRsts)
 	}
-	s.lastSend = s.p.clk.Now()
+	s.lastSend = s.now()
 	fl := s.flow
 	if ect {
 		fl.TOS |= ecnECT0
@@ -210,7 +210,7 @@ func (s *Sock) oowAck(seg *segment) {
 		s.sendAck()
 		return
 	}
-	now := s.p.clk.Now()
+	now := s.now()
 	if !s.lastOOW.IsZero() && now.Sub(s.lastOOW) < oowRateLimit {
 		s.p.count(TCPACKSkippedSeq)
 		return
@@ -257,7 +257,7 @@ func (s *Sock) writeXmit() {
 	if !s.canSendData() {
 		return
 	}
-	now := s.p.clk.Now()
+	now := s.now()
 	if s.sndNxt == s.sndUna && !s.lastSend.IsZero() && now.Sub(s.lastSend) > s.rto {
 		// RFC 5681 §4.1: after an idle period longer than the RTO,
 		// cwnd restarts from min(IW, cwnd).

@@ -184,6 +184,16 @@ type Sock struct {
 	// raised since the last delivery.
 	notify func(Event)
 	events Event
+	// nowT is the clock read once for the operation in progress (rcv
+	// takes its batch's time; ReadTo, WriteFrom, Read and Write read it
+	// once): nowOK says it is valid; cleared before the lock is released
+	// (now, nowScope).
+	nowT  time.Time
+	nowOK bool
+	// lastRcv is when the peer last sent us a segment, for keepalive
+	// (armKeepalive); kaArmed says the keepalive timer runs.
+	lastRcv time.Time
+	kaArmed bool
 	// reading: a ReadTo callback is using the receive queue's bytes
 	// without the lock (releasing it waits: rcvqDeferRelease); writing:
 	// a WriteFrom callback is filling reserved send ring space.
@@ -228,6 +238,25 @@ func (p *Proto) NewSock() *Sock {
 	return s
 }
 
+// now is the current time: the operation's cached reading inside a
+// nowScope (tcp_mstamp, which Linux refreshes once per receive and per
+// transmit), else the clock.
+func (s *Sock) now() time.Time {
+	if s.nowOK {
+		return s.nowT
+	}
+	return s.p.clk.Now()
+}
+
+// nowScope makes now return t until nowEnd; s.mu is held and must not
+// be released before nowEnd.
+func (s *Sock) nowScope(t time.Time) { s.nowT, s.nowOK = t, true }
+
+func (s *Sock) nowEnd() { s.nowOK = false }
+
+// tsNow is the timestamp clock (RFC 7323 §5.4: 1 ms ticks).
+func (s *Sock) tsNow() uint32 { return uint32(s.now().Sub(s.p.epoch).Milliseconds()) }
+
 func (s *Sock) setState(st State) {
 	s.state = st
 	s.stateA.Store(uint32(st))
@@ -244,7 +273,7 @@ func (s *Sock) initCC() {
 	}
 	s.ca = a
 	s.cs = cc.State{Cwnd: cc.InitialWindow, Ssthresh: 1 << 30}
-	s.ca.Init(&s.cs, s.p.clk.Now())
+	s.ca.Init(&s.cs, s.now())
 }
 
 // done moves to CLOSED, stops every timer, frees the queues and leaves
@@ -257,7 +286,7 @@ func (s *Sock) done(err error) {
 	s.setState(Closed)
 	s.rtxTimer.Stop()
 	s.delackTimer.Stop()
-	s.kaTimer.Stop()
+	s.kaStop()
 	s.rackTimer.Stop()
 	s.rackRelease()
 	for i := range s.ofo {
@@ -292,7 +321,7 @@ func (s *Sock) rcvAutotune(n int) {
 		return
 	}
 	s.rcvqCopied += n
-	now := s.p.clk.Now()
+	now := s.now()
 	if s.rcvqTime.IsZero() {
 		s.rcvqTime = now
 		return

@@ -24,7 +24,7 @@ import (
 // it returns os.ErrDeadlineExceeded once deadline passed. s.mu is held.
 func (s *Sock) wait(deadline time.Time) error {
 	if !deadline.IsZero() {
-		if !s.p.clk.Now().Before(deadline) {
+		if !s.now().Before(deadline) {
 			return os.ErrDeadlineExceeded
 		}
 		if d := s.dlTimer.Deadline(); d.IsZero() || deadline.Before(d) {
@@ -240,8 +240,10 @@ func (s *Sock) Read(b []byte) (int, error) {
 				return 0, nil
 			}
 			n := s.rcvq.read(b)
+			s.nowScope(s.p.clk.Now())
 			s.rcvAutotune(n)
 			s.rcvSpaceFreed()
+			s.nowEnd()
 			return n, nil
 		}
 		switch {
@@ -317,9 +319,11 @@ func (s *Sock) ReadTo(v [][]byte, w func([][]byte) (int, error)) (int, error) {
 		s.rcvqDeferRelease = false
 		s.rcvq.release()
 	} else if n > 0 {
+		s.nowScope(s.p.clk.Now())
 		s.rcvq.discard(n)
 		s.rcvAutotune(n)
 		s.rcvSpaceFreed()
+		s.nowEnd()
 	}
 	s.cond.Broadcast() // a Read waiting for the queue
 	s.mu.Unlock()
@@ -402,7 +406,9 @@ func (s *Sock) Write(b []byte) (int, error) {
 		s.sndBuf.write(b[:n], s.sndBufLimit)
 		b = b[n:]
 		total += n
+		s.nowScope(s.p.clk.Now())
 		s.writeXmit()
+		s.nowEnd()
 	}
 	return total, nil
 }
@@ -471,7 +477,9 @@ func (s *Sock) WriteFrom(r func(a, b []byte) (int, error)) (int, error) {
 	}
 	s.sndBuf.commit(w, n)
 	if n > 0 {
+		s.nowScope(s.p.clk.Now())
 		s.writeXmit()
+		s.nowEnd()
 	}
 	s.cond.Broadcast() // a Write waiting for the ring
 	s.mu.Unlock()
@@ -559,7 +567,7 @@ func (s *Sock) Close() error {
 	s.releaseRcvq()
 	s.shutdownWrite()
 	if s.state == FinWait2 {
-		s.kaTimer.Reset(s.p.cfg.FinTimeout)
+		s.kaReset(s.p.cfg.FinTimeout)
 	}
 	return nil
 }
@@ -630,8 +638,11 @@ func (s *Sock) SetKeepAlive(on bool, idle, intvl time.Duration, count int) {
 	}
 	if on {
 		s.armKeepalive()
+		if s.keepalive && s.state.synchronized() && s.state != TimeWait {
+			s.kaReset(s.keepIdle) // a new idle time counts from now
+		}
 	} else if s.state != TimeWait && s.state != FinWait2 {
-		s.kaTimer.Stop()
+		s.kaStop()
 	}
 }
 
