@@ -8,16 +8,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cni-userstack/cni-userstack/netstack/link/pipe"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 )
 
 // BenchmarkTCPRelay is one pod TCP stream through the relay to a kernel
 // sink on loopback (b.N chunks of 64 KiB); compare with the stack alone
 // (netstack/tcp benchmarks) for the relay's cost.
+//
+// gso runs the pod's link as a veth with PACKET_VNET_HDR is (64 KiB
+// segments, partial checksums), as in production; mtu1500 without.
 func BenchmarkTCPRelay(b *testing.B) {
-	for _, dir := range []string{"pod-to-host", "host-to-pod"} {
-		b.Run(dir, func(b *testing.B) {
-			r := newRig(b, nil)
+	for _, bc := range []struct {
+		link, dir string
+	}{{"gso", "pod-to-host"}, {"gso", "host-to-pod"}, {"mtu1500", "pod-to-host"}, {"mtu1500", "host-to-pod"}} {
+		dir := bc.dir
+		b.Run(bc.link+"/"+dir, func(b *testing.B) {
+			var linkOpts []pipe.Option
+			if bc.link == "gso" {
+				linkOpts = gsoPipe
+			}
+			r := newRigLink(b, nil, linkOpts)
 			chunk := fill(64<<10, 5)
 			done := make(chan int64, 1)
 			port := kernelListener(b, func(c *net.TCPConn) {

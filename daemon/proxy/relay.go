@@ -28,7 +28,7 @@ import (
 //     (EAGAIN) leaves the rest queued — the pod's window closes — until
 //     EPOLLOUT.
 //   - host → pod: the host socket is read with readv(2) straight into the
-//     free space of the stack socket's send ring (tcp.Sock.WriteFrom),
+//     free space of the stack socket's send queue (tcp.Sock.WriteFrom),
 //     which then sends it: on the poller's goroutine when the host socket
 //     became readable, on the NIC's goroutine when an ACK from the pod
 //     freed send space. A full send buffer leaves the host's bytes in the
@@ -451,8 +451,8 @@ func (r *relay) sendmsg(fd uintptr) {
 	}
 }
 
-// readHost is WriteFrom's callback: one readv into the send ring's free
-// space (a, then b where the ring wraps); 0 bytes is the host's EOF.
+// readHost is WriteFrom's callback: one readv into the send queue's free
+// space (a, then b: the tail chunk, a fresh one); 0 bytes is the host's EOF.
 func (r *relay) readHost(a, b []byte) (int, error) {
 	if len(a) == 0 {
 		return 0, syscall.EAGAIN

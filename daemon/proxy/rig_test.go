@@ -20,6 +20,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack"
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/link"
 	"github.com/cni-userstack/cni-userstack/netstack/link/pipe"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
@@ -62,11 +63,21 @@ func newRig(t testing.TB, mod func(*Config)) *rig {
 // newRigWith is newRig with options for both stacks (a manual clock).
 func newRigWith(t testing.TB, mod func(*Config), opts ...netstack.Option) *rig {
 	t.Helper()
+	return newRigLink(t, mod, nil, opts...)
+}
+
+// gsoPipe makes the rig's link offer what a veth with PACKET_VNET_HDR
+// does (partial checksums, 64 KiB segments), as in production.
+var gsoPipe = []pipe.Option{pipe.WithCaps(link.CapTxChecksumPartial | link.CapRxChecksum | link.CapGSO | link.CapGRO)}
+
+// newRigLink is newRigWith with options for the pod's link.
+func newRigLink(t testing.TB, mod func(*Config), linkOpts []pipe.Option, opts ...netstack.Option) *rig {
+	t.Helper()
 	pod, node := netstack.New(opts...), netstack.New(opts...)
 	t.Cleanup(func() { pod.Close(); node.Close() })
 	// The pipe's default queue: 100 concurrent flows overflow it, so
 	// the relay is also shown working through TCP loss recovery.
-	ea, eb := pipe.New(stacktest.DefaultMTU)
+	ea, eb := pipe.New(stacktest.DefaultMTU, linkOpts...)
 	pnic, err := pod.AddNIC(ea, netstack.NICConfig{Name: "pod0"})
 	if err != nil {
 		t.Fatal(err)

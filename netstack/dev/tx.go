@@ -150,12 +150,15 @@ func (n *NIC) validateXmit(skb *buf.SKB) (buf.DropReason, bool) {
 // left in the checksum field, stored folded (0 becomes 0xFFFF, which the
 // receiver reads the same, RFC 768/RFC 1071).
 func checksumHelp(skb *buf.SKB) bool {
-	skb.Writable()
 	th := skb.TransportHeader()
 	off := int(skb.CsumOffset)
 	if th == nil || skb.TransportOffset() < 0 || off+2 > len(th) {
 		return false
 	}
+	// Only the checksum field is written: a TCP segment sent as a clone
+	// of its send buffer (buf.CloneHeadroom) owns its headers.
+	skb.WritableHead(skb.TransportOffset() + off + 2)
+	th = skb.TransportHeader()
 	th = th[:len(th):len(th)]
 	sum := header.ChecksumFinal(header.Checksum(th, 0))
 	if sum == 0 {

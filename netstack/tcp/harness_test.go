@@ -380,6 +380,9 @@ func (w *wire) send(dir int, skb *buf.SKB) {
 	skb = toRcv(skb)
 	if faulty && w.hit(w.cfg.corrupt) {
 		st.corrupted++
+		// A wire corrupts its copy: the sender's send queue may share
+		// the storage (a zero-copy segment), as link/fault knows.
+		skb.Writable()
 		b := skb.Bytes()
 		i := w.rng.IntN(len(b))
 		b[i] ^= 1 << w.rng.IntN(8)

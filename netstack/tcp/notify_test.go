@@ -145,7 +145,7 @@ func TestWriteFromInPlaceAndReset(t *testing.T) {
 		t.Fatalf("WriteFrom on a reset connection: %d, %v", n, err)
 	}
 	c.ExpectNone("nothing after the reset")
-	if _, out := s.Buffered(); out != 0 || s.sndBuf.b != nil {
-		t.Fatalf("send ring kept %d bytes, storage %v", out, s.sndBuf.b != nil)
+	if _, out := s.Buffered(); out != 0 || s.sndBuf.q.Len() != 0 {
+		t.Fatalf("send queue kept %d bytes in %d chunks", out, s.sndBuf.q.Len())
 	}
 }

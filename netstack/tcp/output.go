@@ -147,16 +147,28 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 		s.delackTimer.Stop()
 	}
 
-	skb := buf.Alloc(buf.MaxHeadroom, hl+n)
-	b := skb.Put(hl + n)
+	// The payload: a clone of the send queue chunk it starts (the
+	// header goes into the chunk's headroom, no copy), else a copy.
+	var skb *buf.SKB
+	if n > 0 {
+		skb = s.sndBuf.segment(int(seq-s.bufSeq), n)
+	}
+	if skb != nil {
+		skb.Push(hl)
+		s.p.count(TCPZeroCopySegs)
+	} else {
+		skb = buf.Alloc(buf.MaxHeadroom, hl+n)
+		b := skb.Put(hl + n)
+		if n > 0 {
+			s.sndBuf.peek(int(seq-s.bufSeq), b[hl:])
+		}
+	}
+	b := skb.Bytes()
 	th := header.TCP(b)
 	th.Encode(header.TCPFields{SrcPort: s.id.lport, DstPort: s.id.rport, Seq: seq, Ack: s.rcvNxt,
 		Flags: flags, Window: uint16(wnd), Options: ob[:olen]})
 	if flags&header.ACK == 0 {
 		th[8], th[9], th[10], th[11] = 0, 0, 0, 0
-	}
-	if n > 0 {
-		s.sndBuf.peek(int(seq-s.bufSeq), b[hl:])
 	}
 	// Checksum offload: the pseudo-header sum goes in the field and the
 	// device (or dev's checksum help) completes it (CHECKSUM_PARTIAL).
@@ -234,6 +246,19 @@ func (s *Sock) sizeGoal(mss int) int {
 		return mss
 	}
 	return max(maxGSO/mss, 1) * mss
+}
+
+// chunkGoal is the size of the send queue's chunks: the size goal of a
+// full segment at the base MSS, so that segments line up with chunks
+// and go out without a copy (sndQueue.segment).
+func (s *Sock) chunkGoal() int {
+	mss := max(s.mss, 64)
+	if !s.gso {
+		// One MSS per chunk would cost an SKB per segment: take 16 KiB
+		// worth, and copy the segments that do not start a chunk.
+		return max(16<<10/mss, 1) * mss
+	}
+	return s.sizeGoal(mss)
 }
 
 // canSendData reports the states in which queued data and the FIN may

@@ -12,7 +12,7 @@ import (
 // delivered and it is still missing RACK.rtt + RACK.reo_wnd after it was
 // sent.
 //
-// Transmit times live beside the send ring, not per segment: txq holds
+// Transmit times live beside the send queue, not per segment: txq holds
 // the send times of the latest in-order pass over the sequence space
 // (new data, or go-back-N after a timeout), one record per run of bytes
 // sent at the same instant, seq-ordered and therefore time-ordered;

@@ -93,8 +93,8 @@ type Sock struct {
 	sndWnd, maxSndWnd           uint32
 	sndWl1, sndWl2              uint32
 	sndWscale                   uint8
-	sndBuf                      ring   // bytes from bufSeq on, unacknowledged or unsent
-	bufSeq                      uint32 // sequence number of sndBuf's first byte
+	sndBuf                      sndQueue // bytes from bufSeq on, unacknowledged or unsent (sndq.go)
+	bufSeq                      uint32   // sequence number of sndBuf's first byte
 	sndBufLimit                 int
 	finQueued                   bool // the user shut the write side: FIN after the data
 	mss                         int  // effective send MSS (data bytes per segment)
@@ -196,7 +196,7 @@ type Sock struct {
 	kaArmed bool
 	// reading: a ReadTo callback is using the receive queue's bytes
 	// without the lock (releasing it waits: rcvqDeferRelease); writing:
-	// a WriteFrom callback is filling reserved send ring space.
+	// a WriteFrom callback is filling reserved send queue space.
 	reading, rcvqDeferRelease, writing bool
 
 	// User side.

@@ -403,7 +403,7 @@ func (s *Sock) Write(b []byte) (int, error) {
 			continue
 		}
 		n := min(space, len(b))
-		s.sndBuf.write(b[:n], s.sndBufLimit)
+		s.sndBuf.write(b[:n], s.chunkGoal())
 		b = b[n:]
 		total += n
 		s.nowScope(s.p.clk.Now())
@@ -438,10 +438,11 @@ func (s *Sock) writeErr() error {
 // WriteFrom lets r fill the send buffer's free space directly (a relay
 // readv(2)s its host socket into it: no copy through a buffer of its
 // own), then queues the n bytes r reports and pushes them out as Write
-// does. r gets the free space as a and, where the ring wraps, b (else
-// empty), at most the free send buffer space in all, to fill in that
-// order; it runs without the socket lock, so ACKs are
-// processed meanwhile. WriteFrom never blocks: with no space it returns
+// does. r gets the free space as a (the tail chunk's room) and b (a fresh
+// chunk's, or empty), at most the free send buffer space in all, to fill
+// in that order; the bytes land in the chunks that become the segments,
+// so they are not copied again on our side. r runs without the socket
+// lock, so ACKs are processed meanwhile. WriteFrom never blocks: with no space it returns
 // EAGAIN, on a connection that cannot send Write's error. A connection
 // that ends while r runs drops what r read. One writer at a time: Write
 // waits while a WriteFrom's r runs.
@@ -460,7 +461,7 @@ func (s *Sock) WriteFrom(r func(a, b []byte) (int, error)) (int, error) {
 		s.mu.Unlock()
 		return 0, syscall.EAGAIN
 	}
-	a, b, w := s.sndBuf.reserve(space, s.sndBufLimit)
+	a, b := s.sndBuf.reserve(space, s.chunkGoal())
 	s.writing = true
 	s.mu.Unlock()
 
@@ -470,12 +471,12 @@ func (s *Sock) WriteFrom(r func(a, b []byte) (int, error)) (int, error) {
 	s.mu.Lock()
 	s.writing = false
 	if err := s.writeErr(); err != nil && n > 0 {
-		s.sndBuf.commit(w, 0)
+		s.sndBuf.commit(0)
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		return 0, err
 	}
-	s.sndBuf.commit(w, n)
+	s.sndBuf.commit(n)
 	if n > 0 {
 		s.nowScope(s.p.clk.Now())
 		s.writeXmit()
