@@ -99,14 +99,14 @@ func (p *poller) add(id uint64, rc controller, h pollHandler) error {
 	return nil
 }
 
-// remove forgets registration id of the fd behind rc; events already
-// fetched for it are dropped.
-func (p *poller) remove(id uint64, rc controller) {
+// remove forgets registration id; events already fetched for it, and
+// any until its fd is closed, find no handler and are dropped. The fd
+// leaves the epoll set when it is closed (the caller closes it next, and
+// holds its only descriptor), so no EPOLL_CTL_DEL is spent on it.
+func (p *poller) remove(id uint64) {
 	p.mu.Lock()
 	delete(p.flows, id)
 	p.mu.Unlock()
-	// A closed fd has left every epoll set already.
-	_ = rc.Control(func(fd uintptr) { _ = p.ctl(unix.EPOLL_CTL_DEL, int(fd), nil) })
 }
 
 func (p *poller) ctl(op, fd int, ev *unix.EpollEvent) error {

@@ -211,7 +211,13 @@ func (e *Engine) tcpSYN(req *tcp.Request) {
 	}
 	if err := e.poll.add(r.id, h, r); err != nil {
 		r.finish(true)
+		return
 	}
+	// A connect to this host (loopback, a local address) completes in
+	// connect(2) itself, its handshake run in softirq on our way out:
+	// answer the pod now instead of after a round through the poller.
+	// A connect still in progress leaves it to the poller's event.
+	r.connected()
 }
 
 // connected runs on the poller's goroutine when the connecting socket
@@ -531,7 +537,7 @@ func (r *relay) finish(abort bool) {
 	if req != nil {
 		req.Refuse() // the pod's SYN is still unanswered
 	}
-	r.e.poll.remove(r.id, r.up)
+	r.e.poll.remove(r.id)
 	if r.downReady.Load() {
 		r.down.SetNotify(nil)
 	}
