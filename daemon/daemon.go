@@ -131,6 +131,8 @@ type Daemon struct {
 
 	mu          sync.Mutex
 	attachments map[string]*api.Attachment // by ID (far-end name); bound MaxAttachments
+
+	insp inspectState // read-only endpoints, readiness, latency observer (inspect.go)
 }
 
 // New builds a daemon over an opened store and an attacher. It does not
@@ -139,8 +141,10 @@ func New(cfg Config, store *Store, att Attacher) *Daemon {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Daemon{cfg: cfg, store: store, att: att, proxy: cfg.Proxy, log: cfg.Logger, started: time.Now(),
+	d := &Daemon{cfg: cfg, store: store, att: att, proxy: cfg.Proxy, log: cfg.Logger, started: time.Now(),
 		attachments: map[string]*api.Attachment{}}
+	d.insp.init()
+	return d
 }
 
 // Recover loads the records and applies PlanRecovery: re-attach what still
@@ -269,6 +273,7 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("GET "+api.PathAttachments, d.handleList)
 	mux.HandleFunc("GET "+api.PathStatus, d.handleStatus)
 	mux.HandleFunc("POST "+api.PathGC, d.handleGC)
+	d.registerInspect(mux)
 	return mux
 }
 
@@ -286,6 +291,7 @@ func (d *Daemon) Serve(ctx context.Context, l net.Listener) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	d.insp.shutdown() // running captures end: their connections go idle
 	err := srv.Shutdown(sctx)
 	if cerr := d.close(); err == nil {
 		err = cerr
@@ -341,7 +347,9 @@ func (d *Daemon) handleAttach(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
+	start := time.Now()
 	a, e := d.Attach(req)
+	d.observe(true, start, e == nil)
 	if e != nil {
 		writeErr(w, e)
 		return
@@ -406,7 +414,9 @@ func (d *Daemon) handleDetach(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
+	start := time.Now()
 	resp, e := d.Detach(req)
+	d.observe(false, start, e == nil)
 	if e != nil {
 		writeErr(w, e)
 		return
@@ -478,11 +488,12 @@ func (d *Daemon) Status() *api.Status {
 	n := len(d.attachments)
 	d.mu.Unlock()
 	st := &api.Status{Version: d.cfg.Version, PID: os.Getpid(), Started: d.started, Socket: d.cfg.Socket,
-		StateDir: d.cfg.StateDir, StackNetNS: d.cfg.StackNetNS, Attachments: n}
+		StateDir: d.cfg.StateDir, StackNetNS: d.cfg.StackNetNS, Attachments: n, Ready: d.Ready()}
 	d.att.Status(st)
 	if d.proxy != nil {
 		st.Proxy = d.proxy.Stats()
 	}
+	st.Metrics = d.insp.metrics.Load()
 	return st
 }
 

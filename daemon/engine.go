@@ -47,6 +47,17 @@ func (p *EngineProxy) RemovePod(id string) { p.e.RemovePod(id) }
 // Stats converts the engine's counters.
 func (p *EngineProxy) Stats() *api.ProxyStats { return apiProxyStats(p.e.Stats()) }
 
+// Relays lists the engine's flows (`cni-userstack ss -p`).
+func (p *EngineProxy) Relays() []api.Relay {
+	rs := p.e.Relays()
+	out := make([]api.Relay, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, api.Relay{Kind: r.Kind, Proto: r.Proto, Pod: r.PodID, PodLocal: r.PodLocal, PodRemote: r.PodRemote,
+			HostLocal: r.HostLocal, HostRemote: r.HostRemote, FromPod: r.FromPod, ToPod: r.ToPod})
+	}
+	return out
+}
+
 // Close closes every relay and listener of the engine.
 func (p *EngineProxy) Close() error { return p.e.Close() }
 
@@ -66,7 +77,8 @@ func apiProxyStats(s proxy.Stats) *api.ProxyStats {
 		FlowLimitDrops: s.FlowLimitDrops, UDPFlowsOpened: s.UDPFlowsOpened, UDPPortUnreachables: s.UDPPortUnreachables,
 		EchoRelayed: s.EchoRelayed, EchoDenied: s.EchoDenied, EchoDropped: s.EchoDropped,
 		DNSQueries: s.DNSQueries, DNSFailures: s.DNSFailures,
-		PortMapConns: s.PortMapConns,
+		PortMapConns: s.PortMapConns, EchoFlowsOpened: s.EchoFlowsOpened,
+		UDPIdleTimeouts: s.UDPIdleTimeouts, EchoIdleTimeouts: s.EchoIdleTimeouts,
 	}
 	if len(s.Pods) > 0 {
 		out.Pods = make(map[string]api.ProxyPodStats, len(s.Pods))

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
+	"github.com/cni-userstack/cni-userstack/daemon/metrics"
 	"github.com/cni-userstack/cni-userstack/netstack/link/afpacket"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/veth"
@@ -44,6 +45,9 @@ type ServeFlags struct {
 	// BusyPoll is the AF_PACKET links' busy-poll budget
 	// (afpacket.Config.BusyPoll); 0 is off.
 	BusyPoll time.Duration
+	// MetricsAddr is where /metrics, /healthz and /readyz are served
+	// (daemon/metrics); "" turns them off.
+	MetricsAddr string
 }
 
 // Defaults of the proxy engine's flags.
@@ -69,6 +73,7 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.ProxyConnectTimeout, "proxy-connect-timeout", DefaultProxyConnectTimeout, "proxy mode: bound of a pod's upstream TCP connect; the pod gets an RST when it passes")
 	fs.DurationVar(&f.ProxyUDPIdleTimeout, "proxy-udp-idle-timeout", DefaultProxyUDPIdleTimeout, "proxy mode: a UDP or ICMP echo flow with no traffic for this long is closed")
 	fs.IntVar(&f.ProxyMaxFlowsPerPod, "proxy-max-flows-per-pod", DefaultProxyMaxFlowsPerPod, "proxy mode: concurrent TCP+UDP+ICMP flows per pod; new flows past it are refused and counted")
+	fs.StringVar(&f.MetricsAddr, "metrics-addr", metrics.DefaultAddr, "host:port serving Prometheus /metrics and the /healthz and /readyz probes (port 0 picks one; \"\" disables); a port in use is logged and the daemon runs on without them")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket before it sleeps (NAPI busy polling, one link at a time per 2 CPUs): lower round-trip latency for up to this much CPU per idle read, worth it only with cores to spare; 0 is off, at most "+afpacket.MaxBusyPoll.String())
 }
 
@@ -87,6 +92,9 @@ func (f *ServeFlags) Validate() error {
 		return fmt.Errorf("--busy-poll %v: must be between 0 and %v", f.BusyPoll, afpacket.MaxBusyPoll)
 	}
 	if _, err := f.subnet(); err != nil {
+		return err
+	}
+	if err := checkMetricsAddr(f.MetricsAddr); err != nil {
 		return err
 	}
 	if _, err := f.level(); err != nil {
@@ -172,6 +180,10 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		return err
 	}
 	defer lock.Close()
+	// Probes answer from here on: /readyz is "not ready" until recovery
+	// finished and the API listens.
+	mr := startMetrics(f.MetricsAddr, version, log)
+	defer mr.close()
 	store, err := OpenStore(f.StateDir)
 	if err != nil {
 		return err
@@ -194,6 +206,7 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		return err
 	}
 	d := New(Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px}, store, att)
+	mr.attach(d)
 	if err := d.Recover(); err != nil {
 		d.close()
 		return fmt.Errorf("recover: %w", err)
@@ -205,6 +218,7 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	d.SetReady()
 	log.Info("serving", "socket", f.Socket, "stateDir", f.StateDir, "stackNetNS", f.StackNetNS,
 		"attachments", len(d.List()), "pid", os.Getpid(), "version", version)
 	err = d.Serve(ctx, l)

@@ -236,6 +236,7 @@ func (e *Engine) dnsTCPRelay(c net.Conn, f *flowHandle) {
 			return
 		}
 		e.c.activeTCP.Add(1)
+		f.setRelay(RelayDNS, c, up)
 		splice(c, up)
 		e.c.activeTCP.Add(-1)
 		return

@@ -154,6 +154,7 @@ func (t *echoTable) open(k echoKey) *echoFlow {
 	}
 	t.m[k] = ef
 	e.c.activeEcho.Add(1)
+	e.c.echoFlowsOpened.Add(1)
 	return ef
 }
 
@@ -174,6 +175,7 @@ func (t *echoTable) reader(ef *echoFlow) {
 					delete(t.m, ef.key)
 				}
 				t.mu.Unlock()
+				e.c.echoIdleTimeouts.Add(1)
 				return
 			}
 			t.mu.Unlock()
