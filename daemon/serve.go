@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -207,18 +208,13 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	}
 	d := New(Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px}, store, att)
 	mr.attach(d)
-	if err := d.Recover(); err != nil {
-		d.close()
-		return fmt.Errorf("recover: %w", err)
-	}
-	l, err := Listen(f.Socket)
+	l, err := startup(d, f.Socket)
 	if err != nil {
 		d.close()
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	d.SetReady()
 	log.Info("serving", "socket", f.Socket, "stateDir", f.StateDir, "stackNetNS", f.StackNetNS,
 		"attachments", len(d.List()), "pid", os.Getpid(), "version", version)
 	err = d.Serve(ctx, l)
@@ -228,6 +224,21 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		return nil
 	}
 	return err
+}
+
+// startup recovers d's recorded attachments, then opens the API socket,
+// then marks d ready: /readyz says ready only once recovery finished and
+// the plugin can reach the API.
+func startup(d *Daemon, socket string) (net.Listener, error) {
+	if err := d.Recover(); err != nil {
+		return nil, fmt.Errorf("recover: %w", err)
+	}
+	l, err := Listen(socket)
+	if err != nil {
+		return nil, err
+	}
+	d.SetReady()
+	return l, nil
 }
 
 // loadRules reads and parses a --rules file; nil without one. Errors name

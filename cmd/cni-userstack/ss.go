@@ -336,8 +336,6 @@ func printSockets(w io.Writer, s *api.Sockets, f ssFlags) error {
 		h = append(h, "Process")
 	}
 	t := newTable(w, h...)
-	// With -i, the info line follows its socket; the table is flushed
-	// around it so the line is not aligned into the columns.
 	for _, so := range s.Sockets {
 		row := []string{so.Proto, ssName(so.State), itoa(so.RecvQ), itoa(so.SendQ), addrPort(so.Local), addrPort(so.Remote)}
 		if f.process {
@@ -349,12 +347,7 @@ func printSockets(w io.Writer, s *api.Sockets, f ssFlags) error {
 		}
 		t.row(row...)
 		if f.info && so.TCP != nil {
-			if err := t.flush(); err != nil {
-				return err
-			}
-			if _, err := fmt.Fprintln(w, tcpInfoLine(so.TCP)); err != nil {
-				return err
-			}
+			t.line(tcpInfoLine(so.TCP))
 		}
 	}
 	for i := range s.Relays {
