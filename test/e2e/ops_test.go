@@ -356,6 +356,7 @@ func TestOpsInspectTwoPods(t *testing.T) {
 	if want := fmt.Sprintf("src=%v dst=%v sport=%d dport=%d", podSide.Addr(), echo.Addr(), podSide.Port(), echo.Port()); !strings.Contains(ctText, want) {
 		t.Errorf("conntrack -L text lacks %q:\n%s", want, ctText)
 	}
+	t.Logf("conntrack -L:\n%s", ctText)
 	if n, _ := strconv.Atoi(strings.TrimSpace(e.cliOK("conntrack", "-C"))); n < 1 {
 		t.Errorf("conntrack -C = %d", n)
 	}
