@@ -227,9 +227,20 @@ func (a *StackAttacher) Counters(st *api.Stats) {
 	a.Status(&status)
 	st.Counters = status.Stack.Counters
 	st.NICs = status.Stack.NICs
-	st.Drops = make([]api.Drop, 0, len(status.Stack.Drops))
-	for r, n := range status.Stack.Drops {
-		st.Drops = append(st.Drops, api.Drop{Reason: r, Layer: buf.DropLayerOf(r), Count: n})
+	// Every registered reason, zeros included: `stats -z` lists them all
+	// and each metric series exists from the start.
+	reasons := buf.DropReasons()
+	st.Drops = make([]api.Drop, 0, len(reasons))
+	seen := map[string]bool{}
+	for _, r := range reasons {
+		name := r.String()
+		seen[name] = true
+		st.Drops = append(st.Drops, api.Drop{Reason: name, Layer: r.Layer(), Count: status.Stack.Drops[name]})
+	}
+	for name, n := range status.Stack.Drops { // a reason registered twice is one name
+		if !seen[name] {
+			st.Drops = append(st.Drops, api.Drop{Reason: name, Layer: buf.DropLayerOf(name), Count: n})
+		}
 	}
 	sort.Slice(st.Drops, func(i, j int) bool {
 		if st.Drops[i].Layer != st.Drops[j].Layer {

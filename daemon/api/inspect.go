@@ -275,7 +275,8 @@ type Stats struct {
 	// TcpRetransSegs, ...), zeros included, plus the daemon's own
 	// (PodSrcMACDrops, ProxyDiverted, ...).
 	Counters map[string]uint64 `json:"counters"`
-	// Drops are the packets freed, by reason, with the reason's layer.
+	// Drops are the packets freed, by reason, with the reason's layer:
+	// every registered reason, zeros included.
 	Drops     []Drop         `json:"drops"`
 	NICs      []NICStats     `json:"nics"`
 	Conntrack *Conntrack     `json:"conntrack,omitempty"` // without entries
