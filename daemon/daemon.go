@@ -37,6 +37,14 @@
 // Limits: MaxAttachments attachments per daemon (an attach beyond it is
 // refused with code 11); request bodies are bounded by maxRequest.
 //
+// Read-only endpoints (inspect.go, inspect_stack.go) serve the inspect
+// commands from the stack's own tables through Inspector; they take
+// Daemon.mu only to copy the attachments that name the pods. Start-up is
+// Recover, then Listen, then ready (startup in serve.go); the metrics and
+// probe server (serve_metrics.go, daemon/metrics) starts before it, so
+// /readyz says "not ready" while recovery runs, and /healthz (health.go)
+// asks the API over its own socket and checks every attachment's NIC.
+//
 // Lock order: Daemon.mu > the proxy engine's locks or the attacher's
 // locks (neither calls the other) > the stack's.
 package daemon

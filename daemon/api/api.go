@@ -14,6 +14,10 @@
 //	GET  /v1/attachments                 → []Attachment
 //	GET  /v1/status                      → Status
 //	POST /v1/gc           GCRequest      → GCResponse
+//
+// and the read-only views of the stack the inspect commands read
+// (inspect.go: links, routes, neighbours, sockets, conntrack, stats, and
+// a streaming pcap capture).
 package api
 
 import (

@@ -384,7 +384,7 @@ func TestCNITwoPodsThroughStack(t *testing.T) {
 	if err != nil || st.Attachments != 2 || len(st.Stack.NICs) != 3 {
 		t.Fatalf("status: %+v %v", st, err)
 	}
-	out, err := exec.Command(filepath.Join(e.bin, cnitest.PluginName), "attachments", "--socket", e.socket).Output()
+	out, err := exec.Command(filepath.Join(e.bin, cnitest.PluginName), "attachments", "--socket", e.socket, "-o", "json").Output()
 	var listed []api.Attachment
 	if err != nil || json.Unmarshal(out, &listed) != nil || len(listed) != 2 {
 		t.Fatalf("cni-userstack attachments: %v\n%s", err, out)
