@@ -84,7 +84,8 @@ func proxyCounters(p *api.ProxyStats) map[string]uint64 {
 		"ProxyUDPIdleTimeouts": p.UDPIdleTimeouts, "ProxyEchoFlowsOpened": p.EchoFlowsOpened,
 		"ProxyEchoIdleTimeouts": p.EchoIdleTimeouts, "ProxyEchoRelayed": p.EchoRelayed, "ProxyEchoDenied": p.EchoDenied,
 		"ProxyEchoDropped": p.EchoDropped, "ProxyDNSQueries": p.DNSQueries, "ProxyDNSFailures": p.DNSFailures,
-		"ProxyPortMapConns": p.PortMapConns,
+		"ProxyPortMapConns": p.PortMapConns, "ProxyUDPICMPErrors": p.UDPICMPErrors, "ProxyEchoRawRelayed": p.EchoRawRelayed,
+		"ProxyEchoICMPErrors": p.EchoICMPErrors,
 	}
 }
 

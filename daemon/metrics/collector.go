@@ -26,6 +26,7 @@ type collector struct {
 	ctEntries, ctLimit, ctOps                              *prometheus.Desc
 	flowsActive, flowsPending, flowsOpened, flowsRefused   *prometheus.Desc
 	flowsTimeouts, flowLimitDrops, udpPortUnreach, echoReq *prometheus.Desc
+	icmpErrors, echoRaw                                    *prometheus.Desc
 	portMapConns, dnsQueries, dnsFailures                  *prometheus.Desc
 	neighbours, tcpRetrans, tcpRTO, tcpSockets             *prometheus.Desc
 	attachments, readyDesc, buildInfo                      *prometheus.Desc
@@ -53,7 +54,9 @@ func newCollector(src Source, version string, ready func() bool) *collector {
 		flowsTimeouts:  desc("proxy_flows_timeouts_total", "Proxy-mode flows ended by a timeout, by protocol and kind: tcp connect (upstream connect bound), udp and icmp idle (no traffic for the idle timeout).", "protocol", "kind"),
 		flowLimitDrops: desc("proxy_flow_limit_drops_total", "Proxy-mode flows refused by the per-pod or per-node flow limit."),
 		udpPortUnreach: desc("proxy_udp_port_unreachables_total", "ICMP port unreachables passed to pods for UDP datagrams the host refused."),
-		echoReq:        desc("proxy_echo_requests_total", "ICMP echo requests from pods to the outside, by result: relayed, denied (no ping socket), dropped.", "result"),
+		echoReq:        desc("proxy_echo_requests_total", "ICMP echo requests from pods to the outside, by result: relayed, denied (neither a ping socket nor the raw socket allowed), dropped.", "result"),
+		echoRaw:        desc("proxy_echo_raw_requests_total", "Of the relayed echo requests, those sent through the daemon's raw ICMP socket because the host refuses ping sockets."),
+		icmpErrors:     desc("proxy_icmp_errors_total", "ICMP errors the host reported about a pod's relayed datagram (protocol udp, port unreachables included) or echo request (icmp), passed on to the pod quoting what it sent.", "protocol"),
 		portMapConns:   desc("portmap_connections_total", "TCP connections to pods' host ports (port mappings) relayed into the pods."),
 		dnsQueries:     desc("dns_queries_total", "DNS queries (UDP) and DNS-over-TCP connections to the gateway, relayed to the host's resolvers."),
 		dnsFailures:    desc("dns_failures_total", "DNS queries no nameserver answered, malformed ones and those over the in-flight bound."),
@@ -70,7 +73,7 @@ func newCollector(src Source, version string, ready func() bool) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.nicPackets, c.nicBytes, c.nicDropped, c.nicErrors, c.nicKernelDrops, c.nicInfo,
 		c.nicUp, c.drops, c.netstat, c.ctEntries, c.ctLimit, c.ctOps, c.flowsActive, c.flowsPending, c.flowsOpened,
-		c.flowsRefused, c.flowsTimeouts, c.flowLimitDrops, c.udpPortUnreach, c.echoReq, c.portMapConns, c.dnsQueries,
+		c.flowsRefused, c.flowsTimeouts, c.flowLimitDrops, c.udpPortUnreach, c.echoReq, c.echoRaw, c.icmpErrors, c.portMapConns, c.dnsQueries,
 		c.dnsFailures, c.neighbours, c.tcpRetrans, c.tcpRTO, c.tcpSockets, c.attachments, c.readyDesc, c.buildInfo} {
 		ch <- d
 	}
@@ -161,6 +164,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.echoReq, p.EchoRelayed, "relayed")
 		counter(c.echoReq, p.EchoDenied, "denied")
 		counter(c.echoReq, p.EchoDropped, "dropped")
+		counter(c.echoRaw, p.EchoRawRelayed)
+		counter(c.icmpErrors, p.UDPICMPErrors, "udp")
+		counter(c.icmpErrors, p.EchoICMPErrors, "icmp")
 		counter(c.portMapConns, p.PortMapConns)
 		counter(c.dnsQueries, p.DNSQueries)
 		counter(c.dnsFailures, p.DNSFailures)

@@ -108,8 +108,15 @@ func (e *Engine) Relays() []Relay {
 	e.echo.mu.Lock()
 	for _, ef := range e.echo.m {
 		rl := Relay{Kind: RelayOutbound, Proto: "icmp", PodAddr: ef.key.pod,
-			PodLocal: netip.AddrPortFrom(ef.key.dst, ef.key.id), PodRemote: netip.AddrPortFrom(ef.key.pod, ef.key.id),
-			HostLocal: addrPort(ef.conn.LocalAddr()), HostRemote: addrPort(ef.conn.RemoteAddr())}
+			PodLocal: netip.AddrPortFrom(ef.key.dst, ef.key.id), PodRemote: netip.AddrPortFrom(ef.key.pod, ef.key.id)}
+		if ef.viaRaw {
+			// The shared raw ICMP socket: the identifier this flow
+			// uses on it, towards the address pinged.
+			rl.HostLocal = netip.AddrPortFrom(netip.IPv4Unspecified(), ef.hostID)
+			rl.HostRemote = netip.AddrPortFrom(ef.rawKey.dst, ef.hostID)
+		} else if ef.conn != nil {
+			rl.HostLocal, rl.HostRemote = addrPort(ef.conn.LocalAddr()), addrPort(ef.conn.RemoteAddr())
+		}
 		rl.FromPod, rl.ToPod = ctBytes(ct, conntrack.Tuple{Src: ef.key.pod, Dst: ef.key.dst, SrcPort: ef.key.id,
 			Proto: header.ProtoICMP}, false)
 		out = append(out, rl)
