@@ -142,7 +142,6 @@ func (s *Session) tap(nic *dev.NIC, skb *buf.SKB, d dev.Direction) {
 			return
 		}
 	}
-	defer s.settled.Add(1)
 	var t time.Time
 	if d == dev.Rx {
 		t = nic.RxTime()
@@ -154,12 +153,15 @@ func (s *Session) tap(nic *dev.NIC, skb *buf.SKB, d dev.Direction) {
 	if s.stopped || len(s.q) >= s.cfg.QueueLen || s.qBytes+n > s.cfg.QueueBytes {
 		s.mu.Unlock()
 		s.dropped.Add(1)
-		s.ring()
-		return
+	} else {
+		s.q = append(s.q, record{t: t, data: append([]byte(nil), frame[:n]...), length: len(frame)})
+		s.qBytes += n
+		s.mu.Unlock()
 	}
-	s.q = append(s.q, record{t: t, data: append([]byte(nil), frame[:n]...), length: len(frame)})
-	s.qBytes += n
-	s.mu.Unlock()
+	// Settled before the writer is rung: a writer woken by the last frame
+	// of MaxPackets must see it settled, or it would wait for a ring that
+	// never comes.
+	s.settled.Add(1)
 	s.ring()
 }
 
