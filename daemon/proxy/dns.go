@@ -243,6 +243,7 @@ func (e *Engine) dnsTCPRelay(c *tcp.Conn, f *flowHandle) {
 		e.setKeepAlive(c)
 		e.setKeepAlive(up)
 		f.dst = ns
+		f.setRelay(RelayDNS, c, up)
 		e.relayTCP(f, c, up)
 		return
 	}

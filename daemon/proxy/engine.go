@@ -117,6 +117,9 @@ type Stats struct {
 	DNSQueries          uint64 `json:"dnsQueries"`          // UDP queries and TCP connections to the gateway's port 53
 	DNSFailures         uint64 `json:"dnsFailures"`         // no nameserver answered, malformed, or over maxDNSInFlight
 	PortMapConns        uint64 `json:"portMapConns"`        // port-mapping TCP connections relayed into a pod
+	EchoFlowsOpened     uint64 `json:"echoFlowsOpened"`     // ping sockets opened
+	UDPIdleTimeouts     uint64 `json:"udpIdleTimeouts"`     // UDP flows (outbound and port-mapping) closed after UDPIdleTimeout
+	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`    // echo flows closed after UDPIdleTimeout
 
 	Pods map[string]PodStats `json:"pods,omitempty"` // by pod ID
 }
@@ -135,6 +138,9 @@ type counters struct {
 	udpFlowsOpened, udpPortUnreachables, udpICMPErrors                   atomic.Uint64
 	echoRelayed, echoRawRelayed, echoDenied, echoDropped, echoICMPErrors atomic.Uint64
 	dnsQueries, dnsFailures, portMapConns                                atomic.Uint64
+	// Per flow, not per packet: echo flows opened, UDP and echo flows
+	// closed for idling past UDPIdleTimeout.
+	echoFlowsOpened, udpIdleTimeouts, echoIdleTimeouts atomic.Uint64
 }
 
 // Engine is the proxy-mode relay engine of one stack.
@@ -453,16 +459,17 @@ type flowHandle struct {
 	addr   netip.Addr
 	kind   flowKind
 
-	// A TCP flow's ends, set before it is relayed: pod is the pod's
-	// address and port, dst the other end (the original destination, a
-	// port mapping's client, a nameserver). toHost and toPod count the
-	// bytes the relay moved each way.
-	pod, dst      netip.AddrPort
-	toHost, toPod atomic.Uint64
+	// A TCP flow's ends, for logs: pod is the pod's address and port,
+	// dst the other end (the original destination, a port mapping's
+	// client, a nameserver). The relay list reads relay (info.go).
+	pod, dst netip.AddrPort
 
 	mu      sync.Mutex
 	aborted bool
 	closers []func() // bound: the few sockets of one flow
+
+	// relay is a TCP relay's two sockets once both are up (info.go).
+	relay atomic.Pointer[relayEnds]
 }
 
 func (e *Engine) newFlow() *flowHandle {
@@ -531,6 +538,9 @@ func (e *Engine) Stats() Stats {
 		DNSQueries:          e.c.dnsQueries.Load(),
 		DNSFailures:         e.c.dnsFailures.Load(),
 		PortMapConns:        e.c.portMapConns.Load(),
+		EchoFlowsOpened:     e.c.echoFlowsOpened.Load(),
+		UDPIdleTimeouts:     e.c.udpIdleTimeouts.Load(),
+		EchoIdleTimeouts:    e.c.echoIdleTimeouts.Load(),
 		Pods:                map[string]PodStats{},
 	}
 	e.mu.Lock()

@@ -84,6 +84,22 @@ func (h *hostFD) Abort() {
 	_ = h.Close()
 }
 
+// LocalAddr and RemoteAddr are getsockname(2) and getpeername(2), for
+// the relay list (info.go); nil when the fd is closed or unconnected.
+func (h *hostFD) LocalAddr() net.Addr  { return h.sockAddr(unix.Getsockname) }
+func (h *hostFD) RemoteAddr() net.Addr { return h.sockAddr(unix.Getpeername) }
+
+func (h *hostFD) sockAddr(get func(int) (unix.Sockaddr, error)) net.Addr {
+	var sa unix.Sockaddr
+	if h.Control(func(fd uintptr) { sa, _ = get(int(fd)) }) != nil {
+		return nil
+	}
+	if in4, ok := sa.(*unix.SockaddrInet4); ok {
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)))
+	}
+	return nil
+}
+
 // SetKeepAliveConfig is (*net.TCPConn).SetKeepAliveConfig for the fd:
 // SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, with net's
 // meaning of zero (its default: 15 s, 15 s, 9) and of a negative field

@@ -190,6 +190,7 @@ func (e *Engine) portMapTCP(c net.Conn, src, dst netip.AddrPort, f *flowHandle) 
 	e.setKeepAlive(down)
 	e.setKeepAlive(c)
 	e.c.portMapConns.Add(1)
+	f.setRelay(RelayPortMap, down, c)
 	e.relayTCP(f, down, c)
 }
 
@@ -282,6 +283,7 @@ func (p *pod) udpFlowReader(u *udpMapping, pf *pmFlow) {
 		last := time.Unix(0, pf.last.Load())
 		left := idle - time.Since(last)
 		if left <= 0 {
+			e.c.udpIdleTimeouts.Add(1)
 			return
 		}
 		// The stack socket's deadline is on the stack's clock.

@@ -139,7 +139,7 @@ func newRelay(e *Engine, f *flowHandle, up hostConn) *relay {
 func (e *Engine) startRelay(f *flowHandle, down *tcp.Conn, up net.Conn, onEnd func()) {
 	rc := rawConn(up)
 	if rc == nil {
-		splice(f, down, up)
+		splice(down, up)
 		onEnd()
 		return
 	}
@@ -260,6 +260,9 @@ func (r *relay) connected() {
 	}
 	r.down, r.downC = conn.Sock(), conn
 	r.downReady.Store(true)
+	if h, ok := r.up.(*hostFD); ok {
+		r.f.setRelay(RelayOutbound, conn, h)
+	}
 	// The pod's ACK may have come already: look now.
 	r.established()
 	r.kick(toHost)
@@ -362,10 +365,7 @@ func (r *relay) pumpToHost() {
 		r.scr = nil
 	}()
 	for r.state.Load()&(relayToHostDone|relayFinished) == 0 {
-		n, err := r.down.ReadTo(r.scr.vec[:], r.readToFn)
-		if n > 0 {
-			r.f.toHost.Add(uint64(n))
-		}
+		_, err := r.down.ReadTo(r.scr.vec[:], r.readToFn)
 		switch {
 		case err == nil:
 		case err == syscall.EAGAIN:
@@ -393,10 +393,7 @@ func (r *relay) pumpToHost() {
 // empty or the send buffer full.
 func (r *relay) pumpToPod() {
 	for r.state.Load()&(relayToPodDone|relayFinished) == 0 {
-		n, err := r.down.WriteFrom(r.writeFromFn)
-		if n > 0 {
-			r.f.toPod.Add(uint64(n))
-		}
+		_, err := r.down.WriteFrom(r.writeFromFn)
 		switch {
 		case err == nil:
 		case err == syscall.EAGAIN:

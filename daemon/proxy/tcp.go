@@ -95,6 +95,7 @@ func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
 	relaying = true
 	e.c.pendingTCP.Add(-1)
 	e.c.tcpAccepted.Add(1)
+	f.setRelay(RelayOutbound, down, up)
 	e.relayTCP(f, down, up)
 }
 
@@ -112,15 +113,15 @@ func (e *Engine) relayTCP(f *flowHandle, down *tcp.Conn, up net.Conn) {
 // splice is the relay for a host conn without a kernel socket behind it
 // (a test Dialer's in-memory conn): a goroutine per direction (this one
 // and one more) until both directions ended, then it closes both.
-func splice(f *flowHandle, a, b net.Conn) {
+func splice(a, b net.Conn) {
 	var s spliceState
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.copyHalf(b, a, &f.toHost)
+		s.copyHalf(b, a)
 	}()
-	s.copyHalf(a, b, &f.toPod)
+	s.copyHalf(a, b)
 	wg.Wait()
 	// Both directions saw EOF (or one aborted both): a graceful close
 	// here sends nothing new after the FINs already exchanged.
@@ -146,7 +147,7 @@ func (s *spliceState) abort(a, b net.Conn) {
 // EOF from src is passed on as a half-close (RFC 9293 §3.6: FIN, the other
 // direction keeps flowing); a reset or any other error on either side
 // resets both.
-func (s *spliceState) copyHalf(dst, src net.Conn, count *atomic.Uint64) {
+func (s *spliceState) copyHalf(dst, src net.Conn) {
 	bp := relayBufs.Get().(*[]byte)
 	defer relayBufs.Put(bp)
 	buf := *bp
@@ -157,7 +158,6 @@ func (s *spliceState) copyHalf(dst, src net.Conn, count *atomic.Uint64) {
 				s.abort(src, dst)
 				return
 			}
-			count.Add(uint64(n))
 		}
 		if err == io.EOF {
 			closeWrite(dst)
