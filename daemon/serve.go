@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -53,6 +54,9 @@ type ServeFlags struct {
 	// BusyPoll is the AF_PACKET links' busy-poll budget
 	// (afpacket.Config.BusyPoll); 0 is off.
 	BusyPoll time.Duration
+	// RxQueues is every link's afpacket.Config.Queues: receive
+	// goroutines per link, flows spread over them by hash.
+	RxQueues int
 	// MetricsAddr is where /metrics, /healthz and /readyz are served
 	// (daemon/metrics); "" turns them off.
 	MetricsAddr string
@@ -95,6 +99,7 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.ProxyKeepAliveInterval, "proxy-keepalive-interval", DefaultProxyKeepAliveInterval, "proxy mode: time between keepalive probes (whole seconds, at most 32767s; tcp_keepalive_intvl)")
 	fs.IntVar(&f.ProxyKeepAliveCount, "proxy-keepalive-count", DefaultProxyKeepAliveCount, "proxy mode: unanswered keepalive probes after which a relay is closed (1..127; tcp_keepalive_probes)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket before it sleeps (NAPI busy polling, one link at a time per 2 CPUs): lower round-trip latency for up to this much CPU per idle read, worth it only with cores to spare; 0 is off, at most "+afpacket.MaxBusyPoll.String())
+	fs.IntVar(&f.RxQueues, "rx-queues", 0, "receive queues per link: AF_PACKET sockets in one PACKET_FANOUT group hashing flows, each read by its own goroutine, so one pod's flows use several CPUs; 0 is as many as CPUs up to 2, at most "+strconv.Itoa(afpacket.MaxQueues))
 }
 
 // Validate checks the flags' values together; its errors name the flag.
@@ -116,6 +121,8 @@ func (f *ServeFlags) Validate() error {
 		return fmt.Errorf("--proxy-max-flows-per-pod %d: must be positive", f.ProxyMaxFlowsPerPod)
 	case f.BusyPoll < 0 || f.BusyPoll > afpacket.MaxBusyPoll:
 		return fmt.Errorf("--busy-poll %v: must be between 0 and %v", f.BusyPoll, afpacket.MaxBusyPoll)
+	case f.RxQueues < 0 || f.RxQueues > afpacket.MaxQueues:
+		return fmt.Errorf("--rx-queues %d: must be between 0 (the default) and %d", f.RxQueues, afpacket.MaxQueues)
 	case f.ProxyKeepAliveIdle != 0 && !keepAliveTime(f.ProxyKeepAliveIdle):
 		return fmt.Errorf("--proxy-keepalive-idle %v: must be 0 (off) or whole seconds from 1s to %v", f.ProxyKeepAliveIdle, maxKeepAliveTime)
 	case !keepAliveTime(f.ProxyKeepAliveInterval):
@@ -209,7 +216,7 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		return err
 	}
 	att, err := NewStackAttacher(StackConfig{StackNetNS: f.StackNetNS, UplinkSubnet: subnet,
-		UplinkHostIfName: f.UplinkHostIfName, BusyPoll: f.BusyPoll, Logger: log})
+		UplinkHostIfName: f.UplinkHostIfName, BusyPoll: f.BusyPoll, RxQueues: f.RxQueues, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,9 @@
 // # Concurrency model (the one for the whole stack)
 //
 // Goroutines. A stack runs exactly these: one receive goroutine per NIC
-// that is up (dev's NAPI poll loop), and the clock's goroutine when the
+// that is up and receive queue of its link (dev's NAPI poll loop; a link
+// with several queues, AF_PACKET with PACKET_FANOUT, keeps each flow on
+// one of them), and the clock's goroutine when the
 // real clock is used (none with clock.Manual, whose timers run inside
 // Advance on the caller's goroutine). Nothing starts a goroutine per
 // packet, per socket, per connection, per timer or per blocked call.
