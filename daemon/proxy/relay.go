@@ -77,6 +77,13 @@ type relay struct {
 	sendN, recvN     int
 	sendErr, recvErr unix.Errno
 
+	// sndFull: the last host → pod pump stopped on a full send buffer
+	// (the host socket may hold more), not on an empty host socket;
+	// only then do the pod's ACKs resume it (notify). hostEmpty is the
+	// pump's scratch: its last readv found nothing.
+	sndFull   atomic.Bool
+	hostEmpty bool
+
 	// Bound once, so a pump allocates nothing.
 	readToFn    func([][]byte) (int, error)
 	writeFromFn func(a, b []byte) (int, error)
@@ -317,7 +324,10 @@ func (r *relay) notify(ev tcp.Event) {
 	if ev&tcp.EventReadable != 0 {
 		r.kick(toHost)
 	}
-	if ev&tcp.EventWritable != 0 {
+	if ev&tcp.EventWritable != 0 && r.sndFull.Load() {
+		// Send space for bytes the host socket holds. With the host
+		// socket empty the ACK needs nothing (no readv to find it
+		// empty again): EPOLLIN brings the next bytes.
 		r.kick(toPod)
 	}
 }
@@ -393,10 +403,17 @@ func (r *relay) pumpToHost() {
 // empty or the send buffer full.
 func (r *relay) pumpToPod() {
 	for r.state.Load()&(relayToPodDone|relayFinished) == 0 {
+		r.hostEmpty = false
 		_, err := r.down.WriteFrom(r.writeFromFn)
 		switch {
 		case err == nil:
 		case err == syscall.EAGAIN:
+			// A full send buffer (or a handshake still completing)
+			// waits for the pod's ACK; an empty host socket for EPOLLIN.
+			r.sndFull.Store(!r.hostEmpty)
+			if !r.hostEmpty && r.down.SendSpace() > 0 {
+				continue // an ACK freed space before sndFull was set
+			}
 			return
 		case err == io.EOF:
 			// The host's FIN becomes ours to the pod.
@@ -474,6 +491,9 @@ func (r *relay) readHost(a, b []byte) (int, error) {
 	switch {
 	case err != nil:
 		return 0, err
+	case r.recvErr == unix.EAGAIN:
+		r.hostEmpty = true
+		return 0, r.recvErr
 	case r.recvErr != 0:
 		return 0, r.recvErr
 	case r.recvN == 0:

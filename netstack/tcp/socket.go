@@ -487,6 +487,17 @@ func (s *Sock) WriteFrom(r func(a, b []byte) (int, error)) (int, error) {
 	return n, rerr
 }
 
+// SendSpace is the free send buffer space a WriteFrom would offer now (0
+// when the connection cannot take data).
+func (s *Sock) SendSpace() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.writeErr() != nil {
+		return 0
+	}
+	return max(s.sndBufLimit-s.sndBuf.len(), 0)
+}
+
 // Shutdown is tcp_shutdown: read closes the receive side (further reads
 // see EOF), write queues the FIN after the data (RFC 9293 §3.10.4 CLOSE).
 func (s *Sock) Shutdown(read, write bool) error {
