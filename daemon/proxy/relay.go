@@ -83,6 +83,10 @@ type relay struct {
 	// pump's scratch: its last readv found nothing.
 	sndFull   atomic.Bool
 	hostEmpty bool
+	// hostRdHup: the host socket reported its peer's FIN, a hang-up or
+	// an error (ready), so a short read is not taken as the end of what
+	// it holds: the EOF or the error must still be read.
+	hostRdHup atomic.Bool
 
 	// Bound once, so a pump allocates nothing.
 	readToFn    func([][]byte) (int, error)
@@ -338,6 +342,9 @@ func (r *relay) ready(ev uint32) {
 		r.connected()
 		return
 	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r.hostRdHup.Store(true)
+	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		r.kick(toPod)
 	}
@@ -407,6 +414,13 @@ func (r *relay) pumpToPod() {
 		_, err := r.down.WriteFrom(r.writeFromFn)
 		switch {
 		case err == nil:
+			if r.hostEmpty {
+				// A short read took all the host socket held: the next
+				// bytes come with EPOLLIN (edge-triggered, after this
+				// read), so no readv to find it empty.
+				r.sndFull.Store(false)
+				return
+			}
 		case err == syscall.EAGAIN:
 			// A full send buffer (or a handshake still completing)
 			// waits for the pod's ACK; an empty host socket for EPOLLIN.
@@ -498,6 +512,9 @@ func (r *relay) readHost(a, b []byte) (int, error) {
 		return 0, r.recvErr
 	case r.recvN == 0:
 		return 0, io.EOF
+	}
+	if r.recvN < len(a)+len(b) && !r.hostRdHup.Load() {
+		r.hostEmpty = true // a short read drained the socket
 	}
 	return r.recvN, nil
 }
