@@ -236,6 +236,9 @@ func (e *Engine) tcpSYN(req *tcp.Request) {
 // SYN,ACK from the destination when it is up (upstream first), an RST
 // when it failed (refused, unreachable: counted as a dial error).
 func (r *relay) connected() {
+	if relayPhase(r.phase.Load()) != phaseConnecting {
+		return // answered already (by tcpSYN itself, or an earlier event)
+	}
 	err := connectResult(r.up.(*hostFD))
 	if err == syscall.EAGAIN {
 		return // not this time
