@@ -142,6 +142,7 @@ type options struct {
 	cniParallel int
 	memConns    int
 	memVariants []string
+	memExchange bool
 }
 
 // harness holds what the variants share.
@@ -240,6 +241,7 @@ func main() {
 	flag.IntVar(&o.cniPods, "cni-pods", 100, "pods per ADD/DEL latency run")
 	flag.IntVar(&o.cniParallel, "cni-parallel", 20, "pods at once in the parallel ADD/DEL latency run")
 	flag.IntVar(&o.memConns, "mem-conns", 10000, "idle connections of the memory benchmark (0: skip it)")
+	flag.BoolVar(&o.memExchange, "mem-exchange", true, "memory benchmark: each connection sends 1 byte each way before it idles (false: connect only)")
 	flag.StringVar(&ms, "mem-variants", strings.Join(memVariantKeys, ","), "comma list of variants the memory benchmark runs: "+strings.Join(memVariantKeys, ","))
 	flag.Parse()
 	var err error

@@ -110,7 +110,7 @@ func (h *harness) idleMemory(key string) memResult {
 	return r
 }
 
-func (h *harness) idleMemoryRun(key string, r *memResult) error {
+func (h *harness) idleMemoryRun(key string, r *memResult) (err error) {
 	n := memConnsFor(key, h.opts.memConns, nofile())
 	if n < 1 {
 		return fmt.Errorf("the open-file limit %d leaves no room for connections", nofile())
@@ -118,7 +118,6 @@ func (h *harness) idleMemoryRun(key string, r *memResult) error {
 	r.target = n
 	var a *attached
 	var flows func() (int, error)
-	var err error
 	switch key {
 	case "proxy":
 		// A daemon of its own: its RSS starts clean, and its flow limit
@@ -151,6 +150,13 @@ func (h *harness) idleMemoryRun(key string, r *memResult) error {
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil && a.logs != nil { // read late: the floor relay sets it in relayFor
+			if l := a.logs(); l != "" {
+				err = fmt.Errorf("%w; the helper's stderr: %s", err, l)
+			}
+		}
+	}()
 	if h.tools.holdErr != nil {
 		return fmt.Errorf("building the hold server: %w", h.tools.holdErr)
 	}
@@ -189,7 +195,7 @@ func (h *harness) idleMemoryRun(key string, r *memResult) error {
 	if r.rssBefore, err = procRSS(pid); err != nil {
 		return fmt.Errorf("RSS before: %w", err)
 	}
-	hc, err := holdConns(h.ctx, a.pod, a.dial, ports, n)
+	hc, err := holdConns(h.ctx, a.pod, a.dial, ports, n, h.opts.memExchange)
 	h.undo.add("held connections", hc.close)
 	r.conns, r.dialErrors = len(hc.conns), hc.errors
 	if err != nil {
@@ -230,11 +236,12 @@ const nofileReserve = 512
 // key: want, or fewer where the open-file limit (limit, every process
 // alike: they inherit it) cannot hold them. The harness and the hold
 // server hold one fd per connection, our daemon and the gVisor relay one
-// host socket, the floor relay two.
+// host socket; the floor relay six: two sockets and, per direction, the
+// pipe Go's splice keeps while it waits for data.
 func memConnsFor(key string, want int, limit uint64) int {
 	per := uint64(1)
 	if key == "floor" {
-		per = 2
+		per = 6
 	}
 	if limit <= nofileReserve {
 		return 0
@@ -303,9 +310,9 @@ func (hc *heldConns) close() {
 
 // holdConns opens n connections from pod (nil: here) to dst on ports (round robin),
 // memDialers at a time, each on a thread in the pod netns; each sends one
-// byte and reads the answer, then stays open. It stops at maxMemErrors
+// byte and reads the answer (when exchange), then stays open. It stops at maxMemErrors
 // failures. The pod gets a wide ephemeral port range (its own sysctl).
-func holdConns(ctx context.Context, pod ns.NetNS, dst netip.Addr, ports []int, n int) (*heldConns, error) {
+func holdConns(ctx context.Context, pod ns.NetNS, dst netip.Addr, ports []int, n int, exchange bool) (*heldConns, error) {
 	hc := &heldConns{}
 	if pod != nil {
 		if err := do(pod, func() error {
@@ -337,7 +344,7 @@ func holdConns(ctx context.Context, pod ns.NetNS, dst netip.Addr, ports []int, n
 					if !ok {
 						return nil
 					}
-					c, err := dialOne(ctx, netip.AddrPortFrom(dst, uint16(ports[i%len(ports)])))
+					c, err := dialOne(ctx, netip.AddrPortFrom(dst, uint16(ports[i%len(ports)])), exchange)
 					if err != nil {
 						mu.Lock()
 						failed++
@@ -360,13 +367,13 @@ func holdConns(ctx context.Context, pod ns.NetNS, dst netip.Addr, ports []int, n
 	return hc, nil
 }
 
-// dialOne connects, exchanges one byte each way and leaves the connection
-// open with no deadline.
-func dialOne(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+// dialOne connects, exchanges one byte each way (when exchange) and
+// leaves the connection open with no deadline.
+func dialOne(ctx context.Context, dst netip.AddrPort, exchange bool) (net.Conn, error) {
 	d := net.Dialer{Timeout: memDialTimeout}
 	c, err := d.DialContext(ctx, "tcp", dst.String())
-	if err != nil {
-		return nil, err
+	if err != nil || !exchange {
+		return c, err
 	}
 	c.SetDeadline(time.Now().Add(memDialTimeout))
 	var b [1]byte

@@ -181,6 +181,9 @@ func (h *harness) startLineProc(name, bin string, args ...string) (*lineProc, st
 	return p, line, nil
 }
 
+// logTail is the end of the process's stderr.
+func (p *lineProc) logTail() string { return tail(p.log.String(), 600) }
+
 // next waits for the next line starting with prefix (bounded by d).
 func (p *lineProc) next(prefix string, d time.Duration) (string, error) {
 	t := time.NewTimer(d)
@@ -337,7 +340,7 @@ func (h *harness) attachGVisor() (*attached, error) {
 		return nil, err
 	}
 	P := h.host.addr()
-	return &attached{pod: pod, listen: P, dial: P, pids: []int{p.cmd.Process.Pid}, mem: p.memstats,
+	return &attached{pod: pod, listen: P, dial: P, pids: []int{p.cmd.Process.Pid}, mem: p.memstats, logs: p.logTail,
 		note: fmt.Sprintf("pod %v → %v (the host's primary address) through gVisor %s (%s), relayed from the host netns",
 			g.pod.Addr(), P, h.tools.gvisorVersion, strings.TrimPrefix(ready, "ready "))}, nil
 }
@@ -368,7 +371,7 @@ func (h *harness) attachFloor() (*attached, error) {
 			return err
 		}
 		a.pids = append(a.pids, p.cmd.Process.Pid)
-		a.mem = p.memstats
+		a.mem, a.logs = p.memstats, p.logTail
 		return nil
 	}
 	return a, nil

@@ -354,9 +354,13 @@ Method (details in the package doc of test/bench):
 			fmt.Fprintf(&b, "| %s | %s | %.1f → %.1f | %.2f | %s | %s |\n", m.label, held,
 				float64(m.rssBefore)/(1<<20), float64(m.rssAfter)/(1<<20), kib, goKiB, tgt)
 		}
-		fmt.Fprintf(&b, "\n%d TCP connections from one pod to %d server ports on the host's primary address, 1 byte each way, then idle "+
+		how := "1 byte each way, then idle"
+		if !rep.opts.memExchange {
+			how = "connected only (-mem-exchange=false), idle"
+		}
+		fmt.Fprintf(&b, "\n%d TCP connections from one pod to %d server ports on the host's primary address, %s "+
 			"%v before the reading; RSS is the helper's VmRSS (proxy mode: a daemon of its own); Go heap+stack after a forced GC "+
-			"(the relays, on SIGUSR1). Kernel socket memory is not counted.\n", rep.opts.memConns, memPorts, memSettle)
+			"(the relays, on SIGUSR1). Kernel socket memory is not counted.\n", rep.opts.memConns, memPorts, how, memSettle)
 	}
 
 	b.WriteString("\n## CNI ADD/DEL latency\n\n")

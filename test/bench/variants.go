@@ -45,6 +45,8 @@ type attached struct {
 	// mem, when set, is the helper's Go memory after a forced GC (the
 	// relays of the harness).
 	mem func() (goMem, error)
+	// logs, when set, is the tail of the helper's stderr (for errors).
+	logs func() string
 }
 
 // mappedPort is a port mapping host → pod.

@@ -50,7 +50,8 @@ func main() {
 		fmt.Fprintf(os.Stderr, "floorrelay: need -listen, -upstream addresses, -ports (%v)\n", err3)
 		os.Exit(2)
 	}
-	var flows atomic.Int64
+	var flows, dialErrors atomic.Int64
+	const maxLoggedErrors = 10 // the first few dial errors go to stderr
 	for _, p := range ps {
 		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(l, p)))
 		if err != nil {
@@ -75,6 +76,9 @@ func main() {
 					d := net.Dialer{Timeout: timeout}
 					up, err := d.Dial("tcp", dst)
 					if err != nil {
+						if dialErrors.Add(1) <= maxLoggedErrors {
+							fmt.Fprintln(os.Stderr, "floorrelay: dial:", err)
+						}
 						c.SetLinger(0)
 						c.Close()
 						return
