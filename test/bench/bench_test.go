@@ -140,3 +140,55 @@ func TestRequestResponseAndConnectRateOnLoopback(t *testing.T) {
 		t.Fatal("connectRate to a closed port: no error")
 	}
 }
+
+// TestHoldConnsOnLoopback: holdConns opens and keeps n connections, each
+// after a 1-byte exchange, and reports a refused destination as an error.
+func TestHoldConnsOnLoopback(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	s, err := startServer(nil, lo) // answers each byte
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	const n = 40 // below the server's maxServerConns
+	hc, err := holdConns(context.Background(), nil, lo, []int{s.port()}, n, true)
+	if err != nil || len(hc.conns) != n || hc.errors != 0 {
+		t.Fatalf("holdConns = %d conns, %d errors, %v; want %d, 0", len(hc.conns), hc.errors, err, n)
+	}
+	hc.close()
+	if ports, err := parseReadyPorts("ready ports=80,443"); err != nil || len(ports) != 2 || ports[1] != 443 {
+		t.Fatalf("parseReadyPorts = %v, %v", ports, err)
+	}
+	if _, err := parseReadyPorts("ready"); err == nil {
+		t.Fatal("parseReadyPorts of a bare ready: no error")
+	}
+	s.close()
+	hc, err = holdConns(context.Background(), nil, lo, []int{s.port()}, 3, false)
+	if err == nil || len(hc.conns) != 0 {
+		t.Fatalf("holdConns to a closed port = %d conns, %v; want an error", len(hc.conns), err)
+	}
+	if got := memConnsFor("floor", 10000, 20000); got != (20000-nofileReserve)/6 {
+		t.Fatalf("memConnsFor(floor, 10000, 20000) = %d", got)
+	}
+	if got := memConnsFor("proxy", 10000, 20000); got != 10000 {
+		t.Fatalf("memConnsFor(proxy, 10000, 20000) = %d", got)
+	}
+}
+
+func TestRetryIperf(t *testing.T) {
+	for _, tc := range []struct {
+		msg     string
+		elapsed time.Duration
+		want    bool
+	}{
+		{"unable to connect to server: Connection refused", time.Second, true},
+		{"unable to connect to server: Connection refused", 4 * time.Second, false},
+		{"the server is busy running a test. try again later", 10 * time.Second, true},
+		{"the server is busy running a test. try again later", 16 * time.Second, false},
+		{"control socket has closed unexpectedly", 0, false},
+	} {
+		if got := retryIperf(tc.msg, tc.elapsed); got != tc.want {
+			t.Errorf("retryIperf(%q, %v) = %v, want %v", tc.msg, tc.elapsed, got, tc.want)
+		}
+	}
+}

@@ -97,13 +97,6 @@ func systemCPU() (time.Duration, error) {
 	return 0, errors.New("/proc/stat: no cpu line")
 }
 
-func rusageCPU(ps *os.ProcessState) time.Duration {
-	if ps == nil {
-		return 0
-	}
-	return ps.UserTime() + ps.SystemTime()
-}
-
 // ksoftirqdPIDs are the kernel's softirq threads (comm "ksoftirqd/N"):
 // softirq work the kernel defers to them instead of running it on the way
 // out of an interrupt or a local_bh_enable of whichever task was running.
@@ -130,7 +123,6 @@ func ksoftirqdPIDs() []int {
 type cpuUse struct {
 	helpers  time.Duration // the variant's helper processes (our daemon, a relay, pasta, slirp4netns)
 	softirqd time.Duration // the ksoftirqd threads
-	apps     time.Duration // iperf3 client (rusage) and server (/proc)
 	system   time.Duration // every CPU's busy time (/proc/stat)
 }
 
@@ -138,8 +130,8 @@ type cpuUse struct {
 // system around one measurement. A process that is gone at either end
 // counts 0 for the interval (its absence shows up as an error elsewhere).
 type cpuMeter struct {
-	helpers, softirqd, apps []int
-	start                   cpuUse
+	helpers, softirqd []int
+	start             cpuUse
 }
 
 func sumCPU(pids []int) time.Duration {
@@ -151,22 +143,22 @@ func sumCPU(pids []int) time.Duration {
 	return t
 }
 
-func startCPU(helpers, softirqd, apps []int) *cpuMeter {
-	m := &cpuMeter{helpers: helpers, softirqd: softirqd, apps: apps}
+func startCPU(helpers, softirqd []int) *cpuMeter {
+	m := &cpuMeter{helpers: helpers, softirqd: softirqd}
 	m.start = m.now()
 	return m
 }
 
 func (m *cpuMeter) now() cpuUse {
 	s, _ := systemCPU()
-	return cpuUse{helpers: sumCPU(m.helpers), softirqd: sumCPU(m.softirqd), apps: sumCPU(m.apps), system: s}
+	return cpuUse{helpers: sumCPU(m.helpers), softirqd: sumCPU(m.softirqd), system: s}
 }
 
 // stop is the use since start.
 func (m *cpuMeter) stop() cpuUse {
 	e := m.now()
 	return cpuUse{helpers: e.helpers - m.start.helpers, softirqd: e.softirqd - m.start.softirqd,
-		apps: e.apps - m.start.apps, system: e.system - m.start.system}
+		system: e.system - m.start.system}
 }
 
 // iperfResult is one iperf3 run.
@@ -243,18 +235,16 @@ func startIperfServer(ctx context.Context, undo *cleanups, n ns.NetNS, addr neti
 }
 
 // runIperf runs one iperf3 client inside n (nil = the harness's netns)
-// against addr:port, retrying the connect for up to 3 s while the server
-// comes up, bounded by duration + 30 s. CPU: the long-lived processes
-// (m's helpers, ksoftirqd, the iperf3 server among m's apps) are sampled
-// from /proc around the run; the client, which ends with it, adds its
-// rusage to apps.
+// against addr:port, retrying as retryIperf says, each try bounded by
+// duration + 30 s. CPU: cpu samples the helpers,
+// ksoftirqd and the whole system from /proc around the run.
 func runIperf(ctx context.Context, n ns.NetNS, addr netip.Addr, port int, dur time.Duration, streams int, reverse bool, cpu func() *cpuMeter) (iperfResult, error) {
 	args := []string{"-c", addr.String(), "-p", strconv.Itoa(port), "-t", strconv.Itoa(max(1, int(dur.Seconds()))),
 		"-P", strconv.Itoa(streams), "-J", "--connect-timeout", "3000"}
 	if reverse {
 		args = append(args, "-R")
 	}
-	deadline := time.Now().Add(3 * time.Second)
+	start := time.Now()
 	for {
 		cctx, cancel := context.WithTimeout(ctx, dur+30*time.Second)
 		cmd := nsCommand(cctx, n, "iperf3", args...)
@@ -266,14 +256,13 @@ func runIperf(ctx context.Context, n ns.NetNS, addr netip.Addr, port int, dur ti
 		cancel()
 		bytes, bps, perr := parseIperf([]byte(out.String()))
 		if runErr == nil && perr == nil {
-			use.apps += rusageCPU(cmd.ProcessState)
 			return iperfResult{Bytes: bytes, Gbps: bps / 1e9, CPU: use}, nil
 		}
 		msg := strings.TrimSpace(errb.String())
 		if perr != nil && !strings.HasPrefix(perr.Error(), "output is not") {
 			msg = perr.Error() // iperf3's own message
 		}
-		if strings.Contains(msg, "unable to connect") && time.Now().Before(deadline) && ctx.Err() == nil {
+		if retryIperf(msg, time.Since(start)) && ctx.Err() == nil {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
@@ -282,6 +271,20 @@ func runIperf(ctx context.Context, n ns.NetNS, addr netip.Addr, port int, dur ti
 		}
 		return iperfResult{}, fmt.Errorf("iperf3 %s: %v: %s", strings.Join(args, " "), runErr, msg)
 	}
+}
+
+// retryIperf says whether a client run that failed with msg after
+// elapsed is tried again: while the server comes up (3 s), and while it
+// still serves the previous run (15 s: a relay that passes the previous
+// test's close on late leaves the server "busy running a test").
+func retryIperf(msg string, elapsed time.Duration) bool {
+	switch {
+	case strings.Contains(msg, "unable to connect"):
+		return elapsed < 3*time.Second
+	case strings.Contains(msg, "server is busy"):
+		return elapsed < 15*time.Second
+	}
+	return false
 }
 
 // server is the host side of the request/response and connect tests: a

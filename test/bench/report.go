@@ -360,7 +360,8 @@ Method (details in the package doc of test/bench):
 		}
 		fmt.Fprintf(&b, "\n%d TCP connections from one pod to %d server ports on the host's primary address, %s "+
 			"%v before the reading; RSS is the helper's VmRSS (proxy mode: a daemon of its own); Go heap+stack after a forced GC "+
-			"(the relays, on SIGUSR1). Kernel socket memory is not counted.\n", rep.opts.memConns, memPorts, how, memSettle)
+			"(the relays, on SIGUSR1): it counts buffers allocated but never touched (io.Copy's 32 KiB each way), which RSS does not. "+
+			"Kernel socket memory is not counted.\n", rep.opts.memConns, memPorts, how, memSettle)
 	}
 
 	b.WriteString("\n## CNI ADD/DEL latency\n\n")
