@@ -47,7 +47,11 @@
 //
 // -rounds (default 3) interleaved rounds: round 1 runs every variant, then
 // round 2 runs every variant again, and so on, each with a fresh pod, so
-// drift on a shared machine hits every variant alike. For each metric the
+// drift on a shared machine hits every variant alike. The kernel reference
+// runs at the start and again at the end of each round (roundOrder), so its
+// median is over twice as many samples and brackets the variants between.
+// The 1-minute load average before each measurement is reported, and a
+// floor faster than the kernel path (impossible but for load) is flagged. For each metric the
 // report states the median, min and max over the rounds and the ratio of
 // the median to the kernel (ptp) median of the same run; the targets table
 // of issue 11 is judged from those medians (stats.go), never hard-coded.
@@ -63,7 +67,8 @@
 // interrupt or at local_bh_enable is charged to the task that was running:
 // the part that ran in a helper's context (e.g. the host-side TCP receive
 // of its host-socket writes over loopback) is in the helper's stime, the
-// part deferred to ksoftirqd is in ksoftirqd's, and the part that ran in
+// part deferred to ksoftirqd is in ksoftirqd's (which serves every netns:
+// others' traffic on a shared machine lands there too), and the part that ran in
 // the iperf3 processes' context is the application's and not counted (the
 // kernel path's own cost is all of that kind, so ptp's figure is only its
 // ksoftirqd share). With IRQ time accounting the softirq time would be
@@ -129,6 +134,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -344,11 +350,14 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 		}
 	}
 	for round := 1; round <= o.rounds && ctx.Err() == nil; round++ {
-		for _, r := range rep.results {
+		for _, r := range roundOrder(rep.results) {
 			if r.na != "" || ctx.Err() != nil {
 				continue
 			}
 			fmt.Fprintf(os.Stderr, "bench: round %d/%d: %s\n", round, o.rounds, r.v.label)
+			if l, err := loadAvg(); err == nil {
+				rep.loads = append(rep.loads, l)
+			}
 			s, note, na := h.measure(r.v)
 			if na != nil {
 				r.na = "n/a (" + na.reason + ")"
@@ -389,6 +398,36 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 		return 1
 	}
 	return 0
+}
+
+// roundOrder is the order of one round: every variant once, and the
+// kernel reference again at the end when at least two others run between,
+// so that drift within a round moves the reference as it moves them.
+func roundOrder(rs []*variantResult) []*variantResult {
+	out := append([]*variantResult(nil), rs...)
+	var ref *variantResult
+	for _, r := range rs {
+		if r.v.key == refVariant {
+			ref = r
+		}
+	}
+	if ref != nil && len(rs) >= 3 {
+		out = append(out, ref)
+	}
+	return out
+}
+
+// loadAvg is the 1-minute load average (/proc/loadavg).
+func loadAvg() (float64, error) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, errors.New("/proc/loadavg: empty")
+	}
+	return strconv.ParseFloat(f[0], 64)
 }
 
 func contains(l []string, s string) bool {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -129,6 +130,7 @@ type report struct {
 	host          netip.Addr
 	gvisorVersion string
 	results       []*variantResult
+	loads         []float64 // 1-minute load average before each measurement
 	mem           []memResult
 	cni           []cniRow
 	cniErr        error
@@ -230,6 +232,15 @@ func (rep *report) markdown() string {
 		}
 	}
 	b.WriteString("\n")
+	if len(rep.loads) > 0 {
+		fmt.Fprintf(&b, "\nLoad average (1 min) before each measurement: median %.2f, min %.2f, max %.2f on %d CPUs.\n",
+			median(rep.loads), slices.Min(rep.loads), slices.Max(rep.loads), runtime.NumCPU())
+	}
+	if w := floorAboveKernel(t); len(w) > 0 {
+		fmt.Fprintf(&b, "\n**Warning:** the floor (the kernel path plus a relay) beat the kernel path on %s: the kernel reference "+
+			"ran under more load than the variants in this run, so every ratio to it reads too high. Compare with proxy/floor, or rerun with more rounds.\n",
+			strings.Join(w, ", "))
+	}
 
 	res := judge(t, issueTargets)
 	for _, aim := range []bool{false, true} {
@@ -285,7 +296,7 @@ func (rep *report) markdown() string {
 		}
 	}
 
-	b.WriteString("\n## Median, min and max per variant\n\n| variant | metric | median | min | max | median/kernel | rounds with a value |\n|---|---|---:|---:|---:|---:|---:|\n")
+	b.WriteString("\n## Median, min and max per variant\n\n| variant | metric | median | min | max | median/kernel | samples with a value (one a round; the kernel two) |\n|---|---|---:|---:|---:|---:|---:|\n")
 	for _, k := range t.order {
 		for i := range metrics {
 			m := &metrics[i]

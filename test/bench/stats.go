@@ -315,3 +315,24 @@ func ahead(t *table, variant, peer string) (string, string) {
 	}
 	return b.String(), verdict(len(behind) == 0)
 }
+
+// floorMargin is how far the floor may beat the kernel path on throughput
+// before the run's reference is called into question: the floor is the
+// kernel path plus work, so it can only do so by noise or load.
+const floorMargin = 1.10
+
+// floorAboveKernel lists the throughput metrics on which the floor's
+// median beats the kernel's by more than floorMargin.
+func floorAboveKernel(t *table) []string {
+	var out []string
+	for i := range metrics {
+		m := &metrics[i]
+		if m.unit != "Gbit/s" || m.noRatio {
+			continue
+		}
+		if rt, ok := ratio(t.get("floor", m.key), t.get(refVariant, m.key)); ok && rt > floorMargin {
+			out = append(out, fmt.Sprintf("%s (%.2f×)", m.name, rt))
+		}
+	}
+	return out
+}

@@ -234,3 +234,47 @@ func TestParsers(t *testing.T) {
 		t.Errorf("perConn of a shrinking RSS = %v, want 0", k)
 	}
 }
+
+func TestRoundOrderBracketsWithTheKernel(t *testing.T) {
+	keys := func(rs []*variantResult) string {
+		var k []string
+		for _, r := range rs {
+			k = append(k, r.v.key)
+		}
+		return strings.Join(k, ",")
+	}
+	three := results(map[string][]*sample{"ptp": nil, "proxy": nil, "gvisor": nil})
+	if got := keys(roundOrder(three)); got != "ptp,proxy,gvisor,ptp" {
+		t.Errorf("roundOrder = %s, want the kernel at both ends", got)
+	}
+	two := results(map[string][]*sample{"ptp": nil, "proxy": nil})
+	if got := keys(roundOrder(two)); got != "ptp,proxy" {
+		t.Errorf("roundOrder of two = %s, want no repeat", got)
+	}
+	noRef := results(map[string][]*sample{"floor": nil, "proxy": nil, "gvisor": nil})
+	if got := keys(roundOrder(noRef)); got != "floor,proxy,gvisor" {
+		t.Errorf("roundOrder without the kernel = %s", got)
+	}
+	if l, err := loadAvg(); err != nil || l < 0 {
+		t.Errorf("loadAvg = %v, %v", l, err)
+	}
+}
+
+func TestFloorAboveKernelIsFlagged(t *testing.T) {
+	k := []*sample{sampleWith(10, 10, 20, 1000, 0, 1e9)}
+	f := []*sample{sampleWith(10.5, 30, 40, 500, 0, 1e9)}
+	f[0].tput[caseHP4] = measured{v: 12}
+	tab := buildTable(results(map[string][]*sample{"ptp": k, "floor": f}))
+	w := floorAboveKernel(tab)
+	if len(w) != 1 || !strings.HasPrefix(w[0], "4 streams host→pod (1.20×)") {
+		t.Fatalf("floorAboveKernel = %q, want only the 4-stream host→pod figure", w)
+	}
+	rep := &report{opts: options{duration: time.Second, rounds: 1}, started: time.Now(),
+		results: results(map[string][]*sample{"ptp": k, "floor": f}), loads: []float64{0.5, 2, 1}}
+	md := rep.markdown()
+	for _, want := range []string{"**Warning:** the floor", "median 1.00, min 0.50, max 2.00"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+}
