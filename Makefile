@@ -74,7 +74,7 @@ bench-deps:
 	cd test/bench/gvisorrelay && GOFLAGS=-mod=mod $(GO) mod download
 
 # bench runs the Go benchmarks with allocation counts, then the
-# side-by-side harness (./test/bench: kernel ptp, the floor relay, our
+# side-by-side harness (./test/bench: kernel ptp, the floor relays, our
 # route and proxy modes, the gVisor relay, pasta at MTU 1500 and 65520,
 # slirp4netns; throughput, latency, connections/s, CPU/GB in interleaved
 # rounds; memory per idle relayed connection; CNI ADD/DEL latency), which

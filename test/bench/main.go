@@ -6,7 +6,8 @@
 // Variants (-variants, in this order within a round):
 //   - ptp: the kernel veth path of the reference ptp plugin, the physical
 //     reference every ratio is against.
-//   - floor: ptp plus the floor relay (test/bench/floorrelay), the least a
+//   - floor, floor-epoll: ptp plus a floor relay (test/bench/floorrelay:
+//     a goroutine per direction, or an event loop per core), the least a
 //     proxy in the host can cost; see "The floor" below.
 //   - route, proxy: cni-userstack in route and proxy mode, through libcni
 //     with a private daemon, as the e2e tests do.
@@ -82,17 +83,21 @@
 // Proxy mode terminates the pod's TCP and re-sends the bytes over a host
 // socket, so on top of the kernel path it always pays the host socket's own
 // TCP: a second connection over loopback with its softirq work, and the
-// wake-ups of whatever moves bytes between the two. The floor variant
-// measures that cost alone on this machine: ptp's kernel veth path, with a
+// wake-ups of whatever moves bytes between the two. The floor variants
+// measure that cost alone on this machine: ptp's kernel veth path, with a
 // minimal relay in the host netns (test/bench/floorrelay) that accepts the
 // pod's TCP in the kernel on the pod's gateway address, dials P over a
-// second host TCP socket and moves the bytes with splice(2) (Go's io.Copy
-// between two *net.TCPConn): no userspace stack, no AF_PACKET, no copy
-// into the process. It is what proxy mode would cost if our stack were
-// free. Proxy mode's figures are to be read against it: the report gives
-// proxy/floor per metric beside the kernel ratios, and the distance from
-// the floor is the part our stack and relay can still win back; what lies
-// between the kernel and the floor they cannot.
+// second host TCP socket and moves the bytes with splice(2) through a pipe:
+// no userspace stack, no AF_PACKET, no copy into the process. "floor" is
+// the Go shape (a goroutine per direction, io.Copy between two
+// *net.TCPConn, parked on the runtime's netpoller): what a Go proxy with a
+// free stack would cost. "floor-epoll" is an edge-triggered event loop per
+// core (SO_REUSEPORT listeners, non-blocking connect, splice by hand): what
+// any relay costs with no runtime in between, and the physical floor
+// proper. Proxy mode's figures are to be read against them: the report
+// gives proxy/floor per metric beside the kernel ratios; the distance from
+// the floors is what our stack and relay can still win back, what lies
+// between the kernel and the floor-epoll they cannot.
 //
 // # Memory per idle relayed connection
 //

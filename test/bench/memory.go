@@ -22,7 +22,7 @@ import (
 // target: ≤ 8 KiB in proxy mode). See the package doc for the method.
 
 // memVariantKeys are the variants the memory benchmark knows.
-var memVariantKeys = []string{"proxy", "gvisor", "floor"}
+var memVariantKeys = []string{"proxy", "gvisor", "floor", "floor-epoll"}
 
 const (
 	// memTargetKiB is issue 11's target for proxy mode.
@@ -143,7 +143,9 @@ func (h *harness) idleMemoryRun(key string, r *memResult) (err error) {
 	case "gvisor":
 		a, err = h.attachGVisor()
 	case "floor":
-		a, err = h.attachFloor()
+		a, err = h.attachFloor("goroutines")
+	case "floor-epoll":
+		a, err = h.attachFloor("epoll")
 	default:
 		return fmt.Errorf("no memory benchmark for %q", key)
 	}
@@ -236,11 +238,11 @@ const nofileReserve = 512
 // key: want, or fewer where the open-file limit (limit, every process
 // alike: they inherit it) cannot hold them. The harness and the hold
 // server hold one fd per connection, our daemon and the gVisor relay one
-// host socket; the floor relay six: two sockets and, per direction, the
-// pipe Go's splice keeps while it waits for data.
+// host socket; the floor relays six: two sockets and a pipe per direction
+// (the Go relay: the pipe Go's splice keeps while it waits for data).
 func memConnsFor(key string, want int, limit uint64) int {
 	per := uint64(1)
-	if key == "floor" {
+	if strings.HasPrefix(key, "floor") {
 		per = 6
 	}
 	if limit <= nofileReserve {

@@ -100,7 +100,8 @@ type tools struct {
 	gvisorVersion                string // the gVisor pseudo-version gvisorrelay/go.mod requires
 }
 
-// buildTools builds the programs need names ("gvisor", "floor", "hold")
+// buildTools builds the programs need names ("gvisor", "floor" or
+// "floor-epoll", "hold")
 // into a temp dir (removed at exit). The gVisor relay is built in its own
 // module with GOFLAGS=-mod=mod, so a fresh machine fetches gVisor through
 // the module proxy.
@@ -121,7 +122,7 @@ func (h *harness) buildTools(need map[string]bool) *tools {
 		t.gvisor = filepath.Join(dir, "gvisorrelay")
 		t.gvisorErr = goBuild(h.ctx, src, t.gvisor, "GOFLAGS=-mod=mod -buildvcs=false")
 	}
-	if need["floor"] {
+	if need["floor"] || need["floor-epoll"] {
 		t.floor = filepath.Join(dir, "floorrelay")
 		t.floorErr = goBuild(h.ctx, filepath.Join(bench, "floorrelay"), t.floor, "GOFLAGS=-buildvcs=false")
 	}
@@ -346,11 +347,11 @@ func (h *harness) attachGVisor() (*attached, error) {
 }
 
 // attachFloor: a ptp pod (the kernel veth path) whose host side is the
-// floor relay: the pod dials its gateway, where the relay listens; the
-// relay opens a second host TCP connection to the server on the host's
-// primary address and splices between the two. The relay starts once the
-// servers' ports are known (attached.relayFor).
-func (h *harness) attachFloor() (*attached, error) {
+// floor relay in mode (goroutines or epoll): the pod dials its gateway,
+// where the relay listens; the relay opens a second host TCP connection to
+// the server on the host's primary address and splices between the two.
+// The relay starts once the servers' ports are known (attached.relayFor).
+func (h *harness) attachFloor(mode string) (*attached, error) {
 	if h.tools.floorErr != nil {
 		return nil, fmt.Errorf("building the floor relay: %w", h.tools.floorErr)
 	}
@@ -360,13 +361,13 @@ func (h *harness) attachFloor() (*attached, error) {
 	}
 	P := h.host.addr()
 	a := &attached{pod: pod, listen: P, dial: gw,
-		note: fmt.Sprintf("pod → %v (its ptp gateway) where the floor relay listens; the relay dials %v (the host's primary address) and splices", gw, P)}
+		note: fmt.Sprintf("pod → %v (its ptp gateway) where the floor relay (-mode %s) listens; the relay dials %v (the host's primary address) and splices", gw, mode, P)}
 	a.relayFor = func(ports []int) error {
 		var ps []string
 		for _, p := range ports {
 			ps = append(ps, strconv.Itoa(p))
 		}
-		p, _, err := h.startLineProc("floorrelay", h.tools.floor, "-listen", gw.String(), "-upstream", P.String(), "-ports", strings.Join(ps, ","))
+		p, _, err := h.startLineProc("floorrelay", h.tools.floor, "-mode", mode, "-listen", gw.String(), "-upstream", P.String(), "-ports", strings.Join(ps, ","))
 		if err != nil {
 			return err
 		}

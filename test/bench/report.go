@@ -191,7 +191,7 @@ func (rep *report) markdown() string {
 	fmt.Fprintf(&b, "# cni-userstack benchmark\n\n")
 	fmt.Fprintf(&b, "Run %s UTC on %s: Linux %s, %d CPUs (GOMAXPROCS %d), %s. %d interleaved rounds (every variant once per round); "+
 		"each iperf3 run, the request/response run and the connect run last %v. Every pod dials the host's primary address %v "+
-		"(a netns of the harness playing the node), except the floor's, which dials its gateway where the floor relay listens.\n\n",
+		"(a netns of the harness playing the node), except the floors', which dial their gateway where the floor relay listens.\n\n",
 		rep.started.UTC().Format("2006-01-02 15:04"), host, uname(), runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(),
 		rep.opts.rounds, rep.opts.duration, rep.host)
 	b.WriteString("**Caveat:** a small shared machine (engineers run tests on it at the same time); absolute numbers are noisy, " +
@@ -237,7 +237,7 @@ func (rep *report) markdown() string {
 			median(rep.loads), slices.Min(rep.loads), slices.Max(rep.loads), runtime.NumCPU())
 	}
 	if w := floorAboveKernel(t); len(w) > 0 {
-		fmt.Fprintf(&b, "\n**Warning:** the floor (the kernel path plus a relay) beat the kernel path on %s: the kernel reference "+
+		fmt.Fprintf(&b, "\n**Warning:** a floor (the kernel path plus a relay) beat the kernel path on %s: the kernel reference "+
 			"ran under more load than the variants in this run, so every ratio to it reads too high. Compare with proxy/floor, or rerun with more rounds.\n",
 			strings.Join(w, ", "))
 	}
@@ -271,28 +271,55 @@ func (rep *report) markdown() string {
 		}
 	}
 
-	if _, ok := t.by["floor"]; ok {
-		if _, ok := t.by["proxy"]; ok {
-			b.WriteString("\n## Proxy mode against the floor\n\n" +
-				"The floor is the kernel veth path plus a splice relay over a second host TCP socket: what proxy mode would cost " +
-				"if our stack and relay were free (package doc of test/bench). proxy/floor below 1× on throughput and connections/s, " +
-				"above 1× on latency and CPU, is what is left to win.\n\n" +
-				"| metric | kernel | floor | proxy | floor/kernel | proxy/floor |\n|---|---:|---:|---:|---:|---:|\n")
-			for i := range metrics {
-				m := &metrics[i]
-				if !m.ahead {
-					continue
-				}
-				k, f, p := t.get(refVariant, m.key), t.get("floor", m.key), t.get("proxy", m.key)
-				fk, pf := "–", "–"
-				if rt, ok := t.kernelRatio("floor", m); ok {
-					fk = fmt.Sprintf("%.2f×", rt)
-				}
-				if rt, ok := ratio(p, f); ok {
-					pf = fmt.Sprintf("%.2f×", rt)
-				}
-				fmt.Fprintf(&b, "| %s, %s | %s | %s | %s | %s | %s |\n", m.name, m.unit, fmtSummary(m, k), fmtSummary(m, f), fmtSummary(m, p), fk, pf)
+	var floors []string
+	for _, f := range floorVariants {
+		if _, ok := t.by[f]; ok {
+			floors = append(floors, f)
+		}
+	}
+	if _, ok := t.by["proxy"]; ok && len(floors) > 0 {
+		b.WriteString("\n## Proxy mode against the floor\n\n" +
+			"A floor is the kernel veth path plus a relay that splices over a second host TCP socket: what proxy mode would cost " +
+			"if our stack were free (package doc of test/bench): the Go relay (a goroutine per direction) with the Go runtime's " +
+			"wake-ups, the epoll relay (an event loop per core) without them. proxy/floor below 1× on throughput and " +
+			"connections/s, above 1× on latency and CPU, is what is left to win.\n\n| metric | kernel |")
+		for _, f := range floors {
+			b.WriteString(" " + label[f] + " |")
+		}
+		b.WriteString(" proxy |")
+		for _, f := range floors {
+			fmt.Fprintf(&b, " %s/kernel |", f)
+		}
+		for _, f := range floors {
+			fmt.Fprintf(&b, " proxy/%s |", f)
+		}
+		b.WriteString("\n|---|---:|" + strings.Repeat("---:|", 3*len(floors)+1) + "\n")
+		for i := range metrics {
+			m := &metrics[i]
+			if !m.ahead {
+				continue
 			}
+			fmt.Fprintf(&b, "| %s, %s | %s |", m.name, m.unit, fmtSummary(m, t.get(refVariant, m.key)))
+			for _, f := range floors {
+				b.WriteString(" " + fmtSummary(m, t.get(f, m.key)) + " |")
+			}
+			p := t.get("proxy", m.key)
+			b.WriteString(" " + fmtSummary(m, p) + " |")
+			for _, f := range floors {
+				c := "–"
+				if rt, ok := t.kernelRatio(f, m); ok {
+					c = fmt.Sprintf("%.2f×", rt)
+				}
+				b.WriteString(" " + c + " |")
+			}
+			for _, f := range floors {
+				c := "–"
+				if rt, ok := ratio(p, t.get(f, m.key)); ok {
+					c = fmt.Sprintf("%.2f×", rt)
+				}
+				b.WriteString(" " + c + " |")
+			}
+			b.WriteString("\n")
 		}
 	}
 

@@ -321,17 +321,22 @@ func ahead(t *table, variant, peer string) (string, string) {
 // kernel path plus work, so it can only do so by noise or load.
 const floorMargin = 1.10
 
-// floorAboveKernel lists the throughput metrics on which the floor's
+// floorVariants are the variants that are the kernel path plus a relay.
+var floorVariants = []string{"floor", "floor-epoll"}
+
+// floorAboveKernel lists the throughput metrics on which a floor's
 // median beats the kernel's by more than floorMargin.
 func floorAboveKernel(t *table) []string {
 	var out []string
-	for i := range metrics {
-		m := &metrics[i]
-		if m.unit != "Gbit/s" || m.noRatio {
-			continue
-		}
-		if rt, ok := ratio(t.get("floor", m.key), t.get(refVariant, m.key)); ok && rt > floorMargin {
-			out = append(out, fmt.Sprintf("%s (%.2f×)", m.name, rt))
+	for _, f := range floorVariants {
+		for i := range metrics {
+			m := &metrics[i]
+			if m.unit != "Gbit/s" || m.noRatio {
+				continue
+			}
+			if rt, ok := ratio(t.get(f, m.key), t.get(refVariant, m.key)); ok && rt > floorMargin {
+				out = append(out, fmt.Sprintf("%s: %s (%.2f×)", f, m.name, rt))
+			}
 		}
 	}
 	return out

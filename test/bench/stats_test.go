@@ -159,6 +159,8 @@ func TestReportStatesMedianMinMaxRatiosAndUnavailable(t *testing.T) {
 		"| datapath CPU s/GB, 1 stream, s/GB | 0.00 | 0.00 | 1.00 |", // no ratio: the kernel has no helper
 		"slirp4netns: n/a (slirp4netns not installed)",
 		"## Proxy mode against the floor",
+		"| metric | kernel | floor (ptp + Go relay) | proxy | floor/kernel | proxy/floor |",
+		"| 1 stream pod→host, Gbit/s | 20.00 | 20.00 | 10.00 | 1.00× | 0.50× |",
 		"| proxy: memory per idle relayed connection ≤ 8 KiB (10 connections) | 20.00 KiB (daemon RSS) | FAIL |",
 		"| ours, proxy | 10 of 10 | 1.0 → 1.2 | 20.00 |",
 	} {
@@ -266,13 +268,13 @@ func TestFloorAboveKernelIsFlagged(t *testing.T) {
 	f[0].tput[caseHP4] = measured{v: 12}
 	tab := buildTable(results(map[string][]*sample{"ptp": k, "floor": f}))
 	w := floorAboveKernel(tab)
-	if len(w) != 1 || !strings.HasPrefix(w[0], "4 streams host→pod (1.20×)") {
+	if len(w) != 1 || w[0] != "floor: 4 streams host→pod (1.20×)" {
 		t.Fatalf("floorAboveKernel = %q, want only the 4-stream host→pod figure", w)
 	}
 	rep := &report{opts: options{duration: time.Second, rounds: 1}, started: time.Now(),
 		results: results(map[string][]*sample{"ptp": k, "floor": f}), loads: []float64{0.5, 2, 1}}
 	md := rep.markdown()
-	for _, want := range []string{"**Warning:** the floor", "median 1.00, min 0.50, max 2.00"} {
+	for _, want := range []string{"**Warning:** a floor", "median 1.00, min 0.50, max 2.00"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -72,7 +72,8 @@ type variant struct {
 // variants in run order within a round.
 var variants = []variant{
 	{"ptp", "kernel (ptp)", (*harness).attachPTP},
-	{"floor", "floor (ptp + splice relay)", (*harness).attachFloor},
+	{"floor", "floor (ptp + Go relay)", func(h *harness) (*attached, error) { return h.attachFloor("goroutines") }},
+	{"floor-epoll", "floor (ptp + epoll relay)", func(h *harness) (*attached, error) { return h.attachFloor("epoll") }},
 	{"route", "ours, route", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "route") }},
 	{"proxy", "ours, proxy", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "proxy") }},
 	{"gvisor", "gVisor relay", (*harness).attachGVisor},
