@@ -209,8 +209,9 @@ type oursNode struct {
 	done     chan error
 }
 
-// startOurs builds the plugin, starts a daemon in the host netns with
-// extra serve flags, and registers the undo: kill the daemon, remove the
+// startOurs starts a daemon of the built plugin in the host netns with
+// extra serve flags (its claim files in a lock dir of its own, so nothing
+// is left in the node's /run), and registers the undo: kill the daemon, remove the
 // uplink (its host routes go with it) and the stack netns (its veths go
 // with it). slot (0..9) keeps the pod range and uplink of two daemons in
 // the one host netns apart: 10.(200+slot).X.0/24 and 169.254.(101+slot).X/30.
@@ -242,7 +243,8 @@ func (h *harness) startOurs(slot int, extra ...string) (*oursNode, error) {
 	defer logf.Close()
 	args := append([]string{"--net=" + h.host.path(), "--", filepath.Join(bin, cnitest.PluginName), "serve",
 		"--socket", o.socket, "--state-dir", o.stateDir, "--stack-netns", o.stackNS,
-		"--uplink-subnet", o.uplink.String(), "--uplink-host-ifname", o.uplinkIf, "--log-level", "info"}, extra...)
+		"--uplink-subnet", o.uplink.String(), "--uplink-host-ifname", o.uplinkIf, "--log-level", "info",
+		"--lock-dir", filepath.Join(dir, "lock")}, extra...)
 	cmd := exec.Command("nsenter", args...) // nsenter execs: the pid is the daemon's
 	cmd.Stdout, cmd.Stderr = logf, logf
 	h.undo.add("stack netns "+o.stackNS, func() {
