@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"strings"
@@ -190,5 +193,33 @@ func TestRetryIperf(t *testing.T) {
 		if got := retryIperf(tc.msg, tc.elapsed); got != tc.want {
 			t.Errorf("retryIperf(%q, %v) = %v, want %v", tc.msg, tc.elapsed, got, tc.want)
 		}
+	}
+}
+
+func TestDaemonMetricsReading(t *testing.T) {
+	body := "# HELP go_memstats_heap_inuse_bytes x\n# TYPE go_memstats_heap_inuse_bytes gauge\n" +
+		"go_memstats_heap_inuse_bytes 1.2345e+07\ngo_memstats_stack_inuse_bytes 65536\n" +
+		"cni_userstack_nic_packets_total{nic=\"eth0\"} 3\n"
+	if v, err := promValue(body, "go_memstats_heap_inuse_bytes"); err != nil || v != 1.2345e7 {
+		t.Errorf("promValue(heap) = %v, %v", v, err)
+	}
+	if _, err := promValue(body, "go_memstats_heap"); err == nil {
+		t.Error("promValue of a prefix: no error")
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	got, err := httpGetIn(nil, addr, "/metrics")
+	if err != nil || got != body {
+		t.Fatalf("httpGetIn = %q, %v", got, err)
+	}
+	if _, err := httpGetIn(nil, addr, "/nothing"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("httpGetIn of a 404: %v", err)
 	}
 }

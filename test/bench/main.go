@@ -131,9 +131,10 @@
 // clean; --proxy-max-flows-per-pod above the count); the relays a fresh
 // relay. The figure is the helper's VmRSS once idle for memSettle after
 // the connections minus before them, divided by the count, in KiB; for
-// the relays also the Go heap and stack in use after a forced GC (SIGUSR1).
-// Our daemon's status has no Go heap figure, so proxy mode reports RSS
-// only (which holds garbage not yet collected as a node would see it).
+// the relays also the Go heap and stack in use after a forced GC (SIGUSR1),
+// for our daemon the same two from its /metrics (the Prometheus Go
+// collector, read without a forced GC: the heap holds garbage not yet
+// collected, as RSS does).
 // The run checks that the helper relays as many flows as connections are
 // held. Kernel socket memory is not in RSS and not counted.
 //

@@ -52,7 +52,8 @@ type memResult struct {
 	target, conns       int    // connections asked for, established and held
 	flows               int    // relayed flows the helper reports while they are held (-1: unknown)
 	rssBefore, rssAfter uint64 // the helper's VmRSS, bytes
-	goBefore, goAfter   *goMem // the helper's Go memory after a forced GC (relays only)
+	goBefore, goAfter   *goMem // the helper's Go memory (relays: after a forced GC)
+	goHow               string // where the Go memory comes from
 	dialErrors          int
 	err                 error
 }
@@ -98,7 +99,7 @@ func parseVmRSS(r io.Reader) (uint64, error) {
 // idleMemory runs the memory benchmark for one variant. Everything it made
 // is undone before it returns.
 func (h *harness) idleMemory(key string) memResult {
-	r := memResult{variant: key, target: h.opts.memConns, flows: -1}
+	r := memResult{variant: key, target: h.opts.memConns, flows: -1, goHow: "after a forced GC (SIGUSR1)"}
 	for _, v := range variants {
 		if v.key == key {
 			r.label = v.label
@@ -140,6 +141,8 @@ func (h *harness) idleMemoryRun(key string, r *memResult) (err error) {
 			}
 			return st.Proxy.ActiveTCP, nil
 		}
+		a.mem = func() (goMem, error) { return h.daemonGoMem(o) }
+		r.goHow = "the daemon's /metrics, no forced GC"
 	case "gvisor":
 		a, err = h.attachGVisor()
 	case "floor":
@@ -180,7 +183,7 @@ func (h *harness) idleMemoryRun(key string, r *memResult) (err error) {
 		return errors.New("the variant has no helper process to measure")
 	}
 	pid := a.pids[0]
-	if flows == nil && a.mem != nil {
+	if flows == nil && a.mem != nil { // a relay's memstats line counts its flows
 		flows = func() (int, error) {
 			g, err := a.mem()
 			return g.flows, err
@@ -228,6 +231,75 @@ func (h *harness) idleMemoryRun(key string, r *memResult) (err error) {
 	fmt.Fprintf(os.Stderr, "bench:   %d connections (%d failed dials): RSS %.1f → %.1f MiB, %.2f KiB per connection\n",
 		r.conns, r.dialErrors, float64(r.rssBefore)/(1<<20), float64(r.rssAfter)/(1<<20), perConn(r.rssBefore, r.rssAfter, r.conns))
 	return nil
+}
+
+// daemonGoMem reads the daemon's Go heap and stack in use from its
+// /metrics (the Prometheus Go collector: no forced GC, so the heap holds
+// garbage not yet collected), served on the host netns's loopback.
+func (h *harness) daemonGoMem(o *oursNode) (goMem, error) {
+	st, err := o.client().Status(h.ctx)
+	if err != nil {
+		return goMem{}, err
+	}
+	if st.Metrics == nil || st.Metrics.Listening == "" {
+		return goMem{}, errors.New("the daemon serves no /metrics")
+	}
+	body, err := httpGetIn(h.host.ns, st.Metrics.Listening, "/metrics")
+	if err != nil {
+		return goMem{}, err
+	}
+	heap, err1 := promValue(body, "go_memstats_heap_inuse_bytes")
+	stack, err2 := promValue(body, "go_memstats_stack_inuse_bytes")
+	if err := errors.Join(err1, err2); err != nil {
+		return goMem{}, err
+	}
+	return goMem{heapInuse: uint64(heap), stackInuse: uint64(stack), flows: -1}, nil
+}
+
+// httpGetIn fetches http://addr/path with a connection made inside n (an
+// HTTP/1.0 GET by hand: net/http dials on goroutines of its own, which
+// may run in another netns), bounded by 10 s, and returns the body of a
+// 200 answer.
+func httpGetIn(n ns.NetNS, addr, path string) (string, error) {
+	var c net.Conn
+	err := do(n, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr); err != nil {
+		return "", err
+	}
+	const maxBody = 8 << 20 // a /metrics page is well under this
+	b, err := io.ReadAll(io.LimitReader(c, maxBody))
+	if err != nil {
+		return "", err
+	}
+	head, body, ok := strings.Cut(string(b), "\r\n\r\n")
+	if !ok {
+		return "", fmt.Errorf("GET %s: no end of headers", path)
+	}
+	if status, _, _ := strings.Cut(head, "\r\n"); !strings.Contains(status, " 200 ") {
+		return "", fmt.Errorf("GET %s: %s", path, status)
+	}
+	return body, nil
+}
+
+// promValue is the value of an unlabelled sample name in a Prometheus
+// text exposition ("name value" lines; comments skipped).
+func promValue(body, name string) (float64, error) {
+	for _, l := range strings.Split(body, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && f[0] == name {
+			return strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return 0, fmt.Errorf("/metrics has no %s", name)
 }
 
 // nofileReserve is the open-file headroom left for everything but the

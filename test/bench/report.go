@@ -377,9 +377,9 @@ Method (details in the package doc of test/bench):
 				fmt.Fprintf(&b, "| %s | %d of %d | error: %s | | | |\n", m.label, m.conns, m.target, firstLine(m.err.Error()))
 				continue
 			}
-			goKiB, tgt := "n/a (no Go heap figure in the daemon's status)", ""
+			goKiB, tgt := "n/a", ""
 			if m.goBefore != nil && m.goAfter != nil {
-				goKiB = fmt.Sprintf("%.2f", perConn(m.goBefore.heapInuse+m.goBefore.stackInuse, m.goAfter.heapInuse+m.goAfter.stackInuse, m.conns))
+				goKiB = fmt.Sprintf("%.2f (%s)", perConn(m.goBefore.heapInuse+m.goBefore.stackInuse, m.goAfter.heapInuse+m.goAfter.stackInuse, m.conns), m.goHow)
 			}
 			kib := perConn(m.rssBefore, m.rssAfter, m.conns)
 			if m.variant == "proxy" {
@@ -397,8 +397,9 @@ Method (details in the package doc of test/bench):
 			how = "connected only (-mem-exchange=false), idle"
 		}
 		fmt.Fprintf(&b, "\n%d TCP connections from one pod to %d server ports on the host's primary address, %s "+
-			"%v before the reading; RSS is the helper's VmRSS (proxy mode: a daemon of its own); Go heap+stack after a forced GC "+
-			"(the relays, on SIGUSR1): it counts buffers allocated but never touched (io.Copy's 32 KiB each way), which RSS does not. "+
+			"%v before the reading; RSS is the helper's VmRSS (proxy mode: a daemon of its own); Go heap+stack in use (the relays: after "+
+			"a forced GC, on SIGUSR1; our daemon: its /metrics, where the heap holds garbage not yet collected) counts buffers "+
+			"allocated but never touched (io.Copy's 32 KiB each way), which RSS does not. "+
 			"Kernel socket memory is not counted.\n", rep.opts.memConns, memPorts, how, memSettle)
 	}
 

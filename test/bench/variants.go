@@ -211,7 +211,8 @@ type oursNode struct {
 
 // startOurs starts a daemon of the built plugin in the host netns with
 // extra serve flags (its claim files in a lock dir of its own, so nothing
-// is left in the node's /run), and registers the undo: kill the daemon, remove the
+// is left in the node's /run; its /metrics on a port the kernel picks on
+// the host netns's loopback), and registers the undo: kill the daemon, remove the
 // uplink (its host routes go with it) and the stack netns (its veths go
 // with it). slot (0..9) keeps the pod range and uplink of two daemons in
 // the one host netns apart: 10.(200+slot).X.0/24 and 169.254.(101+slot).X/30.
@@ -244,7 +245,7 @@ func (h *harness) startOurs(slot int, extra ...string) (*oursNode, error) {
 	args := append([]string{"--net=" + h.host.path(), "--", filepath.Join(bin, cnitest.PluginName), "serve",
 		"--socket", o.socket, "--state-dir", o.stateDir, "--stack-netns", o.stackNS,
 		"--uplink-subnet", o.uplink.String(), "--uplink-host-ifname", o.uplinkIf, "--log-level", "info",
-		"--lock-dir", filepath.Join(dir, "lock")}, extra...)
+		"--lock-dir", filepath.Join(dir, "lock"), "--metrics-addr", "127.0.0.1:0"}, extra...)
 	cmd := exec.Command("nsenter", args...) // nsenter execs: the pid is the daemon's
 	cmd.Stdout, cmd.Stderr = logf, logf
 	h.undo.add("stack netns "+o.stackNS, func() {
