@@ -204,7 +204,8 @@ func (p *lineProc) next(prefix string, d time.Duration) (string, error) {
 	}
 }
 
-// goMem is a relay's Go memory after a forced GC.
+// goMem is a helper's Go memory: heap and stack in use (a relay's after a
+// forced GC), and the TCP flows it relays (-1: not said).
 type goMem struct {
 	heapInuse, stackInuse uint64
 	flows                 int
