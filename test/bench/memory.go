@@ -99,7 +99,7 @@ func parseVmRSS(r io.Reader) (uint64, error) {
 // idleMemory runs the memory benchmark for one variant. Everything it made
 // is undone before it returns.
 func (h *harness) idleMemory(key string) memResult {
-	r := memResult{variant: key, target: h.opts.memConns, flows: -1, goHow: "after a forced GC (SIGUSR1)"}
+	r := memResult{variant: key, target: h.opts.memConns, flows: -1, goHow: "after a forced GC, on SIGUSR1"}
 	for _, v := range variants {
 		if v.key == key {
 			r.label = v.label
