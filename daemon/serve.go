@@ -25,6 +25,9 @@ import (
 // DefaultStateDir holds the daemon's records and locks.
 const DefaultStateDir = "/var/lib/cni-userstack"
 
+// NodeNameEnv names this node when --node-name is not given.
+const NodeNameEnv = "NODE_NAME"
+
 // ServeFlags are the flags of `cni-userstack serve`.
 type ServeFlags struct {
 	Socket           string
@@ -44,6 +47,13 @@ type ServeFlags struct {
 	// BusyPoll is the AF_PACKET links' busy-poll budget
 	// (afpacket.Config.BusyPoll); 0 is off.
 	BusyPoll time.Duration
+	// Kubernetes runs the Node informer and the route controller
+	// (daemon/kube) beside the stack; Kubeconfig is its client's config
+	// ("" is the in-cluster service account), NodeName this node's Node
+	// object (default $NODE_NAME).
+	Kubernetes bool
+	Kubeconfig string
+	NodeName   string
 }
 
 // Defaults of the proxy engine's flags.
@@ -69,6 +79,9 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.ProxyConnectTimeout, "proxy-connect-timeout", DefaultProxyConnectTimeout, "proxy mode: bound of a pod's upstream TCP connect; the pod gets an RST when it passes")
 	fs.DurationVar(&f.ProxyUDPIdleTimeout, "proxy-udp-idle-timeout", DefaultProxyUDPIdleTimeout, "proxy mode: a UDP or ICMP echo flow with no traffic for this long is closed")
 	fs.IntVar(&f.ProxyMaxFlowsPerPod, "proxy-max-flows-per-pod", DefaultProxyMaxFlowsPerPod, "proxy mode: concurrent TCP+UDP+ICMP flows per pod; new flows past it are refused and counted")
+	fs.BoolVar(&f.Kubernetes, "kubernetes", false, "run the Kubernetes node agent: watch Nodes and route every other node's pod CIDRs via its InternalIP (host routes with proto 0x76); needs --node-name or $NODE_NAME")
+	fs.StringVar(&f.Kubeconfig, "kubeconfig", "", "with --kubernetes: the kubeconfig of the API client; empty: the pod's in-cluster service account")
+	fs.StringVar(&f.NodeName, "node-name", "", "with --kubernetes: this node's Node object (default: $"+NodeNameEnv+", set from the downward API in the DaemonSet)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket before it sleeps (NAPI busy polling, one link at a time per 2 CPUs): lower round-trip latency for up to this much CPU per idle read, worth it only with cores to spare; 0 is off, at most "+afpacket.MaxBusyPoll.String())
 }
 
@@ -85,6 +98,15 @@ func (f *ServeFlags) Validate() error {
 		return fmt.Errorf("--proxy-max-flows-per-pod %d: must be positive", f.ProxyMaxFlowsPerPod)
 	case f.BusyPoll < 0 || f.BusyPoll > afpacket.MaxBusyPoll:
 		return fmt.Errorf("--busy-poll %v: must be between 0 and %v", f.BusyPoll, afpacket.MaxBusyPoll)
+	}
+	if f.Kubernetes && f.NodeName == "" {
+		f.NodeName = os.Getenv(NodeNameEnv)
+	}
+	switch {
+	case f.Kubernetes && f.NodeName == "":
+		return fmt.Errorf("--kubernetes: this node's name is unknown: pass --node-name or set $%s (the DaemonSet sets it from spec.nodeName)", NodeNameEnv)
+	case !f.Kubernetes && (f.Kubeconfig != "" || f.NodeName != ""):
+		return fmt.Errorf("--kubeconfig and --node-name need --kubernetes")
 	}
 	if _, err := f.subnet(); err != nil {
 		return err
@@ -167,6 +189,14 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var agent *kubeAgent
+	if f.Kubernetes {
+		if agent, err = newKubeAgent(f, version, log); err != nil {
+			return err
+		}
+		// Deferred before the signal context's cancel, so it runs after it.
+		defer agent.stop()
+	}
 	lock, err := lockStateDir(f.StateDir)
 	if err != nil {
 		return err
@@ -206,7 +236,10 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	log.Info("serving", "socket", f.Socket, "stateDir", f.StateDir, "stackNetNS", f.StackNetNS,
-		"attachments", len(d.List()), "pid", os.Getpid(), "version", version)
+		"attachments", len(d.List()), "pid", os.Getpid(), "version", version, "kubernetes", f.Kubernetes)
+	if agent != nil {
+		agent.start(ctx, log)
+	}
 	err = d.Serve(ctx, l)
 	os.Remove(f.Socket)
 	log.Info("stopped; attachments kept on disk for the next start", "err", err)
