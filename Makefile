@@ -11,13 +11,24 @@ APT_PKGS  := iproute2 iputils-ping tcpdump iperf3 procps iptables
 # Commands that prove each package above is present.
 APT_CMDS  := ip ping tcpdump iperf3 pkill iptables
 TEST_TIMEOUT ?= 14m
+# The version: the image's tag and what `cni-userstack --version` says.
+VERSION   ?= $(shell sed -n 's/^var Version = "\(.*\)"$$/\1/p' cmd/cni-userstack/main.go)
+# The image tarball of `make image` (ctr/podman/kind load it).
+IMAGE_TAR ?= bin/cni-userstack-image.tar
 
-.PHONY: all build demo test unit vet fmt-check bench bench-deps deps clean
+.PHONY: all build demo test unit vet fmt-check bench bench-deps deps clean image
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/cni-userstack
+
+# image builds the container image offline (hack/mkimage): static
+# cni-userstack, host-local, loopback and portmap (the plugins at the
+# version in go.mod) in one layer, no base image, no registry; tag
+# localhost/cni-userstack:$(VERSION); stamped with the last commit's time.
+image:
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) $(GO) run ./hack/mkimage -version $(VERSION) -out $(IMAGE_TAR)
 
 # deps installs the Debian packages once (apt-get only when a command is missing).
 deps:
