@@ -208,7 +208,7 @@ func (p *proc) stop() {
 func (p *proc) exited() error {
 	select {
 	case <-p.done:
-		return fmt.Errorf("%s exited (%v); see %s:\n%s", p.name, p.err, p.log, tail(p.log, 30))
+		return fmt.Errorf("%s exited (%v); see %s; its last lines:\n%s", p.name, p.err, p.log, tail(p.log, 8))
 	default:
 		return nil
 	}
@@ -469,6 +469,9 @@ serializeImagePulls: false
 	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
 		return err
 	}
+	if err := makeCgroups(c.cgroupRoot); err != nil {
+		return err
+	}
 	kl, err := c.start("kubelet", c.n1Path, c.k8s("kubelet"), "--config="+cfgPath, "--kubeconfig="+c.path("kubelet.kubeconfig"),
 		"--root-dir="+c.path("kubelet"), "--cert-dir="+c.path("kubelet", "pki"), "--hostname-override="+node1Name,
 		"--node-ip="+node1IP.String(), "--v=1")
@@ -615,6 +618,38 @@ func mountsUnder(dir string) []string {
 	}
 	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
 	return out
+}
+
+// makeCgroups creates the kubelet's cgroup root in every v1 hierarchy
+// (the kubelet requires it to exist), cpuset with its parent's CPUs and
+// memory nodes.
+func makeCgroups(root string) error {
+	hs, err := os.ReadDir("/sys/fs/cgroup")
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		base := filepath.Join("/sys/fs/cgroup", h.Name())
+		if h.Name() == "unified" || !dirExists(base) {
+			continue
+		}
+		d := filepath.Join(base, root)
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("cgroup %s: %w", d, err)
+		}
+		if h.Name() == "cpuset" {
+			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+				b, err := os.ReadFile(filepath.Join(base, f))
+				if err != nil {
+					return err
+				}
+				if err := os.WriteFile(filepath.Join(d, f), b, 0o644); err != nil {
+					return fmt.Errorf("cgroup %s/%s: %w", d, f, err)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // removeCgroups removes root and everything under it in each cgroup v1

@@ -597,8 +597,8 @@ func (t *e2e) restartDaemon(ctx context.Context) {
 		if err != nil {
 			return "", err
 		}
-		if before != nil && after.PID == before.PID {
-			return "", fmt.Errorf("the daemon's pid %d did not change", after.PID)
+		if before == nil || !after.Started.After(before.Started) {
+			return "", fmt.Errorf("the daemon was not restarted (started %v, before %v)", after.Started, before)
 		}
 		a, b := t.pods["echo-a"], t.pods["echo-b"]
 		aNS, err := t.podNetNS(ctx, t.socket(), a.Status.PodIP)
@@ -624,7 +624,7 @@ func (t *e2e) restartDaemon(ctx context.Context) {
 		if _, err := t.whoami(ctx, cNS, b.Status.PodIP+":8080", "echo-b", pc.Status.PodIP); err != nil {
 			return "", fmt.Errorf("new pod -> pod: %w", err)
 		}
-		notes = append(notes, fmt.Sprintf("daemon pid %d -> %d, %d attachments kept", before.PID, after.PID, after.Attachments),
+		notes = append(notes, fmt.Sprintf("new daemon started %s, %d attachments re-attached", after.Started.Format(time.TimeOnly), after.Attachments),
 			"echo-a -> echo-b and node -> echo-a still answer", "echo-c "+pc.Status.PodIP+" Ready and reaches echo-b")
 		return strings.Join(notes, "; "), nil
 	})
@@ -636,8 +636,12 @@ func (t *e2e) restartDaemon(ctx context.Context) {
 func (t *e2e) deleteTestPods(ctx context.Context) (string, error) {
 	c := t.c
 	zero := int64(0)
-	for name := range t.pods {
-		if err := c.admin.CoreV1().Pods(testNS).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+	all, err := c.admin.CoreV1().Pods(testNS).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return "", err
+	}
+	for _, p := range all.Items {
+		if err := c.admin.CoreV1().Pods(testNS).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 			return "", err
 		}
 	}
@@ -656,7 +660,7 @@ func (t *e2e) deleteTestPods(ctx context.Context) (string, error) {
 	}
 	// The kubelet removes a deleted pod's sandbox (CNI DEL) right after.
 	var left []string
-	err := waitFor(ctx, "nothing left", 60*time.Second, nil, func() error {
+	err = waitFor(ctx, "nothing left", 60*time.Second, nil, func() error {
 		left = nil
 		l, err := api.NewClient(t.socket(), 5*time.Second).List(ctx)
 		if err != nil {

@@ -100,6 +100,15 @@ func firstLines(s string, n int) string {
 	return strings.Join(l, "\n      ")
 }
 
+// headTail is the first line and the last four of s.
+func headTail(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	if len(l) > 5 {
+		l = append(l[:1], append([]string{"..."}, l[len(l)-4:]...)...)
+	}
+	return strings.Join(l, "\n              ")
+}
+
 func (r *runner) summary() int {
 	fmt.Println()
 	fmt.Println("==================== make e2e-k8s summary ====================")
@@ -107,7 +116,7 @@ func (r *runner) summary() int {
 	for _, res := range r.results {
 		fmt.Printf("%-4s %7.1fs  %s\n", res.status, res.dur.Seconds(), res.name)
 		if res.status != "PASS" && res.detail != "" {
-			fmt.Printf("              %s\n", firstLines(res.detail, 6))
+			fmt.Printf("              %s\n", headTail(res.detail))
 		}
 		switch res.status {
 		case "PASS":

@@ -17,6 +17,7 @@ import (
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 )
 
 // node2 is the simulated second node: its namespace on the lan, a Node
@@ -137,12 +138,20 @@ func (n *node2) up(ctx context.Context) (string, error) {
 	// The Node: its InternalIP on the lan; no kubernetes.io/os label, so
 	// the DaemonSet does not schedule onto this kubelet-less node.
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node2Name, Labels: map[string]string{"e2e.cni-userstack/simulated": "true"}}}
-	created, err := c.admin.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
-	if err != nil {
+	if _, err := c.admin.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 		return "", err
 	}
-	created.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: node2IP.String()}, {Type: corev1.NodeHostName, Address: node2Name}}
-	if _, err := c.admin.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+	// The controller manager writes the node too (its pod CIDR): retry on
+	// a conflict.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := c.admin.CoreV1().Nodes().Get(ctx, node2Name, getOpts)
+		if err != nil {
+			return err
+		}
+		cur.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: node2IP.String()}, {Type: corev1.NodeHostName, Address: node2Name}}
+		_, err = c.admin.CoreV1().Nodes().UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
 		return "", err
 	}
 	if err := waitFor(ctx, "node2 pod CIDR", 60*time.Second, nil, func() error {
