@@ -81,7 +81,9 @@ func TestDaemonSet(t *testing.T) {
 	if !p.HostNetwork || p.PriorityClassName != "system-node-critical" || p.ServiceAccountName != sa.Name {
 		t.Errorf("pod spec: hostNetwork %v priority %q sa %q", p.HostNetwork, p.PriorityClassName, p.ServiceAccountName)
 	}
-	if !slices.ContainsFunc(p.Tolerations, func(t corev1.Toleration) bool { return t.Operator == corev1.TolerationOpExists && t.Key == "" && t.Effect == "" }) {
+	if !slices.ContainsFunc(p.Tolerations, func(t corev1.Toleration) bool {
+		return t.Operator == corev1.TolerationOpExists && t.Key == "" && t.Effect == ""
+	}) {
 		t.Errorf("tolerations %+v do not tolerate every taint", p.Tolerations)
 	}
 	u := ds.Spec.UpdateStrategy
