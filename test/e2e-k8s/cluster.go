@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -175,7 +176,7 @@ func (c *cluster) start(name, nsPath, bin string, args ...string) (*proc, error)
 	cmd := exec.Command("nsenter", full...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := spawn(cmd); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -187,6 +188,35 @@ func (c *cluster) start(name, nsPath, bin string, args ...string) (*proc, error)
 	}()
 	c.procs = append(c.procs, p)
 	return p, nil
+}
+
+// spawnReq asks the spawner thread to start a command.
+type spawnReq struct {
+	cmd *exec.Cmd
+	err chan error
+}
+
+var spawnCh = make(chan spawnReq)
+
+// The spawner: one goroutine locked to its OS thread for the life of the
+// run. Pdeathsig fires when the *thread* that forked the child exits, and
+// the Go runtime ends threads (every namespace switch here leaves its
+// thread to die): a component forked from such a thread was SIGKILLed at a
+// random moment. Forked from this thread, which never exits, a component
+// dies with the harness only.
+func init() {
+	go func() {
+		runtime.LockOSThread()
+		for r := range spawnCh {
+			r.err <- r.cmd.Start()
+		}
+	}()
+}
+
+func spawn(cmd *exec.Cmd) error {
+	r := spawnReq{cmd: cmd, err: make(chan error, 1)}
+	spawnCh <- r
+	return <-r.err
 }
 
 // stop sends SIGTERM, waits up to 10 s, then SIGKILL.
