@@ -26,9 +26,10 @@ const readyPoll = 50 * time.Millisecond
 // DaemonWait bounds how long a command waits for a daemon it may not start
 // ("autostart": false) to answer: the daemon of a DaemonSet is replaced
 // during a rolling update or after a crash, and the new one answers within
-// seconds (its start-up recovery re-attaches the running pods). ADD fails
-// with code 11 after it; DEL goes on without the daemon. A variable for
-// tests.
+// seconds (its start-up recovery re-attaches the running pods). ADD,
+// CHECK and GC fail with code 11 after it. DEL does not wait: it succeeds
+// without the daemon, whose recovery drops the record of a pod whose far
+// end is gone (before it accepts a new ADD). A variable for tests.
 var DaemonWait = 30 * time.Second
 
 // ensureDaemon returns a client for a daemon that answers. When the

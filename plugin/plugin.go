@@ -189,9 +189,6 @@ func cmdDel(args *skel.CmdArgs) error {
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
 	cl := api.NewClient(conf.Socket, 0)
-	if !conf.AutostartOn() {
-		awaitDaemon(ctx, conf, cl) // a daemon being replaced answers within DaemonWait
-	}
 	if _, err := cl.Detach(ctx, api.DetachRequest{ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
 		if !api.IsUnreachable(err) {
 			return cniErr(err)
