@@ -587,6 +587,17 @@ func (t *e2e) restartDaemon(ctx context.Context) {
 		if err := c.admin.CoreV1().Pods("kube-system").Delete(ctx, old, metav1.DeleteOptions{}); err != nil {
 			return "", err
 		}
+		// The pod is created once the old daemon has stopped answering,
+		// so its ADD meets the gap of the restart.
+		if err := waitFor(ctx, "old daemon stopped", 60*time.Second, nil, func() error {
+			if _, err := api.NewClient(t.socket(), time.Second).Status(ctx); err == nil {
+				return fmt.Errorf("the old daemon still answers")
+			}
+			return nil
+		}); err != nil {
+			return "", err
+		}
+		gap := time.Now()
 		if _, err := c.admin.CoreV1().Pods(testNS).Create(ctx, echoPod("echo-c", map[string]string{"app": "echo-c"}, false), metav1.CreateOptions{}); err != nil {
 			return "", err
 		}
@@ -617,6 +628,11 @@ func (t *e2e) restartDaemon(ctx context.Context) {
 			return "", err
 		}
 		t.pods["echo-c"] = pc
+		// Its first sandbox came up: the plugin waited for the new daemon
+		// instead of failing the ADD (which the kubelet would report).
+		if ev := t.events(ctx, "echo-c"); strings.Contains(ev, "FailedCreatePodSandBox") {
+			return "", fmt.Errorf("echo-c's sandbox failed before it came up: %s", ev)
+		}
 		cNS, err := t.podNetNS(ctx, t.socket(), pc.Status.PodIP)
 		if err != nil {
 			return "", err
@@ -624,8 +640,9 @@ func (t *e2e) restartDaemon(ctx context.Context) {
 		if _, err := t.whoami(ctx, cNS, b.Status.PodIP+":8080", "echo-b", pc.Status.PodIP); err != nil {
 			return "", fmt.Errorf("new pod -> pod: %w", err)
 		}
-		notes = append(notes, fmt.Sprintf("new daemon started %s, %d attachments re-attached", after.Started.Format(time.TimeOnly), after.Attachments),
-			"echo-a -> echo-b and node -> echo-a still answer", "echo-c "+pc.Status.PodIP+" Ready and reaches echo-b")
+		notes = append(notes, fmt.Sprintf("echo-c created %s while no daemon answered; new daemon started %s with %d attachments",
+			gap.Format("15:04:05.000"), after.Started.Format("15:04:05.000"), after.Attachments),
+			"echo-a -> echo-b and node -> echo-a still answer", "echo-c "+pc.Status.PodIP+" Ready at its first sandbox (no FailedCreatePodSandBox) and reaches echo-b")
 		return strings.Join(notes, "; "), nil
 	})
 }
