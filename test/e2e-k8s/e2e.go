@@ -30,6 +30,7 @@ type e2e struct {
 	suffix   string
 	imageTar string
 	version  string
+	mode     string // the ConfigMap's mode
 	bin      string // our static binaries, the echo client, the plugins
 	probes   bool   // serve has --metrics-addr: the DaemonSet's probes run
 	node2    *node2
@@ -227,6 +228,19 @@ func (t *e2e) renderManifests() (dir, note string, err error) {
 		if err := yaml.Unmarshal(doc, &head); err != nil {
 			return "", "", err
 		}
+		if head.Kind == "ConfigMap" {
+			var cm corev1.ConfigMap
+			if err := yaml.UnmarshalStrict(doc, &cm); err != nil {
+				return "", "", err
+			}
+			cm.Data["mode"] = t.mode
+			out, err := yaml.Marshal(&cm)
+			if err != nil {
+				return "", "", err
+			}
+			docs = append(docs, out)
+			continue
+		}
 		if head.Kind != "DaemonSet" {
 			docs = append(docs, doc)
 			continue
@@ -284,7 +298,7 @@ func (t *e2e) renderManifests() (dir, note string, err error) {
 		return "", "", err
 	}
 	err = os.WriteFile(filepath.Join(dir, "cni-userstack.yaml"), bytes.Join(docs, []byte("\n---\n")), 0o644)
-	return dir, fmt.Sprintf(" [host paths under %s/node1, stack netns %s]", t.w, t.c.stack1NS), err
+	return dir, fmt.Sprintf(" [mode %s; host paths under %s/node1, stack netns %s]", t.mode, t.w, t.c.stack1NS), err
 }
 
 // daemonReady waits for the DaemonSet's pod on node1 (not old, when set)
