@@ -54,8 +54,11 @@ e2e-k8s-deps:
 # and checks it end to end (test/e2e-k8s), printing each step with its
 # time; everything it starts is private and torn down, also on failure.
 # Not part of `make test`.
+# Extra flags, e.g. E2E_K8S_FLAGS="-keep-work" (keep the logs) or "-mode route".
+E2E_K8S_FLAGS ?=
+
 e2e-k8s: deps e2e-k8s-deps image
-	$(GO) run ./test/e2e-k8s -k8s-cache $(K8S_CACHE) -image $(IMAGE_TAR) -version $(VERSION)
+	$(GO) run ./test/e2e-k8s -k8s-cache $(K8S_CACHE) -image $(IMAGE_TAR) -version $(VERSION) $(E2E_K8S_FLAGS)
 
 # deps installs the Debian packages once (apt-get only when a command is missing).
 deps:
