@@ -163,7 +163,7 @@ func (t *e2e) all(ctx context.Context, k8sCache string) {
 			return "", err
 		}
 		out, err := t.kubectl(ctx, "apply", "-f", dir)
-		return strings.TrimSpace(out) + note, err
+		return strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(out), "\n", ",")), " ") + note, err
 	})
 	if !t.probes {
 		r.skip("DaemonSet liveness/readiness probes on /healthz and /readyz",
