@@ -130,7 +130,8 @@ func TestDaemonSet(t *testing.T) {
 	if in.Args[0] != "install" || !slices.Contains(in.Args, "--cni-conf-dir=/host/etc/cni/net.d") || !slices.Contains(in.Args, "--cni-bin-dir=/host/opt/cni/bin") {
 		t.Errorf("init args %v", in.Args)
 	}
-	if d.Args[0] != "serve" || !slices.Contains(d.Args, "--kubernetes") {
+	// The claim files live in the host's socket dir, mounted.
+	if d.Args[0] != "serve" || !slices.Contains(d.Args, "--kubernetes") || !slices.Contains(d.Args, "--lock-dir=/run/cni-userstack") {
 		t.Errorf("daemon args %v", d.Args)
 	}
 	// The plugin (conflist from install) and the daemon agree on paths.

@@ -122,7 +122,7 @@ func (p *pinger) rcv(skb *buf.SKB) {
 // err hears of ICMP errors quoting an ICMP message: skb.Bytes() starts at
 // the quoted IPv4 header, with at least 8 bytes of the quoted ICMP
 // header after it. It does not consume skb.
-func (p *pinger) err(skb *buf.SKB, errno syscall.Errno, info uint32) {
+func (p *pinger) err(skb *buf.SKB, e header.ICMPError) {
 	b := skb.Bytes()
 	if len(b) < header.IPv4MinSize {
 		return
@@ -132,7 +132,7 @@ func (p *pinger) err(skb *buf.SKB, errno syscall.Errno, info uint32) {
 		return
 	}
 	m := header.ICMPv4(b[ihl:])
-	p.deliver(echoKey{m.ID(), m.Seq()}, echoResult{err: errno})
+	p.deliver(echoKey{m.ID(), m.Seq()}, echoResult{err: e.Errno})
 }
 
 func (p *pinger) deliver(k echoKey, r echoResult) bool {

@@ -267,6 +267,8 @@ func (t *e2e) renderManifests() (dir, note string, err error) {
 				switch {
 				case a == "--socket=/run/cni-userstack/daemon.sock":
 					ct.Args[i] = "--socket=" + t.socket()
+				case a == "--lock-dir=/run/cni-userstack":
+					ct.Args[i] = "--lock-dir=" + t.socketDir()
 				case a == "--state-dir=/var/lib/cni-userstack":
 					ct.Args[i] = "--state-dir=" + t.stateDir()
 				case strings.HasPrefix(a, "--stack-netns="):

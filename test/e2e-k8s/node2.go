@@ -130,7 +130,7 @@ func (t *e2e) secondNode(ctx context.Context) {
 // up creates everything of node2 and returns a summary.
 func (n *node2) up(ctx context.Context) (string, error) {
 	t, c := n.t, n.t.c
-	for _, d := range []string{n.path("bin"), n.path("conf"), n.path("state"), n.path("ipam"), n.path("cache")} {
+	for _, d := range []string{n.path("bin"), n.path("conf"), n.path("state"), n.path("ipam"), n.path("cache"), n.path("run")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return "", err
 		}
@@ -187,7 +187,7 @@ func (n *node2) up(ctx context.Context) (string, error) {
 	if out, err := output(ctx, "nsenter", append([]string{"--net=" + c.n2Path, "--", t.ourBin()}, install...)...); err != nil {
 		return "", fmt.Errorf("install on node2: %w\n%s", err, out)
 	}
-	serve := append([]string{"serve", "--kubernetes", "--kubeconfig=" + kc, "--node-name=" + node2Name}, common...)
+	serve := append([]string{"serve", "--kubernetes", "--kubeconfig=" + kc, "--node-name=" + node2Name, "--lock-dir=" + n.path("run")}, common...)
 	d, err := c.start("node2-daemon", c.n2Path, t.ourBin(), serve...)
 	if err != nil {
 		return "", err
