@@ -11,7 +11,7 @@ import (
 	"strings"
 )
 
-// tempPrefix starts the name of a temp file of NAME: "." + NAME + tempSuffix.
+// tempSuffix is in the name of a temp file of NAME: "." + NAME + tempSuffix + random.
 const tempSuffix = ".tmp-"
 
 // InstallFile copies src to dir/name with mode, atomically (see the
