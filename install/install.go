@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/daemon/kube"
-	"k8s.io/client-go/kubernetes"
 )
 
 // DefaultBinaries are the binaries the image ships and the install step
@@ -42,7 +41,7 @@ type Options struct {
 	// PodCIDRs, when set, are used instead of reading the Node object.
 	PodCIDRs []netip.Prefix
 	// Client reads the Node object NodeName (when PodCIDRs is empty).
-	Client   kubernetes.Interface
+	Client   kube.NodeClient
 	NodeName string
 	// Wait bounds the wait for the pod CIDR; 0 waits until ctx ends.
 	Wait   time.Duration

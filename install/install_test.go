@@ -269,7 +269,7 @@ func TestRunWaitsForPodCIDR(t *testing.T) {
 	cs := fake.NewSimpleClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
 	var logs syncBuf
 	o := Options{SourceDir: src, Binaries: DefaultBinaries, BinDir: bin, ConfDir: conf, Network: testNetwork(),
-		Client: cs, NodeName: "n1", Logger: slogTo(&logs)}
+		Client: cs.CoreV1().Nodes(), NodeName: "n1", Logger: slogTo(&logs)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
@@ -318,7 +318,7 @@ func TestRunWaitsForPodCIDR(t *testing.T) {
 	// Bounded wait: a node that never gets a CIDR fails with the reason
 	// and writes nothing.
 	cs2 := fake.NewSimpleClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}})
-	o.Client, o.NodeName, o.ConfDir, o.Wait = cs2, "n2", t.TempDir(), 50*time.Millisecond
+	o.Client, o.NodeName, o.ConfDir, o.Wait = cs2.CoreV1().Nodes(), "n2", t.TempDir(), 50*time.Millisecond
 	err = Run(ctx, o)
 	if err == nil || !strings.Contains(err.Error(), "no conflist written") || !strings.Contains(err.Error(), "spec.podCIDRs is empty") {
 		t.Fatalf("bounded wait: %v", err)

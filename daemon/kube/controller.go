@@ -12,9 +12,11 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
@@ -52,9 +54,8 @@ type Status struct {
 type Controller struct {
 	cfg     ControllerConfig
 	log     *slog.Logger
-	factory informers.SharedInformerFactory
+	inf     cache.SharedIndexInformer
 	lister  listersv1.NodeLister
-	synced  cache.InformerSynced
 	// kick holds at most one pending reconcile request.
 	kick chan struct{}
 
@@ -64,20 +65,25 @@ type Controller struct {
 	lastProbs string
 }
 
-// NewController builds a controller over a clientset; Run starts it.
-func NewController(cs kubernetes.Interface, cfg ControllerConfig) *Controller {
+// NewController builds a controller over a Node client; Run starts it.
+func NewController(nodes NodeClient, cfg ControllerConfig) *Controller {
 	if cfg.ResyncPeriod <= 0 {
 		cfg.ResyncPeriod = DefaultResyncPeriod
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	f := informers.NewSharedInformerFactory(cs, 0)
-	inf := f.Core().V1().Nodes()
-	c := &Controller{cfg: cfg, log: cfg.Logger, factory: f, lister: inf.Lister(), synced: inf.Informer().HasSynced,
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return nodes.List(ctx, o) },
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return nodes.Watch(ctx, o)
+		},
+	}
+	inf := cache.NewSharedIndexInformer(lw, &corev1.Node{}, 0, cache.Indexers{})
+	c := &Controller{cfg: cfg, log: cfg.Logger, inf: inf, lister: listersv1.NewNodeLister(inf.GetIndexer()),
 		kick: make(chan struct{}, 1)}
 	kick := func(any) { c.Kick() }
-	inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    kick,
 		UpdateFunc: func(_, _ any) { c.Kick() },
 		DeleteFunc: kick,
@@ -98,9 +104,13 @@ func (c *Controller) Kick() {
 // logged and retried at the next kick or tick; Run returns only when ctx
 // ends or the informer never syncs.
 func (c *Controller) Run(ctx context.Context) error {
-	c.factory.Start(ctx.Done())
-	defer c.factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.inf.RunWithContext(ctx)
+	}()
+	defer func() { <-done }() // the informer stops with ctx
+	if !cache.WaitForCacheSync(ctx.Done(), c.inf.HasSynced) {
 		return fmt.Errorf("node informer: %w", ctx.Err())
 	}
 	c.log.Info("node informer synced; routing other nodes' pod CIDRs", "node", c.cfg.NodeName, "proto", fmt.Sprintf("0x%x", NodeRouteProtocol))

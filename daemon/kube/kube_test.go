@@ -232,7 +232,7 @@ func TestControllerLifecycle(t *testing.T) {
 	defer cancel()
 	cs := fake.NewSimpleClientset(node("self", nil, "192.168.1.1"), node("b", []string{"10.244.2.0/24"}, "192.168.1.2"))
 	tbl := newFakeTable("192.168.1.0/24")
-	c := NewController(cs, ControllerConfig{NodeName: "self", Table: tbl, ResyncPeriod: 200 * time.Millisecond, Logger: discard()})
+	c := NewController(cs.CoreV1().Nodes(), ControllerConfig{NodeName: "self", Table: tbl, ResyncPeriod: 200 * time.Millisecond, Logger: discard()})
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
 	nodes := cs.CoreV1().Nodes()
@@ -312,7 +312,7 @@ func TestControllerStartRemovesStale(t *testing.T) {
 	tbl := newFakeTable("192.168.1.0/24")
 	tbl.set(TableRoute{Dst: pfx("10.244.7.0/24"), Via: addr("192.168.1.7"), Proto: NodeRouteProtocol})
 	tbl.failList = errors.New("netlink: boom")
-	c := NewController(cs, ControllerConfig{NodeName: "self", Table: tbl, ResyncPeriod: 100 * time.Millisecond, Logger: discard()})
+	c := NewController(cs.CoreV1().Nodes(), ControllerConfig{NodeName: "self", Table: tbl, ResyncPeriod: 100 * time.Millisecond, Logger: discard()})
 	go c.Run(ctx)
 	eventually(t, "list error reported", func() bool { return c.Status().Errors > 0 }, tbl.snapshot)
 	if st := c.Status(); !strings.Contains(st.LastError, "boom") {
@@ -332,7 +332,7 @@ func TestWaitPodCIDRs(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	got := make(chan []netip.Prefix, 1)
 	go func() {
-		c, err := WaitPodCIDRs(ctx, cs, "n1", 5*time.Millisecond, log)
+		c, err := WaitPodCIDRs(ctx, cs.CoreV1().Nodes(), "n1", 5*time.Millisecond, log)
 		if err != nil {
 			t.Error(err)
 		}
@@ -357,7 +357,7 @@ func TestWaitPodCIDRs(t *testing.T) {
 	short, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel2()
 	nodes.Create(ctx, node("n2", nil, "192.168.1.2"), metav1.CreateOptions{})
-	_, err := WaitPodCIDRs(short, cs, "n2", 5*time.Millisecond, log)
+	_, err := WaitPodCIDRs(short, cs.CoreV1().Nodes(), "n2", 5*time.Millisecond, log)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "--allocate-node-cidrs") {
 		t.Fatalf("err %v", err)
 	}

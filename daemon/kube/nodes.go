@@ -12,15 +12,32 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// NewClient returns a clientset from the kubeconfig file, or from the
-// in-cluster service account when kubeconfig is empty (a pod of the
-// DaemonSet).
-func NewClient(kubeconfig, userAgent string) (kubernetes.Interface, error) {
+// NodeClient is what the node agent reads from the API: Nodes, nothing
+// else. Its methods are those of client-go's typed NodeInterface, so a
+// fake clientset's CoreV1().Nodes() is one (tests); NewClient returns the
+// real one.
+type NodeClient interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Node, error)
+	List(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error)
+	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
+}
+
+// NewClient returns a client of the Nodes of the cluster from the
+// kubeconfig file, or from the in-cluster service account when kubeconfig
+// is empty (a pod of the DaemonSet).
+//
+// It is a REST client with a scheme of the core/v1 types only, not
+// client-go's clientset: the clientset's scheme registers every API group
+// at process start, and this binary is also the CNI plugin, executed for
+// every ADD and DEL (it cost ~20 ms per exec).
+func NewClient(kubeconfig, userAgent string) (NodeClient, error) {
 	var cfg *rest.Config
 	var err error
 	if kubeconfig == "" {
@@ -38,7 +55,39 @@ func NewClient(kubeconfig, userAgent string) (kubernetes.Interface, error) {
 	// A node agent's load on the API server is small: one watch and, at
 	// start, a list.
 	cfg.QPS, cfg.Burst = 5, 10
-	return kubernetes.NewForConfig(cfg)
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	cfg.GroupVersion = &corev1.SchemeGroupVersion
+	cfg.APIPath = "/api"
+	cfg.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	rc, err := rest.RESTClientFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return restNodes{rc: rc}, nil
+}
+
+// restNodes is NodeClient over the REST client, as client-go's typed
+// client does it.
+type restNodes struct{ rc *rest.RESTClient }
+
+func (n restNodes) Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Node, error) {
+	out := &corev1.Node{}
+	err := n.rc.Get().Resource("nodes").Name(name).VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(out)
+	return out, err
+}
+
+func (n restNodes) List(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error) {
+	out := &corev1.NodeList{}
+	err := n.rc.Get().Resource("nodes").VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(out)
+	return out, err
+}
+
+func (n restNodes) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	opts.Watch = true
+	return n.rc.Get().Resource("nodes").VersionedParams(&opts, metav1.ParameterCodec).Watch(ctx)
 }
 
 // PodCIDRs returns a node's pod CIDRs: spec.podCIDRs, or spec.podCIDR
@@ -212,7 +261,7 @@ var ErrNoNode = errors.New("node object not found")
 // object yet, or no CIDR: kube-controller-manager allocates them with
 // --allocate-node-cidrs and --cluster-cidr). It returns ctx's error when
 // ctx ends first.
-func WaitPodCIDRs(ctx context.Context, cs kubernetes.Interface, node string, interval time.Duration, log *slog.Logger) ([]netip.Prefix, error) {
+func WaitPodCIDRs(ctx context.Context, cs NodeClient, node string, interval time.Duration, log *slog.Logger) ([]netip.Prefix, error) {
 	var lastLog time.Time
 	for {
 		cidrs, why, err := nodeCIDRs(ctx, cs, node)
@@ -236,10 +285,10 @@ func WaitPodCIDRs(ctx context.Context, cs kubernetes.Interface, node string, int
 
 // nodeCIDRs reads the node once: its CIDRs, or why there are none yet. A
 // malformed CIDR is an error (a wrong config is worse than none).
-func nodeCIDRs(ctx context.Context, cs kubernetes.Interface, node string) ([]netip.Prefix, string, error) {
+func nodeCIDRs(ctx context.Context, cs NodeClient, node string) ([]netip.Prefix, string, error) {
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	n, err := cs.CoreV1().Nodes().Get(cctx, node, metav1.GetOptions{})
+	n, err := cs.Get(cctx, node, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		return nil, fmt.Sprintf("%v: the kubelet has not registered node %q yet (is --node-name / NODE_NAME right?)", ErrNoNode, node), nil
