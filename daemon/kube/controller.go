@@ -11,8 +11,8 @@ import (
 	"sync"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -52,10 +52,10 @@ type Status struct {
 
 // Controller routes other nodes' pod CIDRs (see the package doc).
 type Controller struct {
-	cfg     ControllerConfig
-	log     *slog.Logger
-	inf     cache.SharedIndexInformer
-	lister  listersv1.NodeLister
+	cfg    ControllerConfig
+	log    *slog.Logger
+	inf    cache.SharedIndexInformer
+	lister listersv1.NodeLister
 	// kick holds at most one pending reconcile request.
 	kick chan struct{}
 
