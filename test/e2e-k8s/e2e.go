@@ -165,13 +165,33 @@ func (t *e2e) all(ctx context.Context, k8sCache string) {
 		out, err := t.kubectl(ctx, "apply", "-f", dir)
 		return strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(out), "\n", ",")), " ") + note, err
 	})
-	if !t.probes {
-		r.skip("DaemonSet liveness/readiness probes on /healthz and /readyz",
-			"this cni-userstack has no `serve --metrics-addr` yet (the operations issue serves /healthz and /readyz); probes removed from the applied copy")
-	}
 	r.step(true, "DaemonSet pod Running and Ready; node Ready once the init container wrote the conflist with the node's pod CIDR", func() (string, error) {
 		return t.daemonReady(ctx, "")
 	})
+	if !t.probes {
+		r.skip("DaemonSet liveness/readiness probes on /healthz and /readyz",
+			"this cni-userstack has no `serve --metrics-addr` yet (the operations issue serves /healthz and /readyz); probes removed from the applied copy")
+	} else {
+		r.step(false, "DaemonSet probes: the kubelet's liveness /healthz and readiness /readyz on 127.0.0.1:9765 answer", func() (string, error) {
+			l, err := c.admin.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=cni-userstack"})
+			if err != nil || len(l.Items) != 1 {
+				return "", fmt.Errorf("daemon pods: %d %v", len(l.Items), err)
+			}
+			ct := l.Items[0].Spec.Containers[0]
+			if ct.LivenessProbe == nil || ct.ReadinessProbe == nil || ct.LivenessProbe.HTTPGet.Path != "/healthz" || ct.ReadinessProbe.HTTPGet.Path != "/readyz" {
+				return "", fmt.Errorf("the running pod has probes %+v / %+v", ct.LivenessProbe, ct.ReadinessProbe)
+			}
+			var out []string
+			for _, path := range []string{"/healthz", "/readyz"} {
+				body, err := t.inNetNS(ctx, c.n1Path, "get", "http://127.0.0.1:9765"+path)
+				if err != nil {
+					return "", err
+				}
+				out = append(out, path+": "+strings.TrimSpace(body))
+			}
+			return strings.Join(out, "; ") + fmt.Sprintf("; restarts %d", l.Items[0].Status.ContainerStatuses[0].RestartCount), nil
+		})
+	}
 	r.step(true, "test pods Ready: HTTP readiness probe (kubelet -> pod IP) passes; addresses from the node's pod CIDR", func() (string, error) {
 		return t.createTestPods(ctx)
 	})
