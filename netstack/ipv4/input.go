@@ -139,6 +139,14 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 		skb.CB[cbFlags] |= flagBroadcast
 		l.localDeliver(skb)
 	default:
+		// Netfilter's reply-to (policy routing by the flow's conntrack
+		// entry): a reply of a flow that entered through a reply-to NIC
+		// leaves through that NIC. One read of skb.CB when there is none.
+		if n := netfilter.ReplyNIC(skb); n != 0 && n != res.NIC {
+			if r, ok := l.fib.Via(h.Dst(), n); ok {
+				res = r
+			}
+		}
 		l.forward(skb, res)
 	}
 }
