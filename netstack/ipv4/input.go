@@ -2,6 +2,7 @@ package ipv4
 
 import (
 	"errors"
+	"net/netip"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
@@ -114,8 +115,13 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 	src := h.Src()
 	// A flow diverted by netfilter's DIVERT (TPROXY-style) is local
 	// whatever its destination, as "ip rule fwmark → table local" makes it.
+	// Its source is validated all the same (ip_route_input_slow runs
+	// fib_validate_source for a local route too): a pod cannot hand the
+	// proxy a flow from an address that is not its own.
 	if skb.Mark&netfilter.MarkDivert != 0 {
-		l.localDeliver(skb)
+		if l.rpFilter(skb, src) {
+			l.localDeliver(skb)
+		}
 		return
 	}
 	res, err := l.fib.Input(src, h.Dst(), skb.InNIC)
@@ -123,11 +129,7 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 		l.inputRouteError(skb, err)
 		return
 	}
-	// RFC 3704 §2.2 strict reverse-path forwarding, per NIC
-	// (fib_validate_source with rp_filter=1): -EXDEV, LINUX_MIB_IPRPFILTER.
-	if l.rpStrict(skb.InNIC) && !l.fib.ReversePathOK(src, skb.InNIC) {
-		l.count(RPFilterDrops)
-		skb.Free(DropRPFilter)
+	if !l.rpFilter(skb, src) {
 		return
 	}
 	switch res.Type {
@@ -149,6 +151,19 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 		}
 		l.forward(skb, res)
 	}
+}
+
+// rpFilter is RFC 3704 §2.2 strict reverse-path forwarding, per NIC
+// (fib_validate_source with rp_filter=1): false, with skb freed (-EXDEV,
+// LINUX_MIB_IPRPFILTER), when the route back to src does not leave
+// through the NIC skb came in on.
+func (l *Layer) rpFilter(skb *buf.SKB, src netip.Addr) bool {
+	if l.rpStrict(skb.InNIC) && !l.fib.ReversePathOK(src, skb.InNIC) {
+		l.count(RPFilterDrops)
+		skb.Free(DropRPFilter)
+		return false
+	}
+	return true
 }
 
 // inputRouteError handles a failed input route, as ip_route_input_slow's
