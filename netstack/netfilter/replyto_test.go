@@ -415,3 +415,39 @@ func TestReplyToNoLoop(t *testing.T) {
 		t.Fatalf("the late answer left through the uplink %d times, want once", d)
 	}
 }
+
+// flush empties a connection table, as a daemon restart leaves the
+// stack's (conntrack -F).
+func flush(nf *netfilter.Netfilter) {
+	ct := nf.Conntrack()
+	for _, e := range ct.List() {
+		if c, _, ok := ct.Lookup(e.Original); ok {
+			ct.Kill(c)
+		}
+	}
+}
+
+// After the stack's conntrack is emptied (a daemon restart), a Service
+// flow whose client sends first recovers: its packet through the host
+// opens a new entry on the uplink. One whose backend sends first opens
+// the entry from the pod link and goes straight to the client, from the
+// backend's address (docs/kubernetes.md says so).
+func TestReplyToAfterConntrackFlush(t *testing.T) {
+	n, stackNF, _ := hairpinNode(t, true)
+	a, b := n.Pods[0], n.Pods[1]
+	srv := udpListen(t, b, 5353)
+	go udpEcho(srv)
+	cli := udpListen(t, a, 40000)
+	svc := net.UDPAddrFromAddrPort(netip.AddrPortFrom(svcAddr, 53))
+	for _, m := range []string{"before", "client first"} {
+		cli.WriteTo([]byte(m), svc)
+		if msg, from := readFrom(t, cli); string(msg) != "echo:"+m || from != netip.AddrPortFrom(svcAddr, 53) {
+			t.Fatalf("%s: A got %q from %v", m, msg, from)
+		}
+		flush(stackNF)
+	}
+	srv.WriteTo([]byte("backend first"), net.UDPAddrFromAddrPort(netip.AddrPortFrom(a.Addr(), 40000)))
+	if msg, from := readFrom(t, cli); string(msg) != "backend first" || from != netip.AddrPortFrom(b.Addr(), 5353) {
+		t.Fatalf("backend first: A got %q from %v, want it from B itself", msg, from)
+	}
+}
