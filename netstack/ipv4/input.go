@@ -119,9 +119,12 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 	// fib_validate_source for a local route too): a pod cannot hand the
 	// proxy a flow from an address that is not its own.
 	if skb.Mark&netfilter.MarkDivert != 0 {
-		if l.rpFilter(skb, src) {
-			l.localDeliver(skb)
+		if l.rpStrict(skb.InNIC) && !l.fib.ReversePathOK(src, skb.InNIC) {
+			l.count(RPFilterDrops)
+			skb.Free(DropRPFilter)
+			return
 		}
+		l.localDeliver(skb)
 		return
 	}
 	res, err := l.fib.Input(src, h.Dst(), skb.InNIC)
@@ -129,7 +132,11 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 		l.inputRouteError(skb, err)
 		return
 	}
-	if !l.rpFilter(skb, src) {
+	// RFC 3704 §2.2 strict reverse-path forwarding, per NIC
+	// (fib_validate_source with rp_filter=1): -EXDEV, LINUX_MIB_IPRPFILTER.
+	if l.rpStrict(skb.InNIC) && !l.fib.ReversePathOK(src, skb.InNIC) {
+		l.count(RPFilterDrops)
+		skb.Free(DropRPFilter)
 		return
 	}
 	switch res.Type {
@@ -145,25 +152,20 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 		// entry): a reply of a flow that entered through a reply-to NIC
 		// leaves through that NIC. One read of skb.CB when there is none.
 		if n := netfilter.ReplyNIC(skb); n != 0 && n != res.NIC {
-			if r, ok := l.fib.Via(h.Dst(), n); ok {
-				res = r
-			}
+			l.forward(skb, l.replyRoute(res, h.Dst(), n))
+			return
 		}
 		l.forward(skb, res)
 	}
 }
 
-// rpFilter is RFC 3704 §2.2 strict reverse-path forwarding, per NIC
-// (fib_validate_source with rp_filter=1): false, with skb freed (-EXDEV,
-// LINUX_MIB_IPRPFILTER), when the route back to src does not leave
-// through the NIC skb came in on.
-func (l *Layer) rpFilter(skb *buf.SKB, src netip.Addr) bool {
-	if l.rpStrict(skb.InNIC) && !l.fib.ReversePathOK(src, skb.InNIC) {
-		l.count(RPFilterDrops)
-		skb.Free(DropRPFilter)
-		return false
+// replyRoute is the route of a reply that netfilter's reply-to sends out
+// of nic: the route to dst through nic, else res (the FIB's own choice).
+func (l *Layer) replyRoute(res route.Result, dst netip.Addr, nic int) route.Result {
+	if r, ok := l.fib.Via(dst, nic); ok {
+		return r
 	}
-	return true
+	return res
 }
 
 // inputRouteError handles a failed input route, as ip_route_input_slow's

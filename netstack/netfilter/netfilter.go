@@ -465,7 +465,15 @@ func (nf *Netfilter) conntrackIn(skb *buf.SKB, st *State) Verdict {
 			// delivered locally (the TPROXY "-m socket" rule's job).
 			c.Mark.Or(MarkDivert)
 		}
-		nf.replyToHook(skb, c, dir, info, st.In)
+		// Reply-to (replyto.go): a reply-direction packet pays one
+		// atomic load; only new flows look at the reply-to NICs.
+		if dir == conntrack.Reply {
+			if n := c.ReplyNIC(); n != 0 && n != st.In {
+				setReplyNIC(skb, n)
+			}
+		} else if info == conntrack.InfoNew && st.In != 0 {
+			nf.replyToNew(c, st.In)
+		}
 	}
 	return Accept()
 }

@@ -81,16 +81,15 @@ func ReplyNIC(skb *buf.SKB) int {
 	return int(binary.LittleEndian.Uint32(skb.CB[cbReplyNIC:]))
 }
 
-// replyToHook is the conntrack hook's reply-to half (see above) for a
-// tracked packet of c in direction dir that arrived on in (0: local).
-func (nf *Netfilter) replyToHook(skb *buf.SKB, c *conntrack.Conn, dir conntrack.Dir, info conntrack.Info, in int) {
-	if dir == conntrack.Reply {
-		if n := c.ReplyNIC(); n != 0 && n != in {
-			binary.LittleEndian.PutUint32(skb.CB[cbReplyNIC:], uint32(n))
-		}
-		return
-	}
-	if info == conntrack.InfoNew && in != 0 && slices.Contains(*nf.replyTo.Load(), in) {
+// replyToNew is the first half (see above), for a new flow's packet that
+// arrived on in: c records in when it is a reply-to NIC.
+func (nf *Netfilter) replyToNew(c *conntrack.Conn, in int) {
+	if slices.Contains(*nf.replyTo.Load(), in) {
 		c.SetReplyNIC(in)
 	}
+}
+
+// setReplyNIC is the second half's store, for ReplyNIC.
+func setReplyNIC(skb *buf.SKB, nic int) {
+	binary.LittleEndian.PutUint32(skb.CB[cbReplyNIC:], uint32(nic))
 }

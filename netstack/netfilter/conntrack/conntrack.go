@@ -115,9 +115,6 @@ type Conn struct {
 	reply  atomic.Pointer[Tuple] // replaced (under Table.mu) by a NAT binding; read lock-free
 	status atomic.Uint32
 	Mark   atomic.Uint32
-	// replyNIC is the NIC the reply direction is routed out of, 0 for
-	// the FIB's choice (SetReplyNIC).
-	replyNIC atomic.Int32
 
 	expires atomic.Int64 // clock ns of the idle deadline
 	timer   *clock.Timer
@@ -128,6 +125,10 @@ type Conn struct {
 	armed int64 // deadline the timer is armed for
 
 	packets, bytes [2]atomic.Uint64
+	// replyNIC is the NIC the reply direction is routed out of, 0 for
+	// the FIB's choice (SetReplyNIC). Last, so the fields every packet
+	// touches keep their offsets.
+	replyNIC atomic.Int32
 }
 
 // Tuple returns the tuple of direction d; it takes no lock.
