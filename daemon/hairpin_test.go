@@ -99,6 +99,17 @@ func TestStackAttacherServiceBackendOnSameNode(t *testing.T) {
 			if got := <-seen; got.Addr() != pa {
 				t.Fatalf("pod B saw the request from %v, want pod A's %v", got, pa)
 			}
+			// `conntrack -L` shows the flow the host sent in, replied to
+			// through the uplink.
+			var hairpin []api.ConntrackEntry
+			for _, e := range a.Conntrack(true).Entries {
+				if e.Original.Src == pa && e.Original.Dst == pb {
+					hairpin = append(hairpin, e)
+				}
+			}
+			if len(hairpin) != 1 || hairpin[0].ReplyTo != UplinkStackIfName {
+				t.Fatalf("conntrack entries A → B: %+v, want one with reply-to %s", hairpin, UplinkStackIfName)
+			}
 
 			// TCP: a connection to the Service echoes.
 			ln, err := podB.ListenTCP(netip.AddrPortFrom(pb, 8080))
