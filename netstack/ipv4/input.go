@@ -152,20 +152,22 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 		// entry): a reply of a flow that entered through a reply-to NIC
 		// leaves through that NIC. One read of skb.CB when there is none.
 		if n := netfilter.ReplyNIC(skb); n != 0 && n != res.NIC {
-			l.forward(skb, l.replyRoute(res, h.Dst(), n))
-			return
+			l.replyRoute(&res, h.Dst(), n)
 		}
 		l.forward(skb, res)
 	}
 }
 
-// replyRoute is the route of a reply that netfilter's reply-to sends out
-// of nic: the route to dst through nic, else res (the FIB's own choice).
-func (l *Layer) replyRoute(res route.Result, dst netip.Addr, nic int) route.Result {
+// replyRoute sets *res to the route of a reply that netfilter's reply-to
+// sends out of nic: the route to dst through nic, if there is one (else
+// *res, the FIB's own choice, stays). Out of line, so the forwarding
+// path's frame does not carry its Result.
+//
+//go:noinline
+func (l *Layer) replyRoute(res *route.Result, dst netip.Addr, nic int) {
 	if r, ok := l.fib.Via(dst, nic); ok {
-		return r
+		*res = r
 	}
-	return res
 }
 
 // inputRouteError handles a failed input route, as ip_route_input_slow's
