@@ -3,7 +3,9 @@
 // and the dst_entry they produce): a main table of prefixes answered by
 // longest-prefix match, a local table of the stack's own addresses, the
 // broadcast addresses derived from both, and the decision functions Input,
-// Output and ReversePathOK that turn an address pair into a Result.
+// Output and ReversePathOK that turn an address pair into a Result, plus
+// Via, the route through one given NIC (the table of a policy rule, which
+// netfilter's reply-to uses).
 //
 // An output Flow may be Transparent (IP_TRANSPARENT, FLOWI_FLAG_ANYSRC):
 // its source need not be an address of the stack, which proxy mode uses
