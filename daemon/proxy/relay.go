@@ -341,12 +341,15 @@ func (r *relay) notify(ev tcp.Event) {
 
 // ready is the host socket's poller callback.
 func (r *relay) ready(ev uint32) {
+	// Recorded first, even while connecting: the edge-triggered event
+	// that completes a connect can carry the host's data and FIN at
+	// once, and is not reported again.
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r.hostRdHup.Store(true)
+	}
 	if !r.downReady.Load() {
 		r.connected()
 		return
-	}
-	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		r.hostRdHup.Store(true)
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		r.kick(toPod)
