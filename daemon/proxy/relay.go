@@ -396,7 +396,7 @@ func (r *relay) pumpToHost() {
 		case err == io.EOF:
 			// RFC 9293 §3.6: the pod's FIN becomes ours to the host.
 			var serr error
-			if cerr := r.up.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
+			if cerr := r.up.Control(func(fd uintptr) { serr = rawShutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
 				serr = cerr
 			}
 			if serr != nil {
