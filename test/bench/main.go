@@ -121,6 +121,27 @@
 // target, so that target asks for as much as the cheapest host-socket
 // relay has shown here.
 //
+// The physical floor of proxy mode on this machine is floor-epoll: the
+// kernel path plus the host socket's own TCP and two wake-ups per round
+// trip, with nothing in between. After issue 11's data-path work (perf
+// branch of 2026-12-07, 3 rounds of 3 s, load average 1.5-3.6; the
+// commit that wrote this paragraph quotes the run), medians, floor-epoll
+// against the kernel: one stream 0.78× pod→host and 0.91× host→pod, four
+// streams 0.90× and 1.36× (the kernel reference ran under more load),
+// RR p50/p99 51/82 µs against 8.7/15.9 (the floor's p50 is bimodal
+// across runs: 28.5-51 µs), connections/s 0.48×, 0.22 s/GB. Proxy mode
+// against that floor: 0.92× one stream pod→host, 0.60× host→pod, 0.91×
+// and 0.73× with four streams, RR p50 1.03× and p99 1.17× (against the
+// floor's fast mode, 29 µs, about 1.8×), 0.68× its connections/s and
+// 2.0× its CPU per GB. What is left is where the floor does not go: host
+// → pod one stream is one goroutine doing both copies (readv from the
+// host socket, sendmmsg into the pod's veth, whose receive softirq runs
+// in the same call) on one CPU, where the floor splices without copying;
+// a round trip costs the daemon 33-37 µs of CPU (the floor 18-23, pasta
+// 19-30), of which about 60% is the kernel's (the two sockets' TCP and
+// the peers' wake-ups) and the rest Go's scheduler and our stack; a
+// connection about 200 µs (the floor 105, pasta 115).
+//
 // # Memory per idle relayed connection
 //
 // -mem-conns (default 10 000) TCP connections from one pod to a hold
