@@ -1,9 +1,13 @@
-// Package netstack owns the Stack (inet_init and struct net): one network
-// namespace's worth of userspace TCP/IP, built from the layer packages
-// below it and wired the way inet_init wires the kernel's: the ARP and
-// IPv4 packet types registered on the device list, UDP (and the ICMP echo
-// client behind Ping) on the IPv4 protocol table, UDP in the socket
-// switch. It also owns the configuration calls that span layers (an
+// Package netstack owns the Stack (inet_init, inet6_init and struct net):
+// one network namespace's worth of userspace TCP/IP, built from the layer
+// packages below it and wired the way inet_init wires the kernel's: the
+// ARP, IPv4 and IPv6 packet types registered on the device list, UDP (and
+// the ICMP echo client behind Ping) on the IPv4 protocol table, the ICMPv6
+// echo client on the IPv6 one, UDP in the socket switch. IPv6 is always
+// on but a NIC takes part only once it has an IPv6 address, which brings
+// its link-local address (stack6.go); IPv4 and IPv6 have separate
+// netfilter hooks (Hooks, Hooks6) and share the FIB and the neighbour
+// table. It also owns the configuration calls that span layers (an
 // address is a NIC address, a local route and a connected route), the
 // options of a fresh stack, and one Stats snapshot over every layer.
 //
@@ -22,7 +26,7 @@
 // Receive runs to completion. The NIC goroutine reads a batch
 // (Endpoint.ReadBatch, up to RxBatch frames), takes the time once, and
 // carries each frame as far as it goes on that goroutine: taps → Ethernet
-// check → neigh.Rcv or ipv4.Rcv (validation, PREROUTING, route.Input,
+// check → neigh.Rcv, ipv4.Rcv or ipv6.Rcv (validation, PREROUTING, route.Input,
 // reassembly, LOCAL_IN) → the L4 handler (udp.V4Rcv: lookup, enqueue the
 // SKB on the socket, signal a waiting reader) — or, when forwarding,
 // FORWARD → output → neigh → the output NIC's transmit queue. Replies made
@@ -36,8 +40,9 @@
 // others just enqueue (qdisc_run's RUNNING bit), so frames leave in order
 // and one goroutine at a time writes an endpoint.
 //
-// Timers run on the clock: neighbour NUD timers, reassembly expiry, the
-// IPv4 loopback backlog drain,
+// Timers run on the clock: neighbour NUD timers, Router Advertisements,
+// reassembly expiry (both families), the IPv4 and IPv6 loopback backlog
+// drains,
 // fault-injected delays and socket deadline wake-ups. Callbacks are short,
 // never block, and take only their owner's lock. Datagrams a stack sends
 // to its own addresses go through ipv4's loopback backlog, drained by a
@@ -63,6 +68,7 @@
 //	  > neigh.Table.mu > clock
 //	  > udp.Proto.mu (RW: lookups read) > udp.Socket.mu > clock
 //	  > ipv4 reassembler.mu > clock
+//	  > ipv6 reassembler.mu > clock
 //
 // Leaves, held without calling out: route.Table.mu (writers only; lookups
 // read an atomic snapshot), the ipv4 token bucket and backlog locks,

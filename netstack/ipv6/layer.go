@@ -189,6 +189,7 @@ func New(cfg Config) *Layer {
 	l.backlog.init(l)
 	if l.neigh != nil {
 		l.neigh.SetFailureHandler6(l.neighFailure)
+		l.neigh.SetRouter(cfg.Forwarding)
 	}
 	return l
 }

@@ -38,6 +38,16 @@ var (
 	ChainRA = netip.MustParsePrefix("10.0.1.254/24")
 	ChainRB = netip.MustParsePrefix("10.0.2.254/24")
 	ChainB  = netip.MustParsePrefix("10.0.2.1/24")
+
+	// With DualStack, IPv6 beside them (each NIC also gets its
+	// link-local address): Pair: A fd00::1/64 — B fd00::2/64. Chain:
+	// A fd00:1::1/64 — fd00:1::fe/64 R fd00:2::fe/64 — fd00:2::1/64 B.
+	PairA6   = netip.MustParsePrefix("fd00::1/64")
+	PairB6   = netip.MustParsePrefix("fd00::2/64")
+	ChainA6  = netip.MustParsePrefix("fd00:1::1/64")
+	ChainRA6 = netip.MustParsePrefix("fd00:1::fe/64")
+	ChainRB6 = netip.MustParsePrefix("fd00:2::fe/64")
+	ChainB6  = netip.MustParsePrefix("fd00:2::1/64")
 )
 
 // DefaultMTU is the links' MTU unless MTU says otherwise.
@@ -50,7 +60,12 @@ type Node struct {
 	Name  string
 	NICs  []*dev.NIC
 	Addrs []netip.Prefix
+	// Addrs6 are the IPv6 addresses DualStack gave, in link order.
+	Addrs6 []netip.Prefix
 }
+
+// Addr6 is the node's first IPv6 address (DualStack topologies).
+func (n *Node) Addr6() netip.Addr { return n.Addrs6[0].Addr() }
 
 // NIC is the node's first NIC.
 func (n *Node) NIC() *dev.NIC { return n.NICs[0] }
@@ -66,8 +81,14 @@ type topoConfig struct {
 	mtu       int
 	faults    []fault.Option
 	capture   bool
+	dual      bool
 	stackOpts []netstack.Option
 }
+
+// DualStack gives every NIC of the topology an IPv6 address too (the
+// PairA6 ... ChainB6 prefixes) and, in Chain, IPv6 default routes via R
+// with R forwarding IPv6.
+func DualStack() TopoOption { return func(c *topoConfig) { c.dual = true } }
 
 // WithClock runs every stack, fault delay and capture timestamp of the
 // topology on clk (a clock.Manual in protocol tests). Without it the
@@ -198,7 +219,7 @@ func (tp *topology) stack(name string) *Node {
 // link connects a and b over a pipe; the a side is captured (every frame
 // on the wire, both directions) and, for the first link, wrapped with the
 // faults. Each end gets its address; the NICs are up.
-func (tp *topology) link(name string, a *Node, pa netip.Prefix, b *Node, pb netip.Prefix, faulty bool) {
+func (tp *topology) link(name string, a *Node, pa, pa6 netip.Prefix, b *Node, pb, pb6 netip.Prefix, faulty bool) {
 	tp.t.Helper()
 	ea, eb := pipe.New(tp.cfg.mtu)
 	var epA link.Endpoint = ea
@@ -217,11 +238,11 @@ func (tp *topology) link(name string, a *Node, pa netip.Prefix, b *Node, pb neti
 	if faulty && len(tp.cfg.faults) > 0 {
 		epA = fault.Wrap(epA, append([]fault.Option{fault.Clock(tp.cfg.clk)}, tp.cfg.faults...)...)
 	}
-	tp.attach(a, epA, pa, name)
-	tp.attach(b, eb, pb, name)
+	tp.attach(a, epA, pa, pa6, name)
+	tp.attach(b, eb, pb, pb6, name)
 }
 
-func (tp *topology) attach(n *Node, ep link.Endpoint, p netip.Prefix, linkName string) {
+func (tp *topology) attach(n *Node, ep link.Endpoint, p, p6 netip.Prefix, linkName string) {
 	tp.t.Helper()
 	nic, err := n.AddNIC(ep, netstack.NICConfig{Name: fmt.Sprintf("%s-%s", n.Name, linkName)})
 	if err != nil {
@@ -232,15 +253,22 @@ func (tp *topology) attach(n *Node, ep link.Endpoint, p netip.Prefix, linkName s
 	}
 	n.NICs = append(n.NICs, nic)
 	n.Addrs = append(n.Addrs, p)
+	if tp.cfg.dual {
+		if err := n.AddAddress(nic.ID(), p6); err != nil {
+			tp.t.Fatalf("%s: AddAddress %v: %v", n.Name, p6, err)
+		}
+		n.Addrs6 = append(n.Addrs6, p6)
+	}
 }
 
-// Pair is two stacks over one pipe: A (PairA) and B (PairB). Everything
-// is torn down at the end of the test.
+// Pair is two stacks over one pipe: A (PairA) and B (PairB), and with
+// DualStack PairA6 and PairB6. Everything is torn down at the end of the
+// test.
 func Pair(t testing.TB, opts ...TopoOption) (a, b *Node) {
 	t.Helper()
 	tp := newTopology(t, opts)
 	a, b = tp.stack("a"), tp.stack("b")
-	tp.link("ab", a, PairA, b, PairB, true)
+	tp.link("ab", a, PairA, PairA6, b, PairB, PairB6, true)
 	return a, b
 }
 
@@ -250,9 +278,22 @@ func Chain(t testing.TB, opts ...TopoOption) (a, r, b *Node) {
 	t.Helper()
 	tp := newTopology(t, opts)
 	a, r, b = tp.stack("a"), tp.stack("r"), tp.stack("b")
-	tp.link("ar", a, ChainA, r, ChainRA, true)
-	tp.link("rb", r, ChainRB, b, ChainB, false)
+	tp.link("ar", a, ChainA, ChainA6, r, ChainRA, ChainRA6, true)
+	tp.link("rb", r, ChainRB, ChainRB6, b, ChainB, ChainB6, false)
 	r.SetForwarding(true)
+	if tp.cfg.dual {
+		r.SetForwarding6(true)
+		for _, n := range []struct {
+			node *Node
+			gw   netip.Prefix
+		}{{a, ChainRA6}, {b, ChainRB6}} {
+			err := n.node.AddRoute(route.Route{Dst: netip.MustParsePrefix("::/0"), Gateway: n.gw.Addr(),
+				NIC: n.node.NIC().ID(), Type: route.Unicast})
+			if err != nil {
+				t.Fatalf("%s: IPv6 default route: %v", n.node.Name, err)
+			}
+		}
+	}
 	for _, n := range []struct {
 		node *Node
 		gw   netip.Prefix
