@@ -50,6 +50,9 @@ type Peer struct {
 	If, StackIf         string
 	KernelAddr          netip.Prefix
 	StackAddr           netip.Prefix
+	// KernelAddr6 and StackAddr6 are set by AddIPv6 (dual-stack peers).
+	KernelAddr6 netip.Prefix
+	StackAddr6  netip.Prefix
 }
 
 // NewPeer creates the two namespaces and the veth between them. On error
@@ -88,6 +91,21 @@ func NewPeer(kernelAddr, stackAddr string, mtu int) (p *Peer, err error) {
 	// the stack namespace never answers for it.
 	_, _ = Run("ip", "netns", "exec", p.StackNS, "sysctl", "-qw", "net.ipv6.conf."+p.StackIf+".disable_ipv6=1")
 	return p, nil
+}
+
+// AddIPv6 makes the peer dual-stack: the kernel end gets kernelAddr
+// (without duplicate address detection, so it is usable at once: "nodad")
+// and Attach gives the stack stackAddr beside the IPv4 one. The stack's
+// end stays without kernel IPv6 in its namespace.
+func (p *Peer) AddIPv6(kernelAddr, stackAddr string) (err error) {
+	if p.KernelAddr6, err = netip.ParsePrefix(kernelAddr); err != nil {
+		return err
+	}
+	if p.StackAddr6, err = netip.ParsePrefix(stackAddr); err != nil {
+		return err
+	}
+	_, err = Run("ip", "-n", p.NS, "-6", "addr", "add", kernelAddr, "dev", p.If, "nodad")
+	return err
 }
 
 // Close deletes both namespaces, and the veth with them. Idempotent.
@@ -131,6 +149,12 @@ func (p *Peer) Attach(s *netstack.Stack, capture string) (nic *dev.NIC, closeCap
 	if err := s.AddAddress(nic.ID(), p.StackAddr); err != nil {
 		closeCapture()
 		return nil, func() {}, err
+	}
+	if p.StackAddr6.IsValid() {
+		if err := s.AddAddress(nic.ID(), p.StackAddr6); err != nil {
+			closeCapture()
+			return nil, func() {}, err
+		}
 	}
 	return nic, closeCapture, nil
 }
