@@ -47,7 +47,19 @@ func (l *Layer) forward(skb *buf.SKB, res route.Result) {
 		return
 	}
 	mtu := l.routeMTU(res)
-	if exceedsMTU(skb, mtu) {
+	// A packet netfilter reassembled at PREROUTING (nf_defrag_ipv6) is
+	// judged by its largest original fragment and, if that fits, leaves
+	// fragmented again (ip6_forward's frag_max_size check): conntrack's
+	// reassembly must not change what crosses the router.
+	if fms := netfilter.FragMaxSize(skb); fms > 0 {
+		if fms > mtu {
+			l.count(InTooBigErrors)
+			l.count(FragFails)
+			l.sendICMPError(skb, header.ICMPv6PacketTooBig, 0, uint32(mtu), true)
+			skb.Free(DropPktTooBig)
+			return
+		}
+	} else if exceedsMTU(skb, mtu) {
 		// RFC 4443 §3.2: "A Packet Too Big MUST be sent by a router in
 		// response to a packet that it cannot forward because the packet
 		// is larger than the MTU of the outgoing link", carrying that MTU.

@@ -127,6 +127,12 @@ func (l *Layer) finishOutput(skb *buf.SKB, res route.Result) error {
 	} else {
 		mtu = l.pathMTU(res, header.IPv6(skb.Bytes()).Dst())
 	}
+	if forwarded && skb.Len() > mtu {
+		if fms := netfilter.FragMaxSize(skb); fms > 0 {
+			// Reassembled by netfilter: fragmented again as it came.
+			return l.fragment(skb, min(mtu, fms), func(f *buf.SKB) { l.out(res.NIC, res.NextHop, f) })
+		}
+	}
 	if skb.Len() <= mtu || skb.GSOSize > 0 || forwarded {
 		l.out(res.NIC, res.NextHop, skb)
 		return nil

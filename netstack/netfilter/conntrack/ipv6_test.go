@@ -34,7 +34,7 @@ func TestIPv6Tracking(t *testing.T) {
 		t.Fatalf("tuple %v", c.Tuple(conntrack.Original))
 	}
 	tb.Confirm(c)
-	synack := stacktest.IPv6(srv6, cli6).TCP(80, 40000).Flags(header.SYN|header.ACK).Seq(1000).Ack(2).Window(65535).Bytes()
+	synack := stacktest.IPv6(srv6, cli6).TCP(80, 40000).Flags(header.SYN | header.ACK).Seq(1000).Ack(2).Window(65535).Bytes()
 	if c2, dir, info := in(t, tb, synack); c2 != c || dir != conntrack.Reply || info != conntrack.InfoEstablished {
 		t.Fatalf("SYN-ACK: %v %v", dir, info)
 	}

@@ -3,7 +3,6 @@ package conntrack
 import (
 	"encoding/binary"
 	"net/netip"
-
 )
 
 // Manip is which end of a flow NAT rewrites (enum nf_nat_manip_type).
