@@ -127,6 +127,14 @@
 // Destination Unreachable code 3 (address unreachable), deferred to the
 // backlog.
 //
+// Proxy mode (proxy.go), as IPv4's: an echo request carrying
+// netfilter.MarkDivert to an address that is not ours goes to the
+// EchoFunc set by SetEchoInterceptor (Icmp6InEchoDiverted), or is dropped
+// without one (Icmp6InEchoDivertDrops, ICMP_ECHO_NO_INTERCEPTOR).
+// SendEchoReply and SendICMPErrorQuote send from a foreign source
+// (route.Flow.Transparent), the latter quoting a caller-built packet
+// under SendICMPError's rules, size bound and rate limit.
+//
 // # Locks
 //
 // As IPv4's: the receive and transmit paths take no lock of this package

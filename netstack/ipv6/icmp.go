@@ -141,9 +141,9 @@ func (l *Layer) icmpEcho(skb *buf.SKB, m header.ICMPv6, ip header.IPv6) {
 	}
 	from := dst
 	if skb.CB[cbFlags]&flagMulticast == 0 && !l.fib.IsLocal(dst) {
-		// Diverted to us (proxy mode) for an address that is not ours:
-		// not ours to answer.
-		skb.Free(DropICMPIgnored)
+		// A diverted request to a foreign address: the proxy's to
+		// answer (proxy.go), not ours.
+		l.echoDiverted(skb, m, src, dst)
 		return
 	}
 	if skb.CB[cbFlags]&flagMulticast != 0 {

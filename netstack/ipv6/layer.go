@@ -125,6 +125,9 @@ type Layer struct {
 	secret [4]uint32
 	idents [identBuckets]atomic.Uint32
 
+	// echoFn receives diverted echo requests (SetEchoInterceptor).
+	echoFn atomic.Pointer[EchoFunc]
+
 	reasm   reassembler
 	pmtu    pmtuCache
 	icmpRL  tokenBucket

@@ -57,6 +57,8 @@ const (
 	IcmpOutParmProblems
 	IcmpOutEchos
 	IcmpOutEchoReplies
+	IcmpInEchoDiverted
+	IcmpInEchoDivertDrops
 	numCounters
 )
 
@@ -74,6 +76,7 @@ var counterNames = [numCounters]string{
 	"Icmp6InNeighborAdvertisements", "Icmp6InRedirects", "Icmp6InMLDv2Reports",
 	"Icmp6OutMsgs", "Icmp6OutErrors", "Icmp6OutRateLimitGlobal", "Icmp6OutDestUnreachs",
 	"Icmp6OutPktTooBigs", "Icmp6OutTimeExcds", "Icmp6OutParmProblems", "Icmp6OutEchos", "Icmp6OutEchoReplies",
+	"Icmp6InEchoDiverted", "Icmp6InEchoDivertDrops",
 }
 
 // String is the nstat name.
@@ -114,6 +117,9 @@ type ICMPStats struct {
 	InRedirects                                                                               uint64
 	OutMsgs, OutErrors, OutRateLimited, OutDestUnreachs, OutPktTooBigs, OutTimeExcds          uint64
 	OutParmProblems, OutEchos, OutEchoReplies                                                 uint64
+	// InEchoDiverted counts diverted echo requests handed to the echo
+	// interceptor; InEchoDivertDrops those dropped for want of one.
+	InEchoDiverted, InEchoDivertDrops uint64
 }
 
 // Stats returns the counters.
@@ -140,6 +146,7 @@ func (l *Layer) Stats() Stats {
 			OutRateLimited: g(IcmpOutRateLimited), OutDestUnreachs: g(IcmpOutDestUnreachs),
 			OutPktTooBigs: g(IcmpOutPktTooBigs), OutTimeExcds: g(IcmpOutTimeExcds),
 			OutParmProblems: g(IcmpOutParmProblems), OutEchos: g(IcmpOutEchos), OutEchoReplies: g(IcmpOutEchoReplies),
+			InEchoDiverted: g(IcmpInEchoDiverted), InEchoDivertDrops: g(IcmpInEchoDivertDrops),
 		},
 	}
 }
@@ -209,4 +216,7 @@ var (
 	DropICMPInvalid    = buf.NewDropReason("ICMP_INVALID")
 	DropICMPIgnored    = buf.NewDropReason("ICMP_IGNORED")
 	DropICMPNoHandler  = buf.NewDropReason("ICMP_NO_HANDLER")
+	// DropEchoNoInterceptor: a diverted echo request with no echo
+	// interceptor set (SetEchoInterceptor).
+	DropEchoNoInterceptor = buf.NewDropReason("ICMP_ECHO_NO_INTERCEPTOR")
 )
