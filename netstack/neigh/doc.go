@@ -53,9 +53,9 @@
 // every fragment of a 64 KiB datagram sent before ARP completes survives;
 // overflow frees the OLDEST with NEIGH_QUEUEFULL, as __neigh_event_send
 // does. When
-// resolution fails, each queued packet goes to the failure handler (ipv4
-// answers locally originated ones with ICMP host unreachable) and is then
-// freed with NEIGH_FAILED.
+// resolution fails, each queued packet goes to its family's failure
+// handler (ipv4 answers with ICMP host unreachable, ipv6 with ICMPv6
+// address unreachable) and is then freed with NEIGH_FAILED.
 //
 // NDP input (RcvNDP, ndisc_rcv): every message must have hop limit 255,
 // code 0 and well-formed options (RFC 4861 §6.1, §7.1), else it is freed
