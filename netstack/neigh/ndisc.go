@@ -187,7 +187,8 @@ func (t *Table) rcvNA(nic *dev.NIC, skb *buf.SKB, ip header.IPv6, b []byte) {
 		t.ndpInvalid(skb, DropNDPInvalid)
 		return
 	}
-	t.count(func(s *Stats) { s.NDPInAdverts++ })
+	// Counted when processed, so a reader of the counter sees its effect.
+	defer t.count(func(s *Stats) { s.NDPInAdverts++ })
 	if nic.HasAddress(target) {
 		// RFC 4862 §5.4.4: another node advertises one of our
 		// (non-tentative) addresses: a duplicate, which we count.

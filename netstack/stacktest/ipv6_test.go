@@ -148,7 +148,9 @@ func TestIPv6ForwardAndHopLimit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	stacktest.WaitFor(t, "R's errors", func() bool { return a.Stats().IP6.ICMP.InTimeExcds == 5 })
+	stacktest.WaitFor(t, "R's errors", func() bool {
+		return a.Stats().IP6.ICMP.InTimeExcds == 5 && r.Stats().IP6.InHdrErrors == 20
+	})
 	sr := r.Stats()
 	if sr.IP6.InHdrErrors != 20 || sr.IP6.ICMP.OutTimeExcds != 5 || sr.IP6.ICMP.OutRateLimited != 15 {
 		t.Fatalf("R: %+v", sr.IP6)

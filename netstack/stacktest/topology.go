@@ -269,7 +269,34 @@ func Pair(t testing.TB, opts ...TopoOption) (a, b *Node) {
 	tp := newTopology(t, opts)
 	a, b = tp.stack("a"), tp.stack("b")
 	tp.link("ab", a, PairA, PairA6, b, PairB, PairB6, true)
+	tp.settle(map[*Node]int{a: 1, b: 1})
 	return a, b
+}
+
+// settle waits until every node has processed the announcements its
+// links' far ends sent when their addresses were added (links[n] of
+// them): one gratuitous ARP each (RFC 5227 §3) and, with DualStack, two
+// unsolicited Neighbor Advertisements (link-local and global, RFC 4861
+// §7.2.6), which a node whose own addresses came later dropped
+// (IPV6DISABLED, or IP_RPFILTER before its route back existed). A test then starts from a quiet topology: an
+// announcement arriving during its first resolution would merge into
+// the entry as Stale instead of the Reachable a reply makes. With faults
+// on the link an announcement may be lost; then settle does not wait.
+func (tp *topology) settle(links map[*Node]int) {
+	tp.t.Helper()
+	if len(tp.cfg.faults) > 0 {
+		return
+	}
+	WaitFor(tp.t, "the address announcements", func() bool {
+		for n, k := range links {
+			st := n.Stats()
+			na := st.Neigh.NDPInAdverts + st.Drops["IPV6DISABLED"] + st.Drops["IP_RPFILTER"]
+			if st.Neigh.InRequests < uint64(k) || (tp.cfg.dual && na < uint64(2*k)) {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // Chain is A — R — B: two pipes, R forwarding between them, A and B with
@@ -294,6 +321,7 @@ func Chain(t testing.TB, opts ...TopoOption) (a, r, b *Node) {
 			}
 		}
 	}
+	tp.settle(map[*Node]int{a: 1, r: 2, b: 1})
 	for _, n := range []struct {
 		node *Node
 		gw   netip.Prefix
