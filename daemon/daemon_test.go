@@ -471,23 +471,6 @@ func TestParseServeFlags(t *testing.T) {
 	}
 }
 
-func TestLockStateDir(t *testing.T) {
-	dir := t.TempDir()
-	l, err := lockStateDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lockStateDir(dir); err == nil || !strings.Contains(err.Error(), "another daemon") {
-		t.Fatalf("second lock: %v", err)
-	}
-	l.Close()
-	l2, err := lockStateDir(dir)
-	if err != nil {
-		t.Fatalf("lock after release: %v", err)
-	}
-	l2.Close()
-}
-
 // fakeProxy records the engine calls; failAdd makes AddPod fail for an ID
 // (with port mappings only, when failMappingsOnly).
 type fakeProxy struct {

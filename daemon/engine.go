@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 
@@ -19,18 +20,27 @@ type EngineProxy struct {
 // flags' settings: its TCP, UDP and echo interceptors and the gateway's
 // DNS relay run from here on, for whichever pods are added.
 func NewEngineProxy(s *netstack.Stack, f *ServeFlags, log *slog.Logger) (*EngineProxy, error) {
-	e, err := proxy.New(proxy.Config{
-		Stack:          s,
-		ConnectTimeout: f.ProxyConnectTimeout,
-		UDPIdleTimeout: f.ProxyUDPIdleTimeout,
-		MaxFlowsPerPod: f.ProxyMaxFlowsPerPod,
-		ResolvConf:     f.ResolvConf,
-		Logger:         log,
-	})
+	e, err := proxy.New(engineConfig(s, f, log))
 	if err != nil {
 		return nil, fmt.Errorf("proxy engine: %w", err)
 	}
 	return &EngineProxy{e: e}, nil
+}
+
+// engineConfig is the proxy engine's configuration from the serve flags.
+func engineConfig(s *netstack.Stack, f *ServeFlags, log *slog.Logger) proxy.Config {
+	return proxy.Config{
+		Stack:          s,
+		ConnectTimeout: f.ProxyConnectTimeout,
+		UDPIdleTimeout: f.ProxyUDPIdleTimeout,
+		MaxFlowsPerPod: f.ProxyMaxFlowsPerPod,
+		// Flag 0 is off; the engine's zero is the default.
+		KeepAliveIdle:     cmp.Or(f.ProxyKeepAliveIdle, -1),
+		KeepAliveInterval: f.ProxyKeepAliveInterval,
+		KeepAliveCount:    f.ProxyKeepAliveCount,
+		ResolvConf:        f.ResolvConf,
+		Logger:            log,
+	}
 }
 
 // Engine is the engine under the adapter.
@@ -64,7 +74,8 @@ func apiProxyStats(s proxy.Stats) *api.ProxyStats {
 		ActiveTCP: s.ActiveTCP, ActiveUDP: s.ActiveUDP, ActiveEcho: s.ActiveEcho, PendingTCP: s.PendingTCP,
 		TCPAccepted: s.TCPAccepted, TCPRefused: s.TCPRefused, TCPTimeouts: s.TCPTimeouts, TCPUnreachable: s.TCPUnreachable,
 		FlowLimitDrops: s.FlowLimitDrops, UDPFlowsOpened: s.UDPFlowsOpened, UDPPortUnreachables: s.UDPPortUnreachables,
-		EchoRelayed: s.EchoRelayed, EchoDenied: s.EchoDenied, EchoDropped: s.EchoDropped,
+		UDPICMPErrors: s.UDPICMPErrors,
+		EchoRelayed:   s.EchoRelayed, EchoRawRelayed: s.EchoRawRelayed, EchoDenied: s.EchoDenied, EchoICMPErrors: s.EchoICMPErrors, EchoDropped: s.EchoDropped,
 		DNSQueries: s.DNSQueries, DNSFailures: s.DNSFailures,
 		PortMapConns: s.PortMapConns,
 	}

@@ -9,17 +9,16 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
+	"github.com/cni-userstack/cni-userstack/daemon/proxy"
 	"github.com/cni-userstack/cni-userstack/netstack/link/afpacket"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/veth"
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 )
 
 // DefaultStateDir holds the daemon's records and locks.
@@ -27,9 +26,12 @@ const DefaultStateDir = "/var/lib/cni-userstack"
 
 // ServeFlags are the flags of `cni-userstack serve`.
 type ServeFlags struct {
-	Socket           string
-	StateDir         string
-	StackNetNS       string
+	Socket     string
+	StateDir   string
+	StackNetNS string
+	// LockDir holds the claim files that keep a second daemon off this
+	// one's stack netns and uplink (claim.go).
+	LockDir          string
 	LogLevel         string
 	UplinkSubnet     string
 	UplinkHostIfName string
@@ -41,6 +43,11 @@ type ServeFlags struct {
 	ProxyConnectTimeout time.Duration
 	ProxyUDPIdleTimeout time.Duration
 	ProxyMaxFlowsPerPod int
+	// TCP keepalive of both sockets of every proxy relay
+	// (daemon/proxy.Config.KeepAlive*); Idle 0 turns it off.
+	ProxyKeepAliveIdle     time.Duration
+	ProxyKeepAliveInterval time.Duration
+	ProxyKeepAliveCount    int
 	// BusyPoll is the AF_PACKET links' busy-poll budget
 	// (afpacket.Config.BusyPoll); 0 is off.
 	BusyPoll time.Duration
@@ -52,6 +59,14 @@ const (
 	DefaultProxyConnectTimeout = 10 * time.Second
 	DefaultProxyUDPIdleTimeout = 60 * time.Second
 	DefaultProxyMaxFlowsPerPod = 4096
+	// The kernel's keepalive defaults (net.ipv4.tcp_keepalive_time,
+	// _intvl, _probes) and bounds (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL:
+	// 32767 s; MAX_TCP_KEEPCNT: 127).
+	DefaultProxyKeepAliveIdle     = proxy.DefaultKeepAliveIdle
+	DefaultProxyKeepAliveInterval = proxy.DefaultKeepAliveInterval
+	DefaultProxyKeepAliveCount    = proxy.DefaultKeepAliveCount
+	maxKeepAliveTime              = 32767 * time.Second
+	maxKeepAliveCount             = 127
 )
 
 // AddFlags registers the serve flags on fs, with their defaults. The
@@ -60,7 +75,8 @@ const (
 func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Socket, "socket", api.DefaultSocket, "unix socket of the API (created 0600, its directory 0700)")
 	fs.StringVar(&f.StateDir, "state-dir", DefaultStateDir, "directory of the attachment records and locks")
-	fs.StringVar(&f.StackNetNS, "stack-netns", veth.DefaultStackNetNS, "name of the stack's network namespace under /var/run/netns (created when missing)")
+	fs.StringVar(&f.StackNetNS, "stack-netns", veth.DefaultStackNetNS, "name of the stack's network namespace under /var/run/netns (created when missing); one daemon per stack netns")
+	fs.StringVar(&f.LockDir, "lock-dir", DefaultLockDir, "directory of the claim files (stack-<netns>.lock, uplink-<ifname>.lock) that refuse a second daemon on this one's stack netns or uplink; the same for every daemon of the node")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.UplinkSubnet, "uplink-subnet", DefaultUplinkSubnet.String(), "route-mode uplink subnet, IPv4 /30 or shorter: the host end gets the first address, the stack the second")
 	fs.StringVar(&f.UplinkHostIfName, "uplink-host-ifname", DefaultUplinkHostIfName, "name of the uplink's end in the host netns")
@@ -69,12 +85,21 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.ProxyConnectTimeout, "proxy-connect-timeout", DefaultProxyConnectTimeout, "proxy mode: bound of a pod's upstream TCP connect; the pod gets an RST when it passes")
 	fs.DurationVar(&f.ProxyUDPIdleTimeout, "proxy-udp-idle-timeout", DefaultProxyUDPIdleTimeout, "proxy mode: a UDP or ICMP echo flow with no traffic for this long is closed")
 	fs.IntVar(&f.ProxyMaxFlowsPerPod, "proxy-max-flows-per-pod", DefaultProxyMaxFlowsPerPod, "proxy mode: concurrent TCP+UDP+ICMP flows per pod; new flows past it are refused and counted")
+	fs.DurationVar(&f.ProxyKeepAliveIdle, "proxy-keepalive-idle", DefaultProxyKeepAliveIdle, "proxy mode: TCP keepalive of both sockets of a relay: idle time before the first probe (whole seconds, at most 32767s; the kernel's tcp_keepalive_time by default); 0 turns keepalive off")
+	fs.DurationVar(&f.ProxyKeepAliveInterval, "proxy-keepalive-interval", DefaultProxyKeepAliveInterval, "proxy mode: time between keepalive probes (whole seconds, at most 32767s; tcp_keepalive_intvl)")
+	fs.IntVar(&f.ProxyKeepAliveCount, "proxy-keepalive-count", DefaultProxyKeepAliveCount, "proxy mode: unanswered keepalive probes after which a relay is closed (1..127; tcp_keepalive_probes)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket before it sleeps (NAPI busy polling, one link at a time per 2 CPUs): lower round-trip latency for up to this much CPU per idle read, worth it only with cores to spare; 0 is off, at most "+afpacket.MaxBusyPoll.String())
 }
 
 // Validate checks the flags' values together; its errors name the flag.
 func (f *ServeFlags) Validate() error {
 	switch {
+	case f.LockDir == "":
+		return fmt.Errorf("--lock-dir: a directory is required")
+	case f.StackNetNS == "" || strings.Contains(f.StackNetNS, "/"):
+		return fmt.Errorf("--stack-netns %q: a name under /var/run/netns is required", f.StackNetNS)
+	case f.UplinkHostIfName == "":
+		return fmt.Errorf("--uplink-host-ifname: a name is required")
 	case f.ResolvConf == "":
 		return fmt.Errorf("--resolv-conf: a file is required")
 	case f.ProxyConnectTimeout <= 0:
@@ -85,6 +110,12 @@ func (f *ServeFlags) Validate() error {
 		return fmt.Errorf("--proxy-max-flows-per-pod %d: must be positive", f.ProxyMaxFlowsPerPod)
 	case f.BusyPoll < 0 || f.BusyPoll > afpacket.MaxBusyPoll:
 		return fmt.Errorf("--busy-poll %v: must be between 0 and %v", f.BusyPoll, afpacket.MaxBusyPoll)
+	case f.ProxyKeepAliveIdle != 0 && !keepAliveTime(f.ProxyKeepAliveIdle):
+		return fmt.Errorf("--proxy-keepalive-idle %v: must be 0 (off) or whole seconds from 1s to %v", f.ProxyKeepAliveIdle, maxKeepAliveTime)
+	case !keepAliveTime(f.ProxyKeepAliveInterval):
+		return fmt.Errorf("--proxy-keepalive-interval %v: must be whole seconds from 1s to %v", f.ProxyKeepAliveInterval, maxKeepAliveTime)
+	case f.ProxyKeepAliveCount < 1 || f.ProxyKeepAliveCount > maxKeepAliveCount:
+		return fmt.Errorf("--proxy-keepalive-count %d: must be between 1 and %d", f.ProxyKeepAliveCount, maxKeepAliveCount)
 	}
 	if _, err := f.subnet(); err != nil {
 		return err
@@ -114,6 +145,13 @@ func ParseServeFlags(args []string, stderr io.Writer) (*ServeFlags, error) {
 	return f, nil
 }
 
+// keepAliveTime reports whether d is a keepalive time the kernel takes as
+// is: whole seconds (TCP_KEEPIDLE and TCP_KEEPINTVL count seconds) from 1
+// to 32767.
+func keepAliveTime(d time.Duration) bool {
+	return d >= time.Second && d <= maxKeepAliveTime && d%time.Second == 0
+}
+
 func (f *ServeFlags) subnet() (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(f.UplinkSubnet)
 	if err != nil {
@@ -133,30 +171,10 @@ func (f *ServeFlags) level() (slog.Level, error) {
 	return l, nil
 }
 
-// lockStateDir takes stateDir/daemon.lock (flock, held for the process's
-// life; the kernel drops it when the process dies, kill -9 included), so
-// two daemons never drive one state dir.
-func lockStateDir(stateDir string) (*os.File, error) {
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
-	}
-	f, err := os.OpenFile(filepath.Join(stateDir, "daemon.lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another daemon holds %s", f.Name())
-		}
-		return nil, err
-	}
-	return f, nil
-}
-
-// Run is `cni-userstack serve`: lock the state dir, build the stack and
-// the proxy engine over it, recover the recorded attachments, listen, and
-// serve until SIGTERM or SIGINT. Records, links and host routes are kept
+// Run is `cni-userstack serve`: claim the state dir, the stack netns and
+// the uplink (a second daemon on any of them refuses to start, naming the
+// first), build the stack and the proxy engine over it, recover the
+// recorded attachments, listen, and serve until SIGTERM or SIGINT. Records, links and host routes are kept
 // on exit. f must have passed Validate.
 func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	lvl, _ := f.level()
@@ -167,11 +185,12 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	lock, err := lockStateDir(f.StateDir)
+	// Before anything touches the stack netns or the uplink (claim.go).
+	held, err := takeClaims(f, f.StackNetNS)
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
+	defer held.Close()
 	store, err := OpenStore(f.StateDir)
 	if err != nil {
 		return err

@@ -12,7 +12,6 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
-	"github.com/cni-userstack/cni-userstack/netstack/ipv6"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 )
 
@@ -167,7 +166,7 @@ func (p *pinger) rcv(skb *buf.SKB) {
 // err hears of ICMP errors quoting an ICMP message: skb.Bytes() starts at
 // the quoted IPv4 header, with at least 8 bytes of the quoted ICMP
 // header after it. It does not consume skb.
-func (p *pinger) err(skb *buf.SKB, errno syscall.Errno, info uint32) {
+func (p *pinger) err(skb *buf.SKB, e header.ICMPError) {
 	b := skb.Bytes()
 	if len(b) < header.IPv4MinSize {
 		return
@@ -177,7 +176,7 @@ func (p *pinger) err(skb *buf.SKB, errno syscall.Errno, info uint32) {
 		return
 	}
 	m := header.ICMPv4(b[ihl:])
-	p.deliver(echoKey{m.ID(), m.Seq(), false}, echoResult{err: errno})
+	p.deliver(echoKey{m.ID(), m.Seq(), false}, echoResult{err: e.Errno})
 }
 
 // rcv6 takes ICMPv6 echo replies (the part of a ping6 socket Ping
@@ -198,14 +197,13 @@ func (p *pinger) rcv6(skb *buf.SKB) {
 
 // err6 hears of ICMPv6 errors quoting an ICMPv6 message: skb's transport
 // header is the quoted one. It does not consume skb.
-func (p *pinger) err6(skb *buf.SKB, typ, code uint8, _ uint32) {
+func (p *pinger) err6(skb *buf.SKB, e header.ICMPError) {
 	th := skb.TransportHeader()
 	if len(th) < header.ICMPv6MinSize || th[0] != header.ICMPv6EchoRequest {
 		return
 	}
 	m := header.ICMPv6(th)
-	errno, _ := ipv6.ErrnoOf(typ, code)
-	p.deliver(echoKey{m.ID(), m.Seq(), true}, echoResult{err: errno})
+	p.deliver(echoKey{m.ID(), m.Seq(), true}, echoResult{err: e.Errno})
 }
 
 func (p *pinger) deliver(k echoKey, r echoResult) bool {

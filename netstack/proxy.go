@@ -56,13 +56,24 @@ func (s *Stack) SendEchoReply(src, dst netip.Addr, id, seq uint16, payload []byt
 	return s.ip.SendEchoReply(src, dst, id, seq, payload)
 }
 
+// SendICMPErrorQuote sends an ICMP error of type typ and code from src,
+// which need not be an address of the stack, to dst, quoting quote: the
+// datagram dst sent, as it sent it (RFC 792, RFC 1122 §3.2.2; cut to fit
+// 576 bytes, RFC 1812 §4.3.2.3). The relay calls it with the header the
+// pod's datagram arrived with and the data the host's error quoted.
+// Errors and rate limit as ipv4.Layer.SendICMPErrorQuote.
+func (s *Stack) SendICMPErrorQuote(src, dst netip.Addr, typ, code uint8, info uint32, quote []byte) error {
+	return s.ip.SendICMPErrorQuote(src, dst, typ, code, info, quote)
+}
+
 // SendPortUnreachable tells pod that its UDP datagram pod → orig found no
 // port (RFC 1122 §4.1.3.1: "UDP SHOULD send an ICMP Port Unreachable"):
 // ICMP type 3 code 3 from orig.Addr(), quoting a synthesized IPv4 and UDP
 // header of pod → orig (RFC 792: the header and the first 8 data bytes,
-// all the pod's transport needs to find its socket). The relay calls it
-// when its host socket reported ECONNREFUSED. Rate-limited with the
-// stack's other ICMP errors (ipv4.ErrICMPRateLimited).
+// all the pod's transport needs to find its socket). It is the fallback of
+// a relay that holds no header of the pod's own (SendICMPErrorQuote
+// quotes that). Rate-limited with the stack's other ICMP errors
+// (ipv4.ErrICMPRateLimited).
 func (s *Stack) SendPortUnreachable(pod, orig netip.AddrPort) error {
 	if !pod.Addr().Is4() || !orig.Addr().Is4() {
 		return syscall.EAFNOSUPPORT

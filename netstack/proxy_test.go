@@ -13,6 +13,7 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
@@ -551,7 +552,8 @@ func TestProxyEcho(t *testing.T) {
 		data     string
 	}
 	seen := make(chan echo, 4)
-	node.InterceptEcho(func(src, dst netip.Addr, id, seq uint16, payload []byte) {
+	node.InterceptEcho(func(r ipv4.EchoRequest) {
+		src, dst, id, seq, payload := r.Src, r.Dst, r.ID, r.Seq, r.Payload
 		seen <- echo{src, dst, id, seq, string(payload)}
 		if err := node.SendEchoReply(dst, src, id, seq, payload); err != nil {
 			t.Errorf("SendEchoReply: %v", err)

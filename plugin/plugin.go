@@ -205,9 +205,9 @@ func cmdDel(args *skel.CmdArgs) error {
 	return nil
 }
 
-// cmdCheck is CHECK: the pod interface exists with the addresses of
-// prevResult, the daemon has the attachment with the same address, and
-// the IPAM plugin agrees.
+// cmdCheck is CHECK: the pod interface exists with the addresses and the
+// routes of prevResult in the ptp shape (checkRoutes), the daemon has the
+// attachment with the same address, and the IPAM plugin agrees.
 func cmdCheck(args *skel.CmdArgs) error {
 	conf, err := LoadConf(args.StdinData)
 	if err != nil {
@@ -220,7 +220,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: %v", err), "")
 	}
-	want, wantMAC, err := resultIPs(prev, args.IfName, args.Netns)
+	want, wantMAC, wantRoutes, err := resultIPs(prev, args.IfName, args.Netns)
 	if err != nil {
 		return types.NewError(api.CodeAttachmentBroken, err.Error(), "")
 	}
@@ -238,6 +238,9 @@ func cmdCheck(args *skel.CmdArgs) error {
 		if !slices.Contains(st.IPs, p) {
 			return types.NewError(api.CodeAttachmentBroken, fmt.Sprintf("pod interface %s lacks address %v of the ADD result (has %v)", args.IfName, p, st.IPs), "")
 		}
+	}
+	if err := checkRoutes(args.IfName, st, want, wantRoutes); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
@@ -261,6 +264,41 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return ipamErr("CHECK", conf.IPAM.Type, err)
 	}
 	return nil
+}
+
+// checkRoutes is CHECK's view of the pod's routes: the ptp shape the ADD
+// installed (the gateway on-link, the range and the result's routes via
+// the gateway) is all there, and no address's range is on-link, which
+// would hide the stack's routing (TTL, traceroute) from the pod again.
+func checkRoutes(ifName string, st *veth.PodState, ips []netip.Prefix, want []veth.Route) error {
+	for _, rt := range want {
+		if slices.Contains(st.Routes, rt) {
+			continue
+		}
+		what := fmt.Sprintf("route %v via %v", rt.Dst, rt.GW)
+		if !rt.GW.IsValid() {
+			what = fmt.Sprintf("on-link route to its gateway %v", rt.Dst.Addr())
+		}
+		return types.NewError(api.CodeAttachmentBroken, fmt.Sprintf("pod interface %s lacks the %s of the ADD result (its routes: %s); DEL and ADD the pod again", ifName, what, fmtRoutes(st.Routes)), "")
+	}
+	for _, p := range ips {
+		if onLink := (veth.Route{Dst: p.Masked()}); p.Bits() < p.Addr().BitLen() && slices.Contains(st.Routes, onLink) {
+			return types.NewError(api.CodeAttachmentBroken, fmt.Sprintf("pod interface %s has %v on-link: the pod would reach its range without the gateway (its routes: %s); DEL and ADD the pod again", ifName, p.Masked(), fmtRoutes(st.Routes)), "")
+		}
+	}
+	return nil
+}
+
+func fmtRoutes(rs []veth.Route) string {
+	out := make([]string, 0, len(rs))
+	for _, r := range rs {
+		if r.GW.IsValid() {
+			out = append(out, fmt.Sprintf("%v via %v", r.Dst, r.GW))
+		} else {
+			out = append(out, fmt.Sprintf("%v on-link", r.Dst))
+		}
+	}
+	return "[" + strings.Join(out, ", ") + "]"
 }
 
 // cmdGC is GC (spec 1.1): the daemon removes the attachments of this

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -152,15 +153,20 @@ func TestPodAddressing(t *testing.T) {
 		want *podAddr
 		err  string
 	}{
+		// The ptp shape: the gateway on-link, the range via the gateway,
+		// then the IPAM routes (or a default route) via the gateway.
 		{"gateway and no routes", `{"ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.1"}]}`,
 			&podAddr{IP: netip.MustParsePrefix("10.1.0.5/24"), Gateway: netip.MustParseAddr("10.1.0.1"), Range: netip.MustParsePrefix("10.1.0.0/24"),
-				Routes: []veth.Route{{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("10.1.0.1")}}}, ""},
+				Routes: []veth.Route{{Dst: netip.MustParsePrefix("10.1.0.1/32")}, {Dst: netip.MustParsePrefix("10.1.0.0/24"), GW: netip.MustParseAddr("10.1.0.1")},
+					{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("10.1.0.1")}}}, ""},
 		{"no gateway: first address", `{"ips":[{"address":"10.1.0.5/24"}]}`,
 			&podAddr{IP: netip.MustParsePrefix("10.1.0.5/24"), Gateway: netip.MustParseAddr("10.1.0.1"), Range: netip.MustParsePrefix("10.1.0.0/24"),
-				Routes: []veth.Route{{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("10.1.0.1")}}}, ""},
-		{"IPAM routes, gateway filled", `{"ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.254"}],"routes":[{"dst":"10.9.0.0/16"},{"dst":"0.0.0.0/0","gw":"10.1.0.254"}]}`,
+				Routes: []veth.Route{{Dst: netip.MustParsePrefix("10.1.0.1/32")}, {Dst: netip.MustParsePrefix("10.1.0.0/24"), GW: netip.MustParseAddr("10.1.0.1")},
+					{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("10.1.0.1")}}}, ""},
+		{"IPAM routes, gateway filled, the range once", `{"ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.254"}],"routes":[{"dst":"10.9.0.0/16"},{"dst":"10.1.0.0/24"},{"dst":"0.0.0.0/0","gw":"10.1.0.254"}]}`,
 			&podAddr{IP: netip.MustParsePrefix("10.1.0.5/24"), Gateway: netip.MustParseAddr("10.1.0.254"), Range: netip.MustParsePrefix("10.1.0.0/24"),
-				Routes: []veth.Route{{Dst: netip.MustParsePrefix("10.9.0.0/16"), GW: netip.MustParseAddr("10.1.0.254")},
+				Routes: []veth.Route{{Dst: netip.MustParsePrefix("10.1.0.254/32")}, {Dst: netip.MustParsePrefix("10.1.0.0/24"), GW: netip.MustParseAddr("10.1.0.254")},
+					{Dst: netip.MustParsePrefix("10.9.0.0/16"), GW: netip.MustParseAddr("10.1.0.254")},
 					{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("10.1.0.254")}}}, ""},
 		{"no address", `{"ips":[]}`, nil, "no IPv4 address"},
 		{"IPv6", `{"ips":[{"address":"fd00::5/64"}]}`, nil, "IPv4 only"},
@@ -234,8 +240,16 @@ func TestResultShapePerVersion(t *testing.T) {
 			if wantVer := v < "1.0.0"; hasVer != wantVer {
 				t.Fatalf("%s: ips[0].version present=%v, want %v: %s", v, hasVer, wantVer, b)
 			}
-			if len(raw.Routes) != 1 || raw.Routes[0].Dst != "0.0.0.0/0" || raw.Routes[0].GW != "10.1.0.1" {
+			if len(raw.Routes) != 3 || raw.Routes[0].Dst != "10.1.0.1/32" || raw.Routes[0].GW != "" ||
+				raw.Routes[1].Dst != "10.1.0.0/24" || raw.Routes[1].GW != "10.1.0.1" ||
+				raw.Routes[2].Dst != "0.0.0.0/0" || raw.Routes[2].GW != "10.1.0.1" {
 				t.Fatalf("%s routes: %s", v, b)
+			}
+			// The gateway's route is on-link: spec 1.1's "scope" (253,
+			// link), which libcni's conversion keeps in every version
+			// (older readers ignore it).
+			if !strings.Contains(string(b), `{"dst":"10.1.0.1/32","scope":253}`) {
+				t.Fatalf("%s: gateway route without scope link: %s", v, b)
 			}
 			if len(raw.DNS.Nameservers) != 1 || raw.DNS.Nameservers[0] != "10.1.0.53" {
 				t.Fatalf("%s dns: %s", v, b)
@@ -257,11 +271,14 @@ func TestResultChained(t *testing.T) {
 	if len(prev.Interfaces) != 1 {
 		t.Fatalf("prevResult modified")
 	}
-	ips, gotMAC, err := resultIPs(r, "eth0", "/p")
+	ips, gotMAC, routes, err := resultIPs(r, "eth0", "/p")
 	if err != nil || len(ips) != 1 || ips[0] != netip.MustParsePrefix("10.1.0.5/24") || gotMAC != "02:00:00:00:00:05" {
 		t.Fatalf("resultIPs: %v %q %v", ips, gotMAC, err)
 	}
-	if _, _, err := resultIPs(r, "eth1", "/p"); err == nil {
+	if !reflect.DeepEqual(routes, pa.Routes) {
+		t.Fatalf("routes CHECK expects: %v, want the ADD's %v", routes, pa.Routes)
+	}
+	if _, _, _, err := resultIPs(r, "eth1", "/p"); err == nil {
 		t.Fatalf("resultIPs found a missing interface")
 	}
 }
@@ -468,5 +485,41 @@ func TestResultDNS(t *testing.T) {
 	c, _ = LoadConf(conf(nil))
 	if got := resultDNS(c, types.DNS{}, gw); !reflect.DeepEqual(got, types.DNS{Nameservers: []string{"10.1.0.1"}}) {
 		t.Fatalf("default mode dns: %+v", got)
+	}
+}
+
+// TestCheckRoutes: CHECK's view of the pod's routes against the ptp shape
+// the ADD installed.
+func TestCheckRoutes(t *testing.T) {
+	ip := netip.MustParsePrefix("10.1.0.5/24")
+	gw := netip.MustParseAddr("10.1.0.1")
+	shape := []veth.Route{{Dst: netip.MustParsePrefix("10.1.0.1/32")}, {Dst: ip.Masked(), GW: gw},
+		{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: gw}}
+	without := func(i int) []veth.Route { return slices.Delete(slices.Clone(shape), i, i+1) }
+	for _, tc := range []struct {
+		name string
+		have []veth.Route
+		err  string
+	}{
+		{"the shape", shape, ""},
+		{"the shape and more", append(slices.Clone(shape), veth.Route{Dst: netip.MustParsePrefix("192.0.2.0/24"), GW: gw}), ""},
+		{"gateway route removed", without(0), "lacks the on-link route to its gateway 10.1.0.1"},
+		{"range via the gateway removed", without(1), "lacks the route 10.1.0.0/24 via 10.1.0.1"},
+		{"default route removed", without(2), "lacks the route 0.0.0.0/0 via 10.1.0.1"},
+		{"range on-link again", append(slices.Clone(shape), veth.Route{Dst: ip.Masked()}), "has 10.1.0.0/24 on-link"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkRoutes("eth0", &veth.PodState{Routes: tc.have}, []netip.Prefix{ip}, shape)
+			if tc.err == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			var te *types.Error
+			if !errors.As(err, &te) || te.Code != api.CodeAttachmentBroken || !strings.Contains(te.Msg, tc.err) {
+				t.Fatalf("err %v, want code %d containing %q", err, api.CodeAttachmentBroken, tc.err)
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/veth"
@@ -13,8 +14,13 @@ import (
 
 // podAddr is what a pod gets from IPAM (ARCHITECTURE.md "Pod link
 // addressing"): its address with the IPAM prefix length, the gateway the
-// stack owns on its link, the network's pod range, and its routes (the
-// IPAM routes, with the gateway filled in, or a default via the gateway).
+// stack owns on its link, the network's pod range, and its routes in the
+// shape of the ptp reference plugin: the gateway as an on-link host route,
+// then the range via the gateway, then the IPAM routes (the gateway filled
+// in) or, without any, a default route via the gateway. The pod's kernel
+// thus knows a router sits between it and every other address, even of
+// its own range: a TTL=1 datagram to another pod is expired by a gateway
+// it can see, and `ip route get` and traceroute name that hop.
 type podAddr struct {
 	IP      netip.Prefix
 	Gateway netip.Addr
@@ -58,6 +64,8 @@ func podAddressing(res *current.Result) (*podAddr, error) {
 	if pa == nil {
 		return nil, confErr("IPAM returned no IPv4 address: check the ipam section's ranges")
 	}
+	pa.Routes = gatewayRoutes(pa.Gateway, pa.Range)
+	nShape := len(pa.Routes)
 	for _, r := range res.Routes {
 		dst, ok := ipNetPrefix(&r.Dst)
 		if !ok || !dst.Addr().Is4() {
@@ -68,12 +76,21 @@ func podAddressing(res *current.Result) (*podAddr, error) {
 		if !gw.IsValid() {
 			gw = pa.Gateway
 		}
+		if slices.ContainsFunc(pa.Routes, func(x veth.Route) bool { return x.Dst == dst }) {
+			continue // the shape has it already (the range, say)
+		}
 		pa.Routes = append(pa.Routes, veth.Route{Dst: dst, GW: gw})
 	}
-	if len(pa.Routes) == 0 {
-		pa.Routes = []veth.Route{{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), GW: pa.Gateway}}
+	if len(pa.Routes) == nShape {
+		pa.Routes = append(pa.Routes, veth.Route{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), GW: pa.Gateway})
 	}
 	return pa, nil
+}
+
+// gatewayRoutes are the first routes of every pod, as ptp installs them:
+// the gateway on-link as a host route, the pod's range via the gateway.
+func gatewayRoutes(gw netip.Addr, rng netip.Prefix) []veth.Route {
+	return []veth.Route{{Dst: netip.PrefixFrom(gw, gw.BitLen())}, {Dst: rng, GW: gw}}
 }
 
 // resultDNS is the result's DNS: the configuration's "dns" when set;
@@ -110,16 +127,25 @@ func buildResult(prev *current.Result, dns types.DNS, ifName, netns string, podM
 		Gateway:   pa.Gateway.AsSlice(),
 	})
 	for _, rt := range pa.Routes {
-		r.Routes = append(r.Routes, &types.Route{
-			Dst: net.IPNet{IP: rt.Dst.Addr().AsSlice(), Mask: net.CIDRMask(rt.Dst.Bits(), 32)},
-			GW:  rt.GW.AsSlice(),
-		})
+		tr := &types.Route{Dst: net.IPNet{IP: rt.Dst.Addr().AsSlice(), Mask: net.CIDRMask(rt.Dst.Bits(), 32)}}
+		if rt.GW.IsValid() {
+			tr.GW = rt.GW.AsSlice()
+		} else {
+			// On-link (the gateway's host route): spec 1.1's scope
+			// says so; a route without gw and scope would read "via
+			// the default gateway".
+			tr.Scope = &scopeLink
+		}
+		r.Routes = append(r.Routes, tr)
 	}
 	if prev == nil || (len(r.DNS.Nameservers) == 0 && r.DNS.Domain == "" && len(r.DNS.Search) == 0) {
 		r.DNS = dns
 	}
 	return r
 }
+
+// scopeLink is RT_SCOPE_LINK, a route's "scope" in a 1.1 result.
+var scopeLink = 253
 
 func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	a, ok := netip.AddrFromSlice(n.IP)
@@ -138,8 +164,10 @@ func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
 }
 
 // resultIPs lists the addresses of a result on the interface (name,
-// sandbox), for CHECK.
-func resultIPs(r *current.Result, ifName, netns string) ([]netip.Prefix, string, error) {
+// sandbox), for CHECK, with its MAC and the routes CHECK expects on it:
+// for each address with a gateway the ptp shape (gatewayRoutes), and
+// every route of the result through one of those gateways.
+func resultIPs(r *current.Result, ifName, netns string) ([]netip.Prefix, string, []veth.Route, error) {
 	idx := -1
 	mac := ""
 	for i, in := range r.Interfaces {
@@ -148,9 +176,16 @@ func resultIPs(r *current.Result, ifName, netns string) ([]netip.Prefix, string,
 		}
 	}
 	if idx < 0 {
-		return nil, "", fmt.Errorf("prevResult has no interface %q in sandbox %s", ifName, netns)
+		return nil, "", nil, fmt.Errorf("prevResult has no interface %q in sandbox %s", ifName, netns)
 	}
 	var out []netip.Prefix
+	var want []veth.Route
+	var gws []netip.Addr
+	add := func(rt veth.Route) {
+		if !slices.Contains(want, rt) {
+			want = append(want, rt)
+		}
+	}
 	for _, ipc := range r.IPs {
 		if ipc.Interface == nil || *ipc.Interface != idx {
 			continue
@@ -160,7 +195,26 @@ func resultIPs(r *current.Result, ifName, netns string) ([]netip.Prefix, string,
 			continue
 		}
 		ones, _ := ipc.Address.Mask.Size()
-		out = append(out, netip.PrefixFrom(a.Unmap(), ones))
+		p := netip.PrefixFrom(a.Unmap(), ones)
+		out = append(out, p)
+		if gw, ok := netip.AddrFromSlice(ipc.Gateway); ok && gw.Unmap().Is4() && p.Addr().Is4() {
+			gws = append(gws, gw.Unmap())
+			for _, rt := range gatewayRoutes(gw.Unmap(), p.Masked()) {
+				add(rt)
+			}
+		}
 	}
-	return out, mac, nil
+	// Routes of other interfaces (a plugin chained before us) are not
+	// ours to check: only those through one of our gateways.
+	for _, rt := range r.Routes {
+		dst, ok := ipNetPrefix(&rt.Dst)
+		if !ok {
+			continue
+		}
+		gw, _ := netip.AddrFromSlice(rt.GW)
+		if gw = gw.Unmap(); gw.IsValid() && slices.Contains(gws, gw) {
+			add(veth.Route{Dst: dst, GW: gw})
+		}
+	}
+	return out, mac, want, nil
 }

@@ -195,9 +195,14 @@ func newVeth(name string, mtu int, mac net.HardwareAddr, peer string, peerFD int
 // Setup creates the pair in the pod netns with the far end created directly
 // in the stack netns (made when missing), configures the pod end (MTU, MAC,
 // addresses, routes, up) and the far end (MTU, IPv6 off, arp_ignore=8, no
-// kernel addresses, up). A route whose gateway is not inside any of the pod
-// addresses' prefixes (e.g. a /32 pod address) gets an on-link host route
-// to the gateway first, as the ptp plugin does.
+// kernel addresses, up).
+//
+// The pod end's routes are exactly cfg.Routes: its addresses are added
+// without their prefix route (IFA_F_NOPREFIXROUTE), as the ptp plugin
+// deletes it, so nothing is on-link that the list does not say is (the
+// ptp shape: the gateway as an on-link host route, everything else via
+// the gateway). A route whose gateway no earlier on-link route of the list
+// covers gets an on-link host route to that gateway first.
 //
 // An existing IfName in the pod netns or HostIfName in the stack netns
 // fails with an error wrapping ErrExists and changes nothing. Any other
@@ -265,9 +270,10 @@ func Setup(cfg PodConfig) (_ *Pair, err error) {
 	}
 
 	for _, p := range cfg.IPs {
-		a := &netlink.Addr{IPNet: prefixToIPNet(p)}
+		// No prefix route: the routes below say what is on-link.
+		a := &netlink.Addr{IPNet: prefixToIPNet(p), Flags: unix.IFA_F_NOPREFIXROUTE}
 		if p.Addr().Is6() {
-			a.Flags = unix.IFA_F_NODAD // the far end never answers NS
+			a.Flags |= unix.IFA_F_NODAD // the far end never answers NS
 		}
 		if err := pod.h.AddrAdd(podLink, a); err != nil {
 			return nil, stepErr("add address "+p.String(), err)
@@ -276,7 +282,7 @@ func Setup(cfg PodConfig) (_ *Pair, err error) {
 	if err := pod.h.LinkSetUp(podLink); err != nil {
 		return nil, stepErr("pod end up", err)
 	}
-	if err := addRoutes(pod.h, podLink.Attrs().Index, cfg.IPs, cfg.Routes); err != nil {
+	if err := addRoutes(pod.h, podLink.Attrs().Index, cfg.Routes); err != nil {
 		return nil, err
 	}
 
@@ -324,42 +330,43 @@ func rollback(pod *nsRef, ifName string, stack *nsRef, hostIfName string) {
 	}
 }
 
-// addRoutes installs routes on link index idx, preceded where needed by an
-// on-link host route to a gateway no pod prefix covers.
-func addRoutes(h *netlink.Handle, idx int, ips []netip.Prefix, routes []Route) error {
-	onLink := map[netip.Addr]bool{}
+// addRoutes installs routes on link index idx in order, each gateway
+// preceded, where no earlier on-link route of the list covers it, by an
+// on-link host route to it (the pod's addresses have no prefix route to
+// cover it: Setup adds them with IFA_F_NOPREFIXROUTE).
+func addRoutes(h *netlink.Handle, idx int, routes []Route) error {
+	var onLink []netip.Prefix
 	for _, r := range routes {
-		if r.GW.IsValid() && !onLink[r.GW] && !covered(ips, r.GW) {
+		if r.GW.IsValid() && !covered(onLink, r.GW) {
 			host := netip.PrefixFrom(r.GW, r.GW.BitLen())
 			hr := &netlink.Route{LinkIndex: idx, Dst: prefixToIPNet(host), Scope: netlink.SCOPE_LINK}
 			if err := h.RouteReplace(hr); err != nil {
 				return stepErr("add on-link route to gateway "+r.GW.String(), err)
 			}
-			onLink[r.GW] = true
+			onLink = append(onLink, host)
 		}
-		nr := &netlink.Route{LinkIndex: idx, Dst: prefixToIPNet(r.Dst.Masked())}
-		if r.GW.IsValid() {
-			nr.Gw = net.IP(r.GW.AsSlice())
-			nr.Scope = netlink.SCOPE_UNIVERSE
-		} else {
-			nr.Scope = netlink.SCOPE_LINK
-		}
-		if err := h.RouteAdd(nr); err != nil {
-			via := ""
-			if r.GW.IsValid() {
-				via = " via " + r.GW.String()
+		dst := r.Dst.Masked()
+		if !r.GW.IsValid() {
+			// Replace: an on-link route may repeat one added above.
+			nr := &netlink.Route{LinkIndex: idx, Dst: prefixToIPNet(dst), Scope: netlink.SCOPE_LINK}
+			if err := h.RouteReplace(nr); err != nil {
+				return stepErr("add on-link route "+dst.String(), err)
 			}
-			return stepErr("add route "+r.Dst.String()+via, err)
+			onLink = append(onLink, dst)
+			continue
+		}
+		nr := &netlink.Route{LinkIndex: idx, Dst: prefixToIPNet(dst), Gw: net.IP(r.GW.AsSlice()), Scope: netlink.SCOPE_UNIVERSE}
+		if err := h.RouteAdd(nr); err != nil {
+			return stepErr("add route "+r.Dst.String()+" via "+r.GW.String(), err)
 		}
 	}
 	return nil
 }
 
-// covered reports whether a connected route of one of ips (prefix shorter
-// than a host prefix) reaches a.
-func covered(ips []netip.Prefix, a netip.Addr) bool {
-	for _, p := range ips {
-		if p.Bits() < p.Addr().BitLen() && p.Masked().Contains(a) {
+// covered reports whether one of the on-link prefixes reaches a.
+func covered(onLink []netip.Prefix, a netip.Addr) bool {
+	for _, p := range onLink {
+		if p.Contains(a) {
 			return true
 		}
 	}

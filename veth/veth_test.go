@@ -184,10 +184,18 @@ func TestSetup(t *testing.T) {
 	if !slices.Equal(st.IPs, cfg.IPs) {
 		t.Errorf("pod IPs = %v, want %v", st.IPs, cfg.IPs)
 	}
-	for _, want := range append(cfg.Routes, Route{Dst: netip.MustParsePrefix("10.241.0.0/24")}) {
+	// The ptp shape: no prefix route for the address, an on-link host
+	// route to the gateway added before the routes through it.
+	for _, want := range append(cfg.Routes, Route{Dst: netip.MustParsePrefix("10.241.0.1/32")}) {
 		if !slices.Contains(st.Routes, want) {
 			t.Errorf("pod routes %v lack %v", st.Routes, want)
 		}
+	}
+	if onLink := (Route{Dst: netip.MustParsePrefix("10.241.0.0/24")}); slices.Contains(st.Routes, onLink) {
+		t.Errorf("pod routes %v have the address's prefix route %v", st.Routes, onLink)
+	}
+	if len(st.Routes) != len(cfg.Routes)+1 {
+		t.Errorf("pod routes %v, want %v and the gateway's host route", st.Routes, cfg.Routes)
 	}
 	if st.Kind != "veth" || st.MTU != 1400 || !st.Up || st.PeerIfIndex != pair.HostIfIndex || st.IfIndex != pair.PodIfIndex {
 		t.Errorf("Inspect = %+v", st)

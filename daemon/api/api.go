@@ -316,8 +316,11 @@ type ProxyStats struct {
 	FlowLimitDrops      uint64 `json:"flowLimitDrops"`
 	UDPFlowsOpened      uint64 `json:"udpFlowsOpened"`
 	UDPPortUnreachables uint64 `json:"udpPortUnreachables"`
+	UDPICMPErrors       uint64 `json:"udpICMPErrors"`
 	EchoRelayed         uint64 `json:"echoRelayed"`
+	EchoRawRelayed      uint64 `json:"echoRawRelayed"`
 	EchoDenied          uint64 `json:"echoDenied"`
+	EchoICMPErrors      uint64 `json:"echoICMPErrors"`
 	EchoDropped         uint64 `json:"echoDropped"`
 	DNSQueries          uint64 `json:"dnsQueries"`
 	DNSFailures         uint64 `json:"dnsFailures"`

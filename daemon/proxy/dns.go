@@ -235,6 +235,8 @@ func (e *Engine) dnsTCPRelay(c net.Conn, f *flowHandle) {
 		if !f.add(func() { abortConn(up) }) {
 			return
 		}
+		e.setKeepAlive(c)
+		e.setKeepAlive(up)
 		e.c.activeTCP.Add(1)
 		splice(c, up)
 		e.c.activeTCP.Add(-1)

@@ -37,14 +37,27 @@
 // close are seen by the far peer as an RST. When both directions have ended
 // both sockets are closed and the flow is counted out.
 //
+// Keepalive (keepalive.go): both sockets of every TCP relay (outbound,
+// port mapping, DNS over TCP) get TCP keepalive with KeepAliveIdle,
+// KeepAliveInterval and KeepAliveCount (defaults the kernel's: 2 h, 75 s,
+// 9): the stack's socket through our TCP's keepalive timer, the host's
+// through the kernel's socket options. A peer that vanished without FIN
+// or RST, on either side, fails its socket with ETIMEDOUT after Idle +
+// Count·Interval of silence; the relay then resets both sides as for any
+// error, and the flow leaves its pod's count.
+//
 // UDP. One goroutine reads the intercept socket (Meta.From is the pod, Meta.To
 // the original destination). A flow is a (pod, destination) pair with its own
 // connected host socket and one goroutine reading that socket; replies go back
-// with SendFromTo(from = destination, to = pod). ECONNREFUSED on the host socket
-// (the kernel got an ICMP port unreachable for our datagram) is reported to the
-// pod with Stack.SendPortUnreachable (RFC 1122 §4.1.3.1), so the pod's connected
-// socket sees ECONNREFUSED too. A flow idle (no datagram either way) for
-// UDPIdleTimeout is closed.
+// with SendFromTo(from = destination, to = pod). The host socket has IP_RECVERR
+// on: an ICMP error the host gets for a relayed datagram (port or protocol
+// unreachable, the other unreachables, time exceeded) goes to the pod as the
+// same error about its own datagram (icmperr.go): the IPv4 and UDP headers the
+// pod's datagram arrived with (udp.Socket.RecvMsgHeader keeps them per flow)
+// and the data the host's error quoted, so the quote is what the pod sent
+// (RFC 792, RFC 1122 §3.2.2) and a port unreachable reaches the pod's connected
+// socket as ECONNREFUSED (RFC 1122 §4.1.3.1). A flow idle (no datagram either
+// way) for UDPIdleTimeout is closed.
 //
 // ICMP echo. The stack calls the echo interceptor on its receive goroutine,
 // which must not block: the request is copied into a bounded queue
@@ -55,9 +68,27 @@
 // the identifier to the socket's own; replies are mapped back to the pod's and
 // answered with SendEchoReply from the destination. Where the host refuses ping
 // sockets (EACCES: the daemon's group is outside net.ipv4.ping_group_range,
-// whose default "1 0" refuses everyone) the request is dropped and counted in
-// EchoDenied: pods can still ping their gateway, which the stack answers
-// itself. Flows close after UDPIdleTimeout without traffic.
+// whose default "1 0" refuses everyone) the flow goes through the engine's one
+// raw ICMP socket instead (SOCK_RAW, which the daemon may open as root with
+// CAP_NET_RAW; opened at the first such flow, kept until Close): the flow gets
+// an identifier of ours, unique among the raw flows to its destination, and
+// the request is sent with it; one goroutine reads the socket (the kernel's
+// ICMP_FILTER passes echo replies only) and hands a reply to the flow named by
+// its source and identifier, which answers the pod with the pod's identifier
+// (EchoRawRelayed counts these requests). Replies to other programs' pings find
+// no flow and are ignored. Raw-mode flows have no socket or goroutine of their
+// own: a timer per flow marks it for one sweeper goroutine, which ends it after
+// UDPIdleTimeout without traffic or when it is aborted. Large echoes work the
+// same way: the stack has reassembled the pod's request, the host socket sends
+// it whole, and SendEchoReply fragments the reply to the pod's MTU. ICMP errors
+// about a relayed request (destination unreachable but fragmentation needed,
+// time exceeded: from the ping socket's error queue, IP_RECVERR, or the raw
+// socket, whose filter passes them too) go to the pod quoting its own request
+// as it arrived (EchoRequest.Header; each flow keeps the last echoQuotes) and
+// the data the host's error quoted (EchoICMPErrors). Only when
+// both sockets are refused is the request dropped and counted in EchoDenied:
+// pods can still ping their gateway, which the stack answers itself. Ping
+// socket flows close after UDPIdleTimeout without traffic too.
 //
 // DNS. The stack listens on 0.0.0.0:53 for UDP and TCP; only traffic to the
 // stack's own addresses (the gateway) reaches these sockets, diverted traffic
@@ -93,10 +124,15 @@
 //   - Pending intercepted SYNs: maxPendingTCP in the interceptor, plus the
 //     per-pod limit on flows being dialled.
 //   - TCP relay memory: 2·relayBufSize per flow, from a pool, plus the
-//     sockets' own buffers (the stack's SndBuf/RcvBuf, the kernel's).
+//     sockets' own buffers (the stack's SndBuf/RcvBuf, the kernel's); a
+//     relay whose peer died silently holds them until keepalive finds it.
 //   - UDP and echo replies: a pooled maxDatagram buffer held only while a
 //     datagram is handled, never while a flow waits.
 //   - Echo queue: echoQueueLen requests. DNS: maxDNSInFlight UDP queries.
+//   - Echo flows count against MaxFlowsPerPod, ping-socket and raw alike;
+//     raw-mode flows also against the 65536 identifiers per destination.
+//   - ICMP errors from a host UDP socket's error queue: maxErrQueue read per
+//     socket error (icmperr.go).
 //
 // # Concurrency
 //
@@ -105,7 +141,11 @@
 // locks (udpTable.mu, echoTable.mu, udpMapping.mu) are taken before it when
 // a flow is opened: lock order table > Engine.mu > flowHandle.mu, and a
 // flowHandle closes its sockets after releasing its own. echoTable.mu is
-// held across a ping socket's creation and send. Each flow has
+// held across a ping or raw socket's creation and a send; a raw-mode
+// flow's abort only marks it for the sweeper (echoTable.dueMu, a leaf), as
+// flowHandle may run it with echoTable.mu held. udpQuote.mu is a leaf.
+// The idle timers of raw-mode flows (time.AfterFunc) only mark the flow
+// too: the sweeper, an Engine.spawn goroutine, ends it. Each flow has
 // a flowHandle that aborts it whatever phase it is in (dialling, accepting,
 // relaying). Every goroutine is started through Engine.spawn and counted in
 // Engine.wg (a relay's second direction is waited for by its first; a pod's

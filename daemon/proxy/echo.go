@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
 )
 
 // echoQueueLen bounds the echo requests waiting for the dispatcher; a
@@ -31,31 +34,81 @@ type echoReq struct {
 	key     echoKey
 	seq     uint16
 	payload []byte
+	hdr     []byte // the request's IPv4 and ICMP headers as they arrived
 }
 
-// echoFlow is one ping socket connected to the destination.
+// echoQuotes is how many of a flow's last requests it keeps the headers
+// of, for ICMP errors about them (a ping sends one a second; an error
+// comes back within a few).
+const echoQuotes = 4
+
+// echoQuote is one request's headers, by sequence number.
+type echoQuote struct {
+	seq  uint16
+	used bool
+	n    int
+	hdr  [header.IPv4MaxSize + header.ICMPv4MinSize]byte
+}
+
+// rawKey names a flow on the raw socket by what its replies carry: the
+// destination that answers and the identifier we gave the flow.
+type rawKey struct {
+	dst netip.Addr
+	id  uint16
+}
+
+// echoFlow is one pod identifier's echo flow: a ping socket connected to
+// the destination (conn), or an identifier of its own on the engine's raw
+// ICMP socket (raw mode, hostID).
 type echoFlow struct {
 	key  echoKey
 	conn net.Conn
 	raw  syscall.RawConn
 	last atomic.Int64 // wall-clock nanoseconds of the last request or reply
 	f    *flowHandle
+	// quotes are the headers of the last requests, a ring guarded by
+	// echoTable.mu (written by send, read by the error relay).
+	quotes [echoQuotes]echoQuote
+	nextQ  int
+
+	// Raw mode.
+	viaRaw bool
+	hostID uint16
+	rawKey rawKey
+	idle   *time.Timer // marks the flow due for the sweeper; no goroutine per flow
+	dead   atomic.Bool // aborted (RemovePod, Close): the sweeper ends it
 }
 
 func (ef *echoFlow) touch() { ef.last.Store(time.Now().UnixNano()) }
 
 // echoTable is the echo relay: the queue from the stack's receive
-// goroutine and the flows. Bound: the flows count against MaxFlowsPerPod.
+// goroutine and the flows. Bound: the flows count against MaxFlowsPerPod;
+// raw-mode flows also against 65536 identifiers per destination.
 type echoTable struct {
 	e *Engine
 	q chan echoReq // bound: echoQueueLen
 
-	// mu guards m; held across a ping socket's creation and send.
-	mu sync.Mutex
-	m  map[echoKey]*echoFlow
+	// mu guards m, byRaw and rawSock; held across a socket's creation
+	// and a send.
+	mu    sync.Mutex
+	m     map[echoKey]*echoFlow
+	byRaw map[rawKey]*echoFlow // raw-mode flows by reply key
+	// rawSock is the engine's one raw ICMP socket, opened when ping
+	// sockets are first refused and kept until Close.
+	rawSock net.PacketConn
+	rawRC   syscall.RawConn
 
-	// openPing opens a ping socket connected to dst; tests replace it.
+	// dueMu guards due: raw-mode flows whose idle timer fired or which
+	// were aborted, for the sweeper (rawSweeper) to look at. Bound: the
+	// raw-mode flows. wake (capacity 1) says due is not empty.
+	dueMu sync.Mutex
+	due   map[*echoFlow]struct{}
+	wake  chan struct{}
+
+	// openPing opens a ping socket connected to dst; openRaw the raw
+	// ICMP socket; tests replace them.
 	openPing func(dst netip.Addr) (net.Conn, error)
+	openRaw  func() (net.PacketConn, error)
 	// hostDst maps a pod's destination to the address pinged; tests use
 	// it to reach loopback. nil = identity.
 	hostDst func(netip.Addr) netip.Addr
@@ -65,17 +118,22 @@ func (t *echoTable) init(e *Engine) {
 	t.e = e
 	t.q = make(chan echoReq, echoQueueLen)
 	t.m = map[echoKey]*echoFlow{}
+	t.byRaw = map[rawKey]*echoFlow{}
+	t.due = map[*echoFlow]struct{}{}
+	t.wake = make(chan struct{}, 1)
 	t.openPing = openPingSocket
+	t.openRaw = openRawICMP
 }
 
 // intercept is the stack's EchoFunc: it runs on the receive goroutine, so
 // it only copies the request into the queue.
-func (t *echoTable) intercept(src, dst netip.Addr, id, seq uint16, payload []byte) {
-	if len(payload) > maxDatagram-header.ICMPv4MinSize {
+func (t *echoTable) intercept(q ipv4.EchoRequest) {
+	if len(q.Payload) > maxDatagram-header.ICMPv4MinSize {
 		t.e.c.echoDropped.Add(1)
 		return
 	}
-	r := echoReq{key: echoKey{pod: src, dst: dst, id: id}, seq: seq, payload: append([]byte(nil), payload...)}
+	r := echoReq{key: echoKey{pod: q.Src, dst: q.Dst, id: q.ID}, seq: q.Seq, payload: append([]byte(nil), q.Payload...),
+		hdr: append([]byte(nil), q.Header...)}
 	select {
 	case t.q <- r:
 	default:
@@ -83,7 +141,7 @@ func (t *echoTable) intercept(src, dst netip.Addr, id, seq uint16, payload []byt
 	}
 }
 
-// dispatch sends queued requests through their flows' ping sockets.
+// dispatch sends queued requests through their flows' sockets.
 func (t *echoTable) dispatch() {
 	for {
 		select {
@@ -106,23 +164,58 @@ func (t *echoTable) send(r echoReq) {
 		}
 	}
 	ef.touch()
-	// RFC 792 echo: the kernel sets the identifier to the socket's and
-	// computes the checksum (ping_v4_sendmsg).
+	ef.keepQuote(r.seq, r.hdr)
+	// RFC 792 echo. A ping socket sets the identifier to its own and
+	// computes the checksum (ping_v4_sendmsg); on the raw socket both
+	// are ours to write.
 	msg := make([]byte, header.ICMPv4MinSize+len(r.payload))
-	header.ICMPv4(msg).Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(r.key.id, r.seq)})
+	id := r.key.id
+	if ef.viaRaw {
+		id = ef.hostID
+	}
+	header.ICMPv4(msg).Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(id, r.seq)})
 	copy(msg[header.ICMPv4MinSize:], r.payload)
 	// Counted before the send: the reply may be relayed before Write
 	// returns.
 	e.c.echoRelayed.Add(1)
-	if _, err := ef.conn.Write(msg); err != nil {
+	var err error
+	if ef.viaRaw {
+		e.c.echoRawRelayed.Add(1)
+		header.ICMPv4(msg).SetChecksum()
+		_, err = t.rawSock.WriteTo(msg, &net.IPAddr{IP: t.pinged(r.key.dst).AsSlice()})
+		if err != nil {
+			e.c.echoRawRelayed.Add(^uint64(0))
+		}
+	} else {
+		_, err = ef.conn.Write(msg)
+	}
+	if err != nil {
 		e.c.echoRelayed.Add(^uint64(0))
 		e.c.echoDropped.Add(1)
-		e.log.Debug("proxy: echo send failed", "pod", r.key.pod, "dst", r.key.dst, "err", err)
+		e.log.Debug("proxy: echo send failed", "pod", r.key.pod, "dst", r.key.dst, "raw", ef.viaRaw, "err", err)
 	}
 }
 
+// pinged is the address a request to dst goes to (hostDst in tests).
+func (t *echoTable) pinged(dst netip.Addr) netip.Addr {
+	if t.hostDst != nil {
+		return t.hostDst(dst)
+	}
+	return dst
+}
+
+// refused reports a socket(2) error that means "not allowed here", as
+// opposed to a failure of the moment.
+func refused(err error) bool {
+	return errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) ||
+		errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.EAFNOSUPPORT)
+}
+
 // open makes the flow of k; nil when denied, over a limit or failed (all
-// counted). Called with mu held.
+// counted). Called with mu held. A ping socket first; where the host
+// refuses those (net.ipv4.ping_group_range excludes our group, its
+// default "1 0" everyone) an identifier on the raw ICMP socket, which the
+// daemon may open as root with CAP_NET_RAW.
 func (t *echoTable) open(k echoKey) *echoFlow {
 	e := t.e
 	f := e.newFlow()
@@ -130,31 +223,215 @@ func (t *echoTable) open(k echoKey) *echoFlow {
 		f.done()
 		return nil
 	}
-	dst := k.dst
-	if t.hostDst != nil {
-		dst = t.hostDst(dst)
-	}
+	dst := t.pinged(k.dst)
 	c, err := t.openPing(dst)
-	if err != nil {
-		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) ||
-			errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.EAFNOSUPPORT) {
-			e.c.echoDenied.Add(1)
-		} else {
-			e.c.echoDropped.Add(1)
+	if err == nil {
+		ef := &echoFlow{key: k, conn: c, f: f, raw: rawConn(c)}
+		ef.touch()
+		if err := setRecvErr(ef.raw); err != nil {
+			e.log.Debug("proxy: IP_RECVERR not set on a ping socket; its ICMP errors are not passed on", "err", err)
 		}
-		e.log.Debug("proxy: ping socket refused", "dst", dst, "err", err)
+		if !e.adopt(f, c, func() { t.reader(ef) }) {
+			return nil
+		}
+		t.m[k] = ef
+		e.c.activeEcho.Add(1)
+		return ef
+	}
+	if !refused(err) {
+		e.c.echoDropped.Add(1)
+		e.log.Debug("proxy: ping socket failed", "dst", dst, "err", err)
 		e.release(f)
 		f.done()
 		return nil
 	}
-	ef := &echoFlow{key: k, conn: c, f: f, raw: rawConn(c)}
-	ef.touch()
-	if !e.adopt(f, c, func() { t.reader(ef) }) {
+	ef, rerr := t.openRawFlow(k, f)
+	if rerr != nil {
+		if refused(rerr) {
+			e.c.echoDenied.Add(1)
+		} else {
+			e.c.echoDropped.Add(1)
+		}
+		e.log.Debug("proxy: ping socket and raw ICMP socket refused", "dst", dst, "ping", err, "raw", rerr)
+		e.release(f)
+		f.done()
 		return nil
 	}
-	t.m[k] = ef
-	e.c.activeEcho.Add(1)
 	return ef
+}
+
+// openRawFlow gives k an identifier on the raw socket (opened on first
+// use, with its reader and sweeper) unused by any other raw flow to the
+// same destination, and arms its idle timer. Called with mu held.
+func (t *echoTable) openRawFlow(k echoKey, f *flowHandle) (*echoFlow, error) {
+	e := t.e
+	if t.rawSock == nil {
+		pc, err := t.openRaw()
+		if err != nil {
+			return nil, err
+		}
+		rc := rawConn(pc)
+		// The sweeper closes the socket when the engine closes, which
+		// ends the reader.
+		if !e.spawn(func() { t.rawSweeper(pc) }) {
+			pc.Close()
+			return nil, net.ErrClosed
+		}
+		t.rawSock, t.rawRC = pc, rc
+		if !e.spawn(func() { t.rawReader(pc, rc) }) {
+			return nil, net.ErrClosed // the sweeper closes pc
+		}
+	}
+	dst := t.pinged(k.dst)
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	id := binary.BigEndian.Uint16(b[:])
+	for i := 0; ; i++ {
+		if i == 1<<16 {
+			return nil, fmt.Errorf("echo to %v: all 65536 identifiers in use: %w", dst, syscall.EAGAIN)
+		}
+		if t.byRaw[rawKey{dst, id}] == nil {
+			break
+		}
+		id++
+	}
+	ef := &echoFlow{key: k, f: f, viaRaw: true, hostID: id, rawKey: rawKey{dst, id}}
+	ef.touch()
+	t.m[k] = ef
+	t.byRaw[ef.rawKey] = ef
+	e.c.activeEcho.Add(1)
+	ef.idle = time.AfterFunc(e.cfg.UDPIdleTimeout, func() { t.markDue(ef) })
+	// An abort only marks the flow: f.add may call this at once, with
+	// mu held.
+	f.add(func() { ef.dead.Store(true); t.markDue(ef) })
+	return ef, nil
+}
+
+// markDue hands ef to the sweeper.
+func (t *echoTable) markDue(ef *echoFlow) {
+	t.dueMu.Lock()
+	t.due[ef] = struct{}{}
+	t.dueMu.Unlock()
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// rawSweeper ends raw-mode flows idle for UDPIdleTimeout (a request or
+// reply since re-arms the timer for the rest) or aborted, and at Close
+// every raw-mode flow and the raw socket.
+func (t *echoTable) rawSweeper(pc net.PacketConn) {
+	e := t.e
+	for {
+		select {
+		case <-e.ctx.Done():
+			pc.Close()
+			t.mu.Lock()
+			var all []*echoFlow
+			for _, ef := range t.byRaw {
+				all = append(all, ef)
+			}
+			t.mu.Unlock()
+			for _, ef := range all {
+				t.rawEnd(ef)
+			}
+			return
+		case <-t.wake:
+		}
+		t.dueMu.Lock()
+		due := t.due
+		t.due = map[*echoFlow]struct{}{}
+		t.dueMu.Unlock()
+		for ef := range due {
+			left := e.cfg.UDPIdleTimeout - time.Since(time.Unix(0, ef.last.Load()))
+			if !ef.dead.Load() && left > 0 {
+				ef.idle.Reset(left)
+				continue
+			}
+			t.rawEnd(ef)
+		}
+	}
+}
+
+// rawEnd ends a raw-mode flow, once.
+func (t *echoTable) rawEnd(ef *echoFlow) {
+	t.mu.Lock()
+	if t.byRaw[ef.rawKey] != ef {
+		t.mu.Unlock()
+		return
+	}
+	delete(t.byRaw, ef.rawKey)
+	if t.m[ef.key] == ef {
+		delete(t.m, ef.key)
+	}
+	t.mu.Unlock()
+	ef.idle.Stop()
+	t.e.release(ef.f)
+	ef.f.done()
+	t.e.c.activeEcho.Add(-1)
+}
+
+// rawReader reads the raw ICMP socket until it is closed: echo replies to
+// a raw-mode flow's identifier from its destination go to the pod with the
+// pod's identifier. The socket sees the ICMP messages of the whole host
+// (the kernel's filter passes echo replies only, ICMP_FILTER); replies to
+// others' pings find no flow and are ignored.
+func (t *echoTable) rawReader(pc net.PacketConn, rc syscall.RawConn) {
+	e := t.e
+	for {
+		var err error
+		if rc != nil {
+			err = recvDatagram(nil, rc, t.rawReply)
+		} else { // not a kernel socket: a test's
+			bp := dgramBufs.Get().(*[]byte)
+			var n int
+			n, _, err = pc.ReadFrom(*bp)
+			if err == nil {
+				t.rawReply((*bp)[:n])
+			}
+			dgramBufs.Put(bp)
+		}
+		switch {
+		case err == nil:
+		case isErrno(err) && !isClosed(err):
+		default:
+			if e.ctx.Err() == nil {
+				e.log.Warn("proxy: raw ICMP socket stopped", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// rawReply handles one datagram of the raw socket: an IPv4 header, then
+// the ICMP message.
+func (t *echoTable) rawReply(p []byte) {
+	ip, err := header.CheckIPv4(p)
+	if err != nil || ip.Protocol() != header.ProtoICMP {
+		return
+	}
+	m, err := header.CheckICMPv4(ip.Payload())
+	if err != nil {
+		return
+	}
+	if m.Type() == header.ICMPv4DstUnreachable || m.Type() == header.ICMPv4TimeExceeded {
+		t.rawError(ip.Src(), m)
+		return
+	}
+	if m.Type() != header.ICMPv4EchoReply {
+		return
+	}
+	t.mu.Lock()
+	ef := t.byRaw[rawKey{ip.Src(), m.ID()}]
+	t.mu.Unlock()
+	if ef == nil {
+		return
+	}
+	ef.touch()
+	if err := t.e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, m.Seq(), m.Payload()); err != nil {
+		t.e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
+	}
 }
 
 // reader relays the ping socket's echo replies to the pod, with the pod's
@@ -193,8 +470,16 @@ func (t *echoTable) reader(ef *echoFlow) {
 		switch {
 		case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
 		case isErrno(err) && !isClosed(err):
-			// An ICMP error for our request (EHOSTUNREACH ...) is
-			// reported once; the pod's ping times out as it would.
+			// An ICMP error for our request (EHOSTUNREACH ...): the
+			// error queue has it (IP_RECVERR), its data starting at
+			// the quoted ICMP header (ping_err).
+			drainErrQueue(ef.raw, func(h hostICMP) {
+				if h.origin != unix.SO_EE_ORIGIN_ICMP || len(h.data) < header.ICMPv4MinSize {
+					return
+				}
+				q := header.ICMPv4(h.data)
+				t.relayError(ef, h.typ, h.code, h.offender, q.Seq(), q.Payload())
+			})
 		default:
 			return
 		}
@@ -235,4 +520,110 @@ func openPingSocket(dst netip.Addr) (net.Conn, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// icmpFilterPass is the ICMP_FILTER of the raw socket (net/ipv4/raw.c,
+// raw_icmp_filter: a set bit drops that type): everything but echo
+// replies and the errors that may be about our requests (destination
+// unreachable, time exceeded) is dropped in the kernel.
+const icmpFilterPass = ^uint32(1<<header.ICMPv4EchoReply | 1<<header.ICMPv4DstUnreachable | 1<<header.ICMPv4TimeExceeded)
+
+// openRawICMP opens the raw ICMP socket (SOCK_RAW, IPPROTO_ICMP: needs
+// CAP_NET_RAW, EPERM without) with the filter above. Reads return the
+// IPv4 header and the message; writes take the message and get a header
+// from the kernel.
+func openRawICMP() (net.PacketConn, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	var filt [4]byte
+	binary.NativeEndian.PutUint32(filt[:], icmpFilterPass)
+	if err := unix.SetsockoptString(fd, unix.SOL_RAW, unix.ICMP_FILTER, string(filt[:])); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("setsockopt ICMP_FILTER", err)
+	}
+	f := os.NewFile(uintptr(fd), "raw-icmp")
+	pc, err := net.FilePacketConn(f) // dups the descriptor
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	return pc, nil
+}
+
+// keepQuote records the headers of request seq. Called with mu held.
+func (ef *echoFlow) keepQuote(seq uint16, hdr []byte) {
+	if len(hdr) < header.IPv4MinSize+header.ICMPv4MinSize {
+		return
+	}
+	q := &ef.quotes[ef.nextQ]
+	ef.nextQ = (ef.nextQ + 1) % echoQuotes
+	q.seq, q.used = seq, true
+	q.n = copy(q.hdr[:], hdr)
+}
+
+// rawError handles an ICMP error the raw socket received: when it quotes
+// an echo request of a raw-mode flow (our identifier, sent to the flow's
+// destination), the pod gets it about its own request.
+func (t *echoTable) rawError(from netip.Addr, m header.ICMPv4) {
+	inner := m.Payload()
+	if len(inner) < header.IPv4MinSize {
+		return
+	}
+	iv := header.IPv4(inner)
+	hl := iv.HeaderLen()
+	if hl < header.IPv4MinSize || len(inner) < hl+header.ICMPv4MinSize || iv.Protocol() != header.ProtoICMP {
+		return
+	}
+	q := header.ICMPv4(inner[hl:])
+	if q.Type() != header.ICMPv4Echo {
+		return
+	}
+	t.mu.Lock()
+	ef := t.byRaw[rawKey{iv.Dst(), q.ID()}]
+	t.mu.Unlock()
+	if ef == nil {
+		return
+	}
+	t.relayError(ef, m.Type(), m.Code(), from, q.Seq(), q.Payload())
+}
+
+// relayError sends the pod an ICMP error typ/code about its echo request
+// seq, as the host got one about ours (see icmperr.go for UDP): from the
+// destination for protocol and port unreachable, else from the router
+// that sent it; quoting the request's headers as the pod sent them and
+// the data the host's error quoted (RFC 792, RFC 1122 §3.2.2).
+// Fragmentation needed is the host's path MTU, not passed on.
+func (t *echoTable) relayError(ef *echoFlow, typ, code uint8, offender netip.Addr, seq uint16, data []byte) {
+	e := t.e
+	from := ef.key.dst
+	switch {
+	case typ == header.ICMPv4DstUnreachable && (code == header.ICMPv4PortUnreachable || code == header.ICMPv4ProtoUnreachable):
+	case typ == header.ICMPv4DstUnreachable && code != header.ICMPv4FragNeeded, typ == header.ICMPv4TimeExceeded:
+		if offender.Is4() && !offender.IsLoopback() && !offender.IsUnspecified() {
+			from = offender
+		}
+	default:
+		return
+	}
+	t.mu.Lock()
+	var quote []byte
+	for i := range ef.quotes {
+		if q := &ef.quotes[i]; q.used && q.seq == seq {
+			quote = append(append(make([]byte, 0, q.n+len(data)), q.hdr[:q.n]...), data...)
+			break
+		}
+	}
+	t.mu.Unlock()
+	if quote == nil {
+		return // about a request too old to remember
+	}
+	ef.touch()
+	// Counted before the send: the pod may act on it first.
+	e.c.echoICMPErrors.Add(1)
+	if err := e.st.SendICMPErrorQuote(from, ef.key.pod, typ, code, 0, quote); err != nil {
+		e.c.echoICMPErrors.Add(^uint64(0))
+		e.log.Debug("proxy: icmp error to pod failed", "pod", ef.key.pod, "type", typ, "code", code, "err", err)
+	}
 }

@@ -1,18 +1,24 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
 )
 
 // fakePing stands in for the kernel's ping socket: it answers each echo
@@ -80,15 +86,18 @@ func TestEcho(t *testing.T) {
 			t.Errorf("stats %+v", s)
 		}
 	})
-	t.Run("host refuses ping sockets", func(t *testing.T) {
+	t.Run("host refuses ping and raw sockets", func(t *testing.T) {
 		r := newRig(t, nil)
 		r.e.echo.openPing = func(netip.Addr) (net.Conn, error) {
 			return nil, os.NewSyscallError("socket", syscall.EACCES)
 		}
+		r.e.echo.openRaw = func() (net.PacketConn, error) {
+			return nil, os.NewSyscallError("socket", syscall.EPERM)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		defer cancel()
 		if _, err := r.pod.Ping(ctx, server, 1, payload); err == nil {
-			t.Fatal("ping answered though the host refuses ping sockets")
+			t.Fatal("ping answered though the host refuses ping and raw sockets")
 		}
 		// The gateway still answers (the stack itself).
 		ctx2, cancel2 := context.WithTimeout(context.Background(), 3*time.Second)
@@ -100,7 +109,7 @@ func TestEcho(t *testing.T) {
 			t.Errorf("stats %+v", s)
 		}
 	})
-	t.Run("real ping socket", func(t *testing.T) {
+	t.Run("real sockets: ping socket where allowed, else the raw socket", func(t *testing.T) {
 		r := newRig(t, nil)
 		r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -108,13 +117,185 @@ func TestEcho(t *testing.T) {
 		_, err := r.pod.Ping(ctx, server, 7, payload)
 		s := r.e.Stats()
 		if pingAllowed() {
-			if err != nil || s.EchoRelayed != 1 {
+			if err != nil || s.EchoRelayed != 1 || s.EchoRawRelayed != 0 {
 				t.Fatalf("ping through a ping socket: %v, stats %+v", err, s)
 			}
 			return
 		}
-		if err == nil || s.EchoDenied != 1 {
-			t.Fatalf("ping_group_range refuses us: ping %v, stats %+v; want EchoDenied", err, s)
+		pc, rerr := openRawICMP()
+		if rerr != nil {
+			if err == nil || s.EchoDenied != 1 {
+				t.Fatalf("ping and raw sockets refused: ping %v, stats %+v; want EchoDenied", err, s)
+			}
+			return
+		}
+		pc.Close()
+		if err != nil || s.EchoRawRelayed != 1 {
+			t.Fatalf("ping_group_range refuses us: ping %v, stats %+v; want it through the raw socket", err, s)
 		}
 	})
+}
+
+// openRawOrSkip is openRawICMP, or a skip where the test may not open
+// raw sockets (no CAP_NET_RAW).
+func openRawOrSkip(t *testing.T) {
+	t.Helper()
+	pc, err := openRawICMP()
+	if err != nil {
+		t.Skipf("raw ICMP socket: %v (needs CAP_NET_RAW)", err)
+	}
+	pc.Close()
+}
+
+// Where the host refuses ping sockets (net.ipv4.ping_group_range "1 0",
+// its default), echo goes through the engine's one raw ICMP socket: each
+// pod identifier gets an identifier of ours, replies are matched by it
+// and their source and go back with the pod's; large echoes too (the pod
+// fragments, the stack reassembles, the reply is fragmented back). The
+// flows count per pod, respect MaxFlowsPerPod and idle out.
+func TestEchoRawSocket(t *testing.T) {
+	openRawOrSkip(t)
+	r := newRig(t, func(c *Config) { c.UDPIdleTimeout = 300 * time.Millisecond; c.MaxFlowsPerPod = 3 })
+	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) {
+		return nil, os.NewSyscallError("socket", syscall.EACCES)
+	}
+	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+	for i, size := range []int{56, 3000, 56} {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, err := r.pod.Ping(ctx, server, uint16(i+1), fill(size, byte(i)))
+		cancel()
+		if err != nil {
+			t.Fatalf("ping %d bytes through the raw socket: %v (stats %+v)", size, err, r.e.Stats())
+		}
+	}
+	// Stack.Ping takes a fresh identifier each time: three flows, the
+	// pod's limit; a fourth is refused.
+	s := r.e.Stats()
+	if s.EchoRawRelayed != 3 || s.EchoRelayed != 3 || s.ActiveEcho != 3 || s.Pods["p"].ActiveFlows != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := r.pod.Ping(ctx, server, 9, nil); err == nil {
+		t.Fatal("a fourth flow passed MaxFlowsPerPod 3")
+	}
+	if s := r.e.Stats(); s.FlowLimitDrops != 1 {
+		t.Fatalf("flow limit not counted: %+v", s)
+	}
+	r.waitStats("raw echo flows idle out", func(s Stats) bool { return s.ActiveEcho == 0 && s.Pods["p"].ActiveFlows == 0 })
+}
+
+// RemovePod and Close end raw-mode flows and the raw socket's goroutines.
+func TestEchoRawSocketClose(t *testing.T) {
+	openRawOrSkip(t)
+	r := newRig(t, nil)
+	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) { return nil, syscall.EPERM }
+	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := r.pod.Ping(ctx, server, 1, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	r.e.RemovePod("p")
+	r.waitStats("the flow ended with its pod", func(s Stats) bool { return s.ActiveEcho == 0 })
+	r.e.Close()
+	waitNoEngineGoroutines(t)
+}
+
+// fakeRaw stands in for the raw ICMP socket: ReadFrom returns what the
+// test injects (IPv4 header and ICMP message, as a raw socket reads), and
+// each echo request written is handed to onWrite.
+type fakeRaw struct {
+	in      chan []byte
+	closed  chan struct{}
+	once    sync.Once
+	onWrite func(msg []byte, to netip.Addr)
+}
+
+func newFakeRaw(onWrite func(msg []byte, to netip.Addr)) *fakeRaw {
+	return &fakeRaw{in: make(chan []byte, 16), closed: make(chan struct{}), onWrite: onWrite}
+}
+
+func (f *fakeRaw) ReadFrom(p []byte) (int, net.Addr, error) {
+	select {
+	case b := <-f.in:
+		return copy(p, b), &net.IPAddr{}, nil
+	case <-f.closed:
+		return 0, nil, net.ErrClosed
+	}
+}
+
+func (f *fakeRaw) WriteTo(p []byte, a net.Addr) (int, error) {
+	to, _ := netip.AddrFromSlice(a.(*net.IPAddr).IP)
+	f.onWrite(append([]byte(nil), p...), to.Unmap())
+	return len(p), nil
+}
+
+func (f *fakeRaw) Close() error                          { f.once.Do(func() { close(f.closed) }); return nil }
+func (f *fakeRaw) LocalAddr() net.Addr                   { return &net.IPAddr{} }
+func (f *fakeRaw) SetDeadline(time.Time) error           { return nil }
+func (f *fakeRaw) SetReadDeadline(time.Time) error       { return nil }
+func (f *fakeRaw) SetWriteDeadline(time.Time) error      { return nil }
+func (f *fakeRaw) inject(b []byte)                       { f.in <- b }
+func (f *fakeRaw) SyscallConn() (syscall.RawConn, error) { return nil, errors.New("not a socket") }
+
+// RFC 792 / RFC 1122 §3.2.2 for echo: a router on the host's path answers
+// the relayed request with host unreachable; the pod gets host unreachable
+// from that router about its own request, quoting the request's headers
+// as the pod sent them (its identifier, sequence number and checksum, not
+// the relay's), and its ping fails with EHOSTUNREACH.
+func TestEchoErrorQuotesThePodsRequest(t *testing.T) {
+	router := netip.MustParseAddr("192.0.2.1")
+	hostAddr := netip.MustParseAddr("198.51.100.2")
+	r := newRig(t, nil)
+	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) { return nil, syscall.EACCES }
+	var raw *fakeRaw
+	raw = newFakeRaw(func(msg []byte, to netip.Addr) {
+		// The host's request as a router saw it, then its error.
+		req := stacktest.IPv4(hostAddr.String(), to.String()).Proto(header.ProtoICMP).Payload(msg).Bytes()
+		raw.inject(stacktest.IPv4(router.String(), hostAddr.String()).
+			ICMP(header.ICMPv4DstUnreachable, header.ICMPv4HostUnreachable, 0).Payload(req).Bytes())
+	})
+	r.e.echo.openRaw = func() (net.PacketConn, error) { return raw, nil }
+
+	var mu sync.Mutex
+	var sent, got []byte
+	r.pod.Devices().AddTap(func(_ *dev.NIC, skb *buf.SKB, dir dev.Direction) {
+		eth, err := header.CheckEthernet(skb.Bytes())
+		if err != nil || eth.Type() != header.EtherTypeIPv4 {
+			return
+		}
+		ip, err := header.CheckIPv4(eth.Payload())
+		if err != nil || ip.Protocol() != header.ProtoICMP {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if m := header.ICMPv4(ip.Payload()); dir == dev.Tx && m.Type() == header.ICMPv4Echo {
+			sent = append([]byte(nil), ip[:ip.TotalLen()]...)
+		} else if dir == dev.Rx && m.Type() == header.ICMPv4DstUnreachable {
+			got = append([]byte(nil), ip[:ip.TotalLen()]...)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := r.pod.Ping(ctx, server, 5, []byte("are you there?")); !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Fatalf("ping: %v, want EHOSTUNREACH", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	ip := header.IPv4(got)
+	m := header.ICMPv4(ip.Payload())
+	if ip.Src() != router || m.Code() != header.ICMPv4HostUnreachable {
+		t.Fatalf("host unreachable code %d from %v, want from the router %v", m.Code(), ip.Src(), router)
+	}
+	if !bytes.Equal(m.Payload(), sent) {
+		t.Fatalf("quote\n% x\nwant the pod's request\n% x", m.Payload(), sent)
+	}
+	if s := r.e.Stats(); s.EchoICMPErrors != 1 || s.EchoRawRelayed != 1 {
+		t.Fatalf("stats %+v", s)
+	}
 }

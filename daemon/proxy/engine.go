@@ -53,6 +53,14 @@ type Config struct {
 	MaxFlowsPerPod int
 	// MaxUDPFlows bounds the UDP flows of the whole node; default 16384.
 	MaxUDPFlows int
+	// KeepAliveIdle, KeepAliveInterval and KeepAliveCount are the TCP
+	// keepalive of both sockets of every relay (keepalive.go): probes
+	// after Idle without traffic, every Interval, the relay closed after
+	// Count unanswered. Zero values are the kernel's defaults (2 h, 75 s,
+	// 9); a negative Idle turns keepalive off.
+	KeepAliveIdle     time.Duration
+	KeepAliveInterval time.Duration
+	KeepAliveCount    int
 	// ResolvConf is the resolver configuration the DNS relay reads;
 	// default /etc/resolv.conf. It is re-read when its mtime changes.
 	ResolvConf string
@@ -92,9 +100,12 @@ type Stats struct {
 	TCPUnreachable      uint64 `json:"tcpUnreachable"`      // no route or other dial error: RST to the pod
 	FlowLimitDrops      uint64 `json:"flowLimitDrops"`      // flows refused by MaxFlowsPerPod or MaxUDPFlows
 	UDPFlowsOpened      uint64 `json:"udpFlowsOpened"`      // host sockets (or port-mapping flows) opened
-	UDPPortUnreachables uint64 `json:"udpPortUnreachables"` // ECONNREFUSED passed to a pod as port unreachable
-	EchoRelayed         uint64 `json:"echoRelayed"`         // echo requests sent through a ping socket
-	EchoDenied          uint64 `json:"echoDenied"`          // ping socket refused (net.ipv4.ping_group_range)
+	UDPPortUnreachables uint64 `json:"udpPortUnreachables"` // port unreachables for a relayed datagram passed to its pod
+	UDPICMPErrors       uint64 `json:"udpICMPErrors"`       // ICMP errors passed to a pod about its datagram (port unreachables included)
+	EchoRelayed         uint64 `json:"echoRelayed"`         // echo requests sent to the host (ping or raw socket)
+	EchoRawRelayed      uint64 `json:"echoRawRelayed"`      // of those, through the raw ICMP socket (ping sockets refused)
+	EchoDenied          uint64 `json:"echoDenied"`          // both ping and raw ICMP sockets refused
+	EchoICMPErrors      uint64 `json:"echoICMPErrors"`      // ICMP errors about a pod's echo request passed to it
 	EchoDropped         uint64 `json:"echoDropped"`         // echo queue full, oversized or send failed
 	DNSQueries          uint64 `json:"dnsQueries"`          // UDP queries and TCP connections to the gateway's port 53
 	DNSFailures         uint64 `json:"dnsFailures"`         // no nameserver answered, malformed, or over maxDNSInFlight
@@ -114,8 +125,8 @@ type counters struct {
 	activeTCP, activeUDP, activeEcho, pendingTCP atomic.Int64
 
 	tcpAccepted, tcpRefused, tcpTimeouts, tcpUnreachable, flowLimitDrops atomic.Uint64
-	udpFlowsOpened, udpPortUnreachables                                  atomic.Uint64
-	echoRelayed, echoDenied, echoDropped                                 atomic.Uint64
+	udpFlowsOpened, udpPortUnreachables, udpICMPErrors                   atomic.Uint64
+	echoRelayed, echoRawRelayed, echoDenied, echoDropped, echoICMPErrors atomic.Uint64
 	dnsQueries, dnsFailures, portMapConns                                atomic.Uint64
 }
 
@@ -125,6 +136,8 @@ type Engine struct {
 	st   *netstack.Stack
 	log  *slog.Logger
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// keepAlive is what both sockets of a TCP relay get (keepalive.go).
+	keepAlive net.KeepAliveConfig
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -164,7 +177,7 @@ type addrState struct {
 // interceptSocket is what the engine needs of the stack's UDP intercept
 // socket.
 type interceptSocket interface {
-	RecvMsg(p []byte, flags udp.Flags) (int, udp.Meta, error)
+	RecvMsgHeader(p []byte, h *udp.Header, flags udp.Flags) (int, udp.Meta, error)
 	SendFromTo(p []byte, from, to netip.AddrPort) (int, error)
 	Close() error
 }
@@ -191,19 +204,29 @@ func New(cfg Config) (_ *Engine, err error) {
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = DefaultResolvConf
 	}
+	if cfg.KeepAliveIdle == 0 {
+		cfg.KeepAliveIdle = DefaultKeepAliveIdle
+	}
+	if cfg.KeepAliveInterval <= 0 {
+		cfg.KeepAliveInterval = DefaultKeepAliveInterval
+	}
+	if cfg.KeepAliveCount <= 0 {
+		cfg.KeepAliveCount = DefaultKeepAliveCount
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	e := &Engine{
-		cfg:    cfg,
-		st:     cfg.Stack,
-		log:    log,
-		dial:   cfg.Dialer,
-		pods:   map[string]*pod{},
-		addrs:  map[netip.Addr]*addrState{},
-		resolv: &resolvConf{path: cfg.ResolvConf},
-		dnsSem: make(chan struct{}, maxDNSInFlight),
+		cfg:       cfg,
+		st:        cfg.Stack,
+		log:       log,
+		dial:      cfg.Dialer,
+		pods:      map[string]*pod{},
+		addrs:     map[netip.Addr]*addrState{},
+		resolv:    &resolvConf{path: cfg.ResolvConf},
+		keepAlive: cfg.keepAliveConfig(),
+		dnsSem:    make(chan struct{}, maxDNSInFlight),
 	}
 	if e.dial == nil {
 		d := &net.Dialer{}
@@ -466,8 +489,11 @@ func (e *Engine) Stats() Stats {
 		FlowLimitDrops:      e.c.flowLimitDrops.Load(),
 		UDPFlowsOpened:      e.c.udpFlowsOpened.Load(),
 		UDPPortUnreachables: e.c.udpPortUnreachables.Load(),
+		UDPICMPErrors:       e.c.udpICMPErrors.Load(),
 		EchoRelayed:         e.c.echoRelayed.Load(),
+		EchoRawRelayed:      e.c.echoRawRelayed.Load(),
 		EchoDenied:          e.c.echoDenied.Load(),
+		EchoICMPErrors:      e.c.echoICMPErrors.Load(),
 		EchoDropped:         e.c.echoDropped.Load(),
 		DNSQueries:          e.c.dnsQueries.Load(),
 		DNSFailures:         e.c.dnsFailures.Load(),

@@ -181,6 +181,8 @@ func (e *Engine) portMapTCP(c net.Conn, src, dst netip.AddrPort, f *flowHandle) 
 		return
 	}
 	down.SetNoDelay(true)
+	e.setKeepAlive(down)
+	e.setKeepAlive(c)
 	e.c.portMapConns.Add(1)
 	e.c.activeTCP.Add(1)
 	defer e.c.activeTCP.Add(-1)

@@ -54,7 +54,13 @@ type rig struct {
 // newRig builds the topology and an engine; mod adjusts its Config.
 func newRig(t testing.TB, mod func(*Config)) *rig {
 	t.Helper()
-	pod, node := netstack.New(), netstack.New()
+	return newRigWith(t, mod)
+}
+
+// newRigWith is newRig with options for both stacks (a manual clock).
+func newRigWith(t testing.TB, mod func(*Config), opts ...netstack.Option) *rig {
+	t.Helper()
+	pod, node := netstack.New(opts...), netstack.New(opts...)
 	t.Cleanup(func() { pod.Close(); node.Close() })
 	// The pipe's default queue: 100 concurrent flows overflow it, so
 	// the relay is also shown working through TCP loss recovery.

@@ -87,6 +87,8 @@ func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
 	// on kernel sockets already; a configured Dialer's conns may not.
 	down.SetNoDelay(true)
 	setNoDelay(up)
+	e.setKeepAlive(down)
+	e.setKeepAlive(up)
 	pending = false
 	e.c.pendingTCP.Add(-1)
 	e.c.tcpAccepted.Add(1)

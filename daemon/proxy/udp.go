@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cni-userstack/cni-userstack/netstack/udp"
 )
 
 // dgramBufs holds maxDatagram buffers, taken only while one datagram is
@@ -28,6 +30,8 @@ type udpFlow struct {
 	raw  syscall.RawConn // nil when conn is not a kernel socket
 	last atomic.Int64    // wall-clock nanoseconds of the last datagram either way
 	f    *flowHandle
+	// quote is the pod's last datagram's header (icmperr.go).
+	quote udpQuote
 }
 
 func (u *udpFlow) touch() { u.last.Store(time.Now().UnixNano()) }
@@ -44,8 +48,9 @@ func (t *udpTable) init() { t.m = map[udpKey]*udpFlow{} }
 // udpLoop reads the intercept socket until the engine closes.
 func (e *Engine) udpLoop() {
 	buf := make([]byte, maxDatagram)
+	var hdr udp.Header
 	for {
-		n, meta, err := e.udpIC.RecvMsg(buf, 0)
+		n, meta, err := e.udpIC.RecvMsgHeader(buf, &hdr, 0)
 		if err != nil {
 			if e.ctx.Err() != nil || isClosed(err) {
 				return
@@ -61,6 +66,7 @@ func (e *Engine) udpLoop() {
 			continue // counted
 		}
 		u.touch()
+		u.quote.set(&hdr)
 		if _, err := u.conn.Write(buf[:n]); err != nil {
 			e.udpHostError(u, err)
 		}
@@ -94,6 +100,9 @@ func (e *Engine) udpFlowFor(k udpKey) *udpFlow {
 	}
 	u := &udpFlow{key: k, conn: c, f: f, raw: rawConn(c)}
 	u.touch()
+	if err := setRecvErr(u.raw); err != nil {
+		e.log.Debug("proxy: IP_RECVERR not set; only port unreachable reaches the pod", "err", err)
+	}
 	if !e.adopt(f, c, func() { e.udpFlowReader(u) }) {
 		return nil
 	}
@@ -134,19 +143,9 @@ func (e *Engine) udpFlowReader(u *udpFlow) {
 	}
 }
 
-// udpHostError handles an error the host socket reported: ECONNREFUSED
-// (an ICMP port unreachable came back for our datagram) is passed on to
-// the pod as a port unreachable of its own datagram (RFC 1122 §4.1.3.1).
-func (e *Engine) udpHostError(u *udpFlow, err error) {
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		e.c.udpPortUnreachables.Add(1)
-		if serr := e.st.SendPortUnreachable(u.key.pod, u.key.dst); serr != nil {
-			e.log.Debug("proxy: port unreachable to pod failed", "pod", u.key.pod, "err", serr)
-		}
-		return
-	}
-	e.log.Debug("proxy: udp host socket error", "pod", u.key.pod, "dst", u.key.dst, "err", err)
-}
+// udpHostError handles an error the host socket reported: the ICMP
+// errors behind it go to the pod about its own datagram (icmperr.go).
+func (e *Engine) udpHostError(u *udpFlow, err error) { e.udpHostICMP(u, err) }
 
 // udpFlowEnd removes u from the table and closes it.
 func (e *Engine) udpFlowEnd(u *udpFlow) {

@@ -72,7 +72,9 @@
 // (RFC 1122 §3.2.2.6; options are not reflected); to a broadcast they
 // are ignored (icmp_echo_ignore_broadcasts). Errors received are checked
 // (checksum, quoted header ≥ 20 bytes + 8 bytes of transport) and handed
-// to the quoted protocol's Err with icmp_err_convert's errno. Source
+// to the quoted protocol's Err as a header.ICMPError: type and code with
+// icmp_err_convert's errno and fatal flag, so each transport tells hard
+// errors from soft ones itself (the seam ipv6 shares). Source
 // Quench and Redirect are counted and ignored. Errors sent (SendICMPError,
 // icmp_send) follow RFC 1122 §3.2.2's never-list, quote up to 576 bytes
 // total (RFC 1812 §4.3.2.3), use precedence 6 and one token bucket per

@@ -3,7 +3,6 @@ package ipv4_test
 import (
 	"bytes"
 	"net/netip"
-	"syscall"
 	"testing"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
@@ -39,7 +38,7 @@ func newRx(t testing.TB) *rx {
 			}
 			skb.Consume()
 		},
-		Err: func(*buf.SKB, syscall.Errno, uint32) {},
+		Err: func(*buf.SKB, header.ICMPError) {},
 	})
 	return r
 }

@@ -2,7 +2,6 @@ package ipv4
 
 import (
 	"net/netip"
-	"syscall"
 	"testing"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
@@ -85,8 +84,7 @@ func (s sent) ip() header.IPv4 { return header.IPv4(s.b) }
 func (s sent) icmp() header.ICMPv4 { return header.ICMPv4(header.IPv4(s.b).Payload()) }
 
 type errRec struct {
-	errno syscall.Errno
-	info  uint32
+	header.ICMPError
 	inner []byte
 }
 
@@ -146,8 +144,8 @@ func newTestNet(t testing.TB, opts ...option) *testNet {
 				}
 				skb.Consume()
 			},
-			Err: func(skb *buf.SKB, errno syscall.Errno, info uint32) {
-				tn.errs = append(tn.errs, errRec{errno, info, append([]byte(nil), skb.Bytes()...)})
+			Err: func(skb *buf.SKB, e header.ICMPError) {
+				tn.errs = append(tn.errs, errRec{e, append([]byte(nil), skb.Bytes()...)})
 			},
 		})
 	}

@@ -120,51 +120,60 @@ func (l *Layer) icmpEcho(skb *buf.SKB, m header.ICMPv4) {
 	}
 }
 
-// unreachErrno is icmp_err_convert[] for Destination Unreachable codes 0–15.
-var unreachErrno = [16]syscall.Errno{
-	syscall.ENETUNREACH,  // 0 net unreachable
-	syscall.EHOSTUNREACH, // 1 host unreachable
-	syscall.ENOPROTOOPT,  // 2 protocol unreachable
-	syscall.ECONNREFUSED, // 3 port unreachable
-	syscall.EMSGSIZE,     // 4 fragmentation needed and DF set
-	syscall.EOPNOTSUPP,   // 5 source route failed
-	syscall.ENETUNREACH,  // 6 destination network unknown
-	syscall.EHOSTDOWN,    // 7 destination host unknown
-	syscall.ENONET,       // 8 source host isolated
-	syscall.ENETUNREACH,  // 9 network administratively prohibited
-	syscall.EHOSTUNREACH, // 10 host administratively prohibited
-	syscall.ENETUNREACH,  // 11 network unreachable for TOS
-	syscall.EHOSTUNREACH, // 12 host unreachable for TOS
-	syscall.EHOSTUNREACH, // 13 communication administratively prohibited
-	syscall.EHOSTUNREACH, // 14 host precedence violation
-	syscall.EHOSTUNREACH, // 15 precedence cutoff in effect
+// unreachConvert is icmp_err_convert[] for Destination Unreachable codes
+// 0–15: the errno a socket reports and whether the error is hard (RFC 1122
+// §3.2.2.1 and §4.2.3.9: net, host and source-route unreachable are soft,
+// port and protocol unreachable hard; Linux deems the "unknown",
+// "isolated", administratively prohibited and precedence codes hard too).
+// Code 4, fragmentation needed, is path MTU news rather than either.
+var unreachConvert = [16]struct {
+	errno syscall.Errno
+	hard  bool
+}{
+	{syscall.ENETUNREACH, false},  // 0 net unreachable
+	{syscall.EHOSTUNREACH, false}, // 1 host unreachable
+	{syscall.ENOPROTOOPT, true},   // 2 protocol unreachable
+	{syscall.ECONNREFUSED, true},  // 3 port unreachable
+	{syscall.EMSGSIZE, false},     // 4 fragmentation needed and DF set
+	{syscall.EOPNOTSUPP, false},   // 5 source route failed
+	{syscall.ENETUNREACH, true},   // 6 destination network unknown
+	{syscall.EHOSTDOWN, true},     // 7 destination host unknown
+	{syscall.ENONET, true},        // 8 source host isolated
+	{syscall.ENETUNREACH, true},   // 9 network administratively prohibited
+	{syscall.EHOSTUNREACH, true},  // 10 host administratively prohibited
+	{syscall.ENETUNREACH, false},  // 11 network unreachable for TOS
+	{syscall.EHOSTUNREACH, false}, // 12 host unreachable for TOS
+	{syscall.EHOSTUNREACH, true},  // 13 communication administratively prohibited
+	{syscall.EHOSTUNREACH, true},  // 14 host precedence violation
+	{syscall.EHOSTUNREACH, true},  // 15 precedence cutoff in effect
 }
 
 // icmpUnreach is icmp_unreach + icmp_socket_deliver: find the quoted
-// datagram and report the error to its protocol's Err handler. Errors
-// quote the offending IP header and at least 8 bytes of its payload (RFC
-// 792; RFC 1122 §3.2.2: the transport uses them to find its connection).
+// datagram and report the error, as a header.ICMPError with its type,
+// code, errno and hardness, to its protocol's Err handler. Errors quote
+// the offending IP header and at least 8 bytes of its payload (RFC 792;
+// RFC 1122 §3.2.2: the transport uses them to find its connection).
 func (l *Layer) icmpUnreach(skb *buf.SKB, m header.ICMPv4) {
-	var errno syscall.Errno
-	var info uint32
+	e := header.ICMPError{Type: m.Type(), Code: m.Code()}
 	switch m.Type() {
 	case header.ICMPv4DstUnreachable:
-		code := m.Code()
-		if int(code) >= len(unreachErrno) {
+		if int(e.Code) >= len(unreachConvert) {
 			l.count(IcmpInErrors)
 			skb.Free(DropICMPInvalid)
 			return
 		}
-		errno = unreachErrno[code]
-		if code == header.ICMPv4FragNeeded {
+		e.Errno, e.Hard = unreachConvert[e.Code].errno, unreachConvert[e.Code].hard
+		if e.Code == header.ICMPv4FragNeeded {
 			// RFC 1191 §4: the next-hop MTU in the low 16 bits.
-			info = uint32(m.MTU())
+			e.Info = uint32(m.MTU())
 		}
 	case header.ICMPv4TimeExceeded:
-		errno = syscall.EHOSTUNREACH // icmp_err_convert: Linux reports time exceeded as EHOSTUNREACH
-	default: // parameter problem
-		errno = syscall.EPROTO
-		info = uint32(m.Pointer())
+		// icmp_err_convert: Linux reports time exceeded as a soft
+		// EHOSTUNREACH (RFC 1122 §4.2.3.9: "MUST NOT abort").
+		e.Errno = syscall.EHOSTUNREACH
+	default: // parameter problem: hard (RFC 1122 §4.2.3.9)
+		e.Errno, e.Hard = syscall.EPROTO, true
+		e.Info = uint32(m.Pointer())
 	}
 	inner := m.Payload()
 	if len(inner) < header.IPv4MinSize {
@@ -187,7 +196,7 @@ func (l *Layer) icmpUnreach(skb *buf.SKB, m header.ICMPv4) {
 	skb.Pull(header.ICMPv4MinSize)
 	skb.SetNetworkHeader()
 	skb.SetTransportHeaderAt(hl)
-	p.Err(skb, errno, info)
+	p.Err(skb, e)
 	skb.Consume()
 }
 

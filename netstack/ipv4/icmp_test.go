@@ -65,8 +65,9 @@ func TestICMPBadChecksum(t *testing.T) {
 	}
 }
 
-// ICMP errors from the network reach the quoted protocol's Err with the
-// errno of icmp_err_convert.
+// ICMP errors from the network reach the quoted protocol's Err with their
+// type and code, and icmp_err_convert's errno and fatal flag (RFC 1122
+// §4.1.3.3, §4.2.3.9: hard or soft).
 func TestICMPErrorToProtocol(t *testing.T) {
 	// The datagram we sent that the error quotes: UDP 10.1.0.1 → 10.1.0.9.
 	inner := pkt{src: "10.1.0.1", dst: "10.1.0.9", proto: header.ProtoUDP, payload: udpish(100)}.bytes()
@@ -77,29 +78,32 @@ func TestICMPErrorToProtocol(t *testing.T) {
 		rest       uint32
 		quote      []byte
 		wantErrno  syscall.Errno
+		wantHard   bool
 		wantInfo   uint32
 		wantCount  string
 		noDelivery bool
 	}{
-		{"port unreachable → ECONNREFUSED", header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, quote,
-			syscall.ECONNREFUSED, 0, "IcmpInDestUnreachs", false},
+		{"port unreachable → hard ECONNREFUSED", header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, quote,
+			syscall.ECONNREFUSED, true, 0, "IcmpInDestUnreachs", false},
+		{"protocol unreachable → hard ENOPROTOOPT", header.ICMPv4DstUnreachable, header.ICMPv4ProtoUnreachable, 0, quote,
+			syscall.ENOPROTOOPT, true, 0, "IcmpInDestUnreachs", false},
 		{"RFC 1191: frag needed → EMSGSIZE with the MTU", header.ICMPv4DstUnreachable, header.ICMPv4FragNeeded,
-			header.FragNeededRest(1280), quote, syscall.EMSGSIZE, 1280, "IcmpInDestUnreachs", false},
-		{"host unreachable", header.ICMPv4DstUnreachable, header.ICMPv4HostUnreachable, 0, quote,
-			syscall.EHOSTUNREACH, 0, "IcmpInDestUnreachs", false},
-		{"net unreachable", header.ICMPv4DstUnreachable, header.ICMPv4NetUnreachable, 0, quote,
-			syscall.ENETUNREACH, 0, "IcmpInDestUnreachs", false},
-		{"admin prohibited", header.ICMPv4DstUnreachable, header.ICMPv4AdminProhibited, 0, quote,
-			syscall.EHOSTUNREACH, 0, "IcmpInDestUnreachs", false},
-		{"time exceeded → EHOSTUNREACH (Linux)", header.ICMPv4TimeExceeded, 0, 0, quote,
-			syscall.EHOSTUNREACH, 0, "IcmpInTimeExcds", false},
-		{"parameter problem → EPROTO with the pointer", header.ICMPv4ParamProblem, 0, header.ParamProblemRest(9), quote,
-			syscall.EPROTO, 9, "IcmpInParmProbs", false},
+			header.FragNeededRest(1280), quote, syscall.EMSGSIZE, false, 1280, "IcmpInDestUnreachs", false},
+		{"host unreachable: soft", header.ICMPv4DstUnreachable, header.ICMPv4HostUnreachable, 0, quote,
+			syscall.EHOSTUNREACH, false, 0, "IcmpInDestUnreachs", false},
+		{"net unreachable: soft", header.ICMPv4DstUnreachable, header.ICMPv4NetUnreachable, 0, quote,
+			syscall.ENETUNREACH, false, 0, "IcmpInDestUnreachs", false},
+		{"admin prohibited: hard, though EHOSTUNREACH", header.ICMPv4DstUnreachable, header.ICMPv4AdminProhibited, 0, quote,
+			syscall.EHOSTUNREACH, true, 0, "IcmpInDestUnreachs", false},
+		{"time exceeded → soft EHOSTUNREACH (Linux)", header.ICMPv4TimeExceeded, 0, 0, quote,
+			syscall.EHOSTUNREACH, false, 0, "IcmpInTimeExcds", false},
+		{"parameter problem → hard EPROTO with the pointer", header.ICMPv4ParamProblem, 0, header.ParamProblemRest(9), quote,
+			syscall.EPROTO, true, 9, "IcmpInParmProbs", false},
 		{"whole datagram quoted", header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, inner,
-			syscall.ECONNREFUSED, 0, "IcmpInDestUnreachs", false},
+			syscall.ECONNREFUSED, true, 0, "IcmpInDestUnreachs", false},
 		{"quote shorter than header + 8", header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0, inner[:27],
-			0, 0, "IcmpInErrors", true},
-		{"unknown unreachable code", header.ICMPv4DstUnreachable, 16, 0, quote, 0, 0, "IcmpInErrors", true},
+			0, false, 0, "IcmpInErrors", true},
+		{"unknown unreachable code", header.ICMPv4DstUnreachable, 16, 0, quote, 0, false, 0, "IcmpInErrors", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tn := newTestNet(t)
@@ -118,8 +122,9 @@ func TestICMPErrorToProtocol(t *testing.T) {
 				t.Fatalf("Err called %d times", len(tn.errs))
 			}
 			e := tn.errs[0]
-			if e.errno != tc.wantErrno || e.info != tc.wantInfo {
-				t.Fatalf("Err(%v, %d), want (%v, %d)", e.errno, e.info, tc.wantErrno, tc.wantInfo)
+			want := header.ICMPError{Type: tc.typ, Code: tc.code, Errno: tc.wantErrno, Hard: tc.wantHard, Info: tc.wantInfo}
+			if e.ICMPError != want {
+				t.Fatalf("Err(%+v), want %+v", e.ICMPError, want)
 			}
 			if !bytes.Equal(e.inner, tc.quote) {
 				t.Fatalf("Err saw %x, want the quoted datagram %x", e.inner, tc.quote)

@@ -6,12 +6,12 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
+	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/neigh"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
@@ -25,10 +25,10 @@ type Protocol struct {
 	Rcv func(skb *buf.SKB)
 	// Err does not consume skb; skb.Bytes() starts at the quoted (inner)
 	// IPv4 header of an ICMP error, NetworkHeader() is set to it, and at
-	// least 8 bytes of the inner transport header follow it. errno is per
-	// icmp_err_convert; info is the next-hop MTU for EMSGSIZE and the
-	// parameter-problem pointer for EPROTO.
-	Err func(skb *buf.SKB, errno syscall.Errno, info uint32)
+	// least 8 bytes of the inner transport header follow it. e carries the
+	// message's type and code with icmp_err_convert's errno and fatal
+	// flag (header.ICMPError, the same for ICMPv6).
+	Err func(skb *buf.SKB, e header.ICMPError)
 }
 
 // RPFilterMode is the reverse-path filter policy (rp_filter).

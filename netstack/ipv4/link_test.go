@@ -101,7 +101,7 @@ func TestNeighFailureOverPipe(t *testing.T) {
 	errs := make(chan syscall.Errno, 4)
 	a.l.AddProtocol(header.ProtoUDP, Protocol{
 		Rcv: func(skb *buf.SKB) { skb.Consume() },
-		Err: func(skb *buf.SKB, errno syscall.Errno, info uint32) { errs <- errno },
+		Err: func(skb *buf.SKB, e header.ICMPError) { errs <- e.Errno },
 	})
 	if err := a.l.QueueXmit(buf.FromBytes(buf.MaxHeadroom, udpish(20)), flowTo("10.1.0.99")); err != nil {
 		t.Fatal(err)

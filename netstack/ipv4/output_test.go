@@ -121,7 +121,7 @@ func TestQueueXmitDFTooBig(t *testing.T) {
 		t.Fatal("sent on the wire")
 	}
 	tn.clk.Advance(0) // the loopback backlog runs
-	if len(tn.errs) != 1 || tn.errs[0].errno != syscall.EMSGSIZE || tn.errs[0].info != 1000 {
+	if len(tn.errs) != 1 || tn.errs[0].Errno != syscall.EMSGSIZE || tn.errs[0].Info != 1000 {
 		t.Fatalf("Err %+v", tn.errs)
 	}
 	if h := header.IPv4(tn.errs[0].inner); h.Dst() != ip("8.8.8.8") || h.Src() != ip("192.168.0.2") {
@@ -198,7 +198,7 @@ func TestNeighFailureReachesSender(t *testing.T) {
 	tn.l.neighFailure(skb)
 	skb.Free(buf.DropNotSpecified) // neigh frees it after the handler
 	tn.clk.Advance(0)
-	if len(tn.errs) != 1 || tn.errs[0].errno != syscall.EHOSTUNREACH {
+	if len(tn.errs) != 1 || tn.errs[0].Errno != syscall.EHOSTUNREACH {
 		t.Fatalf("Err %+v", tn.errs)
 	}
 	if h := header.IPv4(tn.errs[0].inner); h.Dst() != ip("10.1.0.77") {

@@ -15,11 +15,21 @@ import (
 // sends echo replies and ICMP errors from the foreign address a pod
 // talked to (route.Flow.Transparent).
 
-// EchoFunc receives a diverted ICMP echo request from src to dst (RFC
-// 792: identifier, sequence number and data). payload is valid only
-// during the call; the function must not block (it runs on the receiving
-// NIC's goroutine).
-type EchoFunc func(src, dst netip.Addr, id, seq uint16, payload []byte)
+// EchoRequest is a diverted ICMP echo request (RFC 792). Its slices are
+// valid only during the EchoFunc call.
+type EchoRequest struct {
+	Src, Dst netip.Addr
+	ID, Seq  uint16
+	Payload  []byte
+	// Header is the request as it arrived, up to its data: the IPv4
+	// header with its options and the 8-byte ICMP header, which an ICMP
+	// error about the request quotes first (RFC 792, RFC 1122 §3.2.2).
+	Header []byte
+}
+
+// EchoFunc receives a diverted ICMP echo request. It must not block: it
+// runs on the receiving NIC's goroutine.
+type EchoFunc func(r EchoRequest)
 
 // SetEchoInterceptor sets the function that receives diverted echo
 // requests (skb.Mark has netfilter.MarkDivert and the destination is not
@@ -44,7 +54,10 @@ func (l *Layer) echoDiverted(skb *buf.SKB, m header.ICMPv4, src, dst netip.Addr)
 		return
 	}
 	l.count(IcmpInEchoDiverted)
-	(*fn)(src, dst, m.ID(), m.Seq(), m.Payload())
+	nh := skb.NetworkHeader()
+	hl := header.IPv4(nh).HeaderLen()
+	(*fn)(EchoRequest{Src: src, Dst: dst, ID: m.ID(), Seq: m.Seq(), Payload: m.Payload(),
+		Header: nh[:hl+header.ICMPv4MinSize]})
 	skb.Consume()
 }
 

@@ -35,12 +35,19 @@ func TestEchoDivertedToInterceptor(t *testing.T) {
 		data     string
 	}
 	var got []echo
-	tn.l.SetEchoInterceptor(func(src, dst netip.Addr, id, seq uint16, payload []byte) {
+	var hdr []byte
+	tn.l.SetEchoInterceptor(func(r EchoRequest) {
+		src, dst, id, seq, payload := r.Src, r.Dst, r.ID, r.Seq, r.Payload
 		got = append(got, echo{src, dst, id, seq, string(payload)})
+		hdr = append([]byte(nil), r.Header...)
 	})
 	tn.rcvDiverted(1, req)
 	if len(got) != 1 || got[0] != (echo{ip("10.1.0.5"), ip("203.0.113.9"), 0x1234, 7, "data"}) {
 		t.Fatalf("intercepted %+v", got)
+	}
+	// The headers as they arrived: what an error about the request quotes.
+	if !bytes.Equal(hdr, req[:header.IPv4MinSize+header.ICMPv4MinSize]) {
+		t.Fatalf("header %x, want %x", hdr, req[:28])
 	}
 	if out := tn.take(); len(out) != 0 || tn.counter("IcmpInEchoDiverted") != 1 {
 		t.Fatalf("sent %d packets", len(out))

@@ -198,8 +198,11 @@ func newTestNet(t testing.TB, opts ...option) *testNet {
 				}
 				skb.Consume()
 			},
-			Err: func(skb *buf.SKB, typ, code uint8, info uint32) {
-				tn.errs = append(tn.errs, errRec{typ, code, info, append([]byte(nil), skb.Bytes()...),
+			Err: func(skb *buf.SKB, e header.ICMPError) {
+				if !e.V6 {
+					t.Errorf("an ICMPv6 error without V6: %+v", e)
+				}
+				tn.errs = append(tn.errs, errRec{e.Type, e.Code, e.Info, append([]byte(nil), skb.Bytes()...),
 					len(skb.Bytes()) - len(skb.TransportHeader())})
 			},
 		})

@@ -207,7 +207,7 @@ func (l *Layer) icmpNotify(skb *buf.SKB, m header.ICMPv6) {
 	skb.Pull(header.ICMPv6MinSize)
 	skb.SetNetworkHeader()
 	skb.SetTransportHeaderAt(u.Offset)
-	p.Err(skb, m.Type(), m.Code(), info)
+	p.Err(skb, ErrorOf(m.Type(), m.Code(), info))
 	skb.Consume()
 }
 

@@ -27,12 +27,12 @@ type Protocol struct {
 	// Err does not consume skb; skb.Bytes() starts at the quoted (inner)
 	// IPv6 header of an ICMPv6 error, NetworkHeader() is set to it and
 	// TransportHeader() to the quoted upper-layer header, of which at
-	// least 8 bytes are present. typ and code are the ICMPv6 error's (the
-	// same seam IPv4's errors take: transports map them, ErrnoOf gives
-	// icmpv6_err_convert's errno); info is the MTU of a Packet Too Big
-	// (already clamped to at least 1280, RFC 8201 §4) and the pointer of
-	// a Parameter Problem.
-	Err func(skb *buf.SKB, typ, code uint8, info uint32)
+	// least 8 bytes are present. e is the seam IPv4's errors take too
+	// (header.ICMPError, V6 set): the ICMPv6 type and code with
+	// icmpv6_err_convert's errno and fatal flag (ErrorOf); Info is the MTU
+	// of a Packet Too Big (already clamped to at least 1280, RFC 8201 §4)
+	// and the pointer of a Parameter Problem.
+	Err func(skb *buf.SKB, e header.ICMPError)
 }
 
 // RPFilterMode is the reverse-path filter policy.
@@ -350,9 +350,17 @@ func mix(a, b, c, d uint32) uint32 {
 	return c
 }
 
+// ErrorOf is the header.ICMPError an ICMPv6 error of typ, code and info
+// hands to the transports: ErrnoOf's errno and fatal flag.
+func ErrorOf(typ, code uint8, info uint32) header.ICMPError {
+	errno, hard := ErrnoOf(typ, code)
+	return header.ICMPError{V6: true, Type: typ, Code: code, Errno: errno, Hard: hard, Info: info}
+}
+
 // ErrnoOf is icmpv6_err_convert: the errno a socket reports for an ICMPv6
 // error of typ and code, and whether the error is fatal (hard) for a
 // connection rather than a hint (RFC 4443 §3.1's routing transients).
+// Packet Too Big is neither (EMSGSIZE, not fatal): path MTU news.
 func ErrnoOf(typ, code uint8) (errno syscall.Errno, fatal bool) {
 	switch typ {
 	case header.ICMPv6DstUnreachable:

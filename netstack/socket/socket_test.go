@@ -41,7 +41,7 @@ func (l *loopIP) QueueXmit(skb *buf.SKB, fl route.Flow) error {
 	l.pending = nil
 	l.mu.Unlock()
 	for _, e := range errs {
-		l.p.V4Err(e, syscall.ECONNREFUSED, 0)
+		l.p.V4Err(e, header.ICMPError{Type: header.ICMPv4DstUnreachable, Code: header.ICMPv4PortUnreachable, Errno: syscall.ECONNREFUSED, Hard: true})
 		e.Consume()
 	}
 	return nil

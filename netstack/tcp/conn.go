@@ -85,6 +85,39 @@ func (c *Conn) SetLinger(sec int) error { c.s.SetLingerZero(sec == 0); return ni
 // SetKeepAlive turns keepalive on or off.
 func (c *Conn) SetKeepAlive(on bool) error { c.s.SetKeepAlive(on, 0, 0, 0); return nil }
 
+// SetKeepAliveConfig is (*net.TCPConn).SetKeepAliveConfig (SO_KEEPALIVE,
+// TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT), with its contract: a zero
+// Idle or Interval is 15 s and a zero Count 9 (Go's defaults), a negative
+// one leaves the socket's value (DefaultKeepIdle, DefaultKeepIntvl,
+// DefaultKeepCount unless set) as it is.
+func (c *Conn) SetKeepAliveConfig(cfg net.KeepAliveConfig) error {
+	pick := func(v, def time.Duration) time.Duration {
+		switch {
+		case v == 0:
+			return def
+		case v < 0:
+			return 0 // unchanged
+		}
+		return v
+	}
+	count := cfg.Count
+	switch {
+	case count == 0:
+		count = goKeepCount
+	case count < 0:
+		count = 0 // unchanged
+	}
+	c.s.SetKeepAlive(cfg.Enable, pick(cfg.Idle, goKeepIdle), pick(cfg.Interval, goKeepIntvl), count)
+	return nil
+}
+
+// Go's defaults for a zero KeepAliveConfig field (net.KeepAliveConfig).
+const (
+	goKeepIdle  = 15 * time.Second
+	goKeepIntvl = 15 * time.Second
+	goKeepCount = 9
+)
+
 // Info is the TCP_INFO-like snapshot.
 func (c *Conn) Info() Info { return c.s.Info() }
 

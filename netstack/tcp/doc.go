@@ -18,7 +18,9 @@
 // delayed ACK, keepalive, TIME-WAIT, tail loss probe), recovery.go (fast
 // retransmit, NewReno, RFC 6675 recovery), sack.go (scoreboard, SACK
 // blocks, D-SACK), rack.go (RFC 8985 RACK loss detection, send times,
-// the reordering timer), listen.go (passive open), socket.go (user
+// the reordering timer), listen.go (passive open), timewait.go (a new
+// SYN reopening a tuple in TIME-WAIT, for listeners and the Interceptor
+// alike: RFC 1122 §4.2.2.13, RFC 6191), socket.go (user
 // calls, TCP_INFO), conn.go (net.Conn/net.Listener), ring.go (buffers),
 // syncookies.go (RFC 4987), ecn.go (RFC 3168), stats.go (MIB, drop
 // reasons).

@@ -29,6 +29,10 @@ type segment struct {
 	ce         bool // the IP header carried CE (RFC 3168 §5)
 	divert     bool // skb.Mark has netfilter.MarkDivert (intercept.go)
 	dataOffset int
+	// twISN is the ISN of a connection this SYN reopens from TIME-WAIT
+	// (timewait.go), when hasTWISN.
+	twISN    uint32
+	hasTWISN bool
 }
 
 // V4Rcv is tcp_v4_rcv: it consumes skb, whose Bytes() start at the TCP
@@ -103,6 +107,13 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 		p.noSocket(&seg)
 	case listener:
 		s.listenRcv(&seg, t)
+	case seg.hasSyn && !seg.hasAck && s.timeWaitReopen(&seg, func() bool { return p.hasListener(t) }):
+		// A new incarnation of a tuple in TIME-WAIT (timewait.go).
+		if l := p.lookupListenerRLocked(t); l != nil {
+			l.listenRcv(&seg, t)
+			return
+		}
+		p.noSocket(&seg)
 	default:
 		s.rcv(&seg)
 	}
@@ -723,7 +734,7 @@ func (s *Sock) ofoDrain() {
 
 // V4Err is tcp_v4_err: an ICMP error quoting one of our segments. It
 // does not consume skb; skb.Bytes() starts at the quoted IPv4 header.
-func (p *Proto) V4Err(skb *buf.SKB, errno syscall.Errno, info uint32) {
+func (p *Proto) V4Err(skb *buf.SKB, e header.ICMPError) {
 	b := skb.Bytes()
 	if len(b) < header.IPv4MinSize {
 		return
@@ -748,27 +759,27 @@ func (p *Proto) V4Err(skb *buf.SKB, errno syscall.Errno, info uint32) {
 	if !(header.SeqLEQ(s.sndUna, seq) && header.SeqLT(seq, s.sndMax)) && s.state != SynSent {
 		return
 	}
-	switch errno {
-	case syscall.EMSGSIZE:
+	if e.PathMTU() {
 		// RFC 1191 §6.1 (PMTU): lower the MSS to the next-hop MTU and
 		// resend what no longer fits.
-		if info >= 68 && int(info) < s.routeMTU {
-			s.routeMTU = max(int(info), 576)
+		if e.Info >= 68 && int(e.Info) < s.routeMTU {
+			s.routeMTU = max(int(e.Info), 576)
 			s.syncMSS()
 			s.retransmitAt(s.sndUna)
 		}
 		return
-	case syscall.ECONNREFUSED, syscall.ENOPROTOOPT, syscall.EPROTO:
-		// RFC 1122 §4.2.3.9: hard errors (port, protocol unreachable,
-		// parameter problem) abort a connection being opened.
-		if s.state == SynSent || s.state == SynReceived {
-			s.done(errno)
-			return
-		}
+	}
+	if e.Hard && (s.state == SynSent || s.state == SynReceived) {
+		// RFC 1122 §4.2.3.9: hard errors (port and protocol
+		// unreachable, parameter problem; and, as Linux's fatal
+		// icmp_err_convert codes, the prohibited ones) abort a
+		// connection being opened.
+		s.done(e.Errno)
+		return
 	}
 	// Soft errors (RFC 1122 §4.2.3.9: "MUST NOT abort"): remembered and
 	// reported if the connection times out.
-	s.softErr = errno
+	s.softErr = e.Errno
 }
 
 var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})

@@ -119,14 +119,15 @@ func (p *Proto) Intercept(maxPending int) (*Interceptor, error) {
 }
 
 // divertRcv is the lookup of a diverted segment: the connection with its
-// exact 4-tuple, else, for a SYN, the Interceptor; otherwise the normal
+// exact 4-tuple (unless a SYN reopens it from TIME-WAIT, timewait.go),
+// else, for a SYN, the Interceptor; otherwise the normal
 // answer to a segment with no connection (RFC 9293 §3.10.7.1), sent from
 // the foreign address (sendResetFor with seg.divert).
 func (p *Proto) divertRcv(seg *segment, t tuple) {
 	p.mu.RLock()
 	s := p.conns[t]
 	p.mu.RUnlock()
-	if s != nil && !(seg.hasSyn && !seg.hasAck && s.timeWaitReopen(seg)) {
+	if s != nil && !(seg.hasSyn && !seg.hasAck && s.timeWaitReopen(seg, func() bool { return p.icpt.Load() != nil })) {
 		s.rcv(seg)
 		return
 	}
@@ -139,35 +140,6 @@ func (p *Proto) divertRcv(seg *segment, t tuple) {
 		p.count(InterceptNoInterceptor)
 	}
 	p.noSocket(seg)
-}
-
-// timeWaitReopen lets a new SYN reopen a tuple we hold in TIME-WAIT, as
-// RFC 1122 §4.2.2.13 allows ("MAY accept a new SYN from the remote TCP to
-// reopen the connection directly from TIME-WAIT state") when the SYN is
-// newer than the old incarnation: its timestamp is newer than TS.Recent
-// when both carry timestamps (RFC 6191 §2), else its sequence number is
-// beyond RCV.NXT (Linux tcp_timewait_state_process, TCP_TW_SYN). The
-// TIME-WAIT socket is removed and the SYN goes on to the Interceptor. A
-// pod's kernel reuses ports long before our 60 s TIME-WAIT ends when the
-// proxied side closed first; without this, its SYN would get a challenge
-// ACK and a 1 s retransmission. Deviation: the new ISN is the usual
-// RFC 6528 one, not forced above the old SND.NXT (condition 1 of
-// §4.2.2.13); timestamps (PAWS) tell the incarnations apart.
-func (s *Sock) timeWaitReopen(seg *segment) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.state != TimeWait {
-		return false
-	}
-	newer := header.SeqGT(seg.seq, s.rcvNxt)
-	if s.tsOK && seg.opts.HasTS {
-		newer = int32(seg.opts.TSVal-s.tsRecent) > 0
-	}
-	if !newer {
-		return false
-	}
-	s.done(nil)
-	return true
 }
 
 // synRcv queues a Request for a diverted SYN, or drops a retransmission
@@ -196,7 +168,8 @@ func (i *Interceptor) synRcv(seg *segment, t tuple) {
 		return
 	}
 	r := &Request{i: i, t: t, nic: seg.skb.InNIC, syn: segment{src: seg.src, dst: seg.dst, seq: seg.seq,
-		flags: seg.flags, wnd: seg.wnd, opts: seg.opts, len: seg.len, hasSyn: true, divert: true}}
+		flags: seg.flags, wnd: seg.wnd, opts: seg.opts, len: seg.len, hasSyn: true, divert: true,
+		twISN: seg.twISN, hasTWISN: seg.hasTWISN}}
 	i.pending[t] = r
 	i.queue = append(i.queue, r)
 	i.mu.Unlock()

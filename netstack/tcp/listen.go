@@ -112,6 +112,9 @@ func (c *Sock) initPassive(seg *segment, t tuple) error {
 	// RFC 3168 §6.1.1: an ECN-setup SYN has ECE and CWR.
 	c.ecnOK = !p.cfg.NoECN && seg.flags&(header.ECE|header.CWR) == header.ECE|header.CWR
 	c.iss = p.isn(t)
+	if seg.hasTWISN {
+		c.iss = seg.twISN // reopened from TIME-WAIT (timewait.go)
+	}
 	c.sndUna, c.sndNxt, c.sndMax = c.iss, c.iss+1, c.iss+1
 	c.bufSeq = c.iss + 1
 	c.recover = c.iss

@@ -49,7 +49,7 @@ func TestPMTUFromFragNeeded(t *testing.T) {
 	// The ICMP error quotes our IPv4 header and 8 bytes of TCP.
 	quote := first.NetworkHeader()[:header.IPv4MinSize+8]
 	q := buf.FromBytes(0, quote)
-	c.p.V4Err(q, syscall.EMSGSIZE, 1000)
+	c.p.V4Err(q, header.ICMPError{Type: header.ICMPv4DstUnreachable, Code: header.ICMPv4FragNeeded, Errno: syscall.EMSGSIZE, Info: 1000})
 	for _, skb := range sent {
 		skb.Consume()
 	}
@@ -63,7 +63,7 @@ func TestPMTUFromFragNeeded(t *testing.T) {
 	// An error quoting a sequence number not in flight is ignored
 	// (RFC 5927 §4.1).
 	header.TCP(quote[header.IPv4MinSize:])[4] ^= 0x80
-	c.p.V4Err(buf.FromBytes(0, quote), syscall.EMSGSIZE, 600)
+	c.p.V4Err(buf.FromBytes(0, quote), header.ICMPError{Type: header.ICMPv4DstUnreachable, Code: header.ICMPv4FragNeeded, Errno: syscall.EMSGSIZE, Info: 600})
 	if in := s.Info(); in.MSS != 960 {
 		t.Fatalf("forged error changed MSS to %d", in.MSS)
 	}
@@ -76,7 +76,7 @@ func TestICMPRefusedDuringConnect(t *testing.T) {
 	s.SetNonblock(true)
 	s.ConnectContext(t.Context(), c.raddr)
 	syn := c.ip.take()[0]
-	c.p.V4Err(buf.FromBytes(0, syn.NetworkHeader()[:28]), syscall.ECONNREFUSED, 0)
+	c.p.V4Err(buf.FromBytes(0, syn.NetworkHeader()[:28]), header.ICMPError{Type: header.ICMPv4DstUnreachable, Code: header.ICMPv4PortUnreachable, Errno: syscall.ECONNREFUSED, Hard: true})
 	if _, err := s.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("read %v", err)
 	}

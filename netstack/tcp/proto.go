@@ -264,6 +264,13 @@ func (p *Proto) lookupListener(daddr netip.Addr, dport uint16) *Sock {
 	return wild
 }
 
+// lookupListenerRLocked is lookupListener taking Proto.mu.
+func (p *Proto) lookupListenerRLocked(t tuple) *Sock {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.lookupListener(t.laddr, t.lport)
+}
+
 // lookup is __inet_lookup: the established table, then listeners.
 func (p *Proto) lookup(t tuple) (*Sock, bool) {
 	p.mu.RLock()

@@ -53,6 +53,7 @@ const (
 	InterceptOverflows
 	InterceptRefused
 	InterceptNoInterceptor
+	TWReopened
 	numCounters
 )
 
@@ -68,7 +69,7 @@ var counterNames = [numCounters]string{
 	"TcpExtTCPECNReduce", "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery", "TcpExtTCPACKSkippedSeq",
 	"TcpExtTCPLostRetransmit", "TcpExtTCPSACKReorder", "TcpExtTCPDSACKRecv",
 	"TcpExtInterceptRequests", "TcpExtInterceptSynDups", "TcpExtInterceptOverflows", "TcpExtInterceptRefused",
-	"TcpExtInterceptNoInterceptor",
+	"TcpExtInterceptNoInterceptor", "TcpExtTWReopened",
 }
 
 // String is the nstat name.

@@ -39,17 +39,19 @@
 // below the bound (so an empty queue always takes one); otherwise it is
 // freed with SOCKET_RCVBUFF and counted in RcvbufErrors and InErrors.
 //
-// Errors (V4Err): the socket is found from the quoted header; as Linux
-// does without IP_RECVERR, only CONNECTED sockets hear of it, and only
-// hard errors (icmp_err_convert's fatal ones: port and protocol
-// unreachable, parameter problem, host unknown or isolated; fragmentation
-// needed as EMSGSIZE). RFC 1122 §4.1.3.3 says all errors MUST be passed
-// up; an unconnected socket cannot tell which send caused one, and soft
-// errors (time exceeded, host or net unreachable) are transient. ipv4
-// passes the errno, not the ICMP code, so administratively prohibited
-// (EHOSTUNREACH, fatal in Linux) counts as soft here. The error is stored
-// on the socket, wakes its waiters, and the next receive or send returns
-// it once (sock_error).
+// Errors (V4Err): ipv4 hands over a header.ICMPError (type, code,
+// icmp_err_convert's errno and fatal flag), the seam ipv6 reuses for
+// ICMPv6. The socket is found from the quoted header; as Linux does without
+// IP_RECVERR, only CONNECTED sockets hear of it, and only of hard errors
+// (RFC 1122 §4.1.3.3 asks for all; Linux's fatal ones: port unreachable as
+// ECONNREFUSED, protocol unreachable, parameter problem, the prohibited,
+// unknown and precedence codes); fragmentation needed only when the socket
+// sends with DF (IP_PMTUDISC_DO), as EMSGSIZE. Soft errors (net and host
+// unreachable, time exceeded) are transient: no socket hears of them
+// (UdpExtICMPSoftErrors), so they never fail a connected socket's next
+// call. A hard error is stored on the socket (UdpExtICMPHardErrors),
+// wakes its waiters, and the next receive or send returns it once
+// (sock_error); the socket carries on afterwards.
 //
 // Output: SendTo checks the size (65507 bytes of payload at most, else
 // EMSGSIZE), binds an ephemeral port if needed (inet_autobind), routes to

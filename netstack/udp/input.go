@@ -3,7 +3,6 @@ package udp
 import (
 	"encoding/binary"
 	"net/netip"
-	"syscall"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
@@ -79,7 +78,18 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 // V4Err is __udp4_lib_err: an ICMP error quoting one of our datagrams.
 // It does not consume skb; skb.Bytes() starts at the quoted IPv4 header,
 // followed by at least the quoted UDP ports.
-func (p *Proto) V4Err(skb *buf.SKB, errno syscall.Errno, info uint32) {
+//
+// RFC 1122 §4.1.3.3 says UDP MUST pass every ICMP error up; as Linux does
+// without IP_RECVERR, only a CONNECTED socket hears of one, and only of a
+// hard one (header.ICMPError.Hard: port unreachable as ECONNREFUSED,
+// protocol unreachable, parameter problem, the prohibited and unknown
+// codes), stored as the socket's pending error: the next receive or send
+// returns it once and the socket carries on. Soft errors (net and host
+// unreachable, time exceeded, source route failed) are transient and do
+// not reach the socket at all. Fragmentation needed reaches it as
+// EMSGSIZE only when it sends with DF (SetDontFragment, IP_PMTUDISC_DO).
+// An unconnected socket cannot tell which of its sends an error is about.
+func (p *Proto) V4Err(skb *buf.SKB, e header.ICMPError) {
 	b := skb.Bytes()
 	if len(b) < header.IPv4MinSize {
 		return
@@ -93,8 +103,16 @@ func (p *Proto) V4Err(skb *buf.SKB, errno syscall.Errno, info uint32) {
 	remote := netip.AddrFrom4([4]byte(b[16:20]))
 	lport := binary.BigEndian.Uint16(b[ihl:])
 	rport := binary.BigEndian.Uint16(b[ihl+2:])
+	p.icmpError(e, local, lport, remote, rport)
+}
 
-	if !hardError(errno) {
+// icmpError delivers an ICMP error about the datagram local:lport →
+// remote:rport to the connected socket it came from (see V4Err), whatever
+// the family of the message.
+func (p *Proto) icmpError(e header.ICMPError, local netip.Addr, lport uint16, remote netip.Addr, rport uint16) {
+	pmtu := e.PathMTU()
+	if !e.Hard && !pmtu {
+		p.count(ICMPSoftErrors)
 		return
 	}
 	p.mu.RLock()
@@ -102,24 +120,14 @@ func (p *Proto) V4Err(skb *buf.SKB, errno syscall.Errno, info uint32) {
 	s := p.lookup(remote, rport, local, lport)
 	if s == nil || !s.connected {
 		// Linux without IP_RECVERR: unconnected sockets never hear of
-		// ICMP errors (see the package doc for RFC 1122 §4.1.3.3).
+		// ICMP errors.
 		return
 	}
-	s.setError(errno)
-}
-
-// hardError reports whether an ICMP error is fatal in icmp_err_convert's
-// sense, the only ones __udp4_lib_err reports without IP_RECVERR: port and
-// protocol unreachable, parameter problem, host unknown or isolated, and
-// fragmentation needed (EMSGSIZE, unless IP_PMTUDISC_DONT). ipv4 hands us
-// the errno, not the code, so the administratively prohibited codes, which
-// Linux deems fatal but which share EHOSTUNREACH/ENETUNREACH with the soft
-// unreachables and time exceeded, are treated as soft here.
-func hardError(errno syscall.Errno) bool {
-	switch errno {
-	case syscall.ECONNREFUSED, syscall.ENOPROTOOPT, syscall.EPROTO, syscall.EHOSTDOWN,
-		syscall.ENONET, syscall.EMSGSIZE:
-		return true
+	if pmtu && !s.dontFragment() {
+		// IP_PMTUDISC_DONT: our datagrams may be fragmented on the
+		// way; the error is not this socket's business.
+		return
 	}
-	return false
+	p.count(ICMPHardErrors)
+	s.setError(e.Errno)
 }

@@ -222,13 +222,19 @@ const (
 	InCsumErrors
 	InDiverted
 	DivertNoPorts
+	// ICMPSoftErrors counts ICMP errors about our datagrams that no
+	// socket hears of (RFC 1122 §4.1.3.3 soft errors: net and host
+	// unreachable, time exceeded); ICMPHardErrors those stored on a
+	// connected socket (V4Err).
+	ICMPSoftErrors
+	ICMPHardErrors
 	numCounters
 )
 
 var counterNames = [numCounters]string{
 	"UdpInDatagrams", "UdpNoPorts", "UdpInErrors", "UdpOutDatagrams",
 	"UdpRcvbufErrors", "UdpSndbufErrors", "UdpInCsumErrors",
-	"UdpExtInDiverted", "UdpExtDivertNoPorts",
+	"UdpExtInDiverted", "UdpExtDivertNoPorts", "UdpExtICMPSoftErrors", "UdpExtICMPHardErrors",
 }
 
 // String is the nstat name.
@@ -249,6 +255,9 @@ type Stats struct {
 	// socket by 4-tuple or to the intercept socket); DivertNoPorts
 	// those that found neither (also counted in NoPorts).
 	InDiverted, DivertNoPorts uint64
+	// ICMPSoftErrors counts ICMP errors no socket hears of (soft ones);
+	// ICMPHardErrors those a connected socket got as its error.
+	ICMPSoftErrors, ICMPHardErrors uint64
 }
 
 // Stats returns the counters.
@@ -258,6 +267,7 @@ func (p *Proto) Stats() Stats {
 		InDatagrams: g(InDatagrams), NoPorts: g(NoPorts), InErrors: g(InErrors), OutDatagrams: g(OutDatagrams),
 		RcvbufErrors: g(RcvbufErrors), SndbufErrors: g(SndbufErrors), InCsumErrors: g(InCsumErrors),
 		InDiverted: g(InDiverted), DivertNoPorts: g(DivertNoPorts),
+		ICMPSoftErrors: g(ICMPSoftErrors), ICMPHardErrors: g(ICMPHardErrors),
 	}
 }
 

@@ -419,6 +419,30 @@ func (s *Socket) Recv(p []byte) (int, error) {
 // RecvMsg is udp_recvmsg: RecvFrom with flags and the datagram's
 // metadata. With MsgDontWait it returns EAGAIN instead of blocking.
 func (s *Socket) RecvMsg(p []byte, flags Flags) (int, Meta, error) {
+	return s.RecvMsgHeader(p, nil, flags)
+}
+
+// Header is the start of a received datagram as it arrived: its IPv4
+// header, options included, and its UDP header, the part an ICMP error
+// about it quotes first (RFC 792, RFC 1122 §3.2.2). The proxy keeps it to
+// quote what the pod sent when the host reports an error for the
+// datagram it relayed.
+type Header struct {
+	B [header.IPv4MaxSize + header.UDPSize]byte
+	N int // bytes of B in use
+	// CsumPartial: the UDP checksum field holds only the pseudo-header
+	// sum (the sender's link offloads it, buf.CsumPartial); whoever quotes
+	// the header completes it over the whole datagram, as the sender's
+	// NIC would have on a wire.
+	CsumPartial bool
+}
+
+// Bytes is the header in use.
+func (h *Header) Bytes() []byte { return h.B[:h.N] }
+
+// RecvMsgHeader is RecvMsg that also copies the datagram's IPv4 and UDP
+// headers into h (nil: not wanted).
+func (s *Socket) RecvMsgHeader(p []byte, h *Header, flags Flags) (int, Meta, error) {
 	s.mu.Lock()
 	for {
 		if err := s.sockError(); err != nil {
@@ -434,6 +458,9 @@ func (s *Socket) RecvMsg(p []byte, flags Flags) (int, Meta, error) {
 			n := copy(p, skb.Bytes())
 			m := metaOf(skb)
 			m.Truncated = n < m.Len
+			if h != nil {
+				h.from(skb)
+			}
 			if flags&MsgPeek == 0 {
 				skb.Consume()
 				// Linux counts InDatagrams here, in udp_recvmsg.
@@ -460,6 +487,18 @@ func (s *Socket) RecvMsg(p []byte, flags Flags) (int, Meta, error) {
 		}
 		s.cond.Wait()
 	}
+}
+
+// from copies the headers of a queued datagram: its network header runs
+// on past the pulled UDP header to the payload.
+func (h *Header) from(skb *buf.SKB) {
+	nh := skb.NetworkHeader()
+	n := 0
+	if len(nh) >= header.IPv4MinSize {
+		n = min(header.IPv4(nh).HeaderLen()+header.UDPSize, len(nh), len(h.B))
+	}
+	h.N = copy(h.B[:], nh[:n])
+	h.CsumPartial = skb.Csum == buf.CsumPartial
 }
 
 // metaOf reads the addresses enqueue left in the control block. With
@@ -547,6 +586,12 @@ func (s *Socket) SetDontFragment(on bool) {
 	s.mu.Lock()
 	s.dontFrag = on
 	s.mu.Unlock()
+}
+
+func (s *Socket) dontFragment() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dontFrag
 }
 
 // BindToDevice restricts output to one NIC (SO_BINDTODEVICE); 0 clears.

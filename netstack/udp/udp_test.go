@@ -375,25 +375,42 @@ func TestTruncationAndPeek(t *testing.T) {
 	}
 }
 
+var portUnreachable = header.ICMPError{Type: header.ICMPv4DstUnreachable, Code: header.ICMPv4PortUnreachable,
+	Errno: syscall.ECONNREFUSED, Hard: true}
+
+// unreach is ipv4's ICMPError for destination unreachable code.
+func unreach(code uint8, errno syscall.Errno, hard bool) header.ICMPError {
+	return header.ICMPError{Type: header.ICMPv4DstUnreachable, Code: code, Errno: errno, Hard: hard}
+}
+
+// RFC 1122 §4.1.3.3 as Linux applies it without IP_RECVERR: a connected
+// socket hears of hard errors, once; soft ones and unconnected sockets
+// hear of nothing.
 func TestV4Err(t *testing.T) {
+	fragNeeded := header.ICMPError{Type: header.ICMPv4DstUnreachable, Code: header.ICMPv4FragNeeded, Errno: syscall.EMSGSIZE, Info: 1280}
 	tests := []struct {
 		name      string
 		connect   bool
-		errno     syscall.Errno
+		df        bool
+		e         header.ICMPError
 		wantError bool
 	}{
-		{"RFC 1122 §4.1.3.3: port unreachable reaches a connected socket", true, syscall.ECONNREFUSED, true},
-		{"protocol unreachable is hard", true, syscall.ENOPROTOOPT, true},
-		{"parameter problem is hard", true, syscall.EPROTO, true},
-		{"fragmentation needed is reported", true, syscall.EMSGSIZE, true},
-		{"Linux: unconnected sockets do not hear of errors", false, syscall.ECONNREFUSED, false},
-		{"Linux: time exceeded and host unreachable are soft", true, syscall.EHOSTUNREACH, false},
-		{"Linux: net unreachable is soft", true, syscall.ENETUNREACH, false},
+		{"RFC 1122 §4.1.3.3: port unreachable reaches a connected socket", true, false, portUnreachable, true},
+		{"protocol unreachable is hard", true, false, unreach(header.ICMPv4ProtoUnreachable, syscall.ENOPROTOOPT, true), true},
+		{"admin prohibited is hard though EHOSTUNREACH", true, false, unreach(header.ICMPv4AdminProhibited, syscall.EHOSTUNREACH, true), true},
+		{"parameter problem is hard", true, false, header.ICMPError{Type: header.ICMPv4ParamProblem, Errno: syscall.EPROTO, Hard: true}, true},
+		{"fragmentation needed reaches a DF socket", true, true, fragNeeded, true},
+		{"fragmentation needed is not a non-DF socket's business", true, false, fragNeeded, false},
+		{"Linux: unconnected sockets do not hear of errors", false, false, portUnreachable, false},
+		{"host unreachable is soft", true, false, unreach(header.ICMPv4HostUnreachable, syscall.EHOSTUNREACH, false), false},
+		{"net unreachable is soft", true, false, unreach(header.ICMPv4NetUnreachable, syscall.ENETUNREACH, false), false},
+		{"time exceeded is soft", true, false, header.ICMPError{Type: header.ICMPv4TimeExceeded, Errno: syscall.EHOSTUNREACH}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p, _ := newProto(t, Config{})
 			s := bindSock(t, p, "10.0.0.1:4000")
+			s.SetDontFragment(tc.df)
 			if tc.connect {
 				if err := s.Connect(netip.AddrPortFrom(peer, 9)); err != nil {
 					t.Fatal(err)
@@ -403,13 +420,13 @@ func TestV4Err(t *testing.T) {
 			skb := datagram{src: local, dst: peer, sport: 4000, dport: 9, payload: []byte("x")}.skb()
 			skb.PushToNetwork()
 			skb.SetTransportHeaderAt(header.IPv4MinSize)
-			p.V4Err(skb, tc.errno, 0)
+			p.V4Err(skb, tc.e)
 			skb.Consume()
 			b := make([]byte, 10)
 			_, _, err := s.RecvMsg(b, MsgDontWait)
 			if tc.wantError {
-				if !errors.Is(err, tc.errno) {
-					t.Fatalf("recv: %v, want %v", err, tc.errno)
+				if !errors.Is(err, tc.e.Errno) {
+					t.Fatalf("recv: %v, want %v", err, tc.e.Errno)
 				}
 				// Reported once (sock_error clears it).
 				if _, _, err := s.RecvMsg(b, MsgDontWait); !errors.Is(err, syscall.EAGAIN) {
@@ -417,6 +434,13 @@ func TestV4Err(t *testing.T) {
 				}
 			} else if !errors.Is(err, syscall.EAGAIN) {
 				t.Fatalf("recv: %v, want EAGAIN", err)
+			}
+			st := p.Stats()
+			if hard := tc.e.Hard || tc.e.PathMTU(); !hard && st.ICMPSoftErrors != 1 {
+				t.Fatalf("soft error not counted: %+v", st)
+			}
+			if tc.wantError && st.ICMPHardErrors != 1 {
+				t.Fatalf("hard error not counted: %+v", st)
 			}
 		})
 	}
@@ -430,7 +454,7 @@ func TestV4ErrReportedOnSend(t *testing.T) {
 	}
 	skb := datagram{src: local, dst: peer, sport: 4000, dport: 9}.skb()
 	skb.PushToNetwork()
-	p.V4Err(skb, syscall.ECONNREFUSED, 0)
+	p.V4Err(skb, portUnreachable)
 	skb.Consume()
 	if _, err := s.Send([]byte("x")); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("send: %v", err)
@@ -445,7 +469,7 @@ func TestV4ErrMalformedQuote(t *testing.T) {
 	for _, b := range [][]byte{nil, make([]byte, 19), append([]byte{0x4f}, make([]byte, 30)...)} {
 		skb := buf.FromBytes(0, b)
 		skb.SetNetworkHeader()
-		p.V4Err(skb, syscall.ECONNREFUSED, 0)
+		p.V4Err(skb, portUnreachable)
 		skb.Consume()
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cni-userstack/cni-userstack/daemon"
 	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/test/e2e/cnitest"
 	"github.com/cni-userstack/cni-userstack/veth"
@@ -106,6 +107,9 @@ func (e *cniEnv) cleanup() {
 	if err := veth.DeleteNetNS(e.stackNS); err != nil {
 		e.t.Errorf("cleanup: %v", err)
 	}
+	// The claim files a killed daemon leaves (a clean exit removes them).
+	os.Remove(filepath.Join(daemon.DefaultLockDir, "stack-"+e.stackNS+".lock"))
+	os.Remove(filepath.Join(daemon.DefaultLockDir, "uplink-"+e.uplinkIf+".lock"))
 	if e.t.Failed() {
 		if b, err := os.ReadFile(e.logFile); err == nil {
 			e.t.Logf("daemon log:\n%s", tail(string(b), 8000))
@@ -341,8 +345,9 @@ func TestCNITwoPodsThroughStack(t *testing.T) {
 		if r.IPs[0].Interface == nil || *r.IPs[0].Interface != 0 || !e.subnet.Contains(p.ip) || r.IPs[0].Gateway == nil {
 			t.Fatalf("result IPs: %+v", r.IPs[0])
 		}
-		if len(r.Routes) != 1 || r.Routes[0].Dst.String() != "0.0.0.0/0" {
-			t.Fatalf("result routes: %+v", r.Routes)
+		// The ptp shape (TestPodSeesTheRouter has the details).
+		if len(r.Routes) != 3 || r.Routes[2].Dst.String() != "0.0.0.0/0" {
+			t.Fatalf("result routes: %v", resultRoutes(r.Routes))
 		}
 	}
 	if got := e.hostRoutes(); !slices.Contains(got, e.subnet) {
@@ -381,7 +386,7 @@ func TestCNITwoPodsThroughStack(t *testing.T) {
 	if err != nil || st.Attachments != 2 || len(st.Stack.NICs) != 3 {
 		t.Fatalf("status: %+v %v", st, err)
 	}
-	out, err := exec.Command(filepath.Join(e.bin, cnitest.PluginName), "attachments", "--socket", e.socket).Output()
+	out, err := exec.Command(filepath.Join(e.bin, cnitest.PluginName), "attachments", "-o", "json", "--socket", e.socket).Output()
 	var listed []api.Attachment
 	if err != nil || json.Unmarshal(out, &listed) != nil || len(listed) != 2 {
 		t.Fatalf("cni-userstack attachments: %v\n%s", err, out)

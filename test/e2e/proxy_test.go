@@ -819,54 +819,6 @@ func TestProxyPortMapping(t *testing.T) {
 		"re-established after kill -9 and restart, closed after DEL", h1, hostA, h2, p.gateway())
 }
 
-// TestProxyICMP: the pod pings its gateway (the stack answers) whatever
-// the host allows; a ping to a host address is relayed through an
-// unprivileged ICMP socket when net.ipv4.ping_group_range admits root's
-// group, and dropped and counted (EchoDenied) when it does not. The
-// sysctl is restored in t.Cleanup.
-func TestProxyICMP(t *testing.T) {
-	const sysctl = "/proc/sys/net/ipv4/ping_group_range"
-	saved, err := os.ReadFile(sysctl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := os.WriteFile(sysctl, saved, 0o644); err != nil {
-			t.Errorf("restore %s to %q: %v", sysctl, saved, err)
-		}
-	})
-	set := func(v string) {
-		t.Helper()
-		if err := os.WriteFile(sysctl, []byte(v), 0o644); err != nil {
-			t.Fatalf("write %q to %s: %v", v, sysctl, err)
-		}
-	}
-	e := newProxyEnv(t, nil, nil)
-	p := e.addPod()
-	hostA := e.host.Local[0].String()
-
-	set("1 0")
-	e.ping(p, p.gateway().String())
-	before := e.proxyStats().EchoDenied
-	loss, out, err := cnitest.Ping(t, p.ns, hostA, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if loss != 100 {
-		t.Fatalf("ping %s with ping sockets refused by the host: %.0f%% loss, want 100%%\n%s", hostA, loss, out)
-	}
-	if after := e.proxyStats().EchoDenied; after <= before {
-		t.Fatalf("EchoDenied %d → %d: denied echoes not counted", before, after)
-	}
-
-	set("0 0")
-	e.ping(p, p.gateway().String())
-	e.ping(p, hostA)
-	if st := e.proxyStats(); st.EchoRelayed < 4 {
-		t.Fatalf("EchoRelayed %d after 5 pings to %s: %s", st.EchoRelayed, hostA, statsJSON(st))
-	}
-}
-
 // vmRSS is a process's resident set from /proc/PID/status, in bytes.
 func vmRSS(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

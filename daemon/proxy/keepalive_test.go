@@ -1,0 +1,148 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/clock"
+	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
+	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
+)
+
+// RFC 1122 §4.2.3.6 on both sockets of a relay: the pod vanishes without
+// FIN or RST, the stack's socket probes it (SEG.SEQ = SND.NXT-1, no data)
+// after KeepAliveIdle, every KeepAliveInterval, resets it after
+// KeepAliveCount unanswered probes, and the relay closes: the flow leaves
+// the pod's count and the host connection is reset. The host socket got
+// the same configuration from the kernel's socket options. Both stacks run
+// on a manual clock: the probes come at exact simulated times.
+func TestRelayKeepaliveFindsAVanishedPod(t *testing.T) {
+	clk := clock.NewManual()
+	var (
+		mu   sync.Mutex
+		host *net.TCPConn
+	)
+	r := newRigWith(t, func(c *Config) {
+		c.KeepAliveIdle, c.KeepAliveInterval, c.KeepAliveCount = 10*time.Second, 2*time.Second, 3
+		c.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := testDialer(ctx, network, addr)
+			if tc, ok := conn.(*net.TCPConn); ok {
+				mu.Lock()
+				host = tc
+				mu.Unlock()
+			}
+			return conn, err
+		}
+	}, netstack.WithClock(clk))
+
+	srvErr := make(chan error, 1)
+	port := kernelListener(t, func(c *net.TCPConn) {
+		_, err := io.Copy(io.Discard, c)
+		srvErr <- err
+	})
+	// The pod: once it vanishes, it drops everything it receives; the
+	// node's segments to it are counted there (the wire).
+	var vanished atomic.Bool
+	var probes, resets atomic.Int32
+	r.pod.Hooks().Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriRaw, Name: "vanished",
+		Fn: func(skb *buf.SKB, _ *netfilter.State) netfilter.Verdict {
+			if !vanished.Load() {
+				return netfilter.Accept()
+			}
+			if ip, err := header.CheckIPv4(skb.Bytes()); err == nil && ip.Protocol() == header.ProtoTCP {
+				if th, err := header.CheckTCP(ip.Payload()); err == nil {
+					switch {
+					case th.Flags()&header.RST != 0:
+						resets.Add(1)
+					case th.Flags() == header.ACK && len(th.Payload()) == 0:
+						probes.Add(1)
+					}
+				}
+			}
+			return netfilter.Drop(buf.DropNotSpecified)
+		}})
+
+	c, err := r.dialPod(ctxT(t, 5*time.Second), server, port)
+	if err != nil {
+		t.Fatalf("dial through the relay: %v", err)
+	}
+	defer c.Close()
+	r.waitStats("the relay up", func(s Stats) bool { return s.ActiveTCP == 1 })
+
+	mu.Lock()
+	hc := host
+	mu.Unlock()
+	if hc == nil {
+		t.Fatal("no host connection dialled")
+	}
+	for opt, want := range map[int]int{unix.TCP_KEEPIDLE: 10, unix.TCP_KEEPINTVL: 2, unix.TCP_KEEPCNT: 3} {
+		if got := sockoptInt(t, hc, unix.IPPROTO_TCP, opt); got != want {
+			t.Errorf("host socket TCP option %d = %d, want %d", opt, got, want)
+		}
+	}
+	if got := sockoptInt(t, hc, unix.SOL_SOCKET, unix.SO_KEEPALIVE); got != 1 {
+		t.Errorf("host socket SO_KEEPALIVE = %d", got)
+	}
+
+	vanished.Store(true)
+	t0 := clk.Now()
+	at := func(d time.Duration) { clk.AdvanceTo(t0.Add(d)) }
+	at(10*time.Second - time.Millisecond)
+	if n := probes.Load(); n != 0 {
+		t.Fatalf("%d probes before the idle time", n)
+	}
+	for i, d := range []time.Duration{10 * time.Second, 12 * time.Second, 14 * time.Second} {
+		at(d)
+		stacktest.WaitFor(t, "a keepalive probe", func() bool { return probes.Load() == int32(i+1) })
+	}
+	at(16*time.Second - time.Millisecond)
+	if resets.Load() != 0 {
+		t.Fatal("reset before the last probe's interval ran out")
+	}
+	at(16 * time.Second)
+	stacktest.WaitFor(t, "the reset after 3 unanswered probes", func() bool { return resets.Load() == 1 })
+	s := r.waitStats("the relay closed", func(s Stats) bool { return s.ActiveTCP == 0 })
+	if ps := s.Pods; len(ps) > 0 {
+		t.Fatalf("pod flows left: %+v", ps)
+	}
+	select {
+	case err := <-srvErr:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("host side saw %v, want the relay's reset", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the host connection stayed open")
+	}
+	if n := probes.Load(); n != 3 {
+		t.Fatalf("%d probes, want 3", n)
+	}
+}
+
+func sockoptInt(t *testing.T, c *net.TCPConn, level, opt int) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), level, opt) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return v
+}
