@@ -114,10 +114,15 @@ func (p *Peer) Close() {
 	_ = exec.Command("ip", "netns", "del", p.StackNS).Run()
 }
 
-// Attach gives s a NIC on the peer's stack end, with the stack address,
-// the veth's own MAC, and (when capture is set) a pcap tap on every frame.
-// The returned close function closes the capture file.
+// Attach gives s a NIC named eth0 on the peer's stack end, with the stack
+// address, the veth's own MAC, and (when capture is set) a pcap tap on
+// every frame. The returned close function closes the capture file.
 func (p *Peer) Attach(s *netstack.Stack, capture string) (nic *dev.NIC, closeCapture func(), err error) {
+	return p.AttachAs(s, "eth0", capture)
+}
+
+// AttachAs is Attach with the NIC named name (a stack with several peers).
+func (p *Peer) AttachAs(s *netstack.Stack, name, capture string) (nic *dev.NIC, closeCapture func(), err error) {
 	closeCapture = func() {}
 	ep, err := afpacket.Open(afpacket.Config{NetNS: p.StackNSPath, Name: p.StackIf})
 	if err != nil {
@@ -140,7 +145,7 @@ func (p *Peer) Attach(s *netstack.Stack, capture string) (nic *dev.NIC, closeCap
 		})
 		closeCapture = func() { remove(); _ = f.Close() }
 	}
-	nic, err = s.AddNIC(ep, netstack.NICConfig{Name: "eth0", MAC: header.MAC(ep.MAC())})
+	nic, err = s.AddNIC(ep, netstack.NICConfig{Name: name, MAC: header.MAC(ep.MAC())})
 	if err != nil {
 		closeCapture()
 		ep.Close()
