@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"net"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/test/e2e/env"
 )
 
@@ -71,5 +75,59 @@ func TestKernelIPv6RouterPMTU(t *testing.T) {
 	}
 	if s.IPv6().Stats().ICMP.OutTimeExcds == 0 {
 		t.Fatal("no Time Exceeded counted")
+	}
+}
+
+// NAT66 between kernels: with MASQUERADE on the stack's second link, the
+// far kernel sees A's echo requests come from the stack's address on that
+// link (RFC 6724's choice), and A still gets its replies (the reply
+// direction translated back).
+func TestKernelIPv6Masquerade(t *testing.T) {
+	requireRoot(t)
+	requireCmd(t, "ping")
+	a := newKernelPeer6(t, "10.219.0.1/24", "10.219.0.2/24", "fd00:219::1/64", "fd00:219::2/64", 1500)
+	b := newKernelPeer6(t, "10.220.0.1/24", "10.220.0.2/24", "fd00:220::1/64", "fd00:220::2/64", 1500)
+	s := netstack.New()
+	t.Cleanup(func() { _ = s.Close() })
+	for i, p := range []*env.Peer{a, b} {
+		_, closeCapture, err := p.AttachAs(s, []string{"eth0", "eth1"}[i], "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(closeCapture)
+	}
+	s.SetForwarding6(true)
+	if err := s.EnableNetfilter(netfilter.Config{}).LoadText("*nat\n-A POSTROUTING -o eth1 -s fd00:219::/64 -j MASQUERADE\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Run("ip", "-n", a.NS, "-6", "route", "add", "fd00:220::/64", "via", "fd00:219::2"); err != nil {
+		t.Fatal(err)
+	}
+	// B has no route back to A's prefix: only a translated source works.
+	var conn net.PacketConn
+	if err := b.Do(func() (err error) {
+		conn, err = net.ListenPacket("ip6:ipv6-icmp", "fd00:220::1")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	out, err := a.Exec("ping", "-6", "-c", "3", "-i", "0.05", "-W", "2", b.KernelAddr6.Addr().String())
+	if err != nil || !strings.Contains(out, " 0% packet loss") {
+		t.Fatalf("ping through MASQUERADE: %v\n%s\n%s", err, out, s.Stats())
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := conn.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("B saw no echo request: %v", err)
+		}
+		if n > 0 && buf[0] == header.ICMPv6EchoRequest {
+			if got := from.(*net.IPAddr).IP.String(); got != b.StackAddr6.Addr().String() {
+				t.Fatalf("B saw the echo request from %s, want the stack's %s", got, b.StackAddr6.Addr())
+			}
+			return
+		}
 	}
 }
