@@ -228,8 +228,9 @@ func TestICMPNeverList(t *testing.T) {
 // MLD is counted and dropped: we keep no listener state.
 func TestMLDIgnored(t *testing.T) {
 	tn := newTestNet(t)
-	tn.rcvFrame(1, header.MAC{0x33, 0x33, 0, 0, 0, 2}, pkt{src: podLL, dst: "ff02::2", proto: header.ProtoICMPv6,
-		payload: icmp6(podLL, "ff02::2", header.ICMPv6MLDv2Report, 0, 0, nil)}.bytes())
+	// RFC 3810 §5.2.14: reports go to ff02::16, which a router listens to.
+	tn.rcvFrame(1, header.MAC{0x33, 0x33, 0, 0, 0, 0x16}, pkt{src: podLL, dst: "ff02::16", proto: header.ProtoICMPv6,
+		payload: icmp6(podLL, "ff02::16", header.ICMPv6MLDv2Report, 0, 0, nil)}.bytes())
 	if tn.counter("Icmp6InMLDv2Reports") != 1 || tn.dropped(DropICMPIgnored) != 1 || len(tn.take()) != 0 {
 		t.Fatal("MLD")
 	}

@@ -145,14 +145,16 @@ func (l *Layer) reversePathOK(skb *buf.SKB, src netip.Addr) bool {
 
 // mcInput is ip6_mc_input for a node that routes unicast only: the
 // link-scope groups every IPv6 router belongs to are delivered locally —
-// all-nodes (ff02::1), all-routers (ff02::2, RFC 4291 §2.7.1) and every
-// solicited-node group, since we answer Neighbor Solicitations for every
-// address the proxy policy covers (RFC 4861 §7.2.1). We send no MLD
-// reports: a veth has no snooping switch to tell. Other groups are not
-// ours, and multicast is never forwarded.
+// all-nodes (ff02::1), all-routers (ff02::2, RFC 4291 §2.7.1), all
+// MLDv2-capable routers (ff02::16, RFC 3810 §7: where hosts send their
+// reports, which are then counted and dropped) and every solicited-node
+// group, since we answer Neighbor Solicitations for every address the
+// proxy policy covers (RFC 4861 §7.2.1). We send no MLD reports: a veth
+// has no snooping switch to tell. Other groups are not ours, and
+// multicast is never forwarded.
 func (l *Layer) mcInput(skb *buf.SKB, dst netip.Addr) {
 	l.count(InMcastPkts)
-	if dst == header.IPv6AllNodes || dst == header.IPv6AllRouters || header.IsSolicitedNodeAddr(dst) {
+	if dst == header.IPv6AllNodes || dst == header.IPv6AllRouters || dst == allMLDv2Routers || header.IsSolicitedNodeAddr(dst) {
 		skb.CB[cbFlags] |= flagMulticast
 		l.localDeliver(skb)
 		return
@@ -162,6 +164,9 @@ func (l *Layer) mcInput(skb *buf.SKB, dst netip.Addr) {
 	l.count(InAddrErrors)
 	skb.Free(DropMcastNotJoined)
 }
+
+// allMLDv2Routers is ff02::16 (RFC 3810 §11).
+var allMLDv2Routers = netip.MustParseAddr("ff02::16")
 
 // inputRouteError handles a failed input route (ip6_pkt_drop's cases).
 func (l *Layer) inputRouteError(skb *buf.SKB, err error) {

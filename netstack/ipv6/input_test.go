@@ -29,7 +29,7 @@ func TestRcvValidation(t *testing.T) {
 		{"RFC 4291 §2.7: interface-local multicast on a link", 1, pkt{src: pod, dst: "ff01::1", proto: header.ProtoUDP}.bytes(), "Ip6InHdrErrors", DropInvalidDest},
 		{"unspecified destination", 1, pkt{src: pod, dst: "::", proto: header.ProtoUDP}.bytes(), "Ip6InHdrErrors", DropInvalidDest},
 		{"a NIC without IPv6", 3, good, "Ip6InDiscards", DropDisabled},
-		{"a group we do not listen to", 1, pkt{src: pod, dst: "ff02::16", proto: header.ProtoICMPv6}.bytes(), "Ip6InAddrErrors", DropMcastNotJoined},
+		{"a group we do not listen to", 1, pkt{src: pod, dst: "ff02::fb", proto: header.ProtoUDP}.bytes(), "Ip6InAddrErrors", DropMcastNotJoined},
 		{"our own address as source (spoof)", 1, pkt{src: gw, dst: gw, proto: header.ProtoUDP}.bytes(), "Ip6InAddrErrors", DropInvalidSource},
 		{"RFC 3704 §2.2: a pod source on the uplink", 2, pkt{src: pod, dst: upAddr, proto: header.ProtoUDP}.bytes(), "Ip6ReversePathFilter", DropRPFilter},
 	} {

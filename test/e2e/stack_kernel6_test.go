@@ -164,4 +164,32 @@ func TestKernelNDPProxy(t *testing.T) {
 	if adverts() == before {
 		t.Fatal("no proxy advertisement")
 	}
+
+	// RFC 4862 §5.4: the kernel's duplicate address detection. A probe
+	// for an address the proxy policy covers is not answered (the stack
+	// never claims what it does not own), so the kernel's new address
+	// becomes valid; a probe for the stack's own address is answered
+	// (§5.4.3), so the kernel marks that address failed.
+	for _, addr := range []string{"fd00:216::55/64", p.StackAddr6.String()} {
+		if _, err := env.Run("ip", "-n", p.NS, "-6", "addr", "add", addr, "dev", p.If); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ = p.Exec("ip", "-6", "addr", "show", "dev", p.If)
+		proxied := regexp.MustCompile(`inet6 fd00:216::55/64 scope global( noprefixroute)?\s`).MatchString(out) &&
+			!regexp.MustCompile(`fd00:216::55/64 .*(tentative|dadfailed)`).MatchString(out)
+		own := regexp.MustCompile(`inet6 ` + regexp.QuoteMeta(p.StackAddr6.String()) + ` .*dadfailed`).MatchString(out)
+		if proxied && own {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("DAD outcome: want fd00:216::55 valid and %v dadfailed:\n%s\n%+v", p.StackAddr6, out, s.Stats().Neigh)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := s.Stats().Neigh; n.DADReplies != 1 {
+		t.Fatalf("DAD replies %d", n.DADReplies)
+	}
 }
