@@ -83,9 +83,12 @@
 // Bounds live beside each queue and table in its package: NIC transmit
 // queue (TxQueueLen, 1000), receive batch (RxBatch, 64), neighbour table
 // (1024) and pending packets per unresolved neighbour (3), routes and
-// local addresses (route.MaxRoutes, MaxLocal), reassembly memory (4 MiB)
-// and time (30 s), ICMP errors (1000/s, burst 50), loopback backlog
-// (1000), UDP receive queue per socket (212992 bytes of truesize), UDP
+// local addresses (route.MaxRoutes, MaxLocal), IPv4 reassembly memory (4
+// MiB) and time (30 s), IPv6 reassembly memory (4 MiB), packets (1024)
+// and time (60 s), IPv6 path MTU cache (4096 destinations), ICMP and
+// ICMPv6 errors (1000/s, burst 50, each), loopback backlogs (1000 each),
+// Router Advertisement prefixes (16) and DNS servers (8), UDP receive
+// queue per socket (212992 bytes of truesize), UDP
 // bound sockets (65536), echo requests in flight (256), intercepted TCP
 // SYNs awaiting the proxy (InterceptTCP's maxPending, default 4096).
 //
