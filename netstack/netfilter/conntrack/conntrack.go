@@ -268,14 +268,20 @@ func (t *Table) In(p *Packet) (*Conn, Dir, Info, error) {
 			return nil, Original, InfoInvalid, nil
 		}
 	case header.ProtoICMP:
-		if _, q := icmpQuery(p.ICMP.Type()); !q {
-			t.invalid.Add(1) // an answer to nothing
-			return nil, Original, InfoInvalid, nil
+		// p.ICMP is nil for an IPv6 packet whose Next Header happens to
+		// be 1: a protocol without ports there, tracked generically.
+		if p.ICMP != nil {
+			if _, q := icmpQuery(p.ICMP.Type()); !q {
+				t.invalid.Add(1) // an answer to nothing
+				return nil, Original, InfoInvalid, nil
+			}
 		}
 	case header.ProtoICMPv6:
-		if _, q := icmp6Query(p.ICMP6.Type()); !q {
-			t.invalid.Add(1)
-			return nil, Original, InfoInvalid, nil
+		if p.ICMP6 != nil { // and ICMPv6's number in an IPv4 header
+			if _, q := icmp6Query(p.ICMP6.Type()); !q {
+				t.invalid.Add(1)
+				return nil, Original, InfoInvalid, nil
+			}
 		}
 	}
 	c, err := t.create(tu)

@@ -84,3 +84,18 @@ func TestIPv6BindNAT(t *testing.T) {
 		t.Fatalf("reply tuple %v", rep)
 	}
 }
+
+// Each family's ICMP number in the other family's header is just a
+// protocol without ports (found by FuzzHooks6: it used to panic).
+func TestCrossFamilyICMPNumbers(t *testing.T) {
+	tb := conntrack.New(clock.NewManual(), conntrack.Config{})
+	for _, b := range [][]byte{
+		stacktest.IPv6(cli6, srv6).Proto(header.ProtoICMP).Payload(make([]byte, 8)).Bytes(),
+		stacktest.IPv4(cli, srv).Proto(header.ProtoICMPv6).Payload(make([]byte, 8)).Bytes(),
+	} {
+		c, _, info := in(t, tb, b)
+		if c == nil || info != conntrack.InfoNew {
+			t.Fatalf("info %v", info)
+		}
+	}
+}
