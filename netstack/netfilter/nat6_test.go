@@ -110,14 +110,18 @@ func TestMasquerade6(t *testing.T) {
 		out, back func(src, dst netip.Addr) []byte
 	}{
 		{"udp",
-			func(s, d netip.Addr) []byte { return stacktest.Frame().IPv6Addr(s, d).UDP(5000, 53).Payload([]byte("q")).Bytes() },
-			func(s, d netip.Addr) []byte { return stacktest.Frame().IPv6Addr(s, d).UDP(53, 5000).Payload([]byte("a")).Bytes() }},
+			func(s, d netip.Addr) []byte {
+				return stacktest.Frame().IPv6Addr(s, d).UDP(5000, 53).Payload([]byte("q")).Bytes()
+			},
+			func(s, d netip.Addr) []byte {
+				return stacktest.Frame().IPv6Addr(s, d).UDP(53, 5000).Payload([]byte("a")).Bytes()
+			}},
 		{"tcp",
 			func(s, d netip.Addr) []byte {
 				return stacktest.Frame().IPv6Addr(s, d).TCP(40000, 80).Flags(header.SYN).Seq(1).Window(100).Bytes()
 			},
 			func(s, d netip.Addr) []byte {
-				return stacktest.Frame().IPv6Addr(s, d).TCP(80, 40000).Flags(header.SYN|header.ACK).Seq(9).Ack(2).Window(100).Bytes()
+				return stacktest.Frame().IPv6Addr(s, d).TCP(80, 40000).Flags(header.SYN | header.ACK).Seq(9).Ack(2).Window(100).Bytes()
 			}},
 		{"icmpv6 echo",
 			func(s, d netip.Addr) []byte { return stacktest.Frame().IPv6Addr(s, d).EchoRequest6(77, 1).Bytes() },
