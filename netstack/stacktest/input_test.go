@@ -16,7 +16,8 @@ import (
 )
 
 // wire is one stack whose NIC (stacktest.DefaultDstMAC,
-// stacktest.DefaultDstIP/24) is fed frames from the other end of a pipe.
+// stacktest.DefaultDstIP/24, stacktest.DefaultDstIP6/64) is fed frames
+// from the other end of a pipe.
 type wire struct {
 	s    *netstack.Stack
 	nic  *dev.NIC
@@ -39,6 +40,13 @@ func newWire(tb testing.TB, clk clock.Clock) *wire {
 	}
 	// Static, so replies need no ARP round trip to an absent peer.
 	if err := s.AddStaticNeighbor(nic.ID(), stacktest.DefaultSrcIP, stacktest.DefaultSrcMAC); err != nil {
+		tb.Fatal(err)
+	}
+	// IPv6 too: DefaultDstIP6/64, its peer static as well.
+	if err := s.AddAddress(nic.ID(), netip.PrefixFrom(stacktest.DefaultDstIP6, 64)); err != nil {
+		tb.Fatal(err)
+	}
+	if err := s.AddStaticNeighbor(nic.ID(), stacktest.DefaultSrcIP6, stacktest.DefaultSrcMAC); err != nil {
 		tb.Fatal(err)
 	}
 	sock := s.UDP().NewSocket()
@@ -81,6 +89,15 @@ func FuzzStackInput(f *testing.F) {
 			header.FragNeededRest(1400)).Payload(stacktest.UDPv4().Bytes()[:28])),
 		eth(stacktest.IPv4("10.0.0.1", "10.0.0.99").UDP(1, 2)),
 		eth(stacktest.UDPv4().BadIPChecksum()),
+		eth(stacktest.UDPv6()),
+		eth(stacktest.TCPv6SYN()),
+		eth(stacktest.Echo6(1, 2)),
+		eth(stacktest.Echo6(1, 2).HopByHop([]byte{0xc2, 4, 0, 0, 0, 0})),
+		eth(stacktest.UDPv6().FragmentHeader(7, 0, true).Payload(make([]byte, 64))),
+		eth(stacktest.UDPv6().RoutingHeader(0, 1, make([]byte, 16))),
+		eth(stacktest.IPv6("fd00::1", "ff02::1:ff00:2").NS(stacktest.DefaultDstIP6, us)),
+		eth(stacktest.IPv6("fe80::1", "ff02::2").RS(us)),
+		eth(stacktest.IPv6("fd00::1", "fd00::2").ICMPv6(header.ICMPv6PacketTooBig, 0, 1280).Payload(stacktest.UDPv6().Bytes())),
 		stacktest.ARPRequest(us, "10.0.0.1", "10.0.0.2").Bytes(),
 		stacktest.ARPReply(us, "10.0.0.1", ours, "10.0.0.2").Bytes(),
 		make([]byte, 14),
