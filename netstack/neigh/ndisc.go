@@ -97,7 +97,7 @@ func (t *Table) rcvNS(nic *dev.NIC, skb *buf.SKB, ip header.IPv6, b []byte) {
 	// the unspecified address (duplicate address detection) goes to a
 	// solicited-node group and carries no Source Link-Layer option.
 	dad := src.IsUnspecified()
-	if target.IsMulticast() || target.Is4In6() || (dad && (!header.IsSolicitedNodeAddr(dst) || hasSLL)) {
+	if !resolvable(target) || target.IsLoopback() || (dad && (!header.IsSolicitedNodeAddr(dst) || hasSLL)) {
 		t.ndpInvalid(skb, DropNDPInvalid)
 		return
 	}
@@ -183,7 +183,7 @@ func (t *Table) rcvNA(nic *dev.NIC, skb *buf.SKB, ip header.IPv6, b []byte) {
 	target := na.Target()
 	// §7.1.2: the target is not multicast; an advertisement to a
 	// multicast address is not solicited.
-	if target.IsMulticast() || target.Is4In6() || (ip.Dst().IsMulticast() && na.Solicited()) {
+	if !resolvable(target) || target.IsLoopback() || (ip.Dst().IsMulticast() && na.Solicited()) {
 		t.ndpInvalid(skb, DropNDPInvalid)
 		return
 	}

@@ -400,6 +400,7 @@ func TestNDPValidation(t *testing.T) {
 		{"hop limit 254 (crossed a router)", peer6, sn, 254, nsMsg(our6, peerMAC), DropNDPHopLimit},
 		{"code 1", peer6, sn, 255, badCode, DropNDPBadCode},
 		{"multicast target", peer6, sn, 255, multicastTarget, DropNDPInvalid},
+		{"unspecified target", peer6, sn, 255, nsMsg(netip.IPv6Unspecified(), peerMAC), DropNDPInvalid},
 		{"zero-length option", peer6, sn, 255, append(nsMsg(our6, header.MAC{}), 1, 0, 0, 0, 0, 0, 0, 0), DropNDPInvalid},
 		{"solicited NA to a multicast address", peer6, header.IPv6AllNodes, 255, naMsg(true, true, peer6, peerMAC), DropNDPInvalid},
 	} {
@@ -412,7 +413,7 @@ func TestNDPValidation(t *testing.T) {
 	if len(e.sent6()) != 0 {
 		t.Fatal("answered an invalid message")
 	}
-	if st := e.tbl.Stats(); st.NDPInErrors != 5 {
+	if st := e.tbl.Stats(); st.NDPInErrors != 6 {
 		t.Fatalf("NDPInErrors %d", st.NDPInErrors)
 	}
 }
