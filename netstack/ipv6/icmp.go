@@ -230,7 +230,8 @@ func (l *Layer) SendICMPError(skb *buf.SKB, typ, code uint8, info uint32) {
 // (e.2) a Redirect, (e.3) a packet to a multicast address, (e.4)/(e.5) a
 // packet sent as link-layer multicast or broadcast, (e.6) a packet whose
 // source does not uniquely identify a single node (unspecified,
-// multicast, IPv4-mapped, loopback). §2.4(f): errors are rate-limited by
+// multicast, IPv4-mapped, loopback; nor, from a link, one of our own
+// addresses: a spoof). §2.4(f): errors are rate-limited by
 // a token bucket (ICMPRateLimit/s, burst ICMPRateBurst), except those to
 // our own addresses. §2.2: the source is the offending packet's
 // destination when that is a unicast address of ours, else the address
@@ -257,6 +258,12 @@ func (l *Layer) sendICMPError(skb *buf.SKB, typ, code uint8, info uint32, evenMu
 		}
 	}
 	toSelf := l.fib.IsLocal(src)
+	if toSelf && skb.InNIC != 0 {
+		// A packet from a link claiming one of our addresses is a spoof
+		// (route.Input drops it as a martian; the Hop-by-Hop options
+		// are processed before that): no error is reflected to us.
+		return
+	}
 	if !toSelf && !l.icmpRL.allow() {
 		l.count(IcmpOutRateLimited)
 		return
