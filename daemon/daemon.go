@@ -37,6 +37,14 @@
 // Limits: MaxAttachments attachments per daemon (an attach beyond it is
 // refused with code 11); request bodies are bounded by maxRequest.
 //
+// Read-only endpoints (inspect.go, inspect_stack.go) serve the inspect
+// commands from the stack's own tables through Inspector; they take
+// Daemon.mu only to copy the attachments that name the pods. Start-up is
+// Recover, then Listen, then ready (startup in serve.go); the metrics and
+// probe server (serve_metrics.go, daemon/metrics) starts before it, so
+// /readyz says "not ready" while recovery runs, and /healthz (health.go)
+// asks the API over its own socket and checks every attachment's NIC.
+//
 // Lock order: Daemon.mu > the proxy engine's locks or the attacher's
 // locks (neither calls the other) > the stack's.
 package daemon
@@ -131,6 +139,8 @@ type Daemon struct {
 
 	mu          sync.Mutex
 	attachments map[string]*api.Attachment // by ID (far-end name); bound MaxAttachments
+
+	insp inspectState // read-only endpoints, readiness, latency observer (inspect.go)
 }
 
 // New builds a daemon over an opened store and an attacher. It does not
@@ -139,8 +149,10 @@ func New(cfg Config, store *Store, att Attacher) *Daemon {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Daemon{cfg: cfg, store: store, att: att, proxy: cfg.Proxy, log: cfg.Logger, started: time.Now(),
+	d := &Daemon{cfg: cfg, store: store, att: att, proxy: cfg.Proxy, log: cfg.Logger, started: time.Now(),
 		attachments: map[string]*api.Attachment{}}
+	d.insp.init()
+	return d
 }
 
 // Recover loads the records and applies PlanRecovery: re-attach what still
@@ -269,6 +281,7 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("GET "+api.PathAttachments, d.handleList)
 	mux.HandleFunc("GET "+api.PathStatus, d.handleStatus)
 	mux.HandleFunc("POST "+api.PathGC, d.handleGC)
+	d.registerInspect(mux)
 	return mux
 }
 
@@ -286,6 +299,7 @@ func (d *Daemon) Serve(ctx context.Context, l net.Listener) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	d.insp.shutdown() // running captures end: their connections go idle
 	err := srv.Shutdown(sctx)
 	if cerr := d.close(); err == nil {
 		err = cerr
@@ -341,7 +355,9 @@ func (d *Daemon) handleAttach(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
+	start := time.Now()
 	a, e := d.Attach(req)
+	d.observe(true, start, e == nil)
 	if e != nil {
 		writeErr(w, e)
 		return
@@ -406,7 +422,9 @@ func (d *Daemon) handleDetach(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
+	start := time.Now()
 	resp, e := d.Detach(req)
+	d.observe(false, start, e == nil)
 	if e != nil {
 		writeErr(w, e)
 		return
@@ -478,11 +496,12 @@ func (d *Daemon) Status() *api.Status {
 	n := len(d.attachments)
 	d.mu.Unlock()
 	st := &api.Status{Version: d.cfg.Version, PID: os.Getpid(), Started: d.started, Socket: d.cfg.Socket,
-		StateDir: d.cfg.StateDir, StackNetNS: d.cfg.StackNetNS, Attachments: n}
+		StateDir: d.cfg.StateDir, StackNetNS: d.cfg.StackNetNS, Attachments: n, Ready: d.Ready()}
 	d.att.Status(st)
 	if d.proxy != nil {
 		st.Proxy = d.proxy.Stats()
 	}
+	st.Metrics = d.insp.metrics.Load()
 	return st
 }
 

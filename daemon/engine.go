@@ -57,6 +57,17 @@ func (p *EngineProxy) RemovePod(id string) { p.e.RemovePod(id) }
 // Stats converts the engine's counters.
 func (p *EngineProxy) Stats() *api.ProxyStats { return apiProxyStats(p.e.Stats()) }
 
+// Relays lists the engine's flows (`cni-userstack ss -p`).
+func (p *EngineProxy) Relays() []api.Relay {
+	rs := p.e.Relays()
+	out := make([]api.Relay, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, api.Relay{Kind: r.Kind, Proto: r.Proto, Pod: r.PodID, PodLocal: r.PodLocal, PodRemote: r.PodRemote,
+			HostLocal: r.HostLocal, HostRemote: r.HostRemote, FromPod: r.FromPod, ToPod: r.ToPod})
+	}
+	return out
+}
+
 // Close closes every relay and listener of the engine.
 func (p *EngineProxy) Close() error { return p.e.Close() }
 
@@ -77,7 +88,8 @@ func apiProxyStats(s proxy.Stats) *api.ProxyStats {
 		UDPICMPErrors: s.UDPICMPErrors,
 		EchoRelayed:   s.EchoRelayed, EchoRawRelayed: s.EchoRawRelayed, EchoDenied: s.EchoDenied, EchoICMPErrors: s.EchoICMPErrors, EchoDropped: s.EchoDropped,
 		DNSQueries: s.DNSQueries, DNSFailures: s.DNSFailures,
-		PortMapConns: s.PortMapConns,
+		PortMapConns: s.PortMapConns, EchoFlowsOpened: s.EchoFlowsOpened,
+		UDPIdleTimeouts: s.UDPIdleTimeouts, EchoIdleTimeouts: s.EchoIdleTimeouts,
 	}
 	if len(s.Pods) > 0 {
 		out.Pods = make(map[string]api.ProxyPodStats, len(s.Pods))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
+	"github.com/cni-userstack/cni-userstack/daemon/metrics"
 	"github.com/cni-userstack/cni-userstack/daemon/proxy"
 	"github.com/cni-userstack/cni-userstack/netstack/link/afpacket"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
@@ -51,6 +53,9 @@ type ServeFlags struct {
 	// BusyPoll is the AF_PACKET links' busy-poll budget
 	// (afpacket.Config.BusyPoll); 0 is off.
 	BusyPoll time.Duration
+	// MetricsAddr is where /metrics, /healthz and /readyz are served
+	// (daemon/metrics); "" turns them off.
+	MetricsAddr string
 }
 
 // Defaults of the proxy engine's flags.
@@ -85,6 +90,7 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.ProxyConnectTimeout, "proxy-connect-timeout", DefaultProxyConnectTimeout, "proxy mode: bound of a pod's upstream TCP connect; the pod gets an RST when it passes")
 	fs.DurationVar(&f.ProxyUDPIdleTimeout, "proxy-udp-idle-timeout", DefaultProxyUDPIdleTimeout, "proxy mode: a UDP or ICMP echo flow with no traffic for this long is closed")
 	fs.IntVar(&f.ProxyMaxFlowsPerPod, "proxy-max-flows-per-pod", DefaultProxyMaxFlowsPerPod, "proxy mode: concurrent TCP+UDP+ICMP flows per pod; new flows past it are refused and counted")
+	fs.StringVar(&f.MetricsAddr, "metrics-addr", metrics.DefaultAddr, "host:port serving Prometheus /metrics and the /healthz and /readyz probes (port 0 picks one; \"\" disables); a port in use is logged and the daemon runs on without them")
 	fs.DurationVar(&f.ProxyKeepAliveIdle, "proxy-keepalive-idle", DefaultProxyKeepAliveIdle, "proxy mode: TCP keepalive of both sockets of a relay: idle time before the first probe (whole seconds, at most 32767s; the kernel's tcp_keepalive_time by default); 0 turns keepalive off")
 	fs.DurationVar(&f.ProxyKeepAliveInterval, "proxy-keepalive-interval", DefaultProxyKeepAliveInterval, "proxy mode: time between keepalive probes (whole seconds, at most 32767s; tcp_keepalive_intvl)")
 	fs.IntVar(&f.ProxyKeepAliveCount, "proxy-keepalive-count", DefaultProxyKeepAliveCount, "proxy mode: unanswered keepalive probes after which a relay is closed (1..127; tcp_keepalive_probes)")
@@ -118,6 +124,9 @@ func (f *ServeFlags) Validate() error {
 		return fmt.Errorf("--proxy-keepalive-count %d: must be between 1 and %d", f.ProxyKeepAliveCount, maxKeepAliveCount)
 	}
 	if _, err := f.subnet(); err != nil {
+		return err
+	}
+	if err := checkMetricsAddr(f.MetricsAddr); err != nil {
 		return err
 	}
 	if _, err := f.level(); err != nil {
@@ -191,6 +200,10 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		return err
 	}
 	defer held.Close()
+	// Probes answer from here on: /readyz is "not ready" until recovery
+	// finished and the API listens.
+	mr := startMetrics(f.MetricsAddr, version, log)
+	defer mr.close()
 	store, err := OpenStore(f.StateDir)
 	if err != nil {
 		return err
@@ -213,11 +226,8 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		return err
 	}
 	d := New(Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px}, store, att)
-	if err := d.Recover(); err != nil {
-		d.close()
-		return fmt.Errorf("recover: %w", err)
-	}
-	l, err := Listen(f.Socket)
+	mr.attach(d)
+	l, err := startup(d, f.Socket)
 	if err != nil {
 		d.close()
 		return err
@@ -233,6 +243,21 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		return nil
 	}
 	return err
+}
+
+// startup recovers d's recorded attachments, then opens the API socket,
+// then marks d ready: /readyz says ready only once recovery finished and
+// the plugin can reach the API.
+func startup(d *Daemon, socket string) (net.Listener, error) {
+	if err := d.Recover(); err != nil {
+		return nil, fmt.Errorf("recover: %w", err)
+	}
+	l, err := Listen(socket)
+	if err != nil {
+		return nil, err
+	}
+	d.SetReady()
+	return l, nil
 }
 
 // loadRules reads and parses a --rules file; nil without one. Errors name

@@ -476,8 +476,7 @@ func (a *StackAttacher) Status(st *api.Status) {
 	st.Stack.Counters["ProxyProtoDrops"] = a.protoDrops.Load()
 	st.Stack.Counters["ProxyInvalidDrops"] = a.invalidDrops.Load()
 	for _, n := range s.NICs {
-		st.Stack.NICs = append(st.Stack.NICs, api.NICStats{ID: n.ID, Name: n.Name, RxPackets: n.RxPackets, RxBytes: n.RxBytes,
-			RxDropped: n.RxDropped, TxPackets: n.TxPackets, TxBytes: n.TxBytes, TxDropped: n.TxDropped, Drops: n.Drops})
+		st.Stack.NICs = append(st.Stack.NICs, nicStats(n.ID, n.Name, n.Stats))
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

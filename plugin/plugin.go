@@ -130,10 +130,12 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	undo.add("veth teardown", func() error { return veth.Teardown(args.Netns, args.IfName, hostIf, conf.StackNetNS) })
 
+	podNS, podName := k8sPodName(args.Args)
 	_, err = cl.Attach(ctx, api.AttachRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, Network: conf.Name, PodNetNS: args.Netns,
 		HostIfName: hostIf, PodMAC: pair.PodMAC.String(), IP: pa.IP, Gateway: pa.Gateway, Range: pa.Range,
 		MTU: conf.MTU, Mode: conf.Mode, RoutedRanges: conf.Routed(), PortMappings: pm,
+		PodNamespace: podNS, PodName: podName,
 	})
 	if err != nil {
 		return err

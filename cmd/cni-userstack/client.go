@@ -26,7 +26,12 @@ func (c *clientFlags) add(cmd *cobra.Command) {
 func (c *clientFlags) call(fn func(ctx context.Context, cl *api.Client) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	err := fn(ctx, api.NewClient(c.socket, c.timeout))
+	return c.explain(fn(ctx, api.NewClient(c.socket, c.timeout)))
+}
+
+// explain turns an unreachable daemon into an error that says which
+// socket was tried and how to start one.
+func (c *clientFlags) explain(err error) error {
 	if api.IsUnreachable(err) {
 		return fmt.Errorf("%v\nno daemon answers on %s: start one with `cni-userstack serve --socket %s` "+
 			"(or let the plugin autostart it), or point --socket at the running daemon's socket", err, c.socket, c.socket)

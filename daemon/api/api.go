@@ -14,6 +14,10 @@
 //	GET  /v1/attachments                 → []Attachment
 //	GET  /v1/status                      → Status
 //	POST /v1/gc           GCRequest      → GCResponse
+//
+// and the read-only views of the stack the inspect commands read
+// (inspect.go: links, routes, neighbours, sockets, conntrack, stats, and
+// a streaming pcap capture).
 package api
 
 import (
@@ -171,6 +175,10 @@ func CheckRoutedRanges(rs []netip.Prefix) error {
 	return nil
 }
 
+// maxPodNameLen bounds AttachRequest.PodNamespace and PodName (Kubernetes
+// names are at most 253 bytes).
+const maxPodNameLen = 253
+
 // AttachRequest asks the daemon to drive a pod's far end. The far end
 // (HostIfName) already exists in the daemon's stack netns.
 type AttachRequest struct {
@@ -201,6 +209,11 @@ type AttachRequest struct {
 	RoutedRanges []netip.Prefix `json:"routedRanges,omitempty"`
 	// PortMappings (proxy mode) are the pod's host ports.
 	PortMappings []PortMapping `json:"portMappings,omitempty"`
+	// PodNamespace and PodName name the pod when the runtime passed
+	// K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS (kubelet's CRI
+	// runtimes do); shown by `cni-userstack link` and the metrics.
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
 }
 
 // Validate checks a request before the daemon acts on it and normalises
@@ -235,6 +248,8 @@ func (r *AttachRequest) Validate() error {
 		return fmt.Errorf("mode %q: want %q or %q", r.Mode, ModeProxy, ModeRoute)
 	case r.Mode == ModeRoute && len(r.PortMappings) > 0:
 		return fmt.Errorf("port mappings are served in mode %q; in mode %q chain the portmap plugin", ModeProxy, ModeRoute)
+	case len(r.PodNamespace) > maxPodNameLen || len(r.PodName) > maxPodNameLen:
+		return fmt.Errorf("pod namespace/name longer than %d bytes", maxPodNameLen)
 	}
 	return nil
 }
@@ -299,6 +314,20 @@ type Status struct {
 	Stack       StackStats `json:"stack"`
 	// Proxy is the proxy engine's counters (nil when it does not run).
 	Proxy *ProxyStats `json:"proxy,omitempty"`
+	// Metrics is the metrics and probe server (serve --metrics-addr); nil
+	// when it is off.
+	Metrics *MetricsStatus `json:"metrics,omitempty"`
+	// Ready is set once start-up recovery finished (what /readyz says).
+	Ready bool `json:"ready"`
+}
+
+// MetricsStatus says where /metrics, /healthz and /readyz are served.
+type MetricsStatus struct {
+	// Addr is the address asked for; Listening the one bound (a port 0
+	// resolved), "" when the listener could not be opened: Error says why.
+	Addr      string `json:"addr"`
+	Listening string `json:"listening,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 // ProxyStats are the proxy engine's counters (daemon/proxy.Stats): flows
@@ -325,6 +354,9 @@ type ProxyStats struct {
 	DNSQueries          uint64 `json:"dnsQueries"`
 	DNSFailures         uint64 `json:"dnsFailures"`
 	PortMapConns        uint64 `json:"portMapConns"`
+	EchoFlowsOpened     uint64 `json:"echoFlowsOpened"`
+	UDPIdleTimeouts     uint64 `json:"udpIdleTimeouts"`
+	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`
 
 	// Pods are per-pod counters by attachment ID.
 	Pods map[string]ProxyPodStats `json:"pods,omitempty"`
@@ -360,9 +392,11 @@ type NICStats struct {
 	RxPackets uint64            `json:"rxPackets"`
 	RxBytes   uint64            `json:"rxBytes"`
 	RxDropped uint64            `json:"rxDropped"`
+	RxErrors  uint64            `json:"rxErrors,omitempty"`
 	TxPackets uint64            `json:"txPackets"`
 	TxBytes   uint64            `json:"txBytes"`
 	TxDropped uint64            `json:"txDropped"`
+	TxErrors  uint64            `json:"txErrors,omitempty"`
 	Drops     map[string]uint64 `json:"drops,omitempty"`
 }
 

@@ -238,6 +238,7 @@ func (e *Engine) dnsTCPRelay(c net.Conn, f *flowHandle) {
 		e.setKeepAlive(c)
 		e.setKeepAlive(up)
 		e.c.activeTCP.Add(1)
+		f.setRelay(RelayDNS, c, up)
 		splice(c, up)
 		e.c.activeTCP.Add(-1)
 		return

@@ -152,6 +152,12 @@
 // listener goroutines by the pod's own WaitGroup, which RemovePod and Close
 // wait for), so Close returns only when none is left.
 //
+// Introspection (info.go): Relays lists the flows for `cni-userstack ss -p`.
+// A TCP relay records its two sockets on its flowHandle once both are up
+// (one atomic store per flow); UDP and echo flows are read from their
+// tables under their locks; bytes come from TCP_INFO and conntrack, so the
+// data path counts nothing for it.
+//
 // Time: the deadlines of host sockets and the idle times are wall-clock (the
 // kernel's); the stack's sockets get deadlines on the stack's clock.
 package proxy

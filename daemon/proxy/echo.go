@@ -236,6 +236,7 @@ func (t *echoTable) open(k echoKey) *echoFlow {
 		}
 		t.m[k] = ef
 		e.c.activeEcho.Add(1)
+		e.c.echoFlowsOpened.Add(1)
 		return ef
 	}
 	if !refused(err) {
@@ -300,6 +301,7 @@ func (t *echoTable) openRawFlow(k echoKey, f *flowHandle) (*echoFlow, error) {
 	t.m[k] = ef
 	t.byRaw[ef.rawKey] = ef
 	e.c.activeEcho.Add(1)
+	e.c.echoFlowsOpened.Add(1)
 	ef.idle = time.AfterFunc(e.cfg.UDPIdleTimeout, func() { t.markDue(ef) })
 	// An abort only marks the flow: f.add may call this at once, with
 	// mu held.
@@ -348,6 +350,9 @@ func (t *echoTable) rawSweeper(pc net.PacketConn) {
 			if !ef.dead.Load() && left > 0 {
 				ef.idle.Reset(left)
 				continue
+			}
+			if !ef.dead.Load() {
+				e.c.echoIdleTimeouts.Add(1)
 			}
 			t.rawEnd(ef)
 		}
@@ -451,6 +456,7 @@ func (t *echoTable) reader(ef *echoFlow) {
 					delete(t.m, ef.key)
 				}
 				t.mu.Unlock()
+				e.c.echoIdleTimeouts.Add(1)
 				return
 			}
 			t.mu.Unlock()

@@ -172,8 +172,19 @@ func TestEchoRawSocket(t *testing.T) {
 	// Stack.Ping takes a fresh identifier each time: three flows, the
 	// pod's limit; a fourth is refused.
 	s := r.e.Stats()
-	if s.EchoRawRelayed != 3 || s.EchoRelayed != 3 || s.ActiveEcho != 3 || s.Pods["p"].ActiveFlows != 3 {
+	if s.EchoRawRelayed != 3 || s.EchoRelayed != 3 || s.ActiveEcho != 3 || s.Pods["p"].ActiveFlows != 3 || s.EchoFlowsOpened != 3 {
 		t.Fatalf("stats %+v", s)
+	}
+	// ss -p's view: each flow with its identifier on the raw socket.
+	raw := 0
+	for _, rl := range r.e.Relays() {
+		if rl.Proto == "icmp" && rl.PodRemote.Addr() == podAddr && rl.PodLocal.Addr() == server && rl.HostRemote.Addr() == loopback &&
+			rl.HostLocal.Port() == rl.HostRemote.Port() && rl.PodID == "p" {
+			raw++
+		}
+	}
+	if raw != 3 {
+		t.Fatalf("relays of the raw echo flows: %+v", r.e.Relays())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -183,7 +194,10 @@ func TestEchoRawSocket(t *testing.T) {
 	if s := r.e.Stats(); s.FlowLimitDrops != 1 {
 		t.Fatalf("flow limit not counted: %+v", s)
 	}
-	r.waitStats("raw echo flows idle out", func(s Stats) bool { return s.ActiveEcho == 0 && s.Pods["p"].ActiveFlows == 0 })
+	s = r.waitStats("raw echo flows idle out", func(s Stats) bool { return s.ActiveEcho == 0 && s.Pods["p"].ActiveFlows == 0 })
+	if s.EchoIdleTimeouts != 3 {
+		t.Fatalf("idle timeouts of the raw echo flows: %+v", s)
+	}
 }
 
 // RemovePod and Close end raw-mode flows and the raw socket's goroutines.

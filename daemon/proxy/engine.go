@@ -110,6 +110,9 @@ type Stats struct {
 	DNSQueries          uint64 `json:"dnsQueries"`          // UDP queries and TCP connections to the gateway's port 53
 	DNSFailures         uint64 `json:"dnsFailures"`         // no nameserver answered, malformed, or over maxDNSInFlight
 	PortMapConns        uint64 `json:"portMapConns"`        // port-mapping TCP connections relayed into a pod
+	EchoFlowsOpened     uint64 `json:"echoFlowsOpened"`     // ping sockets opened
+	UDPIdleTimeouts     uint64 `json:"udpIdleTimeouts"`     // UDP flows (outbound and port-mapping) closed after UDPIdleTimeout
+	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`    // echo flows closed after UDPIdleTimeout
 
 	Pods map[string]PodStats `json:"pods,omitempty"` // by pod ID
 }
@@ -128,6 +131,9 @@ type counters struct {
 	udpFlowsOpened, udpPortUnreachables, udpICMPErrors                   atomic.Uint64
 	echoRelayed, echoRawRelayed, echoDenied, echoDropped, echoICMPErrors atomic.Uint64
 	dnsQueries, dnsFailures, portMapConns                                atomic.Uint64
+	// Per flow, not per packet: echo flows opened, UDP and echo flows
+	// closed for idling past UDPIdleTimeout.
+	echoFlowsOpened, udpIdleTimeouts, echoIdleTimeouts atomic.Uint64
 }
 
 // Engine is the proxy-mode relay engine of one stack.
@@ -436,6 +442,9 @@ type flowHandle struct {
 	mu      sync.Mutex
 	aborted bool
 	closers []func() // bound: the few sockets of one flow
+
+	// relay is a TCP relay's two sockets once both are up (info.go).
+	relay atomic.Pointer[relayEnds]
 }
 
 func (e *Engine) newFlow() *flowHandle {
@@ -498,6 +507,9 @@ func (e *Engine) Stats() Stats {
 		DNSQueries:          e.c.dnsQueries.Load(),
 		DNSFailures:         e.c.dnsFailures.Load(),
 		PortMapConns:        e.c.portMapConns.Load(),
+		EchoFlowsOpened:     e.c.echoFlowsOpened.Load(),
+		UDPIdleTimeouts:     e.c.udpIdleTimeouts.Load(),
+		EchoIdleTimeouts:    e.c.echoIdleTimeouts.Load(),
 		Pods:                map[string]PodStats{},
 	}
 	e.mu.Lock()

@@ -186,6 +186,7 @@ func (e *Engine) portMapTCP(c net.Conn, src, dst netip.AddrPort, f *flowHandle) 
 	e.c.portMapConns.Add(1)
 	e.c.activeTCP.Add(1)
 	defer e.c.activeTCP.Add(-1)
+	f.setRelay(RelayPortMap, down, c)
 	splice(down, c)
 }
 
@@ -278,6 +279,7 @@ func (p *pod) udpFlowReader(u *udpMapping, pf *pmFlow) {
 		last := time.Unix(0, pf.last.Load())
 		left := idle - time.Since(last)
 		if left <= 0 {
+			e.c.udpIdleTimeouts.Add(1)
 			return
 		}
 		// The stack socket's deadline is on the stack's clock.

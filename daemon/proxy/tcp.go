@@ -94,6 +94,7 @@ func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
 	e.c.tcpAccepted.Add(1)
 	e.c.activeTCP.Add(1)
 	defer e.c.activeTCP.Add(-1)
+	f.setRelay(RelayOutbound, down, up)
 	splice(down, up)
 }
 

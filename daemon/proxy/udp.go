@@ -120,6 +120,7 @@ func (e *Engine) udpFlowReader(u *udpFlow) {
 	for {
 		last := time.Unix(0, u.last.Load())
 		if time.Since(last) >= idle {
+			e.c.udpIdleTimeouts.Add(1)
 			return
 		}
 		_ = u.conn.SetReadDeadline(last.Add(idle))

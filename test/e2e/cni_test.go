@@ -157,8 +157,11 @@ func (e *cniEnv) startDaemon() {
 		e.t.Fatal(err)
 	}
 	defer logf.Close()
+	// Metrics on a port of their own (127.0.0.1:0): tests and other
+	// daemons on this machine never share the default 9765.
 	args := append([]string{"serve", "--socket", e.socket, "--state-dir", e.stateDir, "--stack-netns", e.stackNS,
-		"--uplink-subnet", e.uplink.String(), "--uplink-host-ifname", e.uplinkIf, "--log-level", "debug"}, e.serveArgs...)
+		"--uplink-subnet", e.uplink.String(), "--uplink-host-ifname", e.uplinkIf, "--log-level", "debug",
+		"--metrics-addr", "127.0.0.1:0"}, e.serveArgs...)
 	cmd := exec.Command(filepath.Join(e.bin, cnitest.PluginName), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
