@@ -18,6 +18,11 @@ import (
 // we send are built here and go straight to the NIC, as ARP's do (they
 // pass no netfilter hook).
 
+// NDP's drop reasons are the neighbour layer's, as ARP's are (info.go).
+func init() {
+	buf.SetDropLayer("neigh", DropNDPInvalid, DropNDPHopLimit, DropNDPBadCode, DropNDPIgnored)
+}
+
 // RcvNDP is ndisc_rcv: it processes a Neighbor Solicitation or
 // Advertisement, Router Solicitation or Advertisement, or Redirect that
 // arrived on nic. It consumes skb, whose Bytes() start at the ICMPv6

@@ -237,3 +237,17 @@ func TestSelectSource6Rules(t *testing.T) {
 		t.Fatal("no candidates")
 	}
 }
+
+// The local table dump lists IPv6 addresses too (`cni-userstack route`).
+func TestLocals6(t *testing.T) {
+	tb := testTable6(t)
+	var gw []LocalEntry
+	for _, l := range tb.Locals() {
+		if l.Addr == a("fd00:1::1") {
+			gw = append(gw, l)
+		}
+	}
+	if len(gw) != 2 || !gw[0].Primary || gw[0].NIC != 1 || gw[1].Primary || gw[1].NIC != 3 {
+		t.Fatalf("gateway entries %+v", gw)
+	}
+}
