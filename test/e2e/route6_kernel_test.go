@@ -8,13 +8,15 @@ import (
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/test/e2e/env"
 )
 
-// The stack as an IPv6 router between two kernels, the second link with
-// the minimum MTU (1280): the kernels ping across it and see the hop
+// The stack as an IPv6 router between two kernels, the first reaching it
+// by its link-local address, the second link with the minimum MTU
+// (1280): the kernels ping across it and see the hop
 // limit decremented (RFC 8200 §3); an echo too big for the second link
 // with fragmentation forbidden draws a Packet Too Big carrying 1280 (RFC
 // 4443 §3.2), which the kernel turns into its path MTU (RFC 8201), after
@@ -28,19 +30,25 @@ func TestKernelIPv6RouterPMTU(t *testing.T) {
 	b := newKernelPeer6(t, "10.218.0.1/24", "10.218.0.2/24", "fd00:218::1/64", "fd00:218::2/64", 1280)
 	s := netstack.New()
 	t.Cleanup(func() { _ = s.Close() })
+	var nicA *dev.NIC
 	for i, p := range []*env.Peer{a, b} {
-		_, closeCapture, err := p.AttachAs(s, []string{"eth0", "eth1"}[i], "")
+		nic, closeCapture, err := p.AttachAs(s, []string{"eth0", "eth1"}[i], "")
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(closeCapture)
+		if i == 0 {
+			nicA = nic
+		}
 	}
 	s.SetForwarding6(true)
+	// A routes through the stack's link-local address (the gateway's on
+	// a pod link, RFC 4291 §2.5.6), B through its global one.
 	for _, st := range [][]string{
-		{a.NS, "fd00:218::/64", "fd00:217::2"},
+		{a.NS, "fd00:218::/64", netstack.LinkLocal(nicA).String(), "dev", a.If},
 		{b.NS, "fd00:217::/64", "fd00:218::2"},
 	} {
-		if _, err := env.Run("ip", "-n", st[0], "-6", "route", "add", st[1], "via", st[2]); err != nil {
+		if _, err := env.Run("ip", append([]string{"-n", st[0], "-6", "route", "add", st[1], "via"}, st[2:]...)...); err != nil {
 			t.Fatal(err)
 		}
 	}
