@@ -53,11 +53,16 @@ test: deps fmt-check vet
 # ours (pasta from passt, slirp4netns), iperf3 and nsenter (util-linux).
 BENCH_APT_PKGS := passt slirp4netns iperf3 util-linux
 BENCH_APT_CMDS := pasta slirp4netns iperf3 nsenter
-# Length of each iperf3, latency and connect-rate run; extra flags for
-# ./test/bench (e.g. BENCH_FLAGS=-variants=ptp,route).
+# Length of each iperf3, latency and connect-rate run; interleaved rounds
+# (the report gives median, min and max over them); extra flags for
+# ./test/bench (e.g. BENCH_FLAGS=-variants=ptp,proxy,gvisor -mem-conns=0).
 BENCH_DURATION ?= 5s
+BENCH_ROUNDS ?= 3
 BENCH_FLAGS ?=
 
+# bench-deps installs the Debian packages above and fetches gVisor for the
+# benchmark-only relay in test/bench/gvisorrelay (its own module: the
+# product's go.mod does not change for it).
 bench-deps:
 	@missing=""; for c in $(BENCH_APT_CMDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
@@ -66,15 +71,17 @@ bench-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_APT_PKGS) >/dev/null; \
 	fi
+	cd test/bench/gvisorrelay && GOFLAGS=-mod=mod $(GO) mod download
 
 # bench runs the Go benchmarks with allocation counts, then the
-# side-by-side harness (./test/bench: kernel ptp, our route and proxy
-# modes, pasta, slirp4netns; throughput, latency, connections/s, CPU/GB,
-# CNI ADD/DEL latency), which prints its table and writes
-# bench-report/bench.md.
+# side-by-side harness (./test/bench: kernel ptp, the floor relays, our
+# route and proxy modes, the gVisor relay, pasta at MTU 1500 and 65520,
+# slirp4netns; throughput, latency, connections/s, CPU/GB in interleaved
+# rounds; memory per idle relayed connection; CNI ADD/DEL latency), which
+# prints its report and writes bench-report/bench.md.
 bench: deps bench-deps
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 30m $(PKGS)
-	$(GO) run ./test/bench -duration $(BENCH_DURATION) -out bench-report/bench.md $(BENCH_FLAGS)
+	$(GO) run ./test/bench -duration $(BENCH_DURATION) -rounds $(BENCH_ROUNDS) -out bench-report/bench.md $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin demo-report bench-report

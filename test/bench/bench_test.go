@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"strings"
@@ -141,57 +144,82 @@ func TestRequestResponseAndConnectRateOnLoopback(t *testing.T) {
 	}
 }
 
-func TestCellRatioAgainstKernel(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		m, ref   measured
-		want     string
-		wantNoRt bool
-	}{
-		{"ratio is variant/kernel", measured{v: 5}, measured{v: 20}, "5.00 (0.25×)", false},
-		{"no reference, no ratio", measured{v: 5}, measured{err: errors.New("x")}, "5.00", true},
-		{"failed figure", measured{err: errors.New("x")}, measured{v: 1}, "error", true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := cell(tc.m, tc.ref, "%.2f"); got != tc.want {
-				t.Fatalf("cell = %q, want %q", got, tc.want)
-			}
-		})
+// TestHoldConnsOnLoopback: holdConns opens and keeps n connections, each
+// after a 1-byte exchange, and reports a refused destination as an error.
+func TestHoldConnsOnLoopback(t *testing.T) {
+	lo := netip.MustParseAddr("127.0.0.1")
+	s, err := startServer(nil, lo) // answers each byte
+	if err != nil {
+		t.Fatal(err)
 	}
-	if m := cpuPerGB(2*time.Second, 4e9); m.err != nil || m.v != 0.5 {
-		t.Fatalf("cpuPerGB(2s, 4 GB) = %+v, want 0.5", m)
+	defer s.close()
+	const n = 40 // below the server's maxServerConns
+	hc, err := holdConns(context.Background(), nil, lo, []int{s.port()}, n, true)
+	if err != nil || len(hc.conns) != n || hc.errors != 0 {
+		t.Fatalf("holdConns = %d conns, %d errors, %v; want %d, 0", len(hc.conns), hc.errors, err, n)
 	}
-	if m := cpuPerGB(time.Second, 0); m.err == nil {
-		t.Fatal("cpuPerGB with no bytes: no error")
+	hc.close()
+	if ports, err := parseReadyPorts("ready ports=80,443"); err != nil || len(ports) != 2 || ports[1] != 443 {
+		t.Fatalf("parseReadyPorts = %v, %v", ports, err)
+	}
+	if _, err := parseReadyPorts("ready"); err == nil {
+		t.Fatal("parseReadyPorts of a bare ready: no error")
+	}
+	s.close()
+	hc, err = holdConns(context.Background(), nil, lo, []int{s.port()}, 3, false)
+	if err == nil || len(hc.conns) != 0 {
+		t.Fatalf("holdConns to a closed port = %d conns, %v; want an error", len(hc.conns), err)
+	}
+	if got := memConnsFor("floor", 10000, 20000); got != (20000-nofileReserve)/6 {
+		t.Fatalf("memConnsFor(floor, 10000, 20000) = %d", got)
+	}
+	if got := memConnsFor("proxy", 10000, 20000); got != 10000 {
+		t.Fatalf("memConnsFor(proxy, 10000, 20000) = %d", got)
 	}
 }
 
-func TestReportMarksUnavailableRowsAndRatios(t *testing.T) {
-	ref := &row{label: "kernel (ptp)", rrP50: measured{v: 10}, rrP99: measured{v: 20}, cps: measured{v: 1000}, bytes: 1e9, procCPU: time.Second, sysCPU: time.Second}
-	ours := &row{label: "cni-userstack route", rrP50: measured{v: 30}, rrP99: measured{v: 40}, cps: measured{v: 500}, bytes: 1e9, procCPU: 2 * time.Second, sysCPU: 3 * time.Second}
-	for i := range throughputCases {
-		ref.tput[i] = measured{v: 20}
-		ours.tput[i] = measured{v: 10}
-	}
-	na := &row{label: "cni-userstack proxy", na: "n/a (not implemented)"}
-	rep := &report{opts: options{duration: time.Second}, started: time.Now(), rows: []*row{ref, ours, na}}
-	md := rep.markdown()
-	for _, want := range []string{
-		"| cni-userstack route | 10.00 (0.50×) |",
-		"30.0 (3.00×)",
-		"500 (0.50×)",
-		"2.00 (2.00×) | 3.00 (3.00×) |",
-		"| cni-userstack proxy | n/a (not implemented) |",
+func TestRetryIperf(t *testing.T) {
+	for _, tc := range []struct {
+		msg     string
+		elapsed time.Duration
+		want    bool
+	}{
+		{"unable to connect to server: Connection refused", time.Second, true},
+		{"unable to connect to server: Connection refused", 4 * time.Second, false},
+		{"the server is busy running a test. try again later", 10 * time.Second, true},
+		{"the server is busy running a test. try again later", 16 * time.Second, false},
+		{"control socket has closed unexpectedly", 0, false},
 	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q:\n%s", want, md)
+		if got := retryIperf(tc.msg, tc.elapsed); got != tc.want {
+			t.Errorf("retryIperf(%q, %v) = %v, want %v", tc.msg, tc.elapsed, got, tc.want)
 		}
 	}
-	if rep.broken() {
-		t.Fatal("report with a good kernel row is broken")
+}
+
+func TestDaemonMetricsReading(t *testing.T) {
+	body := "# HELP go_memstats_heap_inuse_bytes x\n# TYPE go_memstats_heap_inuse_bytes gauge\n" +
+		"go_memstats_heap_inuse_bytes 1.2345e+07\ngo_memstats_stack_inuse_bytes 65536\n" +
+		"cni_userstack_nic_packets_total{nic=\"eth0\"} 3\n"
+	if v, err := promValue(body, "go_memstats_heap_inuse_bytes"); err != nil || v != 1.2345e7 {
+		t.Errorf("promValue(heap) = %v, %v", v, err)
 	}
-	ref.tput[0].err = errors.New("iperf3 failed")
-	if !rep.broken() {
-		t.Fatal("report whose kernel row failed is not broken")
+	if _, err := promValue(body, "go_memstats_heap"); err == nil {
+		t.Error("promValue of a prefix: no error")
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	got, err := httpGetIn(nil, addr, "/metrics")
+	if err != nil || got != body {
+		t.Fatalf("httpGetIn = %q, %v", got, err)
+	}
+	if _, err := httpGetIn(nil, addr, "/nothing"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("httpGetIn of a 404: %v", err)
 	}
 }

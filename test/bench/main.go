@@ -1,41 +1,154 @@
 // Command bench is the side-by-side benchmark behind `make bench`: it
-// attaches identical pod network namespaces with each variant — the kernel
-// veth path of the reference ptp plugin (the physical reference every ratio
-// is against), cni-userstack in route mode and in proxy mode (driven by
-// libcni with a private daemon, as the e2e tests do), pasta and
-// slirp4netns — and measures, for each, what a pod sees when it talks to a
-// server on its host side: iperf3 throughput (1 and 4 streams, pod→host
-// and host→pod), 1-byte request/response latency, connections per second,
-// and CPU seconds per GB moved. It also measures CNI ADD/DEL latency of
-// our plugin beside ptp. It prints one markdown report and writes it to
-// -out.
+// attaches identical pod network namespaces with each variant and measures
+// what a pod sees when it talks to a server on its host, in interleaved
+// rounds, and prints one markdown report (also written to -out).
+//
+// Variants (-variants, in this order within a round):
+//   - ptp: the kernel veth path of the reference ptp plugin, the physical
+//     reference every ratio is against.
+//   - floor, floor-epoll: ptp plus a floor relay (test/bench/floorrelay:
+//     a goroutine per direction, or an event loop per core), the least a
+//     proxy in the host can cost; see "The floor" below.
+//   - route, proxy: cni-userstack in route and proxy mode, through libcni
+//     with a private daemon, as the e2e tests do.
+//   - gvisor: a gVisor netstack relay built as runsc's netstack and
+//     gvisor-tap-vsock build theirs (test/bench/gvisorrelay, a Go module of
+//     its own: AF_PACKET with PACKET_VNET_HDR on the stack end of the pod's
+//     veth, fdbased with host GSO, tcp.Forwarder/udp.Forwarder taking every
+//     flow, net.Dial to the original destination, io.Copy both ways).
+//   - pasta, pasta-64k: pasta with the pod link at MTU 1500 and at 65520
+//     (pasta's default).
+//   - slirp4netns (MTU 65520).
+//
+// Metrics, per variant and round: iperf3 throughput with 1 and 4 streams
+// pod→host and host→pod, 1-byte request/response latency p50/p99,
+// connections per second (connect, 1 byte each way, close), and the data
+// path's CPU seconds per GB for one stream; for proxy mode also host→pod
+// through a port mapping. Then, once: memory per idle relayed connection
+// (-mem-conns through proxy mode, the gVisor relay and the floor relay) and
+// the CNI ADD/DEL latency of our plugin beside ptp.
 //
 // Not owned here: the plugins and the daemon (measured, not changed), the
 // cnitest helpers it reuses (plugin builds, pod namespaces, libcni, the
 // ADD/DEL latency run).
 //
-// Method, limits and cleanup:
-//   - Traffic goes only to loopback and to addresses inside namespaces the
-//     harness creates. The host side is the host netns for our variants
-//     (the uplink's host address), pasta and slirp4netns (127.0.0.1, which
-//     they map their gateway 10.0.2.2 to); for ptp it is a node netns of
-//     the harness holding ptp's host-side veths (the e2e tests' pattern:
-//     ptp would otherwise set ip_forward=1 and add routes in the real host
-//     netns). The kernel path a packet takes is the same.
-//   - host→pod throughput is `iperf3 -R` (the pod connects, the host side
-//     sends), except in our proxy mode, where it runs through a port
-//     mapping as a host-initiated connection would: iperf3 -s in the pod,
-//     the client in the host netns at the mapped host port.
-//   - CPU per GB: over all iperf3 runs of a variant, (CPU of the iperf3
-//     client from its rusage + CPU of the iperf3 server and of the helper
-//     process — our daemon, pasta, slirp4netns — from /proc/PID/stat
-//     deltas) / GB received. Kernel work done in softirq context is charged
-//     to whichever process was running, so the whole-system /proc/stat
-//     busy delta is given beside it; on a shared machine it includes other
-//     people's work.
-//   - Every wait is bounded; every resource registers its undo on one
-//     stack (cleanups) that runs at the end of each variant, on error, and
-//     on SIGINT/SIGTERM.
+// # Tried as a new user would
+//
+// Every variant runs on one "host": a netns of the harness (hostNet) with a
+// primary interface holding the host's primary address P (192.168.X.10/24)
+// and the default route. ptp's host veths, our daemon, pasta, slirp4netns
+// and the relays all run in it, the servers listen on P, and every pod
+// dials P — the node's own address, as a new user's pod would, not a
+// loopback mapping or a gateway alias — except the floor variant, whose pod
+// dials its gateway where the floor relay listens (the relay then dials P).
+// host→pod is `iperf3 -R` for every variant: the pod connects, the host
+// sends, over the same relay as pod→host.
+//
+// # Rounds and what the report states
+//
+// -rounds (default 3) interleaved rounds: round 1 runs every variant, then
+// round 2 runs every variant again, and so on, each with a fresh pod, so
+// drift on a shared machine hits every variant alike. The kernel reference
+// runs at the start and again at the end of each round (roundOrder), so its
+// median is over twice as many samples and brackets the variants between.
+// The 1-minute load average before each measurement is reported, and a
+// floor faster than the kernel path (impossible but for load) is flagged. For each metric the
+// report states the median, min and max over the rounds and the ratio of
+// the median to the kernel (ptp) median of the same run; the targets table
+// of issue 11 is judged from those medians (stats.go), never hard-coded.
+//
+// # Datapath CPU per GB
+//
+// Over the two 1-stream runs (pod→host and host→pod): (CPU of the
+// variant's helper processes — our daemon, a relay, pasta, slirp4netns —
+// from /proc/PID/stat utime+stime over all threads, + CPU of the
+// ksoftirqd/N threads) / GB received. The kernel's softirq work is the
+// part of the data path no process owns. On this kernel (no
+// CONFIG_IRQ_TIME_ACCOUNTING) a softirq that runs on the way out of an
+// interrupt or at local_bh_enable is charged to the task that was running:
+// the part that ran in a helper's context (e.g. the host-side TCP receive
+// of its host-socket writes over loopback) is in the helper's stime, the
+// part deferred to ksoftirqd is in ksoftirqd's (which serves every netns:
+// others' traffic on a shared machine lands there too), and the part that ran in
+// the iperf3 processes' context is the application's and not counted (the
+// kernel path's own cost is all of that kind, so ptp's figure is only its
+// ksoftirqd share). With IRQ time accounting the softirq time would be
+// in /proc/stat's softirq column instead, which is why the whole-system
+// busy time per GB (/proc/stat user+nice+system+irq+softirq+steal, every
+// process, others' load on a shared machine included) is reported beside
+// it as an informative figure.
+//
+// # The floor
+//
+// Proxy mode terminates the pod's TCP and re-sends the bytes over a host
+// socket, so on top of the kernel path it always pays the host socket's own
+// TCP: a second connection over loopback with its softirq work, and the
+// wake-ups of whatever moves bytes between the two. The floor variants
+// measure that cost alone on this machine: ptp's kernel veth path, with a
+// minimal relay in the host netns (test/bench/floorrelay) that accepts the
+// pod's TCP in the kernel on the pod's gateway address, dials P over a
+// second host TCP socket and moves the bytes with splice(2) through a pipe:
+// no userspace stack, no AF_PACKET, no copy into the process. "floor" is
+// the Go shape (a goroutine per direction, io.Copy between two
+// *net.TCPConn, parked on the runtime's netpoller): what a Go proxy with a
+// free stack would cost. "floor-epoll" is an edge-triggered event loop per
+// core (SO_REUSEPORT listeners, non-blocking connect, splice by hand): what
+// any relay costs with no runtime in between, and the physical floor
+// proper. Proxy mode's figures are to be read against them: the report
+// gives proxy/floor per metric beside the kernel ratios; the distance from
+// the floors is what our stack and relay can still win back, what lies
+// between the kernel and the floor-epoll they cannot.
+//
+// Measured on this machine (a 2-vCPU VM shared with five engineers, load
+// average 2.5-7.9 during the run; 3 rounds of 3 s; main of 2026-12-07 with
+// issue 14 merged, before issue 11's data-path work), medians, Go floor /
+// epoll floor: one stream 0.66×/0.66× the kernel pod→host and 0.82×/0.94×
+// host→pod, four streams 0.76×/0.83× and 0.80×/0.91×, RR p50 36/46 µs
+// against the kernel's 8.5 µs (across runs the epoll floor's p50 ranged
+// 29-46 µs, the Go floor's 32-36 µs), connections/s 0.40×/0.52× (0.42-0.76×
+// for the epoll floor across runs: a relayed connection is two handshakes
+// and two teardowns), datapath CPU 0.15/0.19 s/GB, and 15.8/0.7 KiB of RSS
+// per idle connection. Proxy mode stood at 0.45×/0.44× of the floors for
+// one stream pod→host, 0.35×/0.30× host→pod, 0.45×/0.42× and 0.40×/0.36×
+// with four streams, 2.1×/1.6× their RR p50, 0.60×/0.45× their
+// connections/s, 5.6×/4.5× their CPU per GB, and 34 KiB per idle
+// connection (17.5 KiB when the connections never carried a byte). Two
+// things follow for issue 11's targets, which are ratios to the kernel:
+// the kernel's RR p99 in a quiet moment (16.6 µs) lies below the floors'
+// p50, so "RR p99 ≤ 1.5× the kernel" is beneath the physical floor
+// whenever the kernel's tail is quiet, and read RR against the floors; and
+// the floors' connections/s sit at or below the "≥ 0.6× the kernel"
+// target, so that target asks for as much as the cheapest host-socket
+// relay has shown here.
+//
+// # Memory per idle relayed connection
+//
+// -mem-conns (default 10 000) TCP connections from one pod to a hold
+// server (test/bench/holdserver, a process of its own in the host netns)
+// on memPorts ports of P, each carrying 1 byte each way (-mem-exchange;
+// false: connected only, the way issue 11's "17 KiB today" was taken),
+// then held idle. Proxy mode gets a daemon of its own (its RSS starts
+// clean; --proxy-max-flows-per-pod above the count); the relays a fresh
+// relay. The figure is the helper's VmRSS once idle for memSettle after
+// the connections minus before them, divided by the count, in KiB; for
+// the relays also the Go heap and stack in use after a forced GC (SIGUSR1),
+// for our daemon the same two from its /metrics (the Prometheus Go
+// collector, read without a forced GC: the heap holds garbage not yet
+// collected, as RSS does).
+// The run checks that the helper relays as many flows as connections are
+// held. Kernel socket memory is not in RSS and not counted.
+//
+// # Limits and cleanup
+//
+// Traffic goes only to addresses inside namespaces the harness creates.
+// Every wait is bounded. Every resource registers its undo on one stack
+// (cleanups) that runs at the end of each variant's round, on error, and
+// on SIGINT/SIGTERM: helper processes are killed by their pid and every
+// namespace the harness made is removed. The open-file limit is raised as
+// far as the hard limit allows (nofileWant; the children inherit it); where
+// it cannot hold -mem-conns (the floor relay needs six fds per connection:
+// two sockets and the pipe Go's splice keeps per waiting direction) the
+// memory run holds fewer and the report says so.
 package main
 
 import (
@@ -49,83 +162,154 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/test/e2e/cnitest"
+	"github.com/containernetworking/plugins/pkg/ns"
 )
 
 type options struct {
 	duration    time.Duration
+	rounds      int
 	variants    []string
 	out         string
 	rrCount     int
 	cniLatency  bool
 	cniPods     int
 	cniParallel int
+	memConns    int
+	memVariants []string
+	memExchange bool
 }
 
 // harness holds what the variants share.
 type harness struct {
-	ctx     context.Context
-	opts    options
-	undo    *cleanups
-	tb      *tb
-	ours    *oursNode
-	oursErr error
-	binDirs map[string]bool
+	ctx      context.Context
+	opts     options
+	undo     *cleanups
+	tb       *tb
+	host     *hostNet
+	ours     *oursNode
+	oursErr  error
+	tools    *tools
+	softirqd []int // ksoftirqd threads
+	// refBin and ourBin are the plugin dirs cnitest built (the reference
+	// plugins; ours with them), built once before the rounds.
+	refBin, ourBin string
 }
 
-// noteBinDir remembers a plugin bin dir from cnitest (a temp dir it does
-// not remove outside a test binary's Main) and removes it at exit.
-func (h *harness) noteBinDir(d string) {
-	if h.binDirs[d] {
-		return
+// buildPlugins builds the reference plugins and ours once (cnitest caches
+// its build dir per process) and registers the dir's removal at exit
+// (cnitest removes it only in a test binary's Main).
+func (h *harness) buildPlugins() error {
+	return catch(func() error {
+		h.refBin = cnitest.BuildReferencePlugins(h.tb)
+		h.undo.add("plugin bin dir", func() { os.RemoveAll(h.refBin) })
+		h.ourBin = cnitest.BuildPlugins(h.tb)
+		if h.ourBin != h.refBin {
+			h.undo.add("plugin bin dir", func() { os.RemoveAll(h.ourBin) })
+		}
+		return nil
+	})
+}
+
+// nofileWant is the open-file limit the harness asks for itself and its
+// children (they inherit it): an fd per idle connection in the harness
+// (the pods' ends), in the hold server and in a relay (two in the floor
+// relay), with room for the rest.
+const nofileWant = 1 << 17
+
+// raiseNofile raises RLIMIT_NOFILE to nofileWant, or as far as the hard
+// limit allows where the process may not raise that (no CAP_SYS_RESOURCE:
+// a container); the memory benchmark sizes itself to what it got.
+func raiseNofile() error {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return err
 	}
-	h.binDirs[d] = true
-	h.undo.add("plugin bin dir", func() { os.RemoveAll(d) })
+	if l.Max < nofileWant {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: nofileWant, Max: nofileWant}); err == nil {
+			return nil
+		}
+	}
+	l.Cur = min(max(l.Max, l.Cur), nofileWant)
+	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+}
+
+// nofile is the current soft open-file limit (0 if unknown).
+func nofile() uint64 {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) != nil {
+		return 0
+	}
+	return l.Cur
+}
+
+// parseList reads a comma list of names, each one of known (empty items
+// are skipped).
+func parseList(s string, known []string) ([]string, error) {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		v = strings.TrimSpace(v)
+		if v == "" {
+			continue
+		}
+		ok := false
+		for _, k := range known {
+			ok = ok || k == v
+		}
+		if !ok {
+			return nil, fmt.Errorf("unknown variant %q (known: %s)", v, strings.Join(known, ","))
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 func main() {
 	var o options
-	var vs string
+	var vs, ms string
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each iperf3 run, of the latency run and of the connect-rate run")
-	flag.StringVar(&vs, "variants", "ptp,route,proxy,pasta,slirp4netns", "comma list of variants to run: ptp,route,proxy,pasta,slirp4netns")
+	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (each runs every variant once); the report gives median, min and max over them")
+	flag.StringVar(&vs, "variants", strings.Join(variantKeys(), ","), "comma list of variants to run: "+strings.Join(variantKeys(), ","))
 	flag.StringVar(&o.out, "out", "bench-report/bench.md", "markdown report to write")
 	flag.IntVar(&o.rrCount, "rr-count", 1000000, "maximum request/response round trips (also bounded by -duration)")
 	flag.BoolVar(&o.cniLatency, "cni-latency", true, "measure CNI ADD/DEL latency of our plugin beside ptp")
 	flag.IntVar(&o.cniPods, "cni-pods", 100, "pods per ADD/DEL latency run")
 	flag.IntVar(&o.cniParallel, "cni-parallel", 20, "pods at once in the parallel ADD/DEL latency run")
+	flag.IntVar(&o.memConns, "mem-conns", 10000, "idle connections of the memory benchmark (0: skip it)")
+	flag.BoolVar(&o.memExchange, "mem-exchange", true, "memory benchmark: each connection sends 1 byte each way before it idles (false: connect only)")
+	flag.StringVar(&ms, "mem-variants", strings.Join(memVariantKeys, ","), "comma list of variants the memory benchmark runs: "+strings.Join(memVariantKeys, ","))
 	flag.Parse()
-	known := map[string]bool{}
-	for _, v := range variants {
-		known[v.key] = true
+	var err error
+	if o.variants, err = parseList(vs, variantKeys()); err == nil {
+		o.memVariants, err = parseList(ms, memVariantKeys)
 	}
-	for _, v := range strings.Split(vs, ",") {
-		v = strings.TrimSpace(v)
-		if v == "" {
-			continue
-		}
-		if !known[v] {
-			fmt.Fprintf(os.Stderr, "bench: unknown variant %q (known: ptp,route,proxy,pasta,slirp4netns)\n", v)
-			os.Exit(2)
-		}
-		o.variants = append(o.variants, v)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
 	}
-	if o.duration < time.Second || o.cniPods < 1 || o.cniParallel < 1 || o.rrCount < 1 {
-		fmt.Fprintln(os.Stderr, "bench: -duration must be ≥ 1s; -rr-count, -cni-pods and -cni-parallel ≥ 1")
+	if o.duration < time.Second || o.cniPods < 1 || o.cniParallel < 1 || o.rrCount < 1 || o.rounds < 1 ||
+		o.memConns < 0 || o.memConns > maxMemConns {
+		fmt.Fprintf(os.Stderr, "bench: -duration must be ≥ 1s; -rounds, -rr-count, -cni-pods and -cni-parallel ≥ 1; -mem-conns 0..%d\n", maxMemConns)
 		os.Exit(2)
 	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: needs root (creates network namespaces, veths and a stack daemon); run `make bench` as root")
 		os.Exit(1)
 	}
-	for _, c := range []string{"iperf3", "nsenter"} {
+	for _, c := range []string{"iperf3", "nsenter", "go"} {
 		if _, err := exec.LookPath(c); err != nil {
-			fmt.Fprintf(os.Stderr, "bench: %s not found: `make bench` installs it\n", c)
+			fmt.Fprintf(os.Stderr, "bench: %s not found: `make bench` installs iperf3 and nsenter; go builds the relays\n", c)
 			os.Exit(1)
 		}
+	}
+	if err := raiseNofile(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: open-file limit:", err)
+		os.Exit(1)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -147,17 +331,41 @@ func main() {
 }
 
 func run(ctx context.Context, o options, undo *cleanups) int {
-	h := &harness{ctx: ctx, opts: o, undo: undo, tb: newTB("bench", undo, ctx), binDirs: map[string]bool{}}
+	h := &harness{ctx: ctx, opts: o, undo: undo, tb: newTB("bench", undo, ctx), softirqd: ksoftirqdPIDs()}
 	rep := &report{opts: o, started: time.Now()}
-	needOurs := o.cniLatency
-	for _, v := range o.variants {
-		needOurs = needOurs || v == "route" || v == "proxy"
+	err := catch(func() error {
+		var err error
+		h.host, err = h.newHostNet()
+		return err
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: the host netns:", err)
+		return 1
 	}
-	if needOurs {
-		fmt.Fprintln(os.Stderr, "bench: building the plugins and starting a private daemon")
+	rep.host = h.host.addr()
+	fmt.Fprintln(os.Stderr, "bench: building the plugins (ptp and the other reference plugins, ours)")
+	if err := h.buildPlugins(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: building the plugins:", err)
+		return 1
+	}
+	need := map[string]bool{}
+	for _, v := range o.variants {
+		need[v] = true
+	}
+	if o.memConns > 0 {
+		for _, v := range o.memVariants {
+			need[v] = true
+		}
+	}
+	need["hold"] = o.memConns > 0 && len(o.memVariants) > 0
+	fmt.Fprintln(os.Stderr, "bench: building the relays and the hold server (gVisor's first build fetches it through the module proxy)")
+	h.tools = h.buildTools(need)
+	rep.gvisorVersion = h.tools.gvisorVersion
+	if o.cniLatency || need["route"] || need["proxy"] {
+		fmt.Fprintln(os.Stderr, "bench: starting a private daemon")
 		h.oursErr = catch(func() error {
 			var err error
-			h.ours, err = h.startOurs()
+			h.ours, err = h.startOurs(0)
 			return err
 		})
 		if h.oursErr != nil {
@@ -165,11 +373,36 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 		}
 	}
 	for _, v := range variants {
-		if !contains(o.variants, v.key) || ctx.Err() != nil {
-			continue
+		if contains(o.variants, v.key) {
+			rep.results = append(rep.results, &variantResult{v: v})
 		}
-		fmt.Fprintf(os.Stderr, "bench: %s\n", v.label)
-		rep.rows = append(rep.rows, h.measure(v))
+	}
+	for round := 1; round <= o.rounds && ctx.Err() == nil; round++ {
+		for _, r := range roundOrder(rep.results) {
+			if r.na != "" || ctx.Err() != nil {
+				continue
+			}
+			fmt.Fprintf(os.Stderr, "bench: round %d/%d: %s\n", round, o.rounds, r.v.label)
+			if l, err := loadAvg(); err == nil {
+				rep.loads = append(rep.loads, l)
+			}
+			s, note, na := h.measure(r.v)
+			if na != nil {
+				r.na = "n/a (" + na.reason + ")"
+				continue
+			}
+			r.note = note
+			r.samples = append(r.samples, s)
+		}
+	}
+	if o.memConns > 0 && ctx.Err() == nil {
+		for _, v := range o.memVariants {
+			if ctx.Err() != nil {
+				break
+			}
+			fmt.Fprintf(os.Stderr, "bench: memory: %d idle connections through %s\n", o.memConns, v)
+			rep.mem = append(rep.mem, h.idleMemory(v))
+		}
 	}
 	if o.cniLatency && ctx.Err() == nil {
 		fmt.Fprintf(os.Stderr, "bench: CNI ADD/DEL latency, %d pods, 1 and %d at once\n", o.cniPods, o.cniParallel)
@@ -195,6 +428,36 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 	return 0
 }
 
+// roundOrder is the order of one round: every variant once, and the
+// kernel reference again at the end when at least two others run between,
+// so that drift within a round moves the reference as it moves them.
+func roundOrder(rs []*variantResult) []*variantResult {
+	out := append([]*variantResult(nil), rs...)
+	var ref *variantResult
+	for _, r := range rs {
+		if r.v.key == refVariant {
+			ref = r
+		}
+	}
+	if ref != nil && len(rs) >= 3 {
+		out = append(out, ref)
+	}
+	return out
+}
+
+// loadAvg is the 1-minute load average (/proc/loadavg).
+func loadAvg() (float64, error) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, errors.New("/proc/loadavg: empty")
+	}
+	return strconv.ParseFloat(f[0], 64)
+}
+
 func contains(l []string, s string) bool {
 	for _, x := range l {
 		if x == s {
@@ -204,12 +467,12 @@ func contains(l []string, s string) bool {
 	return false
 }
 
-// freePort is a TCP port free on addr inside the host side (a listen on
-// port 0, closed again: iperf3 takes it right after).
-func freePort(h *harness, a *attached) (int, error) {
+// freePort is a TCP port free on addr inside n (a listen on port 0,
+// closed again: the server takes it right after).
+func freePort(n ns.NetNS, addr netip.Addr) (int, error) {
 	var port int
-	err := do(a.hostNS, func() error {
-		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(a.listen, 0)))
+	err := do(n, func() error {
+		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
 		if err != nil {
 			return err
 		}
@@ -219,11 +482,12 @@ func freePort(h *harness, a *attached) (int, error) {
 	return port, err
 }
 
-// measure attaches a pod with v and runs every figure; each figure's
-// failure is recorded in the row and the next one still runs. Everything
-// the variant made is undone before it returns.
-func (h *harness) measure(v variant) *row {
-	r := &row{label: v.label}
+// measure attaches a pod with v and takes every figure once (one round);
+// each figure's failure is recorded in the sample and the next one still
+// runs. Everything the variant made is undone before it returns. A
+// variant that cannot run here returns its reason instead.
+func (h *harness) measure(v variant) (s *sample, note string, na *notAvailable) {
+	s = newSample()
 	m := h.undo.mark()
 	defer h.undo.runTo(m)
 	var a *attached
@@ -233,76 +497,69 @@ func (h *harness) measure(v variant) *row {
 		return err
 	})
 	if err != nil {
-		var na *notAvailable
 		if errors.As(err, &na) {
-			r.na = "n/a (" + na.reason + ")"
-		} else {
-			r.na = "setup failed: " + firstLine(err.Error())
-			r.errs = append(r.errs, err.Error())
+			return nil, "", na
 		}
-		return r
+		s.setupFailed(err)
+		return s, "", nil
 	}
-	r.note = a.note
 	dur := h.opts.duration
+	hostNS := h.host.ns
 
-	port, err := freePort(h, a)
-	var ip3 *iperfServer
+	// The host-side servers: iperf3 and the request/response server, on
+	// the address the variant's servers bind in the host netns.
+	port, err := freePort(hostNS, a.listen)
 	if err == nil {
-		ip3, err = startIperfServer(h.ctx, h.undo, a.hostNS, a.listen, port)
+		_, err = startIperfServer(h.ctx, h.undo, hostNS, a.listen, port)
 	}
-	// Host→pod through a port mapping: iperf3 -s in the pod, the client
-	// in the host netns at the mapped host port.
-	var podIp3 *iperfServer
-	var podErr error
-	if a.mapped != nil {
-		podIp3, podErr = startIperfServer(h.ctx, h.undo, a.pod, a.mapped.podAddr, a.mapped.podPort)
+	var srv *server
+	if err == nil {
+		srv, err = startServer(hostNS, a.listen)
 	}
+	if err == nil {
+		h.undo.add("rr server", srv.close)
+		if a.relayFor != nil {
+			err = a.relayFor([]int{port, srv.port()})
+		}
+	}
+	if err != nil {
+		s.setupFailed(err)
+		return s, a.note, nil
+	}
+	meter := func() *cpuMeter { return startCPU(a.pids, h.softirqd) }
 	for i, c := range throughputCases {
 		if h.ctx.Err() != nil {
-			return r
+			return s, a.note, nil
 		}
-		if err != nil {
-			r.tput[i].err = err
-			continue
+		res, err := runIperf(h.ctx, a.pod, a.dial, port, dur, c.streams, c.reverse, meter)
+		s.tput[i] = measured{v: res.Gbps, err: err}
+		s.bytes[i], s.cpu[i] = res.Bytes, res.CPU
+		fmt.Fprintf(os.Stderr, "bench:   %s: %s\n", c.name, s.tput[i].fmt("%.2f Gbit/s"))
+	}
+	if a.mapped != nil {
+		// Host→pod through the port mapping: iperf3 -s in the pod, the
+		// client in the host netns at the mapped host port.
+		_, err := startIperfServer(h.ctx, h.undo, a.pod, a.mapped.podAddr, a.mapped.podPort)
+		if err == nil {
+			var res iperfResult
+			res, err = runIperf(h.ctx, hostNS, a.mapped.host.Addr(), int(a.mapped.host.Port()), dur, 1, false, meter)
+			s.pm1 = measured{v: res.Gbps}
 		}
-		var res iperfResult
-		var rerr error
-		if c.reverse && a.mapped != nil {
-			if podErr != nil {
-				r.tput[i].err = podErr
-				continue
-			}
-			res, rerr = runIperf(h.ctx, nil, a.mapped.host.Addr(), int(a.mapped.host.Port()), dur, c.streams, false,
-				append([]int{podIp3.cmd.Process.Pid}, a.pids...))
-		} else {
-			res, rerr = runIperf(h.ctx, a.pod, a.dial, port, dur, c.streams, c.reverse, append([]int{ip3.cmd.Process.Pid}, a.pids...))
-		}
-		r.tput[i] = measured{v: res.Gbps, err: rerr}
-		if rerr == nil {
-			r.bytes += res.Bytes
-			r.procCPU += res.ProcCPU
-			r.sysCPU += res.SysCPU
-		}
-		fmt.Fprintf(os.Stderr, "bench:   %s: %s\n", c.name, r.tput[i].fmt("%.2f Gbit/s"))
+		s.pm1.err = err
+		fmt.Fprintf(os.Stderr, "bench:   host→pod 1 stream through the port mapping: %s\n", s.pm1.fmt("%.2f Gbit/s"))
 	}
 
-	srv, err := startServer(a.hostNS, a.listen)
-	if err != nil {
-		r.rrP50.err, r.rrP99.err, r.cps.err = err, err, err
-		return r
-	}
-	h.undo.add("rr server", srv.close)
 	dst := netip.AddrPortFrom(a.dial, uint16(srv.port()))
 	rr, err := requestResponse(h.ctx, a.pod, dst, h.opts.rrCount, dur)
-	r.rrN = rr.N
-	r.rrP50 = measured{v: float64(rr.P50) / 1e3, err: err}
-	r.rrP99 = measured{v: float64(rr.P99) / 1e3, err: err}
-	fmt.Fprintf(os.Stderr, "bench:   request/response: n=%d p50 %s p99 %s\n", rr.N, r.rrP50.fmt("%.1f µs"), r.rrP99.fmt("%.1f µs"))
+	s.rrN = rr.N
+	s.rrP50 = measured{v: float64(rr.P50) / 1e3, err: err}
+	s.rrP99 = measured{v: float64(rr.P99) / 1e3, err: err}
+	fmt.Fprintf(os.Stderr, "bench:   request/response: n=%d p50 %s p99 %s\n", rr.N, s.rrP50.fmt("%.1f µs"), s.rrP99.fmt("%.1f µs"))
 	cps, err := connectRate(h.ctx, a.pod, dst, dur)
-	r.cps = measured{v: cps.PerSec, err: err}
-	r.cpsErrors = cps.Errors
-	fmt.Fprintf(os.Stderr, "bench:   connections: %s (%d failed)\n", r.cps.fmt("%.0f /s"), cps.Errors)
-	return r
+	s.cps = measured{v: cps.PerSec, err: err}
+	s.cpsErrors = cps.Errors
+	fmt.Fprintf(os.Stderr, "bench:   connections: %s (%d failed)\n", s.cps.fmt("%.0f /s"), cps.Errors)
+	return s, a.note, nil
 }
 
 // cniLatency is the ADD/DEL latency of our plugin and of ptp, one pod
@@ -316,7 +573,7 @@ func (h *harness) cniLatency() ([]cniRow, error) {
 	err := catch(func() error {
 		m := h.undo.mark()
 		defer h.undo.runTo(m)
-		node, ptpCNI, ptpList := h.ptpNode()
+		ptpCNI, ptpList := h.ptpCNI()
 		ours := h.ours.confList(h, "route")
 		for _, par := range []int{1, h.opts.cniParallel} {
 			for _, p := range []struct {
@@ -324,10 +581,10 @@ func (h *harness) cniLatency() ([]cniRow, error) {
 				run  func() (cnitest.Latencies, cnitest.Latencies, error)
 			}{
 				{"cni-userstack route", func() (cnitest.Latencies, cnitest.Latencies, error) {
-					return cnitest.AddDelLatency(h.tb, h.ours.cni, ours, nil, h.opts.cniPods, par)
+					return cnitest.AddDelLatency(h.tb, h.ours.cni, ours, h.host.ns, h.opts.cniPods, par)
 				}},
 				{"kernel (ptp)", func() (cnitest.Latencies, cnitest.Latencies, error) {
-					return cnitest.AddDelLatency(h.tb, ptpCNI, ptpList, node, h.opts.cniPods, par)
+					return cnitest.AddDelLatency(h.tb, ptpCNI, ptpList, h.host.ns, h.opts.cniPods, par)
 				}},
 			} {
 				if h.ctx.Err() != nil {

@@ -97,47 +97,75 @@ func systemCPU() (time.Duration, error) {
 	return 0, errors.New("/proc/stat: no cpu line")
 }
 
-func rusageCPU(ps *os.ProcessState) time.Duration {
-	if ps == nil {
-		return 0
+// ksoftirqdPIDs are the kernel's softirq threads (comm "ksoftirqd/N"):
+// softirq work the kernel defers to them instead of running it on the way
+// out of an interrupt or a local_bh_enable of whichever task was running.
+func ksoftirqdPIDs() []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
 	}
-	return ps.UserTime() + ps.SystemTime()
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err == nil && strings.HasPrefix(string(b), "ksoftirqd/") {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
-// cpuMeter samples the CPU time of long-lived helper processes (a daemon,
-// pasta, slirp4netns) and of the whole system around one measurement.
+// cpuUse is the CPU time spent during one measurement, by whom.
+type cpuUse struct {
+	helpers  time.Duration // the variant's helper processes (our daemon, a relay, pasta, slirp4netns)
+	softirqd time.Duration // the ksoftirqd threads
+	system   time.Duration // every CPU's busy time (/proc/stat)
+}
+
+// cpuMeter samples the CPU time of long-lived processes and of the whole
+// system around one measurement. A process that is gone at either end
+// counts 0 for the interval (its absence shows up as an error elsewhere).
 type cpuMeter struct {
-	pids    []int
-	helpers time.Duration
-	system  time.Duration
+	helpers, softirqd []int
+	start             cpuUse
 }
 
-func startCPU(pids []int) *cpuMeter {
-	m := &cpuMeter{pids: pids}
+func sumCPU(pids []int) time.Duration {
+	var t time.Duration
 	for _, p := range pids {
 		c, _ := procCPU(p)
-		m.helpers -= c
+		t += c
 	}
-	s, _ := systemCPU()
-	m.system = -s
+	return t
+}
+
+func startCPU(helpers, softirqd []int) *cpuMeter {
+	m := &cpuMeter{helpers: helpers, softirqd: softirqd}
+	m.start = m.now()
 	return m
 }
 
-func (m *cpuMeter) stop() {
-	for _, p := range m.pids {
-		c, _ := procCPU(p)
-		m.helpers += c
-	}
+func (m *cpuMeter) now() cpuUse {
 	s, _ := systemCPU()
-	m.system += s
+	return cpuUse{helpers: sumCPU(m.helpers), softirqd: sumCPU(m.softirqd), system: s}
+}
+
+// stop is the use since start.
+func (m *cpuMeter) stop() cpuUse {
+	e := m.now()
+	return cpuUse{helpers: e.helpers - m.start.helpers, softirqd: e.softirqd - m.start.softirqd,
+		system: e.system - m.start.system}
 }
 
 // iperfResult is one iperf3 run.
 type iperfResult struct {
-	Bytes   float64 // received
-	Gbps    float64 // received, bits per second / 1e9
-	ProcCPU time.Duration
-	SysCPU  time.Duration
+	Bytes float64 // received
+	Gbps  float64 // received, bits per second / 1e9
+	CPU   cpuUse
 }
 
 // iperfJSON is the part of `iperf3 -J` the harness reads.
@@ -149,6 +177,22 @@ type iperfJSON struct {
 		} `json:"sum_received"`
 	} `json:"end"`
 	Error string `json:"error"`
+}
+
+// parseIperf reads the report of `iperf3 -J`: bytes and bits/s received,
+// or the error iperf3 reported in it.
+func parseIperf(out []byte) (bytes, bps float64, err error) {
+	var j iperfJSON
+	if err := json.Unmarshal(out, &j); err != nil {
+		return 0, 0, fmt.Errorf("output is not iperf3 JSON: %w: %s", err, tail(string(out), 300))
+	}
+	if j.Error != "" {
+		return 0, 0, errors.New(j.Error)
+	}
+	if j.End.SumReceived.Bytes <= 0 || j.End.SumReceived.BitsPerSecond <= 0 {
+		return 0, 0, fmt.Errorf("iperf3 received nothing (%v bytes)", j.End.SumReceived.Bytes)
+	}
+	return j.End.SumReceived.Bytes, j.End.SumReceived.BitsPerSecond, nil
 }
 
 // iperfServer is `iperf3 -s` on addr:port inside n (nil = host netns).
@@ -190,50 +234,57 @@ func startIperfServer(ctx context.Context, undo *cleanups, n ns.NetNS, addr neti
 	return s, nil
 }
 
-// runIperf runs one iperf3 client inside pod against addr:port, retrying
-// the connect for up to 3 s while the server comes up, bounded by
-// duration + 30 s. CPU: the client's and the server's... the server is
-// long-lived, so helpers (server, daemon, pasta…) are sampled from /proc
-// and the client from its rusage.
-func runIperf(ctx context.Context, pod ns.NetNS, addr netip.Addr, port int, dur time.Duration, streams int, reverse bool, helperPIDs []int) (iperfResult, error) {
+// runIperf runs one iperf3 client inside n (nil = the harness's netns)
+// against addr:port, retrying as retryIperf says, each try bounded by
+// duration + 30 s. CPU: cpu samples the helpers,
+// ksoftirqd and the whole system from /proc around the run.
+func runIperf(ctx context.Context, n ns.NetNS, addr netip.Addr, port int, dur time.Duration, streams int, reverse bool, cpu func() *cpuMeter) (iperfResult, error) {
 	args := []string{"-c", addr.String(), "-p", strconv.Itoa(port), "-t", strconv.Itoa(max(1, int(dur.Seconds()))),
 		"-P", strconv.Itoa(streams), "-J", "--connect-timeout", "3000"}
 	if reverse {
 		args = append(args, "-R")
 	}
-	deadline := time.Now().Add(3 * time.Second)
+	start := time.Now()
 	for {
 		cctx, cancel := context.WithTimeout(ctx, dur+30*time.Second)
-		cmd := nsCommand(cctx, pod, "iperf3", args...)
+		cmd := nsCommand(cctx, n, "iperf3", args...)
 		var out, errb strings.Builder
 		cmd.Stdout, cmd.Stderr = &out, &errb
-		m := startCPU(helperPIDs)
+		m := cpu()
 		runErr := cmd.Run()
-		m.stop()
+		use := m.stop()
 		cancel()
-		var j iperfJSON
-		jerr := json.Unmarshal([]byte(out.String()), &j)
-		if runErr == nil && jerr == nil && j.Error == "" {
-			return iperfResult{
-				Bytes:   j.End.SumReceived.Bytes,
-				Gbps:    j.End.SumReceived.BitsPerSecond / 1e9,
-				ProcCPU: rusageCPU(cmd.ProcessState) + m.helpers,
-				SysCPU:  m.system,
-			}, nil
+		bytes, bps, perr := parseIperf([]byte(out.String()))
+		if runErr == nil && perr == nil {
+			return iperfResult{Bytes: bytes, Gbps: bps / 1e9, CPU: use}, nil
 		}
-		msg := j.Error
-		if msg == "" {
-			msg = strings.TrimSpace(errb.String())
+		msg := strings.TrimSpace(errb.String())
+		if perr != nil && !strings.HasPrefix(perr.Error(), "output is not") {
+			msg = perr.Error() // iperf3's own message
 		}
-		if strings.Contains(msg, "unable to connect") && time.Now().Before(deadline) && ctx.Err() == nil {
+		if retryIperf(msg, time.Since(start)) && ctx.Err() == nil {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		if msg == "" && jerr != nil {
-			msg = "output is not iperf3 JSON: " + tail(out.String(), 300)
+		if msg == "" && perr != nil {
+			msg = perr.Error()
 		}
 		return iperfResult{}, fmt.Errorf("iperf3 %s: %v: %s", strings.Join(args, " "), runErr, msg)
 	}
+}
+
+// retryIperf says whether a client run that failed with msg after
+// elapsed is tried again: while the server comes up (3 s), and while it
+// still serves the previous run (15 s: a relay that passes the previous
+// test's close on late leaves the server "busy running a test").
+func retryIperf(msg string, elapsed time.Duration) bool {
+	switch {
+	case strings.Contains(msg, "unable to connect"):
+		return elapsed < 3*time.Second
+	case strings.Contains(msg, "server is busy"):
+		return elapsed < 15*time.Second
+	}
+	return false
 }
 
 // server is the host side of the request/response and connect tests: a

@@ -12,13 +12,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/test/e2e/cnitest"
-	"github.com/cni-userstack/cni-userstack/test/e2e/env"
 	"github.com/cni-userstack/cni-userstack/veth"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -28,18 +28,25 @@ import (
 )
 
 // attached is one pod namespace attached by a variant, and where its
-// "host" side is.
+// host side is. The host side is always the harness's host netns
+// (harness.host): servers listen there, on listen.
 type attached struct {
 	pod    ns.NetNS   // the pod netns the harness made
-	hostNS ns.NetNS   // where the host-side servers run (nil = host netns)
 	listen netip.Addr // address the host-side servers bind
 	dial   netip.Addr // address the pod dials to reach them
-	pids   []int      // helper processes whose CPU is charged to the variant
+	pids   []int      // helper processes whose CPU is the variant's data path
 	note   string     // how the pod reaches the host, for the report
-	// mapped is set when host→pod runs through a port mapping (proxy
-	// mode) instead of iperf3 -R: the iperf3 server runs in the pod on
-	// podAddr:podPort and the client in the host netns dials host.
+	// mapped is set when the variant has a port mapping host → pod
+	// (proxy mode): the extra figure host→pod through it.
 	mapped *mappedPort
+	// relayFor, when set, starts what relays the servers' ports (the
+	// floor relay); it runs once the servers listen.
+	relayFor func(ports []int) error
+	// mem, when set, is the helper's Go memory after a forced GC (the
+	// relays of the harness).
+	mem func() (goMem, error)
+	// logs, when set, is the tail of the helper's stderr (for errors).
+	logs func() string
 }
 
 // mappedPort is a port mapping host → pod.
@@ -55,19 +62,32 @@ type notAvailable struct{ reason string }
 
 func (e *notAvailable) Error() string { return e.reason }
 
-// variant is one row of the table.
+// variant is one column of the table.
 type variant struct {
 	key    string // -variants name
-	label  string // row label
+	label  string // column label
 	attach func(h *harness) (*attached, error)
 }
 
+// variants in run order within a round.
 var variants = []variant{
 	{"ptp", "kernel (ptp)", (*harness).attachPTP},
-	{"route", "cni-userstack route", func(h *harness) (*attached, error) { return h.attachOurs("route") }},
-	{"proxy", "cni-userstack proxy", func(h *harness) (*attached, error) { return h.attachOurs("proxy") }},
-	{"pasta", "pasta", (*harness).attachPasta},
+	{"floor", "floor (ptp + Go relay)", func(h *harness) (*attached, error) { return h.attachFloor("goroutines") }},
+	{"floor-epoll", "floor (ptp + epoll relay)", func(h *harness) (*attached, error) { return h.attachFloor("epoll") }},
+	{"route", "ours, route", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "route") }},
+	{"proxy", "ours, proxy", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "proxy") }},
+	{"gvisor", "gVisor relay", (*harness).attachGVisor},
+	{"pasta", "pasta, MTU 1500", func(h *harness) (*attached, error) { return h.attachPasta(1500) }},
+	{"pasta-64k", "pasta, MTU 65520", func(h *harness) (*attached, error) { return h.attachPasta(65520) }},
 	{"slirp4netns", "slirp4netns", (*harness).attachSlirp},
+}
+
+func variantKeys() []string {
+	var out []string
+	for _, v := range variants {
+		out = append(out, v.key)
+	}
+	return out
 }
 
 func randHex(n int) string {
@@ -87,10 +107,11 @@ func inNS(h *harness, n ns.NetNS, fn func() error) error {
 	return cnitest.InNSTimeout(h.tb, n, 2*time.Minute, fn)
 }
 
-// addPod runs ADD for a fresh pod netns through libcni with the plugins'
-// "host" netns hostNS (nil = here) and the capability args caps (nil =
-// none), and registers the DEL.
-func (h *harness) addPod(cni *libcni.CNIConfig, list *libcni.NetworkConfigList, hostNS ns.NetNS, caps map[string]any) (ns.NetNS, *current.Result, error) {
+// addPod runs ADD for a fresh pod netns through libcni with the host netns
+// as the plugins' netns and the capability args caps (nil = none), and
+// registers the DEL.
+func (h *harness) addPod(cni *libcni.CNIConfig, list *libcni.NetworkConfigList, caps map[string]any) (ns.NetNS, *current.Result, error) {
+	hostNS := h.host.ns
 	pod := cnitest.NewPodNS(h.tb)
 	rt := cnitest.RuntimeConf(cnitest.UniqueName(h.tb, "ctr"), pod.Path(), "eth0", caps)
 	var r types.Result
@@ -120,37 +141,58 @@ func (h *harness) addPod(cni *libcni.CNIConfig, list *libcni.NetworkConfigList, 
 	return pod, res, nil
 }
 
-// ptpNode is the reference plugin's setup: its "host" side is a netns of
-// the harness (as in the e2e latency test), so ptp's host veths, routes
-// and ip_forward=1 stay out of the real host netns; the kernel path a
-// packet takes is the same.
-func (h *harness) ptpNode() (node ns.NetNS, cni *libcni.CNIConfig, list *libcni.NetworkConfigList) {
-	bin := cnitest.BuildReferencePlugins(h.tb)
-	h.noteBinDir(bin)
-	node = cnitest.NewPodNS(h.tb)
-	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 251, byte(time.Now().UnixNano()), 0}), 24)
-	list = cnitest.ConfList(h.tb, cnitest.PTPConfJSON(h.tb, cnitest.UniqueName(h.tb, "ptp"), "1.1.0", subnet, h.tb.TempDir(), 0))
-	return node, cnitest.CNI(h.tb, bin), list
+// ptpCNI is the reference plugin's CNI and a fresh network for it:
+// host-local IPAM on a random 10.251.X.0/24 with a default route via the
+// gateway (ptp gives the pod a route to the subnet only otherwise), no
+// masquerade. Its "host" side is the harness's host netns, so ptp's host
+// veths, routes and ip_forward=1 stay out of the real host netns.
+func (h *harness) ptpCNI() (*libcni.CNIConfig, *libcni.NetworkConfigList) {
+	b := make([]byte, 1)
+	rand.Read(b)
+	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 251, b[0], 0}), 24)
+	ipam := cnitest.HostLocal(subnet, h.tb.TempDir())
+	ipam["routes"] = []map[string]any{{"dst": "0.0.0.0/0"}}
+	js, err := json.Marshal(map[string]any{
+		"cniVersion": "1.1.0",
+		"name":       cnitest.UniqueName(h.tb, "ptp"),
+		"plugins":    []any{map[string]any{"type": "ptp", "ipMasq": false, "ipam": ipam}},
+	})
+	if err != nil {
+		h.tb.Fatal(err)
+	}
+	return cnitest.CNI(h.tb, h.refBin), cnitest.ConfList(h.tb, string(js))
 }
 
-func (h *harness) attachPTP() (*attached, error) {
-	node, cni, list := h.ptpNode()
-	pod, res, err := h.addPod(cni, list, node, nil)
+// addPTPPod adds a pod with ptp and returns it with its gateway (ptp's
+// host-side veth address).
+func (h *harness) addPTPPod() (ns.NetNS, netip.Addr, error) {
+	cni, list := h.ptpCNI()
+	pod, res, err := h.addPod(cni, list, nil)
 	if err != nil {
-		return nil, fmt.Errorf("ptp ADD: %w", err)
+		return nil, netip.Addr{}, fmt.Errorf("ptp ADD: %w", err)
 	}
 	gw, ok := netip.AddrFromSlice(res.IPs[0].Gateway.To4())
 	if !ok {
-		return nil, fmt.Errorf("ptp result has no IPv4 gateway: %+v", res.IPs[0])
+		return nil, netip.Addr{}, fmt.Errorf("ptp result has no IPv4 gateway: %+v", res.IPs[0])
 	}
-	return &attached{pod: pod, hostNS: node, listen: gw, dial: gw,
-		note: fmt.Sprintf("pod → %v, ptp's host-side veth address (in a node netns of the harness)", gw)}, nil
+	return pod, gw, nil
+}
+
+func (h *harness) attachPTP() (*attached, error) {
+	pod, gw, err := h.addPTPPod()
+	if err != nil {
+		return nil, err
+	}
+	P := h.host.addr()
+	return &attached{pod: pod, listen: P, dial: P,
+		note: fmt.Sprintf("pod → %v (the host's primary address) via ptp's gateway %v: the kernel veth path", P, gw)}, nil
 }
 
 // oursNode is our plugin's private node, as the e2e tests' cniEnv: its own
-// daemon, socket, state dir, stack netns, uplink, pod range and IPAM dir,
-// so it never touches a real installation. One serves every variant of
-// ours and the ADD/DEL latency run.
+// daemon (running in the harness's host netns), socket, state dir, stack
+// netns, uplink, pod range and IPAM dir, so it never touches a real
+// installation. One serves the data-path variants of ours and the ADD/DEL
+// latency run; the memory benchmark starts one of its own.
 type oursNode struct {
 	bin      string
 	cni      *libcni.CNIConfig
@@ -167,12 +209,18 @@ type oursNode struct {
 	done     chan error
 }
 
-// startOurs builds the plugin, starts its daemon and registers the undo:
-// kill the daemon, remove the uplink (its host routes go with it) and the
-// stack netns (its veths go with it).
-func (h *harness) startOurs() (*oursNode, error) {
-	bin := cnitest.BuildPlugins(h.tb)
-	h.noteBinDir(bin)
+// startOurs starts a daemon of the built plugin in the host netns with
+// extra serve flags (its claim files in a lock dir of its own, so nothing
+// is left in the node's /run; its /metrics on a port the kernel picks on
+// the host netns's loopback), and registers the undo: kill the daemon, remove the
+// uplink (its host routes go with it) and the stack netns (its veths go
+// with it). slot (0..9) keeps the pod range and uplink of two daemons in
+// the one host netns apart: 10.(200+slot).X.0/24 and 169.254.(101+slot).X/30.
+func (h *harness) startOurs(slot int, extra ...string) (*oursNode, error) {
+	if slot < 0 || slot > 9 {
+		return nil, fmt.Errorf("daemon slot %d: 0..9", slot)
+	}
+	bin := h.ourBin
 	dir := h.tb.TempDir()
 	o := &oursNode{
 		bin:      bin,
@@ -185,26 +233,20 @@ func (h *harness) startOurs() (*oursNode, error) {
 		ipamDir:  filepath.Join(dir, "ipam"),
 		logFile:  filepath.Join(dir, "daemon.log"),
 	}
-	for i := 0; ; i++ {
-		r := make([]byte, 4)
-		rand.Read(r)
-		o.uplink = netip.PrefixFrom(netip.AddrFrom4([4]byte{169, 254, 101 + r[0]%150, r[1] &^ 3}), 30)
-		o.subnet = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200 + r[2]%50, r[3], 0}), 24)
-		if env.FreePrefix(o.uplink) && env.FreePrefix(o.subnet) {
-			break
-		}
-		if i == 20 {
-			return nil, errors.New("no free uplink /30 and pod /24 in 20 tries")
-		}
-	}
+	r := make([]byte, 2)
+	rand.Read(r)
+	o.uplink = netip.PrefixFrom(netip.AddrFrom4([4]byte{169, 254, byte(101 + slot), r[0] &^ 3}), 30)
+	o.subnet = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(200 + slot), r[1], 0}), 24)
 	logf, err := os.OpenFile(o.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(filepath.Join(bin, cnitest.PluginName), "serve",
+	args := append([]string{"--net=" + h.host.path(), "--", filepath.Join(bin, cnitest.PluginName), "serve",
 		"--socket", o.socket, "--state-dir", o.stateDir, "--stack-netns", o.stackNS,
-		"--uplink-subnet", o.uplink.String(), "--uplink-host-ifname", o.uplinkIf, "--log-level", "info")
+		"--uplink-subnet", o.uplink.String(), "--uplink-host-ifname", o.uplinkIf, "--log-level", "info",
+		"--lock-dir", filepath.Join(dir, "lock"), "--metrics-addr", "127.0.0.1:0"}, extra...)
+	cmd := exec.Command("nsenter", args...) // nsenter execs: the pid is the daemon's
 	cmd.Stdout, cmd.Stderr = logf, logf
 	h.undo.add("stack netns "+o.stackNS, func() {
 		if err := veth.DeleteNetNS(o.stackNS); err != nil {
@@ -212,7 +254,7 @@ func (h *harness) startOurs() (*oursNode, error) {
 		}
 	})
 	h.undo.add("uplink "+o.uplinkIf, func() {
-		if err := veth.UplinkTeardown(o.uplinkIf); err != nil {
+		if err := do(h.host.ns, func() error { return veth.UplinkTeardown(o.uplinkIf) }); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 		}
 	})
@@ -267,35 +309,33 @@ func (o *oursNode) confList(h *harness, mode string) *libcni.NetworkConfigList {
 	return cnitest.ConfList(h.tb, string(b))
 }
 
-// benchPodPort is the pod's iperf3 server port behind the proxy row's
-// port mapping.
+// benchPodPort is the pod's iperf3 server port behind the proxy
+// variant's port mapping.
 const benchPodPort = 5201
 
-// attachOurs adds a pod in mode. The host side is the uplink's host
-// address in the host netns: route mode forwards to it, proxy mode
-// terminates the pod's flows in the stack and the daemon relays them over
-// host sockets to it. In proxy mode the pod also gets a TCP port mapping
-// (a free host port on that address → benchPodPort) for host→pod.
-func (h *harness) attachOurs(mode string) (*attached, error) {
-	if h.oursErr != nil {
+// attachOurs adds a pod of node o in mode. The pod dials the host's
+// primary address: route mode forwards to it through the stack and the
+// uplink; proxy mode terminates the pod's flows in the stack and the daemon
+// relays them over host sockets in the host netns. In proxy mode the pod
+// also gets a TCP port mapping (a free port on the primary address →
+// benchPodPort) for the port-mapping figure.
+func (h *harness) attachOurs(o *oursNode, mode string) (*attached, error) {
+	if o == nil {
 		return nil, fmt.Errorf("our daemon: %w", h.oursErr)
 	}
-	o := h.ours
-	host := o.uplink.Addr().Next()
+	P := h.host.addr()
 	var caps map[string]any
 	var mapped *mappedPort
 	if mode == "proxy" {
-		l, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(host, 0)))
+		port, err := freePort(h.host.ns, P)
 		if err != nil {
-			return nil, fmt.Errorf("free host port on %v: %w", host, err)
+			return nil, fmt.Errorf("free host port on %v: %w", P, err)
 		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		mapped = &mappedPort{podPort: benchPodPort, host: netip.AddrPortFrom(host, uint16(port))}
+		mapped = &mappedPort{podPort: benchPodPort, host: netip.AddrPortFrom(P, uint16(port))}
 		caps = map[string]any{"portMappings": []map[string]any{
-			{"hostPort": port, "containerPort": benchPodPort, "protocol": "tcp", "hostIP": host.String()}}}
+			{"hostPort": port, "containerPort": benchPodPort, "protocol": "tcp", "hostIP": P.String()}}}
 	}
-	pod, res, err := h.addPod(o.cni, o.confList(h, mode), nil, caps)
+	pod, res, err := h.addPod(o.cni, o.confList(h, mode), caps)
 	if err != nil {
 		var te *types.Error
 		if mode == "proxy" && errors.As(err, &te) && te.Code == types.ErrInvalidNetworkConfig &&
@@ -304,42 +344,43 @@ func (h *harness) attachOurs(mode string) (*attached, error) {
 		}
 		return nil, fmt.Errorf("ADD mode %s: %w", mode, err)
 	}
-	a := &attached{pod: pod, listen: host, dial: host, pids: []int{o.daemon.Process.Pid},
-		note: fmt.Sprintf("pod → %v, the uplink's host address (%s mode)", host, mode)}
+	podAddr, _ := netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+	a := &attached{pod: pod, listen: P, dial: P, pids: []int{o.daemon.Process.Pid},
+		note: fmt.Sprintf("pod %v → %v (the host's primary address), forwarded by the stack through the uplink %v", podAddr, P, o.uplink)}
 	if mapped != nil {
-		mapped.podAddr, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+		mapped.podAddr = podAddr
 		a.mapped = mapped
-		a.note = fmt.Sprintf("pod → %v, the uplink's host address, relayed by the daemon over host sockets; "+
-			"host → pod through the port mapping %v → %v:%d (iperf3 -s in the pod, the client in the host netns)",
-			host, mapped.host, mapped.podAddr, benchPodPort)
+		a.note = fmt.Sprintf("pod %v → %v (the host's primary address), relayed by the daemon over host sockets; "+
+			"the port-mapping figure: the host netns → %v → pod:%d (iperf3 -s in the pod)", podAddr, P, mapped.host, benchPodPort)
 	}
 	return a, nil
 }
 
-// helper is a pasta or slirp4netns process serving a pod netns.
-func (h *harness) startHelper(name string, pod ns.NetNS, args ...string) (*exec.Cmd, string, error) {
+// startHelper starts a pasta or slirp4netns process in the host netns
+// serving pod, and waits (bounded) until the pod's interface has the
+// address the helper configures (10.0.2.100).
+func (h *harness) startHelper(name string, pod ns.NetNS, args ...string) (*exec.Cmd, error) {
 	if _, err := exec.LookPath(name); err != nil {
 		pkg := name
 		if name == "pasta" {
 			pkg = "passt"
 		}
-		return nil, "", &notAvailable{fmt.Sprintf("%s not installed (Debian package %s; `make bench` installs it)", name, pkg)}
+		return nil, &notAvailable{fmt.Sprintf("%s not installed (Debian package %s; `make bench` installs it)", name, pkg)}
 	}
 	logPath := filepath.Join(h.tb.TempDir(), name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(name, args...)
+	cmd := exec.Command("nsenter", append([]string{"--net=" + h.host.path(), "--", name}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		return nil, "", &notAvailable{fmt.Sprintf("cannot start %s: %v", name, err)}
+		return nil, &notAvailable{fmt.Sprintf("cannot start %s: %v", name, err)}
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	h.undo.add(name, func() { killWait(cmd, done, syscall.SIGTERM, 5*time.Second) })
-	// Ready when the pod's interface has its address (bounded).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ok := false
@@ -353,53 +394,56 @@ func (h *harness) startHelper(name string, pod ns.NetNS, args ...string) (*exec.
 			return err
 		})
 		if ok {
-			return cmd, logPath, nil
+			return cmd, nil
 		}
 		select {
 		case err := <-done:
 			done <- err
 			b, _ := os.ReadFile(logPath)
-			return nil, "", &notAvailable{fmt.Sprintf("%s exited: %v: %s", name, err, tail(string(b), 400))}
+			return nil, fmt.Errorf("%s exited: %v: %s", name, err, tail(string(b), 400))
 		case <-h.ctx.Done():
-			return nil, "", h.ctx.Err()
+			return nil, h.ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			b, _ := os.ReadFile(logPath)
-			return nil, "", &notAvailable{fmt.Sprintf("%s did not configure the pod within 10s: %s", name, tail(string(b), 400))}
+			return nil, fmt.Errorf("%s did not configure the pod within 10s: %s", name, tail(string(b), 400))
 		}
 	}
 }
 
-// attachPasta: pasta joins the pod netns by path (no user namespace: we
-// are root; --runas 0 because as nobody it cannot enter the netns),
-// configures 10.0.2.100/24 with gateway 10.0.2.2, and maps TCP to the
-// gateway onto the host's loopback (its default; --no-map-gw turns it off).
-// No port forwarding either way (-t/-u/-T/-U none) so it opens no host
-// ports. The host server listens on 127.0.0.1.
-func (h *harness) attachPasta() (*attached, error) {
+// attachPasta: pasta runs in the host netns and joins the pod netns by
+// path (no user namespace: we are root; --runas 0 because as nobody it
+// cannot enter the netns), configures 10.0.2.100/24 with gateway 10.0.2.2
+// and the link MTU mtu (-m; 65520 is pasta's default). No port forwarding
+// either way (-t/-u/-T/-U none). The pod dials the host's primary address,
+// which pasta reaches with its own host sockets (its tap path; its splice
+// path is only for the gateway's loopback mapping, not used here).
+func (h *harness) attachPasta(mtu int) (*attached, error) {
 	pod := cnitest.NewPodNS(h.tb)
-	cmd, _, err := h.startHelper("pasta", pod, "-f", "-q", "--runas", "0", "--config-net", "-4",
+	cmd, err := h.startHelper("pasta", pod, "-f", "-q", "--runas", "0", "--config-net", "-4", "-m", strconv.Itoa(mtu),
 		"-a", "10.0.2.100", "-n", "24", "-g", "10.0.2.2", "-t", "none", "-u", "none", "-T", "none", "-U", "none",
 		"--netns", pod.Path())
 	if err != nil {
 		return nil, err
 	}
-	return &attached{pod: pod, listen: netip.MustParseAddr("127.0.0.1"), dial: netip.MustParseAddr("10.0.2.2"),
-		pids: []int{cmd.Process.Pid}, note: "pod → 10.0.2.2 (pasta's gateway, mapped to host 127.0.0.1)"}, nil
+	P := h.host.addr()
+	return &attached{pod: pod, listen: P, dial: P, pids: []int{cmd.Process.Pid},
+		note: fmt.Sprintf("pod 10.0.2.100 → %v (the host's primary address) through pasta, MTU %d", P, mtu)}, nil
 }
 
-// attachSlirp: slirp4netns joins the pod netns by path (--netns-type=path),
-// creates tap0 with 10.0.2.100/24 (--configure), MTU 65520 as its man page
-// recommends; 10.0.2.2 is the host's loopback (host loopback is allowed by
-// default). The host server listens on 127.0.0.1.
+// attachSlirp: slirp4netns runs in the host netns and joins the pod netns
+// by path (--netns-type=path), creates tap0 with 10.0.2.100/24
+// (--configure), MTU 65520 as its man page recommends. The pod dials the
+// host's primary address, which slirp4netns reaches with host sockets.
 func (h *harness) attachSlirp() (*attached, error) {
 	pod := cnitest.NewPodNS(h.tb)
-	cmd, _, err := h.startHelper("slirp4netns", pod, "--configure", "--mtu=65520", "--disable-dns",
+	cmd, err := h.startHelper("slirp4netns", pod, "--configure", "--mtu=65520", "--disable-dns",
 		"--netns-type=path", pod.Path(), "tap0")
 	if err != nil {
 		return nil, err
 	}
-	return &attached{pod: pod, listen: netip.MustParseAddr("127.0.0.1"), dial: netip.MustParseAddr("10.0.2.2"),
-		pids: []int{cmd.Process.Pid}, note: "pod → 10.0.2.2 (slirp4netns's host alias, host 127.0.0.1)"}, nil
+	P := h.host.addr()
+	return &attached{pod: pod, listen: P, dial: P, pids: []int{cmd.Process.Pid},
+		note: fmt.Sprintf("pod 10.0.2.100 → %v (the host's primary address) through slirp4netns, MTU 65520", P)}, nil
 }
