@@ -6,7 +6,10 @@
 //
 // Not owned here: the veth pairs and namespaces (veth), the stack itself
 // (netstack), the relays, DNS and port-mapping listeners (daemon/proxy),
-// what the plugin sends (plugin; the wire types are in daemon/api).
+// what the plugin sends (plugin; the wire types are in daemon/api), the
+// Kubernetes node agent of `serve --kubernetes` (daemon/kube: the Node
+// informer and the routes to other nodes' pod CIDRs; kubeagent.go starts
+// it beside the API and turns host IPv4 forwarding on).
 //
 // # Theory of operation
 //

@@ -26,6 +26,9 @@ import (
 // DefaultStateDir holds the daemon's records and locks.
 const DefaultStateDir = "/var/lib/cni-userstack"
 
+// NodeNameEnv names this node when --node-name is not given.
+const NodeNameEnv = "NODE_NAME"
+
 // ServeFlags are the flags of `cni-userstack serve`.
 type ServeFlags struct {
 	Socket     string
@@ -53,6 +56,13 @@ type ServeFlags struct {
 	// BusyPoll is the AF_PACKET links' busy-poll budget
 	// (afpacket.Config.BusyPoll); 0 is off.
 	BusyPoll time.Duration
+	// Kubernetes runs the Node informer and the route controller
+	// (daemon/kube) beside the stack; Kubeconfig is its client's config
+	// ("" is the in-cluster service account), NodeName this node's Node
+	// object (default $NODE_NAME).
+	Kubernetes bool
+	Kubeconfig string
+	NodeName   string
 	// MetricsAddr is where /metrics, /healthz and /readyz are served
 	// (daemon/metrics); "" turns them off.
 	MetricsAddr string
@@ -94,6 +104,9 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.ProxyKeepAliveIdle, "proxy-keepalive-idle", DefaultProxyKeepAliveIdle, "proxy mode: TCP keepalive of both sockets of a relay: idle time before the first probe (whole seconds, at most 32767s; the kernel's tcp_keepalive_time by default); 0 turns keepalive off")
 	fs.DurationVar(&f.ProxyKeepAliveInterval, "proxy-keepalive-interval", DefaultProxyKeepAliveInterval, "proxy mode: time between keepalive probes (whole seconds, at most 32767s; tcp_keepalive_intvl)")
 	fs.IntVar(&f.ProxyKeepAliveCount, "proxy-keepalive-count", DefaultProxyKeepAliveCount, "proxy mode: unanswered keepalive probes after which a relay is closed (1..127; tcp_keepalive_probes)")
+	fs.BoolVar(&f.Kubernetes, "kubernetes", false, "run the Kubernetes node agent: watch Nodes and route every other node's pod CIDRs via its InternalIP (host routes with proto 0x76); needs --node-name or $NODE_NAME")
+	fs.StringVar(&f.Kubeconfig, "kubeconfig", "", "with --kubernetes: the kubeconfig of the API client; empty: the pod's in-cluster service account")
+	fs.StringVar(&f.NodeName, "node-name", "", "with --kubernetes: this node's Node object (default: $"+NodeNameEnv+", set from the downward API in the DaemonSet)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket before it sleeps (NAPI busy polling, one link at a time per 2 CPUs): lower round-trip latency for up to this much CPU per idle read, worth it only with cores to spare; 0 is off, at most "+afpacket.MaxBusyPoll.String())
 }
 
@@ -122,6 +135,15 @@ func (f *ServeFlags) Validate() error {
 		return fmt.Errorf("--proxy-keepalive-interval %v: must be whole seconds from 1s to %v", f.ProxyKeepAliveInterval, maxKeepAliveTime)
 	case f.ProxyKeepAliveCount < 1 || f.ProxyKeepAliveCount > maxKeepAliveCount:
 		return fmt.Errorf("--proxy-keepalive-count %d: must be between 1 and %d", f.ProxyKeepAliveCount, maxKeepAliveCount)
+	}
+	if f.Kubernetes && f.NodeName == "" {
+		f.NodeName = os.Getenv(NodeNameEnv)
+	}
+	switch {
+	case f.Kubernetes && f.NodeName == "":
+		return fmt.Errorf("--kubernetes: this node's name is unknown: pass --node-name or set $%s (the DaemonSet sets it from spec.nodeName)", NodeNameEnv)
+	case !f.Kubernetes && (f.Kubeconfig != "" || f.NodeName != ""):
+		return fmt.Errorf("--kubeconfig and --node-name need --kubernetes")
 	}
 	if _, err := f.subnet(); err != nil {
 		return err
@@ -194,6 +216,14 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var agent *kubeAgent
+	if f.Kubernetes {
+		if agent, err = newKubeAgent(f, version, log); err != nil {
+			return err
+		}
+		// Deferred before the signal context's cancel, so it runs after it.
+		defer agent.stop()
+	}
 	// Before anything touches the stack netns or the uplink (claim.go).
 	held, err := takeClaims(f, f.StackNetNS)
 	if err != nil {
@@ -235,7 +265,10 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	log.Info("serving", "socket", f.Socket, "stateDir", f.StateDir, "stackNetNS", f.StackNetNS,
-		"attachments", len(d.List()), "pid", os.Getpid(), "version", version)
+		"attachments", len(d.List()), "pid", os.Getpid(), "version", version, "kubernetes", f.Kubernetes)
+	if agent != nil {
+		agent.start(ctx, log)
+	}
 	err = d.Serve(ctx, l)
 	os.Remove(f.Socket)
 	log.Info("stopped; attachments kept on disk for the next start", "err", err)

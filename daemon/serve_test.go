@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,5 +57,44 @@ func TestRulesOverAttacherNetfilter(t *testing.T) {
 	}
 	if n := len(a.Netfilter().Ruleset().Chain("filter", "FORWARD").Rules); n != 1 {
 		t.Fatalf("FORWARD has %d rules after Load", n)
+	}
+}
+
+func TestServeFlagsKubernetes(t *testing.T) {
+	t.Setenv(NodeNameEnv, "")
+	if _, err := ParseServeFlags([]string{"--kubernetes"}, io.Discard); err == nil || !strings.Contains(err.Error(), "--node-name") {
+		t.Fatalf("no node name: %v", err)
+	}
+	if _, err := ParseServeFlags([]string{"--kubeconfig", "/k"}, io.Discard); err == nil || !strings.Contains(err.Error(), "need --kubernetes") {
+		t.Fatalf("kubeconfig alone: %v", err)
+	}
+	t.Setenv(NodeNameEnv, "node-a")
+	f, err := ParseServeFlags([]string{"--kubernetes", "--kubeconfig", "/k"}, io.Discard)
+	if err != nil || f.NodeName != "node-a" || f.Kubeconfig != "/k" || !f.Kubernetes {
+		t.Fatalf("from env: %+v %v", f, err)
+	}
+	f, err = ParseServeFlags([]string{"--kubernetes", "--node-name", "node-b"}, io.Discard)
+	if err != nil || f.NodeName != "node-b" {
+		t.Fatalf("flag beats env: %+v %v", f, err)
+	}
+}
+
+func TestEnsureIPForward(t *testing.T) {
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	p := filepath.Join(t.TempDir(), "ip_forward")
+	os.WriteFile(p, []byte("0\n"), 0o644)
+	if err := ensureIPForward(p, log); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "1\n" || !strings.Contains(logs.String(), "turned host IPv4 forwarding on") {
+		t.Fatalf("file %q, log %q", b, logs.String())
+	}
+	logs.Reset()
+	if err := ensureIPForward(p, log); err != nil || logs.Len() != 0 {
+		t.Fatalf("already on: %v %q", err, logs.String())
+	}
+	if err := ensureIPForward(filepath.Join(t.TempDir(), "missing"), log); err == nil {
+		t.Fatal("missing sysctl must fail")
 	}
 }

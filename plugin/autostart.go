@@ -23,6 +23,15 @@ const ReadyTimeout = 10 * time.Second
 // readyPoll is the interval between readiness probes.
 const readyPoll = 50 * time.Millisecond
 
+// DaemonWait bounds how long a command waits for a daemon it may not start
+// ("autostart": false) to answer: the daemon of a DaemonSet is replaced
+// during a rolling update or after a crash, and the new one answers within
+// seconds (its start-up recovery re-attaches the running pods). ADD,
+// CHECK and GC fail with code 11 after it. DEL does not wait: it succeeds
+// without the daemon, whose recovery drops the record of a pod whose far
+// end is gone (before it accepts a new ADD). A variable for tests.
+var DaemonWait = 30 * time.Second
+
 // ensureDaemon returns a client for a daemon that answers. When the
 // daemon cannot be reached and autostart is on, it starts one — under an
 // flock on stateDir/autostart.lock so that concurrent ADDs start one
@@ -42,14 +51,50 @@ func ensureDaemon(ctx context.Context, c *NetConf) (*api.Client, error) {
 		return nil, cniErr(err)
 	}
 	if !c.AutostartOn() {
-		return nil, types.NewError(types.ErrTryAgainLater,
-			fmt.Sprintf("cni-userstack daemon is not running at %s and autostart is false: start it with `cni-userstack serve --socket %s --state-dir %s --stack-netns %s`",
-				c.Socket, c.Socket, c.StateDir, c.StackNetNS), err.Error())
+		if st, err = awaitDaemon(ctx, c, cl); err != nil {
+			if !api.IsUnreachable(err) {
+				return nil, cniErr(err)
+			}
+			return nil, types.NewError(types.ErrTryAgainLater,
+				fmt.Sprintf("cni-userstack daemon is not running at %s (waited %v) and autostart is false: start it with `cni-userstack serve --socket %s --state-dir %s --stack-netns %s`, "+
+					"or in Kubernetes check the cni-userstack DaemonSet's pod on this node (kubectl -n kube-system get pods -l app.kubernetes.io/name=cni-userstack -o wide)",
+					c.Socket, DaemonWait, c.Socket, c.StateDir, c.StackNetNS), err.Error())
+		}
+		if st.StackNetNS != "" && st.StackNetNS != c.StackNetNS {
+			return nil, confErr("the network config says stackNetNS %q but the daemon at %s serves %q: make them match", c.StackNetNS, c.Socket, st.StackNetNS)
+		}
+		return cl, nil
 	}
 	if err := startDaemon(ctx, c, cl); err != nil {
 		return nil, err
 	}
 	return cl, nil
+}
+
+// awaitDaemon polls the daemon's status every readyPoll until it answers,
+// for at most DaemonWait (and ctx): a daemon being replaced (a rolling
+// update of its DaemonSet) has no socket, or a socket nobody accepts on,
+// for a few seconds. It says once on stderr that it waits. The error is
+// the last unreachable one, or another error of the daemon's.
+func awaitDaemon(ctx context.Context, c *NetConf, cl *api.Client) (*api.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, DaemonWait)
+	defer cancel()
+	warned := false
+	for {
+		st, err := cl.Status(ctx)
+		if err == nil || !api.IsUnreachable(err) {
+			return st, err
+		}
+		if !warned {
+			warnf("the daemon does not answer on %s (restarting?); waiting up to %v", c.Socket, DaemonWait)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(readyPoll):
+		}
+	}
 }
 
 func startDaemon(ctx context.Context, c *NetConf, cl *api.Client) error {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/veth"
@@ -333,6 +334,8 @@ func TestDaemonEnvDropsCNIVars(t *testing.T) {
 }
 
 func TestDaemonDownCodes(t *testing.T) {
+	defer func(d time.Duration) { DaemonWait = d }(DaemonWait)
+	DaemonWait = 100 * time.Millisecond
 	sock := t.TempDir() + "/none.sock"
 	stdin := conf(func(m map[string]any) { m["socket"], m["autostart"] = sock, false })
 	c, err := LoadConf(stdin)
@@ -373,6 +376,55 @@ func TestDaemonStackNetNSMismatch(t *testing.T) {
 	c.StackNetNS = "other-ns"
 	if _, err := ensureDaemon(context.Background(), c); err != nil {
 		t.Fatalf("matching stack netns: %v", err)
+	}
+}
+
+// TestAwaitDaemonDuringRestart: with autostart off, ADD waits (bounded by
+// DaemonWait) for a daemon whose socket appears late, as during a rolling
+// update of the DaemonSet, instead of failing at once; past the bound it
+// is code 11 naming the socket and the wait.
+func TestAwaitDaemonDuringRestart(t *testing.T) {
+	defer func(d time.Duration) { DaemonWait = d }(DaemonWait)
+	DaemonWait = 5 * time.Second
+	sock := t.TempDir() + "/d.sock"
+	c, err := LoadConf(conf(func(m map[string]any) { m["socket"], m["autostart"] = sock, false }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(api.Status{StackNetNS: c.StackNetNS})
+	})}
+	t.Cleanup(func() { srv.Close() })
+	up := make(chan error, 1)
+	go func() {
+		time.Sleep(300 * time.Millisecond) // the new daemon's start
+		l, err := net.Listen("unix", sock)
+		if err == nil {
+			go srv.Serve(l)
+		}
+		up <- err
+	}()
+	start := time.Now()
+	if _, err := ensureDaemon(context.Background(), c); err != nil {
+		t.Fatalf("ensureDaemon across a restart: %v", err)
+	}
+	if err := <-up; err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Fatalf("answered after %v, before the daemon was up", d)
+	}
+
+	DaemonWait = 200 * time.Millisecond
+	c.Socket = t.TempDir() + "/never.sock"
+	start = time.Now()
+	_, err = ensureDaemon(context.Background(), c)
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrTryAgainLater || !strings.Contains(te.Msg, "waited 200ms") || !strings.Contains(te.Msg, c.Socket) {
+		t.Fatalf("daemon never up: %v", err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("gave up after %v, want about DaemonWait", d)
 	}
 }
 

@@ -53,6 +53,7 @@ its API socket.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &flagError{err: err} })
 	root.AddCommand(
 		newServeCmd(),
+		newInstallCmd(),
 		newStatusCmd(),
 		newAttachmentsCmd(),
 		newLinkCmd(),

@@ -69,11 +69,14 @@ func TestRouterAdvertisements(t *testing.T) {
 	if n := len(e.ras()); n != 0 {
 		t.Fatalf("RA sooner than MinRtrAdvInterval: %d", n)
 	}
+	// By MaxRtrAdvInterval after the third, at least one more (two if
+	// both intervals drew below 300 s).
 	e.clk.Advance(403 * time.Second)
-	if n := len(e.ras()); n != 1 {
-		t.Fatalf("no RA within MaxRtrAdvInterval: %d", n)
+	n := len(e.ras())
+	if n < 1 || n > 2 {
+		t.Fatalf("%d RAs within MaxRtrAdvInterval", n)
 	}
-	if st := e.tbl.Stats(); st.NDPOutRouterAdverts != 4 {
+	if st := e.tbl.Stats(); st.NDPOutRouterAdverts != uint64(3+n) {
 		t.Fatalf("stats %+v", st)
 	}
 	// §6.2.5: ceasing sends a final advertisement with lifetime 0.

@@ -1,0 +1,78 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/cni-userstack/cni-userstack/daemon/kube"
+)
+
+// ipForwardPath is the host's IPv4 forwarding switch.
+const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
+
+// kubeAgent is `serve --kubernetes`: the route controller of daemon/kube
+// over the host's main table, with host IPv4 forwarding on (the host
+// forwards between its NIC and the uplink: other nodes' pods reach ours
+// through it, and ours reach theirs).
+type kubeAgent struct {
+	ctrl  *kube.Controller
+	table *kube.NetlinkTable
+	wg    sync.WaitGroup
+}
+
+// newKubeAgent builds the client and the controller; a bad kubeconfig or
+// a missing in-cluster config fails the daemon's start.
+func newKubeAgent(f *ServeFlags, version string, log *slog.Logger) (*kubeAgent, error) {
+	cs, err := kube.NewClient(f.Kubeconfig, "cni-userstack/"+version+" (node "+f.NodeName+")")
+	if err != nil {
+		return nil, fmt.Errorf("--kubernetes: %w", err)
+	}
+	tbl, err := kube.NewNetlinkTable()
+	if err != nil {
+		return nil, fmt.Errorf("--kubernetes: netlink: %w", err)
+	}
+	if err := ensureIPForward(ipForwardPath, log); err != nil {
+		tbl.Close()
+		return nil, fmt.Errorf("--kubernetes: %w", err)
+	}
+	l := log.With("component", "kube")
+	return &kubeAgent{table: tbl, ctrl: kube.NewController(cs, kube.ControllerConfig{NodeName: f.NodeName, Table: tbl, Logger: l})}, nil
+}
+
+// start runs the controller until ctx ends.
+func (k *kubeAgent) start(ctx context.Context, log *slog.Logger) {
+	k.wg.Add(1)
+	go func() {
+		defer k.wg.Done()
+		if err := k.ctrl.Run(ctx); err != nil {
+			log.Error("kubernetes route controller stopped", "err", err)
+		}
+	}()
+}
+
+// stop waits for the controller (ctx must have ended) and closes the
+// table. Routes stay for the next daemon.
+func (k *kubeAgent) stop() {
+	k.wg.Wait()
+	k.table.Close()
+}
+
+// ensureIPForward turns the switch at path on, saying so when it was off.
+func ensureIPForward(path string, log *slog.Logger) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	if strings.TrimSpace(string(b)) == "1" {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("turn on IPv4 forwarding (%s): %w: the host must forward between other nodes and the uplink", path, err)
+	}
+	log.Info("turned host IPv4 forwarding on: other nodes' pods reach this node's through the host", "sysctl", path)
+	return nil
+}
