@@ -198,6 +198,12 @@ func (a *StackAttacher) Conntrack(entries bool) *api.Conntrack {
 			ce.State = e.TCPState.String()
 		}
 		ce.SNAT, ce.DNAT = e.NAT()
+		if e.ReplyNIC != 0 {
+			ce.ReplyTo = fmt.Sprint(e.ReplyNIC)
+			if n := a.s.Devices().ByID(e.ReplyNIC); n != nil {
+				ce.ReplyTo = n.Name()
+			}
+		}
 		out.Entries = append(out.Entries, ce)
 	}
 	return out

@@ -419,6 +419,7 @@ func (a *StackAttacher) ensureUplinkLocked() (err error) {
 	id := nic.ID()
 	defer func() {
 		if err != nil {
+			a.nf.SetReplyTo(id, false)
 			a.s.RemoveNIC(id)
 		}
 	}()
@@ -428,8 +429,20 @@ func (a *StackAttacher) ensureUplinkLocked() (err error) {
 	if err := a.s.AddRoute(route.Route{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Gateway: a.hostAddr.Addr(), NIC: id, Type: route.Unicast}); err != nil {
 		return fmt.Errorf("uplink: default route via %v: %w", a.hostAddr.Addr(), err)
 	}
-	// Replies to the host come from anywhere the host routes to us.
+	// Replies to the host come from anywhere the host routes to us, and
+	// so may the host's DNAT of a pod's own packet (a Service whose
+	// backend is a pod of this stack): a pod source is accepted here. No
+	// pod can forge one: strict rp_filter and the source-MAC check hold
+	// every pod to its own address, so a packet from the uplink with a
+	// pod's source was put there by the host kernel.
 	a.s.SetRPFilter(id, false)
+	// The replies of flows the host sends in go back to the host (the
+	// uplink's default route), whatever their destination: the host's
+	// conntrack must see both directions to undo its DNAT (netfilter's
+	// reply-to; see docs/kubernetes.md, "How traffic flows").
+	if err := a.nf.SetReplyTo(id, true); err != nil {
+		return fmt.Errorf("uplink: reply-to: %w", err)
+	}
 	a.uplink = &uplinkState{Uplink: api.Uplink{HostIfName: a.cfg.UplinkHostIfName, HostAddr: a.hostAddr, StackAddr: a.stkAddr, NIC: id},
 		hostIndex: hostIndex}
 	a.log.Info("uplink up", "host", a.cfg.UplinkHostIfName, "hostAddr", a.hostAddr, "stackAddr", a.stkAddr)

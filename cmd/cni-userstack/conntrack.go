@@ -178,6 +178,9 @@ func conntrackLine(e api.ConntrackEntry) string {
 	if e.DNAT {
 		b.WriteString("[DNAT] ")
 	}
+	if e.ReplyTo != "" {
+		fmt.Fprintf(&b, "[REPLY-TO %s] ", e.ReplyTo)
+	}
 	fmt.Fprintf(&b, "mark=%d use=1", e.Mark)
 	return b.String()
 }

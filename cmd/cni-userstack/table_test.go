@@ -73,6 +73,12 @@ func TestConntrackLine(t *testing.T) {
 	if got := conntrackLine(icmp); got != want {
 		t.Errorf("conntrack icmp:\n  %q\nwant\n  %q", got, want)
 	}
+	e.ReplyTo = "us-uplink"
+	want = "tcp      6 431999 ESTABLISHED src=10.22.0.5 dst=192.0.2.7 sport=40000 dport=80 packets=5 bytes=300 " +
+		"src=192.0.2.7 dst=10.22.0.5 sport=80 dport=40000 packets=4 bytes=400 [ASSURED] [REPLY-TO us-uplink] mark=0 use=1"
+	if got := conntrackLine(e); got != want {
+		t.Errorf("conntrack reply-to:\n  %q\nwant\n  %q", got, want)
+	}
 }
 
 func TestSocketTable(t *testing.T) {

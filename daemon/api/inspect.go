@@ -266,6 +266,10 @@ type ConntrackEntry struct {
 	// destination side (a NAT binding).
 	SNAT bool `json:"snat,omitempty"`
 	DNAT bool `json:"dnat,omitempty"`
+	// ReplyTo names the NIC the flow's replies are routed out of when
+	// it is not the FIB's choice (netfilter's reply-to: a flow that came
+	// in through the uplink).
+	ReplyTo string `json:"replyTo,omitempty"`
 }
 
 // Stats is the answer of PathStats: `nstat`, the drop reasons and the

@@ -15,7 +15,8 @@
 //
 //	Rcv (ip_rcv: RFC 1122 §3.2.1 checks, checksum, trim padding)
 //	  → PREROUTING
-//	  → rcvFinish (ip_rcv_finish: route.Input, martians, strict rp_filter)
+//	  → rcvFinish (ip_rcv_finish: route.Input, martians, strict rp_filter;
+//	               netfilter's reply-to NIC → route.Via)
 //	      Local/Broadcast → localDeliver (ip_local_deliver: ip_defrag)
 //	                           → LOCAL_IN
 //	                           → localDeliverFinish (inet_protos dispatch;
@@ -26,7 +27,8 @@
 // Send (transports call QueueXmit with the transport header built):
 //
 //	QueueXmit (ip_queue_xmit: route.Output, push header, IP ID)
-//	  → localOut (__ip_local_out: LOCAL_OUT; re-route if a hook changed Dst)
+//	  → localOut (__ip_local_out: LOCAL_OUT; re-route if a hook changed Dst,
+//	              or through netfilter's reply-to NIC)
 //	  → output (ip_output: POSTROUTING)
 //	  → finishOutput (ip_finish_output: Local → loopback; > MTU → fragment
 //	                  (ip_fragment); → neigh.Output (ip_finish_output2))

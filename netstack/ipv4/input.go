@@ -2,6 +2,7 @@ package ipv4
 
 import (
 	"errors"
+	"net/netip"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
@@ -114,7 +115,15 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 	src := h.Src()
 	// A flow diverted by netfilter's DIVERT (TPROXY-style) is local
 	// whatever its destination, as "ip rule fwmark → table local" makes it.
+	// Its source is validated all the same (ip_route_input_slow runs
+	// fib_validate_source for a local route too): a pod cannot hand the
+	// proxy a flow from an address that is not its own.
 	if skb.Mark&netfilter.MarkDivert != 0 {
+		if l.rpStrict(skb.InNIC) && !l.fib.ReversePathOK(src, skb.InNIC) {
+			l.count(RPFilterDrops)
+			skb.Free(DropRPFilter)
+			return
+		}
 		l.localDeliver(skb)
 		return
 	}
@@ -139,7 +148,25 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 		skb.CB[cbFlags] |= flagBroadcast
 		l.localDeliver(skb)
 	default:
+		// Netfilter's reply-to (policy routing by the flow's conntrack
+		// entry): a reply of a flow that entered through a reply-to NIC
+		// leaves through that NIC. One read of skb.CB when there is none.
+		if n := netfilter.ReplyNIC(skb); n != 0 && n != res.NIC {
+			l.replyRoute(&res, h.Dst(), n)
+		}
 		l.forward(skb, res)
+	}
+}
+
+// replyRoute sets *res to the route of a reply that netfilter's reply-to
+// sends out of nic: the route to dst through nic, if there is one (else
+// *res, the FIB's own choice, stays). Out of line, so the forwarding
+// path's frame does not carry its Result.
+//
+//go:noinline
+func (l *Layer) replyRoute(res *route.Result, dst netip.Addr, nic int) {
+	if r, ok := l.fib.Via(dst, nic); ok {
+		*res = r
 	}
 }
 

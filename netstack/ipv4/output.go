@@ -87,6 +87,17 @@ func (l *Layer) localOut(skb *buf.SKB, res route.Result, fl route.Flow) error {
 		res = r2
 		skb.OutNIC = res.NIC
 	}
+	// Netfilter's reply-to: the stack's own reply-direction packets of a
+	// flow that entered through a reply-to NIC (an ICMP error about a
+	// packet that came in there, RELATED) leave through that NIC, as
+	// ip_route_me_harder re-routes after mangle OUTPUT changed the mark.
+	// The source stays the one QueueXmit chose.
+	if n := netfilter.ReplyNIC(skb); n != 0 && n != res.NIC && res.Type == route.Unicast {
+		if r, ok := l.fib.Via(header.IPv4(skb.Bytes()).Dst(), n); ok {
+			res = r
+			skb.OutNIC = res.NIC
+		}
+	}
 	return l.output(skb, res)
 }
 

@@ -143,3 +143,19 @@ func TestSendICMPErrorQuote(t *testing.T) {
 		t.Fatal("rate limit not counted")
 	}
 }
+
+// RFC 3704 §2.2: a diverted flow is local, but its source is still held
+// to the link it came in on (ip_route_input_slow validates the source of
+// a local route too): a pod on NIC 1 sending as 192.0.2.77, routed
+// through the uplink, gives the proxy nothing.
+func TestDivertedSourceIsReversePathFiltered(t *testing.T) {
+	tn := newTestNet(t)
+	tn.rcvDiverted(1, pkt{src: "192.0.2.77", dst: "203.0.113.9", proto: header.ProtoUDP, payload: udpish(8)}.bytes())
+	if len(tn.rcvd[header.ProtoUDP]) != 0 || tn.counter("TcpExtIPReversePathFilter") != 1 || tn.drops.Get(DropRPFilter) != 1 {
+		t.Fatalf("spoofed diverted datagram: delivered %d, drops %v", len(tn.rcvd[header.ProtoUDP]), tn.drops.Snapshot())
+	}
+	tn.rcvDiverted(1, pkt{src: "10.1.0.5", dst: "203.0.113.9", proto: header.ProtoUDP, payload: udpish(8)}.bytes())
+	if len(tn.rcvd[header.ProtoUDP]) != 1 {
+		t.Fatal("the pod's own diverted datagram was not delivered")
+	}
+}

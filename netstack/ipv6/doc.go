@@ -32,7 +32,8 @@
 //	  → rcvFinish (ip6_rcv_finish)
 //	      multicast → mcInput (ff02::1, ff02::2, solicited-node groups;
 //	                  anything else InAddrErrors; never forwarded)
-//	      route.Input, strict reverse path (RFC 3704 §2.2)
+//	      route.Input, strict reverse path (RFC 3704 §2.2; diverted flows
+//	      too); netfilter's reply-to NIC → route.Via
 //	      Local → localDeliver (Destination Options, Routing, Fragment:
 //	                reassembly; extension headers walked in order)
 //	                → LOCAL_IN (the whole packet, TransportHeader set)
@@ -44,7 +45,8 @@
 // Send (transports call QueueXmit with the upper-layer header built):
 //
 //	QueueXmit (ip6_xmit: route.Output, push header, flow label)
-//	  → localOut (LOCAL_OUT; re-route if a hook changed Dst)
+//	  → localOut (LOCAL_OUT; re-route if a hook changed Dst, or through
+//	              netfilter's reply-to NIC)
 //	  → output (POSTROUTING)
 //	  → finishOutput (Local → loopback; > path MTU → fragment, or Packet
 //	                  Too Big to ourselves with DontFragment; → neigh.Output)

@@ -11,7 +11,8 @@ import (
 )
 
 // Layout of skb.CB while ipv6 owns a packet (struct inet6_skb_parm).
-// Bytes 16.. are netfilter's.
+// Bytes 12..14 hold frag_max_size, written by netfilter's reassembly
+// (netfilter.FragMaxSize); bytes 16.. are netfilter's.
 const (
 	cbFlags = 0 // flag* bits
 	cbKind  = 1 // backlog entry kind
@@ -104,9 +105,13 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 	h := header.IPv6(skb.Bytes())
 	src, dst := h.Src(), h.Dst()
 	// A flow diverted by netfilter's DIVERT (proxy mode) is local
-	// whatever its destination, as for IPv4.
+	// whatever its destination, as for IPv4; its source is validated all
+	// the same: a pod cannot hand the proxy a flow from an address that
+	// is not its own.
 	if skb.Mark&netfilter.MarkDivert != 0 && !dst.IsMulticast() {
-		l.localDeliver(skb)
+		if l.reversePathOK(skb, src) {
+			l.localDeliver(skb)
+		}
 		return
 	}
 	if dst.IsMulticast() {
@@ -128,7 +133,22 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 		l.localDeliver(skb)
 		return
 	}
+	// Netfilter's reply-to, as IPv4's: a reply of a flow that entered
+	// through a reply-to NIC leaves through that NIC.
+	if n := netfilter.ReplyNIC(skb); n != 0 && n != res.NIC {
+		l.replyRoute(&res, dst, n)
+	}
 	l.forward(skb, res)
+}
+
+// replyRoute sets *res to the route to dst through nic, if there is one
+// (else the FIB's own choice stays). Out of line, as ipv4's.
+//
+//go:noinline
+func (l *Layer) replyRoute(res *route.Result, dst netip.Addr, nic int) {
+	if r, ok := l.fib.Via(dst, nic); ok {
+		*res = r
+	}
 }
 
 // reversePathOK applies the NIC's reverse-path policy (RFC 3704 §2.2

@@ -89,6 +89,15 @@ func (l *Layer) localOut(skb *buf.SKB, res route.Result, fl route.Flow) error {
 		res = r2
 		skb.OutNIC = res.NIC
 	}
+	// Netfilter's reply-to, as IPv4's: the stack's own reply-direction
+	// packets of a flow that entered through a reply-to NIC (an ICMPv6
+	// error about a packet that came in there) leave through that NIC.
+	if n := netfilter.ReplyNIC(skb); n != 0 && n != res.NIC && res.Type == route.Unicast {
+		if r, ok := l.fib.Via(header.IPv6(skb.Bytes()).Dst(), n); ok {
+			res = r
+			skb.OutNIC = res.NIC
+		}
+	}
 	return l.output(skb, res)
 }
 

@@ -15,6 +15,8 @@ import (
 // BenchmarkForwardHooks is the netfilter cost of one forwarded packet of
 // an established TCP flow: PREROUTING, FORWARD and POSTROUTING as ipv4
 // runs them, per packet (the copy restoring the template is included).
+// "-reply" runs the flow's reply direction instead (where reply-to reads
+// the Conn's reply NIC).
 func BenchmarkForwardHooks(b *testing.B) {
 	var many strings.Builder
 	many.WriteString("*filter\n")
@@ -28,6 +30,7 @@ func BenchmarkForwardHooks(b *testing.B) {
 	}{
 		{"no-netfilter", false, ""},
 		{"conntrack-no-rules", true, ""},
+		{"conntrack-no-rules-reply", true, ""},
 		{"conntrack+masquerade", true, "*nat\n-A POSTROUTING -o up0 -j MASQUERADE\n*filter\n-A FORWARD --ctstate ESTABLISHED -j ACCEPT\n"},
 		{"conntrack+1000-rules", true, many.String()},
 	} {
@@ -44,10 +47,14 @@ func BenchmarkForwardHooks(b *testing.B) {
 			r.backb(stacktest.Frame().IPv4Addr(server, client).TCP(80, 40000).Flags(header.SYN | header.ACK).Seq(500).Ack(101).Window(65535).Bytes())
 			tmpl := stacktest.Frame().IPv4Addr(client, server).TCP(40000, 80).Flags(header.ACK).Seq(101).Ack(501).Window(65535).Payload(make([]byte, 64)).Bytes()
 			r.outb(tmpl)
+			in, out := r.in.ID(), r.out.ID()
+			if strings.HasSuffix(bc.name, "-reply") {
+				tmpl = stacktest.Frame().IPv4Addr(server, client).TCP(80, 40000).Flags(header.ACK).Seq(501).Ack(165).Window(65535).Payload(make([]byte, 64)).Bytes()
+				in, out = out, in
+			}
 			skb := buf.FromBytes(buf.MaxHeadroom, tmpl)
 			defer skb.Consume()
 			skb.SetNetworkHeader()
-			in, out := r.in.ID(), r.out.ID()
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {

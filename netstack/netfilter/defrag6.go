@@ -208,12 +208,14 @@ func (d *defrag6) add(skb *buf.SKB, fhoff, nhoff int) Verdict {
 	return Accept()
 }
 
-// skb.CB[cbFragMax:] holds the largest fragment of a packet defrag6
-// reassembled (IP6CB(skb)->frag_max_size): a router that forwards the
-// packet may fragment it again to that size (and sends Packet Too Big
-// when even that exceeds the next link), so reassembly for conntrack
-// changes nothing on the wire.
-const cbFragMax = 28
+// skb.CB[cbFragMax:cbFragMax+3] holds the largest fragment of a packet
+// defrag6 reassembled (IP6CB(skb)->frag_max_size: in the IP layer's half
+// of CB, below netfilter's conntrack reference, as in the kernel; ipv6
+// leaves these bytes alone): a router that forwards the packet may
+// fragment it again to that size (and sends Packet Too Big when even that
+// exceeds the next link), so reassembly for conntrack changes nothing on
+// the wire.
+const cbFragMax = 12
 
 func setFragMaxSize(skb *buf.SKB, n int) {
 	skb.CB[cbFragMax], skb.CB[cbFragMax+1], skb.CB[cbFragMax+2] = 0xf6, byte(n>>8), byte(n)

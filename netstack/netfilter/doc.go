@@ -106,8 +106,9 @@
 //
 // The conntrack hook classifies each packet (package conntrack) and keeps
 // the result in skb.CB[16:28] (the kernel's skb->_nfct) until the packet
-// leaves IP; the later hooks read it there. NAT rewrites addresses and
-// ports to the flow's tuples with incremental checksum updates (RFC 1624).
+// leaves IP; the later hooks read it there (and ipv4 the reply-to NIC in
+// CB[28:32], see Reply-to). NAT rewrites addresses and ports to the flow's
+// tuples with incremental checksum updates (RFC 1624).
 // A CHECKSUM_PARTIAL packet's transport checksum field holds the
 // uncomplemented pseudo-header sum, so an address change is folded in the
 // opposite sense and a port change not at all (inet_proto_csum_replace4
@@ -151,6 +152,23 @@
 // peer's replies to that foreign address are marked at PREROUTING and
 // delivered to the socket instead of being forwarded.
 //
+// # Reply-to
+//
+// SetReplyTo names NICs whose flows are answered through them: the
+// conntrack hook records such a NIC in the Conn of a flow whose first
+// packet arrived there (Conn.SetReplyNIC), and for every later
+// reply-direction packet of the flow (replies, and ICMP errors about it,
+// the stack's own at OUTPUT included) that did not itself arrive there it
+// leaves the NIC in skb.CB[28:32], read by ReplyNIC. The IPv4 routing
+// decision (ipv4.rcvFinish, ipv4.localOut) then routes the packet through
+// that NIC (route.Table.Via) instead of the FIB's choice. This is pf's
+// reply-to; Linux gets it from CONNMARK --save-mark/--restore-mark and an
+// `ip rule fwmark` table. The daemon sets it on the uplink, so the host's
+// conntrack sees both directions of a flow it DNATed back into the stack
+// (a Service whose backend is a pod of the same stack). replyto.go has
+// the details. Cost: one atomic load of the Conn per reply-direction
+// packet, one read of skb.CB per routed packet.
+//
 // # Limits
 //
 // Conntrack: Config.Conntrack.Max flows (see package conntrack). Defrag:
@@ -158,7 +176,8 @@
 // datagram, DefragTimeout (30 s for IPv4, 60 s for IPv6 unless set). Jumps nest at most 32 deep (loops are refused at
 // load). LOG lines: LogRate per second, burst LogBurst; the rest are
 // counted in Stats.LogSuppressed. ParseRules: 4 MiB of text, 100000 rules.
+// Reply-to NICs: MaxReplyToNICs.
 //
-// Lock order: Netfilter.loadMu (Load only) ; defrag.mu ; conntrack's
-// Table.mu > Conn.mu. Rule evaluation holds no lock.
+// Lock order: Netfilter.loadMu (Load and SetReplyTo only) ; defrag.mu ;
+// conntrack's Table.mu > Conn.mu. Rule evaluation holds no lock.
 package netfilter

@@ -73,13 +73,16 @@ type Netfilter struct {
 	send6  atomic.Pointer[Sender]
 	ct     *conntrack.Table
 	rules  atomic.Pointer[Ruleset]
-	loadMu sync.Mutex
-	logger *slog.Logger
-	logRL  bucket
-	defrag defrag
-	frag6  defrag6
-	stats  counters
-	drops  buf.DropStats
+	loadMu sync.Mutex // Load and SetReplyTo
+	// replyTo lists the reply-to NICs (replyto.go), copied on write.
+	// Bound: MaxReplyToNICs.
+	replyTo atomic.Pointer[[]int]
+	logger  *slog.Logger
+	logRL   bucket
+	defrag  defrag
+	frag6   defrag6
+	stats   counters
+	drops   buf.DropStats
 }
 
 type counters struct {
@@ -124,6 +127,7 @@ func New(cfg Config) *Netfilter {
 	rs := NewRuleset()
 	_ = rs.compile()
 	nf.rules.Store(rs)
+	nf.replyTo.Store(&[]int{})
 	if cfg.Hooks != nil {
 		nf.register(cfg.Hooks, nf.defragHook)
 	}
@@ -222,13 +226,15 @@ func (nf *Netfilter) Stats() Stats {
 
 // skb.CB[cbCT:] holds the packet's conntrack reference from the conntrack
 // hook (PREROUTING, OUTPUT) until the packet leaves IP: the kernel's
-// skb->_nfct. ipv4 uses CB[0:8]; the bytes here are netfilter's.
+// skb->_nfct, and after it the reply-to NIC (cbReplyNIC, replyto.go).
+// ipv4 uses CB[0:8]; CB[16:32] are netfilter's.
 const (
 	cbCT      = 16
 	cbCTValid = 0x5a // marks a reference written by conntrackIn
 )
 
 func setRef(skb *buf.SKB, c *conntrack.Conn, dir conntrack.Dir, info conntrack.Info) {
+	binary.LittleEndian.PutUint32(skb.CB[cbReplyNIC:], 0)
 	cb := skb.CB[cbCT : cbCT+12]
 	if c == nil {
 		cb[0] = cbCTValid
@@ -488,6 +494,15 @@ func (nf *Netfilter) conntrackIn(skb *buf.SKB, st *State) Verdict {
 			// the peer's replies to that foreign address are
 			// delivered locally (the TPROXY "-m socket" rule's job).
 			c.Mark.Or(MarkDivert)
+		}
+		// Reply-to (replyto.go): a reply-direction packet pays one
+		// atomic load; only new flows look at the reply-to NICs.
+		if dir == conntrack.Reply {
+			if n := c.ReplyNIC(); n != 0 && n != st.In {
+				setReplyNIC(skb, n)
+			}
+		} else if info == conntrack.InfoNew && st.In != 0 {
+			nf.replyToNew(c, st.In)
 		}
 	}
 	return Accept()

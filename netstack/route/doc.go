@@ -5,9 +5,11 @@
 // the dst_entry they produce): a main table of prefixes answered by
 // longest-prefix match, a local table of the stack's own addresses, the
 // IPv4 broadcast addresses derived from both, and the decision functions
-// Input, Output and ReversePathOK that turn an address pair into a Result.
-// The family of the destination picks the half: IPv4 and IPv6 routes live
-// in one master list (Routes lists both) but are matched apart.
+// Input, Output and ReversePathOK that turn an address pair into a Result,
+// plus Via, the route through one given NIC (the table of a policy rule,
+// which netfilter's reply-to uses). The family of the destination picks
+// the half: IPv4 and IPv6 routes live in one master list (Routes lists
+// both) but are matched apart.
 //
 // IPv6 differs where the RFCs say so (table6.go): a link-local destination
 // (fe80::/10) or link-scope multicast is reached only through the NIC the

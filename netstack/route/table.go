@@ -399,6 +399,34 @@ func unicastResult(s *snapshot, r Route, dst netip.Addr) Result {
 	return res
 }
 
+// Via is the route to dst through nic alone: the longest Unicast prefix
+// of the main table that holds dst and leaves through nic, as a lookup of
+// a policy table holding only nic's routes would find it (the uplink's
+// default route, for netfilter's reply-to). ok is false when nic has no
+// such route; the caller then keeps the FIB's own choice, as a policy
+// rule whose table has no match falls through to the main table.
+// Error routes are skipped: they name no NIC.
+func (t *Table) Via(dst netip.Addr, nic int) (Result, bool) {
+	if dst.Is6() && nic > 0 {
+		return t.load().via6(dst.WithZone(""), nic)
+	}
+	if !dst.Is4() || nic <= 0 {
+		return Result{}, false
+	}
+	s := t.load()
+	dk := key(dst)
+	for m := s.lens; m != 0; {
+		l := bits.Len64(m) - 1
+		m &^= 1 << l
+		for _, r := range s.byLen[l][dk&mask(l)] {
+			if r.Type == Unicast && r.NIC == nic {
+				return unicastResult(s, r, dst), true
+			}
+		}
+	}
+	return Result{}, false
+}
+
 // Address classes of RFC 1812 §5.3.7 and RFC 1122 §3.2.1.3.
 func isZeroNet(k uint32) bool   { return k>>24 == 0 }   // 0/8 "this network"
 func isLoopback(k uint32) bool  { return k>>24 == 127 } // 127/8

@@ -241,6 +241,29 @@ func (s *snapshot) lookup6(dst netip.Addr) (Result, bool) {
 	return res, true
 }
 
+// via6 is Via for an IPv6 destination: the longest Unicast prefix through
+// nic holding dst, its source chosen as Output would.
+func (s *snapshot) via6(dst netip.Addr, nic int) (Result, bool) {
+	s6 := &s.v6
+	k := key6(dst)
+	for _, l := range s6.lens {
+		for _, r := range s6.byLen[l][k.mask(l)] {
+			if r.Type != Unicast || r.NIC != nic {
+				continue
+			}
+			res := Result{Type: Unicast, NIC: r.NIC, MTU: r.MTU, Route: r, NextHop: dst, Src: r.Src}
+			if r.Gateway.IsValid() {
+				res.NextHop = r.Gateway
+			}
+			if !res.Src.IsValid() {
+				res.Src, _ = s6.selectSource(r.NIC, dst)
+			}
+			return res, true
+		}
+	}
+	return Result{}, false
+}
+
 // output6 is ip6_route_output for a locally originated flow; see Output.
 func (s *snapshot) output6(fl Flow) (Result, error) {
 	s6 := &s.v6

@@ -251,3 +251,18 @@ func TestLocals6(t *testing.T) {
 		t.Fatalf("gateway entries %+v", gw)
 	}
 }
+
+// Via for IPv6: the longest route through the given NIC only.
+func TestVia6(t *testing.T) {
+	tb := testTable6(t)
+	r, ok := tb.Via(a("fd00:1::77"), 2)
+	if !ok || r.NIC != 2 || r.NextHop != a("fe80::1") || r.Src != a("2001:db8:ff::2") {
+		t.Fatalf("via the uplink: %+v %v", r, ok)
+	}
+	if r, ok := tb.Via(a("fd00:1::77"), 3); !ok || r.NIC != 3 || r.NextHop != a("fd00:1::77") {
+		t.Fatalf("via NIC 3: %+v", r)
+	}
+	if _, ok := tb.Via(a("2606:4700::1"), 1); ok {
+		t.Fatal("NIC 1 has no route there")
+	}
+}

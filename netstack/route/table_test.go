@@ -73,6 +73,44 @@ func TestLookup(t *testing.T) {
 	}
 }
 
+// Via: the route through one NIC only (netfilter's reply-to), the
+// longest of that NIC's prefixes; nothing when the NIC has none.
+func TestVia(t *testing.T) {
+	tb := testTable(t)
+	for _, tc := range []struct {
+		name string
+		dst  string
+		nic  int
+		ok   bool
+		want Result
+	}{
+		{"a pod's reply to the uplink: its default route", "10.1.0.5", 2, true,
+			Result{Type: Unicast, NIC: 2, NextHop: a("192.168.0.1"), Src: a("192.168.0.2")}},
+		{"a more specific route of the NIC wins", "10.9.1.1", 2, true,
+			Result{Type: Unicast, NIC: 2, NextHop: a("192.168.0.1"), Src: a("10.1.0.1"), MTU: 1400}},
+		{"error routes are skipped", "10.9.9.9", 2, true,
+			Result{Type: Unicast, NIC: 2, NextHop: a("192.168.0.1"), Src: a("10.1.0.1"), MTU: 1400}},
+		{"a higher-metric route through the NIC", "172.20.0.1", 2, true,
+			Result{Type: Unicast, NIC: 2, NextHop: a("192.168.0.1"), Src: a("192.168.0.2")}},
+		{"same as the FIB's choice", "10.1.0.77", 3, true, Result{Type: Unicast, NIC: 3, NextHop: a("10.1.0.77")}},
+		{"the NIC has no route there", "8.8.8.8", 1, false, Result{}},
+		{"unknown NIC", "8.8.8.8", 9, false, Result{}},
+		{"NIC 0 is no NIC", "8.8.8.8", 0, false, Result{}},
+		{"ipv6 never matches", "::1", 2, false, Result{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := tb.Via(a(tc.dst), tc.nic)
+			got.Route = Route{}
+			if ok != tc.ok || got != tc.want {
+				t.Fatalf("Via(%s, %d) = %+v, %v; want %+v, %v", tc.dst, tc.nic, got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+	if n := testing.AllocsPerRun(100, func() { tb.Via(a("10.1.0.5"), 2) }); n != 0 {
+		t.Fatalf("Via allocates %.1f times", n)
+	}
+}
+
 func TestOutput(t *testing.T) {
 	tb := testTable(t)
 	for _, tc := range []struct {

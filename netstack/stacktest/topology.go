@@ -253,7 +253,7 @@ func (tp *topology) attach(n *Node, ep link.Endpoint, p, p6 netip.Prefix, linkNa
 	}
 	n.NICs = append(n.NICs, nic)
 	n.Addrs = append(n.Addrs, p)
-	if tp.cfg.dual {
+	if tp.cfg.dual && p6.IsValid() {
 		if err := n.AddAddress(nic.ID(), p6); err != nil {
 			tp.t.Fatalf("%s: AddAddress %v: %v", n.Name, p6, err)
 		}
@@ -333,6 +333,81 @@ func Chain(t testing.TB, opts ...TopoOption) (a, r, b *Node) {
 		}
 	}
 	return a, r, b
+}
+
+// Addresses of PodNode, the daemon's shape of a node.
+var (
+	// PodRange holds the pods' addresses: pod i is PodRange's i+2nd
+	// address (10.1.0.2, 10.1.0.3, ...).
+	PodRange = netip.MustParsePrefix("10.1.0.0/24")
+	// PodGateway is the stack's address on every pod link (a /32).
+	PodGateway = netip.MustParseAddr("10.1.0.1")
+	// UplinkHost and UplinkStack are the two ends of the uplink /30.
+	UplinkHost  = netip.MustParsePrefix("169.254.100.1/30")
+	UplinkStack = netip.MustParsePrefix("169.254.100.2/30")
+)
+
+// PodNodeTopo is a node as the daemon wires it: pods on point-to-point
+// links to the stack, the stack's uplink to the host.
+type PodNodeTopo struct {
+	// Pods each have one NIC with their /32 address, the gateway as an
+	// on-link /32 route and the default route via it (the CNI ptp
+	// plugin's shape).
+	Pods []*Node
+	// Stack forwards: the gateway /32 and a /32 route on each pod link
+	// (NICs 0..len(Pods)-1, proxy ARP for every address but the pod's,
+	// strict rp_filter), the uplink last (UplinkStack, default route via
+	// the host, rp_filter off).
+	Stack *Node
+	// Host forwards too: UplinkHost, PodRange routed via the stack.
+	Host *Node
+	// Uplink is the stack's uplink NIC.
+	Uplink *dev.NIC
+}
+
+// PodNode builds pods (1..250) behind one stack and its host, every link
+// captured. Netfilter is the test's to add, on any of them.
+func PodNode(t testing.TB, pods int, opts ...TopoOption) *PodNodeTopo {
+	t.Helper()
+	if pods < 1 || pods > 250 {
+		t.Fatalf("stacktest.PodNode: %d pods, want 1..250", pods)
+	}
+	tp := newTopology(t, opts)
+	n := &PodNodeTopo{Stack: tp.stack("stack"), Host: tp.stack("host")}
+	s := n.Stack
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("stacktest.PodNode: %s: %v", what, err)
+		}
+	}
+	addr := PodRange.Addr().Next()
+	for i := 0; i < pods; i++ {
+		addr = addr.Next()
+		pod := tp.stack(fmt.Sprintf("pod%d", i))
+		tp.link(fmt.Sprintf("pod%d", i), pod, netip.PrefixFrom(addr, 32), netip.Prefix{}, s, netip.PrefixFrom(PodGateway, 32), netip.Prefix{}, i == 0)
+		pn, sn := pod.NIC().ID(), s.NICs[i].ID()
+		must("pod gateway route", pod.AddRoute(route.Route{Dst: netip.PrefixFrom(PodGateway, 32), NIC: pn, Type: route.Unicast}))
+		must("pod default route", pod.AddRoute(route.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: PodGateway, NIC: pn, Type: route.Unicast}))
+		must("pod route", s.AddRoute(route.Route{Dst: netip.PrefixFrom(addr, 32), NIC: sn, Src: PodGateway, Type: route.Unicast}))
+		podAddr := addr
+		s.SetProxyARP(sn, func(target netip.Addr) bool { return target != podAddr })
+		s.SetRPFilter(sn, true)
+		n.Pods = append(n.Pods, pod)
+	}
+	tp.link("uplink", s, UplinkStack, netip.Prefix{}, n.Host, UplinkHost, netip.Prefix{}, false)
+	n.Uplink = s.NICs[len(s.NICs)-1]
+	must("stack default route", s.AddRoute(route.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: UplinkHost.Addr(), NIC: n.Uplink.ID(), Type: route.Unicast}))
+	s.SetRPFilter(n.Uplink.ID(), false)
+	s.SetForwarding(true)
+	must("host pod route", n.Host.AddRoute(route.Route{Dst: PodRange, Gateway: UplinkStack.Addr(), NIC: n.Host.NIC().ID(), Type: route.Unicast}))
+	n.Host.SetForwarding(true)
+	settle := map[*Node]int{s: pods + 1, n.Host: 1}
+	for _, p := range n.Pods {
+		settle[p] = 1
+	}
+	tp.settle(settle)
+	return n
 }
 
 // WaitFor polls cond until it holds, failing the test after 5 s of wall

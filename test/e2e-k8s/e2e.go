@@ -31,11 +31,13 @@ type e2e struct {
 	imageTar string
 	version  string
 	mode     string // the ConfigMap's mode
-	bin      string // our static binaries, the echo client, the plugins
-	probes   bool   // serve has --metrics-addr: the DaemonSet's probes run
-	node2    *node2
-	podCIDR  netip.Prefix // node1's
-	pods     map[string]*corev1.Pod
+	// routedServices puts serviceCIDR in the ConfigMap's routedRanges.
+	routedServices bool
+	bin            string // our static binaries, the echo client, the plugins
+	probes         bool   // serve has --metrics-addr: the DaemonSet's probes run
+	node2          *node2
+	podCIDR        netip.Prefix // node1's
+	pods           map[string]*corev1.Pod
 }
 
 const testNS = "default"
@@ -254,6 +256,9 @@ func (t *e2e) renderManifests() (dir, note string, err error) {
 				return "", "", err
 			}
 			cm.Data["mode"] = t.mode
+			if t.routedServices {
+				cm.Data["routedRanges"] = serviceCIDR
+			}
 			out, err := yaml.Marshal(&cm)
 			if err != nil {
 				return "", "", err
@@ -320,7 +325,11 @@ func (t *e2e) renderManifests() (dir, note string, err error) {
 		return "", "", err
 	}
 	err = os.WriteFile(filepath.Join(dir, "cni-userstack.yaml"), bytes.Join(docs, []byte("\n---\n")), 0o644)
-	return dir, fmt.Sprintf(" [mode %s; host paths under %s/node1, stack netns %s]", t.mode, t.w, t.c.stack1NS), err
+	routed := ""
+	if t.routedServices {
+		routed = "; routedRanges " + serviceCIDR
+	}
+	return dir, fmt.Sprintf(" [mode %s%s; host paths under %s/node1, stack netns %s]", t.mode, routed, t.w, t.c.stack1NS), err
 }
 
 // daemonReady waits for the DaemonSet's pod on node1 (not old, when set)
@@ -577,18 +586,35 @@ func (t *e2e) checks(ctx context.Context) {
 	r.step(false, "node -> pod", func() (string, error) {
 		return t.whoami(ctx, n1, a.Status.PodIP+":8080", "echo-a", "")
 	})
-	r.step(false, "pod -> ClusterIP Service backed by another pod (kube-proxy)", func() (string, error) {
+	r.step(false, "pod -> ClusterIP Service whose backend pod is on the same node (kube-proxy)", func() (string, error) {
 		svc, err := t.c.admin.CoreV1().Services(testNS).Get(ctx, "echo-svc", getOpts)
 		if err != nil {
 			return "", err
 		}
+		if a.Spec.NodeName != b.Spec.NodeName {
+			return "", fmt.Errorf("echo-a is on %s, the backend echo-b on %s: not the same node", a.Spec.NodeName, b.Spec.NodeName)
+		}
+		// Forwarded to kube-proxy's PREROUTING DNAT (route mode, or the
+		// Service CIDR routed): the backend sees the client pod, and the
+		// answer reaches it from the ClusterIP only because the stack
+		// sends it back through the host (docs/kubernetes.md, "How
+		// traffic flows"). Proxied: the daemon's socket meets the DNAT in
+		// OUTPUT, from the uplink's host address.
+		wantSrc, how := a.Status.PodIP, "forwarded"
+		if t.mode == "proxy" && !t.routedServices {
+			st, err := api.NewClient(t.socket(), 5*time.Second).Status(ctx)
+			if err != nil || st.Uplink == nil {
+				return "", fmt.Errorf("the daemon's uplink: %v %+v", err, st)
+			}
+			wantSrc, how = st.Uplink.HostAddr.Addr().String(), "proxied"
+		}
 		var out string
 		err = waitFor(ctx, "service answers", 30*time.Second, nil, func() error {
 			var err error
-			out, err = t.whoami(ctx, aNS, svc.Spec.ClusterIP+":80", "echo-b", "")
+			out, err = t.whoami(ctx, aNS, svc.Spec.ClusterIP+":80", "echo-b", wantSrc)
 			return err
 		})
-		return fmt.Sprintf("%s:80 -> %s", svc.Spec.ClusterIP, out), err
+		return fmt.Sprintf("%s:80 -> %s (%s, both pods on %s)", svc.Spec.ClusterIP, out, how, a.Spec.NodeName), err
 	})
 	for _, host := range []string{node1IP.String(), "127.0.0.1"} {
 		r.step(false, "hostPort TCP 30080 on "+host+" reaches the pod", func() (string, error) {

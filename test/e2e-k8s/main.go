@@ -140,11 +140,12 @@ func main() {
 	version := flag.String("version", "", "the image's tag (default: cmd/cni-userstack's Version)")
 	keep := flag.Bool("keep-work", false, "keep the work dir (logs) after teardown")
 	mode := flag.String("mode", "proxy", "the ConfigMap's mode: proxy or route")
+	routedServices := flag.Bool("routed-services", false, "put the run's Service CIDR ("+serviceCIDR+") in the ConfigMap's routedRanges (proxy mode forwards Service traffic with the pod's address)")
 	flag.Parse()
-	os.Exit(run1(*k8sCache, *imageTar, *version, *mode, *keep))
+	os.Exit(run1(*k8sCache, *imageTar, *version, *mode, *routedServices, *keep))
 }
 
-func run1(k8sCache, imageTar, version, mode string, keep bool) int {
+func run1(k8sCache, imageTar, version, mode string, routedServices, keep bool) int {
 	r := &runner{start: time.Now()}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "e2e-k8s: needs root (network namespaces, containerd, the kubelet)")
@@ -160,7 +161,7 @@ func run1(k8sCache, imageTar, version, mode string, keep bool) int {
 	}
 	os.MkdirAll(filepath.Join(w, "logs"), 0o755)
 	fmt.Printf("e2e-k8s: work dir %s (logs in %s/logs)\n", w, w)
-	t := &e2e{r: r, w: w, suffix: suffix, imageTar: imageTar, version: version, mode: mode}
+	t := &e2e{r: r, w: w, suffix: suffix, imageTar: imageTar, version: version, mode: mode, routedServices: routedServices}
 	func() {
 		defer func() {
 			if p := recover(); p != nil {

@@ -57,6 +57,10 @@ type cniEnv struct {
 	waitErr  chan error
 	// serveArgs are extra flags for `cni-userstack serve`.
 	serveArgs []string
+	// daemonNetNS, when set, is the netns path the daemon runs in (its
+	// "host" side: uplink, host routes, host sockets) instead of this
+	// test's netns.
+	daemonNetNS string
 }
 
 func randBytes(n int) []byte {
@@ -163,6 +167,10 @@ func (e *cniEnv) startDaemon() {
 		"--uplink-subnet", e.uplink.String(), "--uplink-host-ifname", e.uplinkIf, "--log-level", "debug",
 		"--metrics-addr", "127.0.0.1:0"}, e.serveArgs...)
 	cmd := exec.Command(filepath.Join(e.bin, cnitest.PluginName), args...)
+	if e.daemonNetNS != "" {
+		// nsenter execs the daemon: the process and its PID are the daemon's.
+		cmd = exec.Command("nsenter", append([]string{"--net=" + e.daemonNetNS, "--", filepath.Join(e.bin, cnitest.PluginName)}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		e.t.Fatalf("start daemon: %v", err)

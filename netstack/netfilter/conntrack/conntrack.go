@@ -3,6 +3,7 @@ package conntrack
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -124,6 +125,10 @@ type Conn struct {
 	armed int64 // deadline the timer is armed for
 
 	packets, bytes [2]atomic.Uint64
+	// replyNIC is the NIC the reply direction is routed out of, 0 for
+	// the FIB's choice (SetReplyNIC). Last, so the fields every packet
+	// touches keep their offsets.
+	replyNIC atomic.Int32
 }
 
 // Tuple returns the tuple of direction d; it takes no lock.
@@ -141,6 +146,17 @@ func (c *Conn) Status() uint32 { return c.status.Load() }
 // finds nothing, never another flow.
 func (c *Conn) ID() uint32  { return c.id }
 func (c *Conn) Gen() uint32 { return c.gen }
+
+// SetReplyNIC records nic, the NIC the flow's first packet arrived on, as
+// the NIC its replies leave through (netfilter's reply-to). Only the
+// first call sets it; it reports whether this one did.
+func (c *Conn) SetReplyNIC(nic int) bool {
+	return nic > 0 && nic <= math.MaxInt32 && c.replyNIC.CompareAndSwap(0, int32(nic))
+}
+
+// ReplyNIC is the NIC SetReplyNIC recorded, 0 when none: one atomic load,
+// read for every reply-direction packet of the flow.
+func (c *Conn) ReplyNIC() int { return int(c.replyNIC.Load()) }
 
 // TCPState is the TCP tracking state (nf_conntrack_proto_tcp's tcp_conntrack).
 func (c *Conn) TCPState() TCPState {
@@ -567,6 +583,7 @@ type Entry struct {
 	TCPState        TCPState
 	Status          uint32
 	Mark            uint32
+	ReplyNIC        int           // Conn.ReplyNIC
 	Timeout         time.Duration // remaining
 	Packets, Bytes  [2]uint64
 }
@@ -586,7 +603,7 @@ func (t *Table) List() []Entry {
 	for _, c := range cs {
 		c.mu.Lock()
 		e := Entry{Original: c.orig, Reply: c.Tuple(Reply), TCPState: c.tcp.state, Status: c.status.Load(),
-			Mark: c.Mark.Load(), Timeout: time.Duration(c.expires.Load() - now)}
+			Mark: c.Mark.Load(), ReplyNIC: c.ReplyNIC(), Timeout: time.Duration(c.expires.Load() - now)}
 		c.mu.Unlock()
 		for d := Original; d <= Reply; d++ {
 			e.Packets[d], e.Bytes[d] = c.Counters(d)

@@ -24,6 +24,11 @@
 // left the stack; until then it carries the short Unconfirmed timeout and
 // the rule engine removes it (Kill) when its own rules drop the packet.
 //
+// A Conn may carry a reply NIC (SetReplyNIC, ReplyNIC): the NIC the
+// flow's first packet arrived on, recorded by netfilter's reply-to so
+// that the flow's replies leave through it again. It is set once, by the
+// first packet, and read with one atomic load by every reply.
+//
 // # Timers
 //
 // Each Conn has one clock.Timer, armed lazily: a packet only stores the new
