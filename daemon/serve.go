@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -56,6 +57,9 @@ type ServeFlags struct {
 	// BusyPoll is the AF_PACKET links' busy-poll budget
 	// (afpacket.Config.BusyPoll); 0 is off.
 	BusyPoll time.Duration
+	// RxQueues is every link's afpacket.Config.Queues: receive
+	// goroutines per link, flows spread over them by hash.
+	RxQueues int
 	// Kubernetes runs the Node informer and the route controller
 	// (daemon/kube) beside the stack; Kubeconfig is its client's config
 	// ("" is the in-cluster service account), NodeName this node's Node
@@ -108,6 +112,7 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Kubeconfig, "kubeconfig", "", "with --kubernetes: the kubeconfig of the API client; empty: the pod's in-cluster service account")
 	fs.StringVar(&f.NodeName, "node-name", "", "with --kubernetes: this node's Node object (default: $"+NodeNameEnv+", set from the downward API in the DaemonSet)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket before it sleeps (NAPI busy polling, one link at a time per 2 CPUs): lower round-trip latency for up to this much CPU per idle read, worth it only with cores to spare; 0 is off, at most "+afpacket.MaxBusyPoll.String())
+	fs.IntVar(&f.RxQueues, "rx-queues", 0, "receive queues per link: AF_PACKET sockets in one PACKET_FANOUT group hashing flows, each read by its own goroutine, so one pod's flows use several CPUs; 0 is as many as CPUs up to 2, at most "+strconv.Itoa(afpacket.MaxQueues))
 }
 
 // Validate checks the flags' values together; its errors name the flag.
@@ -129,6 +134,8 @@ func (f *ServeFlags) Validate() error {
 		return fmt.Errorf("--proxy-max-flows-per-pod %d: must be positive", f.ProxyMaxFlowsPerPod)
 	case f.BusyPoll < 0 || f.BusyPoll > afpacket.MaxBusyPoll:
 		return fmt.Errorf("--busy-poll %v: must be between 0 and %v", f.BusyPoll, afpacket.MaxBusyPoll)
+	case f.RxQueues < 0 || f.RxQueues > afpacket.MaxQueues:
+		return fmt.Errorf("--rx-queues %d: must be between 0 (the default) and %d", f.RxQueues, afpacket.MaxQueues)
 	case f.ProxyKeepAliveIdle != 0 && !keepAliveTime(f.ProxyKeepAliveIdle):
 		return fmt.Errorf("--proxy-keepalive-idle %v: must be 0 (off) or whole seconds from 1s to %v", f.ProxyKeepAliveIdle, maxKeepAliveTime)
 	case !keepAliveTime(f.ProxyKeepAliveInterval):
@@ -239,7 +246,7 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		return err
 	}
 	att, err := NewStackAttacher(StackConfig{StackNetNS: f.StackNetNS, UplinkSubnet: subnet,
-		UplinkHostIfName: f.UplinkHostIfName, BusyPoll: f.BusyPoll, Logger: log})
+		UplinkHostIfName: f.UplinkHostIfName, BusyPoll: f.BusyPoll, RxQueues: f.RxQueues, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -17,7 +17,9 @@
 // # Concurrency model (the one for the whole stack)
 //
 // Goroutines. A stack runs exactly these: one receive goroutine per NIC
-// that is up (dev's NAPI poll loop), and the clock's goroutine when the
+// that is up and receive queue of its link (dev's NAPI poll loop; a link
+// with several queues, AF_PACKET with PACKET_FANOUT, keeps each flow on
+// one of them), and the clock's goroutine when the
 // real clock is used (none with clock.Manual, whose timers run inside
 // Advance on the caller's goroutine). Nothing starts a goroutine per
 // packet, per socket, per connection, per timer or per blocked call.
@@ -32,6 +34,15 @@
 // FORWARD → output → neigh → the output NIC's transmit queue. Replies made
 // on the way (ARP replies, echo replies, ICMP errors) are sent from the
 // same goroutine. Handlers never block; a full queue drops and counts.
+// Work a layer would do once per packet and can do once per batch is
+// deferred to the batch's end (buf.Batch, carried on each received SKB,
+// flushed by dev after the last frame, the NAPI poll's GRO flush): TCP
+// sends one ACK per socket and batch for in-order data, and runs the
+// socket's Notify callback (tcp.Sock.SetNotify) there, without the
+// socket lock, before that ACK. An event-driven owner — the proxy's
+// relay — moves the bytes on from that callback (to its host socket),
+// so a frame's payload reaches the host socket on the goroutine that
+// read the frame, and the ACK carries the window the move left open.
 //
 // Transmit has no goroutine of its own. Whoever calls NIC.Xmit (an
 // application in SendTo, a NIC goroutine forwarding or replying, a timer

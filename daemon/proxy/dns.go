@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 )
 
 const (
@@ -221,9 +223,10 @@ func (e *Engine) dnsTCPLoop() {
 
 // dnsTCPRelay relays a whole DNS-over-TCP connection to the first
 // nameserver that accepts one.
-func (e *Engine) dnsTCPRelay(c net.Conn, f *flowHandle) {
-	defer f.done()
-	defer e.release(f)
+func (e *Engine) dnsTCPRelay(c *tcp.Conn, f *flowHandle) {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		f.pod = a.AddrPort()
+	}
 	for _, ns := range e.resolv.nameservers() {
 		ctx, cancel := context.WithTimeout(f.ctx, dnsQueryTimeout)
 		up, err := e.dial(ctx, "tcp", ns.String())
@@ -233,16 +236,19 @@ func (e *Engine) dnsTCPRelay(c net.Conn, f *flowHandle) {
 			continue
 		}
 		if !f.add(func() { abortConn(up) }) {
+			e.release(f)
+			f.done()
 			return
 		}
 		e.setKeepAlive(c)
 		e.setKeepAlive(up)
-		e.c.activeTCP.Add(1)
+		f.dst = ns
 		f.setRelay(RelayDNS, c, up)
-		splice(c, up)
-		e.c.activeTCP.Add(-1)
+		e.relayTCP(f, c, up)
 		return
 	}
 	e.c.dnsFailures.Add(1)
 	abortConn(c)
+	e.release(f)
+	f.done()
 }

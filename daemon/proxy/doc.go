@@ -15,27 +15,54 @@
 //
 // # Theory of operation
 //
-// TCP, upstream first. One goroutine takes intercepted SYNs (Interceptor.Next)
-// and checks the per-pod flow limit; each new flow gets a goroutine that dials
-// the original destination over a host socket, bounded by ConnectTimeout, and
-// only then answers the pod: Request.Accept (SYN,ACK from the destination) when
-// the host connection is up, Request.Refuse (RST) otherwise. A refused,
-// unreachable (no route, EHOSTUNREACH) and timed-out upstream all become an
-// RST, counted apart (TCPRefused, TCPUnreachable, TCPTimeouts); the pod never
-// gets an ICMP unreachable from us, and never hangs past ConnectTimeout.
-// While the upstream connect is pending, the pod's retransmitted SYNs are
-// absorbed by the interceptor (a SYN for a tuple already pending).
+// TCP, upstream first, without a goroutine per connection (tcpSYN in
+// relay.go). The Interceptor hands each intercepted SYN to the engine on
+// the NIC's receive goroutine (Interceptor.SetHandler); the engine checks
+// the per-pod flow limit, opens the host socket itself and starts a
+// non-blocking connect to the original destination (dialAsync: socket,
+// TCP_NODELAY, connect), registered with the poller. When the socket
+// reports the outcome (EPOLLOUT or an error, on the poller's goroutine)
+// the pod is answered: Request.AcceptAsync (SYN,ACK from the destination)
+// when the host connection is up, Request.Refuse (RST) otherwise; the
+// pod's ACK then completes the child and the relay starts moving bytes.
+// ConnectTimeout bounds connect and the pod's handshake together (one
+// runtime timer per pending flow; on expiry the pod gets an RST or its
+// half-open child is reset). A refused, unreachable (no route,
+// EHOSTUNREACH) and timed-out upstream all become an RST, counted apart
+// (TCPRefused, TCPUnreachable, TCPTimeouts); the pod never gets an ICMP
+// unreachable from us, and never hangs past ConnectTimeout. While the
+// upstream connect is pending, the pod's retransmitted SYNs are absorbed
+// by the interceptor (a SYN for a tuple already pending). With a
+// Config.Dialer (tests' in-memory conns) the old form remains: one
+// goroutine takes SYNs (Interceptor.Next), and each flow gets a
+// goroutine that dials, Accepts and hands over to the relay.
 //
-// The relay is one goroutine per direction, each with one buffer of
-// relayBufSize bytes taken from a pool: read from one side, write all of it to
-// the other, repeat. A blocked write is the backpressure: it stops the reads of
-// that direction, so the source's receive window (ours or the kernel's) closes;
-// memory per flow stays 2·relayBufSize whatever the peers do. RFC 9293 §3.6:
-// a FIN read on one side (EOF) becomes CloseWrite on the other, and the other
-// direction keeps flowing (half-close). A reset, or any error, on either side
-// closes both sides abortively (linger 0: an RST), so an RST and an abortive
-// close are seen by the far peer as an RST. When both directions have ended
-// both sockets are closed and the flow is counted out.
+// The relay (relay.go) is event-driven: no goroutine and no buffer of its
+// own per flow. The pod's side is a stack socket whose Notify callback
+// reports it readable or writable; the host's side is a kernel socket
+// registered edge-triggered with the engine's poller (poll.go: one epoll
+// set, itself waited on through Go's netpoller by one goroutine). An event
+// runs the pump of the direction it concerns on the goroutine that saw it:
+// pod → host on the NIC's receive goroutine at the end of the batch that
+// queued the data, which is written to the host socket with one sendmsg
+// gathering the received SKBs' payloads in place (tcp.Sock.ReadTo), before
+// the batch's ACK; host → pod on the poller's goroutine (host readable) or
+// the NIC's (an ACK freed send space), reading the host socket with readv
+// straight into the stack socket's send queue (tcp.Sock.WriteFrom). A full
+// sink is the backpressure: the bytes stay in the source's queue, whose
+// window closes (ours or the kernel's), until the sink's next event; so a
+// flow holds no memory beyond the two sockets' own buffers. Each
+// direction's pump runs on one goroutine at a time (TryLock plus an
+// again flag: a goroutine that finds it running makes the runner loop
+// once more, so no event is lost and nobody waits). RFC 9293 §3.6: a FIN
+// read on one side becomes shutdown(SHUT_WR) on the other, and the other
+// direction keeps flowing (half-close). A reset, or any error, on either
+// side closes both sides abortively (linger 0: an RST), once. When both
+// directions have ended both sockets are closed and the flow is counted
+// out. The flow keeps its pod and peer addresses and the bytes moved each
+// way (flowHandle). A host conn without a kernel socket behind it (a test
+// Dialer's in-memory conn) is relayed by splice instead: a goroutine per
+// direction and a relayBufSize buffer each.
 //
 // Keepalive (keepalive.go): both sockets of every TCP relay (outbound,
 // port mapping, DNS over TCP) get TCP keepalive with KeepAliveIdle,
@@ -123,9 +150,13 @@
 //     16384); past it the datagram is dropped and counted in FlowLimitDrops.
 //   - Pending intercepted SYNs: maxPendingTCP in the interceptor, plus the
 //     per-pod limit on flows being dialled.
-//   - TCP relay memory: 2·relayBufSize per flow, from a pool, plus the
-//     sockets' own buffers (the stack's SndBuf/RcvBuf, the kernel's); a
-//     relay whose peer died silently holds them until keepalive finds it.
+//   - TCP relay memory: none of its own beyond the relay struct (a few
+//     hundred bytes; BenchmarkIdleRelayMemory: about 2.3 KiB per idle relayed
+//     connection with the stack socket and conntrack entry); the sockets' own
+//     buffers (the stack's SndBuf/RcvBuf, the kernel's) hold the bytes in
+//     flight, and a relay whose peer died silently holds them until
+//     keepalive finds it. Poller: one registration per relayed flow,
+//     pollBatch events per wait.
 //   - UDP and echo replies: a pooled maxDatagram buffer held only while a
 //     datagram is handled, never while a flow waits.
 //   - Echo queue: echoQueueLen requests. DNS: maxDNSInFlight UDP queries.

@@ -67,8 +67,15 @@ type Config struct {
 	// Logger receives debug and warning logs; nil discards them.
 	Logger *slog.Logger
 	// Dialer opens host connections ("tcp" and "udp" with a host:port
-	// address); nil = a net.Dialer. Tests inject one.
+	// address); nil = a net.Dialer, and intercepted TCP flows connect
+	// without a goroutine (tcpSYN); a Dialer is used for those too.
+	// Tests inject one.
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// mapDst, for tests only, makes intercepted TCP flows connect
+	// without a goroutine (tcpSYN) even with a Dialer, to the
+	// destination it returns (the rig's outside addresses on loopback).
+	mapDst func(netip.AddrPort) netip.AddrPort
 }
 
 // PortMapping is one CNI portMappings entry.
@@ -149,6 +156,7 @@ type Engine struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine the engine started
 
+	poll   *poller // host sockets of the TCP relays
 	tcpIC  *tcp.Interceptor
 	udpIC  interceptSocket
 	dnsUDP *socket.PacketConn
@@ -247,6 +255,10 @@ func New(cfg Config) (_ *Engine, err error) {
 		}
 	}()
 
+	if e.poll, err = newPoller(); err != nil {
+		return nil, err
+	}
+	e.spawn(e.poll.run)
 	if e.tcpIC, err = e.st.InterceptTCP(maxPendingTCP); err != nil {
 		return nil, fmt.Errorf("proxy: intercept TCP: %w", err)
 	}
@@ -263,7 +275,11 @@ func New(cfg Config) (_ *Engine, err error) {
 		return nil, fmt.Errorf("proxy: DNS listener tcp %v: %w", any53, err)
 	}
 	e.st.InterceptEcho(e.echo.intercept)
-	e.spawn(e.tcpLoop)
+	if cfg.Dialer == nil || cfg.mapDst != nil {
+		e.tcpIC.SetHandler(e.tcpSYN)
+	} else {
+		e.spawn(e.tcpLoop)
+	}
 	e.spawn(e.udpLoop)
 	e.spawn(e.echo.dispatch)
 	e.spawn(e.dnsUDPLoop)
@@ -312,6 +328,9 @@ func (e *Engine) Close() error {
 	}
 	for _, f := range flows {
 		f.abort()
+	}
+	if e.poll != nil {
+		errs = append(errs, ignoreClosed(e.poll.close()))
 	}
 	e.wg.Wait()
 	for _, p := range pods {
@@ -430,7 +449,8 @@ func (e *Engine) release(f *flowHandle) {
 }
 
 // flowHandle aborts one flow in whatever phase it is: it cancels the
-// flow's context (a dial or an Accept in progress) and closes every
+// flow's context (a dial or an Accept in progress; an event-driven TCP
+// flow has none) and closes every
 // resource added so far abortively. A resource added after the abort is
 // closed at once.
 type flowHandle struct {
@@ -438,6 +458,11 @@ type flowHandle struct {
 	cancel context.CancelFunc
 	addr   netip.Addr
 	kind   flowKind
+
+	// A TCP flow's ends, for logs: pod is the pod's address and port,
+	// dst the other end (the original destination, a port mapping's
+	// client, a nameserver). The relay list reads relay (info.go).
+	pod, dst netip.AddrPort
 
 	mu      sync.Mutex
 	aborted bool
@@ -475,14 +500,20 @@ func (f *flowHandle) abort() {
 	cs := f.closers
 	f.closers = nil
 	f.mu.Unlock()
-	f.cancel()
+	if f.cancel != nil {
+		f.cancel()
+	}
 	for _, c := range cs {
 		c()
 	}
 }
 
 // done releases the flow's context once the flow ended on its own.
-func (f *flowHandle) done() { f.cancel() }
+func (f *flowHandle) done() {
+	if f.cancel != nil {
+		f.cancel()
+	}
+}
 
 // Stats returns the counters and, per registered pod, its flows.
 func (e *Engine) Stats() Stats {

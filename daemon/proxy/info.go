@@ -47,14 +47,21 @@ type Relay struct {
 type relayEnds struct {
 	kind  string
 	stack net.Conn // the pod side: a *tcp.Conn of the stack
-	host  net.Conn
+	host  endpoints
+}
+
+// endpoints is what the list reads of a host socket: a net.Conn, or the
+// engine's own hostFD (tcpSYN's connects).
+type endpoints interface {
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
 }
 
 // tcpInfoer is the stack side's TCP_INFO (*tcp.Conn).
 type tcpInfoer interface{ Info() tcp.Info }
 
 // setRelay records the sockets of f's TCP relay for Relays.
-func (f *flowHandle) setRelay(kind string, stack, host net.Conn) {
+func (f *flowHandle) setRelay(kind string, stack net.Conn, host endpoints) {
 	f.relay.Store(&relayEnds{kind: kind, stack: stack, host: host})
 }
 

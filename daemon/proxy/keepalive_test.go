@@ -29,18 +29,30 @@ import (
 // the same configuration from the kernel's socket options. Both stacks run
 // on a manual clock: the probes come at exact simulated times.
 func TestRelayKeepaliveFindsAVanishedPod(t *testing.T) {
+	t.Run("own connect", func(t *testing.T) { testRelayKeepalive(t, false) })
+	t.Run("Dialer", func(t *testing.T) { testRelayKeepalive(t, true) })
+}
+
+// testRelayKeepalive is TestRelayKeepaliveFindsAVanishedPod with the
+// engine's own host connect (tcpSYN) or a Config.Dialer's.
+func testRelayKeepalive(t *testing.T, dialer bool) {
 	clk := clock.NewManual()
 	var (
 		mu   sync.Mutex
-		host *net.TCPConn
+		host controller
 	)
 	r := newRigWith(t, func(c *Config) {
 		c.KeepAliveIdle, c.KeepAliveInterval, c.KeepAliveCount = 10*time.Second, 2*time.Second, 3
+		if dialer {
+			c.mapDst = nil
+		}
 		c.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conn, err := testDialer(ctx, network, addr)
-			if tc, ok := conn.(*net.TCPConn); ok {
+			if tc, ok := conn.(*net.TCPConn); ok && network == "tcp" {
+				rc, err := tc.SyscallConn()
+				must(t, err)
 				mu.Lock()
-				host = tc
+				host = rc
 				mu.Unlock()
 			}
 			return conn, err
@@ -84,6 +96,16 @@ func TestRelayKeepaliveFindsAVanishedPod(t *testing.T) {
 	mu.Lock()
 	hc := host
 	mu.Unlock()
+	if !dialer {
+		// The engine's own host socket, from its relay.
+		r.e.poll.mu.Lock()
+		for _, h := range r.e.poll.flows {
+			if rl, ok := h.(*relay); ok {
+				hc = rl.up
+			}
+		}
+		r.e.poll.mu.Unlock()
+	}
 	if hc == nil {
 		t.Fatal("no host connection dialled")
 	}
@@ -130,12 +152,8 @@ func TestRelayKeepaliveFindsAVanishedPod(t *testing.T) {
 	}
 }
 
-func sockoptInt(t *testing.T, c *net.TCPConn, level, opt int) int {
+func sockoptInt(t *testing.T, rc controller, level, opt int) int {
 	t.Helper()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var v int
 	var serr error
 	if err := rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), level, opt) }); err != nil {

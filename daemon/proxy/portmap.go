@@ -167,27 +167,31 @@ func (p *pod) acceptTCP(t tcpMapping) {
 // portMapTCP dials into the pod from src and relays; a pod that refuses
 // gets the client reset.
 func (e *Engine) portMapTCP(c net.Conn, src, dst netip.AddrPort, f *flowHandle) {
-	defer f.done()
-	defer e.release(f)
+	f.pod = dst
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		f.dst = a.AddrPort()
+	}
 	ctx, cancel := context.WithTimeout(f.ctx, e.cfg.ConnectTimeout)
 	down, err := e.st.DialTCPTransparent(ctx, src, dst)
 	cancel()
 	if err != nil {
 		e.log.Debug("proxy: port mapping dial into pod failed", "src", src, "dst", dst, "err", err)
 		abortConn(c)
+		e.release(f)
+		f.done()
 		return
 	}
 	if !f.add(func() { abortConn(down) }) {
+		e.release(f)
+		f.done()
 		return
 	}
 	down.SetNoDelay(true)
 	e.setKeepAlive(down)
 	e.setKeepAlive(c)
 	e.c.portMapConns.Add(1)
-	e.c.activeTCP.Add(1)
-	defer e.c.activeTCP.Add(-1)
 	f.setRelay(RelayPortMap, down, c)
-	splice(down, c)
+	e.relayTCP(f, down, c)
 }
 
 // serveUDP reads the host port and relays each client's datagrams

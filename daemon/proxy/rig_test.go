@@ -15,9 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cni-userstack/cni-userstack/netstack"
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/link"
 	"github.com/cni-userstack/cni-userstack/netstack/link/pipe"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
@@ -60,11 +63,21 @@ func newRig(t testing.TB, mod func(*Config)) *rig {
 // newRigWith is newRig with options for both stacks (a manual clock).
 func newRigWith(t testing.TB, mod func(*Config), opts ...netstack.Option) *rig {
 	t.Helper()
+	return newRigLink(t, mod, nil, opts...)
+}
+
+// gsoPipe makes the rig's link offer what a veth with PACKET_VNET_HDR
+// does (partial checksums, 64 KiB segments), as in production.
+var gsoPipe = []pipe.Option{pipe.WithCaps(link.CapTxChecksumPartial | link.CapRxChecksum | link.CapGSO | link.CapGRO)}
+
+// newRigLink is newRigWith with options for the pod's link.
+func newRigLink(t testing.TB, mod func(*Config), linkOpts []pipe.Option, opts ...netstack.Option) *rig {
+	t.Helper()
 	pod, node := netstack.New(opts...), netstack.New(opts...)
 	t.Cleanup(func() { pod.Close(); node.Close() })
 	// The pipe's default queue: 100 concurrent flows overflow it, so
 	// the relay is also shown working through TCP loss recovery.
-	ea, eb := pipe.New(stacktest.DefaultMTU)
+	ea, eb := pipe.New(stacktest.DefaultMTU, linkOpts...)
 	pnic, err := pod.AddNIC(ea, netstack.NICConfig{Name: "pod0"})
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +115,11 @@ func newRigWith(t testing.TB, mod func(*Config), opts ...netstack.Option) *rig {
 
 	r := &rig{t: t, pod: pod, node: node, resolv: filepath.Join(t.TempDir(), "resolv.conf")}
 	must(t, os.WriteFile(r.resolv, []byte("nameserver 127.0.0.1\n"), 0o644))
-	cfg := Config{Stack: node, ConnectTimeout: 2 * time.Second, ResolvConf: r.resolv, Dialer: testDialer}
+	// Intercepted TCP connects as in production (tcpSYN's own
+	// non-blocking connects, mapDst), the rest through testDialer; both
+	// send the outside addresses to loopback.
+	cfg := Config{Stack: node, ConnectTimeout: 2 * time.Second, ResolvConf: r.resolv, Dialer: testDialer,
+		mapDst: testMapDst(t)}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -139,6 +156,47 @@ func testDialer(ctx context.Context, network, addr string) (net.Conn, error) {
 	}
 	var d net.Dialer
 	return d.DialContext(ctx, network, ap.String())
+}
+
+// testMapDst is testDialer's mapping for tcpSYN's own connects: the
+// outside prefix to loopback, unreach to a multicast address (TCP's
+// connect fails with ENETUNREACH before any packet leaves), blackhole to
+// a loopback listener whose accept queue is full, so the kernel drops
+// the SYNs (ListenOverflows) and the connect never completes.
+func testMapDst(t testing.TB) func(netip.AddrPort) netip.AddrPort {
+	var once sync.Once
+	var hole netip.AddrPort
+	return func(ap netip.AddrPort) netip.AddrPort {
+		switch {
+		case ap.Addr() == unreach:
+			return netip.AddrPortFrom(netip.MustParseAddr("224.0.0.1"), ap.Port())
+		case ap.Addr() == blackhole:
+			once.Do(func() { hole = fullListener(t) })
+			return hole
+		case outside.Contains(ap.Addr()):
+			return netip.AddrPortFrom(loopback, ap.Port())
+		}
+		return ap
+	}
+}
+
+// fullListener is a loopback listener with a backlog of 0 whose one
+// accept queue slot a connection fills.
+func fullListener(t testing.TB) netip.AddrPort {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	must(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	must(t, unix.Listen(fd, 0))
+	sa, err := unix.Getsockname(fd)
+	must(t, err)
+	ap := netip.AddrPortFrom(loopback, uint16(sa.(*unix.SockaddrInet4).Port))
+	c, err := net.DialTimeout("tcp4", ap.String(), 2*time.Second)
+	must(t, err)
+	t.Cleanup(func() { c.Close() })
+	return ap
 }
 
 // dialPod connects from the pod to the outside server's port.

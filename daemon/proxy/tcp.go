@@ -11,8 +11,8 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 )
 
-// relayBufs holds the relay buffers (relayBufSize each); a flow holds two
-// while it lives.
+// relayBufs holds splice's buffers (relayBufSize each); a spliced flow
+// holds two while it lives.
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
 // tcpLoop takes intercepted SYNs until the engine closes.
@@ -44,15 +44,18 @@ func (e *Engine) tcpLoop() {
 // tcpFlow is one intercepted connection, upstream first: the host
 // connection is opened before the pod gets its SYN,ACK, and a failure of
 // any kind (refused, no route, timeout) refuses the pod's SYN with an RST.
+// Once both sides are up the relay takes the flow over (startRelay) and
+// this goroutine ends.
 func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
-	defer f.done()
-	defer e.release(f)
-	pending := true
+	relaying := false
 	defer func() {
-		if pending {
+		if !relaying {
 			e.c.pendingTCP.Add(-1)
+			e.release(f)
+			f.done()
 		}
 	}()
+	f.pod, f.dst = r.Src(), r.Dst()
 
 	ctx, cancel := context.WithTimeout(f.ctx, e.cfg.ConnectTimeout)
 	up, err := e.dial(ctx, "tcp", r.Dst().String())
@@ -89,17 +92,27 @@ func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
 	setNoDelay(up)
 	e.setKeepAlive(down)
 	e.setKeepAlive(up)
-	pending = false
+	relaying = true
 	e.c.pendingTCP.Add(-1)
 	e.c.tcpAccepted.Add(1)
-	e.c.activeTCP.Add(1)
-	defer e.c.activeTCP.Add(-1)
 	f.setRelay(RelayOutbound, down, up)
-	splice(down, up)
+	e.relayTCP(f, down, up)
 }
 
-// splice relays between a and b until both directions ended, one
-// goroutine per direction (this one and one more), then closes both.
+// relayTCP relays an established pair and counts it active until it ends,
+// then counts the flow out.
+func (e *Engine) relayTCP(f *flowHandle, down *tcp.Conn, up net.Conn) {
+	e.c.activeTCP.Add(1)
+	e.startRelay(f, down, up, func() {
+		e.c.activeTCP.Add(-1)
+		e.release(f)
+		f.done()
+	})
+}
+
+// splice is the relay for a host conn without a kernel socket behind it
+// (a test Dialer's in-memory conn): a goroutine per direction (this one
+// and one more) until both directions ended, then it closes both.
 func splice(a, b net.Conn) {
 	var s spliceState
 	var wg sync.WaitGroup

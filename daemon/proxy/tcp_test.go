@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/link/pipe"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 )
 
@@ -117,9 +118,34 @@ func TestTCPUpstreamFailures(t *testing.T) {
 		{"silent upstream times out", func(t *testing.T) (string, uint16) { return "203.0.113.250", 80 },
 			func(s Stats) uint64 { return s.TCPTimeouts }},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := newRig(t, func(c *Config) { c.ConnectTimeout = 300 * time.Millisecond })
+	for _, dialer := range []bool{false, true} {
+		for _, tt := range tests {
+			name := tt.name
+			if dialer {
+				name += " (Dialer)"
+			}
+			t.Run(name, func(t *testing.T) {
+				testUpstreamFailure(t, dialer, tt.dst, tt.counter)
+			})
+		}
+	}
+}
+
+// testUpstreamFailure is one case of TestTCPUpstreamFailures, through
+// the engine's own connects or (dialer) a Config.Dialer's.
+func testUpstreamFailure(t *testing.T, dialer bool, dst func(t *testing.T) (string, uint16), counter func(Stats) uint64) {
+	tt := struct {
+		dst     func(t *testing.T) (string, uint16)
+		counter func(Stats) uint64
+	}{dst, counter}
+	{
+		{
+			r := newRig(t, func(c *Config) {
+				c.ConnectTimeout = 300 * time.Millisecond
+				if dialer {
+					c.mapDst = nil // through testDialer and a goroutine per connect
+				}
+			})
 			must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
 			a, port := tt.dst(t)
 			start := time.Now()
@@ -139,7 +165,7 @@ func TestTCPUpstreamFailures(t *testing.T) {
 			if s.TCPAccepted != 0 {
 				t.Errorf("TCPAccepted = %d", s.TCPAccepted)
 			}
-		})
+		}
 	}
 }
 
@@ -321,5 +347,53 @@ func TestRemovePodAbortsFlows(t *testing.T) {
 	s := r.waitStats("flow gone", func(s Stats) bool { return s.ActiveTCP == 0 })
 	if len(s.Pods) != 0 {
 		t.Errorf("pods after RemovePod: %v", s.Pods)
+	}
+}
+
+// The other way: a pod that stops reading closes its window, the relay's
+// send buffer fills and the host's bytes wait in the kernel; when the pod
+// reads again every byte arrives, in order. The relay resumes on the
+// pod's ACKs (moved to the poller's goroutine), not on the host socket,
+// which had the bytes all along.
+func TestTCPBackpressureToPod(t *testing.T) {
+	for _, gso := range []bool{false, true} {
+		t.Run(map[bool]string{false: "mtu1500", true: "gso"}[gso], func(t *testing.T) {
+			var linkOpts []pipe.Option
+			if gso {
+				linkOpts = gsoPipe
+			}
+			r := newRigLink(t, nil, linkOpts)
+			const total = 24 << 20
+			want := fill(total, 9)
+			port := kernelListener(t, func(c *net.TCPConn) {
+				c.Write(want)
+				c.CloseWrite()
+				io.Copy(io.Discard, c)
+			})
+			c, err := r.dialPod(ctxT(t, 5*time.Second), server, port)
+			must(t, err)
+			defer c.Close()
+			// Stall: let the window close and the relay block.
+			time.Sleep(300 * time.Millisecond)
+			got := make([]byte, 0, total)
+			buf := make([]byte, 256<<10)
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			for len(got) < total {
+				n, err := c.Read(buf)
+				got = append(got, buf[:n]...)
+				if err != nil {
+					if err == io.EOF {
+						break
+					}
+					t.Fatalf("read after %d bytes: %v", len(got), err)
+				}
+				if len(got) < 4<<20 {
+					time.Sleep(time.Millisecond) // a slow reader first
+				}
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("received %d of %d bytes, equal %v", len(got), total, len(got) == total && bytes.Equal(got, want))
+			}
+		})
 	}
 }

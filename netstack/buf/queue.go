@@ -44,6 +44,31 @@ func (q *Queue) PopFront() *SKB {
 	return s
 }
 
+// PullFront removes n bytes from the front of the oldest SKB (skb_pull on
+// the head of a queue), keeping the byte count in step; n must not exceed
+// that SKB's length.
+func (q *Queue) PullFront(n int) {
+	if q.head != nil && q.head.Pull(n) != nil {
+		q.bytes -= n
+	}
+}
+
+// AppendBack copies p into the tailroom of the newest SKB when it has room
+// and is not shared with a clone (tcp_try_coalesce), reporting whether it
+// did.
+func (q *Queue) AppendBack(p []byte) bool {
+	t := q.tail
+	if t == nil || t.Tailroom() < len(p) || t.shared() {
+		return false
+	}
+	copy(t.Put(len(p)), p)
+	q.bytes += len(p)
+	return true
+}
+
+// Back returns the newest SKB without removing it.
+func (q *Queue) Back() *SKB { return q.tail }
+
 // Front returns the oldest SKB without removing it.
 func (q *Queue) Front() *SKB { return q.head }
 

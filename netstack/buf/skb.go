@@ -56,8 +56,19 @@ type SKB struct {
 	// CB is per-layer scratch space, like skb->cb: the layer that owns the
 	// SKB may use it and must not expect it to survive a hand-off.
 	CB [32]byte
+	// Batch is the receive batch carrying the SKB up (the NIC's receive
+	// goroutine sets it, see Batch), nil for SKBs not being received
+	// that way. Only valid while the SKB is carried up on that
+	// goroutine: Clone and Copy do not pass it on.
+	Batch *Batch
 
 	next *SKB // intrusive link for Queue
+
+	// ownHead: the headroom is this clone's to push into although the
+	// storage is shared (CloneHeadroom): the bytes before privEnd, where
+	// the shared data began, are its own.
+	ownHead bool
+	privEnd int
 }
 
 // CsumState is skb->ip_summed.
@@ -166,6 +177,10 @@ func (s *SKB) Len() int { return s.tail - s.head }
 // must not be written (see Writable).
 func (s *SKB) Bytes() []byte { return s.blk.data[s.head:s.tail] }
 
+// Truesize is the storage the SKB's block holds, headroom and tailroom
+// included (skb->truesize without the struct): what queueing it costs.
+func (s *SKB) Truesize() int { return len(s.blk.data) }
+
 // Headroom is the number of bytes Push can prepend without reallocating.
 func (s *SKB) Headroom() int { return s.head }
 
@@ -176,7 +191,7 @@ func (s *SKB) Tailroom() int { return len(s.blk.data) - s.tail }
 // headroom it reallocates (pskb_expand_head), which costs a copy; callers
 // reserve MaxHeadroom to avoid it.
 func (s *SKB) Push(n int) []byte {
-	if n > s.head || s.shared() {
+	if n > s.head || s.shared() && !s.ownHead {
 		s.expand(n+MaxHeadroom, 0)
 	}
 	s.head -= n
@@ -203,6 +218,46 @@ func (s *SKB) Put(n int) []byte {
 	p := s.blk.data[s.tail : s.tail+n]
 	s.tail += n
 	return p
+}
+
+// Extend appends n bytes that are already in the tailroom (written
+// there by the owner) without unsharing the storage, unlike Put: clones
+// never reach past their own tail, so the owner of a buffer it keeps
+// appending to (a TCP send queue chunk whose clones are in flight) may
+// keep appending. n must not exceed Tailroom.
+func (s *SKB) Extend(n int) {
+	if n > 0 && n <= s.Tailroom() {
+		s.tail += n
+	}
+}
+
+// TailroomBytes returns the tailroom for the owner to write into before
+// Extend.
+func (s *SKB) TailroomBytes() []byte { return s.blk.data[s.tail:] }
+
+// Shared reports whether a clone shares the storage (skb_cloned).
+func (s *SKB) Shared() bool { return s.shared() }
+
+// CloneHeadroom is a clone whose headroom is its own to push headers
+// into without a copy, although the storage is shared: the original is
+// a payload-only buffer (a TCP send queue chunk: Linux's skb with nohdr
+// set) that never uses the bytes before its data, and at most one such
+// clone of it is alive at a time (the caller checks Shared first). Other
+// writes still unshare (Writable).
+func (s *SKB) CloneHeadroom() *SKB {
+	c := s.Clone()
+	c.ownHead, c.privEnd = true, c.head
+	return c
+}
+
+// WritableHead makes the first n bytes of data safe to modify: a no-op
+// when they lie in a CloneHeadroom clone's own headroom (the headers it
+// pushed), else Writable.
+func (s *SKB) WritableHead(n int) {
+	if s.ownHead && s.head+n <= s.privEnd {
+		return
+	}
+	s.Writable()
 }
 
 // Trim cuts the data to n bytes (skb_trim); a larger n changes nothing.
@@ -253,6 +308,7 @@ func (s *SKB) expand(head, tail int) {
 	s.blk.put()
 	s.blk = nb
 	s.head, s.tail = head, head+n
+	s.ownHead = false
 }
 
 // Clone returns a second SKB sharing the storage (skb_clone): no payload
@@ -260,7 +316,7 @@ func (s *SKB) expand(head, tail int) {
 func (s *SKB) Clone() *SKB {
 	c := skbPool.Get().(*SKB)
 	*c = *s
-	c.next = nil
+	c.next, c.Batch, c.ownHead = nil, nil, false
 	s.blk.refs.Add(1)
 	return c
 }
@@ -269,7 +325,7 @@ func (s *SKB) Clone() *SKB {
 func (s *SKB) Copy() *SKB {
 	c := skbPool.Get().(*SKB)
 	*c = *s
-	c.next = nil
+	c.next, c.Batch, c.ownHead = nil, nil, false
 	c.blk = getBlock(len(s.blk.data))
 	copy(c.blk.data[s.head:s.tail], s.blk.data[s.head:s.tail])
 	return c

@@ -152,6 +152,32 @@ func TestQueue(t *testing.T) {
 	}
 }
 
+// PullFront and AppendBack keep the queue's byte count; AppendBack only
+// writes the newest SKB's own tailroom, never a clone's shared storage.
+func TestQueuePullFrontAppendBack(t *testing.T) {
+	var q Queue
+	q.PushBack(FromBytes(0, []byte("abcd")))
+	tail := Alloc(0, 64)
+	copy(tail.Put(2), "ef")
+	q.PushBack(tail)
+	q.PullFront(1)
+	if !q.AppendBack([]byte("gh")) || q.Bytes() != 7 {
+		t.Fatalf("bytes %d", q.Bytes())
+	}
+	if string(q.Front().Bytes()) != "bcd" || string(q.Back().Bytes()) != "efgh" {
+		t.Fatalf("front %q back %q", q.Front().Bytes(), q.Back().Bytes())
+	}
+	c := tail.Clone()
+	if q.AppendBack([]byte("x")) {
+		t.Fatal("appended into storage shared with a clone")
+	}
+	c.Consume()
+	if q.AppendBack(make([]byte, 1000)) {
+		t.Fatal("appended past the tailroom")
+	}
+	q.Purge(DropQueueFull)
+}
+
 func TestAllocReusesPooledBlocks(t *testing.T) {
 	allocs := testing.AllocsPerRun(1000, func() {
 		s := Alloc(MaxHeadroom, 1500)

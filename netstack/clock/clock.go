@@ -77,12 +77,19 @@ func (t *Timer) Deadline() time.Time {
 
 // queue is the heap of armed timers shared by a clock's Timers.
 type queue struct {
-	mu    sync.Mutex
-	h     timerHeap
-	now   func() time.Time
-	wake  func(earliest time.Time) // called with mu held when the head changes
-	seq   uint64
-	fired []*Timer // scratch for expire, reused
+	mu   sync.Mutex
+	h    timerHeap
+	now  func() time.Time
+	wake func(earliest time.Time) // called with mu held when a timer is due before target
+	// target is when the driver (the real clock's goroutine) wakes up
+	// next, as expire left it; zero when no timer was armed then. Arming
+	// a timer for later than that needs no wake-up: the driver wakes
+	// at target anyway and then sleeps until the new head. So a socket
+	// that re-arms its retransmission timer on every segment does not
+	// wake the driver every time.
+	target time.Time
+	seq    uint64
+	fired  []*Timer // scratch for expire, reused
 }
 
 func newQueue(now func() time.Time) *queue {
@@ -101,7 +108,8 @@ func (q *queue) arm(t *Timer, when time.Time) bool {
 	} else {
 		heap.Push(&q.h, t)
 	}
-	if q.h[0] == t {
+	if q.h[0] == t && (q.target.IsZero() || when.Before(q.target)) {
+		q.target = when
 		q.wake(when)
 	}
 	return was
@@ -131,6 +139,7 @@ func (q *queue) expire(now time.Time) time.Time {
 			if len(q.h) > 0 {
 				next = q.h[0].when
 			}
+			q.target = next
 			q.mu.Unlock()
 			return next
 		}
@@ -140,10 +149,11 @@ func (q *queue) expire(now time.Time) time.Time {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.target = time.Time{}
 	if len(q.h) > 0 {
-		return q.h[0].when
+		q.target = q.h[0].when
 	}
-	return time.Time{}
+	return q.target
 }
 
 // pending is the number of armed timers.

@@ -125,3 +125,35 @@ func BenchmarkTimerReset(b *testing.B) {
 		timers[i%len(timers)].Reset(time.Duration(i%5000) * time.Millisecond)
 	}
 }
+
+// The driver is woken only for a timer due before the instant it already
+// sleeps until: re-arming for later (a retransmission timer on every
+// segment) costs no wake-up, an earlier deadline does.
+func TestWakeOnlyForEarlierDeadline(t *testing.T) {
+	base := time.Unix(1000, 0)
+	q := newQueue(func() time.Time { return base })
+	wakes := 0
+	q.wake = func(time.Time) { wakes++ }
+	a, b, c := q.newTimer(func() {}), q.newTimer(func() {}), q.newTimer(func() {})
+	a.Reset(100 * time.Millisecond) // nothing armed: wake
+	b.Reset(200 * time.Millisecond)
+	a.Reset(150 * time.Millisecond) // still the head, later than the driver's target
+	if wakes != 1 {
+		t.Fatalf("%d wakes after arming later deadlines, want 1", wakes)
+	}
+	c.Reset(50 * time.Millisecond) // earlier than the target: wake
+	if wakes != 2 {
+		t.Fatalf("%d wakes after an earlier deadline, want 2", wakes)
+	}
+	if next := q.expire(base); !next.Equal(base.Add(50 * time.Millisecond)) {
+		t.Fatalf("next %v", next)
+	}
+	c.Stop()
+	c.Reset(60 * time.Millisecond) // the driver wakes at 50 ms and sees it
+	if wakes != 2 {
+		t.Fatalf("%d wakes, want 2", wakes)
+	}
+	if next := q.expire(base.Add(50 * time.Millisecond)); !next.Equal(base.Add(60 * time.Millisecond)) {
+		t.Fatalf("after the target the driver sleeps until %v, want the new head", next)
+	}
+}

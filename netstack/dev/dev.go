@@ -19,6 +19,8 @@ import (
 const (
 	// MaxNICs bounds the device list; Add past it fails.
 	MaxNICs = 4096
+	// MaxRxQueues bounds the receive queues (and goroutines) of a NIC.
+	MaxRxQueues = 16
 	// MaxAddresses bounds the addresses of one NIC.
 	MaxAddresses = 64
 	// DefaultTxQueueLen is txqueuelen's default.
@@ -221,9 +223,16 @@ func (d *Devices) Add(ep link.Endpoint, cfg Config) (*NIC, error) {
 		mac:        cfg.MAC,
 		ep:         ep,
 		txQueueLen: cfg.TxQueueLen,
-		rxPkts:     make([]*buf.SKB, cfg.RxBatch),
+		rxBatchLen: cfg.RxBatch,
 		txPkts:     make([]*buf.SKB, txBatch),
 		txLens:     make([]int, txBatch),
+	}
+	queues := 1
+	if mq, ok := ep.(link.MultiQueue); ok {
+		queues = min(max(mq.RxQueues(), 1), MaxRxQueues)
+	}
+	for q := range queues {
+		n.rxq = append(n.rxq, &rxQueue{q: q, pkts: make([]*buf.SKB, cfg.RxBatch)})
 	}
 	n.mtu.Store(int32(mtu))
 	d.nextID++
@@ -249,12 +258,7 @@ func (d *Devices) Remove(id int) error {
 	n.removed.Store(true)
 	n.Down()
 	err := n.ep.Close()
-	n.rxMu.Lock()
-	done := n.rxDone
-	n.rxMu.Unlock()
-	if done != nil {
-		<-done
-	}
+	n.rxWG.Wait()
 	n.txMu.Lock()
 	q := n.txq.TakeAll()
 	n.txMu.Unlock()
@@ -302,13 +306,14 @@ type NIC struct {
 	up      atomic.Bool
 	removed atomic.Bool
 
-	// Receive: rxRunning/rxDone under rxMu; rxPkts and rxTime are owned
-	// by the receive goroutine.
-	rxMu      sync.Mutex
-	rxRunning bool
-	rxDone    chan struct{}
-	rxPkts    []*buf.SKB // bound: Config.RxBatch
-	rxTime    time.Time
+	// Receive: one queue per endpoint receive queue (link.MultiQueue),
+	// each read by its own goroutine (rxQueue.running under rxMu; rxWG
+	// counts the goroutines). rxTimeNs is the latest batch's time.
+	rxMu       sync.Mutex
+	rxq        []*rxQueue // bound: MaxRxQueues
+	rxWG       sync.WaitGroup
+	rxBatchLen int // Config.RxBatch
+	rxTimeNs   atomic.Int64
 
 	// Transmit: txq and txRunning under txMu; txPkts/txLens are owned by
 	// the flusher (whoever set txRunning).
@@ -361,9 +366,10 @@ func (n *NIC) SetMTU(mtu int) error {
 func (n *NIC) IsUp() bool { return n.up.Load() }
 
 // RxTime is the clock reading taken once for the batch being dispatched
-// (the NAPI poll's timestamp). Valid only on the receive goroutine, i.e.
-// inside a Handler or an Rx Tap.
-func (n *NIC) RxTime() time.Time { return n.rxTime }
+// (the NAPI poll's timestamp; with several receive queues the latest
+// one's, within a batch's time of the frame's). Meant for Handlers and Rx
+// Taps; a frame's own batch time is skb.Batch.Now.
+func (n *NIC) RxTime() time.Time { return time.Unix(0, n.rxTimeNs.Load()) }
 
 // AddAddress assigns p (its address with its prefix length) to the NIC,
 // then runs the address-added notifiers.

@@ -196,7 +196,7 @@ func TestDispatchByEtherType(t *testing.T) {
 			d.AddPacketType(header.EtherTypeIPv4, ip.handle)
 			d.AddPacketType(header.EtherTypeARP, arp.handle)
 			n.up.Store(true) // dispatch without the goroutine: deterministic
-			n.rxBatch([]*buf.SKB{buf.FromBytes(0, tc.frame)})
+			n.rxBatch(n.rxq[0], []*buf.SKB{buf.FromBytes(0, tc.frame)})
 
 			st := n.Stats()
 			if st.RxPackets != 1 || st.RxBytes != uint64(len(tc.frame)) {
@@ -300,7 +300,7 @@ func TestTapsSeeRxAndTx(t *testing.T) {
 		frame(ourMAC, header.EtherTypeIPv6, 22),   // and unknown protocols
 	}
 	for _, f := range rxFrames {
-		n.rxBatch([]*buf.SKB{buf.FromBytes(0, f)})
+		n.rxBatch(n.rxq[0], []*buf.SKB{buf.FromBytes(0, f)})
 	}
 	tx := buf.Alloc(buf.MaxHeadroom, 10)
 	tx.Put(10)
@@ -327,7 +327,7 @@ func TestTapsSeeRxAndTx(t *testing.T) {
 		t.Fatalf("HardHeader wrote %x", s[0][:14])
 	}
 	remove()
-	n.rxBatch([]*buf.SKB{buf.FromBytes(0, rxFrames[0])})
+	n.rxBatch(n.rxq[0], []*buf.SKB{buf.FromBytes(0, rxFrames[0])})
 	mu.Lock()
 	defer mu.Unlock()
 	if len(taps) != len(want) {
@@ -416,15 +416,13 @@ func TestXmitWhenDownDrops(t *testing.T) {
 func TestRemoveStopsRxGoroutineAndClosesEndpoint(t *testing.T) {
 	d, n, ep := newNIC(t, Config{})
 	n.Up()
-	n.rxMu.Lock()
-	done := n.rxDone
-	n.rxMu.Unlock()
 	if err := d.Remove(n.ID()); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
+	n.rxMu.Lock()
+	running := n.rxq[0].running
+	n.rxMu.Unlock()
+	if running {
 		t.Fatal("receive goroutine still running after Remove")
 	}
 	if !ep.isClosed() {
@@ -447,17 +445,20 @@ func TestDownStopsDispatchAndUpResumes(t *testing.T) {
 	ip := newRecorder()
 	d.AddPacketType(header.EtherTypeIPv4, ip.handle)
 	n.Up()
-	n.rxMu.Lock()
-	done := n.rxDone
-	n.rxMu.Unlock()
 	n.Down()
 	// The goroutine is parked in ReadBatch; the next frame is freed with
 	// NIC_DOWN and the goroutine exits.
 	ep.rx <- buf.FromBytes(0, frame(ourMAC, header.EtherTypeIPv4, 20))
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("receive goroutine did not exit after Down")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		n.rxMu.Lock()
+		running := n.rxq[0].running
+		n.rxMu.Unlock()
+		if !running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("receive goroutine did not exit after Down")
+		}
 	}
 	if len(ip.all()) != 0 || n.Drops().Get(buf.DropNICDown) != 1 {
 		t.Fatalf("frame after Down was dispatched or not counted: %+v", n.Stats())
@@ -598,7 +599,7 @@ func BenchmarkRxDispatch(b *testing.B) {
 		for j := range k {
 			batch[j] = buf.FromBytes(0, f)
 		}
-		n.rxBatch(batch[:k])
+		n.rxBatch(n.rxq[0], batch[:k])
 	}
 }
 
@@ -641,7 +642,7 @@ func FuzzDevRx(f *testing.F) {
 	n.up.Store(true)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		before := n.Stats()
-		n.rxBatch([]*buf.SKB{buf.FromBytes(0, b)})
+		n.rxBatch(n.rxq[0], []*buf.SKB{buf.FromBytes(0, b)})
 		after := n.Stats()
 		if after.RxPackets != before.RxPackets+1 {
 			t.Fatal("frame not counted")

@@ -12,24 +12,30 @@
 //
 // # Theory of operation
 //
-// Goroutines. Each NIC that is up has exactly one receive goroutine, the
-// NAPI poll loop (napi_poll → __netif_receive_skb_core). It reads up to
-// Config.RxBatch frames with one Endpoint.ReadBatch into a preallocated
-// slice, takes clock.Now once per batch (RxTime), and runs every frame to
-// completion on that goroutine: taps, Ethernet check (eth_type_trans),
+// Goroutines. Each NIC that is up has one receive goroutine per receive
+// queue of its endpoint (one, or link.MultiQueue's RxQueues: a NIC's RSS
+// queues, AF_PACKET's PACKET_FANOUT sockets, which keep each flow on one
+// queue), the NAPI poll loop (napi_poll → __netif_receive_skb_core). It
+// reads up to Config.RxBatch frames with one ReadBatch (ReadQueue) into
+// its queue's preallocated slice, takes clock.Now once per batch
+// (buf.Batch.Now, RxTime), and runs every frame to completion on that
+// goroutine: taps, Ethernet check (eth_type_trans),
 // the PACKET_OTHERHOST filter, then the handler registered for the
-// EtherType. Handlers run on that goroutine and must not block. Nothing
-// else in this package starts a goroutine.
+// EtherType. Handlers run on that goroutine and must not block. Each
+// queue has its own buf.Batch: work a layer defers to the end of the
+// batch (TCP's ACK, a socket's Notify callback) runs there, on the same
+// goroutine, after the last frame. Nothing else in this package starts a
+// goroutine.
 //
 // Down and Remove. Endpoint.ReadBatch blocks and cannot be interrupted
 // except by Close. Down clears the up flag: Xmit drops from then on
-// (NIC_DOWN) and the receive goroutine, when its current ReadBatch
-// returns, frees that batch with NIC_DOWN and exits. Until a frame arrives
-// it stays parked in ReadBatch; an Up in the meantime finds it still
-// running and reuses it, so a NIC never has more than one receive
-// goroutine. Remove closes the endpoint, which makes ReadBatch return
-// link.ErrClosed, and waits for the goroutine to exit, so a removed NIC
-// leaks nothing. Remove must not be called from a Handler or Tap (it would
+// (NIC_DOWN) and each receive goroutine, when its current read returns,
+// frees that batch with NIC_DOWN and exits. Until a frame arrives it stays
+// parked in its read; an Up in the meantime finds it still running and
+// reuses it (starting only the queues' goroutines that exited), so a NIC
+// never has more than one receive goroutine per queue. Remove closes the
+// endpoint, which makes every read return link.ErrClosed, and waits for
+// the goroutines to exit, so a removed NIC leaks nothing. Remove must not be called from a Handler or Tap (it would
 // wait for its own goroutine).
 //
 // Transmit (dev_queue_xmit → __dev_xmit_skb → qdisc_run). Xmit appends the

@@ -37,7 +37,7 @@ type Info struct {
 func (n *NIC) Info() Info {
 	return Info{
 		ID: n.id, Name: n.name, MAC: n.mac, MTU: n.MTU(), Up: n.IsUp(), Caps: n.ep.Caps(),
-		TxQueued: n.TxQueueLen(), TxQueueLen: n.txQueueLen, RxBatch: len(n.rxPkts),
+		TxQueued: n.TxQueueLen(), TxQueueLen: n.txQueueLen, RxBatch: n.rxBatchLen,
 		Addresses: n.Addresses(), Stats: n.Stats(),
 	}
 }

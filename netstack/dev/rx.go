@@ -9,9 +9,18 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/link"
 )
 
+// rxQueue is one receive queue's NAPI context: the frames of a batch and
+// the work deferred to its end. Owned by the queue's goroutine.
+type rxQueue struct {
+	q       int
+	running bool // a goroutine reads this queue (under NIC.rxMu)
+	pkts    []*buf.SKB
+	batch   buf.Batch
+}
+
 // Up brings the NIC up (dev_open, napi_enable): transmit is allowed and
-// the receive goroutine runs. If the goroutine of an earlier Up is still
-// parked in ReadBatch after a Down, it is reused.
+// a receive goroutine runs per receive queue. A goroutine of an earlier
+// Up still parked in its read after a Down is reused.
 func (n *NIC) Up() {
 	if n.removed.Load() {
 		return
@@ -19,16 +28,18 @@ func (n *NIC) Up() {
 	n.rxMu.Lock()
 	defer n.rxMu.Unlock()
 	n.up.Store(true)
-	if !n.rxRunning {
-		n.rxRunning = true
-		n.rxDone = make(chan struct{})
-		go n.poll(n.rxDone)
+	for _, rq := range n.rxq {
+		if !rq.running {
+			rq.running = true
+			n.rxWG.Add(1)
+			go n.poll(rq)
+		}
 	}
 }
 
 // Down takes the NIC down (dev_close): Xmit drops with NIC_DOWN from now
-// on and received frames are no longer dispatched. The receive goroutine
-// exits when its pending ReadBatch returns (see the package doc).
+// on and received frames are no longer dispatched. The receive goroutines
+// exit when their pending reads return (see the package doc).
 func (n *NIC) Down() {
 	n.rxMu.Lock()
 	n.up.Store(false)
@@ -43,22 +54,32 @@ const (
 	maxReadBackoff = 100 * time.Millisecond
 )
 
-// poll is the NAPI poll loop: one ReadBatch per round, then each frame is
-// carried up to completion.
-func (n *NIC) poll(done chan struct{}) {
-	defer close(done)
+// read is one ReadBatch of queue rq.
+func (n *NIC) read(rq *rxQueue) (int, error) {
+	if rq.q > 0 {
+		return n.ep.(link.MultiQueue).ReadQueue(rq.q, rq.pkts)
+	}
+	return n.ep.ReadBatch(rq.pkts)
+}
+
+// poll is the NAPI poll loop of one receive queue: one read per round,
+// then each frame is carried up to completion.
+func (n *NIC) poll(rq *rxQueue) {
+	defer n.rxWG.Done()
 	backoff := minReadBackoff
 	for {
-		k, err := n.ep.ReadBatch(n.rxPkts)
-		k = min(max(k, 0), len(n.rxPkts)) // a misbehaving endpoint must not panic us
+		k, err := n.read(rq)
+		k = min(max(k, 0), len(rq.pkts)) // a misbehaving endpoint must not panic us
 		if k > 0 {
-			n.rxTime = n.devs.clk.Now()
-			n.rxBatch(n.rxPkts[:k])
-			clear(n.rxPkts[:k])
+			now := n.devs.clk.Now()
+			n.rxTimeNs.Store(now.UnixNano())
+			rq.batch.Now = now
+			n.rxBatch(rq, rq.pkts[:k])
+			clear(rq.pkts[:k])
 		}
 		if err != nil {
 			if errors.Is(err, link.ErrClosed) {
-				n.exitPoll()
+				n.exitPoll(rq)
 				return
 			}
 			n.rxErrors.Add(1)
@@ -72,7 +93,7 @@ func (n *NIC) poll(done chan struct{}) {
 		if !n.up.Load() {
 			n.rxMu.Lock()
 			if !n.up.Load() {
-				n.rxRunning = false
+				rq.running = false
 				n.rxMu.Unlock()
 				return
 			}
@@ -81,14 +102,14 @@ func (n *NIC) poll(done chan struct{}) {
 	}
 }
 
-func (n *NIC) exitPoll() {
+func (n *NIC) exitPoll(rq *rxQueue) {
 	n.rxMu.Lock()
-	n.rxRunning = false
+	rq.running = false
 	n.rxMu.Unlock()
 }
 
 // rxBatch dispatches the frames of one batch. It consumes every SKB.
-func (n *NIC) rxBatch(pkts []*buf.SKB) {
+func (n *NIC) rxBatch(rq *rxQueue, pkts []*buf.SKB) {
 	taps := *n.devs.taps.Load()
 	ptypes := *n.devs.ptypes.Load()
 	up := n.up.Load()
@@ -98,6 +119,7 @@ func (n *NIC) rxBatch(pkts []*buf.SKB) {
 		}
 		skb.InNIC = n.id
 		skb.Drops = &n.drops
+		skb.Batch = &rq.batch
 		n.rxPackets.Add(1)
 		n.rxBytes.Add(uint64(skb.Len()))
 		if !up {
@@ -109,6 +131,9 @@ func (n *NIC) rxBatch(pkts []*buf.SKB) {
 		}
 		n.receive(skb, ptypes)
 	}
+	// The batch's deferred work: one ACK and one data-ready upcall per
+	// socket instead of one per segment.
+	rq.batch.Flush()
 }
 
 // receive is __netif_receive_skb_core after eth_type_trans: classify by

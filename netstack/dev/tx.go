@@ -22,6 +22,7 @@ func (n *NIC) HardHeader(skb *buf.SKB, dst header.MAC, t header.EtherType) {
 // that finds no flusher running writes the queue out itself (qdisc_run).
 func (n *NIC) Xmit(skb *buf.SKB) {
 	skb.Drops = &n.drops
+	skb.Batch = nil // a forwarded frame leaves its receive batch here
 	if !n.up.Load() {
 		n.txDropped.Add(1)
 		skb.Free(buf.DropNICDown)
@@ -149,12 +150,15 @@ func (n *NIC) validateXmit(skb *buf.SKB) (buf.DropReason, bool) {
 // left in the checksum field, stored folded (0 becomes 0xFFFF, which the
 // receiver reads the same, RFC 768/RFC 1071).
 func checksumHelp(skb *buf.SKB) bool {
-	skb.Writable()
 	th := skb.TransportHeader()
 	off := int(skb.CsumOffset)
 	if th == nil || skb.TransportOffset() < 0 || off+2 > len(th) {
 		return false
 	}
+	// Only the checksum field is written: a TCP segment sent as a clone
+	// of its send buffer (buf.CloneHeadroom) owns its headers.
+	skb.WritableHead(skb.TransportOffset() + off + 2)
+	th = skb.TransportHeader()
 	th = th[:len(th):len(th)]
 	sum := header.ChecksumFinal(header.Checksum(th, 0))
 	if sum == 0 {

@@ -52,6 +52,19 @@ type Endpoint interface {
 	Close() error
 }
 
+// MultiQueue is an Endpoint with several receive queues (a NIC's RSS
+// queues; AF_PACKET's PACKET_FANOUT): the frames of one flow always
+// arrive on the same queue, so each queue can be read by its own
+// goroutine and flows are carried up on several CPUs at once, each in
+// order. ReadBatch reads queue 0.
+type MultiQueue interface {
+	Endpoint
+	// RxQueues is the number of receive queues, at least 1.
+	RxQueues() int
+	// ReadQueue is ReadBatch on receive queue q (0 <= q < RxQueues()).
+	ReadQueue(q int, pkts []*buf.SKB) (n int, err error)
+}
+
 // ErrClosed is returned by an Endpoint after Close.
 var ErrClosed = errors.New("link: endpoint closed")
 

@@ -21,7 +21,9 @@
 // the reordering timer), listen.go (passive open), timewait.go (a new
 // SYN reopening a tuple in TIME-WAIT, for listeners and the Interceptor
 // alike: RFC 1122 §4.2.2.13, RFC 6191), socket.go (user
-// calls, TCP_INFO), conn.go (net.Conn/net.Listener), ring.go (buffers),
+// calls, TCP_INFO), conn.go (net.Conn/net.Listener), sndq.go (the send
+// queue), rcvq.go (the receive queue), notify.go (receive batches,
+// the Notify callback),
 // syncookies.go (RFC 4987), ecn.go (RFC 3168), stats.go (MIB, drop
 // reasons).
 //
@@ -42,23 +44,34 @@
 // up and processes it under the socket lock: PAWS (RFC 7323 §5.3), the
 // acceptability test, RST (RFC 5961 §3), SYN (RFC 5961 §4), ACK (RFC 5961
 // §5, window update, RTT, recovery, the FIN transitions), data and FIN.
-// In-order payload is copied into the receive ring and the SKB freed;
-// out-of-order segments are kept as SKBs (the payload pulled/trimmed in
-// place) until RCV.NXT reaches them; SACK blocks describe them. A GRO or
+// In-order payload stays in the SKB it arrived in, queued on the
+// receive queue (rcvq.go, sk_receive_queue) with the headers pulled, so
+// receive copies nothing; a payload filling less than half its buffer is
+// copied into the tail of the queue instead (tcp_try_coalesce), which
+// bounds what the queue pins to twice its payload plus one 2 KiB block.
+// Out-of-order segments are kept as SKBs (the payload pulled/trimmed in
+// place) until RCV.NXT reaches them, then move to the receive queue
+// whole; SACK blocks describe them. A GRO or
 // GSO super-segment (up to 64 KiB, CsumPartial) is one segment here.
 //
-// Send: Write copies into the send ring (bounded by the send buffer,
-// blocking or EAGAIN) and calls writeXmit, which builds segments from
-// the ring as the congestion window, the peer's window, Nagle and SWS
-// avoidance allow. A segment carries at most curMSS bytes (tcp_current_mss):
+// Send: Write copies into the send queue (sndq.go, bounded by the send
+// buffer, blocking or EAGAIN) and calls writeXmit, which builds segments
+// from it as the congestion window, the peer's window, Nagle and SWS
+// avoidance allow. The send queue holds chunks of one full segment's
+// payload (the size goal) in SKBs with headroom; a segment starting at a
+// chunk goes out as a clone of it with the headers pushed in front, the
+// payload not copied (Linux clones its write-queue skbs), unless a clone
+// of that chunk is still in flight; other segments are copied out.
+// WriteFrom lets a relay read its host socket straight into the chunks. A segment carries at most curMSS bytes (tcp_current_mss):
 // the MSS less the SACK blocks it carries while we hold out-of-order data
 // or owe a D-SACK (RFC 6691 §3), so it still fits the MTU with DF set.
 // Every segment is CsumPartial (the pseudo-header sum in
 // the field): dev completes it in software when the NIC cannot. When the
 // output NIC has link.CapGSO (afpacket with PACKET_VNET_HDR) a segment
-// carries up to 64 KiB with GSOSize = MSS: one SKB, one copy, one syscall
-// slot for up to 44 wire segments. Retransmission copies again from the
-// ring, which keeps every byte from SND.UNA on.
+// carries up to 64 KiB with GSOSize = MSS: one SKB, no copy of ours, one
+// syscall slot for up to 44 wire segments. Retransmission clones or
+// copies again from the send queue, which keeps every byte from SND.UNA
+// on.
 //
 // Timers (per socket, five clock.Timer values, no goroutine): the
 // retransmission timer (RTO per RFC 6298 with a 200 ms floor, doubling
@@ -110,7 +123,7 @@
 // data, fast recovery or a timeout end the episode without a reduction.
 //
 // RACK's send times (RFC 8985 §6.1 Segment.xmit_ts) are kept beside the
-// send ring, not per segment: one record per run of bytes sent in the same
+// send queue, not per segment: one record per run of bytes sent in the same
 // clock tick in the in-order pass (at most 512, the newest one absorbing
 // sends past that with its earliest and latest time), and the hole
 // retransmissions (at most 32, like the scoreboard), both allocated on
@@ -168,12 +181,12 @@
 //
 // # Limits
 //
-// Per connection: the send ring holds at most SndBuf bytes (default
-// 1 MiB), the receive ring at most RcvBuf (default 256 KiB, auto-tuned
-// up to MaxRcvBuf, 6 MiB, as the reader drains more per RTT —
-// tcp_rcv_space_adjust; the window scale is chosen for MaxRcvBuf); both
-// are allocated on first use, grow by doubling and are released at
-// close, so an idle connection holds no buffer (about 1.6 KiB in all). The
+// Per connection: the send queue holds at most SndBuf bytes (default
+// 1 MiB) in chunks from buf's pools, returned as they are acknowledged,
+// the receive queue at most RcvBuf bytes of payload (default 256 KiB,
+// auto-tuned up to MaxRcvBuf, 6 MiB, as the reader drains more per RTT
+// — tcp_rcv_space_adjust; the window scale is chosen for MaxRcvBuf) in
+// at most twice that of buffers; an empty receive queue holds nothing. The
 // out-of-order queue holds at most maxOFO (1024) segments, bytes bounded
 // by the window; overflow is TCPOFODrop. The SACK scoreboard keeps 32
 // ranges; RACK keeps 512 send-time records and 32 retransmission

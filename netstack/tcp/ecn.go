@@ -59,7 +59,7 @@ func (s *Sock) ecnRcv(seg *segment) {
 	if !s.inRecovery {
 		s.cs.Ssthresh = s.ca.SSThresh(&s.cs)
 		s.cs.Cwnd = max(s.cs.Ssthresh, 1)
-		s.ca.OnEvent(&s.cs, cc.EventECN, s.p.clk.Now())
+		s.ca.OnEvent(&s.cs, cc.EventECN, s.now())
 	}
 	s.ecnRecover = s.sndMax
 	s.cwrPending = true

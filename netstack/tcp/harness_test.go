@@ -190,7 +190,8 @@ type tmpl struct {
 	data     []byte
 	badCsum  bool
 	tos      uint8
-	mark     uint32 // skb.Mark on delivery (netfilter.MarkDivert: a diverted flow)
+	mark     uint32     // skb.Mark on delivery (netfilter.MarkDivert: a diverted flow)
+	batch    *buf.Batch // skb.Batch on delivery: the receive batch carrying it
 }
 
 func (c *peer) Seg() tmpl { return tmpl{wnd: 65535} }
@@ -203,6 +204,7 @@ func (m tmpl) Data(b []byte) tmpl            { m.data = b; return m }
 func (m tmpl) Opts(o header.TCPOptions) tmpl { m.opts = o; return m }
 func (m tmpl) TOS(t uint8) tmpl              { m.tos = t; return m }
 func (m tmpl) Mark(v uint32) tmpl            { m.mark = v; return m }
+func (m tmpl) Batch(b *buf.Batch) tmpl       { m.batch = b; return m }
 
 // Send delivers m to the stack now.
 func (c *peer) Send(m tmpl) {
@@ -227,6 +229,7 @@ func (c *peer) Send(m tmpl) {
 	skb.Pull(header.IPv4MinSize)
 	skb.SetTransportHeader()
 	skb.Mark = m.mark
+	skb.Batch = m.batch
 	c.p.V4Rcv(skb)
 }
 
@@ -377,6 +380,9 @@ func (w *wire) send(dir int, skb *buf.SKB) {
 	skb = toRcv(skb)
 	if faulty && w.hit(w.cfg.corrupt) {
 		st.corrupted++
+		// A wire corrupts its copy: the sender's send queue may share
+		// the storage (a zero-copy segment), as link/fault knows.
+		skb.Writable()
 		b := skb.Bytes()
 		i := w.rng.IntN(len(b))
 		b[i] ^= 1 << w.rng.IntN(8)

@@ -74,7 +74,7 @@ func (s *Sock) sockInfo() SockInfo {
 	if listener {
 		si.RecvQ, si.SendQ = len(s.acceptQ), s.backlog
 	} else {
-		si.RecvQ = s.rcvBuf.len()
+		si.RecvQ = s.rcvq.len()
 	}
 	s.mu.Unlock()
 	if !listener {

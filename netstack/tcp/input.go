@@ -129,17 +129,24 @@ func (p *Proto) noSocket(seg *segment) {
 // socket lock.
 func (s *Sock) rcv(seg *segment) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.rxBatch = seg.skb.Batch
+	if b := s.rxBatch; b != nil && !b.Now.IsZero() {
+		s.nowScope(b.Now) // one clock reading per batch
+	} else {
+		s.nowScope(s.p.clk.Now())
+	}
 	s.segsIn++
 	switch s.state {
 	case Closed, Listen:
 		s.p.noSocket(seg)
-		return
 	case SynSent:
 		s.synSentRcv(seg)
-		return
+	default:
+		s.rcvStateProcess(seg)
 	}
-	s.rcvStateProcess(seg)
+	s.rxBatch = nil
+	s.nowEnd()
+	s.unlockNotify()
 }
 
 // synSentRcv is tcp_rcv_synsent_state_process (RFC 9293 §3.10.7.3).
@@ -178,7 +185,7 @@ func (s *Sock) synSentRcv(seg *segment) {
 		s.sndWnd, s.sndWl1, s.sndWl2 = seg.wnd, seg.seq, seg.ack
 		s.maxSndWnd = s.sndWnd
 		if s.backoff == 0 {
-			s.rttSample(s.p.clk.Now().Sub(s.rttTime)) // Karn: only an unretransmitted SYN
+			s.rttSample(s.now().Sub(s.rttTime)) // Karn: only an unretransmitted SYN
 		}
 		s.backoff = 0
 		s.rtxTimer.Stop()
@@ -209,7 +216,7 @@ func (s *Sock) negotiate(o *header.TCPOptions) {
 	}
 	s.tsOK = s.tsOK && o.HasTS
 	if s.tsOK {
-		s.tsRecent, s.tsRecentTime = o.TSVal, s.p.clk.Now()
+		s.tsRecent, s.tsRecentTime = o.TSVal, s.now()
 	}
 	s.sackOK = s.sackOK && o.SACKPermitted
 	// RFC 9293 §3.7.1 (MUST-15): without an MSS option assume 536.
@@ -226,7 +233,7 @@ func (s *Sock) establish() {
 	s.setState(Established)
 	s.bufSeq = s.iss + 1
 	s.armKeepalive()
-	s.cond.Broadcast()
+	s.wake(EventReadable | EventWritable)
 }
 
 // acceptable is RFC 9293 §3.10.7.4's first check, the four cases of
@@ -253,8 +260,8 @@ func (s *Sock) paws(seg *segment) bool {
 	if int32(seg.opts.TSVal-s.tsRecent) >= 0 {
 		return false
 	}
-	if s.p.clk.Now().Sub(s.tsRecentTime) > 24*24*time.Hour {
-		s.tsRecent, s.tsRecentTime = seg.opts.TSVal, s.p.clk.Now()
+	if s.now().Sub(s.tsRecentTime) > 24*24*time.Hour {
+		s.tsRecent, s.tsRecentTime = seg.opts.TSVal, s.now()
 		return false
 	}
 	return true
@@ -291,7 +298,7 @@ func (s *Sock) rcvStateProcess(seg *segment) {
 			// RFC 9293 §3.10.7.4 TIME-WAIT: a retransmission of the
 			// remote FIN: "Acknowledge it, and restart the 2 MSL
 			// timeout."
-			s.kaTimer.Reset(s.p.cfg.TimeWait)
+			s.kaReset(s.p.cfg.TimeWait)
 		}
 		seg.skb.Free(DropInvalidSeq)
 		return
@@ -313,7 +320,7 @@ func (s *Sock) rcvStateProcess(seg *segment) {
 	// RFC 7323 §4.3: record TS.Recent from a segment that covers
 	// Last.ACK.sent.
 	if s.tsOK && seg.opts.HasTS && header.SeqLEQ(seg.seq, s.lastAckSent) {
-		s.tsRecent, s.tsRecentTime = seg.opts.TSVal, s.p.clk.Now()
+		s.tsRecent, s.tsRecentTime = seg.opts.TSVal, s.now()
 	}
 
 	// Fourth: SYN. RFC 5961 §4.2: a SYN in a synchronized state gets a
@@ -385,7 +392,7 @@ func (s *Sock) rcvStateProcess(seg *segment) {
 		// (RFC 9293 §3.10.7.4, eighth, TIME-WAIT).
 		if seg.hasFin {
 			s.sendAck()
-			s.kaTimer.Reset(s.p.cfg.TimeWait)
+			s.kaReset(s.p.cfg.TimeWait)
 		}
 	}
 	seg.skb.Consume()
@@ -432,7 +439,7 @@ func (s *Sock) ackRcv(seg *segment) bool {
 		seg.skb.Free(DropTooOldAck)
 		return false
 	}
-	now := s.p.clk.Now()
+	now := s.now()
 	wnd := seg.wnd << s.sndWscale
 	prevUna := s.sndUna
 	// Window update (RFC 9293 §3.10.7.4: "If SND.UNA =< SEG.ACK =<
@@ -478,7 +485,7 @@ func (s *Sock) ackRcv(seg *segment) bool {
 		// RTT (RFC 7323 §4.1: from TSecr of an ACK of new data, else
 		// the Karn-timed segment, RFC 6298 §3).
 		if s.tsOK && seg.opts.HasTS && seg.opts.TSEcr != 0 {
-			if d := int32(s.p.tsNow() + s.tsOff - seg.opts.TSEcr); d >= 0 {
+			if d := int32(s.tsNow() + s.tsOff - seg.opts.TSEcr); d >= 0 {
 				s.rttSample(time.Duration(d)*time.Millisecond + time.Millisecond/2)
 			}
 		} else if s.rttTiming && header.SeqGEQ(ack, s.rttSeq) {
@@ -500,7 +507,7 @@ func (s *Sock) ackRcv(seg *segment) bool {
 		if s.tlpHigh != 0 && header.SeqGEQ(ack, s.tlpHigh) {
 			s.tlpHigh = 0 // the probe episode is over (RFC 8985 §7.4)
 		}
-		s.cond.Broadcast() // send buffer space for writers
+		s.wake(EventWritable) // send buffer space for writers
 	} else if ack == s.sndUna && len(seg.data) == 0 && !seg.hasFin && !wndUpdated && s.sndMax != s.sndUna {
 		// RFC 5681 §2 "DUPLICATE ACKNOWLEDGMENT" (a SACK block counts
 		// too, RFC 6675 §2).
@@ -523,7 +530,7 @@ func (s *Sock) ackRcv(seg *segment) bool {
 			s.setState(FinWait2)
 			s.rtxTimer.Stop()
 			if s.orphan {
-				s.kaTimer.Reset(s.p.cfg.FinTimeout)
+				s.kaReset(s.p.cfg.FinTimeout)
 			}
 			s.cond.Broadcast()
 		}
@@ -568,9 +575,11 @@ func (s *Sock) synRcvdToEstablished(seg *segment) bool {
 		l.cond.Broadcast()
 		l.mu.Unlock()
 		s.p.count(PassiveOpens)
+	} else if s.intercepted {
+		s.p.count(PassiveOpens)
 	}
 	if s.backoff == 0 {
-		s.rttSample(s.p.clk.Now().Sub(s.rttTime))
+		s.rttSample(s.now().Sub(s.rttTime))
 	}
 	s.backoff = 0
 	s.rtxTimer.Stop()
@@ -589,6 +598,7 @@ func (s *Sock) synRcvdToEstablished(seg *segment) bool {
 func (s *Sock) dataQueue(seg *segment) {
 	seq := seg.seq
 	data := seg.data
+	off := seg.dataOffset // data's offset in seg.skb.Bytes()
 	fin := seg.hasFin
 	if d := int(int32(s.rcvNxt - seq)); d > 0 {
 		// Already received in part or whole.
@@ -601,6 +611,7 @@ func (s *Sock) dataQueue(seg *segment) {
 			return
 		}
 		data = data[d:]
+		off += d
 		seq = s.rcvNxt
 	}
 	wnd := s.rcvWnd()
@@ -612,20 +623,17 @@ func (s *Sock) dataQueue(seg *segment) {
 		s.rcvMSS = min(len(data), s.mss)
 	}
 	if seq == s.rcvNxt {
-		if len(data) > 0 {
-			s.rcvBuf.write(data, s.rcvBufLimit)
-			s.rcvNxt += uint32(len(data))
-			s.bytesReceived += uint64(len(data))
-			s.unackedBytes += len(data)
-		}
-		seg.skb.Consume()
+		s.rcvNxt += uint32(len(data))
+		s.bytesReceived += uint64(len(data))
+		s.unackedBytes += len(data)
+		s.rcvq.write(seg.skb, off, data) // consumes the SKB
 		had := len(s.ofo) > 0
 		if fin {
 			s.finRcvdNow()
 		} else if had {
 			s.ofoDrain()
 		}
-		s.cond.Broadcast()
+		s.wake(EventReadable)
 		// RFC 5681 §4.2: ACK at once when the segment fills a gap.
 		s.scheduleAck(had || fin)
 		return
@@ -653,7 +661,7 @@ func (s *Sock) finRcvdNow() {
 		s.ofo[i].skb.Free(DropOldData)
 	}
 	s.ofo = s.ofo[:0]
-	s.cond.Broadcast()
+	s.wake(EventReadable)
 }
 
 // ofoInsert queues an out-of-order segment (tcp_data_queue_ofo) and ACKs
@@ -711,12 +719,13 @@ func (s *Sock) ofoDrain() {
 		n++
 		data := e.skb.Bytes()
 		if d := int(int32(s.rcvNxt - e.seq)); d < len(data) {
-			data = data[max(d, 0):]
-			s.rcvBuf.write(data, s.rcvBufLimit)
-			s.rcvNxt += uint32(len(data))
-			s.bytesReceived += uint64(len(data))
+			d = max(d, 0)
+			s.rcvNxt += uint32(len(data) - d)
+			s.bytesReceived += uint64(len(data) - d)
+			s.rcvq.write(e.skb, d, data[d:]) // consumes the SKB
+		} else {
+			e.skb.Consume()
 		}
-		e.skb.Consume()
 		if e.fin && s.rcvNxt+1 == e.end {
 			copy(s.ofo, s.ofo[n:])
 			s.ofo = s.ofo[:len(s.ofo)-n]
@@ -753,7 +762,7 @@ func (p *Proto) V4Err(skb *buf.SKB, e header.ICMPError) {
 		return
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlockNotify()
 	// RFC 5927 §4.1 / RFC 5961 spirit: the quoted sequence number must
 	// be in flight, else the error is forged or stale.
 	if !(header.SeqLEQ(s.sndUna, seq) && header.SeqLT(seq, s.sndMax)) && s.state != SynSent {

@@ -64,6 +64,9 @@ type Interceptor struct {
 
 	ready chan struct{} // capacity 1: queue became non-empty
 	done  chan struct{} // closed by Close
+	// handler, when set, takes each new Request on the receiving
+	// goroutine instead of the queue (SetHandler).
+	handler atomic.Pointer[func(*Request)]
 
 	requests, synDups, overflows, refused atomic.Uint64
 }
@@ -171,12 +174,32 @@ func (i *Interceptor) synRcv(seg *segment, t tuple) {
 		flags: seg.flags, wnd: seg.wnd, opts: seg.opts, len: seg.len, hasSyn: true, divert: true,
 		twISN: seg.twISN, hasTWISN: seg.hasTWISN}}
 	i.pending[t] = r
-	i.queue = append(i.queue, r)
+	h := i.handler.Load()
+	if h == nil {
+		i.queue = append(i.queue, r)
+	}
 	i.mu.Unlock()
 	i.requests.Add(1)
 	p.count(InterceptRequests)
-	i.wake()
 	seg.skb.Consume()
+	if h != nil {
+		(*h)(r)
+		return
+	}
+	i.wake()
+}
+
+// SetHandler makes h take each new Request on the goroutine that received
+// its SYN (a NIC's receive goroutine), instead of queueing it for Next; nil
+// goes back to the queue. h must not block: it starts the upstream connect
+// and returns, and resolves the Request later (AcceptAsync, Refuse).
+// Requests already queued stay for Next.
+func (i *Interceptor) SetHandler(h func(*Request)) {
+	if h == nil {
+		i.handler.Store(nil)
+		return
+	}
+	i.handler.Store(&h)
 }
 
 func (i *Interceptor) wake() {
@@ -320,7 +343,7 @@ func (r *Request) Accept(ctx context.Context) (*Conn, error) {
 	}
 	p := r.i.p
 	c := p.NewSock()
-	c.transparent = true
+	c.transparent, c.intercepted = true, true
 	c.mu.Lock()
 	err := c.initPassive(&r.syn, r.t)
 	c.mu.Unlock()
@@ -359,7 +382,33 @@ func (r *Request) Accept(ctx context.Context) (*Conn, error) {
 	}
 	c.accepted = true
 	c.mu.Unlock()
-	p.count(PassiveOpens)
+	return &Conn{s: c}, nil
+}
+
+// AcceptAsync is Accept without the wait: it creates the child (with
+// notify as its Notify callback, set before the SYN,ACK leaves, so no
+// event is missed), sends the SYN,ACK and returns the child at once, in
+// SYN-RECEIVED. notify hears EventReadable|EventWritable when the
+// handshake completes (State() is then Established) or fails (Closed:
+// reads and writes return the error — ETIMEDOUT when the SYN,ACK
+// retries ran out, ECONNRESET when the pod reset). Bounding the wait is
+// the caller's: closing the child with linger 0 (SetLingerZero, Close)
+// resets it. Errors are Accept's.
+func (r *Request) AcceptAsync(notify func(Event)) (*Conn, error) {
+	if !r.resolve(reqPending, reqAccepting) {
+		return nil, opError("accept", r.Dst(), r.Src(), net.ErrClosed)
+	}
+	c := r.i.p.NewSock()
+	c.transparent, c.intercepted, c.accepted = true, true, true
+	c.mu.Lock()
+	c.notify = notify
+	err := c.initPassive(&r.syn, r.t)
+	c.mu.Unlock()
+	r.resolve(reqAccepting, reqDone)
+	if err != nil {
+		r.sendRefuse()
+		return nil, opError("accept", r.Dst(), r.Src(), err)
+	}
 	return &Conn{s: c}, nil
 }
 

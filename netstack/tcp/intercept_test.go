@@ -354,3 +354,44 @@ func TestInterceptSynReopensTimeWait(t *testing.T) {
 		t.Fatalf("pending %d, old state %v", i.Pending(), conn.Sock().State())
 	}
 }
+
+// The event-driven form, upstream first as above: the handler takes the
+// Request on the receiving goroutine (nothing is queued for Next), and
+// AcceptAsync returns the child in SYN-RECEIVED at once; its Notify
+// callback hears the handshake complete with the pod's ACK.
+func TestInterceptHandlerAndAcceptAsync(t *testing.T) {
+	c, i := newInterceptPeer(t, 0)
+	var got []*Request
+	i.SetHandler(func(r *Request) { got = append(got, r) })
+	opts := header.TCPOptions{HasMSS: true, MSS: 1400, SACKPermitted: true}
+	c.Send(c.Seg().Flags(SYN).Seq(c.ISS).Opts(opts).Mark(netfilter.MarkDivert))
+	c.ExpectNone("an intercepted SYN before AcceptAsync")
+	if len(got) != 1 || got[0].Dst() != c.laddr {
+		t.Fatalf("handler got %v", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if _, err := i.Next(ctx); err == nil {
+		t.Fatal("a handled request was also queued for Next")
+	}
+	var events []Event
+	conn, err := got[0].AcceptAsync(func(ev Event) { events = append(events, ev) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := conn.Sock().State(); st != SynReceived {
+		t.Fatalf("state %v right after AcceptAsync", st)
+	}
+	sa := c.Expect("SYN,ACK")
+	c.IRS = sa.seq
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.IRS + 1).Mark(netfilter.MarkDivert))
+	if conn.Sock().State() != Established || len(events) != 1 || events[0] != EventReadable|EventWritable {
+		t.Fatalf("state %v events %v", conn.Sock().State(), events)
+	}
+	if c.p.Counter(PassiveOpens) != 1 || i.Pending() != 0 {
+		t.Fatalf("passive opens %d pending %d", c.p.Counter(PassiveOpens), i.Pending())
+	}
+	if _, err := got[0].AcceptAsync(nil); err == nil {
+		t.Fatal("a second AcceptAsync succeeded")
+	}
+}

@@ -99,7 +99,7 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 	}
 	if s.tsOK {
 		o.HasTS = true
-		o.TSVal = s.p.tsNow() + s.tsOff
+		o.TSVal = s.tsNow() + s.tsOff
 		o.TSEcr = s.tsRecent
 		if syn && flags&header.ACK == 0 {
 			o.TSEcr = 0
@@ -147,16 +147,28 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 		s.delackTimer.Stop()
 	}
 
-	skb := buf.Alloc(buf.MaxHeadroom, hl+n)
-	b := skb.Put(hl + n)
+	// The payload: a clone of the send queue chunk it starts (the
+	// header goes into the chunk's headroom, no copy), else a copy.
+	var skb *buf.SKB
+	if n > 0 {
+		skb = s.sndBuf.segment(int(seq-s.bufSeq), n)
+	}
+	if skb != nil {
+		skb.Push(hl)
+		s.p.count(TCPZeroCopySegs)
+	} else {
+		skb = buf.Alloc(buf.MaxHeadroom, hl+n)
+		b := skb.Put(hl + n)
+		if n > 0 {
+			s.sndBuf.peek(int(seq-s.bufSeq), b[hl:])
+		}
+	}
+	b := skb.Bytes()
 	th := header.TCP(b)
 	th.Encode(header.TCPFields{SrcPort: s.id.lport, DstPort: s.id.rport, Seq: seq, Ack: s.rcvNxt,
 		Flags: flags, Window: uint16(wnd), Options: ob[:olen]})
 	if flags&header.ACK == 0 {
 		th[8], th[9], th[10], th[11] = 0, 0, 0, 0
-	}
-	if n > 0 {
-		s.sndBuf.peek(int(seq-s.bufSeq), b[hl:])
 	}
 	// Checksum offload: the pseudo-header sum goes in the field and the
 	// device (or dev's checksum help) completes it (CHECKSUM_PARTIAL).
@@ -172,7 +184,7 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 	if flags&header.RST != 0 {
 		s.p.count(OutRsts)
 	}
-	s.lastSend = s.p.clk.Now()
+	s.lastSend = s.now()
 	fl := s.flow
 	if ect {
 		fl.TOS |= ecnECT0
@@ -180,11 +192,18 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 	return s.p.ip.QueueXmit(skb, fl)
 }
 
-// sendAck is tcp_send_ack.
-func (s *Sock) sendAck() { _ = s.transmit(s.sndNxt, 0, header.ACK) }
+// sendAck is tcp_send_ack. A pure ACK carries SND.MAX, not SND.NXT: after
+// a timeout SND.NXT went back to SND.UNA (go-back-N) while the peer may
+// hold everything up to SND.MAX, and an ACK numbered below its RCV.NXT
+// fails its acceptability test (RFC 9293 §3.10.7.4) before its ACK field
+// is read. Two ends doing that to each other never recover. BSD
+// tcp_output numbers ACK-only segments with snd_max for this reason; Linux
+// keeps snd_nxt at the highest sequence sent (tcp_acceptable_seq).
+func (s *Sock) sendAck() { _ = s.transmit(s.sndMax, 0, header.ACK) }
 
-// sendReset is tcp_send_active_reset: RST at SND.NXT.
-func (s *Sock) sendReset() { _ = s.transmit(s.sndNxt, 0, header.RST|header.ACK) }
+// sendReset is tcp_send_active_reset: RST at SND.MAX (see sendAck; the
+// peer accepts an RST only at its RCV.NXT, RFC 5961 §3.2).
+func (s *Sock) sendReset() { _ = s.transmit(s.sndMax, 0, header.RST|header.ACK) }
 
 // oowRateLimit spaces the ACKs answering out-of-window and PAWS-failed
 // segments (Linux tcp_invalid_ratelimit, 500 ms), so two confused peers
@@ -203,7 +222,7 @@ func (s *Sock) oowAck(seg *segment) {
 		s.sendAck()
 		return
 	}
-	now := s.p.clk.Now()
+	now := s.now()
 	if !s.lastOOW.IsZero() && now.Sub(s.lastOOW) < oowRateLimit {
 		s.p.count(TCPACKSkippedSeq)
 		return
@@ -229,6 +248,19 @@ func (s *Sock) sizeGoal(mss int) int {
 	return max(maxGSO/mss, 1) * mss
 }
 
+// chunkGoal is the size of the send queue's chunks: the size goal of a
+// full segment at the base MSS, so that segments line up with chunks
+// and go out without a copy (sndQueue.segment).
+func (s *Sock) chunkGoal() int {
+	mss := max(s.mss, 64)
+	if !s.gso {
+		// One MSS per chunk would cost an SKB per segment: take 16 KiB
+		// worth, and copy the segments that do not start a chunk.
+		return max(16<<10/mss, 1) * mss
+	}
+	return s.sizeGoal(mss)
+}
+
 // canSendData reports the states in which queued data and the FIN may
 // go out.
 func (s *Sock) canSendData() bool {
@@ -250,7 +282,7 @@ func (s *Sock) writeXmit() {
 	if !s.canSendData() {
 		return
 	}
-	now := s.p.clk.Now()
+	now := s.now()
 	if s.sndNxt == s.sndUna && !s.lastSend.IsZero() && now.Sub(s.lastSend) > s.rto {
 		// RFC 5681 §4.1: after an idle period longer than the RTO,
 		// cwnd restarts from min(IW, cwnd).

@@ -12,7 +12,7 @@ import (
 // delivered and it is still missing RACK.rtt + RACK.reo_wnd after it was
 // sent.
 //
-// Transmit times live beside the send ring, not per segment: txq holds
+// Transmit times live beside the send queue, not per segment: txq holds
 // the send times of the latest in-order pass over the sequence space
 // (new data, or go-back-N after a timeout), one record per run of bytes
 // sent at the same instant, seq-ordered and therefore time-ordered;
@@ -91,7 +91,7 @@ type rackState struct {
 }
 
 // rackNow is the send-time clock: time since the Proto's epoch.
-func (s *Sock) rackNow() time.Duration { return s.p.clk.Now().Sub(s.p.epoch) }
+func (s *Sock) rackNow() time.Duration { return s.now().Sub(s.p.epoch) }
 
 // sendStamp is the send time of a segment going out now, strictly after
 // the previous one's: sends within one clock tick keep their order, so
@@ -446,7 +446,7 @@ func (s *Sock) rackDetect() (lost bool) {
 		x = header.SeqMax(x, sr.end)
 	}
 	if timeout > 0 {
-		s.rackTimer.Reset(timeout)
+		s.rackTimer.ResetAt(s.now().Add(timeout))
 	} else {
 		s.rackTimer.Stop()
 	}
@@ -491,7 +491,7 @@ func (s *Sock) isSacked(seq uint32) bool {
 // whose time is up are lost, recovery starts or resends them.
 func (s *Sock) rackFired() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlockNotify()
 	if s.rackTimer.Armed() || !s.state.synchronized() || s.state == TimeWait || s.sndUna == s.sndMax {
 		return
 	}
@@ -571,7 +571,7 @@ func (s *Sock) tlpRepaired() {
 	s.cs.Ssthresh = s.ca.SSThresh(&s.cs)
 	s.cs.Cwnd = max(s.cs.Ssthresh, 1)
 	s.cs.CwndCnt = 0
-	s.ca.OnEvent(&s.cs, cc.EventRecoveryExit, s.p.clk.Now())
+	s.ca.OnEvent(&s.cs, cc.EventRecoveryExit, s.now())
 }
 
 // rtoRecoveryCheck ends RTO recovery once SND.UNA passed the point the

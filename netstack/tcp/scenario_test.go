@@ -315,6 +315,33 @@ func TestRTOBackoffTiming(t *testing.T) {
 	}
 }
 
+// RFC 9293 §3.10.7.4: a segment is acceptable only at or beyond RCV.NXT,
+// and an unacceptable one's ACK field is never read. After a timeout we
+// resend from SND.UNA (go-back-N: SND.NXT back at SND.UNA) though the peer
+// may have everything up to SND.MAX; our pure ACKs must then be numbered
+// SND.MAX (BSD tcp_output, Linux tcp_acceptable_seq), or a peer that did
+// the same to us and we would drop each other's ACKs for ever.
+func TestPureACKAfterTimeoutCarriesSndMax(t *testing.T) {
+	c := newPeer(t, Config{NoTimestamps: true, NoSACK: true})
+	s := c.establishPassive(header.TCPOptions{HasMSS: true, MSS: 1000})
+	s.Write(make([]byte, 3000))
+	if out := c.Out(); len(out) != 3 {
+		t.Fatalf("sent %v, want 3 segments", out) // the peer gets all and sends no ACK
+	}
+	sndMax := c.IRS + 1 + 3000
+	r := c.ExpectAt(c.now()+MinRTO, "retransmission from SND.UNA")
+	if r.seq != c.IRS+1 || len(r.data) != 1000 {
+		t.Fatalf("retransmission %v", r)
+	}
+	// The peer's own data (its ACK field acknowledges nothing new):
+	// we ACK it with a pure ACK the peer can accept.
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.IRS + 1).Data([]byte("x")))
+	a := c.Expect("ACK of the peer's data")
+	if len(a.data) != 0 || a.ack != c.ISS+2 || a.seq != sndMax {
+		t.Fatalf("pure ACK %v, want seq SND.MAX %d", a, sndMax)
+	}
+}
+
 // RFC 6298 §5.3 and Karn's rule: an ACK of new data restarts the timer
 // and clears the backoff.
 func TestAckResetsBackoff(t *testing.T) {

@@ -93,8 +93,8 @@ type Sock struct {
 	sndWnd, maxSndWnd           uint32
 	sndWl1, sndWl2              uint32
 	sndWscale                   uint8
-	sndBuf                      ring   // bytes from bufSeq on, unacknowledged or unsent
-	bufSeq                      uint32 // sequence number of sndBuf's first byte
+	sndBuf                      sndQueue // bytes from bufSeq on, unacknowledged or unsent (sndq.go)
+	bufSeq                      uint32   // sequence number of sndBuf's first byte
 	sndBufLimit                 int
 	finQueued                   bool // the user shut the write side: FIN after the data
 	mss                         int  // effective send MSS (data bytes per segment)
@@ -107,12 +107,15 @@ type Sock struct {
 	// SO_MARK, put on every segment (MarkDivert for DialTransparent).
 	transparent bool
 	mark        uint32
+	// intercepted: the child of an Interceptor's Request (a passive
+	// open without a listener; counted in PassiveOpens when established).
+	intercepted bool
 
 	// Receive sequence space.
 	irs, rcvNxt  uint32
 	rcvWscale    uint8
-	rcvAdv       uint32 // right edge of the window we advertised (rcv_wup + rcv_wnd)
-	rcvBuf       ring
+	rcvAdv       uint32   // right edge of the window we advertised (rcv_wup + rcv_wnd)
+	rcvq         rcvQueue // in-order bytes for the reader (rcvq.go)
 	rcvBufLimit  int
 	rcvAutoOff   bool      // SO_RCVBUF set: no auto-tuning
 	rcvqCopied   int       // bytes read since rcvqTime
@@ -171,6 +174,31 @@ type Sock struct {
 	unackedBytes int
 	quickAcks    int
 
+	// Receive batches (notify.go): rxBatch is the batch of the segment
+	// being processed, set by rcv; inBatch: s is registered with a batch
+	// whose end runs FlushBatch; ackDeferred: the ACK goes out then.
+	rxBatch     *buf.Batch
+	inBatch     bool
+	ackDeferred bool
+	// notify is the owner's event callback (SetNotify), events what was
+	// raised since the last delivery.
+	notify func(Event)
+	events Event
+	// nowT is the clock read once for the operation in progress (rcv
+	// takes its batch's time; ReadTo, WriteFrom, Read and Write read it
+	// once): nowOK says it is valid; cleared before the lock is released
+	// (now, nowScope).
+	nowT  time.Time
+	nowOK bool
+	// lastRcv is when the peer last sent us a segment, for keepalive
+	// (armKeepalive); kaArmed says the keepalive timer runs.
+	lastRcv time.Time
+	kaArmed bool
+	// reading: a ReadTo callback is using the receive queue's bytes
+	// without the lock (releasing it waits: rcvqDeferRelease); writing:
+	// a WriteFrom callback is filling reserved send queue space.
+	reading, rcvqDeferRelease, writing bool
+
 	// User side.
 	nodelay, cork bool
 	rdShut        bool // the user will not read (shutdown RD or Close)
@@ -210,6 +238,25 @@ func (p *Proto) NewSock() *Sock {
 	return s
 }
 
+// now is the current time: the operation's cached reading inside a
+// nowScope (tcp_mstamp, which Linux refreshes once per receive and per
+// transmit), else the clock.
+func (s *Sock) now() time.Time {
+	if s.nowOK {
+		return s.nowT
+	}
+	return s.p.clk.Now()
+}
+
+// nowScope makes now return t until nowEnd; s.mu is held and must not
+// be released before nowEnd.
+func (s *Sock) nowScope(t time.Time) { s.nowT, s.nowOK = t, true }
+
+func (s *Sock) nowEnd() { s.nowOK = false }
+
+// tsNow is the timestamp clock (RFC 7323 §5.4: 1 ms ticks).
+func (s *Sock) tsNow() uint32 { return uint32(s.now().Sub(s.p.epoch).Milliseconds()) }
+
 func (s *Sock) setState(st State) {
 	s.state = st
 	s.stateA.Store(uint32(st))
@@ -226,7 +273,7 @@ func (s *Sock) initCC() {
 	}
 	s.ca = a
 	s.cs = cc.State{Cwnd: cc.InitialWindow, Ssthresh: 1 << 30}
-	s.ca.Init(&s.cs, s.p.clk.Now())
+	s.ca.Init(&s.cs, s.now())
 }
 
 // done moves to CLOSED, stops every timer, frees the queues and leaves
@@ -239,7 +286,7 @@ func (s *Sock) done(err error) {
 	s.setState(Closed)
 	s.rtxTimer.Stop()
 	s.delackTimer.Stop()
-	s.kaTimer.Stop()
+	s.kaStop()
 	s.rackTimer.Stop()
 	s.rackRelease()
 	for i := range s.ofo {
@@ -248,13 +295,13 @@ func (s *Sock) done(err error) {
 	s.ofo = nil
 	s.sndBuf.release()
 	if s.orphan {
-		s.rcvBuf.release()
+		s.releaseRcvq()
 	}
 	s.p.unhash(s)
 	if prev == SynReceived && s.parent != nil {
 		s.leaveParent()
 	}
-	s.cond.Broadcast()
+	s.wake(EventReadable | EventWritable)
 }
 
 // rcvMaxSpace is the most the receive buffer may grow to: the window
@@ -274,7 +321,7 @@ func (s *Sock) rcvAutotune(n int) {
 		return
 	}
 	s.rcvqCopied += n
-	now := s.p.clk.Now()
+	now := s.now()
 	if s.rcvqTime.IsZero() {
 		s.rcvqTime = now
 		return
@@ -295,7 +342,7 @@ func (s *Sock) rcvAutotune(n int) {
 // never moving the right edge we advertised back (RFC 9293 §3.8.6.2.2:
 // "the window SHOULD NOT be shrunk").
 func (s *Sock) rcvWnd() uint32 {
-	free := s.rcvBufLimit - s.rcvBuf.len()
+	free := s.rcvBufLimit - s.rcvq.len()
 	if free < 0 {
 		free = 0
 	}
@@ -326,6 +373,6 @@ func (s *Sock) String() string {
 	defer s.mu.Unlock()
 	return fmt.Sprintf("%v:%d>%v:%d %v una=%d nxt=%d max=%d end=%d wnd=%d cwnd=%d ssthresh=%d rcvnxt=%d rcvbuf=%d ofo=%d rto=%v backoff=%d rec=%v fin=%v/%v err=%v adv=%d wl1=%d wl2=%d",
 		s.id.laddr, s.id.lport, s.id.raddr, s.id.rport, s.state, s.sndUna-s.iss, s.sndNxt-s.iss, s.sndMax-s.iss,
-		s.dataEnd()-s.iss, s.sndWnd, s.cs.Cwnd, s.cs.Ssthresh, s.rcvNxt-s.irs, s.rcvBuf.len(), len(s.ofo), s.rto,
+		s.dataEnd()-s.iss, s.sndWnd, s.cs.Cwnd, s.cs.Ssthresh, s.rcvNxt-s.irs, s.rcvq.len(), len(s.ofo), s.rto,
 		s.backoff, s.inRecovery, s.finQueued, s.finRcvd, s.err, s.rcvAdv-s.irs, s.sndWl1-s.irs, s.sndWl2-s.iss)
 }

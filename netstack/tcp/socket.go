@@ -3,6 +3,7 @@ package tcp
 import (
 	"context"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -23,7 +24,7 @@ import (
 // it returns os.ErrDeadlineExceeded once deadline passed. s.mu is held.
 func (s *Sock) wait(deadline time.Time) error {
 	if !deadline.IsZero() {
-		if !s.p.clk.Now().Before(deadline) {
+		if !s.now().Before(deadline) {
 			return os.ErrDeadlineExceeded
 		}
 		if d := s.dlTimer.Deadline(); d.IsZero() || deadline.Before(d) {
@@ -234,13 +235,15 @@ func (s *Sock) Read(b []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
-		if s.rcvBuf.len() > 0 {
+		if s.rcvq.len() > 0 && !s.reading {
 			if len(b) == 0 {
 				return 0, nil
 			}
-			n := s.rcvBuf.read(b)
+			n := s.rcvq.read(b)
+			s.nowScope(s.p.clk.Now())
 			s.rcvAutotune(n)
 			s.rcvSpaceFreed()
+			s.nowEnd()
 			return n, nil
 		}
 		switch {
@@ -263,19 +266,93 @@ func (s *Sock) Read(b []byte) (int, error) {
 	}
 }
 
+// readErr is what a read of an empty receive queue returns (tcp_recvmsg
+// without data): the connection's error, EOF after the peer's FIN or our
+// shutdown, ENOTCONN when closed, else nil (the read would wait).
+func (s *Sock) readErr() error {
+	switch {
+	case s.err != nil:
+		return s.err
+	case s.rdShut && s.orphan:
+		return net.ErrClosed
+	case s.finRcvd || s.rdShut:
+		return io.EOF
+	case s.state == Closed:
+		return syscall.ENOTCONN
+	}
+	return nil
+}
+
+// ReadTo hands the queued in-order bytes to w as they lie in the received
+// SKBs, without copying them (a relay writev(2)s them to its host socket),
+// and consumes the n bytes w reports; at most len(v) slices, which ReadTo
+// fills and clears again. It never blocks: with nothing queued it returns
+// the connection's error, io.EOF after the peer's FIN, or EAGAIN. w runs
+// without the socket lock, so receive goes on meanwhile; its slices stay
+// valid until it returns (a Close in the meantime frees them afterwards).
+// One reader at a time: Read waits while a ReadTo's w runs.
+func (s *Sock) ReadTo(v [][]byte, w func([][]byte) (int, error)) (int, error) {
+	s.mu.Lock()
+	if s.rcvq.len() == 0 || len(v) == 0 {
+		err := s.readErr()
+		if err == nil {
+			err = syscall.EAGAIN
+		}
+		s.mu.Unlock()
+		return 0, err
+	}
+	if s.reading {
+		s.mu.Unlock()
+		return 0, syscall.EALREADY
+	}
+	k, total := s.rcvq.peek(v, math.MaxInt)
+	s.reading = true
+	s.mu.Unlock()
+
+	n, err := w(v[:k])
+	clear(v[:k])
+	n = min(max(n, 0), total)
+
+	s.mu.Lock()
+	s.reading = false
+	if s.rcvqDeferRelease {
+		s.rcvqDeferRelease = false
+		s.rcvq.release()
+	} else if n > 0 {
+		s.nowScope(s.p.clk.Now())
+		s.rcvq.discard(n)
+		s.rcvAutotune(n)
+		s.rcvSpaceFreed()
+		s.nowEnd()
+	}
+	s.cond.Broadcast() // a Read waiting for the queue
+	s.mu.Unlock()
+	return n, err
+}
+
+// releaseRcvq frees the receive queue now, or when a ReadTo's callback
+// stops using its bytes.
+func (s *Sock) releaseRcvq() {
+	if s.reading {
+		s.rcvqDeferRelease = true
+		return
+	}
+	s.rcvq.release()
+}
+
 // rcvSpaceFreed is tcp_cleanup_rbuf: after a read, send a window update
 // when the window grew enough to matter — RFC 9293 §3.8.6.2.2 receiver
 // SWS avoidance: by min(RCV.BUFF/2, Eff.snd.MSS) at least, and (as
 // Linux) when the new window at least doubles the advertised one.
 func (s *Sock) rcvSpaceFreed() {
-	if !s.state.synchronized() || s.finRcvd {
-		return
+	if !s.state.synchronized() || s.finRcvd || s.ackDeferred {
+		return // the batch's deferred ACK carries the window
 	}
 	adv := int(int32(s.rcvAdv - s.rcvNxt))
 	if adv < 0 {
 		adv = 0
 	}
-	free := s.rcvBufLimit - s.rcvBuf.len()
+	free := s.rcvBufLimit - s.rcvq.len()
 	if free-adv >= min(s.rcvBufLimit/2, s.mss) && free >= 2*adv {
 		s.sendAck()
 	}
@@ -306,6 +383,11 @@ func (s *Sock) Write(b []byte) (int, error) {
 				return total, syscall.ENOTCONN
 			}
 			return total, syscall.EPIPE
+		case s.writing:
+			if err := s.wait(s.wrDeadline); err != nil {
+				return total, err
+			}
+			continue
 		}
 		space := s.sndBufLimit - s.sndBuf.len()
 		if space <= 0 {
@@ -321,12 +403,99 @@ func (s *Sock) Write(b []byte) (int, error) {
 			continue
 		}
 		n := min(space, len(b))
-		s.sndBuf.write(b[:n], s.sndBufLimit)
+		s.sndBuf.write(b[:n], s.chunkGoal())
 		b = b[n:]
 		total += n
+		s.nowScope(s.p.clk.Now())
 		s.writeXmit()
+		s.nowEnd()
 	}
 	return total, nil
+}
+
+// writeErr is what a write finds when the connection cannot take data
+// (Write's checks), nil when it can.
+func (s *Sock) writeErr() error {
+	switch {
+	case s.err != nil:
+		return s.err
+	case s.wrShut:
+		if s.orphan {
+			return net.ErrClosed
+		}
+		return syscall.EPIPE
+	case s.state == SynSent || s.state == SynReceived:
+		return syscall.EAGAIN
+	case s.state != Established && s.state != CloseWait:
+		if s.state == Closed && !s.hashed && s.sndMax == 0 {
+			return syscall.ENOTCONN
+		}
+		return syscall.EPIPE
+	}
+	return nil
+}
+
+// WriteFrom lets r fill the send buffer's free space directly (a relay
+// readv(2)s its host socket into it: no copy through a buffer of its
+// own), then queues the n bytes r reports and pushes them out as Write
+// does. r gets the free space as a (the tail chunk's room) and b (a fresh
+// chunk's, or empty), at most the free send buffer space in all, to fill
+// in that order; the bytes land in the chunks that become the segments,
+// so they are not copied again on our side. r runs without the socket
+// lock, so ACKs are processed meanwhile. WriteFrom never blocks: with no space it returns
+// EAGAIN, on a connection that cannot send Write's error. A connection
+// that ends while r runs drops what r read. One writer at a time: Write
+// waits while a WriteFrom's r runs.
+func (s *Sock) WriteFrom(r func(a, b []byte) (int, error)) (int, error) {
+	s.mu.Lock()
+	if err := s.writeErr(); err != nil {
+		s.mu.Unlock()
+		return 0, err
+	}
+	if s.writing {
+		s.mu.Unlock()
+		return 0, syscall.EALREADY
+	}
+	space := s.sndBufLimit - s.sndBuf.len()
+	if space <= 0 {
+		s.mu.Unlock()
+		return 0, syscall.EAGAIN
+	}
+	a, b := s.sndBuf.reserve(space, s.chunkGoal())
+	s.writing = true
+	s.mu.Unlock()
+
+	n, rerr := r(a, b)
+	n = min(max(n, 0), len(a)+len(b))
+
+	s.mu.Lock()
+	s.writing = false
+	if err := s.writeErr(); err != nil && n > 0 {
+		s.sndBuf.commit(0)
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		return 0, err
+	}
+	s.sndBuf.commit(n)
+	if n > 0 {
+		s.nowScope(s.p.clk.Now())
+		s.writeXmit()
+		s.nowEnd()
+	}
+	s.cond.Broadcast() // a Write waiting for the ring
+	s.mu.Unlock()
+	return n, rerr
+}
+
+// SendSpace is the free send buffer space a WriteFrom would offer now (0
+// when the connection cannot take data).
+func (s *Sock) SendSpace() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.writeErr() != nil {
+		return 0
+	}
+	return max(s.sndBufLimit-s.sndBuf.len(), 0)
 }
 
 // Shutdown is tcp_shutdown: read closes the receive side (further reads
@@ -389,15 +558,15 @@ func (s *Sock) Close() error {
 		return nil
 	case Closed:
 		s.p.unhash(s)
-		s.rcvBuf.release()
+		s.releaseRcvq()
 		return nil
 	case SynSent:
 		s.wrShut = true
 		s.done(nil)
 		return nil
 	}
-	if s.rcvBuf.len() > 0 || s.lingerZero {
-		if s.rcvBuf.len() > 0 {
+	if s.rcvq.len() > 0 || s.lingerZero {
+		if s.rcvq.len() > 0 {
 			s.p.count(TCPAbortOnClose)
 		}
 		if s.state != TimeWait {
@@ -407,10 +576,10 @@ func (s *Sock) Close() error {
 		s.done(nil)
 		return nil
 	}
-	s.rcvBuf.release()
+	s.releaseRcvq()
 	s.shutdownWrite()
 	if s.state == FinWait2 {
-		s.kaTimer.Reset(s.p.cfg.FinTimeout)
+		s.kaReset(s.p.cfg.FinTimeout)
 	}
 	return nil
 }
@@ -481,8 +650,11 @@ func (s *Sock) SetKeepAlive(on bool, idle, intvl time.Duration, count int) {
 	}
 	if on {
 		s.armKeepalive()
+		if s.keepalive && s.state.synchronized() && s.state != TimeWait {
+			s.kaReset(s.keepIdle) // a new idle time counts from now
+		}
 	} else if s.state != TimeWait && s.state != FinWait2 {
-		s.kaTimer.Stop()
+		s.kaStop()
 	}
 }
 
@@ -529,7 +701,7 @@ func (s *Sock) RemoteAddr() netip.AddrPort {
 func (s *Sock) Buffered() (in, out int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.rcvBuf.len(), s.sndBuf.len()
+	return s.rcvq.len(), s.sndBuf.len()
 }
 
 // Info is a TCP_INFO-like snapshot (struct tcp_info).

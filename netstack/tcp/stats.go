@@ -54,6 +54,7 @@ const (
 	InterceptRefused
 	InterceptNoInterceptor
 	TWReopened
+	TCPZeroCopySegs
 	numCounters
 )
 
@@ -69,7 +70,7 @@ var counterNames = [numCounters]string{
 	"TcpExtTCPECNReduce", "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery", "TcpExtTCPACKSkippedSeq",
 	"TcpExtTCPLostRetransmit", "TcpExtTCPSACKReorder", "TcpExtTCPDSACKRecv",
 	"TcpExtInterceptRequests", "TcpExtInterceptSynDups", "TcpExtInterceptOverflows", "TcpExtInterceptRefused",
-	"TcpExtInterceptNoInterceptor", "TcpExtTWReopened",
+	"TcpExtInterceptNoInterceptor", "TcpExtTWReopened", "TcpExtTCPZeroCopySegs",
 }
 
 // String is the nstat name.

@@ -28,13 +28,13 @@ func (s *Sock) backedOffRTO() time.Duration {
 // armRTO is RFC 6298 §5.1/§5.3: (re)start the timer to fire after RTO.
 func (s *Sock) armRTO() {
 	s.rtxMode = rtxRetrans
-	s.rtxTimer.Reset(s.backedOffRTO())
+	s.rtxTimer.ResetAt(s.now().Add(s.backedOffRTO()))
 }
 
 // armProbe starts the persist timer (tcp_reset_xmit_timer(ICSK_TIME_PROBE0)).
 func (s *Sock) armProbe() {
 	s.rtxMode = rtxProbe
-	s.rtxTimer.Reset(s.backedOffRTO())
+	s.rtxTimer.ResetAt(s.now().Add(s.backedOffRTO()))
 }
 
 // rttSample is RFC 6298 §2.2/§2.3: update SRTT, RTTVAR and RTO from one
@@ -65,7 +65,7 @@ func (s *Sock) rttSample(r time.Duration) {
 // rtxFired is tcp_retransmit_timer / tcp_probe_timer.
 func (s *Sock) rtxFired() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlockNotify()
 	if s.rtxTimer.Armed() {
 		return // re-armed after this expiry was taken
 	}
@@ -111,7 +111,7 @@ func (s *Sock) rtxFired() {
 		return
 	}
 	s.p.count(TCPTimeouts)
-	now := s.p.clk.Now()
+	now := s.now()
 	if s.state.synchronized() {
 		// RFC 5681 §3.1 eq. 4 on a timeout, then cwnd = 1 (the loss
 		// window); go back to SND.UNA and resend as the window opens
@@ -173,7 +173,7 @@ func (s *Sock) armRTOorPTO() {
 		}
 		if pto < s.rto {
 			s.rtxMode = rtxTLP
-			s.rtxTimer.Reset(pto)
+			s.rtxTimer.ResetAt(s.now().Add(pto))
 			return
 		}
 	}
@@ -189,7 +189,7 @@ func (s *Sock) tlpFired() {
 		return
 	}
 	s.p.count(TCPLossProbes)
-	now := s.p.clk.Now()
+	now := s.now()
 	end := s.dataEnd()
 	avail := int(int32(end - s.sndNxt))
 	wndLeft := int(int32(s.sndUna + s.sndWnd - s.sndNxt))
@@ -232,7 +232,7 @@ func (s *Sock) probeTimer() {
 		if n == avail {
 			flags |= header.PSH
 		}
-		s.sendSeg(s.sndNxt, n, flags, s.p.clk.Now())
+		s.sendSeg(s.sndNxt, n, flags, s.now())
 		s.armRTO()
 		return
 	}
@@ -257,17 +257,25 @@ func (s *Sock) probeTimer() {
 // §3.8.6.3 (MUST-58/SHOULD-40): ACK at least every second full-sized
 // segment, otherwise within the delayed ACK timeout; at once during
 // quick-ack at the start and when asked (out of order, FIN).
+//
+// The ACK due at once goes out at the end of the receive batch when the
+// segment came in one (FlushBatch): one ACK per batch for a burst of
+// in-order segments, carrying the window the reader left.
 func (s *Sock) scheduleAck(now bool) {
 	s.ackPending = true
 	if now || s.quickAcks > 0 || s.unackedBytes >= 2*max(s.rcvMSS, s.mss) {
 		if s.quickAcks > 0 {
 			s.quickAcks--
 		}
+		if s.deferToBatch() {
+			s.ackDeferred = true
+			return
+		}
 		s.sendAck()
 		return
 	}
 	if !s.delackTimer.Armed() {
-		s.delackTimer.Reset(delAckTimeout)
+		s.delackTimer.ResetAt(s.now().Add(delAckTimeout))
 	}
 }
 
@@ -286,7 +294,8 @@ func (s *Sock) delackFired() {
 // RFC 1122 §4.2.3.6: off by default, idle at least two hours).
 func (s *Sock) kaFired() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlockNotify()
+	s.kaArmed = false
 	switch s.state {
 	case TimeWait:
 		s.done(nil)
@@ -302,8 +311,18 @@ func (s *Sock) kaFired() {
 	}
 	if s.sndMax != s.sndUna || s.dataEnd() != s.sndUna {
 		// Data in flight: the retransmission timer watches the peer.
-		s.kaTimer.Reset(s.keepIdle)
+		s.kaReset(s.keepIdle)
 		return
+	}
+	if s.keepProbes == 0 {
+		// The peer was heard from since the timer was armed
+		// (armKeepalive does not re-arm per segment): wait out the
+		// rest of the idle time, as Linux's tcp_keepalive_timer does
+		// with keepalive_time_elapsed.
+		if idle := s.now().Sub(s.lastRcv); idle < s.keepIdle {
+			s.kaReset(s.keepIdle - idle)
+			return
+		}
 	}
 	if s.keepProbes >= s.keepCnt {
 		// RFC 1122 §4.2.3.6: a dead peer ends the connection; Linux
@@ -317,15 +336,33 @@ func (s *Sock) kaFired() {
 	s.p.count(TCPKeepAlive)
 	_ = s.transmit(s.sndNxt-1, 0, header.ACK)
 	s.keepProbes++
-	s.kaTimer.Reset(s.keepIntvl)
+	s.kaReset(s.keepIntvl)
 }
 
-// armKeepalive restarts the idle timer after traffic from the peer.
+// armKeepalive notes traffic from the peer: the idle time restarts. The
+// timer is armed if it is not; a running one is left alone and, when it
+// fires, waits out the rest of the idle time since lastRcv (kaFired), so
+// a busy connection does not re-arm a timer per segment.
 func (s *Sock) armKeepalive() {
 	s.keepProbes = 0
 	if s.keepalive && s.state.synchronized() && s.state != TimeWait {
-		s.kaTimer.Reset(s.keepIdle)
+		s.lastRcv = s.now()
+		if !s.kaArmed {
+			s.kaReset(s.keepIdle)
+		}
 	}
+}
+
+// kaReset arms the keepalive timer (also TIME-WAIT's and FIN-WAIT-2's)
+// d from now; kaStop stops it.
+func (s *Sock) kaReset(d time.Duration) {
+	s.kaArmed = true
+	s.kaTimer.ResetAt(s.now().Add(d))
+}
+
+func (s *Sock) kaStop() {
+	s.kaArmed = false
+	s.kaTimer.Stop()
 }
 
 // enterTimeWait is tcp_time_wait: RFC 9293 §3.10.7.4: stay 2 MSL so a
@@ -337,8 +374,8 @@ func (s *Sock) enterTimeWait() {
 	s.rackTimer.Stop()
 	s.rackRelease()
 	s.sndBuf.release()
-	s.kaTimer.Reset(s.p.cfg.TimeWait)
-	s.cond.Broadcast()
+	s.kaReset(s.p.cfg.TimeWait)
+	s.wake(EventReadable | EventWritable)
 }
 
 // deadlineFired wakes every waiter so each rechecks its deadline.

@@ -39,6 +39,13 @@ func pattern(b []byte, off int) {
 // and checks the SHA-256 on arrival; it returns the simulated duration.
 func transfer(t *testing.T, w *wire, size int, both bool) time.Duration {
 	t.Helper()
+	return transferWith(t, w, size, both, false)
+}
+
+// transferWith is transfer through Write and Read, or with vec through
+// WriteFrom and ReadTo (the relay's calls, no copy on our side).
+func transferWith(t *testing.T, w *wire, size int, both, vec bool) time.Duration {
+	t.Helper()
 	c, s := w.connect()
 	start := w.clk.Now()
 	type dir struct {
@@ -63,12 +70,28 @@ func transfer(t *testing.T, w *wire, size int, both bool) time.Duration {
 		for _, d := range dirs {
 			for d.sent < size {
 				n := min(len(buf), size-d.sent)
-				pattern(buf[:n], d.sent)
-				m, err := d.from.Write(buf[:n])
-				if m > 0 {
-					d.wsum.write(buf[:m])
-					d.sent += m
+				var m int
+				var err error
+				if vec {
+					m, err = d.from.WriteFrom(func(a, b []byte) (int, error) {
+						k := 0
+						for _, b := range [][]byte{a, b} {
+							c := min(len(b), size-d.sent-k)
+							pattern(b[:c], d.sent+k)
+							d.wsum.write(b[:c])
+							k += c
+						}
+						return k, nil
+					})
+					n = m + 1 // loop while it took something
+				} else {
+					pattern(buf[:n], d.sent)
+					m, err = d.from.Write(buf[:n])
+					if m > 0 {
+						d.wsum.write(buf[:m])
+					}
 				}
+				d.sent += m
 				if err != nil || m < n {
 					break
 				}
@@ -80,11 +103,28 @@ func transfer(t *testing.T, w *wire, size int, both bool) time.Duration {
 				d.closed = true
 			}
 			for !d.eof {
-				n, err := d.to.Read(rb)
-				if n > 0 {
-					d.rsum.write(rb[:n])
-					d.rcvd += n
+				var n int
+				var err error
+				if vec {
+					var v [4][]byte
+					n, err = d.to.ReadTo(v[:], func(v [][]byte) (int, error) {
+						k := 0
+						for i, b := range v {
+							if i == 3 {
+								b = b[:len(b)/2] // consume part of a slice too
+							}
+							d.rsum.write(b)
+							k += len(b)
+						}
+						return k, nil
+					})
+				} else {
+					n, err = d.to.Read(rb)
+					if n > 0 {
+						d.rsum.write(rb[:n])
+					}
 				}
+				d.rcvd += n
 				if err != nil {
 					if err.Error() == "EOF" {
 						d.eof = true
@@ -125,25 +165,27 @@ var _ = rand.N[int]
 // Transfers with the checksum verified, under each fault of the issue.
 func TestTransferUnderFaults(t *testing.T) {
 	size := transferBytes(t)
+	// vec: the relay's calls (WriteFrom, ReadTo) instead of Write and Read.
 	for _, tc := range []struct {
-		name string
-		cfg  wireCfg
-		both bool
+		name      string
+		cfg       wireCfg
+		both, vec bool
 	}{
-		{"clean", wireCfg{delay: time.Millisecond}, true},
-		{"bottleneck", wireCfg{delay: 5 * time.Millisecond, rate: 12.5e6, queue: 64}, false},
-		{"loss1%", wireCfg{delay: 2 * time.Millisecond, loss: 0.01, bothWays: true}, true},
-		{"loss5%", wireCfg{delay: 2 * time.Millisecond, loss: 0.05, bothWays: true}, true},
-		{"reorder", wireCfg{delay: 2 * time.Millisecond, reorder: 0.05, reorderBy: 3 * time.Millisecond}, false},
-		{"duplicate", wireCfg{delay: 2 * time.Millisecond, dup: 0.05}, false},
-		{"corrupt", wireCfg{delay: 2 * time.Millisecond, corrupt: 0.02, bothWays: true}, false},
-		{"all", wireCfg{delay: 2 * time.Millisecond, loss: 0.01, dup: 0.01, reorder: 0.01, reorderBy: 2 * time.Millisecond, corrupt: 0.01, bothWays: true}, true},
+		{"clean", wireCfg{delay: time.Millisecond}, true, false},
+		{"bottleneck", wireCfg{delay: 5 * time.Millisecond, rate: 12.5e6, queue: 64}, false, true},
+		{"loss1%", wireCfg{delay: 2 * time.Millisecond, loss: 0.01, bothWays: true}, true, true},
+		{"loss5%", wireCfg{delay: 2 * time.Millisecond, loss: 0.05, bothWays: true}, true, false},
+		{"reorder", wireCfg{delay: 2 * time.Millisecond, reorder: 0.05, reorderBy: 3 * time.Millisecond}, false, true},
+		{"duplicate", wireCfg{delay: 2 * time.Millisecond, dup: 0.05}, false, false},
+		{"corrupt", wireCfg{delay: 2 * time.Millisecond, corrupt: 0.02, bothWays: true}, false, true},
+		{"all", wireCfg{delay: 2 * time.Millisecond, loss: 0.01, dup: 0.01, reorder: 0.01, reorderBy: 2 * time.Millisecond, corrupt: 0.01, bothWays: true}, true, true},
+		{"all-copy", wireCfg{delay: 2 * time.Millisecond, loss: 0.01, dup: 0.01, reorder: 0.01, reorderBy: 2 * time.Millisecond, corrupt: 0.01, bothWays: true}, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.seed = 1
 			w := newWire(t, tc.cfg, Config{})
 			wall := time.Now()
-			sim := transfer(t, w, size, tc.both)
+			sim := transferWith(t, w, size, tc.both, tc.vec)
 			t.Logf("%d MiB: simulated %v, wall %v, a→b %+v, b→a %+v, retrans a=%d b=%d",
 				size>>20, sim, time.Since(wall).Round(time.Millisecond), w.stats[0], w.stats[1],
 				w.a.Counter(RetransSegs), w.b.Counter(RetransSegs))

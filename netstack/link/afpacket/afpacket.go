@@ -22,6 +22,8 @@ const (
 	DefaultBatchSize = 64
 	// MaxBatchSize bounds BatchSize (and the preallocated rings).
 	MaxBatchSize = 1024
+	// MaxQueues bounds Config.Queues.
+	MaxQueues = 16
 	// DefaultSockBuf is the socket send and receive buffer, in bytes.
 	DefaultSockBuf = 4 << 20
 	// rxHeadroom is reserved before each received frame, which starts at
@@ -85,9 +87,37 @@ type Config struct {
 	// is up to BusyPoll of CPU per empty read, so an idle link still
 	// sleeps. 0 is off; at most MaxBusyPoll.
 	BusyPoll time.Duration
+	// Queues is the number of receive queues: that many sockets bound
+	// to the interface in one PACKET_FANOUT group that hashes flows
+	// (PACKET_FANOUT_HASH, IP fragments reassembled first), so a flow's
+	// frames always reach the same socket and each queue can be read by
+	// its own goroutine (link.MultiQueue). 0 or 1 is one socket; at most
+	// MaxQueues. The receive slots (and the memory they pin) are shared
+	// out among the queues.
+	Queues int
 }
 
-// Endpoint is an AF_PACKET link. It implements link.Endpoint.
+// rxQueue is one receive socket: slot i's SKB holds frameSize bytes of
+// data that iov[i] points at; msgs[i] points at iov[i]. Guarded by mu.
+type rxQueue struct {
+	f  *os.File
+	rc syscall.RawConn
+
+	mu   sync.Mutex
+	skbs []*buf.SKB
+	iov  []unix.Iovec // two per slot with vnet headers: header, frame
+	hdr  []vnetHdr
+	msgs []unix.Mmsghdr
+	vlen int
+	n    int
+	err  unix.Errno
+	fn   func(fd uintptr) bool // q.recv, bound once so a read allocates nothing
+	try  func(fd uintptr) bool // q.tryRecv, likewise
+	none bool                  // tryRecv found the socket empty
+}
+
+// Endpoint is an AF_PACKET link. It implements link.Endpoint and
+// link.MultiQueue.
 type Endpoint struct {
 	info       ifInfo
 	frameSize  int
@@ -97,24 +127,11 @@ type Endpoint struct {
 	busyPoll   time.Duration
 	maxPollers int32 // maxBusyPollers at Open
 
-	f      *os.File
-	rc     syscall.RawConn
 	closed atomic.Bool
 	once   sync.Once
 
-	// Receive ring: slot i's SKB holds frameSize bytes of data that
-	// rxIov[i] points at; rxMsgs[i] points at rxIov[i]. Guarded by rxMu.
-	rxMu   sync.Mutex
-	rxSkbs []*buf.SKB
-	rxIov  []unix.Iovec // two per slot with vnet headers: header, frame
-	rxHdr  []vnetHdr
-	rxMsgs []unix.Mmsghdr
-	rxVlen int
-	rxN    int
-	rxErr  unix.Errno
-	rxFn   func(fd uintptr) bool // e.recv, bound once so a read allocates nothing
-	rxTry  func(fd uintptr) bool // e.tryRecv, likewise
-	rxNone bool                  // tryRecv found the socket empty
+	// Receive queues; rxq[0]'s socket also transmits.
+	rxq []*rxQueue
 
 	// Transmit: txSkbs[:txLen] are the frames of the batch being sent.
 	// Guarded by txMu.
@@ -152,9 +169,20 @@ func Open(cfg Config) (*Endpoint, error) {
 	if cfg.BusyPoll < 0 || cfg.BusyPoll > MaxBusyPoll {
 		return nil, fmt.Errorf("afpacket: BusyPoll %v not in [0, %v]", cfg.BusyPoll, MaxBusyPoll)
 	}
-	fd, info, err := openInNetNS(cfg.NetNS, &cfg)
+	if cfg.Queues <= 0 {
+		cfg.Queues = 1
+	}
+	if cfg.Queues > MaxQueues {
+		return nil, fmt.Errorf("afpacket: Queues %d > %d", cfg.Queues, MaxQueues)
+	}
+	fds, info, err := openInNetNS(cfg.NetNS, &cfg)
 	if err != nil {
 		return nil, err
+	}
+	closeAll := func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
 	}
 	vnet := !cfg.NoVnetHdr
 	frameSize := cfg.FrameSize
@@ -166,45 +194,57 @@ func Open(cfg Config) (*Endpoint, error) {
 		}
 	}
 	if frameSize < ethHdrLen {
-		unix.Close(fd)
+		closeAll()
 		return nil, fmt.Errorf("afpacket: FrameSize %d below an Ethernet header", frameSize)
-	}
-	f := os.NewFile(uintptr(fd), "afpacket:"+info.name)
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("afpacket: %w", err)
 	}
 	rxBatch := cfg.BatchSize
 	if vnet && cfg.FrameSize <= 0 {
 		// Each receive slot holds a 64 KiB buffer: fewer slots bound the
-		// memory a link pins (see the package doc).
-		rxBatch = min(rxBatch, vnetRxBatch)
+		// memory a link pins (see the package doc), shared out among
+		// the queues.
+		rxBatch = min(rxBatch, max(vnetRxBatch/cfg.Queues, minVnetRxSlots))
 	}
 	iovPer := 1
 	if vnet {
 		iovPer = 2
 	}
 	e := &Endpoint{
-		info: info, frameSize: frameSize, batch: cfg.BatchSize, f: f, rc: rc,
+		info: info, frameSize: frameSize, batch: cfg.BatchSize,
 		vnet: vnet, iovPer: iovPer, busyPoll: cfg.BusyPoll, maxPollers: maxBusyPollers(),
-		rxSkbs: make([]*buf.SKB, rxBatch),
-		rxIov:  make([]unix.Iovec, rxBatch*iovPer),
-		rxHdr:  make([]vnetHdr, rxBatch),
-		rxMsgs: make([]unix.Mmsghdr, rxBatch),
 		txSkbs: make([]*buf.SKB, cfg.BatchSize),
 		txIov:  make([]unix.Iovec, cfg.BatchSize*iovPer),
 		txHdr:  make([]vnetHdr, cfg.BatchSize),
 		txMsgs: make([]unix.Mmsghdr, cfg.BatchSize),
 	}
-	for i := range e.rxMsgs {
-		e.rxMsgs[i].Hdr.Iov = &e.rxIov[i*iovPer]
-		e.rxMsgs[i].Hdr.SetIovlen(iovPer)
-		if vnet {
-			e.rxIov[i*2].Base = &e.rxHdr[i][0]
-			e.rxIov[i*2].SetLen(vnetHdrLen)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "afpacket:"+info.name)
+		rc, err := f.SyscallConn()
+		if err != nil {
+			f.Close()
+			for _, fd := range fds[i+1:] {
+				unix.Close(fd)
+			}
+			e.closeQueues()
+			return nil, fmt.Errorf("afpacket: %w", err)
 		}
-		e.refill(i)
+		q := &rxQueue{f: f, rc: rc,
+			skbs: make([]*buf.SKB, rxBatch),
+			iov:  make([]unix.Iovec, rxBatch*iovPer),
+			hdr:  make([]vnetHdr, rxBatch),
+			msgs: make([]unix.Mmsghdr, rxBatch),
+		}
+		for i := range q.msgs {
+			q.msgs[i].Hdr.Iov = &q.iov[i*iovPer]
+			q.msgs[i].Hdr.SetIovlen(iovPer)
+			if vnet {
+				q.iov[i*2].Base = &q.hdr[i][0]
+				q.iov[i*2].SetLen(vnetHdrLen)
+			}
+			e.refill(q, i)
+		}
+		q.fn = func(fd uintptr) bool { return e.recv(q, fd) }
+		q.try = func(fd uintptr) bool { return e.tryRecv(q, fd) }
+		e.rxq = append(e.rxq, q)
 	}
 	for i := range e.txMsgs {
 		e.txMsgs[i].Hdr.Iov = &e.txIov[i*iovPer]
@@ -214,11 +254,12 @@ func Open(cfg Config) (*Endpoint, error) {
 			e.txIov[i*2].SetLen(vnetHdrLen)
 		}
 	}
-	e.rxFn = e.recv
-	e.rxTry = e.tryRecv
 	e.txFn = e.send
 	return e, nil
 }
+
+// RxQueues is the number of receive queues (Config.Queues).
+func (e *Endpoint) RxQueues() int { return len(e.rxq) }
 
 // Name is the interface name in its namespace.
 func (e *Endpoint) Name() string { return e.info.name }
@@ -241,43 +282,44 @@ func (e *Endpoint) Caps() link.Caps {
 	return link.CapTxChecksumPartial | link.CapRxChecksum | link.CapGSO | link.CapGRO
 }
 
-// refill gives receive slot i a fresh SKB from buf's pools.
-func (e *Endpoint) refill(i int) {
+// refill gives receive slot i of q a fresh SKB from buf's pools.
+func (e *Endpoint) refill(q *rxQueue, i int) {
 	s := buf.Alloc(rxHeadroom, e.frameSize)
 	p := s.Put(e.frameSize)
-	e.rxSkbs[i] = s
-	iov := &e.rxIov[i*e.iovPer+e.iovPer-1]
+	q.skbs[i] = s
+	iov := &q.iov[i*e.iovPer+e.iovPer-1]
 	iov.Base = &p[0]
 	iov.SetLen(e.frameSize)
 }
 
-// recv runs inside rc.Read; false asks the poller to wait for readability.
-func (e *Endpoint) recv(fd uintptr) bool {
+// recv runs inside q.rc.Read; false asks the poller to wait for
+// readability.
+func (e *Endpoint) recv(q *rxQueue, fd uintptr) bool {
 	for {
 		// MSG_TRUNC: msg_len is the frame's real length (packet(7)).
-		n, errno := recvmmsg(fd, e.rxMsgs[:e.rxVlen], unix.MSG_TRUNC)
+		n, errno := recvmmsg(fd, q.msgs[:q.vlen], unix.MSG_TRUNC)
 		switch errno {
 		case 0:
-			e.rxN, e.rxErr = n, 0
+			q.n, q.err = n, 0
 			return true
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
 			return false
 		default:
-			e.rxN, e.rxErr = 0, errno
+			q.n, q.err = 0, errno
 			return true
 		}
 	}
 }
 
-// tryRecv runs inside rc.Read and never asks the poller to wait: an empty
-// socket sets rxNone.
-func (e *Endpoint) tryRecv(fd uintptr) bool {
-	if e.recv(fd) {
-		e.rxNone = false
+// tryRecv runs inside q.rc.Read and never asks the poller to wait: an
+// empty socket sets q.none.
+func (e *Endpoint) tryRecv(q *rxQueue, fd uintptr) bool {
+	if e.recv(q, fd) {
+		q.none = false
 	} else {
-		e.rxN, e.rxErr, e.rxNone = 0, 0, true
+		q.n, q.err, q.none = 0, 0, true
 	}
 	return true
 }
@@ -305,22 +347,22 @@ func maxBusyPollers() int32 { return int32(max(1, runtime.GOMAXPROCS(0)/2)) }
 // taken by the other Ps (work stealing). Each rc.Read checks Close and the
 // read deadline, so both end the busy phase too. The budget is wall-clock
 // time, not protocol time.
-func (e *Endpoint) read() error {
+func (e *Endpoint) read(q *rxQueue) error {
 	if e.busyPoll <= 0 {
-		return e.rc.Read(e.rxFn)
+		return q.rc.Read(q.fn)
 	}
-	if err := e.rc.Read(e.rxTry); err != nil || !e.rxNone {
+	if err := q.rc.Read(q.try); err != nil || !q.none {
 		return err
 	}
 	if busyPollers.Add(1) > e.maxPollers {
 		busyPollers.Add(-1)
 		e.busyPollSkips.Add(1)
-		return e.rc.Read(e.rxFn)
+		return q.rc.Read(q.fn)
 	}
 	start := time.Now()
 	for {
 		schedYield()
-		if err := e.rc.Read(e.rxTry); err != nil || !e.rxNone {
+		if err := q.rc.Read(q.try); err != nil || !q.none {
 			busyPollers.Add(-1)
 			if err == nil {
 				e.busyPollHits.Add(1)
@@ -333,45 +375,50 @@ func (e *Endpoint) read() error {
 	}
 	busyPollers.Add(-1)
 	e.busyPollSleeps.Add(1)
-	return e.rc.Read(e.rxFn)
+	return q.rc.Read(q.fn)
 }
 
 // ReadBatch blocks until at least one frame arrives (or Close, then
 // link.ErrClosed, or a read deadline, then os.ErrDeadlineExceeded) and
 // returns up to len(pkts) frames the caller owns, from the Ethernet header,
 // MAC header set.
-func (e *Endpoint) ReadBatch(pkts []*buf.SKB) (int, error) {
-	if len(pkts) == 0 {
+func (e *Endpoint) ReadBatch(pkts []*buf.SKB) (int, error) { return e.ReadQueue(0, pkts) }
+
+// ReadQueue is ReadBatch on receive queue q (link.MultiQueue); one
+// reader per queue at a time.
+func (e *Endpoint) ReadQueue(qi int, pkts []*buf.SKB) (int, error) {
+	if len(pkts) == 0 || qi < 0 || qi >= len(e.rxq) {
 		return 0, nil
 	}
-	e.rxMu.Lock()
-	defer e.rxMu.Unlock()
+	q := e.rxq[qi]
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	for {
 		if e.closed.Load() {
 			return 0, link.ErrClosed
 		}
-		e.rxVlen = min(len(pkts), len(e.rxMsgs))
-		for i := 0; i < e.rxVlen; i++ {
-			e.rxMsgs[i].Hdr.Flags = 0
+		q.vlen = min(len(pkts), len(q.msgs))
+		for i := 0; i < q.vlen; i++ {
+			q.msgs[i].Hdr.Flags = 0
 		}
-		if err := e.read(); err != nil {
+		if err := e.read(q); err != nil {
 			if e.closed.Load() || errors.Is(err, os.ErrClosed) {
 				return 0, link.ErrClosed
 			}
 			return 0, err
 		}
-		if e.rxErr != 0 {
+		if q.err != 0 {
 			e.rxErrors.Add(1)
-			if e.rxErr == unix.ENETDOWN {
+			if q.err == unix.ENETDOWN {
 				// The interface went down (packet_notifier reports it
 				// once); it may come back: keep reading.
 				continue
 			}
-			return 0, fmt.Errorf("afpacket: recvmmsg on %s: %w", e.info.name, e.rxErr)
+			return 0, fmt.Errorf("afpacket: recvmmsg on %s: %w", e.info.name, q.err)
 		}
 		n := 0
-		for i := 0; i < e.rxN; i++ {
-			m := &e.rxMsgs[i]
+		for i := 0; i < q.n; i++ {
+			m := &q.msgs[i]
 			l := int(m.Len)
 			switch {
 			case m.Hdr.Flags&unix.MSG_TRUNC != 0 || l > e.frameSize:
@@ -392,7 +439,7 @@ func (e *Endpoint) ReadBatch(pkts []*buf.SKB) (int, error) {
 					continue
 				}
 			}
-			s := e.rxSkbs[i]
+			s := q.skbs[i]
 			if l+rxHeadroom <= copyBreak {
 				// copybreak: a small frame moves to a small buffer and the
 				// slot keeps its 64 KiB one, so queues never pin big
@@ -400,10 +447,10 @@ func (e *Endpoint) ReadBatch(pkts []*buf.SKB) (int, error) {
 				s = buf.FromBytes(rxHeadroom, s.Bytes()[:l])
 			} else {
 				s.Trim(l)
-				e.refill(i)
+				e.refill(q, i)
 			}
 			s.SetMACHeader()
-			if e.vnet && !e.rxHdr[i].toSKB(s) {
+			if e.vnet && !q.hdr[i].toSKB(s) {
 				e.rxErrors.Add(1)
 				e.free(s, DropAFPacketBadVnetHdr)
 				continue
@@ -421,7 +468,16 @@ func (e *Endpoint) ReadBatch(pkts []*buf.SKB) (int, error) {
 
 // SetReadDeadline bounds a blocked ReadBatch (os.File semantics; the zero
 // time removes the deadline).
-func (e *Endpoint) SetReadDeadline(t time.Time) error { return e.f.SetReadDeadline(t) }
+func (e *Endpoint) SetReadDeadline(t time.Time) error {
+	var err error
+	for _, q := range e.rxq {
+		err = errors.Join(err, q.f.SetReadDeadline(t))
+	}
+	return err
+}
+
+// tx is the transmitting socket: the first queue's.
+func (e *Endpoint) tx() syscall.RawConn { return e.rxq[0].rc }
 
 // send runs inside rc.Write over txMsgs[txOff:txLen].
 func (e *Endpoint) send(fd uintptr) bool {
@@ -498,7 +554,7 @@ func (e *Endpoint) WriteBatch(pkts []*buf.SKB) (int, error) {
 func (e *Endpoint) flush() (int, error) {
 	sent := 0
 	for e.txOff = 0; e.txOff < e.txLen; {
-		if err := e.rc.Write(e.txFn); err != nil {
+		if err := e.tx().Write(e.txFn); err != nil {
 			for i := e.txOff; i < e.txLen; i++ {
 				e.free(e.txSkbs[i], link.DropTxClosed)
 			}
@@ -544,33 +600,44 @@ func (e *Endpoint) free(s *buf.SKB, r buf.DropReason) {
 	s.Free(r)
 }
 
-// Close closes the socket: a blocked ReadBatch returns link.ErrClosed.
-// Safe to call more than once.
+// Close closes the sockets: a blocked ReadBatch or ReadQueue returns
+// link.ErrClosed. Safe to call more than once.
 func (e *Endpoint) Close() error {
 	var err error
 	e.once.Do(func() {
 		e.closed.Store(true)
 		e.pollKernelStats()
-		err = e.f.Close()
-		e.rxMu.Lock()
-		for i, s := range e.rxSkbs {
-			s.Consume() // never received: not a drop
-			e.rxSkbs[i] = nil
-			e.rxIov[i*e.iovPer+e.iovPer-1].Base = nil
-		}
-		e.rxMu.Unlock()
+		err = e.closeQueues()
 	})
+	return err
+}
+
+// closeQueues closes every receive socket and frees its slots.
+func (e *Endpoint) closeQueues() error {
+	var err error
+	for _, q := range e.rxq {
+		err = errors.Join(err, q.f.Close())
+		q.mu.Lock()
+		for i, s := range q.skbs {
+			s.Consume() // never received: not a drop
+			q.skbs[i] = nil
+			q.iov[i*e.iovPer+e.iovPer-1].Base = nil
+		}
+		q.mu.Unlock()
+	}
 	return err
 }
 
 // pollKernelStats folds PACKET_STATISTICS (which the kernel resets on
 // each read) into kernelDrops.
 func (e *Endpoint) pollKernelStats() {
-	e.rc.Control(func(fd uintptr) {
-		if st, err := unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
-			e.kernelDrops.Add(uint64(st.Drops))
-		}
-	})
+	for _, q := range e.rxq {
+		q.rc.Control(func(fd uintptr) {
+			if st, err := unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
+				e.kernelDrops.Add(uint64(st.Drops))
+			}
+		})
+	}
 }
 
 // Stats are the link's counters (ip -s link, from the socket's side).
@@ -607,4 +674,4 @@ func (e *Endpoint) Stats() Stats {
 // Drops counts the frames this endpoint freed, by reason.
 func (e *Endpoint) Drops() *buf.DropStats { return &e.drops }
 
-var _ link.Endpoint = (*Endpoint)(nil)
+var _ link.MultiQueue = (*Endpoint)(nil)

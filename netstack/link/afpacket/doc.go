@@ -42,6 +42,19 @@
 // per read, then sleeps. Stats counts BusyPollHits (wake-ups saved),
 // BusyPollSleeps (budget spent, slept) and BusyPollSkips (no slot free).
 //
+// Receive queues (Config.Queues, link.MultiQueue). With more than one,
+// Open binds that many sockets to the interface and joins them in one
+// PACKET_FANOUT group of type PACKET_FANOUT_HASH with
+// PACKET_FANOUT_FLAG_DEFRAG (the kernel reassembles IP fragments before
+// hashing) and a group ID the kernel picks (PACKET_FANOUT_FLAG_UNIQUEID):
+// the kernel hands each frame to one socket by its flow hash, so a flow's
+// frames always reach the same socket, in order, and dev reads each
+// socket on its own goroutine (ReadQueue). The first socket also
+// transmits. Each queue has its own receive slots; with vnet headers the
+// vnetRxBatch slots are shared out among the queues (at least
+// minVnetRxSlots each), so a link pins about the same memory whatever
+// its queue count.
+//
 // Receive owns a ring of BatchSize preallocated SKBs, each with
 // buf.MaxHeadroom of headroom (received frames start at the Ethernet
 // header; the headroom lets forwarding push a header again without a copy)

@@ -21,20 +21,20 @@ type ifInfo struct {
 // htons converts to network byte order for sll_protocol and socket(2).
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// openInNetNS runs openSocket inside the namespace at path on a locked OS
-// thread and returns to the caller's namespace (see the package doc).
-func openInNetNS(path string, cfg *Config) (int, ifInfo, error) {
+// openInNetNS runs openSockets inside the namespace at path on a locked
+// OS thread and returns to the caller's namespace (see the package doc).
+func openInNetNS(path string, cfg *Config) ([]int, ifInfo, error) {
 	if path == "" {
-		return openSocket(cfg)
+		return openSockets(cfg)
 	}
 	target, err := netns.GetFromPath(path)
 	if err != nil {
-		return -1, ifInfo{}, fmt.Errorf("afpacket: netns %s: %w", path, err)
+		return nil, ifInfo{}, fmt.Errorf("afpacket: netns %s: %w", path, err)
 	}
 	defer target.Close()
 
 	type result struct {
-		fd   int
+		fds  []int
 		info ifInfo
 		err  error
 	}
@@ -44,30 +44,75 @@ func openInNetNS(path string, cfg *Config) (int, ifInfo, error) {
 		orig, err := netns.Get()
 		if err != nil {
 			runtime.UnlockOSThread()
-			done <- result{-1, ifInfo{}, fmt.Errorf("afpacket: current netns: %w", err)}
+			done <- result{nil, ifInfo{}, fmt.Errorf("afpacket: current netns: %w", err)}
 			return
 		}
 		defer orig.Close()
 		if err := netns.Set(target); err != nil {
 			// setns failed, so the thread is still where it was.
 			runtime.UnlockOSThread()
-			done <- result{-1, ifInfo{}, fmt.Errorf("afpacket: setns %s: %w", path, err)}
+			done <- result{nil, ifInfo{}, fmt.Errorf("afpacket: setns %s: %w", path, err)}
 			return
 		}
-		fd, info, err := openSocket(cfg)
+		fds, info, err := openSockets(cfg)
 		if rerr := netns.Set(orig); rerr != nil {
 			// The thread is stranded in the target namespace: return
 			// without UnlockOSThread, so the runtime kills the thread
 			// when this goroutine exits. The socket, if any, is fine:
 			// it belongs to the namespace it was created in.
-			done <- result{fd, info, err}
+			done <- result{fds, info, err}
 			return
 		}
 		runtime.UnlockOSThread()
-		done <- result{fd, info, err}
+		done <- result{fds, info, err}
 	}()
 	r := <-done
-	return r.fd, r.info, r.err
+	return r.fds, r.info, r.err
+}
+
+// openSockets opens cfg.Queues sockets on the interface; several join one
+// PACKET_FANOUT group hashing flows (packet(7)): the first asks the
+// kernel for a group ID of its own (PACKET_FANOUT_FLAG_UNIQUEID, Linux
+// 4.7), the others join it. IP fragments are reassembled before the
+// hash (PACKET_FANOUT_FLAG_DEFRAG), so a flow's fragments stay together.
+func openSockets(cfg *Config) (fds []int, info ifInfo, err error) {
+	defer func() {
+		if err != nil {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			fds = nil
+		}
+	}()
+	group := -1
+	for q := 0; q < max(cfg.Queues, 1); q++ {
+		fd, inf, err := openSocket(cfg)
+		if err != nil {
+			return fds, info, err
+		}
+		fds, info = append(fds, fd), inf
+		if cfg.Queues <= 1 {
+			break
+		}
+		// The argument is the group ID and, above it, type and flags.
+		arg := (unix.PACKET_FANOUT_HASH | unix.PACKET_FANOUT_FLAG_DEFRAG) << 16
+		if group < 0 {
+			arg |= unix.PACKET_FANOUT_FLAG_UNIQUEID << 16
+		} else {
+			arg |= group
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, arg); err != nil {
+			return fds, info, fmt.Errorf("afpacket: PACKET_FANOUT on %s: %w", info.name, err)
+		}
+		if group < 0 {
+			v, err := unix.GetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT)
+			if err != nil {
+				return fds, info, fmt.Errorf("afpacket: PACKET_FANOUT group of %s: %w", info.name, err)
+			}
+			group = v & 0xffff
+		}
+	}
+	return fds, info, nil
 }
 
 // openSocket creates and binds the packet socket in the calling thread's

@@ -35,6 +35,9 @@ const (
 	// vnetRxBatch bounds receive slots when each holds maxGSOFrame bytes:
 	// 16 × 66 KiB ≈ 1 MiB pinned per link.
 	vnetRxBatch = 16
+	// minVnetRxSlots is the fewest slots a queue gets when vnetRxBatch
+	// is shared out among several.
+	minVnetRxSlots = 4
 	// copyBreak: received frames whose buffer (headroom included) fits
 	// this size are copied into a buffer of their own size class.
 	copyBreak = 9216

@@ -1,0 +1,154 @@
+package proxy
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// poller is the engine's readiness loop for host sockets, the epoll set
+// of passt's main loop: one epoll instance, itself registered with Go's
+// netpoller (an epoll fd is pollable: it is readable while events are
+// ready), and one goroutine that waits on it and hands each event to the
+// flow it names. Flows register edge-triggered interest, so an event is
+// one transition and costs one call; what the flow does with it (a relay's
+// pump) runs on the poller's goroutine and must not block. There is no
+// goroutine per flow: an idle relay is a struct and two sockets.
+//
+// Bound: one registration per relayed flow (the engine's flow limits);
+// pollBatch events per wait.
+type poller struct {
+	f      *os.File
+	rc     syscall.RawConn
+	waitFn func(fd uintptr) bool // p.wait, bound once
+
+	mu    sync.Mutex
+	next  uint64
+	flows map[uint64]pollHandler // by registration ID
+
+	evs [pollBatch]unix.EpollEvent // the goroutine's
+	n   int
+}
+
+// pollBatch is the most events one wait returns.
+const pollBatch = 128
+
+// controller runs a function with an fd it keeps open meanwhile
+// (syscall.RawConn.Control, hostConn).
+type controller interface {
+	Control(f func(fd uintptr)) error
+}
+
+// pollHandler receives a registered fd's events (EPOLL* bits) on the
+// poller's goroutine.
+type pollHandler interface{ ready(events uint32) }
+
+func newPoller() (*poller, error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: epoll_create1: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("proxy: epoll fd: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "proxy-epoll")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("proxy: epoll fd: %w", err)
+	}
+	p := &poller{f: f, rc: rc, flows: map[uint64]pollHandler{}}
+	p.waitFn = p.wait
+	return p, nil
+}
+
+// newID returns a registration ID for add.
+func (p *poller) newID() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.next++
+	return p.next
+}
+
+// add registers, as id (from newID), the fd behind rc (read through its
+// owner's RawConn, which keeps it open meanwhile) for edge-triggered
+// input, output, hang-up and error events, delivered to h.
+func (p *poller) add(id uint64, rc controller, h pollHandler) error {
+	p.mu.Lock()
+	p.flows[id] = h
+	p.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+		Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	var err error
+	cerr := rc.Control(func(fd uintptr) {
+		err = p.ctl(unix.EPOLL_CTL_ADD, int(fd), &ev)
+	})
+	if err == nil {
+		err = cerr
+	}
+	if err != nil {
+		p.mu.Lock()
+		delete(p.flows, id)
+		p.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// remove forgets registration id; events already fetched for it, and
+// any until its fd is closed, find no handler and are dropped. The fd
+// leaves the epoll set when it is closed (the caller closes it next, and
+// holds its only descriptor), so no EPOLL_CTL_DEL is spent on it.
+func (p *poller) remove(id uint64) {
+	p.mu.Lock()
+	delete(p.flows, id)
+	p.mu.Unlock()
+}
+
+func (p *poller) ctl(op, fd int, ev *unix.EpollEvent) error {
+	var err error
+	if cerr := p.rc.Control(func(epfd uintptr) { err = unix.EpollCtl(int(epfd), op, fd, ev) }); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// wait runs inside rc.Read: it takes the ready events without blocking;
+// none asks Go's netpoller to wait until the epoll fd is readable.
+func (p *poller) wait(fd uintptr) bool {
+	for {
+		n, err := unix.EpollWait(int(fd), p.evs[:], 0)
+		if err == unix.EINTR {
+			continue
+		}
+		p.n = n
+		return n > 0 || err != nil
+	}
+}
+
+// run dispatches events until close.
+func (p *poller) run() {
+	for {
+		if err := p.rc.Read(p.waitFn); err != nil {
+			return
+		}
+		for i := 0; i < p.n; i++ {
+			ev := &p.evs[i]
+			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			p.mu.Lock()
+			h := p.flows[id]
+			p.mu.Unlock()
+			if h != nil {
+				h.ready(ev.Events)
+			}
+		}
+		p.n = 0
+	}
+}
+
+// close ends run.
+func (p *poller) close() error { return p.f.Close() }

@@ -1,0 +1,594 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cni-userstack/cni-userstack/netstack/tcp"
+)
+
+// relay is one relayed TCP flow, event-driven: no goroutine and no buffer
+// of its own. The pod's side is a stack socket whose Notify callback says
+// when it became readable or writable; the host's side is a kernel socket
+// registered, edge-triggered, with the engine's poller. An event runs the
+// pump of the direction it concerns, on the goroutine that saw it:
+//
+//   - pod → host: the stack socket's receive queue is written to the host
+//     socket with one sendmsg(2) gathering the received SKBs' payloads
+//     in place (tcp.Sock.ReadTo), on the NIC's receive goroutine at the
+//     end of the batch that queued them, before the batch's ACK, which
+//     then carries the window the write left open. A full host socket
+//     (EAGAIN) leaves the rest queued — the pod's window closes — until
+//     EPOLLOUT.
+//   - host → pod: the host socket is read with readv(2) straight into the
+//     free space of the stack socket's send queue (tcp.Sock.WriteFrom),
+//     which then sends it: on the poller's goroutine when the host socket
+//     became readable, on the NIC's goroutine when an ACK from the pod
+//     freed send space. A full send buffer leaves the host's bytes in the
+//     kernel — the host's window closes — until the pod ACKs.
+//
+// Each direction's pump runs on one goroutine at a time: kick takes the
+// direction's lock with TryLock, and a goroutine that finds it held only
+// sets again, which the holder sees before it lets go, so no event is
+// lost and no caller ever waits. A pump loops until its source is empty
+// or its sink full (EAGAIN), so every byte either moved or will be moved
+// by the event that ends the wait. RFC 9293 §3.6: EOF on one side becomes
+// a FIN on the other (half-close, the other direction keeps flowing);
+// when both directions ended both sockets are closed. A reset or error on
+// either side resets both (linger 0), once.
+type relay struct {
+	e     *Engine
+	f     *flowHandle
+	down  *tcp.Sock // the pod's side (nil while connecting)
+	downC *tcp.Conn
+	up    hostConn // the host's side
+	id    uint64   // the poller registration
+	onEnd func(phase relayPhase)
+
+	// The upstream-first handshake (tcpSYN): req is the pod's SYN,
+	// answered once the host connect completed; timer bounds connect
+	// and handshake by ConnectTimeout. mu guards phase and finished.
+	req      *tcp.Request
+	timer    *time.Timer
+	mu       sync.Mutex
+	phase    atomic.Uint32 // a relayPhase; changed under mu, read anywhere
+	finished bool
+	// downReady is set once down is: the Notify callback can come
+	// before AcceptAsync's caller stored down.
+	downReady atomic.Bool
+
+	dirs  [2]relayDir
+	state atomic.Uint32 // relay* bits
+
+	// Scratch of the pod → host pump, from a pool while it runs (under
+	// dirs[toHost].mu), so an idle relay holds none.
+	scr *relayScratch
+	// Scratch of the host → pod pump (under dirs[toPod].mu).
+	podIov [2]unix.Iovec
+
+	// Results of the syscalls run inside Control.
+	sendN, recvN     int
+	sendErr, recvErr unix.Errno
+
+	// sndFull: the last host → pod pump stopped on a full send buffer
+	// (the host socket may hold more), not on an empty host socket;
+	// only then do the pod's ACKs resume it (notify). hostEmpty is the
+	// pump's scratch: its last readv found nothing.
+	sndFull   atomic.Bool
+	hostEmpty bool
+	// hostRdHup: the host socket reported its peer's FIN, a hang-up or
+	// an error (ready), so a short read is not taken as the end of what
+	// it holds: the EOF or the error must still be read.
+	hostRdHup atomic.Bool
+
+	// Bound once, so a pump allocates nothing.
+	readToFn    func([][]byte) (int, error)
+	writeFromFn func(a, b []byte) (int, error)
+	sendFn      func(fd uintptr)
+	recvFn      func(fd uintptr)
+}
+
+// relayPhase is where a relay is in its life.
+type relayPhase uint8
+
+const (
+	phaseConnecting relayPhase = iota // host connect in progress; the pod's SYN unanswered
+	phaseAccepting                    // SYN,ACK sent; the pod's ACK awaited
+	phaseRelaying                     // both sides established
+)
+
+// relayMaxVec bounds the slices one sendmsg gathers: a receive batch of
+// GSO super-segments (16) and then some.
+const relayMaxVec = 32
+
+// Directions.
+const (
+	toHost = iota
+	toPod
+)
+
+// State bits.
+const (
+	relayToHostDone uint32 = 1 << iota // the pod's FIN went on to the host
+	relayToPodDone                     // the host's EOF went on to the pod
+	relayFinished                      // sockets closed, flow counted out
+)
+
+type relayDir struct {
+	mu    sync.Mutex
+	again atomic.Bool
+}
+
+// relayScratch is what one sendmsg of the pod → host pump needs.
+type relayScratch struct {
+	vec [relayMaxVec][]byte
+	iov [relayMaxVec]unix.Iovec
+	msg unix.Msghdr
+}
+
+var relayScratchPool = sync.Pool{New: func() any { return new(relayScratch) }}
+
+func newRelay(e *Engine, f *flowHandle, up hostConn) *relay {
+	r := &relay{e: e, f: f, up: up, id: e.poll.newID()}
+	r.readToFn, r.writeFromFn = r.writeHost, r.readHost
+	r.sendFn, r.recvFn = r.sendmsg, r.readv
+	return r
+}
+
+// startRelay relays between down (the stack's side) and up (the host's)
+// until both directions ended, then calls onEnd. With a kernel socket for
+// up it returns at once and the relay runs on events; otherwise (an
+// in-memory conn a test's Dialer returned) it copies with a goroutine per
+// direction and returns when done.
+func (e *Engine) startRelay(f *flowHandle, down *tcp.Conn, up net.Conn, onEnd func()) {
+	rc := rawConn(up)
+	if rc == nil {
+		splice(down, up)
+		onEnd()
+		return
+	}
+	r := newRelay(e, f, netHost{c: up, rc: rc})
+	r.onEnd = func(relayPhase) { onEnd() }
+	r.phase.Store(uint32(phaseRelaying))
+	r.down, r.downC = down.Sock(), down
+	r.downReady.Store(true)
+	if !f.add(r.abort) {
+		return // aborted already: abort closed everything
+	}
+	if err := e.poll.add(r.id, r.up, r); err != nil {
+		// Closed under us (an abort), or the poller is gone.
+		r.finish(true)
+		return
+	}
+	r.down.SetNotify(r.notify)
+	if r.state.Load()&relayFinished != 0 {
+		r.down.SetNotify(nil) // an abort came in between
+		return
+	}
+	// Events before the registrations were not recorded: look now.
+	r.kick(toHost)
+	r.kick(toPod)
+}
+
+// tcpSYN takes an intercepted SYN on the NIC's goroutine (the
+// Interceptor's handler) and starts the upstream connect without a
+// goroutine: a non-blocking connect whose completion the poller reports
+// (connected), after which the pod gets its SYN,ACK (AcceptAsync) and,
+// with its ACK, the relay. ConnectTimeout bounds connect and handshake
+// together.
+func (e *Engine) tcpSYN(req *tcp.Request) {
+	f := &flowHandle{}
+	if !e.acquire(req.Src().Addr(), f, kindTCP) {
+		req.Refuse()
+		return
+	}
+	e.c.pendingTCP.Add(1)
+	f.pod, f.dst = req.Src(), req.Dst()
+	dst := req.Dst()
+	if e.cfg.mapDst != nil {
+		dst = e.cfg.mapDst(dst)
+	}
+	h, err := dialAsync(dst)
+	if err != nil {
+		e.countDialErr(err)
+		e.log.Debug("proxy: upstream connect failed", "pod", req.Src(), "dst", req.Dst(), "err", err)
+		req.Refuse()
+		e.c.pendingTCP.Add(-1)
+		e.release(f)
+		return
+	}
+	r := newRelay(e, f, h)
+	r.req = req
+	r.onEnd = func(ph relayPhase) {
+		if ph == phaseRelaying {
+			e.c.activeTCP.Add(-1)
+		} else {
+			e.c.pendingTCP.Add(-1)
+		}
+		e.release(f)
+	}
+	r.mu.Lock() // timeout reads r.timer under mu
+	r.timer = time.AfterFunc(e.cfg.ConnectTimeout, r.timeout)
+	r.mu.Unlock()
+	if !f.add(r.abort) {
+		return
+	}
+	if err := e.poll.add(r.id, h, r); err != nil {
+		r.finish(true)
+		return
+	}
+	// A connect to this host (loopback, a local address) completes in
+	// connect(2) itself, its handshake run in softirq on our way out:
+	// answer the pod now instead of after a round through the poller.
+	// A connect still in progress leaves it to the poller's event.
+	r.connected()
+}
+
+// connected runs on the poller's goroutine when the connecting socket
+// reported an event: the pod's SYN is answered as the connect went —
+// SYN,ACK from the destination when it is up (upstream first), an RST
+// when it failed (refused, unreachable: counted as a dial error).
+func (r *relay) connected() {
+	if relayPhase(r.phase.Load()) != phaseConnecting {
+		return // answered already (by tcpSYN itself, or an earlier event)
+	}
+	err := connectResult(r.up.(*hostFD))
+	if err == syscall.EAGAIN {
+		return // not this time
+	}
+	r.mu.Lock()
+	if r.finished || relayPhase(r.phase.Load()) != phaseConnecting {
+		r.mu.Unlock()
+		return
+	}
+	if err != nil {
+		r.mu.Unlock()
+		r.e.countDialErr(err)
+		r.e.log.Debug("proxy: upstream connect failed", "pod", r.f.pod, "dst", r.f.dst, "err", err)
+		r.finish(true) // refuses the SYN
+		return
+	}
+	r.phase.Store(uint32(phaseAccepting))
+	req := r.req
+	r.req = nil // resolved by AcceptAsync: nothing left to refuse
+	r.mu.Unlock()
+	conn, err := req.AcceptAsync(r.notify)
+	if err != nil {
+		r.finish(true)
+		return
+	}
+	conn.SetNoDelay(true)
+	// Keepalive on both sockets, as every relay (keepalive.go).
+	_ = conn.SetKeepAliveConfig(r.e.keepAlive)
+	if h, ok := r.up.(*hostFD); ok {
+		if err := h.SetKeepAliveConfig(r.e.keepAlive); err != nil {
+			r.e.log.Debug("proxy: keepalive not set", "dst", r.f.dst, "err", err)
+		}
+	}
+	r.down, r.downC = conn.Sock(), conn
+	r.downReady.Store(true)
+	if h, ok := r.up.(*hostFD); ok {
+		r.f.setRelay(RelayOutbound, conn, h)
+	}
+	// The pod's ACK may have come already: look now.
+	r.established()
+	r.kick(toHost)
+	r.kick(toPod)
+}
+
+// established moves an accepting relay to relaying once the pod's
+// handshake completed.
+func (r *relay) established() {
+	if st := r.down.State(); st == tcp.SynReceived || st == tcp.Closed {
+		return // not yet, or failed: the pumps see the error
+	}
+	r.mu.Lock()
+	if r.finished || relayPhase(r.phase.Load()) != phaseAccepting {
+		r.mu.Unlock()
+		return
+	}
+	r.phase.Store(uint32(phaseRelaying))
+	r.timer.Stop()
+	r.timer = nil
+	r.mu.Unlock()
+	r.e.c.pendingTCP.Add(-1)
+	r.e.c.tcpAccepted.Add(1)
+	r.e.c.activeTCP.Add(1)
+}
+
+// timeout is ConnectTimeout passing before the relay got to relaying:
+// the upstream connect timed out (the pod gets an RST) or the pod did
+// not complete its handshake (its half-open connection is reset).
+func (r *relay) timeout() {
+	r.mu.Lock()
+	ph, fin := relayPhase(r.phase.Load()), r.finished
+	r.mu.Unlock()
+	if fin || ph == phaseRelaying {
+		return
+	}
+	if ph == phaseConnecting {
+		r.e.c.tcpTimeouts.Add(1)
+	}
+	r.e.log.Debug("proxy: connect or pod handshake timed out", "pod", r.f.pod, "dst", r.f.dst)
+	r.finish(true)
+}
+
+// notify is the stack socket's event callback.
+func (r *relay) notify(ev tcp.Event) {
+	if !r.downReady.Load() {
+		return // connected kicks both directions once it has down
+	}
+	if relayPhase(r.phase.Load()) == phaseAccepting {
+		r.established()
+	}
+	if ev&tcp.EventReadable != 0 {
+		r.kick(toHost)
+	}
+	if ev&tcp.EventWritable != 0 && r.sndFull.Load() {
+		// Send space for bytes the host socket holds. With the host
+		// socket empty the ACK needs nothing (no readv to find it
+		// empty again): EPOLLIN brings the next bytes.
+		r.kick(toPod)
+	}
+}
+
+// ready is the host socket's poller callback.
+func (r *relay) ready(ev uint32) {
+	// Recorded first, even while connecting: the edge-triggered event
+	// that completes a connect can carry the host's data and FIN at
+	// once, and is not reported again.
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r.hostRdHup.Store(true)
+	}
+	if !r.downReady.Load() {
+		r.connected()
+		return
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r.kick(toPod)
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r.kick(toHost)
+	}
+}
+
+// kick runs direction d's pump on this goroutine, or, when another
+// goroutine runs it, makes that one run it again.
+func (r *relay) kick(d int) {
+	dir := &r.dirs[d]
+	dir.again.Store(true)
+	for dir.mu.TryLock() {
+		for dir.again.Swap(false) {
+			if d == toHost {
+				r.pumpToHost()
+			} else {
+				r.pumpToPod()
+			}
+		}
+		dir.mu.Unlock()
+		if !dir.again.Load() {
+			return
+		}
+	}
+}
+
+// pumpToHost moves the pod's bytes to the host until the queue is empty
+// or the host socket full.
+func (r *relay) pumpToHost() {
+	r.scr = relayScratchPool.Get().(*relayScratch)
+	defer func() {
+		relayScratchPool.Put(r.scr)
+		r.scr = nil
+	}()
+	for r.state.Load()&(relayToHostDone|relayFinished) == 0 {
+		_, err := r.down.ReadTo(r.scr.vec[:], r.readToFn)
+		switch {
+		case err == nil:
+		case err == syscall.EAGAIN:
+			return
+		case err == io.EOF:
+			// RFC 9293 §3.6: the pod's FIN becomes ours to the host.
+			var serr error
+			if cerr := r.up.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
+				serr = cerr
+			}
+			if serr != nil {
+				r.finish(true)
+				return
+			}
+			r.dirDone(relayToHostDone)
+			return
+		default:
+			r.finish(true)
+			return
+		}
+	}
+}
+
+// pumpToPod moves the host's bytes to the pod until the host socket is
+// empty or the send buffer full.
+func (r *relay) pumpToPod() {
+	for r.state.Load()&(relayToPodDone|relayFinished) == 0 {
+		r.hostEmpty = false
+		_, err := r.down.WriteFrom(r.writeFromFn)
+		switch {
+		case err == nil:
+			if r.hostEmpty {
+				// A short read took all the host socket held: the next
+				// bytes come with EPOLLIN (edge-triggered, after this
+				// read), so no readv to find it empty.
+				r.sndFull.Store(false)
+				return
+			}
+		case err == syscall.EAGAIN:
+			// A full send buffer (or a handshake still completing)
+			// waits for the pod's ACK; an empty host socket for EPOLLIN.
+			r.sndFull.Store(!r.hostEmpty)
+			if !r.hostEmpty && r.down.SendSpace() > 0 {
+				continue // an ACK freed space before sndFull was set
+			}
+			return
+		case err == io.EOF:
+			// The host's FIN becomes ours to the pod.
+			if r.down.Shutdown(false, true) != nil {
+				r.finish(true)
+				return
+			}
+			r.dirDone(relayToPodDone)
+			return
+		default:
+			r.finish(true)
+			return
+		}
+	}
+}
+
+// writeHost is ReadTo's callback: one sendmsg of the queued slices.
+func (r *relay) writeHost(v [][]byte) (int, error) {
+	scr := r.scr
+	k := 0
+	for _, b := range v {
+		if len(b) == 0 {
+			continue
+		}
+		scr.iov[k].Base = &b[0]
+		scr.iov[k].SetLen(len(b))
+		k++
+	}
+	if k == 0 {
+		return 0, nil
+	}
+	scr.msg.Iov = &scr.iov[0]
+	scr.msg.SetIovlen(k)
+	err := r.up.Control(r.sendFn)
+	clear(scr.iov[:k]) // do not keep the SKBs reachable
+	scr.msg.Iov = nil
+	if err != nil {
+		return 0, err
+	}
+	if r.sendErr != 0 {
+		return 0, r.sendErr
+	}
+	return r.sendN, nil
+}
+
+func (r *relay) sendmsg(fd uintptr) {
+	for {
+		// MSG_NOSIGNAL: a host that reset gives EPIPE, not SIGPIPE.
+		n, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&r.scr.msg)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		if e == unix.EINTR {
+			continue
+		}
+		r.sendN, r.sendErr = int(n), e
+		return
+	}
+}
+
+// readHost is WriteFrom's callback: one readv into the send queue's free
+// space (a, then b: the tail chunk, a fresh one); 0 bytes is the host's EOF.
+func (r *relay) readHost(a, b []byte) (int, error) {
+	if len(a) == 0 {
+		return 0, syscall.EAGAIN
+	}
+	r.podIov[0].Base = &a[0]
+	r.podIov[0].SetLen(len(a))
+	k := 1
+	if len(b) > 0 {
+		r.podIov[1].Base = &b[0]
+		r.podIov[1].SetLen(len(b))
+		k = 2
+	}
+	r.recvN = k
+	err := r.up.Control(r.recvFn)
+	clear(r.podIov[:])
+	switch {
+	case err != nil:
+		return 0, err
+	case r.recvErr == unix.EAGAIN:
+		r.hostEmpty = true
+		return 0, r.recvErr
+	case r.recvErr != 0:
+		return 0, r.recvErr
+	case r.recvN == 0:
+		return 0, io.EOF
+	}
+	if r.recvN < len(a)+len(b) && !r.hostRdHup.Load() {
+		r.hostEmpty = true // a short read drained the socket
+	}
+	return r.recvN, nil
+}
+
+func (r *relay) readv(fd uintptr) {
+	k := r.recvN
+	for {
+		n, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&r.podIov[0])), uintptr(k))
+		if e == unix.EINTR {
+			continue
+		}
+		r.recvN, r.recvErr = int(n), e
+		return
+	}
+}
+
+// dirDone records that one direction ended; the second ends the relay.
+func (r *relay) dirDone(bit uint32) {
+	for {
+		s := r.state.Load()
+		if s&bit != 0 {
+			return
+		}
+		if r.state.CompareAndSwap(s, s|bit) {
+			if (s|bit)&(relayToHostDone|relayToPodDone) == relayToHostDone|relayToPodDone {
+				r.finish(false)
+			}
+			return
+		}
+	}
+}
+
+// abort is the flow's closer: reset both sides.
+func (r *relay) abort() { r.finish(true) }
+
+// finish ends the relay once: it stops the events, closes both sockets —
+// gracefully after both FINs went through, else abortively (RST; a pod
+// whose SYN is still unanswered gets the RST of a refused connect) — and
+// counts the flow out.
+func (r *relay) finish(abort bool) {
+	r.mu.Lock()
+	if r.finished {
+		r.mu.Unlock()
+		return
+	}
+	r.finished = true
+	ph := relayPhase(r.phase.Load())
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	req := r.req
+	r.mu.Unlock()
+	r.state.Or(relayFinished)
+	if req != nil {
+		req.Refuse() // the pod's SYN is still unanswered
+	}
+	r.e.poll.remove(r.id)
+	if r.downReady.Load() {
+		r.down.SetNotify(nil)
+	}
+	if abort {
+		if r.downC != nil && r.downReady.Load() {
+			abortConn(r.downC)
+		}
+		r.up.Abort()
+	} else {
+		r.downC.Close()
+		r.up.Close()
+	}
+	r.onEnd(ph)
+}

@@ -1,0 +1,94 @@
+package tcp
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"testing"
+)
+
+// The send queue is one byte stream whatever the chunking: random
+// writes, reservations, peeks, zero-copy segments and discards against a
+// plain slice, including a clone in flight (no second zero-copy segment
+// of its chunk) and a discard and a release during a reservation.
+func TestSendQueueStream(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var q sndQueue
+	var model []byte // the bytes queued
+	next := byte(0)
+	gen := func(n int) []byte {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = next
+			next++
+		}
+		return p
+	}
+	const goal = 3000
+	for round := 0; round < 5000; round++ {
+		switch op := rng.IntN(6); {
+		case op == 0:
+			p := gen(rng.IntN(5000))
+			q.write(p, goal)
+			model = append(model, p...)
+		case op == 1:
+			max := rng.IntN(9000) + 1
+			a, b := q.reserve(max, goal)
+			if len(a)+len(b) > max {
+				t.Fatalf("reserved %d+%d of %d", len(a), len(b), max)
+			}
+			n := rng.IntN(len(a) + len(b) + 1)
+			p := gen(n)
+			k := copy(a, p)
+			copy(b, p[k:])
+			if d := rng.IntN(len(model) + 1); rng.IntN(2) == 0 {
+				q.discard(d) // an ACK while the writer fills
+				model = model[d:]
+			}
+			q.commit(n)
+			model = append(model, p...)
+		case op == 2 && len(model) > 0:
+			off := rng.IntN(len(model))
+			p := make([]byte, rng.IntN(len(model)-off)+1)
+			if k := q.peek(off, p); k != len(p) || !bytes.Equal(p, model[off:off+k]) {
+				t.Fatalf("peek at %d: %d bytes, equal %v", off, k, bytes.Equal(p[:k], model[off:off+k]))
+			}
+		case op == 3 && len(model) > 0:
+			off := rng.IntN(len(model))
+			n := rng.IntN(len(model)-off) + 1
+			if s := q.segment(off, n); s != nil {
+				if !bytes.Equal(s.Bytes(), model[off:off+n]) {
+					t.Fatalf("segment at %d: wrong bytes", off)
+				}
+				// A clone in flight: its chunk gives no second one.
+				if q.segment(off, n) != nil {
+					t.Fatal("two zero-copy clones of one chunk")
+				}
+				hdr := s.Push(40)
+				for i := range hdr {
+					hdr[i] = 0xee // headers written in front of the payload
+				}
+				s.Consume()
+			}
+		case op == 4 && len(model) > 0:
+			d := rng.IntN(len(model) + 1)
+			q.discard(d)
+			model = model[d:]
+		case op == 5:
+			if q.len() != len(model) {
+				t.Fatalf("len %d, model %d", q.len(), len(model))
+			}
+		}
+	}
+	p := make([]byte, len(model))
+	if q.peek(0, p) != len(model) || !bytes.Equal(p, model) {
+		t.Fatal("the stream differs at the end")
+	}
+	// A release during a reservation drops what the writer read.
+	a, _ := q.reserve(100, goal)
+	q.release()
+	copy(a, "late")
+	q.commit(4)
+	if q.len() != 0 || q.q.Len() != 0 {
+		t.Fatalf("after release: %d bytes in %d chunks", q.len(), q.q.Len())
+	}
+}
