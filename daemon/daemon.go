@@ -77,6 +77,9 @@ import (
 // MaxAttachments bounds the attachments of one daemon: one NIC, one local
 // address and one static neighbour each, under the stack's bounds
 // (dev.MaxNICs and route.MaxLocal are 4096, one of each is the uplink's).
+// A dual-stack pod takes three local addresses and two neighbours: the
+// attacher refuses one the local table cannot hold (at most 1364 of
+// them), with code 102.
 const MaxAttachments = 4000
 
 // maxRequest bounds a request body.
