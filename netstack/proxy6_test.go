@@ -22,7 +22,7 @@ import (
 // PREROUTING (the hooks are per family, as nf_hooks_ipv6).
 
 var (
-	outside6    = netip.MustParseAddr("2001:db8:9::9")  // a destination beyond the node
+	outside6    = netip.MustParseAddr("2001:db8:9::9") // a destination beyond the node
 	clientAddr6 = netip.MustParseAddr("2001:db8:7::7") // a port-mapping client's address
 )
 
