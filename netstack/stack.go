@@ -89,7 +89,7 @@ func New(opts ...Option) *Stack {
 
 	uc := cfg.udp
 	uc.Clock = s.clk
-	s.udp = udp.New(s.ip, uc)
+	s.udp = udp.New(s.ip, s.ip6, uc)
 	s.ping.init(s)
 	s.tcp = s.newTCP(cfg.tcp)
 
@@ -100,6 +100,8 @@ func New(opts ...Option) *Stack {
 	s.devs.AddPacketType(header.EtherTypeIPv6, s.ip6.Rcv) // inet6_init: ipv6_packet_init
 	s.ip.AddProtocol(header.ProtoUDP, ipv4.Protocol{Rcv: s.udp.V4Rcv, Err: s.udp.V4Err})
 	s.ip.AddProtocol(header.ProtoTCP, ipv4.Protocol{Rcv: s.tcp.V4Rcv, Err: s.tcp.V4Err})
+	s.ip6.AddProtocol(header.ProtoUDP, ipv6.Protocol{Rcv: s.udp.V6Rcv, Err: s.udp.V6Err})
+	s.ip6.AddProtocol(header.ProtoTCP, ipv6.Protocol{Rcv: s.tcp.V6Rcv, Err: s.tcp.V6Err})
 	s.ip.AddProtocol(header.ProtoICMP, ipv4.Protocol{Rcv: s.ping.rcv, Err: s.ping.err})
 	s.ip6.AddProtocol(header.ProtoICMPv6, ipv6.Protocol{Rcv: s.ping.rcv6, Err: s.ping.err6})
 

@@ -35,7 +35,7 @@ func (s *Stack) newTCP(c tcp.Config) *tcp.Proto {
 		}
 		return nic.MTU(), nic.Endpoint().Caps(), true
 	}
-	return tcp.New(s.ip, c)
+	return tcp.New(s.ip, s.ip6, c)
 }
 
 // TCP is the TCP protocol.

@@ -176,7 +176,7 @@ func newPeer(t testing.TB, cfg Config) *peer {
 	clk := clock.NewManual()
 	ip := &fakeIP{local: localAddr}
 	cfg.Clock = clk
-	p := New(ip, cfg)
+	p := New(ip, nil, cfg)
 	return &peer{t: t, clk: clk, ip: ip, p: p, raddr: netip.AddrPortFrom(remoteAddr, 40000),
 		laddr: netip.AddrPortFrom(localAddr, 80), ISS: 1000, TSVal: 5000}
 }
@@ -332,8 +332,8 @@ func newWire(t testing.TB, cfg wireCfg, pcfg Config) *wire {
 	if cfg.gso {
 		pcfg.Device = func(int) (int, link.Caps, bool) { return max(cfg.mtu, 1500), linkGSO, true }
 	}
-	w.a = New(w.ipA, pcfg)
-	w.b = New(w.ipB, pcfg)
+	w.a = New(w.ipA, nil, pcfg)
+	w.b = New(w.ipB, nil, pcfg)
 	w.ipA.out = func(skb *buf.SKB) { w.send(0, skb) }
 	w.ipB.out = func(skb *buf.SKB) { w.send(1, skb) }
 	return w

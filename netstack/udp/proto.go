@@ -13,8 +13,9 @@ import (
 )
 
 // family is what UDP needs from the network layer (icsk_af_ops, the
-// struct proto callbacks into ip_*): ipv4.Layer satisfies it, an IPv6
-// layer will too.
+// struct proto callbacks into ip_*): ipv4.Layer and ipv6.Layer satisfy
+// it. A Proto holds one of each and a datagram goes through the one of
+// its addresses' family (Proto.af).
 type family interface {
 	// QueueXmit consumes skb; skb.Bytes() starts at the UDP header, whose
 	// checksum is complete.
@@ -25,7 +26,8 @@ type family interface {
 	// offending packet.
 	SendICMPError(skb *buf.SKB, typ, code uint8, info uint32)
 	// SendICMPErrorQuote sends an ICMP error from src, which need not be
-	// local, quoting quote (an IPv4 header and at least 8 more bytes).
+	// local, quoting quote (an IP header of the family and at least 8
+	// more bytes).
 	SendICMPErrorQuote(src, dst netip.Addr, typ, code uint8, info uint32, quote []byte) error
 }
 
@@ -48,6 +50,18 @@ const (
 // MaxPayload is the largest UDP payload over IPv4: 65535 - 20 - 8.
 const MaxPayload = 65507
 
+// MaxPayload6 is the largest UDP payload over IPv6: the 16-bit Payload
+// Length (RFC 8200 §3) less the UDP header; no jumbograms (RFC 2675).
+const MaxPayload6 = 65535 - 8
+
+// maxPayload is MaxPayload or MaxPayload6 for dst's family.
+func maxPayload(dst netip.Addr) int {
+	if dst.Is6() {
+		return MaxPayload6
+	}
+	return MaxPayload
+}
+
 // Config tunes a Proto.
 type Config struct {
 	// Clock runs deadline timers; nil = clock.NewReal().
@@ -63,7 +77,8 @@ type Config struct {
 // Proto is the UDP protocol of one stack (struct proto udp_prot plus the
 // udp_table).
 type Proto struct {
-	ip  family
+	ip  family // IPv4
+	ip6 family // IPv6; nil: IPv6 addresses are EAFNOSUPPORT
 	clk clock.Clock
 	cfg Config
 
@@ -79,9 +94,11 @@ type Proto struct {
 	drops buf.DropStats // drops of locally originated datagrams
 }
 
-// New returns a UDP protocol sending through ip. Register it with
-// ipv4.Layer.AddProtocol(header.ProtoUDP, ipv4.Protocol{Rcv: p.V4Rcv, Err: p.V4Err}).
-func New(ip family, cfg Config) *Proto {
+// New returns a UDP protocol sending IPv4 through ip and IPv6 through ip6
+// (nil: no IPv6). Register it with
+// ipv4.Layer.AddProtocol(header.ProtoUDP, ipv4.Protocol{Rcv: p.V4Rcv, Err: p.V4Err})
+// and ipv6.Layer.AddProtocol(header.ProtoUDP, ipv6.Protocol{Rcv: p.V6Rcv, Err: p.V6Err}).
+func New(ip, ip6 family, cfg Config) *Proto {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewReal()
 	}
@@ -101,7 +118,30 @@ func New(ip family, cfg Config) *Proto {
 	if cfg.MaxSockets <= 0 {
 		cfg.MaxSockets = DefaultMaxSockets
 	}
-	return &Proto{ip: ip, clk: cfg.Clock, cfg: cfg, ports: map[uint16][]*Socket{}}
+	return &Proto{ip: ip, ip6: ip6, clk: cfg.Clock, cfg: cfg, ports: map[uint16][]*Socket{}}
+}
+
+// af is the network layer of a's family: IPv4 for an IPv4 address, IPv6
+// for any other valid one when the Proto has IPv6. The socket API unmaps
+// IPv4-mapped addresses first (RFC 4291 §2.5.5.2: ::ffff:a.b.c.d names
+// the IPv4 node a.b.c.d), so none reaches the wire as an IPv6 address;
+// af refuses one that got this far.
+func (p *Proto) af(a netip.Addr) (family, bool) {
+	switch {
+	case a.Is4():
+		return p.ip, true
+	case a.Is6() && !a.Is4In6() && p.ip6 != nil:
+		return p.ip6, true
+	}
+	return nil, false
+}
+
+// wildcardFor reports whether a socket bound to the wildcard laddr takes
+// a datagram to daddr: 0.0.0.0 takes IPv4 only; :: and an unbound socket
+// take both families (an AF_INET6 socket without IPV6_V6ONLY, Linux's
+// bindv6only=0 default, RFC 3493 §5.3).
+func wildcardFor(laddr, daddr netip.Addr) bool {
+	return !laddr.IsValid() || laddr == netip.IPv6Unspecified() || laddr == netip.IPv4Unspecified() && daddr.Is4()
 }
 
 // Drops counts drops of datagrams this package originated or was handed
@@ -195,6 +235,8 @@ func (p *Proto) lookup(saddr netip.Addr, sport uint16, daddr netip.Addr, dport u
 				continue
 			}
 			score += 2
+		} else if !wildcardFor(s.laddr, daddr) {
+			continue
 		}
 		if s.connected {
 			if s.raddr != saddr || s.rport != sport {
