@@ -603,14 +603,8 @@ func (t *echoTable) rawError(from netip.Addr, m header.ICMPv4) {
 // Fragmentation needed is the host's path MTU, not passed on.
 func (t *echoTable) relayError(ef *echoFlow, typ, code uint8, offender netip.Addr, seq uint16, data []byte) {
 	e := t.e
-	from := ef.key.dst
-	switch {
-	case typ == header.ICMPv4DstUnreachable && (code == header.ICMPv4PortUnreachable || code == header.ICMPv4ProtoUnreachable):
-	case typ == header.ICMPv4DstUnreachable && code != header.ICMPv4FragNeeded, typ == header.ICMPv4TimeExceeded:
-		if offender.Is4() && !offender.IsLoopback() && !offender.IsUnspecified() {
-			from = offender
-		}
-	default:
+	from, ok := relayedErrorSource(ef.key.dst, typ, code, offender)
+	if !ok {
 		return
 	}
 	t.mu.Lock()

@@ -164,19 +164,33 @@ func (e *Engine) udpHostICMP(u *udpFlow, err error) {
 	}
 }
 
+// relayedErrorSource is the address an ICMP error the host got about a
+// relayed flow reaches the pod from, and whether it is passed on at all:
+// port and protocol unreachable come from the destination itself, the
+// other unreachables and time exceeded from the router that sent them
+// (a usable unicast offender, else the destination), as a pod behind a
+// real router would see them (RFC 792, RFC 1812 §4.3.2.4). Fragmentation
+// needed is the host's own path MTU and is not passed on, nor is any
+// other type.
+func relayedErrorSource(dst netip.Addr, typ, code uint8, offender netip.Addr) (netip.Addr, bool) {
+	switch {
+	case typ == header.ICMPv4DstUnreachable && (code == header.ICMPv4PortUnreachable || code == header.ICMPv4ProtoUnreachable):
+		return dst, true
+	case typ == header.ICMPv4DstUnreachable && code != header.ICMPv4FragNeeded, typ == header.ICMPv4TimeExceeded:
+		if offender.Is4() && !offender.IsLoopback() && !offender.IsUnspecified() {
+			return offender, true
+		}
+		return dst, true
+	}
+	return netip.Addr{}, false
+}
+
 // relayUDPError sends the pod an ICMP error typ/code about its datagram
 // on u, from the destination or the offender, quoting its header and
 // data (the part of the datagram the host's error quoted).
 func (e *Engine) relayUDPError(u *udpFlow, typ, code uint8, offender netip.Addr, data []byte) {
-	from := u.key.dst.Addr()
-	switch {
-	case typ == header.ICMPv4DstUnreachable && (code == header.ICMPv4PortUnreachable || code == header.ICMPv4ProtoUnreachable):
-		// The destination itself answered.
-	case typ == header.ICMPv4DstUnreachable && code != header.ICMPv4FragNeeded, typ == header.ICMPv4TimeExceeded:
-		if offender.Is4() && !offender.IsLoopback() && !offender.IsUnspecified() {
-			from = offender
-		}
-	default:
+	from, ok := relayedErrorSource(u.key.dst.Addr(), typ, code, offender)
+	if !ok {
 		return
 	}
 	portUnreach := typ == header.ICMPv4DstUnreachable && code == header.ICMPv4PortUnreachable

@@ -1,6 +1,9 @@
 package buf
 
-import "sort"
+import (
+	"slices"
+	"strings"
+)
 
 // Layers of the drop reasons, for `cni-userstack stats` and the
 // cni_userstack_drops_total metric. A layer declares the layer of its
@@ -32,33 +35,13 @@ func SetDropLayer(layer string, rs ...DropReason) {
 			reasonLayer[r] = layer
 			continue
 		}
-		parts := map[string]bool{layer: true}
-		for _, p := range splitPlus(old) {
-			parts[p] = true
+		names := strings.Split(old, "+")
+		if !slices.Contains(names, layer) {
+			names = append(names, layer)
 		}
-		names := make([]string, 0, len(parts))
-		for p := range parts {
-			names = append(names, p)
-		}
-		sort.Strings(names)
-		joined := names[0]
-		for _, n := range names[1:] {
-			joined += "+" + n
-		}
-		reasonLayer[r] = joined
+		slices.Sort(names)
+		reasonLayer[r] = strings.Join(names, "+")
 	}
-}
-
-func splitPlus(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i <= len(s); i++ {
-		if i == len(s) || s[i] == '+' {
-			out = append(out, s[start:i])
-			start = i + 1
-		}
-	}
-	return out
 }
 
 // Layer is the layer that declared r (SetDropLayer), LayerUnknown when
