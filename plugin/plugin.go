@@ -151,7 +151,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: %v", err), "")
 		}
 	}
-	res := buildResult(prev, resultDNS(conf, ipamRes.DNS, pa.Gateway), args.IfName, args.Netns, pair.PodMAC, pa)
+	res := buildResult(prev, resultDNS(conf, ipamRes.DNS, pa.Gateway, pa.Gateway6), args.IfName, args.Netns, pair.PodMAC, pa)
 	if err = types.PrintResult(res, conf.CNIVersion); err != nil {
 		return types.NewError(types.ErrIOFailure, fmt.Sprintf("print result: %v", err), "")
 	}

@@ -591,7 +591,9 @@ func TestPortMappings(t *testing.T) {
 		{"host port 0", pmConf("", pm(0, 80, "", "")), nil, "hostPort 0"},
 		{"container port too big", pmConf("", pm(80, 65536, "", "")), nil, "containerPort 65536"},
 		{"sctp", pmConf("", pm(80, 80, "sctp", "")), nil, `protocol "sctp"`},
-		{"IPv6 host IP", pmConf("", pm(80, 80, "", "::1")), nil, `hostIP "::1"`},
+		{"IPv6 host IP", pmConf("", pm(80, 80, "", "::1")), []api.PortMapping{{HostPort: 80, ContainerPort: 80, Protocol: "tcp", HostIP: "::1"}}, ""},
+		{"IPv6 wildcard host IP", pmConf("", pm(80, 80, "", "::")), []api.PortMapping{{HostPort: 80, ContainerPort: 80, Protocol: "tcp"}}, ""},
+		{"IPv6 host IP with a zone", pmConf("", pm(80, 80, "", "fe80::1%eth0")), nil, `hostIP "fe80::1%eth0"`},
 		{"garbage host IP", pmConf("", pm(80, 80, "", "localhost")), nil, `hostIP "localhost"`},
 		{"duplicate", pmConf("", pm(80, 80, "tcp", ""), pm(80, 81, "TCP", "")), nil, "mapped twice"},
 		{"wildcard beside a host IP", pmConf("", pm(80, 80, "", ""), pm(80, 81, "", "10.0.0.1")), nil, "every host address"},
@@ -645,7 +647,7 @@ func TestResultDNS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &NetConf{Mode: tc.mode}
 			c.DNS = tc.conf
-			if got := resultDNS(c, ipamDNS, gw); !reflect.DeepEqual(got, tc.want) {
+			if got := resultDNS(c, ipamDNS, gw, netip.Addr{}); !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
 		})
@@ -655,12 +657,15 @@ func TestResultDNS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := resultDNS(c, ipamDNS, gw); !reflect.DeepEqual(got.Nameservers, []string{"9.9.9.9"}) {
+	if got := resultDNS(c, ipamDNS, gw, netip.Addr{}); !reflect.DeepEqual(got.Nameservers, []string{"9.9.9.9"}) {
 		t.Fatalf("config dns: %+v", got)
 	}
 	c, _ = LoadConf(conf(nil))
-	if got := resultDNS(c, types.DNS{}, gw); !reflect.DeepEqual(got, types.DNS{Nameservers: []string{"10.1.0.1"}}) {
+	if got := resultDNS(c, types.DNS{}, gw, netip.Addr{}); !reflect.DeepEqual(got, types.DNS{Nameservers: []string{"10.1.0.1"}}) {
 		t.Fatalf("default mode dns: %+v", got)
+	}
+	if got := resultDNS(c, types.DNS{}, gw, netip.MustParseAddr("fd00:1::1")); !reflect.DeepEqual(got.Nameservers, []string{"10.1.0.1", "fd00:1::1"}) {
+		t.Fatalf("dual-stack proxy-mode dns: %+v, want both gateways", got)
 	}
 }
 

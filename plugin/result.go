@@ -166,15 +166,20 @@ func gatewayRoutes(gw netip.Addr, rng netip.Prefix) []veth.Route {
 // resultDNS is the result's DNS: the configuration's "dns" when set;
 // otherwise in proxy mode the gateway, whose DNS relay forwards to the
 // host's resolvers (with the IPAM DNS's domain, search and options), and
-// in route mode the IPAM DNS.
-func resultDNS(conf *NetConf, ipamDNS types.DNS, gw netip.Addr) types.DNS {
+// in route mode the IPAM DNS. A dual-stack pod's IPv6 gateway (gw6
+// valid) is the second nameserver: the relay answers on both.
+func resultDNS(conf *NetConf, ipamDNS types.DNS, gw, gw6 netip.Addr) types.DNS {
 	if !conf.DNS.IsEmpty() {
 		return conf.DNS
 	}
 	if conf.Mode == api.ModeRoute {
 		return ipamDNS
 	}
-	return types.DNS{Nameservers: []string{gw.String()}, Domain: ipamDNS.Domain, Search: ipamDNS.Search, Options: ipamDNS.Options}
+	ns := []string{gw.String()}
+	if gw6.IsValid() {
+		ns = append(ns, gw6.String())
+	}
+	return types.DNS{Nameservers: ns, Domain: ipamDNS.Domain, Search: ipamDNS.Search, Options: ipamDNS.Options}
 }
 
 // buildResult is the ADD result: the pod interface with its sandbox path,

@@ -98,8 +98,11 @@ func (m PortMapping) String() string {
 
 // NormalizePortMappings checks port mappings and returns them with the
 // protocol lowercased ("tcp" when empty) and a wildcard host IP
-// ("0.0.0.0") as "". Refused: a port outside 1..65535, a protocol other
-// than tcp or udp, a host IP that is not an IPv4 address, two mappings of
+// ("0.0.0.0" or "::") as "": every host address of the pod's families.
+// An IPv6 host IP is kept (a dual-stack pod is reached at its IPv6
+// address; the engine skips it for an IPv4-only pod), an IPv4-mapped one
+// becomes IPv4. Refused: a port outside 1..65535, a protocol other
+// than tcp or udp, a host IP that is not an IP address, two mappings of
 // one (host IP, host port, protocol), and a wildcard mapping beside one
 // on a specific host IP with the same port and protocol (the host could
 // not bind both).
@@ -134,8 +137,8 @@ func NormalizePortMappings(in []PortMapping) ([]PortMapping, error) {
 		}
 		if m.HostIP != "" {
 			a, err := netip.ParseAddr(m.HostIP)
-			if err != nil || !a.Is4() {
-				return nil, fmt.Errorf("port mapping of host port %d: hostIP %q: want an IPv4 address or nothing", m.HostPort, m.HostIP)
+			if a = a.Unmap(); err != nil || a.Zone() != "" || a.IsMulticast() {
+				return nil, fmt.Errorf("port mapping of host port %d: hostIP %q: want a unicast IPv4 or IPv6 address, or nothing", m.HostPort, m.HostIP)
 			}
 			if a.IsUnspecified() {
 				m.HostIP = ""

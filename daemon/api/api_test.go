@@ -64,7 +64,15 @@ func TestValidate(t *testing.T) {
 		{"host port 65536", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(65536, 80, "", "")} }, "hostPort 65536", nil},
 		{"container port -1", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, -1, "", "")} }, "containerPort -1", nil},
 		{"sctp", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "sctp", "")} }, `protocol "sctp": want tcp or udp`, nil},
-		{"IPv6 host IP", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "::")} }, `hostIP "::"`, nil},
+		{"IPv6 host IP", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "fd00::1"), pm(81, 80, "", "::ffff:10.0.0.1")} }, "",
+			func(r *AttachRequest) bool {
+				return reflect.DeepEqual(r.PortMappings, []PortMapping{pm(80, 80, "tcp", "fd00::1"), pm(81, 80, "tcp", "10.0.0.1")})
+			}},
+		{"IPv6 wildcard host IP", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "::")} }, "",
+			func(r *AttachRequest) bool { return r.PortMappings[0].HostIP == "" }},
+		{"IPv6 host IP with a zone", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "fe80::1%eth0")} }, `hostIP "fe80::1%eth0"`, nil},
+		{"multicast host IP", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "ff02::1")} }, `hostIP "ff02::1"`, nil},
+		{"garbage host IP", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "x")} }, `hostIP "x"`, nil},
 		{"duplicate", func(r *AttachRequest) {
 			r.PortMappings = []PortMapping{pm(80, 80, "tcp", ""), pm(80, 81, "", "0.0.0.0")}
 		}, "mapped twice", nil},
