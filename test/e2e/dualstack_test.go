@@ -11,8 +11,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -20,9 +23,13 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/test/e2e/cnitest"
+	"github.com/cni-userstack/cni-userstack/test/e2e/env"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // dualEnv is a cniEnv whose network is dual stack.
@@ -87,12 +94,17 @@ type dualPod struct {
 	list *libcni.NetworkConfigList
 }
 
-// addDual ADDs a pod and checks the result holds one address of each
-// family on the pod's interface, each with its gateway.
-func (e *dualEnv) addDual(list *libcni.NetworkConfigList) *dualPod {
+// addDual ADDs a pod (with port mappings, when given, in its runtime
+// config) and checks the result holds one address of each family on the
+// pod's interface, each with its gateway.
+func (e *dualEnv) addDual(list *libcni.NetworkConfigList, pms ...portMapping) *dualPod {
 	e.t.Helper()
 	p := &pod{ns: cnitest.NewPodNS(e.t)}
-	p.rt = cnitest.RuntimeConf(cnitest.UniqueName(e.t, "ctr"), p.ns.Path(), "eth0", nil)
+	var caps map[string]any
+	if len(pms) > 0 {
+		caps = map[string]any{"portMappings": pms}
+	}
+	p.rt = cnitest.RuntimeConf(cnitest.UniqueName(e.t, "ctr"), p.ns.Path(), "eth0", caps)
 	r, err := e.cni.AddNetworkList(context.Background(), list, p.rt)
 	if err != nil {
 		e.t.Fatalf("ADD %s: %v", p.rt.ContainerID, err)
@@ -259,4 +271,155 @@ func jsonOf(r types.Result) (string, error) {
 	var b bytes.Buffer
 	err := r.PrintTo(&b)
 	return strings.Join(strings.Fields(b.String()), ""), err
+}
+
+// hostAddr6Link is a veth pair in the host netns (both ends here, as
+// env.HostLink) whose first end holds addr/128 (no DAD): an IPv6 address
+// of the host a test client binds to. Removed in t.Cleanup.
+func hostAddr6Link(t *testing.T, addr netip.Addr) {
+	t.Helper()
+	name := "us6" + env.Suffix()
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
+		t.Fatalf("add veth %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		if l, err := netlink.LinkByName(name); err == nil {
+			netlink.LinkDel(l)
+		}
+	})
+	l, err := netlink.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkSetUp(l)
+	}
+	if err == nil {
+		err = netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD})
+	}
+	if err != nil {
+		t.Fatalf("%v on %s: %v", addr, name, err)
+	}
+}
+
+// podServer6 is a TCP server inside n on [::]:port answering each
+// connection with the client's address as it saw it ("[ip]:port").
+func podServer6(t *testing.T, n ns.NetNS, port int) {
+	t.Helper()
+	var ln net.Listener
+	if err := do(n, func() error {
+		var err error
+		ln, err = net.Listen("tcp6", fmt.Sprintf("[::]:%d", port))
+		return err
+	}); err != nil {
+		t.Fatalf("pod server on [::]:%d: %v", port, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(c.RemoteAddr().String()))
+			c.Close()
+		}
+	}()
+}
+
+// TestDualStackProxyMode: a dual-stack pod in proxy mode (the default).
+// Its IPv6 flows are relayed over IPv6 host sockets: the pod fetches a
+// page from a host address over IPv6 and the host server sees the
+// daemon's socket, not the pod; 20 MB go pod → host over IPv6 SHA-256
+// checked; DNS to the IPv6 gateway (UDP and TCP) is answered through the
+// relay (the result names both gateways); a port mapping on an IPv6 host
+// address reaches the pod's IPv6 server, which sees the client's own IPv6
+// address; the pod's IPv4 keeps working beside it; DEL leaves nothing of
+// either family.
+func TestDualStackProxyMode(t *testing.T) {
+	r := randBytes(3)
+	resolver := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 20 + r[0]%200, r[1], 2 + r[2]%250}), 53)
+	want := netip.MustParseAddr("192.0.2.66")
+	srv, err := env.StartDNSServer(resolver, map[string]netip.Addr{"dual-e2e.test": want})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+resolver.Addr().String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := newDualEnv(t, "--resolv-conf", resolv)
+	e.startDaemon()
+	client6 := randULA64().Addr().Next()
+	hostAddr6Link(t, client6)
+	hostPort := freePort(t)
+	list := e.confList("1.1.0", e.plugin(map[string]any{"mode": "proxy", "capabilities": map[string]bool{"portMappings": true}}))
+	p := e.addDual(list, portMapping{HostPort: hostPort, ContainerPort: 8080, Protocol: "tcp", HostIP: e.hostAddr6().String()})
+
+	gw4 := e.subnet.Masked().Addr().Next()
+	if got := p.res.DNS.Nameservers; !slices.Equal(got, []string{gw4.String(), p.gw6.String()}) {
+		t.Fatalf("result dns.nameservers %v, want both gateways [%v %v]", got, gw4, p.gw6)
+	}
+
+	// Pod → host over IPv6: relayed, so the host sees the daemon.
+	url := cnitest.HostServer(t, net.JoinHostPort(e.hostAddr6().String(), "0"))
+	body, err := cnitest.HTTPGet(t, p.ns, url+"/remote", 20*time.Second)
+	if err != nil {
+		t.Fatalf("pod → host HTTP over IPv6: %v\nproxy stats %s\nstack drops %v", err, statsJSON(e.proxyStats()), e.stackDrops())
+	}
+	if ip := remoteIP(t, body); ip == p.ip6 || !ip.Is6() {
+		t.Fatalf("the host server saw %v: want the daemon's IPv6 host socket, not the pod's %v", ip, p.ip6)
+	} else {
+		t.Logf("pod %v fetched %s; the host server saw %v (the daemon's host socket)", p.ip6, url, ip)
+	}
+	if st := e.proxyStats(); st.TCPAccepted < 1 {
+		t.Fatalf("proxy accepted no TCP flow: %s", statsJSON(st))
+	}
+	if _, _, err := cnitest.TCPTransfer(t, nil, netip.AddrPortFrom(e.hostAddr6(), 0), p.ns, 20<<20, time.Minute); err != nil {
+		t.Fatalf("20 MB pod → host over IPv6 through the relay: %v", err)
+	}
+	// The pod's IPv4 is relayed as before, beside it.
+	if body, err := cnitest.HTTPGet(t, p.ns, cnitest.HostServer(t, netip.AddrPortFrom(e.uplink.Masked().Addr().Next(), 0).String())+"/remote", 20*time.Second); err != nil || remoteIP(t, body) == p.ip {
+		t.Fatalf("pod → host over IPv4: %q %v", body, err)
+	}
+
+	// DNS over IPv6 to the gateway's IPv6 address.
+	for i, network := range []string{"udp6", "tcp6"} {
+		c, err := dialIn(p.ns, network, netip.AddrPortFrom(p.gw6, 53).String(), 5*time.Second)
+		if err != nil {
+			t.Fatalf("%s to [%v]:53: %v", network, p.gw6, err)
+		}
+		got, err := env.LookupA(c, "dual-e2e.test", uint16(0x6000+i), 5*time.Second)
+		c.Close()
+		if err != nil || got != want {
+			t.Fatalf("A dual-e2e.test over %s via %v: %v %v, want %v\nproxy stats %s", network, p.gw6, got, err, want, statsJSON(e.proxyStats()))
+		}
+	}
+
+	// The port mapping on the host's IPv6 address: the pod sees the
+	// client's own address.
+	podServer6(t, p.ns, 8080)
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(client6, 0))}
+	c, err := d.Dial("tcp6", netip.AddrPortFrom(e.hostAddr6(), uint16(hostPort)).String())
+	if err != nil {
+		t.Fatalf("client %v → [%v]:%d: %v", client6, e.hostAddr6(), hostPort, err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	seen, err := io.ReadAll(c)
+	c.Close()
+	if err != nil || remoteIP(t, seen) != client6 {
+		t.Fatalf("the pod's server saw %q (%v), want the client's own address %v\nproxy stats %s", seen, err, client6, statsJSON(e.proxyStats()))
+	}
+	if st := e.proxyStats(); st.PortMapConns < 1 {
+		t.Fatalf("no port-mapping connection counted: %s", statsJSON(st))
+	}
+
+	if err := e.cni.CheckNetworkList(context.Background(), list, p.rt); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := e.cni.DelNetworkList(context.Background(), list, p.rt); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if _, err := net.DialTimeout("tcp6", netip.AddrPortFrom(e.hostAddr6(), uint16(hostPort)).String(), time.Second); err == nil {
+		t.Fatalf("the IPv6 host port %d still answers after DEL", hostPort)
+	}
+	e.assertNothingLeft()
 }
