@@ -64,7 +64,9 @@ func TestValidate(t *testing.T) {
 		{"host port 65536", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(65536, 80, "", "")} }, "hostPort 65536", nil},
 		{"container port -1", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, -1, "", "")} }, "containerPort -1", nil},
 		{"sctp", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "sctp", "")} }, `protocol "sctp": want tcp or udp`, nil},
-		{"IPv6 host IP", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "fd00::1"), pm(81, 80, "", "::ffff:10.0.0.1")} }, "",
+		{"IPv6 host IP", func(r *AttachRequest) {
+			r.PortMappings = []PortMapping{pm(80, 80, "", "fd00::1"), pm(81, 80, "", "::ffff:10.0.0.1")}
+		}, "",
 			func(r *AttachRequest) bool {
 				return reflect.DeepEqual(r.PortMappings, []PortMapping{pm(80, 80, "tcp", "fd00::1"), pm(81, 80, "tcp", "10.0.0.1")})
 			}},

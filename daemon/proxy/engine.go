@@ -88,9 +88,9 @@ type PortMapping struct {
 
 // Pod is one proxy-mode pod.
 type Pod struct {
-	ID           string
-	Addr         netip.Addr // the pod's address: its flows are counted under it
-	Gateway      netip.Addr // shown to the pod for loopback port-mapping clients
+	ID      string
+	Addr    netip.Addr // the pod's address: its flows are counted under it
+	Gateway netip.Addr // shown to the pod for loopback port-mapping clients
 	// Addr6 and Gateway6 are a dual-stack pod's IPv6 address and gateway
 	// (invalid for an IPv4-only pod): its IPv6 flows count under Addr
 	// with the others (one MaxFlowsPerPod for both families), and its
