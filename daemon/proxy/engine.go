@@ -286,6 +286,7 @@ func New(cfg Config) (_ *Engine, err error) {
 		return nil, fmt.Errorf("proxy: DNS listener tcp %v: %w", any53, err)
 	}
 	e.st.InterceptEcho(e.echo.intercept)
+	e.st.InterceptEcho6(e.echo.intercept6)
 	if cfg.Dialer == nil || cfg.mapDst != nil {
 		e.tcpIC.SetHandler(e.tcpSYN)
 	} else {
@@ -321,6 +322,7 @@ func (e *Engine) Close() error {
 
 	e.cancel()
 	e.st.InterceptEcho(nil)
+	e.st.InterceptEcho6(nil)
 	var errs []error
 	if e.tcpIC != nil {
 		errs = append(errs, ignoreClosed(e.tcpIC.Close()))

@@ -328,7 +328,7 @@ func podServer6(t *testing.T, n ns.NetNS, port int) {
 // Its IPv6 flows are relayed over IPv6 host sockets: the pod fetches a
 // page from a host address over IPv6 and the host server sees the
 // daemon's socket, not the pod; 20 MB go pod → host over IPv6 SHA-256
-// checked; DNS to the IPv6 gateway (UDP and TCP) is answered through the
+// checked; ping (ICMPv6 echo) to the host is relayed; DNS to the IPv6 gateway (UDP and TCP) is answered through the
 // relay (the result names both gateways); a port mapping on an IPv6 host
 // address reaches the pod's IPv6 server, which sees the client's own IPv6
 // address; the pod's IPv4 keeps working beside it; DEL leaves nothing of
@@ -379,6 +379,15 @@ func TestDualStackProxyMode(t *testing.T) {
 	// The pod's IPv4 is relayed as before, beside it.
 	if body, err := cnitest.HTTPGet(t, p.ns, cnitest.HostServer(t, netip.AddrPortFrom(e.uplink.Masked().Addr().Next(), 0).String())+"/remote", 20*time.Second); err != nil || remoteIP(t, body) == p.ip {
 		t.Fatalf("pod → host over IPv4: %q %v", body, err)
+	}
+
+	// ICMPv6 echo to the host, relayed (a ping or raw ICMPv6 socket of
+	// the daemon's), and to the IPv6 gateway, answered by the stack.
+	before := e.proxyStats().EchoRelayed
+	e.ping(p.pod, e.hostAddr6().String())
+	e.ping(p.pod, p.gw6.String())
+	if st := e.proxyStats(); st.EchoRelayed < before+4 {
+		t.Fatalf("echo requests relayed %d → %d, want the pod's pings to the host relayed: %s", before, st.EchoRelayed, statsJSON(st))
 	}
 
 	// DNS over IPv6 to the gateway's IPv6 address.
