@@ -92,6 +92,8 @@ func (m PortMapping) String() string {
 	h := m.HostIP
 	if h == "" {
 		h = "*"
+	} else if strings.Contains(h, ":") {
+		h = "[" + h + "]" // an IPv6 host IP, bracketed before its port (RFC 3986 §3.2.2)
 	}
 	return fmt.Sprintf("%s:%d/%s→%d", h, m.HostPort, m.Protocol, m.ContainerPort)
 }

@@ -70,6 +70,8 @@ func TestValidate(t *testing.T) {
 			func(r *AttachRequest) bool {
 				return reflect.DeepEqual(r.PortMappings, []PortMapping{pm(80, 80, "tcp", "fd00::1"), pm(81, 80, "tcp", "10.0.0.1")})
 			}},
+		{"IPv6 host IP shown bracketed", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 8080, "", "fd00::1")} }, "",
+			func(r *AttachRequest) bool { return r.PortMappings[0].String() == "[fd00::1]:80/tcp→8080" }},
 		{"IPv6 wildcard host IP", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "::")} }, "",
 			func(r *AttachRequest) bool { return r.PortMappings[0].HostIP == "" }},
 		{"IPv6 host IP with a zone", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "fe80::1%eth0")} }, `hostIP "fe80::1%eth0"`, nil},
