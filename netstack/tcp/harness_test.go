@@ -23,11 +23,11 @@ import (
 type fakeIP struct {
 	mu     sync.Mutex
 	local  netip.Addr
-	local6 netip.Addr // the source for IPv6 destinations
-	out   func(skb *buf.SKB) // nil: record in sent
-	sent  []*buf.SKB
-	noNet netip.Prefix // destinations without a route
-	mtu   int
+	local6 netip.Addr         // the source for IPv6 destinations
+	out    func(skb *buf.SKB) // nil: record in sent
+	sent   []*buf.SKB
+	noNet  netip.Prefix // destinations without a route
+	mtu    int
 	// transparent counts segments sent with route.Flow.Transparent
 	// (intercept_test.go), marked those carrying a Mark.
 	transparent, marked int
