@@ -219,6 +219,17 @@ func newPeer(t testing.TB, cfg Config) *peer {
 		laddr: netip.AddrPortFrom(localAddr, 80), ISS: 1000, TSVal: 5000}
 }
 
+// newPeer6 is newPeer over IPv6: the Proto has both families and the
+// scenario runs between fd00::2 (the test) and fd00::1 (the stack).
+func newPeer6(t testing.TB, cfg Config) *peer {
+	clk := clock.NewManual()
+	ip := &fakeIP{local: localAddr, local6: localAddr6}
+	cfg.Clock = clk
+	p := New(ip, ip, cfg)
+	return &peer{t: t, clk: clk, ip: ip, p: p, raddr: netip.AddrPortFrom(remoteAddr6, 40000),
+		laddr: netip.AddrPortFrom(localAddr6, 80), ISS: 1000, TSVal: 5000}
+}
+
 // tmpl is a segment template: the fields a test sets.
 type tmpl struct {
 	flags    header.TCPFlags
@@ -260,14 +271,24 @@ func (c *peer) Send(m tmpl) {
 	if m.badCsum {
 		b[16] ^= 0xff
 	}
+	skb.Mark = m.mark
+	skb.Batch = m.batch
+	if c.raddr.Addr().Is6() {
+		ip := header.IPv6(skb.Push(header.IPv6MinSize))
+		ip.Encode(header.IPv6Fields{PayloadLen: uint16(hl + len(m.data)), NextHeader: header.ProtoTCP, HopLimit: 64,
+			TrafficClass: m.tos, Src: c.raddr.Addr(), Dst: c.laddr.Addr()})
+		skb.SetNetworkHeader()
+		skb.Pull(header.IPv6MinSize)
+		skb.SetTransportHeader()
+		c.p.V6Rcv(skb)
+		return
+	}
 	ip := header.IPv4(skb.Push(header.IPv4MinSize))
 	ip.Encode(header.IPv4Fields{TotalLen: uint16(header.IPv4MinSize + hl + len(m.data)), TTL: 64,
 		Protocol: header.ProtoTCP, Src: c.raddr.Addr(), Dst: c.laddr.Addr(), TOS: m.tos})
 	skb.SetNetworkHeader()
 	skb.Pull(header.IPv4MinSize)
 	skb.SetTransportHeader()
-	skb.Mark = m.mark
-	skb.Batch = m.batch
 	c.p.V4Rcv(skb)
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 )
 
 // IPv6 at the protocol, with the fake family recording what TCP sends.
@@ -177,4 +178,90 @@ func FuzzV6(f *testing.F) {
 		_ = l.Close()
 		clk.Advance(200 * time.Second)
 	})
+}
+
+// RFC 1122 §4.2.2.13 for an IPv6 4-tuple: a SYN beyond RCV.NXT of a
+// tuple in TIME-WAIT reopens it through the listener; an old duplicate
+// gets the TIME-WAIT's ACK.
+func TestListenerReopensTimeWaitIPv6(t *testing.T) {
+	c := newPeer6(t, Config{NoTimestamps: true, TimeWait: 60 * time.Second})
+	l, old := c.twListen(header.TCPOptions{})
+	oldSndNxt := c.IRS + 2
+	c.clk.Advance(time.Second)
+	c.Send(c.Seg().Flags(SYN).Seq(c.ISS))
+	if a := c.Expect("ACK from TIME-WAIT"); a.flags != ACK || a.dst != c.raddr || old.State() != TimeWait {
+		t.Fatalf("old SYN: %v, old socket %v", a, old.State())
+	}
+	newISS := c.ISS + 100000
+	c.Send(c.Seg().Flags(SYN).Seq(newISS))
+	sa := c.Expect("SYN,ACK of the new incarnation")
+	if sa.flags != SYN|ACK || sa.ack != newISS+1 || sa.seq != oldSndNxt+65535+2 || sa.src != c.laddr {
+		t.Fatalf("got %v", sa)
+	}
+	c.Send(c.Seg().Flags(ACK).Seq(newISS + 1).Ack(sa.seq + 1))
+	s, err := l.Accept(time.Time{})
+	if err != nil || s.State() != Established || s.RemoteAddr() != c.raddr {
+		t.Fatalf("accept on the reopened tuple: %v %v", s, err)
+	}
+}
+
+// The intercept (the proxy's SYN interception) for an IPv6 flow: the
+// diverted SYN to a foreign IPv6 address is a Request; Accept answers
+// from that address; after the proxy closes first, a new SYN reopens the
+// tuple from TIME-WAIT and is intercepted again.
+func TestInterceptIPv6ReopensTimeWait(t *testing.T) {
+	c := newPeer6(t, Config{})
+	c.laddr = netip.AddrPortFrom(netip.MustParseAddr("2001:db8::9"), 80)
+	i, err := c.p.Intercept(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { i.Close() })
+	conn := c.acceptIntercepted(i)
+	if conn.LocalAddr().String() != "[2001:db8::9]:80" {
+		t.Fatalf("proxy side %v", conn.LocalAddr())
+	}
+	conn.Close()
+	if fin := c.Expect("FIN"); fin.flags != FIN|ACK || fin.src != c.laddr {
+		t.Fatalf("got %v", fin)
+	}
+	c.Send(c.Seg().Flags(FIN | ACK).Seq(c.ISS + 1).Ack(c.IRS + 2).Mark(netfilter.MarkDivert))
+	c.Expect("ACK of the pod's FIN")
+	if st := conn.Sock().State(); st != TimeWait {
+		t.Fatalf("state %v", st)
+	}
+	c.Send(c.Seg().Flags(SYN).Seq(c.ISS + 100000).Mark(netfilter.MarkDivert))
+	c.ExpectNone("a new SYN to TIME-WAIT: no challenge ACK")
+	if i.Pending() != 1 || conn.Sock().State() != Closed {
+		t.Fatalf("pending %d, old state %v", i.Pending(), conn.Sock().State())
+	}
+}
+
+// RFC 4987 §3.6 over IPv6: with the SYN queue full, a cookie SYN,ACK
+// announces the MSS of the IPv6 MTU (1440) and the cookie ACK opens the
+// connection.
+func TestSynCookiesIPv6(t *testing.T) {
+	c := newPeer6(t, Config{MaxSynBacklog: 4})
+	l := c.listen()
+	defer l.Close()
+	legit := c.raddr
+	for i := range 8 {
+		c.raddr = netip.AddrPortFrom(netip.AddrFrom16([16]byte{0xfd, 0, 15: byte(100 + i)}), uint16(2000+i))
+		c.Send(c.Seg().Flags(SYN).Seq(uint32(i) * 7919))
+	}
+	c.Out()
+	if got := c.p.Counter(SyncookiesSent); got != 4 {
+		t.Fatalf("SyncookiesSent %d", got)
+	}
+	c.raddr = legit
+	c.Send(c.Seg().Flags(SYN).Seq(c.ISS).Opts(header.TCPOptions{HasMSS: true, MSS: 1440, HasTS: true, TSVal: 100}))
+	sa := c.Expect("cookie SYN,ACK")
+	if sa.flags != SYN|ACK || sa.opts.MSS != 1440 || sa.dst != legit {
+		t.Fatalf("cookie SYN,ACK %v MSS %d", sa, sa.opts.MSS)
+	}
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(sa.seq + 1).Opts(header.TCPOptions{HasTS: true, TSVal: 200, TSEcr: sa.opts.TSVal}))
+	s, err := l.Accept(time.Time{})
+	if err != nil || s.RemoteAddr() != legit || s.Info().PeerMSS != 1440 {
+		t.Fatalf("accept after the cookie ACK: %v %v", s, err)
+	}
 }
