@@ -17,6 +17,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 	"github.com/cni-userstack/cni-userstack/netstack/udp"
@@ -551,5 +552,34 @@ func TestUDPIPv6ZeroChecksumDropped(t *testing.T) {
 	}
 	if st := b.Stats(); st.UDP.InCsumErrors != 2 || st.IP6.ICMP.OutDestUnreachs != 0 {
 		t.Fatalf("B: UDP %+v", st.UDP)
+	}
+}
+
+// RFC 4443 §3.1 / RFC 1122 §4.2.3.9 on the wire: B's firewall answers
+// SYNs with ICMPv6 Destination Unreachable (REJECT); A's connection
+// being opened hears of it through ipv6's error input and V6Err and
+// fails at once: port unreachable as ECONNREFUSED, administratively
+// prohibited as EACCES (icmpv6_err_convert's fatal codes).
+func TestTCPIPv6HardICMPv6ErrorsAbortConnect(t *testing.T) {
+	clk := clock.NewManual()
+	a, b := stacktest.Pair(t, stacktest.WithClock(clk), stacktest.DualStack())
+	nf := b.EnableNetfilter(netfilter.Config{})
+	if err := nf.LoadText("*filter\n-A INPUT -p tcp --dport 81 -j REJECT --reject-with icmp6-port-unreachable\n" +
+		"-A INPUT -p tcp --dport 82 -j REJECT --reject-with icmp6-adm-prohibited\nCOMMIT\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		port uint16
+		want syscall.Errno
+	}{{81, syscall.ECONNREFUSED}, {82, syscall.EACCES}} {
+		if _, err := dialTCP(t, clk, a, netip.AddrPort{}, netip.AddrPortFrom(b.Addr6(), tc.port)); !errors.Is(err, tc.want) {
+			t.Fatalf("dial port %d: %v, want %v", tc.port, err, tc.want)
+		}
+	}
+	if st := a.Stats().IP6.ICMP; st.InDestUnreachs != 2 {
+		t.Fatalf("A's ICMPv6 %+v", st)
+	}
+	if n := b.TCP().Counters()["TcpOutRsts"]; n != 0 {
+		t.Fatalf("B sent %d resets", n)
 	}
 }
