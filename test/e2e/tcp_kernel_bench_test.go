@@ -41,6 +41,11 @@ func attachFaulty(t testing.TB, p *env.Peer, opts ...fault.Option) (*netstack.St
 	if err := s.AddAddress(nic.ID(), p.StackAddr); err != nil {
 		t.Fatal(err)
 	}
+	if p.StackAddr6.IsValid() {
+		if err := s.AddAddress(nic.ID(), p.StackAddr6); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return s, nic
 }
 
@@ -50,7 +55,21 @@ func TestKernelTCPUnderLoss(t *testing.T) {
 	requireRoot(t)
 	p := newKernelPeer(t, "10.226.0.1/24", "10.226.0.2/24", 1500)
 	s, _ := attachFaulty(t, p, fault.Loss(0.01), fault.OnReceive(), fault.Seed(11))
-	tp := &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr()}
+	kernelTCPUnderLoss(t, &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr()})
+}
+
+// TestKernelTCP6UnderLoss is TestKernelTCPUnderLoss over IPv6 (NDP
+// through the same lossy link).
+func TestKernelTCP6UnderLoss(t *testing.T) {
+	requireRoot(t)
+	p := newKernelPeer6(t, "10.235.0.1/24", "10.235.0.2/24", "fd00:235::1/64", "fd00:235::2/64", 1500)
+	s, _ := attachFaulty(t, p, fault.Loss(0.01), fault.OnReceive(), fault.Seed(11))
+	kernelTCPUnderLoss(t, &tcpPair{p: p, s: s, kernel: p.KernelAddr6.Addr(), stack: p.StackAddr6.Addr()})
+}
+
+// kernelTCPUnderLoss is TestKernelTCPUnderLoss's transfers over tp.
+func kernelTCPUnderLoss(t *testing.T, tp *tcpPair) {
+	s := tp.s
 	size := tcpBulkMB() << 20
 	if !testing.Short() {
 		size = max(size, 256<<20)
