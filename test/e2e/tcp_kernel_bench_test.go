@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -133,18 +134,28 @@ func cpuTime() time.Duration {
 // BenchmarkKernelTCPThroughput: one connection between the stack and the
 // kernel over the veth (GSO on), each direction; reports Gbit/s and the
 // process CPU per GiB (stack and kernel peer share this process's
-// accounting: the kernel side's softirq work lands partly here).
+// accounting: the kernel side's softirq work lands partly here). The
+// "-ipv6" runs are the same over the veth's IPv6 addresses, for the ratio
+// against IPv4 in one run.
 func BenchmarkKernelTCPThroughput(b *testing.B) {
 	requireRoot(b)
-	p := newKernelPeer(b, "10.227.0.1/24", "10.227.0.2/24", 1500)
+	p := newKernelPeer6(b, "10.227.0.1/24", "10.227.0.2/24", "fd00:227::1/64", "fd00:227::2/64", 1500)
 	s, _ := attachStack(b, p, "")
-	tp := &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr()}
+	tp4 := &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr()}
+	tp6 := &tcpPair{p: p, s: s, kernel: p.KernelAddr6.Addr(), stack: p.StackAddr6.Addr()}
 	chunk := make([]byte, 1<<20)
-	for _, dir := range []string{"stack-to-kernel", "kernel-to-stack"} {
-		b.Run(dir, func(b *testing.B) {
+	for _, run := range []struct {
+		dir string
+		tp  *tcpPair
+	}{{"stack-to-kernel", tp4}, {"kernel-to-stack", tp4}, {"stack-to-kernel-ipv6", tp6}, {"kernel-to-stack-ipv6", tp6}} {
+		dir, tp := strings.TrimSuffix(run.dir, "-ipv6"), run.tp
+		b.Run(run.dir, func(b *testing.B) {
 			var w io.WriteCloser
 			done := make(chan int64, 1)
 			port := 5020
+			if tp.kernel.Is6() {
+				port = 5120
+			}
 			if dir == "stack-to-kernel" {
 				kl := tp.kernelListen(b, port)
 				defer kl.Close() // each b.N round listens again
@@ -184,7 +195,7 @@ func BenchmarkKernelTCPThroughput(b *testing.B) {
 				var kc *net.TCPConn
 				if err := p.Do(func() (err error) {
 					var nc net.Conn
-					nc, err = net.Dial("tcp4", netip.AddrPortFrom(tp.stack, uint16(port+1)).String())
+					nc, err = net.Dial(tp.network(), netip.AddrPortFrom(tp.stack, uint16(port+1)).String())
 					if err == nil {
 						kc = nc.(*net.TCPConn)
 					}
