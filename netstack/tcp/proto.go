@@ -382,12 +382,31 @@ func (p *Proto) unhash(s *Sock) {
 
 // listenConflict reports whether a listener on addr:port would clash
 // with another listener (inet_csk_bind_conflict with SO_REUSEADDR, which
-// Go's net.Listen sets: established and TIME-WAIT users do not clash).
+// Go's net.Listen sets: established and TIME-WAIT users do not clash):
+// when the addresses they take overlap (addrsOverlap).
 func listenConflict(list []*Sock, addr netip.Addr) bool {
 	for _, o := range list {
-		if !o.id.laddr.IsValid() || o.id.laddr.IsUnspecified() || !addr.IsValid() || addr.IsUnspecified() || o.id.laddr == addr {
+		if addrsOverlap(o.id.laddr, addr) {
 			return true
 		}
+	}
+	return false
+}
+
+// addrsOverlap reports whether sockets bound to a and b would take a
+// common destination address: an unbound socket and :: take every
+// address of both families, 0.0.0.0 every IPv4 address, a specific
+// address itself (so 0.0.0.0 and fd00::1 share a port, as AF_INET and
+// AF_INET6 sockets do on Linux).
+func addrsOverlap(a, b netip.Addr) bool {
+	all := func(x netip.Addr) bool { return !x.IsValid() || x == netip.IPv6Unspecified() }
+	switch {
+	case all(a) || all(b) || a == b:
+		return true
+	case a == netip.IPv4Unspecified():
+		return b.Is4()
+	case b == netip.IPv4Unspecified():
+		return a.Is4()
 	}
 	return false
 }

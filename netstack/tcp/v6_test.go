@@ -265,3 +265,33 @@ func TestSynCookiesIPv6(t *testing.T) {
 		t.Fatalf("accept after the cookie ACK: %v %v", s, err)
 	}
 }
+
+// Listeners share a port across families as AF_INET and AF_INET6 ones
+// do on Linux (bindv6only=0): 0.0.0.0 beside fd00::1 is fine, :: beside
+// either is not; a SYN to fd00::1 goes to its listener, one to an IPv4
+// address to 0.0.0.0's.
+func TestListenAcrossFamilies(t *testing.T) {
+	p, _, _ := newProto6(t)
+	l4, err := p.Listen(netip.MustParseAddrPort("0.0.0.0:80"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l4.Close()
+	l6, err := p.Listen(netip.AddrPortFrom(localAddr6, 80), 0)
+	if err != nil {
+		t.Fatalf("fd00::1:80 beside 0.0.0.0:80: %v", err)
+	}
+	defer l6.Close()
+	if _, err := p.Listen(netip.MustParseAddrPort("[::]:80"), 0); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf(":: beside them: %v", err)
+	}
+	if got := p.lookupListenerRLocked(tuple{laddr: localAddr6, lport: 80}); got != l6.Sock() {
+		t.Fatal("the IPv6 SYN missed its listener")
+	}
+	if got := p.lookupListenerRLocked(tuple{laddr: localAddr, lport: 80}); got != l4.Sock() {
+		t.Fatal("the IPv4 SYN missed 0.0.0.0")
+	}
+	if got := p.lookupListenerRLocked(tuple{laddr: netip.MustParseAddr("fd00::9"), lport: 80}); got != nil {
+		t.Fatal("0.0.0.0 took an IPv6 SYN")
+	}
+}

@@ -158,12 +158,30 @@ func (p *Proto) NewSocket() *Socket {
 
 // conflicts reports whether binding addr on a port already used by list
 // conflicts (udp_lib_lport_inuse without SO_REUSEADDR/SO_REUSEPORT): it
-// does unless both addresses are specific and different.
+// does when the addresses they take overlap (addrsOverlap).
 func conflicts(list []*Socket, addr netip.Addr) bool {
 	for _, o := range list {
-		if !o.laddr.IsValid() || o.laddr.IsUnspecified() || !addr.IsValid() || addr.IsUnspecified() || o.laddr == addr {
+		if addrsOverlap(o.laddr, addr) {
 			return true
 		}
+	}
+	return false
+}
+
+// addrsOverlap reports whether sockets bound to a and b would take a
+// common destination address: an unbound socket and :: take every
+// address of both families, 0.0.0.0 every IPv4 address, a specific
+// address itself (so 0.0.0.0 and fd00::1 share a port, as AF_INET and
+// AF_INET6 sockets do on Linux).
+func addrsOverlap(a, b netip.Addr) bool {
+	all := func(x netip.Addr) bool { return !x.IsValid() || x == netip.IPv6Unspecified() }
+	switch {
+	case all(a) || all(b) || a == b:
+		return true
+	case a == netip.IPv4Unspecified():
+		return b.Is4()
+	case b == netip.IPv4Unspecified():
+		return a.Is4()
 	}
 	return false
 }

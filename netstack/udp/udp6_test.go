@@ -184,3 +184,35 @@ func FuzzV6Rcv(f *testing.F) {
 		}
 	})
 }
+
+// Ports are shared across families as Linux shares them between AF_INET
+// and AF_INET6 sockets (bindv6only=0): :: overlaps everything, 0.0.0.0
+// every IPv4 address and no IPv6 one, a specific address itself.
+func TestBindConflictsAcrossFamilies(t *testing.T) {
+	for _, tc := range []struct {
+		first, second string
+		conflict      bool
+	}{
+		{"0.0.0.0", "fd00::1", false},
+		{"fd00::1", "0.0.0.0", false},
+		{"0.0.0.0", "10.0.0.1", true},
+		{"::", "10.0.0.1", true},
+		{"::", "0.0.0.0", true},
+		{"fd00::1", "::", true},
+		{"fd00::1", "fd00::2", false},
+		{"fd00::1", "fd00::1", true},
+		{"10.0.0.1", "fd00::1", false},
+	} {
+		p, _, _ := newProto6(t)
+		a, b := p.NewSocket(), p.NewSocket()
+		if err := a.Bind(netip.AddrPortFrom(netip.MustParseAddr(tc.first), 53)); err != nil {
+			t.Fatal(err)
+		}
+		err := b.Bind(netip.AddrPortFrom(netip.MustParseAddr(tc.second), 53))
+		if got := errors.Is(err, syscall.EADDRINUSE); got != tc.conflict {
+			t.Errorf("%s then %s: %v", tc.first, tc.second, err)
+		}
+		a.Close()
+		b.Close()
+	}
+}
