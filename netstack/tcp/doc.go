@@ -48,12 +48,15 @@
 // the MSS and resends (RFC 1191, RFC 8201 §4; floors 576 and 1280); a
 // path MTU ipv6 learnt also holds for new connections (setRoute asks
 // the family's PathMTU when it has one). The socket API keeps IPv4-mapped
-// addresses off the wire: ::ffff:a.b.c.d is a.b.c.d (unmapAddr, RFC 4291
+// addresses off the wire: ::ffff:a.b.c.d is a.b.c.d (sockAddr, RFC 4291
 // §2.5.5.2), so such a flow is IPv4; a socket bound to one family cannot
 // connect to the other; :: (and an unbound listener) takes both families,
-// 0.0.0.0 only IPv4 (Linux's bindv6only=0). A link-local peer is answered
-// on the NIC its segment came in on (RFC 4007 §6); TCP resolves no zone
-// names, so dialling a zoned address is EINVAL.
+// 0.0.0.0 only IPv4 (Linux's bindv6only=0), and 0.0.0.0 shares a port
+// with a specific IPv6 address. A link-local peer is answered on the NIC
+// its segment came in on (RFC 4007 §6); a dial names it with a zone
+// (Config.Zone: a NIC name or ID, ENODEV for neither; without one the
+// route lookup fails with EINVAL), which the tuple and the wire do not
+// carry.
 //
 // States are RFC 9293 §3.3.2's eleven. A Sock is a listener or one
 // connection. Connections are hashed by 4-tuple in Proto.conns (the

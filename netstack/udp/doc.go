@@ -22,6 +22,11 @@
 // a closed port is answered with ICMPv6 Destination Unreachable code 4
 // (RFC 4443 §3.1), and the receive metadata reads the addresses from the
 // IPv6 header kept with the SKB (they do not fit the control block).
+// Link-local addresses (RFC 4007 §6) carry a zone at the API: a received
+// one gets the name of the NIC it came in on (Config.ZoneName), a
+// destination's zone picks the output NIC (Config.Zone: a name or an ID;
+// ENODEV for neither), so an echo of Meta.From finds its link; the port
+// table and the wire hold addresses without zones.
 //
 // # Theory of operation
 //

@@ -3,6 +3,7 @@ package udp
 import (
 	"math/rand/v2"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -72,6 +73,12 @@ type Config struct {
 	RcvBuf int
 	// MaxSockets bounds the bound sockets; 0 = 65536.
 	MaxSockets int
+	// Zone resolves an IPv6 zone (RFC 4007 §11: "fe80::1%eth0") to a
+	// NIC ID, and ZoneName names a NIC for the zone of a received
+	// link-local address; nil: zones are decimal NIC IDs (Linux's
+	// sin6_scope_id). The root package wires both to its devices.
+	Zone     func(zone string) (nicID int, ok bool)
+	ZoneName func(nicID int) string
 }
 
 // Proto is the UDP protocol of one stack (struct proto udp_prot plus the
@@ -134,6 +141,41 @@ func (p *Proto) af(a netip.Addr) (family, bool) {
 		return p.ip6, true
 	}
 	return nil, false
+}
+
+// zoneNIC is the NIC a zoned address names (RFC 4007 §6: a link-local
+// address is ambiguous without its link): 0 for no zone, ENODEV for a
+// zone that names no NIC. The address is returned without its zone.
+func (p *Proto) zoneNIC(a netip.Addr) (netip.Addr, int, error) {
+	z := a.Zone()
+	if z == "" {
+		return a, 0, nil
+	}
+	a = a.WithZone("")
+	if p.cfg.Zone != nil {
+		if id, ok := p.cfg.Zone(z); ok {
+			return a, id, nil
+		}
+		return a, 0, syscall.ENODEV
+	}
+	if id, err := strconv.Atoi(z); err == nil && id > 0 {
+		return a, id, nil
+	}
+	return a, 0, syscall.ENODEV
+}
+
+// withZone gives a link-local address received on nic its zone, so that
+// a reply to it (SendTo, SendFromTo) leaves through that NIC.
+func (p *Proto) withZone(a netip.Addr, nic int) netip.Addr {
+	if nic == 0 || !a.Is6() || !(a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast()) {
+		return a
+	}
+	if p.cfg.ZoneName != nil {
+		if z := p.cfg.ZoneName(nic); z != "" {
+			return a.WithZone(z)
+		}
+	}
+	return a.WithZone(strconv.Itoa(nic))
 }
 
 // wildcardFor reports whether a socket bound to the wildcard laddr takes
