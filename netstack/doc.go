@@ -1,9 +1,10 @@
 // Package netstack owns the Stack (inet_init, inet6_init and struct net):
 // one network namespace's worth of userspace TCP/IP, built from the layer
 // packages below it and wired the way inet_init wires the kernel's: the
-// ARP, IPv4 and IPv6 packet types registered on the device list, UDP (and
-// the ICMP echo client behind Ping) on the IPv4 protocol table, the ICMPv6
-// echo client on the IPv6 one, UDP in the socket switch. IPv6 is always
+// ARP, IPv4 and IPv6 packet types registered on the device list, TCP,
+// UDP and the echo client behind Ping on both protocol tables (ICMP on
+// the IPv4 one, ICMPv6 on the IPv6 one), TCP and UDP in the socket
+// switch. IPv6 is always
 // on but a NIC takes part only once it has an IPv6 address, which brings
 // its link-local address (stack6.go); IPv4 and IPv6 have separate
 // netfilter hooks (Hooks, Hooks6) and share the FIB and the neighbour

@@ -88,7 +88,7 @@ func New(opts ...Option) *Stack {
 	s.ip6 = s.newIPv6(cfg.ip6)
 
 	uc := cfg.udp
-	uc.Clock = s.clk
+	uc.Clock, uc.Zone, uc.ZoneName = s.clk, s.zoneNIC, s.zoneName
 	s.udp = udp.New(s.ip, s.ip6, uc)
 	s.ping.init(s)
 	s.tcp = s.newTCP(cfg.tcp)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"syscall"
 
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
@@ -60,6 +61,28 @@ func (s *Stack) SetRouterAdvert(nicID int, cfg *neigh.RouterAdvertConfig) error 
 // LinkLocal is the link-local address the stack gives nic with its first
 // IPv6 address: fe80::/64 with the modified EUI-64 of its MAC.
 func LinkLocal(nic *dev.NIC) netip.Addr { return header.LinkLocalFromMAC(nic.MAC()) }
+
+// zoneNIC resolves an IPv6 zone (RFC 4007 §11) for the transports: a
+// NIC's name ("fe80::1%eth0", as Ping takes it), or its decimal ID
+// ("%2", Linux's sin6_scope_id).
+func (s *Stack) zoneNIC(zone string) (int, bool) {
+	if nic := s.devs.ByName(zone); nic != nil {
+		return nic.ID(), true
+	}
+	if id, err := strconv.Atoi(zone); err == nil && s.devs.ByID(id) != nil {
+		return id, true
+	}
+	return 0, false
+}
+
+// zoneName is the zone the transports give a link-local address received
+// on the NIC id: its name.
+func (s *Stack) zoneName(id int) string {
+	if nic := s.devs.ByID(id); nic != nil {
+		return nic.Name()
+	}
+	return ""
+}
 
 // addAddress6Locked is AddAddress for an IPv6 prefix; s.mu is held.
 func (s *Stack) addAddress6Locked(nic *dev.NIC, p netip.Prefix) error {

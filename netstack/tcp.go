@@ -27,7 +27,7 @@ func WithTCPConfig(c tcp.Config) Option { return func(cf *config) { cf.tcp = c }
 // newTCP creates TCP over the stack's IPv4 layer; the output NIC's MTU
 // and offloads come from the device list (for MSS and GSO).
 func (s *Stack) newTCP(c tcp.Config) *tcp.Proto {
-	c.Clock = s.clk
+	c.Clock, c.Zone = s.clk, s.zoneNIC
 	c.Device = func(id int) (int, link.Caps, bool) {
 		nic := s.devs.ByID(id)
 		if nic == nil {

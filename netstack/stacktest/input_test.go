@@ -49,11 +49,18 @@ func newWire(tb testing.TB, clk clock.Clock) *wire {
 	if err := s.AddStaticNeighbor(nic.ID(), stacktest.DefaultSrcIP6, stacktest.DefaultSrcMAC); err != nil {
 		tb.Fatal(err)
 	}
+	// On ::, so it takes both families' datagrams; a TCP listener on
+	// both families' port 80, where the TCP seeds go.
 	sock := s.UDP().NewSocket()
-	if err := sock.Bind(netip.AddrPortFrom(netip.IPv4Unspecified(), 53)); err != nil {
+	if err := sock.Bind(netip.AddrPortFrom(netip.IPv6Unspecified(), 53)); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { sock.Close() })
+	ln, err := s.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), 80))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
 	return &wire{s: s, nic: nic, peer: peer, sock: sock, pkts: make([]*buf.SKB, 1)}
 }
 
@@ -98,6 +105,10 @@ func FuzzStackInput(f *testing.F) {
 		eth(stacktest.IPv6("fd00::1", "ff02::1:ff00:2").NS(stacktest.DefaultDstIP6, us)),
 		eth(stacktest.IPv6("fe80::1", "ff02::2").RS(us)),
 		eth(stacktest.IPv6("fd00::1", "fd00::2").ICMPv6(header.ICMPv6PacketTooBig, 0, 1280).Payload(stacktest.UDPv6().Bytes())),
+		eth(stacktest.IPv6("fd00::1", "fd00::2").ICMPv6(header.ICMPv6DstUnreachable, header.ICMPv6PortUnreachable, 0).
+			Payload(stacktest.TCPv6SYN().Bytes())),
+		eth(stacktest.UDPv6().NoUDPChecksum()),
+		eth(stacktest.TCPv6SYN().Flags(header.ACK).Ack(1)),
 		stacktest.ARPRequest(us, "10.0.0.1", "10.0.0.2").Bytes(),
 		stacktest.ARPReply(us, "10.0.0.1", ours, "10.0.0.2").Bytes(),
 		make([]byte, 14),

@@ -8,15 +8,18 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cni-userstack/cni-userstack/netstack"
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 	"github.com/cni-userstack/cni-userstack/netstack/udp"
@@ -419,9 +422,73 @@ func TestIPv4MappedNeverOnTheWire(t *testing.T) {
 	if _, err := u4.SendTo([]byte("x"), netip.AddrPortFrom(b.Addr6(), 53)); !errors.Is(err, syscall.EAFNOSUPPORT) {
 		t.Fatalf("IPv4-bound UDP socket to an IPv6 peer: %v", err)
 	}
-	// A zone names an interface TCP does not resolve.
-	if err := a.TCP().NewSock().Connect(netip.MustParseAddrPort("[fe80::1%eth0]:80")); !errors.Is(err, syscall.EINVAL) {
+	// A zone that names no NIC.
+	if err := a.TCP().NewSock().Connect(netip.MustParseAddrPort("[fe80::1%nosuch0]:80")); !errors.Is(err, syscall.ENODEV) {
 		t.Fatalf("zoned address: %v", err)
+	}
+}
+
+// RFC 4291 §2.5.6 / RFC 4007 §6, §11: TCP and UDP between link-local
+// addresses, the zone naming the NIC by name or by ID ("%2", Linux's
+// scope ID); the receiver's view of a link-local peer carries the zone
+// of the NIC it came in on, so its reply leaves there. Without a zone the
+// link is unknown (EINVAL).
+func TestLinkLocalTCPAndUDP(t *testing.T) {
+	clk := clock.NewManual()
+	a, b := stacktest.Pair(t, stacktest.WithClock(clk), stacktest.DualStack())
+	llA, llB := netstack.LinkLocal(a.NIC()), netstack.LinkLocal(b.NIC())
+	ln, err := b.ListenTCP(netip.MustParseAddrPort("[::]:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	for _, zone := range []string{a.NIC().Name(), strconv.Itoa(a.NIC().ID())} {
+		c, err := dialTCP(t, clk, a, netip.AddrPort{}, netip.AddrPortFrom(llB.WithZone(zone), 80))
+		if err != nil {
+			t.Fatalf("dial %v%%%s: %v", llB, zone, err)
+		}
+		s := acceptTCP(t, ln)
+		if l, r := c.LocalAddr().(*net.TCPAddr).AddrPort().Addr(), s.RemoteAddr().(*net.TCPAddr).AddrPort().Addr(); l != llA || r != llA {
+			t.Fatalf("client %v, server sees %v", l, r)
+		}
+		copyBoth(t, clk, c, s, 10000)
+	}
+	if _, err := dialTCP(t, clk, a, netip.AddrPort{}, netip.AddrPortFrom(llB, 80)); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("link-local without a zone: %v", err)
+	}
+
+	srv := b.UDP().NewSocket()
+	t.Cleanup(func() { srv.Close() })
+	if err := srv.Bind(netip.MustParseAddrPort("[::]:53")); err != nil {
+		t.Fatal(err)
+	}
+	cli := a.UDP().NewSocket()
+	t.Cleanup(func() { cli.Close() })
+	if err := cli.Connect(netip.AddrPortFrom(llB.WithZone(a.NIC().Name()), 53)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Send([]byte("ll")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 16)
+	var m udp.Meta
+	stacktest.WaitFor(t, "the datagram at B", func() bool {
+		var err error
+		_, m, err = srv.RecvMsg(got, udp.MsgDontWait)
+		return err == nil
+	})
+	if m.From.Addr() != llA.WithZone(b.NIC().Name()) || m.To.Addr() != llB.WithZone(b.NIC().Name()) {
+		t.Fatalf("from %v to %v", m.From, m.To)
+	}
+	if _, err := srv.SendTo([]byte("back"), m.From); err != nil {
+		t.Fatal(err)
+	}
+	stacktest.WaitFor(t, "the answer at A", func() bool {
+		n, m, err := cli.RecvMsg(got, udp.MsgDontWait)
+		return err == nil && string(got[:n]) == "back" && m.From.Addr().WithZone("") == llB
+	})
+	if _, err := srv.SendTo([]byte("x"), netip.AddrPortFrom(llA, m.From.Port())); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("link-local without a zone: %v", err)
 	}
 }
 
@@ -551,5 +618,34 @@ func TestUDPIPv6ZeroChecksumDropped(t *testing.T) {
 	}
 	if st := b.Stats(); st.UDP.InCsumErrors != 2 || st.IP6.ICMP.OutDestUnreachs != 0 {
 		t.Fatalf("B: UDP %+v", st.UDP)
+	}
+}
+
+// RFC 4443 §3.1 / RFC 1122 §4.2.3.9 on the wire: B's firewall answers
+// SYNs with ICMPv6 Destination Unreachable (REJECT); A's connection
+// being opened hears of it through ipv6's error input and V6Err and
+// fails at once: port unreachable as ECONNREFUSED, administratively
+// prohibited as EACCES (icmpv6_err_convert's fatal codes).
+func TestTCPIPv6HardICMPv6ErrorsAbortConnect(t *testing.T) {
+	clk := clock.NewManual()
+	a, b := stacktest.Pair(t, stacktest.WithClock(clk), stacktest.DualStack())
+	nf := b.EnableNetfilter(netfilter.Config{})
+	if err := nf.LoadText("*filter\n-A INPUT -p tcp --dport 81 -j REJECT --reject-with icmp6-port-unreachable\n" +
+		"-A INPUT -p tcp --dport 82 -j REJECT --reject-with icmp6-adm-prohibited\nCOMMIT\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		port uint16
+		want syscall.Errno
+	}{{81, syscall.ECONNREFUSED}, {82, syscall.EACCES}} {
+		if _, err := dialTCP(t, clk, a, netip.AddrPort{}, netip.AddrPortFrom(b.Addr6(), tc.port)); !errors.Is(err, tc.want) {
+			t.Fatalf("dial port %d: %v, want %v", tc.port, err, tc.want)
+		}
+	}
+	if st := a.Stats().IP6.ICMP; st.InDestUnreachs != 2 {
+		t.Fatalf("A's ICMPv6 %+v", st)
+	}
+	if n := b.TCP().Counters()["TcpOutRsts"]; n != 0 {
+		t.Fatalf("B sent %d resets", n)
 	}
 }

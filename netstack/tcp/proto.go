@@ -7,6 +7,7 @@ import (
 	"math/bits"
 	mrand "math/rand/v2"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -108,6 +109,10 @@ type Config struct {
 	Device func(nicID int) (mtu int, caps link.Caps, ok bool)
 	// EphemeralLow..EphemeralHigh is ip_local_port_range.
 	EphemeralLow, EphemeralHigh uint16
+	// Zone resolves an IPv6 zone (RFC 4007 §11: "fe80::1%eth0") to a
+	// NIC ID; nil: zones are decimal NIC IDs (Linux's sin6_scope_id).
+	// The root package wires it to its devices.
+	Zone func(zone string) (nicID int, ok bool)
 }
 
 // tuple is a connection's 4-tuple from our side.
@@ -197,7 +202,7 @@ func New(ip, ip6 family, cfg Config) *Proto {
 // af is the network layer of a's family: IPv4 for an IPv4 address, IPv6
 // for any other valid one when the Proto has IPv6. IPv4-mapped addresses
 // (::ffff:a.b.c.d) never reach it: the socket API unmaps them first
-// (unmapAddr), so none goes on the wire (RFC 4038 §4.2).
+// (sockAddr), so none goes on the wire (RFC 4038 §4.2).
 func (p *Proto) af(a netip.Addr) (family, bool) {
 	switch {
 	case a.Is4():
@@ -208,20 +213,30 @@ func (p *Proto) af(a netip.Addr) (family, bool) {
 	return nil, false
 }
 
-// unmapAddr is the socket API's treatment of an IPv4-mapped address
-// (RFC 4291 §2.5.5.2): it names the IPv4 node, so ::ffff:a.b.c.d is
+// sockAddr is the socket API's treatment of an address. An IPv4-mapped
+// one (RFC 4291 §2.5.5.2) names the IPv4 node, so ::ffff:a.b.c.d is
 // a.b.c.d (what a dual-stack AF_INET6 socket sends to, RFC 3493 §3.7),
-// and never goes on the wire as an IPv6 address. A zone on an IPv6
-// address is refused (EINVAL): TCP does not resolve interface names, and
-// a link-local peer needs one.
-func unmapAddr(a netip.Addr) (netip.Addr, error) {
+// and never goes on the wire as an IPv6 address. A zone (RFC 4007 §11)
+// names the NIC of a link-local address: it is resolved to the NIC ID
+// returned (ENODEV when it names none) and taken off the address, which
+// the wire carries without it.
+func (p *Proto) sockAddr(a netip.Addr) (netip.Addr, int, error) {
 	if a.Is4In6() {
-		return a.Unmap(), nil
+		return a.Unmap(), 0, nil
 	}
-	if a.Zone() != "" {
-		return a, syscall.EINVAL
+	z := a.Zone()
+	if z == "" {
+		return a, 0, nil
 	}
-	return a, nil
+	a = a.WithZone("")
+	if p.cfg.Zone != nil {
+		if id, ok := p.cfg.Zone(z); ok {
+			return a, id, nil
+		}
+	} else if id, err := strconv.Atoi(z); err == nil && id > 0 {
+		return a, id, nil
+	}
+	return a, 0, syscall.ENODEV
 }
 
 // Config returns the effective configuration.
@@ -382,12 +397,31 @@ func (p *Proto) unhash(s *Sock) {
 
 // listenConflict reports whether a listener on addr:port would clash
 // with another listener (inet_csk_bind_conflict with SO_REUSEADDR, which
-// Go's net.Listen sets: established and TIME-WAIT users do not clash).
+// Go's net.Listen sets: established and TIME-WAIT users do not clash):
+// when the addresses they take overlap (addrsOverlap).
 func listenConflict(list []*Sock, addr netip.Addr) bool {
 	for _, o := range list {
-		if !o.id.laddr.IsValid() || o.id.laddr.IsUnspecified() || !addr.IsValid() || addr.IsUnspecified() || o.id.laddr == addr {
+		if addrsOverlap(o.id.laddr, addr) {
 			return true
 		}
+	}
+	return false
+}
+
+// addrsOverlap reports whether sockets bound to a and b would take a
+// common destination address: an unbound socket and :: take every
+// address of both families, 0.0.0.0 every IPv4 address, a specific
+// address itself (so 0.0.0.0 and fd00::1 share a port, as AF_INET and
+// AF_INET6 sockets do on Linux).
+func addrsOverlap(a, b netip.Addr) bool {
+	all := func(x netip.Addr) bool { return !x.IsValid() || x == netip.IPv6Unspecified() }
+	switch {
+	case all(a) || all(b) || a == b:
+		return true
+	case a == netip.IPv4Unspecified():
+		return b.Is4()
+	case b == netip.IPv4Unspecified():
+		return a.Is4()
 	}
 	return false
 }

@@ -42,7 +42,7 @@ func (s *Sock) Bind(addr netip.AddrPort) error {
 	if s.bound || s.state != Closed || s.hashed {
 		return syscall.EINVAL
 	}
-	a, err := unmapAddr(addr.Addr())
+	a, _, err := s.p.sockAddr(addr.Addr())
 	if err != nil {
 		return err
 	}
@@ -189,7 +189,7 @@ func (s *Sock) startConnect(raddr netip.AddrPort) error {
 	case s.err != nil:
 		return syscall.EBADF
 	}
-	dst, err := unmapAddr(raddr.Addr())
+	dst, znic, err := s.p.sockAddr(raddr.Addr())
 	if err != nil {
 		return err
 	}
@@ -204,7 +204,7 @@ func (s *Sock) startConnect(raddr netip.AddrPort) error {
 	raddr = netip.AddrPortFrom(dst, raddr.Port())
 	p := s.p
 	s.flow = route.Flow{Src: s.id.laddr, Dst: dst, Proto: header.ProtoTCP, DontFragment: true,
-		Transparent: s.transparent, Mark: s.mark}
+		Transparent: s.transparent, Mark: s.mark, NIC: znic}
 	if s.flow.Src.IsValid() && s.flow.Src.IsUnspecified() {
 		s.flow.Src = netip.Addr{}
 	}
@@ -221,7 +221,7 @@ func (s *Sock) startConnect(raddr netip.AddrPort) error {
 		return err
 	}
 	s.flow = route.Flow{Src: s.id.laddr, Dst: s.id.raddr, Proto: header.ProtoTCP, DontFragment: true,
-		SrcPort: s.id.lport, DstPort: s.id.rport, Transparent: s.transparent, Mark: s.mark}
+		SrcPort: s.id.lport, DstPort: s.id.rport, Transparent: s.transparent, Mark: s.mark, NIC: znic}
 	s.setRoute(res)
 	s.wsOK, s.tsOK, s.sackOK = !p.cfg.NoWindowScaling, !p.cfg.NoTimestamps, !p.cfg.NoSACK
 	if s.wsOK {

@@ -3,6 +3,7 @@ package udp
 import (
 	"math/rand/v2"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -72,6 +73,12 @@ type Config struct {
 	RcvBuf int
 	// MaxSockets bounds the bound sockets; 0 = 65536.
 	MaxSockets int
+	// Zone resolves an IPv6 zone (RFC 4007 §11: "fe80::1%eth0") to a
+	// NIC ID, and ZoneName names a NIC for the zone of a received
+	// link-local address; nil: zones are decimal NIC IDs (Linux's
+	// sin6_scope_id). The root package wires both to its devices.
+	Zone     func(zone string) (nicID int, ok bool)
+	ZoneName func(nicID int) string
 }
 
 // Proto is the UDP protocol of one stack (struct proto udp_prot plus the
@@ -136,6 +143,41 @@ func (p *Proto) af(a netip.Addr) (family, bool) {
 	return nil, false
 }
 
+// zoneNIC is the NIC a zoned address names (RFC 4007 §6: a link-local
+// address is ambiguous without its link): 0 for no zone, ENODEV for a
+// zone that names no NIC. The address is returned without its zone.
+func (p *Proto) zoneNIC(a netip.Addr) (netip.Addr, int, error) {
+	z := a.Zone()
+	if z == "" {
+		return a, 0, nil
+	}
+	a = a.WithZone("")
+	if p.cfg.Zone != nil {
+		if id, ok := p.cfg.Zone(z); ok {
+			return a, id, nil
+		}
+		return a, 0, syscall.ENODEV
+	}
+	if id, err := strconv.Atoi(z); err == nil && id > 0 {
+		return a, id, nil
+	}
+	return a, 0, syscall.ENODEV
+}
+
+// withZone gives a link-local address received on nic its zone, so that
+// a reply to it (SendTo, SendFromTo) leaves through that NIC.
+func (p *Proto) withZone(a netip.Addr, nic int) netip.Addr {
+	if nic == 0 || !a.Is6() || !(a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast()) {
+		return a
+	}
+	if p.cfg.ZoneName != nil {
+		if z := p.cfg.ZoneName(nic); z != "" {
+			return a.WithZone(z)
+		}
+	}
+	return a.WithZone(strconv.Itoa(nic))
+}
+
 // wildcardFor reports whether a socket bound to the wildcard laddr takes
 // a datagram to daddr: 0.0.0.0 takes IPv4 only; :: and an unbound socket
 // take both families (an AF_INET6 socket without IPV6_V6ONLY, Linux's
@@ -158,12 +200,30 @@ func (p *Proto) NewSocket() *Socket {
 
 // conflicts reports whether binding addr on a port already used by list
 // conflicts (udp_lib_lport_inuse without SO_REUSEADDR/SO_REUSEPORT): it
-// does unless both addresses are specific and different.
+// does when the addresses they take overlap (addrsOverlap).
 func conflicts(list []*Socket, addr netip.Addr) bool {
 	for _, o := range list {
-		if !o.laddr.IsValid() || o.laddr.IsUnspecified() || !addr.IsValid() || addr.IsUnspecified() || o.laddr == addr {
+		if addrsOverlap(o.laddr, addr) {
 			return true
 		}
+	}
+	return false
+}
+
+// addrsOverlap reports whether sockets bound to a and b would take a
+// common destination address: an unbound socket and :: take every
+// address of both families, 0.0.0.0 every IPv4 address, a specific
+// address itself (so 0.0.0.0 and fd00::1 share a port, as AF_INET and
+// AF_INET6 sockets do on Linux).
+func addrsOverlap(a, b netip.Addr) bool {
+	all := func(x netip.Addr) bool { return !x.IsValid() || x == netip.IPv6Unspecified() }
+	switch {
+	case all(a) || all(b) || a == b:
+		return true
+	case a == netip.IPv4Unspecified():
+		return b.Is4()
+	case b == netip.IPv4Unspecified():
+		return a.Is4()
 	}
 	return false
 }

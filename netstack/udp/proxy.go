@@ -95,9 +95,13 @@ func (s *Socket) SetTransparent(on bool) {
 // EINVAL for a zero port or addresses of two families (IPv4-mapped ones
 // are IPv4).
 func (s *Socket) SendFromTo(p []byte, from, to netip.AddrPort) (int, error) {
-	src, dst := from.Addr().Unmap(), to.Addr().Unmap()
+	src := from.Addr().Unmap().WithZone("")
+	dst, znic, err := s.p.zoneNIC(to.Addr().Unmap())
+	if err != nil {
+		return 0, err
+	}
 	ip, ok := s.p.af(dst)
-	if !ok || src.Is4() != dst.Is4() || !src.IsValid() || src.Zone() != "" || from.Port() == 0 || to.Port() == 0 {
+	if !ok || src.Is4() != dst.Is4() || !src.IsValid() || from.Port() == 0 || to.Port() == 0 {
 		return 0, syscall.EINVAL
 	}
 	if len(p) > maxPayload(dst) {
@@ -111,6 +115,9 @@ func (s *Socket) SendFromTo(p []byte, from, to netip.AddrPort) (int, error) {
 	fl := route.Flow{Src: src, Dst: dst, Proto: header.ProtoUDP, TOS: s.tos, TTL: s.ttl, NIC: s.nic,
 		DontFragment: s.dontFrag, SrcPort: from.Port(), DstPort: to.Port(),
 		Transparent: true, Mark: netfilter.MarkDivert}
+	if znic != 0 {
+		fl.NIC = znic
+	}
 	broadcastOK := s.broadcast
 	s.mu.Unlock()
 	res, err := ip.RouteOutput(fl)

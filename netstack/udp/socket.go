@@ -53,6 +53,7 @@ type Socket struct {
 	ttl       uint8 // IP_TTL, 0 = the layer's default
 	tos       uint8
 	nic       int  // SO_BINDTODEVICE
+	rnic      int  // the NIC of a connected link-local peer (its zone)
 	broadcast bool // SO_BROADCAST
 	dontFrag  bool // IP_PMTUDISC_DO
 	// transparent is IP_TRANSPARENT (SetTransparent): the local address
@@ -219,9 +220,12 @@ func (s *Socket) Connect(ap netip.AddrPort) error {
 	if !ap.IsValid() {
 		return s.disconnect()
 	}
-	dst := ap.Addr().Unmap()
+	dst, znic, err := s.p.zoneNIC(ap.Addr().Unmap())
+	if err != nil {
+		return err
+	}
 	ip, ok := s.p.af(dst)
-	if !ok || dst.Zone() != "" {
+	if !ok {
 		return syscall.EAFNOSUPPORT
 	}
 	if ap.Port() == 0 {
@@ -236,6 +240,9 @@ func (s *Socket) Connect(ap netip.AddrPort) error {
 		return syscall.EAFNOSUPPORT
 	}
 	fl := s.flowLocked(dst, ap.Port())
+	if znic != 0 {
+		fl.NIC = znic
+	}
 	broadcastOK := s.broadcast
 	s.mu.Unlock()
 	res, err := ip.RouteOutput(fl)
@@ -255,7 +262,7 @@ func (s *Socket) Connect(ap netip.AddrPort) error {
 	if !s.laddr.IsValid() || s.laddr.IsUnspecified() {
 		s.laddr = res.Src
 	}
-	s.raddr, s.rport, s.connected = dst, ap.Port(), true
+	s.raddr, s.rport, s.rnic, s.connected = dst, ap.Port(), znic, true
 	return nil
 }
 
@@ -267,7 +274,7 @@ func (s *Socket) disconnect() error {
 	if s.closed {
 		return net.ErrClosed
 	}
-	s.raddr, s.rport, s.connected = netip.Addr{}, 0, false
+	s.raddr, s.rport, s.rnic, s.connected = netip.Addr{}, 0, 0, false
 	if !s.addrLocked {
 		s.laddr = netip.Addr{} // inet_reset_saddr
 	}
@@ -293,7 +300,7 @@ func (s *Socket) RemoteAddr() netip.AddrPort {
 	if !s.connected {
 		return netip.AddrPort{}
 	}
-	return netip.AddrPortFrom(s.raddr, s.rport)
+	return netip.AddrPortFrom(s.p.withZone(s.raddr, s.rnic), s.rport)
 }
 
 // familyOKLocked reports whether the socket's local address can send to
@@ -334,19 +341,26 @@ func (s *Socket) SendTo(p []byte, to netip.AddrPort) (int, error) {
 		s.mu.Unlock()
 		return 0, err
 	}
+	znic := 0
 	if !to.IsValid() {
 		if !s.connected {
 			s.mu.Unlock()
 			return 0, syscall.EDESTADDRREQ
 		}
-		to = netip.AddrPortFrom(s.raddr, s.rport)
+		to, znic = netip.AddrPortFrom(s.raddr, s.rport), s.rnic
 	}
 	bound := s.lport != 0
 	s.mu.Unlock()
 
-	dst := to.Addr().Unmap()
+	dst, zn, err := s.p.zoneNIC(to.Addr().Unmap())
+	if err != nil {
+		return 0, err
+	}
+	if zn != 0 {
+		znic = zn
+	}
 	ip, ok := s.p.af(dst)
-	if !ok || dst.Zone() != "" {
+	if !ok {
 		return 0, syscall.EAFNOSUPPORT
 	}
 	if len(p) > maxPayload(dst) {
@@ -366,6 +380,9 @@ func (s *Socket) SendTo(p []byte, to netip.AddrPort) (int, error) {
 		return 0, syscall.EAFNOSUPPORT
 	}
 	fl := s.flowLocked(dst, to.Port())
+	if znic != 0 {
+		fl.NIC = znic
+	}
 	broadcastOK := s.broadcast
 	s.mu.Unlock()
 
@@ -488,7 +505,7 @@ func (s *Socket) RecvMsgHeader(p []byte, h *Header, flags Flags) (int, Meta, err
 			}
 			s.mu.Unlock()
 			n := copy(p, skb.Bytes())
-			m := metaOf(skb)
+			m := s.p.metaOf(skb)
 			m.Truncated = n < m.Len
 			if h != nil {
 				h.from(skb)
@@ -539,11 +556,14 @@ func (h *Header) from(skb *buf.SKB) {
 }
 
 // metaOf reads the addresses enqueue left in the control block. With
-// MsgPeek the SKB is still queued, but nothing else writes its CB.
-func metaOf(skb *buf.SKB) Meta {
+// MsgPeek the SKB is still queued, but nothing else writes its CB. A
+// link-local IPv6 address gets the zone of the NIC it came in on (RFC
+// 4007 §6), so a reply to it finds its link.
+func (p *Proto) metaOf(skb *buf.SKB) Meta {
 	var src, dst netip.Addr
 	if nh := skb.NetworkHeader(); len(nh) >= header.IPv6MinSize && nh[0]>>4 == 6 {
 		src, dst = header.IPv6(nh).Src(), header.IPv6(nh).Dst()
+		src, dst = p.withZone(src, skb.InNIC), p.withZone(dst, skb.InNIC)
 	} else {
 		src = netip.AddrFrom4([4]byte(skb.CB[cbSrc : cbSrc+4]))
 		dst = netip.AddrFrom4([4]byte(skb.CB[cbDst : cbDst+4]))

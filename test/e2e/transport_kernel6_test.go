@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -11,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cni-userstack/cni-userstack/netstack"
 	"github.com/cni-userstack/cni-userstack/test/e2e/env"
 )
 
@@ -185,5 +188,78 @@ func TestKernelUDP6ClosedPortIsRefused(t *testing.T) {
 	}
 	if st := s.Stats(); st.UDP.ICMPHardErrors == 0 || st.IP6.ICMP.InDestUnreachs == 0 {
 		t.Fatalf("stack: UDP %+v ICMPv6 %+v", st.UDP, st.IP6.ICMP)
+	}
+}
+
+// RFC 4291 §2.5.6 / RFC 4007 §6: the kernel connects to the stack's
+// link-local address (fe80::/64 from its MAC) with the veth as the zone;
+// the stack answers a peer it can only reach on that link through the
+// NIC the SYN came in on, and data flows both ways. UDP the same.
+func TestKernelTCP6LinkLocal(t *testing.T) {
+	requireRoot(t)
+	p := newKernelPeer6(t, "10.236.0.1/24", "10.236.0.2/24", "fd00:236::1/64", "fd00:236::2/64", 1500)
+	s, nicID := attachStack(t, p, "")
+	ll := netstack.LinkLocal(s.Devices().ByID(nicID))
+	ln, err := s.ListenTCP(netip.MustParseAddrPort("[::]:5050"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// The kernel's own link-local address is tentative until its
+	// duplicate address detection ends; a second one without DAD is the
+	// source, so the stack's peer is link-local too.
+	kll := netip.MustParseAddr("fe80::236:1")
+	if _, err := env.Run("ip", "-n", p.NS, "-6", "addr", "add", kll.String()+"/64", "dev", p.If, "nodad"); err != nil {
+		t.Fatal(err)
+	}
+	to := net.JoinHostPort(ll.String()+"%"+p.If, "5050")
+	var kc net.Conn
+	if err := p.Do(func() (err error) {
+		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: kll.AsSlice(), Zone: p.If}}
+		kc, err = d.Dial("tcp6", to)
+		return err
+	}); err != nil {
+		t.Fatalf("kernel dial %s: %v", to, err)
+	}
+	defer kc.Close()
+	ln.SetDeadline(time.Now().Add(5 * time.Second))
+	sc, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	peer := sc.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
+	if peer != kll || sc.LocalAddr().(*net.TCPAddr).AddrPort().Addr() != ll {
+		t.Fatalf("accepted %v → %v", sc.RemoteAddr(), sc.LocalAddr())
+	}
+	msg := bytes.Repeat([]byte("link-local "), 20000)
+	go func() {
+		sc.Write(msg)
+		sc.CloseWrite()
+	}()
+	kc.SetDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(kc)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("kernel read %d of %d: %v", len(got), len(msg), err)
+	}
+
+	// UDP: the stack's socket on :: answers the kernel's link-local source.
+	us, err := s.ListenUDP(netip.MustParseAddrPort("[::]:5051"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer us.Close()
+	go env.ServeUDPEcho(us)
+	var ku net.Conn
+	if err := p.Do(func() (err error) {
+		ku, err = net.DialUDP("udp6", &net.UDPAddr{IP: kll.AsSlice(), Zone: p.If},
+			&net.UDPAddr{IP: ll.AsSlice(), Zone: p.If, Port: 5051})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ku.Close()
+	if _, err := env.CheckEcho(ku, []int{1, 1000, 4000}, 3*time.Second); err != nil {
+		t.Fatalf("UDP echo over link-local: %v\n%s", err, s.Stats())
 	}
 }
