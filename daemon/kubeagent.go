@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
-	"net/netip"
 	"sync"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
