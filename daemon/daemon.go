@@ -132,6 +132,9 @@ type Config struct {
 	// Proxy is the proxy engine over the attacher's stack; nil refuses
 	// proxy-mode attachments.
 	Proxy Proxy
+	// Kube reports the Kubernetes route controller (serve --kubernetes)
+	// in the status and the stats; nil when it does not run.
+	Kube func() *api.KubeStatus
 }
 
 // Daemon is the API server and the attachment table.
@@ -508,6 +511,9 @@ func (d *Daemon) Status() *api.Status {
 		st.Proxy = d.proxy.Stats()
 	}
 	st.Metrics = d.insp.metrics.Load()
+	if d.cfg.Kube != nil {
+		st.Kubernetes = d.cfg.Kube()
+	}
 	return st
 }
 

@@ -251,6 +251,9 @@ func (d *Daemon) Stats() *api.Stats {
 	if d.proxy != nil {
 		st.Proxy = d.proxy.Stats()
 	}
+	if d.cfg.Kube != nil {
+		st.Kubernetes = d.cfg.Kube()
+	}
 	d.mu.Lock()
 	for _, a := range d.attachments {
 		st.Attached[a.Mode]++

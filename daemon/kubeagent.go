@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
 
+	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/daemon/kube"
 )
 
@@ -19,6 +21,7 @@ const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
 // forwards between its NIC and the uplink: other nodes' pods reach ours
 // through it, and ours reach theirs).
 type kubeAgent struct {
+	node  string
 	ctrl  *kube.Controller
 	table *kube.NetlinkTable
 	wg    sync.WaitGroup
@@ -40,7 +43,7 @@ func newKubeAgent(f *ServeFlags, version string, log *slog.Logger) (*kubeAgent, 
 		return nil, fmt.Errorf("--kubernetes: %w", err)
 	}
 	l := log.With("component", "kube")
-	return &kubeAgent{table: tbl, ctrl: kube.NewController(cs, kube.ControllerConfig{NodeName: f.NodeName, Table: tbl, Logger: l})}, nil
+	return &kubeAgent{node: f.NodeName, table: tbl, ctrl: kube.NewController(cs, kube.ControllerConfig{NodeName: f.NodeName, Table: tbl, Logger: l})}, nil
 }
 
 // start runs the controller until ctx ends.
@@ -52,6 +55,21 @@ func (k *kubeAgent) start(ctx context.Context, log *slog.Logger) {
 			log.Error("kubernetes route controller stopped", "err", err)
 		}
 	}()
+}
+
+// status is the controller's status in the API's terms.
+func (k *kubeAgent) status() *api.KubeStatus { return kubeStatus(k.node, k.ctrl.Status()) }
+
+func kubeStatus(node string, s kube.Status) *api.KubeStatus {
+	ks := &api.KubeStatus{Node: node, PodCIDRs: s.PodCIDRs, Routes: []api.KubeRoute{},
+		Reconciles: s.Reconciles, Errors: s.Errors, Conflicts: s.Conflicts, LastError: s.LastError}
+	if ks.PodCIDRs == nil {
+		ks.PodCIDRs = []netip.Prefix{}
+	}
+	for _, r := range s.Routes {
+		ks.Routes = append(ks.Routes, api.KubeRoute{Dst: r.Dst, Via: r.Via, Node: r.Node})
+	}
+	return ks
 }
 
 // stop waits for the controller (ctx must have ended) and closes the

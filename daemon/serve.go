@@ -279,7 +279,11 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		att.Close()
 		return err
 	}
-	d := New(Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px}, store, att)
+	cfg := Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px}
+	if agent != nil {
+		cfg.Kube = agent.status
+	}
+	d := New(cfg, store, att)
 	mr.attach(d)
 	l, err := startup(d, f.Socket)
 	if err != nil {

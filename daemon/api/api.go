@@ -371,6 +371,35 @@ type Status struct {
 	Metrics *MetricsStatus `json:"metrics,omitempty"`
 	// Ready is set once start-up recovery finished (what /readyz says).
 	Ready bool `json:"ready"`
+	// Kubernetes is the node agent's route controller (serve
+	// --kubernetes); nil when it does not run.
+	Kubernetes *KubeStatus `json:"kubernetes,omitempty"`
+}
+
+// KubeStatus is what the route controller of `serve --kubernetes` has
+// done (daemon/kube.Status).
+type KubeStatus struct {
+	// Node is this node's Node object; PodCIDRs its spec.podCIDRs, empty
+	// while the controller waits for them (and installs nothing).
+	Node     string         `json:"node"`
+	PodCIDRs []netip.Prefix `json:"podCIDRs"`
+	// Routes are the host routes to other nodes' pod CIDRs the controller
+	// owns after its last pass (proto 0x76).
+	Routes []KubeRoute `json:"routes"`
+	// Reconciles counts passes; Errors the passes that failed (LastError
+	// says why); Conflicts the routes left alone because another owner
+	// routes their destination.
+	Reconciles uint64 `json:"reconciles"`
+	Errors     uint64 `json:"errors"`
+	Conflicts  uint64 `json:"conflicts"`
+	LastError  string `json:"lastError,omitempty"`
+}
+
+// KubeRoute is one route to another node's pod CIDR.
+type KubeRoute struct {
+	Dst  netip.Prefix `json:"dst"`
+	Via  netip.Addr   `json:"via"`
+	Node string       `json:"node"`
 }
 
 // MetricsStatus says where /metrics, /healthz and /readyz are served.

@@ -288,6 +288,9 @@ type Stats struct {
 	Neigh     map[string]int `json:"neighbours"` // entries by NUD state
 	TCP       map[string]int `json:"tcpSockets"` // sockets by state
 	Attached  map[Mode]int   `json:"attachments"`
+	// Kubernetes is the route controller's status (serve --kubernetes);
+	// nil when it does not run.
+	Kubernetes *KubeStatus `json:"kubernetes,omitempty"`
 }
 
 // Drop is one drop reason's count.

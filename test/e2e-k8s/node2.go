@@ -53,7 +53,7 @@ func (t *e2e) secondNode(ctx context.Context) {
 		return
 	}
 	var a *corev1.Pod = t.pods["echo-a"]
-	r.step(false, "node1's daemon routes node2's pod CIDR via node2's InternalIP (and node2's routes node1's)", func() (string, error) {
+	r.step(false, "node1's daemon routes node2's pod CIDR via node2's InternalIP (and node2's routes node1's); node1's status and /metrics show the route", func() (string, error) {
 		var got []string
 		for _, want := range []struct {
 			nsPath string
@@ -81,7 +81,35 @@ func (t *e2e) secondNode(ctx context.Context) {
 				return "", err
 			}
 		}
-		return "node1: " + got[0] + "; node2: " + got[1], nil
+		// The operator's view of the same: node1's status and metrics.
+		var ks *api.KubeStatus
+		if err := waitFor(ctx, "node1's route controller status", 30*time.Second, nil, func() error {
+			st, err := api.NewClient(t.socket(), 5*time.Second).Status(ctx)
+			if err != nil {
+				return err
+			}
+			if ks = st.Kubernetes; ks == nil {
+				return fmt.Errorf("node1's status has no kubernetes section")
+			}
+			for _, r := range ks.Routes {
+				if r.Dst == n.cidr && r.Via == node2IP && r.Node == node2Name {
+					return nil
+				}
+			}
+			return fmt.Errorf("node1's status lists routes %+v, not %v via %v to %s", ks.Routes, n.cidr, node2IP, node2Name)
+		}); err != nil {
+			return "", err
+		}
+		body, err := t.inNetNS(ctx, c.n1Path, "get", "http://127.0.0.1:9765/metrics")
+		if err != nil {
+			return "", err
+		}
+		want := fmt.Sprintf("cni_userstack_kube_routes %d\n", len(ks.Routes))
+		if !strings.Contains(body, want) {
+			return "", fmt.Errorf("node1's /metrics lacks %q", strings.TrimSpace(want))
+		}
+		return "node1: " + got[0] + "; node2: " + got[1] + fmt.Sprintf("; node1's status: %d route(s), pod CIDRs %v, %d passes; /metrics %s",
+			len(ks.Routes), ks.PodCIDRs, ks.Reconciles, strings.TrimSpace(want)), nil
 	})
 	r.step(false, "pod on node1 <-> pod on node2 by their own addresses (each receiver sees the sender's pod IP)", func() (string, error) {
 		aNS, err := t.podNetNS(ctx, t.socket(), a.Status.PodIP)
