@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -429,6 +430,65 @@ func TestDualStackProxyMode(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp6", netip.AddrPortFrom(e.hostAddr6(), uint16(hostPort)).String(), time.Second); err == nil {
 		t.Fatalf("the IPv6 host port %d still answers after DEL", hostPort)
+	}
+	e.assertNothingLeft()
+}
+
+// TestDualStackAntiSpoofingAndRecovery: a dual-stack pod sourcing another
+// address over IPv6 (another pod's range address it does not own, or an
+// address outside the node) is dropped by the stack's strict rp_filter
+// (RFC 3704 §2.2, IP_RPFILTER counted), as in IPv4. Then the daemon is
+// killed (-9) and restarted: its recovery re-attaches both pods with their
+// IPv6 side (the uplink's IPv6 and the host route reused), and IPv6 works
+// again pod to pod, pod to host and host to pod; CHECK passes; DEL leaves
+// nothing.
+func TestDualStackAntiSpoofingAndRecovery(t *testing.T) {
+	e := newDualEnv(t)
+	e.startDaemon()
+	list := e.confList("1.1.0", e.plugin(nil))
+	a, b := e.addDual(list), e.addDual(list)
+	e.ping(a.pod, b.ip6.String())
+
+	spoof6 := e.subnet6.Masked().Addr().As16()
+	spoof6[15] = 0xfa
+	for _, spoof := range []netip.Addr{netip.AddrFrom16(spoof6), netip.MustParseAddr("2001:db8::1")} {
+		before := e.stackDrops()["IP_RPFILTER"]
+		if out, err := nsRun(a.ns, "ip", "-6", "addr", "add", spoof.String()+"/128", "dev", "eth0", "nodad"); err != nil {
+			t.Fatalf("add spoofed address %v: %v\n%s", spoof, err, out)
+		}
+		out, _ := nsRun(a.ns, "ping", "-6", "-n", "-c", "3", "-W", "1", "-i", "0.2", "-I", spoof.String(), b.ip6.String())
+		if !strings.Contains(out, "100% packet loss") {
+			t.Fatalf("ping -6 from the spoofed source %v got through:\n%s", spoof, out)
+		}
+		if after := e.stackDrops()["IP_RPFILTER"]; after < before+3 {
+			t.Fatalf("spoofed IPv6 source %v: IP_RPFILTER drops %d → %d, want 3 more", spoof, before, after)
+		}
+		nsRun(a.ns, "ip", "-6", "addr", "del", spoof.String()+"/128", "dev", "eth0")
+	}
+	e.ping(a.pod, b.ip6.String())
+
+	e.killDaemon(syscall.SIGKILL)
+	e.startDaemon()
+	l := e.attachments()
+	if len(l) != 2 || l[0].NIC == 0 || l[1].NIC == 0 || !l[0].IP6.IsValid() || !l[1].IP6.IsValid() {
+		t.Fatalf("attachments after restart: %v", l)
+	}
+	if st, err := e.client().Status(context.Background()); err != nil || st.Uplink == nil || st.Uplink.StackAddr6.Addr() != e.hostAddr6().Next() {
+		t.Fatalf("uplink after restart: %+v %v", st, err)
+	}
+	e.ping(a.pod, b.ip6.String())
+	e.ping(b.pod, a.ip6.String())
+	e.ping(a.pod, e.hostAddr6().String())
+	if loss, out, err := cnitest.Ping(t, nil, b.ip6.String(), 5); err != nil || loss > 20 {
+		t.Fatalf("host → pod %v after restart: %v loss %.0f%%\n%s", b.ip6, err, loss, out)
+	}
+	for _, p := range []*dualPod{a, b} {
+		if err := e.cni.CheckNetworkList(context.Background(), list, p.rt); err != nil {
+			t.Fatalf("CHECK %s after restart: %v", p.rt.ContainerID, err)
+		}
+		if err := e.cni.DelNetworkList(context.Background(), list, p.rt); err != nil {
+			t.Fatalf("DEL %s: %v", p.rt.ContainerID, err)
+		}
 	}
 	e.assertNothingLeft()
 }
