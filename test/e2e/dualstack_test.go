@@ -10,6 +10,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -329,7 +330,8 @@ func podServer6(t *testing.T, n ns.NetNS, port int) {
 // Its IPv6 flows are relayed over IPv6 host sockets: the pod fetches a
 // page from a host address over IPv6 and the host server sees the
 // daemon's socket, not the pod; 20 MB go pod → host over IPv6 SHA-256
-// checked; ping (ICMPv6 echo) to the host is relayed; DNS to the IPv6 gateway (UDP and TCP) is answered through the
+// checked; UDP to the host is relayed and a closed host port answers the
+// pod with ICMPv6 port unreachable; ping (ICMPv6 echo) to the host is relayed; DNS to the IPv6 gateway (UDP and TCP) is answered through the
 // relay (the result names both gateways); a port mapping on an IPv6 host
 // address reaches the pod's IPv6 server, which sees the client's own IPv6
 // address; the pod's IPv4 keeps working beside it; DEL leaves nothing of
@@ -380,6 +382,50 @@ func TestDualStackProxyMode(t *testing.T) {
 	// The pod's IPv4 is relayed as before, beside it.
 	if body, err := cnitest.HTTPGet(t, p.ns, cnitest.HostServer(t, netip.AddrPortFrom(e.uplink.Masked().Addr().Next(), 0).String())+"/remote", 20*time.Second); err != nil || remoteIP(t, body) == p.ip {
 		t.Fatalf("pod → host over IPv4: %q %v", body, err)
+	}
+
+	// UDP over IPv6 to the host, relayed; and a closed host port comes
+	// back to the pod as ICMPv6 port unreachable (RFC 4443 §3.1), which
+	// its connected socket reports as ECONNREFUSED.
+	uc, err := net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(e.hostAddr6(), 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	go udpTagServer(uc, "host6:")
+	closed := netip.AddrPortFrom(e.hostAddr6(), uint16(freePort(t)))
+	for _, c := range []struct {
+		to   netip.AddrPort
+		want string
+	}{{uc.LocalAddr().(*net.UDPAddr).AddrPort(), "host6:ping"}, {closed, ""}} {
+		var got string
+		err := do(p.ns, func() error {
+			conn, err := net.DialUDP("udp6", nil, net.UDPAddrFromAddrPort(c.to))
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			b := make([]byte, 64)
+			for i := 0; i < 3; i++ {
+				conn.Write([]byte("ping"))
+				conn.SetReadDeadline(time.Now().Add(time.Second))
+				var n int
+				if n, err = conn.Read(b); err == nil || errors.Is(err, syscall.ECONNREFUSED) {
+					got = string(b[:n])
+					return err
+				}
+			}
+			return err
+		})
+		switch {
+		case c.want != "" && (err != nil || got != c.want):
+			t.Fatalf("UDP over IPv6 pod → %v: %q %v, want %q\nproxy stats %s", c.to, got, err, c.want, statsJSON(e.proxyStats()))
+		case c.want == "" && !errors.Is(err, syscall.ECONNREFUSED):
+			t.Fatalf("UDP over IPv6 pod → closed %v: %q %v, want ECONNREFUSED (ICMPv6 port unreachable)\nproxy stats %s", c.to, got, err, statsJSON(e.proxyStats()))
+		}
+	}
+	if st := e.proxyStats(); st.UDPPortUnreachables < 1 {
+		t.Fatalf("no port unreachable relayed: %s", statsJSON(st))
 	}
 
 	// ICMPv6 echo to the host, relayed (a ping or raw ICMPv6 socket of
