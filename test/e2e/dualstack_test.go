@@ -178,6 +178,16 @@ func TestDualStackRouteMode(t *testing.T) {
 	if got := e.hostRoutes(); !slices.Contains(got, e.subnet) || !slices.Contains(got, e.subnet6) {
 		t.Fatalf("host routes over %s: %v, want %v and %v", e.uplinkIf, got, e.subnet, e.subnet6)
 	}
+	// The inspect commands show the IPv6 side: the pod's address, and on
+	// its NIC the gateway /128 beside the link's link-local address.
+	if out := e.cliOK("attachments"); !strings.Contains(out, a.ip6.String()) {
+		t.Errorf("attachments table lacks %v:\n%s", a.ip6, out)
+	}
+	if out := e.cliOK("addr"); !strings.Contains(out, a.ip6.String()) || !strings.Contains(out, gw6.String()+"/128") || !strings.Contains(out, "fe80::") {
+		t.Errorf("addr table lacks the pod's IPv6 address, the gateway's /128 or a link-local address:\n%s", out)
+	} else {
+		t.Logf("addr:\n%s", out)
+	}
 
 	// Ping in both families, both ways, and to the gateways.
 	for _, c := range []struct {
