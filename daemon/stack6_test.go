@@ -99,10 +99,17 @@ func TestStackAttacherDualStack(t *testing.T) {
 	}
 
 	// The NIC owns its link-local address (the gateway's, for NDP) and
-	// answers NS for any other target, never for the pod's own address.
+	// answers NS for any other target (proxy NDP, RFC 4861 §7.2.8): pod A
+	// (a netstack, its /64 on-link, unlike the plugin's pods) resolved
+	// pod B itself above and got the stack's MAC, through which it
+	// reached B.
 	nic := a.Stack().Devices().ByID(atA.NIC)
 	if ll := netstack.LinkLocal(nic); !a.Stack().FIB().IsLocal(ll) {
 		t.Fatalf("the pod link's link-local address %v is not local", ll)
+	}
+	podB6 := netip.MustParseAddr("fd00:1::6")
+	if e, ok := podA.Neigh().Lookup(1, podB6); !ok || e.MAC != nic.MAC() {
+		t.Fatalf("pod A's neighbour entry for %v: %+v %v, want the stack's MAC %v", podB6, e, ok, nic.MAC())
 	}
 
 	// Pod C claims pod A's IPv6 address as its source: strict rp_filter
