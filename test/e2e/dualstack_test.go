@@ -139,7 +139,9 @@ func (e *dualEnv) addDual(list *libcni.NetworkConfigList, pms ...portMapping) *d
 
 // TestDualStackRouteMode: two dual-stack pods in route mode. The ADD
 // result (1.1.0) has both addresses and both families' ptp-shaped routes;
-// the pods' kernels have them; the daemon's attachment has the IPv6 side
+// the pods' kernels have them (`ip -6 route get` names the gateway, a hop
+// limit of 1 expires there, replies arrive with 63); the daemon's
+// attachment has the IPv6 side
 // and the host routes both ranges over the uplink. Then ping and a
 // SHA-256-checked TCP transfer between the pods in both families, pod →
 // host over IPv6 (ping and HTTP, the host seeing the pod's own IPv6
@@ -165,6 +167,18 @@ func TestDualStackRouteMode(t *testing.T) {
 	out, err := nsRun(a.ns, "ip", "-6", "route", "get", b.ip6.String())
 	if err != nil || !strings.Contains(out, b.ip6.String()+" from :: via "+gw6.String()+" dev eth0") && !strings.Contains(out, b.ip6.String()+" via "+gw6.String()+" dev eth0") {
 		t.Fatalf("ip -6 route get %v in pod %v: %v\n%s\nwant it via the gateway %v", b.ip6, a.ip6, err, out, gw6)
+	}
+	// The pod sees the router in IPv6 too: a hop limit of 1 to the other
+	// pod expires at the gateway (RFC 4443 §3.3, ICMPv6 Time Exceeded
+	// code 0), and replies come back with the hop limit one lower (the
+	// stack forwarded them, RFC 8200 §3).
+	out, _ = nsRun(a.ns, "ping", "-6", "-n", "-c", "1", "-W", "2", "-t", "1", b.ip6.String())
+	if !strings.Contains(out, "From "+gw6.String()) || !strings.Contains(strings.ToLower(out), "time exceeded") {
+		t.Fatalf("ping -6 -t 1 %v: want Time Exceeded from the gateway %v:\n%s", b.ip6, gw6, out)
+	}
+	out, err = nsRun(a.ns, "ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "2", b.ip6.String())
+	if err != nil || strings.Count(out, "ttl=63") != 3 {
+		t.Fatalf("ping -6 %v: %v\n%s\nwant 3 replies with hop limit 63", b.ip6, err, out)
 	}
 	var at *api.Attachment
 	for _, x := range e.attachments() {
