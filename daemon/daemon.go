@@ -37,6 +37,14 @@
 // stack but keeps records, far ends, the uplink and the host routes: a
 // restarted daemon carries on where it stopped, as after kill -9.
 //
+// Dual stack: an attachment may carry an IPv6 side (IP6, Gateway6,
+// Range6) beside its IPv4 one. The attacher (stack.go) gives the pod's NIC
+// both gateways and the link's link-local address, and brings IPv6 up on
+// the uplink (--uplink-subnet6) with the first such pod, so an IPv4-only
+// node never touches the host's IPv6; the divert rule runs on both
+// families' PREROUTING; records, recovery, GC and the host routes treat
+// the IPv6 side as they treat the IPv4 one.
+//
 // Limits: MaxAttachments attachments per daemon (an attach beyond it is
 // refused with code 11); request bodies are bounded by maxRequest.
 //
@@ -77,6 +85,9 @@ import (
 // MaxAttachments bounds the attachments of one daemon: one NIC, one local
 // address and one static neighbour each, under the stack's bounds
 // (dev.MaxNICs and route.MaxLocal are 4096, one of each is the uplink's).
+// A dual-stack pod takes three local addresses and two neighbours: the
+// attacher refuses one the local table cannot hold (at most 1364 of
+// them), with code 102.
 const MaxAttachments = 4000
 
 // maxRequest bounds a request body.

@@ -103,8 +103,10 @@ func TestAddresses(t *testing.T) {
 	if err := s.AddAddress(77, p1); !errors.Is(err, syscall.ENODEV) {
 		t.Fatalf("unknown NIC: %v", err)
 	}
-	if err := s.AddAddress(id, netip.MustParsePrefix("2001:db8::1/64")); !errors.Is(err, syscall.EAFNOSUPPORT) {
-		t.Fatalf("IPv6: %v", err)
+	for _, p := range []string{"::ffff:10.0.0.1/128", "ff02::1/128", "::/0"} {
+		if err := s.AddAddress(id, netip.MustParsePrefix(p)); !errors.Is(err, syscall.EAFNOSUPPORT) {
+			t.Fatalf("%s: %v", p, err)
+		}
 	}
 }
 

@@ -27,7 +27,7 @@ func WithTCPConfig(c tcp.Config) Option { return func(cf *config) { cf.tcp = c }
 // newTCP creates TCP over the stack's IPv4 layer; the output NIC's MTU
 // and offloads come from the device list (for MSS and GSO).
 func (s *Stack) newTCP(c tcp.Config) *tcp.Proto {
-	c.Clock = s.clk
+	c.Clock, c.Zone = s.clk, s.zoneNIC
 	c.Device = func(id int) (int, link.Caps, bool) {
 		nic := s.devs.ByID(id)
 		if nic == nil {
@@ -35,7 +35,7 @@ func (s *Stack) newTCP(c tcp.Config) *tcp.Proto {
 		}
 		return nic.MTU(), nic.Endpoint().Caps(), true
 	}
-	return tcp.New(s.ip, c)
+	return tcp.New(s.ip, s.ip6, c)
 }
 
 // TCP is the TCP protocol.

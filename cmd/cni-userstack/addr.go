@@ -52,6 +52,9 @@ func printAddrs(w io.Writer, links []api.Link) error {
 		var ip, mac string
 		if p := l.Pod; p != nil {
 			ip, mac = p.IP.String(), p.MAC
+			if p.IP6.IsValid() {
+				ip += "," + p.IP6.String()
+			}
 		}
 		t.row(itoa(l.NIC), l.Name, linkState(l), l.MAC, prefixes(l.Addresses), podLabel(l.Pod), ip, mac)
 	}

@@ -65,7 +65,8 @@ type LinkPod struct {
 	Network     string       `json:"network"`
 	Mode        Mode         `json:"mode"`
 	IP          netip.Prefix `json:"ip"`
-	MAC         string       `json:"mac"` // the pod end's
+	IP6         netip.Prefix `json:"ip6,omitzero"` // a dual-stack pod's IPv6 address
+	MAC         string       `json:"mac"`          // the pod end's
 }
 
 // String is "namespace/name" when known, else the container ID.

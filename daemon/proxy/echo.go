@@ -94,9 +94,13 @@ type echoTable struct {
 	m     map[echoKey]*echoFlow
 	byRaw map[rawKey]*echoFlow // raw-mode flows by reply key
 	// rawSock is the engine's one raw ICMP socket, opened when ping
-	// sockets are first refused and kept until Close.
-	rawSock net.PacketConn
-	rawRC   syscall.RawConn
+	// sockets are first refused and kept until Close; rawSock6 the raw
+	// ICMPv6 socket, the same for IPv6 destinations. sweeping: the
+	// sweeper runs (started with the first of them; it closes both).
+	rawSock  net.PacketConn
+	rawRC    syscall.RawConn
+	rawSock6 net.PacketConn
+	sweeping bool
 
 	// dueMu guards due: raw-mode flows whose idle timer fired or which
 	// were aborted, for the sweeper (rawSweeper) to look at. Bound: the
@@ -109,6 +113,7 @@ type echoTable struct {
 	// ICMP socket; tests replace them.
 	openPing func(dst netip.Addr) (net.Conn, error)
 	openRaw  func() (net.PacketConn, error)
+	openRaw6 func() (net.PacketConn, error)
 	// hostDst maps a pod's destination to the address pinged; tests use
 	// it to reach loopback. nil = identity.
 	hostDst func(netip.Addr) netip.Addr
@@ -123,6 +128,25 @@ func (t *echoTable) init(e *Engine) {
 	t.wake = make(chan struct{}, 1)
 	t.openPing = openPingSocket
 	t.openRaw = openRawICMP
+	t.openRaw6 = openRawICMPv6
+}
+
+// intercept6 is the stack's ipv6.EchoFunc: intercept for an ICMPv6 Echo
+// Request (RFC 4443 §4.1) of a dual-stack pod. The IPv6 layer hands no
+// header with it, so the flow keeps no quote: ICMPv6 errors about a
+// relayed echo request are not passed on (the pod's ping times out, as
+// behind a router that rate-limits them).
+func (t *echoTable) intercept6(src, dst netip.Addr, id, seq uint16, payload []byte) {
+	if len(payload) > maxDatagram-header.ICMPv6MinSize {
+		t.e.c.echoDropped.Add(1)
+		return
+	}
+	r := echoReq{key: echoKey{pod: src, dst: dst, id: id}, seq: seq, payload: append([]byte(nil), payload...)}
+	select {
+	case t.q <- r:
+	default:
+		t.e.c.echoDropped.Add(1)
+	}
 }
 
 // intercept is the stack's EchoFunc: it runs on the receive goroutine, so
@@ -167,13 +191,20 @@ func (t *echoTable) send(r echoReq) {
 	ef.keepQuote(r.seq, r.hdr)
 	// RFC 792 echo. A ping socket sets the identifier to its own and
 	// computes the checksum (ping_v4_sendmsg); on the raw socket both
-	// are ours to write.
+	// are ours to write. ICMPv6 (RFC 4443 §4.1): the same, except that
+	// the kernel computes the checksum on a raw ICMPv6 socket too (RFC
+	// 3542 §3.1), over a pseudo-header only it knows the source of.
+	v6 := r.key.dst.Is6()
 	msg := make([]byte, header.ICMPv4MinSize+len(r.payload))
 	id := r.key.id
 	if ef.viaRaw {
 		id = ef.hostID
 	}
-	header.ICMPv4(msg).Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(id, r.seq)})
+	if v6 {
+		header.ICMPv6(msg).Encode(header.ICMPv6Fields{Type: header.ICMPv6EchoRequest, RestOfHeader: header.EchoRest(id, r.seq)})
+	} else {
+		header.ICMPv4(msg).Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(id, r.seq)})
+	}
 	copy(msg[header.ICMPv4MinSize:], r.payload)
 	// Counted before the send: the reply may be relayed before Write
 	// returns.
@@ -181,8 +212,13 @@ func (t *echoTable) send(r echoReq) {
 	var err error
 	if ef.viaRaw {
 		e.c.echoRawRelayed.Add(1)
-		header.ICMPv4(msg).SetChecksum()
-		_, err = t.rawSock.WriteTo(msg, &net.IPAddr{IP: t.pinged(r.key.dst).AsSlice()})
+		sock := t.rawSock
+		if v6 {
+			sock = t.rawSock6
+		} else {
+			header.ICMPv4(msg).SetChecksum()
+		}
+		_, err = sock.WriteTo(msg, &net.IPAddr{IP: t.pinged(r.key.dst).AsSlice()})
 		if err != nil {
 			e.c.echoRawRelayed.Add(^uint64(0))
 		}
@@ -266,22 +302,35 @@ func (t *echoTable) open(k echoKey) *echoFlow {
 // same destination, and arms its idle timer. Called with mu held.
 func (t *echoTable) openRawFlow(k echoKey, f *flowHandle) (*echoFlow, error) {
 	e := t.e
-	if t.rawSock == nil {
+	if !t.sweeping {
+		// The sweeper closes the raw sockets when the engine closes,
+		// which ends their readers.
+		if !e.spawn(t.rawSweeper) {
+			return nil, net.ErrClosed
+		}
+		t.sweeping = true
+	}
+	if v6 := k.dst.Is6(); v6 && t.rawSock6 == nil {
+		pc, err := t.openRaw6()
+		if err != nil {
+			return nil, err
+		}
+		if !e.spawn(func() { t.rawReader6(pc, rawConn(pc)) }) {
+			pc.Close() // closing: the sweeper may be gone already
+			return nil, net.ErrClosed
+		}
+		t.rawSock6 = pc
+	} else if !v6 && t.rawSock == nil {
 		pc, err := t.openRaw()
 		if err != nil {
 			return nil, err
 		}
 		rc := rawConn(pc)
-		// The sweeper closes the socket when the engine closes, which
-		// ends the reader.
-		if !e.spawn(func() { t.rawSweeper(pc) }) {
-			pc.Close()
+		if !e.spawn(func() { t.rawReader(pc, rc) }) {
+			pc.Close() // closing: the sweeper may be gone already
 			return nil, net.ErrClosed
 		}
 		t.rawSock, t.rawRC = pc, rc
-		if !e.spawn(func() { t.rawReader(pc, rc) }) {
-			return nil, net.ErrClosed // the sweeper closes pc
-		}
 	}
 	dst := t.pinged(k.dst)
 	var b [2]byte
@@ -322,14 +371,18 @@ func (t *echoTable) markDue(ef *echoFlow) {
 
 // rawSweeper ends raw-mode flows idle for UDPIdleTimeout (a request or
 // reply since re-arms the timer for the rest) or aborted, and at Close
-// every raw-mode flow and the raw socket.
-func (t *echoTable) rawSweeper(pc net.PacketConn) {
+// every raw-mode flow and the raw sockets.
+func (t *echoTable) rawSweeper() {
 	e := t.e
 	for {
 		select {
 		case <-e.ctx.Done():
-			pc.Close()
 			t.mu.Lock()
+			for _, pc := range []net.PacketConn{t.rawSock, t.rawSock6} {
+				if pc != nil {
+					pc.Close()
+				}
+			}
 			var all []*echoFlow
 			for _, ef := range t.byRaw {
 				all = append(all, ef)
@@ -464,12 +517,12 @@ func (t *echoTable) reader(ef *echoFlow) {
 		}
 		_ = ef.conn.SetReadDeadline(last.Add(idle))
 		err := recvDatagram(ef.conn, ef.raw, func(p []byte) {
-			h, err := header.CheckICMPv4(p)
-			if err != nil || h.Type() != header.ICMPv4EchoReply {
+			seq, payload, ok := echoReplyOf(p, ef.key.dst.Is6())
+			if !ok {
 				return // ping sockets deliver only replies to us; anything else is ignored
 			}
 			ef.touch()
-			if err := e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, h.Seq(), h.Payload()); err != nil {
+			if err := e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, seq, payload); err != nil {
 				e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
 			}
 		})
@@ -504,18 +557,42 @@ func (t *echoTable) end(ef *echoFlow) {
 	t.e.c.activeEcho.Add(-1)
 }
 
-// openPingSocket opens an unprivileged ICMP socket (SOCK_DGRAM,
-// IPPROTO_ICMP: net/ipv4/ping.c) connected to dst. The kernel refuses it
-// with EACCES when the caller's group is outside net.ipv4.ping_group_range.
-func openPingSocket(dst netip.Addr) (net.Conn, error) {
-	if !dst.Is4() {
-		return nil, syscall.EAFNOSUPPORT
+// echoReplyOf reads an echo reply a ping socket delivered: ICMP, or
+// ICMPv6 for an IPv6 flow (v6); false for anything else.
+func echoReplyOf(p []byte, v6 bool) (seq uint16, payload []byte, ok bool) {
+	if v6 {
+		if len(p) < header.ICMPv6MinSize || p[0] != header.ICMPv6EchoReply {
+			return 0, nil, false
+		}
+		h := header.ICMPv6(p)
+		return h.Seq(), h.Payload(), true
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	h, err := header.CheckICMPv4(p)
+	if err != nil || h.Type() != header.ICMPv4EchoReply {
+		return 0, nil, false
+	}
+	return h.Seq(), h.Payload(), true
+}
+
+// openPingSocket opens an unprivileged ICMP socket (SOCK_DGRAM,
+// IPPROTO_ICMP: net/ipv4/ping.c; for an IPv6 dst AF_INET6, IPPROTO_ICMPV6:
+// net/ipv6/ping.c) connected to dst. The kernel refuses it with EACCES
+// when the caller's group is outside net.ipv4.ping_group_range (which
+// governs both families).
+func openPingSocket(dst netip.Addr) (net.Conn, error) {
+	family, proto := unix.AF_INET, unix.IPPROTO_ICMP
+	if dst.Is6() {
+		family, proto = unix.AF_INET6, unix.IPPROTO_ICMPV6
+	}
+	sa, _, err := sockaddr(netip.AddrPortFrom(dst, 0))
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
 	}
-	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
+	if err := unix.Connect(fd, sa); err != nil {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("connect", err)
 	}
@@ -556,6 +633,107 @@ func openRawICMP() (net.PacketConn, error) {
 		return nil, err
 	}
 	return pc, nil
+}
+
+// openRawICMPv6 opens the raw ICMPv6 socket (SOCK_RAW, IPPROTO_ICMPV6:
+// CAP_NET_RAW) with an ICMPV6_FILTER (RFC 3542 §3.2; a set bit blocks
+// that type) passing echo replies only. Reads return the message without
+// the IPv6 header, the source in the address; the kernel computes the
+// checksum of what is written (RFC 3542 §3.1).
+func openRawICMPv6() (net.PacketConn, error) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMPV6)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	var filt [32]byte
+	for i := range filt {
+		filt[i] = 0xff
+	}
+	w := binary.NativeEndian.Uint32(filt[header.ICMPv6EchoReply/32*4:])
+	binary.NativeEndian.PutUint32(filt[header.ICMPv6EchoReply/32*4:], w&^(1<<(header.ICMPv6EchoReply%32)))
+	if err := unix.SetsockoptString(fd, unix.SOL_ICMPV6, unix.ICMPV6_FILTER, string(filt[:])); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("setsockopt ICMPV6_FILTER", err)
+	}
+	f := os.NewFile(uintptr(fd), "raw-icmpv6")
+	pc, err := net.FilePacketConn(f) // dups the descriptor
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	return pc, nil
+}
+
+// rawReader6 reads the raw ICMPv6 socket until it is closed: echo
+// replies to a raw-mode flow's identifier from its destination go to the
+// pod with the pod's identifier (rawReader's twin; the source comes with
+// recvfrom, not in a header).
+func (t *echoTable) rawReader6(pc net.PacketConn, rc syscall.RawConn) {
+	e := t.e
+	for {
+		var err error
+		if rc != nil {
+			var rerr error
+			err = rc.Read(func(fd uintptr) bool {
+				bp := dgramBufs.Get().(*[]byte)
+				defer dgramBufs.Put(bp)
+				for {
+					n, from, err := recvfromNonblock(int(fd), *bp)
+					switch {
+					case err == unix.EINTR:
+						continue
+					case err == unix.EAGAIN:
+						return false
+					case err != nil:
+						rerr = err
+					default:
+						t.rawReply6(from.Addr(), (*bp)[:n])
+					}
+					return true
+				}
+			})
+			if err == nil {
+				err = rerr
+			}
+		} else { // not a kernel socket: a test's
+			bp := dgramBufs.Get().(*[]byte)
+			n, from, rerr := pc.ReadFrom(*bp)
+			if err = rerr; err == nil {
+				if ia, ok := from.(*net.IPAddr); ok {
+					a, _ := netip.AddrFromSlice(ia.IP)
+					t.rawReply6(a.Unmap(), (*bp)[:n])
+				}
+			}
+			dgramBufs.Put(bp)
+		}
+		switch {
+		case err == nil:
+		case isErrno(err) && !isClosed(err):
+		default:
+			if e.ctx.Err() == nil {
+				e.log.Warn("proxy: raw ICMPv6 socket stopped", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// rawReply6 handles one message of the raw ICMPv6 socket from src.
+func (t *echoTable) rawReply6(src netip.Addr, p []byte) {
+	seq, payload, ok := echoReplyOf(p, true)
+	if !ok {
+		return
+	}
+	t.mu.Lock()
+	ef := t.byRaw[rawKey{src, header.ICMPv6(p).ID()}]
+	t.mu.Unlock()
+	if ef == nil {
+		return
+	}
+	ef.touch()
+	if err := t.e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, seq, payload); err != nil {
+		t.e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
+	}
 }
 
 // keepQuote records the headers of request seq. Called with mu held.

@@ -94,10 +94,27 @@ func (h *hostFD) sockAddr(get func(int) (unix.Sockaddr, error)) net.Addr {
 	if h.Control(func(fd uintptr) { sa, _ = get(int(fd)) }) != nil {
 		return nil
 	}
-	if in4, ok := sa.(*unix.SockaddrInet4); ok {
-		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)))
+	switch in := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(in.Addr), uint16(in.Port)))
+	case *unix.SockaddrInet6:
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom16(in.Addr).Unmap(), uint16(in.Port)))
 	}
 	return nil
+}
+
+// sockaddr is dst as a connect(2) address of its own family (an IPv6
+// destination gets an AF_INET6 socket, never an IPv4-mapped address), with
+// that family.
+func sockaddr(dst netip.AddrPort) (unix.Sockaddr, int, error) {
+	a := dst.Addr().Unmap()
+	switch {
+	case a.Is4():
+		return &unix.SockaddrInet4{Addr: a.As4(), Port: int(dst.Port())}, unix.AF_INET, nil
+	case a.Is6() && a.Zone() == "":
+		return &unix.SockaddrInet6{Addr: a.As16(), Port: int(dst.Port())}, unix.AF_INET6, nil
+	}
+	return nil, 0, syscall.EAFNOSUPPORT
 }
 
 // SetKeepAliveConfig is (*net.TCPConn).SetKeepAliveConfig for the fd:
@@ -143,20 +160,22 @@ func (h *hostFD) SetKeepAliveConfig(cfg net.KeepAliveConfig) error {
 	return err
 }
 
-// dialAsync opens a TCP socket to dst and starts a non-blocking connect
+// dialAsync opens a TCP socket of dst's family (AF_INET or AF_INET6) to
+// dst and starts a non-blocking connect
 // (TCP_NODELAY on, as Go's net.Dialer sets it): the connect completes
 // when the socket becomes writable (EPOLLOUT; SO_ERROR says how). An
 // error here (no route, EACCES, out of descriptors) ends the attempt.
 func dialAsync(dst netip.AddrPort) (*hostFD, error) {
-	if !dst.Addr().Is4() {
-		return nil, syscall.EAFNOSUPPORT
+	sa, family, err := sockaddr(dst)
+	if err != nil {
+		return nil, err
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if err != nil {
 		return nil, err
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	err = unix.Connect(fd, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())})
+	err = unix.Connect(fd, sa)
 	if err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
 		unix.Close(fd)
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"net"
 	"net/netip"
 	"syscall"
 	"testing"
@@ -18,13 +19,27 @@ import (
 // ipv4, dev and neigh, with loss, duplication, reordering and corruption
 // in both directions, blocking net.Conn calls on the real clock.
 func TestStacksOverFaultyPipe(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		name := "IPv4"
+		if v6 {
+			name = "IPv6" // ipv6, NDP and the IPv6 pseudo-header instead
+		}
+		t.Run(name, func(t *testing.T) { stacksOverFaultyPipe(t, v6) })
+	}
+}
+
+func stacksOverFaultyPipe(t *testing.T, v6 bool) {
 	size := 16 << 20
 	if testing.Short() {
 		size = 4 << 20
 	}
-	a, b := stacktest.Pair(t, stacktest.NoCapture(), stacktest.Fault(fault.Loss(0.01), fault.Duplicate(0.01),
+	a, b := stacktest.Pair(t, stacktest.NoCapture(), stacktest.DualStack(), stacktest.Fault(fault.Loss(0.01), fault.Duplicate(0.01),
 		fault.Reorder(0.01, 3), fault.Corrupt(0.01), fault.Seed(3), fault.OnReceive()))
-	ln, err := b.ListenTCP(netip.AddrPortFrom(b.Addr(), 7))
+	dst := b.Addr()
+	if v6 {
+		dst = b.Addr6()
+	}
+	ln, err := b.ListenTCP(netip.AddrPortFrom(dst, 7))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,11 +70,14 @@ func TestStacksOverFaultyPipe(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := a.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(b.Addr(), 7))
+	c, err := a.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(dst, 7))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	if got := c.LocalAddr().(*net.TCPAddr).AddrPort().Addr(); got.Is6() != v6 {
+		t.Fatalf("connected from %v", got)
+	}
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	h := sha256.New()
 	buf := make([]byte, 32<<10)

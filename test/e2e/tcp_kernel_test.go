@@ -51,12 +51,21 @@ func newTCPPair(t *testing.T, octet int) *tcpPair {
 	return &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr()}
 }
 
+// network is the kernel sockets' network: "tcp4", or "tcp6" for a pair
+// over IPv6 (newTCPPair6).
+func (tp *tcpPair) network() string {
+	if tp.kernel.Is6() {
+		return "tcp6"
+	}
+	return "tcp4"
+}
+
 // kernelListen opens a kernel listener in the peer namespace.
 func (tp *tcpPair) kernelListen(t testing.TB, port int) *net.TCPListener {
 	t.Helper()
 	var l *net.TCPListener
 	if err := tp.p.Do(func() (err error) {
-		l, err = net.ListenTCP("tcp4", &net.TCPAddr{IP: tp.kernel.AsSlice(), Port: port})
+		l, err = net.ListenTCP(tp.network(), &net.TCPAddr{IP: tp.kernel.AsSlice(), Port: port})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -71,7 +80,7 @@ func (tp *tcpPair) kernelDial(t testing.TB, port int) (*net.TCPConn, error) {
 	var c *net.TCPConn
 	err := tp.p.Do(func() (err error) {
 		d := net.Dialer{Timeout: 5 * time.Second}
-		nc, err := d.Dial("tcp4", netip.AddrPortFrom(tp.stack, uint16(port)).String())
+		nc, err := d.Dial(tp.network(), netip.AddrPortFrom(tp.stack, uint16(port)).String())
 		if err == nil {
 			c = nc.(*net.TCPConn)
 		}
@@ -105,7 +114,12 @@ func sendPattern(w io.Writer, n int) ([32]byte, error) {
 // the checksum verified; the kernel's TCP_INFO (ss -tin) shows window
 // scaling, timestamps and SACK negotiated.
 func TestKernelTCPBulkBothWays(t *testing.T) {
-	tp := newTCPPair(t, 221)
+	kernelBulkBothWays(t, newTCPPair(t, 221))
+}
+
+// kernelBulkBothWays is TestKernelTCPBulkBothWays over tp, of either
+// family.
+func kernelBulkBothWays(t *testing.T, tp *tcpPair) {
 	size := tcpBulkMB() << 20
 
 	// Kernel → stack.
