@@ -169,9 +169,12 @@ func (s *Socket) deadlineFired() {
 // invalid or unspecified address is the wildcard, port 0 picks an
 // ephemeral port. A socket binds once (EINVAL after).
 func (s *Socket) Bind(ap netip.AddrPort) error {
-	addr := ap.Addr().Unmap()
+	addr, znic, err := s.p.zoneNIC(ap.Addr().Unmap())
+	if err != nil {
+		return err
+	}
 	if addr.IsValid() {
-		if _, ok := s.p.af(addr); !ok || addr.Zone() != "" {
+		if _, ok := s.p.af(addr); !ok {
 			return syscall.EAFNOSUPPORT
 		}
 	}
@@ -189,6 +192,11 @@ func (s *Socket) Bind(ap netip.AddrPort) error {
 		return err
 	}
 	s.addrLocked = addr.IsValid() && !addr.IsUnspecified()
+	if znic != 0 {
+		// A zoned (link-local) address binds the socket to its NIC, as
+		// sin6_scope_id binds to the device (sk_bound_dev_if).
+		s.nic = znic
+	}
 	return nil
 }
 

@@ -216,3 +216,43 @@ func TestBindConflictsAcrossFamilies(t *testing.T) {
 		b.Close()
 	}
 }
+
+// RFC 4007 §6 and §11 without a name resolver: zones are NIC IDs. A
+// send to a zoned link-local address leaves through that NIC; a datagram
+// from a link-local source is received with its NIC's zone, and
+// answering that address goes back out there; a zoned bind binds the
+// socket to the NIC; an unknown zone is ENODEV.
+func TestLinkLocalZones(t *testing.T) {
+	p, _, f6 := newProto6(t)
+	ll := netip.MustParseAddr("fe80::2")
+	s := p.NewSocket()
+	defer s.Close()
+	if err := s.Bind(netip.AddrPortFrom(netip.MustParseAddr("fe80::1%3"), 53)); err != nil {
+		t.Fatal(err)
+	}
+	if s.nic != 3 {
+		t.Fatalf("bound to NIC %d", s.nic)
+	}
+	if _, err := s.SendTo([]byte("x"), netip.AddrPortFrom(ll.WithZone("4"), 53)); err != nil {
+		t.Fatal(err)
+	}
+	if fl := f6.flows[len(f6.flows)-1]; fl.NIC != 4 || fl.Dst != ll {
+		t.Fatalf("flow %+v", fl)
+	}
+	skb := datagram6(ll, netip.MustParseAddr("fe80::1"), 1000, 53, []byte("hi"), 2)
+	skb.InNIC = 3
+	p.V6Rcv(skb)
+	_, m, err := s.RecvMsg(make([]byte, 8), MsgDontWait)
+	if err != nil || m.From != netip.AddrPortFrom(ll.WithZone("3"), 1000) || m.To.Addr().Zone() != "3" {
+		t.Fatalf("meta %+v %v", m, err)
+	}
+	if _, err := s.SendTo([]byte("back"), m.From); err != nil {
+		t.Fatal(err)
+	}
+	if fl := f6.flows[len(f6.flows)-1]; fl.NIC != 3 {
+		t.Fatalf("answer's flow %+v", fl)
+	}
+	if _, err := s.SendTo([]byte("x"), netip.AddrPortFrom(ll.WithZone("eth9"), 53)); !errors.Is(err, syscall.ENODEV) {
+		t.Fatalf("unknown zone: %v", err)
+	}
+}
