@@ -259,7 +259,9 @@ func kernelTCPHalfClose(t *testing.T, tp *tcpPair) {
 
 // Closing with unread data sends RST (RFC 2525 §2.17), both ways: the
 // other side's read fails with ECONNRESET.
-func TestKernelTCPResetOnCloseWithUnreadData(t *testing.T) { forFamilies(t, 223, kernelTCPResetOnCloseWithUnreadData) }
+func TestKernelTCPResetOnCloseWithUnreadData(t *testing.T) {
+	forFamilies(t, 223, kernelTCPResetOnCloseWithUnreadData)
+}
 
 func kernelTCPResetOnCloseWithUnreadData(t *testing.T, tp *tcpPair) {
 	ln, err := tp.s.ListenTCP(netip.AddrPortFrom(tp.stack, 5005))
