@@ -256,3 +256,48 @@ func TestLinkLocalZones(t *testing.T) {
 		t.Fatalf("unknown zone: %v", err)
 	}
 }
+
+// RecvMsgHeader keeps the IPv6 header, extension headers and the UDP
+// header of a datagram (what an ICMPv6 error quotes first); when the
+// extension headers do not fit Header.B, the IPv6 header is rewritten to
+// name UDP next so the quote still parses.
+func TestRecvMsgHeaderIPv6(t *testing.T) {
+	p, _, _ := newProto6(t)
+	s := p.NewSocket()
+	defer s.Close()
+	if err := s.Bind(netip.AddrPortFrom(local6, 53)); err != nil {
+		t.Fatal(err)
+	}
+	for _, extLen := range []int{0, 8, 64} {
+		udpb := datagram6(peer6, local6, 1000, 53, []byte("hdr"), 2).Bytes()
+		ext := make([]byte, extLen)
+		if extLen > 0 {
+			ext[0], ext[1] = header.ProtoUDP, byte(extLen/8-1) // a Destination Options header
+			ext[2], ext[3] = 1, byte(extLen-4)                 // PadN
+		}
+		b := make([]byte, header.IPv6MinSize)
+		nh := uint8(header.ProtoUDP)
+		if extLen > 0 {
+			nh = header.ProtoDestOpts
+		}
+		header.IPv6(b).Encode(header.IPv6Fields{PayloadLen: uint16(extLen + len(udpb)), NextHeader: nh, HopLimit: 64, Src: peer6, Dst: local6})
+		b = append(append(b, ext...), udpb...)
+		skb := buf.FromBytes(buf.MaxHeadroom, b)
+		skb.SetNetworkHeader()
+		skb.Pull(header.IPv6MinSize + extLen)
+		p.V6Rcv(skb)
+		var h Header
+		if _, _, err := s.RecvMsgHeader(make([]byte, 8), &h, MsgDontWait); err != nil {
+			t.Fatal(err)
+		}
+		hb := h.Bytes()
+		u, err := header.IPv6SkipExtHeaders(hb)
+		if err != nil || u.Proto != header.ProtoUDP || u.Offset+header.UDPSize != len(hb) ||
+			header.UDP(hb[u.Offset:]).DstPort() != 53 || header.IPv6(hb).PayloadLen() != len(hb)-header.IPv6MinSize+3 {
+			t.Fatalf("ext %d: header % x (%+v, %v)", extLen, hb, u, err)
+		}
+		if want := header.IPv6MinSize + extLen + header.UDPSize; extLen <= 20 && len(hb) != want {
+			t.Fatalf("ext %d: %d bytes kept, want %d", extLen, len(hb), want)
+		}
+	}
+}
