@@ -8,9 +8,9 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 )
 
-// TCP wiring (tcp_v4_init + inet_register_protosw for SOCK_STREAM): New
-// creates the protocol with newTCP, registers it on the IPv4 protocol
-// table and in the socket switch.
+// TCP wiring (tcp_v4_init, tcpv6_init + inet_register_protosw for
+// SOCK_STREAM): New creates the protocol with newTCP, registers it on the
+// IPv4 and IPv6 protocol tables and in the socket switch.
 
 var _ interface {
 	Bind(netip.AddrPort) error
@@ -24,8 +24,9 @@ var _ interface {
 // defaults); the stack's clock and devices are filled in by New.
 func WithTCPConfig(c tcp.Config) Option { return func(cf *config) { cf.tcp = c } }
 
-// newTCP creates TCP over the stack's IPv4 layer; the output NIC's MTU
-// and offloads come from the device list (for MSS and GSO).
+// newTCP creates TCP over the stack's IPv4 and IPv6 layers; the output
+// NIC's MTU and offloads come from the device list (for MSS and GSO),
+// and IPv6 zones resolve to its NICs.
 func (s *Stack) newTCP(c tcp.Config) *tcp.Proto {
 	c.Clock, c.Zone = s.clk, s.zoneNIC
 	c.Device = func(id int) (int, link.Caps, bool) {
