@@ -42,15 +42,17 @@ func (s *Stack) newTCP(c tcp.Config) *tcp.Proto {
 // TCP is the TCP protocol.
 func (s *Stack) TCP() *tcp.Proto { return s.tcp }
 
-// ListenTCP is net.ListenTCP on the stack: a listener on laddr (an
-// unspecified address listens on every address, port 0 picks one) with
-// the default backlog.
+// ListenTCP is net.ListenTCP on the stack: a listener on laddr (:: or an
+// invalid address listens on every address of both families, 0.0.0.0 on
+// every IPv4 address; port 0 picks one) with the default backlog.
 func (s *Stack) ListenTCP(laddr netip.AddrPort) (*tcp.Listener, error) {
 	return s.tcp.Listen(laddr, 0)
 }
 
 // DialTCP is net.Dialer.DialContext for "tcp" on the stack: from laddr
 // when it is valid (chosen by routing otherwise) to raddr, bounded by ctx.
+// raddr may be IPv4, IPv6 (a link-local one with its NIC as the zone) or
+// IPv4-mapped (an IPv4 connection).
 func (s *Stack) DialTCP(ctx context.Context, laddr, raddr netip.AddrPort) (*tcp.Conn, error) {
 	return s.tcp.Dial(ctx, laddr, raddr)
 }
