@@ -24,12 +24,17 @@ import (
 //   - UDP: datagrams matching no connected socket go to the intercept
 //     socket (InterceptUDP), which answers with SendFromTo.
 //   - ICMP echo requests go to the echo interceptor (InterceptEcho), which
-//     answers with SendEchoReply.
+//     answers with SendEchoReply; ICMPv6 ones to InterceptEcho6's.
 //
 // The other way, DialTCPTransparent and DialUDPTransparent open flows into
 // a pod from an address that is not the stack's (a port-mapping client's
 // own address); their packets carry netfilter.MarkDivert so conntrack
 // diverts the pod's replies back to them. Both need EnableNetfilter.
+//
+// Every primitive takes IPv6 as well as IPv4 (the divert hook is then on
+// Hooks6): the flow's family is its addresses', IPv4-mapped addresses are
+// IPv4, and SendEchoReply, SendICMPErrorQuote and SendPortUnreachable
+// answer in ICMPv6 (RFC 4443) when the destination is IPv6.
 
 // InterceptTCP makes a new tcp.Interceptor the receiver of diverted TCP
 // SYNs, with at most maxPending unresolved requests (<= 0: 4096,

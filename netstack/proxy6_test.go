@@ -12,6 +12,7 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/ipv6"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
@@ -248,9 +249,12 @@ func TestProxyDialUDPTransparentIPv6(t *testing.T) {
 func TestProxyEchoIPv6(t *testing.T) {
 	pod, node := proxyPair6(t)
 	seen := make(chan netip.Addr, 2)
-	node.InterceptEcho6(func(src, dst netip.Addr, id, seq uint16, payload []byte) {
-		seen <- dst
-		if err := node.SendEchoReply(dst, src, id, seq, payload); err != nil {
+	node.InterceptEcho6(func(r ipv6.EchoRequest) {
+		seen <- r.Dst
+		if len(r.Header) != header.IPv6MinSize+header.ICMPv6MinSize || r.Header[0]>>4 != 6 {
+			t.Errorf("request header % x", r.Header)
+		}
+		if err := node.SendEchoReply(r.Dst, r.Src, r.ID, r.Seq, r.Payload); err != nil {
 			t.Errorf("SendEchoReply: %v", err)
 		}
 	})

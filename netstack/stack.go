@@ -301,7 +301,8 @@ func (s *Stack) SetRPFilter(nicID int, strict bool) {
 }
 
 // ListenUDP opens a UDP socket bound to laddr (an invalid laddr binds the
-// wildcard and an ephemeral port).
+// wildcard and an ephemeral port; :: and an invalid laddr take both
+// families, 0.0.0.0 only IPv4).
 func (s *Stack) ListenUDP(laddr netip.AddrPort) (*socket.PacketConn, error) {
 	return socket.ListenUDP(s.sockets, laddr)
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
+	"github.com/cni-userstack/cni-userstack/netstack/ipv6"
 )
 
 // echoQueueLen bounds the echo requests waiting for the dispatcher; a
@@ -34,7 +35,7 @@ type echoReq struct {
 	key     echoKey
 	seq     uint16
 	payload []byte
-	hdr     []byte // the request's IPv4 and ICMP headers as they arrived
+	hdr     []byte // the request's IP and ICMP headers as they arrived
 }
 
 // echoQuotes is how many of a flow's last requests it keeps the headers
@@ -42,7 +43,9 @@ type echoReq struct {
 // comes back within a few).
 const echoQuotes = 4
 
-// echoQuote is one request's headers, by sequence number.
+// echoQuote is one request's headers, by sequence number: an IPv4 header
+// with options, or an IPv6 header with up to 20 bytes of extension
+// headers, and the 8-byte ICMP header.
 type echoQuote struct {
 	seq  uint16
 	used bool
@@ -131,33 +134,24 @@ func (t *echoTable) init(e *Engine) {
 	t.openRaw6 = openRawICMPv6
 }
 
-// intercept6 is the stack's ipv6.EchoFunc: intercept for an ICMPv6 Echo
-// Request (RFC 4443 §4.1) of a dual-stack pod. The IPv6 layer hands no
-// header with it, so the flow keeps no quote: ICMPv6 errors about a
-// relayed echo request are not passed on (the pod's ping times out, as
-// behind a router that rate-limits them).
-func (t *echoTable) intercept6(src, dst netip.Addr, id, seq uint16, payload []byte) {
-	if len(payload) > maxDatagram-header.ICMPv6MinSize {
-		t.e.c.echoDropped.Add(1)
-		return
-	}
-	r := echoReq{key: echoKey{pod: src, dst: dst, id: id}, seq: seq, payload: append([]byte(nil), payload...)}
-	select {
-	case t.q <- r:
-	default:
-		t.e.c.echoDropped.Add(1)
-	}
+// intercept is the stack's ipv4.EchoFunc, intercept6 its ipv6.EchoFunc:
+// they run on the receive goroutine, so they only copy the request, with
+// the header an ICMP error about it quotes, into the queue.
+func (t *echoTable) intercept(q ipv4.EchoRequest) {
+	t.enqueue(q.Src, q.Dst, q.ID, q.Seq, q.Payload, q.Header, header.ICMPv4MinSize)
 }
 
-// intercept is the stack's EchoFunc: it runs on the receive goroutine, so
-// it only copies the request into the queue.
-func (t *echoTable) intercept(q ipv4.EchoRequest) {
-	if len(q.Payload) > maxDatagram-header.ICMPv4MinSize {
+func (t *echoTable) intercept6(q ipv6.EchoRequest) {
+	t.enqueue(q.Src, q.Dst, q.ID, q.Seq, q.Payload, q.Header, header.ICMPv6MinSize)
+}
+
+func (t *echoTable) enqueue(src, dst netip.Addr, id, seq uint16, payload, hdr []byte, icmpHdr int) {
+	if len(payload) > maxDatagram-icmpHdr {
 		t.e.c.echoDropped.Add(1)
 		return
 	}
-	r := echoReq{key: echoKey{pod: q.Src, dst: q.Dst, id: q.ID}, seq: q.Seq, payload: append([]byte(nil), q.Payload...),
-		hdr: append([]byte(nil), q.Header...)}
+	r := echoReq{key: echoKey{pod: src, dst: dst, id: id}, seq: seq, payload: append([]byte(nil), payload...),
+		hdr: append([]byte(nil), hdr...)}
 	select {
 	case t.q <- r:
 	default:
@@ -738,7 +732,7 @@ func (t *echoTable) rawReply6(src netip.Addr, p []byte) {
 
 // keepQuote records the headers of request seq. Called with mu held.
 func (ef *echoFlow) keepQuote(seq uint16, hdr []byte) {
-	if len(hdr) < header.IPv4MinSize+header.ICMPv4MinSize {
+	if len(hdr) < header.IPv4MinSize+header.ICMPv4MinSize || len(hdr) > len(ef.quotes[0].hdr) {
 		return
 	}
 	q := &ef.quotes[ef.nextQ]

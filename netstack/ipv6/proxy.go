@@ -15,11 +15,22 @@ import (
 // replies and ICMPv6 errors from the foreign address a pod talked to
 // (route.Flow.Transparent).
 
-// EchoFunc receives a diverted ICMPv6 echo request from src to dst (RFC
-// 4443 §4.1: identifier, sequence number and data). payload is valid only
-// during the call; the function must not block (it runs on the receiving
-// NIC's goroutine). Its signature is ipv4.EchoFunc's.
-type EchoFunc func(src, dst netip.Addr, id, seq uint16, payload []byte)
+// EchoRequest is a diverted ICMPv6 echo request (RFC 4443 §4.1), as
+// ipv4.EchoRequest: its addresses, identifier, sequence number and data.
+// Payload and Header are valid only during the EchoFunc call.
+type EchoRequest struct {
+	Src, Dst netip.Addr
+	ID, Seq  uint16
+	Payload  []byte
+	// Header is the request as it arrived, up to its data: the IPv6
+	// header, any extension headers and the 8-byte ICMPv6 header, which
+	// an ICMPv6 error about the request quotes first (RFC 4443 §2.4(c)).
+	Header []byte
+}
+
+// EchoFunc receives a diverted ICMPv6 echo request. It must not block:
+// it runs on the receiving NIC's goroutine. Its shape is ipv4.EchoFunc's.
+type EchoFunc func(r EchoRequest)
 
 // SetEchoInterceptor sets the function that receives diverted echo
 // requests (skb.Mark has netfilter.MarkDivert and the destination is not
@@ -44,7 +55,9 @@ func (l *Layer) echoDiverted(skb *buf.SKB, m header.ICMPv6, src, dst netip.Addr)
 		return
 	}
 	l.count(IcmpInEchoDiverted)
-	(*fn)(src, dst, m.ID(), m.Seq(), m.Payload())
+	nh := skb.NetworkHeader()
+	hl := min(skb.TransportOffset()-skb.NetworkOffset()+header.ICMPv6MinSize, len(nh))
+	(*fn)(EchoRequest{Src: src, Dst: dst, ID: m.ID(), Seq: m.Seq(), Payload: m.Payload(), Header: nh[:hl]})
 	skb.Consume()
 }
 

@@ -36,13 +36,17 @@ func TestEchoDiverted(t *testing.T) {
 		src, dst netip.Addr
 		id, seq  uint16
 		data     string
+		header   string
 	}
 	var got []call
-	tn.l.SetEchoInterceptor(func(src, dst netip.Addr, id, seq uint16, payload []byte) {
-		got = append(got, call{src, dst, id, seq, string(payload)})
+	tn.l.SetEchoInterceptor(func(r EchoRequest) {
+		got = append(got, call{r.Src, r.Dst, r.ID, r.Seq, string(r.Payload), string(r.Header)})
 	})
 	tn.rcv(1, req)
-	if len(got) != 1 || got[0] != (call{ip(pod), ip(remote), 5, 6, "data"}) || len(tn.take()) != 0 {
+	// The header is what an ICMPv6 error quotes first: the IPv6 header
+	// and the ICMPv6 header, up to the data.
+	wantHdr := string(req[:header.IPv6MinSize+header.ICMPv6MinSize])
+	if len(got) != 1 || got[0] != (call{ip(pod), ip(remote), 5, 6, "data", wantHdr}) || len(tn.take()) != 0 {
 		t.Fatalf("intercepted %+v", got)
 	}
 	// Requests to our own addresses are answered as always.

@@ -131,9 +131,19 @@ func TestDialErrors(t *testing.T) {
 // BenchmarkStacksOverPipe is one connection's throughput between two
 // whole stacks over link/pipe (TCP, IPv4, neigh, dev, the pipe's
 // goroutines); allocs/op are per 64 KiB written (45 segments).
-func BenchmarkStacksOverPipe(b *testing.B) {
-	a, bb := stacktest.Pair(b, stacktest.NoCapture())
-	ln, err := bb.ListenTCP(netip.AddrPortFrom(bb.Addr(), 9))
+func BenchmarkStacksOverPipe(b *testing.B) { benchStacksOverPipe(b, false) }
+
+// BenchmarkStacksOverPipeIPv6 is BenchmarkStacksOverPipe over IPv6
+// (46 segments of 1428 bytes per 64 KiB).
+func BenchmarkStacksOverPipeIPv6(b *testing.B) { benchStacksOverPipe(b, true) }
+
+func benchStacksOverPipe(b *testing.B, v6 bool) {
+	a, bb := stacktest.Pair(b, stacktest.NoCapture(), stacktest.DualStack())
+	dst := bb.Addr()
+	if v6 {
+		dst = bb.Addr6()
+	}
+	ln, err := bb.ListenTCP(netip.AddrPortFrom(dst, 9))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -149,7 +159,7 @@ func BenchmarkStacksOverPipe(b *testing.B) {
 		c.Close()
 		done <- n
 	}()
-	c, err := a.DialTCP(context.Background(), netip.AddrPort{}, netip.AddrPortFrom(bb.Addr(), 9))
+	c, err := a.DialTCP(context.Background(), netip.AddrPort{}, netip.AddrPortFrom(dst, 9))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -173,11 +183,25 @@ func BenchmarkStacksOverPipe(b *testing.B) {
 	b.ReportMetric(float64(n)*8/time.Since(t0).Seconds()/1e9, "Gbit/s")
 }
 
-// A stack talking to itself goes through ipv4's loopback backlog, never
-// re-entering the sender's socket lock.
+// A stack talking to itself goes through ipv4's (ipv6's) loopback
+// backlog, never re-entering the sender's socket lock.
 func TestLoopbackConnection(t *testing.T) {
-	a, _ := stacktest.Pair(t, stacktest.NoCapture())
-	ln, err := a.ListenTCP(netip.AddrPortFrom(netip.IPv4Unspecified(), 8080))
+	for _, v6 := range []bool{false, true} {
+		name := "IPv4"
+		if v6 {
+			name = "IPv6"
+		}
+		t.Run(name, func(t *testing.T) { loopbackConnection(t, v6) })
+	}
+}
+
+func loopbackConnection(t *testing.T, v6 bool) {
+	a, _ := stacktest.Pair(t, stacktest.NoCapture(), stacktest.DualStack())
+	to := a.Addr()
+	if v6 {
+		to = a.Addr6()
+	}
+	ln, err := a.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), 8080))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +216,7 @@ func TestLoopbackConnection(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := a.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(a.Addr(), 8080))
+	c, err := a.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(to, 8080))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -141,9 +141,13 @@ func (s *Socket) SendFromTo(p []byte, from, to netip.AddrPort) (int, error) {
 // an raddr of another family, EINVAL for a zero raddr port, the routing
 // errors, ENOBUFS past MaxSockets.
 func (p *Proto) DialTransparent(laddr, raddr netip.AddrPort) (*Socket, error) {
-	la, ra := laddr.Addr().Unmap(), raddr.Addr().Unmap()
+	la := laddr.Addr().Unmap()
 	if !la.IsValid() || la.IsUnspecified() || la.IsMulticast() || la == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || la.Zone() != "" {
 		return nil, syscall.EADDRNOTAVAIL
+	}
+	ra, znic, err := p.zoneNIC(raddr.Addr().Unmap())
+	if err != nil {
+		return nil, err
 	}
 	ip, ok := p.af(ra)
 	if !ok || ra.Is4() != la.Is4() {
@@ -155,7 +159,7 @@ func (p *Proto) DialTransparent(laddr, raddr netip.AddrPort) (*Socket, error) {
 	s := p.NewSocket()
 	s.transparent = true
 	res, err := ip.RouteOutput(route.Flow{Src: la, Dst: ra, Proto: header.ProtoUDP, Transparent: true,
-		Mark: netfilter.MarkDivert, SrcPort: laddr.Port(), DstPort: raddr.Port()})
+		Mark: netfilter.MarkDivert, SrcPort: laddr.Port(), DstPort: raddr.Port(), NIC: znic})
 	if err != nil {
 		return nil, errnoOf(err)
 	}
@@ -182,6 +186,6 @@ func (p *Proto) DialTransparent(laddr, raddr netip.AddrPort) (*Socket, error) {
 	p.ports[port] = append(p.ports[port], s)
 	p.nbound++
 	s.laddr, s.lport, s.addrLocked = la, port, true
-	s.raddr, s.rport, s.connected = ra, raddr.Port(), true
+	s.raddr, s.rport, s.rnic, s.connected = ra, raddr.Port(), znic, true
 	return s, nil
 }

@@ -169,9 +169,12 @@ func (s *Socket) deadlineFired() {
 // invalid or unspecified address is the wildcard, port 0 picks an
 // ephemeral port. A socket binds once (EINVAL after).
 func (s *Socket) Bind(ap netip.AddrPort) error {
-	addr := ap.Addr().Unmap()
+	addr, znic, err := s.p.zoneNIC(ap.Addr().Unmap())
+	if err != nil {
+		return err
+	}
 	if addr.IsValid() {
-		if _, ok := s.p.af(addr); !ok || addr.Zone() != "" {
+		if _, ok := s.p.af(addr); !ok {
 			return syscall.EAFNOSUPPORT
 		}
 	}
@@ -189,6 +192,11 @@ func (s *Socket) Bind(ap netip.AddrPort) error {
 		return err
 	}
 	s.addrLocked = addr.IsValid() && !addr.IsUnspecified()
+	if znic != 0 {
+		// A zoned (link-local) address binds the socket to its NIC, as
+		// sin6_scope_id binds to the device (sk_bound_dev_if).
+		s.nic = znic
+	}
 	return nil
 }
 
@@ -545,9 +553,26 @@ func (h *Header) from(skb *buf.SKB) {
 	n := 0
 	switch {
 	case len(nh) >= header.IPv6MinSize && nh[0]>>4 == 6:
-		// The IPv6 header, extension headers and the UDP header: up to
-		// the end of the UDP header, as far as B holds.
-		n = min(skb.TransportOffset()-skb.NetworkOffset()+header.UDPSize, len(nh), len(h.B))
+		// The IPv6 header, extension headers and the UDP header.
+		off := skb.TransportOffset() - skb.NetworkOffset()
+		if off+header.UDPSize <= min(len(h.B), len(nh)) {
+			n = off + header.UDPSize
+			break
+		}
+		// Extension headers too long for B: the IPv6 header naming UDP
+		// next, its payload length less theirs, and the UDP header, so
+		// the quote still parses and names the flow (RFC 4443 §2.4(c)
+		// asks for as much as fits, which this is the start of).
+		if off < header.IPv6MinSize || off+header.UDPSize > len(nh) {
+			break
+		}
+		n = copy(h.B[:], nh[:header.IPv6MinSize])
+		ip := header.IPv6(h.B[:n])
+		ip.SetNextHeader(header.ProtoUDP)
+		ip.SetPayloadLen(ip.PayloadLen() - (off - header.IPv6MinSize))
+		h.N = n + copy(h.B[n:], nh[off:off+header.UDPSize])
+		h.CsumPartial = skb.Csum == buf.CsumPartial
+		return
 	case len(nh) >= header.IPv4MinSize:
 		n = min(header.IPv4(nh).HeaderLen()+header.UDPSize, len(nh), len(h.B))
 	}

@@ -216,3 +216,88 @@ func TestBindConflictsAcrossFamilies(t *testing.T) {
 		b.Close()
 	}
 }
+
+// RFC 4007 §6 and §11 without a name resolver: zones are NIC IDs. A
+// send to a zoned link-local address leaves through that NIC; a datagram
+// from a link-local source is received with its NIC's zone, and
+// answering that address goes back out there; a zoned bind binds the
+// socket to the NIC; an unknown zone is ENODEV.
+func TestLinkLocalZones(t *testing.T) {
+	p, _, f6 := newProto6(t)
+	ll := netip.MustParseAddr("fe80::2")
+	s := p.NewSocket()
+	defer s.Close()
+	if err := s.Bind(netip.AddrPortFrom(netip.MustParseAddr("fe80::1%3"), 53)); err != nil {
+		t.Fatal(err)
+	}
+	if s.nic != 3 {
+		t.Fatalf("bound to NIC %d", s.nic)
+	}
+	if _, err := s.SendTo([]byte("x"), netip.AddrPortFrom(ll.WithZone("4"), 53)); err != nil {
+		t.Fatal(err)
+	}
+	if fl := f6.flows[len(f6.flows)-1]; fl.NIC != 4 || fl.Dst != ll {
+		t.Fatalf("flow %+v", fl)
+	}
+	skb := datagram6(ll, netip.MustParseAddr("fe80::1"), 1000, 53, []byte("hi"), 2)
+	skb.InNIC = 3
+	p.V6Rcv(skb)
+	_, m, err := s.RecvMsg(make([]byte, 8), MsgDontWait)
+	if err != nil || m.From != netip.AddrPortFrom(ll.WithZone("3"), 1000) || m.To.Addr().Zone() != "3" {
+		t.Fatalf("meta %+v %v", m, err)
+	}
+	if _, err := s.SendTo([]byte("back"), m.From); err != nil {
+		t.Fatal(err)
+	}
+	if fl := f6.flows[len(f6.flows)-1]; fl.NIC != 3 {
+		t.Fatalf("answer's flow %+v", fl)
+	}
+	if _, err := s.SendTo([]byte("x"), netip.AddrPortFrom(ll.WithZone("eth9"), 53)); !errors.Is(err, syscall.ENODEV) {
+		t.Fatalf("unknown zone: %v", err)
+	}
+}
+
+// RecvMsgHeader keeps the IPv6 header, extension headers and the UDP
+// header of a datagram (what an ICMPv6 error quotes first); when the
+// extension headers do not fit Header.B, the IPv6 header is rewritten to
+// name UDP next so the quote still parses.
+func TestRecvMsgHeaderIPv6(t *testing.T) {
+	p, _, _ := newProto6(t)
+	s := p.NewSocket()
+	defer s.Close()
+	if err := s.Bind(netip.AddrPortFrom(local6, 53)); err != nil {
+		t.Fatal(err)
+	}
+	for _, extLen := range []int{0, 8, 64} {
+		udpb := datagram6(peer6, local6, 1000, 53, []byte("hdr"), 2).Bytes()
+		ext := make([]byte, extLen)
+		if extLen > 0 {
+			ext[0], ext[1] = header.ProtoUDP, byte(extLen/8-1) // a Destination Options header
+			ext[2], ext[3] = 1, byte(extLen-4)                 // PadN
+		}
+		b := make([]byte, header.IPv6MinSize)
+		nh := uint8(header.ProtoUDP)
+		if extLen > 0 {
+			nh = header.ProtoDestOpts
+		}
+		header.IPv6(b).Encode(header.IPv6Fields{PayloadLen: uint16(extLen + len(udpb)), NextHeader: nh, HopLimit: 64, Src: peer6, Dst: local6})
+		b = append(append(b, ext...), udpb...)
+		skb := buf.FromBytes(buf.MaxHeadroom, b)
+		skb.SetNetworkHeader()
+		skb.Pull(header.IPv6MinSize + extLen)
+		p.V6Rcv(skb)
+		var h Header
+		if _, _, err := s.RecvMsgHeader(make([]byte, 8), &h, MsgDontWait); err != nil {
+			t.Fatal(err)
+		}
+		hb := h.Bytes()
+		u, err := header.IPv6SkipExtHeaders(hb)
+		if err != nil || u.Proto != header.ProtoUDP || u.Offset+header.UDPSize != len(hb) ||
+			header.UDP(hb[u.Offset:]).DstPort() != 53 || header.IPv6(hb).PayloadLen() != len(hb)-header.IPv6MinSize+3 {
+			t.Fatalf("ext %d: header % x (%+v, %v)", extLen, hb, u, err)
+		}
+		if want := header.IPv6MinSize + extLen + header.UDPSize; extLen <= 20 && len(hb) != want {
+			t.Fatalf("ext %d: %d bytes kept, want %d", extLen, len(hb), want)
+		}
+	}
+}

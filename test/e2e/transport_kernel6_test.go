@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
+	"github.com/cni-userstack/cni-userstack/netstack/route"
+	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
 	"github.com/cni-userstack/cni-userstack/test/e2e/env"
 )
 
@@ -261,5 +264,185 @@ func TestKernelTCP6LinkLocal(t *testing.T) {
 	defer ku.Close()
 	if _, err := env.CheckEcho(ku, []int{1, 1000, 4000}, 3*time.Second); err != nil {
 		t.Fatalf("UDP echo over link-local: %v\n%s", err, s.Stats())
+	}
+}
+
+// TCP and UDP through the stack as an IPv6 router with NAT66 MASQUERADE
+// (RFC 6296's cousin as ip6tables does it: the source address and port
+// rewritten, the TCP and UDP checksums with them over the IPv6
+// pseudo-header): kernel A sends to kernel B, which has no route back to
+// A's prefix and sees the stack's address; TCP_E2E_MB/4 with the SHA-256
+// checked, UDP datagrams up to 8000 bytes echoed.
+func TestKernelIPv6MasqueradeTCPUDP(t *testing.T) {
+	requireRoot(t)
+	a := newKernelPeer6(t, "10.237.0.1/24", "10.237.0.2/24", "fd00:237::1/64", "fd00:237::2/64", 1500)
+	b := newKernelPeer6(t, "10.238.0.1/24", "10.238.0.2/24", "fd00:238::1/64", "fd00:238::2/64", 1500)
+	s := netstack.New()
+	t.Cleanup(func() { _ = s.Close() })
+	for i, p := range []*env.Peer{a, b} {
+		_, closeCapture, err := p.AttachAs(s, []string{"eth0", "eth1"}[i], "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(closeCapture)
+	}
+	s.SetForwarding6(true)
+	if err := s.EnableNetfilter(netfilter.Config{}).LoadText("*nat\n-A POSTROUTING -o eth1 -s fd00:237::/64 -j MASQUERADE\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Run("ip", "-n", a.NS, "-6", "route", "add", "fd00:238::/64", "via", "fd00:237::2"); err != nil {
+		t.Fatal(err)
+	}
+	bAddr := b.KernelAddr6.Addr()
+
+	// TCP, A → B.
+	var kl net.Listener
+	if err := b.Do(func() (err error) {
+		kl, err = net.Listen("tcp6", netip.AddrPortFrom(bAddr, 5060).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer kl.Close()
+	peers := make(chan net.Addr, 1)
+	got := stacktest.AcceptAndDrain(peerRecorder{kl, peers}, 0)
+	var kc net.Conn
+	if err := a.Do(func() (err error) {
+		kc, err = (&net.Dialer{Timeout: 5 * time.Second}).Dial("tcp6", netip.AddrPortFrom(bAddr, 5060).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	size := max(tcpBulkMB()/4, 8) << 20
+	sum, err := sendPattern(kc, size)
+	if err != nil {
+		t.Fatalf("A write: %v\n%s", err, s.Stats())
+	}
+	kc.(*net.TCPConn).CloseWrite()
+	r := <-got
+	kc.Close()
+	if r.Err != nil || r.N != int64(size) || r.Sum != sum {
+		t.Fatalf("B received %d of %d bytes (checksum ok %v): %v\n%s", r.N, size, r.Sum == sum, r.Err, s.Stats())
+	}
+	if peer := (<-peers).(*net.TCPAddr).AddrPort().Addr(); peer != b.StackAddr6.Addr() {
+		t.Fatalf("B saw the connection from %v, want the stack's %v", peer, b.StackAddr6.Addr())
+	}
+
+	// UDP, A → B and back.
+	var ks *net.UDPConn
+	if err := b.Do(func() (err error) {
+		ks, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(bAddr, 5061)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	go env.ServeUDPEcho(ks)
+	var ku *net.UDPConn
+	if err := a.Do(func() (err error) {
+		ku, err = net.DialUDP("udp6", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(bAddr, 5061)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ku.Close()
+	if _, err := env.CheckEcho(ku, []int{1, 1000, 1452, 8000}, 3*time.Second); err != nil {
+		t.Fatalf("UDP through MASQUERADE: %v\n%s", err, s.Stats())
+	}
+}
+
+// peerRecorder is a net.Listener that reports each accepted connection's
+// remote address.
+type peerRecorder struct {
+	net.Listener
+	peers chan<- net.Addr
+}
+
+func (p peerRecorder) Accept() (net.Conn, error) {
+	c, err := p.Listener.Accept()
+	if err == nil {
+		select {
+		case p.peers <- c.RemoteAddr():
+		default:
+		}
+	}
+	return c, err
+}
+
+// RFC 8201 §4 / RFC 4443 §3.2 with a kernel router: the stack's TCP
+// sends full-sized segments (GSO super-packets of 1428-byte segments) to
+// kernel B behind kernel router R, whose link to B carries 1280 bytes. R
+// answers Packet Too Big 1280; the stack lowers the path MTU and the
+// connection's MSS (1280 - 60 - 12) and resends, and B receives every
+// byte.
+func TestKernelTCP6PacketTooBigFromKernelRouter(t *testing.T) {
+	requireRoot(t)
+	r := newKernelPeer6(t, "10.239.0.1/24", "10.239.0.2/24", "fd00:239::1/64", "fd00:239::2/64", 1500)
+	b := newKernelPeer6(t, "10.240.0.1/24", "10.240.0.2/24", "fd00:241::1/64", "fd00:241::2/64", 1500)
+	s, _ := attachStack(t, r, "")
+	// R ↔ B: a veth between R's and B's kernel namespaces (removed with
+	// the namespaces), MTU 1280 on R's end and 1500 on B's, so B
+	// announces an MSS of 1440 and only R knows the path is narrower.
+	rIf, bIf := "r"+env.Suffix(), "b"+env.Suffix()
+	for _, st := range [][]string{
+		{"ip", "-n", r.NS, "link", "add", rIf, "mtu", "1280", "type", "veth", "peer", "name", bIf, "mtu", "1500", "netns", b.NS},
+		{"ip", "-n", r.NS, "-6", "addr", "add", "fd00:240::1/64", "dev", rIf, "nodad"},
+		{"ip", "-n", b.NS, "-6", "addr", "add", "fd00:240::2/64", "dev", bIf, "nodad"},
+		{"ip", "-n", r.NS, "link", "set", rIf, "up"},
+		{"ip", "-n", b.NS, "link", "set", bIf, "up"},
+		{"ip", "netns", "exec", r.NS, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
+		{"ip", "-n", b.NS, "-6", "route", "add", "fd00:239::/64", "via", "fd00:240::1"},
+	} {
+		if _, err := env.Run(st[0], st[1:]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AddRoute(route.Route{Dst: netip.MustParsePrefix("fd00:240::/64"), Gateway: r.KernelAddr6.Addr(),
+		NIC: s.Devices().List()[0].ID(), Type: route.Unicast}); err != nil {
+		t.Fatal(err)
+	}
+	bAddr := netip.MustParseAddrPort("[fd00:240::2]:5070")
+	var kl net.Listener
+	if err := b.Do(func() (err error) {
+		kl, err = net.Listen("tcp6", bAddr.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer kl.Close()
+	got := stacktest.AcceptAndDrain(kl, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := s.DialTCP(ctx, netip.AddrPort{}, bAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if in := c.Info(); in.MSS != 1428 {
+		t.Fatalf("MSS before: %d (B's %d)", in.MSS, in.PeerMSS)
+	}
+	size := 16 << 20
+	c.SetDeadline(time.Now().Add(time.Minute))
+	start := time.Now()
+	sum, err := sendPattern(c, size)
+	if err != nil {
+		t.Fatalf("stack write: %v\n%s", err, s.Stats())
+	}
+	c.CloseWrite()
+	res := <-got
+	if res.Err != nil || res.N != int64(size) || res.Sum != sum {
+		t.Fatalf("B received %d of %d bytes (checksum ok %v): %v\n%s", res.N, size, res.Sum == sum, res.Err, s.Stats())
+	}
+	in := c.Info()
+	if in.MSS != 1208 {
+		t.Fatalf("MSS after Packet Too Big: %d", in.MSS)
+	}
+	t.Logf("%d MiB through the narrower path in %v: retransmits %d", size>>20, time.Since(start).Round(time.Millisecond), in.TotalRetrans)
+	st := s.Stats().IP6
+	if st.ICMP.InPktTooBigs == 0 {
+		t.Fatalf("no Packet Too Big reached the stack: %+v", st.ICMP)
+	}
+	if mtu, _ := s.IPv6().PathMTU(route.Flow{Dst: bAddr.Addr()}); mtu != 1280 {
+		t.Fatalf("path MTU %d", mtu)
 	}
 }
