@@ -527,7 +527,10 @@ func (t *echoTable) reader(ef *echoFlow) {
 			// error queue has it (IP_RECVERR), its data starting at
 			// the quoted ICMP header (ping_err).
 			drainErrQueue(ef.raw, func(h hostICMP) {
-				if h.origin != unix.SO_EE_ORIGIN_ICMP || len(h.data) < header.ICMPv4MinSize {
+				// The quoted header's layout (type, code, checksum,
+				// identifier, sequence) is the same in ICMPv6 (RFC 4443
+				// §4.1) as in ICMP (RFC 792).
+				if (h.origin != unix.SO_EE_ORIGIN_ICMP && h.origin != unix.SO_EE_ORIGIN_ICMP6) || len(h.data) < header.ICMPv4MinSize {
 					return
 				}
 				q := header.ICMPv4(h.data)
@@ -643,8 +646,12 @@ func openRawICMPv6() (net.PacketConn, error) {
 	for i := range filt {
 		filt[i] = 0xff
 	}
-	w := binary.NativeEndian.Uint32(filt[header.ICMPv6EchoReply/32*4:])
-	binary.NativeEndian.PutUint32(filt[header.ICMPv6EchoReply/32*4:], w&^(1<<(header.ICMPv6EchoReply%32)))
+	// Pass echo replies and the errors that can be about a request
+	// (rawError6); block the rest (a set bit blocks its type).
+	for _, typ := range []uint8{header.ICMPv6EchoReply, header.ICMPv6DstUnreachable, header.ICMPv6TimeExceeded} {
+		w := binary.NativeEndian.Uint32(filt[typ/32*4:])
+		binary.NativeEndian.PutUint32(filt[typ/32*4:], w&^(1<<(typ%32)))
+	}
 	if err := unix.SetsockoptString(fd, unix.SOL_ICMPV6, unix.ICMPV6_FILTER, string(filt[:])); err != nil {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("setsockopt ICMPV6_FILTER", err)
@@ -714,6 +721,10 @@ func (t *echoTable) rawReader6(pc net.PacketConn, rc syscall.RawConn) {
 
 // rawReply6 handles one message of the raw ICMPv6 socket from src.
 func (t *echoTable) rawReply6(src netip.Addr, p []byte) {
+	if len(p) >= header.ICMPv6MinSize && (p[0] == header.ICMPv6DstUnreachable || p[0] == header.ICMPv6TimeExceeded) {
+		t.rawError6(src, header.ICMPv6(p))
+		return
+	}
 	seq, payload, ok := echoReplyOf(p, true)
 	if !ok {
 		return
@@ -732,8 +743,12 @@ func (t *echoTable) rawReply6(src netip.Addr, p []byte) {
 
 // keepQuote records the headers of request seq. Called with mu held.
 func (ef *echoFlow) keepQuote(seq uint16, hdr []byte) {
-	if len(hdr) < header.IPv4MinSize+header.ICMPv4MinSize || len(hdr) > len(ef.quotes[0].hdr) {
-		return
+	min := header.IPv4MinSize + header.ICMPv4MinSize
+	if ef.key.pod.Is6() {
+		min = header.IPv6MinSize + header.ICMPv6MinSize
+	}
+	if len(hdr) < min || len(hdr) > len(ef.quotes[0].hdr) {
+		return // none, or IPv6 extension headers past the room: no quote
 	}
 	q := &ef.quotes[ef.nextQ]
 	ef.nextQ = (ef.nextQ + 1) % echoQuotes
@@ -760,6 +775,28 @@ func (t *echoTable) rawError(from netip.Addr, m header.ICMPv4) {
 	}
 	t.mu.Lock()
 	ef := t.byRaw[rawKey{iv.Dst(), q.ID()}]
+	t.mu.Unlock()
+	if ef == nil {
+		return
+	}
+	t.relayError(ef, m.Type(), m.Code(), from, q.Seq(), q.Payload())
+}
+
+// rawError6 is rawError for the raw ICMPv6 socket: an error whose
+// invoking packet (RFC 4443 §3.1: as much of it as fits) is an echo
+// request of a raw-mode flow goes to the pod about its own request.
+func (t *echoTable) rawError6(from netip.Addr, m header.ICMPv6) {
+	inner := m.Payload()
+	u, err := header.IPv6SkipExtHeaders(inner)
+	if err != nil || u.Proto != header.ProtoICMPv6 || u.FragOffset != 0 || len(inner) < u.Offset+header.ICMPv6MinSize {
+		return
+	}
+	q := header.ICMPv6(inner[u.Offset:])
+	if q.Type() != header.ICMPv6EchoRequest {
+		return
+	}
+	t.mu.Lock()
+	ef := t.byRaw[rawKey{header.IPv6(inner).Dst(), q.ID()}]
 	t.mu.Unlock()
 	if ef == nil {
 		return

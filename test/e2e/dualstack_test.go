@@ -461,6 +461,34 @@ func TestDualStackProxyMode(t *testing.T) {
 		t.Fatalf("echo requests relayed %d → %d, want the pod's pings to the host relayed: %s", before, st.EchoRelayed, statsJSON(st))
 	}
 
+	// An IPv6 address on the uplink's link that never answers NDP: the
+	// host reports address unreachable for the relayed request, and the
+	// pod gets it about its own request (RFC 4443 §3.1), through a ping
+	// socket ("0 0") and through the raw ICMPv6 socket ("1 0", the
+	// kernel's default).
+	blackhole := e.uplink6.Masked().Addr()
+	for range 0x99 {
+		blackhole = blackhole.Next()
+	}
+	for _, groups := range []string{"0 0", "1 0"} {
+		setPingGroupRange(t, groups)
+		errsBefore := e.proxyStats().EchoICMPErrors
+		out, _ := nsRun(p.pod.ns, "ping", "-6", "-n", "-c", "1", "-W", "8", blackhole.String())
+		if !strings.Contains(out, "Address unreachable") {
+			t.Fatalf("ping_group_range %q: ping -6 %v (never answers NDP): want Destination unreachable: Address unreachable\n%s\nproxy stats %s",
+				groups, blackhole, out, statsJSON(e.proxyStats()))
+		}
+		if st := e.proxyStats(); st.EchoICMPErrors <= errsBefore {
+			t.Fatalf("ping_group_range %q: echoICMPErrors %d → %d, want the ICMPv6 error counted", groups, errsBefore, st.EchoICMPErrors)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "Address unreachable") {
+				t.Logf("ping_group_range %q: %s", groups, strings.TrimSpace(l))
+				break
+			}
+		}
+	}
+
 	// DNS over IPv6 to the gateway's IPv6 address.
 	for i, network := range []string{"udp6", "tcp6"} {
 		c, err := dialIn(p.ns, network, netip.AddrPortFrom(p.gw6, 53).String(), 5*time.Second)
