@@ -16,7 +16,11 @@
 // One Daemon serves one stack netns. Every mutating call (attach, detach,
 // GC) runs under Daemon.mu, one at a time: an attach is a few syscalls and
 // one fsync, and serialising keeps the records, the stack and the host
-// routes in one order. The record of an attachment is written (temp file,
+// routes in one order. One step of a detach runs outside: closing the
+// detached NIC's AF_PACKET sockets, which waits for an RCU grace period in
+// the kernel; the pod is out of the stack and its record gone by then,
+// and DELs of many pods at once close their sockets side by side
+// (Attacher.Unplug). A DEL answers only once its sockets are closed. The record of an attachment is written (temp file,
 // fsync, rename, fsync dir) after the stack has it and before the API
 // answers; a detach removes the stack's NIC first and the record last, so
 // a crash at any point leaves a record whose far end recovery can judge.
@@ -102,6 +106,10 @@ type Attacher interface {
 	// Detach removes a from the stack (NIC, routes, neighbour, the host
 	// route of its range when it was the last pod there). Idempotent.
 	Detach(a *api.Attachment) error
+	// Unplug is Detach whose last step, release (closing the NIC's
+	// sockets; nil when there is nothing to close), the caller runs
+	// once, outside its own locks. Idempotent.
+	Unplug(a *api.Attachment) (release func() error, err error)
 	// RemoveLinks deletes a's veth pair (GC and recovery; DEL leaves that
 	// to the plugin). Idempotent.
 	RemoveLinks(a *api.Attachment) error
@@ -460,31 +468,56 @@ func (d *Daemon) Detach(req api.DetachRequest) (*api.DetachResponse, *api.Error)
 		id = veth.HostIfName(req.ContainerID, req.IfName)
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	a, ok := d.attachments[id]
 	if !ok {
+		d.mu.Unlock()
 		return &api.DetachResponse{}, nil
 	}
-	if e := d.detachLocked(a); e != nil {
+	release, e := d.unplugLocked(a)
+	d.mu.Unlock()
+	// The pod is out of the stack and its record gone; its NIC's sockets
+	// close here, beside other DELs' (Attacher.Unplug), before the
+	// answer, so a DEL that returned left nothing open.
+	if release != nil {
+		if err := release(); err != nil {
+			d.log.Warn("close the NIC of a detached pod", "attachment", a.ID, "err", err)
+		}
+	}
+	if e != nil {
 		return nil, e
 	}
 	cp := *a
 	return &api.DetachResponse{Found: true, Attachment: &cp}, nil
 }
 
+// detachLocked is Detach's work for GC: everything, release included,
+// under d.mu.
 func (d *Daemon) detachLocked(a *api.Attachment) *api.Error {
+	release, e := d.unplugLocked(a)
+	if release != nil {
+		if err := release(); err != nil {
+			d.log.Warn("close the NIC of a detached pod", "attachment", a.ID, "err", err)
+		}
+	}
+	return e
+}
+
+// unplugLocked removes a from the proxy engine, the stack (all but its
+// NIC's sockets: release) and the disk.
+func (d *Daemon) unplugLocked(a *api.Attachment) (release func() error, _ *api.Error) {
 	if a.Mode != api.ModeRoute && d.proxy != nil {
 		d.proxy.RemovePod(a.ID)
 	}
-	if err := d.att.Detach(a); err != nil {
-		return api.Errorf(api.CodeStack, "detach %s from the stack: %v", a.ID, err)
+	release, err := d.att.Unplug(a)
+	if err != nil {
+		return release, api.Errorf(api.CodeStack, "detach %s from the stack: %v", a.ID, err)
 	}
 	delete(d.attachments, a.ID)
 	if err := d.store.Delete(a.ID); err != nil {
-		return api.Errorf(types.ErrIOFailure, "remove the record of %s: %v", a.ID, err)
+		return release, api.Errorf(types.ErrIOFailure, "remove the record of %s: %v", a.ID, err)
 	}
 	d.log.Info("detached", "attachment", a.String())
-	return nil
+	return release, nil
 }
 
 func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) {

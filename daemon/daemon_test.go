@@ -56,6 +56,10 @@ func (f *fakeAttacher) Detach(a *api.Attachment) error {
 	return nil
 }
 
+func (f *fakeAttacher) Unplug(a *api.Attachment) (func() error, error) {
+	return nil, f.Detach(a)
+}
+
 func (f *fakeAttacher) RemoveLinks(a *api.Attachment) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

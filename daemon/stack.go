@@ -469,11 +469,26 @@ func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
 // Detach removes the pod's NIC (its routes, local address and neighbour
 // go with it) and the host route of its range when it was the last pod.
 func (a *StackAttacher) Detach(at *api.Attachment) error {
+	release, err := a.Unplug(at)
+	if release != nil {
+		err = errors.Join(err, release())
+	}
+	return err
+}
+
+// Unplug is Detach but for the NIC's endpoint: the pod leaves the stack
+// (NIC, addresses, routes, neighbour, the host route of its range when it
+// was the last pod there) and release, when not nil, closes the NIC's
+// sockets and waits for its goroutines. Closing an AF_PACKET socket waits
+// for an RCU grace period in the kernel (tens of milliseconds on a busy
+// node): the daemon runs release after letting go of its lock, so that
+// pods deleted together do not wait for each other's.
+func (a *StackAttacher) Unplug(at *api.Attachment) (release func() error, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	p, ok := a.pods[at.ID]
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	a.setMAC(p.nic, header.MAC{}, false)
 	a.setProxyPod(p.nic, proxyPod{}, false)
@@ -481,16 +496,17 @@ func (a *StackAttacher) Detach(at *api.Attachment) error {
 	if p.pod6.IsValid() {
 		a.setPodAddr(p.pod6, false)
 	}
-	if err := a.s.RemoveNIC(p.nic); err != nil && !errors.Is(err, netstack.ErrNoNIC) {
-		return err
+	release, err = a.s.DetachNIC(p.nic)
+	if err != nil && !errors.Is(err, netstack.ErrNoNIC) {
+		return nil, err
 	}
 	delete(a.pods, at.ID)
 	a.locals -= localsPerPod(p.pod6.IsValid())
-	err := a.delRangeLocked(p.rng)
+	err = a.delRangeLocked(p.rng)
 	if p.rng6.IsValid() {
 		err = errors.Join(err, a.delRangeLocked(p.rng6))
 	}
-	return err
+	return release, err
 }
 
 // RemoveLinks deletes the pod's veth pair.

@@ -180,16 +180,36 @@ func randomMAC() header.MAC {
 // RemoveNIC takes a NIC down and away: its routes, local addresses and
 // neighbours go, its endpoint is closed and its goroutine has exited
 // when RemoveNIC returns (unregister_netdevice). Not callable from a
-// packet handler.
+// packet handler. It is DetachNIC with its release run at once.
 func (s *Stack) RemoveNIC(id int) error {
+	release, err := s.DetachNIC(id)
+	if err != nil {
+		return err
+	}
+	return release()
+}
+
+// DetachNIC is RemoveNIC in two steps: the NIC leaves the stack now (its
+// routes, local addresses and neighbours go, it is down and no lookup
+// finds it), and release, which the caller must run once, closes its
+// endpoint and waits for its goroutines. release may wait for the kernel
+// (an AF_PACKET close waits for an RCU grace period): a caller holding its
+// own lock across the first step can run it after letting go, so that
+// removing NICs does not serialise on the kernel. Not callable from a
+// packet handler.
+func (s *Stack) DetachNIC(id int) (release func() error, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.devs.ByID(id) == nil {
-		return ErrNoNIC
+		return nil, ErrNoNIC
 	}
 	s.fib.FlushNIC(id)
 	s.neigh.Flush(id)
-	return s.devs.Remove(id)
+	n, err := s.devs.Unlink(id)
+	if err != nil {
+		return nil, err
+	}
+	return n.Release, nil
 }
 
 // AddAddress assigns p to a NIC (`ip addr add`, inet_insert_ifa +
