@@ -584,7 +584,7 @@ func (nf *Netfilter) log(p *pkt, prefix string) {
 	nf.logger.Info("netfilter", slog.String("prefix", prefix), slog.String("hook", p.st.Hook.String()),
 		slog.String("in", p.linkName(false)), slog.String("out", p.linkName(true)),
 		slog.String("src", p.src.String()), slog.String("dst", p.dst.String()),
-		slog.Int("len", p.length), slog.String("proto", protoName(p.proto)),
+		slog.Int("len", p.length), slog.String("proto", header.ProtoName(p.proto)),
 		slog.Int("sport", int(p.sport)), slog.Int("dport", int(p.dport)),
 		slog.Uint64("mark", uint64(p.skb.Mark)), slog.String("ctstate", p.ctState().String()))
 }

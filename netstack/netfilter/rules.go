@@ -74,7 +74,7 @@ func (m AddrMatch) String() string {
 type ProtoMatch struct{ Proto uint8 }
 
 func (m ProtoMatch) match(p *pkt) bool { return p.proto == m.Proto }
-func (m ProtoMatch) String() string    { return "-p " + protoName(m.Proto) }
+func (m ProtoMatch) String() string    { return "-p " + header.ProtoName(m.Proto) }
 
 // PortMatch matches a TCP or UDP source (--sport) or destination
 // (--dport) port in [Min, Max]. Packets without ports never match.
@@ -243,20 +243,6 @@ func (r *Rule) String() string {
 		b.WriteString(r.Target.String())
 	}
 	return strings.TrimSpace(b.String())
-}
-
-func protoName(p uint8) string {
-	switch p {
-	case header.ProtoTCP:
-		return "tcp"
-	case header.ProtoUDP:
-		return "udp"
-	case header.ProtoICMP:
-		return "icmp"
-	case header.ProtoICMPv6:
-		return "icmpv6"
-	}
-	return fmt.Sprint(p)
 }
 
 // ctInfoState maps conntrack's Info to the ctstate bit.
