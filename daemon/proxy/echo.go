@@ -430,26 +430,21 @@ func (t *echoTable) rawEnd(ef *echoFlow) {
 // (the kernel's filter passes echo replies only, ICMP_FILTER); replies to
 // others' pings find no flow and are ignored.
 func (t *echoTable) rawReader(pc net.PacketConn, rc syscall.RawConn) {
+	t.rawLoop(pc, rc, "ICMP", func(p []byte, _ netip.AddrPort) { t.rawReply(p) })
+}
+
+// rawLoop reads a raw socket (ICMP or ICMPv6, what) until it is closed,
+// handing each message and its source to handle.
+func (t *echoTable) rawLoop(pc net.PacketConn, rc syscall.RawConn, what string, handle func(p []byte, src netip.AddrPort)) {
 	e := t.e
 	for {
-		var err error
-		if rc != nil {
-			err = recvDatagram(nil, rc, t.rawReply)
-		} else { // not a kernel socket: a test's
-			bp := dgramBufs.Get().(*[]byte)
-			var n int
-			n, _, err = pc.ReadFrom(*bp)
-			if err == nil {
-				t.rawReply((*bp)[:n])
-			}
-			dgramBufs.Put(bp)
-		}
+		err := recvFrom(pc, rc, handle)
 		switch {
 		case err == nil:
 		case isErrno(err) && !isClosed(err):
 		default:
 			if e.ctx.Err() == nil {
-				e.log.Warn("proxy: raw ICMP socket stopped", "err", err)
+				e.log.Warn("proxy: raw "+what+" socket stopped", "err", err)
 			}
 			return
 		}
@@ -623,13 +618,7 @@ func openRawICMP() (net.PacketConn, error) {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("setsockopt ICMP_FILTER", err)
 	}
-	f := os.NewFile(uintptr(fd), "raw-icmp")
-	pc, err := net.FilePacketConn(f) // dups the descriptor
-	f.Close()
-	if err != nil {
-		return nil, err
-	}
-	return pc, nil
+	return filePacketConn(fd, "raw-icmp")
 }
 
 // openRawICMPv6 opens the raw ICMPv6 socket (SOCK_RAW, IPPROTO_ICMPV6:
@@ -656,13 +645,16 @@ func openRawICMPv6() (net.PacketConn, error) {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("setsockopt ICMPV6_FILTER", err)
 	}
-	f := os.NewFile(uintptr(fd), "raw-icmpv6")
-	pc, err := net.FilePacketConn(f) // dups the descriptor
+	return filePacketConn(fd, "raw-icmpv6")
+}
+
+// filePacketConn makes the socket fd a net.PacketConn (which dups it) and
+// closes fd.
+func filePacketConn(fd int, name string) (net.PacketConn, error) {
+	f := os.NewFile(uintptr(fd), name)
+	pc, err := net.FilePacketConn(f)
 	f.Close()
-	if err != nil {
-		return nil, err
-	}
-	return pc, nil
+	return pc, err
 }
 
 // rawReader6 reads the raw ICMPv6 socket until it is closed: echo
@@ -670,53 +662,7 @@ func openRawICMPv6() (net.PacketConn, error) {
 // pod with the pod's identifier (rawReader's twin; the source comes with
 // recvfrom, not in a header).
 func (t *echoTable) rawReader6(pc net.PacketConn, rc syscall.RawConn) {
-	e := t.e
-	for {
-		var err error
-		if rc != nil {
-			var rerr error
-			err = rc.Read(func(fd uintptr) bool {
-				bp := dgramBufs.Get().(*[]byte)
-				defer dgramBufs.Put(bp)
-				for {
-					n, from, err := recvfromNonblock(int(fd), *bp)
-					switch {
-					case err == unix.EINTR:
-						continue
-					case err == unix.EAGAIN:
-						return false
-					case err != nil:
-						rerr = err
-					default:
-						t.rawReply6(from.Addr(), (*bp)[:n])
-					}
-					return true
-				}
-			})
-			if err == nil {
-				err = rerr
-			}
-		} else { // not a kernel socket: a test's
-			bp := dgramBufs.Get().(*[]byte)
-			n, from, rerr := pc.ReadFrom(*bp)
-			if err = rerr; err == nil {
-				if ia, ok := from.(*net.IPAddr); ok {
-					a, _ := netip.AddrFromSlice(ia.IP)
-					t.rawReply6(a.Unmap(), (*bp)[:n])
-				}
-			}
-			dgramBufs.Put(bp)
-		}
-		switch {
-		case err == nil:
-		case isErrno(err) && !isClosed(err):
-		default:
-			if e.ctx.Err() == nil {
-				e.log.Warn("proxy: raw ICMPv6 socket stopped", "err", err)
-			}
-			return
-		}
-	}
+	t.rawLoop(pc, rc, "ICMPv6", func(p []byte, src netip.AddrPort) { t.rawReply6(src.Addr(), p) })
 }
 
 // rawReply6 handles one message of the raw ICMPv6 socket from src.
