@@ -16,7 +16,11 @@
 // One Daemon serves one stack netns. Every mutating call (attach, detach,
 // GC) runs under Daemon.mu, one at a time: an attach is a few syscalls and
 // one fsync, and serialising keeps the records, the stack and the host
-// routes in one order. The record of an attachment is written (temp file,
+// routes in one order. One step of a detach runs outside: closing the
+// detached NIC's AF_PACKET sockets, which waits for an RCU grace period in
+// the kernel; the pod is out of the stack and its record gone by then,
+// and DELs of many pods at once close their sockets side by side
+// (Attacher.Unplug). A DEL answers only once its sockets are closed. The record of an attachment is written (temp file,
 // fsync, rename, fsync dir) after the stack has it and before the API
 // answers; a detach removes the stack's NIC first and the record last, so
 // a crash at any point leaves a record whose far end recovery can judge.
@@ -36,6 +40,14 @@
 // its far end when that is still there. SIGTERM closes the listener and the
 // stack but keeps records, far ends, the uplink and the host routes: a
 // restarted daemon carries on where it stopped, as after kill -9.
+//
+// Dual stack: an attachment may carry an IPv6 side (IP6, Gateway6,
+// Range6) beside its IPv4 one. The attacher (stack.go) gives the pod's NIC
+// both gateways and the link's link-local address, and brings IPv6 up on
+// the uplink (--uplink-subnet6) with the first such pod, so an IPv4-only
+// node never touches the host's IPv6; the divert rule runs on both
+// families' PREROUTING; records, recovery, GC and the host routes treat
+// the IPv6 side as they treat the IPv4 one.
 //
 // Limits: MaxAttachments attachments per daemon (an attach beyond it is
 // refused with code 11); request bodies are bounded by maxRequest.
@@ -77,6 +89,9 @@ import (
 // MaxAttachments bounds the attachments of one daemon: one NIC, one local
 // address and one static neighbour each, under the stack's bounds
 // (dev.MaxNICs and route.MaxLocal are 4096, one of each is the uplink's).
+// A dual-stack pod takes three local addresses and two neighbours: the
+// attacher refuses one the local table cannot hold (at most 1364 of
+// them), with code 102.
 const MaxAttachments = 4000
 
 // maxRequest bounds a request body.
@@ -91,6 +106,10 @@ type Attacher interface {
 	// Detach removes a from the stack (NIC, routes, neighbour, the host
 	// route of its range when it was the last pod there). Idempotent.
 	Detach(a *api.Attachment) error
+	// Unplug is Detach whose last step, release (closing the NIC's
+	// sockets; nil when there is nothing to close), the caller runs
+	// once, outside its own locks. Idempotent.
+	Unplug(a *api.Attachment) (release func() error, err error)
 	// RemoveLinks deletes a's veth pair (GC and recovery; DEL leaves that
 	// to the plugin). Idempotent.
 	RemoveLinks(a *api.Attachment) error
@@ -129,6 +148,9 @@ type Config struct {
 	// Proxy is the proxy engine over the attacher's stack; nil refuses
 	// proxy-mode attachments.
 	Proxy Proxy
+	// Kube reports the Kubernetes route controller (serve --kubernetes)
+	// in the status and the stats; nil when it does not run.
+	Kube func() *api.KubeStatus
 }
 
 // Daemon is the API server and the attachment table.
@@ -446,31 +468,56 @@ func (d *Daemon) Detach(req api.DetachRequest) (*api.DetachResponse, *api.Error)
 		id = veth.HostIfName(req.ContainerID, req.IfName)
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	a, ok := d.attachments[id]
 	if !ok {
+		d.mu.Unlock()
 		return &api.DetachResponse{}, nil
 	}
-	if e := d.detachLocked(a); e != nil {
+	release, e := d.unplugLocked(a)
+	d.mu.Unlock()
+	// The pod is out of the stack and its record gone; its NIC's sockets
+	// close here, beside other DELs' (Attacher.Unplug), before the
+	// answer, so a DEL that returned left nothing open.
+	if release != nil {
+		if err := release(); err != nil {
+			d.log.Warn("close the NIC of a detached pod", "attachment", a.ID, "err", err)
+		}
+	}
+	if e != nil {
 		return nil, e
 	}
 	cp := *a
 	return &api.DetachResponse{Found: true, Attachment: &cp}, nil
 }
 
+// detachLocked is Detach's work for GC: everything, release included,
+// under d.mu.
 func (d *Daemon) detachLocked(a *api.Attachment) *api.Error {
+	release, e := d.unplugLocked(a)
+	if release != nil {
+		if err := release(); err != nil {
+			d.log.Warn("close the NIC of a detached pod", "attachment", a.ID, "err", err)
+		}
+	}
+	return e
+}
+
+// unplugLocked removes a from the proxy engine, the stack (all but its
+// NIC's sockets: release) and the disk.
+func (d *Daemon) unplugLocked(a *api.Attachment) (release func() error, _ *api.Error) {
 	if a.Mode != api.ModeRoute && d.proxy != nil {
 		d.proxy.RemovePod(a.ID)
 	}
-	if err := d.att.Detach(a); err != nil {
-		return api.Errorf(api.CodeStack, "detach %s from the stack: %v", a.ID, err)
+	release, err := d.att.Unplug(a)
+	if err != nil {
+		return release, api.Errorf(api.CodeStack, "detach %s from the stack: %v", a.ID, err)
 	}
 	delete(d.attachments, a.ID)
 	if err := d.store.Delete(a.ID); err != nil {
-		return api.Errorf(types.ErrIOFailure, "remove the record of %s: %v", a.ID, err)
+		return release, api.Errorf(types.ErrIOFailure, "remove the record of %s: %v", a.ID, err)
 	}
 	d.log.Info("detached", "attachment", a.String())
-	return nil
+	return release, nil
 }
 
 func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) {
@@ -505,6 +552,9 @@ func (d *Daemon) Status() *api.Status {
 		st.Proxy = d.proxy.Stats()
 	}
 	st.Metrics = d.insp.metrics.Load()
+	if d.cfg.Kube != nil {
+		st.Kubernetes = d.cfg.Kube()
+	}
 	return st
 }
 

@@ -56,6 +56,10 @@ func (f *fakeAttacher) Detach(a *api.Attachment) error {
 	return nil
 }
 
+func (f *fakeAttacher) Unplug(a *api.Attachment) (func() error, error) {
+	return nil, f.Detach(a)
+}
+
 func (f *fakeAttacher) RemoveLinks(a *api.Attachment) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -441,6 +445,15 @@ func TestUplinkAddrs(t *testing.T) {
 			t.Fatalf("%s accepted", bad)
 		}
 	}
+	h6, s6, err := UplinkAddrs6(netip.MustParsePrefix("fd00:1:2:3::/64"))
+	if err != nil || h6 != netip.MustParsePrefix("fd00:1:2:3::1/64") || s6 != netip.MustParsePrefix("fd00:1:2:3::2/64") {
+		t.Fatalf("UplinkAddrs6: %v %v %v", h6, s6, err)
+	}
+	for _, bad := range []string{"10.0.0.0/8", "fd00::/127", "fe80::/64", "ff02::/16", "::ffff:10.0.0.0/120", "::1/128"} {
+		if _, _, err := UplinkAddrs6(netip.MustParsePrefix(bad)); err == nil {
+			t.Fatalf("UplinkAddrs6 %s accepted", bad)
+		}
+	}
 }
 
 func TestParseServeFlags(t *testing.T) {
@@ -451,7 +464,7 @@ func TestParseServeFlags(t *testing.T) {
 	}
 	def, err := ParseServeFlags(nil, os.Stderr)
 	if err != nil || def.Socket != api.DefaultSocket || def.StateDir != DefaultStateDir || def.StackNetNS != "cni-userstack" ||
-		def.UplinkSubnet != "169.254.100.0/30" || def.UplinkHostIfName != "cni-us-uplink" {
+		def.UplinkSubnet != "169.254.100.0/30" || def.UplinkSubnet6 != "fd57:7c5d:8e2a:75::/64" || def.UplinkHostIfName != "cni-us-uplink" {
 		t.Fatalf("defaults %+v %v", def, err)
 	}
 	if def.ResolvConf != "/etc/resolv.conf" || def.ProxyConnectTimeout != 10*time.Second || def.ProxyUDPIdleTimeout != time.Minute || def.ProxyMaxFlowsPerPod != 4096 {
@@ -462,7 +475,11 @@ func TestParseServeFlags(t *testing.T) {
 	if err != nil || px.ResolvConf != "/tmp/resolv" || px.ProxyConnectTimeout != 3*time.Second || px.ProxyUDPIdleTimeout != 90*time.Second || px.ProxyMaxFlowsPerPod != 10 {
 		t.Fatalf("proxy flags %+v %v", px, err)
 	}
+	if f6, err := ParseServeFlags([]string{"--uplink-subnet6", "fd00:99::/120"}, os.Stderr); err != nil || f6.UplinkSubnet6 != "fd00:99::/120" {
+		t.Fatalf("--uplink-subnet6: %+v %v", f6, err)
+	}
 	for _, args := range [][]string{{"--uplink-subnet", "x"}, {"--log-level", "loud"}, {"extra"}, {"--nope"},
+		{"--uplink-subnet6", "x"}, {"--uplink-subnet6", "169.254.9.0/30"}, {"--uplink-subnet6", "fd00::/127"}, {"--uplink-subnet6", "fe80::/64"},
 		{"--resolv-conf", ""}, {"--proxy-connect-timeout", "0s"}, {"--proxy-connect-timeout", "soon"}, {"--proxy-udp-idle-timeout", "-1s"},
 		{"--proxy-max-flows-per-pod", "0"}} {
 		if _, err := ParseServeFlags(args, &strings.Builder{}); err == nil {

@@ -40,6 +40,14 @@ import (
 //
 // Route-mode NICs are not in the hook's table: their packets are left
 // alone, as before proxy mode existed.
+//
+// The hook runs at both families' PREROUTING with one rule: for IPv6 the
+// protocol is the upper layer past the extension headers
+// (IPv6SkipExtHeaders), "ICMP echo request" is ICMPv6 Echo Request (RFC
+// 4443 §4.1), and the IPv6 all-ones broadcast has no counterpart (RFC
+// 4291 §2: multicast only). Neighbour Discovery never reaches the rule's
+// drops: it goes to the gateway's addresses or to multicast, both
+// passed.
 
 // Drop reasons of the divert hook.
 var (
@@ -96,7 +104,7 @@ func planDivert(f divertFacts) divertAction {
 	switch {
 	case f.marked, f.l2Group, f.local, f.bcast, f.pod:
 		return divertPass
-	case !f.dst.Is4() || f.dst.IsMulticast() || f.dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+	case !f.dst.IsValid() || f.dst.IsMulticast() || f.dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return divertPass
 	}
 	for _, p := range f.routed {
@@ -113,7 +121,11 @@ func planDivert(f divertFacts) divertAction {
 		case header.ProtoTCP, header.ProtoUDP:
 			return divertDivert
 		case header.ProtoICMP:
-			if f.icmpType == header.ICMPv4Echo {
+			if f.icmpType == header.ICMPv4Echo && f.dst.Is4() {
+				return divertDivert
+			}
+		case header.ProtoICMPv6:
+			if f.icmpType == header.ICMPv6EchoRequest && f.dst.Is6() {
 				return divertDivert
 			}
 		}
@@ -136,15 +148,28 @@ func (a *StackAttacher) proxyDivert(skb *buf.SKB, st *netfilter.State) netfilter
 	if !ok {
 		return netfilter.Accept()
 	}
-	ip, err := header.CheckIPv4(skb.Bytes())
-	if err != nil {
-		return netfilter.Accept() // ip_rcv validated it; nothing to decide on
-	}
-	dst := ip.Dst()
-	f := divertFacts{marked: skb.Mark&netfilter.MarkDivert != 0, proto: ip.Protocol(), dst: dst, routed: pp.routed}
+	f := divertFacts{marked: skb.Mark&netfilter.MarkDivert != 0, routed: pp.routed}
 	if f.marked {
 		return netfilter.Accept()
 	}
+	var l4 []byte // the upper-layer header, for the ICMP type
+	if b := skb.Bytes(); len(b) > 0 && b[0]>>4 == 6 {
+		ip6, err := header.CheckIPv6(b)
+		if err != nil {
+			return netfilter.Accept() // ip6_rcv validated it; nothing to decide on
+		}
+		f.dst, f.proto = ip6.Dst(), header.ProtoNoNextHeader
+		if u, err := header.IPv6SkipExtHeaders(b); err == nil && u.FragOffset == 0 {
+			f.proto, l4 = u.Proto, b[u.Offset:]
+		}
+	} else {
+		ip, err := header.CheckIPv4(b)
+		if err != nil {
+			return netfilter.Accept() // ip_rcv validated it; nothing to decide on
+		}
+		f.dst, f.proto, l4 = ip.Dst(), ip.Protocol(), ip.Payload()
+	}
+	dst := f.dst
 	// Most packets belong to a flow already decided: ESTABLISHED and
 	// RELATED pass whatever their destination (planDivert agrees), so
 	// they skip the FIB and table lookups.
@@ -159,10 +184,8 @@ func (a *StackAttacher) proxyDivert(skb *buf.SKB, st *netfilter.State) netfilter
 	fib := a.s.FIB()
 	f.local, f.bcast = fib.IsLocal(dst), fib.IsBroadcast(dst)
 	_, f.pod = (*a.podAddrs.Load())[dst]
-	if f.proto == header.ProtoICMP {
-		if pl := ip.Payload(); len(pl) > 0 {
-			f.icmpType = pl[0]
-		}
+	if (f.proto == header.ProtoICMP || f.proto == header.ProtoICMPv6) && len(l4) > 0 {
+		f.icmpType = l4[0]
 	}
 	switch planDivert(f) {
 	case divertDivert:

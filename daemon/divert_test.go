@@ -18,6 +18,7 @@ import (
 // proxy-mode pod becomes, by conntrack state, protocol and destination.
 func TestPlanDivert(t *testing.T) {
 	outside := netip.MustParseAddr("203.0.113.9")
+	outside6 := netip.MustParseAddr("2001:db8::9")
 	routed := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("198.51.100.0/24")}
 	newTCP := divertFacts{proto: header.ProtoTCP, tracked: true, state: netfilter.CtNew, dst: outside, routed: routed}
 	with := func(f divertFacts, mod func(f *divertFacts)) divertFacts { mod(&f); return f }
@@ -48,6 +49,20 @@ func TestPlanDivert(t *testing.T) {
 		{"a directed broadcast passes", with(newTCP, func(f *divertFacts) { f.proto, f.bcast = header.ProtoUDP, true }), divertPass},
 		{"multicast passes", with(newTCP, func(f *divertFacts) { f.proto, f.dst = header.ProtoUDP, netip.MustParseAddr("224.0.0.251") }), divertPass},
 		{"an Ethernet broadcast passes", with(newTCP, func(f *divertFacts) { f.proto, f.l2Group = header.ProtoUDP, true }), divertPass},
+		{"new IPv6 TCP flow is diverted", with(newTCP, func(f *divertFacts) { f.dst = outside6 }), divertDivert},
+		{"new IPv6 UDP flow is diverted", with(newTCP, func(f *divertFacts) { f.dst, f.proto = outside6, header.ProtoUDP }), divertDivert},
+		{"new ICMPv6 echo request is diverted", with(newTCP, func(f *divertFacts) {
+			f.dst, f.proto, f.icmpType = outside6, header.ProtoICMPv6, header.ICMPv6EchoRequest
+		}), divertDivert},
+		{"an ICMPv4 echo type in ICMPv6 is dropped", with(newTCP, func(f *divertFacts) { f.dst, f.proto, f.icmpType = outside6, header.ProtoICMPv6, 8 }), divertDropProto},
+		{"ICMPv6 echo request over IPv4 is dropped", with(newTCP, func(f *divertFacts) { f.proto, f.icmpType = header.ProtoICMPv6, header.ICMPv6EchoRequest }), divertDropProto},
+		{"an IPv6 fragment past the first (no upper layer) is dropped", with(newTCP, func(f *divertFacts) { f.dst, f.proto = outside6, header.ProtoNoNextHeader }), divertDropProto},
+		{"IPv6 multicast passes", with(newTCP, func(f *divertFacts) { f.dst, f.proto = netip.MustParseAddr("ff02::1:ff00:5"), header.ProtoICMPv6 }), divertPass},
+		{"an IPv6 routed range is forwarded", with(newTCP, func(f *divertFacts) {
+			f.dst, f.routed = netip.MustParseAddr("fd00:244::7"), []netip.Prefix{netip.MustParsePrefix("fd00:244::/64")}
+		}), divertPass},
+		{"the IPv6 gateway (local) is not diverted", with(newTCP, func(f *divertFacts) { f.dst, f.local = outside6, true }), divertPass},
+		{"INVALID IPv6 to the outside is dropped", with(newTCP, func(f *divertFacts) { f.dst, f.state = outside6, netfilter.CtInvalid }), divertDropInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := planDivert(tc.f); got != tc.want {

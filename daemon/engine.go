@@ -72,7 +72,7 @@ func (p *EngineProxy) Relays() []api.Relay {
 func (p *EngineProxy) Close() error { return p.e.Close() }
 
 func enginePod(a *api.Attachment) proxy.Pod {
-	pod := proxy.Pod{ID: a.ID, Addr: a.IP.Addr(), Gateway: a.Gateway}
+	pod := proxy.Pod{ID: a.ID, Addr: a.IP.Addr(), Gateway: a.Gateway, Addr6: a.IP6.Addr(), Gateway6: a.Gateway6}
 	for _, m := range a.PortMappings {
 		pod.PortMappings = append(pod.PortMappings, proxy.PortMapping{
 			HostPort: m.HostPort, ContainerPort: m.ContainerPort, Protocol: m.Protocol, HostIP: m.HostIP})

@@ -117,7 +117,7 @@ func (d *Daemon) podsByNIC() map[int]*api.LinkPod {
 
 func linkPod(a *api.Attachment) *api.LinkPod {
 	return &api.LinkPod{Attachment: a.ID, ContainerID: a.ContainerID, Namespace: a.PodNamespace, Name: a.PodName,
-		IfName: a.IfName, Network: a.Network, Mode: a.Mode, IP: a.IP, MAC: a.PodMAC}
+		IfName: a.IfName, Network: a.Network, Mode: a.Mode, IP: a.IP, IP6: a.IP6, MAC: a.PodMAC}
 }
 
 // Links is the NICs with their pods.
@@ -250,6 +250,9 @@ func (d *Daemon) Stats() *api.Stats {
 	}
 	if d.proxy != nil {
 		st.Proxy = d.proxy.Stats()
+	}
+	if d.cfg.Kube != nil {
+		st.Kubernetes = d.cfg.Kube()
 	}
 	d.mu.Lock()
 	for _, a := range d.attachments {

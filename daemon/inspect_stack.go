@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/netip"
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
@@ -191,7 +190,7 @@ func (a *StackAttacher) Conntrack(entries bool) *api.Conntrack {
 		return out
 	}
 	for _, e := range ct.List() {
-		ce := api.ConntrackEntry{Proto: protoName(e.Original.Proto), ProtoNum: e.Original.Proto,
+		ce := api.ConntrackEntry{Proto: header.ProtoName(e.Original.Proto), ProtoNum: e.Original.Proto,
 			Timeout: api.Duration(max(e.Timeout, 0)), Original: ctTuple(e.Original), Reply: ctTuple(e.Reply),
 			Packets: e.Packets, Bytes: e.Bytes, Status: conntrack.StatusNames(e.Status), Mark: e.Mark}
 		if e.Original.Proto == header.ProtoTCP {
@@ -211,18 +210,6 @@ func (a *StackAttacher) Conntrack(entries bool) *api.Conntrack {
 
 func ctTuple(t conntrack.Tuple) api.ConntrackTuple {
 	return api.ConntrackTuple{Src: t.Src, Dst: t.Dst, SrcPort: t.SrcPort, DstPort: t.DstPort}
-}
-
-func protoName(p uint8) string {
-	switch p {
-	case header.ProtoTCP:
-		return "tcp"
-	case header.ProtoUDP:
-		return "udp"
-	case header.ProtoICMP:
-		return "icmp"
-	}
-	return strconv.Itoa(int(p))
 }
 
 // Counters fills the stack's counters: every MIB counter and the

@@ -40,6 +40,7 @@ type ServeFlags struct {
 	LockDir          string
 	LogLevel         string
 	UplinkSubnet     string
+	UplinkSubnet6    string
 	UplinkHostIfName string
 	// Rules is a netfilter ruleset file (netstack/netfilter's
 	// iptables-save-like text) loaded into the stack at start.
@@ -98,6 +99,7 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.LockDir, "lock-dir", DefaultLockDir, "directory of the claim files (stack-<netns>.lock, uplink-<ifname>.lock) that refuse a second daemon on this one's stack netns or uplink; the same for every daemon of the node")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.UplinkSubnet, "uplink-subnet", DefaultUplinkSubnet.String(), "route-mode uplink subnet, IPv4 /30 or shorter: the host end gets the first address, the stack the second")
+	fs.StringVar(&f.UplinkSubnet6, "uplink-subnet6", DefaultUplinkSubnet6.String(), "the uplink's IPv6 subnet (/126 or shorter; a ULA by default), set up with the first dual-stack pod: the host end gets ::1, the stack ::2, and the host routes pods' IPv6 ranges via ::2")
 	fs.StringVar(&f.UplinkHostIfName, "uplink-host-ifname", DefaultUplinkHostIfName, "name of the uplink's end in the host netns")
 	fs.StringVar(&f.Rules, "rules", "", "netfilter ruleset file (iptables-save-like text) for the stack's hooks; empty: no rules (every policy ACCEPT)")
 	fs.StringVar(&f.ResolvConf, "resolv-conf", DefaultResolvConf, "resolv.conf whose nameservers the gateway's DNS relay (proxy mode) forwards to; re-read when it changes")
@@ -155,6 +157,9 @@ func (f *ServeFlags) Validate() error {
 	if _, err := f.subnet(); err != nil {
 		return err
 	}
+	if _, err := f.subnet6(); err != nil {
+		return err
+	}
 	if err := checkMetricsAddr(f.MetricsAddr); err != nil {
 		return err
 	}
@@ -197,6 +202,17 @@ func (f *ServeFlags) subnet() (netip.Prefix, error) {
 	}
 	if _, _, err := UplinkAddrs(p); err != nil {
 		return p, fmt.Errorf("--uplink-subnet: %v", err)
+	}
+	return p.Masked(), nil
+}
+
+func (f *ServeFlags) subnet6() (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(f.UplinkSubnet6)
+	if err != nil {
+		return p, fmt.Errorf("--uplink-subnet6: %v", err)
+	}
+	if _, _, err := UplinkAddrs6(p); err != nil {
+		return p, fmt.Errorf("--uplink-subnet6: %v", err)
 	}
 	return p.Masked(), nil
 }
@@ -245,7 +261,8 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	att, err := NewStackAttacher(StackConfig{StackNetNS: f.StackNetNS, UplinkSubnet: subnet,
+	subnet6, _ := f.subnet6() // Validate checked it
+	att, err := NewStackAttacher(StackConfig{StackNetNS: f.StackNetNS, UplinkSubnet: subnet, UplinkSubnet6: subnet6,
 		UplinkHostIfName: f.UplinkHostIfName, BusyPoll: f.BusyPoll, RxQueues: f.RxQueues, Logger: log})
 	if err != nil {
 		return err
@@ -262,7 +279,11 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		att.Close()
 		return err
 	}
-	d := New(Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px}, store, att)
+	cfg := Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px}
+	if agent != nil {
+		cfg.Kube = agent.status
+	}
+	d := New(cfg, store, att)
 	mr.attach(d)
 	l, err := startup(d, f.Socket)
 	if err != nil {

@@ -84,17 +84,17 @@ func TestEnsureIPForward(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	p := filepath.Join(t.TempDir(), "ip_forward")
 	os.WriteFile(p, []byte("0\n"), 0o644)
-	if err := ensureIPForward(p, log); err != nil {
+	if err := ensureForward(p, "IPv4", log); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(p); string(b) != "1\n" || !strings.Contains(logs.String(), "turned host IPv4 forwarding on") {
 		t.Fatalf("file %q, log %q", b, logs.String())
 	}
 	logs.Reset()
-	if err := ensureIPForward(p, log); err != nil || logs.Len() != 0 {
+	if err := ensureForward(p, "IPv4", log); err != nil || logs.Len() != 0 {
 		t.Fatalf("already on: %v %q", err, logs.String())
 	}
-	if err := ensureIPForward(filepath.Join(t.TempDir(), "missing"), log); err == nil {
+	if err := ensureForward(filepath.Join(t.TempDir(), "missing"), "IPv4", log); err == nil {
 		t.Fatal("missing sysctl must fail")
 	}
 }

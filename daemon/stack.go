@@ -32,6 +32,11 @@ var (
 	// DefaultUplinkSubnet is the link-local /30 of the uplink: the host end
 	// gets the first address, the stack the second.
 	DefaultUplinkSubnet = netip.MustParsePrefix("169.254.100.0/30")
+	// DefaultUplinkSubnet6 is the uplink's IPv6 subnet, brought up with
+	// the first dual-stack pod: a unique local prefix (RFC 4193 §3.1,
+	// fd00::/8 with a Global ID picked at random once, §3.2.1), never
+	// routed beyond the node. The host end gets ::1, the stack ::2.
+	DefaultUplinkSubnet6 = netip.MustParsePrefix("fd57:7c5d:8e2a:75::/64")
 )
 
 const (
@@ -66,6 +71,9 @@ type kernel interface {
 	// UplinkSetup creates or reuses the uplink pair with hostAddr on its
 	// host end and returns the host end's ifindex.
 	UplinkSetup(hostAddr netip.Prefix) (hostIndex int, err error)
+	// UplinkSetup6 turns IPv6 on at the uplink's host end with hostAddr
+	// as its only global IPv6 address.
+	UplinkSetup6(hostAddr netip.Prefix) error
 	// HostRoute adds (replace) or removes `dst via gw dev hostIndex` in
 	// the host netns; removing a missing route is success.
 	HostRoute(dst netip.Prefix, gw netip.Addr, hostIndex int, add bool) error
@@ -95,10 +103,14 @@ func (k kernelOps) UplinkSetup(hostAddr netip.Prefix) (int, error) {
 	return pair.PodIfIndex, nil
 }
 
+func (k kernelOps) UplinkSetup6(hostAddr netip.Prefix) error {
+	return veth.UplinkSetup6(k.uplinkHostIfName, hostAddr)
+}
+
 func (k kernelOps) HostRoute(dst netip.Prefix, gw netip.Addr, hostIndex int, add bool) error {
 	r := &netlink.Route{
 		LinkIndex: hostIndex,
-		Dst:       &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)},
+		Dst:       &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())},
 		Gw:        gw.AsSlice(),
 		Protocol:  hostRouteProtocol,
 	}
@@ -113,8 +125,11 @@ func (k kernelOps) HostRoute(dst netip.Prefix, gw netip.Addr, hostIndex int, add
 
 // StackConfig configures the real attacher.
 type StackConfig struct {
-	StackNetNS       string       // name under /var/run/netns
-	UplinkSubnet     netip.Prefix // an IPv4 prefix of at most /30
+	StackNetNS   string       // name under /var/run/netns
+	UplinkSubnet netip.Prefix // an IPv4 prefix of at most /30
+	// UplinkSubnet6 is the uplink's IPv6 prefix (at most /126), used
+	// once a dual-stack pod attaches; invalid = DefaultUplinkSubnet6.
+	UplinkSubnet6    netip.Prefix
 	UplinkHostIfName string
 	// BusyPoll is every link's afpacket.Config.BusyPoll (0: off).
 	BusyPoll time.Duration
@@ -148,28 +163,63 @@ func UplinkAddrs(subnet netip.Prefix) (host, stack netip.Prefix, err error) {
 	return netip.PrefixFrom(h, s.Bits()), netip.PrefixFrom(h.Next(), s.Bits()), nil
 }
 
+// UplinkAddrs6 returns the host and stack IPv6 addresses of an uplink
+// subnet: ::1 and ::2 of the subnet, with its length. The subnet must be
+// a global unicast IPv6 prefix (ULA or GUA; not IPv4-mapped, link-local
+// or multicast) of /126 or shorter.
+func UplinkAddrs6(subnet netip.Prefix) (host, stack netip.Prefix, err error) {
+	a := subnet.Addr()
+	if !subnet.IsValid() || !a.Is6() || a.Is4In6() || a.Zone() != "" || a.IsLinkLocalUnicast() || a.IsMulticast() ||
+		a.IsLoopback() || subnet.Bits() > 126 {
+		return host, stack, fmt.Errorf("uplink subnet %v: need a global unicast IPv6 prefix of /126 or shorter", subnet)
+	}
+	s := subnet.Masked()
+	h := s.Addr().Next()
+	return netip.PrefixFrom(h, s.Bits()), netip.PrefixFrom(h.Next(), s.Bits()), nil
+}
+
+// uplinkLocals is what the uplink holds in the local table: its IPv4
+// address, and its IPv6 and link-local addresses.
+const uplinkLocals = 3
+
+// localsPerPod is what a pod's NIC holds in the local table: the gateway,
+// and for a dual-stack pod the IPv6 gateway and the link's link-local
+// address. With MaxAttachments IPv4-only pods the table has room; dual
+// stack pods fill it at (route.MaxLocal-uplinkLocals)/3 = 1364.
+func localsPerPod(dual bool) int {
+	if dual {
+		return 3
+	}
+	return 1
+}
+
 type podLink struct {
-	nic int
-	rng netip.Prefix
-	pod netip.Addr
+	nic  int
+	rng  netip.Prefix
+	pod  netip.Addr
+	rng6 netip.Prefix // invalid on an IPv4-only pod
+	pod6 netip.Addr
 }
 
 type uplinkState struct {
 	api.Uplink
 	hostIndex int
+	v6        bool // ensureUplink6Locked done
 }
 
 // StackAttacher drives the userspace stack: one NIC per pod link over an
 // AF_PACKET socket opened in the stack netns, the uplink, and proxy
 // mode's divert rule (divert.go).
 type StackAttacher struct {
-	cfg      StackConfig
-	hostAddr netip.Prefix
-	stkAddr  netip.Prefix
-	s        *netstack.Stack
-	nf       *netfilter.Netfilter
-	k        kernel
-	log      *slog.Logger
+	cfg       StackConfig
+	hostAddr  netip.Prefix
+	stkAddr   netip.Prefix
+	hostAddr6 netip.Prefix
+	stkAddr6  netip.Prefix
+	s         *netstack.Stack
+	nf        *netfilter.Netfilter
+	k         kernel
+	log       *slog.Logger
 
 	// macs maps a pod NIC to its pod's MAC for the source-MAC check; the
 	// map is copied on write so the hook reads it without a lock.
@@ -186,6 +236,7 @@ type StackAttacher struct {
 	invalidDrops atomic.Uint64
 
 	mu     sync.Mutex
+	locals int                  // local-table entries the pods hold (localsPerPod)
 	pods   map[string]podLink   // by attachment ID; bound MaxAttachments
 	ranges map[netip.Prefix]int // pods per routed range
 	uplink *uplinkState         // nil until the first attach
@@ -211,6 +262,13 @@ func NewStackAttacher(cfg StackConfig) (*StackAttacher, error) {
 	if _, _, err := UplinkAddrs(cfg.UplinkSubnet); err != nil {
 		return nil, err
 	}
+	if !cfg.UplinkSubnet6.IsValid() {
+		cfg.UplinkSubnet6 = DefaultUplinkSubnet6
+	}
+	cfg.UplinkSubnet6 = cfg.UplinkSubnet6.Masked()
+	if _, _, err := UplinkAddrs6(cfg.UplinkSubnet6); err != nil {
+		return nil, err
+	}
 	path, err := veth.EnsureStackNetNS(cfg.StackNetNS)
 	if err != nil {
 		return nil, err
@@ -225,12 +283,18 @@ func NewStackAttacher(cfg StackConfig) (*StackAttacher, error) {
 // newStackAttacher builds the attacher over a kernel; cfg has its
 // defaults filled.
 func newStackAttacher(cfg StackConfig, k kernel) *StackAttacher {
+	if !cfg.UplinkSubnet6.IsValid() {
+		cfg.UplinkSubnet6 = DefaultUplinkSubnet6
+	}
 	hostAddr, stkAddr, _ := UplinkAddrs(cfg.UplinkSubnet)
-	// Every pod holds a static neighbour: the table's bound grows with
-	// MaxAttachments, leaving Linux's default room for learned entries.
-	opts := append([]netstack.Option{netstack.WithNeighConfig(neigh.Config{MaxEntries: MaxAttachments + 1024})}, cfg.Options...)
-	opts = append(opts, netstack.WithForwarding(true), netstack.WithRPFilter(true))
-	a := &StackAttacher{cfg: cfg, hostAddr: hostAddr, stkAddr: stkAddr, s: netstack.New(opts...), k: k,
+	hostAddr6, stkAddr6, _ := UplinkAddrs6(cfg.UplinkSubnet6)
+	// Every pod holds a static neighbour per family: the table's bound
+	// grows with MaxAttachments, leaving Linux's default room for learned
+	// entries.
+	opts := append([]netstack.Option{netstack.WithNeighConfig(neigh.Config{MaxEntries: 2*MaxAttachments + 1024})}, cfg.Options...)
+	opts = append(opts, netstack.WithForwarding(true), netstack.WithForwarding6(true), netstack.WithRPFilter(true))
+	a := &StackAttacher{cfg: cfg, hostAddr: hostAddr, stkAddr: stkAddr, hostAddr6: hostAddr6, stkAddr6: stkAddr6,
+		s: netstack.New(opts...), k: k,
 		log: cfg.Logger, pods: map[string]podLink{}, ranges: map[netip.Prefix]int{}}
 	a.macs.Store(&map[int]header.MAC{})
 	a.proxyNICs.Store(&map[int]proxyPod{})
@@ -240,9 +304,12 @@ func newStackAttacher(cfg StackConfig, k kernel) *StackAttacher {
 	// entry. Route mode pays a conntrack lookup per packet for it; the
 	// ruleset stays empty (policy ACCEPT) unless `serve --rules` loads one.
 	a.nf = a.s.EnableNetfilter(netfilter.Config{Logger: cfg.Logger})
-	hooks := a.s.Hooks()
-	hooks.Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriRaw, Name: "pod-src-mac", Fn: a.checkSrcMAC})
-	hooks.Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriMangle, Name: "proxy-divert", Fn: a.proxyDivert})
+	// Both families' PREROUTING: the source-MAC check and the divert rule
+	// hold a dual-stack pod's IPv6 as they hold its IPv4.
+	for _, hooks := range []*netfilter.Hooks{a.s.Hooks(), a.s.Hooks6()} {
+		hooks.Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriRaw, Name: "pod-src-mac", Fn: a.checkSrcMAC})
+		hooks.Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriMangle, Name: "proxy-divert", Fn: a.proxyDivert})
+	}
 	return a
 }
 
@@ -281,6 +348,19 @@ func (a *StackAttacher) setMAC(nic int, mac header.MAC, on bool) {
 // A proxy-mode pod's NIC joins the divert rule's table with its routed
 // ranges, which the stack forwards through the uplink by its default
 // route.
+//
+// A dual-stack pod (at.IP6 set) gets the same in IPv6: the NIC owns
+// Gateway6/128 and, with it, its link-local address fe80::/64 + EUI-64
+// of the far end's MAC (netstack's addAddress6: the gateway's link-local
+// on every pod link, what NDP answers come from); a /128 route and a
+// static neighbour for the pod; proxy NDP for every target but the pod's
+// own addresses (RFC 4861 §7.2.8: the stack is the pod's router for the
+// whole range, as with ARP); rp_filter strict for IPv6 too (RFC 3704
+// §2.2: a pod sources only its own address); no Router Advertisements
+// (the routes come from CNI; neigh's RAs stay off) and never a Redirect
+// (the stack sends none, neigh/ndisc.go). The first dual-stack pod brings
+// IPv6 up on the uplink (ensureUplink6Locked) and each IPv6 range gets
+// its host route over it like an IPv4 one.
 func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
 	podMAC, err := parseMAC(at.PodMAC)
 	if err != nil {
@@ -289,16 +369,36 @@ func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
 	if at.Range.Overlaps(a.cfg.UplinkSubnet) {
 		return fmt.Errorf("pod range %v overlaps the uplink subnet %v: the host could not route it; use another IPAM range or --uplink-subnet", at.Range, a.cfg.UplinkSubnet)
 	}
+	dual := at.IP6.IsValid()
+	if dual && at.Range6.Overlaps(a.cfg.UplinkSubnet6) {
+		return fmt.Errorf("pod range %v overlaps the uplink subnet %v: the host could not route it; use another IPAM range or --uplink-subnet6", at.Range6, a.cfg.UplinkSubnet6)
+	}
+	if dual && at.MTU < api.MinMTU6 {
+		return fmt.Errorf("pod MTU %d: a dual-stack link needs at least %d (RFC 8200 §5)", at.MTU, api.MinMTU6)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if _, ok := a.pods[at.ID]; ok {
 		return fmt.Errorf("%s is already a NIC of the stack", at.ID)
 	}
-	if _, ok := (*a.podAddrs.Load())[at.IP.Addr()]; ok {
-		return fmt.Errorf("pod address %v is already attached to the stack", at.IP.Addr())
+	for _, p := range []netip.Addr{at.IP.Addr(), at.IP6.Addr()} {
+		if _, ok := (*a.podAddrs.Load())[p]; ok && p.IsValid() {
+			return fmt.Errorf("pod address %v is already attached to the stack", p)
+		}
+	}
+	// The local table (route.MaxLocal) holds one entry per address per
+	// NIC: bound the pods by it, never let an address silently not be
+	// added.
+	if need := localsPerPod(dual); a.locals+need+uplinkLocals > route.MaxLocal {
+		return fmt.Errorf("the stack's local address table is full (%d of %d entries; a pod takes 1, a dual-stack pod %d)", a.locals+uplinkLocals, route.MaxLocal, localsPerPod(true))
 	}
 	if err := a.ensureUplinkLocked(); err != nil {
 		return err
+	}
+	if dual {
+		if err := a.ensureUplink6Locked(); err != nil {
+			return err
+		}
 	}
 	ep, mac, err := a.k.OpenLink(at.HostIfName)
 	if err != nil {
@@ -327,8 +427,23 @@ func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
 	if err := a.s.AddStaticNeighbor(id, pod, podMAC); err != nil {
 		return fmt.Errorf("neighbour %v %v: %w", pod, podMAC, err)
 	}
-	a.s.SetProxyARP(id, func(target netip.Addr) bool { return target != pod })
-	a.s.SetRPFilter(id, true)
+	var pod6 netip.Addr
+	if dual {
+		pod6 = at.IP6.Addr()
+		if err := a.s.AddAddress(id, netip.PrefixFrom(at.Gateway6, 128)); err != nil {
+			return fmt.Errorf("gateway %v on %s: %w", at.Gateway6, at.HostIfName, err)
+		}
+		if err := a.s.AddRoute(route.Route{Dst: netip.PrefixFrom(pod6, 128), NIC: id, Src: at.Gateway6, Type: route.Unicast}); err != nil {
+			return fmt.Errorf("route %v/128 via %s: %w", pod6, at.HostIfName, err)
+		}
+		if err := a.s.AddStaticNeighbor(id, pod6, podMAC); err != nil {
+			return fmt.Errorf("neighbour %v %v: %w", pod6, podMAC, err)
+		}
+	}
+	// One policy for ARP and NDP: every target but the pod's own
+	// addresses (an IPv4-only pod's pod6 is the zero Addr, never a target).
+	a.s.SetProxyARP(id, func(target netip.Addr) bool { return target != pod && target != pod6 })
+	a.s.SetRPFilter(id, true) // both families
 	a.setMAC(id, podMAC, true)
 	if at.Mode != api.ModeRoute {
 		a.setProxyPod(id, proxyPod{routed: append([]netip.Prefix(nil), at.RoutedRanges...)}, true)
@@ -336,8 +451,16 @@ func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
 	if err := a.addRangeLocked(at.Range); err != nil {
 		return err
 	}
+	if dual {
+		if err := a.addRangeLocked(at.Range6); err != nil {
+			a.delRangeLocked(at.Range) // best effort: its error is the host route's, already reported
+			return err
+		}
+		a.setPodAddr(pod6, true)
+	}
 	a.setPodAddr(pod, true)
-	a.pods[at.ID] = podLink{nic: id, rng: at.Range, pod: pod}
+	a.pods[at.ID] = podLink{nic: id, rng: at.Range, pod: pod, rng6: at.Range6, pod6: pod6}
+	a.locals += localsPerPod(dual)
 	at.NIC = id
 	at.StackMAC = nic.MAC().String()
 	return nil
@@ -346,20 +469,44 @@ func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
 // Detach removes the pod's NIC (its routes, local address and neighbour
 // go with it) and the host route of its range when it was the last pod.
 func (a *StackAttacher) Detach(at *api.Attachment) error {
+	release, err := a.Unplug(at)
+	if release != nil {
+		err = errors.Join(err, release())
+	}
+	return err
+}
+
+// Unplug is Detach but for the NIC's endpoint: the pod leaves the stack
+// (NIC, addresses, routes, neighbour, the host route of its range when it
+// was the last pod there) and release, when not nil, closes the NIC's
+// sockets and waits for its goroutines. Closing an AF_PACKET socket waits
+// for an RCU grace period in the kernel (tens of milliseconds on a busy
+// node): the daemon runs release after letting go of its lock, so that
+// pods deleted together do not wait for each other's.
+func (a *StackAttacher) Unplug(at *api.Attachment) (release func() error, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	p, ok := a.pods[at.ID]
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	a.setMAC(p.nic, header.MAC{}, false)
 	a.setProxyPod(p.nic, proxyPod{}, false)
 	a.setPodAddr(p.pod, false)
-	if err := a.s.RemoveNIC(p.nic); err != nil && !errors.Is(err, netstack.ErrNoNIC) {
-		return err
+	if p.pod6.IsValid() {
+		a.setPodAddr(p.pod6, false)
+	}
+	release, err = a.s.DetachNIC(p.nic)
+	if err != nil && !errors.Is(err, netstack.ErrNoNIC) {
+		return nil, err
 	}
 	delete(a.pods, at.ID)
-	return a.delRangeLocked(p.rng)
+	a.locals -= localsPerPod(p.pod6.IsValid())
+	err = a.delRangeLocked(p.rng)
+	if p.rng6.IsValid() {
+		err = errors.Join(err, a.delRangeLocked(p.rng6))
+	}
+	return release, err
 }
 
 // RemoveLinks deletes the pod's veth pair.
@@ -395,7 +542,7 @@ func (a *StackAttacher) Reconcile() error {
 	if err != nil {
 		return nil // no uplink: no routes over it
 	}
-	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: l.Attrs().Index, Protocol: hostRouteProtocol},
+	rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: l.Attrs().Index, Protocol: hostRouteProtocol},
 		netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return err
@@ -469,12 +616,44 @@ func (a *StackAttacher) ensureUplinkLocked() (err error) {
 	return nil
 }
 
+// ensureUplink6Locked brings IPv6 up on the uplink, once, for the first
+// dual-stack pod (an IPv4-only node never touches the host's IPv6): the
+// host end gets hostAddr6 (no DAD: the stack is the link's only other
+// node), the stack's uplink NIC stkAddr6 (and with it a link-local
+// address) and the IPv6 default route via the host end. The host's
+// neighbour entry for the stack is resolved by NDP (the stack answers NS
+// for its own address).
+func (a *StackAttacher) ensureUplink6Locked() (err error) {
+	if a.uplink.v6 {
+		return nil
+	}
+	if err := a.k.UplinkSetup6(a.hostAddr6); err != nil {
+		return fmt.Errorf("uplink IPv6: %w", err)
+	}
+	id := a.uplink.NIC
+	if err := a.s.AddAddress(id, a.stkAddr6); err != nil {
+		return fmt.Errorf("uplink: address %v: %w", a.stkAddr6, err)
+	}
+	defer func() {
+		if err != nil {
+			a.s.RemoveAddress(id, a.stkAddr6)
+		}
+	}()
+	if err := a.s.AddRoute(route.Route{Dst: netip.PrefixFrom(netip.IPv6Unspecified(), 0), Gateway: a.hostAddr6.Addr(), NIC: id, Type: route.Unicast}); err != nil {
+		return fmt.Errorf("uplink: IPv6 default route via %v: %w", a.hostAddr6.Addr(), err)
+	}
+	a.uplink.v6 = true
+	a.uplink.HostAddr6, a.uplink.StackAddr6 = a.hostAddr6, a.stkAddr6
+	a.log.Info("uplink IPv6 up", "host", a.cfg.UplinkHostIfName, "hostAddr6", a.hostAddr6, "stackAddr6", a.stkAddr6)
+	return nil
+}
+
 // addRangeLocked counts a pod in its range and installs `ip route replace
 // RANGE via STACK dev UPLINK proto 0x75` in the host netns for the first.
 func (a *StackAttacher) addRangeLocked(p netip.Prefix) error {
 	if a.ranges[p] == 0 {
 		if err := a.hostRoute(p, true); err != nil {
-			return fmt.Errorf("host route %v via %v: %w", p, a.stkAddr.Addr(), err)
+			return fmt.Errorf("host route %v over the uplink: %w", p, err)
 		}
 	}
 	a.ranges[p]++
@@ -497,7 +676,11 @@ func (a *StackAttacher) delRangeLocked(p netip.Prefix) error {
 }
 
 func (a *StackAttacher) hostRoute(p netip.Prefix, add bool) error {
-	return a.k.HostRoute(p, a.stkAddr.Addr(), a.uplink.hostIndex, add)
+	via := a.stkAddr.Addr()
+	if p.Addr().Is6() {
+		via = a.stkAddr6.Addr()
+	}
+	return a.k.HostRoute(p, via, a.uplink.hostIndex, add)
 }
 
 // Status fills the stack counters and the uplink.

@@ -60,6 +60,13 @@ func (k *pipeKernel) UplinkSetup(hostAddr netip.Prefix) (int, error) {
 	return 42, nil
 }
 
+func (k *pipeKernel) UplinkSetup6(hostAddr netip.Prefix) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.calls = append(k.calls, "uplink6 "+hostAddr.String())
+	return nil
+}
+
 func (k *pipeKernel) HostRoute(dst netip.Prefix, gw netip.Addr, idx int, add bool) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()

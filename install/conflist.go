@@ -86,21 +86,35 @@ type confList struct {
 // apart from the plugin ("autostart": false: the DaemonSet runs it), so
 // the entry names its socket, state dir and stack netns. Proxy mode
 // serves port mappings itself (the portMappings capability); route mode
-// chains portmap for them. The IPv4 pod CIDRs become host-local's ranges;
-// IPv6 ones are left out (the plugin does not attach IPv6 yet), and a node
-// with no IPv4 pod CIDR is an error.
+// chains portmap for them. The pod CIDRs become host-local's ranges, one
+// range set per family (IPv4 first), so a dual-stack node's pods get one
+// address of each family. The plugin needs an IPv4 address for every pod:
+// a node with no IPv4 pod CIDR (an IPv6-only cluster) is an error, as are
+// two pod CIDRs of one family (spec.podCIDRs holds at most one per family).
 func Render(n Network, podCIDRs []netip.Prefix) ([]byte, error) {
 	if err := n.check(); err != nil {
 		return nil, err
 	}
-	var ranges [][]ipamRange
+	var v4, v6 []netip.Prefix
 	for _, p := range podCIDRs {
-		if p.Addr().Is4() && p == p.Masked() {
-			ranges = append(ranges, []ipamRange{{Subnet: p.String()}})
+		switch {
+		case p != p.Masked() || p.Addr().Zone() != "" || p.Addr().Is4In6():
+			return nil, fmt.Errorf("pod CIDR %v is not a network address", p)
+		case p.Addr().Is4():
+			v4 = append(v4, p)
+		default:
+			v6 = append(v6, p)
 		}
 	}
-	if len(ranges) == 0 {
-		return nil, fmt.Errorf("no IPv4 pod CIDR among %v: this release attaches IPv4 pods only", podCIDRs)
+	switch {
+	case len(v4) == 0:
+		return nil, fmt.Errorf("no IPv4 pod CIDR among %v: cni-userstack gives every pod an IPv4 address (IPv4-only or dual-stack clusters; not IPv6-only)", podCIDRs)
+	case len(v4) > 1 || len(v6) > 1:
+		return nil, fmt.Errorf("pod CIDRs %v: at most one per family", podCIDRs)
+	}
+	ranges := [][]ipamRange{{{Subnet: v4[0].String()}}}
+	if len(v6) == 1 {
+		ranges = append(ranges, []ipamRange{{Subnet: v6[0].String()}})
 	}
 	pc := pluginConf{Type: "cni-userstack", Mode: n.Mode, MTU: n.MTU, Socket: n.Socket, StateDir: n.StateDir,
 		StackNetNS: n.StackNetNS, IPAM: ipamConf{Type: "host-local", Ranges: ranges, DataDir: n.IPAMDataDir}}
@@ -121,12 +135,12 @@ func Render(n Network, podCIDRs []netip.Prefix) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// routed is the proxy-mode routed ranges: the IPv4 cluster CIDRs, then
-// the other routed ranges, without duplicates.
+// routed is the proxy-mode routed ranges: the cluster CIDRs of both
+// families, then the other routed ranges, without duplicates.
 func (n Network) routed() []netip.Prefix {
 	var out []netip.Prefix
 	for _, p := range append(slices.Clone(n.ClusterCIDRs), n.RoutedRanges...) {
-		if p.Addr().Is4() && !slices.Contains(out, p) {
+		if !slices.Contains(out, p) {
 			out = append(out, p)
 		}
 	}

@@ -52,6 +52,7 @@ func TestRenderProxy(t *testing.T) {
       "mtu": 1500,
       "routedRanges": [
         "10.244.0.0/16",
+        "fd00:10:244::/56",
         "10.96.0.0/12"
       ],
       "socket": "/run/cni-userstack/daemon.sock",
@@ -67,6 +68,11 @@ func TestRenderProxy(t *testing.T) {
           [
             {
               "subnet": "10.244.1.0/24"
+            }
+          ],
+          [
+            {
+              "subnet": "fd00:10:244:1::/64"
             }
           ]
         ]
@@ -86,17 +92,18 @@ func TestRenderProxy(t *testing.T) {
 	if err != nil {
 		t.Fatalf("our plugin refuses its own conflist: %v", err)
 	}
-	if c.AutostartOn() || c.Mode != api.ModeProxy || len(c.Routed()) != 2 || c.Socket != "/run/cni-userstack/daemon.sock" {
+	if c.AutostartOn() || c.Mode != api.ModeProxy || len(c.Routed()) != 3 || c.Socket != "/run/cni-userstack/daemon.sock" {
 		t.Fatalf("plugin sees %+v", c)
 	}
 }
 
 // TestRenderRoute: route mode chains portmap and drops routedRanges (route
-// mode forwards everything).
+// mode forwards everything); a dual-stack node's ranges go IPv4 first,
+// whatever order spec.podCIDRs lists them in.
 func TestRenderRoute(t *testing.T) {
 	n := testNetwork()
 	n.Mode, n.MTU, n.IPAMDataDir = api.ModeRoute, 1450, "/var/lib/cni/x"
-	b, err := Render(n, []netip.Prefix{pfx("10.244.1.0/24"), pfx("10.245.1.0/24")})
+	b, err := Render(n, []netip.Prefix{pfx("fd00:10:244:1::/64"), pfx("10.244.1.0/24")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +123,7 @@ func TestRenderRoute(t *testing.T) {
 	}
 	json.Unmarshal(b, &conf)
 	p := conf.Plugins[0]
-	if p.RoutedRanges != nil || p.Capabilities != nil || p.IPAM.DataDir != "/var/lib/cni/x" || len(p.IPAM.Ranges) != 2 || p.IPAM.Ranges[1][0].Subnet != "10.245.1.0/24" {
+	if p.RoutedRanges != nil || p.Capabilities != nil || p.IPAM.DataDir != "/var/lib/cni/x" || len(p.IPAM.Ranges) != 2 || p.IPAM.Ranges[0][0].Subnet != "10.244.1.0/24" || p.IPAM.Ranges[1][0].Subnet != "fd00:10:244:1::/64" {
 		t.Fatalf("route mode entry: %s", b)
 	}
 	if c, err := plugin.LoadConf(asRuntime(t, list, 0)); err != nil || c.MTU != 1450 || c.Mode != api.ModeRoute {
@@ -133,6 +140,9 @@ func TestRenderErrors(t *testing.T) {
 	}{
 		{"v6 only node", nil, []netip.Prefix{pfx("fd00::/64")}, "no IPv4 pod CIDR"},
 		{"no cidr", nil, nil, "no IPv4 pod CIDR"},
+		{"two v4", nil, []netip.Prefix{pfx("10.244.1.0/24"), pfx("10.245.1.0/24")}, "at most one per family"},
+		{"two v6", nil, []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00::/64"), pfx("fd01::/64")}, "at most one per family"},
+		{"pod cidr host bits", nil, []netip.Prefix{pfx("10.244.1.1/24")}, "not a network address"},
 		{"mode", func(n *Network) { n.Mode = "bridge" }, nil, "--mode"},
 		{"mtu", func(n *Network) { n.MTU = 20 }, nil, "--mtu"},
 		{"cni version", func(n *Network) { n.CNIVersion = "2.0.0" }, nil, "--cni-version"},

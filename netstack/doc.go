@@ -1,9 +1,14 @@
-// Package netstack owns the Stack (inet_init and struct net): one network
-// namespace's worth of userspace TCP/IP, built from the layer packages
-// below it and wired the way inet_init wires the kernel's: the ARP and
-// IPv4 packet types registered on the device list, UDP (and the ICMP echo
-// client behind Ping) on the IPv4 protocol table, UDP in the socket
-// switch. It also owns the configuration calls that span layers (an
+// Package netstack owns the Stack (inet_init, inet6_init and struct net):
+// one network namespace's worth of userspace TCP/IP, built from the layer
+// packages below it and wired the way inet_init wires the kernel's: the
+// ARP, IPv4 and IPv6 packet types registered on the device list, TCP,
+// UDP and the echo client behind Ping on both protocol tables (ICMP on
+// the IPv4 one, ICMPv6 on the IPv6 one), TCP and UDP in the socket
+// switch. IPv6 is always
+// on but a NIC takes part only once it has an IPv6 address, which brings
+// its link-local address (stack6.go); IPv4 and IPv6 have separate
+// netfilter hooks (Hooks, Hooks6) and share the FIB and the neighbour
+// table. It also owns the configuration calls that span layers (an
 // address is a NIC address, a local route and a connected route), the
 // options of a fresh stack, and one Stats snapshot over every layer.
 //
@@ -24,7 +29,7 @@
 // Receive runs to completion. The NIC goroutine reads a batch
 // (Endpoint.ReadBatch, up to RxBatch frames), takes the time once, and
 // carries each frame as far as it goes on that goroutine: taps → Ethernet
-// check → neigh.Rcv or ipv4.Rcv (validation, PREROUTING, route.Input,
+// check → neigh.Rcv, ipv4.Rcv or ipv6.Rcv (validation, PREROUTING, route.Input,
 // reassembly, LOCAL_IN) → the L4 handler (udp.V4Rcv: lookup, enqueue the
 // SKB on the socket, signal a waiting reader) — or, when forwarding,
 // FORWARD → output → neigh → the output NIC's transmit queue. Replies made
@@ -47,8 +52,9 @@
 // others just enqueue (qdisc_run's RUNNING bit), so frames leave in order
 // and one goroutine at a time writes an endpoint.
 //
-// Timers run on the clock: neighbour NUD timers, reassembly expiry, the
-// IPv4 loopback backlog drain,
+// Timers run on the clock: neighbour NUD timers, Router Advertisements,
+// reassembly expiry (both families), the IPv4 and IPv6 loopback backlog
+// drains,
 // fault-injected delays and socket deadline wake-ups. Callbacks are short,
 // never block, and take only their owner's lock. Datagrams a stack sends
 // to its own addresses go through ipv4's loopback backlog, drained by a
@@ -74,6 +80,7 @@
 //	  > neigh.Table.mu > clock
 //	  > udp.Proto.mu (RW: lookups read) > udp.Socket.mu > clock
 //	  > ipv4 reassembler.mu > clock
+//	  > ipv6 reassembler.mu > clock
 //
 // Leaves, held without calling out: route.Table.mu (writers only; lookups
 // read an atomic snapshot), the ipv4 token bucket and backlog locks,
@@ -88,9 +95,12 @@
 // Bounds live beside each queue and table in its package: NIC transmit
 // queue (TxQueueLen, 1000), receive batch (RxBatch, 64), neighbour table
 // (1024) and pending packets per unresolved neighbour (3), routes and
-// local addresses (route.MaxRoutes, MaxLocal), reassembly memory (4 MiB)
-// and time (30 s), ICMP errors (1000/s, burst 50), loopback backlog
-// (1000), UDP receive queue per socket (212992 bytes of truesize), UDP
+// local addresses (route.MaxRoutes, MaxLocal), IPv4 reassembly memory (4
+// MiB) and time (30 s), IPv6 reassembly memory (4 MiB), packets (1024)
+// and time (60 s), IPv6 path MTU cache (4096 destinations), ICMP and
+// ICMPv6 errors (1000/s, burst 50, each), loopback backlogs (1000 each),
+// Router Advertisement prefixes (16) and DNS servers (8), UDP receive
+// queue per socket (212992 bytes of truesize), UDP
 // bound sockets (65536), echo requests in flight (256), intercepted TCP
 // SYNs awaiting the proxy (InterceptTCP's maxPending, default 4096).
 //

@@ -6,6 +6,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
+	"github.com/cni-userstack/cni-userstack/netstack/ipv6"
 	"github.com/cni-userstack/cni-userstack/netstack/neigh"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
@@ -16,12 +17,14 @@ import (
 type Option func(*config)
 
 type config struct {
-	clk   clock.Clock
-	hooks *netfilter.Hooks
-	neigh neigh.Config
-	ip    ipv4.Config
-	udp   udp.Config
-	tcp   tcp.Config
+	clk    clock.Clock
+	hooks  *netfilter.Hooks
+	hooks6 *netfilter.Hooks
+	neigh  neigh.Config
+	ip     ipv4.Config
+	ip6    ipv6.Config
+	udp    udp.Config
+	tcp    tcp.Config
 }
 
 // WithClock runs the stack on clk: every timer, deadline and timestamp.
@@ -43,29 +46,36 @@ func WithForwarding(on bool) Option { return func(c *config) { c.ip.Forwarding =
 // WithDefaultTTL sets net.ipv4.ip_default_ttl (default 64).
 func WithDefaultTTL(ttl uint8) Option { return func(c *config) { c.ip.DefaultTTL = ttl } }
 
-// WithRPFilter sets the default reverse-path filter of every NIC: strict
-// (RFC 3704 §2.2, the default here) or off; SetRPFilter overrides per NIC.
+// WithRPFilter sets the default reverse-path filter of every NIC, for
+// both families: strict (RFC 3704 §2.2, the default here) or off;
+// SetRPFilter overrides per NIC.
 func WithRPFilter(strict bool) Option {
 	return func(c *config) {
 		if strict {
-			c.ip.RPFilter = ipv4.RPFilterStrict
+			c.ip.RPFilter, c.ip6.RPFilter = ipv4.RPFilterStrict, ipv6.RPFilterStrict
 		} else {
-			c.ip.RPFilter = ipv4.RPFilterOff
+			c.ip.RPFilter, c.ip6.RPFilter = ipv4.RPFilterOff, ipv6.RPFilterOff
 		}
 	}
 }
 
-// WithReassembly bounds IP reassembly: how long an incomplete datagram
+// WithReassembly bounds IPv4 reassembly: how long an incomplete datagram
 // waits (ipfrag_time, default 30 s) and the memory all queues may hold
-// (ipfrag_high_thresh, default 4 MiB). Zero keeps a default.
+// (ipfrag_high_thresh, default 4 MiB). Zero keeps a default. IPv6 has its
+// own: WithIPv6Reassembly.
 func WithReassembly(timeout time.Duration, memLimit int) Option {
 	return func(c *config) { c.ip.ReasmTimeout, c.ip.ReasmMemLimit = timeout, memLimit }
 }
 
-// WithICMPRateLimit sets the ICMP error token bucket (icmp_msgs_per_sec,
-// icmp_msgs_burst; default 1000/s, burst 50); a negative rate disables it.
+// WithICMPRateLimit sets the ICMP error token buckets of both families
+// (icmp_msgs_per_sec, icmp_msgs_burst, which Linux shares between ICMP
+// and ICMPv6; here each family has a bucket of this size; default
+// 1000/s, burst 50); a negative rate disables them.
 func WithICMPRateLimit(perSecond, burst int) Option {
-	return func(c *config) { c.ip.ICMPRateLimit, c.ip.ICMPRateBurst = perSecond, burst }
+	return func(c *config) {
+		c.ip.ICMPRateLimit, c.ip.ICMPRateBurst = perSecond, burst
+		c.ip6.ICMPRateLimit, c.ip6.ICMPRateBurst = perSecond, burst
+	}
 }
 
 // WithEphemeralPorts sets ip_local_port_range for UDP autobind (default
@@ -92,3 +102,27 @@ type NICConfig struct {
 	// RxBatch is the frames read per poll (the NAPI budget); 0 = 64.
 	RxBatch int
 }
+
+// WithHooks6 uses h as the IPv6 netfilter hooks (nf_hooks_ipv6); without
+// it the stack has empty ones of its own. They are apart from the IPv4
+// hooks, so a hook function written for IPv4 never sees an IPv6 packet.
+func WithHooks6(h *netfilter.Hooks) Option { return func(c *config) { c.hooks6 = h } }
+
+// WithForwarding6 sets net.ipv6.conf.all.forwarding at start (default
+// off); the stack's Neighbor Advertisements carry the Router flag while
+// it is on.
+func WithForwarding6(on bool) Option { return func(c *config) { c.ip6.Forwarding = on } }
+
+// WithDefaultHopLimit sets net.ipv6.conf.all.hop_limit (default 64).
+func WithDefaultHopLimit(h uint8) Option { return func(c *config) { c.ip6.DefaultHopLimit = h } }
+
+// WithIPv6Reassembly bounds IPv6 reassembly: how long an incomplete
+// packet waits (default 60 s, RFC 8200 §4.5) and the memory all queues
+// may hold (ip6frag_high_thresh, default 4 MiB). Zero keeps a default.
+func WithIPv6Reassembly(timeout time.Duration, memLimit int) Option {
+	return func(c *config) { c.ip6.ReasmTimeout, c.ip6.ReasmMemLimit = timeout, memLimit }
+}
+
+// WithPMTUExpires sets how long a path MTU learnt from an ICMPv6 Packet
+// Too Big holds (ip6_rt_mtu_expires, default 10 minutes, RFC 8201 §4).
+func WithPMTUExpires(d time.Duration) Option { return func(c *config) { c.ip6.PMTUExpires = d } }

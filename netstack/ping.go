@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"sync"
 	"syscall"
@@ -22,8 +23,8 @@ const maxPingsInFlight = 256
 // no socket).
 var DropNoPingWaiter = buf.NewDropReason("NO_SOCKET")
 
-// pinger is a minimal ICMP echo client, the part of a ping socket
-// (net/ipv4/ping.c) that Ping needs: each Ping takes a fresh identifier,
+// pinger is a minimal ICMP and ICMPv6 echo client, the part of a ping
+// socket (net/ipv4/ping.c, net/ipv6/ping.c) that Ping needs: each Ping takes a fresh identifier,
 // waits for the echo reply with that identifier and sequence, and hears
 // of ICMP errors quoting its request.
 type pinger struct {
@@ -34,7 +35,12 @@ type pinger struct {
 	closed bool
 }
 
-type echoKey struct{ id, seq uint16 }
+// echoKey names one echo request: identifier, sequence and family
+// (ICMP and ICMPv6 identifiers are separate spaces).
+type echoKey struct {
+	id, seq uint16
+	v6      bool
+}
 
 type echoResult struct {
 	err error
@@ -49,16 +55,23 @@ func (p *pinger) init(s *Stack) {
 	p.nextID = binary.BigEndian.Uint16(b[:])
 }
 
-// Ping sends one ICMP echo request (RFC 792) to dst with seq and payload
-// and waits for the reply until ctx is done. It returns the round-trip
-// time on the stack's clock, the errno of an ICMP error quoting the
-// request (EHOSTUNREACH for time exceeded, as icmp_err_convert), or the
-// routing error.
+// Ping sends one echo request to dst with seq and payload and waits for
+// the reply until ctx is done: ICMP (RFC 792) for an IPv4 dst, ICMPv6
+// (RFC 4443 §4.1) for an IPv6 one (a link-local dst names its NIC with
+// a zone, "fe80::1%eth0"). It returns the round-trip time on the stack's
+// clock, the errno of an ICMP or ICMPv6 error quoting the request
+// (EHOSTUNREACH for time exceeded, as icmp_err_convert and
+// icmpv6_err_convert), or the routing error.
 func (s *Stack) Ping(ctx context.Context, dst netip.Addr, seq uint16, payload []byte) (time.Duration, error) {
-	if !dst.Is4() {
+	v6 := dst.Is6() && !dst.Is4In6()
+	if !v6 && !dst.Is4() {
 		return 0, syscall.EAFNOSUPPORT
 	}
-	if len(payload) > 0xffff-header.IPv4MinSize-header.ICMPv4MinSize {
+	hdr := header.IPv4MinSize
+	if v6 {
+		hdr = 0 // the ICMPv6 message is the payload length
+	}
+	if len(payload) > 0xffff-hdr-header.ICMPv4MinSize {
 		return 0, syscall.EMSGSIZE
 	}
 	p := &s.ping
@@ -73,7 +86,7 @@ func (s *Stack) Ping(ctx context.Context, dst netip.Addr, seq uint16, payload []
 		return 0, syscall.ENOBUFS
 	}
 	p.nextID++
-	k := echoKey{p.nextID, seq}
+	k := echoKey{p.nextID, seq, v6}
 	p.waits[k] = ch
 	p.mu.Unlock()
 	defer func() {
@@ -82,14 +95,20 @@ func (s *Stack) Ping(ctx context.Context, dst netip.Addr, seq uint16, payload []
 		p.mu.Unlock()
 	}()
 
-	n := header.ICMPv4MinSize + len(payload)
-	skb := buf.Alloc(buf.MaxHeadroom, n)
-	m := header.ICMPv4(skb.Put(n))
-	m.Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(k.id, k.seq)})
-	copy(m[header.ICMPv4MinSize:], payload)
-	m.SetChecksum()
 	start := s.clk.Now()
-	if err := s.ip.QueueXmit(skb, route.Flow{Dst: dst, Proto: header.ProtoICMP}); err != nil {
+	var err error
+	if v6 {
+		err = s.sendEcho6(dst, k, payload)
+	} else {
+		n := header.ICMPv4MinSize + len(payload)
+		skb := buf.Alloc(buf.MaxHeadroom, n)
+		m := header.ICMPv4(skb.Put(n))
+		m.Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(k.id, k.seq)})
+		copy(m[header.ICMPv4MinSize:], payload)
+		m.SetChecksum()
+		err = s.ip.QueueXmit(skb, route.Flow{Dst: dst, Proto: header.ProtoICMP})
+	}
+	if err != nil {
 		return 0, err
 	}
 	select {
@@ -103,6 +122,31 @@ func (s *Stack) Ping(ctx context.Context, dst netip.Addr, seq uint16, payload []
 	}
 }
 
+// sendEcho6 sends an ICMPv6 Echo Request: routed first, since the
+// checksum covers the source address (RFC 4443 §2.3).
+func (s *Stack) sendEcho6(dst netip.Addr, k echoKey, payload []byte) error {
+	fl := route.Flow{Dst: dst.WithZone(""), Proto: header.ProtoICMPv6}
+	if z := dst.Zone(); z != "" {
+		nic := s.devs.ByName(z)
+		if nic == nil {
+			return fmt.Errorf("netstack: zone %q: %w", z, syscall.ENODEV)
+		}
+		fl.NIC = nic.ID()
+	}
+	res, err := s.ip6.RouteOutput(fl)
+	if err != nil {
+		return err
+	}
+	fl.Src = res.Src
+	n := header.ICMPv6MinSize + len(payload)
+	skb := buf.Alloc(buf.MaxHeadroom, n)
+	m := header.ICMPv6(skb.Put(n))
+	m.Encode(header.ICMPv6Fields{Type: header.ICMPv6EchoRequest, RestOfHeader: header.EchoRest(k.id, k.seq)})
+	copy(m[header.ICMPv6MinSize:], payload)
+	m.SetChecksum(fl.Src, fl.Dst)
+	return s.ip6.QueueXmit(skb, fl)
+}
+
 // rcv takes echo replies and other informational ICMP that ipv4 does not
 // answer itself. It consumes skb, whose bytes start at the ICMP header.
 func (p *pinger) rcv(skb *buf.SKB) {
@@ -112,7 +156,7 @@ func (p *pinger) rcv(skb *buf.SKB) {
 		return
 	}
 	m := header.ICMPv4(b)
-	if !p.deliver(echoKey{m.ID(), m.Seq()}, echoResult{at: p.s.clk.Now()}) {
+	if !p.deliver(echoKey{m.ID(), m.Seq(), false}, echoResult{at: p.s.clk.Now()}) {
 		skb.Free(DropNoPingWaiter)
 		return
 	}
@@ -132,7 +176,34 @@ func (p *pinger) err(skb *buf.SKB, e header.ICMPError) {
 		return
 	}
 	m := header.ICMPv4(b[ihl:])
-	p.deliver(echoKey{m.ID(), m.Seq()}, echoResult{err: e.Errno})
+	p.deliver(echoKey{m.ID(), m.Seq(), false}, echoResult{err: e.Errno})
+}
+
+// rcv6 takes ICMPv6 echo replies (the part of a ping6 socket Ping
+// needs). It consumes skb, whose bytes start at the ICMPv6 header.
+func (p *pinger) rcv6(skb *buf.SKB) {
+	b := skb.Bytes()
+	if len(b) < header.ICMPv6MinSize || b[0] != header.ICMPv6EchoReply {
+		skb.Free(DropNoPingWaiter)
+		return
+	}
+	m := header.ICMPv6(b)
+	if !p.deliver(echoKey{m.ID(), m.Seq(), true}, echoResult{at: p.s.clk.Now()}) {
+		skb.Free(DropNoPingWaiter)
+		return
+	}
+	skb.Consume()
+}
+
+// err6 hears of ICMPv6 errors quoting an ICMPv6 message: skb's transport
+// header is the quoted one. It does not consume skb.
+func (p *pinger) err6(skb *buf.SKB, e header.ICMPError) {
+	th := skb.TransportHeader()
+	if len(th) < header.ICMPv6MinSize || th[0] != header.ICMPv6EchoRequest {
+		return
+	}
+	m := header.ICMPv6(th)
+	p.deliver(echoKey{m.ID(), m.Seq(), true}, echoResult{err: e.Errno})
 }
 
 func (p *pinger) deliver(k echoKey, r echoResult) bool {

@@ -12,6 +12,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
+	"github.com/cni-userstack/cni-userstack/netstack/ipv6"
 	"github.com/cni-userstack/cni-userstack/netstack/link"
 	"github.com/cni-userstack/cni-userstack/netstack/neigh"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
@@ -30,7 +31,9 @@ type Stack struct {
 	neigh   *neigh.Table
 	fib     *route.Table
 	hooks   *netfilter.Hooks
+	hooks6  *netfilter.Hooks // IPv6's own hooks (nf_hooks_ipv6)
 	ip      *ipv4.Layer
+	ip6     *ipv6.Layer
 	udp     *udp.Proto
 	tcp     *tcp.Proto
 	nf      *netfilter.Netfilter // nil until EnableNetfilter
@@ -52,10 +55,12 @@ var ErrNoNIC = fmt.Errorf("netstack: no such NIC: %w", syscall.ENODEV)
 // ErrClosed is returned by configuration calls after Close.
 var ErrClosed = errors.New("netstack: stack closed")
 
-// New builds a stack and wires its layers bottom-up, as inet_init does:
-// the ARP and IPv4 packet types on the device list (dev_add_pack), UDP and
-// the ICMP echo client on the IPv4 protocol table (inet_add_protocol), and
-// UDP in the socket switch (inet_register_protosw). It has no NICs yet.
+// New builds a stack and wires its layers bottom-up, as inet_init and
+// inet6_init do: the ARP, IPv4 and IPv6 packet types on the device list
+// (dev_add_pack), UDP and the ICMP echo client on the IPv4 protocol table
+// (inet_add_protocol), the ICMPv6 echo client on the IPv6 one, and UDP in
+// the socket switch (inet_register_protosw). It has no NICs yet. IPv6 is
+// always on; a NIC speaks it once it has an IPv6 address (AddAddress).
 func New(opts ...Option) *Stack {
 	var cfg config
 	for _, o := range opts {
@@ -69,6 +74,10 @@ func New(opts ...Option) *Stack {
 	if s.hooks == nil {
 		s.hooks = &netfilter.Hooks{}
 	}
+	s.hooks6 = cfg.hooks6
+	if s.hooks6 == nil {
+		s.hooks6 = &netfilter.Hooks{}
+	}
 	s.devs = dev.NewDevices(s.clk)
 	s.neigh = neigh.New(s.clk, s.devs, cfg.neigh)
 	s.fib = route.NewTable()
@@ -76,10 +85,11 @@ func New(opts ...Option) *Stack {
 	ipc := cfg.ip
 	ipc.Clock, ipc.Devices, ipc.Neigh, ipc.FIB, ipc.Hooks = s.clk, s.devs, s.neigh, s.fib, s.hooks
 	s.ip = ipv4.New(ipc)
+	s.ip6 = s.newIPv6(cfg.ip6)
 
 	uc := cfg.udp
-	uc.Clock = s.clk
-	s.udp = udp.New(s.ip, uc)
+	uc.Clock, uc.Zone, uc.ZoneName = s.clk, s.zoneNIC, s.zoneName
+	s.udp = udp.New(s.ip, s.ip6, uc)
 	s.ping.init(s)
 	s.tcp = s.newTCP(cfg.tcp)
 
@@ -87,9 +97,13 @@ func New(opts ...Option) *Stack {
 	// ip_packet_type; inet_add_protocol for each transport.
 	s.devs.AddPacketType(header.EtherTypeARP, s.neigh.Rcv)
 	s.devs.AddPacketType(header.EtherTypeIPv4, s.ip.Rcv)
+	s.devs.AddPacketType(header.EtherTypeIPv6, s.ip6.Rcv) // inet6_init: ipv6_packet_init
 	s.ip.AddProtocol(header.ProtoUDP, ipv4.Protocol{Rcv: s.udp.V4Rcv, Err: s.udp.V4Err})
 	s.ip.AddProtocol(header.ProtoTCP, ipv4.Protocol{Rcv: s.tcp.V4Rcv, Err: s.tcp.V4Err})
+	s.ip6.AddProtocol(header.ProtoUDP, ipv6.Protocol{Rcv: s.udp.V6Rcv, Err: s.udp.V6Err})
+	s.ip6.AddProtocol(header.ProtoTCP, ipv6.Protocol{Rcv: s.tcp.V6Rcv, Err: s.tcp.V6Err})
 	s.ip.AddProtocol(header.ProtoICMP, ipv4.Protocol{Rcv: s.ping.rcv, Err: s.ping.err})
+	s.ip6.AddProtocol(header.ProtoICMPv6, ipv6.Protocol{Rcv: s.ping.rcv6, Err: s.ping.err6})
 
 	s.sockets = socket.NewRegistry()
 	// Registration of a fresh registry cannot fail.
@@ -166,28 +180,55 @@ func randomMAC() header.MAC {
 // RemoveNIC takes a NIC down and away: its routes, local addresses and
 // neighbours go, its endpoint is closed and its goroutine has exited
 // when RemoveNIC returns (unregister_netdevice). Not callable from a
-// packet handler.
+// packet handler. It is DetachNIC with its release run at once.
 func (s *Stack) RemoveNIC(id int) error {
+	release, err := s.DetachNIC(id)
+	if err != nil {
+		return err
+	}
+	return release()
+}
+
+// DetachNIC is RemoveNIC in two steps: the NIC leaves the stack now (its
+// routes, local addresses and neighbours go, it is down and no lookup
+// finds it), and release, which the caller must run once, closes its
+// endpoint and waits for its goroutines. release may wait for the kernel
+// (an AF_PACKET close waits for an RCU grace period): a caller holding its
+// own lock across the first step can run it after letting go, so that
+// removing NICs does not serialise on the kernel. Not callable from a
+// packet handler.
+func (s *Stack) DetachNIC(id int) (release func() error, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.devs.ByID(id) == nil {
-		return ErrNoNIC
+		return nil, ErrNoNIC
 	}
 	s.fib.FlushNIC(id)
 	s.neigh.Flush(id)
-	return s.devs.Remove(id)
+	n, err := s.devs.Unlink(id)
+	if err != nil {
+		return nil, err
+	}
+	return n.Release, nil
 }
 
 // AddAddress assigns p to a NIC (`ip addr add`, inet_insert_ifa +
-// fib_add_ifaddr): the address goes into the local table, the prefix
-// becomes a connected route with the address as its preferred source,
-// and the NIC announces it with a gratuitous ARP (RFC 5227 §3) when up.
+// fib_add_ifaddr, or addrconf's for IPv6): the address goes into the
+// local table, the prefix becomes a connected route with the address as
+// its preferred source, and the NIC announces it when up: a gratuitous
+// ARP (RFC 5227 §3), or for IPv6 an unsolicited Neighbor Advertisement.
+// A NIC's first IPv6 address brings its link-local address with it (see
+// addAddress6). Refused with EAFNOSUPPORT: IPv4-mapped, multicast and
+// unspecified addresses.
 func (s *Stack) AddAddress(nicID int, p netip.Prefix) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	nic := s.devs.ByID(nicID)
 	if nic == nil {
 		return ErrNoNIC
+	}
+	if p.IsValid() && p.Addr().Is6() {
+		return s.addAddress6Locked(nic, p)
 	}
 	if !p.IsValid() || !p.Addr().Is4() {
 		return fmt.Errorf("netstack: %v: %w", p, syscall.EAFNOSUPPORT)
@@ -228,7 +269,7 @@ func (s *Stack) RemoveAddress(nicID int, p netip.Prefix) error {
 func (s *Stack) removeRoutesLocked(nic *dev.NIC, p netip.Prefix) {
 	// Only this NIC's claim: the gateway address lives on every pod link.
 	s.fib.RemoveLocalFrom(p.Addr(), nic.ID())
-	if p.Bits() >= 32 {
+	if p.Bits() >= p.Addr().BitLen() {
 		return
 	}
 	for _, o := range nic.Addresses() {
@@ -251,14 +292,17 @@ func (s *Stack) AddStaticNeighbor(nicID int, addr netip.Addr, mac header.MAC) er
 	return s.neigh.AddStatic(nicID, addr, mac)
 }
 
-// SetProxyARP sets a NIC's proxy ARP policy: requests for a target answer
-// accepts are replied to with the NIC's MAC; nil turns it off.
+// SetProxyARP sets a NIC's proxy ARP and proxy NDP policy: ARP requests
+// and Neighbor Solicitations for a target answer accepts are replied to
+// with the NIC's MAC (for IPv6: non-link-local targets on a NIC with an
+// IPv6 address, never a DAD probe; see package neigh); nil turns it off.
 func (s *Stack) SetProxyARP(nicID int, answer func(target netip.Addr) bool) {
 	s.neigh.SetProxy(nicID, answer)
 }
 
 // ProxyARPRouted is Linux's proxy_arp=1 policy for nicID: answer for a
-// target that is routed through a different NIC (arp_fwd_proxy).
+// target (of either family) that is routed through a different NIC
+// (arp_fwd_proxy).
 func (s *Stack) ProxyARPRouted(nicID int) func(target netip.Addr) bool {
 	return func(target netip.Addr) bool {
 		res, ok := s.fib.Lookup(target)
@@ -269,11 +313,16 @@ func (s *Stack) ProxyARPRouted(nicID int) func(target netip.Addr) bool {
 // SetForwarding turns IPv4 forwarding on or off (net.ipv4.ip_forward).
 func (s *Stack) SetForwarding(on bool) { s.ip.SetForwarding(on) }
 
-// SetRPFilter sets a NIC's reverse-path filter: strict or off.
-func (s *Stack) SetRPFilter(nicID int, strict bool) { s.ip.SetRPFilter(nicID, strict) }
+// SetRPFilter sets a NIC's reverse-path filter, for both families:
+// strict (RFC 3704 §2.2) or off.
+func (s *Stack) SetRPFilter(nicID int, strict bool) {
+	s.ip.SetRPFilter(nicID, strict)
+	s.ip6.SetRPFilter(nicID, strict)
+}
 
 // ListenUDP opens a UDP socket bound to laddr (an invalid laddr binds the
-// wildcard and an ephemeral port).
+// wildcard and an ephemeral port; :: and an invalid laddr take both
+// families, 0.0.0.0 only IPv4).
 func (s *Stack) ListenUDP(laddr netip.AddrPort) (*socket.PacketConn, error) {
 	return socket.ListenUDP(s.sockets, laddr)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack"
 	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/link"
 	"github.com/cni-userstack/cni-userstack/netstack/link/pipe"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 	"github.com/cni-userstack/cni-userstack/netstack/socket"
@@ -103,8 +105,10 @@ func TestAddresses(t *testing.T) {
 	if err := s.AddAddress(77, p1); !errors.Is(err, syscall.ENODEV) {
 		t.Fatalf("unknown NIC: %v", err)
 	}
-	if err := s.AddAddress(id, netip.MustParsePrefix("2001:db8::1/64")); !errors.Is(err, syscall.EAFNOSUPPORT) {
-		t.Fatalf("IPv6: %v", err)
+	for _, p := range []string{"::ffff:10.0.0.1/128", "ff02::1/128", "::/0"} {
+		if err := s.AddAddress(id, netip.MustParsePrefix(p)); !errors.Is(err, syscall.EAFNOSUPPORT) {
+			t.Fatalf("%s: %v", p, err)
+		}
 	}
 }
 
@@ -236,5 +240,54 @@ func TestCloseIdempotent(t *testing.T) {
 	}
 	if _, err := s.Ping(context.Background(), netip.MustParseAddr("10.0.0.1"), 1, nil); !errors.Is(err, netstack.ErrClosed) {
 		t.Fatalf("Ping after Close: %v", err)
+	}
+}
+
+// closeRecorder is a link endpoint whose Close is recorded.
+type closeRecorder struct {
+	link.Endpoint
+	closed atomic.Bool
+}
+
+func (c *closeRecorder) Close() error { c.closed.Store(true); return c.Endpoint.Close() }
+
+// TestDetachNICReleasesLater: DetachNIC takes the NIC out of the stack at
+// once (no lookup finds it, its routes are gone) and leaves its endpoint
+// open until release, while the stack goes on working: another NIC is
+// added in between.
+func TestDetachNICReleasesLater(t *testing.T) {
+	s, _ := newStack(t)
+	p, _ := pipe.New(1500)
+	ep := &closeRecorder{Endpoint: p}
+	nic, err := s.AddNIC(ep, netstack.NICConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := nic.ID()
+	if err := s.AddAddress(id, netip.MustParsePrefix("10.2.0.1/24")); err != nil {
+		t.Fatal(err)
+	}
+	release, err := s.DetachNIC(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Devices().ByID(id) != nil || len(s.FIB().Routes()) != 0 || s.FIB().IsLocal(netip.MustParseAddr("10.2.0.1")) {
+		t.Fatalf("detached NIC still in the stack: routes %v", s.FIB().Routes())
+	}
+	if ep.closed.Load() {
+		t.Fatal("endpoint closed before release")
+	}
+	other := addNIC(t, s, netstack.NICConfig{})
+	if err := release(); err != nil {
+		t.Fatal(err)
+	}
+	if !ep.closed.Load() {
+		t.Fatal("release did not close the endpoint")
+	}
+	if _, err := s.DetachNIC(id); !errors.Is(err, netstack.ErrNoNIC) {
+		t.Fatalf("second detach: %v", err)
+	}
+	if err := s.RemoveNIC(other); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
+	"github.com/cni-userstack/cni-userstack/netstack/ipv6"
 	"github.com/cni-userstack/cni-userstack/netstack/neigh"
 	"github.com/cni-userstack/cni-userstack/netstack/udp"
 )
@@ -16,10 +17,12 @@ import (
 type Stats struct {
 	NICs  []NICStats
 	IP    ipv4.Stats // with the ICMP MIB in IP.ICMP
+	IP6   ipv6.Stats // with the ICMPv6 MIB in IP6.ICMP
 	UDP   udp.Stats
 	Neigh neigh.Stats
 	// Counters holds every MIB counter by its nstat name (IpInReceives,
-	// IcmpOutTimeExcds, UdpNoPorts, ArpInRequests, ...), zeros included.
+	// IcmpOutTimeExcds, Ip6InReceives, Icmp6OutPktTooBigs, UdpNoPorts,
+	// ArpInRequests, Icmp6OutNeighborSolicits, ...), zeros included.
 	Counters map[string]uint64
 	// Drops counts freed packets by drop reason over the whole stack:
 	// received ones count on their NIC, locally originated ones on the
@@ -39,12 +42,16 @@ type NICStats struct {
 func (s *Stack) Stats() Stats {
 	st := Stats{
 		IP:       s.ip.Stats(),
+		IP6:      s.ip6.Stats(),
 		UDP:      s.udp.Stats(),
 		Neigh:    s.neigh.Stats(),
 		Counters: map[string]uint64{},
 		Drops:    map[string]uint64{},
 	}
 	for k, v := range s.ip.Counters() {
+		st.Counters[k] = v
+	}
+	for k, v := range s.ip6.Counters() {
 		st.Counters[k] = v
 	}
 	for k, v := range s.udp.Counters() {
@@ -58,6 +65,11 @@ func (s *Stack) Stats() Stats {
 		"ArpInRequests": n.InRequests, "ArpInReplies": n.InReplies, "ArpOutRequests": n.OutRequests,
 		"ArpOutReplies": n.OutReplies, "ArpInErrors": n.InErrors, "NeighResFailed": n.ResolutionFailures,
 		"NeighUnresDiscards": n.QueueDrops, "NeighTableFulls": n.TableFull, "NeighForcedGCRuns": n.ForcedGC,
+		// NDP's own (the ICMPv6 MIB counts what arrives; these count
+		// what neigh sent and decided).
+		"Icmp6OutNeighborSolicits": n.NDPOutSolicits, "Icmp6OutNeighborAdvertisements": n.NDPOutAdverts,
+		"Icmp6OutRouterAdvertisements": n.NDPOutRouterAdverts, "NdiscInErrors": n.NDPInErrors,
+		"NdiscDADReplies": n.DADReplies, "NdiscDADConflicts": n.DADConflicts,
 	} {
 		st.Counters[k] = v
 	}
@@ -69,7 +81,7 @@ func (s *Stack) Stats() Stats {
 		}
 	}
 	sort.Slice(st.NICs, func(i, j int) bool { return st.NICs[i].ID < st.NICs[j].ID })
-	for _, d := range []map[string]uint64{s.ip.Drops().Snapshot(), s.udp.Drops().Snapshot(), s.tcp.Drops().Snapshot()} {
+	for _, d := range []map[string]uint64{s.ip.Drops().Snapshot(), s.ip6.Drops().Snapshot(), s.udp.Drops().Snapshot(), s.tcp.Drops().Snapshot()} {
 		for r, v := range d {
 			st.Drops[r] += v
 		}

@@ -143,7 +143,8 @@ func startDaemon(ctx context.Context, c *NetConf, cl *api.Client) error {
 	defer logf.Close()
 	cmd := exec.Command(exe, "serve",
 		"--socket", c.Socket, "--state-dir", c.StateDir, "--stack-netns", c.StackNetNS,
-		"--uplink-subnet", c.UplinkSubnet().String(), "--uplink-host-ifname", c.Uplink.HostIfName)
+		"--uplink-subnet", c.UplinkSubnet().String(), "--uplink-subnet6", c.UplinkSubnet6().String(),
+		"--uplink-host-ifname", c.Uplink.HostIfName)
 	cmd.Stdin = nil // /dev/null
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = daemonEnv(os.Environ())

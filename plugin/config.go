@@ -45,6 +45,9 @@ type UplinkConf struct {
 	// Subnet is a link-local IPv4 /30 (or shorter); the host end gets the
 	// first address, the stack the second.
 	Subnet string `json:"subnet,omitempty"`
+	// Subnet6 is the uplink's IPv6 prefix (/126 or shorter), brought up
+	// with the first dual-stack pod; the host end gets ::1, the stack ::2.
+	Subnet6 string `json:"subnet6,omitempty"`
 	// HostIfName is the uplink's name in the host netns.
 	HostIfName string `json:"hostIfName,omitempty"`
 }
@@ -76,8 +79,9 @@ type NetConf struct {
 	RawUplink json.RawMessage `json:"uplink,omitempty"`
 
 	// Derived by LoadConf.
-	uplinkSubnet netip.Prefix
-	routed       []netip.Prefix
+	uplinkSubnet  netip.Prefix
+	uplinkSubnet6 netip.Prefix
+	routed        []netip.Prefix
 }
 
 // PortMapEntry is one runtimeConfig.portMappings entry, in the CNI
@@ -117,6 +121,9 @@ func (c *NetConf) AutostartOn() bool { return c.Autostart == nil || *c.Autostart
 
 // UplinkSubnet is the parsed uplink subnet.
 func (c *NetConf) UplinkSubnet() netip.Prefix { return c.uplinkSubnet }
+
+// UplinkSubnet6 is the parsed IPv6 uplink subnet.
+func (c *NetConf) UplinkSubnet6() netip.Prefix { return c.uplinkSubnet6 }
 
 // LogPath is where an autostarted daemon logs.
 func (c *NetConf) LogPath() string {
@@ -227,7 +234,7 @@ func (c *NetConf) loadUplink() error {
 		dec := json.NewDecoder(bytes.NewReader(c.RawUplink))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(u); err != nil {
-			return types.NewError(types.ErrUnsupportedField, fmt.Sprintf("uplink: %v (supported keys: subnet, hostIfName)", err), "")
+			return types.NewError(types.ErrUnsupportedField, fmt.Sprintf("uplink: %v (supported keys: subnet, subnet6, hostIfName)", err), "")
 		}
 	}
 	if u.Subnet == "" {
@@ -240,6 +247,17 @@ func (c *NetConf) loadUplink() error {
 	if _, _, err := daemon.UplinkAddrs(p); err != nil {
 		return confErr("uplink.subnet: %v", err)
 	}
+	if u.Subnet6 == "" {
+		u.Subnet6 = daemon.DefaultUplinkSubnet6.String()
+	}
+	p6, err := netip.ParsePrefix(u.Subnet6)
+	if err != nil {
+		return confErr("uplink.subnet6 %q: %v", u.Subnet6, err)
+	}
+	if _, _, err := daemon.UplinkAddrs6(p6); err != nil {
+		return confErr("uplink.subnet6: %v", err)
+	}
+	c.uplinkSubnet6 = p6.Masked()
 	if u.HostIfName == "" {
 		u.HostIfName = daemon.DefaultUplinkHostIfName
 	}

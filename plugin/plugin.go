@@ -117,7 +117,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 
 	pair, err := veth.Setup(veth.PodConfig{
 		PodNetNS: args.Netns, IfName: args.IfName, HostIfName: hostIf, StackNetNS: conf.StackNetNS,
-		MTU: conf.MTU, IPs: []netip.Prefix{pa.IP}, Routes: pa.Routes,
+		MTU: conf.MTU, IPs: pa.IPs(), Routes: pa.Routes,
 	})
 	if err != nil {
 		if errors.Is(err, veth.ErrExists) {
@@ -134,7 +134,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	_, err = cl.Attach(ctx, api.AttachRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, Network: conf.Name, PodNetNS: args.Netns,
 		HostIfName: hostIf, PodMAC: pair.PodMAC.String(), IP: pa.IP, Gateway: pa.Gateway, Range: pa.Range,
-		MTU: conf.MTU, Mode: conf.Mode, RoutedRanges: conf.Routed(), PortMappings: pm,
+		IP6: pa.IP6, Gateway6: pa.Gateway6, Range6: pa.Range6, MTU: conf.MTU, Mode: conf.Mode, RoutedRanges: conf.Routed(), PortMappings: pm,
 		PodNamespace: podNS, PodName: podName,
 	})
 	if err != nil {
@@ -151,7 +151,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: %v", err), "")
 		}
 	}
-	res := buildResult(prev, resultDNS(conf, ipamRes.DNS, pa.Gateway), args.IfName, args.Netns, pair.PodMAC, pa)
+	res := buildResult(prev, resultDNS(conf, ipamRes.DNS, pa.Gateway, pa.Gateway6), args.IfName, args.Netns, pair.PodMAC, pa)
 	if err = types.PrintResult(res, conf.CNIVersion); err != nil {
 		return types.NewError(types.ErrIOFailure, fmt.Sprintf("print result: %v", err), "")
 	}
@@ -259,11 +259,28 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if i < 0 {
 		return types.NewError(api.CodeAttachmentBroken, fmt.Sprintf("the daemon at %s has no attachment for container %s interface %s; DEL and ADD the pod again", conf.Socket, args.ContainerID, args.IfName), "")
 	}
-	if !slices.Contains(want, l[i].IP) {
-		return types.NewError(api.CodeAttachmentBroken, fmt.Sprintf("the daemon attached %v for container %s, the ADD result says %v", l[i].IP, args.ContainerID, want), "")
+	if err := checkDaemonIPs(want, &l[i]); err != nil {
+		return types.NewError(api.CodeAttachmentBroken, fmt.Sprintf("%v for container %s; DEL and ADD the pod again", err, args.ContainerID), "")
 	}
 	if err := ipam.ExecCheck(conf.IPAM.Type, args.StdinData); err != nil {
 		return ipamErr("CHECK", conf.IPAM.Type, err)
+	}
+	return nil
+}
+
+// checkDaemonIPs is CHECK's comparison of the result's addresses with
+// the daemon's attachment: the same IPv4 address, and the same IPv6
+// address or none in both.
+func checkDaemonIPs(want []netip.Prefix, a *api.Attachment) error {
+	if !slices.Contains(want, a.IP) {
+		return fmt.Errorf("the daemon attached %v, the ADD result says %v", a.IP, want)
+	}
+	i6 := slices.IndexFunc(want, func(p netip.Prefix) bool { return p.Addr().Is6() })
+	switch {
+	case i6 < 0 && a.IP6.IsValid():
+		return fmt.Errorf("the daemon attached IPv6 address %v, the ADD result has none", a.IP6)
+	case i6 >= 0 && want[i6] != a.IP6:
+		return fmt.Errorf("the daemon attached IPv6 address %v, the ADD result says %v", a.IP6, want[i6])
 	}
 	return nil
 }

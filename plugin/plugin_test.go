@@ -55,6 +55,9 @@ func TestLoadConfDefaults(t *testing.T) {
 	if got != want {
 		t.Fatalf("defaults: got %+v, want %+v", got, want)
 	}
+	if c.UplinkSubnet6() != netip.MustParsePrefix("fd57:7c5d:8e2a:75::/64") {
+		t.Fatalf("default uplink.subnet6: %v", c.UplinkSubnet6())
+	}
 	if len(c.Routed()) != 0 {
 		t.Fatalf("default routed ranges: %v", c.Routed())
 	}
@@ -66,7 +69,7 @@ func TestLoadConfDefaults(t *testing.T) {
 func TestLoadConfSettings(t *testing.T) {
 	c, err := LoadConf(conf(func(m map[string]any) {
 		m["mtu"], m["socket"], m["autostart"], m["stateDir"], m["stackNetNS"], m["logFile"] = 9000, "/tmp/x.sock", false, "/tmp/st", "ns-1", "/tmp/l.log"
-		m["uplink"] = map[string]any{"subnet": "169.254.7.5/30", "hostIfName": "up0"}
+		m["uplink"] = map[string]any{"subnet": "169.254.7.5/30", "subnet6": "fd00:7::9/120", "hostIfName": "up0"}
 		m["mode"], m["routedRanges"] = "route", []string{"10.244.0.0/16", "192.168.7.0/24"}
 		m["cni.dev/attachments"] = []any{map[string]any{"containerID": "a", "ifname": "eth0"}}
 		m["cni.dev/valid-attachments"] = []any{map[string]any{"containerID": "a", "ifname": "eth0"}, map[string]any{"containerID": "b", "ifname": "eth1"}}
@@ -76,6 +79,7 @@ func TestLoadConfSettings(t *testing.T) {
 	}
 	if c.MTU != 9000 || c.Socket != "/tmp/x.sock" || c.AutostartOn() || c.StateDir != "/tmp/st" || c.StackNetNS != "ns-1" ||
 		c.LogPath() != "/tmp/l.log" || c.UplinkSubnet() != netip.MustParsePrefix("169.254.7.4/30") || c.Uplink.HostIfName != "up0" ||
+		c.UplinkSubnet6() != netip.MustParsePrefix("fd00:7::/120") ||
 		c.Mode != api.ModeRoute || !reflect.DeepEqual(c.Routed(), []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("192.168.7.0/24")}) {
 		t.Fatalf("settings not applied: %+v", c)
 	}
@@ -106,7 +110,7 @@ func TestLoadConfErrors(t *testing.T) {
 		{"routed range garbage", conf(func(m map[string]any) { m["routedRanges"] = []string{"10.0.0.0/8", "pods"} }), types.ErrInvalidNetworkConfig, `"pods" is not a CIDR`},
 		{"routed range address", conf(func(m map[string]any) { m["routedRanges"] = []string{"10.0.0.1"} }), types.ErrInvalidNetworkConfig, "not a CIDR"},
 		{"routed range host bits", conf(func(m map[string]any) { m["routedRanges"] = []string{"10.244.1.0/16"} }), types.ErrInvalidNetworkConfig, "did you mean 10.244.0.0/16"},
-		{"routed range IPv6", conf(func(m map[string]any) { m["routedRanges"] = []string{"fd00::/8"} }), types.ErrInvalidNetworkConfig, "IPv4"},
+		{"routed range IPv4-mapped", conf(func(m map[string]any) { m["routedRanges"] = []string{"::ffff:10.0.0.0/104"} }), types.ErrInvalidNetworkConfig, "IPv4 or IPv6"},
 		{"routed ranges not a list", conf(func(m map[string]any) { m["routedRanges"] = "10.0.0.0/8" }), types.ErrDecodingFailure, "routedRanges"},
 		{"too many routed ranges", conf(func(m map[string]any) {
 			var l []string
@@ -122,6 +126,10 @@ func TestLoadConfErrors(t *testing.T) {
 		{"uplink subnet garbage", conf(func(m map[string]any) { m["uplink"] = map[string]any{"subnet": "x"} }), types.ErrInvalidNetworkConfig, "uplink.subnet"},
 		{"uplink subnet too small", conf(func(m map[string]any) { m["uplink"] = map[string]any{"subnet": "169.254.1.0/31"} }), types.ErrInvalidNetworkConfig, "/30"},
 		{"uplink IPv6", conf(func(m map[string]any) { m["uplink"] = map[string]any{"subnet": "fe80::/64"} }), types.ErrInvalidNetworkConfig, "IPv4"},
+		{"uplink subnet6 IPv4", conf(func(m map[string]any) { m["uplink"] = map[string]any{"subnet6": "169.254.1.0/30"} }), types.ErrInvalidNetworkConfig, "uplink.subnet6"},
+		{"uplink subnet6 link-local", conf(func(m map[string]any) { m["uplink"] = map[string]any{"subnet6": "fe80::/64"} }), types.ErrInvalidNetworkConfig, "global unicast"},
+		{"uplink subnet6 /127", conf(func(m map[string]any) { m["uplink"] = map[string]any{"subnet6": "fd00::/127"} }), types.ErrInvalidNetworkConfig, "/126"},
+		{"uplink subnet6 garbage", conf(func(m map[string]any) { m["uplink"] = map[string]any{"subnet6": "x"} }), types.ErrInvalidNetworkConfig, "uplink.subnet6"},
 		{"uplink long name", conf(func(m map[string]any) { m["uplink"] = map[string]any{"hostIfName": "abcdefghijklmnop"} }), types.ErrInvalidNetworkConfig, "hostIfName"},
 		{"bad prevResult", conf(func(m map[string]any) { m["prevResult"] = map[string]any{"ips": "x"} }), types.ErrDecodingFailure, "prevResult"},
 	} {
@@ -170,7 +178,29 @@ func TestPodAddressing(t *testing.T) {
 					{Dst: netip.MustParsePrefix("10.9.0.0/16"), GW: netip.MustParseAddr("10.1.0.254")},
 					{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("10.1.0.254")}}}, ""},
 		{"no address", `{"ips":[]}`, nil, "no IPv4 address"},
-		{"IPv6", `{"ips":[{"address":"fd00::5/64"}]}`, nil, "IPv4 only"},
+		{"IPv6 only", `{"ips":[{"address":"fd00::5/64"}]}`, nil, "needs an IPv4 address beside it"},
+		// Dual stack: one address per family, each family's routes in
+		// the ptp shape via its own gateway.
+		{"dual stack", `{"ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.1"},{"address":"fd00:1::5/64","gateway":"fd00:1::1"}]}`,
+			&podAddr{IP: netip.MustParsePrefix("10.1.0.5/24"), Gateway: netip.MustParseAddr("10.1.0.1"), Range: netip.MustParsePrefix("10.1.0.0/24"),
+				IP6: netip.MustParsePrefix("fd00:1::5/64"), Gateway6: netip.MustParseAddr("fd00:1::1"), Range6: netip.MustParsePrefix("fd00:1::/64"),
+				Routes: []veth.Route{{Dst: netip.MustParsePrefix("10.1.0.1/32")}, {Dst: netip.MustParsePrefix("10.1.0.0/24"), GW: netip.MustParseAddr("10.1.0.1")},
+					{Dst: netip.MustParsePrefix("0.0.0.0/0"), GW: netip.MustParseAddr("10.1.0.1")},
+					{Dst: netip.MustParsePrefix("fd00:1::1/128")}, {Dst: netip.MustParsePrefix("fd00:1::/64"), GW: netip.MustParseAddr("fd00:1::1")},
+					{Dst: netip.MustParsePrefix("::/0"), GW: netip.MustParseAddr("fd00:1::1")}}}, ""},
+		{"dual stack, IPv6 first, no gateways, IPAM routes per family", `{"ips":[{"address":"fd00:1::5/64"},{"address":"10.1.0.5/24"}],"routes":[{"dst":"2001:db8::/32"},{"dst":"10.9.0.0/16"}]}`,
+			&podAddr{IP: netip.MustParsePrefix("10.1.0.5/24"), Gateway: netip.MustParseAddr("10.1.0.1"), Range: netip.MustParsePrefix("10.1.0.0/24"),
+				IP6: netip.MustParsePrefix("fd00:1::5/64"), Gateway6: netip.MustParseAddr("fd00:1::1"), Range6: netip.MustParsePrefix("fd00:1::/64"),
+				Routes: []veth.Route{{Dst: netip.MustParsePrefix("10.1.0.1/32")}, {Dst: netip.MustParsePrefix("10.1.0.0/24"), GW: netip.MustParseAddr("10.1.0.1")},
+					{Dst: netip.MustParsePrefix("10.9.0.0/16"), GW: netip.MustParseAddr("10.1.0.1")},
+					{Dst: netip.MustParsePrefix("fd00:1::1/128")}, {Dst: netip.MustParsePrefix("fd00:1::/64"), GW: netip.MustParseAddr("fd00:1::1")},
+					{Dst: netip.MustParsePrefix("2001:db8::/32"), GW: netip.MustParseAddr("fd00:1::1")}}}, ""},
+		{"two IPv6", `{"ips":[{"address":"10.1.0.5/24"},{"address":"fd00:1::5/64"},{"address":"fd00:2::5/64"}]}`, nil, "more than one IPv6"},
+		{"IPv6 link-local", `{"ips":[{"address":"10.1.0.5/24"},{"address":"fe80::5/64"}]}`, nil, "global unicast"},
+		{"IPv6 /127", `{"ips":[{"address":"10.1.0.5/24"},{"address":"fd00:1::5/127"}]}`, nil, "/126 or shorter"},
+		{"IPv6 gateway is the pod", `{"ips":[{"address":"10.1.0.5/24"},{"address":"fd00:1::1/64"}]}`, nil, "not usable"},
+		{"IPv6 gateway outside the subnet", `{"ips":[{"address":"10.1.0.5/24"},{"address":"fd00:1::5/64","gateway":"fd00:2::1"}]}`, nil, "not usable"},
+		{"IPv6 gateway of the other family", `{"ips":[{"address":"10.1.0.5/24"},{"address":"fd00:1::5/64","gateway":"10.1.0.1"}]}`, nil, "not usable"},
 		{"two IPv4", `{"ips":[{"address":"10.1.0.5/24"},{"address":"10.2.0.5/24"}]}`, nil, "more than one"},
 		{"gateway is the pod", `{"ips":[{"address":"10.1.0.1/24"}]}`, nil, "not usable"},
 		{"/32", `{"ips":[{"address":"10.1.0.1/32"}]}`, nil, "/30 or shorter"},
@@ -189,6 +219,100 @@ func TestPodAddressing(t *testing.T) {
 			}
 			if err != nil || !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("got %+v %v, want %+v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestDualStackResultPerVersion: a dual-stack ADD result carries both
+// addresses, their gateways and both families' routes (prefix lengths of
+// their own family) in every supported version (all of them carry IPv6:
+// 0.3.0 and later have "ips" with any family; 0.3.x/0.4.0 also say
+// "version": "6"), and CHECK's reading of it (resultIPs) finds both
+// families' ptp shapes.
+func TestDualStackResultPerVersion(t *testing.T) {
+	ipamRes := ipamResult(t, `{"ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.1"},{"address":"fd00:1::5/64","gateway":"fd00:1::1"}]}`)
+	pa, err := podAddressing(ipamRes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac, _ := net.ParseMAC("02:00:00:00:00:05")
+	res := buildResult(nil, types.DNS{}, "eth0", "/var/run/netns/p1", mac, pa)
+	for _, v := range []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
+		t.Run(v, func(t *testing.T) {
+			r, err := res.GetAsVersion(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := json.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var raw struct {
+				IPs []struct {
+					Version, Address, Gateway string
+					Interface                 *int
+				} `json:"ips"`
+				Routes []struct{ Dst, GW string } `json:"routes"`
+			}
+			if err := json.Unmarshal(b, &raw); err != nil {
+				t.Fatal(err)
+			}
+			if len(raw.IPs) != 2 || raw.IPs[0].Address != "10.1.0.5/24" || raw.IPs[1].Address != "fd00:1::5/64" ||
+				raw.IPs[1].Gateway != "fd00:1::1" || raw.IPs[1].Interface == nil || *raw.IPs[1].Interface != 0 {
+				t.Fatalf("%s ips: %s", v, b)
+			}
+			if wantVer := v < "1.0.0"; wantVer && (raw.IPs[0].Version != "4" || raw.IPs[1].Version != "6") {
+				t.Fatalf("%s: ips versions %q %q: %s", v, raw.IPs[0].Version, raw.IPs[1].Version, b)
+			}
+			var routes []string
+			for _, rt := range raw.Routes {
+				routes = append(routes, rt.Dst+" "+rt.GW)
+			}
+			want := []string{"10.1.0.1/32 ", "10.1.0.0/24 10.1.0.1", "0.0.0.0/0 10.1.0.1", "fd00:1::1/128 ", "fd00:1::/64 fd00:1::1", "::/0 fd00:1::1"}
+			if !reflect.DeepEqual(routes, want) {
+				t.Fatalf("%s routes %q, want %q", v, routes, want)
+			}
+			// CHECK reads the cached result back (as the runtime passes it).
+			back, err := current.NewResultFromResult(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ips, gotMAC, wantRoutes, err := resultIPs(back, "eth0", "/var/run/netns/p1")
+			sameSet := func(a, b []veth.Route) bool {
+				return len(a) == len(b) && !slices.ContainsFunc(a, func(r veth.Route) bool { return !slices.Contains(b, r) })
+			}
+			if err != nil || gotMAC != "02:00:00:00:00:05" || !reflect.DeepEqual(ips, pa.IPs()) || !sameSet(wantRoutes, pa.Routes) {
+				t.Fatalf("%s resultIPs: %v %q %v %v, want %v %v", v, ips, gotMAC, wantRoutes, err, pa.IPs(), pa.Routes)
+			}
+		})
+	}
+}
+
+// TestCheckDaemonIPs: CHECK wants the daemon's attachment to hold the
+// result's addresses of both families, and no IPv6 the result lacks.
+func TestCheckDaemonIPs(t *testing.T) {
+	p4, p6 := netip.MustParsePrefix("10.1.0.5/24"), netip.MustParsePrefix("fd00:1::5/64")
+	at := func(ip, ip6 netip.Prefix) *api.Attachment {
+		return &api.Attachment{AttachRequest: api.AttachRequest{IP: ip, IP6: ip6}}
+	}
+	for _, tc := range []struct {
+		name string
+		want []netip.Prefix
+		a    *api.Attachment
+		err  string
+	}{
+		{"IPv4 only", []netip.Prefix{p4}, at(p4, netip.Prefix{}), ""},
+		{"dual stack", []netip.Prefix{p4, p6}, at(p4, p6), ""},
+		{"other IPv4", []netip.Prefix{p4}, at(netip.MustParsePrefix("10.1.0.6/24"), netip.Prefix{}), "the daemon attached 10.1.0.6/24"},
+		{"daemon lacks IPv6", []netip.Prefix{p4, p6}, at(p4, netip.Prefix{}), "says fd00:1::5/64"},
+		{"other IPv6", []netip.Prefix{p4, p6}, at(p4, netip.MustParsePrefix("fd00:1::6/64")), "IPv6 address fd00:1::6/64"},
+		{"result lacks IPv6", []netip.Prefix{p4}, at(p4, p6), "the ADD result has none"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkDaemonIPs(tc.want, tc.a)
+			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Fatalf("err %v, want %q", err, tc.err)
 			}
 		})
 	}
@@ -467,7 +591,9 @@ func TestPortMappings(t *testing.T) {
 		{"host port 0", pmConf("", pm(0, 80, "", "")), nil, "hostPort 0"},
 		{"container port too big", pmConf("", pm(80, 65536, "", "")), nil, "containerPort 65536"},
 		{"sctp", pmConf("", pm(80, 80, "sctp", "")), nil, `protocol "sctp"`},
-		{"IPv6 host IP", pmConf("", pm(80, 80, "", "::1")), nil, `hostIP "::1"`},
+		{"IPv6 host IP", pmConf("", pm(80, 80, "", "::1")), []api.PortMapping{{HostPort: 80, ContainerPort: 80, Protocol: "tcp", HostIP: "::1"}}, ""},
+		{"IPv6 wildcard host IP", pmConf("", pm(80, 80, "", "::")), []api.PortMapping{{HostPort: 80, ContainerPort: 80, Protocol: "tcp"}}, ""},
+		{"IPv6 host IP with a zone", pmConf("", pm(80, 80, "", "fe80::1%eth0")), nil, `hostIP "fe80::1%eth0"`},
 		{"garbage host IP", pmConf("", pm(80, 80, "", "localhost")), nil, `hostIP "localhost"`},
 		{"duplicate", pmConf("", pm(80, 80, "tcp", ""), pm(80, 81, "TCP", "")), nil, "mapped twice"},
 		{"wildcard beside a host IP", pmConf("", pm(80, 80, "", ""), pm(80, 81, "", "10.0.0.1")), nil, "every host address"},
@@ -521,7 +647,7 @@ func TestResultDNS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &NetConf{Mode: tc.mode}
 			c.DNS = tc.conf
-			if got := resultDNS(c, ipamDNS, gw); !reflect.DeepEqual(got, tc.want) {
+			if got := resultDNS(c, ipamDNS, gw, netip.Addr{}); !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
 		})
@@ -531,12 +657,15 @@ func TestResultDNS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := resultDNS(c, ipamDNS, gw); !reflect.DeepEqual(got.Nameservers, []string{"9.9.9.9"}) {
+	if got := resultDNS(c, ipamDNS, gw, netip.Addr{}); !reflect.DeepEqual(got.Nameservers, []string{"9.9.9.9"}) {
 		t.Fatalf("config dns: %+v", got)
 	}
 	c, _ = LoadConf(conf(nil))
-	if got := resultDNS(c, types.DNS{}, gw); !reflect.DeepEqual(got, types.DNS{Nameservers: []string{"10.1.0.1"}}) {
+	if got := resultDNS(c, types.DNS{}, gw, netip.Addr{}); !reflect.DeepEqual(got, types.DNS{Nameservers: []string{"10.1.0.1"}}) {
 		t.Fatalf("default mode dns: %+v", got)
+	}
+	if got := resultDNS(c, types.DNS{}, gw, netip.MustParseAddr("fd00:1::1")); !reflect.DeepEqual(got.Nameservers, []string{"10.1.0.1", "fd00:1::1"}) {
+		t.Fatalf("dual-stack proxy-mode dns: %+v, want both gateways", got)
 	}
 }
 

@@ -208,3 +208,52 @@ func UplinkTeardown(hostIfName string) error {
 	}
 	return nil
 }
+
+// UplinkSetup6 turns IPv6 on at the uplink's host end hostIfName (in the
+// current netns; UplinkSetup made it) and gives it hostAddr as its only
+// global IPv6 address, without duplicate address detection (the stack is
+// the link's only other node and claims only its own address) and with
+// accept_ra=0 (the host's routes to pods are the daemon's, never learnt
+// from the link). A kernel or host with IPv6 disabled fails here, naming
+// the step. Idempotent.
+func UplinkSetup6(hostIfName string, hostAddr netip.Prefix) error {
+	if !hostAddr.IsValid() || !hostAddr.Addr().Is6() || hostAddr.Addr().Is4In6() {
+		return stepErr("check config", fmt.Errorf("uplink host address %v is not an IPv6 prefix", hostAddr))
+	}
+	host, err := netlink.NewHandle()
+	if err != nil {
+		return stepErr("netlink socket", err)
+	}
+	defer host.Close()
+	l, err := host.LinkByName(hostIfName)
+	if err != nil {
+		return stepErr("find uplink host end "+hostIfName, err)
+	}
+	if l.Type() != "veth" {
+		return stepErr("find uplink host end", fmt.Errorf("%q is a %s, not the uplink veth", hostIfName, l.Type()))
+	}
+	for _, kv := range [][2]string{{"accept_ra", "0"}, {"disable_ipv6", "0"}} {
+		if err := writeSysctl("net/ipv6/conf/"+hostIfName+"/"+kv[0], kv[1]); err != nil {
+			return stepErr("uplink host end IPv6 sysctl "+kv[0], err)
+		}
+	}
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return host.AddrList(l, netlink.FAMILY_V6) })
+	if err != nil {
+		return stepErr("uplink host end IPv6 addresses", err)
+	}
+	for _, a := range addrs {
+		if a.Scope != unix.RT_SCOPE_UNIVERSE {
+			continue // the kernel's link-local stays
+		}
+		if p, ok := ipNetToPrefix(a.IPNet); ok && p == hostAddr {
+			continue
+		}
+		if err := host.AddrDel(l, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return stepErr("uplink host end: remove stale "+a.IPNet.String(), err)
+		}
+	}
+	if err := host.AddrReplace(l, &netlink.Addr{IPNet: prefixToIPNet(hostAddr), Flags: unix.IFA_F_NODAD}); err != nil {
+		return stepErr("uplink host address "+hostAddr.String(), err)
+	}
+	return nil
+}

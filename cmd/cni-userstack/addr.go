@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"io"
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
@@ -21,25 +20,7 @@ the POD-IP column: it lives in the pod, the stack routes to it), the
 uplink's address. Arguments select NICs or pods as for ` + "`link`" + `.`,
 		Example: `  cni-userstack addr
   cni-userstack addr kube-system/coredns-0`,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
-			return cf.call(func(ctx context.Context, c *api.Client) error {
-				links, err := c.Links(ctx)
-				if err != nil {
-					return err
-				}
-				links, err = selectLinks(links, args)
-				if err != nil {
-					return err
-				}
-				if done, err := out.structured(cmd.OutOrStdout(), links); done {
-					return err
-				}
-				return printAddrs(cmd.OutOrStdout(), links)
-			})
-		},
+		RunE: runLinks(&cf, &out, func(w io.Writer, links []api.Link) error { return printAddrs(w, links) }),
 	}
 	cf.add(cmd)
 	out.add(cmd, "json", "yaml")
@@ -52,6 +33,9 @@ func printAddrs(w io.Writer, links []api.Link) error {
 		var ip, mac string
 		if p := l.Pod; p != nil {
 			ip, mac = p.IP.String(), p.MAC
+			if p.IP6.IsValid() {
+				ip += "," + p.IP6.String()
+			}
 		}
 		t.row(itoa(l.NIC), l.Name, linkState(l), l.MAC, prefixes(l.Addresses), podLabel(l.Pod), ip, mac)
 	}

@@ -27,29 +27,35 @@ namespace/name, name, container ID or attachment ID.`,
 		Example: `  cni-userstack link
   cni-userstack link -o wide default/web-0
   cni-userstack link -o json us-uplink`,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
-			return cf.call(func(ctx context.Context, c *api.Client) error {
-				links, err := c.Links(ctx)
-				if err != nil {
-					return err
-				}
-				links, err = selectLinks(links, args)
-				if err != nil {
-					return err
-				}
-				if done, err := out.structured(cmd.OutOrStdout(), links); done {
-					return err
-				}
-				return printLinks(cmd.OutOrStdout(), links, out.format == "wide")
-			})
-		},
+		RunE: runLinks(&cf, &out, func(w io.Writer, links []api.Link) error { return printLinks(w, links, out.format == "wide") }),
 	}
 	cf.add(cmd)
 	out.add(cmd, "json", "yaml", "wide")
 	return cmd
+}
+
+// runLinks is the RunE of the commands that read the NICs (link, addr):
+// fetch them, keep those args select, print them structured or with print.
+func runLinks(cf *clientFlags, out *outputFlag, print func(io.Writer, []api.Link) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := out.validate(); err != nil {
+			return err
+		}
+		return cf.call(func(ctx context.Context, c *api.Client) error {
+			links, err := c.Links(ctx)
+			if err != nil {
+				return err
+			}
+			links, err = selectLinks(links, args)
+			if err != nil {
+				return err
+			}
+			if done, err := out.structured(cmd.OutOrStdout(), links); done {
+				return err
+			}
+			return print(cmd.OutOrStdout(), links)
+		})
+	}
 }
 
 // selectLinks keeps the links args name (all without args); an argument

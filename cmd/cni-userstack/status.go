@@ -67,10 +67,17 @@ func newAttachmentsCmd() *cobra.Command {
 					fmt.Fprintln(tw, "ID\tCONTAINER\tIFNAME\tIP\tNIC\tMODE")
 				}
 				for _, a := range l {
+					// A dual-stack pod's IPv6 address and gateway follow
+					// the IPv4 ones in the same column.
+					ip, gw := a.IP.String(), a.Gateway.String()
+					if a.IP6.IsValid() {
+						ip += "," + a.IP6.String()
+						gw += "," + a.Gateway6.String()
+					}
 					if wide {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%d\t%s\t%s\n", a.ID, a.ContainerID, a.IfName, a.IP, a.Gateway, a.NIC, a.Mode, a.PodNetNS)
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", a.ID, a.ContainerID, a.IfName, ip, gw, a.NIC, a.Mode, a.PodNetNS)
 					} else {
-						fmt.Fprintf(tw, "%s\t%.12s\t%s\t%v\t%d\t%s\n", a.ID, a.ContainerID, a.IfName, a.IP, a.NIC, a.Mode)
+						fmt.Fprintf(tw, "%s\t%.12s\t%s\t%s\t%d\t%s\n", a.ID, a.ContainerID, a.IfName, ip, a.NIC, a.Mode)
 					}
 				}
 				return tw.Flush()

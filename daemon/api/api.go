@@ -92,14 +92,19 @@ func (m PortMapping) String() string {
 	h := m.HostIP
 	if h == "" {
 		h = "*"
+	} else if strings.Contains(h, ":") {
+		h = "[" + h + "]" // an IPv6 host IP, bracketed before its port (RFC 3986 §3.2.2)
 	}
 	return fmt.Sprintf("%s:%d/%s→%d", h, m.HostPort, m.Protocol, m.ContainerPort)
 }
 
 // NormalizePortMappings checks port mappings and returns them with the
 // protocol lowercased ("tcp" when empty) and a wildcard host IP
-// ("0.0.0.0") as "". Refused: a port outside 1..65535, a protocol other
-// than tcp or udp, a host IP that is not an IPv4 address, two mappings of
+// ("0.0.0.0" or "::") as "": every host address of the pod's families.
+// An IPv6 host IP is kept (a dual-stack pod is reached at its IPv6
+// address; the engine skips it for an IPv4-only pod), an IPv4-mapped one
+// becomes IPv4. Refused: a port outside 1..65535, a protocol other
+// than tcp or udp, a host IP that is not an IP address, two mappings of
 // one (host IP, host port, protocol), and a wildcard mapping beside one
 // on a specific host IP with the same port and protocol (the host could
 // not bind both).
@@ -134,8 +139,8 @@ func NormalizePortMappings(in []PortMapping) ([]PortMapping, error) {
 		}
 		if m.HostIP != "" {
 			a, err := netip.ParseAddr(m.HostIP)
-			if err != nil || !a.Is4() {
-				return nil, fmt.Errorf("port mapping of host port %d: hostIP %q: want an IPv4 address or nothing", m.HostPort, m.HostIP)
+			if a = a.Unmap(); err != nil || a.Zone() != "" || a.IsMulticast() {
+				return nil, fmt.Errorf("port mapping of host port %d: hostIP %q: want a unicast IPv4 or IPv6 address, or nothing", m.HostPort, m.HostIP)
 			}
 			if a.IsUnspecified() {
 				m.HostIP = ""
@@ -158,16 +163,16 @@ func NormalizePortMappings(in []PortMapping) ([]PortMapping, error) {
 	return out, nil
 }
 
-// CheckRoutedRanges checks a network's routed ranges: masked IPv4
-// prefixes, at most MaxRoutedRanges.
+// CheckRoutedRanges checks a network's routed ranges: masked IPv4 or
+// IPv6 prefixes (not IPv4-mapped), at most MaxRoutedRanges.
 func CheckRoutedRanges(rs []netip.Prefix) error {
 	if len(rs) > MaxRoutedRanges {
 		return fmt.Errorf("%d routed ranges: at most %d", len(rs), MaxRoutedRanges)
 	}
 	for _, p := range rs {
 		switch {
-		case !p.IsValid() || !p.Addr().Is4():
-			return fmt.Errorf("routed range %v: an IPv4 prefix is required", p)
+		case !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "":
+			return fmt.Errorf("routed range %v: an IPv4 or IPv6 prefix is required", p)
 		case p != p.Masked():
 			return fmt.Errorf("routed range %v has host bits set: did you mean %v?", p, p.Masked())
 		}
@@ -200,8 +205,16 @@ type AttachRequest struct {
 	// Range is the network's pod range (IP masked to its prefix): the
 	// host routes it to the stack through the uplink.
 	Range netip.Prefix `json:"range"`
-	MTU   int          `json:"mtu"`
-	Mode  Mode         `json:"mode"`
+	// IP6, Gateway6 and Range6 are the pod's IPv6 side on a dual-stack
+	// network, in the shape of IP, Gateway and Range (the gateway a
+	// global address the stack owns on the link, beside its link-local
+	// one); all three unset on an IPv4-only network. IPv4 is required:
+	// an IPv6-only pod is refused.
+	IP6      netip.Prefix `json:"ip6,omitzero"`
+	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
+	Range6   netip.Prefix `json:"range6,omitzero"`
+	MTU      int          `json:"mtu"`
+	Mode     Mode         `json:"mode"`
 	// RoutedRanges (proxy mode) are destinations forwarded through the
 	// uplink with the pod's own source address instead of proxied, e.g.
 	// the cluster's pod range; the host routes them as it routes any node
@@ -244,6 +257,8 @@ func (r *AttachRequest) Validate() error {
 		return fmt.Errorf("range %v must be a masked prefix holding %v", r.Range, r.IP.Addr())
 	case r.MTU < 68 || r.MTU > 65535:
 		return fmt.Errorf("mtu %d out of 68..65535", r.MTU)
+	case r.IP6.IsValid() && r.MTU < MinMTU6:
+		return fmt.Errorf("mtu %d: IPv6 needs at least %d (RFC 8200 §5)", r.MTU, MinMTU6)
 	case r.Mode != ModeProxy && r.Mode != ModeRoute:
 		return fmt.Errorf("mode %q: want %q or %q", r.Mode, ModeProxy, ModeRoute)
 	case r.Mode == ModeRoute && len(r.PortMappings) > 0:
@@ -251,7 +266,44 @@ func (r *AttachRequest) Validate() error {
 	case len(r.PodNamespace) > maxPodNameLen || len(r.PodName) > maxPodNameLen:
 		return fmt.Errorf("pod namespace/name longer than %d bytes", maxPodNameLen)
 	}
+	return r.validate6()
+}
+
+// MinMTU6 is IPv6's minimum link MTU (RFC 8200 §5): a dual-stack pod's
+// link has at least this.
+const MinMTU6 = 1280
+
+// validate6 checks the IPv6 side: absent altogether, or a global unicast
+// pod address (not IPv4-mapped, not link-local) in a masked Range6, with
+// a unicast Gateway6 of the same kind that is not the pod's.
+func (r *AttachRequest) validate6() error {
+	if !r.IP6.IsValid() {
+		if r.Gateway6.IsValid() || r.Range6.IsValid() {
+			return fmt.Errorf("gateway6 %v / range6 %v without ip6", r.Gateway6, r.Range6)
+		}
+		return nil
+	}
+	a, gw := r.IP6.Addr(), r.Gateway6
+	switch {
+	case !global6(a):
+		return fmt.Errorf("ip6 %v: a global unicast IPv6 prefix is required (not IPv4-mapped, link-local or multicast)", r.IP6)
+	case r.IP6.Bits() > 126:
+		return fmt.Errorf("ip6 %v: the prefix must be /126 or shorter to hold a gateway", r.IP6)
+	case !global6(gw):
+		return fmt.Errorf("gateway6 %v: a global unicast IPv6 address is required", gw)
+	case gw == a:
+		return fmt.Errorf("gateway6 %v is the pod's own address", gw)
+	case !r.Range6.IsValid() || r.Range6 != r.Range6.Masked() || !r.Range6.Contains(a):
+		return fmt.Errorf("range6 %v must be a masked prefix holding %v", r.Range6, a)
+	}
 	return nil
+}
+
+// global6 reports an IPv6 unicast address that is neither IPv4-mapped,
+// link-local, loopback, unspecified nor multicast (and has no zone).
+func global6(a netip.Addr) bool {
+	return a.Is6() && !a.Is4In6() && a.Zone() == "" && !a.IsLinkLocalUnicast() && !a.IsLoopback() &&
+		!a.IsUnspecified() && !a.IsMulticast()
 }
 
 // Attachment is a recorded attachment: the request plus what the daemon
@@ -319,6 +371,35 @@ type Status struct {
 	Metrics *MetricsStatus `json:"metrics,omitempty"`
 	// Ready is set once start-up recovery finished (what /readyz says).
 	Ready bool `json:"ready"`
+	// Kubernetes is the node agent's route controller (serve
+	// --kubernetes); nil when it does not run.
+	Kubernetes *KubeStatus `json:"kubernetes,omitempty"`
+}
+
+// KubeStatus is what the route controller of `serve --kubernetes` has
+// done (daemon/kube.Status).
+type KubeStatus struct {
+	// Node is this node's Node object; PodCIDRs its spec.podCIDRs, empty
+	// while the controller waits for them (and installs nothing).
+	Node     string         `json:"node"`
+	PodCIDRs []netip.Prefix `json:"podCIDRs"`
+	// Routes are the host routes to other nodes' pod CIDRs the controller
+	// owns after its last pass (proto 0x76).
+	Routes []KubeRoute `json:"routes"`
+	// Reconciles counts passes; Errors the passes that failed (LastError
+	// says why); Conflicts the routes left alone because another owner
+	// routes their destination.
+	Reconciles uint64 `json:"reconciles"`
+	Errors     uint64 `json:"errors"`
+	Conflicts  uint64 `json:"conflicts"`
+	LastError  string `json:"lastError,omitempty"`
+}
+
+// KubeRoute is one route to another node's pod CIDR.
+type KubeRoute struct {
+	Dst  netip.Prefix `json:"dst"`
+	Via  netip.Addr   `json:"via"`
+	Node string       `json:"node"`
 }
 
 // MetricsStatus says where /metrics, /healthz and /readyz are served.
@@ -370,9 +451,13 @@ type ProxyPodStats struct {
 
 // Uplink describes the route-mode uplink once it exists.
 type Uplink struct {
-	HostIfName string         `json:"hostIfName"`
-	HostAddr   netip.Prefix   `json:"hostAddr"`
-	StackAddr  netip.Prefix   `json:"stackAddr"`
+	HostIfName string       `json:"hostIfName"`
+	HostAddr   netip.Prefix `json:"hostAddr"`
+	StackAddr  netip.Prefix `json:"stackAddr"`
+	// HostAddr6 and StackAddr6 are the uplink's IPv6 addresses (from
+	// --uplink-subnet6), set once a dual-stack pod brought IPv6 up on it.
+	HostAddr6  netip.Prefix   `json:"hostAddr6,omitzero"`
+	StackAddr6 netip.Prefix   `json:"stackAddr6,omitzero"`
 	NIC        int            `json:"nic"`
 	Routes     []netip.Prefix `json:"routes"` // pod ranges routed by the host
 }

@@ -19,6 +19,9 @@ func TestValidate(t *testing.T) {
 	pm := func(host, ctr int, proto, ip string) PortMapping {
 		return PortMapping{HostPort: host, ContainerPort: ctr, Protocol: proto, HostIP: ip}
 	}
+	dual := func(r *AttachRequest) {
+		r.IP6, r.Gateway6, r.Range6 = netip.MustParsePrefix("fd00:1::5/64"), netip.MustParseAddr("fd00:1::1"), netip.MustParsePrefix("fd00:1::/64")
+	}
 	for _, tc := range []struct {
 		name string
 		mod  func(r *AttachRequest)
@@ -34,8 +37,20 @@ func TestValidate(t *testing.T) {
 		}, "", nil},
 		{"routed range with host bits", func(r *AttachRequest) { r.RoutedRanges = []netip.Prefix{netip.MustParsePrefix("10.244.3.0/16")} },
 			"did you mean 10.244.0.0/16", nil},
-		{"routed range IPv6", func(r *AttachRequest) { r.RoutedRanges = []netip.Prefix{netip.MustParsePrefix("fd00::/8")} }, "IPv4", nil},
-		{"routed range zero", func(r *AttachRequest) { r.RoutedRanges = []netip.Prefix{{}} }, "IPv4", nil},
+		{"routed range IPv6", func(r *AttachRequest) { r.RoutedRanges = []netip.Prefix{netip.MustParsePrefix("fd00::/8")} }, "", nil},
+		{"routed range IPv4-mapped", func(r *AttachRequest) { r.RoutedRanges = []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104")} }, "IPv4 or IPv6", nil},
+		{"routed range zero", func(r *AttachRequest) { r.RoutedRanges = []netip.Prefix{{}} }, "IPv4 or IPv6", nil},
+		{"dual stack", func(r *AttachRequest) { dual(r) }, "", nil},
+		{"ip6 without gateway6", func(r *AttachRequest) { dual(r); r.Gateway6 = netip.Addr{} }, "gateway6 invalid IP", nil},
+		{"gateway6 without ip6", func(r *AttachRequest) { r.Gateway6 = netip.MustParseAddr("fd00:1::1") }, "without ip6", nil},
+		{"ip6 link-local", func(r *AttachRequest) { dual(r); r.IP6 = netip.MustParsePrefix("fe80::5/64") }, "global unicast", nil},
+		{"ip6 IPv4-mapped", func(r *AttachRequest) { dual(r); r.IP6 = netip.MustParsePrefix("::ffff:10.1.0.5/120") }, "global unicast", nil},
+		{"ip6 /127", func(r *AttachRequest) { dual(r); r.IP6 = netip.MustParsePrefix("fd00:1::5/127") }, "/126 or shorter", nil},
+		{"gateway6 is the pod", func(r *AttachRequest) { dual(r); r.Gateway6 = r.IP6.Addr() }, "pod's own address", nil},
+		{"gateway6 link-local", func(r *AttachRequest) { dual(r); r.Gateway6 = netip.MustParseAddr("fe80::1") }, "global unicast", nil},
+		{"range6 outside", func(r *AttachRequest) { dual(r); r.Range6 = netip.MustParsePrefix("fd00:2::/64") }, "must be a masked prefix", nil},
+		{"range6 unmasked", func(r *AttachRequest) { dual(r); r.Range6 = netip.MustParsePrefix("fd00:1::5/64") }, "must be a masked prefix", nil},
+		{"dual stack below 1280", func(r *AttachRequest) { dual(r); r.MTU = 1279 }, "at least 1280", nil},
 		{"too many routed ranges", func(r *AttachRequest) { r.RoutedRanges = make([]netip.Prefix, MaxRoutedRanges+1) }, "at most", nil},
 		{"port mappings normalised", func(r *AttachRequest) {
 			r.PortMappings = []PortMapping{pm(80, 8080, "", ""), pm(80, 8080, "UDP", "0.0.0.0"), pm(81, 1, "Tcp", "127.0.0.1")}
@@ -49,7 +64,19 @@ func TestValidate(t *testing.T) {
 		{"host port 65536", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(65536, 80, "", "")} }, "hostPort 65536", nil},
 		{"container port -1", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, -1, "", "")} }, "containerPort -1", nil},
 		{"sctp", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "sctp", "")} }, `protocol "sctp": want tcp or udp`, nil},
-		{"IPv6 host IP", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "::")} }, `hostIP "::"`, nil},
+		{"IPv6 host IP", func(r *AttachRequest) {
+			r.PortMappings = []PortMapping{pm(80, 80, "", "fd00::1"), pm(81, 80, "", "::ffff:10.0.0.1")}
+		}, "",
+			func(r *AttachRequest) bool {
+				return reflect.DeepEqual(r.PortMappings, []PortMapping{pm(80, 80, "tcp", "fd00::1"), pm(81, 80, "tcp", "10.0.0.1")})
+			}},
+		{"IPv6 host IP shown bracketed", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 8080, "", "fd00::1")} }, "",
+			func(r *AttachRequest) bool { return r.PortMappings[0].String() == "[fd00::1]:80/tcp→8080" }},
+		{"IPv6 wildcard host IP", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "::")} }, "",
+			func(r *AttachRequest) bool { return r.PortMappings[0].HostIP == "" }},
+		{"IPv6 host IP with a zone", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "fe80::1%eth0")} }, `hostIP "fe80::1%eth0"`, nil},
+		{"multicast host IP", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "ff02::1")} }, `hostIP "ff02::1"`, nil},
+		{"garbage host IP", func(r *AttachRequest) { r.PortMappings = []PortMapping{pm(80, 80, "", "x")} }, `hostIP "x"`, nil},
 		{"duplicate", func(r *AttachRequest) {
 			r.PortMappings = []PortMapping{pm(80, 80, "tcp", ""), pm(80, 81, "", "0.0.0.0")}
 		}, "mapped twice", nil},

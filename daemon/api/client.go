@@ -153,5 +153,8 @@ func IsUnreachable(err error) bool {
 
 // String formats an attachment for logs.
 func (a *Attachment) String() string {
+	if a.IP6.IsValid() {
+		return fmt.Sprintf("%s (container %s if %s, %v gw %v, %v gw %v on nic %d)", a.ID, a.ContainerID, a.IfName, a.IP, a.Gateway, a.IP6, a.Gateway6, a.NIC)
+	}
 	return fmt.Sprintf("%s (container %s if %s, %v gw %v on nic %d)", a.ID, a.ContainerID, a.IfName, a.IP, a.Gateway, a.NIC)
 }

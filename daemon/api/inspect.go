@@ -65,7 +65,8 @@ type LinkPod struct {
 	Network     string       `json:"network"`
 	Mode        Mode         `json:"mode"`
 	IP          netip.Prefix `json:"ip"`
-	MAC         string       `json:"mac"` // the pod end's
+	IP6         netip.Prefix `json:"ip6,omitzero"` // a dual-stack pod's IPv6 address
+	MAC         string       `json:"mac"`          // the pod end's
 }
 
 // String is "namespace/name" when known, else the container ID.
@@ -288,6 +289,9 @@ type Stats struct {
 	Neigh     map[string]int `json:"neighbours"` // entries by NUD state
 	TCP       map[string]int `json:"tcpSockets"` // sockets by state
 	Attached  map[Mode]int   `json:"attachments"`
+	// Kubernetes is the route controller's status (serve --kubernetes);
+	// nil when it does not run.
+	Kubernetes *KubeStatus `json:"kubernetes,omitempty"`
 }
 
 // Drop is one drop reason's count.

@@ -35,6 +35,10 @@ type ControllerConfig struct {
 	// DefaultResyncPeriod.
 	ResyncPeriod time.Duration
 	Logger       *slog.Logger
+	// Prepare, when set, runs in every pass once this node's pod CIDRs
+	// are known, before any route is installed; an error fails the pass.
+	// The daemon turns the host's forwarding of each family on there.
+	Prepare func(own []netip.Prefix) error
 }
 
 // Status is what the controller has done, for logs and status answers.
@@ -172,6 +176,11 @@ func (c *Controller) Reconcile() (err error) {
 		c.st.PodCIDRs = own
 	}
 	c.mu.Unlock()
+	if c.cfg.Prepare != nil {
+		if err := c.cfg.Prepare(own); err != nil {
+			return err
+		}
+	}
 
 	nodes, err := c.lister.List(labels.Everything())
 	if err != nil {

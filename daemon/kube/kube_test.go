@@ -302,6 +302,48 @@ func TestControllerLifecycle(t *testing.T) {
 	}
 }
 
+// TestControllerDualStack: a dual-stack node routes each pod CIDR of
+// another node via that node's InternalIP of the same family, and runs
+// Prepare with its own CIDRs first; a Prepare that fails (the host's IPv6
+// forwarding cannot be turned on) fails the pass and installs nothing.
+func TestControllerDualStack(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cs := fake.NewSimpleClientset(
+		node("self", []string{"10.244.0.0/24", "fd00:10:244::/64"}, "192.168.1.1", "fd00:1::1"),
+		node("b", []string{"fd00:10:244:2::/64", "10.244.2.0/24"}, "fd00:1::2", "192.168.1.2"))
+	tbl := newFakeTable("192.168.1.0/24", "fd00:1::/64")
+	var mu sync.Mutex
+	var prepared []netip.Prefix
+	fail := errors.New("forwarding: read-only file system")
+	c := NewController(cs.CoreV1().Nodes(), ControllerConfig{NodeName: "self", Table: tbl, ResyncPeriod: 100 * time.Millisecond, Logger: discard(),
+		Prepare: func(own []netip.Prefix) error {
+			mu.Lock()
+			defer mu.Unlock()
+			prepared = own
+			return fail
+		}})
+	go c.Run(ctx)
+	eventually(t, "failed pass", func() bool { return strings.Contains(c.Status().LastError, "read-only") }, tbl.snapshot)
+	if strings.Contains(tbl.snapshot(), "0x76") {
+		t.Fatalf("routes installed although Prepare failed:\n%s", tbl.snapshot())
+	}
+	mu.Lock()
+	if want := []netip.Prefix{pfx("10.244.0.0/24"), pfx("fd00:10:244::/64")}; !slices.Equal(prepared, want) {
+		t.Errorf("Prepare got %v, want %v", prepared, want)
+	}
+	fail = nil
+	mu.Unlock()
+	has := func(line string) func() bool {
+		return func() bool { return strings.Contains(tbl.snapshot(), line) }
+	}
+	eventually(t, "IPv4 route", has("10.244.2.0/24 via 192.168.1.2 proto 0x76"), tbl.snapshot)
+	eventually(t, "IPv6 route", has("fd00:10:244:2::/64 via fd00:1::2 proto 0x76"), tbl.snapshot)
+	if st := c.Status(); len(st.Routes) != 2 {
+		t.Fatalf("status routes %v, want one per family", st.Routes)
+	}
+}
+
 // TestControllerStartRemovesStale: routes of nodes deleted while no daemon
 // ran are removed at start; an error listing the table is reported and
 // retried.

@@ -22,14 +22,15 @@ type collector struct {
 
 	nicPackets, nicBytes, nicDropped, nicErrors, nicKernelDrops, nicInfo, nicUp *prometheus.Desc
 
-	drops, netstat                                         *prometheus.Desc
-	ctEntries, ctLimit, ctOps                              *prometheus.Desc
-	flowsActive, flowsPending, flowsOpened, flowsRefused   *prometheus.Desc
-	flowsTimeouts, flowLimitDrops, udpPortUnreach, echoReq *prometheus.Desc
-	icmpErrors, echoRaw                                    *prometheus.Desc
-	portMapConns, dnsQueries, dnsFailures                  *prometheus.Desc
-	neighbours, tcpRetrans, tcpRTO, tcpSockets             *prometheus.Desc
-	attachments, readyDesc, buildInfo                      *prometheus.Desc
+	drops, netstat                                          *prometheus.Desc
+	ctEntries, ctLimit, ctOps                               *prometheus.Desc
+	flowsActive, flowsPending, flowsOpened, flowsRefused    *prometheus.Desc
+	flowsTimeouts, flowLimitDrops, udpPortUnreach, echoReq  *prometheus.Desc
+	icmpErrors, echoRaw                                     *prometheus.Desc
+	portMapConns, dnsQueries, dnsFailures                   *prometheus.Desc
+	neighbours, tcpRetrans, tcpRTO, tcpSockets              *prometheus.Desc
+	attachments, readyDesc, buildInfo                       *prometheus.Desc
+	kubePodCIDRs, kubeRoutes, kubeReconciles, kubeConflicts *prometheus.Desc
 }
 
 func newCollector(src Source, version string, ready func() bool) *collector {
@@ -67,6 +68,10 @@ func newCollector(src Source, version string, ready func() bool) *collector {
 		attachments:    desc("attachments", "Pod links attached, by egress mode (proxy, route).", "mode"),
 		readyDesc:      desc("ready", "1 once start-up recovery finished (what /readyz says)."),
 		buildInfo:      desc("build_info", "The daemon's version; value 1.", "version"),
+		kubePodCIDRs:   desc("kube_pod_cidrs", "serve --kubernetes: this node's pod CIDRs (spec.podCIDRs) as the route controller last read them; 0 while it waits for them and routes nothing."),
+		kubeRoutes:     desc("kube_routes", "serve --kubernetes: host routes to other nodes' pod CIDRs the route controller owns (proto 0x76) after its last pass."),
+		kubeReconciles: desc("kube_reconciles_total", "serve --kubernetes: route controller passes, by result (ok, error: the daemon's log and `cni-userstack status` say why).", "result"),
+		kubeConflicts:  desc("kube_route_conflicts_total", "serve --kubernetes: routes to another node's pod CIDR not installed because a route cni-userstack does not own already covers the destination (counted per pass)."),
 	}
 }
 
@@ -74,7 +79,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.nicPackets, c.nicBytes, c.nicDropped, c.nicErrors, c.nicKernelDrops, c.nicInfo,
 		c.nicUp, c.drops, c.netstat, c.ctEntries, c.ctLimit, c.ctOps, c.flowsActive, c.flowsPending, c.flowsOpened,
 		c.flowsRefused, c.flowsTimeouts, c.flowLimitDrops, c.udpPortUnreach, c.echoReq, c.echoRaw, c.icmpErrors, c.portMapConns, c.dnsQueries,
-		c.dnsFailures, c.neighbours, c.tcpRetrans, c.tcpRTO, c.tcpSockets, c.attachments, c.readyDesc, c.buildInfo} {
+		c.dnsFailures, c.neighbours, c.tcpRetrans, c.tcpRTO, c.tcpSockets, c.attachments, c.readyDesc, c.buildInfo,
+		c.kubePodCIDRs, c.kubeRoutes, c.kubeReconciles, c.kubeConflicts} {
 		ch <- d
 	}
 }
@@ -144,6 +150,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			"insert_failed": s.InsertFailed, "drop": s.Drop, "early_drop": s.EarlyDrop, "expired": s.Expired, "deleted": s.Deleted} {
 			counter(c.ctOps, v, op)
 		}
+	}
+	if k := st.Kubernetes; k != nil {
+		gauge(c.kubePodCIDRs, float64(len(k.PodCIDRs)))
+		gauge(c.kubeRoutes, float64(len(k.Routes)))
+		counter(c.kubeReconciles, k.Reconciles-k.Errors, "ok")
+		counter(c.kubeReconciles, k.Errors, "error")
+		counter(c.kubeConflicts, k.Conflicts)
 	}
 	if p := st.Proxy; p != nil {
 		gauge(c.flowsActive, float64(p.ActiveTCP), "tcp")

@@ -43,6 +43,10 @@ func stats() *api.Stats {
 		Neigh:    map[string]int{"PERMANENT": 2, "REACHABLE": 1},
 		TCP:      map[string]int{"ESTABLISHED": 2, "LISTEN": 1},
 		Attached: map[api.Mode]int{api.ModeProxy: 2, api.ModeRoute: 1},
+		Kubernetes: &api.KubeStatus{Node: "n1", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24")},
+			Routes: []api.KubeRoute{{Dst: netip.MustParsePrefix("10.244.1.0/24"), Via: netip.MustParseAddr("192.168.1.2"), Node: "n2"},
+				{Dst: netip.MustParsePrefix("10.244.2.0/24"), Via: netip.MustParseAddr("192.168.1.3"), Node: "n3"}},
+			Reconciles: 9, Errors: 2, Conflicts: 1},
 	}
 }
 
@@ -145,6 +149,11 @@ func TestMetricsFromSource(t *testing.T) {
 		{"cni_userstack_detach_duration_seconds", []string{"result", "ok"}, 1},
 		{"cni_userstack_ready", nil, 1},
 		{"cni_userstack_build_info", []string{"version", "1.2.3"}, 1},
+		{"cni_userstack_kube_pod_cidrs", nil, 1},
+		{"cni_userstack_kube_routes", nil, 2},
+		{"cni_userstack_kube_reconciles_total", []string{"result", "ok"}, 7},
+		{"cni_userstack_kube_reconciles_total", []string{"result", "error"}, 2},
+		{"cni_userstack_kube_route_conflicts_total", nil, 1},
 	} {
 		if got := value(t, fams, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)

@@ -117,7 +117,20 @@
 // pods can still ping their gateway, which the stack answers itself. Ping
 // socket flows close after UDPIdleTimeout without traffic too.
 //
-// DNS. The stack listens on 0.0.0.0:53 for UDP and TCP; only traffic to the
+// IPv6 (a dual-stack pod: Pod.Addr6, Pod.Gateway6). The interceptors hand
+// over IPv6 flows as IPv4 ones, and each is relayed over a host socket of
+// the destination's family: dialAsync connects an AF_INET6 socket (no
+// IPv4-mapped addresses on either side), UDP flows get IPV6_RECVERR and
+// ICMPv6 errors (icmperr.go), echo requests come through the stack's
+// ICMPv6 interceptor (intercept6) and go out of an ICMPv6 ping socket
+// (net/ipv6/ping.c) or, where those are refused, the engine's raw ICMPv6
+// socket (its ICMPV6_FILTER passes echo replies only; the kernel sums the
+// checksum, RFC 3542 §3.1). The IPv6 layer hands an echo request over
+// without its header, so ICMPv6 errors about a relayed echo are not passed
+// on. A pod's IPv6 flows count under its IPv4 address (Engine.alias): one
+// MaxFlowsPerPod for both families.
+//
+// DNS. The stack listens on [::]:53 (both families) for UDP and TCP; only traffic to the
 // stack's own addresses (the gateway) reaches these sockets, diverted traffic
 // never does. Nameservers come from ResolvConf (at most maxNameservers, port
 // 53; none → 127.0.0.1, as resolv.conf(5) says), re-read when the file's
@@ -136,7 +149,11 @@
 // pod:ContainerPort, so the pod sees the client's real address. A loopback
 // client (127.0.0.0/8, ::1) is shown as the pod's gateway instead: the pod's
 // kernel drops packets from a loopback source arriving on its veth as martians
-// (RFC 1122 §3.2.1.3). A UDP client gets a flow of its own (a transparent stack
+// (RFC 1122 §3.2.1.3); an IPv6 link-local client too. A mapping on an IPv6
+// host address reaches a dual-stack pod's IPv6 address (the client keeps its
+// family and its address); a wildcard mapping of a dual-stack pod listens on
+// 0.0.0.0 and [::] (IPV6_V6ONLY) apart, each reaching the pod's address of
+// its family; an IPv6 mapping of an IPv4-only pod is skipped. A UDP client gets a flow of its own (a transparent stack
 // socket, idle timeout as above). AddPod fails when a host port cannot be bound,
 // and then holds nothing of that pod.
 //

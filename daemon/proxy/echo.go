@@ -17,6 +17,7 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
+	"github.com/cni-userstack/cni-userstack/netstack/ipv6"
 )
 
 // echoQueueLen bounds the echo requests waiting for the dispatcher; a
@@ -34,7 +35,7 @@ type echoReq struct {
 	key     echoKey
 	seq     uint16
 	payload []byte
-	hdr     []byte // the request's IPv4 and ICMP headers as they arrived
+	hdr     []byte // the request's IP and ICMP headers as they arrived
 }
 
 // echoQuotes is how many of a flow's last requests it keeps the headers
@@ -42,7 +43,9 @@ type echoReq struct {
 // comes back within a few).
 const echoQuotes = 4
 
-// echoQuote is one request's headers, by sequence number.
+// echoQuote is one request's headers, by sequence number: an IPv4 header
+// with options, or an IPv6 header with up to 20 bytes of extension
+// headers, and the 8-byte ICMP header.
 type echoQuote struct {
 	seq  uint16
 	used bool
@@ -94,9 +97,13 @@ type echoTable struct {
 	m     map[echoKey]*echoFlow
 	byRaw map[rawKey]*echoFlow // raw-mode flows by reply key
 	// rawSock is the engine's one raw ICMP socket, opened when ping
-	// sockets are first refused and kept until Close.
-	rawSock net.PacketConn
-	rawRC   syscall.RawConn
+	// sockets are first refused and kept until Close; rawSock6 the raw
+	// ICMPv6 socket, the same for IPv6 destinations. sweeping: the
+	// sweeper runs (started with the first of them; it closes both).
+	rawSock  net.PacketConn
+	rawRC    syscall.RawConn
+	rawSock6 net.PacketConn
+	sweeping bool
 
 	// dueMu guards due: raw-mode flows whose idle timer fired or which
 	// were aborted, for the sweeper (rawSweeper) to look at. Bound: the
@@ -109,6 +116,7 @@ type echoTable struct {
 	// ICMP socket; tests replace them.
 	openPing func(dst netip.Addr) (net.Conn, error)
 	openRaw  func() (net.PacketConn, error)
+	openRaw6 func() (net.PacketConn, error)
 	// hostDst maps a pod's destination to the address pinged; tests use
 	// it to reach loopback. nil = identity.
 	hostDst func(netip.Addr) netip.Addr
@@ -123,17 +131,27 @@ func (t *echoTable) init(e *Engine) {
 	t.wake = make(chan struct{}, 1)
 	t.openPing = openPingSocket
 	t.openRaw = openRawICMP
+	t.openRaw6 = openRawICMPv6
 }
 
-// intercept is the stack's EchoFunc: it runs on the receive goroutine, so
-// it only copies the request into the queue.
+// intercept is the stack's ipv4.EchoFunc, intercept6 its ipv6.EchoFunc:
+// they run on the receive goroutine, so they only copy the request, with
+// the header an ICMP error about it quotes, into the queue.
 func (t *echoTable) intercept(q ipv4.EchoRequest) {
-	if len(q.Payload) > maxDatagram-header.ICMPv4MinSize {
+	t.enqueue(q.Src, q.Dst, q.ID, q.Seq, q.Payload, q.Header, header.ICMPv4MinSize)
+}
+
+func (t *echoTable) intercept6(q ipv6.EchoRequest) {
+	t.enqueue(q.Src, q.Dst, q.ID, q.Seq, q.Payload, q.Header, header.ICMPv6MinSize)
+}
+
+func (t *echoTable) enqueue(src, dst netip.Addr, id, seq uint16, payload, hdr []byte, icmpHdr int) {
+	if len(payload) > maxDatagram-icmpHdr {
 		t.e.c.echoDropped.Add(1)
 		return
 	}
-	r := echoReq{key: echoKey{pod: q.Src, dst: q.Dst, id: q.ID}, seq: q.Seq, payload: append([]byte(nil), q.Payload...),
-		hdr: append([]byte(nil), q.Header...)}
+	r := echoReq{key: echoKey{pod: src, dst: dst, id: id}, seq: seq, payload: append([]byte(nil), payload...),
+		hdr: append([]byte(nil), hdr...)}
 	select {
 	case t.q <- r:
 	default:
@@ -167,13 +185,20 @@ func (t *echoTable) send(r echoReq) {
 	ef.keepQuote(r.seq, r.hdr)
 	// RFC 792 echo. A ping socket sets the identifier to its own and
 	// computes the checksum (ping_v4_sendmsg); on the raw socket both
-	// are ours to write.
+	// are ours to write. ICMPv6 (RFC 4443 §4.1): the same, except that
+	// the kernel computes the checksum on a raw ICMPv6 socket too (RFC
+	// 3542 §3.1), over a pseudo-header only it knows the source of.
+	v6 := r.key.dst.Is6()
 	msg := make([]byte, header.ICMPv4MinSize+len(r.payload))
 	id := r.key.id
 	if ef.viaRaw {
 		id = ef.hostID
 	}
-	header.ICMPv4(msg).Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(id, r.seq)})
+	if v6 {
+		header.ICMPv6(msg).Encode(header.ICMPv6Fields{Type: header.ICMPv6EchoRequest, RestOfHeader: header.EchoRest(id, r.seq)})
+	} else {
+		header.ICMPv4(msg).Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(id, r.seq)})
+	}
 	copy(msg[header.ICMPv4MinSize:], r.payload)
 	// Counted before the send: the reply may be relayed before Write
 	// returns.
@@ -181,8 +206,13 @@ func (t *echoTable) send(r echoReq) {
 	var err error
 	if ef.viaRaw {
 		e.c.echoRawRelayed.Add(1)
-		header.ICMPv4(msg).SetChecksum()
-		_, err = t.rawSock.WriteTo(msg, &net.IPAddr{IP: t.pinged(r.key.dst).AsSlice()})
+		sock := t.rawSock
+		if v6 {
+			sock = t.rawSock6
+		} else {
+			header.ICMPv4(msg).SetChecksum()
+		}
+		_, err = sock.WriteTo(msg, &net.IPAddr{IP: t.pinged(r.key.dst).AsSlice()})
 		if err != nil {
 			e.c.echoRawRelayed.Add(^uint64(0))
 		}
@@ -266,22 +296,35 @@ func (t *echoTable) open(k echoKey) *echoFlow {
 // same destination, and arms its idle timer. Called with mu held.
 func (t *echoTable) openRawFlow(k echoKey, f *flowHandle) (*echoFlow, error) {
 	e := t.e
-	if t.rawSock == nil {
+	if !t.sweeping {
+		// The sweeper closes the raw sockets when the engine closes,
+		// which ends their readers.
+		if !e.spawn(t.rawSweeper) {
+			return nil, net.ErrClosed
+		}
+		t.sweeping = true
+	}
+	if v6 := k.dst.Is6(); v6 && t.rawSock6 == nil {
+		pc, err := t.openRaw6()
+		if err != nil {
+			return nil, err
+		}
+		if !e.spawn(func() { t.rawReader6(pc, rawConn(pc)) }) {
+			pc.Close() // closing: the sweeper may be gone already
+			return nil, net.ErrClosed
+		}
+		t.rawSock6 = pc
+	} else if !v6 && t.rawSock == nil {
 		pc, err := t.openRaw()
 		if err != nil {
 			return nil, err
 		}
 		rc := rawConn(pc)
-		// The sweeper closes the socket when the engine closes, which
-		// ends the reader.
-		if !e.spawn(func() { t.rawSweeper(pc) }) {
-			pc.Close()
+		if !e.spawn(func() { t.rawReader(pc, rc) }) {
+			pc.Close() // closing: the sweeper may be gone already
 			return nil, net.ErrClosed
 		}
 		t.rawSock, t.rawRC = pc, rc
-		if !e.spawn(func() { t.rawReader(pc, rc) }) {
-			return nil, net.ErrClosed // the sweeper closes pc
-		}
 	}
 	dst := t.pinged(k.dst)
 	var b [2]byte
@@ -322,14 +365,18 @@ func (t *echoTable) markDue(ef *echoFlow) {
 
 // rawSweeper ends raw-mode flows idle for UDPIdleTimeout (a request or
 // reply since re-arms the timer for the rest) or aborted, and at Close
-// every raw-mode flow and the raw socket.
-func (t *echoTable) rawSweeper(pc net.PacketConn) {
+// every raw-mode flow and the raw sockets.
+func (t *echoTable) rawSweeper() {
 	e := t.e
 	for {
 		select {
 		case <-e.ctx.Done():
-			pc.Close()
 			t.mu.Lock()
+			for _, pc := range []net.PacketConn{t.rawSock, t.rawSock6} {
+				if pc != nil {
+					pc.Close()
+				}
+			}
 			var all []*echoFlow
 			for _, ef := range t.byRaw {
 				all = append(all, ef)
@@ -383,26 +430,21 @@ func (t *echoTable) rawEnd(ef *echoFlow) {
 // (the kernel's filter passes echo replies only, ICMP_FILTER); replies to
 // others' pings find no flow and are ignored.
 func (t *echoTable) rawReader(pc net.PacketConn, rc syscall.RawConn) {
+	t.rawLoop(pc, rc, "ICMP", func(p []byte, _ netip.AddrPort) { t.rawReply(p) })
+}
+
+// rawLoop reads a raw socket (ICMP or ICMPv6, what) until it is closed,
+// handing each message and its source to handle.
+func (t *echoTable) rawLoop(pc net.PacketConn, rc syscall.RawConn, what string, handle func(p []byte, src netip.AddrPort)) {
 	e := t.e
 	for {
-		var err error
-		if rc != nil {
-			err = recvDatagram(nil, rc, t.rawReply)
-		} else { // not a kernel socket: a test's
-			bp := dgramBufs.Get().(*[]byte)
-			var n int
-			n, _, err = pc.ReadFrom(*bp)
-			if err == nil {
-				t.rawReply((*bp)[:n])
-			}
-			dgramBufs.Put(bp)
-		}
+		err := recvFrom(pc, rc, handle)
 		switch {
 		case err == nil:
 		case isErrno(err) && !isClosed(err):
 		default:
 			if e.ctx.Err() == nil {
-				e.log.Warn("proxy: raw ICMP socket stopped", "err", err)
+				e.log.Warn("proxy: raw "+what+" socket stopped", "err", err)
 			}
 			return
 		}
@@ -464,12 +506,12 @@ func (t *echoTable) reader(ef *echoFlow) {
 		}
 		_ = ef.conn.SetReadDeadline(last.Add(idle))
 		err := recvDatagram(ef.conn, ef.raw, func(p []byte) {
-			h, err := header.CheckICMPv4(p)
-			if err != nil || h.Type() != header.ICMPv4EchoReply {
+			seq, payload, ok := echoReplyOf(p, ef.key.dst.Is6())
+			if !ok {
 				return // ping sockets deliver only replies to us; anything else is ignored
 			}
 			ef.touch()
-			if err := e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, h.Seq(), h.Payload()); err != nil {
+			if err := e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, seq, payload); err != nil {
 				e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
 			}
 		})
@@ -480,7 +522,10 @@ func (t *echoTable) reader(ef *echoFlow) {
 			// error queue has it (IP_RECVERR), its data starting at
 			// the quoted ICMP header (ping_err).
 			drainErrQueue(ef.raw, func(h hostICMP) {
-				if h.origin != unix.SO_EE_ORIGIN_ICMP || len(h.data) < header.ICMPv4MinSize {
+				// The quoted header's layout (type, code, checksum,
+				// identifier, sequence) is the same in ICMPv6 (RFC 4443
+				// §4.1) as in ICMP (RFC 792).
+				if (h.origin != unix.SO_EE_ORIGIN_ICMP && h.origin != unix.SO_EE_ORIGIN_ICMP6) || len(h.data) < header.ICMPv4MinSize {
 					return
 				}
 				q := header.ICMPv4(h.data)
@@ -504,18 +549,42 @@ func (t *echoTable) end(ef *echoFlow) {
 	t.e.c.activeEcho.Add(-1)
 }
 
-// openPingSocket opens an unprivileged ICMP socket (SOCK_DGRAM,
-// IPPROTO_ICMP: net/ipv4/ping.c) connected to dst. The kernel refuses it
-// with EACCES when the caller's group is outside net.ipv4.ping_group_range.
-func openPingSocket(dst netip.Addr) (net.Conn, error) {
-	if !dst.Is4() {
-		return nil, syscall.EAFNOSUPPORT
+// echoReplyOf reads an echo reply a ping socket delivered: ICMP, or
+// ICMPv6 for an IPv6 flow (v6); false for anything else.
+func echoReplyOf(p []byte, v6 bool) (seq uint16, payload []byte, ok bool) {
+	if v6 {
+		if len(p) < header.ICMPv6MinSize || p[0] != header.ICMPv6EchoReply {
+			return 0, nil, false
+		}
+		h := header.ICMPv6(p)
+		return h.Seq(), h.Payload(), true
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	h, err := header.CheckICMPv4(p)
+	if err != nil || h.Type() != header.ICMPv4EchoReply {
+		return 0, nil, false
+	}
+	return h.Seq(), h.Payload(), true
+}
+
+// openPingSocket opens an unprivileged ICMP socket (SOCK_DGRAM,
+// IPPROTO_ICMP: net/ipv4/ping.c; for an IPv6 dst AF_INET6, IPPROTO_ICMPV6:
+// net/ipv6/ping.c) connected to dst. The kernel refuses it with EACCES
+// when the caller's group is outside net.ipv4.ping_group_range (which
+// governs both families).
+func openPingSocket(dst netip.Addr) (net.Conn, error) {
+	family, proto := unix.AF_INET, unix.IPPROTO_ICMP
+	if dst.Is6() {
+		family, proto = unix.AF_INET6, unix.IPPROTO_ICMPV6
+	}
+	sa, _, err := sockaddr(netip.AddrPortFrom(dst, 0))
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
 	}
-	if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
+	if err := unix.Connect(fd, sa); err != nil {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("connect", err)
 	}
@@ -549,19 +618,83 @@ func openRawICMP() (net.PacketConn, error) {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("setsockopt ICMP_FILTER", err)
 	}
-	f := os.NewFile(uintptr(fd), "raw-icmp")
-	pc, err := net.FilePacketConn(f) // dups the descriptor
-	f.Close()
+	return filePacketConn(fd, "raw-icmp")
+}
+
+// openRawICMPv6 opens the raw ICMPv6 socket (SOCK_RAW, IPPROTO_ICMPV6:
+// CAP_NET_RAW) with an ICMPV6_FILTER (RFC 3542 §3.2; a set bit blocks
+// that type) passing echo replies only. Reads return the message without
+// the IPv6 header, the source in the address; the kernel computes the
+// checksum of what is written (RFC 3542 §3.1).
+func openRawICMPv6() (net.PacketConn, error) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMPV6)
 	if err != nil {
-		return nil, err
+		return nil, os.NewSyscallError("socket", err)
 	}
-	return pc, nil
+	var filt [32]byte
+	for i := range filt {
+		filt[i] = 0xff
+	}
+	// Pass echo replies and the errors that can be about a request
+	// (rawError6); block the rest (a set bit blocks its type).
+	for _, typ := range []uint8{header.ICMPv6EchoReply, header.ICMPv6DstUnreachable, header.ICMPv6TimeExceeded} {
+		w := binary.NativeEndian.Uint32(filt[typ/32*4:])
+		binary.NativeEndian.PutUint32(filt[typ/32*4:], w&^(1<<(typ%32)))
+	}
+	if err := unix.SetsockoptString(fd, unix.SOL_ICMPV6, unix.ICMPV6_FILTER, string(filt[:])); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("setsockopt ICMPV6_FILTER", err)
+	}
+	return filePacketConn(fd, "raw-icmpv6")
+}
+
+// filePacketConn makes the socket fd a net.PacketConn (which dups it) and
+// closes fd.
+func filePacketConn(fd int, name string) (net.PacketConn, error) {
+	f := os.NewFile(uintptr(fd), name)
+	pc, err := net.FilePacketConn(f)
+	f.Close()
+	return pc, err
+}
+
+// rawReader6 reads the raw ICMPv6 socket until it is closed: echo
+// replies to a raw-mode flow's identifier from its destination go to the
+// pod with the pod's identifier (rawReader's twin; the source comes with
+// recvfrom, not in a header).
+func (t *echoTable) rawReader6(pc net.PacketConn, rc syscall.RawConn) {
+	t.rawLoop(pc, rc, "ICMPv6", func(p []byte, src netip.AddrPort) { t.rawReply6(src.Addr(), p) })
+}
+
+// rawReply6 handles one message of the raw ICMPv6 socket from src.
+func (t *echoTable) rawReply6(src netip.Addr, p []byte) {
+	if len(p) >= header.ICMPv6MinSize && (p[0] == header.ICMPv6DstUnreachable || p[0] == header.ICMPv6TimeExceeded) {
+		t.rawError6(src, header.ICMPv6(p))
+		return
+	}
+	seq, payload, ok := echoReplyOf(p, true)
+	if !ok {
+		return
+	}
+	t.mu.Lock()
+	ef := t.byRaw[rawKey{src, header.ICMPv6(p).ID()}]
+	t.mu.Unlock()
+	if ef == nil {
+		return
+	}
+	ef.touch()
+	if err := t.e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, seq, payload); err != nil {
+		t.e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
+	}
 }
 
 // keepQuote records the headers of request seq. Called with mu held.
 func (ef *echoFlow) keepQuote(seq uint16, hdr []byte) {
-	if len(hdr) < header.IPv4MinSize+header.ICMPv4MinSize {
-		return
+	min := header.IPv4MinSize + header.ICMPv4MinSize
+	if ef.key.pod.Is6() {
+		min = header.IPv6MinSize + header.ICMPv6MinSize
+	}
+	if len(hdr) < min || len(hdr) > len(ef.quotes[0].hdr) {
+		return // none, or IPv6 extension headers past the room: no quote
 	}
 	q := &ef.quotes[ef.nextQ]
 	ef.nextQ = (ef.nextQ + 1) % echoQuotes
@@ -588,6 +721,28 @@ func (t *echoTable) rawError(from netip.Addr, m header.ICMPv4) {
 	}
 	t.mu.Lock()
 	ef := t.byRaw[rawKey{iv.Dst(), q.ID()}]
+	t.mu.Unlock()
+	if ef == nil {
+		return
+	}
+	t.relayError(ef, m.Type(), m.Code(), from, q.Seq(), q.Payload())
+}
+
+// rawError6 is rawError for the raw ICMPv6 socket: an error whose
+// invoking packet (RFC 4443 §3.1: as much of it as fits) is an echo
+// request of a raw-mode flow goes to the pod about its own request.
+func (t *echoTable) rawError6(from netip.Addr, m header.ICMPv6) {
+	inner := m.Payload()
+	u, err := header.IPv6SkipExtHeaders(inner)
+	if err != nil || u.Proto != header.ProtoICMPv6 || u.FragOffset != 0 || len(inner) < u.Offset+header.ICMPv6MinSize {
+		return
+	}
+	q := header.ICMPv6(inner[u.Offset:])
+	if q.Type() != header.ICMPv6EchoRequest {
+		return
+	}
+	t.mu.Lock()
+	ef := t.byRaw[rawKey{header.IPv6(inner).Dst(), q.ID()}]
 	t.mu.Unlock()
 	if ef == nil {
 		return

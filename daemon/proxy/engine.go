@@ -88,10 +88,15 @@ type PortMapping struct {
 
 // Pod is one proxy-mode pod.
 type Pod struct {
-	ID           string
-	Addr         netip.Addr // the pod's address: its flows are counted under it
-	Gateway      netip.Addr // shown to the pod for loopback port-mapping clients
-	PortMappings []PortMapping
+	ID      string
+	Addr    netip.Addr // the pod's address: its flows are counted under it
+	Gateway netip.Addr // shown to the pod for loopback port-mapping clients
+	// Addr6 and Gateway6 are a dual-stack pod's IPv6 address and gateway
+	// (invalid for an IPv4-only pod): its IPv6 flows count under Addr
+	// with the others (one MaxFlowsPerPod for both families), and its
+	// port mappings on IPv6 host addresses reach it at Addr6.
+	Addr6, Gateway6 netip.Addr
+	PortMappings    []PortMapping
 }
 
 // Stats are the engine's counters (JSON-friendly).
@@ -173,7 +178,10 @@ type Engine struct {
 	pods   map[string]*pod
 	// addrs: flow accounting per pod address. Bound: one entry per
 	// registered pod plus one per address with a live flow.
-	addrs    map[netip.Addr]*addrState
+	addrs map[netip.Addr]*addrState
+	// alias maps a registered dual-stack pod's IPv6 address to its IPv4
+	// one, the key of its flows in addrs. Bound: one per registered pod.
+	alias    map[netip.Addr]netip.Addr
 	udpFlows int // outbound and port-mapping UDP flows; bound MaxUDPFlows
 
 	udp  udpTable
@@ -238,6 +246,7 @@ func New(cfg Config) (_ *Engine, err error) {
 		dial:      cfg.Dialer,
 		pods:      map[string]*pod{},
 		addrs:     map[netip.Addr]*addrState{},
+		alias:     map[netip.Addr]netip.Addr{},
 		resolv:    &resolvConf{path: cfg.ResolvConf},
 		keepAlive: cfg.keepAliveConfig(),
 		dnsSem:    make(chan struct{}, maxDNSInFlight),
@@ -267,7 +276,9 @@ func New(cfg Config) (_ *Engine, err error) {
 		return nil, fmt.Errorf("proxy: intercept UDP: %w", err)
 	}
 	e.udpIC = ic
-	any53 := netip.AddrPortFrom(netip.IPv4Unspecified(), 53)
+	// The IPv6 wildcard takes both families (an AF_INET6 socket without
+	// IPV6_V6ONLY): DNS to an IPv4 or an IPv6 gateway.
+	any53 := netip.AddrPortFrom(netip.IPv6Unspecified(), 53)
 	if e.dnsUDP, err = e.st.ListenUDP(any53); err != nil {
 		return nil, fmt.Errorf("proxy: DNS listener udp %v: %w", any53, err)
 	}
@@ -275,6 +286,7 @@ func New(cfg Config) (_ *Engine, err error) {
 		return nil, fmt.Errorf("proxy: DNS listener tcp %v: %w", any53, err)
 	}
 	e.st.InterceptEcho(e.echo.intercept)
+	e.st.InterceptEcho6(e.echo.intercept6)
 	if cfg.Dialer == nil || cfg.mapDst != nil {
 		e.tcpIC.SetHandler(e.tcpSYN)
 	} else {
@@ -310,6 +322,7 @@ func (e *Engine) Close() error {
 
 	e.cancel()
 	e.st.InterceptEcho(nil)
+	e.st.InterceptEcho6(nil)
 	var errs []error
 	if e.tcpIC != nil {
 		errs = append(errs, ignoreClosed(e.tcpIC.Close()))
@@ -404,6 +417,9 @@ func (e *Engine) acquire(a netip.Addr, f *flowHandle, kind flowKind) bool {
 	defer e.mu.Unlock()
 	if e.closed {
 		return false
+	}
+	if k, ok := e.alias[a]; ok {
+		a = k
 	}
 	st := e.addrs[a]
 	if st == nil {
@@ -567,7 +583,10 @@ func (e *Engine) AddPod(p Pod) error {
 	if !p.Addr.Is4() || !p.Gateway.Is4() {
 		return fmt.Errorf("proxy: pod %s: address %v, gateway %v: %w", p.ID, p.Addr, p.Gateway, syscall.EAFNOSUPPORT)
 	}
-	maps, err := normalizeMappings(p.PortMappings)
+	if (p.Addr6.IsValid() || p.Gateway6.IsValid()) && (!p.Addr6.Is6() || p.Addr6.Is4In6() || !p.Gateway6.Is6() || p.Gateway6.Is4In6()) {
+		return fmt.Errorf("proxy: pod %s: IPv6 address %v, gateway %v: %w", p.ID, p.Addr6, p.Gateway6, syscall.EAFNOSUPPORT)
+	}
+	maps, err := normalizeMappings(p.PortMappings, p.Addr6.IsValid())
 	if err != nil {
 		return fmt.Errorf("proxy: pod %s: %w", p.ID, err)
 	}
@@ -589,6 +608,9 @@ func (e *Engine) AddPod(p Pod) error {
 		return net.ErrClosed
 	}
 	e.pods[p.ID] = np
+	if p.Addr6.IsValid() {
+		e.alias[p.Addr6] = p.Addr
+	}
 	st := e.addrs[p.Addr]
 	if st == nil {
 		st = &addrState{flows: map[*flowHandle]struct{}{}}
@@ -618,6 +640,9 @@ func (e *Engine) removePod(id string, keep netip.Addr) *pod {
 		return nil
 	}
 	delete(e.pods, id)
+	if p.Addr6.IsValid() && e.alias[p.Addr6] == p.Addr {
+		delete(e.alias, p.Addr6)
+	}
 	var flows []*flowHandle
 	if st := e.addrs[p.Addr]; st != nil && p.Addr != keep {
 		st.registered = false
@@ -636,8 +661,11 @@ func (e *Engine) removePod(id string, keep netip.Addr) *pod {
 	return p
 }
 
-// normalizeMappings checks mappings and fills defaults.
-func normalizeMappings(in []PortMapping) ([]PortMapping, error) {
+// normalizeMappings checks mappings and fills defaults. A mapping on an
+// IPv6 host address is kept for a dual-stack pod (dual) and skipped for
+// an IPv4-only one, which has no IPv6 address to reach (the portmap
+// plugin skips mappings of a family the container lacks too).
+func normalizeMappings(in []PortMapping, dual bool) ([]PortMapping, error) {
 	out := make([]PortMapping, 0, len(in))
 	for _, m := range in {
 		m.Protocol = strings.ToLower(m.Protocol)
@@ -655,13 +683,10 @@ func normalizeMappings(in []PortMapping) ([]PortMapping, error) {
 			if err != nil {
 				return nil, fmt.Errorf("port mapping %d: host IP: %w", m.HostPort, err)
 			}
-			if !a.Unmap().Is4() {
-				// Pods are IPv4: an IPv6 host address cannot be
-				// relayed with its client's address (the portmap
-				// plugin skips mappings of the other family too).
+			if a = a.Unmap(); a.Is6() && !dual {
 				continue
 			}
-			m.HostIP = a.Unmap().String()
+			m.HostIP = a.String()
 		}
 		out = append(out, m)
 	}

@@ -96,10 +96,27 @@ func (h *hostFD) sockAddr(get func(int) (unix.Sockaddr, error)) net.Addr {
 	if h.Control(func(fd uintptr) { sa, _ = get(int(fd)) }) != nil {
 		return nil
 	}
-	if in4, ok := sa.(*unix.SockaddrInet4); ok {
-		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)))
+	switch in := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(in.Addr), uint16(in.Port)))
+	case *unix.SockaddrInet6:
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom16(in.Addr).Unmap(), uint16(in.Port)))
 	}
 	return nil
+}
+
+// sockaddr is dst as a connect(2) address of its own family (an IPv6
+// destination gets an AF_INET6 socket, never an IPv4-mapped address), with
+// that family.
+func sockaddr(dst netip.AddrPort) (unix.Sockaddr, int, error) {
+	a := dst.Addr().Unmap()
+	switch {
+	case a.Is4():
+		return &unix.SockaddrInet4{Addr: a.As4(), Port: int(dst.Port())}, unix.AF_INET, nil
+	case a.Is6() && a.Zone() == "":
+		return &unix.SockaddrInet6{Addr: a.As16(), Port: int(dst.Port())}, unix.AF_INET6, nil
+	}
+	return nil, 0, syscall.EAFNOSUPPORT
 }
 
 // SetKeepAliveConfig is (*net.TCPConn).SetKeepAliveConfig for the fd:
@@ -145,24 +162,40 @@ func (h *hostFD) SetKeepAliveConfig(cfg net.KeepAliveConfig) error {
 	return err
 }
 
-// dialAsync opens a TCP socket to dst and starts a non-blocking connect
+// dialAsync opens a TCP socket of dst's family (AF_INET or AF_INET6) to
+// dst and starts a non-blocking connect
 // (TCP_NODELAY on, as Go's net.Dialer sets it): the connect completes
 // when the socket becomes writable (EPOLLOUT; SO_ERROR says how). An
 // error here (no route, EACCES, out of descriptors) ends the attempt.
 func dialAsync(dst netip.AddrPort) (*hostFD, error) {
-	if !dst.Addr().Is4() {
+	a := dst.Addr().Unmap()
+	// The sockaddr built by hand (no allocation, a raw syscall: the
+	// goroutine keeps its P), the port in network byte order.
+	var sa4 unix.RawSockaddrInet4
+	var sa6 unix.RawSockaddrInet6
+	var sap unsafe.Pointer
+	var salen uintptr
+	var family int
+	var port *uint16
+	switch {
+	case a.Is4():
+		sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+		sap, salen, family, port = unsafe.Pointer(&sa4), unsafe.Sizeof(sa4), unix.AF_INET, &sa4.Port
+	case a.Is6() && a.Zone() == "":
+		sa6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
+		sap, salen, family, port = unsafe.Pointer(&sa6), unsafe.Sizeof(sa6), unix.AF_INET6, &sa6.Port
+	default:
 		return nil, syscall.EAFNOSUPPORT
 	}
-	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	pb := (*[2]byte)(unsafe.Pointer(port))
+	pb[0], pb[1] = byte(dst.Port()>>8), byte(dst.Port())
+	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if e != 0 {
 		return nil, e
 	}
 	fd := int(r)
 	_ = rawSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst.Addr().As4()}
-	pb := (*[2]byte)(unsafe.Pointer(&sa.Port)) // network byte order
-	pb[0], pb[1] = byte(dst.Port()>>8), byte(dst.Port())
-	_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+	_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(sap), salen)
 	if e != 0 && e != unix.EINPROGRESS && e != unix.EINTR {
 		rawClose(fd)
 		return nil, e

@@ -34,6 +34,14 @@ import (
 // host's header), nor errors of local origin. Bounds: maxErrQueue entries
 // drained per socket error; the relay's errors share the stack's ICMP
 // rate limit.
+//
+// A flow over IPv6 (an AF_INET6 host socket, a dual-stack pod's IPv6
+// destination) is the same with IPV6_RECVERR and ICMPv6 (RFC 4443 §3):
+// destination unreachable (port unreachable, code 4, from the destination;
+// the other codes from the router that sent them) and time exceeded; not
+// packet too big (the host's path MTU) nor parameter problem. The quote is
+// the pod's IPv6 header chain and UDP header as they arrived, then the
+// data, cut to fit 1280 bytes (RFC 4443 §2.4(c)).
 
 // maxErrQueue bounds the error-queue entries read at one socket error
 // (the queue itself is bounded by the socket's receive buffer).
@@ -68,14 +76,18 @@ func (q *udpQuote) get() udp.Header {
 	return q.h
 }
 
-// setRecvErr turns IP_RECVERR on for a host socket (nil: not a kernel
-// socket, nothing to do).
+// setRecvErr turns IP_RECVERR on for a host socket, IPV6_RECVERR for an
+// AF_INET6 one (nil: not a kernel socket, nothing to do).
 func setRecvErr(raw syscall.RawConn) error {
 	if raw == nil {
 		return nil
 	}
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
+		if d, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN); err == nil && d == unix.AF_INET6 {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
+			return
+		}
 		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVERR, 1)
 	}); err != nil {
 		return err
@@ -101,7 +113,7 @@ func drainErrQueue(raw syscall.RawConn, fn func(hostICMP)) int {
 		return 0
 	}
 	b := make([]byte, errQueueBuf)
-	oob := make([]byte, unix.CmsgSpace(sizeofSockExtendedErr+unix.SizeofSockaddrInet4))
+	oob := make([]byte, unix.CmsgSpace(sizeofSockExtendedErr+unix.SizeofSockaddrInet6))
 	n := 0
 	_ = raw.Control(func(fd uintptr) {
 		for ; n < maxErrQueue; n++ {
@@ -122,22 +134,29 @@ func drainErrQueue(raw syscall.RawConn, fn func(hostICMP)) int {
 	return n
 }
 
-// parseErrQueue reads the IP_RECVERR control message: struct
-// sock_extended_err, then the offender's sockaddr_in (SO_EE_OFFENDER).
+// parseErrQueue reads the IP_RECVERR (or IPV6_RECVERR) control message:
+// struct sock_extended_err, then the offender's sockaddr_in or
+// sockaddr_in6 (SO_EE_OFFENDER).
 func parseErrQueue(oob []byte) (hostICMP, bool) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
 		return hostICMP{}, false
 	}
 	for _, m := range msgs {
-		if m.Header.Level != unix.IPPROTO_IP || m.Header.Type != unix.IP_RECVERR || len(m.Data) < sizeofSockExtendedErr {
+		v4 := m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_RECVERR
+		v6 := m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_RECVERR
+		if !v4 && !v6 || len(m.Data) < sizeofSockExtendedErr {
 			continue
 		}
 		d := m.Data
 		e := hostICMP{errno: syscall.Errno(binary.NativeEndian.Uint32(d[0:])), origin: d[4], typ: d[5], code: d[6],
 			info: binary.NativeEndian.Uint32(d[8:])}
-		if sa := d[sizeofSockExtendedErr:]; len(sa) >= 8 && binary.NativeEndian.Uint16(sa) == unix.AF_INET {
+		sa := d[sizeofSockExtendedErr:]
+		switch {
+		case len(sa) >= 8 && binary.NativeEndian.Uint16(sa) == unix.AF_INET:
 			e.offender = netip.AddrFrom4([4]byte(sa[4:8]))
+		case len(sa) >= unix.SizeofSockaddrInet6 && binary.NativeEndian.Uint16(sa) == unix.AF_INET6:
+			e.offender = netip.AddrFrom16([16]byte(sa[8:24])).Unmap() // family, port, flowinfo, then the address
 		}
 		return e, true
 	}
@@ -150,13 +169,17 @@ func parseErrQueue(oob []byte) (hostICMP, bool) {
 // means port unreachable (RFC 1122 §4.1.3.1).
 func (e *Engine) udpHostICMP(u *udpFlow, err error) {
 	n := drainErrQueue(u.raw, func(h hostICMP) {
-		if h.origin != unix.SO_EE_ORIGIN_ICMP {
+		if h.origin != unix.SO_EE_ORIGIN_ICMP && h.origin != unix.SO_EE_ORIGIN_ICMP6 {
 			return
 		}
 		e.relayUDPError(u, h.typ, h.code, h.offender, h.data)
 	})
 	if n == 0 && errors.Is(err, syscall.ECONNREFUSED) {
-		e.relayUDPError(u, header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, netip.Addr{}, nil)
+		if u.key.pod.Addr().Is6() {
+			e.relayUDPError(u, header.ICMPv6DstUnreachable, header.ICMPv6PortUnreachable, netip.Addr{}, nil)
+		} else {
+			e.relayUDPError(u, header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, netip.Addr{}, nil)
+		}
 		return
 	}
 	if n == 0 {
@@ -171,8 +194,24 @@ func (e *Engine) udpHostICMP(u *udpFlow, err error) {
 // (a usable unicast offender, else the destination), as a pod behind a
 // real router would see them (RFC 792, RFC 1812 §4.3.2.4). Fragmentation
 // needed is the host's own path MTU and is not passed on, nor is any
-// other type.
+// other type. For an IPv6 destination typ and code are ICMPv6's (RFC
+// 4443 §3): port unreachable (code 4) from the destination, the other
+// destination unreachables and time exceeded from a global offender;
+// packet too big (the host's path MTU) and parameter problem (about the
+// host's packet) are not passed on.
 func relayedErrorSource(dst netip.Addr, typ, code uint8, offender netip.Addr) (netip.Addr, bool) {
+	if dst.Is6() && !dst.Is4In6() {
+		switch {
+		case typ == header.ICMPv6DstUnreachable && code == header.ICMPv6PortUnreachable:
+			return dst, true
+		case typ == header.ICMPv6DstUnreachable, typ == header.ICMPv6TimeExceeded:
+			if offender.Is6() && !offender.Is4In6() && !offender.IsLoopback() && !offender.IsUnspecified() && !offender.IsLinkLocalUnicast() {
+				return offender, true
+			}
+			return dst, true
+		}
+		return netip.Addr{}, false
+	}
 	switch {
 	case typ == header.ICMPv4DstUnreachable && (code == header.ICMPv4PortUnreachable || code == header.ICMPv4ProtoUnreachable):
 		return dst, true
@@ -185,6 +224,14 @@ func relayedErrorSource(dst netip.Addr, typ, code uint8, offender netip.Addr) (n
 	return netip.Addr{}, false
 }
 
+// portUnreachable reports a port unreachable of dst's ICMP family.
+func portUnreachable(dst netip.Addr, typ, code uint8) bool {
+	if dst.Is6() && !dst.Is4In6() {
+		return typ == header.ICMPv6DstUnreachable && code == header.ICMPv6PortUnreachable
+	}
+	return typ == header.ICMPv4DstUnreachable && code == header.ICMPv4PortUnreachable
+}
+
 // relayUDPError sends the pod an ICMP error typ/code about its datagram
 // on u, from the destination or the offender, quoting its header and
 // data (the part of the datagram the host's error quoted).
@@ -193,7 +240,7 @@ func (e *Engine) relayUDPError(u *udpFlow, typ, code uint8, offender netip.Addr,
 	if !ok {
 		return
 	}
-	portUnreach := typ == header.ICMPv4DstUnreachable && code == header.ICMPv4PortUnreachable
+	portUnreach := portUnreachable(u.key.dst.Addr(), typ, code)
 	h := u.quote.get()
 	if h.N == 0 && !portUnreach {
 		return
@@ -225,7 +272,17 @@ func quoteOf(h *udp.Header, data []byte) []byte {
 	q := make([]byte, 0, h.N+len(data))
 	q = append(q, h.Bytes()...)
 	q = append(q, data...)
-	hl := header.IPv4(q).HeaderLen()
+	var hl int
+	if len(q) > 0 && q[0]>>4 == 6 {
+		// The IPv6 header chain: the UDP header follows it.
+		u, err := header.IPv6SkipExtHeaders(q)
+		if err != nil || u.Proto != header.ProtoUDP {
+			return q
+		}
+		hl = u.Offset
+	} else {
+		hl = header.IPv4(q).HeaderLen()
+	}
 	if h.CsumPartial && len(q) >= hl+header.UDPSize {
 		uh := header.UDP(q[hl:])
 		if uh.Length() == len(q)-hl {

@@ -91,3 +91,32 @@ func TestQuoteCompletesAnOffloadedChecksum(t *testing.T) {
 		t.Fatalf("part of the payload: %x", q[:28])
 	}
 }
+
+// TestRelayedErrorSource6: which host ICMPv6 errors about a relayed flow
+// to an IPv6 destination reach the pod, and from where (RFC 4443 §3).
+func TestRelayedErrorSource6(t *testing.T) {
+	dst, router := netip.MustParseAddr("2001:db8::9"), netip.MustParseAddr("2001:db8:1::1")
+	for _, tc := range []struct {
+		name      string
+		typ, code uint8
+		offender  netip.Addr
+		from      netip.Addr
+		ok        bool
+	}{
+		{"port unreachable from the destination", header.ICMPv6DstUnreachable, header.ICMPv6PortUnreachable, router, dst, true},
+		{"no route from a router", header.ICMPv6DstUnreachable, 0, router, router, true},
+		{"address unreachable, link-local offender", header.ICMPv6DstUnreachable, 3, netip.MustParseAddr("fe80::1"), dst, true},
+		{"time exceeded from a router", header.ICMPv6TimeExceeded, 0, router, router, true},
+		{"packet too big is the host's path MTU", header.ICMPv6PacketTooBig, 0, router, netip.Addr{}, false},
+		{"parameter problem is about the host's packet", header.ICMPv6ParamProblem, 0, router, netip.Addr{}, false},
+	} {
+		from, ok := relayedErrorSource(dst, tc.typ, tc.code, tc.offender)
+		if from != tc.from || ok != tc.ok {
+			t.Errorf("%s: %v %v, want %v %v", tc.name, from, ok, tc.from, tc.ok)
+		}
+	}
+	if !portUnreachable(dst, header.ICMPv6DstUnreachable, header.ICMPv6PortUnreachable) ||
+		portUnreachable(dst, header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable) {
+		t.Fatal("portUnreachable does not follow the destination's family")
+	}
+}

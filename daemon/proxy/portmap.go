@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -29,6 +28,7 @@ type pod struct {
 type tcpMapping struct {
 	m  PortMapping
 	ln net.Listener
+	to netip.Addr // the pod address of the listener's family
 }
 
 // udpMapping is one UDP host port with its client flows.
@@ -36,6 +36,7 @@ type udpMapping struct {
 	m   PortMapping
 	ln  *net.UDPConn
 	raw syscall.RawConn
+	to  netip.Addr // the pod address of the listener's family
 
 	mu sync.Mutex
 	// flows by client. Bound: MaxUDPFlows and MaxFlowsPerPod, through
@@ -54,36 +55,59 @@ type pmFlow struct {
 
 func (p *pmFlow) touch() { p.last.Store(time.Now().UnixNano()) }
 
-func hostAddr(m PortMapping) string {
-	ip := m.HostIP
-	if ip == "" {
-		ip = "0.0.0.0"
-	}
-	return net.JoinHostPort(ip, strconv.Itoa(m.HostPort))
+// hostBind is one host socket of a mapping: where it listens and the pod
+// address its clients reach.
+type hostBind struct {
+	addr netip.AddrPort
+	to   netip.Addr
 }
 
-// listen binds every mapping's host port; on error the caller closes
+// hostBinds are the host sockets of mapping m: its host IP's family
+// reaching the pod's address of that family; a wildcard mapping listens
+// on 0.0.0.0 for the pod's IPv4 address and, for a dual-stack pod, on
+// [::] (IPV6_V6ONLY, as Go's "tcp6"/"udp6" sockets are) for its IPv6
+// one. A client keeps its own family end to end: no IPv4-mapped
+// addresses reach the pod (RFC 4038 §4.2).
+func (p *pod) hostBinds(m PortMapping) []hostBind {
+	port := uint16(m.HostPort)
+	if m.HostIP != "" {
+		a := netip.MustParseAddr(m.HostIP) // normalizeMappings checked it
+		if a.Is6() {
+			return []hostBind{{netip.AddrPortFrom(a, port), p.Addr6}}
+		}
+		return []hostBind{{netip.AddrPortFrom(a, port), p.Addr}}
+	}
+	b := []hostBind{{netip.AddrPortFrom(netip.IPv4Unspecified(), port), p.Addr}}
+	if p.Addr6.IsValid() {
+		b = append(b, hostBind{netip.AddrPortFrom(netip.IPv6Unspecified(), port), p.Addr6})
+	}
+	return b
+}
+
+// listen binds every mapping's host ports; on error the caller closes
 // what was opened.
 func (p *pod) listen() error {
 	for _, m := range p.PortMappings {
-		switch m.Protocol {
-		case "tcp":
-			ln, err := net.Listen("tcp4", hostAddr(m))
-			if err != nil {
-				return fmt.Errorf("port mapping %s/%d: %w", m.Protocol, m.HostPort, err)
+		for _, hb := range p.hostBinds(m) {
+			fam := "4"
+			if hb.addr.Addr().Is6() {
+				fam = "6"
 			}
-			p.tcp = append(p.tcp, tcpMapping{m: m, ln: ln})
-		case "udp":
-			ua, err := net.ResolveUDPAddr("udp4", hostAddr(m))
-			if err != nil {
-				return err
+			switch m.Protocol {
+			case "tcp":
+				ln, err := net.Listen("tcp"+fam, hb.addr.String())
+				if err != nil {
+					return fmt.Errorf("port mapping %s/%d on %v: %w", m.Protocol, m.HostPort, hb.addr.Addr(), err)
+				}
+				p.tcp = append(p.tcp, tcpMapping{m: m, ln: ln, to: hb.to})
+			case "udp":
+				ln, err := net.ListenUDP("udp"+fam, net.UDPAddrFromAddrPort(hb.addr))
+				if err != nil {
+					return fmt.Errorf("port mapping %s/%d on %v: %w", m.Protocol, m.HostPort, hb.addr.Addr(), err)
+				}
+				um := &udpMapping{m: m, ln: ln, flows: map[netip.AddrPort]*pmFlow{}, raw: rawConn(ln), to: hb.to}
+				p.udp = append(p.udp, um)
 			}
-			ln, err := net.ListenUDP("udp4", ua)
-			if err != nil {
-				return fmt.Errorf("port mapping %s/%d: %w", m.Protocol, m.HostPort, err)
-			}
-			um := &udpMapping{m: m, ln: ln, flows: map[netip.AddrPort]*pmFlow{}, raw: rawConn(ln)}
-			p.udp = append(p.udp, um)
 		}
 	}
 	return nil
@@ -116,11 +140,20 @@ func (p *pod) closeListeners() {
 	}
 }
 
-// peerAddr is the address the pod is shown for client c: c itself, or the
-// gateway for a loopback client, whose packets the pod's kernel would drop
-// as martians (RFC 1122 §3.2.1.3: 127/8 must not appear outside a host).
-func (p *pod) peerAddr(c netip.Addr) netip.Addr {
+// peerAddr is the address the pod is shown for client c when reaching
+// the pod's address to: c itself, or that family's gateway for a loopback
+// client, whose packets the pod's kernel would drop as martians (RFC 1122
+// §3.2.1.3: 127/8 must not appear outside a host; RFC 4291 §2.5.3: nor
+// ::1), and for an IPv6 link-local client, whose address means nothing on
+// the pod's link (RFC 4291 §2.5.6).
+func (p *pod) peerAddr(c, to netip.Addr) netip.Addr {
 	c = c.Unmap()
+	if to.Is6() {
+		if c.IsLoopback() || !c.Is6() || c.IsLinkLocalUnicast() {
+			return p.Gateway6
+		}
+		return c.WithZone("")
+	}
 	if c.IsLoopback() || !c.Is4() {
 		return p.Gateway
 	}
@@ -153,8 +186,8 @@ func (p *pod) acceptTCP(t tcpMapping) {
 			continue
 		}
 		f.add(func() { abortConn(c) })
-		src := netip.AddrPortFrom(p.peerAddr(client.Addr()), 0)
-		dst := netip.AddrPortFrom(p.Addr, uint16(t.m.ContainerPort))
+		src := netip.AddrPortFrom(p.peerAddr(client.Addr(), t.to), 0)
+		dst := netip.AddrPortFrom(t.to, uint16(t.m.ContainerPort))
 		if !e.spawn(func() { e.portMapTCP(c, src, dst, f) }) {
 			abortConn(c)
 			e.release(f)
@@ -239,8 +272,8 @@ func (p *pod) udpFlow(u *udpMapping, client netip.AddrPort) *pmFlow {
 		f.done()
 		return nil
 	}
-	src := netip.AddrPortFrom(p.peerAddr(client.Addr()), 0)
-	sock, err := e.st.DialUDPTransparent(src, netip.AddrPortFrom(p.Addr, uint16(u.m.ContainerPort)))
+	src := netip.AddrPortFrom(p.peerAddr(client.Addr(), u.to), 0)
+	sock, err := e.st.DialUDPTransparent(src, netip.AddrPortFrom(u.to, uint16(u.m.ContainerPort)))
 	if err != nil {
 		e.log.Debug("proxy: port mapping udp flow failed", "pod", p.ID, "err", err)
 		e.release(f)
@@ -308,41 +341,4 @@ func (p *pod) udpFlowReader(u *udpMapping, pf *pmFlow) {
 			return
 		}
 	}
-}
-
-// recvFrom is recvDatagram for an unconnected kernel UDP socket, with the
-// sender's address.
-func recvFrom(c *net.UDPConn, raw syscall.RawConn, fn func(p []byte, from netip.AddrPort)) error {
-	if raw == nil {
-		bp := dgramBufs.Get().(*[]byte)
-		defer dgramBufs.Put(bp)
-		n, from, err := c.ReadFromUDPAddrPort(*bp)
-		if err == nil {
-			fn((*bp)[:n], netip.AddrPortFrom(from.Addr().Unmap(), from.Port()))
-		}
-		return err
-	}
-	var rerr error
-	err := raw.Read(func(fd uintptr) bool {
-		bp := dgramBufs.Get().(*[]byte)
-		defer dgramBufs.Put(bp)
-		for {
-			n, sa, err := recvfromNonblock(int(fd), *bp)
-			switch {
-			case err == syscall.EINTR:
-				continue
-			case err == syscall.EAGAIN:
-				return false
-			case err != nil:
-				rerr = err
-			default:
-				fn((*bp)[:n], sa)
-			}
-			return true
-		}
-	})
-	if err != nil {
-		return err
-	}
-	return rerr
 }

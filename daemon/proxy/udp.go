@@ -206,6 +206,52 @@ func isErrno(err error) bool {
 	return errors.As(err, &en)
 }
 
+// recvFrom is recvDatagram for an unconnected socket (UDP, or raw ICMP
+// and ICMPv6), with the sender's address: through raw, its kernel
+// socket, when not nil (no deadline, no allocation), else pc's ReadFrom
+// (a test's conn). The buffer is pooled: fn must not keep p.
+func recvFrom(pc net.PacketConn, raw syscall.RawConn, fn func(p []byte, from netip.AddrPort)) error {
+	bp := dgramBufs.Get().(*[]byte)
+	defer dgramBufs.Put(bp)
+	if raw == nil {
+		n, from, err := pc.ReadFrom(*bp)
+		if err != nil {
+			return err
+		}
+		var ap netip.AddrPort
+		switch a := from.(type) {
+		case *net.UDPAddr:
+			ap = a.AddrPort()
+		case *net.IPAddr:
+			ip, _ := netip.AddrFromSlice(a.IP)
+			ap = netip.AddrPortFrom(ip, 0)
+		}
+		fn((*bp)[:n], netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		return nil
+	}
+	var rerr error
+	err := raw.Read(func(fd uintptr) bool {
+		for {
+			n, from, err := recvfromNonblock(int(fd), *bp)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false // wait for readability
+			case err != nil:
+				rerr = err
+			default:
+				fn((*bp)[:n], from)
+			}
+			return true
+		}
+	})
+	if err == nil {
+		err = rerr
+	}
+	return err
+}
+
 // recvfromNonblock is recvfrom(MSG_DONTWAIT) with the sender as an
 // AddrPort (IPv4-mapped addresses unmapped).
 func recvfromNonblock(fd int, p []byte) (int, netip.AddrPort, error) {

@@ -243,8 +243,23 @@ func (d *Devices) Add(ep link.Endpoint, cfg Config) (*NIC, error) {
 
 // Remove unregisters a NIC (unregister_netdevice): it goes down, its
 // endpoint is closed, its receive goroutine has exited when Remove returns
-// and its transmit queue is freed with NIC_DOWN.
+// and its transmit queue is freed with NIC_DOWN. It is Unlink, then the
+// returned NIC's Release.
 func (d *Devices) Remove(id int) error {
+	n, err := d.Unlink(id)
+	if err != nil {
+		return err
+	}
+	return n.Release()
+}
+
+// Unlink is the first half of Remove: the NIC leaves the table (ByID and
+// ByName no longer find it) and goes down, so nothing new is sent or
+// delivered through it. Its endpoint stays open until Release, which the
+// caller may run outside its own locks: closing a kernel socket can wait
+// for an RCU grace period (AF_PACKET's packet_release runs
+// synchronize_net), and unrelated NICs need not wait for it.
+func (d *Devices) Unlink(id int) (*NIC, error) {
 	d.mu.Lock()
 	n, ok := d.nics[id]
 	if ok {
@@ -253,10 +268,18 @@ func (d *Devices) Remove(id int) error {
 	}
 	d.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("%w: NIC %d", ErrNotFound, id)
+		return nil, fmt.Errorf("%w: NIC %d", ErrNotFound, id)
 	}
 	n.removed.Store(true)
 	n.Down()
+	return n, nil
+}
+
+// Release is the second half of Remove for an unlinked NIC: its endpoint
+// is closed, its receive goroutines have exited when Release returns and
+// its transmit queue is freed with NIC_DOWN. Not callable from the NIC's
+// own receive goroutine.
+func (n *NIC) Release() error {
 	err := n.ep.Close()
 	n.rxWG.Wait()
 	n.txMu.Lock()

@@ -33,20 +33,12 @@ type ICMPError struct {
 	Info uint32
 }
 
-// The ICMPv6 type and code numbers the predicates below need (RFC 4443
-// §3.1, §3.2); package ipv6 owns the rest.
-const (
-	icmpv6DstUnreachable  = 1
-	icmpv6PacketTooBig    = 2
-	icmpv6PortUnreachable = 4 // a code of destination unreachable
-)
-
 // PortUnreachable reports ICMPv4 destination unreachable code 3 or ICMPv6
 // destination unreachable code 4: nothing listens on the quoted port (RFC
 // 1122 §4.1.3.1).
 func (e ICMPError) PortUnreachable() bool {
 	if e.V6 {
-		return e.Type == icmpv6DstUnreachable && e.Code == icmpv6PortUnreachable
+		return e.Type == ICMPv6DstUnreachable && e.Code == ICMPv6PortUnreachable
 	}
 	return e.Type == ICMPv4DstUnreachable && e.Code == ICMPv4PortUnreachable
 }
@@ -55,7 +47,7 @@ func (e ICMPError) PortUnreachable() bool {
 // too big (RFC 8201): Info is the next-hop MTU.
 func (e ICMPError) PathMTU() bool {
 	if e.V6 {
-		return e.Type == icmpv6PacketTooBig
+		return e.Type == ICMPv6PacketTooBig
 	}
 	return e.Type == ICMPv4DstUnreachable && e.Code == ICMPv4FragNeeded
 }

@@ -74,7 +74,7 @@ func (t *Table) Rcv(nic *dev.NIC, skb *buf.SKB) {
 		q = t.learnLocked(nic, sip, sha, op == header.ARPReply && toUs, answer)
 	}
 	t.mu.Unlock()
-	t.flush(nic, sha, &q)
+	t.flush(nic, sha, header.EtherTypeIPv4, &q)
 	if answer {
 		// RFC 826: swap hardware and protocol fields, put the local
 		// hardware address in the sender field, set the opcode to reply
@@ -141,10 +141,15 @@ func (t *Table) reply(nic *dev.NIC, tha header.MAC, sip, tip netip.Addr) {
 	t.mu.Unlock()
 }
 
-// sendRequest is arp_solicit: the source is the triggering packet's
-// source when it is an address of the NIC, else one chosen by
-// inet_select_addr; a NIC without IPv4 addresses asks from 0.0.0.0.
+// sendRequest is arp_solicit, or ndisc_solicit for an IPv6 target. For
+// ARP the source is the triggering packet's source when it is an address
+// of the NIC, else one chosen by inet_select_addr; a NIC without IPv4
+// addresses asks from 0.0.0.0.
 func (t *Table) sendRequest(r request) {
+	if r.target.Is6() {
+		t.solicit6(r)
+		return
+	}
 	src := r.srcHint
 	if !src.IsValid() || !r.nic.HasAddress(src) {
 		var ok bool
@@ -166,8 +171,14 @@ func (t *Table) sendRequest(r request) {
 
 // addressAdded announces a new address (RFC 5227 §3: an ARP Request with
 // sender and target protocol address both the new address and a zero
-// target hardware address, broadcast), as Linux's inetaddr notifier does.
+// target hardware address, broadcast), as Linux's inetaddr notifier does;
+// a new IPv6 address gets an unsolicited Neighbor Advertisement instead
+// (announce6).
 func (t *Table) addressAdded(nic *dev.NIC, p netip.Prefix) {
+	if p.Addr().Is6() && nic.IsUp() {
+		t.announce6(nic, p.Addr())
+		return
+	}
 	if !p.Addr().Is4() || !nic.IsUp() {
 		return
 	}

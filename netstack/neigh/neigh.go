@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
@@ -108,7 +109,7 @@ type Entry struct {
 	Static bool
 }
 
-// Drop reasons (SKB_DROP_REASON_NEIGH_*).
+// Drop reasons (SKB_DROP_REASON_NEIGH_*, and NDP's).
 var (
 	DropNeighFailed     = buf.NewDropReason("NEIGH_FAILED")
 	DropNeighQueueFull  = buf.NewDropReason("NEIGH_QUEUEFULL")
@@ -116,6 +117,18 @@ var (
 	DropNeighDead       = buf.NewDropReason("NEIGH_DEAD")
 	DropARPInvalid      = buf.NewDropReason("ARP_INVALID")
 	DropARPNotOurs      = buf.NewDropReason("ARP_NOT_FOR_US")
+	// DropNDPInvalid: an NDP message failing RFC 4861's validity checks
+	// (hop limit 255, code 0, lengths, options; §6.1, §7.1).
+	DropNDPInvalid = buf.NewDropReason("IPV6_NDISC_BAD_OPTIONS")
+	// DropNDPHopLimit: an NDP message whose hop limit is not 255 (it
+	// crossed a router, RFC 4861 §7.1.1).
+	DropNDPHopLimit = buf.NewDropReason("IPV6_NDISC_HOP_LIMIT")
+	// DropNDPBadCode: an NDP message with a code other than 0.
+	DropNDPBadCode = buf.NewDropReason("IPV6_NDISC_BAD_CODE")
+	// DropNDPIgnored: a valid NDP message a router does not act on
+	// (Router Advertisements and Redirects from others, solicitations for
+	// addresses we do not answer for).
+	DropNDPIgnored = buf.NewDropReason("IPV6_NDISC_IGNORED")
 )
 
 // Errors.
@@ -124,8 +137,9 @@ var (
 	ErrFull       = errors.New("neigh: table full")
 )
 
-// Stats are the ARP and neighbour-table counters (ndt_stats plus the ARP
-// request/reply counts `nstat` lacks).
+// Stats are the ARP, NDP and neighbour-table counters (ndt_stats plus
+// the ARP request/reply counts `nstat` lacks, and the Neighbor Discovery
+// counts of Icmp6In/OutNeighborSolicits and friends).
 type Stats struct {
 	InRequests, InReplies   uint64 // valid ARP packets received
 	OutRequests, OutReplies uint64 // ARP packets sent (requests include gratuitous)
@@ -135,6 +149,19 @@ type Stats struct {
 	TableFull               uint64 // resolutions refused: no room (table_fulls)
 	ForcedGC                uint64 // forced GC runs (forced_gc_runs)
 	Entries                 int
+
+	// Neighbor Discovery (RFC 4861), counted by neigh rather than by
+	// the ICMPv6 MIB so that NDP's own decisions show.
+	NDPInSolicits, NDPInAdverts         uint64 // valid NS / NA received
+	NDPOutSolicits, NDPOutAdverts       uint64 // NS / NA sent (adverts include unsolicited ones)
+	NDPInRouterSolicits, NDPInRedirects uint64 // valid RS / Redirects received
+	NDPInRouterAdverts                  uint64 // valid RAs received (ignored: we route)
+	NDPOutRouterAdverts                 uint64 // RAs sent (SetRouterAdvert)
+	NDPInErrors                         uint64 // NDP messages failing RFC 4861 §6.1/§7.1 validation
+	// DADReplies counts duplicate address detection probes answered for
+	// our own addresses (RFC 4862 §5.4.3); DADConflicts counts
+	// advertisements from another node claiming one of them (§5.4.4).
+	DADReplies, DADConflicts uint64
 }
 
 type key struct {
@@ -162,11 +189,16 @@ type Table struct {
 	devs *dev.Devices
 	cfg  Config
 
-	mu        sync.Mutex
-	entries   map[key]*entry // bound: cfg.MaxEntries
-	proxy     map[int]func(netip.Addr) bool
-	onFailure func(skb *buf.SKB)
-	stats     Stats
+	mu         sync.Mutex
+	entries    map[key]*entry // bound: cfg.MaxEntries
+	proxy      map[int]func(netip.Addr) bool
+	onFailure  func(skb *buf.SKB) // IPv4 packets (arp_error_report)
+	onFailure6 func(skb *buf.SKB) // IPv6 packets (ndisc_error_report)
+	ra         map[int]*raState   // NICs sending Router Advertisements (router.go)
+	stats      Stats
+
+	// router is the NA Router flag (RFC 4861 §4.4): IPv6 forwarding is on.
+	router atomic.Bool
 }
 
 // New returns a table resolving for the NICs of devs. It registers for
@@ -180,6 +212,7 @@ func New(clk clock.Clock, devs *dev.Devices, cfg Config) *Table {
 		cfg:     cfg,
 		entries: map[key]*entry{},
 		proxy:   map[int]func(netip.Addr) bool{},
+		ra:      map[int]*raState{},
 	}
 	if devs != nil {
 		devs.OnAddressAdded(t.addressAdded)
@@ -187,8 +220,11 @@ func New(clk clock.Clock, devs *dev.Devices, cfg Config) *Table {
 	return t
 }
 
-// SetProxy sets the proxy ARP policy of a NIC: requests for a target
-// answer accepts are replied to with the NIC's MAC. nil turns it off.
+// SetProxy sets the proxy ARP and proxy NDP policy of a NIC: ARP
+// requests and Neighbor Solicitations for a target answer accepts are
+// replied to with the NIC's MAC (for IPv6 only on a NIC with an IPv6
+// address, only for a non-link-local target, and never to a duplicate
+// address detection probe). nil turns it off.
 func (t *Table) SetProxy(nicID int, answer func(target netip.Addr) bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -199,13 +235,26 @@ func (t *Table) SetProxy(nicID int, answer func(target netip.Addr) bool) {
 	}
 }
 
-// SetFailureHandler sets fn, called for each queued packet when its
+// SetFailureHandler sets fn, called for each queued IPv4 packet when its
 // resolution fails, before the packet is freed; fn must not keep skb.
 func (t *Table) SetFailureHandler(fn func(skb *buf.SKB)) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.onFailure = fn
 }
+
+// SetFailureHandler6 is SetFailureHandler for IPv6 packets (the ipv6
+// layer answers them with ICMPv6 address unreachable).
+func (t *Table) SetFailureHandler6(fn func(skb *buf.SKB)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.onFailure6 = fn
+}
+
+// SetRouter sets the Router flag of our Neighbor Advertisements (RFC
+// 4861 §4.4: set when the sender is a router); the stack sets it with
+// IPv6 forwarding.
+func (t *Table) SetRouter(on bool) { t.router.Store(on) }
 
 // Stats returns a snapshot of the counters.
 func (t *Table) Stats() Stats {
@@ -217,9 +266,11 @@ func (t *Table) Stats() Stats {
 }
 
 // AddStatic adds or replaces a Permanent entry (ip neigh replace ...
-// nud permanent). Packets queued on a replaced entry are sent.
+// nud permanent) for an IPv4 or unicast IPv6 address. Packets queued on a
+// replaced entry are sent.
 func (t *Table) AddStatic(nicID int, addr netip.Addr, mac header.MAC) error {
-	if !addr.Is4() || mac.IsMulticast() || mac.IsBroadcast() {
+	addr = addr.WithZone("")
+	if !resolvable(addr) || mac.IsMulticast() || mac.IsBroadcast() {
 		return fmt.Errorf("%w: %v %v", ErrBadAddress, addr, mac)
 	}
 	nic := t.devs.ByID(nicID)
@@ -239,13 +290,28 @@ func (t *Table) AddStatic(nicID int, addr netip.Addr, mac header.MAC) error {
 	e.mac, e.state, e.probes = mac, Permanent, 0
 	q := e.pending.TakeAll()
 	t.mu.Unlock()
-	t.flush(nic, mac, &q)
+	t.flush(nic, mac, etherType(addr), &q)
 	return nil
+}
+
+// resolvable reports whether a is an address resolution applies to: an
+// IPv4 address, or a unicast IPv6 address that is not IPv4-mapped.
+func resolvable(a netip.Addr) bool {
+	return a.Is4() || (a.Is6() && !a.Is4In6() && !a.IsMulticast() && !a.IsUnspecified())
+}
+
+// etherType is the EtherType of packets to a neighbour of a's family.
+func etherType(a netip.Addr) header.EtherType {
+	if a.Is6() {
+		return header.EtherTypeIPv6
+	}
+	return header.EtherTypeIPv4
 }
 
 // Remove deletes an entry (ip neigh del); its queued packets are freed
 // with NEIGH_DEAD.
 func (t *Table) Remove(nicID int, addr netip.Addr) {
+	addr = addr.WithZone("")
 	t.mu.Lock()
 	e := t.entries[key{nicID, addr}]
 	var q buf.Queue
@@ -260,6 +326,7 @@ func (t *Table) Remove(nicID int, addr netip.Addr) {
 // when the NIC is removed.
 func (t *Table) Flush(nicID int) {
 	t.mu.Lock()
+	t.stopRALocked(nicID)
 	var all buf.Queue
 	for k, e := range t.entries {
 		if k.nic == nicID {
@@ -282,6 +349,7 @@ func (t *Table) unlinkLocked(e *entry) buf.Queue {
 
 // Lookup returns a snapshot of the entry for (nicID, addr).
 func (t *Table) Lookup(nicID int, addr netip.Addr) (Entry, bool) {
+	addr = addr.WithZone("")
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.entries[key{nicID, addr}]
@@ -310,6 +378,7 @@ func (e *entry) snapshot() Entry {
 // RFC 4861 §7.3.1: forward progress confirms reachability): a resolved
 // entry becomes Reachable for a fresh ReachableTime.
 func (t *Table) Confirm(nicID int, addr netip.Addr) {
+	addr = addr.WithZone("")
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.entries[key{nicID, addr}]
@@ -379,13 +448,21 @@ func (t *Table) forcedGCLocked() bool {
 
 var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 
-// Output sends an IPv4 packet to nextHop on nic (neigh_resolve_output).
-// It consumes skb, whose Bytes() start at the IPv4 header: sent with the
-// neighbour's address, queued until resolution finishes, or freed with a
-// reason. Broadcast next hops (255.255.255.255 or the directed broadcast
-// of one of nic's prefixes) go to the broadcast MAC, multicast ones to
-// their mapped group MAC (RFC 1112 §6.4), without resolution.
+// Output sends an IPv4 or IPv6 packet to nextHop on nic
+// (neigh_resolve_output); the next hop's family says which. It consumes
+// skb, whose Bytes() start at the IP header: sent with the neighbour's
+// address, queued until resolution (ARP, or Neighbor Solicitation for
+// IPv6) finishes, or freed with a reason. Broadcast next hops
+// (255.255.255.255 or the directed broadcast of one of nic's prefixes) go
+// to the broadcast MAC, multicast ones to their mapped group MAC (RFC 1112
+// §6.4, RFC 2464 §7), without resolution.
 func (t *Table) Output(nic *dev.NIC, nextHop netip.Addr, skb *buf.SKB) {
+	nextHop = nextHop.WithZone("")
+	if nextHop.Is6() && nextHop.IsMulticast() {
+		nic.HardHeader(skb, header.IPv6MulticastMAC(nextHop), header.EtherTypeIPv6)
+		nic.Xmit(skb)
+		return
+	}
 	if nextHop.Is4() {
 		if nextHop == limitedBroadcast || nic.IsBroadcast(nextHop) {
 			nic.HardHeader(skb, header.BroadcastMAC, header.EtherTypeIPv4)
@@ -398,8 +475,8 @@ func (t *Table) Output(nic *dev.NIC, nextHop netip.Addr, skb *buf.SKB) {
 			return
 		}
 	}
-	if !nextHop.Is4() || nextHop.IsUnspecified() {
-		// Nothing ARP can resolve (neigh_create's -EINVAL).
+	if !resolvable(nextHop) || nextHop.IsUnspecified() {
+		// Nothing ARP or NDP can resolve (neigh_create's -EINVAL).
 		skb.Free(DropNeighCreateFail)
 		return
 	}
@@ -420,7 +497,7 @@ func (t *Table) Output(nic *dev.NIC, nextHop netip.Addr, skb *buf.SKB) {
 	case Reachable, Delay, Probe, Permanent:
 		mac := e.mac
 		t.mu.Unlock()
-		t.send(nic, mac, skb)
+		t.send(nic, mac, etherType(nextHop), skb)
 		return
 	case Stale:
 		// RFC 4861 §7.3.3: sending from STALE moves to DELAY and arms
@@ -429,7 +506,7 @@ func (t *Table) Output(nic *dev.NIC, nextHop netip.Addr, skb *buf.SKB) {
 		e.timer.Reset(t.cfg.DelayProbe)
 		mac := e.mac
 		t.mu.Unlock()
-		t.send(nic, mac, skb)
+		t.send(nic, mac, etherType(nextHop), skb)
 		return
 	case Failed:
 		// __neigh_event_send: a failed entry restarts resolution.
@@ -460,17 +537,18 @@ func (t *Table) Output(nic *dev.NIC, nextHop netip.Addr, skb *buf.SKB) {
 	}
 }
 
-// send prepends the Ethernet header and hands skb to the NIC.
-func (t *Table) send(nic *dev.NIC, mac header.MAC, skb *buf.SKB) {
-	nic.HardHeader(skb, mac, header.EtherTypeIPv4)
+// send prepends the Ethernet header (EtherType of the next hop's family)
+// and hands skb to the NIC.
+func (t *Table) send(nic *dev.NIC, mac header.MAC, et header.EtherType, skb *buf.SKB) {
+	nic.HardHeader(skb, mac, et)
 	nic.Xmit(skb)
 }
 
 // flush sends the packets of q to mac (neigh_update's arp_queue drain),
 // in the order they were queued.
-func (t *Table) flush(nic *dev.NIC, mac header.MAC, q *buf.Queue) {
+func (t *Table) flush(nic *dev.NIC, mac header.MAC, et header.EtherType, q *buf.Queue) {
 	for s := q.PopFront(); s != nil; s = q.PopFront() {
-		t.send(nic, mac, s)
+		t.send(nic, mac, et, s)
 	}
 }
 
@@ -512,6 +590,9 @@ func (t *Table) timerFired(e *entry) {
 		req = t.solicitLocked(e, e.state == Probe)
 	}
 	fail := t.onFailure
+	if e.key.addr.Is6() {
+		fail = t.onFailure6
+	}
 	t.mu.Unlock()
 	if req.nic != nil {
 		t.sendRequest(req)
@@ -524,7 +605,8 @@ func (t *Table) timerFired(e *entry) {
 	}
 }
 
-// request is an ARP request decided under the lock and sent after it.
+// request is an ARP request or a Neighbor Solicitation (the target's
+// family says which) decided under the lock and sent after it.
 type request struct {
 	nic     *dev.NIC
 	target  netip.Addr
@@ -543,7 +625,11 @@ func (t *Table) solicitLocked(e *entry, unicast bool) request {
 		r.dstMAC = e.mac
 	}
 	if s := e.pending.Front(); s != nil {
-		if ip, err := header.CheckIPv4(s.Bytes()); err == nil {
+		if e.key.addr.Is6() {
+			if ip, err := header.CheckIPv6(s.Bytes()); err == nil {
+				r.srcHint = ip.Src()
+			}
+		} else if ip, err := header.CheckIPv4(s.Bytes()); err == nil {
 			r.srcHint = ip.Src()
 		}
 	}

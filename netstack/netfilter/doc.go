@@ -1,10 +1,29 @@
-// Package netfilter owns the five IPv4 hook points and what runs at them
-// (net/netfilter/core.c, nf_hook_ops; ip_tables.c; nf_nat_core.c;
-// nf_defrag_ipv4.c; ipt_REJECT, ipt_LOG, xt_MARK, ipt_MASQUERADE,
-// xt_REDIRECT, xt_TPROXY): hook functions registered with a priority and
-// called in priority order, each returning a verdict; and on top of them
-// the rule tables, reassembly before tracking, connection tracking (its
-// table lives in package conntrack) and NAT.
+// Package netfilter owns the five hook points and what runs at them
+// (net/netfilter/core.c, nf_hook_ops; ip_tables.c and ip6_tables.c;
+// nf_nat_core.c; nf_defrag_ipv4.c and nf_defrag_ipv6; ipt_REJECT and
+// ip6t_REJECT, ipt_LOG, xt_MARK, ipt_MASQUERADE, xt_REDIRECT, xt_TPROXY):
+// hook functions registered with a priority and called in priority order,
+// each returning a verdict; and on top of them the rule tables,
+// reassembly before tracking, connection tracking (its table lives in
+// package conntrack) and NAT, for IPv4 and IPv6.
+//
+// # Two families
+//
+// Each family has its own Hooks (the kernel's nf_hooks_ipv4 and
+// nf_hooks_ipv6; ipv4 runs Config.Hooks, ipv6 Config.Hooks6), so a hook
+// function written for one family never sees the other's packets. New
+// registers the same functions on both, with each family's reassembly
+// first; the functions read the packet's version. One ruleset serves both
+// families, as an nft "inet" table does: an address match (-s, -d) or a
+// NAT target of one family does not apply to the other's packets (a
+// negated address match does not match them either), -p icmp and
+// --icmp-type are ICMP's, -p icmpv6 and --icmpv6-type ICMPv6's, and
+// REJECT answers each family in its own ICMP. Conntrack is shared: IPv6
+// flows are tracked past their extension headers, ICMPv6 echo like ICMP
+// echo, ICMPv6 errors as RELATED; Neighbor Discovery and MLD are not
+// tracked. NDP messages the stack sends pass no hook (neigh sends them,
+// as it sends ARP); a DROP policy at INPUT must let ICMPv6 NDP in, as
+// with ip6tables.
 //
 // Not owned here: where the hooks sit in the packet path (ipv4 calls
 // Hooks.Run at the kernel's places), what happens to a dropped packet (the
@@ -55,10 +74,13 @@
 // Matches, each negatable with a leading "!":
 //
 //	-i NAME, -o NAME                  link; "eth+" matches every name starting "eth"
-//	-s ADDR[/LEN], -d ADDR[/LEN]      source, destination prefix
-//	-p tcp|udp|icmp|NUMBER|all        protocol
+//	-s ADDR[/LEN], -d ADDR[/LEN]      source, destination prefix (IPv4 or IPv6)
+//	-p tcp|udp|icmp|icmpv6|NUMBER|all protocol (ipv6-icmp is icmpv6)
 //	--sport P[:Q], --dport P[:Q]      port range (after -p tcp or -p udp)
 //	--icmp-type T[/C] | NAME          ICMP type and code (after -p icmp)
+//	--icmpv6-type T[/C] | NAME        ICMPv6 type and code (after -p icmpv6;
+//	                                  ip6tables' names: echo-request,
+//	                                  packet-too-big, neighbour-solicitation, ...)
 //	--tcp-flags MASK SET, --syn       TCP flags, e.g. SYN,ACK SYN (after -p tcp)
 //	--ctstate S[,S] (--state)         NEW ESTABLISHED RELATED INVALID UNTRACKED
 //	--mark V[/M]                      skb mark
@@ -68,10 +90,14 @@
 // Targets: ACCEPT, DROP, RETURN, a user chain name (jump), REJECT
 // [--reject-with icmp-port-unreachable|icmp-host-unreachable|
 // icmp-net-unreachable|icmp-proto-unreachable|icmp-admin-prohibited|
-// tcp-reset], LOG [--log-prefix TEXT], MARK --set-mark V[/M] |
+// tcp-reset; for IPv6 packets these become ICMPv6 port unreachable,
+// address unreachable, no route, Parameter Problem code 1, and
+// administratively prohibited; ip6tables' icmp6-port-unreachable,
+// icmp6-addr-unreachable, icmp6-no-route and icmp6-adm-prohibited are
+// accepted as the same], LOG [--log-prefix TEXT], MARK --set-mark V[/M] |
 // --set-xmark V[/M], SNAT --to-source A[-B][:P[-Q]], DNAT
-// --to-destination A[-B][:P[-Q]], MASQUERADE [--to-ports P[-Q]], REDIRECT
-// [--to-ports P[-Q]], DIVERT.
+// --to-destination A[-B][:P[-Q]] (IPv6: A[-B], or [A][-[B]]:P[-Q]),
+// MASQUERADE [--to-ports P[-Q]], REDIRECT [--to-ports P[-Q]], DIVERT.
 //
 // Every error is a *ParseError naming line and column, e.g.
 // "line 4, column 27: --dport needs -p tcp or -p udp before it".
@@ -89,8 +115,13 @@
 // with pseudohdr). An ICMP error about a translated flow (RELATED) has its
 // quoted datagram translated back and its checksum recomputed
 // (nf_nat_icmp_reply_translation). Fragments are reassembled at
-// PREROUTING before tracking (defrag.go); the forward path fragments
-// again when the datagram exceeds the next MTU.
+// PREROUTING before tracking (defrag.go; defrag6.go for IPv6); the
+// forward path fragments again when the datagram exceeds the next MTU
+// (for IPv6: to the size of the largest original fragment, FragMaxSize,
+// as ip6_forward does with frag_max_size; a Packet Too Big when even that
+// exceeds the next link). NAT66 (nat6.go) rewrites IPv6 addresses and
+// ports with the pseudo-header checksums of TCP, UDP and ICMPv6 updated
+// incrementally; the IPv6 header has no checksum.
 //
 // A packet out of the TCP window is INVALID for the ctstate match but is
 // still translated, so a private address never leaks (the kernel leaves
@@ -141,8 +172,8 @@
 // # Limits
 //
 // Conntrack: Config.Conntrack.Max flows (see package conntrack). Defrag:
-// DefragMemLimit bytes held (4 MiB), 256 fragments per datagram,
-// DefragTimeout (30 s). Jumps nest at most 32 deep (loops are refused at
+// DefragMemLimit bytes held (4 MiB) per family, 256 fragments per
+// datagram, DefragTimeout (30 s for IPv4, 60 s for IPv6 unless set). Jumps nest at most 32 deep (loops are refused at
 // load). LOG lines: LogRate per second, burst LogBurst; the rest are
 // counted in Stats.LogSuppressed. ParseRules: 4 MiB of text, 100000 rules.
 // Reply-to NICs: MaxReplyToNICs.

@@ -86,6 +86,9 @@ func target(c *conntrack.Conn, dir conntrack.Dir) conntrack.Tuple {
 // the flow's target tuple, updating the IP, TCP, UDP and ICMP checksums
 // incrementally (RFC 1624; nf_nat_ipv4_manip_pkt).
 func manipPkt(skb *buf.SKB, c *conntrack.Conn, dir conntrack.Dir, m conntrack.Manip) bool {
+	if isIPv6(skb) {
+		return manipPkt6(skb, c, dir, m)
+	}
 	skb.Writable()
 	ip, err := header.CheckIPv4(skb.Bytes())
 	if err != nil {
@@ -191,6 +194,9 @@ func updateL4Csum(f []byte, partial bool, oldA, newA netip.Addr, oldP, newP uint
 // header like any packet of the flow. The ICMP checksum is recomputed over
 // the message, as the kernel does.
 func (nf *Netfilter) icmpReplyTranslation(skb *buf.SKB, c *conntrack.Conn, dir conntrack.Dir, m conntrack.Manip) bool {
+	if isIPv6(skb) {
+		return icmpReplyTranslation6(skb, c, dir, m)
+	}
 	skb.Writable()
 	ip, err := header.CheckIPv4(skb.Bytes())
 	if err != nil || ip.Protocol() != header.ProtoICMP || ip.FragOffset() != 0 {
@@ -220,6 +226,12 @@ func (nf *Netfilter) icmpReplyTranslation(skb *buf.SKB, c *conntrack.Conn, dir c
 		ip.SetDst(t.Dst)
 	}
 	return true
+}
+
+// isIPv6 reports whether skb's bytes are an IPv6 packet (by version).
+func isIPv6(skb *buf.SKB) bool {
+	b := skb.Bytes()
+	return len(b) > 0 && b[0]>>4 == 6
 }
 
 // innerPort is the port (or ICMP identifier) the quoted datagram gets.

@@ -32,7 +32,11 @@ type Sender interface {
 // Config wires a Netfilter to its stack.
 type Config struct {
 	Hooks *Hooks
-	Clock clock.Clock
+	// Hooks6 are the IPv6 hooks (nf_hooks_ipv6), nil for none: the same
+	// functions run there for IPv6 packets, with IPv6 reassembly
+	// (nf_defrag_ipv6) in place of IPv4's.
+	Hooks6 *Hooks
+	Clock  clock.Clock
 	// Devices names links for -i/-o and gives MASQUERADE and REDIRECT
 	// their addresses.
 	Devices *dev.Devices
@@ -41,8 +45,10 @@ type Config struct {
 	FIB   *route.Table
 	Neigh *neigh.Table
 	// Sender sends REJECT's ICMP errors; it may be set later (SetSender),
-	// since the IPv4 layer is built after the hooks.
-	Sender Sender
+	// since the IPv4 layer is built after the hooks. Sender6 sends its
+	// ICMPv6 errors (the IPv6 layer; SetSender6).
+	Sender  Sender
+	Sender6 Sender
 	// Conntrack configures the connection table.
 	Conntrack conntrack.Config
 	// Logger receives LOG lines; nil = slog.Default().
@@ -64,6 +70,7 @@ type Netfilter struct {
 	fib    *route.Table
 	neigh  *neigh.Table
 	send   atomic.Pointer[Sender]
+	send6  atomic.Pointer[Sender]
 	ct     *conntrack.Table
 	rules  atomic.Pointer[Ruleset]
 	loadMu sync.Mutex // Load and SetReplyTo
@@ -73,6 +80,7 @@ type Netfilter struct {
 	logger  *slog.Logger
 	logRL   bucket
 	defrag  defrag
+	frag6   defrag6
 	stats   counters
 	drops   buf.DropStats
 }
@@ -102,6 +110,9 @@ func New(cfg Config) *Netfilter {
 	if cfg.Sender != nil {
 		nf.SetSender(cfg.Sender)
 	}
+	if cfg.Sender6 != nil {
+		nf.SetSender6(cfg.Sender6)
+	}
 	nf.ct = conntrack.New(cfg.Clock, cfg.Conntrack)
 	rate, burst := cfg.LogRate, cfg.LogBurst
 	if rate <= 0 {
@@ -112,21 +123,28 @@ func New(cfg Config) *Netfilter {
 	}
 	nf.logRL.init(cfg.Clock, rate, burst)
 	nf.defrag.init(nf, cfg.DefragTimeout, cfg.DefragMemLimit)
+	nf.frag6.init(nf, cfg.DefragTimeout, cfg.DefragMemLimit)
 	rs := NewRuleset()
 	_ = rs.compile()
 	nf.rules.Store(rs)
 	nf.replyTo.Store(&[]int{})
 	if cfg.Hooks != nil {
-		nf.register(cfg.Hooks)
+		nf.register(cfg.Hooks, nf.defragHook)
+	}
+	if cfg.Hooks6 != nil {
+		nf.register(cfg.Hooks6, nf.defrag6Hook)
 	}
 	return nf
 }
 
-func (nf *Netfilter) register(h *Hooks) {
+// register puts the engine's functions on h; defrag is the family's
+// reassembly before conntrack. The other functions read the packet's
+// version and serve both families.
+func (nf *Netfilter) register(h *Hooks, defrag Func) {
 	reg := func(hook Hook, pri int, name string, fn Func) {
 		h.Register(Ops{Hook: hook, Priority: pri, Name: name, Fn: fn})
 	}
-	reg(PreRouting, PriConntrackDefrag, "defrag", nf.defragHook)
+	reg(PreRouting, PriConntrackDefrag, "defrag", defrag)
 	for _, hk := range []Hook{PreRouting, LocalOut} {
 		reg(hk, PriConntrack, "conntrack", nf.conntrackIn)
 		reg(hk, PriNATDst, "nat-dst", nf.natDst)
@@ -146,8 +164,18 @@ func (nf *Netfilter) register(h *Hooks) {
 // SetSender sets the ICMP sender of REJECT.
 func (nf *Netfilter) SetSender(s Sender) { nf.send.Store(&s) }
 
+// SetSender6 sets the ICMPv6 sender of REJECT.
+func (nf *Netfilter) SetSender6(s Sender) { nf.send6.Store(&s) }
+
 func (nf *Netfilter) sender() Sender {
 	if p := nf.send.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (nf *Netfilter) sender6() Sender {
+	if p := nf.send6.Load(); p != nil {
 		return *p
 	}
 	return nil
@@ -191,6 +219,8 @@ func (nf *Netfilter) Stats() Stats {
 		ResetsSent: nf.stats.resets.Load(), NATFailed: nf.stats.natFailed.Load(), MangleFailed: nf.stats.mangleFailed.Load(),
 		ConntrackFullDrops: nf.stats.ctDrops.Load(), Conntrack: nf.ct.Stats()}
 	s.DefragReqds, s.DefragOKs, s.DefragFails, s.DefragTimeouts = nf.defrag.stats()
+	r6, o6, f6, t6 := nf.frag6.stats()
+	s.DefragReqds, s.DefragOKs, s.DefragFails, s.DefragTimeouts = s.DefragReqds+r6, s.DefragOKs+o6, s.DefragFails+f6, s.DefragTimeouts+t6
 	return s
 }
 
@@ -267,7 +297,7 @@ func (nf *Netfilter) getPkt(skb *buf.SKB, st *State) *pkt {
 	p := pktPool.Get().(*pkt)
 	*p = pkt{nf: nf, skb: skb, st: st}
 	err := conntrack.Parse(skb.Bytes(), &p.ct)
-	if p.ct.IP != nil {
+	if p.ct.IP != nil || p.ct.IP6 != nil {
 		p.ok = true
 		p.src, p.dst, p.proto, p.length = p.ct.Tuple.Src, p.ct.Tuple.Dst, p.ct.Tuple.Proto, p.ct.Length
 		if err == nil && (p.proto == header.ProtoTCP || p.proto == header.ProtoUDP) {
@@ -513,8 +543,15 @@ func (nf *Netfilter) confirm(skb *buf.SKB, st *State) Verdict {
 
 // linkAddr is the address MASQUERADE and REDIRECT use on a link: the
 // first address whose prefix holds peer, else the first address
-// (inet_select_addr).
+// (inet_select_addr); for an IPv6 peer, RFC 6724's choice among the
+// link's addresses (ipv6_dev_get_saddr, as nf_nat_masquerade_ipv6).
 func (nf *Netfilter) linkAddr(nicID int, peer netip.Addr) (netip.Addr, bool) {
+	if peer.Is6() {
+		if nf.fib == nil {
+			return netip.Addr{}, false
+		}
+		return nf.fib.SelectSource6(nicID, peer)
+	}
 	if nf.devs == nil {
 		return netip.Addr{}, false
 	}
@@ -547,7 +584,7 @@ func (nf *Netfilter) log(p *pkt, prefix string) {
 	nf.logger.Info("netfilter", slog.String("prefix", prefix), slog.String("hook", p.st.Hook.String()),
 		slog.String("in", p.linkName(false)), slog.String("out", p.linkName(true)),
 		slog.String("src", p.src.String()), slog.String("dst", p.dst.String()),
-		slog.Int("len", p.length), slog.String("proto", protoName(p.proto)),
+		slog.Int("len", p.length), slog.String("proto", header.ProtoName(p.proto)),
 		slog.Int("sport", int(p.sport)), slog.Int("dport", int(p.dport)),
 		slog.Uint64("mark", uint64(p.skb.Mark)), slog.String("ctstate", p.ctState().String()))
 }

@@ -364,6 +364,19 @@ func (p *parser) rule(at token) error {
 				return p.errAt(a, "%v", err)
 			}
 			add(m)
+		case "--icmpv6-type":
+			if !protoSet || proto != header.ProtoICMPv6 {
+				return p.errAt(t, "--icmpv6-type needs -p icmpv6 before it")
+			}
+			a, err := p.arg(t)
+			if err != nil {
+				return err
+			}
+			m, err := parseICMPv6Type(a.s)
+			if err != nil {
+				return p.errAt(a, "%v", err)
+			}
+			add(m)
 		case "--tcp-flags", "--syn":
 			if !protoSet || proto != header.ProtoTCP {
 				return p.errAt(t, "%s needs -p tcp before it", t.s)
@@ -520,6 +533,9 @@ func (p *parser) targetOption(r *Rule, t token) error {
 	case *Reject:
 		if t.s == "--reject-with" {
 			i := indexOf(rejectNames[:], a.s)
+			if w, ok := rejectNames6[a.s]; ok {
+				i = int(w)
+			}
 			if i < 0 {
 				return p.errAt(a, "unknown --reject-with %q (%s)", a.s, strings.Join(rejectNames[:], ", "))
 			}
@@ -600,19 +616,25 @@ func (p *parser) checkTarget(r *Rule, at token) error {
 	return nil
 }
 
+// parsePrefix parses an IPv4 or IPv6 address or prefix (IPv4-mapped and
+// zoned IPv6 addresses are refused).
 func parsePrefix(s string) (netip.Prefix, error) {
+	fam := "IPv4"
+	if strings.Contains(s, ":") {
+		fam = "IPv6"
+	}
 	if strings.Contains(s, "/") {
 		pf, err := netip.ParsePrefix(s)
-		if err != nil || !pf.Addr().Is4() {
-			return netip.Prefix{}, fmt.Errorf("bad IPv4 prefix %q", s)
+		if err != nil || pf.Addr().Is4In6() {
+			return netip.Prefix{}, fmt.Errorf("bad %s prefix %q", fam, s)
 		}
 		return pf.Masked(), nil
 	}
 	a, err := netip.ParseAddr(s)
-	if err != nil || !a.Is4() {
-		return netip.Prefix{}, fmt.Errorf("bad IPv4 address %q", s)
+	if err != nil || a.Is4In6() || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("bad %s address %q", fam, s)
 	}
-	return netip.PrefixFrom(a, 32), nil
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 func parseProto(s string) (uint8, bool) {
@@ -623,6 +645,8 @@ func parseProto(s string) (uint8, bool) {
 		return header.ProtoUDP, true
 	case "icmp":
 		return header.ProtoICMP, true
+	case "icmpv6", "ipv6-icmp", "icmp6":
+		return header.ProtoICMPv6, true
 	}
 	n, err := strconv.ParseUint(s, 10, 8)
 	if err != nil || n == 0 {
@@ -663,6 +687,47 @@ var icmpNames = map[string]ICMPTypeMatch{
 	"time-exceeded":           {Type: header.ICMPv4TimeExceeded, AnyCode: true},
 	"ttl-exceeded":            {Type: header.ICMPv4TimeExceeded, Code: header.ICMPv4TTLExceeded},
 	"parameter-problem":       {Type: header.ICMPv4ParamProblem, AnyCode: true},
+}
+
+var icmpv6Names = map[string]ICMPTypeMatch{
+	"destination-unreachable":  {Type: header.ICMPv6DstUnreachable, AnyCode: true, V6: true},
+	"no-route":                 {Type: header.ICMPv6DstUnreachable, Code: header.ICMPv6NoRoute, V6: true},
+	"communication-prohibited": {Type: header.ICMPv6DstUnreachable, Code: header.ICMPv6AdminProhibited, V6: true},
+	"address-unreachable":      {Type: header.ICMPv6DstUnreachable, Code: header.ICMPv6AddrUnreachable, V6: true},
+	"port-unreachable":         {Type: header.ICMPv6DstUnreachable, Code: header.ICMPv6PortUnreachable, V6: true},
+	"packet-too-big":           {Type: header.ICMPv6PacketTooBig, AnyCode: true, V6: true},
+	"time-exceeded":            {Type: header.ICMPv6TimeExceeded, AnyCode: true, V6: true},
+	"ttl-exceeded":             {Type: header.ICMPv6TimeExceeded, Code: header.ICMPv6HopLimitExceeded, V6: true},
+	"parameter-problem":        {Type: header.ICMPv6ParamProblem, AnyCode: true, V6: true},
+	"echo-request":             {Type: header.ICMPv6EchoRequest, AnyCode: true, V6: true},
+	"echo-reply":               {Type: header.ICMPv6EchoReply, AnyCode: true, V6: true},
+	"router-solicitation":      {Type: header.ICMPv6RouterSolicit, AnyCode: true, V6: true},
+	"router-advertisement":     {Type: header.ICMPv6RouterAdvert, AnyCode: true, V6: true},
+	"neighbour-solicitation":   {Type: header.ICMPv6NeighborSolicit, AnyCode: true, V6: true},
+	"neighbour-advertisement":  {Type: header.ICMPv6NeighborAdvert, AnyCode: true, V6: true},
+	"redirect":                 {Type: header.ICMPv6Redirect, AnyCode: true, V6: true},
+}
+
+// parseICMPv6Type parses --icmpv6-type: a name (ip6tables') or T[/C].
+func parseICMPv6Type(s string) (ICMPTypeMatch, error) {
+	if m, ok := icmpv6Names[s]; ok {
+		return m, nil
+	}
+	m, err := parseICMPType(s)
+	if err != nil || icmpNames[s] != (ICMPTypeMatch{}) {
+		return ICMPTypeMatch{}, fmt.Errorf("unknown ICMPv6 type %q", s)
+	}
+	m.V6 = true
+	return m, nil
+}
+
+// rejectNames6 are ip6t_REJECT's names, mapped to the same RejectWith
+// values (REJECT answers each family in its own ICMP).
+var rejectNames6 = map[string]RejectWith{
+	"icmp6-port-unreachable": RejectPortUnreachable,
+	"icmp6-addr-unreachable": RejectHostUnreachable,
+	"icmp6-no-route":         RejectNetUnreachable,
+	"icmp6-adm-prohibited":   RejectAdminProhibited,
 }
 
 func parseICMPType(s string) (ICMPTypeMatch, error) {
@@ -718,19 +783,38 @@ func parseMark(s string) (v, m uint32, err error) {
 	return uint32(v64), uint32(m64), nil
 }
 
-// parseNATRange parses a[-b][:p[-q]].
+// parseNATRange parses a[-b][:p[-q]]; for IPv6, ip6tables' forms
+// a[-b] (no ports) and [a][-[b]][:p[-q]].
 func parseNATRange(s string) (NATRange, error) {
 	var r NATRange
 	as, ps, hasPorts := strings.Cut(s, ":")
+	if strings.HasPrefix(s, "[") {
+		i := strings.LastIndex(s, "]")
+		if i < 0 {
+			return r, fmt.Errorf("bad IPv6 address range %q", s)
+		}
+		as, ps, hasPorts = strings.NewReplacer("[", "", "]", "").Replace(s[:i+1]), "", false
+		if rest := s[i+1:]; rest != "" {
+			if !strings.HasPrefix(rest, ":") {
+				return r, fmt.Errorf("bad IPv6 address range %q", s)
+			}
+			ps, hasPorts = rest[1:], true
+		}
+	} else if strings.Count(s, ":") > 1 {
+		as, ps, hasPorts = s, "", false // an IPv6 range without ports
+	}
 	lo, hi, isRange := strings.Cut(as, "-")
 	a, err := netip.ParseAddr(lo)
-	if err != nil || !a.Is4() {
+	if err != nil || a.Is4In6() || a.Zone() != "" {
+		if strings.Contains(lo, ":") {
+			return r, fmt.Errorf("bad IPv6 address %q", lo)
+		}
 		return r, fmt.Errorf("bad IPv4 address %q", lo)
 	}
 	r.Min, r.Max = a, a
 	if isRange {
 		b, err := netip.ParseAddr(hi)
-		if err != nil || !b.Is4() || b.Less(a) {
+		if err != nil || b.Is4() != a.Is4() || b.Zone() != "" || b.Less(a) {
 			return r, fmt.Errorf("bad address range %q", as)
 		}
 		r.Max = b

@@ -9,7 +9,8 @@ import (
 // DropResetNoRoute counts resets REJECT could not route.
 var DropResetNoRoute = buf.NewDropReason("NF_REJECT_RST_NO_ROUTE")
 
-// sendReset answers a TCP segment with a reset (nf_send_reset). The reset
+// sendReset answers a TCP segment with a reset (nf_send_reset, or
+// nf_send_reset6 for an IPv6 segment). The reset
 // carries the flow's addresses as the sender knows them (its original
 // tuple, so a reset for a DNATed flow comes from the address the client
 // dialled) and is routed and handed to the neighbour layer directly; it
@@ -51,15 +52,24 @@ func (nf *Netfilter) sendReset(p *pkt) {
 			f.Ack++
 		}
 	}
-	skb := buf.Alloc(buf.MaxHeadroom, header.IPv4MinSize+header.TCPMinSize)
-	b := skb.Put(header.IPv4MinSize + header.TCPMinSize)
-	header.IPv4(b).Encode(header.IPv4Fields{TotalLen: uint16(len(b)), DF: true, TTL: 64, Protocol: header.ProtoTCP, Src: src, Dst: dst})
-	th := header.TCP(b[header.IPv4MinSize:])
+	hl, et := header.IPv4MinSize, header.EtherTypeIPv4
+	if dst.Is6() {
+		hl, et = header.IPv6MinSize, header.EtherTypeIPv6
+	}
+	skb := buf.Alloc(buf.MaxHeadroom, hl+header.TCPMinSize)
+	b := skb.Put(hl + header.TCPMinSize)
+	if dst.Is6() {
+		// nf_send_reset6: hop limit as the stack's default.
+		header.IPv6(b).Encode(header.IPv6Fields{PayloadLen: header.TCPMinSize, NextHeader: header.ProtoTCP, HopLimit: 64, Src: src, Dst: dst})
+	} else {
+		header.IPv4(b).Encode(header.IPv4Fields{TotalLen: uint16(len(b)), DF: true, TTL: 64, Protocol: header.ProtoTCP, Src: src, Dst: dst})
+	}
+	th := header.TCP(b[hl:])
 	th.Encode(f)
 	th.SetChecksum(src, dst)
 	skb.SetNetworkHeader()
-	skb.SetTransportHeaderAt(header.IPv4MinSize)
-	skb.Protocol = uint16(header.EtherTypeIPv4)
+	skb.SetTransportHeaderAt(hl)
+	skb.Protocol = uint16(et)
 	skb.OutNIC = res.NIC
 	skb.Drops = &nf.drops
 	nf.stats.resets.Add(1)

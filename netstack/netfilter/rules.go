@@ -58,6 +58,11 @@ func (m AddrMatch) match(p *pkt) bool {
 	return m.Prefix.Contains(p.src)
 }
 
+// applies reports whether the match speaks of p's family: a prefix of
+// the other family neither matches nor, negated, matches (nft's inet
+// "ip saddr" on an IPv6 packet), so one ruleset serves both families.
+func (m AddrMatch) applies(p *pkt) bool { return m.Prefix.Addr().Is4() == p.src.Is4() }
+
 func (m AddrMatch) String() string {
 	if m.Dst {
 		return "-d " + m.Prefix.String()
@@ -69,7 +74,7 @@ func (m AddrMatch) String() string {
 type ProtoMatch struct{ Proto uint8 }
 
 func (m ProtoMatch) match(p *pkt) bool { return p.proto == m.Proto }
-func (m ProtoMatch) String() string    { return "-p " + protoName(m.Proto) }
+func (m ProtoMatch) String() string    { return "-p " + header.ProtoName(m.Proto) }
 
 // PortMatch matches a TCP or UDP source (--sport) or destination
 // (--dport) port in [Min, Max]. Packets without ports never match.
@@ -100,25 +105,36 @@ func (m PortMatch) String() string {
 	return fmt.Sprintf("%s%d:%d", opt, m.Min, m.Max)
 }
 
-// ICMPTypeMatch matches an ICMP type and, unless AnyCode, code (--icmp-type).
+// ICMPTypeMatch matches an ICMP type and, unless AnyCode, code
+// (--icmp-type), or with V6 an ICMPv6 type and code (--icmpv6-type).
 type ICMPTypeMatch struct {
 	Type, Code uint8
 	AnyCode    bool
+	V6         bool
 }
 
 func (m ICMPTypeMatch) match(p *pkt) bool {
-	ic := p.ct.ICMP
-	if p.proto != header.ProtoICMP || ic == nil {
+	var typ, code uint8
+	switch {
+	case m.V6 && p.proto == header.ProtoICMPv6 && p.ct.ICMP6 != nil:
+		typ, code = p.ct.ICMP6.Type(), p.ct.ICMP6.Code()
+	case !m.V6 && p.proto == header.ProtoICMP && p.ct.ICMP != nil:
+		typ, code = p.ct.ICMP.Type(), p.ct.ICMP.Code()
+	default:
 		return false
 	}
-	return ic.Type() == m.Type && (m.AnyCode || ic.Code() == m.Code)
+	return typ == m.Type && (m.AnyCode || code == m.Code)
 }
 
 func (m ICMPTypeMatch) String() string {
-	if m.AnyCode {
-		return fmt.Sprintf("--icmp-type %d", m.Type)
+	opt := "--icmp-type"
+	if m.V6 {
+		opt = "--icmpv6-type"
 	}
-	return fmt.Sprintf("--icmp-type %d/%d", m.Type, m.Code)
+	if m.AnyCode {
+		return fmt.Sprintf("%s %d", opt, m.Type)
+	}
+	return fmt.Sprintf("%s %d/%d", opt, m.Type, m.Code)
 }
 
 // TCPFlagsMatch matches TCP segments whose flags under Mask equal Set
@@ -193,8 +209,13 @@ func (m LengthMatch) String() string    { return fmt.Sprintf("--length %d:%d", m
 // Not negates a match ("!").
 type Not struct{ M Match }
 
-func (m Not) match(p *pkt) bool { return !m.M.match(p) }
-func (m Not) String() string    { return "! " + m.M.String() }
+func (m Not) match(p *pkt) bool {
+	if a, ok := m.M.(interface{ applies(*pkt) bool }); ok && !a.applies(p) {
+		return false
+	}
+	return !m.M.match(p)
+}
+func (m Not) String() string { return "! " + m.M.String() }
 
 // Rule is one entry of a chain (struct ipt_entry): every match must hold
 // for the target to run. Its counters count the packets that matched.
@@ -222,18 +243,6 @@ func (r *Rule) String() string {
 		b.WriteString(r.Target.String())
 	}
 	return strings.TrimSpace(b.String())
-}
-
-func protoName(p uint8) string {
-	switch p {
-	case header.ProtoTCP:
-		return "tcp"
-	case header.ProtoUDP:
-		return "udp"
-	case header.ProtoICMP:
-		return "icmp"
-	}
-	return fmt.Sprint(p)
 }
 
 // ctInfoState maps conntrack's Info to the ctstate bit.

@@ -88,6 +88,15 @@ var rejectNames = [...]string{"icmp-port-unreachable", "icmp-host-unreachable", 
 var rejectCodes = [...]uint8{header.ICMPv4PortUnreachable, header.ICMPv4HostUnreachable, header.ICMPv4NetUnreachable,
 	header.ICMPv4ProtoUnreachable, header.ICMPv4AdminProhibited}
 
+// rejectCodes6 are the ICMPv6 Destination Unreachable codes (RFC 4443
+// §3.1) REJECT sends for an IPv6 packet (ip6t_REJECT's icmp6-port-
+// unreachable, icmp6-addr-unreachable, icmp6-no-route, icmp6-adm-
+// prohibited). ICMPv6 has no protocol unreachable: RFC 8200 §4 answers
+// an unrecognised Next Header with Parameter Problem code 1 instead,
+// which REJECT sends for icmp-proto-unreachable.
+var rejectCodes6 = [...]uint8{header.ICMPv6PortUnreachable, header.ICMPv6AddrUnreachable, header.ICMPv6NoRoute,
+	0, header.ICMPv6AdminProhibited}
+
 func (w RejectWith) String() string {
 	if int(w) < len(rejectNames) {
 		return rejectNames[w]
@@ -109,6 +118,17 @@ func (t *Reject) target(p *pkt) verdict {
 	if t.With == RejectTCPReset {
 		if p.proto == header.ProtoTCP && p.ct.TCP != nil {
 			p.nf.sendReset(p)
+		}
+		return dropV(DropReject)
+	}
+	if p.ct.IP6 != nil {
+		if s := p.nf.sender6(); s != nil {
+			p.skb.SetNetworkHeader()
+			if t.With == RejectProtoUnreachable {
+				s.SendICMPError(p.skb, header.ICMPv6ParamProblem, header.ICMPv6UnknownNextHeader, header.IPv6NextHeaderOffset)
+			} else {
+				s.SendICMPError(p.skb, header.ICMPv6DstUnreachable, rejectCodes6[t.With], 0)
+			}
 		}
 		return dropV(DropReject)
 	}
@@ -157,6 +177,12 @@ func (r NATRange) String() string {
 	s := r.Min.String()
 	if r.Max.IsValid() && r.Max != r.Min {
 		s += "-" + r.Max.String()
+	}
+	if r.Min.Is6() && (r.MinPort != 0 || r.MaxPort != 0) {
+		s = "[" + r.Min.String() + "]"
+		if r.Max.IsValid() && r.Max != r.Min {
+			s += "-[" + r.Max.String() + "]"
+		}
 	}
 	if r.MinPort != 0 || r.MaxPort != 0 {
 		s += fmt.Sprintf(":%d", r.MinPort)
@@ -248,10 +274,16 @@ func (*Divert) target(p *pkt) verdict {
 }
 
 // bind sets up the NAT binding of a new flow (nf_nat_setup_info): only
-// the first packet of a flow consults the nat table.
+// the first packet of a flow consults the nat table. A rule whose
+// addresses are of the other family does not apply to the packet: the
+// evaluation continues (one ruleset serves both families, as nft's inet
+// tables do).
 func (p *pkt) bind(m conntrack.Manip, r conntrack.Range) verdict {
 	if p.conn == nil {
 		return acceptV // untracked: nothing to translate
+	}
+	if r.Min.IsValid() && r.Min.Is4() != p.src.Is4() {
+		return continueV
 	}
 	if err := p.nf.ct.BindNAT(p.conn, m, r); err != nil {
 		p.nf.stats.natFailed.Add(1)

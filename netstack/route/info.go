@@ -30,7 +30,13 @@ func (t *Table) Locals() []LocalEntry {
 	s := t.load()
 	out := make([]LocalEntry, 0, len(ls))
 	for _, l := range ls {
-		nic, ok := s.local[key(l.addr)]
+		var nic int
+		var ok bool
+		if l.addr.Is4() {
+			nic, ok = s.local[key(l.addr)]
+		} else {
+			nic, ok = s.v6.local[l.addr]
+		}
 		out = append(out, LocalEntry{Addr: l.addr, NIC: l.nic, Primary: ok && nic == l.nic})
 	}
 	return out

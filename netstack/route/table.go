@@ -45,15 +45,18 @@ type snapshot struct {
 	// (wider than /31, RFC 3021) to the NIC of that prefix, as
 	// fib_add_ifaddr adds RTN_BROADCAST entries to the local table.
 	bcast map[uint32]int
-	// nicAddrs lists each NIC's addresses in AddLocal order; the first is
-	// the NIC's primary address, the default output source.
+	// nicAddrs lists each NIC's IPv4 addresses in AddLocal order; the
+	// first is the NIC's primary address, the default output source.
 	nicAddrs map[int][]netip.Addr
+	// v6 is the IPv6 half (table6.go).
+	v6 snapshot6
 }
 
 var emptySnapshot = &snapshot{
 	local:    map[uint32]int{},
 	bcast:    map[uint32]int{},
 	nicAddrs: map[int][]netip.Addr{},
+	v6:       emptySnapshot6,
 }
 
 // NewTable returns an empty FIB.
@@ -83,9 +86,18 @@ func addrOf(k uint32) netip.Addr {
 
 // Add inserts r into the main table. The prefix is stored masked. A route
 // with the same prefix, NIC and metric already present is ErrExists.
+// Prefix, gateway and source are of one family; an IPv6 route's are
+// neither IPv4-mapped nor multicast (nor a multicast prefix).
 func (t *Table) Add(r Route) error {
-	if !r.Dst.IsValid() || !r.Dst.Addr().Is4() {
+	if !r.Dst.IsValid() || !(r.Dst.Addr().Is4() || valid6(r.Dst.Addr())) {
 		return ErrInvalid
+	}
+	v4 := r.Dst.Addr().Is4()
+	sameFamily := func(a netip.Addr) bool {
+		if v4 {
+			return a.Is4()
+		}
+		return valid6(a)
 	}
 	r.Dst = r.Dst.Masked()
 	switch r.Type {
@@ -93,7 +105,7 @@ func (t *Table) Add(r Route) error {
 		if r.NIC <= 0 {
 			return ErrInvalid
 		}
-		if r.Gateway.IsValid() && !r.Gateway.Is4() {
+		if r.Gateway.IsValid() && !sameFamily(r.Gateway) {
 			return ErrInvalid
 		}
 	case Unreachable, Blackhole, Prohibit:
@@ -103,7 +115,7 @@ func (t *Table) Add(r Route) error {
 		// connected prefixes, not from Add.
 		return ErrInvalid
 	}
-	if r.Src.IsValid() && !r.Src.Is4() {
+	if r.Src.IsValid() && !sameFamily(r.Src) {
 		return ErrInvalid
 	}
 	if r.MTU < 0 {
@@ -126,7 +138,7 @@ func (t *Table) Add(r Route) error {
 
 // Remove deletes the routes to dst through nic (nic 0: through any NIC).
 func (t *Table) Remove(dst netip.Prefix, nic int) error {
-	if !dst.IsValid() || !dst.Addr().Is4() {
+	if !dst.IsValid() || !(dst.Addr().Is4() || valid6(dst.Addr())) {
 		return ErrInvalid
 	}
 	dst = dst.Masked()
@@ -165,10 +177,14 @@ func (t *Table) Routes() []Route {
 // address: Output uses it as the source when neither the flow nor the
 // route names one (a simplification of inet_select_addr, which prefers an
 // address in the next hop's subnet; give the route a Src to choose
-// differently). Adding a pair already present, a non-IPv4 or unspecified
-// address, or more than MaxLocal entries does nothing.
+// differently). IPv6 addresses are listed apart: they have no primary,
+// Output picks among them by RFC 6724. Adding a pair already present, an
+// address that is not IPv4 or unicast IPv6 (IPv4-mapped addresses are
+// neither), the unspecified address, or more than MaxLocal entries does
+// nothing. A zone is dropped: NIC IDs carry the scope here.
 func (t *Table) AddLocal(a netip.Addr, nic int) {
-	if !a.Is4() || a.IsUnspecified() {
+	a = a.WithZone("")
+	if !(a.Is4() || valid6(a)) || a.IsUnspecified() {
 		return
 	}
 	t.mu.Lock()
@@ -191,6 +207,7 @@ func (t *Table) RemoveLocal(a netip.Addr) { t.RemoveLocalFrom(a, 0) }
 // RemoveLocalFrom removes a from nic's addresses (nic 0: from every NIC);
 // the address stays local while another NIC has it.
 func (t *Table) RemoveLocalFrom(a netip.Addr, nic int) {
+	a = a.WithZone("")
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := len(t.locals)
@@ -218,6 +235,9 @@ func (t *Table) publish() {
 		nicAddrs: map[int][]netip.Addr{},
 	}
 	for _, r := range t.routes {
+		if !r.Dst.Addr().Is4() {
+			continue
+		}
 		l := r.Dst.Bits()
 		if s.byLen[l] == nil {
 			s.byLen[l] = map[uint32][]Route{}
@@ -235,11 +255,15 @@ func (t *Table) publish() {
 		}
 	}
 	for _, la := range t.locals {
+		if !la.addr.Is4() {
+			continue
+		}
 		if _, ok := s.local[key(la.addr)]; !ok {
 			s.local[key(la.addr)] = la.nic
 		}
 		s.nicAddrs[la.nic] = append(s.nicAddrs[la.nic], la.addr)
 	}
+	t.publish6(s)
 	t.snap.Store(s)
 }
 
@@ -275,22 +299,24 @@ func (s *snapshot) primary(nic int) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// IsLocal reports whether a is an address of the stack.
+// IsLocal reports whether a is an address of the stack (of either family).
 func (t *Table) IsLocal(a netip.Addr) bool {
-	if !a.Is4() {
-		return false
-	}
-	_, ok := t.load().local[key(a)]
+	_, ok := t.LocalNIC(a)
 	return ok
 }
 
-// LocalNIC returns the NIC owning local address a.
+// LocalNIC returns the NIC owning local address a (the first it was
+// added to).
 func (t *Table) LocalNIC(a netip.Addr) (int, bool) {
-	if !a.Is4() {
-		return 0, false
+	switch {
+	case a.Is4():
+		nic, ok := t.load().local[key(a)]
+		return nic, ok
+	case a.Is6():
+		nic, ok := t.load().v6.local[a.WithZone("")]
+		return nic, ok
 	}
-	nic, ok := t.load().local[key(a)]
-	return nic, ok
+	return 0, false
 }
 
 // IsBroadcast reports whether a is the limited broadcast or the directed
@@ -306,14 +332,17 @@ func (t *Table) IsBroadcast(a netip.Addr) bool {
 	return ok
 }
 
-// PrimaryAddr is the first address AddLocal registered for nic, the source
-// of packets the stack originates on it (ICMP errors about packets that
-// arrived on nic, ARP requests).
+// PrimaryAddr is the first IPv4 address AddLocal registered for nic, the
+// source of IPv4 packets the stack originates on it (ICMP errors about
+// packets that arrived on nic, ARP requests). IPv6 has no primary
+// address: see SelectSource6.
 func (t *Table) PrimaryAddr(nic int) (netip.Addr, bool) { return t.load().primary(nic) }
 
-// Addresses returns the local addresses of nic, primary first.
+// Addresses returns the local addresses of nic: its IPv4 addresses,
+// primary first, then its IPv6 addresses in the order added.
 func (t *Table) Addresses(nic int) []netip.Addr {
-	return slices.Clone(t.load().nicAddrs[nic])
+	s := t.load()
+	return append(slices.Clone(s.nicAddrs[nic]), s.v6.nicAddrs[nic]...)
 }
 
 // routeError maps an error route type to its failure (fib_props[].error).
@@ -333,6 +362,9 @@ func routeError(ty Type) error {
 // broadcast addresses, then the main table. The bool is false when nothing
 // matches; error routes are returned with their Type.
 func (t *Table) Lookup(dst netip.Addr) (Result, bool) {
+	if dst.Is6() {
+		return t.load().lookup6(dst.WithZone(""))
+	}
 	if !dst.Is4() {
 		return Result{}, false
 	}
@@ -375,6 +407,9 @@ func unicastResult(s *snapshot, r Route, dst netip.Addr) Result {
 // rule whose table has no match falls through to the main table.
 // Error routes are skipped: they name no NIC.
 func (t *Table) Via(dst netip.Addr, nic int) (Result, bool) {
+	if dst.Is6() && nic > 0 {
+		return t.load().via6(dst.WithZone(""), nic)
+	}
 	if !dst.Is4() || nic <= 0 {
 		return Result{}, false
 	}
@@ -410,6 +445,9 @@ func isMulticast(k uint32) bool { return k>>28 == 0xe } // 224/4
 // Type Local (the caller loops it back); its source defaults to the
 // destination, as Linux does.
 func (t *Table) Output(fl Flow) (Result, error) {
+	if fl.Dst.Is6() {
+		return t.load().output6(fl)
+	}
 	if !fl.Dst.Is4() {
 		return Result{}, ErrInvalid
 	}
@@ -503,6 +541,9 @@ func withSource(s *snapshot, res Result, fl Flow) (Result, error) {
 // (forward to Result.NIC/NextHop). Whether forwarding is enabled, and the
 // reverse-path filter, are the caller's policy (see ReversePathOK).
 func (t *Table) Input(src, dst netip.Addr, inNIC int) (Result, error) {
+	if dst.Is6() {
+		return t.load().input6(src, dst, inNIC)
+	}
 	if !src.Is4() {
 		return Result{}, ErrMartianSource
 	}
@@ -567,6 +608,9 @@ func (t *Table) Input(src, dst netip.Addr, inNIC int) (Result, error) {
 // source with no route, or one reached through an error route, fails.
 // Among equal-length routes any one through inNIC passes (multipath).
 func (t *Table) ReversePathOK(src netip.Addr, inNIC int) bool {
+	if src.Is6() {
+		return t.load().reversePathOK6(src, inNIC)
+	}
 	if !src.Is4() {
 		return false
 	}

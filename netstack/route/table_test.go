@@ -153,7 +153,8 @@ func TestOutput(t *testing.T) {
 		{"multicast not routed", Flow{Dst: a("224.0.0.1")}, Result{}, ErrMulticast},
 		{"0/8 destination", Flow{Dst: a("0.1.2.3")}, Result{}, ErrMartianDest},
 		{"no source on NIC 3", Flow{Dst: a("10.1.0.77")}, Result{}, ErrNoSource},
-		{"ipv6", Flow{Dst: a("::1")}, Result{}, ErrInvalid},
+		{"ipv6 loopback is not ours", Flow{Dst: a("::1")}, Result{}, ErrMartianDest},
+		{"RFC 4291 §2.5.5.2: no IPv4-mapped destination", Flow{Dst: a("::ffff:10.1.0.5")}, Result{}, ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := tb.Output(tc.fl)
@@ -264,7 +265,9 @@ func TestAddRemove(t *testing.T) {
 		{"duplicate", Route{Dst: pfx("10.0.0.0/8"), NIC: 1}, ErrExists},
 		{"other metric is fine", Route{Dst: pfx("10.0.0.0/8"), NIC: 1, Metric: 1}, nil},
 		{"unicast needs a NIC", Route{Dst: pfx("10.0.0.0/8")}, ErrInvalid},
-		{"ipv6 prefix", Route{Dst: pfx("::/0"), NIC: 1}, ErrInvalid},
+		{"IPv4-mapped prefix", Route{Dst: pfx("::ffff:0.0.0.0/96"), NIC: 1}, ErrInvalid},
+		{"ipv6 prefix, ipv4 gateway", Route{Dst: pfx("2001:db8::/32"), NIC: 1, Gateway: a("10.0.0.1")}, ErrInvalid},
+		{"multicast prefix", Route{Dst: pfx("ff00::/8"), NIC: 1}, ErrInvalid},
 		{"ipv6 gateway", Route{Dst: pfx("11.0.0.0/8"), NIC: 1, Gateway: a("::1")}, ErrInvalid},
 		{"local via Add", Route{Dst: pfx("11.0.0.0/8"), NIC: 1, Type: Local}, ErrInvalid},
 		{"invalid prefix", Route{NIC: 1}, ErrInvalid},

@@ -71,7 +71,7 @@ func (l *loopIP) SendICMPErrorQuote(src, dst netip.Addr, typ, code uint8, info u
 func newRegistry(t *testing.T) *socket.Registry {
 	t.Helper()
 	l := &loopIP{}
-	l.p = udp.New(l, udp.Config{Clock: clock.NewReal()})
+	l.p = udp.New(l, nil, udp.Config{Clock: clock.NewReal()})
 	r := socket.NewRegistry()
 	err := r.Register(socket.Protosw{Family: socket.AFInet, Type: socket.SockDgram, Protocol: header.ProtoUDP,
 		Create: func() (socket.Socket, error) { return l.p.NewSocket(), nil }})

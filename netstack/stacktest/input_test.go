@@ -16,7 +16,8 @@ import (
 )
 
 // wire is one stack whose NIC (stacktest.DefaultDstMAC,
-// stacktest.DefaultDstIP/24) is fed frames from the other end of a pipe.
+// stacktest.DefaultDstIP/24, stacktest.DefaultDstIP6/64) is fed frames
+// from the other end of a pipe.
 type wire struct {
 	s    *netstack.Stack
 	nic  *dev.NIC
@@ -41,11 +42,25 @@ func newWire(tb testing.TB, clk clock.Clock) *wire {
 	if err := s.AddStaticNeighbor(nic.ID(), stacktest.DefaultSrcIP, stacktest.DefaultSrcMAC); err != nil {
 		tb.Fatal(err)
 	}
+	// IPv6 too: DefaultDstIP6/64, its peer static as well.
+	if err := s.AddAddress(nic.ID(), netip.PrefixFrom(stacktest.DefaultDstIP6, 64)); err != nil {
+		tb.Fatal(err)
+	}
+	if err := s.AddStaticNeighbor(nic.ID(), stacktest.DefaultSrcIP6, stacktest.DefaultSrcMAC); err != nil {
+		tb.Fatal(err)
+	}
+	// On ::, so it takes both families' datagrams; a TCP listener on
+	// both families' port 80, where the TCP seeds go.
 	sock := s.UDP().NewSocket()
-	if err := sock.Bind(netip.AddrPortFrom(netip.IPv4Unspecified(), 53)); err != nil {
+	if err := sock.Bind(netip.AddrPortFrom(netip.IPv6Unspecified(), 53)); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { sock.Close() })
+	ln, err := s.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), 80))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
 	return &wire{s: s, nic: nic, peer: peer, sock: sock, pkts: make([]*buf.SKB, 1)}
 }
 
@@ -81,6 +96,19 @@ func FuzzStackInput(f *testing.F) {
 			header.FragNeededRest(1400)).Payload(stacktest.UDPv4().Bytes()[:28])),
 		eth(stacktest.IPv4("10.0.0.1", "10.0.0.99").UDP(1, 2)),
 		eth(stacktest.UDPv4().BadIPChecksum()),
+		eth(stacktest.UDPv6()),
+		eth(stacktest.TCPv6SYN()),
+		eth(stacktest.Echo6(1, 2)),
+		eth(stacktest.Echo6(1, 2).HopByHop([]byte{0xc2, 4, 0, 0, 0, 0})),
+		eth(stacktest.UDPv6().FragmentHeader(7, 0, true).Payload(make([]byte, 64))),
+		eth(stacktest.UDPv6().RoutingHeader(0, 1, make([]byte, 16))),
+		eth(stacktest.IPv6("fd00::1", "ff02::1:ff00:2").NS(stacktest.DefaultDstIP6, us)),
+		eth(stacktest.IPv6("fe80::1", "ff02::2").RS(us)),
+		eth(stacktest.IPv6("fd00::1", "fd00::2").ICMPv6(header.ICMPv6PacketTooBig, 0, 1280).Payload(stacktest.UDPv6().Bytes())),
+		eth(stacktest.IPv6("fd00::1", "fd00::2").ICMPv6(header.ICMPv6DstUnreachable, header.ICMPv6PortUnreachable, 0).
+			Payload(stacktest.TCPv6SYN().Bytes())),
+		eth(stacktest.UDPv6().NoUDPChecksum()),
+		eth(stacktest.TCPv6SYN().Flags(header.ACK).Ack(1)),
 		stacktest.ARPRequest(us, "10.0.0.1", "10.0.0.2").Bytes(),
 		stacktest.ARPReply(us, "10.0.0.1", ours, "10.0.0.2").Bytes(),
 		make([]byte, 14),

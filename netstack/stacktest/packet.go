@@ -28,6 +28,7 @@ const (
 	l3None l3Kind = iota
 	l3IPv4
 	l3ARP
+	l3IPv6
 )
 
 type l4Kind uint8
@@ -37,6 +38,7 @@ const (
 	l4UDP
 	l4TCP
 	l4ICMP
+	l4ICMPv6
 )
 
 // Builder builds a packet layer by layer. Every method returns the builder,
@@ -58,6 +60,7 @@ type Builder struct {
 	l3  l3Kind
 	ip  header.IPv4Fields
 	arp header.ARPFields
+	v6  ipv6Parts // l3IPv6: fixed-header knobs, extension headers (packet6.go)
 
 	protoSet   bool
 	totalLen   int // -1: computed
@@ -77,9 +80,9 @@ type Builder struct {
 }
 
 // Frame starts an empty packet: add Eth for an Ethernet frame, then a
-// network layer (IPv4 or ARP).
+// network layer (IPv4, IPv6 or ARP).
 func Frame() *Builder {
-	return &Builder{totalLen: -1, udpLen: -1}
+	return &Builder{totalLen: -1, udpLen: -1, v6: ipv6Parts{payloadLen: -1}}
 }
 
 // IPv4 starts a packet at its IPv4 header (no Ethernet): Frame().IPv4.
@@ -344,6 +347,8 @@ func (b *Builder) transport() []byte {
 			t.SetChecksumField(corrupt(t.Checksum()))
 		}
 		return p
+	case l4ICMPv6:
+		return b.icmpv6Bytes()
 	case l4ICMP:
 		p := make([]byte, header.ICMPv4MinSize+len(b.payload))
 		copy(p[header.ICMPv4MinSize:], b.payload)
@@ -378,6 +383,8 @@ func (b *Builder) proto() uint8 {
 		return header.ProtoTCP
 	case l4ICMP:
 		return header.ProtoICMP
+	case l4ICMPv6:
+		return header.ProtoICMPv6
 	}
 	return 0
 }
@@ -406,6 +413,8 @@ func (b *Builder) network() ([]byte, header.EtherType) {
 			binary.BigEndian.PutUint16(p[10:], corrupt(h.Checksum()))
 		}
 		return p, header.EtherTypeIPv4
+	case l3IPv6:
+		return b.ipv6Bytes(), header.EtherTypeIPv6
 	}
 	return append([]byte(nil), b.payload...), 0
 }
@@ -447,6 +456,10 @@ func (b *Builder) SKB() *buf.SKB {
 		s.Protocol = uint16(header.EtherTypeIPv4)
 		s.SetNetworkHeaderAt(off)
 		s.SetTransportHeaderAt(off + header.IPv4HeaderLen(len(b.ip.Options)))
+	case l3IPv6:
+		s.Protocol = uint16(header.EtherTypeIPv6)
+		s.SetNetworkHeaderAt(off)
+		s.SetTransportHeaderAt(off + header.IPv6MinSize + b.v6.extLen())
 	}
 	if b.ethTypeS {
 		s.Protocol = uint16(b.ethType)

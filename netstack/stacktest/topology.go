@@ -38,6 +38,16 @@ var (
 	ChainRA = netip.MustParsePrefix("10.0.1.254/24")
 	ChainRB = netip.MustParsePrefix("10.0.2.254/24")
 	ChainB  = netip.MustParsePrefix("10.0.2.1/24")
+
+	// With DualStack, IPv6 beside them (each NIC also gets its
+	// link-local address): Pair: A fd00::1/64 — B fd00::2/64. Chain:
+	// A fd00:1::1/64 — fd00:1::fe/64 R fd00:2::fe/64 — fd00:2::1/64 B.
+	PairA6   = netip.MustParsePrefix("fd00::1/64")
+	PairB6   = netip.MustParsePrefix("fd00::2/64")
+	ChainA6  = netip.MustParsePrefix("fd00:1::1/64")
+	ChainRA6 = netip.MustParsePrefix("fd00:1::fe/64")
+	ChainRB6 = netip.MustParsePrefix("fd00:2::fe/64")
+	ChainB6  = netip.MustParsePrefix("fd00:2::1/64")
 )
 
 // DefaultMTU is the links' MTU unless MTU says otherwise.
@@ -50,7 +60,12 @@ type Node struct {
 	Name  string
 	NICs  []*dev.NIC
 	Addrs []netip.Prefix
+	// Addrs6 are the IPv6 addresses DualStack gave, in link order.
+	Addrs6 []netip.Prefix
 }
+
+// Addr6 is the node's first IPv6 address (DualStack topologies).
+func (n *Node) Addr6() netip.Addr { return n.Addrs6[0].Addr() }
 
 // NIC is the node's first NIC.
 func (n *Node) NIC() *dev.NIC { return n.NICs[0] }
@@ -66,8 +81,14 @@ type topoConfig struct {
 	mtu       int
 	faults    []fault.Option
 	capture   bool
+	dual      bool
 	stackOpts []netstack.Option
 }
+
+// DualStack gives every NIC of the topology an IPv6 address too (the
+// PairA6 ... ChainB6 prefixes) and, in Chain, IPv6 default routes via R
+// with R forwarding IPv6.
+func DualStack() TopoOption { return func(c *topoConfig) { c.dual = true } }
 
 // WithClock runs every stack, fault delay and capture timestamp of the
 // topology on clk (a clock.Manual in protocol tests). Without it the
@@ -198,7 +219,7 @@ func (tp *topology) stack(name string) *Node {
 // link connects a and b over a pipe; the a side is captured (every frame
 // on the wire, both directions) and, for the first link, wrapped with the
 // faults. Each end gets its address; the NICs are up.
-func (tp *topology) link(name string, a *Node, pa netip.Prefix, b *Node, pb netip.Prefix, faulty bool) {
+func (tp *topology) link(name string, a *Node, pa, pa6 netip.Prefix, b *Node, pb, pb6 netip.Prefix, faulty bool) {
 	tp.t.Helper()
 	ea, eb := pipe.New(tp.cfg.mtu)
 	var epA link.Endpoint = ea
@@ -217,11 +238,11 @@ func (tp *topology) link(name string, a *Node, pa netip.Prefix, b *Node, pb neti
 	if faulty && len(tp.cfg.faults) > 0 {
 		epA = fault.Wrap(epA, append([]fault.Option{fault.Clock(tp.cfg.clk)}, tp.cfg.faults...)...)
 	}
-	tp.attach(a, epA, pa, name)
-	tp.attach(b, eb, pb, name)
+	tp.attach(a, epA, pa, pa6, name)
+	tp.attach(b, eb, pb, pb6, name)
 }
 
-func (tp *topology) attach(n *Node, ep link.Endpoint, p netip.Prefix, linkName string) {
+func (tp *topology) attach(n *Node, ep link.Endpoint, p, p6 netip.Prefix, linkName string) {
 	tp.t.Helper()
 	nic, err := n.AddNIC(ep, netstack.NICConfig{Name: fmt.Sprintf("%s-%s", n.Name, linkName)})
 	if err != nil {
@@ -232,16 +253,50 @@ func (tp *topology) attach(n *Node, ep link.Endpoint, p netip.Prefix, linkName s
 	}
 	n.NICs = append(n.NICs, nic)
 	n.Addrs = append(n.Addrs, p)
+	if tp.cfg.dual && p6.IsValid() {
+		if err := n.AddAddress(nic.ID(), p6); err != nil {
+			tp.t.Fatalf("%s: AddAddress %v: %v", n.Name, p6, err)
+		}
+		n.Addrs6 = append(n.Addrs6, p6)
+	}
 }
 
-// Pair is two stacks over one pipe: A (PairA) and B (PairB). Everything
-// is torn down at the end of the test.
+// Pair is two stacks over one pipe: A (PairA) and B (PairB), and with
+// DualStack PairA6 and PairB6. Everything is torn down at the end of the
+// test.
 func Pair(t testing.TB, opts ...TopoOption) (a, b *Node) {
 	t.Helper()
 	tp := newTopology(t, opts)
 	a, b = tp.stack("a"), tp.stack("b")
-	tp.link("ab", a, PairA, b, PairB, true)
+	tp.link("ab", a, PairA, PairA6, b, PairB, PairB6, true)
+	tp.settle(map[*Node]int{a: 1, b: 1})
 	return a, b
+}
+
+// settle waits until every node has processed the announcements its
+// links' far ends sent when their addresses were added (links[n] of
+// them): one gratuitous ARP each (RFC 5227 §3) and, with DualStack, two
+// unsolicited Neighbor Advertisements (link-local and global, RFC 4861
+// §7.2.6), which a node whose own addresses came later dropped
+// (IPV6DISABLED, or IP_RPFILTER before its route back existed). A test then starts from a quiet topology: an
+// announcement arriving during its first resolution would merge into
+// the entry as Stale instead of the Reachable a reply makes. With faults
+// on the link an announcement may be lost; then settle does not wait.
+func (tp *topology) settle(links map[*Node]int) {
+	tp.t.Helper()
+	if len(tp.cfg.faults) > 0 {
+		return
+	}
+	WaitFor(tp.t, "the address announcements", func() bool {
+		for n, k := range links {
+			st := n.Stats()
+			na := st.Neigh.NDPInAdverts + st.Drops["IPV6DISABLED"] + st.Drops["IP_RPFILTER"]
+			if st.Neigh.InRequests < uint64(k) || (tp.cfg.dual && na < uint64(2*k)) {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // Chain is A — R — B: two pipes, R forwarding between them, A and B with
@@ -250,9 +305,23 @@ func Chain(t testing.TB, opts ...TopoOption) (a, r, b *Node) {
 	t.Helper()
 	tp := newTopology(t, opts)
 	a, r, b = tp.stack("a"), tp.stack("r"), tp.stack("b")
-	tp.link("ar", a, ChainA, r, ChainRA, true)
-	tp.link("rb", r, ChainRB, b, ChainB, false)
+	tp.link("ar", a, ChainA, ChainA6, r, ChainRA, ChainRA6, true)
+	tp.link("rb", r, ChainRB, ChainRB6, b, ChainB, ChainB6, false)
 	r.SetForwarding(true)
+	if tp.cfg.dual {
+		r.SetForwarding6(true)
+		for _, n := range []struct {
+			node *Node
+			gw   netip.Prefix
+		}{{a, ChainRA6}, {b, ChainRB6}} {
+			err := n.node.AddRoute(route.Route{Dst: netip.MustParsePrefix("::/0"), Gateway: n.gw.Addr(),
+				NIC: n.node.NIC().ID(), Type: route.Unicast})
+			if err != nil {
+				t.Fatalf("%s: IPv6 default route: %v", n.node.Name, err)
+			}
+		}
+	}
+	tp.settle(map[*Node]int{a: 1, r: 2, b: 1})
 	for _, n := range []struct {
 		node *Node
 		gw   netip.Prefix
@@ -316,7 +385,7 @@ func PodNode(t testing.TB, pods int, opts ...TopoOption) *PodNodeTopo {
 	for i := 0; i < pods; i++ {
 		addr = addr.Next()
 		pod := tp.stack(fmt.Sprintf("pod%d", i))
-		tp.link(fmt.Sprintf("pod%d", i), pod, netip.PrefixFrom(addr, 32), s, netip.PrefixFrom(PodGateway, 32), i == 0)
+		tp.link(fmt.Sprintf("pod%d", i), pod, netip.PrefixFrom(addr, 32), netip.Prefix{}, s, netip.PrefixFrom(PodGateway, 32), netip.Prefix{}, i == 0)
 		pn, sn := pod.NIC().ID(), s.NICs[i].ID()
 		must("pod gateway route", pod.AddRoute(route.Route{Dst: netip.PrefixFrom(PodGateway, 32), NIC: pn, Type: route.Unicast}))
 		must("pod default route", pod.AddRoute(route.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: PodGateway, NIC: pn, Type: route.Unicast}))
@@ -326,13 +395,18 @@ func PodNode(t testing.TB, pods int, opts ...TopoOption) *PodNodeTopo {
 		s.SetRPFilter(sn, true)
 		n.Pods = append(n.Pods, pod)
 	}
-	tp.link("uplink", s, UplinkStack, n.Host, UplinkHost, false)
+	tp.link("uplink", s, UplinkStack, netip.Prefix{}, n.Host, UplinkHost, netip.Prefix{}, false)
 	n.Uplink = s.NICs[len(s.NICs)-1]
 	must("stack default route", s.AddRoute(route.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: UplinkHost.Addr(), NIC: n.Uplink.ID(), Type: route.Unicast}))
 	s.SetRPFilter(n.Uplink.ID(), false)
 	s.SetForwarding(true)
 	must("host pod route", n.Host.AddRoute(route.Route{Dst: PodRange, Gateway: UplinkStack.Addr(), NIC: n.Host.NIC().ID(), Type: route.Unicast}))
 	n.Host.SetForwarding(true)
+	settle := map[*Node]int{s: pods + 1, n.Host: 1}
+	for _, p := range n.Pods {
+		settle[p] = 1
+	}
+	tp.settle(settle)
 	return n
 }
 

@@ -1,15 +1,16 @@
-// Package tcp owns TCP (RFC 9293; net/ipv4/tcp*.c): the connection table
-// and listeners, the state machine, input (tcp_v4_rcv →
+// Package tcp owns TCP (RFC 9293; net/ipv4/tcp*.c, net/ipv6/tcp_ipv6.c)
+// over IPv4 and IPv6: the connection table
+// and listeners, the state machine, input (tcp_v4_rcv, tcp_v6_rcv →
 // tcp_rcv_state_process → tcp_ack / tcp_data_queue), output
 // (tcp_sendmsg → tcp_write_xmit → tcp_transmit_skb), timers, loss
 // recovery (NewReno, SACK) and the socket calls with net.Conn and
 // net.Listener adapters. Congestion control lives behind an interface in
 // tcp/cc (NewReno, CUBIC).
 //
-// Not owned here: IP headers, routing and fragmentation (ipv4, reached
-// through the family interface — icsk_af_ops — so IPv6 lands beside
-// it); GSO segmentation and checksum completion (dev and the link);
-// the protocol registry (socket; netstack.New registers Sock).
+// Not owned here: IP headers, routing, fragmentation and path MTU
+// discovery (ipv4 and ipv6, reached through the family interface —
+// icsk_af_ops); GSO segmentation and checksum completion (dev and the
+// link); the protocol registry (socket; netstack.New registers Sock).
 //
 // # Files
 //
@@ -29,6 +30,34 @@
 //
 // # Theory of operation
 //
+// Families. A Proto holds an IPv4 and an IPv6 network layer (New's ip
+// and ip6; nil ip6 refuses IPv6 addresses with EAFNOSUPPORT). Tuples are
+// netip addresses of either family in one table; a socket takes its
+// family's layer when it is routed (Sock.ip, Sock.v6: connect, the
+// passive open, a cookie ACK) and everything family-specific follows it:
+// the MSS is the route MTU less 40 bytes over IPv4 and 60 over IPv6 (RFC
+// 9293 §3.7.1, RFC 8200 §8.3: 1220 at the minimum MTU 1280), GSO packets
+// are GSOTCPv4 or GSOTCPv6, the checksum covers that family's
+// pseudo-header (RFC 8200 §8.1; the one's-complement sum is the same
+// code), ECN reads the TOS or the Traffic Class (RFC 3168 §5). V4Rcv and
+// V6Rcv, V4Err and V6Err only read their network header and hand the
+// rest to the same code. ICMP and ICMPv6 errors arrive as one
+// header.ICMPError: hard ones (port unreachable, prohibited, parameter
+// problem) abort a connection being opened, soft ones are remembered for
+// a timeout's error, and fragmentation needed or Packet Too Big lowers
+// the MSS and resends (RFC 1191, RFC 8201 §4; floors 576 and 1280); a
+// path MTU ipv6 learnt also holds for new connections (setRoute asks
+// the family's PathMTU when it has one). The socket API keeps IPv4-mapped
+// addresses off the wire: ::ffff:a.b.c.d is a.b.c.d (sockAddr, RFC 4291
+// §2.5.5.2), so such a flow is IPv4; a socket bound to one family cannot
+// connect to the other; :: (and an unbound listener) takes both families,
+// 0.0.0.0 only IPv4 (Linux's bindv6only=0), and 0.0.0.0 shares a port
+// with a specific IPv6 address. A link-local peer is answered on the NIC
+// its segment came in on (RFC 4007 §6); a dial names it with a zone
+// (Config.Zone: a NIC name or ID, ENODEV for neither; without one the
+// route lookup fails with EINVAL), which the tuple and the wire do not
+// carry.
+//
 // States are RFC 9293 §3.3.2's eleven. A Sock is a listener or one
 // connection. Connections are hashed by 4-tuple in Proto.conns (the
 // ehash) from SYN-SENT or SYN-RECEIVED until CLOSED, TIME-WAIT included;
@@ -39,7 +68,7 @@
 // SYN queue until its handshake completes, then moves to the accept
 // queue.
 //
-// Receive runs to completion on the NIC's goroutine: V4Rcv validates
+// Receive runs to completion on the NIC's goroutine: V4Rcv (V6Rcv) validates
 // (length, options, checksum unless the link did it), looks the segment
 // up and processes it under the socket lock: PAWS (RFC 7323 §5.3), the
 // acceptability test, RST (RFC 5961 §3), SYN (RFC 5961 §4), ACK (RFC 5961
@@ -210,7 +239,8 @@
 // Lock order: child Sock.mu > listener Sock.mu > Proto.mu > the clock's
 // lock; Interceptor.mu is a leaf (never held while a socket lock or
 // Proto.mu is taken). Proto.mu (the tables) is a leaf: nothing else is taken under
-// it. ipv4.QueueXmit is called with Sock.mu held; it never calls back
-// into TCP on the same stack (loopback goes through ipv4's backlog), so
-// no socket lock is re-entered.
+// it. ipv4.QueueXmit and ipv6.QueueXmit are called with Sock.mu held;
+// they never call back into TCP on the same stack (loopback and the
+// ICMPv6 Packet Too Big a DF send over the path MTU raises go through the
+// layer's backlog), so no socket lock is re-entered.
 package tcp

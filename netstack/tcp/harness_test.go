@@ -21,15 +21,18 @@ import (
 
 // fakeIP is the family for tests: it records or forwards what TCP sends.
 type fakeIP struct {
-	mu    sync.Mutex
-	local netip.Addr
-	out   func(skb *buf.SKB) // nil: record in sent
-	sent  []*buf.SKB
-	noNet netip.Prefix // destinations without a route
-	mtu   int
+	mu     sync.Mutex
+	local  netip.Addr
+	local6 netip.Addr         // the source for IPv6 destinations
+	out    func(skb *buf.SKB) // nil: record in sent
+	sent   []*buf.SKB
+	noNet  netip.Prefix // destinations without a route
+	mtu    int
 	// transparent counts segments sent with route.Flow.Transparent
 	// (intercept_test.go), marked those carrying a Mark.
 	transparent, marked int
+	// v4 and v6 count the segments sent by family.
+	v4, v6 int
 	// tooBig counts DF packets longer than the route MTU, dropped as
 	// ipv4 drops them (IpFragFails): a wire segment (the IPv4 header, the
 	// TCP header with its options, GSOSize or all the payload) must fit.
@@ -37,14 +40,27 @@ type fakeIP struct {
 }
 
 func (f *fakeIP) QueueXmit(skb *buf.SKB, fl route.Flow) error {
-	// Push the IPv4 header as ipv4.QueueXmit does, so the receiver sees
-	// a NetworkHeader.
+	// Push the IPv4 or IPv6 header as ipv4.QueueXmit and ipv6.QueueXmit
+	// do, so the receiver sees a NetworkHeader.
 	n := skb.Len()
 	skb.SetTransportHeader()
-	ip := header.IPv4(skb.Push(header.IPv4MinSize))
+	f.mu.Lock()
+	if fl.Dst.Is6() {
+		f.v6++
+	} else {
+		f.v4++
+	}
+	f.mu.Unlock()
+	if fl.Dst.Is6() {
+		ip := header.IPv6(skb.Push(header.IPv6MinSize))
+		ip.Encode(header.IPv6Fields{PayloadLen: uint16(n), NextHeader: header.ProtoTCP, HopLimit: 64,
+			TrafficClass: fl.TOS, Src: fl.Src, Dst: fl.Dst})
+	} else {
+		ip := header.IPv4(skb.Push(header.IPv4MinSize))
+		ip.Encode(header.IPv4Fields{TotalLen: uint16(header.IPv4MinSize + n), TTL: 64, Protocol: header.ProtoTCP,
+			Src: fl.Src, Dst: fl.Dst, DF: fl.DontFragment, TOS: fl.TOS})
+	}
 	skb.SetNetworkHeader()
-	ip.Encode(header.IPv4Fields{TotalLen: uint16(header.IPv4MinSize + n), TTL: 64, Protocol: header.ProtoTCP,
-		Src: fl.Src, Dst: fl.Dst, DF: fl.DontFragment, TOS: fl.TOS})
 	if mtu := cmp.Or(f.mtu, 1500); fl.DontFragment && wireLen(skb) > mtu {
 		f.mu.Lock()
 		f.tooBig++
@@ -72,17 +88,29 @@ func (f *fakeIP) RouteOutput(fl route.Flow) (route.Result, error) {
 	if f.noNet.IsValid() && f.noNet.Contains(fl.Dst) {
 		return route.Result{}, syscall.ENETUNREACH
 	}
-	return route.Result{Type: route.Unicast, NIC: 1, NextHop: fl.Dst, Src: f.local, MTU: f.mtu}, nil
+	src := f.local
+	if fl.Dst.Is6() && f.local6.IsValid() {
+		src = f.local6
+	}
+	return route.Result{Type: route.Unicast, NIC: 1, NextHop: fl.Dst, Src: src, MTU: f.mtu}, nil
 }
 
-// wireLen is the longest IPv4 packet skb (IPv4 header pushed) puts on
-// the wire: the whole of it, or headers plus GSOSize for a GSO packet.
+// netLen is the network header's length of skb, whose data starts at it.
+func netLen(skb *buf.SKB) int {
+	if b := skb.Bytes(); len(b) > 0 && b[0]>>4 == 6 {
+		return header.IPv6MinSize
+	}
+	return header.IPv4MinSize
+}
+
+// wireLen is the longest IP packet skb (IP header pushed) puts on the
+// wire: the whole of it, or headers plus GSOSize for a GSO packet.
 func wireLen(skb *buf.SKB) int {
 	if skb.GSOSize == 0 {
 		return skb.Len()
 	}
 	th := header.TCP(skb.TransportHeader())
-	return header.IPv4MinSize + th.DataOffset() + int(skb.GSOSize)
+	return netLen(skb) + th.DataOffset() + int(skb.GSOSize)
 }
 
 func b2i(b bool) int {
@@ -119,7 +147,7 @@ func finishCsum(skb *buf.SKB) {
 func toRcv(skb *buf.SKB) *buf.SKB {
 	finishCsum(skb)
 	skb.GSOSize, skb.GSOType = 0, 0
-	skb.Pull(header.IPv4MinSize)
+	skb.Pull(netLen(skb))
 	skb.SetTransportHeader()
 	return skb
 }
@@ -141,20 +169,30 @@ func (s seg) String() string {
 
 func parseSeg(t testing.TB, skb *buf.SKB) seg {
 	t.Helper()
-	ip := header.IPv4(skb.NetworkHeader())
 	th, err := header.CheckTCP(skb.TransportHeader())
 	if err != nil {
 		t.Fatalf("bad segment from TCP: %v", err)
 	}
+	var src, dst netip.Addr
+	var tos uint8
+	if nh := skb.NetworkHeader(); nh[0]>>4 == 6 {
+		ip := header.IPv6(nh)
+		src, dst, tos = ip.Src(), ip.Dst(), ip.TrafficClass()
+	} else {
+		ip := header.IPv4(nh)
+		src, dst, tos = ip.Src(), ip.Dst(), ip.TOS()
+	}
 	o, _ := header.ParseTCPOptions(th.Options())
-	return seg{src: netip.AddrPortFrom(ip.Src(), th.SrcPort()), dst: netip.AddrPortFrom(ip.Dst(), th.DstPort()),
+	return seg{src: netip.AddrPortFrom(src, th.SrcPort()), dst: netip.AddrPortFrom(dst, th.DstPort()),
 		seq: th.Seq(), ack: th.Ack(), flags: th.Flags(), wnd: th.Window(), opts: o,
-		data: append([]byte(nil), th.Payload()...), tos: ip.TOS()}
+		data: append([]byte(nil), th.Payload()...), tos: tos}
 }
 
 var (
-	localAddr  = netip.MustParseAddr("10.0.0.1")
-	remoteAddr = netip.MustParseAddr("10.0.0.2")
+	localAddr   = netip.MustParseAddr("10.0.0.1")
+	remoteAddr  = netip.MustParseAddr("10.0.0.2")
+	localAddr6  = netip.MustParseAddr("fd00::1")
+	remoteAddr6 = netip.MustParseAddr("fd00::2")
 )
 
 // peer is the test's side of an RFC scenario (STYLE §9): it injects
@@ -176,9 +214,20 @@ func newPeer(t testing.TB, cfg Config) *peer {
 	clk := clock.NewManual()
 	ip := &fakeIP{local: localAddr}
 	cfg.Clock = clk
-	p := New(ip, cfg)
+	p := New(ip, nil, cfg)
 	return &peer{t: t, clk: clk, ip: ip, p: p, raddr: netip.AddrPortFrom(remoteAddr, 40000),
 		laddr: netip.AddrPortFrom(localAddr, 80), ISS: 1000, TSVal: 5000}
+}
+
+// newPeer6 is newPeer over IPv6: the Proto has both families and the
+// scenario runs between fd00::2 (the test) and fd00::1 (the stack).
+func newPeer6(t testing.TB, cfg Config) *peer {
+	clk := clock.NewManual()
+	ip := &fakeIP{local: localAddr, local6: localAddr6}
+	cfg.Clock = clk
+	p := New(ip, ip, cfg)
+	return &peer{t: t, clk: clk, ip: ip, p: p, raddr: netip.AddrPortFrom(remoteAddr6, 40000),
+		laddr: netip.AddrPortFrom(localAddr6, 80), ISS: 1000, TSVal: 5000}
 }
 
 // tmpl is a segment template: the fields a test sets.
@@ -222,14 +271,24 @@ func (c *peer) Send(m tmpl) {
 	if m.badCsum {
 		b[16] ^= 0xff
 	}
+	skb.Mark = m.mark
+	skb.Batch = m.batch
+	if c.raddr.Addr().Is6() {
+		ip := header.IPv6(skb.Push(header.IPv6MinSize))
+		ip.Encode(header.IPv6Fields{PayloadLen: uint16(hl + len(m.data)), NextHeader: header.ProtoTCP, HopLimit: 64,
+			TrafficClass: m.tos, Src: c.raddr.Addr(), Dst: c.laddr.Addr()})
+		skb.SetNetworkHeader()
+		skb.Pull(header.IPv6MinSize)
+		skb.SetTransportHeader()
+		c.p.V6Rcv(skb)
+		return
+	}
 	ip := header.IPv4(skb.Push(header.IPv4MinSize))
 	ip.Encode(header.IPv4Fields{TotalLen: uint16(header.IPv4MinSize + hl + len(m.data)), TTL: 64,
 		Protocol: header.ProtoTCP, Src: c.raddr.Addr(), Dst: c.laddr.Addr(), TOS: m.tos})
 	skb.SetNetworkHeader()
 	skb.Pull(header.IPv4MinSize)
 	skb.SetTransportHeader()
-	skb.Mark = m.mark
-	skb.Batch = m.batch
 	c.p.V4Rcv(skb)
 }
 
@@ -299,6 +358,7 @@ type wireCfg struct {
 	bothWays  bool // faults in both directions (else only a→b)
 	mtu       int
 	gso       bool
+	v6        bool // the connection is over IPv6 (fd00::1 → fd00::2)
 }
 
 type wireStats struct{ sent, lost, dup, reordered, corrupted, queueDrops int }
@@ -326,14 +386,14 @@ type wire struct {
 func newWire(t testing.TB, cfg wireCfg, pcfg Config) *wire {
 	clk := clock.NewManual()
 	w := &wire{t: t, clk: clk, cfg: cfg, rng: rand.New(rand.NewPCG(cfg.seed, 7))}
-	w.ipA = &fakeIP{local: localAddr, mtu: cfg.mtu}
-	w.ipB = &fakeIP{local: remoteAddr, mtu: cfg.mtu}
+	w.ipA = &fakeIP{local: localAddr, local6: localAddr6, mtu: cfg.mtu}
+	w.ipB = &fakeIP{local: remoteAddr, local6: remoteAddr6, mtu: cfg.mtu}
 	pcfg.Clock = clk
 	if cfg.gso {
 		pcfg.Device = func(int) (int, link.Caps, bool) { return max(cfg.mtu, 1500), linkGSO, true }
 	}
-	w.a = New(w.ipA, pcfg)
-	w.b = New(w.ipB, pcfg)
+	w.a = New(w.ipA, w.ipA, pcfg)
+	w.b = New(w.ipB, w.ipB, pcfg)
 	w.ipA.out = func(skb *buf.SKB) { w.send(0, skb) }
 	w.ipB.out = func(skb *buf.SKB) { w.send(1, skb) }
 	return w
@@ -442,6 +502,10 @@ func (w *wire) deliver(dir int, d delivery) {
 	if dir == 1 {
 		to = w.a
 	}
+	if nh := d.skb.NetworkHeader(); len(nh) > 0 && nh[0]>>4 == 6 {
+		to.V6Rcv(d.skb)
+		return
+	}
 	to.V4Rcv(d.skb)
 }
 
@@ -480,8 +544,12 @@ func (w *wire) run(limit time.Duration, app func() bool) {
 // returns the client and the accepted server socket.
 func (w *wire) connect() (client, server *Sock) {
 	w.t.Helper()
+	remote := remoteAddr
+	if w.cfg.v6 {
+		remote = remoteAddr6
+	}
 	l := w.b.NewSock()
-	if err := l.Bind(netip.AddrPortFrom(remoteAddr, 80)); err != nil {
+	if err := l.Bind(netip.AddrPortFrom(remote, 80)); err != nil {
 		w.t.Fatal(err)
 	}
 	if err := l.Listen(16); err != nil {
@@ -490,7 +558,7 @@ func (w *wire) connect() (client, server *Sock) {
 	l.SetNonblock(true)
 	c := w.a.NewSock()
 	c.SetNonblock(true)
-	if err := c.ConnectContext(context.Background(), netip.AddrPortFrom(remoteAddr, 80)); err != syscall.EINPROGRESS {
+	if err := c.ConnectContext(context.Background(), netip.AddrPortFrom(remote, 80)); err != syscall.EINPROGRESS {
 		w.t.Fatalf("connect: %v", err)
 	}
 	w.run(time.Minute, func() bool {

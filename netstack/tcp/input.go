@@ -27,6 +27,7 @@ type segment struct {
 	hasFin     bool
 	hasRst     bool
 	ce         bool // the IP header carried CE (RFC 3168 §5)
+	nic        int  // the NIC it came in on (a link-local peer's link)
 	divert     bool // skb.Mark has netfilter.MarkDivert (intercept.go)
 	dataOffset int
 	// twISN is the ISN of a connection this SYN reopens from TIME-WAIT
@@ -50,6 +51,33 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 	var seg segment
 	seg.src, seg.dst = ip.Src(), ip.Dst()
 	seg.ce = ip.TOS()&ecnMask == ecnCE
+	p.segRcv(skb, &seg)
+}
+
+// V6Rcv is tcp_v6_rcv: V4Rcv for a segment whose NetworkHeader() is the
+// IPv6 header (the ipv6.Protocol Rcv contract: extension headers were
+// walked, Bytes() starts at the TCP header). The checksum covers the
+// IPv6 pseudo-header (RFC 8200 §8.1); ECN is in the Traffic Class's low
+// two bits as in IPv4's TOS (RFC 3168 §5). ipv6 dropped IPv4-mapped
+// sources and destinations already (RFC 4291 §2.5.5.2).
+func (p *Proto) V6Rcv(skb *buf.SKB) {
+	nh := skb.NetworkHeader()
+	if len(nh) < header.IPv6MinSize {
+		p.count(InErrs)
+		skb.Free(DropTooSmall)
+		return
+	}
+	ip := header.IPv6(nh)
+	var seg segment
+	seg.src, seg.dst = ip.Src(), ip.Dst()
+	seg.ce = ip.TrafficClass()&ecnMask == ecnCE
+	p.segRcv(skb, &seg)
+}
+
+// segRcv is the family-neutral part of V4Rcv and V6Rcv: seg has the
+// addresses and the CE mark of the network header.
+func (p *Proto) segRcv(skb *buf.SKB, seg *segment) {
+	seg.nic = skb.InNIC
 	th, err := header.CheckTCP(skb.Bytes())
 	if err != nil {
 		p.count(InErrs)
@@ -98,24 +126,24 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 		// A diverted flow: exact 4-tuple or the Interceptor, never a
 		// listener (intercept.go).
 		seg.divert = true
-		p.divertRcv(&seg, t)
+		p.divertRcv(seg, t)
 		return
 	}
 	s, listener := p.lookup(t)
 	switch {
 	case s == nil:
-		p.noSocket(&seg)
+		p.noSocket(seg)
 	case listener:
-		s.listenRcv(&seg, t)
-	case seg.hasSyn && !seg.hasAck && s.timeWaitReopen(&seg, func() bool { return p.hasListener(t) }):
+		s.listenRcv(seg, t)
+	case seg.hasSyn && !seg.hasAck && s.timeWaitReopen(seg, func() bool { return p.hasListener(t) }):
 		// A new incarnation of a tuple in TIME-WAIT (timewait.go).
 		if l := p.lookupListenerRLocked(t); l != nil {
-			l.listenRcv(&seg, t)
+			l.listenRcv(seg, t)
 			return
 		}
-		p.noSocket(&seg)
+		p.noSocket(seg)
 	default:
-		s.rcv(&seg)
+		s.rcv(seg)
 	}
 }
 
@@ -752,9 +780,32 @@ func (p *Proto) V4Err(skb *buf.SKB, e header.ICMPError) {
 	if ihl < header.IPv4MinSize || len(b) < ihl+8 {
 		return
 	}
-	t := tuple{laddr: netip.AddrFrom4([4]byte(b[12:16])), raddr: netip.AddrFrom4([4]byte(b[16:20])),
-		lport: uint16(b[ihl])<<8 | uint16(b[ihl+1]), rport: uint16(b[ihl+2])<<8 | uint16(b[ihl+3])}
-	seq := uint32(b[ihl+4])<<24 | uint32(b[ihl+5])<<16 | uint32(b[ihl+6])<<8 | uint32(b[ihl+7])
+	p.icmpErr(netip.AddrFrom4([4]byte(b[12:16])), netip.AddrFrom4([4]byte(b[16:20])), b[ihl:], e)
+}
+
+// V6Err is tcp_v6_err: an ICMPv6 error quoting one of our segments
+// (RFC 4443 §3, the ipv6.Protocol Err contract: skb.Bytes() starts at the
+// quoted IPv6 header, TransportHeader() at the quoted TCP header, at
+// least 8 bytes of it). It does not consume skb. A Packet Too Big lowers
+// the connection's MSS (RFC 8201 §4, Info is already at least 1280);
+// Destination Unreachable port, admin and reject codes and a Parameter
+// Problem are hard (abort an opening connection, RFC 1122 §4.2.3.9 as
+// icmpv6_err_convert), the rest soft.
+func (p *Proto) V6Err(skb *buf.SKB, e header.ICMPError) {
+	b, th := skb.Bytes(), skb.TransportHeader()
+	if len(b) < header.IPv6MinSize || len(th) < 8 {
+		return
+	}
+	ip := header.IPv6(b)
+	p.icmpErr(ip.Src(), ip.Dst(), th, e)
+}
+
+// icmpErr is the family-neutral part of V4Err and V6Err: the quoted
+// segment went from src to dst and th holds at least its first 8 bytes.
+func (p *Proto) icmpErr(src, dst netip.Addr, th []byte, e header.ICMPError) {
+	t := tuple{laddr: src, raddr: dst,
+		lport: uint16(th[0])<<8 | uint16(th[1]), rport: uint16(th[2])<<8 | uint16(th[3])}
+	seq := uint32(th[4])<<24 | uint32(th[5])<<16 | uint32(th[6])<<8 | uint32(th[7])
 	p.mu.RLock()
 	s := p.conns[t]
 	p.mu.RUnlock()
@@ -769,10 +820,18 @@ func (p *Proto) V4Err(skb *buf.SKB, e header.ICMPError) {
 		return
 	}
 	if e.PathMTU() {
-		// RFC 1191 §6.1 (PMTU): lower the MSS to the next-hop MTU and
-		// resend what no longer fits.
+		// RFC 1191 §6.1 and RFC 8201 §4 (PMTU): lower the MSS to the
+		// next-hop MTU and resend what no longer fits. The floor is
+		// IPv4's 576 (RFC 1191 §3's 68 is refused, as Linux's
+		// min_pmtu) and IPv6's minimum link MTU of 1280 (RFC 8201 §4:
+		// "A node MUST NOT reduce its estimate of the Path MTU below
+		// the IPv6 minimum link MTU").
+		floor := 576
+		if e.V6 {
+			floor = header.IPv6MinMTU
+		}
 		if e.Info >= 68 && int(e.Info) < s.routeMTU {
-			s.routeMTU = max(int(e.Info), 576)
+			s.routeMTU = max(int(e.Info), floor)
 			s.syncMSS()
 			s.retransmitAt(s.sndUna)
 		}

@@ -324,7 +324,7 @@ func (r *Request) sendRefuse() {
 	r.i.refused.Add(1)
 	p.count(InterceptRefused)
 	p.sendControl(r.t.laddr, r.t.raddr, header.TCPFields{SrcPort: r.t.lport, DstPort: r.t.rport,
-		Ack: r.syn.seq + r.syn.len, Flags: header.RST | header.ACK}, true)
+		Ack: r.syn.seq + r.syn.len, Flags: header.RST | header.ACK}, r.syn.nic, true)
 }
 
 // Accept answers the SYN: it creates the connection as a listener's
@@ -418,13 +418,18 @@ func (r *Request) AcceptAsync(notify func(Event)) (*Conn, error) {
 // carry netfilter.MarkDivert, so the conntrack hook at OUTPUT marks the
 // flow and the peer's replies, addressed to laddr, are delivered to it
 // (this needs the stack's netfilter; without it the replies are routed
-// as foreign traffic). laddr must be a valid IPv4 address naming a single
-// host (EADDRNOTAVAIL otherwise).
+// as foreign traffic). laddr must be a valid IPv4 or IPv6 address naming
+// a single host (EADDRNOTAVAIL otherwise; an IPv4-mapped one is its IPv4
+// address) of raddr's family (EAFNOSUPPORT otherwise).
 func (p *Proto) DialTransparent(ctx context.Context, laddr, raddr netip.AddrPort) (*Conn, error) {
-	a := laddr.Addr()
-	if !a.Is4() || a.IsUnspecified() || a.IsMulticast() || a == limitedBroadcast {
+	a := laddr.Addr().Unmap()
+	if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() || a == limitedBroadcast || a.Zone() != "" {
 		return nil, opError("dial", laddr, raddr, syscall.EADDRNOTAVAIL)
 	}
+	if a.Is4() != raddr.Addr().Unmap().Is4() {
+		return nil, opError("dial", laddr, raddr, syscall.EAFNOSUPPORT)
+	}
+	laddr = netip.AddrPortFrom(a, laddr.Port())
 	s := p.NewSock()
 	s.transparent, s.mark = true, netfilter.MarkDivert
 	return p.dialSock(ctx, s, laddr, raddr)

@@ -96,7 +96,10 @@ func (c *Sock) initPassive(seg *segment, t tuple) error {
 	c.id = t
 	c.flow = route.Flow{Src: t.laddr, Dst: t.raddr, Proto: header.ProtoTCP, DontFragment: true,
 		SrcPort: t.lport, DstPort: t.rport, Transparent: c.transparent, Mark: c.mark}
-	res, err := p.ip.RouteOutput(c.flow)
+	if t.raddr.IsLinkLocalUnicast() {
+		c.flow.NIC = seg.nic // RFC 4007 §6: a link-local peer is on the link the SYN came from
+	}
+	res, err := c.routeFlow()
 	if err != nil {
 		return err
 	}
@@ -131,11 +134,29 @@ func (c *Sock) initPassive(seg *segment, t tuple) error {
 	return nil
 }
 
+// routeFlow routes s.flow through the network layer of its family, which
+// becomes the socket's (s.ip, s.v6).
+func (s *Sock) routeFlow() (route.Result, error) {
+	ip, ok := s.p.af(s.flow.Dst)
+	if !ok {
+		return route.Result{}, syscall.EAFNOSUPPORT
+	}
+	s.ip, s.v6 = ip, s.flow.Dst.Is6()
+	return ip.RouteOutput(s.flow)
+}
+
 // setRoute takes the path MTU and offloads of the output NIC (sk_setup_caps).
 func (s *Sock) setRoute(res route.Result) {
 	mtu, caps := s.p.device(res.NIC)
 	if res.MTU > 0 && res.MTU < mtu {
 		mtu = res.MTU
+	}
+	// A path MTU the network layer learnt (RFC 8201 §4: ipv6 keeps one
+	// per destination) holds for a new connection too.
+	if pm, ok := s.ip.(interface{ PathMTU(route.Flow) (int, error) }); ok && res.Type != route.Local {
+		if m, err := pm.PathMTU(s.flow); err == nil && m < mtu {
+			mtu = m
+		}
 	}
 	s.routeMTU = mtu
 	s.gso = caps.Has(linkGSO)

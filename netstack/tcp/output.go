@@ -12,12 +12,25 @@ import (
 )
 
 // maxGSO bounds a GSO super-packet's TCP payload so that IPv4 + TCP
-// headers fit in 65535 bytes (GSO_MAX_SIZE).
+// headers fit in 65535 bytes (GSO_MAX_SIZE); an IPv6 payload length
+// (RFC 8200 §3) leaves the header out, so the bound holds for both.
 const maxGSO = 65535 - header.IPv4MinSize - header.TCPMaxSize
 
-// advMSS is the MSS we announce: the route MTU less the IPv4 and TCP
-// headers (RFC 9293 §3.7.1, RFC 6691: options excluded).
-func (s *Sock) advMSS() int { return s.routeMTU - header.IPv4MinSize - header.TCPMinSize }
+// netHeaderLen is the fixed network header of a family: 20 bytes of IPv4,
+// 40 of IPv6 (TCP sends no IPv6 extension headers).
+func netHeaderLen(v6 bool) int {
+	if v6 {
+		return header.IPv6MinSize
+	}
+	return header.IPv4MinSize
+}
+
+// advMSS is the MSS we announce: the route MTU less the IP and TCP
+// headers (RFC 9293 §3.7.1, RFC 6691: options excluded). Over IPv6 that
+// is the MTU less 60 bytes (RFC 8200 §8.3: "the maximum payload size
+// [...] computed [...] must take into account the larger size of the IPv6
+// header"), 1220 at the minimum MTU of 1280.
+func (s *Sock) advMSS() int { return s.routeMTU - netHeaderLen(s.v6) - header.TCPMinSize }
 
 // syncMSS is tcp_sync_mss: the data bytes per segment, from the peer's
 // MSS, our route MTU and the fixed options (timestamps take 12 bytes;
@@ -178,6 +191,9 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 		// Each wire segment repeats the options: GSOSize is what is
 		// left of the MSS beside them.
 		skb.GSOSize, skb.GSOType = uint16(max(wireMSS, 8)), buf.GSOTCPv4
+		if s.v6 {
+			skb.GSOType = buf.GSOTCPv6
+		}
 	}
 	s.segsOut++
 	s.p.count(OutSegs)
@@ -189,7 +205,7 @@ func (s *Sock) transmit(seq uint32, n int, flags header.TCPFlags) error {
 	if ect {
 		fl.TOS |= ecnECT0
 	}
-	return s.p.ip.QueueXmit(skb, fl)
+	return s.ip.QueueXmit(skb, fl)
 }
 
 // sendAck is tcp_send_ack. A pure ACK carries SND.MAX, not SND.NXT: after
@@ -459,12 +475,23 @@ func (p *Proto) sendResetFor(seg *segment) {
 	} else {
 		f.Ack, f.Flags = th.Seq()+seg.len, header.RST|header.ACK
 	}
-	p.sendControl(seg.dst, seg.src, f, seg.divert)
+	p.sendControl(seg.dst, seg.src, f, seg.nic, seg.divert)
 }
 
 // sendControl sends a connectionless segment from laddr to raddr;
 // transparent lets laddr be a foreign address (route.Flow.Transparent).
-func (p *Proto) sendControl(laddr, raddr netip.Addr, f header.TCPFields, transparent bool) {
+// nic is the NIC a link-local raddr is on (the segment answered came in
+// there; RFC 4007 §6), ignored for other addresses.
+func (p *Proto) sendControl(laddr, raddr netip.Addr, f header.TCPFields, nic int, transparent bool) {
+	ip, ok := p.af(raddr)
+	if !ok {
+		return
+	}
+	fl := route.Flow{Src: laddr, Dst: raddr, Proto: header.ProtoTCP, DontFragment: true,
+		SrcPort: f.SrcPort, DstPort: f.DstPort, Transparent: transparent}
+	if raddr.IsLinkLocalUnicast() {
+		fl.NIC = nic
+	}
 	skb := buf.Alloc(buf.MaxHeadroom, header.TCPMinSize+len(f.Options))
 	b := skb.Put(header.TCPHeaderLen(len(f.Options)))
 	th := header.TCP(b)
@@ -474,6 +501,5 @@ func (p *Proto) sendControl(laddr, raddr netip.Addr, f header.TCPFields, transpa
 	if f.Flags&header.RST != 0 {
 		p.count(OutRsts)
 	}
-	_ = p.ip.QueueXmit(skb, route.Flow{Src: laddr, Dst: raddr, Proto: header.ProtoTCP, DontFragment: true,
-		SrcPort: f.SrcPort, DstPort: f.DstPort, Transparent: transparent})
+	_ = ip.QueueXmit(skb, fl)
 }

@@ -7,6 +7,7 @@ import (
 	"math/bits"
 	mrand "math/rand/v2"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -20,7 +21,11 @@ import (
 )
 
 // family is what TCP needs from the network layer (icsk_af_ops):
-// ipv4.Layer satisfies it, an IPv6 layer will too.
+// ipv4.Layer and ipv6.Layer satisfy it. A Proto holds one of each; a
+// socket takes the one of its addresses' family (Proto.af) when it is
+// routed, and everything family-specific past that point (the network
+// header's size in the MSS, the GSO type, the ICMP error's minimum MTU)
+// follows Sock.v6.
 type family interface {
 	// QueueXmit consumes skb; skb.Bytes() starts at the TCP header, whose
 	// checksum is complete or CsumPartial.
@@ -104,6 +109,10 @@ type Config struct {
 	Device func(nicID int) (mtu int, caps link.Caps, ok bool)
 	// EphemeralLow..EphemeralHigh is ip_local_port_range.
 	EphemeralLow, EphemeralHigh uint16
+	// Zone resolves an IPv6 zone (RFC 4007 §11: "fe80::1%eth0") to a
+	// NIC ID; nil: zones are decimal NIC IDs (Linux's sin6_scope_id).
+	// The root package wires it to its devices.
+	Zone func(zone string) (nicID int, ok bool)
 }
 
 // tuple is a connection's 4-tuple from our side.
@@ -115,7 +124,8 @@ type tuple struct {
 // Proto is TCP for one stack (struct proto tcp_prot plus the
 // inet_hashinfo tables).
 type Proto struct {
-	ip  family
+	ip  family // IPv4
+	ip6 family // IPv6; nil: IPv6 addresses are EAFNOSUPPORT
 	clk clock.Clock
 	cfg Config
 
@@ -143,9 +153,11 @@ type Proto struct {
 	drops buf.DropStats
 }
 
-// New returns TCP sending through ip. Register it with
-// ipv4.Layer.AddProtocol(header.ProtoTCP, ipv4.Protocol{Rcv: p.V4Rcv, Err: p.V4Err}).
-func New(ip family, cfg Config) *Proto {
+// New returns TCP sending IPv4 through ip and IPv6 through ip6 (nil: no
+// IPv6). Register it with
+// ipv4.Layer.AddProtocol(header.ProtoTCP, ipv4.Protocol{Rcv: p.V4Rcv, Err: p.V4Err})
+// and ipv6.Layer.AddProtocol(header.ProtoTCP, ipv6.Protocol{Rcv: p.V6Rcv, Err: p.V6Err}).
+func New(ip, ip6 family, cfg Config) *Proto {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewReal()
 	}
@@ -181,10 +193,50 @@ func New(ip family, cfg Config) *Proto {
 	if cfg.EphemeralHigh < cfg.EphemeralLow {
 		cfg.EphemeralLow, cfg.EphemeralHigh = cfg.EphemeralHigh, cfg.EphemeralLow
 	}
-	p := &Proto{ip: ip, clk: cfg.Clock, cfg: cfg, conns: map[tuple]*Sock{},
+	p := &Proto{ip: ip, ip6: ip6, clk: cfg.Clock, cfg: cfg, conns: map[tuple]*Sock{},
 		listeners: map[uint16][]*Sock{}, ports: map[uint16]int{}, epoch: cfg.Clock.Now()}
 	_, _ = rand.Read(p.secret[:])
 	return p
+}
+
+// af is the network layer of a's family: IPv4 for an IPv4 address, IPv6
+// for any other valid one when the Proto has IPv6. IPv4-mapped addresses
+// (::ffff:a.b.c.d) never reach it: the socket API unmaps them first
+// (sockAddr), so none goes on the wire (RFC 4038 §4.2).
+func (p *Proto) af(a netip.Addr) (family, bool) {
+	switch {
+	case a.Is4():
+		return p.ip, true
+	case a.Is6() && !a.Is4In6() && p.ip6 != nil:
+		return p.ip6, true
+	}
+	return nil, false
+}
+
+// sockAddr is the socket API's treatment of an address. An IPv4-mapped
+// one (RFC 4291 §2.5.5.2) names the IPv4 node, so ::ffff:a.b.c.d is
+// a.b.c.d (what a dual-stack AF_INET6 socket sends to, RFC 3493 §3.7),
+// and never goes on the wire as an IPv6 address. A zone (RFC 4007 §11)
+// names the NIC of a link-local address: it is resolved to the NIC ID
+// returned (ENODEV when it names none) and taken off the address, which
+// the wire carries without it.
+func (p *Proto) sockAddr(a netip.Addr) (netip.Addr, int, error) {
+	if a.Is4In6() {
+		return a.Unmap(), 0, nil
+	}
+	z := a.Zone()
+	if z == "" {
+		return a, 0, nil
+	}
+	a = a.WithZone("")
+	if p.cfg.Zone != nil {
+		if id, ok := p.cfg.Zone(z); ok {
+			return a, id, nil
+		}
+	} else if id, err := strconv.Atoi(z); err == nil && id > 0 {
+		return a, id, nil
+	}
+	return a, 0, syscall.ENODEV
 }
 
 // Config returns the effective configuration.
@@ -251,17 +303,26 @@ func (p *Proto) device(nic int) (int, link.Caps) {
 
 // lookupListener finds the listener for daddr:dport, a specific address
 // before the wildcard (__inet_lookup_listener). Called with p.mu held.
+// The IPv4 wildcard 0.0.0.0 takes IPv4 only; the IPv6 wildcard :: and an
+// unbound listener take both families (an AF_INET6 socket without
+// IPV6_V6ONLY, Linux's bindv6only=0 default, RFC 3493 §5.3).
 func (p *Proto) lookupListener(daddr netip.Addr, dport uint16) *Sock {
 	var wild *Sock
 	for _, l := range p.listeners[dport] {
 		if l.id.laddr == daddr {
 			return l
 		}
-		if !l.id.laddr.IsValid() || l.id.laddr.IsUnspecified() {
+		if wildcardFor(l.id.laddr, daddr) {
 			wild = l
 		}
 	}
 	return wild
+}
+
+// wildcardFor reports whether a socket bound to the wildcard laddr takes
+// a segment to daddr (see lookupListener).
+func wildcardFor(laddr, daddr netip.Addr) bool {
+	return !laddr.IsValid() || laddr == netip.IPv6Unspecified() || laddr == netip.IPv4Unspecified() && daddr.Is4()
 }
 
 // lookupListenerRLocked is lookupListener taking Proto.mu.
@@ -336,12 +397,31 @@ func (p *Proto) unhash(s *Sock) {
 
 // listenConflict reports whether a listener on addr:port would clash
 // with another listener (inet_csk_bind_conflict with SO_REUSEADDR, which
-// Go's net.Listen sets: established and TIME-WAIT users do not clash).
+// Go's net.Listen sets: established and TIME-WAIT users do not clash):
+// when the addresses they take overlap (addrsOverlap).
 func listenConflict(list []*Sock, addr netip.Addr) bool {
 	for _, o := range list {
-		if !o.id.laddr.IsValid() || o.id.laddr.IsUnspecified() || !addr.IsValid() || addr.IsUnspecified() || o.id.laddr == addr {
+		if addrsOverlap(o.id.laddr, addr) {
 			return true
 		}
+	}
+	return false
+}
+
+// addrsOverlap reports whether sockets bound to a and b would take a
+// common destination address: an unbound socket and :: take every
+// address of both families, 0.0.0.0 every IPv4 address, a specific
+// address itself (so 0.0.0.0 and fd00::1 share a port, as AF_INET and
+// AF_INET6 sockets do on Linux).
+func addrsOverlap(a, b netip.Addr) bool {
+	all := func(x netip.Addr) bool { return !x.IsValid() || x == netip.IPv6Unspecified() }
+	switch {
+	case all(a) || all(b) || a == b:
+		return true
+	case a == netip.IPv4Unspecified():
+		return b.Is4()
+	case b == netip.IPv4Unspecified():
+		return a.Is4()
 	}
 	return false
 }

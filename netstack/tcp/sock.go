@@ -102,6 +102,10 @@ type Sock struct {
 	routeMTU                    int
 	gso                         bool // output NIC takes GSO super-packets
 	flow                        route.Flow
+	// ip is the network layer of the connection's family and v6 says
+	// which (Sock.routeFlow sets both before the first segment).
+	ip family
+	v6 bool
 	// transparent is IP_TRANSPARENT: id.laddr need not be an address
 	// of the stack (intercepted children, DialTransparent); mark is
 	// SO_MARK, put on every segment (MarkDivert for DialTransparent).

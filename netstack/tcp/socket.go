@@ -42,9 +42,14 @@ func (s *Sock) Bind(addr netip.AddrPort) error {
 	if s.bound || s.state != Closed || s.hashed {
 		return syscall.EINVAL
 	}
-	a := addr.Addr()
-	if a.IsValid() && !a.Is4() {
-		return syscall.EAFNOSUPPORT
+	a, _, err := s.p.sockAddr(addr.Addr())
+	if err != nil {
+		return err
+	}
+	if a.IsValid() {
+		if _, ok := s.p.af(a); !ok {
+			return syscall.EAFNOSUPPORT
+		}
 	}
 	s.id.laddr, s.id.lport, s.bound = a, addr.Port(), true
 	return nil
@@ -183,16 +188,28 @@ func (s *Sock) startConnect(raddr netip.AddrPort) error {
 		return syscall.EISCONN
 	case s.err != nil:
 		return syscall.EBADF
-	case !raddr.Addr().Is4() || raddr.Port() == 0:
+	}
+	dst, znic, err := s.p.sockAddr(raddr.Addr())
+	if err != nil {
+		return err
+	}
+	if _, ok := s.p.af(dst); !ok || raddr.Port() == 0 {
 		return syscall.EAFNOSUPPORT
 	}
-	p := s.p
-	fl := route.Flow{Src: s.id.laddr, Dst: raddr.Addr(), Proto: header.ProtoTCP, DontFragment: true,
-		Transparent: s.transparent, Mark: s.mark}
-	if fl.Src.IsValid() && fl.Src.IsUnspecified() {
-		fl.Src = netip.Addr{}
+	if la := s.id.laddr; la.IsValid() && la != netip.IPv6Unspecified() && la.Is4() != dst.Is4() {
+		// Bound to an address of the other family (the IPv6 wildcard
+		// takes both, as an AF_INET6 socket without IPV6_V6ONLY).
+		return syscall.EAFNOSUPPORT
 	}
-	res, err := p.ip.RouteOutput(fl)
+	raddr = netip.AddrPortFrom(dst, raddr.Port())
+	p := s.p
+	s.flow = route.Flow{Src: s.id.laddr, Dst: dst, Proto: header.ProtoTCP, DontFragment: true,
+		Transparent: s.transparent, Mark: s.mark, NIC: znic}
+	if s.flow.Src.IsValid() && s.flow.Src.IsUnspecified() {
+		s.flow.Src = netip.Addr{}
+	}
+	fl := s.flow
+	res, err := s.routeFlow()
 	if err != nil {
 		return err
 	}
@@ -204,7 +221,7 @@ func (s *Sock) startConnect(raddr netip.AddrPort) error {
 		return err
 	}
 	s.flow = route.Flow{Src: s.id.laddr, Dst: s.id.raddr, Proto: header.ProtoTCP, DontFragment: true,
-		SrcPort: s.id.lport, DstPort: s.id.rport, Transparent: s.transparent, Mark: s.mark}
+		SrcPort: s.id.lport, DstPort: s.id.rport, Transparent: s.transparent, Mark: s.mark, NIC: znic}
 	s.setRoute(res)
 	s.wsOK, s.tsOK, s.sackOK = !p.cfg.NoWindowScaling, !p.cfg.NoTimestamps, !p.cfg.NoSACK
 	if s.wsOK {

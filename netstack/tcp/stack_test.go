@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"net"
 	"net/netip"
 	"syscall"
 	"testing"
@@ -18,13 +19,27 @@ import (
 // ipv4, dev and neigh, with loss, duplication, reordering and corruption
 // in both directions, blocking net.Conn calls on the real clock.
 func TestStacksOverFaultyPipe(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		name := "IPv4"
+		if v6 {
+			name = "IPv6" // ipv6, NDP and the IPv6 pseudo-header instead
+		}
+		t.Run(name, func(t *testing.T) { stacksOverFaultyPipe(t, v6) })
+	}
+}
+
+func stacksOverFaultyPipe(t *testing.T, v6 bool) {
 	size := 16 << 20
 	if testing.Short() {
 		size = 4 << 20
 	}
-	a, b := stacktest.Pair(t, stacktest.NoCapture(), stacktest.Fault(fault.Loss(0.01), fault.Duplicate(0.01),
+	a, b := stacktest.Pair(t, stacktest.NoCapture(), stacktest.DualStack(), stacktest.Fault(fault.Loss(0.01), fault.Duplicate(0.01),
 		fault.Reorder(0.01, 3), fault.Corrupt(0.01), fault.Seed(3), fault.OnReceive()))
-	ln, err := b.ListenTCP(netip.AddrPortFrom(b.Addr(), 7))
+	dst := b.Addr()
+	if v6 {
+		dst = b.Addr6()
+	}
+	ln, err := b.ListenTCP(netip.AddrPortFrom(dst, 7))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,11 +70,14 @@ func TestStacksOverFaultyPipe(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := a.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(b.Addr(), 7))
+	c, err := a.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(dst, 7))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	if got := c.LocalAddr().(*net.TCPAddr).AddrPort().Addr(); got.Is6() != v6 {
+		t.Fatalf("connected from %v", got)
+	}
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	h := sha256.New()
 	buf := make([]byte, 32<<10)
@@ -113,9 +131,19 @@ func TestDialErrors(t *testing.T) {
 // BenchmarkStacksOverPipe is one connection's throughput between two
 // whole stacks over link/pipe (TCP, IPv4, neigh, dev, the pipe's
 // goroutines); allocs/op are per 64 KiB written (45 segments).
-func BenchmarkStacksOverPipe(b *testing.B) {
-	a, bb := stacktest.Pair(b, stacktest.NoCapture())
-	ln, err := bb.ListenTCP(netip.AddrPortFrom(bb.Addr(), 9))
+func BenchmarkStacksOverPipe(b *testing.B) { benchStacksOverPipe(b, false) }
+
+// BenchmarkStacksOverPipeIPv6 is BenchmarkStacksOverPipe over IPv6
+// (46 segments of 1428 bytes per 64 KiB).
+func BenchmarkStacksOverPipeIPv6(b *testing.B) { benchStacksOverPipe(b, true) }
+
+func benchStacksOverPipe(b *testing.B, v6 bool) {
+	a, bb := stacktest.Pair(b, stacktest.NoCapture(), stacktest.DualStack())
+	dst := bb.Addr()
+	if v6 {
+		dst = bb.Addr6()
+	}
+	ln, err := bb.ListenTCP(netip.AddrPortFrom(dst, 9))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -131,7 +159,7 @@ func BenchmarkStacksOverPipe(b *testing.B) {
 		c.Close()
 		done <- n
 	}()
-	c, err := a.DialTCP(context.Background(), netip.AddrPort{}, netip.AddrPortFrom(bb.Addr(), 9))
+	c, err := a.DialTCP(context.Background(), netip.AddrPort{}, netip.AddrPortFrom(dst, 9))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -155,11 +183,25 @@ func BenchmarkStacksOverPipe(b *testing.B) {
 	b.ReportMetric(float64(n)*8/time.Since(t0).Seconds()/1e9, "Gbit/s")
 }
 
-// A stack talking to itself goes through ipv4's loopback backlog, never
-// re-entering the sender's socket lock.
+// A stack talking to itself goes through ipv4's (ipv6's) loopback
+// backlog, never re-entering the sender's socket lock.
 func TestLoopbackConnection(t *testing.T) {
-	a, _ := stacktest.Pair(t, stacktest.NoCapture())
-	ln, err := a.ListenTCP(netip.AddrPortFrom(netip.IPv4Unspecified(), 8080))
+	for _, v6 := range []bool{false, true} {
+		name := "IPv4"
+		if v6 {
+			name = "IPv6"
+		}
+		t.Run(name, func(t *testing.T) { loopbackConnection(t, v6) })
+	}
+}
+
+func loopbackConnection(t *testing.T, v6 bool) {
+	a, _ := stacktest.Pair(t, stacktest.NoCapture(), stacktest.DualStack())
+	to := a.Addr()
+	if v6 {
+		to = a.Addr6()
+	}
+	ln, err := a.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), 8080))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +216,7 @@ func TestLoopbackConnection(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := a.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(a.Addr(), 8080))
+	c, err := a.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(to, 8080))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -89,7 +89,15 @@ func (l *Sock) sendCookieSynAck(seg *segment, t tuple) {
 	if seg.opts.HasMSS {
 		mss = seg.opts.MSS
 	}
-	res, err := p.ip.RouteOutput(route.Flow{Src: t.laddr, Dst: t.raddr, Proto: header.ProtoTCP})
+	ip, ok := p.af(t.raddr)
+	if !ok {
+		return
+	}
+	fl := route.Flow{Src: t.laddr, Dst: t.raddr, Proto: header.ProtoTCP}
+	if t.raddr.IsLinkLocalUnicast() {
+		fl.NIC = seg.nic
+	}
+	res, err := ip.RouteOutput(fl)
 	if err != nil {
 		return
 	}
@@ -99,7 +107,7 @@ func (l *Sock) sendCookieSynAck(seg *segment, t tuple) {
 	}
 	iss := p.makeCookie(t, seg.seq, mss)
 	var o header.TCPOptions
-	o.HasMSS, o.MSS = true, uint16(mtu-header.IPv4MinSize-header.TCPMinSize)
+	o.HasMSS, o.MSS = true, uint16(mtu-netHeaderLen(t.raddr.Is6())-header.TCPMinSize)
 	if seg.opts.HasTS && !p.cfg.NoTimestamps {
 		o.HasTS, o.TSEcr = true, seg.opts.TSVal
 		bits := uint32(15)
@@ -117,7 +125,7 @@ func (l *Sock) sendCookieSynAck(seg *segment, t tuple) {
 	n := header.EncodeTCPOptions(ob[:], &o)
 	p.count(SyncookiesSent)
 	p.sendControl(t.laddr, t.raddr, header.TCPFields{SrcPort: t.lport, DstPort: t.rport, Seq: iss,
-		Ack: seg.seq + 1, Flags: header.SYN | header.ACK, Window: uint16(min(l.rcvBufLimit, 0xffff)), Options: ob[:n]}, false)
+		Ack: seg.seq + 1, Flags: header.SYN | header.ACK, Window: uint16(min(l.rcvBufLimit, 0xffff)), Options: ob[:n]}, fl.NIC, false)
 }
 
 // cookieAck is cookie_v4_check: an ACK to a listener may complete a
@@ -151,7 +159,10 @@ func (l *Sock) cookieAck(seg *segment, t tuple) bool {
 	c.id = t
 	c.flow = route.Flow{Src: t.laddr, Dst: t.raddr, Proto: header.ProtoTCP, DontFragment: true,
 		SrcPort: t.lport, DstPort: t.rport}
-	res, err := p.ip.RouteOutput(c.flow)
+	if t.raddr.IsLinkLocalUnicast() {
+		c.flow.NIC = seg.nic
+	}
+	res, err := c.routeFlow()
 	if err != nil {
 		seg.skb.Free(DropNoSocket)
 		return true

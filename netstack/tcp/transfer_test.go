@@ -180,6 +180,12 @@ func TestTransferUnderFaults(t *testing.T) {
 		{"corrupt", wireCfg{delay: 2 * time.Millisecond, corrupt: 0.02, bothWays: true}, false, true},
 		{"all", wireCfg{delay: 2 * time.Millisecond, loss: 0.01, dup: 0.01, reorder: 0.01, reorderBy: 2 * time.Millisecond, corrupt: 0.01, bothWays: true}, true, true},
 		{"all-copy", wireCfg{delay: 2 * time.Millisecond, loss: 0.01, dup: 0.01, reorder: 0.01, reorderBy: 2 * time.Millisecond, corrupt: 0.01, bothWays: true}, true, false},
+		// The family knob: IPv6 (the checksum over the IPv6
+		// pseudo-header, RFC 8200 §8.1; the MSS from the MTU less 60
+		// bytes, here the minimum MTU of 1280, §5 and §8.3).
+		{"clean-v6", wireCfg{delay: time.Millisecond, v6: true}, true, false},
+		{"all-v6", wireCfg{delay: 2 * time.Millisecond, loss: 0.01, dup: 0.01, reorder: 0.01, reorderBy: 2 * time.Millisecond, corrupt: 0.01, bothWays: true, v6: true}, true, true},
+		{"loss1%-v6-mtu1280", wireCfg{delay: 2 * time.Millisecond, loss: 0.01, bothWays: true, v6: true, mtu: 1280}, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.seed = 1
@@ -189,7 +195,10 @@ func TestTransferUnderFaults(t *testing.T) {
 			t.Logf("%d MiB: simulated %v, wall %v, a→b %+v, b→a %+v, retrans a=%d b=%d",
 				size>>20, sim, time.Since(wall).Round(time.Millisecond), w.stats[0], w.stats[1],
 				w.a.Counter(RetransSegs), w.b.Counter(RetransSegs))
-			if tc.name == "clean" && w.a.Counter(RetransSegs)+w.b.Counter(RetransSegs) != 0 {
+			if tc.cfg.v6 && (w.ipA.tooBig != 0 || w.ipA.v4 != 0 || w.ipA.v6 == 0) {
+				t.Errorf("IPv6: %d segments over the MTU, %d sent over IPv4, %d over IPv6", w.ipA.tooBig, w.ipA.v4, w.ipA.v6)
+			}
+			if (tc.name == "clean" || tc.name == "clean-v6") && w.a.Counter(RetransSegs)+w.b.Counter(RetransSegs) != 0 {
 				t.Errorf("retransmissions on a clean wire: a %v b %v", nonzero(w.a), nonzero(w.b))
 			}
 			t.Logf("a: %v", nonzero(w.a))

@@ -1,11 +1,32 @@
-// Package udp owns UDP (RFC 768, RFC 1122 §4.1; net/ipv4/udp.c): the port
+// Package udp owns UDP (RFC 768, RFC 1122 §4.1; net/ipv4/udp.c,
+// net/ipv6/udp.c) over IPv4 and IPv6: the port
 // table, datagram sockets with their bounded receive queues, input
-// validation and demultiplexing (__udp4_lib_rcv), ICMP error delivery
-// (__udp4_lib_err) and output (udp_sendmsg → udp_send_skb).
+// validation and demultiplexing (__udp4_lib_rcv, __udp6_lib_rcv), ICMP
+// and ICMPv6 error delivery (__udp4_lib_err, __udp6_lib_err) and output
+// (udp_sendmsg → udp_send_skb).
 //
 // Not owned here: IP headers, routing, fragmentation and ICMP generation
-// (ipv4, reached through the family interface so IPv6 lands beside it),
-// the protocol-independent socket API and net.Conn adapters (socket).
+// (ipv4 and ipv6, reached through the family interface), the
+// protocol-independent socket API and net.Conn adapters (socket).
+//
+// Families. A Proto holds an IPv4 and an IPv6 layer (New's ip and ip6;
+// nil ip6 refuses IPv6 addresses with EAFNOSUPPORT); a datagram goes
+// through the layer of its destination's family. IPv4-mapped addresses
+// are unmapped at the socket API (::ffff:a.b.c.d sends IPv4 to a.b.c.d,
+// RFC 4291 §2.5.5.2), so none is ever on the wire. A socket on :: (or
+// unbound) takes and sends both families, one on 0.0.0.0 only IPv4
+// (Linux's bindv6only=0), one on a specific address only its family
+// (EAFNOSUPPORT). Over IPv6 the checksum covers the IPv6 pseudo-header
+// and is mandatory (RFC 8200 §8.1: a zero checksum is discarded and
+// counted in InCsumErrors), the payload may be 65527 bytes (MaxPayload6),
+// a closed port is answered with ICMPv6 Destination Unreachable code 4
+// (RFC 4443 §3.1), and the receive metadata reads the addresses from the
+// IPv6 header kept with the SKB (they do not fit the control block).
+// Link-local addresses (RFC 4007 §6) carry a zone at the API: a received
+// one gets the name of the NIC it came in on (Config.ZoneName), a
+// destination's zone picks the output NIC (Config.Zone: a name or an ID;
+// ENODEV for neither), so an echo of Meta.From finds its link; the port
+// table and the wire hold addresses without zones.
 //
 // # Theory of operation
 //
@@ -39,22 +60,24 @@
 // below the bound (so an empty queue always takes one); otherwise it is
 // freed with SOCKET_RCVBUFF and counted in RcvbufErrors and InErrors.
 //
-// Errors (V4Err): ipv4 hands over a header.ICMPError (type, code,
-// icmp_err_convert's errno and fatal flag), the seam ipv6 reuses for
-// ICMPv6. The socket is found from the quoted header; as Linux does without
+// Errors (V4Err, V6Err): ipv4 and ipv6 hand over a header.ICMPError
+// (type, code, icmp_err_convert's or icmpv6_err_convert's errno and
+// fatal flag). The socket is found from the quoted header; as Linux does without
 // IP_RECVERR, only CONNECTED sockets hear of it, and only of hard errors
 // (RFC 1122 §4.1.3.3 asks for all; Linux's fatal ones: port unreachable as
 // ECONNREFUSED, protocol unreachable, parameter problem, the prohibited,
-// unknown and precedence codes); fragmentation needed only when the socket
-// sends with DF (IP_PMTUDISC_DO), as EMSGSIZE. Soft errors (net and host
+// unknown and precedence codes; over IPv6 port unreachable, the
+// prohibited and reject-route codes and parameter problem); fragmentation
+// needed or Packet Too Big only when the socket sends with DF
+// (IP_PMTUDISC_DO, IPV6_DONTFRAG), as EMSGSIZE. Soft errors (net and host
 // unreachable, time exceeded) are transient: no socket hears of them
 // (UdpExtICMPSoftErrors), so they never fail a connected socket's next
 // call. A hard error is stored on the socket (UdpExtICMPHardErrors),
 // wakes its waiters, and the next receive or send returns it once
 // (sock_error); the socket carries on afterwards.
 //
-// Output: SendTo checks the size (65507 bytes of payload at most, else
-// EMSGSIZE), binds an ephemeral port if needed (inet_autobind), routes to
+// Output: SendTo checks the size (65507 bytes of payload at most over
+// IPv4, 65527 over IPv6, else EMSGSIZE), binds an ephemeral port if needed (inet_autobind), routes to
 // learn the source address, builds the header and the RFC 768 checksum
 // (a computed 0 is sent as 0xFFFF) and hands the SKB to the family's
 // QueueXmit, which fragments datagrams larger than the path MTU. Sends

@@ -20,8 +20,29 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 		return
 	}
 	ip := header.IPv4(nh)
-	src, dst := ip.Src(), ip.Dst()
+	p.rcv(skb, ip.Src(), ip.Dst(), false)
+}
 
+// V6Rcv is __udp6_lib_rcv: V4Rcv for a datagram whose NetworkHeader() is
+// the IPv6 header (the ipv6.Protocol Rcv contract: extension headers
+// walked and reassembled, Bytes() starts at the UDP header). The checksum
+// covers the IPv6 pseudo-header and is mandatory (RFC 8200 §8.1: "IPv6
+// receivers must discard UDP packets containing a zero checksum"); a port
+// nobody holds is answered with an ICMPv6 Destination Unreachable, code 4
+// (RFC 4443 §3.1: "if the transport protocol has no listener").
+func (p *Proto) V6Rcv(skb *buf.SKB) {
+	nh := skb.NetworkHeader()
+	if len(nh) < header.IPv6MinSize {
+		p.count(InErrors)
+		skb.Free(DropTooSmall)
+		return
+	}
+	ip := header.IPv6(nh)
+	p.rcv(skb, ip.Src(), ip.Dst(), true)
+}
+
+// rcv is the family-neutral part of V4Rcv and V6Rcv.
+func (p *Proto) rcv(skb *buf.SKB, src, dst netip.Addr, v6 bool) {
 	// RFC 768: Length "is the length in octets of this user datagram
 	// including this header and the data"; CheckUDP verified 8 <= Length
 	// <= the IP payload.
@@ -43,6 +64,12 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 	// with a bad checksum MUST be discarded silently. The link may have
 	// verified it already (CsumUnnecessary), or the packet never left this
 	// host's kernel (CsumPartial from a veth).
+	if u.Checksum() == 0 && v6 {
+		p.count(InCsumErrors)
+		p.count(InErrors)
+		skb.Free(DropCsum)
+		return
+	}
 	if u.Checksum() != 0 && skb.Csum == buf.CsumNone {
 		sum := header.Checksum(u, header.PseudoHeaderSum(header.ProtoUDP, src, dst, ulen))
 		if header.Fold(sum) != 0xffff {
@@ -54,7 +81,7 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 	}
 	sport, dport := u.SrcPort(), u.DstPort()
 	if skb.Mark&netfilter.MarkDivert != 0 {
-		p.divertRcv(skb, src, sport, dst, dport)
+		p.divertRcv(skb, src, sport, dst, dport, v6)
 		return
 	}
 
@@ -67,7 +94,11 @@ func (p *Proto) V4Rcv(skb *buf.SKB) {
 		// an ICMP Port Unreachable message." ipv4 refuses to answer
 		// broadcasts, multicasts and non-initial fragments.
 		p.count(NoPorts)
-		p.ip.SendICMPError(skb, header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0)
+		if v6 {
+			p.ip6.SendICMPError(skb, header.ICMPv6DstUnreachable, header.ICMPv6PortUnreachable, 0)
+		} else {
+			p.ip.SendICMPError(skb, header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0)
+		}
 		skb.Free(DropNoSocket)
 		return
 	}
@@ -104,6 +135,23 @@ func (p *Proto) V4Err(skb *buf.SKB, e header.ICMPError) {
 	lport := binary.BigEndian.Uint16(b[ihl:])
 	rport := binary.BigEndian.Uint16(b[ihl+2:])
 	p.icmpError(e, local, lport, remote, rport)
+}
+
+// V6Err is __udp6_lib_err: V4Err for an ICMPv6 error (RFC 4443 §3, the
+// ipv6.Protocol Err contract: skb.Bytes() starts at the quoted IPv6
+// header, TransportHeader() at the quoted UDP header). Port unreachable
+// is hard (ECONNREFUSED on a connected socket, RFC 4443 §3.1 / RFC 1122
+// §4.1.3.3), as are the admin-prohibited codes and Parameter Problem;
+// no route, address unreachable and Time Exceeded are soft; Packet Too
+// Big (RFC 8201 §4) reaches a connected socket with SetDontFragment as
+// EMSGSIZE (IPV6_DONTFRAG), as V4Err's fragmentation needed.
+func (p *Proto) V6Err(skb *buf.SKB, e header.ICMPError) {
+	b, th := skb.Bytes(), skb.TransportHeader()
+	if len(b) < header.IPv6MinSize || len(th) < 4 {
+		return
+	}
+	ip := header.IPv6(b)
+	p.icmpError(e, ip.Src(), binary.BigEndian.Uint16(th), ip.Dst(), binary.BigEndian.Uint16(th[2:]))
 }
 
 // icmpError delivers an ICMP error about the datagram local:lport →

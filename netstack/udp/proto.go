@@ -3,6 +3,7 @@ package udp
 import (
 	"math/rand/v2"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -13,8 +14,9 @@ import (
 )
 
 // family is what UDP needs from the network layer (icsk_af_ops, the
-// struct proto callbacks into ip_*): ipv4.Layer satisfies it, an IPv6
-// layer will too.
+// struct proto callbacks into ip_*): ipv4.Layer and ipv6.Layer satisfy
+// it. A Proto holds one of each and a datagram goes through the one of
+// its addresses' family (Proto.af).
 type family interface {
 	// QueueXmit consumes skb; skb.Bytes() starts at the UDP header, whose
 	// checksum is complete.
@@ -25,7 +27,8 @@ type family interface {
 	// offending packet.
 	SendICMPError(skb *buf.SKB, typ, code uint8, info uint32)
 	// SendICMPErrorQuote sends an ICMP error from src, which need not be
-	// local, quoting quote (an IPv4 header and at least 8 more bytes).
+	// local, quoting quote (an IP header of the family and at least 8
+	// more bytes).
 	SendICMPErrorQuote(src, dst netip.Addr, typ, code uint8, info uint32, quote []byte) error
 }
 
@@ -48,6 +51,18 @@ const (
 // MaxPayload is the largest UDP payload over IPv4: 65535 - 20 - 8.
 const MaxPayload = 65507
 
+// MaxPayload6 is the largest UDP payload over IPv6: the 16-bit Payload
+// Length (RFC 8200 §3) less the UDP header; no jumbograms (RFC 2675).
+const MaxPayload6 = 65535 - 8
+
+// maxPayload is MaxPayload or MaxPayload6 for dst's family.
+func maxPayload(dst netip.Addr) int {
+	if dst.Is6() {
+		return MaxPayload6
+	}
+	return MaxPayload
+}
+
 // Config tunes a Proto.
 type Config struct {
 	// Clock runs deadline timers; nil = clock.NewReal().
@@ -58,12 +73,19 @@ type Config struct {
 	RcvBuf int
 	// MaxSockets bounds the bound sockets; 0 = 65536.
 	MaxSockets int
+	// Zone resolves an IPv6 zone (RFC 4007 §11: "fe80::1%eth0") to a
+	// NIC ID, and ZoneName names a NIC for the zone of a received
+	// link-local address; nil: zones are decimal NIC IDs (Linux's
+	// sin6_scope_id). The root package wires both to its devices.
+	Zone     func(zone string) (nicID int, ok bool)
+	ZoneName func(nicID int) string
 }
 
 // Proto is the UDP protocol of one stack (struct proto udp_prot plus the
 // udp_table).
 type Proto struct {
-	ip  family
+	ip  family // IPv4
+	ip6 family // IPv6; nil: IPv6 addresses are EAFNOSUPPORT
 	clk clock.Clock
 	cfg Config
 
@@ -79,9 +101,11 @@ type Proto struct {
 	drops buf.DropStats // drops of locally originated datagrams
 }
 
-// New returns a UDP protocol sending through ip. Register it with
-// ipv4.Layer.AddProtocol(header.ProtoUDP, ipv4.Protocol{Rcv: p.V4Rcv, Err: p.V4Err}).
-func New(ip family, cfg Config) *Proto {
+// New returns a UDP protocol sending IPv4 through ip and IPv6 through ip6
+// (nil: no IPv6). Register it with
+// ipv4.Layer.AddProtocol(header.ProtoUDP, ipv4.Protocol{Rcv: p.V4Rcv, Err: p.V4Err})
+// and ipv6.Layer.AddProtocol(header.ProtoUDP, ipv6.Protocol{Rcv: p.V6Rcv, Err: p.V6Err}).
+func New(ip, ip6 family, cfg Config) *Proto {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewReal()
 	}
@@ -101,7 +125,65 @@ func New(ip family, cfg Config) *Proto {
 	if cfg.MaxSockets <= 0 {
 		cfg.MaxSockets = DefaultMaxSockets
 	}
-	return &Proto{ip: ip, clk: cfg.Clock, cfg: cfg, ports: map[uint16][]*Socket{}}
+	return &Proto{ip: ip, ip6: ip6, clk: cfg.Clock, cfg: cfg, ports: map[uint16][]*Socket{}}
+}
+
+// af is the network layer of a's family: IPv4 for an IPv4 address, IPv6
+// for any other valid one when the Proto has IPv6. The socket API unmaps
+// IPv4-mapped addresses first (RFC 4291 §2.5.5.2: ::ffff:a.b.c.d names
+// the IPv4 node a.b.c.d), so none reaches the wire as an IPv6 address;
+// af refuses one that got this far.
+func (p *Proto) af(a netip.Addr) (family, bool) {
+	switch {
+	case a.Is4():
+		return p.ip, true
+	case a.Is6() && !a.Is4In6() && p.ip6 != nil:
+		return p.ip6, true
+	}
+	return nil, false
+}
+
+// zoneNIC is the NIC a zoned address names (RFC 4007 §6: a link-local
+// address is ambiguous without its link): 0 for no zone, ENODEV for a
+// zone that names no NIC. The address is returned without its zone.
+func (p *Proto) zoneNIC(a netip.Addr) (netip.Addr, int, error) {
+	z := a.Zone()
+	if z == "" {
+		return a, 0, nil
+	}
+	a = a.WithZone("")
+	if p.cfg.Zone != nil {
+		if id, ok := p.cfg.Zone(z); ok {
+			return a, id, nil
+		}
+		return a, 0, syscall.ENODEV
+	}
+	if id, err := strconv.Atoi(z); err == nil && id > 0 {
+		return a, id, nil
+	}
+	return a, 0, syscall.ENODEV
+}
+
+// withZone gives a link-local address received on nic its zone, so that
+// a reply to it (SendTo, SendFromTo) leaves through that NIC.
+func (p *Proto) withZone(a netip.Addr, nic int) netip.Addr {
+	if nic == 0 || !a.Is6() || !(a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast()) {
+		return a
+	}
+	if p.cfg.ZoneName != nil {
+		if z := p.cfg.ZoneName(nic); z != "" {
+			return a.WithZone(z)
+		}
+	}
+	return a.WithZone(strconv.Itoa(nic))
+}
+
+// wildcardFor reports whether a socket bound to the wildcard laddr takes
+// a datagram to daddr: 0.0.0.0 takes IPv4 only; :: and an unbound socket
+// take both families (an AF_INET6 socket without IPV6_V6ONLY, Linux's
+// bindv6only=0 default, RFC 3493 §5.3).
+func wildcardFor(laddr, daddr netip.Addr) bool {
+	return !laddr.IsValid() || laddr == netip.IPv6Unspecified() || laddr == netip.IPv4Unspecified() && daddr.Is4()
 }
 
 // Drops counts drops of datagrams this package originated or was handed
@@ -118,12 +200,30 @@ func (p *Proto) NewSocket() *Socket {
 
 // conflicts reports whether binding addr on a port already used by list
 // conflicts (udp_lib_lport_inuse without SO_REUSEADDR/SO_REUSEPORT): it
-// does unless both addresses are specific and different.
+// does when the addresses they take overlap (addrsOverlap).
 func conflicts(list []*Socket, addr netip.Addr) bool {
 	for _, o := range list {
-		if !o.laddr.IsValid() || o.laddr.IsUnspecified() || !addr.IsValid() || addr.IsUnspecified() || o.laddr == addr {
+		if addrsOverlap(o.laddr, addr) {
 			return true
 		}
+	}
+	return false
+}
+
+// addrsOverlap reports whether sockets bound to a and b would take a
+// common destination address: an unbound socket and :: take every
+// address of both families, 0.0.0.0 every IPv4 address, a specific
+// address itself (so 0.0.0.0 and fd00::1 share a port, as AF_INET and
+// AF_INET6 sockets do on Linux).
+func addrsOverlap(a, b netip.Addr) bool {
+	all := func(x netip.Addr) bool { return !x.IsValid() || x == netip.IPv6Unspecified() }
+	switch {
+	case all(a) || all(b) || a == b:
+		return true
+	case a == netip.IPv4Unspecified():
+		return b.Is4()
+	case b == netip.IPv4Unspecified():
+		return a.Is4()
 	}
 	return false
 }
@@ -195,6 +295,8 @@ func (p *Proto) lookup(saddr netip.Addr, sport uint16, daddr netip.Addr, dport u
 				continue
 			}
 			score += 2
+		} else if !wildcardFor(s.laddr, daddr) {
+			continue
 		}
 		if s.connected {
 			if s.raddr != saddr || s.rport != sport {

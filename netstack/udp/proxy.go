@@ -17,7 +17,7 @@ import (
 // connected socket with its exact 4-tuple, else to the intercept socket,
 // never to a bound or wildcard socket. With neither, RFC 1122 §4.1.3.1's
 // port unreachable is sent from the foreign destination. It consumes skb.
-func (p *Proto) divertRcv(skb *buf.SKB, src netip.Addr, sport uint16, dst netip.Addr, dport uint16) {
+func (p *Proto) divertRcv(skb *buf.SKB, src netip.Addr, sport uint16, dst netip.Addr, dport uint16, v6 bool) {
 	p.mu.RLock()
 	s := p.lookupConnected(src, sport, dst, dport)
 	if s == nil {
@@ -28,9 +28,15 @@ func (p *Proto) divertRcv(skb *buf.SKB, src netip.Addr, sport uint16, dst netip.
 		p.count(NoPorts)
 		p.count(DivertNoPorts)
 		// The quote is the IP header and the datagram; ipv4 trims it
-		// to fit 576 bytes and refuses what must not be answered.
-		_ = p.ip.SendICMPErrorQuote(dst, src, header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0,
-			skb.NetworkHeader())
+		// to fit 576 bytes (ipv6: 1280, RFC 4443 §2.4(c)) and refuses
+		// what must not be answered.
+		if v6 {
+			_ = p.ip6.SendICMPErrorQuote(dst, src, header.ICMPv6DstUnreachable, header.ICMPv6PortUnreachable, 0,
+				skb.NetworkHeader())
+		} else {
+			_ = p.ip.SendICMPErrorQuote(dst, src, header.ICMPv4DstUnreachable, header.ICMPv4PortUnreachable, 0,
+				skb.NetworkHeader())
+		}
 		skb.Free(DropNoSocket)
 		return
 	}
@@ -86,14 +92,20 @@ func (s *Socket) SetTransparent(on bool) {
 // carries netfilter.MarkDivert. The intercept socket answers a pod this
 // way, from the address and port the pod sent to. Any socket may use it;
 // its own binding is neither needed nor used. Errors as SendTo, and
-// EINVAL for a zero port or an address that is not IPv4.
+// EINVAL for a zero port or addresses of two families (IPv4-mapped ones
+// are IPv4).
 func (s *Socket) SendFromTo(p []byte, from, to netip.AddrPort) (int, error) {
-	if len(p) > MaxPayload {
-		return 0, syscall.EMSGSIZE
+	src := from.Addr().Unmap().WithZone("")
+	dst, znic, err := s.p.zoneNIC(to.Addr().Unmap())
+	if err != nil {
+		return 0, err
 	}
-	src, dst := from.Addr().Unmap(), to.Addr().Unmap()
-	if !src.Is4() || !dst.Is4() || from.Port() == 0 || to.Port() == 0 {
+	ip, ok := s.p.af(dst)
+	if !ok || src.Is4() != dst.Is4() || !src.IsValid() || from.Port() == 0 || to.Port() == 0 {
 		return 0, syscall.EINVAL
+	}
+	if len(p) > maxPayload(dst) {
+		return 0, syscall.EMSGSIZE
 	}
 	s.mu.Lock()
 	if err := s.sendCheckLocked(); err != nil {
@@ -103,16 +115,19 @@ func (s *Socket) SendFromTo(p []byte, from, to netip.AddrPort) (int, error) {
 	fl := route.Flow{Src: src, Dst: dst, Proto: header.ProtoUDP, TOS: s.tos, TTL: s.ttl, NIC: s.nic,
 		DontFragment: s.dontFrag, SrcPort: from.Port(), DstPort: to.Port(),
 		Transparent: true, Mark: netfilter.MarkDivert}
+	if znic != 0 {
+		fl.NIC = znic
+	}
 	broadcastOK := s.broadcast
 	s.mu.Unlock()
-	res, err := s.p.ip.RouteOutput(fl)
+	res, err := ip.RouteOutput(fl)
 	if err != nil {
 		return 0, errnoOf(err)
 	}
 	if res.Type == route.Broadcast && !broadcastOK {
 		return 0, syscall.EACCES
 	}
-	return s.xmit(p, fl)
+	return s.xmit(ip, p, fl)
 }
 
 // DialTransparent returns a transparent socket (SetTransparent) bound to
@@ -122,14 +137,20 @@ func (s *Socket) SendFromTo(p []byte, from, to netip.AddrPort) (int, error) {
 // sockets conflict only when their 4-tuples are equal (EADDRINUSE), as
 // with SO_REUSEADDR: a diverted reply is matched by 4-tuple first, and a
 // foreign laddr never receives undiverted traffic. Errors: EADDRNOTAVAIL
-// for an laddr that is not a single IPv4 host, EINVAL for a zero raddr
-// port, the routing errors, ENOBUFS past MaxSockets.
+// for an laddr that is not a single IPv4 or IPv6 host, EAFNOSUPPORT for
+// an raddr of another family, EINVAL for a zero raddr port, the routing
+// errors, ENOBUFS past MaxSockets.
 func (p *Proto) DialTransparent(laddr, raddr netip.AddrPort) (*Socket, error) {
-	la, ra := laddr.Addr().Unmap(), raddr.Addr().Unmap()
-	if !la.Is4() || la.IsUnspecified() || la.IsMulticast() || la == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+	la := laddr.Addr().Unmap()
+	if !la.IsValid() || la.IsUnspecified() || la.IsMulticast() || la == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || la.Zone() != "" {
 		return nil, syscall.EADDRNOTAVAIL
 	}
-	if !ra.Is4() {
+	ra, znic, err := p.zoneNIC(raddr.Addr().Unmap())
+	if err != nil {
+		return nil, err
+	}
+	ip, ok := p.af(ra)
+	if !ok || ra.Is4() != la.Is4() {
 		return nil, syscall.EAFNOSUPPORT
 	}
 	if raddr.Port() == 0 {
@@ -137,8 +158,8 @@ func (p *Proto) DialTransparent(laddr, raddr netip.AddrPort) (*Socket, error) {
 	}
 	s := p.NewSocket()
 	s.transparent = true
-	res, err := p.ip.RouteOutput(route.Flow{Src: la, Dst: ra, Proto: header.ProtoUDP, Transparent: true,
-		Mark: netfilter.MarkDivert, SrcPort: laddr.Port(), DstPort: raddr.Port()})
+	res, err := ip.RouteOutput(route.Flow{Src: la, Dst: ra, Proto: header.ProtoUDP, Transparent: true,
+		Mark: netfilter.MarkDivert, SrcPort: laddr.Port(), DstPort: raddr.Port(), NIC: znic})
 	if err != nil {
 		return nil, errnoOf(err)
 	}
@@ -165,6 +186,6 @@ func (p *Proto) DialTransparent(laddr, raddr netip.AddrPort) (*Socket, error) {
 	p.ports[port] = append(p.ports[port], s)
 	p.nbound++
 	s.laddr, s.lport, s.addrLocked = la, port, true
-	s.raddr, s.rport, s.connected = ra, raddr.Port(), true
+	s.raddr, s.rport, s.rnic, s.connected = ra, raddr.Port(), znic, true
 	return s, nil
 }

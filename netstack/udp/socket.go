@@ -53,6 +53,7 @@ type Socket struct {
 	ttl       uint8 // IP_TTL, 0 = the layer's default
 	tos       uint8
 	nic       int  // SO_BINDTODEVICE
+	rnic      int  // the NIC of a connected link-local peer (its zone)
 	broadcast bool // SO_BROADCAST
 	dontFrag  bool // IP_PMTUDISC_DO
 	// transparent is IP_TRANSPARENT (SetTransparent): the local address
@@ -121,9 +122,15 @@ func (s *Socket) enqueue(skb *buf.SKB, src netip.Addr, sport uint16, dst netip.A
 		skb.Free(DropRcvBuf)
 		return
 	}
-	s4, d4 := src.As4(), dst.As4()
-	copy(skb.CB[cbSrc:], s4[:])
-	copy(skb.CB[cbDst:], d4[:])
+	if src.Is4() {
+		s4, d4 := src.As4(), dst.As4()
+		copy(skb.CB[cbSrc:], s4[:])
+		copy(skb.CB[cbDst:], d4[:])
+	} else {
+		// IPv6 addresses do not fit beside the ports: metaOf reads
+		// them from the network header, which stays with the SKB.
+		clear(skb.CB[cbSrc : cbDst+4])
+	}
 	binary.BigEndian.PutUint16(skb.CB[cbSport:], sport)
 	binary.BigEndian.PutUint16(skb.CB[cbDport:], dport)
 	s.rcvq.PushBack(skb)
@@ -162,9 +169,14 @@ func (s *Socket) deadlineFired() {
 // invalid or unspecified address is the wildcard, port 0 picks an
 // ephemeral port. A socket binds once (EINVAL after).
 func (s *Socket) Bind(ap netip.AddrPort) error {
-	addr := ap.Addr().Unmap()
-	if addr.IsValid() && !addr.Is4() {
-		return syscall.EAFNOSUPPORT
+	addr, znic, err := s.p.zoneNIC(ap.Addr().Unmap())
+	if err != nil {
+		return err
+	}
+	if addr.IsValid() {
+		if _, ok := s.p.af(addr); !ok {
+			return syscall.EAFNOSUPPORT
+		}
 	}
 	s.p.mu.Lock()
 	defer s.p.mu.Unlock()
@@ -180,6 +192,11 @@ func (s *Socket) Bind(ap netip.AddrPort) error {
 		return err
 	}
 	s.addrLocked = addr.IsValid() && !addr.IsUnspecified()
+	if znic != 0 {
+		// A zoned (link-local) address binds the socket to its NIC, as
+		// sin6_scope_id binds to the device (sk_bound_dev_if).
+		s.nic = znic
+	}
 	return nil
 }
 
@@ -211,8 +228,12 @@ func (s *Socket) Connect(ap netip.AddrPort) error {
 	if !ap.IsValid() {
 		return s.disconnect()
 	}
-	dst := ap.Addr().Unmap()
-	if !dst.Is4() {
+	dst, znic, err := s.p.zoneNIC(ap.Addr().Unmap())
+	if err != nil {
+		return err
+	}
+	ip, ok := s.p.af(dst)
+	if !ok {
 		return syscall.EAFNOSUPPORT
 	}
 	if ap.Port() == 0 {
@@ -222,10 +243,17 @@ func (s *Socket) Connect(ap netip.AddrPort) error {
 		return err
 	}
 	s.mu.Lock()
+	if !s.familyOKLocked(dst) {
+		s.mu.Unlock()
+		return syscall.EAFNOSUPPORT
+	}
 	fl := s.flowLocked(dst, ap.Port())
+	if znic != 0 {
+		fl.NIC = znic
+	}
 	broadcastOK := s.broadcast
 	s.mu.Unlock()
-	res, err := s.p.ip.RouteOutput(fl)
+	res, err := ip.RouteOutput(fl)
 	if err != nil {
 		return errnoOf(err)
 	}
@@ -242,7 +270,7 @@ func (s *Socket) Connect(ap netip.AddrPort) error {
 	if !s.laddr.IsValid() || s.laddr.IsUnspecified() {
 		s.laddr = res.Src
 	}
-	s.raddr, s.rport, s.connected = dst, ap.Port(), true
+	s.raddr, s.rport, s.rnic, s.connected = dst, ap.Port(), znic, true
 	return nil
 }
 
@@ -254,7 +282,7 @@ func (s *Socket) disconnect() error {
 	if s.closed {
 		return net.ErrClosed
 	}
-	s.raddr, s.rport, s.connected = netip.Addr{}, 0, false
+	s.raddr, s.rport, s.rnic, s.connected = netip.Addr{}, 0, 0, false
 	if !s.addrLocked {
 		s.laddr = netip.Addr{} // inet_reset_saddr
 	}
@@ -280,7 +308,14 @@ func (s *Socket) RemoteAddr() netip.AddrPort {
 	if !s.connected {
 		return netip.AddrPort{}
 	}
-	return netip.AddrPortFrom(s.raddr, s.rport)
+	return netip.AddrPortFrom(s.p.withZone(s.raddr, s.rnic), s.rport)
+}
+
+// familyOKLocked reports whether the socket's local address can send to
+// dst: unbound, the IPv6 wildcard (both families, as an AF_INET6 socket
+// without IPV6_V6ONLY) or an address of dst's family.
+func (s *Socket) familyOKLocked(dst netip.Addr) bool {
+	return !s.laddr.IsValid() || s.laddr == netip.IPv6Unspecified() || s.laddr.Is4() == dst.Is4()
 }
 
 // flowLocked is the output flow key to dst (udp_sendmsg's flowi4_init_output).
@@ -304,8 +339,9 @@ func (s *Socket) Send(p []byte) (int, error) { return s.SendTo(p, netip.AddrPort
 // SendTo sends p as one datagram to `to`, or to the connected peer when
 // `to` is invalid (udp_sendmsg). It never blocks.
 func (s *Socket) SendTo(p []byte, to netip.AddrPort) (int, error) {
-	// RFC 768 carries at most 65535 bytes including the UDP and IP headers.
-	if len(p) > MaxPayload {
+	// RFC 768 carries at most 65535 bytes including the UDP and IP
+	// headers; IPv6's Payload Length leaves its header out (maxPayload).
+	if len(p) > MaxPayload6 {
 		return 0, syscall.EMSGSIZE
 	}
 	s.mu.Lock()
@@ -313,19 +349,30 @@ func (s *Socket) SendTo(p []byte, to netip.AddrPort) (int, error) {
 		s.mu.Unlock()
 		return 0, err
 	}
+	znic := 0
 	if !to.IsValid() {
 		if !s.connected {
 			s.mu.Unlock()
 			return 0, syscall.EDESTADDRREQ
 		}
-		to = netip.AddrPortFrom(s.raddr, s.rport)
+		to, znic = netip.AddrPortFrom(s.raddr, s.rport), s.rnic
 	}
 	bound := s.lport != 0
 	s.mu.Unlock()
 
-	dst := to.Addr().Unmap()
-	if !dst.Is4() {
+	dst, zn, err := s.p.zoneNIC(to.Addr().Unmap())
+	if err != nil {
+		return 0, err
+	}
+	if zn != 0 {
+		znic = zn
+	}
+	ip, ok := s.p.af(dst)
+	if !ok {
 		return 0, syscall.EAFNOSUPPORT
+	}
+	if len(p) > maxPayload(dst) {
+		return 0, syscall.EMSGSIZE
 	}
 	if to.Port() == 0 {
 		return 0, syscall.EINVAL // udp_sendmsg: "if (dport == 0) return -EINVAL"
@@ -336,11 +383,18 @@ func (s *Socket) SendTo(p []byte, to netip.AddrPort) (int, error) {
 		}
 	}
 	s.mu.Lock()
+	if !s.familyOKLocked(dst) {
+		s.mu.Unlock()
+		return 0, syscall.EAFNOSUPPORT
+	}
 	fl := s.flowLocked(dst, to.Port())
+	if znic != 0 {
+		fl.NIC = znic
+	}
 	broadcastOK := s.broadcast
 	s.mu.Unlock()
 
-	res, err := s.p.ip.RouteOutput(fl)
+	res, err := ip.RouteOutput(fl)
 	if err != nil {
 		return 0, errnoOf(err)
 	}
@@ -348,12 +402,14 @@ func (s *Socket) SendTo(p []byte, to netip.AddrPort) (int, error) {
 		return 0, syscall.EACCES // SO_BROADCAST not set
 	}
 	fl.Src = res.Src
-	return s.xmit(p, fl)
+	return s.xmit(ip, p, fl)
 }
 
 // xmit is udp_send_skb: build the datagram of p for the routed flow fl
-// (fl.Src set) and hand it to IP.
-func (s *Socket) xmit(p []byte, fl route.Flow) (int, error) {
+// (fl.Src set) and hand it to ip, the network layer of its family. The
+// checksum is the same sum over either family's pseudo-header (RFC 768,
+// RFC 8200 §8.1, where it is mandatory: never sent as zero).
+func (s *Socket) xmit(ip family, p []byte, fl route.Flow) (int, error) {
 	dst := fl.Dst
 	n := header.UDPSize + len(p)
 	skb := buf.Alloc(buf.MaxHeadroom, n)
@@ -366,7 +422,7 @@ func (s *Socket) xmit(p []byte, fl route.Flow) (int, error) {
 	skb.SetTransportHeader()
 	skb.Drops = &s.p.drops
 
-	if err := s.p.ip.QueueXmit(skb, fl); err != nil {
+	if err := ip.QueueXmit(skb, fl); err != nil {
 		if errors.Is(err, syscall.ENOBUFS) {
 			// udp_send_skb: without IP_RECVERR ENOBUFS is counted, not reported.
 			s.p.count(SndbufErrors)
@@ -423,7 +479,8 @@ func (s *Socket) RecvMsg(p []byte, flags Flags) (int, Meta, error) {
 }
 
 // Header is the start of a received datagram as it arrived: its IPv4
-// header, options included, and its UDP header, the part an ICMP error
+// header, options included (or its IPv6 header and extension headers, as
+// far as B holds), and its UDP header, the part an ICMP error
 // about it quotes first (RFC 792, RFC 1122 §3.2.2). The proxy keeps it to
 // quote what the pod sent when the host reports an error for the
 // datagram it relayed.
@@ -456,7 +513,7 @@ func (s *Socket) RecvMsgHeader(p []byte, h *Header, flags Flags) (int, Meta, err
 			}
 			s.mu.Unlock()
 			n := copy(p, skb.Bytes())
-			m := metaOf(skb)
+			m := s.p.metaOf(skb)
 			m.Truncated = n < m.Len
 			if h != nil {
 				h.from(skb)
@@ -494,7 +551,29 @@ func (s *Socket) RecvMsgHeader(p []byte, h *Header, flags Flags) (int, Meta, err
 func (h *Header) from(skb *buf.SKB) {
 	nh := skb.NetworkHeader()
 	n := 0
-	if len(nh) >= header.IPv4MinSize {
+	switch {
+	case len(nh) >= header.IPv6MinSize && nh[0]>>4 == 6:
+		// The IPv6 header, extension headers and the UDP header.
+		off := skb.TransportOffset() - skb.NetworkOffset()
+		if off+header.UDPSize <= min(len(h.B), len(nh)) {
+			n = off + header.UDPSize
+			break
+		}
+		// Extension headers too long for B: the IPv6 header naming UDP
+		// next, its payload length less theirs, and the UDP header, so
+		// the quote still parses and names the flow (RFC 4443 §2.4(c)
+		// asks for as much as fits, which this is the start of).
+		if off < header.IPv6MinSize || off+header.UDPSize > len(nh) {
+			break
+		}
+		n = copy(h.B[:], nh[:header.IPv6MinSize])
+		ip := header.IPv6(h.B[:n])
+		ip.SetNextHeader(header.ProtoUDP)
+		ip.SetPayloadLen(ip.PayloadLen() - (off - header.IPv6MinSize))
+		h.N = n + copy(h.B[n:], nh[off:off+header.UDPSize])
+		h.CsumPartial = skb.Csum == buf.CsumPartial
+		return
+	case len(nh) >= header.IPv4MinSize:
 		n = min(header.IPv4(nh).HeaderLen()+header.UDPSize, len(nh), len(h.B))
 	}
 	h.N = copy(h.B[:], nh[:n])
@@ -502,10 +581,18 @@ func (h *Header) from(skb *buf.SKB) {
 }
 
 // metaOf reads the addresses enqueue left in the control block. With
-// MsgPeek the SKB is still queued, but nothing else writes its CB.
-func metaOf(skb *buf.SKB) Meta {
-	src := netip.AddrFrom4([4]byte(skb.CB[cbSrc : cbSrc+4]))
-	dst := netip.AddrFrom4([4]byte(skb.CB[cbDst : cbDst+4]))
+// MsgPeek the SKB is still queued, but nothing else writes its CB. A
+// link-local IPv6 address gets the zone of the NIC it came in on (RFC
+// 4007 §6), so a reply to it finds its link.
+func (p *Proto) metaOf(skb *buf.SKB) Meta {
+	var src, dst netip.Addr
+	if nh := skb.NetworkHeader(); len(nh) >= header.IPv6MinSize && nh[0]>>4 == 6 {
+		src, dst = header.IPv6(nh).Src(), header.IPv6(nh).Dst()
+		src, dst = p.withZone(src, skb.InNIC), p.withZone(dst, skb.InNIC)
+	} else {
+		src = netip.AddrFrom4([4]byte(skb.CB[cbSrc : cbSrc+4]))
+		dst = netip.AddrFrom4([4]byte(skb.CB[cbDst : cbDst+4]))
+	}
 	return Meta{
 		From: netip.AddrPortFrom(src, binary.BigEndian.Uint16(skb.CB[cbSport:])),
 		To:   netip.AddrPortFrom(dst, binary.BigEndian.Uint16(skb.CB[cbDport:])),

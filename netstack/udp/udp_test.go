@@ -83,7 +83,7 @@ func newProto(t testing.TB, cfg Config) (*Proto, *fakeIP) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewManual()
 	}
-	return New(f, cfg), f
+	return New(f, nil, cfg), f
 }
 
 // datagram builds an incoming skb as ipv4 hands it to V4Rcv: Bytes() at

@@ -35,9 +35,16 @@ var (
 	node2IP = netip.MustParseAddr("192.168.250.2")
 	// lanGateway is the nodes' default route: no host has it, nothing
 	// leaves the run's namespaces.
-	lanGateway  = netip.MustParseAddr("192.168.250.254")
-	clusterCIDR = "10.244.0.0/16"
-	serviceCIDR = "10.96.0.0/16"
+	lanGateway = netip.MustParseAddr("192.168.250.254")
+	// The cluster is dual-stack: the nodes have an IPv6 address on the
+	// lan too (their second InternalIP), the controller manager gives
+	// each node a pod CIDR of each family, Services get both.
+	nodeNet6    = netip.MustParsePrefix("fd00:250::/64")
+	node1IP6    = netip.MustParseAddr("fd00:250::1")
+	node2IP6    = netip.MustParseAddr("fd00:250::2")
+	lanGateway6 = netip.MustParseAddr("fd00:250::fe")
+	clusterCIDR = "10.244.0.0/16,fd00:10:244::/56"
+	serviceCIDR = "10.96.0.0/16,fd00:10:96::/112"
 	apiPort     = 6443
 )
 
@@ -117,9 +124,9 @@ func (c *cluster) network() error {
 			return err
 		}
 		for i, n := range []struct {
-			path string
-			ip   netip.Addr
-		}{{c.n1Path, node1IP}, {c.n2Path, node2IP}} {
+			path    string
+			ip, ip6 netip.Addr
+		}{{c.n1Path, node1IP, node1IP6}, {c.n2Path, node2IP, node2IP6}} {
 			port := fmt.Sprintf("port%d", i+1)
 			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port, MasterIndex: br.Index}, PeerName: "eth0"}); err != nil {
 				return fmt.Errorf("veth %s: %w", port, err)
@@ -141,7 +148,7 @@ func (c *cluster) network() error {
 			if err != nil {
 				return err
 			}
-			ip := n.ip
+			ip, ip6 := n.ip, n.ip6
 			if err := ns.WithNetNSPath(n.path, func(ns.NetNS) error {
 				l, err := netlink.LinkByName("eth0")
 				if err != nil {
@@ -151,11 +158,21 @@ func (c *cluster) network() error {
 				if err := netlink.AddrAdd(l, a); err != nil {
 					return err
 				}
+				// No duplicate address detection: the address is usable at
+				// once (the lan is the run's own).
+				a6 := &netlink.Addr{IPNet: &net.IPNet{IP: ip6.AsSlice(), Mask: net.CIDRMask(nodeNet6.Bits(), 128)}, Flags: unix.IFA_F_NODAD}
+				if err := netlink.AddrAdd(l, a6); err != nil {
+					return fmt.Errorf("IPv6 address: %w", err)
+				}
 				if err := netlink.LinkSetUp(l); err != nil {
 					return err
 				}
-				// The nodes' default route: the lan (nothing answers past it).
-				return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: nil, Gw: lanGateway.AsSlice(), Scope: netlink.SCOPE_UNIVERSE})
+				// The nodes' default routes: the lan (nothing answers past it).
+				if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: nil, Gw: lanGateway.AsSlice(), Scope: netlink.SCOPE_UNIVERSE}); err != nil {
+					return err
+				}
+				return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)},
+					Gw: lanGateway6.AsSlice(), Scope: netlink.SCOPE_UNIVERSE})
 			}); err != nil {
 				return fmt.Errorf("node %v: %w", ip, err)
 			}
@@ -384,7 +401,7 @@ func (c *cluster) controlPlane(ctx context.Context) error {
 	}
 	if _, err := c.start("kube-controller-manager", c.n1Path, c.k8s("kube-controller-manager"),
 		"--kubeconfig="+c.adminKubeconfig, "--authentication-kubeconfig="+c.adminKubeconfig, "--authorization-kubeconfig="+c.adminKubeconfig,
-		"--allocate-node-cidrs=true", "--cluster-cidr="+clusterCIDR, "--node-cidr-mask-size=24",
+		"--allocate-node-cidrs=true", "--cluster-cidr="+clusterCIDR, "--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64",
 		"--service-cluster-ip-range="+serviceCIDR, "--service-account-private-key-file="+p.path("sa.key"),
 		"--root-ca-file="+p.path("ca.crt"), "--leader-elect=false", "--bind-address=127.0.0.1",
 		"--cert-dir="+c.path("kcm"), "--controllers=*,-cloud-node-lifecycle", "--v=1"); err != nil {
@@ -504,7 +521,7 @@ serializeImagePulls: false
 	}
 	kl, err := c.start("kubelet", c.n1Path, c.k8s("kubelet"), "--config="+cfgPath, "--kubeconfig="+c.path("kubelet.kubeconfig"),
 		"--root-dir="+c.path("kubelet"), "--cert-dir="+c.path("kubelet", "pki"), "--hostname-override="+node1Name,
-		"--node-ip="+node1IP.String(), "--v=1")
+		"--node-ip="+node1IP.String()+","+node1IP6.String(), "--v=1")
 	if err != nil {
 		return err
 	}

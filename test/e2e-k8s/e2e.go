@@ -37,6 +37,7 @@ type e2e struct {
 	probes         bool   // serve has --metrics-addr: the DaemonSet's probes run
 	node2          *node2
 	podCIDR        netip.Prefix // node1's
+	podCIDR6       netip.Prefix // node1's IPv6 one (the cluster is dual-stack)
 	pods           map[string]*corev1.Pod
 }
 
@@ -256,6 +257,7 @@ func (t *e2e) renderManifests() (dir, note string, err error) {
 				return "", "", err
 			}
 			cm.Data["mode"] = t.mode
+			cm.Data["clusterCIDR"] = clusterCIDR
 			if t.routedServices {
 				cm.Data["routedRanges"] = serviceCIDR
 			}
@@ -379,20 +381,23 @@ func (t *e2e) daemonReady(ctx context.Context, old string) (string, error) {
 	if err != nil || len(cidrs) == 0 {
 		return "", fmt.Errorf("node pod CIDRs %v: %v", cidrs, err)
 	}
-	t.podCIDR = cidrs[0]
+	if t.podCIDR, t.podCIDR6, err = bothFamilies(cidrs); err != nil {
+		return "", fmt.Errorf("node %s: %w", node1Name, err)
+	}
 	conf, err := os.ReadFile(filepath.Join(c.cniConfDir(), "10-cni-userstack.conflist"))
 	if err != nil {
 		return "", err
 	}
-	if !bytes.Contains(conf, []byte(`"subnet": "`+t.podCIDR.String()+`"`)) || !bytes.Contains(conf, []byte(`"autostart": false`)) {
-		return "", fmt.Errorf("conflist lacks the pod CIDR %v or autostart false:\n%s", t.podCIDR, conf)
+	if !bytes.Contains(conf, []byte(`"subnet": "`+t.podCIDR.String()+`"`)) || !bytes.Contains(conf, []byte(`"subnet": "`+t.podCIDR6.String()+`"`)) ||
+		!bytes.Contains(conf, []byte(`"autostart": false`)) {
+		return "", fmt.Errorf("conflist lacks the pod CIDRs %v, %v or autostart false:\n%s", t.podCIDR, t.podCIDR6, conf)
 	}
 	for _, b := range []string{"cni-userstack", "host-local", "loopback", "portmap"} {
 		if fi, err := os.Stat(filepath.Join(c.cniBinDir(), b)); err != nil || fi.Mode().Perm() != 0o755 {
 			return "", fmt.Errorf("binary %s in the CNI bin dir: %v", b, err)
 		}
 	}
-	return fmt.Sprintf("pod %s Ready; node Ready; conflist with %v and autostart false; 4 binaries installed", pod.Name, t.podCIDR), nil
+	return fmt.Sprintf("pod %s Ready; node Ready; conflist with %v and %v and autostart false; 4 binaries installed", pod.Name, t.podCIDR, t.podCIDR6), nil
 }
 
 func podReady(p *corev1.Pod) bool {
@@ -480,10 +485,40 @@ func (t *e2e) createTestPods(ctx context.Context) (string, error) {
 		if err != nil || !t.podCIDR.Contains(ip) {
 			return "", fmt.Errorf("pod %s has IP %q, not in the node's pod CIDR %v", name, p.Status.PodIP, t.podCIDR)
 		}
+		ip6, err := podIP6(p)
+		if err != nil || !t.podCIDR6.Contains(ip6) {
+			return "", fmt.Errorf("pod %s has IPs %v, none in the node's IPv6 pod CIDR %v (%v)", name, p.Status.PodIPs, t.podCIDR6, err)
+		}
 		t.pods[name] = p
-		notes = append(notes, fmt.Sprintf("%s %s", name, ip))
+		notes = append(notes, fmt.Sprintf("%s %s %s", name, ip, ip6))
 	}
-	return strings.Join(notes, ", ") + " in " + t.podCIDR.String(), nil
+	return strings.Join(notes, ", ") + " in " + t.podCIDR.String() + " and " + t.podCIDR6.String(), nil
+}
+
+// bothFamilies splits a dual-stack node's pod CIDRs into its IPv4 and
+// IPv6 one, which must both be there.
+func bothFamilies(cidrs []netip.Prefix) (v4, v6 netip.Prefix, err error) {
+	for _, c := range cidrs {
+		if c.Addr().Is4() {
+			v4 = c
+		} else {
+			v6 = c
+		}
+	}
+	if !v4.IsValid() || !v6.IsValid() {
+		return v4, v6, fmt.Errorf("pod CIDRs %v: want one of each family (the cluster is dual-stack)", cidrs)
+	}
+	return v4, v6, nil
+}
+
+// podIP6 is a pod's IPv6 address from status.podIPs.
+func podIP6(p *corev1.Pod) (netip.Addr, error) {
+	for _, a := range p.Status.PodIPs {
+		if ip, err := netip.ParseAddr(a.IP); err == nil && ip.Is6() {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("no IPv6 address in %v", p.Status.PodIPs)
 }
 
 func (t *e2e) waitPodReady(ctx context.Context, name string) (*corev1.Pod, error) {
@@ -547,9 +582,12 @@ func (t *e2e) whoami(ctx context.Context, fromNS, addr, wantServer, wantSrc stri
 	if wantServer != "" && f[0] != wantServer {
 		return "", fmt.Errorf("answered by %s, want %s", f[0], wantServer)
 	}
-	src, _, _ := strings.Cut(f[1], ":")
-	if wantSrc != "" && src != wantSrc {
-		return "", fmt.Errorf("%s saw the request from %s, want %s", f[0], src, wantSrc)
+	src, err := netip.ParseAddrPort(f[1])
+	if err != nil {
+		return "", fmt.Errorf("answer %q: %w", out, err)
+	}
+	if wantSrc != "" && src.Addr().String() != wantSrc {
+		return "", fmt.Errorf("%s saw the request from %s, want %s", f[0], src.Addr(), wantSrc)
 	}
 	return fmt.Sprintf("%s saw %s", f[0], f[1]), nil
 }
@@ -585,6 +623,36 @@ func (t *e2e) checks(ctx context.Context) {
 	})
 	r.step(false, "node -> pod", func() (string, error) {
 		return t.whoami(ctx, n1, a.Status.PodIP+":8080", "echo-a", "")
+	})
+	// The same over IPv6: the cluster is dual-stack, every pod has an
+	// address of each family.
+	a6, errA6 := podIP6(a)
+	b6, errB6 := podIP6(b)
+	r.step(false, "pod -> pod over IPv6 (the receiver sees the sender's pod IPv6 address)", func() (string, error) {
+		if errA6 != nil || errB6 != nil {
+			return "", fmt.Errorf("%v %v", errA6, errB6)
+		}
+		return t.whoami(ctx, aNS, netip.AddrPortFrom(b6, 8080).String(), "echo-b", a6.String())
+	})
+	r.step(false, "pod -> node over IPv6 (a server on the node's IPv6 address)", func() (string, error) {
+		hp := netip.AddrPortFrom(node1IP6, 18081).String()
+		p, err := t.c.start("node1-echo6", n1, t.echoBin(), "serve", "-http", hp, "-udp", netip.AddrPortFrom(node1IP6, 19001).String())
+		if err != nil {
+			return "", err
+		}
+		var out string
+		err = waitFor(ctx, "pod -> node over IPv6", 15*time.Second, p, func() error {
+			var err error
+			out, err = t.whoami(ctx, aNS, hp, "", "")
+			return err
+		})
+		return out, err
+	})
+	r.step(false, "node -> pod over IPv6", func() (string, error) {
+		if errA6 != nil {
+			return "", errA6
+		}
+		return t.whoami(ctx, n1, netip.AddrPortFrom(a6, 8080).String(), "echo-a", "")
 	})
 	r.step(false, "pod -> ClusterIP Service whose backend pod is on the same node (kube-proxy)", func() (string, error) {
 		svc, err := t.c.admin.CoreV1().Services(testNS).Get(ctx, "echo-svc", getOpts)

@@ -29,7 +29,8 @@ type node2 struct {
 	t                     *e2e
 	dir                   string
 	podNS, podPath, podIP string
-	cidr                  netip.Prefix
+	podIP6                netip.Addr
+	cidr, cidr6           netip.Prefix
 	cni                   *libcni.CNIConfig
 	list                  *libcni.NetworkConfigList
 	rt                    *libcni.RuntimeConf
@@ -53,13 +54,13 @@ func (t *e2e) secondNode(ctx context.Context) {
 		return
 	}
 	var a *corev1.Pod = t.pods["echo-a"]
-	r.step(false, "node1's daemon routes node2's pod CIDR via node2's InternalIP (and node2's routes node1's)", func() (string, error) {
+	r.step(false, "node1's daemon routes node2's pod CIDRs via node2's InternalIPs, one per family (and node2's routes node1's); node1's status and /metrics show the routes", func() (string, error) {
 		var got []string
 		for _, want := range []struct {
 			nsPath string
 			dst    netip.Prefix
 			via    netip.Addr
-		}{{c.n1Path, n.cidr, node2IP}, {c.n2Path, t.podCIDR, node1IP}} {
+		}{{c.n1Path, n.cidr, node2IP}, {c.n2Path, t.podCIDR, node1IP}, {c.n1Path, n.cidr6, node2IP6}, {c.n2Path, t.podCIDR6, node1IP6}} {
 			if err := waitFor(ctx, "route", 30*time.Second, nil, func() error {
 				tbl, err := kube.NewNetlinkTableAt(want.nsPath)
 				if err != nil {
@@ -81,7 +82,39 @@ func (t *e2e) secondNode(ctx context.Context) {
 				return "", err
 			}
 		}
-		return "node1: " + got[0] + "; node2: " + got[1], nil
+		// The operator's view of the same: node1's status and metrics.
+		var ks *api.KubeStatus
+		if err := waitFor(ctx, "node1's route controller status", 30*time.Second, nil, func() error {
+			st, err := api.NewClient(t.socket(), 5*time.Second).Status(ctx)
+			if err != nil {
+				return err
+			}
+			if ks = st.Kubernetes; ks == nil {
+				return fmt.Errorf("node1's status has no kubernetes section")
+			}
+			found := 0
+			for _, r := range ks.Routes {
+				if r.Node == node2Name && (r.Dst == n.cidr && r.Via == node2IP || r.Dst == n.cidr6 && r.Via == node2IP6) {
+					found++
+				}
+			}
+			if found != 2 {
+				return fmt.Errorf("node1's status lists routes %+v, not %v via %v and %v via %v to %s", ks.Routes, n.cidr, node2IP, n.cidr6, node2IP6, node2Name)
+			}
+			return nil
+		}); err != nil {
+			return "", err
+		}
+		body, err := t.inNetNS(ctx, c.n1Path, "get", "http://127.0.0.1:9765/metrics")
+		if err != nil {
+			return "", err
+		}
+		want := fmt.Sprintf("cni_userstack_kube_routes %d\n", len(ks.Routes))
+		if !strings.Contains(body, want) {
+			return "", fmt.Errorf("node1's /metrics lacks %q", strings.TrimSpace(want))
+		}
+		return "node1: " + got[0] + ", " + got[2] + "; node2: " + got[1] + ", " + got[3] + fmt.Sprintf("; node1's status: %d route(s), pod CIDRs %v, %d passes; /metrics %s",
+			len(ks.Routes), ks.PodCIDRs, ks.Reconciles, strings.TrimSpace(want)), nil
 	})
 	r.step(false, "pod on node1 <-> pod on node2 by their own addresses (each receiver sees the sender's pod IP)", func() (string, error) {
 		aNS, err := t.podNetNS(ctx, t.socket(), a.Status.PodIP)
@@ -102,7 +135,30 @@ func (t *e2e) secondNode(ctx context.Context) {
 		}
 		return out1 + "; " + out2, nil
 	})
-	r.step(false, "deleting node2's Node removes node1's route to its pod CIDR", func() (string, error) {
+	r.step(false, "pod on node1 <-> pod on node2 over IPv6 (each receiver sees the sender's pod IPv6 address)", func() (string, error) {
+		aNS, err := t.podNetNS(ctx, t.socket(), a.Status.PodIP)
+		if err != nil {
+			return "", err
+		}
+		a6, err := podIP6(a)
+		if err != nil {
+			return "", err
+		}
+		var out1, out2 string
+		if err := waitFor(ctx, "node1 pod -> node2 pod over IPv6", 20*time.Second, nil, func() error {
+			var err error
+			out1, err = t.whoami(ctx, aNS, netip.AddrPortFrom(n.podIP6, 8080).String(), "pod2", a6.String())
+			return err
+		}); err != nil {
+			return "", err
+		}
+		out2, err = t.whoami(ctx, n.podPath, netip.AddrPortFrom(a6, 8080).String(), "echo-a", n.podIP6.String())
+		if err != nil {
+			return "", err
+		}
+		return out1 + "; " + out2, nil
+	})
+	r.step(false, "deleting node2's Node removes node1's routes to its pod CIDRs", func() (string, error) {
 		if err := c.admin.CoreV1().Nodes().Delete(ctx, node2Name, metav1.DeleteOptions{}); err != nil {
 			return "", err
 		}
@@ -117,13 +173,13 @@ func (t *e2e) secondNode(ctx context.Context) {
 				return err
 			}
 			for _, r := range rs {
-				if r.Dst == n.cidr {
+				if r.Dst == n.cidr || r.Dst == n.cidr6 {
 					return fmt.Errorf("route %v via %v proto %#x still there", r.Dst, r.Via, r.Proto)
 				}
 			}
 			return nil
 		})
-		return fmt.Sprintf("no route to %v on node1", n.cidr), err
+		return fmt.Sprintf("no route to %v or %v on node1", n.cidr, n.cidr6), err
 	})
 }
 
@@ -148,7 +204,8 @@ func (n *node2) up(ctx context.Context) (string, error) {
 		if err != nil {
 			return err
 		}
-		cur.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: node2IP.String()}, {Type: corev1.NodeHostName, Address: node2Name}}
+		cur.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: node2IP.String()},
+			{Type: corev1.NodeInternalIP, Address: node2IP6.String()}, {Type: corev1.NodeHostName, Address: node2Name}}
 		_, err = c.admin.CoreV1().Nodes().UpdateStatus(ctx, cur, metav1.UpdateOptions{})
 		return err
 	}); err != nil {
@@ -163,8 +220,8 @@ func (n *node2) up(ctx context.Context) (string, error) {
 		if err != nil || len(cidrs) == 0 {
 			return fmt.Errorf("no pod CIDR yet (%v)", err)
 		}
-		n.cidr = cidrs[0]
-		return nil
+		n.cidr, n.cidr6, err = bothFamilies(cidrs)
+		return err
 	}); err != nil {
 		return "", err
 	}
@@ -216,9 +273,16 @@ func (n *node2) up(ctx context.Context) (string, error) {
 	if err != nil || len(cr.IPs) == 0 {
 		return "", fmt.Errorf("CNI result %v: %v", res, err)
 	}
-	n.podIP = cr.IPs[0].Address.IP.String()
-	if ip := netip.MustParseAddr(n.podIP); !n.cidr.Contains(ip) {
-		return "", fmt.Errorf("node2's pod got %s, not in its pod CIDR %v", ip, n.cidr)
+	for _, ipc := range cr.IPs {
+		ip, _ := netip.AddrFromSlice(ipc.Address.IP)
+		if ip = ip.Unmap(); ip.Is4() {
+			n.podIP = ip.String()
+		} else {
+			n.podIP6 = ip
+		}
+	}
+	if ip, err := netip.ParseAddr(n.podIP); err != nil || !n.cidr.Contains(ip) || !n.cidr6.Contains(n.podIP6) {
+		return "", fmt.Errorf("node2's pod got %v, not one address in each of its pod CIDRs %v and %v", cr.IPs, n.cidr, n.cidr6)
 	}
 	// Its server, with the name the checks expect.
 	os.Setenv("POD_NAME", "pod2")
@@ -233,8 +297,8 @@ func (n *node2) up(ctx context.Context) (string, error) {
 	}); err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("Node %s (InternalIP %v) got %v; its daemon (service-account token) and conflist; pod %s", node2Name, node2IP, n.cidr,
-		strings.TrimSpace(n.podIP)), nil
+	return fmt.Sprintf("Node %s (InternalIPs %v, %v) got %v and %v; its daemon (service-account token) and conflist; pod %s %v", node2Name, node2IP, node2IP6,
+		n.cidr, n.cidr6, strings.TrimSpace(n.podIP), n.podIP6), nil
 }
 
 // delPod runs the CNI DEL of node2's pod (teardown) and removes its

@@ -290,14 +290,15 @@ func (e *cniEnv) stackLinks() []string {
 	return cnitest.Links(e.t, n)
 }
 
-// hostRoutes lists the pod ranges routed over the uplink in the host netns.
+// hostRoutes lists the pod ranges (of both families) routed over the
+// uplink in the host netns.
 func (e *cniEnv) hostRoutes() []netip.Prefix {
 	e.t.Helper()
 	l, err := netlink.LinkByName(e.uplinkIf)
 	if err != nil {
 		return nil
 	}
-	rs, err := netlink.RouteList(l, netlink.FAMILY_V4)
+	rs, err := netlink.RouteList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -306,8 +307,11 @@ func (e *cniEnv) hostRoutes() []netip.Prefix {
 		if r.Dst == nil || r.Gw == nil {
 			continue
 		}
-		a, _ := netip.AddrFromSlice(r.Dst.IP.To4())
+		a, _ := netip.AddrFromSlice(r.Dst.IP)
 		ones, _ := r.Dst.Mask.Size()
+		if a = a.Unmap(); a.Is4() && len(r.Dst.Mask) == 16 {
+			ones -= 96
+		}
 		out = append(out, netip.PrefixFrom(a, ones))
 	}
 	return out

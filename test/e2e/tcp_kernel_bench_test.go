@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -41,6 +42,11 @@ func attachFaulty(t testing.TB, p *env.Peer, opts ...fault.Option) (*netstack.St
 	if err := s.AddAddress(nic.ID(), p.StackAddr); err != nil {
 		t.Fatal(err)
 	}
+	if p.StackAddr6.IsValid() {
+		if err := s.AddAddress(nic.ID(), p.StackAddr6); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return s, nic
 }
 
@@ -50,7 +56,21 @@ func TestKernelTCPUnderLoss(t *testing.T) {
 	requireRoot(t)
 	p := newKernelPeer(t, "10.226.0.1/24", "10.226.0.2/24", 1500)
 	s, _ := attachFaulty(t, p, fault.Loss(0.01), fault.OnReceive(), fault.Seed(11))
-	tp := &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr()}
+	kernelTCPUnderLoss(t, &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr()})
+}
+
+// TestKernelTCP6UnderLoss is TestKernelTCPUnderLoss over IPv6 (NDP
+// through the same lossy link).
+func TestKernelTCP6UnderLoss(t *testing.T) {
+	requireRoot(t)
+	p := newKernelPeer6(t, "10.235.0.1/24", "10.235.0.2/24", "fd00:235::1/64", "fd00:235::2/64", 1500)
+	s, _ := attachFaulty(t, p, fault.Loss(0.01), fault.OnReceive(), fault.Seed(11))
+	kernelTCPUnderLoss(t, &tcpPair{p: p, s: s, kernel: p.KernelAddr6.Addr(), stack: p.StackAddr6.Addr()})
+}
+
+// kernelTCPUnderLoss is TestKernelTCPUnderLoss's transfers over tp.
+func kernelTCPUnderLoss(t *testing.T, tp *tcpPair) {
+	s := tp.s
 	size := tcpBulkMB() << 20
 	if !testing.Short() {
 		size = max(size, 256<<20)
@@ -114,18 +134,28 @@ func cpuTime() time.Duration {
 // BenchmarkKernelTCPThroughput: one connection between the stack and the
 // kernel over the veth (GSO on), each direction; reports Gbit/s and the
 // process CPU per GiB (stack and kernel peer share this process's
-// accounting: the kernel side's softirq work lands partly here).
+// accounting: the kernel side's softirq work lands partly here). The
+// "-ipv6" runs are the same over the veth's IPv6 addresses, for the ratio
+// against IPv4 in one run.
 func BenchmarkKernelTCPThroughput(b *testing.B) {
 	requireRoot(b)
-	p := newKernelPeer(b, "10.227.0.1/24", "10.227.0.2/24", 1500)
+	p := newKernelPeer6(b, "10.227.0.1/24", "10.227.0.2/24", "fd00:227::1/64", "fd00:227::2/64", 1500)
 	s, _ := attachStack(b, p, "")
-	tp := &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr()}
+	tp4 := &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr()}
+	tp6 := &tcpPair{p: p, s: s, kernel: p.KernelAddr6.Addr(), stack: p.StackAddr6.Addr()}
 	chunk := make([]byte, 1<<20)
-	for _, dir := range []string{"stack-to-kernel", "kernel-to-stack"} {
-		b.Run(dir, func(b *testing.B) {
+	for _, run := range []struct {
+		dir string
+		tp  *tcpPair
+	}{{"stack-to-kernel", tp4}, {"kernel-to-stack", tp4}, {"stack-to-kernel-ipv6", tp6}, {"kernel-to-stack-ipv6", tp6}} {
+		dir, tp := strings.TrimSuffix(run.dir, "-ipv6"), run.tp
+		b.Run(run.dir, func(b *testing.B) {
 			var w io.WriteCloser
 			done := make(chan int64, 1)
 			port := 5020
+			if tp.kernel.Is6() {
+				port = 5120
+			}
 			if dir == "stack-to-kernel" {
 				kl := tp.kernelListen(b, port)
 				defer kl.Close() // each b.N round listens again
@@ -165,7 +195,7 @@ func BenchmarkKernelTCPThroughput(b *testing.B) {
 				var kc *net.TCPConn
 				if err := p.Do(func() (err error) {
 					var nc net.Conn
-					nc, err = net.Dial("tcp4", netip.AddrPortFrom(tp.stack, uint16(port+1)).String())
+					nc, err = net.Dial(tp.network(), netip.AddrPortFrom(tp.stack, uint16(port+1)).String())
 					if err == nil {
 						kc = nc.(*net.TCPConn)
 					}

@@ -51,12 +51,27 @@ func newTCPPair(t *testing.T, octet int) *tcpPair {
 	return &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr()}
 }
 
+// forFamilies runs f over IPv4 and over IPv6 (newTCPPair6), as subtests.
+func forFamilies(t *testing.T, octet int, f func(*testing.T, *tcpPair)) {
+	t.Run("IPv4", func(t *testing.T) { f(t, newTCPPair(t, octet)) })
+	t.Run("IPv6", func(t *testing.T) { f(t, newTCPPair6(t, octet)) })
+}
+
+// network is the kernel sockets' network: "tcp4", or "tcp6" for a pair
+// over IPv6 (newTCPPair6).
+func (tp *tcpPair) network() string {
+	if tp.kernel.Is6() {
+		return "tcp6"
+	}
+	return "tcp4"
+}
+
 // kernelListen opens a kernel listener in the peer namespace.
 func (tp *tcpPair) kernelListen(t testing.TB, port int) *net.TCPListener {
 	t.Helper()
 	var l *net.TCPListener
 	if err := tp.p.Do(func() (err error) {
-		l, err = net.ListenTCP("tcp4", &net.TCPAddr{IP: tp.kernel.AsSlice(), Port: port})
+		l, err = net.ListenTCP(tp.network(), &net.TCPAddr{IP: tp.kernel.AsSlice(), Port: port})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -71,7 +86,7 @@ func (tp *tcpPair) kernelDial(t testing.TB, port int) (*net.TCPConn, error) {
 	var c *net.TCPConn
 	err := tp.p.Do(func() (err error) {
 		d := net.Dialer{Timeout: 5 * time.Second}
-		nc, err := d.Dial("tcp4", netip.AddrPortFrom(tp.stack, uint16(port)).String())
+		nc, err := d.Dial(tp.network(), netip.AddrPortFrom(tp.stack, uint16(port)).String())
 		if err == nil {
 			c = nc.(*net.TCPConn)
 		}
@@ -105,7 +120,12 @@ func sendPattern(w io.Writer, n int) ([32]byte, error) {
 // the checksum verified; the kernel's TCP_INFO (ss -tin) shows window
 // scaling, timestamps and SACK negotiated.
 func TestKernelTCPBulkBothWays(t *testing.T) {
-	tp := newTCPPair(t, 221)
+	kernelBulkBothWays(t, newTCPPair(t, 221))
+}
+
+// kernelBulkBothWays is TestKernelTCPBulkBothWays over tp, of either
+// family.
+func kernelBulkBothWays(t *testing.T, tp *tcpPair) {
 	size := tcpBulkMB() << 20
 
 	// Kernel → stack.
@@ -165,8 +185,9 @@ func TestKernelTCPBulkBothWays(t *testing.T) {
 
 // Half-close both ways: each side shuts its write half, the other reads
 // EOF and can still send back (RFC 9293 §3.6).
-func TestKernelTCPHalfClose(t *testing.T) {
-	tp := newTCPPair(t, 222)
+func TestKernelTCPHalfClose(t *testing.T) { forFamilies(t, 222, kernelTCPHalfClose) }
+
+func kernelTCPHalfClose(t *testing.T, tp *tcpPair) {
 	// Kernel closes first.
 	ln, err := tp.s.ListenTCP(netip.AddrPortFrom(tp.stack, 5003))
 	if err != nil {
@@ -239,7 +260,10 @@ func TestKernelTCPHalfClose(t *testing.T) {
 // Closing with unread data sends RST (RFC 2525 §2.17), both ways: the
 // other side's read fails with ECONNRESET.
 func TestKernelTCPResetOnCloseWithUnreadData(t *testing.T) {
-	tp := newTCPPair(t, 223)
+	forFamilies(t, 223, kernelTCPResetOnCloseWithUnreadData)
+}
+
+func kernelTCPResetOnCloseWithUnreadData(t *testing.T, tp *tcpPair) {
 	ln, err := tp.s.ListenTCP(netip.AddrPortFrom(tp.stack, 5005))
 	if err != nil {
 		t.Fatal(err)
@@ -294,8 +318,9 @@ func TestKernelTCPResetOnCloseWithUnreadData(t *testing.T) {
 
 // RFC 9293 §3.10.7.1: a SYN to a port nobody listens on is answered with
 // RST; the kernel's connect fails with ECONNREFUSED, and so does ours.
-func TestKernelTCPRefused(t *testing.T) {
-	tp := newTCPPair(t, 224)
+func TestKernelTCPRefused(t *testing.T) { forFamilies(t, 224, kernelTCPRefused) }
+
+func kernelTCPRefused(t *testing.T, tp *tcpPair) {
 	if _, err := tp.kernelDial(t, 9); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("kernel connect to a closed stack port: %v, want ECONNREFUSED", err)
 	}
@@ -308,8 +333,9 @@ func TestKernelTCPRefused(t *testing.T) {
 
 // Many concurrent connections, each echoing 64 KiB: kernel clients
 // against a stack server, then stack clients against a kernel server.
-func TestKernelTCPConcurrentEcho(t *testing.T) {
-	tp := newTCPPair(t, 225)
+func TestKernelTCPConcurrentEcho(t *testing.T) { forFamilies(t, 225, kernelTCPConcurrentEcho) }
+
+func kernelTCPConcurrentEcho(t *testing.T, tp *tcpPair) {
 	n := 1000
 	if testing.Short() {
 		n = 100

@@ -255,13 +255,21 @@ func (t *Table) Lookup(tu Tuple) (*Conn, Dir, bool) {
 // table has no room for: drop it.
 func (t *Table) In(p *Packet) (*Conn, Dir, Info, error) {
 	tu := p.Tuple
-	if p.Inner != nil {
+	if p.Inner != nil || p.Inner6 != nil {
 		return t.related(p)
 	}
 	if p.Tuple.Proto == header.ProtoICMP && p.ICMP != nil {
 		typ := p.ICMP.Type()
 		if _, q := icmpQuery(typ); !q && !icmpReply(typ) {
 			return nil, Original, InfoUntracked, nil // redirects, router adverts: not flows
+		}
+	}
+	if p.Tuple.Proto == header.ProtoICMPv6 && p.ICMP6 != nil {
+		typ := p.ICMP6.Type()
+		if _, q := icmp6Query(typ); !q && !icmp6Reply(typ) {
+			// Neighbor Discovery, MLD, router messages: not flows
+			// (nf_conntrack_proto_icmpv6 leaves them untracked).
+			return nil, Original, InfoUntracked, nil
 		}
 	}
 	if c, dir, ok := t.Lookup(tu); ok {
@@ -276,9 +284,20 @@ func (t *Table) In(p *Packet) (*Conn, Dir, Info, error) {
 			return nil, Original, InfoInvalid, nil
 		}
 	case header.ProtoICMP:
-		if _, q := icmpQuery(p.ICMP.Type()); !q {
-			t.invalid.Add(1) // an answer to nothing
-			return nil, Original, InfoInvalid, nil
+		// p.ICMP is nil for an IPv6 packet whose Next Header happens to
+		// be 1: a protocol without ports there, tracked generically.
+		if p.ICMP != nil {
+			if _, q := icmpQuery(p.ICMP.Type()); !q {
+				t.invalid.Add(1) // an answer to nothing
+				return nil, Original, InfoInvalid, nil
+			}
+		}
+	case header.ProtoICMPv6:
+		if p.ICMP6 != nil { // and ICMPv6's number in an IPv4 header
+			if _, q := icmp6Query(p.ICMP6.Type()); !q {
+				t.invalid.Add(1)
+				return nil, Original, InfoInvalid, nil
+			}
 		}
 	}
 	c, err := t.create(tu)
@@ -436,7 +455,7 @@ func (t *Table) packet(c *Conn, dir Dir, p *Packet) (*Conn, Dir, Info, error) {
 		if dir == Original && c.status.Load()&StatusSeenReply == 0 {
 			info = InfoNew // SYN retransmits are still NEW
 		}
-	case header.ProtoUDP, header.ProtoICMP:
+	case header.ProtoUDP, header.ProtoICMP, header.ProtoICMPv6:
 		if c.status.Load()&StatusSeenReply == 0 {
 			info = InfoNew
 		} else if dir == Reply || c.orig.Proto == header.ProtoUDP {
@@ -462,7 +481,13 @@ func (t *Table) packet(c *Conn, dir Dir, p *Packet) (*Conn, Dir, Info, error) {
 // (nf_conntrack_icmp_error / icmp_error_message): the quote travelled in
 // the opposite direction, so its reversed tuple finds the flow.
 func (t *Table) related(p *Packet) (*Conn, Dir, Info, error) {
-	in, ok := innerTuple(p.Inner)
+	var in Tuple
+	var ok bool
+	if p.Inner6 != nil {
+		in, ok = innerTuple6(p.Inner6, p.InnerL4Off)
+	} else {
+		in, ok = innerTuple(p.Inner)
+	}
 	if !ok {
 		t.invalid.Add(1)
 		return nil, Original, InfoInvalid, nil
@@ -496,7 +521,7 @@ func (t *Table) timeoutLocked(c *Conn) time.Duration {
 			return t.to.UDPStream
 		}
 		return t.to.UDP
-	case header.ProtoICMP:
+	case header.ProtoICMP, header.ProtoICMPv6:
 		return t.to.ICMP
 	}
 	return t.to.Generic
@@ -592,7 +617,7 @@ func (t *Table) List() []Entry {
 // String formats e as conntrack -L does.
 func (e Entry) String() string {
 	var b strings.Builder
-	name := map[uint8]string{header.ProtoTCP: "tcp", header.ProtoUDP: "udp", header.ProtoICMP: "icmp"}[e.Original.Proto]
+	name := map[uint8]string{header.ProtoTCP: "tcp", header.ProtoUDP: "udp", header.ProtoICMP: "icmp", header.ProtoICMPv6: "icmpv6"}[e.Original.Proto]
 	if name == "" {
 		name = "unknown"
 	}

@@ -357,6 +357,9 @@ func FuzzParseAndTrack(f *testing.F) {
 	f.Add(stacktest.ICMPEcho(1, 1).Bytes())
 	q := stacktest.UDPv4().Bytes()
 	f.Add(stacktest.IPv4(srv, cli).ICMP(3, 3, 0).Payload(q[:28]).Bytes())
+	f.Add(stacktest.TCPv6SYN().Bytes())
+	f.Add(stacktest.Echo6(1, 1).Bytes())
+	f.Add(stacktest.IPv6(srv6, cli6).ICMPv6(header.ICMPv6DstUnreachable, 4, 0).Payload(stacktest.UDPv6().Bytes()).Bytes())
 	tb := conntrack.New(clock.NewManual(), conntrack.Config{Max: 64})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var p conntrack.Packet

@@ -3,8 +3,6 @@ package conntrack
 import (
 	"encoding/binary"
 	"net/netip"
-
-	"github.com/cni-userstack/cni-userstack/netstack/header"
 )
 
 // Manip is which end of a flow NAT rewrites (enum nf_nat_manip_type).
@@ -74,7 +72,7 @@ func (t *Table) BindNAT(c *Conn, m Manip, r Range) error {
 	if m == ManipSrc {
 		c.status.Or(StatusSrcNATDone)
 		if reply.Dst != c.orig.Src || reply.DstPort != c.orig.SrcPort ||
-			(reply.Proto == header.ProtoICMP && reply.SrcPort != c.orig.SrcPort) {
+			(isICMP(reply.Proto) && reply.SrcPort != c.orig.SrcPort) {
 			c.status.Or(StatusSrcNAT)
 		}
 	} else {
@@ -147,7 +145,7 @@ func (t *Table) uniqueLocked(c *Conn, m Manip, r Range) (Tuple, bool) {
 // An ICMP identifier may be any value.
 func portClass(proto uint8, p uint16) (uint16, uint16) {
 	switch {
-	case proto == header.ProtoICMP:
+	case isICMP(proto):
 		return 0, 0xffff
 	case p < 512:
 		return 1, 511
@@ -158,7 +156,7 @@ func portClass(proto uint8, p uint16) (uint16, uint16) {
 }
 
 func curPort(t Tuple, m Manip) uint16 {
-	if m == ManipSrc || t.Proto == header.ProtoICMP {
+	if m == ManipSrc || isICMP(t.Proto) {
 		return t.SrcPort
 	}
 	return t.DstPort
@@ -168,7 +166,7 @@ func curPort(t Tuple, m Manip) uint16 {
 // changed by source NAT (nf_nat_proto's icmp_manip_pkt).
 func setPort(t *Tuple, m Manip, p uint16) {
 	switch {
-	case t.Proto == header.ProtoICMP:
+	case isICMP(t.Proto):
 		if m == ManipSrc {
 			t.SrcPort = p
 		}
@@ -188,7 +186,13 @@ func pickAddr(t Tuple, m Manip, r Range) netip.Addr {
 		}
 		return t.Dst
 	}
-	if !r.Max.IsValid() || r.Max == r.Min || !r.Min.Is4() || !r.Max.Is4() {
+	if !r.Max.IsValid() || r.Max == r.Min {
+		return r.Min
+	}
+	if r.Min.Is6() && r.Max.Is6() {
+		return pickAddr6(t, r)
+	}
+	if !r.Min.Is4() || !r.Max.Is4() || !t.Src.Is4() || !t.Dst.Is4() {
 		return r.Min
 	}
 	a, b := r.Min.As4(), r.Max.As4()
@@ -204,8 +208,38 @@ func pickAddr(t Tuple, m Manip, r Range) netip.Addr {
 }
 
 func portHash(t Tuple) uint32 {
-	s, d := t.Src.As4(), t.Dst.As4()
-	return mix32(binary.BigEndian.Uint32(s[:])^uint32(t.SrcPort), binary.BigEndian.Uint32(d[:])^uint32(t.DstPort)<<16)
+	return mix32(foldAddr(t.Src)^uint32(t.SrcPort), foldAddr(t.Dst)^uint32(t.DstPort)<<16)
+}
+
+// foldAddr is an address's words XORed together, for either family.
+func foldAddr(a netip.Addr) uint32 {
+	if a.Is4() {
+		b := a.As4()
+		return binary.BigEndian.Uint32(b[:])
+	}
+	b := a.As16()
+	return binary.BigEndian.Uint32(b[0:]) ^ binary.BigEndian.Uint32(b[4:]) ^ binary.BigEndian.Uint32(b[8:]) ^ binary.BigEndian.Uint32(b[12:])
+}
+
+// pickAddr6 picks within an IPv6 range whose ends share their top 64
+// bits (a range wider than a /64 takes its first address), by the same
+// hash as IPv4.
+func pickAddr6(t Tuple, r Range) netip.Addr {
+	a, b := r.Min.As16(), r.Max.As16()
+	if [8]byte(a[:8]) != [8]byte(b[:8]) {
+		return r.Min
+	}
+	lo, hi := binary.BigEndian.Uint64(a[8:]), binary.BigEndian.Uint64(b[8:])
+	if hi < lo {
+		lo, hi = hi, lo
+	}
+	h := uint64(mix32(foldAddr(t.Src), foldAddr(t.Dst)))
+	v := lo
+	if hi-lo < ^uint64(0) {
+		v = lo + h%(hi-lo+1)
+	}
+	binary.BigEndian.PutUint64(a[8:], v)
+	return netip.AddrFrom16(a)
 }
 
 func mix32(a, b uint32) uint32 {

@@ -35,7 +35,7 @@ type Tuple struct {
 // ICMP query's identifier stays in SrcPort.
 func (t Tuple) Reverse() Tuple {
 	r := Tuple{Src: t.Dst, Dst: t.Src, Proto: t.Proto, SrcPort: t.DstPort, DstPort: t.SrcPort}
-	if t.Proto == header.ProtoICMP {
+	if isICMP(t.Proto) {
 		r.SrcPort, r.DstPort = t.SrcPort, 0
 	}
 	return r
@@ -45,7 +45,7 @@ func (t Tuple) String() string {
 	switch t.Proto {
 	case header.ProtoTCP, header.ProtoUDP:
 		return fmt.Sprintf("src=%v dst=%v sport=%d dport=%d", t.Src, t.Dst, t.SrcPort, t.DstPort)
-	case header.ProtoICMP:
+	case header.ProtoICMP, header.ProtoICMPv6:
 		return fmt.Sprintf("src=%v dst=%v id=%d", t.Src, t.Dst, t.SrcPort)
 	}
 	return fmt.Sprintf("src=%v dst=%v", t.Src, t.Dst)
@@ -53,8 +53,12 @@ func (t Tuple) String() string {
 
 // hasPorts reports whether the protocol's tuple carries ports (or an ICMP id).
 func hasPorts(proto uint8) bool {
-	return proto == header.ProtoTCP || proto == header.ProtoUDP || proto == header.ProtoICMP
+	return proto == header.ProtoTCP || proto == header.ProtoUDP || isICMP(proto)
 }
+
+// isICMP reports ICMP or ICMPv6, whose queries keep their identifier in
+// SrcPort both ways.
+func isICMP(proto uint8) bool { return proto == header.ProtoICMP || proto == header.ProtoICMPv6 }
 
 // icmpQuery reports whether typ is an ICMP query that opens a flow and the
 // type of its answer (nf_conntrack_proto_icmp's invmap).
@@ -77,7 +81,8 @@ func icmpReply(typ uint8) bool {
 }
 
 // Packet is what tracking needs of a datagram, parsed once. Parse fills it
-// from an IPv4 datagram; the views alias the datagram.
+// from an IPv4 datagram or an IPv6 packet (the IPv4 or the IPv6 fields);
+// the views alias the packet.
 type Packet struct {
 	IP     header.IPv4
 	L4     []byte // transport header and payload; nil for a non-first fragment
@@ -86,6 +91,14 @@ type Packet struct {
 	ICMP   header.ICMPv4
 	Inner  header.IPv4 // for an ICMP error: the quoted datagram
 	Length int
+
+	// IPv6 (ipv6.go): the packet, its ICMPv6 message, and for an ICMPv6
+	// error the quoted packet with the offset of its upper-layer header.
+	IP6        header.IPv6
+	L4Off      int // offset of L4 in the packet (IPv6: past the extension headers)
+	ICMP6      header.ICMPv6
+	Inner6     header.IPv6
+	InnerL4Off int
 }
 
 // Parse errors.
@@ -94,16 +107,21 @@ var (
 	ErrFragment  = fmt.Errorf("conntrack: non-first fragment")
 )
 
-// Parse reads an IPv4 datagram into p (nf_ct_get_tuple). It never panics:
-// a datagram whose transport header is cut short is ErrMalformed.
+// Parse reads an IPv4 datagram or, by its version, an IPv6 packet into p
+// (nf_ct_get_tuple). It never panics: a datagram whose transport header
+// is cut short is ErrMalformed.
 func Parse(b []byte, p *Packet) error {
 	*p = Packet{}
+	if len(b) > 0 && b[0]>>4 == 6 {
+		return parse6(b, p)
+	}
 	ip, err := header.CheckIPv4(b)
 	if err != nil {
 		return ErrMalformed
 	}
 	p.IP = ip
 	p.Length = ip.TotalLen()
+	p.L4Off = ip.HeaderLen()
 	p.Tuple = Tuple{Src: ip.Src(), Dst: ip.Dst(), Proto: ip.Protocol()}
 	if ip.FragOffset() != 0 {
 		return ErrFragment

@@ -65,3 +65,13 @@ func Reservations(t testing.TB, dataDir, name string) []netip.Addr {
 	slices.SortFunc(ips, netip.Addr.Compare)
 	return ips
 }
+
+// HostLocalDual is HostLocal with two ranges, one per family (subnet and
+// subnet6): host-local hands each pod one address of each (dual stack).
+func HostLocalDual(subnet, subnet6 netip.Prefix, dataDir string) map[string]any {
+	return map[string]any{
+		"type":    "host-local",
+		"ranges":  [][]map[string]any{{{"subnet": subnet.Masked().String()}}, {{"subnet": subnet6.Masked().String()}}},
+		"dataDir": dataDir,
+	}
+}

@@ -34,8 +34,13 @@ const (
 	demoUplink   = "169.254.252.0/30"
 	demoSubnet   = "10.252.0.0/24"
 	demoHostAddr = "169.254.252.1"
-	demoHostPort = 18080
-	demoName     = "host.demo.test"
+	// The IPv6 side (dual stack): the uplink's ULA subnet with the host
+	// end ::1, the pods' IPv6 range.
+	demoUplink6   = "fd00:252:1::/64"
+	demoHostAddr6 = "fd00:252:1::1"
+	demoSubnet6   = "fd00:252::/64"
+	demoHostPort  = 18080
+	demoName      = "host.demo.test"
 )
 
 // demoResolver is the demo's DNS server, on a loopback address of the host
@@ -46,6 +51,31 @@ type demoPod struct {
 	name, nsPath string
 	rt           *libcni.RuntimeConf
 	ip, gw       netip.Addr
+	ip6, gw6     netip.Addr
+}
+
+// addr is the pod's address (v6: IPv6) and gateway of one family.
+func (p *demoPod) addr(v6 bool) (ip, gw netip.Addr) {
+	if v6 {
+		return p.ip6, p.gw6
+	}
+	return p.ip, p.gw
+}
+
+// hostAddr is the demo host's address of one family (the uplink's host end).
+func hostAddr(v6 bool) string {
+	if v6 {
+		return demoHostAddr6
+	}
+	return demoHostAddr
+}
+
+// fam is the Go network suffix of one family.
+func fam(v6 bool) string {
+	if v6 {
+		return "6"
+	}
+	return "4"
 }
 
 // cniPods drives the real plugin through libcni, as containerd and CRI-O
@@ -55,9 +85,11 @@ type demoPod struct {
 // namespace (terminated in the stack and relayed by the daemon over a host
 // socket), resolve a name through the gateway (relayed to the demo's
 // resolver on a loopback address of the host), and serve a page to the
-// host through a port mapping.
+// host through a port mapping. The network is dual stack: every step has
+// its IPv6 twin (IPv6 addresses from host-local, the IPv6 gateway, the
+// uplink's IPv6 host address, a port mapping on it).
 func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
-	r.section("Pods attached by the CNI plugin (proxy mode, the default), driven by libcni")
+	r.section("Dual-stack pods attached by the CNI plugin (proxy mode, the default), driven by libcni")
 	outDir, _ = filepath.Abs(outDir)
 	binDir := filepath.Join(outDir, "cni-bin")
 	socket := filepath.Join(outDir, "run", "daemon.sock")
@@ -122,7 +154,7 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 		}
 		defer logf.Close()
 		cmd := exec.Command(filepath.Join(binDir, "cni-userstack"), "serve", "--socket", socket, "--state-dir", stateDir,
-			"--stack-netns", demoStackNS, "--uplink-subnet", demoUplink, "--uplink-host-ifname", demoUplinkIf,
+			"--stack-netns", demoStackNS, "--uplink-subnet", demoUplink, "--uplink-subnet6", demoUplink6, "--uplink-host-ifname", demoUplinkIf,
 			"--resolv-conf", resolvConf)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
@@ -154,8 +186,8 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 			"socket": socket, "stateDir": stateDir, "stackNetNS": demoStackNS,
 			"logFile":      logFile,
 			"capabilities": map[string]bool{"portMappings": true},
-			"uplink":       map[string]any{"subnet": demoUplink, "hostIfName": demoUplinkIf},
-			"ipam": map[string]any{"type": "host-local", "ranges": [][]map[string]string{{{"subnet": demoSubnet}}},
+			"uplink":       map[string]any{"subnet": demoUplink, "subnet6": demoUplink6, "hostIfName": demoUplinkIf},
+			"ipam": map[string]any{"type": "host-local", "ranges": [][]map[string]string{{{"subnet": demoSubnet}}, {{"subnet": demoSubnet6}}},
 				"dataDir": filepath.Join(outDir, "ipam")},
 		}},
 	}
@@ -176,8 +208,9 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 		what := fmt.Sprintf("CNI ADD %s", name)
 		if i == 0 {
 			caps = map[string]any{"portMappings": []map[string]any{
-				{"hostPort": demoHostPort, "containerPort": 8080, "protocol": "tcp", "hostIP": demoHostAddr}}}
-			what += fmt.Sprintf(", host port %d → 8080", demoHostPort)
+				{"hostPort": demoHostPort, "containerPort": 8080, "protocol": "tcp", "hostIP": demoHostAddr},
+				{"hostPort": demoHostPort, "containerPort": 8080, "protocol": "tcp", "hostIP": demoHostAddr6}}}
+			what += fmt.Sprintf(", host port %d → 8080 (IPv4 and IPv6)", demoHostPort)
 		}
 		r.step(what, func() (string, error) {
 			path, err := veth.NewNetNS(name)
@@ -195,48 +228,73 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 			}
 			*cleanups = append(*cleanups, func() { _ = cni.DelNetworkList(context.Background(), list, p.rt) })
 			cur, err := current.NewResultFromResult(res)
-			if err != nil || len(cur.IPs) != 1 {
+			if err != nil || len(cur.IPs) != 2 {
 				ok = false
-				return "", fmt.Errorf("unexpected result %v: %v", res, err)
+				return "", fmt.Errorf("unexpected result %v: %v (want an IPv4 and an IPv6 address)", res, err)
 			}
-			p.ip, _ = netip.AddrFromSlice(cur.IPs[0].Address.IP.To4())
-			p.gw, _ = netip.AddrFromSlice(cur.IPs[0].Gateway.To4())
-			return fmt.Sprintf("eth0 %s gw %s dns %v", cur.IPs[0].Address.String(), cur.IPs[0].Gateway, cur.DNS.Nameservers), nil
+			var desc []string
+			for _, ipc := range cur.IPs {
+				a, _ := netip.AddrFromSlice(ipc.Address.IP)
+				gw, _ := netip.AddrFromSlice(ipc.Gateway)
+				if a, gw = a.Unmap(), gw.Unmap(); a.Is4() {
+					p.ip, p.gw = a, gw
+				} else {
+					p.ip6, p.gw6 = a, gw
+				}
+				desc = append(desc, fmt.Sprintf("%s gw %s", ipc.Address.String(), ipc.Gateway))
+			}
+			if !p.ip.IsValid() || !p.ip6.IsValid() {
+				ok = false
+				return "", fmt.Errorf("result %v: want one address of each family", cur.IPs)
+			}
+			return fmt.Sprintf("eth0 %s, dns %v", strings.Join(desc, ", "), cur.DNS.Nameservers), nil
 		})
 		if !ok {
 			return
 		}
 	}
 	a, b := pods[0], pods[1]
-	r.step("pod A pings pod B (forwarded inside the stack)", func() (string, error) {
-		return podPing(a, b.ip.String())
-	})
-	r.step("pod B pings pod A", func() (string, error) {
-		return podPing(b, a.ip.String())
-	})
-	r.step("both pods ping their gateway (the stack answers)", func() (string, error) {
-		var out []string
-		for _, p := range pods {
-			s, err := podPing(p, p.gw.String())
-			if err != nil {
-				return s, err
-			}
-			out = append(out, s)
+	for _, v6 := range []bool{false, true} {
+		ipv := "IPv4"
+		if v6 {
+			ipv = "IPv6"
 		}
-		return out[0], nil
-	})
-	r.step("pod A → pod B: 64 MiB over TCP, SHA-256 checked", func() (string, error) {
-		return podTransfer(a, b, 64<<20)
-	})
-	r.step("pod B fetches a page from a host-namespace server", func() (string, error) {
-		return podFetch(b)
-	})
-	r.step("pod B resolves "+demoName+" via its gateway", func() (string, error) {
-		return podResolve(b)
-	})
-	r.step(fmt.Sprintf("host fetches a page from pod A via host port %d", demoHostPort), func() (string, error) {
-		return hostToMappedPod(a)
-	})
+		bIP, _ := b.addr(v6)
+		aIP, _ := a.addr(v6)
+		r.step("pod A pings pod B over "+ipv+" (forwarded inside the stack)", func() (string, error) {
+			return podPing(a, bIP.String())
+		})
+		r.step("pod B pings pod A over "+ipv, func() (string, error) {
+			return podPing(b, aIP.String())
+		})
+		r.step("both pods ping their "+ipv+" gateway (the stack answers)", func() (string, error) {
+			var out []string
+			for _, p := range pods {
+				_, gw := p.addr(v6)
+				s, err := podPing(p, gw.String())
+				if err != nil {
+					return s, err
+				}
+				out = append(out, s)
+			}
+			return out[0], nil
+		})
+		r.step("pod A → pod B: 64 MiB over TCP/"+ipv+", SHA-256 checked", func() (string, error) {
+			return podTransfer(a, b, 64<<20, v6)
+		})
+		r.step("pod B fetches a page from a host-namespace server over "+ipv, func() (string, error) {
+			return podFetch(b, v6)
+		})
+		r.step("pod B pings the host over "+ipv+" (relayed by the daemon)", func() (string, error) {
+			return podPing(b, hostAddr(v6))
+		})
+		r.step("pod B resolves "+demoName+" via its "+ipv+" gateway", func() (string, error) {
+			return podResolve(b, v6)
+		})
+		r.step(fmt.Sprintf("host fetches a page from pod A via host port %d on %s", demoHostPort, hostAddr(v6)), func() (string, error) {
+			return hostToMappedPod(a, v6)
+		})
+	}
 	r.step("the daemon's view of its attachments", func() (string, error) {
 		atts, err := api.NewClient(socket, 5*time.Second).List(context.Background())
 		if err != nil {
@@ -244,8 +302,8 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 		}
 		var lines []string
 		for _, at := range atts {
-			lines = append(lines, fmt.Sprintf("%s %s: pod %s (mac %s) on stack NIC %d %s, gateway %s, range %s, mode %s, port mappings %v",
-				at.ContainerID, at.IfName, at.IP, at.PodMAC, at.NIC, at.HostIfName, at.Gateway, at.Range, at.Mode, at.PortMappings))
+			lines = append(lines, fmt.Sprintf("%s %s: pod %s and %s (mac %s) on stack NIC %d %s, gateways %s and %s, ranges %s and %s, mode %s, port mappings %v",
+				at.ContainerID, at.IfName, at.IP, at.IP6, at.PodMAC, at.NIC, at.HostIfName, at.Gateway, at.Gateway6, at.Range, at.Range6, at.Mode, at.PortMappings))
 		}
 		if len(atts) != 2 {
 			return strings.Join(lines, "\n"), fmt.Errorf("%d attachments, want 2", len(atts))
@@ -277,11 +335,14 @@ func cniPods(r *report, outDir, bin string, cleanups *[]func()) {
 		if err != nil {
 			return "", err
 		}
-		if c, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", demoHostAddr, demoHostPort), 2*time.Second); err == nil {
-			c.Close()
-			return "", fmt.Errorf("host port %d still open after DEL", demoHostPort)
+		for _, v6 := range []bool{false, true} {
+			hp := netip.AddrPortFrom(netip.MustParseAddr(hostAddr(v6)), demoHostPort).String()
+			if c, err := net.DialTimeout("tcp"+fam(v6), hp, 2*time.Second); err == nil {
+				c.Close()
+				return "", fmt.Errorf("host port %s still open after DEL", hp)
+			}
 		}
-		return fmt.Sprintf("no attachment left, host port %d closed", demoHostPort), nil
+		return fmt.Sprintf("no attachment left, host port %d closed on %s and %s", demoHostPort, demoHostAddr, demoHostAddr6), nil
 	})
 }
 
@@ -306,11 +367,12 @@ func inPod(p *demoPod, fn func() error) error {
 	return ns.WithNetNSPath(p.nsPath, func(ns.NetNS) error { return fn() })
 }
 
-func podTransfer(from, to *demoPod, n int64) (string, error) {
-	addr := netip.AddrPortFrom(to.ip, 5201).String()
+func podTransfer(from, to *demoPod, n int64, v6 bool) (string, error) {
+	toIP, _ := to.addr(v6)
+	addr := netip.AddrPortFrom(toIP, 5201).String()
 	var ln net.Listener
 	if err := inPod(to, func() (err error) {
-		ln, err = net.Listen("tcp4", addr)
+		ln, err = net.Listen("tcp"+fam(v6), addr)
 		return err
 	}); err != nil {
 		return "", err
@@ -319,15 +381,16 @@ func podTransfer(from, to *demoPod, n int64) (string, error) {
 	var c net.Conn
 	dial := func() error {
 		return inPod(from, func() (err error) {
-			c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
+			c, err = net.DialTimeout("tcp"+fam(v6), addr, 5*time.Second)
 			return err
 		})
 	}
 	return tcpTransfer(ln, dial, &c, n)
 }
 
-func podFetch(p *demoPod) (string, error) {
-	ln, err := net.Listen("tcp4", demoHostAddr+":8080")
+func podFetch(p *demoPod, v6 bool) (string, error) {
+	host := net.JoinHostPort(hostAddr(v6), "8080")
+	ln, err := net.Listen("tcp"+fam(v6), host)
 	if err != nil {
 		return "", err
 	}
@@ -349,15 +412,16 @@ func podFetch(p *demoPod) (string, error) {
 	}}
 	defer tr.CloseIdleConnections()
 	var page string
-	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: tr}).Get("http://" + demoHostAddr + ":8080/")
+	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: tr}).Get("http://" + host + "/")
 	if err == nil {
 		var b []byte
 		b, err = io.ReadAll(resp.Body)
 		resp.Body.Close()
 		page = string(b)
 	}
-	if err == nil && strings.Contains(page, "you are "+p.ip.String()+":") {
-		err = fmt.Errorf("the server saw the pod's own address %s: forwarded, not proxied: %q", p.ip, page)
+	podIP, _ := p.addr(v6)
+	if seen := netip.AddrPortFrom(podIP, 0).String(); err == nil && strings.Contains(page, "you are "+strings.TrimSuffix(seen, "0")) {
+		err = fmt.Errorf("the server saw the pod's own address %s: forwarded, not proxied: %q", podIP, page)
 	}
 	if err == nil && !strings.HasPrefix(page, body) {
 		err = fmt.Errorf("unexpected page %q", page)
@@ -365,14 +429,15 @@ func podFetch(p *demoPod) (string, error) {
 	return strings.ReplaceAll(strings.TrimSpace(page), "\n", " ") + ": relayed by the daemon's host socket", err
 }
 
-// podResolve asks the pod's gateway for demoName's A record over UDP and
-// over TCP, from sockets in the pod.
-func podResolve(p *demoPod) (string, error) {
+// podResolve asks the pod's gateway of one family for demoName's A record
+// over UDP and over TCP, from sockets in the pod.
+func podResolve(p *demoPod, v6 bool) (string, error) {
 	var out []string
-	for i, network := range []string{"udp4", "tcp4"} {
+	_, gw := p.addr(v6)
+	for i, network := range []string{"udp" + fam(v6), "tcp" + fam(v6)} {
 		var c net.Conn
 		if err := inPod(p, func() (err error) {
-			c, err = net.DialTimeout(network, netip.AddrPortFrom(p.gw, 53).String(), 5*time.Second)
+			c, err = net.DialTimeout(network, netip.AddrPortFrom(gw, 53).String(), 5*time.Second)
 			return err
 		}); err != nil {
 			return strings.Join(out, "; "), err
@@ -385,37 +450,38 @@ func podResolve(p *demoPod) (string, error) {
 		if a.String() != demoHostAddr {
 			return strings.Join(out, "; "), fmt.Errorf("over %s: %s = %v, want %s", network, demoName, a, demoHostAddr)
 		}
-		out = append(out, fmt.Sprintf("%s → %v over %s via %v", demoName, a, strings.TrimSuffix(network, "4"), p.gw))
+		out = append(out, fmt.Sprintf("%s → %v over %s via %v", demoName, a, network, gw))
 	}
 	return strings.Join(out, "; "), nil
 }
 
 // hostToMappedPod serves a page in pod p on 8080 and fetches it from the
 // host netns at the mapped host port; the page says who the pod saw.
-func hostToMappedPod(p *demoPod) (string, error) {
+func hostToMappedPod(p *demoPod, v6 bool) (string, error) {
+	podIP, _ := p.addr(v6)
 	var ln net.Listener
 	if err := inPod(p, func() (err error) {
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(p.ip, 8080).String())
+		ln, err = net.Listen("tcp"+fam(v6), netip.AddrPortFrom(podIP, 8080).String())
 		return err
 	}); err != nil {
 		return "", err
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		fmt.Fprintf(w, "hello from pod %s (you are %s)\n", p.ip, req.RemoteAddr)
+		fmt.Fprintf(w, "hello from pod %s (you are %s)\n", podIP, req.RemoteAddr)
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 	tr := &http.Transport{DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: tr}).Get(fmt.Sprintf("http://%s:%d/", demoHostAddr, demoHostPort))
+	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: tr}).Get("http://" + net.JoinHostPort(hostAddr(v6), fmt.Sprint(demoHostPort)) + "/")
 	if err != nil {
 		return "", err
 	}
 	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	page := strings.TrimSpace(string(b))
-	if err == nil && !strings.Contains(page, "you are "+demoHostAddr+":") {
-		err = fmt.Errorf("the pod should see the host client's own address %s: %q", demoHostAddr, page)
+	if want := strings.TrimSuffix(netip.AddrPortFrom(netip.MustParseAddr(hostAddr(v6)), 0).String(), "0"); err == nil && !strings.Contains(page, "you are "+want) {
+		err = fmt.Errorf("the pod should see the host client's own address %s: %q", hostAddr(v6), page)
 	}
 	return page, err
 }

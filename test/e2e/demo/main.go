@@ -119,7 +119,11 @@ func stackOnVeth(r *report, outDir string, cleanups *[]func()) {
 			return "", err
 		}
 		*cleanups = append(*cleanups, p.Close)
-		return fmt.Sprintf("kernel %s in netns %s; stack end %s in netns %s", p.KernelAddr, p.NS, p.StackIf, p.StackNS), nil
+		if err = p.AddIPv6("fd00:250::1/64", "fd00:250::2/64"); err != nil {
+			ok = false
+			return "", err
+		}
+		return fmt.Sprintf("kernel %s and %s in netns %s; stack end %s in netns %s", p.KernelAddr, p.KernelAddr6, p.NS, p.StackIf, p.StackNS), nil
 	})
 	if !ok {
 		return
@@ -133,34 +137,54 @@ func stackOnVeth(r *report, outDir string, cleanups *[]func()) {
 			return "", err
 		}
 		*cleanups = append(*cleanups, closeCapture)
-		return fmt.Sprintf("NIC %s mac %s address %s, capturing to %s", nic.Name(), nic.MAC(), p.StackAddr, capture), nil
+		return fmt.Sprintf("NIC %s mac %s addresses %s and %s (link-local %s), capturing to %s", nic.Name(), nic.MAC(), p.StackAddr, p.StackAddr6,
+			netstack.LinkLocal(nic), capture), nil
 	})
 	if !ok {
 		return
 	}
-	stackIP := p.StackAddr.Addr().String()
-	r.step("kernel pings the stack (50 echoes)", func() (string, error) {
-		out, err := p.Exec("ping", "-c", "50", "-i", "0.01", "-W", "2", "-q", stackIP)
+	vethSteps(r, p, s, capture, false)
+	r.section("The same veth over IPv6: Neighbor Discovery, ICMPv6, UDP and TCP")
+	vethSteps(r, p, s, capture, true)
+	fmt.Fprintf(r.w, "\n  stack counters (nstat style):\n        %s\n", indent(s.Stats().String()))
+}
+
+// vethSteps are the kernel ↔ stack steps in one family (v6: IPv6, the
+// IPv4 steps' twins): pings both ways with small and fragmented
+// payloads, the kernel's neighbour entry for the stack (ARP or NDP), UDP
+// and TCP both ways, and the capture read back.
+func vethSteps(r *report, p *env.Peer, s *netstack.Stack, capture string, v6 bool) {
+	stackAddr, kernelAddr := p.StackAddr.Addr(), p.KernelAddr.Addr()
+	fam, ping, neighCmd, resolved, filter := "4", []string{"ping"}, []string{"ip", "neigh", "show"}, "ARP", "icmp"
+	fragStats := func() (uint64, uint64) { st := s.IPv4().Stats(); return st.ReasmOKs, st.FragCreates }
+	if v6 {
+		stackAddr, kernelAddr = p.StackAddr6.Addr(), p.KernelAddr6.Addr()
+		fam, ping, neighCmd, resolved, filter = "6", []string{"ping", "-6"}, []string{"ip", "-6", "neigh", "show"}, "Neighbor Discovery", "icmp6"
+		fragStats = func() (uint64, uint64) { st := s.IPv6().Stats(); return st.ReasmOKs, st.FragCreates }
+	}
+	stackIP := stackAddr.String()
+	r.step(fmt.Sprintf("kernel pings the stack at %s (50 echoes)", stackIP), func() (string, error) {
+		out, err := p.Exec(ping[0], append(ping[1:], "-c", "50", "-i", "0.01", "-W", "2", "-q", stackIP)...)
 		return lastLines(out, 2), pingErr(out, err)
 	})
 	r.step("kernel pings with 4000-byte payloads (fragments)", func() (string, error) {
-		out, err := p.Exec("ping", "-c", "5", "-i", "0.05", "-W", "2", "-s", "4000", "-q", stackIP)
-		st := s.IPv4().Stats()
-		return fmt.Sprintf("%s; stack reassembled %d, created %d fragments", lastLines(out, 1), st.ReasmOKs, st.FragCreates), pingErr(out, err)
+		out, err := p.Exec(ping[0], append(ping[1:], "-c", "5", "-i", "0.05", "-W", "2", "-s", "4000", "-q", stackIP)...)
+		reasm, frags := fragStats()
+		return fmt.Sprintf("%s; stack reassembled %d, created %d fragments", lastLines(out, 1), reasm, frags), pingErr(out, err)
 	})
-	r.step("the kernel learned the stack's MAC by ARP", func() (string, error) {
-		out, err := p.Exec("ip", "neigh", "show", stackIP)
+	r.step("the kernel learned the stack's MAC by "+resolved, func() (string, error) {
+		out, err := p.Exec(neighCmd[0], append(neighCmd[1:], stackIP)...)
 		mac := s.Devices().ByName("eth0").MAC().String()
 		if err == nil && !strings.Contains(out, mac) {
 			err = fmt.Errorf("kernel neighbour table has no %s", mac)
 		}
 		return strings.TrimSpace(out), err
 	})
-	r.step("the stack pings the kernel", func() (string, error) {
+	r.step(fmt.Sprintf("the stack pings the kernel at %s", kernelAddr), func() (string, error) {
 		var rtts []string
 		for seq := uint16(1); seq <= 5; seq++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			rtt, err := s.Ping(ctx, p.KernelAddr.Addr(), seq, []byte("cni-userstack demo"))
+			rtt, err := s.Ping(ctx, kernelAddr, seq, []byte("cni-userstack demo"))
 			cancel()
 			if err != nil {
 				return "", fmt.Errorf("echo %d: %w", seq, err)
@@ -170,13 +194,13 @@ func stackOnVeth(r *report, outDir string, cleanups *[]func()) {
 		return "rtt " + strings.Join(rtts, " "), nil
 	})
 	r.step("UDP: kernel client → stack echo server", func() (string, error) {
-		return udpKernelToStack(p, s)
+		return udpKernelToStack(p, s, stackAddr, fam)
 	})
 	r.step("UDP: stack client → kernel echo server", func() (string, error) {
-		return udpStackToKernel(p, s)
+		return udpStackToKernel(p, s, kernelAddr, fam)
 	})
 	r.step("TCP: kernel client → stack server, 64 MiB, SHA-256", func() (string, error) {
-		ln, err := s.ListenTCP(netip.AddrPortFrom(p.StackAddr.Addr(), 5001))
+		ln, err := s.ListenTCP(netip.AddrPortFrom(stackAddr, 5001))
 		if err != nil {
 			return "", err
 		}
@@ -184,7 +208,7 @@ func stackOnVeth(r *report, outDir string, cleanups *[]func()) {
 		var c net.Conn
 		dial := func() error {
 			return p.Do(func() (err error) {
-				c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(p.StackAddr.Addr(), 5001).String(), 5*time.Second)
+				c, err = net.DialTimeout("tcp"+fam, netip.AddrPortFrom(stackAddr, 5001).String(), 5*time.Second)
 				return err
 			})
 		}
@@ -193,7 +217,7 @@ func stackOnVeth(r *report, outDir string, cleanups *[]func()) {
 	r.step("TCP: stack client → kernel server, 64 MiB, SHA-256", func() (string, error) {
 		var ln net.Listener
 		if err := p.Do(func() (err error) {
-			ln, err = net.Listen("tcp4", netip.AddrPortFrom(p.KernelAddr.Addr(), 5002).String())
+			ln, err = net.Listen("tcp"+fam, netip.AddrPortFrom(kernelAddr, 5002).String())
 			return err
 		}); err != nil {
 			return "", err
@@ -203,16 +227,15 @@ func stackOnVeth(r *report, outDir string, cleanups *[]func()) {
 		dial := func() (err error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			c, err = s.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(p.KernelAddr.Addr(), 5002))
+			c, err = s.DialTCP(ctx, netip.AddrPort{}, netip.AddrPortFrom(kernelAddr, 5002))
 			return err
 		}
 		return tcpTransfer(ln, dial, &c, 64<<20)
 	})
-	r.step("read the capture back with tcpdump", func() (string, error) {
-		out, err := exec.Command("tcpdump", "-r", capture, "-nn", "-c", "4", "icmp").CombinedOutput()
+	r.step("read the capture back with tcpdump ("+filter+")", func() (string, error) {
+		out, err := exec.Command("tcpdump", "-r", capture, "-nn", "-c", "4", filter).CombinedOutput()
 		return strings.TrimSpace(string(out)), err
 	})
-	fmt.Fprintf(r.w, "\n  stack counters (nstat style):\n        %s\n", indent(s.Stats().String()))
 }
 
 func pingErr(out string, err error) error {
@@ -233,8 +256,8 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "; ")
 }
 
-func udpKernelToStack(p *env.Peer, s *netstack.Stack) (string, error) {
-	addr := netip.AddrPortFrom(p.StackAddr.Addr(), 7)
+func udpKernelToStack(p *env.Peer, s *netstack.Stack, stackAddr netip.Addr, fam string) (string, error) {
+	addr := netip.AddrPortFrom(stackAddr, 7)
 	srv, err := s.ListenUDP(addr)
 	if err != nil {
 		return "", err
@@ -243,7 +266,7 @@ func udpKernelToStack(p *env.Peer, s *netstack.Stack) (string, error) {
 	go env.ServeUDPEcho(srv)
 	var c *net.UDPConn
 	if err := p.Do(func() (err error) {
-		c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
+		c, err = net.DialUDP("udp"+fam, nil, net.UDPAddrFromAddrPort(addr))
 		return err
 	}); err != nil {
 		return "", err
@@ -252,11 +275,11 @@ func udpKernelToStack(p *env.Peer, s *netstack.Stack) (string, error) {
 	return env.CheckEcho(c, []int{64, 1472, 20000}, 3*time.Second)
 }
 
-func udpStackToKernel(p *env.Peer, s *netstack.Stack) (string, error) {
-	addr := netip.AddrPortFrom(p.KernelAddr.Addr(), 7)
+func udpStackToKernel(p *env.Peer, s *netstack.Stack, kernelAddr netip.Addr, fam string) (string, error) {
+	addr := netip.AddrPortFrom(kernelAddr, 7)
 	var srv *net.UDPConn
 	if err := p.Do(func() (err error) {
-		srv, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		srv, err = net.ListenUDP("udp"+fam, net.UDPAddrFromAddrPort(addr))
 		return err
 	}); err != nil {
 		return "", err

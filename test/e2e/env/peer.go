@@ -50,6 +50,9 @@ type Peer struct {
 	If, StackIf         string
 	KernelAddr          netip.Prefix
 	StackAddr           netip.Prefix
+	// KernelAddr6 and StackAddr6 are set by AddIPv6 (dual-stack peers).
+	KernelAddr6 netip.Prefix
+	StackAddr6  netip.Prefix
 }
 
 // NewPeer creates the two namespaces and the veth between them. On error
@@ -90,16 +93,36 @@ func NewPeer(kernelAddr, stackAddr string, mtu int) (p *Peer, err error) {
 	return p, nil
 }
 
+// AddIPv6 makes the peer dual-stack: the kernel end gets kernelAddr
+// (without duplicate address detection, so it is usable at once: "nodad")
+// and Attach gives the stack stackAddr beside the IPv4 one. The stack's
+// end stays without kernel IPv6 in its namespace.
+func (p *Peer) AddIPv6(kernelAddr, stackAddr string) (err error) {
+	if p.KernelAddr6, err = netip.ParsePrefix(kernelAddr); err != nil {
+		return err
+	}
+	if p.StackAddr6, err = netip.ParsePrefix(stackAddr); err != nil {
+		return err
+	}
+	_, err = Run("ip", "-n", p.NS, "-6", "addr", "add", kernelAddr, "dev", p.If, "nodad")
+	return err
+}
+
 // Close deletes both namespaces, and the veth with them. Idempotent.
 func (p *Peer) Close() {
 	_ = exec.Command("ip", "netns", "del", p.NS).Run()
 	_ = exec.Command("ip", "netns", "del", p.StackNS).Run()
 }
 
-// Attach gives s a NIC on the peer's stack end, with the stack address,
-// the veth's own MAC, and (when capture is set) a pcap tap on every frame.
-// The returned close function closes the capture file.
+// Attach gives s a NIC named eth0 on the peer's stack end, with the stack
+// address, the veth's own MAC, and (when capture is set) a pcap tap on
+// every frame. The returned close function closes the capture file.
 func (p *Peer) Attach(s *netstack.Stack, capture string) (nic *dev.NIC, closeCapture func(), err error) {
+	return p.AttachAs(s, "eth0", capture)
+}
+
+// AttachAs is Attach with the NIC named name (a stack with several peers).
+func (p *Peer) AttachAs(s *netstack.Stack, name, capture string) (nic *dev.NIC, closeCapture func(), err error) {
 	closeCapture = func() {}
 	ep, err := afpacket.Open(afpacket.Config{NetNS: p.StackNSPath, Name: p.StackIf})
 	if err != nil {
@@ -122,7 +145,7 @@ func (p *Peer) Attach(s *netstack.Stack, capture string) (nic *dev.NIC, closeCap
 		})
 		closeCapture = func() { remove(); _ = f.Close() }
 	}
-	nic, err = s.AddNIC(ep, netstack.NICConfig{Name: "eth0", MAC: header.MAC(ep.MAC())})
+	nic, err = s.AddNIC(ep, netstack.NICConfig{Name: name, MAC: header.MAC(ep.MAC())})
 	if err != nil {
 		closeCapture()
 		ep.Close()
@@ -131,6 +154,12 @@ func (p *Peer) Attach(s *netstack.Stack, capture string) (nic *dev.NIC, closeCap
 	if err := s.AddAddress(nic.ID(), p.StackAddr); err != nil {
 		closeCapture()
 		return nil, func() {}, err
+	}
+	if p.StackAddr6.IsValid() {
+		if err := s.AddAddress(nic.ID(), p.StackAddr6); err != nil {
+			closeCapture()
+			return nil, func() {}, err
+		}
 	}
 	return nic, closeCapture, nil
 }

@@ -1,0 +1,305 @@
+package ipv6
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"sync"
+	"syscall"
+
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/clock"
+	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
+	"github.com/cni-userstack/cni-userstack/netstack/route"
+)
+
+// QueueXmit is ip6_xmit: route fl, push the IPv6 header (hop limit
+// fl.TTL or the default, traffic class fl.TOS, a flow label, RFC 6437),
+// run LOCAL_OUT and POSTROUTING, fragment when the packet exceeds the
+// path MTU and is not GSO, and hand it to the neighbour layer. It
+// consumes skb, whose bytes start at the upper-layer header (checksum
+// done, or CsumPartial with CsumOffset relative to it).
+//
+// Errors: the route's (ENETUNREACH for no route, counted OutNoRoutes;
+// EINVAL for a link-local destination without fl.NIC), EMSGSIZE for a
+// payload over 65535 bytes or a fl.DontFragment packet over the path MTU
+// (the sender also gets an ICMPv6 Packet Too Big through loopback, as
+// ip6_fragment does for IPV6_DONTFRAG), EPERM when a hook dropped it.
+func (l *Layer) QueueXmit(skb *buf.SKB, fl route.Flow) error {
+	skb.Drops = &l.drops
+	res, err := l.fib.Output(fl)
+	if err != nil {
+		l.count(OutNoRoutes)
+		skb.Free(DropOutNoRoutes)
+		return err
+	}
+	payload := skb.Len()
+	if payload > header.IPv6MaxPayload {
+		l.count(OutDiscards)
+		skb.Free(DropLocalOverflow)
+		return syscall.EMSGSIZE
+	}
+	hop := fl.TTL
+	if hop == 0 {
+		hop = l.defaultHop
+	}
+	skb.SetTransportHeader()
+	ip := header.IPv6(skb.Push(header.IPv6MinSize))
+	skb.SetNetworkHeader()
+	ip.Encode(header.IPv6Fields{
+		TrafficClass: fl.TOS,
+		FlowLabel:    l.flowLabel(fl, res.Src),
+		PayloadLen:   uint16(payload),
+		NextHeader:   fl.Proto,
+		HopLimit:     hop,
+		Src:          res.Src,
+		Dst:          fl.Dst.WithZone(""),
+	})
+	skb.Protocol = uint16(header.EtherTypeIPv6)
+	skb.InNIC = 0
+	skb.OutNIC = res.NIC
+	skb.Mark = fl.Mark
+	clear(skb.CB[:cbInfo+4])
+	if fl.DontFragment {
+		skb.CB[cbFlags] |= flagDontFrag
+	}
+	l.count(OutRequests)
+	return l.localOut(skb, res, fl)
+}
+
+// localOut is __ip6_local_out: LOCAL_OUT, then dst_output; a hook that
+// rewrote the destination (DNAT) makes the packet route again
+// (ip6_route_me_harder).
+func (l *Layer) localOut(skb *buf.SKB, res route.Result, fl route.Flow) error {
+	switch v := l.hooks.Run(netfilter.LocalOut, skb, 0, res.NIC); {
+	case v.Stolen():
+		return nil
+	case v.Dropped():
+		skb.Free(v.Reason())
+		return syscall.EPERM
+	}
+	if h := header.IPv6(skb.Bytes()); h.Dst() != fl.Dst.WithZone("") {
+		fl.Dst, fl.Src = h.Dst(), h.Src()
+		r2, err := l.fib.Output(fl)
+		if err != nil {
+			l.count(OutNoRoutes)
+			skb.Free(DropOutNoRoutes)
+			return err
+		}
+		res = r2
+		skb.OutNIC = res.NIC
+	}
+	// Netfilter's reply-to, as IPv4's: the stack's own reply-direction
+	// packets of a flow that entered through a reply-to NIC (an ICMPv6
+	// error about a packet that came in there) leave through that NIC.
+	if n := netfilter.ReplyNIC(skb); n != 0 && n != res.NIC && res.Type == route.Unicast {
+		if r, ok := l.fib.Via(header.IPv6(skb.Bytes()).Dst(), n); ok {
+			res = r
+			skb.OutNIC = res.NIC
+		}
+	}
+	return l.output(skb, res)
+}
+
+// output is ip6_output: POSTROUTING, then finishOutput.
+func (l *Layer) output(skb *buf.SKB, res route.Result) error {
+	switch v := l.hooks.Run(netfilter.PostRouting, skb, skb.InNIC, res.NIC); {
+	case v.Stolen():
+		return nil
+	case v.Dropped():
+		skb.Free(v.Reason())
+		return syscall.EPERM
+	}
+	return l.finishOutput(skb, res)
+}
+
+// finishOutput is ip6_finish_output: local destinations loop back, a
+// packet over the path MTU is fragmented (only here, at its source: RFC
+// 8200 §5 "fragmentation ... is performed only by source nodes"), the
+// rest goes to the neighbour layer (ip6_finish_output2).
+func (l *Layer) finishOutput(skb *buf.SKB, res route.Result) error {
+	if res.Type == route.Local {
+		l.loopback(skb)
+		return nil
+	}
+	if mtu, ok := l.nicMTU(res.NIC); ok && mtu < header.IPv6MinMTU {
+		// RFC 8200 §5: every link carrying IPv6 has an MTU of at least
+		// 1280; Linux turns IPv6 off on a device below it.
+		l.count(OutDiscards)
+		skb.Free(DropLinkMTU)
+		return syscall.EMSGSIZE
+	}
+	forwarded := skb.CB[cbFlags]&flagForward != 0
+	var mtu int
+	if forwarded {
+		mtu = l.routeMTU(res)
+	} else {
+		mtu = l.pathMTU(res, header.IPv6(skb.Bytes()).Dst())
+	}
+	if forwarded && skb.Len() > mtu {
+		if fms := netfilter.FragMaxSize(skb); fms > 0 {
+			// Reassembled by netfilter: fragmented again as it came.
+			return l.fragment(skb, min(mtu, fms), func(f *buf.SKB) { l.out(res.NIC, res.NextHop, f) })
+		}
+	}
+	if skb.Len() <= mtu || skb.GSOSize > 0 || forwarded {
+		l.out(res.NIC, res.NextHop, skb)
+		return nil
+	}
+	if skb.CB[cbFlags]&flagDontFrag != 0 {
+		// IPV6_DONTFRAG: tell the sender through loopback (its Err sees
+		// Packet Too Big with the MTU, RFC 8201 §4), fail the send.
+		l.count(FragFails)
+		l.sendICMPError(skb, header.ICMPv6PacketTooBig, 0, uint32(mtu), true)
+		skb.Free(DropPktTooBig)
+		return syscall.EMSGSIZE
+	}
+	return l.fragment(skb, mtu, func(f *buf.SKB) { l.out(res.NIC, res.NextHop, f) })
+}
+
+// routeMTU is the MTU towards res without the PMTU cache: the route's
+// when set and not above the NIC's, else the NIC's, never below 1280
+// (ip6_dst_mtu_maybe_forward, which clamps to IPV6_MIN_MTU).
+func (l *Layer) routeMTU(res route.Result) int {
+	mtu, ok := l.nicMTU(res.NIC)
+	if !ok || mtu <= 0 {
+		mtu = header.IPv6MaxPayload + header.IPv6MinSize
+	}
+	if res.MTU > 0 && res.MTU < mtu {
+		mtu = res.MTU
+	}
+	return max(mtu, header.IPv6MinMTU)
+}
+
+// pathMTU is routeMTU lowered by a live PMTU entry for dst (RFC 8201).
+func (l *Layer) pathMTU(res route.Result, dst netip.Addr) int {
+	mtu := l.routeMTU(res)
+	if p, ok := l.pmtu.get(dst); ok && p < mtu {
+		mtu = p
+	}
+	return mtu
+}
+
+// The backlog is the loopback device and softirq work queue, as ipv4's
+// (see that package's doc): packets to our own addresses and ICMPv6
+// errors deferred from the neighbour layer are processed by a clock
+// callback, never on the sender's call stack. Bound: backlogMax entries;
+// overflow frees the new packet with CPU_BACKLOG. backlogBudget per run.
+const (
+	backlogMax    = 1000
+	backlogBudget = 64
+)
+
+// Backlog entry kinds (skb.CB[cbKind]).
+const (
+	kindLoop     = 1
+	kindICMPSend = 2
+)
+
+type backlog struct {
+	l     *Layer
+	mu    sync.Mutex
+	q     buf.Queue // bound: backlogMax
+	armed bool
+	timer *clock.Timer
+}
+
+func (b *backlog) init(l *Layer) {
+	b.l = l
+	b.timer = l.clk.NewTimer(b.run)
+}
+
+func (b *backlog) enqueue(skb *buf.SKB) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.q.Len() >= backlogMax {
+		return false
+	}
+	b.q.PushBack(skb)
+	if !b.armed {
+		b.armed = true
+		b.timer.Reset(0)
+	}
+	return true
+}
+
+func (b *backlog) run() {
+	for i := 0; i < backlogBudget; i++ {
+		b.mu.Lock()
+		skb := b.q.PopFront()
+		if skb == nil {
+			b.armed = false
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		b.l.backlogProcess(skb)
+	}
+	b.mu.Lock()
+	if b.q.Len() > 0 {
+		b.timer.Reset(0)
+	} else {
+		b.armed = false
+	}
+	b.mu.Unlock()
+}
+
+// loopback re-enters the receive path from the backlog.
+func (l *Layer) loopback(skb *buf.SKB) {
+	skb.CB[cbKind] = kindLoop
+	if !l.backlog.enqueue(skb) {
+		l.count(OutDiscards)
+		skb.Free(DropBacklogFull)
+	}
+}
+
+func (l *Layer) backlogProcess(skb *buf.SKB) {
+	switch skb.CB[cbKind] {
+	case kindLoop:
+		l.loopRcv(skb)
+	case kindICMPSend:
+		info := binary.BigEndian.Uint32(skb.CB[cbInfo:])
+		l.SendICMPError(skb, skb.CB[cbType], skb.CB[cbCode], info)
+		skb.Consume()
+	default:
+		skb.Free(buf.DropNotSpecified)
+	}
+}
+
+// loopRcv is ipv6_rcv for a looped-back packet: no validation (we built
+// it), checksums trusted, PREROUTING, then local delivery.
+func (l *Layer) loopRcv(skb *buf.SKB) {
+	l.count(InReceives)
+	skb.InNIC = 0
+	clear(skb.CB[:cbInfo+4])
+	if skb.Csum != buf.CsumPartial {
+		skb.Csum = buf.CsumUnnecessary
+	}
+	skb.SetNetworkHeader()
+	switch v := l.hooks.Run(netfilter.PreRouting, skb, 0, 0); {
+	case v.Stolen():
+		return
+	case v.Dropped():
+		skb.Free(v.Reason())
+		return
+	}
+	l.localDeliver(skb)
+}
+
+// neighFailure is the neighbour table's IPv6 failure handler
+// (ndisc_error_report → ip6_link_failure): for each packet whose next hop
+// never answered, RFC 4443 §3.1: Destination Unreachable, "inability to
+// resolve the IPv6 destination address into a corresponding link address
+// ... the Code field is set to 3". Deferred to the backlog: neigh may hold
+// its locks. skb is not consumed.
+func (l *Layer) neighFailure(skb *buf.SKB) {
+	c := skb.Clone()
+	c.SetNetworkHeader()
+	c.CB[cbKind] = kindICMPSend
+	c.CB[cbType] = header.ICMPv6DstUnreachable
+	c.CB[cbCode] = header.ICMPv6AddrUnreachable
+	binary.BigEndian.PutUint32(c.CB[cbInfo:], 0)
+	if !l.backlog.enqueue(c) {
+		c.Free(DropBacklogFull)
+	}
+}
