@@ -16,7 +16,6 @@ type rxQueue struct {
 	running bool // a goroutine reads this queue (under NIC.rxMu)
 	pkts    []*buf.SKB
 	batch   buf.Batch
-	handle  func([]*buf.SKB) bool // pollIn's batch handler, made once
 }
 
 // Up brings the NIC up (dev_open, napi_enable): transmit is allowed and
@@ -67,10 +66,6 @@ func (n *NIC) read(rq *rxQueue) (int, error) {
 // then each frame is carried up to completion.
 func (n *NIC) poll(rq *rxQueue) {
 	defer n.rxWG.Done()
-	if p, ok := n.ep.(link.Poller); ok {
-		n.pollIn(rq, p)
-		return
-	}
 	backoff := minReadBackoff
 	for {
 		k, err := n.read(rq)
@@ -92,47 +87,6 @@ func (n *NIC) poll(rq *rxQueue) {
 				time.Sleep(backoff)
 				backoff = min(2*backoff, maxReadBackoff)
 			}
-		} else {
-			backoff = minReadBackoff
-		}
-		if !n.up.Load() {
-			n.rxMu.Lock()
-			if !n.up.Load() {
-				rq.running = false
-				n.rxMu.Unlock()
-				return
-			}
-			n.rxMu.Unlock()
-		}
-	}
-}
-
-// pollIn is poll for an endpoint that runs the batches inside its own
-// wait (link.Poller: no read per wake-up to find the queue empty). A
-// batch after Down is dropped by rxBatch, as in poll, and ends the loop.
-func (n *NIC) pollIn(rq *rxQueue, p link.Poller) {
-	backoff := minReadBackoff
-	if rq.handle == nil {
-		rq.handle = func(pkts []*buf.SKB) bool {
-			k := min(len(pkts), len(rq.pkts))
-			now := n.devs.clk.Now()
-			n.rxTimeNs.Store(now.UnixNano())
-			rq.batch.Now = now
-			n.rxBatch(rq, pkts[:k])
-			clear(pkts[:k])
-			return n.up.Load()
-		}
-	}
-	for {
-		err := p.PollQueue(rq.q, rq.pkts, rq.handle)
-		if err != nil {
-			if errors.Is(err, link.ErrClosed) {
-				n.exitPoll(rq)
-				return
-			}
-			n.rxErrors.Add(1)
-			time.Sleep(backoff)
-			backoff = min(2*backoff, maxReadBackoff)
 		} else {
 			backoff = minReadBackoff
 		}

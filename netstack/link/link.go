@@ -65,19 +65,6 @@ type MultiQueue interface {
 	ReadQueue(q int, pkts []*buf.SKB) (n int, err error)
 }
 
-// Poller is an endpoint whose receive queue runs the reader's batch
-// handler inside its own wait (dev uses it where offered): PollQueue
-// reads frames of queue q into pkts and calls fn with each batch, parking
-// between batches, until fn returns false (then nil), Close (ErrClosed)
-// or a read error. fn owns the SKBs it is given, as ReadBatch's caller
-// does. What it saves: a reader that returns to its caller after every
-// batch must read once more to learn the queue is empty before it may
-// park; PollQueue parks after a batch shorter than pkts at once, the
-// wait itself noticing any frame that came meanwhile.
-type Poller interface {
-	PollQueue(q int, pkts []*buf.SKB, fn func(pkts []*buf.SKB) bool) error
-}
-
 // ErrClosed is returned by an Endpoint after Close.
 var ErrClosed = errors.New("link: endpoint closed")
 

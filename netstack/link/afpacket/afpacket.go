@@ -416,136 +416,52 @@ func (e *Endpoint) ReadQueue(qi int, pkts []*buf.SKB) (int, error) {
 			}
 			return 0, fmt.Errorf("afpacket: recvmmsg on %s: %w", e.info.name, q.err)
 		}
-		if n := e.collect(q, pkts); n > 0 {
-			return n, nil
-		}
-	}
-}
-
-// collect turns the q.n frames of the last recvmmsg into SKBs in pkts
-// (the slots refilled, bad frames counted and dropped) and returns how
-// many.
-func (e *Endpoint) collect(q *rxQueue, pkts []*buf.SKB) int {
-	n := 0
-	for i := 0; i < q.n; i++ {
-		m := &q.msgs[i]
-		l := int(m.Len)
-		switch {
-		case m.Hdr.Flags&unix.MSG_TRUNC != 0 || l > e.frameSize:
-			// The slot keeps its SKB for the next read.
-			e.rxErrors.Add(1)
-			e.drops.Add(DropAFPacketRxTruncated)
-			continue
-		case l < ethHdrLen:
-			e.rxErrors.Add(1)
-			e.drops.Add(DropAFPacketRxRunt)
-			continue
-		}
-		if e.vnet {
-			l -= vnetHdrLen // msg_len counts the virtio_net_hdr
-			if l < ethHdrLen {
+		n := 0
+		for i := 0; i < q.n; i++ {
+			m := &q.msgs[i]
+			l := int(m.Len)
+			switch {
+			case m.Hdr.Flags&unix.MSG_TRUNC != 0 || l > e.frameSize:
+				// The slot keeps its SKB for the next read.
+				e.rxErrors.Add(1)
+				e.drops.Add(DropAFPacketRxTruncated)
+				continue
+			case l < ethHdrLen:
 				e.rxErrors.Add(1)
 				e.drops.Add(DropAFPacketRxRunt)
 				continue
 			}
-		}
-		s := q.skbs[i]
-		if l+rxHeadroom <= copyBreak {
-			// copybreak: a small frame moves to a small buffer and the
-			// slot keeps its 64 KiB one, so queues never pin big
-			// buffers for small packets.
-			s = buf.FromBytes(rxHeadroom, s.Bytes()[:l])
-		} else {
-			s.Trim(l)
-			e.refill(q, i)
-		}
-		s.SetMACHeader()
-		if e.vnet && !q.hdr[i].toSKB(s) {
-			e.rxErrors.Add(1)
-			e.free(s, DropAFPacketBadVnetHdr)
-			continue
-		}
-		pkts[n] = s
-		n++
-		e.rxBytes.Add(uint64(l))
-	}
-	if n > 0 {
-		e.rxPackets.Add(uint64(n))
-	}
-	return n
-}
-
-// PollQueue is link.Poller's: queue qi's receive loop inside one
-// q.rc.Read. Its callback reads with recvmmsg, hands each batch to fn
-// and, after a batch shorter than the slots offered (the socket was
-// empty at that instant), parks at once instead of reading again to
-// find EAGAIN: one recvmmsg fewer per wake-up, one per request/response
-// round trip. No frame is missed by that: the socket is registered
-// edge-triggered with Go's netpoller, every frame queued after the read
-// makes it report readable again, and rc.Read keeps that report from its
-// start until its wait. With a busy-poll budget it is ReadQueue in a
-// loop (the busy phase is between reads).
-func (e *Endpoint) PollQueue(qi int, pkts []*buf.SKB, fn func([]*buf.SKB) bool) error {
-	if len(pkts) == 0 || qi < 0 || qi >= len(e.rxq) {
-		return nil
-	}
-	if e.busyPoll > 0 {
-		for {
-			n, err := e.ReadQueue(qi, pkts)
-			if n > 0 && !fn(pkts[:n]) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-		}
-	}
-	q := e.rxq[qi]
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	var stop bool
-	var rerr error
-	f := func(fd uintptr) bool {
-		for {
-			if e.closed.Load() {
-				rerr = link.ErrClosed
-				return true
-			}
-			q.vlen = min(len(pkts), len(q.msgs))
-			for i := 0; i < q.vlen; i++ {
-				q.msgs[i].Hdr.Flags = 0
-			}
-			if !e.recv(q, fd) {
-				return false // empty: park
-			}
-			if q.err != 0 {
-				e.rxErrors.Add(1)
-				if q.err == unix.ENETDOWN {
-					continue // as ReadQueue
+			if e.vnet {
+				l -= vnetHdrLen // msg_len counts the virtio_net_hdr
+				if l < ethHdrLen {
+					e.rxErrors.Add(1)
+					e.drops.Add(DropAFPacketRxRunt)
+					continue
 				}
-				rerr = fmt.Errorf("afpacket: recvmmsg on %s: %w", e.info.name, q.err)
-				return true
 			}
-			if n := e.collect(q, pkts); n > 0 && !fn(pkts[:n]) {
-				stop = true
-				return true
+			s := q.skbs[i]
+			if l+rxHeadroom <= copyBreak {
+				// copybreak: a small frame moves to a small buffer and the
+				// slot keeps its 64 KiB one, so queues never pin big
+				// buffers for small packets.
+				s = buf.FromBytes(rxHeadroom, s.Bytes()[:l])
+			} else {
+				s.Trim(l)
+				e.refill(q, i)
 			}
-			if q.n < q.vlen {
-				return false // drained at the read: park without another
+			s.SetMACHeader()
+			if e.vnet && !q.hdr[i].toSKB(s) {
+				e.rxErrors.Add(1)
+				e.free(s, DropAFPacketBadVnetHdr)
+				continue
 			}
+			pkts[n] = s
+			n++
+			e.rxBytes.Add(uint64(l))
 		}
-	}
-	for {
-		err := q.rc.Read(f)
-		switch {
-		case e.closed.Load() || errors.Is(err, os.ErrClosed):
-			return link.ErrClosed
-		case err != nil:
-			return err
-		case stop:
-			return nil
-		case rerr != nil:
-			return rerr
+		if n > 0 {
+			e.rxPackets.Add(uint64(n))
+			return n, nil
 		}
 	}
 }
