@@ -5,6 +5,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,7 +31,6 @@ type poller struct {
 	flows map[uint64]pollHandler // by registration ID
 
 	evs [pollBatch]unix.EpollEvent // the goroutine's
-	n   int
 }
 
 // pollBatch is the most events one wait returns.
@@ -117,16 +117,43 @@ func (p *poller) ctl(op, fd int, ev *unix.EpollEvent) error {
 	return err
 }
 
-// wait runs inside rc.Read: it takes the ready events without blocking;
-// none asks Go's netpoller to wait until the epoll fd is readable.
+// wait runs inside rc.Read: it takes the ready events without blocking
+// and dispatches them there; false asks Go's netpoller to park the
+// goroutine until the epoll fd is readable again. It returns false after
+// a batch shorter than pollBatch without a second epoll_wait to find the
+// set empty: the fd is registered edge-triggered with the netpoller, and
+// an event queued in our set after this epoll_wait makes it readable anew,
+// which rc.Read's wait sees (the notification is kept for it from the
+// start of rc.Read), so it cannot be missed. That saves an empty
+// epoll_wait per wake-up: one per request/response round trip.
 func (p *poller) wait(fd uintptr) bool {
 	for {
-		n, err := unix.EpollWait(int(fd), p.evs[:], 0)
-		if err == unix.EINTR {
+		// Raw (the P kept): a zero timeout never sleeps.
+		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&p.evs[0])), pollBatch, 0, 0, 0)
+		if e == unix.EINTR {
 			continue
 		}
-		p.n = n
-		return n > 0 || err != nil
+		if e != 0 {
+			return true // rc.Read returns; run's next call finds the error
+		}
+		p.dispatch(int(n))
+		if n < pollBatch {
+			return false
+		}
+	}
+}
+
+// dispatch hands the first n events to their flows.
+func (p *poller) dispatch(n int) {
+	for i := 0; i < n; i++ {
+		ev := &p.evs[i]
+		id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+		p.mu.Lock()
+		h := p.flows[id]
+		p.mu.Unlock()
+		if h != nil {
+			h.ready(ev.Events)
+		}
 	}
 }
 
@@ -136,17 +163,6 @@ func (p *poller) run() {
 		if err := p.rc.Read(p.waitFn); err != nil {
 			return
 		}
-		for i := 0; i < p.n; i++ {
-			ev := &p.evs[i]
-			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			p.mu.Lock()
-			h := p.flows[id]
-			p.mu.Unlock()
-			if h != nil {
-				h.ready(ev.Events)
-			}
-		}
-		p.n = 0
 	}
 }
 

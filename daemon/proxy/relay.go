@@ -396,7 +396,7 @@ func (r *relay) pumpToHost() {
 		case err == io.EOF:
 			// RFC 9293 §3.6: the pod's FIN becomes ours to the host.
 			var serr error
-			if cerr := r.up.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
+			if cerr := r.up.Control(func(fd uintptr) { serr = rawShutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
 				serr = cerr
 			}
 			if serr != nil {
@@ -479,10 +479,14 @@ func (r *relay) writeHost(v [][]byte) (int, error) {
 	return r.sendN, nil
 }
 
+// sendmsg and readv are raw system calls (the goroutine keeps its P):
+// both are non-blocking, and a sendmsg over loopback runs the host's TCP
+// receive inside the call, long enough for Go's sysmon to hand the P
+// off and cost a thread wake-up (afpacket's recvmmsg/sendmmsg say more).
 func (r *relay) sendmsg(fd uintptr) {
 	for {
 		// MSG_NOSIGNAL: a host that reset gives EPIPE, not SIGPIPE.
-		n, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&r.scr.msg)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		n, _, e := unix.RawSyscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&r.scr.msg)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
 		if e == unix.EINTR {
 			continue
 		}
@@ -528,7 +532,7 @@ func (r *relay) readHost(a, b []byte) (int, error) {
 func (r *relay) readv(fd uintptr) {
 	k := r.recvN
 	for {
-		n, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&r.podIov[0])), uintptr(k))
+		n, _, e := unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&r.podIov[0])), uintptr(k))
 		if e == unix.EINTR {
 			continue
 		}

@@ -29,7 +29,10 @@
 // os.NewFile; ReadBatch and WriteBatch call recvmmsg/sendmmsg from inside
 // syscall.RawConn.Read/Write and wait on the poller on EAGAIN, so Close
 // (which closes the file and evicts the poller) wakes a blocked ReadBatch,
-// which then returns link.ErrClosed.
+// which then returns link.ErrClosed. recvmmsg and sendmmsg are raw
+// system calls (the goroutine keeps its P through them: they never block,
+// and a sendmmsg that runs the peer's receive softirq is long enough for
+// Go's sysmon to hand an ordinary syscall's P away).
 //
 // Busy polling (Config.BusyPoll, off by default; the kernel's
 // napi_busy_loop behind SO_BUSY_POLL). When a read finds the socket empty,

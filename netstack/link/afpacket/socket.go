@@ -206,14 +206,24 @@ func setSockBuf(fd, force, plain, n int) {
 // recvmmsg and sendmmsg: golang.org/x/sys/unix has the Mmsghdr type but no
 // wrappers, so these call the syscalls directly. They are non-blocking
 // (the socket is O_NONBLOCK) and return the raw errno.
+//
+// They are raw system calls (no entersyscall): the goroutine keeps its P
+// throughout. A sendmmsg to a veth runs the peer's receive softirq, the
+// pod's TCP included, inside the call (tens of µs); entered as an
+// ordinary syscall, Go's sysmon found the P in a syscall that long and
+// handed it off (waking another thread), and the call's return then had
+// to get a P back the slow way: two or three more context switches per
+// request/response round trip, and sysmon polling every 20 µs because it
+// kept finding work (make bench, perf trace -s). A non-blocking call
+// cannot park the thread, so nothing is lost by keeping the P.
 
 func recvmmsg(fd uintptr, msgs []unix.Mmsghdr, flags int) (int, unix.Errno) {
-	r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
+	r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
 	return int(r), errno
 }
 
 func sendmmsg(fd uintptr, msgs []unix.Mmsghdr, flags int) (int, unix.Errno) {
-	r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
+	r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
 	return int(r), errno
 }
 
