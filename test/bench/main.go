@@ -183,6 +183,13 @@ type options struct {
 	memConns    int
 	memVariants []string
 	memExchange bool
+	// baseline, when set, is a directory holding another build of our
+	// plugin (cni-userstack): variant proxy-base runs it beside this
+	// tree's, for A/B rounds of a data-path change in one run.
+	baseline string
+	// throughput false skips the iperf3 runs (and the port-mapping
+	// figure): quick rounds of RR and connections/s only.
+	throughput bool
 }
 
 // harness holds what the variants share.
@@ -194,6 +201,8 @@ type harness struct {
 	host     *hostNet
 	ours     *oursNode
 	oursErr  error
+	base     *oursNode // the -baseline build's daemon (proxy-base)
+	baseErr  error
 	tools    *tools
 	softirqd []int // ksoftirqd threads
 	// refBin and ourBin are the plugin dirs cnitest built (the reference
@@ -274,7 +283,7 @@ func main() {
 	var vs, ms string
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each iperf3 run, of the latency run and of the connect-rate run")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (each runs every variant once); the report gives median, min and max over them")
-	flag.StringVar(&vs, "variants", strings.Join(variantKeys(), ","), "comma list of variants to run: "+strings.Join(variantKeys(), ","))
+	flag.StringVar(&vs, "variants", strings.Join(defaultVariants(), ","), "comma list of variants to run: "+strings.Join(variantKeys(), ",")+" (proxy-base needs -baseline)")
 	flag.StringVar(&o.out, "out", "bench-report/bench.md", "markdown report to write")
 	flag.IntVar(&o.rrCount, "rr-count", 1000000, "maximum request/response round trips (also bounded by -duration)")
 	flag.BoolVar(&o.cniLatency, "cni-latency", true, "measure CNI ADD/DEL latency of our plugin beside ptp")
@@ -283,6 +292,8 @@ func main() {
 	flag.IntVar(&o.memConns, "mem-conns", 10000, "idle connections of the memory benchmark (0: skip it)")
 	flag.BoolVar(&o.memExchange, "mem-exchange", true, "memory benchmark: each connection sends 1 byte each way before it idles (false: connect only)")
 	flag.StringVar(&ms, "mem-variants", strings.Join(memVariantKeys, ","), "comma list of variants the memory benchmark runs: "+strings.Join(memVariantKeys, ","))
+	flag.StringVar(&o.baseline, "baseline", "", "directory holding another build of cni-userstack: variant proxy-base runs it in proxy mode beside this tree's (A/B in one run)")
+	flag.BoolVar(&o.throughput, "throughput", true, "run the iperf3 throughput measurements (false: RR and connections/s only, for quick A/B rounds)")
 	flag.Parse()
 	var err error
 	if o.variants, err = parseList(vs, variantKeys()); err == nil {
@@ -290,6 +301,10 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	if contains(o.variants, "proxy-base") && o.baseline == "" {
+		fmt.Fprintln(os.Stderr, "bench: variant proxy-base needs -baseline DIR (a directory holding a cni-userstack binary)")
 		os.Exit(2)
 	}
 	if o.duration < time.Second || o.cniPods < 1 || o.cniParallel < 1 || o.rrCount < 1 || o.rounds < 1 ||
@@ -370,6 +385,17 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 		})
 		if h.oursErr != nil {
 			fmt.Fprintln(os.Stderr, "bench: our daemon:", h.oursErr)
+		}
+	}
+	if need["proxy-base"] {
+		fmt.Fprintln(os.Stderr, "bench: starting the baseline build's daemon")
+		h.baseErr = catch(func() error {
+			var err error
+			h.base, err = h.startOursBin(2, []string{o.baseline, h.ourBin})
+			return err
+		})
+		if h.baseErr != nil {
+			fmt.Fprintln(os.Stderr, "bench: the baseline daemon:", h.baseErr)
 		}
 	}
 	for _, v := range variants {
@@ -528,6 +554,10 @@ func (h *harness) measure(v variant) (s *sample, note string, na *notAvailable) 
 	}
 	meter := func() *cpuMeter { return startCPU(a.pids, h.softirqd) }
 	for i, c := range throughputCases {
+		if !h.opts.throughput {
+			s.tput[i] = measured{err: errNotRun}
+			continue
+		}
 		if h.ctx.Err() != nil {
 			return s, a.note, nil
 		}
@@ -536,7 +566,9 @@ func (h *harness) measure(v variant) (s *sample, note string, na *notAvailable) 
 		s.bytes[i], s.cpu[i] = res.Bytes, res.CPU
 		fmt.Fprintf(os.Stderr, "bench:   %s: %s\n", c.name, s.tput[i].fmt("%.2f Gbit/s"))
 	}
-	if a.mapped != nil {
+	if a.mapped != nil && !h.opts.throughput {
+		s.pm1 = measured{err: errNotRun}
+	} else if a.mapped != nil {
 		// Host→pod through the port mapping: iperf3 -s in the pod, the
 		// client in the host netns at the mapped host port.
 		_, err := startIperfServer(h.ctx, h.undo, a.pod, a.mapped.podAddr, a.mapped.podPort)
@@ -550,17 +582,33 @@ func (h *harness) measure(v variant) (s *sample, note string, na *notAvailable) 
 	}
 
 	dst := netip.AddrPortFrom(a.dial, uint16(srv.port()))
+	cm := startCPU(a.pids, nil)
 	rr, err := requestResponse(h.ctx, a.pod, dst, h.opts.rrCount, dur)
+	rrCPU := cm.stop().helpers
 	s.rrN = rr.N
 	s.rrP50 = measured{v: float64(rr.P50) / 1e3, err: err}
 	s.rrP99 = measured{v: float64(rr.P99) / 1e3, err: err}
-	fmt.Fprintf(os.Stderr, "bench:   request/response: n=%d p50 %s p99 %s\n", rr.N, s.rrP50.fmt("%.1f µs"), s.rrP99.fmt("%.1f µs"))
+	fmt.Fprintf(os.Stderr, "bench:   request/response: n=%d p50 %s p99 %s%s\n", rr.N, s.rrP50.fmt("%.1f µs"), s.rrP99.fmt("%.1f µs"), perOp(rrCPU, rr.N, "round trip"))
+	cm = startCPU(a.pids, nil)
 	cps, err := connectRate(h.ctx, a.pod, dst, dur)
+	cpsCPU := cm.stop().helpers
 	s.cps = measured{v: cps.PerSec, err: err}
 	s.cpsErrors = cps.Errors
-	fmt.Fprintf(os.Stderr, "bench:   connections: %s (%d failed)\n", s.cps.fmt("%.0f /s"), cps.Errors)
+	fmt.Fprintf(os.Stderr, "bench:   connections: %s (%d failed)%s\n", s.cps.fmt("%.0f /s"), cps.Errors, perOp(cpsCPU, cps.Conns, "connection"))
 	return s, a.note, nil
 }
+
+// perOp is the helpers' CPU per operation for the log (informative: the
+// warm-up round trips and failed connects are in the CPU, not the count).
+func perOp(cpu time.Duration, n int, what string) string {
+	if n == 0 || cpu == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; helper CPU %.1f µs per %s", float64(cpu)/float64(n)/1e3, what)
+}
+
+// errNotRun marks a measurement the options left out.
+var errNotRun = errors.New("not run (-throughput=false)")
 
 // cniLatency is the ADD/DEL latency of our plugin and of ptp, one pod
 // after another and opts.cniParallel at once, with cnitest.AddDelLatency

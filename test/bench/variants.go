@@ -76,10 +76,27 @@ var variants = []variant{
 	{"floor-epoll", "floor (ptp + epoll relay)", func(h *harness) (*attached, error) { return h.attachFloor("epoll") }},
 	{"route", "ours, route", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "route") }},
 	{"proxy", "ours, proxy", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "proxy") }},
+	{"proxy-base", "ours, proxy (-baseline build)", func(h *harness) (*attached, error) {
+		if h.base == nil {
+			return nil, fmt.Errorf("the baseline daemon: %w", h.baseErr)
+		}
+		return h.attachOurs(h.base, "proxy")
+	}},
 	{"gvisor", "gVisor relay", (*harness).attachGVisor},
 	{"pasta", "pasta, MTU 1500", func(h *harness) (*attached, error) { return h.attachPasta(1500) }},
 	{"pasta-64k", "pasta, MTU 65520", func(h *harness) (*attached, error) { return h.attachPasta(65520) }},
 	{"slirp4netns", "slirp4netns", (*harness).attachSlirp},
+}
+
+// defaultVariants is every variant but proxy-base, which needs -baseline.
+func defaultVariants() []string {
+	var out []string
+	for _, k := range variantKeys() {
+		if k != "proxy-base" {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 func variantKeys() []string {
@@ -217,14 +234,21 @@ type oursNode struct {
 // with it). slot (0..9) keeps the pod range and uplink of two daemons in
 // the one host netns apart: 10.(200+slot).X.0/24 and 169.254.(101+slot).X/30.
 func (h *harness) startOurs(slot int, extra ...string) (*oursNode, error) {
+	return h.startOursBin(slot, []string{h.ourBin}, extra...)
+}
+
+// startOursBin is startOurs with the plugin searched in bins, in order
+// (the daemon is the first dir's cni-userstack; IPAM plugins may come
+// from a later dir).
+func (h *harness) startOursBin(slot int, bins []string, extra ...string) (*oursNode, error) {
 	if slot < 0 || slot > 9 {
 		return nil, fmt.Errorf("daemon slot %d: 0..9", slot)
 	}
-	bin := h.ourBin
+	bin := bins[0]
 	dir := h.tb.TempDir()
 	o := &oursNode{
 		bin:      bin,
-		cni:      cnitest.CNI(h.tb, bin),
+		cni:      libcni.NewCNIConfigWithCacheDir(bins, h.tb.TempDir(), nil),
 		network:  "bench-" + randHex(8),
 		socket:   filepath.Join(dir, "run", "daemon.sock"),
 		stateDir: filepath.Join(dir, "state"),
