@@ -162,6 +162,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -190,6 +191,9 @@ type options struct {
 	// throughput false skips the iperf3 runs (and the port-mapping
 	// figure): quick rounds of RR and connections/s only.
 	throughput bool
+	// families are the address families the data-path variants run over
+	// (-families: 4, 6 or both, ascending); ipv6.go.
+	families []int
 }
 
 // harness holds what the variants share.
@@ -280,7 +284,7 @@ func parseList(s string, known []string) ([]string, error) {
 
 func main() {
 	var o options
-	var vs, ms string
+	var vs, ms, fs string
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each iperf3 run, of the latency run and of the connect-rate run")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (each runs every variant once); the report gives median, min and max over them")
 	flag.StringVar(&vs, "variants", strings.Join(defaultVariants(), ","), "comma list of variants to run: "+strings.Join(variantKeys(), ",")+" (proxy-base needs -baseline)")
@@ -294,10 +298,17 @@ func main() {
 	flag.StringVar(&ms, "mem-variants", strings.Join(memVariantKeys, ","), "comma list of variants the memory benchmark runs: "+strings.Join(memVariantKeys, ","))
 	flag.StringVar(&o.baseline, "baseline", "", "directory holding another build of cni-userstack: variant proxy-base runs it in proxy mode beside this tree's (A/B in one run)")
 	flag.BoolVar(&o.throughput, "throughput", true, "run the iperf3 throughput measurements (false: RR and connections/s only, for quick A/B rounds)")
+	flag.StringVar(&fs, "families", "4,6", "address families the data-path variants run over, in the same rounds: 4, 6 or 4,6 (6 alone leaves out the IPv4 tables, the memory and the CNI latency runs)")
 	flag.Parse()
 	var err error
 	if o.variants, err = parseList(vs, variantKeys()); err == nil {
 		o.memVariants, err = parseList(ms, memVariantKeys)
+	}
+	if err == nil {
+		o.families, err = parseFamilies(fs)
+	}
+	if err == nil && !o.has4() {
+		o.memConns, o.cniLatency = 0, false
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -358,6 +369,13 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 		return 1
 	}
 	rep.host = h.host.addr()
+	if slices.Contains(o.families, family6) {
+		rep.v6.on = true
+		if rep.v6.err = h.host.addIPv6(); rep.v6.err != nil {
+			fmt.Fprintln(os.Stderr, "bench: the host netns's IPv6 address (the IPv6 variants will not run):", rep.v6.err)
+		}
+		rep.v6.host = h.host.addr6().String()
+	}
 	fmt.Fprintln(os.Stderr, "bench: building the plugins (ptp and the other reference plugins, ours)")
 	if err := h.buildPlugins(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: building the plugins:", err)
@@ -399,16 +417,19 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 		}
 	}
 	for _, v := range variants {
-		if contains(o.variants, v.key) {
+		if contains(o.variants, v.key) && o.has4() {
 			rep.results = append(rep.results, &variantResult{v: v})
 		}
 	}
+	if rep.v6.on && rep.v6.err == nil {
+		rep.v6.results, rep.v6.left = results6(o.variants)
+	}
 	for round := 1; round <= o.rounds && ctx.Err() == nil; round++ {
-		for _, r := range roundOrder(rep.results) {
+		for _, r := range runOrder(rep.results, rep.v6.results) {
 			if r.na != "" || ctx.Err() != nil {
 				continue
 			}
-			fmt.Fprintf(os.Stderr, "bench: round %d/%d: %s\n", round, o.rounds, r.v.label)
+			fmt.Fprintf(os.Stderr, "bench: round %d/%d: %s\n", round, o.rounds, r.name())
 			if l, err := loadAvg(); err == nil {
 				rep.loads = append(rep.loads, l)
 			}
