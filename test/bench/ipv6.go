@@ -107,6 +107,8 @@ var variants6 = []variant{
 	{"ptp", "kernel (ptp)", (*harness).attachPTP6},
 	{"route", "ours, route", func(h *harness) (*attached, error) { return h.attachOurs6(h.ours, "route") }},
 	{"proxy", "ours, proxy", func(h *harness) (*attached, error) { return h.attachOurs6(h.ours, "proxy") }},
+	{"pasta", "pasta, MTU 1500", func(h *harness) (*attached, error) { return h.attachPasta6(1500) }},
+	{"pasta-64k", "pasta, MTU 65520", func(h *harness) (*attached, error) { return h.attachPasta6(65520) }},
 }
 
 // noIPv6 says, for each variant not in variants6, why it is not measured
@@ -116,8 +118,6 @@ var noIPv6 = map[string]string{
 	"floor-epoll": "the floor relay (test/bench/floorrelay) is IPv4 only: its epoll mode opens AF_INET sockets",
 	"gvisor":      "the gVisor relay (test/bench/gvisorrelay) registers only gVisor's ipv4 and arp protocols",
 	"proxy-base":  "the -baseline build may predate IPv6: its daemon gets no IPv6 uplink, A/B rounds are IPv4 only",
-	"pasta":       "not set up over IPv6 by the harness (pasta has IPv6; its pod config here is IPv4: -4)",
-	"pasta-64k":   "not set up over IPv6 by the harness (pasta has IPv6; its pod config here is IPv4: -4)",
 	"slirp4netns": "not set up over IPv6 by the harness (slirp4netns runs without --enable-ipv6)",
 }
 
@@ -333,3 +333,62 @@ func (h *harness) settled(pod ns.NetNS) error {
 // settleTimeout bounds settled: DAD takes about a second
 // (net.ipv6.conf.*.dad_transmits × retrans_time).
 const settleTimeout = 5 * time.Second
+
+// attachPasta6 is attachPasta over IPv6: pasta serves both families
+// (no -4), the pod gets 10.0.2.100/24 as over IPv4 and ::100 of the
+// host's primary IPv6 prefix (-a; pasta takes the /64 from the host's
+// address in that prefix and the gateway from the host's IPv6 default
+// route), and dials the host's primary IPv6 address, which pasta reaches
+// with its own IPv6 host sockets.
+func (h *harness) attachPasta6(mtu int) (*attached, error) {
+	if err := h.needIPv6(); err != nil {
+		return nil, err
+	}
+	a16 := h.host.primary6.Masked().Addr().As16()
+	a16[15] = 0x01
+	a16[14] = 0x01 // ::101, beside the host's ::10 and the router's ::1
+	pod6 := netip.AddrFrom16(a16)
+	pod := cnitest.NewPodNS(h.tb)
+	cmd, err := h.startHelper("pasta", pod, "-f", "-q", "--runas", "0", "--config-net", "-m", strconv.Itoa(mtu),
+		"-a", "10.0.2.100", "-n", "24", "-g", "10.0.2.2", "-a", pod6.String(),
+		"-t", "none", "-u", "none", "-T", "none", "-U", "none", "--netns", pod.Path())
+	if err != nil {
+		return nil, err
+	}
+	if err := h.waitAddr(pod, pod6); err != nil {
+		return nil, fmt.Errorf("pasta: %w", err)
+	}
+	if err := h.settled(pod); err != nil {
+		return nil, fmt.Errorf("pasta: %w", err)
+	}
+	P := h.host.addr6()
+	return &attached{pod: pod, listen: P, dial: P, pids: []int{cmd.Process.Pid},
+		note: fmt.Sprintf("pod %v → %v (the host's primary IPv6 address) through pasta, MTU %d", pod6, P, mtu)}, nil
+}
+
+// waitAddr waits (bounded: settleTimeout) until pod has addr on an
+// interface.
+func (h *harness) waitAddr(pod ns.NetNS, addr netip.Addr) error {
+	deadline := time.Now().Add(settleTimeout)
+	for {
+		found := false
+		err := do(pod, func() error {
+			as, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+			for _, a := range as {
+				found = found || a.IP.Equal(addr.AsSlice())
+			}
+			return err
+		})
+		if err != nil || found {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the pod has no address %v after %v", addr, settleTimeout)
+		}
+		select {
+		case <-h.ctx.Done():
+			return h.ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
