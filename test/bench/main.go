@@ -24,7 +24,8 @@
 // pod→host and host→pod, 1-byte request/response latency p50/p99,
 // connections per second (connect, 1 byte each way, close), and the data
 // path's CPU seconds per GB for one stream; for proxy mode also host→pod
-// through a port mapping. Then, once: memory per idle relayed connection
+// through a port mapping. The same over IPv6 for ptp, route, proxy and
+// pasta (-families; "Over IPv6" below). Then, once: memory per idle relayed connection
 // (-mem-conns through proxy mode, the gVisor relay and the floor relay) and
 // the CNI ADD/DEL latency of our plugin beside ptp.
 //
@@ -137,6 +138,32 @@
 // collected, as RSS does).
 // The run checks that the helper relays as many flows as connections are
 // held. Kernel socket memory is not in RSS and not counted.
+//
+// # Over IPv6
+//
+// -families (default 4,6) runs the TCP tests over IPv6 as well, in the
+// same interleaved rounds (ipv6.go): each round runs the IPv4 variants
+// with the kernel at both ends (roundOrder), then the IPv6 variants with
+// the kernel over IPv6 at both ends (runOrder). The host netns then also
+// has a primary IPv6 address P6 (::10 of a random ULA /64, no DAD, an
+// IPv6 default route via ::1), the servers listen on P6 and every IPv6 pod
+// dials it. The IPv6 variants: ptp with host-local dual ranges (a default
+// route per family; the reference of the IPv6 ratios), our route and
+// proxy modes with dual-stack pods (host-local with one range per family;
+// our daemons run with a random --uplink-subnet6 and the config's
+// uplink.subnet6 says the same; proxy mode relays over IPv6 host sockets
+// and its port mapping is on P6), and pasta at both MTUs serving both
+// families. Every IPv6 pod is dual stack, as a pod of a dual-stack cluster
+// is. The floor relays (AF_INET sockets), the gVisor relay (gVisor's ipv4
+// protocol only), slirp4netns (no --enable-ipv6) and proxy-base (the
+// -baseline build may predate IPv6) stay IPv4 only, and the report says
+// so. The IPv6 figures are summarized alone (buildTable over the IPv6
+// results, so refVariant is the kernel over IPv6) in a section of their
+// own (report6.go), with each variant's IPv6 median against its own IPv4
+// median of the run; the IPv4 tables and issue 11's targets are the same
+// as with -families 4. Our daemon brings IPv6 up on its uplink only with
+// the first dual-stack pod, so the IPv4 variants run as before. -families
+// 6 runs the IPv6 variants alone (no IPv4 tables, memory or CNI latency).
 //
 // # Limits and cleanup
 //
