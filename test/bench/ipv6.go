@@ -105,6 +105,8 @@ func (hn *hostNet) addr6() netip.Addr { return hn.primary6.Addr() }
 // families of a variant), their labels too (the section says IPv6).
 var variants6 = []variant{
 	{"ptp", "kernel (ptp)", (*harness).attachPTP6},
+	{"floor", "floor (ptp + Go relay)", func(h *harness) (*attached, error) { return h.attachFloor6("goroutines") }},
+	{"floor-epoll", "floor (ptp + epoll relay)", func(h *harness) (*attached, error) { return h.attachFloor6("epoll") }},
 	{"route", "ours, route", func(h *harness) (*attached, error) { return h.attachOurs6(h.ours, "route") }},
 	{"proxy", "ours, proxy", func(h *harness) (*attached, error) { return h.attachOurs6(h.ours, "proxy") }},
 	{"pasta", "pasta, MTU 1500", func(h *harness) (*attached, error) { return h.attachPasta6(1500) }},
@@ -114,8 +116,6 @@ var variants6 = []variant{
 // noIPv6 says, for each variant not in variants6, why it is not measured
 // over IPv6 (stated in the report's IPv6 section).
 var noIPv6 = map[string]string{
-	"floor":       "the floor relay (test/bench/floorrelay) is IPv4 only: its epoll mode opens AF_INET sockets",
-	"floor-epoll": "the floor relay (test/bench/floorrelay) is IPv4 only: its epoll mode opens AF_INET sockets",
 	"gvisor":      "the gVisor relay (test/bench/gvisorrelay) registers only gVisor's ipv4 and arp protocols",
 	"proxy-base":  "the -baseline build may predate IPv6: its daemon gets no IPv6 uplink, A/B rounds are IPv4 only",
 	"slirp4netns": "not set up over IPv6 by the harness (slirp4netns runs without --enable-ipv6)",
@@ -220,24 +220,70 @@ func (h *harness) attachPTP6() (*attached, error) {
 	if err := h.needIPv6(); err != nil {
 		return nil, err
 	}
-	cni, list := h.ptpCNI6()
-	pod, res, err := h.addPodIPs(cni, list, nil, 2)
+	pod, ip6, gw6, err := h.addPTPPod6()
 	if err != nil {
-		return nil, fmt.Errorf("ptp ADD (dual stack): %w", err)
-	}
-	ip6, gw6, err := dualAddrs(res)
-	if err != nil {
-		return nil, fmt.Errorf("ptp: %w", err)
-	}
-	if !gw6.IsValid() {
-		return nil, fmt.Errorf("ptp result has no IPv6 gateway: %v", res.IPs)
-	}
-	if err := h.settled(pod); err != nil {
-		return nil, fmt.Errorf("ptp pod: %w", err)
+		return nil, err
 	}
 	P := h.host.addr6()
 	return &attached{pod: pod, listen: P, dial: P,
 		note: fmt.Sprintf("pod %v → %v (the host's primary IPv6 address) via ptp's gateway %v: the kernel veth path", ip6, P, gw6)}, nil
+}
+
+// addPTPPod6 adds a dual-stack pod with ptp and returns it with its IPv6
+// address and gateway (ptp's host-side veth's IPv6 address), once the
+// pod's and the host netns's IPv6 addresses are out of DAD.
+func (h *harness) addPTPPod6() (pod ns.NetNS, ip6, gw6 netip.Addr, err error) {
+	cni, list := h.ptpCNI6()
+	pod, res, err := h.addPodIPs(cni, list, nil, 2)
+	if err != nil {
+		return nil, ip6, gw6, fmt.Errorf("ptp ADD (dual stack): %w", err)
+	}
+	if ip6, gw6, err = dualAddrs(res); err != nil {
+		return nil, ip6, gw6, fmt.Errorf("ptp: %w", err)
+	}
+	if !gw6.IsValid() {
+		return nil, ip6, gw6, fmt.Errorf("ptp result has no IPv6 gateway: %v", res.IPs)
+	}
+	if err := h.settled(pod); err != nil {
+		return nil, ip6, gw6, fmt.Errorf("ptp pod: %w", err)
+	}
+	if err := h.settled(h.host.ns); err != nil {
+		return nil, ip6, gw6, fmt.Errorf("ptp host side: %w", err)
+	}
+	return pod, ip6, gw6, nil
+}
+
+// attachFloor6 is attachFloor over IPv6: a dual-stack ptp pod dials its
+// IPv6 gateway, where the floor relay listens; the relay dials the host's
+// primary IPv6 address.
+func (h *harness) attachFloor6(mode string) (*attached, error) {
+	if err := h.needIPv6(); err != nil {
+		return nil, err
+	}
+	if h.tools.floorErr != nil {
+		return nil, fmt.Errorf("building the floor relay: %w", h.tools.floorErr)
+	}
+	pod, ip6, gw6, err := h.addPTPPod6()
+	if err != nil {
+		return nil, err
+	}
+	P := h.host.addr6()
+	a := &attached{pod: pod, listen: P, dial: gw6,
+		note: fmt.Sprintf("pod %v → %v (its ptp gateway) where the floor relay (-mode %s) listens; the relay dials %v (the host's primary IPv6 address) and splices", ip6, gw6, mode, P)}
+	a.relayFor = func(ports []int) error {
+		var ps []string
+		for _, p := range ports {
+			ps = append(ps, strconv.Itoa(p))
+		}
+		p, _, err := h.startLineProc("floorrelay", h.tools.floor, "-mode", mode, "-listen", gw6.String(), "-upstream", P.String(), "-ports", strings.Join(ps, ","))
+		if err != nil {
+			return err
+		}
+		a.pids = append(a.pids, p.cmd.Process.Pid)
+		a.mem, a.logs = p.memstats, p.logTail
+		return nil
+	}
+	return a, nil
 }
 
 // attachOurs6 is attachOurs over IPv6: a dual-stack pod of node o in mode

@@ -115,6 +115,12 @@ func (rep *report) writeIPv6(b *strings.Builder) {
 			median(rep.loads), slices.Min(rep.loads), slices.Max(rep.loads), runtime.NumCPU())
 	}
 
+	if w := floorAboveKernel(t); len(w) > 0 {
+		fmt.Fprintf(b, "\n**Warning:** over IPv6 a floor (the kernel path plus a relay) beat the kernel path on %s: the kernel reference "+
+			"ran under more load than the variants, so every IPv6 ratio to it reads too high.\n", strings.Join(w, ", "))
+	}
+	rep.writeFloor6(b, t, label)
+
 	// Each variant over IPv6 against itself over IPv4, same run.
 	t4 := buildTable(rep.results)
 	var both []string
@@ -205,4 +211,56 @@ func (rep *report) markdown6Only() string {
 		"ratios from the same run are the figure to read.\n\nIPv4 not run (-families 6): no IPv4 tables, memory or CNI latency.\n")
 	rep.writeIPv6(&b)
 	return b.String()
+}
+
+// writeFloor6 is the IPv6 twin of "Proxy mode against the floor": kernel,
+// floors and proxy over IPv6 with floor/kernel and proxy/floor, on the
+// metrics of "ahead" (nothing when proxy or every floor is missing).
+func (rep *report) writeFloor6(b *strings.Builder, t *table, label map[string]string) {
+	var floors []string
+	for _, f := range floorVariants {
+		if _, ok := t.by[f]; ok {
+			floors = append(floors, f)
+		}
+	}
+	if _, ok := t.by["proxy"]; !ok || len(floors) == 0 {
+		return
+	}
+	b.WriteString("\n### Proxy mode against the floor, IPv6\n\n| metric | kernel |")
+	for _, f := range floors {
+		b.WriteString(" " + label[f] + " |")
+	}
+	b.WriteString(" proxy |")
+	for _, f := range floors {
+		fmt.Fprintf(b, " %s/kernel |", f)
+	}
+	for _, f := range floors {
+		fmt.Fprintf(b, " proxy/%s |", f)
+	}
+	b.WriteString("\n|---|---:|" + strings.Repeat("---:|", 3*len(floors)+1) + "\n")
+	cell := func(r float64, ok bool) string {
+		if !ok {
+			return " – |"
+		}
+		return fmt.Sprintf(" %.2f× |", r)
+	}
+	for i := range metrics {
+		m := &metrics[i]
+		if !m.ahead {
+			continue
+		}
+		fmt.Fprintf(b, "| %s, %s | %s |", m.name, m.unit, fmtSummary(m, t.get(refVariant, m.key)))
+		for _, f := range floors {
+			b.WriteString(" " + fmtSummary(m, t.get(f, m.key)) + " |")
+		}
+		p := t.get("proxy", m.key)
+		b.WriteString(" " + fmtSummary(m, p) + " |")
+		for _, f := range floors {
+			b.WriteString(cell(t.kernelRatio(f, m)))
+		}
+		for _, f := range floors {
+			b.WriteString(cell(ratio(p, t.get(f, m.key))))
+		}
+		b.WriteString("\n")
+	}
 }
