@@ -131,11 +131,12 @@ type report struct {
 	host          netip.Addr
 	gvisorVersion string
 	results       []*variantResult
-	v6            ipv6Report // the IPv6 section (report6.go)
-	loads         []float64  // 1-minute load average before each measurement
+	loads         []float64 // 1-minute load average before each measurement
 	mem           []memResult
 	cni           []cniRow
 	cniErr        error
+	// v6 is the IPv6 section (report6.go).
+	v6 ipv6Report
 }
 
 // broken: the kernel reference ran but has no 1-stream figure in any

@@ -225,16 +225,16 @@ type oursNode struct {
 	uplinkIf string
 	uplink   netip.Prefix
 	subnet   netip.Prefix
+	ipamDir  string
+	logFile  string
+	daemon   *exec.Cmd
+	done     chan error
 	// uplink6 and subnet6 are the IPv6 uplink and pod range of our
 	// build's daemons (startOurs; invalid for the -baseline build's, which
 	// may predate IPv6): the daemon brings IPv6 up on the uplink with the
 	// first dual-stack pod (ipv6.go), never before.
 	uplink6 netip.Prefix
 	subnet6 netip.Prefix
-	ipamDir string
-	logFile string
-	daemon  *exec.Cmd
-	done    chan error
 }
 
 // startOurs starts a daemon of the built plugin in the host netns with
