@@ -111,6 +111,7 @@ var variants6 = []variant{
 	{"proxy", "ours, proxy", func(h *harness) (*attached, error) { return h.attachOurs6(h.ours, "proxy") }},
 	{"pasta", "pasta, MTU 1500", func(h *harness) (*attached, error) { return h.attachPasta6(1500) }},
 	{"pasta-64k", "pasta, MTU 65520", func(h *harness) (*attached, error) { return h.attachPasta6(65520) }},
+	{"slirp4netns", "slirp4netns", (*harness).attachSlirp6},
 }
 
 // noIPv6 says, for each variant not in variants6, why it is not measured
@@ -118,7 +119,6 @@ var variants6 = []variant{
 var noIPv6 = map[string]string{
 	"gvisor":      "the gVisor relay (test/bench/gvisorrelay) registers only gVisor's ipv4 and arp protocols",
 	"proxy-base":  "the -baseline build may predate IPv6: its daemon gets no IPv6 uplink, A/B rounds are IPv4 only",
-	"slirp4netns": "not set up over IPv6 by the harness (slirp4netns runs without --enable-ipv6)",
 }
 
 // results6 are the IPv6 results of the selected variants (keys) in run
@@ -438,3 +438,65 @@ func (h *harness) waitAddr(pod ns.NetNS, addr netip.Addr) error {
 		}
 	}
 }
+
+// slirpPrefix6 is slirp4netns's IPv6 network (its man page: fd00::/64,
+// gateway fd00::2); the pod takes an address in it by SLAAC.
+var slirpPrefix6 = netip.MustParsePrefix("fd00::/64")
+
+// attachSlirp6 is attachSlirp over IPv6: slirp4netns with --enable-ipv6
+// (experimental in 1.2), the pod's tap0 autoconfigures an address in
+// fd00::/64 from slirp's Router Advertisement (waited for, bounded), and
+// dials the host's primary IPv6 address, which slirp4netns reaches with
+// IPv6 host sockets.
+func (h *harness) attachSlirp6() (*attached, error) {
+	if err := h.needIPv6(); err != nil {
+		return nil, err
+	}
+	pod := cnitest.NewPodNS(h.tb)
+	cmd, err := h.startHelper("slirp4netns", pod, "--configure", "--mtu=65520", "--disable-dns", "--enable-ipv6",
+		"--netns-type=path", pod.Path(), "tap0")
+	if err != nil {
+		return nil, err
+	}
+	pod6, err := h.waitSLAAC(pod, slirpPrefix6)
+	if err != nil {
+		return nil, fmt.Errorf("slirp4netns: %w", err)
+	}
+	P := h.host.addr6()
+	return &attached{pod: pod, listen: P, dial: P, pids: []int{cmd.Process.Pid},
+		note: fmt.Sprintf("pod %v → %v (the host's primary IPv6 address) through slirp4netns --enable-ipv6, MTU 65520", pod6, P)}, nil
+}
+
+// waitSLAAC waits (bounded: slaacTimeout) until pod has an address in
+// prefix that is out of DAD, and returns it.
+func (h *harness) waitSLAAC(pod ns.NetNS, prefix netip.Prefix) (netip.Addr, error) {
+	deadline := time.Now().Add(slaacTimeout)
+	for {
+		var got netip.Addr
+		err := do(pod, func() error {
+			as, err := netlink.AddrList(nil, netlink.FAMILY_V6)
+			for _, a := range as {
+				ip, ok := netip.AddrFromSlice(a.IP)
+				if ok && prefix.Contains(ip) && a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) == 0 {
+					got = ip
+				}
+			}
+			return err
+		})
+		if err != nil || got.IsValid() {
+			return got, err
+		}
+		if time.Now().After(deadline) {
+			return got, fmt.Errorf("the pod has no usable address in %v after %v", prefix, slaacTimeout)
+		}
+		select {
+		case <-h.ctx.Done():
+			return got, h.ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// slaacTimeout bounds waitSLAAC: a Router Advertisement (slirp sends one
+// on the router solicitation of a link coming up) and DAD.
+const slaacTimeout = 10 * time.Second

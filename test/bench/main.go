@@ -24,8 +24,8 @@
 // pod→host and host→pod, 1-byte request/response latency p50/p99,
 // connections per second (connect, 1 byte each way, close), and the data
 // path's CPU seconds per GB for one stream; for proxy mode also host→pod
-// through a port mapping. The same over IPv6 for ptp, the floors, route,
-// proxy and pasta (-families; "Over IPv6" below). Then, once: memory per idle relayed connection
+// through a port mapping. The same over IPv6 for every variant but the
+// gVisor relay and proxy-base (-families; "Over IPv6" below). Then, once: memory per idle relayed connection
 // (-mem-conns through proxy mode, the gVisor relay and the floor relay) and
 // the CNI ADD/DEL latency of our plugin beside ptp.
 //
@@ -153,10 +153,11 @@
 // our daemons run with a random --uplink-subnet6 and the config's
 // uplink.subnet6 says the same; proxy mode relays over IPv6 host sockets
 // and its port mapping is on P6), the floors (a dual-stack ptp pod dials
-// its IPv6 gateway, where floorrelay listens and dials P6), and pasta at
-// both MTUs serving both families. Every IPv6 pod is dual stack, as a pod
-// of a dual-stack cluster is. The gVisor relay (gVisor's ipv4 protocol
-// only), slirp4netns (no --enable-ipv6) and proxy-base (the
+// its IPv6 gateway, where floorrelay listens and dials P6), pasta at
+// both MTUs serving both families, and slirp4netns with --enable-ipv6
+// (the pod's address by SLAAC in fd00::/64). Every IPv6 pod is dual
+// stack, as a pod of a dual-stack cluster is. The gVisor relay (gVisor's
+// ipv4 protocol only) and proxy-base (the
 // -baseline build may predate IPv6) stay IPv4 only, and the report says
 // so. The IPv6 figures are summarized alone (buildTable over the IPv6
 // results, so refVariant is the kernel over IPv6) in a section of their

@@ -71,7 +71,7 @@ func (rep *report) writeIPv6(b *strings.Builder) {
 	}
 	fmt.Fprintf(b, "In the same interleaved rounds as IPv4: each round runs the IPv4 variants (the kernel at both ends), then these, "+
 		"with the kernel over IPv6 at both ends. Every pod here is dual stack (ptp's, the floors' and ours from host-local with one "+
-		"range per family, pasta's from pasta) and dials the host's primary IPv6 address %s, where the servers listen (the floors' pods: "+
+		"range per family, pasta's from pasta, slirp4netns's by SLAAC) and dials the host's primary IPv6 address %s, where the servers listen (the floors' pods: "+
 		"their IPv6 gateway, where the floor relay listens); our proxy mode relays over IPv6 host sockets. A ratio is the variant's IPv6 "+
 		"median divided by the kernel's IPv6 median.\n\n", v.host)
 	t := buildTable(v.results)
