@@ -118,7 +118,8 @@ bench-deps:
 # side-by-side harness (./test/bench: kernel ptp, the floor relays, our
 # route and proxy modes, the gVisor relay, pasta at MTU 1500 and 65520,
 # slirp4netns; throughput, latency, connections/s, CPU/GB in interleaved
-# rounds; memory per idle relayed connection; CNI ADD/DEL latency), which
+# rounds, over IPv4 and, all but the gVisor relay, over IPv6 too;
+# memory per idle relayed connection; CNI ADD/DEL latency), which
 # prints its report and writes bench-report/bench.md.
 bench: deps bench-deps
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 30m $(PKGS)

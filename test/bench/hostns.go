@@ -32,6 +32,9 @@ type hostNet struct {
 	ns      ns.NetNS
 	ifName  string
 	primary netip.Prefix // the host's primary address, 192.168.X.10/24
+	// primary6 is the host's primary IPv6 address (a random ULA ::10/64)
+	// when -families has 6 (addIPv6, ipv6.go); invalid otherwise.
+	primary6 netip.Prefix
 }
 
 // hostIfName is the primary interface's name inside the host netns (its

@@ -24,7 +24,8 @@
 // pod→host and host→pod, 1-byte request/response latency p50/p99,
 // connections per second (connect, 1 byte each way, close), and the data
 // path's CPU seconds per GB for one stream; for proxy mode also host→pod
-// through a port mapping. Then, once: memory per idle relayed connection
+// through a port mapping. The same over IPv6 for every variant but the
+// gVisor relay and proxy-base (-families; "Over IPv6" below). Then, once: memory per idle relayed connection
 // (-mem-conns through proxy mode, the gVisor relay and the floor relay) and
 // the CNI ADD/DEL latency of our plugin beside ptp.
 //
@@ -159,6 +160,34 @@
 // The run checks that the helper relays as many flows as connections are
 // held. Kernel socket memory is not in RSS and not counted.
 //
+// # Over IPv6
+//
+// -families (default 4,6) runs the TCP tests over IPv6 as well, in the
+// same interleaved rounds (ipv6.go): each round runs the IPv4 variants
+// with the kernel at both ends (roundOrder), then the IPv6 variants with
+// the kernel over IPv6 at both ends (runOrder). The host netns then also
+// has a primary IPv6 address P6 (::10 of a random ULA /64, no DAD, an
+// IPv6 default route via ::1), the servers listen on P6 and every IPv6 pod
+// dials it. The IPv6 variants: ptp with host-local dual ranges (a default
+// route per family; the reference of the IPv6 ratios), our route and
+// proxy modes with dual-stack pods (host-local with one range per family;
+// our daemons run with a random --uplink-subnet6 and the config's
+// uplink.subnet6 says the same; proxy mode relays over IPv6 host sockets
+// and its port mapping is on P6), the floors (a dual-stack ptp pod dials
+// its IPv6 gateway, where floorrelay listens and dials P6), pasta at
+// both MTUs serving both families, and slirp4netns with --enable-ipv6
+// (the pod's address by SLAAC in fd00::/64). Every IPv6 pod is dual
+// stack, as a pod of a dual-stack cluster is. The gVisor relay (gVisor's
+// ipv4 protocol only) and proxy-base (the
+// -baseline build may predate IPv6) stay IPv4 only, and the report says
+// so. The IPv6 figures are summarized alone (buildTable over the IPv6
+// results, so refVariant is the kernel over IPv6) in a section of their
+// own (report6.go), with each variant's IPv6 median against its own IPv4
+// median of the run; the IPv4 tables and issue 11's targets are the same
+// as with -families 4. Our daemon brings IPv6 up on its uplink only with
+// the first dual-stack pod, so the IPv4 variants run as before. -families
+// 6 runs the IPv6 variants alone (no IPv4 tables, memory or CNI latency).
+//
 // # Limits and cleanup
 //
 // Traffic goes only to addresses inside namespaces the harness creates.
@@ -183,6 +212,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -211,6 +241,9 @@ type options struct {
 	// throughput false skips the iperf3 runs (and the port-mapping
 	// figure): quick rounds of RR and connections/s only.
 	throughput bool
+	// families are the address families the data-path variants run over
+	// (-families: 4, 6 or both, ascending); ipv6.go.
+	families []int
 }
 
 // harness holds what the variants share.
@@ -301,7 +334,7 @@ func parseList(s string, known []string) ([]string, error) {
 
 func main() {
 	var o options
-	var vs, ms string
+	var vs, ms, fs string
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each iperf3 run, of the latency run and of the connect-rate run")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (each runs every variant once); the report gives median, min and max over them")
 	flag.StringVar(&vs, "variants", strings.Join(defaultVariants(), ","), "comma list of variants to run: "+strings.Join(variantKeys(), ",")+" (proxy-base needs -baseline)")
@@ -315,10 +348,17 @@ func main() {
 	flag.StringVar(&ms, "mem-variants", strings.Join(memVariantKeys, ","), "comma list of variants the memory benchmark runs: "+strings.Join(memVariantKeys, ","))
 	flag.StringVar(&o.baseline, "baseline", "", "directory holding another build of cni-userstack: variant proxy-base runs it in proxy mode beside this tree's (A/B in one run)")
 	flag.BoolVar(&o.throughput, "throughput", true, "run the iperf3 throughput measurements (false: RR and connections/s only, for quick A/B rounds)")
+	flag.StringVar(&fs, "families", "4,6", "address families the data-path variants run over, in the same rounds: 4, 6 or 4,6 (6 alone leaves out the IPv4 tables, the memory and the CNI latency runs)")
 	flag.Parse()
 	var err error
 	if o.variants, err = parseList(vs, variantKeys()); err == nil {
 		o.memVariants, err = parseList(ms, memVariantKeys)
+	}
+	if err == nil {
+		o.families, err = parseFamilies(fs)
+	}
+	if err == nil && !o.has4() {
+		o.memConns, o.cniLatency = 0, false
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -379,6 +419,13 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 		return 1
 	}
 	rep.host = h.host.addr()
+	if slices.Contains(o.families, family6) {
+		rep.v6.on = true
+		if rep.v6.err = h.host.addIPv6(); rep.v6.err != nil {
+			fmt.Fprintln(os.Stderr, "bench: the host netns's IPv6 address (the IPv6 variants will not run):", rep.v6.err)
+		}
+		rep.v6.host = h.host.addr6().String()
+	}
 	fmt.Fprintln(os.Stderr, "bench: building the plugins (ptp and the other reference plugins, ours)")
 	if err := h.buildPlugins(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: building the plugins:", err)
@@ -420,16 +467,19 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 		}
 	}
 	for _, v := range variants {
-		if contains(o.variants, v.key) {
+		if contains(o.variants, v.key) && o.has4() {
 			rep.results = append(rep.results, &variantResult{v: v})
 		}
 	}
+	if rep.v6.on && rep.v6.err == nil {
+		rep.v6.results, rep.v6.left = results6(o.variants)
+	}
 	for round := 1; round <= o.rounds && ctx.Err() == nil; round++ {
-		for _, r := range roundOrder(rep.results) {
+		for _, r := range runOrder(rep.results, rep.v6.results) {
 			if r.na != "" || ctx.Err() != nil {
 				continue
 			}
-			fmt.Fprintf(os.Stderr, "bench: round %d/%d: %s\n", round, o.rounds, r.v.label)
+			fmt.Fprintf(os.Stderr, "bench: round %d/%d: %s\n", round, o.rounds, r.name())
 			if l, err := loadAvg(); err == nil {
 				rep.loads = append(rep.loads, l)
 			}

@@ -111,6 +111,7 @@ func (s *sample) systemCPU() measured {
 // variantResult is a variant over the rounds.
 type variantResult struct {
 	v       variant
+	family  int    // family6: the variant over IPv6 (ipv6.go); 0 or family4: IPv4
 	na      string // set: the variant cannot run here, and why
 	note    string
 	samples []*sample
@@ -134,6 +135,8 @@ type report struct {
 	mem           []memResult
 	cni           []cniRow
 	cniErr        error
+	// v6 is the IPv6 section (report6.go).
+	v6 ipv6Report
 }
 
 // broken: the kernel reference ran but has no 1-stream figure in any
@@ -145,7 +148,7 @@ func (rep *report) broken() bool {
 			return true
 		}
 	}
-	return rep.cniErr != nil
+	return rep.cniErr != nil || rep.v6.broken()
 }
 
 // toolVersions is the Debian versions of the peers measured, as dpkg
@@ -181,6 +184,9 @@ func fmtSummary(m *metric, s summary) string {
 }
 
 func (rep *report) markdown() string {
+	if !rep.opts.has4() {
+		return rep.markdown6Only()
+	}
 	var b strings.Builder
 	host, _ := os.Hostname()
 	t := buildTable(rep.results)
@@ -366,6 +372,8 @@ Method (details in the package doc of test/bench):
   system time (no IRQ time accounting on this kernel); the part in the iperf3 processes' context is the application's,
   so the kernel row shows only its ksoftirqd share. Whole-system: every CPU's busy time (/proc/stat) per GB, others' load included.
 `)
+
+	rep.writeIPv6(&b)
 
 	b.WriteString("\n## Memory per idle relayed connection\n\n")
 	if len(rep.mem) == 0 {

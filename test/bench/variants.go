@@ -126,8 +126,13 @@ func inNS(h *harness, n ns.NetNS, fn func() error) error {
 
 // addPod runs ADD for a fresh pod netns through libcni with the host netns
 // as the plugins' netns and the capability args caps (nil = none), and
-// registers the DEL.
+// registers the DEL. The result must hold one address.
 func (h *harness) addPod(cni *libcni.CNIConfig, list *libcni.NetworkConfigList, caps map[string]any) (ns.NetNS, *current.Result, error) {
+	return h.addPodIPs(cni, list, caps, 1)
+}
+
+// addPodIPs is addPod with a result of nIPs addresses (2: dual stack).
+func (h *harness) addPodIPs(cni *libcni.CNIConfig, list *libcni.NetworkConfigList, caps map[string]any, nIPs int) (ns.NetNS, *current.Result, error) {
 	hostNS := h.host.ns
 	pod := cnitest.NewPodNS(h.tb)
 	rt := cnitest.RuntimeConf(cnitest.UniqueName(h.tb, "ctr"), pod.Path(), "eth0", caps)
@@ -152,8 +157,8 @@ func (h *harness) addPod(cni *libcni.CNIConfig, list *libcni.NetworkConfigList, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("ADD result: %w", err)
 	}
-	if len(res.IPs) != 1 {
-		return nil, nil, fmt.Errorf("ADD result has %d IPs, want 1", len(res.IPs))
+	if len(res.IPs) != nIPs {
+		return nil, nil, fmt.Errorf("ADD result has %d IPs, want %d", len(res.IPs), nIPs)
 	}
 	return pod, res, nil
 }
@@ -224,6 +229,12 @@ type oursNode struct {
 	logFile  string
 	daemon   *exec.Cmd
 	done     chan error
+	// uplink6 and subnet6 are the IPv6 uplink and pod range of our
+	// build's daemons (startOurs; invalid for the -baseline build's, which
+	// may predate IPv6): the daemon brings IPv6 up on the uplink with the
+	// first dual-stack pod (ipv6.go), never before.
+	uplink6 netip.Prefix
+	subnet6 netip.Prefix
 }
 
 // startOurs starts a daemon of the built plugin in the host netns with
@@ -234,7 +245,12 @@ type oursNode struct {
 // with it). slot (0..9) keeps the pod range and uplink of two daemons in
 // the one host netns apart: 10.(200+slot).X.0/24 and 169.254.(101+slot).X/30.
 func (h *harness) startOurs(slot int, extra ...string) (*oursNode, error) {
-	return h.startOursBin(slot, []string{h.ourBin}, extra...)
+	u6 := randULA64()
+	o, err := h.startOursBin(slot, []string{h.ourBin}, append([]string{"--uplink-subnet6", u6.String()}, extra...)...)
+	if o != nil {
+		o.uplink6, o.subnet6 = u6, randULA64()
+	}
+	return o, err
 }
 
 // startOursBin is startOurs with the plugin searched in bins, in order
@@ -312,6 +328,11 @@ func (o *oursNode) client() *api.Client { return api.NewClient(o.socket, 5*time.
 
 // confList is our network with mode (the same keys as the e2e tests).
 func (o *oursNode) confList(h *harness, mode string) *libcni.NetworkConfigList {
+	return o.confListOf(h, o.pluginConf(mode))
+}
+
+// pluginConf is the plugin's entry of our network with mode.
+func (o *oursNode) pluginConf(mode string) map[string]any {
 	p := map[string]any{
 		"type":       cnitest.PluginName,
 		"mode":       mode,
@@ -326,6 +347,11 @@ func (o *oursNode) confList(h *harness, mode string) *libcni.NetworkConfigList {
 	if mode == "proxy" {
 		p["capabilities"] = map[string]bool{"portMappings": true}
 	}
+	return p
+}
+
+// confListOf is our network with the plugin entry p.
+func (o *oursNode) confListOf(h *harness, p map[string]any) *libcni.NetworkConfigList {
 	b, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": o.network, "plugins": []any{p}})
 	if err != nil {
 		h.tb.Fatal(err)

@@ -105,7 +105,8 @@ func newWorker(listen, upstream netip.Addr, ports []uint16, count *atomic.Int64,
 	}
 	w := &worker{ep: ep, upstream: upstream, listeners: map[int]uint16{}, flows: map[int]*flow{}, count: count, max: max, logErr: logErr}
 	for _, p := range ports {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		sa, family := sockaddr(listen, p)
+		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -115,7 +116,7 @@ func newWorker(listen, upstream netip.Addr, ports []uint16, count *atomic.Int64,
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 			return nil, err
 		}
-		if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(p), Addr: listen.As4()}); err != nil {
+		if err := unix.Bind(fd, sa); err != nil {
 			return nil, fmt.Errorf("bind %v:%d: %w", listen, p, err)
 		}
 		if err := unix.Listen(fd, 4096); err != nil {
@@ -188,7 +189,8 @@ func (w *worker) accept(ln int, port uint16) {
 
 // open makes the upstream socket, its connect and the two pipes.
 func (w *worker) open(a int, port uint16) (*flow, error) {
-	b, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	sa, family := sockaddr(w.upstream, port)
+	b, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
 	}
@@ -209,7 +211,7 @@ func (w *worker) open(a int, port uint16) (*flow, error) {
 	for _, fd := range []int{a, b} {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // as Go's net does by default
 	}
-	switch err := unix.Connect(b, &unix.SockaddrInet4{Port: int(port), Addr: w.upstream.As4()}); err {
+	switch err := unix.Connect(b, sa); err {
 	case nil:
 	case unix.EINPROGRESS:
 		f.connecting = true
@@ -307,4 +309,15 @@ func runEpoll(listen, upstream netip.Addr, ports []uint16, workers int, count *a
 		go func() { fatal <- w.run() }()
 	}
 	return nil
+}
+
+// sockaddr is a's socket address with port and its family: AF_INET for
+// an IPv4 address, AF_INET6 for an IPv6 one (the listening side and the
+// upstream side each take their own, so an IPv6 pod may be relayed to an
+// IPv4 server and back).
+func sockaddr(a netip.Addr, port uint16) (unix.Sockaddr, int) {
+	if a.Is4() {
+		return &unix.SockaddrInet4{Port: int(port), Addr: a.As4()}, unix.AF_INET
+	}
+	return &unix.SockaddrInet6{Port: int(port), Addr: a.As16()}, unix.AF_INET6
 }

@@ -7,7 +7,9 @@
 // process. What is left is what every host-socket relay pays beyond the
 // kernel path — a second TCP connection over loopback, its softirq work and
 // the wake-ups of whatever moves the bytes — with no userspace TCP/IP
-// stack and no AF_PACKET.
+// stack and no AF_PACKET. Each of -listen and -upstream is an IPv4 or an
+// IPv6 address, its sockets of its own family (make bench's floors over
+// IPv6: both IPv6).
 //
 // Two shapes (-mode): goroutines, the Go way (a goroutine per direction,
 // io.Copy between two *net.TCPConn, which the runtime turns into splice
@@ -60,9 +62,9 @@ func main() {
 	l, err1 := netip.ParseAddr(listen)
 	u, err2 := netip.ParseAddr(upstream)
 	ps, err3 := parsePorts(ports)
-	if err1 != nil || err2 != nil || err3 != nil || !l.Is4() || !u.Is4() || maxFlows < 1 || timeout <= 0 ||
+	if err1 != nil || err2 != nil || err3 != nil || l.Is4In6() || u.Is4In6() || l.Zone() != "" || u.Zone() != "" || maxFlows < 1 || timeout <= 0 ||
 		(mode != "goroutines" && mode != "epoll") || workers < 1 {
-		fmt.Fprintf(os.Stderr, "floorrelay: need -listen, -upstream IPv4 addresses, -ports (%v), -mode goroutines|epoll, -workers ≥ 1\n", err3)
+		fmt.Fprintf(os.Stderr, "floorrelay: need -listen, -upstream IPv4 or IPv6 addresses (not IPv4-mapped, no zone), -ports (%v), -mode goroutines|epoll, -workers ≥ 1\n", err3)
 		os.Exit(2)
 	}
 	var flows atomic.Int64

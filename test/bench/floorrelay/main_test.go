@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -40,6 +41,12 @@ var (
 )
 
 func newRig(t testing.TB, mode string) *relayRig {
+	t.Helper()
+	return newRigAt(t, mode, relayListen, relayUpstream)
+}
+
+// newRigAt is newRig from relayListen to relayUpstream.
+func newRigAt(t testing.TB, mode string, relayListen, relayUpstream netip.Addr) *relayRig {
 	t.Helper()
 	up, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(relayUpstream, 0)))
 	if err != nil {
@@ -119,6 +126,41 @@ func TestRelayKeepsHalfClose(t *testing.T) {
 			client.Close()
 			r.waitFlows(t, 0)
 		})
+	}
+}
+
+// TestRelayOverIPv6: a relay listening on ::1 for a server on IPv4, and
+// one listening on IPv4 for a server on ::1, each carry a request and its
+// answer after a half-close (the one IPv6 loopback address cannot be both
+// ends: the relay keeps the port).
+func TestRelayOverIPv6(t *testing.T) {
+	if l, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	} else {
+		l.Close()
+	}
+	lo6 := netip.IPv6Loopback()
+	for _, mode := range modes {
+		for _, ends := range [][2]netip.Addr{{lo6, relayUpstream}, {relayListen, lo6}} {
+			t.Run(fmt.Sprintf("%s/%v-%v", mode, ends[0], ends[1]), func(t *testing.T) {
+				r := newRigAt(t, mode, ends[0], ends[1])
+				client, server := r.dial(t)
+				if _, err := client.Write([]byte("ping")); err != nil {
+					t.Fatal(err)
+				}
+				client.CloseWrite()
+				if got, err := io.ReadAll(server); err != nil || string(got) != "ping" {
+					t.Fatalf("server read %q, %v", got, err)
+				}
+				server.Write([]byte("pong"))
+				server.Close()
+				if got, err := io.ReadAll(client); err != nil || string(got) != "pong" {
+					t.Fatalf("client read %q, %v", got, err)
+				}
+				client.Close()
+				r.waitFlows(t, 0)
+			})
+		}
 	}
 }
 
