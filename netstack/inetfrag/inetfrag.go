@@ -9,11 +9,14 @@ import (
 )
 
 // Frag is one held fragment: Off and End bound the bytes of the original
-// packet's payload it carries, found at Data in SKB's bytes.
+// packet's payload it carries, found at Data in SKB's bytes. Aux is the
+// protocol's own (netfilter's IPv6 defrag: where the Next Header byte that
+// names the Fragment header is).
 type Frag struct {
 	SKB      *buf.SKB
 	Off, End int
 	Data     int
+	Aux      int
 }
 
 // Queue is one packet under reassembly (struct inet_frag_queue). The
