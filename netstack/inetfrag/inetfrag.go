@@ -49,6 +49,25 @@ func (q *Queue[K]) Dead() bool { return q.dead }
 // Complete reports whether the fragments held cover the whole payload.
 func (q *Queue[K]) Complete() bool { return q.Total >= 0 && q.Have == q.Total }
 
+// Consistent reports whether [off, end), the last fragment when last,
+// agrees with what q holds (the checks ip_frag_queue and ip6_frag_queue
+// share): it carries data, a fragment with more to come does not reach
+// past a known end, and a last fragment matches the known end and ends
+// no earlier than the data held.
+func (q *Queue[K]) Consistent(off, end int, last bool) bool {
+	switch {
+	case end <= off:
+		return false
+	case !last && q.Total >= 0 && end > q.Total:
+		return false
+	case last && q.Total >= 0 && end != q.Total:
+		return false
+	case last && len(q.Frags) > 0 && q.Frags[len(q.Frags)-1].End > end:
+		return false
+	}
+	return true
+}
+
 // Placement is where Place puts a fragment.
 type Placement int
 
@@ -188,6 +207,23 @@ func (t *Table[K]) Kill(q *Queue[K], reason buf.DropReason) {
 func (t *Table[K]) Tombstone(q *Queue[K], reason buf.DropReason) {
 	t.drain(q, reason)
 	q.Dropped = true
+}
+
+// Finish is inet_frag_reasm_finish: out, the reassembled packet (bytes
+// from its network header), takes the first fragment's metadata, with its
+// transport checksum unverified, and q is released. The lock is held.
+func (t *Table[K]) Finish(q *Queue[K], out *buf.SKB) *buf.SKB {
+	first := q.First
+	out.SetNetworkHeader()
+	out.Protocol = first.Protocol
+	out.InNIC = first.InNIC
+	out.Mark = first.Mark
+	out.Drops = first.Drops
+	out.CB = first.CB
+	// The transport checksum of the whole packet was never verified.
+	out.Csum = buf.CsumNone
+	t.Release(q)
+	return out
 }
 
 // Release removes q after its data was copied out, consuming its

@@ -131,16 +131,10 @@ func (r *reassembler) check(q *inetfrag.Queue[fragKey], off, end, hl int, mf boo
 	case end+hl > 0xffff:
 		// The datagram would exceed 65535 bytes (the "ping of death").
 		return DropFragTooFar, true
-	case end <= off:
-		return DropFragBad, true
 	case mf && (end-off)%8 != 0:
 		// RFC 791: every fragment but the last carries a multiple of 8 bytes.
 		return DropFragBad, true
-	case mf && q.Total >= 0 && end > q.Total:
-		return DropFragBad, true
-	case !mf && q.Total >= 0 && end != q.Total:
-		return DropFragBad, true
-	case !mf && len(q.Frags) > 0 && q.Frags[len(q.Frags)-1].End > end:
+	case !q.Consistent(off, end, !mf):
 		return DropFragBad, true
 	}
 	return 0, false
@@ -149,8 +143,7 @@ func (r *reassembler) check(q *inetfrag.Queue[fragKey], off, end, hl int, mf boo
 // assemble is ip_frag_reasm: copy the fragments into one datagram with the
 // first fragment's header, and release the queue. The table is locked.
 func (r *reassembler) assemble(q *inetfrag.Queue[fragKey]) *buf.SKB {
-	first := q.First
-	fb := first.Bytes()
+	fb := q.First.Bytes()
 	hl := header.IPv4(fb).HeaderLen()
 	out := buf.Alloc(buf.MaxHeadroom, hl+q.Total)
 	d := out.Put(hl + q.Total)
@@ -163,16 +156,7 @@ func (r *reassembler) assemble(q *inetfrag.Queue[fragKey]) *buf.SKB {
 	h.SetTotalLen(hl + q.Total)
 	h.SetFragOffset(0, false)
 	h.SetChecksum()
-	out.SetNetworkHeader()
-	out.Protocol = first.Protocol
-	out.InNIC = first.InNIC
-	out.Mark = first.Mark
-	out.Drops = first.Drops
-	out.CB = first.CB
-	// The transport checksum of the whole datagram was never verified.
-	out.Csum = buf.CsumNone
-	r.t.Release(q)
-	return out
+	return r.t.Finish(q, out)
 }
 
 // expire is ip_expire: the datagram did not complete within the timeout

@@ -219,15 +219,7 @@ func headerChainComplete(b []byte, nh uint8) bool {
 
 // check validates a new fragment against its queue (ip6_frag_queue).
 func (r *reassembler) check(q *inetfrag.Queue[fragKey], off, end int, more bool) (buf.DropReason, bool) {
-	switch {
-	case end <= off:
-		// A fragment with no data.
-		return DropFragBad, true
-	case more && q.Total >= 0 && end > q.Total:
-		return DropFragBad, true
-	case !more && q.Total >= 0 && end != q.Total:
-		return DropFragBad, true
-	case !more && len(q.Frags) > 0 && q.Frags[len(q.Frags)-1].End > end:
+	if !q.Consistent(off, end, !more) {
 		return DropFragBad, true
 	}
 	return 0, false
@@ -237,8 +229,7 @@ func (r *reassembler) check(q *inetfrag.Queue[fragKey], off, end int, more bool)
 // with its last Next Header set to the Fragment header's, then every
 // fragment's data in order; the queue is released. The table is locked.
 func (r *reassembler) assemble(q *inetfrag.Queue[fragKey]) *buf.SKB {
-	first := q.First
-	fb := first.Bytes()
+	fb := q.First.Bytes()
 	unfrag := q.Head
 	out := buf.Alloc(buf.MaxHeadroom, unfrag+q.Total)
 	d := out.Put(unfrag + q.Total)
@@ -249,15 +240,7 @@ func (r *reassembler) assemble(q *inetfrag.Queue[fragKey]) *buf.SKB {
 		copy(d[unfrag+f.Off:], b[f.Data:f.Data+f.End-f.Off])
 	}
 	header.IPv6(d).SetPayloadLen(unfrag + q.Total - header.IPv6MinSize)
-	out.SetNetworkHeader()
-	out.Protocol = first.Protocol
-	out.InNIC = first.InNIC
-	out.Mark = first.Mark
-	out.Drops = first.Drops
-	out.CB = first.CB
-	out.Csum = buf.CsumNone
-	r.t.Release(q)
-	return out
+	return r.t.Finish(q, out)
 }
 
 // expire is ip6_frag_expire: RFC 8200 §4.5: reassembly abandoned after
