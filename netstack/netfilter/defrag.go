@@ -49,11 +49,10 @@ func (d *fragTable[K]) stats() (reqds, oks, fails, timeouts uint64) {
 
 // queue files the fragment skb, carrying [off, end) of the payload from
 // byte data on (its last when !more; skb kept trimmed to keep bytes; aux
-// kept with it) in
-// the queue for key. It returns the queue and true when the fragment
-// completes it, for the caller to reassemble into skb (the queue then
-// holds a copy of skb) and release; else the verdict: Stolen (skb kept)
-// or Drop. The table is locked.
+// kept with it), in the queue for key. It returns the queue and true when
+// the fragment completes it, for the caller to reassemble into skb (the
+// queue then holds a copy of skb) and release with done; else the
+// verdict: Stolen (skb kept) or Drop. The table is locked.
 func (d *fragTable[K]) queue(key K, skb *buf.SKB, off, end, data, aux, keep int, more bool) (*inetfrag.Queue[K], Verdict, bool) {
 	t := &d.t
 	if !t.Admit(skb.Len()) {
