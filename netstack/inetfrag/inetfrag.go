@@ -11,12 +11,22 @@ import (
 // Frag is one held fragment: Off and End bound the bytes of the original
 // packet's payload it carries, found at Data in SKB's bytes. Aux is the
 // protocol's own (netfilter's IPv6 defrag: where the Next Header byte that
-// names the Fragment header is).
+// names the Fragment header is). All are under 64 KiB plus a header's
+// length (the protocols refuse larger ones before Insert), int32 so that
+// a Frag is 24 bytes.
 type Frag struct {
-	SKB      *buf.SKB
-	Off, End int
-	Data     int
-	Aux      int
+	SKB                 *buf.SKB
+	Off, End, Data, Aux int32
+}
+
+// NewFrag is the Frag of skb carrying [off, end) from byte data on.
+func NewFrag(skb *buf.SKB, off, end, data, aux int) Frag {
+	return Frag{SKB: skb, Off: int32(off), End: int32(end), Data: int32(data), Aux: int32(aux)}
+}
+
+// Payload is the fragment's share of the original packet's payload.
+func (f *Frag) Payload() []byte {
+	return f.SKB.Bytes()[f.Data : f.Data+f.End-f.Off]
 }
 
 // Queue is one packet under reassembly (struct inet_frag_queue). The
@@ -62,7 +72,7 @@ func (q *Queue[K]) Consistent(off, end int, last bool) bool {
 		return false
 	case last && q.Total >= 0 && end != q.Total:
 		return false
-	case last && len(q.Frags) > 0 && q.Frags[len(q.Frags)-1].End > end:
+	case last && len(q.Frags) > 0 && int(q.Frags[len(q.Frags)-1].End) > end:
 		return false
 	}
 	return true
@@ -86,13 +96,14 @@ const (
 // keeps it sorted, or why it cannot go in.
 func (t *Table[K]) Place(q *Queue[K], off, end int) (int, Placement) {
 	i := 0
-	for i < len(q.Frags) && q.Frags[i].Off < off {
+	o, e := int32(off), int32(end)
+	for i < len(q.Frags) && q.Frags[i].Off < o {
 		i++
 	}
-	if i < len(q.Frags) && q.Frags[i].Off == off && q.Frags[i].End == end {
+	if i < len(q.Frags) && q.Frags[i].Off == o && q.Frags[i].End == e {
 		return i, Duplicate
 	}
-	if (i > 0 && q.Frags[i-1].End > off) || (i < len(q.Frags) && q.Frags[i].Off < end) {
+	if (i > 0 && q.Frags[i-1].End > o) || (i < len(q.Frags) && q.Frags[i].Off < e) {
 		return i, Overlaps
 	}
 	if t.cfg.MaxFrags > 0 && len(q.Frags) >= t.cfg.MaxFrags {
@@ -150,12 +161,15 @@ func (t *Table[K]) Lookup(key K) *Queue[K] { return t.queues[key] }
 // Create makes the queue for key (none exists), newest in age, and arms
 // its timer; beyond MaxQueues it first kills the oldest, returning how
 // many. The lock is held.
-func (t *Table[K]) Create(key K) (q *Queue[K], evicted int) {
+func (t *Table[K]) Create(key K) (*Queue[K], int) {
+	evicted := 0
 	for t.cfg.MaxQueues > 0 && len(t.queues) >= t.cfg.MaxQueues && t.oldest != nil {
 		t.Kill(t.oldest, t.cfg.QueueFullReason)
 		evicted++
 	}
-	q = &Queue[K]{Key: key, Total: -1}
+	// q is never reassigned, so the timer's closure holds it by value
+	// (one allocation for the closure, none for the variable).
+	q := &Queue[K]{Key: key, Total: -1}
 	t.queues[key] = q
 	q.prev = t.newest
 	if t.newest != nil {
@@ -179,7 +193,7 @@ func (t *Table[K]) Insert(q *Queue[K], i int, f Frag, size int) {
 	q.Frags = append(q.Frags, Frag{})
 	copy(q.Frags[i+1:], q.Frags[i:])
 	q.Frags[i] = f
-	q.Have += f.End - f.Off
+	q.Have += int(f.End - f.Off)
 	q.Mem += size
 	t.mem += size
 }

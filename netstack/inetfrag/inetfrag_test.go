@@ -56,7 +56,7 @@ func (r *rig) add(key, off, end, size int) Placement {
 		return p
 	}
 	s := r.skb(end - off)
-	r.t.Insert(q, i, Frag{SKB: s, Off: off, End: end}, size)
+	r.t.Insert(q, i, NewFrag(s, off, end, 0, 0), size)
 	if off == 0 {
 		q.First = s
 	}
@@ -78,7 +78,7 @@ func TestPlaceKeepsTheRunSortedAndDisjoint(t *testing.T) {
 	}
 	r.t.Lock()
 	q := r.t.Lookup(1)
-	for i, want := range []int{0, 8, 16} {
+	for i, want := range []int32{0, 8, 16} {
 		if q.Frags[i].Off != want {
 			t.Fatalf("run %v", q.Frags)
 		}

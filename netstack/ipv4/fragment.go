@@ -96,7 +96,7 @@ func (r *reassembler) add(skb *buf.SKB) *buf.SKB {
 		skb.Free(DropFragQueueFull)
 		return nil
 	}
-	t.Insert(q, i, inetfrag.Frag{SKB: skb, Off: off, End: end, Data: hl}, truesize(skb))
+	t.Insert(q, i, inetfrag.NewFrag(skb, off, end, hl, 0), truesize(skb))
 	if off == 0 {
 		q.First = skb
 	}
@@ -148,9 +148,8 @@ func (r *reassembler) assemble(q *inetfrag.Queue[fragKey]) *buf.SKB {
 	out := buf.Alloc(buf.MaxHeadroom, hl+q.Total)
 	d := out.Put(hl + q.Total)
 	copy(d, fb[:hl])
-	for _, f := range q.Frags {
-		b := f.SKB.Bytes()
-		copy(d[hl+f.Off:], b[f.Data:f.Data+f.End-f.Off])
+	for i := range q.Frags {
+		copy(d[hl+int(q.Frags[i].Off):], q.Frags[i].Payload())
 	}
 	h := header.IPv4(d)
 	h.SetTotalLen(hl + q.Total)

@@ -178,7 +178,7 @@ func (r *reassembler) add(skb *buf.SKB, fhoff, nhoff int) *buf.SKB {
 		skb.Free(DropFragQueueFull)
 		return nil
 	}
-	t.Insert(q, i, inetfrag.Frag{SKB: skb, Off: off, End: end, Data: dataOff}, truesize(skb))
+	t.Insert(q, i, inetfrag.NewFrag(skb, off, end, dataOff, 0), truesize(skb))
 	if off == 0 {
 		// "The Next Header values in the Fragment headers of different
 		// fragments of the same original packet may differ. Only the
@@ -235,9 +235,8 @@ func (r *reassembler) assemble(q *inetfrag.Queue[fragKey]) *buf.SKB {
 	d := out.Put(unfrag + q.Total)
 	copy(d, fb[:unfrag])
 	d[q.NH] = header.IPv6Fragment(fb[q.Head:]).NextHeader()
-	for _, f := range q.Frags {
-		b := f.SKB.Bytes()
-		copy(d[unfrag+f.Off:], b[f.Data:f.Data+f.End-f.Off])
+	for i := range q.Frags {
+		copy(d[unfrag+int(q.Frags[i].Off):], q.Frags[i].Payload())
 	}
 	header.IPv6(d).SetPayloadLen(unfrag + q.Total - header.IPv6MinSize)
 	return r.t.Finish(q, out)

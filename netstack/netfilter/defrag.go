@@ -71,11 +71,12 @@ func (d *fragTable[K]) queue(key K, skb *buf.SKB, off, end, data, aux, keep int,
 		q.Total = end
 	}
 	for _, f := range q.Frags {
-		if f.Off == off && f.End == end {
+		fo, fe := int(f.Off), int(f.End)
+		if fo == off && fe == end {
 			d.fails.Add(1)
 			return nil, Drop(DropDefragDup), false
 		}
-		if off < f.End && f.Off < end || q.Total >= 0 && f.End > q.Total {
+		if off < fe && fo < end || q.Total >= 0 && fe > q.Total {
 			d.kill(q, DropDefragOverlap)
 			return nil, Drop(DropDefragOverlap), false
 		}
@@ -87,12 +88,12 @@ func (d *fragTable[K]) queue(key K, skb *buf.SKB, off, end, data, aux, keep int,
 	// Overlaps were refused, so the sizes add up.
 	if q.Total < 0 || q.Have+end-off != q.Total {
 		skb.Trim(keep)
-		t.Insert(q, len(q.Frags), inetfrag.Frag{SKB: skb, Off: off, End: end, Data: data, Aux: aux}, skb.Len())
+		t.Insert(q, len(q.Frags), inetfrag.NewFrag(skb, off, end, data, aux), skb.Len())
 		return q, Stolen(), false
 	}
 	cur := skb.Copy()
 	cur.Trim(keep)
-	t.Insert(q, len(q.Frags), inetfrag.Frag{SKB: cur, Off: off, End: end, Data: data, Aux: aux}, 0)
+	t.Insert(q, len(q.Frags), inetfrag.NewFrag(cur, off, end, data, aux), 0)
 	sort.Slice(q.Frags, func(i, j int) bool { return q.Frags[i].Off < q.Frags[j].Off })
 	return q, Verdict{}, true
 }
@@ -218,8 +219,8 @@ func (d *defrag) add(skb *buf.SKB) Verdict {
 	total := fhl + q.Total
 	out := morph(skb, total)
 	copy(out, first[:fhl])
-	for _, f := range q.Frags {
-		copy(out[fhl+f.Off:], f.SKB.Bytes()[f.Data:f.Data+(f.End-f.Off)])
+	for i := range q.Frags {
+		copy(out[fhl+int(q.Frags[i].Off):], q.Frags[i].Payload())
 	}
 	h := header.IPv4(out)
 	h.SetTotalLen(total)

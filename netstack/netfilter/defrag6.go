@@ -108,12 +108,12 @@ func (d *defrag6) add(skb *buf.SKB, fhoff, nhoff int) Verdict {
 	// fragment (RFC 8200 §4.5: the offset-zero one).
 	first := q.Frags[0]
 	fb := first.SKB.Bytes()
-	unfrag := first.Data - header.IPv6FragmentSize // its Fragment header
+	unfrag := int(first.Data) - header.IPv6FragmentSize // its Fragment header
 	out := morph(skb, unfrag+q.Total)
 	copy(out, fb[:unfrag])
 	out[first.Aux] = header.IPv6Fragment(fb[unfrag:]).NextHeader()
-	for _, f := range q.Frags {
-		copy(out[unfrag+f.Off:], f.SKB.Bytes()[f.Data:f.Data+(f.End-f.Off)])
+	for i := range q.Frags {
+		copy(out[unfrag+int(q.Frags[i].Off):], q.Frags[i].Payload())
 	}
 	header.IPv6(out).SetPayloadLen(unfrag + q.Total - header.IPv6MinSize)
 	maxLen := 0
