@@ -79,8 +79,8 @@
 //	  > dev.Devices.mu > dev.NIC.addrMu
 //	  > neigh.Table.mu > clock
 //	  > udp.Proto.mu (RW: lookups read) > udp.Socket.mu > clock
-//	  > ipv4 reassembler.mu > clock
-//	  > ipv6 reassembler.mu > clock
+//	  > inetfrag.Table.mu (one per reassembly table: ipv4, ipv6,
+//	    netfilter defrag and defrag6) > clock
 //
 // Leaves, held without calling out: route.Table.mu (writers only; lookups
 // read an atomic snapshot), the ipv4 token bucket and backlog locks,

@@ -52,6 +52,9 @@
 //
 // # Reassembly
 //
+// The queue table, its age list, memory bound and timers are
+// netstack/inetfrag's, shared with IPv6 and netfilter's defrag; this
+// package keeps the key, the header checks and what expiry sends.
 // Queues are keyed by (src, dst, protocol, ID) (RFC 791). Fragments are
 // kept sorted and disjoint: an exact duplicate is dropped alone
 // (DUP_FRAG), any other overlap drops the whole datagram (ReasmOverlaps,
@@ -104,13 +107,14 @@
 //
 // # Locks
 //
-// The receive and transmit paths take no lock of this package except
-// reassembler.mu (fragments only), tokenBucket.mu (ICMP errors only) and
-// backlog.mu (loopback only). All are leaves held without calling out of
-// the package; reassembler.mu and backlog.mu are held while arming or
-// stopping a clock timer, which the clock allows. Lock order:
-// reassembler.mu > clock, backlog.mu > clock. Timer callbacks (reassembly
-// expiry, the backlog) run with no lock held and take these locks
+// The receive and transmit paths take no lock of this package except the
+// reassembly table's (inetfrag.Table.mu, fragments only), tokenBucket.mu
+// (ICMP errors only) and backlog.mu (loopback only). All are leaves held
+// without calling out of the package; the table's lock and backlog.mu are
+// held while arming or stopping a clock timer, which the clock allows.
+// Lock order: inetfrag.Table.mu > clock, backlog.mu > clock. Timer
+// callbacks (reassembly expiry, the backlog) run with no lock held and
+// take these locks
 // themselves. The neighbour failure handler only enqueues to the backlog,
 // so neigh may call it in any context. Registration (AddProtocol,
 // SetRPFilter, SetForwarding) publishes with atomics: readers never lock.

@@ -3,13 +3,12 @@ package ipv4
 import (
 	"encoding/binary"
 	"net/netip"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
-	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/inetfrag"
 )
 
 // maxFragsPerQueue bounds the fragments of one datagram. A 65535-byte
@@ -25,46 +24,26 @@ type fragKey struct {
 	proto    uint8
 }
 
-// frag is one received fragment: skb's bytes are the whole fragment (IP
-// header included); its payload covers [off, end) of the datagram.
-type frag struct {
-	skb      *buf.SKB
-	off, end int
-}
-
-// fragQueue is one datagram under reassembly (struct ipq).
-type fragQueue struct {
-	key   fragKey
-	frags []frag // sorted by off, disjoint (overlap kills the queue)
-	total int    // payload length, -1 until the last fragment (MF=0) arrived
-	have  int    // payload bytes held
-	mem   int    // truesize of the held fragments
-	first *buf.SKB
-	timer *clock.Timer
-	dead  bool
-
-	prev, next *fragQueue // age list, oldest first
-}
-
-// reassembler is ip_defrag's state (struct fqdir). Bounds: memLimit bytes
-// of fragment buffers over all queues (ipfrag_high_thresh) — a new fragment
-// that pushes past it evicts the oldest datagrams, each counted ReasmFails;
+// reassembler is ip_defrag's state (struct fqdir): an inetfrag table of
+// datagrams keyed by fragKey, fragments sorted by offset, disjoint
+// (overlap kills the datagram). Bounds: memLimit bytes of fragment
+// buffers over all queues (ipfrag_high_thresh) — a new fragment that
+// pushes past it evicts the oldest datagrams, each counted ReasmFails;
 // maxFragsPerQueue fragments per datagram; datagrams of at most 65535
 // bytes. Every queue dies after timeout (ipfrag_time).
 type reassembler struct {
-	l        *Layer
-	timeout  time.Duration
-	memLimit int
-
-	mu             sync.Mutex
-	mem            int
-	queues         map[fragKey]*fragQueue
-	oldest, newest *fragQueue
+	l *Layer
+	t inetfrag.Table[fragKey]
 }
 
 func (r *reassembler) init(l *Layer, timeout time.Duration, memLimit int) {
-	r.l, r.timeout, r.memLimit = l, timeout, memLimit
-	r.queues = map[fragKey]*fragQueue{}
+	r.l = l
+	r.t.Init(inetfrag.Config{
+		Clock: l.clk, Timeout: timeout, MemLimit: memLimit,
+		MaxFrags:  maxFragsPerQueue,
+		MemReason: DropFragMem, TimeoutReason: DropFragTimeout,
+		OnExpire: r.expire,
+	})
 }
 
 // truesize is what a held fragment costs: its whole buffer.
@@ -81,17 +60,15 @@ func (r *reassembler) add(skb *buf.SKB) *buf.SKB {
 	mf := h.MF()
 	key := fragKey{src: h.Src(), dst: h.Dst(), id: h.ID(), proto: h.Protocol()}
 
-	r.mu.Lock()
-	q := r.queues[key]
+	t := &r.t
+	t.Lock()
+	q := t.Lookup(key)
 	if q == nil {
-		q = &fragQueue{key: key, total: -1}
-		r.queues[key] = q
-		r.pushNewest(q)
-		q.timer = r.l.clk.AfterFunc(r.timeout, func() { r.expire(q) })
+		q, _ = t.Create(key)
 	}
 	if reason, bad := r.check(q, off, end, hl, mf); bad {
-		r.kill(q, reason)
-		r.mu.Unlock()
+		t.Kill(q, reason)
+		t.Unlock()
 		r.l.count(ReasmFails)
 		skb.Free(reason)
 		return nil
@@ -99,185 +76,93 @@ func (r *reassembler) add(skb *buf.SKB) *buf.SKB {
 	// Insert keeping frags sorted; RFC 5722's rule (written for IPv6, and
 	// Linux applies it to IPv4 since CVE-2018-5391): overlapping fragments
 	// drop the whole datagram; an exact duplicate is dropped alone.
-	i := 0
-	for i < len(q.frags) && q.frags[i].off < off {
-		i++
-	}
-	if i < len(q.frags) && q.frags[i].off == off && q.frags[i].end == end {
-		r.mu.Unlock()
+	i, place := t.Place(q, off, end)
+	switch place {
+	case inetfrag.Duplicate:
+		t.Unlock()
 		skb.Free(DropFragDup)
 		return nil
-	}
-	if (i > 0 && q.frags[i-1].end > off) || (i < len(q.frags) && q.frags[i].off < end) {
-		r.kill(q, DropFragOverlap)
-		r.mu.Unlock()
+	case inetfrag.Overlaps:
+		t.Kill(q, DropFragOverlap)
+		t.Unlock()
 		r.l.count(ReasmOverlaps)
 		r.l.count(ReasmFails)
 		skb.Free(DropFragOverlap)
 		return nil
-	}
-	if len(q.frags) >= maxFragsPerQueue {
-		r.kill(q, DropFragQueueFull)
-		r.mu.Unlock()
+	case inetfrag.Full:
+		t.Kill(q, DropFragQueueFull)
+		t.Unlock()
 		r.l.count(ReasmFails)
 		skb.Free(DropFragQueueFull)
 		return nil
 	}
-	q.frags = append(q.frags, frag{})
-	copy(q.frags[i+1:], q.frags[i:])
-	q.frags[i] = frag{skb: skb, off: off, end: end}
-	q.have += end - off
-	sz := truesize(skb)
-	q.mem += sz
-	r.mem += sz
+	t.Insert(q, i, inetfrag.NewFrag(skb, off, end, hl, 0), truesize(skb))
 	if off == 0 {
-		q.first = skb
+		q.First = skb
 	}
 	if !mf {
-		q.total = end
+		q.Total = end
 	}
-	if q.total >= 0 && q.have == q.total {
-		if header.IPv4(q.first.Bytes()).HeaderLen()+q.total > 0xffff {
+	if q.Complete() {
+		if header.IPv4(q.First.Bytes()).HeaderLen()+q.Total > 0xffff {
 			// Later fragments with shorter headers let the payload
 			// grow past what the first fragment's header can carry.
-			r.kill(q, DropFragTooFar)
-			r.mu.Unlock()
+			t.Kill(q, DropFragTooFar)
+			t.Unlock()
 			r.l.count(ReasmFails)
 			return nil
 		}
 		out := r.assemble(q)
-		r.mu.Unlock()
+		t.Unlock()
 		r.l.count(ReasmOKs)
 		return out
 	}
 	// Memory cap: evict the oldest datagrams (possibly this one).
-	evicted := 0
-	for r.mem > r.memLimit && r.oldest != nil {
-		r.kill(r.oldest, DropFragMem)
-		evicted++
-	}
-	r.mu.Unlock()
+	evicted := t.Evict()
+	t.Unlock()
 	r.l.countN(ReasmFails, evicted)
 	return nil
 }
 
 // check validates a new fragment against its queue (ip_frag_queue). A bad
 // fragment kills the datagram.
-func (r *reassembler) check(q *fragQueue, off, end, hl int, mf bool) (buf.DropReason, bool) {
+func (r *reassembler) check(q *inetfrag.Queue[fragKey], off, end, hl int, mf bool) (buf.DropReason, bool) {
 	switch {
 	case end+hl > 0xffff:
 		// The datagram would exceed 65535 bytes (the "ping of death").
 		return DropFragTooFar, true
-	case end <= off:
-		return DropFragBad, true
 	case mf && (end-off)%8 != 0:
 		// RFC 791: every fragment but the last carries a multiple of 8 bytes.
 		return DropFragBad, true
-	case mf && q.total >= 0 && end > q.total:
-		return DropFragBad, true
-	case !mf && q.total >= 0 && end != q.total:
-		return DropFragBad, true
-	case !mf && len(q.frags) > 0 && q.frags[len(q.frags)-1].end > end:
+	case !q.Consistent(off, end, !mf):
 		return DropFragBad, true
 	}
 	return 0, false
 }
 
 // assemble is ip_frag_reasm: copy the fragments into one datagram with the
-// first fragment's header, and release the queue. r.mu is held.
-func (r *reassembler) assemble(q *fragQueue) *buf.SKB {
-	first := q.first
-	fb := first.Bytes()
+// first fragment's header, and release the queue. The table is locked.
+func (r *reassembler) assemble(q *inetfrag.Queue[fragKey]) *buf.SKB {
+	fb := q.First.Bytes()
 	hl := header.IPv4(fb).HeaderLen()
-	out := buf.Alloc(buf.MaxHeadroom, hl+q.total)
-	d := out.Put(hl + q.total)
+	out := buf.Alloc(buf.MaxHeadroom, hl+q.Total)
+	d := out.Put(hl + q.Total)
 	copy(d, fb[:hl])
-	for _, f := range q.frags {
-		b := f.skb.Bytes()
-		fhl := header.IPv4(b).HeaderLen()
-		copy(d[hl+f.off:], b[fhl:fhl+f.end-f.off])
+	for i := range q.Frags {
+		copy(d[hl+int(q.Frags[i].Off):], q.Frags[i].Payload())
 	}
 	h := header.IPv4(d)
-	h.SetTotalLen(hl + q.total)
+	h.SetTotalLen(hl + q.Total)
 	h.SetFragOffset(0, false)
 	h.SetChecksum()
-	out.SetNetworkHeader()
-	out.Protocol = first.Protocol
-	out.InNIC = first.InNIC
-	out.Mark = first.Mark
-	out.Drops = first.Drops
-	out.CB = first.CB
-	// The transport checksum of the whole datagram was never verified.
-	out.Csum = buf.CsumNone
-	r.unlink(q)
-	for _, f := range q.frags {
-		f.skb.Consume()
-	}
-	q.frags, q.first = nil, nil
-	return out
+	return r.t.Finish(q, out)
 }
 
-// kill drops a queue and its fragments (inet_frag_kill). r.mu is held.
-func (r *reassembler) kill(q *fragQueue, reason buf.DropReason) {
-	r.unlink(q)
-	for _, f := range q.frags {
-		f.skb.Free(reason)
-	}
-	q.frags, q.first = nil, nil
-}
-
-// unlink removes q from the table, the age list and the clock.
-func (r *reassembler) unlink(q *fragQueue) {
-	if q.dead {
-		return
-	}
-	q.dead = true
-	q.timer.Stop()
-	delete(r.queues, q.key)
-	if q.prev != nil {
-		q.prev.next = q.next
-	} else {
-		r.oldest = q.next
-	}
-	if q.next != nil {
-		q.next.prev = q.prev
-	} else {
-		r.newest = q.prev
-	}
-	q.prev, q.next = nil, nil
-	r.mem -= q.mem
-	q.mem = 0
-}
-
-func (r *reassembler) pushNewest(q *fragQueue) {
-	q.prev = r.newest
-	if r.newest != nil {
-		r.newest.next = q
-	} else {
-		r.oldest = q
-	}
-	r.newest = q
-}
-
-// expire is ip_expire: the datagram did not complete within the timeout.
-// RFC 792 / RFC 1122 §3.3.2: if fragment zero is available, send Time
-// Exceeded, code 1 (fragment reassembly time exceeded).
-func (r *reassembler) expire(q *fragQueue) {
-	r.mu.Lock()
-	if q.dead {
-		r.mu.Unlock()
-		return
-	}
-	first := q.first
-	var rest []frag
-	for _, f := range q.frags {
-		if f.skb != first {
-			rest = append(rest, f)
-		}
-	}
-	q.frags = rest
-	r.kill(q, DropFragTimeout)
-	r.mu.Unlock()
+// expire is ip_expire: the datagram did not complete within the timeout
+// (the table freed its other fragments with DropFragTimeout). RFC 792 /
+// RFC 1122 §3.3.2: if fragment zero is available, send Time Exceeded,
+// code 1 (fragment reassembly time exceeded).
+func (r *reassembler) expire(first *buf.SKB) {
 	r.l.count(ReasmTimeout)
 	r.l.count(ReasmFails)
 	if first != nil {
@@ -289,11 +174,7 @@ func (r *reassembler) expire(q *fragQueue) {
 
 // pending reports the number of datagrams under reassembly and the memory
 // they hold.
-func (r *reassembler) pending() (queues, mem int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.queues), r.mem
-}
+func (r *reassembler) pending() (queues, mem int) { return r.t.Pending() }
 
 // fragment is ip_do_fragment's slow path: split skb (bytes from the IPv4
 // header) into datagrams of at most mtu bytes, passing each to out, and

@@ -83,7 +83,9 @@
 // exact duplicate is dropped alone; any other overlap discards the whole
 // packet and, per RFC 5722 §4, "any constituent fragments, including those
 // not yet received": the queue becomes a tombstone holding no buffers
-// until its timeout, which swallows late fragments silently. Bounds:
+// until its timeout, which swallows late fragments silently. The queue
+// table, its age list, memory bound, timers and tombstones are
+// netstack/inetfrag's, shared with IPv4 and netfilter's defrag. Bounds:
 // ReasmMemLimit bytes of buffers (default 4 MiB; a fragment past it evicts
 // the oldest packets), 1024 packets (a new one past it evicts the oldest),
 // 256 fragments per packet, ReasmTimeout per packet (default 60 s, §4.5;
@@ -140,10 +142,11 @@
 // # Locks
 //
 // As IPv4's: the receive and transmit paths take no lock of this package
-// except reassembler.mu (fragments only), tokenBucket.mu (errors only),
+// except the reassembly table's (inetfrag.Table.mu, fragments only),
+// tokenBucket.mu (errors only),
 // backlog.mu (loopback only) and a PMTU shard's lock (a read lock on
-// output while the cache holds entries). All are leaves; reassembler.mu
+// output while the cache holds entries). All are leaves; the table's lock
 // and backlog.mu are held while arming or stopping a clock timer. Lock
-// order: reassembler.mu > clock, backlog.mu > clock. Registrations
+// order: inetfrag.Table.mu > clock, backlog.mu > clock. Registrations
 // (AddProtocol, SetRPFilter, SetForwarding) publish with atomics.
 package ipv6

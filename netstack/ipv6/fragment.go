@@ -3,13 +3,12 @@ package ipv6
 import (
 	"encoding/binary"
 	"net/netip"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
-	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/inetfrag"
 )
 
 // Bounds of reassembly (net/ipv6/reassembly.c, inet_frag).
@@ -31,57 +30,35 @@ type fragKey struct {
 	id       uint32
 }
 
-// frag is one fragment: skb's bytes are the whole fragment packet; its
-// data (after the Fragment header at dataOff-8) covers [off, end) of the
-// fragmentable part.
-type frag struct {
-	skb      *buf.SKB
-	off, end int
-	dataOff  int
-}
-
-// fragQueue is one packet under reassembly (struct frag_queue).
-type fragQueue struct {
-	key   fragKey
-	frags []frag // sorted by off, disjoint; bound maxFragsPerQueue
-	total int    // length of the fragmentable part, -1 until M=0 arrived
-	have  int
-	mem   int
-	// first is the offset-zero fragment; its unfragmentable part (up to
-	// fhoff, with the Next Header byte at nhoff) heads the result.
-	first        *buf.SKB
-	fhoff, nhoff int
-	timer        *clock.Timer
-	// dropped marks a packet discarded for overlapping fragments: RFC
-	// 5722 §4: "the entire datagram (and any constituent fragments,
-	// including those not yet received) MUST be silently discarded". The
-	// queue stays, holding no buffers, until its timeout, so fragments
-	// still to come are discarded too.
-	dropped bool
-	dead    bool
-
-	prev, next *fragQueue // age list, oldest first
-}
-
-// reassembler is ipv6_frag_rcv's state. Bounds: memLimit bytes of
-// fragment buffers over all queues (a fragment past it evicts the oldest
-// packets, possibly its own, each ReasmFails), maxFragQueues packets,
-// maxFragsPerQueue fragments each, and RFC 8200 §4.5's 65535-byte
-// payload. Every queue dies after timeout (60 s).
+// reassembler is ipv6_frag_rcv's state: an inetfrag table of packets
+// keyed by fragKey, each fragment's data (after the Fragment header)
+// covering [Off, End) of the fragmentable part, sorted and disjoint; a
+// queue's First is the offset-zero fragment, whose unfragmentable part (up
+// to Head, the Fragment header, with the Next Header byte at NH) heads the
+// result. A queue Dropped for overlapping fragments is a tombstone: RFC
+// 5722 §4: "the entire datagram (and any constituent fragments, including
+// those not yet received) MUST be silently discarded". It stays, holding
+// no buffers, until its timeout, so fragments still to come are discarded
+// too.
+//
+// Bounds: memLimit bytes of fragment buffers over all queues (a fragment
+// past it evicts the oldest packets, possibly its own, each ReasmFails),
+// maxFragQueues packets, maxFragsPerQueue fragments each, and RFC 8200
+// §4.5's 65535-byte payload. Every queue dies after timeout (60 s).
 type reassembler struct {
-	l        *Layer
-	timeout  time.Duration
-	memLimit int
-
-	mu             sync.Mutex
-	mem            int
-	queues         map[fragKey]*fragQueue
-	oldest, newest *fragQueue
+	l *Layer
+	t inetfrag.Table[fragKey]
 }
 
 func (r *reassembler) init(l *Layer, timeout time.Duration, memLimit int) {
-	r.l, r.timeout, r.memLimit = l, timeout, memLimit
-	r.queues = map[fragKey]*fragQueue{}
+	r.l = l
+	r.t.Init(inetfrag.Config{
+		Clock: l.clk, Timeout: timeout, MemLimit: memLimit,
+		MaxQueues: maxFragQueues, QueueFullReason: DropFragQueueFull,
+		MaxFrags:  maxFragsPerQueue,
+		MemReason: DropFragMem, TimeoutReason: DropFragTimeout,
+		OnExpire: r.expire,
+	})
 }
 
 func truesize(skb *buf.SKB) int { return skb.Headroom() + skb.Len() + skb.Tailroom() }
@@ -153,93 +130,73 @@ func (r *reassembler) add(skb *buf.SKB, fhoff, nhoff int) *buf.SKB {
 	}
 	key := fragKey{src: h.Src(), dst: h.Dst(), id: fh.ID()}
 
-	r.mu.Lock()
-	q := r.queues[key]
+	t := &r.t
+	t.Lock()
+	q := t.Lookup(key)
 	evicted := 0
 	if q == nil {
-		for len(r.queues) >= maxFragQueues && r.oldest != nil {
-			r.kill(r.oldest, DropFragQueueFull)
-			evicted++
-		}
-		q = &fragQueue{key: key, total: -1}
-		r.queues[key] = q
-		r.pushNewest(q)
-		q.timer = r.l.clk.AfterFunc(r.timeout, func() { r.expire(q) })
+		q, evicted = t.Create(key)
 	}
-	if q.dropped {
-		r.mu.Unlock()
+	if q.Dropped {
+		t.Unlock()
 		l.countN(ReasmFails, evicted)
 		skb.Free(DropFragOverlap)
 		return nil
 	}
 	if reason, bad := r.check(q, off, end, more); bad {
-		r.kill(q, reason)
-		r.mu.Unlock()
+		t.Kill(q, reason)
+		t.Unlock()
 		l.countN(ReasmFails, evicted+1)
 		skb.Free(reason)
 		return nil
 	}
-	i := 0
-	for i < len(q.frags) && q.frags[i].off < off {
-		i++
-	}
-	if i < len(q.frags) && q.frags[i].off == off && q.frags[i].end == end {
+	i, place := t.Place(q, off, end)
+	switch place {
+	case inetfrag.Duplicate:
 		// RFC 8200 §4.5: "an implementation may choose to detect this
 		// case and drop exact duplicate fragments while keeping the other
 		// fragments belonging to the same packet."
-		r.mu.Unlock()
+		t.Unlock()
 		l.countN(ReasmFails, evicted)
 		skb.Free(DropFragDup)
 		return nil
-	}
-	if (i > 0 && q.frags[i-1].end > off) || (i < len(q.frags) && q.frags[i].off < end) {
+	case inetfrag.Overlaps:
 		// RFC 5722 §4: "if any of the fragments being reassembled overlap
 		// with any other fragments being reassembled for the same packet,
 		// reassembly of that packet must be abandoned and all the fragments
 		// that have been received for that packet must be discarded".
-		r.kill(q, DropFragOverlap)
-		q.dropped = true
-		r.mu.Unlock()
+		t.Tombstone(q, DropFragOverlap)
+		t.Unlock()
 		l.count(ReasmOverlaps)
 		l.countN(ReasmFails, evicted+1)
 		skb.Free(DropFragOverlap)
 		return nil
-	}
-	if len(q.frags) >= maxFragsPerQueue {
-		r.kill(q, DropFragQueueFull)
-		r.mu.Unlock()
+	case inetfrag.Full:
+		t.Kill(q, DropFragQueueFull)
+		t.Unlock()
 		l.countN(ReasmFails, evicted+1)
 		skb.Free(DropFragQueueFull)
 		return nil
 	}
-	q.frags = append(q.frags, frag{})
-	copy(q.frags[i+1:], q.frags[i:])
-	q.frags[i] = frag{skb: skb, off: off, end: end, dataOff: dataOff}
-	q.have += end - off
-	sz := truesize(skb)
-	q.mem += sz
-	r.mem += sz
+	t.Insert(q, i, inetfrag.NewFrag(skb, off, end, dataOff, 0), truesize(skb))
 	if off == 0 {
 		// "The Next Header values in the Fragment headers of different
 		// fragments of the same original packet may differ. Only the
 		// value from the Offset zero fragment packet is used."
-		q.first, q.fhoff, q.nhoff = skb, fhoff, nhoff
+		q.First, q.Head, q.NH = skb, fhoff, nhoff
 	}
 	if !more {
-		q.total = end
+		q.Total = end
 	}
-	if q.total >= 0 && q.have == q.total && q.first != nil {
+	if q.Complete() && q.First != nil {
 		out := r.assemble(q)
-		r.mu.Unlock()
+		t.Unlock()
 		l.countN(ReasmFails, evicted)
 		l.count(ReasmOKs)
 		return out
 	}
-	for r.mem > r.memLimit && r.oldest != nil {
-		r.kill(r.oldest, DropFragMem)
-		evicted++
-	}
-	r.mu.Unlock()
+	evicted += t.Evict()
+	t.Unlock()
 	l.countN(ReasmFails, evicted)
 	return nil
 }
@@ -261,16 +218,8 @@ func headerChainComplete(b []byte, nh uint8) bool {
 }
 
 // check validates a new fragment against its queue (ip6_frag_queue).
-func (r *reassembler) check(q *fragQueue, off, end int, more bool) (buf.DropReason, bool) {
-	switch {
-	case end <= off:
-		// A fragment with no data.
-		return DropFragBad, true
-	case more && q.total >= 0 && end > q.total:
-		return DropFragBad, true
-	case !more && q.total >= 0 && end != q.total:
-		return DropFragBad, true
-	case !more && len(q.frags) > 0 && q.frags[len(q.frags)-1].end > end:
+func (r *reassembler) check(q *inetfrag.Queue[fragKey], off, end int, more bool) (buf.DropReason, bool) {
+	if !q.Consistent(off, end, !more) {
 		return DropFragBad, true
 	}
 	return 0, false
@@ -278,109 +227,28 @@ func (r *reassembler) check(q *fragQueue, off, end int, more bool) (buf.DropReas
 
 // assemble is ip6_frag_reasm: the first fragment's unfragmentable part
 // with its last Next Header set to the Fragment header's, then every
-// fragment's data in order; the queue is released. r.mu is held.
-func (r *reassembler) assemble(q *fragQueue) *buf.SKB {
-	first := q.first
-	fb := first.Bytes()
-	unfrag := q.fhoff
-	out := buf.Alloc(buf.MaxHeadroom, unfrag+q.total)
-	d := out.Put(unfrag + q.total)
+// fragment's data in order; the queue is released. The table is locked.
+func (r *reassembler) assemble(q *inetfrag.Queue[fragKey]) *buf.SKB {
+	fb := q.First.Bytes()
+	unfrag := q.Head
+	out := buf.Alloc(buf.MaxHeadroom, unfrag+q.Total)
+	d := out.Put(unfrag + q.Total)
 	copy(d, fb[:unfrag])
-	d[q.nhoff] = header.IPv6Fragment(fb[q.fhoff:]).NextHeader()
-	for _, f := range q.frags {
-		b := f.skb.Bytes()
-		copy(d[unfrag+f.off:], b[f.dataOff:f.dataOff+f.end-f.off])
+	d[q.NH] = header.IPv6Fragment(fb[q.Head:]).NextHeader()
+	for i := range q.Frags {
+		copy(d[unfrag+int(q.Frags[i].Off):], q.Frags[i].Payload())
 	}
-	header.IPv6(d).SetPayloadLen(unfrag + q.total - header.IPv6MinSize)
-	out.SetNetworkHeader()
-	out.Protocol = first.Protocol
-	out.InNIC = first.InNIC
-	out.Mark = first.Mark
-	out.Drops = first.Drops
-	out.CB = first.CB
-	out.Csum = buf.CsumNone
-	r.unlink(q)
-	for _, f := range q.frags {
-		f.skb.Consume()
-	}
-	q.frags, q.first = nil, nil
-	return out
-}
-
-// kill frees a queue's fragments and unlinks it, unless it must stay as
-// a tombstone (the caller then sets dropped). r.mu is held.
-func (r *reassembler) kill(q *fragQueue, reason buf.DropReason) {
-	for _, f := range q.frags {
-		f.skb.Free(reason)
-	}
-	r.mem -= q.mem
-	q.mem = 0
-	q.frags, q.first = nil, nil
-	q.have = 0
-	if reason != DropFragOverlap {
-		r.unlink(q)
-	}
-}
-
-// unlink removes q from the table, the age list and the clock.
-func (r *reassembler) unlink(q *fragQueue) {
-	if q.dead {
-		return
-	}
-	q.dead = true
-	q.timer.Stop()
-	delete(r.queues, q.key)
-	if q.prev != nil {
-		q.prev.next = q.next
-	} else {
-		r.oldest = q.next
-	}
-	if q.next != nil {
-		q.next.prev = q.prev
-	} else {
-		r.newest = q.prev
-	}
-	q.prev, q.next = nil, nil
-	r.mem -= q.mem
-	q.mem = 0
-}
-
-func (r *reassembler) pushNewest(q *fragQueue) {
-	q.prev = r.newest
-	if r.newest != nil {
-		r.newest.next = q
-	} else {
-		r.oldest = q
-	}
-	r.newest = q
+	header.IPv6(d).SetPayloadLen(unfrag + q.Total - header.IPv6MinSize)
+	return r.t.Finish(q, out)
 }
 
 // expire is ip6_frag_expire: RFC 8200 §4.5: reassembly abandoned after
-// the timeout; "If the first fragment (i.e., the one with a Fragment
-// Offset of zero) has been received, an ICMP Time Exceeded -- Fragment
-// Reassembly Time Exceeded message should be sent to the source of that
-// fragment." A tombstone (RFC 5722) just goes.
-func (r *reassembler) expire(q *fragQueue) {
-	r.mu.Lock()
-	if q.dead {
-		r.mu.Unlock()
-		return
-	}
-	if q.dropped {
-		r.unlink(q)
-		r.mu.Unlock()
-		return
-	}
-	first := q.first
-	var rest []frag
-	for _, f := range q.frags {
-		if f.skb != first {
-			rest = append(rest, f)
-		}
-	}
-	q.frags = rest
-	r.kill(q, DropFragTimeout)
-	r.mu.Unlock()
+// the timeout (the table freed the other fragments with DropFragTimeout;
+// a tombstone, RFC 5722, just went); "If the first fragment (i.e., the one
+// with a Fragment Offset of zero) has been received, an ICMP Time
+// Exceeded -- Fragment Reassembly Time Exceeded message should be sent to
+// the source of that fragment."
+func (r *reassembler) expire(first *buf.SKB) {
 	r.l.count(ReasmTimeout)
 	r.l.count(ReasmFails)
 	if first != nil {
@@ -392,11 +260,7 @@ func (r *reassembler) expire(q *fragQueue) {
 
 // pending reports the packets under reassembly (tombstones included) and
 // the memory they hold.
-func (r *reassembler) pending() (queues, mem int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.queues), r.mem
-}
+func (r *reassembler) pending() (queues, mem int) { return r.t.Pending() }
 
 // unfragmentablePart is ip6_find_1stfragopt: the length of the headers
 // every fragment repeats (RFC 8200 §4.5: the IPv6 header and the

@@ -3,13 +3,12 @@ package netfilter
 import (
 	"net/netip"
 	"sort"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
-	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/inetfrag"
 )
 
 // Drop reasons of reassembly before conntrack.
@@ -26,6 +25,122 @@ var (
 	maxFragsPerDatagram = 256 // a 64 KiB datagram in 256-byte pieces
 )
 
+// fragTable is the state defrag and defrag6 share: an inetfrag table whose
+// memory is counted in fragment bytes (skb.Len), and the counters. Its
+// queues hold fragments in arrival order (sorted when the last one comes)
+// and are not aged out under memory pressure: a fragment past memLimit is
+// dropped instead.
+type fragTable[K comparable] struct {
+	t inetfrag.Table[K]
+
+	reqds, oks, fails, timeouts atomic.Uint64
+}
+
+func (d *fragTable[K]) init(nf *Netfilter, timeout time.Duration, mem int) {
+	d.t.Init(inetfrag.Config{
+		Clock: nf.clk, Timeout: timeout, MemLimit: mem,
+		TimeoutReason: DropDefragTimeout, OnExpire: d.expire,
+	})
+}
+
+func (d *fragTable[K]) stats() (reqds, oks, fails, timeouts uint64) {
+	return d.reqds.Load(), d.oks.Load(), d.fails.Load(), d.timeouts.Load()
+}
+
+// queue files the fragment skb, carrying [off, end) of the payload from
+// byte data on (its last when !more; skb kept trimmed to keep bytes; aux
+// kept with it), in the queue for key. It returns the queue and true when
+// the fragment completes it, for the caller to reassemble into skb (the
+// queue then holds a copy of skb) and release with done; else the
+// verdict: Stolen (skb kept) or Drop. The table is locked.
+func (d *fragTable[K]) queue(key K, skb *buf.SKB, off, end, data, aux, keep int, more bool) (*inetfrag.Queue[K], Verdict, bool) {
+	t := &d.t
+	if !t.Admit(skb.Len()) {
+		d.fails.Add(1)
+		return nil, Drop(DropDefragMem), false
+	}
+	q := t.Lookup(key)
+	if q == nil {
+		q, _ = t.Create(key)
+	}
+	if !more {
+		if q.Total >= 0 && q.Total != end {
+			d.kill(q, DropDefragOverlap)
+			return nil, Drop(DropDefragOverlap), false
+		}
+		q.Total = end
+	}
+	for _, f := range q.Frags {
+		fo, fe := int(f.Off), int(f.End)
+		if fo == off && fe == end {
+			d.fails.Add(1)
+			return nil, Drop(DropDefragDup), false
+		}
+		if off < fe && fo < end || q.Total >= 0 && fe > q.Total {
+			d.kill(q, DropDefragOverlap)
+			return nil, Drop(DropDefragOverlap), false
+		}
+	}
+	if len(q.Frags) >= maxFragsPerDatagram {
+		d.kill(q, DropDefragTooMany)
+		return nil, Drop(DropDefragTooMany), false
+	}
+	// Overlaps were refused, so the sizes add up.
+	if q.Total < 0 || q.Have+end-off != q.Total {
+		skb.Trim(keep)
+		t.Insert(q, len(q.Frags), inetfrag.NewFrag(skb, off, end, data, aux), skb.Len())
+		return q, Stolen(), false
+	}
+	cur := skb.Copy()
+	cur.Trim(keep)
+	t.Insert(q, len(q.Frags), inetfrag.NewFrag(cur, off, end, data, aux), 0)
+	sort.Slice(q.Frags, func(i, j int) bool { return q.Frags[i].Off < q.Frags[j].Off })
+	return q, Verdict{}, true
+}
+
+// morph is skb_morph: skb's bytes become n bytes for the reassembled
+// packet, its link header kept (ipv4 reads its destination for the
+// link-layer broadcast check, and Put may move the data to a larger
+// block).
+func morph(skb *buf.SKB, n int) []byte {
+	var mac [header.EthernetMinSize]byte
+	macLen := 0
+	if mh := skb.MACHeader(); len(mh)-skb.Len() >= header.EthernetMinSize {
+		macLen = copy(mac[:], mh)
+	}
+	skb.Trim(0)
+	out := skb.Put(n)
+	if mh := skb.MACHeader(); macLen > 0 && len(mh) >= macLen {
+		copy(mh, mac[:macLen])
+	}
+	return out
+}
+
+// done releases a queue reassembled into skb and counts it.
+func (d *fragTable[K]) done(q *inetfrag.Queue[K], skb *buf.SKB) Verdict {
+	skb.SetNetworkHeader()
+	skb.Csum = buf.CsumNone
+	skb.GSOSize = 0
+	d.t.Release(q)
+	d.oks.Add(1)
+	return Accept()
+}
+
+func (d *fragTable[K]) kill(q *inetfrag.Queue[K], reason buf.DropReason) {
+	d.t.Kill(q, reason)
+	d.fails.Add(1)
+}
+
+// expire is ip_expire: the datagram never completed (the table freed its
+// fragments with DropDefragTimeout; no queue here records a first).
+func (d *fragTable[K]) expire(first *buf.SKB) {
+	d.timeouts.Add(1)
+	d.fails.Add(1)
+	if first != nil {
+		first.Free(DropDefragTimeout)
+	}
+}
+
 // defrag reassembles fragments at PREROUTING before conntrack
 // (nf_defrag_ipv4 → ip_defrag(IP_DEFRAG_CONNTRACK_IN)), so that tracking
 // and NAT see ports. Fragments are kept (Stolen) until the last one
@@ -39,34 +154,13 @@ var (
 // (Linux since 4.19, as RFC 5722 does for IPv6); an exact duplicate is
 // dropped alone.
 type defrag struct {
-	nf       *Netfilter
-	timeout  time.Duration
-	memLimit int
-
-	mu  sync.Mutex
-	mem int
-	qs  map[fragKey]*fragQueue
-
-	reqds, oks, fails, timeouts atomic.Uint64
+	fragTable[fragKey]
 }
 
 type fragKey struct {
 	src, dst netip.Addr
 	id       uint16
 	proto    uint8
-}
-
-type fragQueue struct {
-	key   fragKey
-	frags []frag
-	total int // payload length once the last fragment came, else -1
-	mem   int
-	timer *clock.Timer
-}
-
-type frag struct {
-	skb      *buf.SKB
-	off, end int // payload byte range
 }
 
 func (d *defrag) init(nf *Netfilter, timeout time.Duration, mem int) {
@@ -76,11 +170,7 @@ func (d *defrag) init(nf *Netfilter, timeout time.Duration, mem int) {
 	if mem <= 0 {
 		mem = defaultDefragMem
 	}
-	d.nf, d.timeout, d.memLimit, d.qs = nf, timeout, mem, map[fragKey]*fragQueue{}
-}
-
-func (d *defrag) stats() (reqds, oks, fails, timeouts uint64) {
-	return d.reqds.Load(), d.oks.Load(), d.fails.Load(), d.timeouts.Load()
+	d.fragTable.init(nf, timeout, mem)
 }
 
 func (nf *Netfilter) defragHook(skb *buf.SKB, st *State) Verdict {
@@ -117,120 +207,23 @@ func (d *defrag) add(skb *buf.SKB) Verdict {
 		return Drop(DropDefragMalform)
 	}
 	key := fragKey{src: ip.Src(), dst: ip.Dst(), id: ip.ID(), proto: ip.Protocol()}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.mem+skb.Len() > d.memLimit {
-		d.fails.Add(1)
-		return Drop(DropDefragMem)
-	}
-	q := d.qs[key]
-	if q == nil {
-		q = &fragQueue{key: key, total: -1}
-		q.timer = d.nf.clk.NewTimer(func() { d.expire(q) })
-		q.timer.Reset(d.timeout)
-		d.qs[key] = q
-	}
-	if !ip.MF() {
-		if q.total >= 0 && q.total != end {
-			d.killLocked(q, DropDefragOverlap)
-			return Drop(DropDefragOverlap)
-		}
-		q.total = end
-	}
-	for _, f := range q.frags {
-		if f.off == off && f.end == end {
-			d.fails.Add(1)
-			return Drop(DropDefragDup)
-		}
-		if off < f.end && f.off < end || q.total >= 0 && f.end > q.total {
-			d.killLocked(q, DropDefragOverlap)
-			return Drop(DropDefragOverlap)
-		}
-	}
-	if len(q.frags) >= maxFragsPerDatagram {
-		d.killLocked(q, DropDefragTooMany)
-		return Drop(DropDefragTooMany)
-	}
-	if q.total < 0 || !q.complete(off, end) {
-		q.frags = append(q.frags, frag{skb: skb, off: off, end: end})
-		q.mem += skb.Len()
-		d.mem += skb.Len()
-		return Stolen()
+	d.t.Lock()
+	defer d.t.Unlock()
+	q, v, complete := d.queue(key, skb, off, end, hl, 0, skb.Len(), ip.MF())
+	if !complete {
+		return v
 	}
 	// Complete: skb becomes the datagram (ip_frag_reasm).
-	cur := skb.Copy()
-	q.frags = append(q.frags, frag{skb: cur, off: off, end: end})
-	sort.Slice(q.frags, func(i, j int) bool { return q.frags[i].off < q.frags[j].off })
-	first := header.IPv4(q.frags[0].skb.Bytes())
+	first := header.IPv4(q.Frags[0].SKB.Bytes())
 	fhl := first.HeaderLen()
-	total := fhl + q.total
-	// Keep the link header: ipv4 reads its destination (link-layer
-	// broadcast check) and Put may move the data to a larger block.
-	var mac [header.EthernetMinSize]byte
-	macLen := 0
-	if mh := skb.MACHeader(); len(mh)-skb.Len() >= header.EthernetMinSize {
-		macLen = copy(mac[:], mh)
-	}
-	skb.Trim(0)
-	out := skb.Put(total)
-	if mh := skb.MACHeader(); macLen > 0 && len(mh) >= macLen {
-		copy(mh, mac[:macLen])
-	}
+	total := fhl + q.Total
+	out := morph(skb, total)
 	copy(out, first[:fhl])
-	for _, f := range q.frags {
-		fb := header.IPv4(f.skb.Bytes())
-		copy(out[fhl+f.off:], fb[fb.HeaderLen():fb.HeaderLen()+(f.end-f.off)])
+	for i := range q.Frags {
+		copy(out[fhl+int(q.Frags[i].Off):], q.Frags[i].Payload())
 	}
 	h := header.IPv4(out)
 	h.SetTotalLen(total)
 	h.SetFragOffset(0, false)
-	skb.SetNetworkHeader()
-	skb.Csum = buf.CsumNone
-	skb.GSOSize = 0
-	d.freeLocked(q)
-	d.oks.Add(1)
-	return Accept()
-}
-
-// complete reports whether adding [off, end) fills [0, total).
-func (q *fragQueue) complete(off, end int) bool {
-	n := end - off
-	for _, f := range q.frags {
-		n += f.end - f.off
-	}
-	return n == q.total // overlaps were refused, so sizes add up
-}
-
-func (d *defrag) freeLocked(q *fragQueue) {
-	q.timer.Stop()
-	for _, f := range q.frags {
-		f.skb.Consume()
-	}
-	d.mem -= q.mem
-	q.frags, q.mem = nil, 0
-	if d.qs[q.key] == q {
-		delete(d.qs, q.key)
-	}
-}
-
-func (d *defrag) killLocked(q *fragQueue, reason buf.DropReason) {
-	q.timer.Stop()
-	for _, f := range q.frags {
-		f.skb.Free(reason)
-	}
-	d.mem -= q.mem
-	q.frags, q.mem = nil, 0
-	delete(d.qs, q.key)
-	d.fails.Add(1)
-}
-
-// expire is ip_expire: the datagram never completed.
-func (d *defrag) expire(q *fragQueue) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.qs[q.key] != q {
-		return
-	}
-	d.timeouts.Add(1)
-	d.killLocked(q, DropDefragTimeout)
+	return d.done(q, skb)
 }

@@ -2,13 +2,9 @@ package netfilter
 
 import (
 	"net/netip"
-	"sort"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
-	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 )
 
@@ -25,36 +21,12 @@ import (
 // Bounds: memLimit bytes held over all queues (a fragment past it is
 // dropped), maxFragsPerDatagram per queue, timeout per queue.
 type defrag6 struct {
-	nf       *Netfilter
-	timeout  time.Duration
-	memLimit int
-
-	mu  sync.Mutex
-	mem int
-	qs  map[frag6Key]*frag6Queue
-
-	reqds, oks, fails, timeouts atomic.Uint64
+	fragTable[frag6Key]
 }
 
 type frag6Key struct {
 	src, dst netip.Addr
 	id       uint32
-}
-
-type frag6Queue struct {
-	key   frag6Key
-	frags []frag6
-	total int // length of the fragmentable part once M=0 came, else -1
-	mem   int
-	timer *clock.Timer
-}
-
-// frag6 is one fragment: skb's bytes are the whole fragment packet, its
-// Fragment header at fhoff, the Next Header byte naming it at nhoff.
-type frag6 struct {
-	skb          *buf.SKB
-	off, end     int
-	fhoff, nhoff int
 }
 
 func (d *defrag6) init(nf *Netfilter, timeout time.Duration, mem int) {
@@ -65,11 +37,7 @@ func (d *defrag6) init(nf *Netfilter, timeout time.Duration, mem int) {
 	if mem <= 0 {
 		mem = defaultDefragMem
 	}
-	d.nf, d.timeout, d.memLimit, d.qs = nf, timeout, mem, map[frag6Key]*frag6Queue{}
-}
-
-func (d *defrag6) stats() (reqds, oks, fails, timeouts uint64) {
-	return d.reqds.Load(), d.oks.Load(), d.fails.Load(), d.timeouts.Load()
+	d.fragTable.init(nf, timeout, mem)
 }
 
 // findFragment walks the headers before a Fragment header: it returns the
@@ -129,83 +97,31 @@ func (d *defrag6) add(skb *buf.SKB, fhoff, nhoff int) Verdict {
 		return Drop(DropDefragMalform)
 	}
 	key := frag6Key{src: ip.Src(), dst: ip.Dst(), id: fh.ID()}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.mem+skb.Len() > d.memLimit {
-		d.fails.Add(1)
-		return Drop(DropDefragMem)
+	d.t.Lock()
+	defer d.t.Unlock()
+	q, v, complete := d.queue(key, skb, off, end, dataOff, nhoff, len(b), fh.More())
+	if !complete {
+		return v
 	}
-	q := d.qs[key]
-	if q == nil {
-		q = &frag6Queue{key: key, total: -1}
-		q.timer = d.nf.clk.NewTimer(func() { d.expire(q) })
-		q.timer.Reset(d.timeout)
-		d.qs[key] = q
-	}
-	if !fh.More() {
-		if q.total >= 0 && q.total != end {
-			d.killLocked(q, DropDefragOverlap)
-			return Drop(DropDefragOverlap)
-		}
-		q.total = end
-	}
-	for _, f := range q.frags {
-		if f.off == off && f.end == end {
-			d.fails.Add(1)
-			return Drop(DropDefragDup)
-		}
-		if off < f.end && f.off < end || q.total >= 0 && f.end > q.total {
-			d.killLocked(q, DropDefragOverlap)
-			return Drop(DropDefragOverlap)
-		}
-	}
-	if len(q.frags) >= maxFragsPerDatagram {
-		d.killLocked(q, DropDefragTooMany)
-		return Drop(DropDefragTooMany)
-	}
-	if q.total < 0 || !q.complete(off, end) {
-		skb.Trim(len(b))
-		q.frags = append(q.frags, frag6{skb: skb, off: off, end: end, fhoff: fhoff, nhoff: nhoff})
-		q.mem += skb.Len()
-		d.mem += skb.Len()
-		return Stolen()
-	}
-	// Complete: skb becomes the packet (nf_ct_frag6_reasm).
-	cur := skb.Copy()
-	cur.Trim(len(b))
-	q.frags = append(q.frags, frag6{skb: cur, off: off, end: end, fhoff: fhoff, nhoff: nhoff})
-	sort.Slice(q.frags, func(i, j int) bool { return q.frags[i].off < q.frags[j].off })
-	first := q.frags[0]
-	fb := first.skb.Bytes()
-	unfrag := first.fhoff
-	var mac [header.EthernetMinSize]byte
-	macLen := 0
-	if mh := skb.MACHeader(); len(mh)-skb.Len() >= header.EthernetMinSize {
-		macLen = copy(mac[:], mh)
-	}
-	skb.Trim(0)
-	out := skb.Put(unfrag + q.total)
-	if mh := skb.MACHeader(); macLen > 0 && len(mh) >= macLen {
-		copy(mh, mac[:macLen])
-	}
+	// Complete: skb becomes the packet (nf_ct_frag6_reasm). The
+	// unfragmentable part and the Next Header come from the first
+	// fragment (RFC 8200 §4.5: the offset-zero one).
+	first := q.Frags[0]
+	fb := first.SKB.Bytes()
+	unfrag := int(first.Data) - header.IPv6FragmentSize // its Fragment header
+	out := morph(skb, unfrag+q.Total)
 	copy(out, fb[:unfrag])
-	out[first.nhoff] = header.IPv6Fragment(fb[first.fhoff:]).NextHeader()
-	for _, f := range q.frags {
-		data := f.skb.Bytes()[f.fhoff+header.IPv6FragmentSize:]
-		copy(out[unfrag+f.off:], data[:f.end-f.off])
+	out[first.Aux] = header.IPv6Fragment(fb[unfrag:]).NextHeader()
+	for i := range q.Frags {
+		copy(out[unfrag+int(q.Frags[i].Off):], q.Frags[i].Payload())
 	}
-	header.IPv6(out).SetPayloadLen(unfrag + q.total - header.IPv6MinSize)
+	header.IPv6(out).SetPayloadLen(unfrag + q.Total - header.IPv6MinSize)
 	maxLen := 0
-	for _, f := range q.frags {
-		maxLen = max(maxLen, f.skb.Len())
+	for _, f := range q.Frags {
+		maxLen = max(maxLen, f.SKB.Len())
 	}
 	setFragMaxSize(skb, maxLen)
-	skb.SetNetworkHeader()
-	skb.Csum = buf.CsumNone
-	skb.GSOSize = 0
-	d.freeLocked(q)
-	d.oks.Add(1)
-	return Accept()
+	return d.done(q, skb)
 }
 
 // skb.CB[cbFragMax:cbFragMax+3] holds the largest fragment of a packet
@@ -228,46 +144,4 @@ func FragMaxSize(skb *buf.SKB) int {
 		return 0
 	}
 	return int(skb.CB[cbFragMax+1])<<8 | int(skb.CB[cbFragMax+2])
-}
-
-// complete reports whether adding [off, end) fills [0, total).
-func (q *frag6Queue) complete(off, end int) bool {
-	n := end - off
-	for _, f := range q.frags {
-		n += f.end - f.off
-	}
-	return n == q.total
-}
-
-func (d *defrag6) freeLocked(q *frag6Queue) {
-	q.timer.Stop()
-	for _, f := range q.frags {
-		f.skb.Consume()
-	}
-	d.mem -= q.mem
-	q.frags, q.mem = nil, 0
-	if d.qs[q.key] == q {
-		delete(d.qs, q.key)
-	}
-}
-
-func (d *defrag6) killLocked(q *frag6Queue, reason buf.DropReason) {
-	q.timer.Stop()
-	for _, f := range q.frags {
-		f.skb.Free(reason)
-	}
-	d.mem -= q.mem
-	q.frags, q.mem = nil, 0
-	delete(d.qs, q.key)
-	d.fails.Add(1)
-}
-
-func (d *defrag6) expire(q *frag6Queue) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.qs[q.key] != q {
-		return
-	}
-	d.timeouts.Add(1)
-	d.killLocked(q, DropDefragTimeout)
 }

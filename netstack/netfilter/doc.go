@@ -115,7 +115,8 @@
 // with pseudohdr). An ICMP error about a translated flow (RELATED) has its
 // quoted datagram translated back and its checksum recomputed
 // (nf_nat_icmp_reply_translation). Fragments are reassembled at
-// PREROUTING before tracking (defrag.go; defrag6.go for IPv6); the
+// PREROUTING before tracking (defrag.go; defrag6.go for IPv6; the queue
+// table, its memory bound and timers are netstack/inetfrag's); the
 // forward path fragments again when the datagram exceeds the next MTU
 // (for IPv6: to the size of the largest original fragment, FragMaxSize,
 // as ip6_forward does with frag_max_size; a Packet Too Big when even that
@@ -178,6 +179,7 @@
 // counted in Stats.LogSuppressed. ParseRules: 4 MiB of text, 100000 rules.
 // Reply-to NICs: MaxReplyToNICs.
 //
-// Lock order: Netfilter.loadMu (Load and SetReplyTo only) ; defrag.mu ;
+// Lock order: Netfilter.loadMu (Load and SetReplyTo only) ; the defrag
+// tables' locks (inetfrag.Table.mu, one for IPv4, one for IPv6; > clock) ;
 // conntrack's Table.mu > Conn.mu. Rule evaluation holds no lock.
 package netfilter
