@@ -153,7 +153,11 @@
 // host address reaches a dual-stack pod's IPv6 address (the client keeps its
 // family and its address); a wildcard mapping of a dual-stack pod listens on
 // 0.0.0.0 and [::] (IPV6_V6ONLY) apart, each reaching the pod's address of
-// its family; an IPv6 mapping of an IPv4-only pod is skipped. A UDP client gets a flow of its own (a transparent stack
+// its family; an IPv6 mapping of an IPv4-only pod is skipped. The host
+// listener's kernel completes the client's handshake before the stack
+// dials the pod (accept first, unlike the outbound relay's upstream-first
+// handshake, which needs the SYN in hand): a pod that refuses gets the
+// accepted client reset, not refused. A UDP client gets a flow of its own (a transparent stack
 // socket, idle timeout as above). AddPod fails when a host port cannot be bound,
 // and then holds nothing of that pod.
 //

@@ -231,7 +231,38 @@ func startIperfServer(ctx context.Context, undo *cleanups, n ns.NetNS, addr neti
 		case <-time.After(5 * time.Second):
 		}
 	})
+	// A client that reaches the server through a port mapping connects
+	// to the daemon's host listener, which accepts before it dials the
+	// pod (as every userspace proxy does): started before the server
+	// listens, it would be reset after its connect, not refused, and
+	// runIperf retries only a refused connect. So wait for the listener.
+	if err := waitListening(ctx, n, addr, port, 5*time.Second, s.done); err != nil {
+		return nil, fmt.Errorf("iperf3 -s: %w (%s)", err, strings.TrimSpace(lb.String()))
+	}
 	return s, nil
+}
+
+// waitListening polls `ss` inside n until a TCP socket listens on
+// addr:port, for at most bound, or until exited says the server quit.
+func waitListening(ctx context.Context, n ns.NetNS, addr netip.Addr, port int, bound time.Duration, exited <-chan error) error {
+	want := netip.AddrPortFrom(addr, uint16(port)).String()
+	deadline := time.Now().Add(bound)
+	for {
+		out, err := nsCommand(ctx, n, "ss", "-Hltn", "sport", "=", ":"+strconv.Itoa(port)).Output()
+		if err == nil && strings.Contains(string(out), want) {
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("exited before listening: %v", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not listening on %s within %v (ss: %q, %v)", want, bound, out, err)
+		}
+	}
 }
 
 // runIperf runs one iperf3 client inside n (nil = the harness's netns)
