@@ -69,6 +69,12 @@ func (d *fragTable[K]) queue(key K, skb *buf.SKB, off, end, data, aux, keep int,
 			return nil, Drop(DropDefragOverlap), false
 		}
 		q.Total = end
+	} else if q.Total >= 0 && end > q.Total {
+		// Past the end the last fragment set (RFC 791, RFC 8200 §4.5):
+		// the datagram is corrupt, as ip_frag_queue and
+		// ip6_frag_queue judge it (discard the queue).
+		d.kill(q, DropDefragOverlap)
+		return nil, Drop(DropDefragOverlap), false
 	}
 	for _, f := range q.Frags {
 		fo, fe := int(f.Off), int(f.End)

@@ -222,6 +222,14 @@ func TestDefrag6(t *testing.T) {
 	if st := r.nf.Stats(); st.DefragOKs != 1 || st.Conntrack.Entries != 1 {
 		t.Fatalf("stats %+v", st)
 	}
+	// A fragment past the end the last one set (RFC 8200 §4.5): the
+	// queue goes, nothing is reassembled without offset zero.
+	if v, _ := run(frag(8, 16, false)); !v.Stolen() {
+		t.Fatalf("last fragment [8,16): %v", v)
+	}
+	if v, _ := run(frag(16, 24, true)); !v.Dropped() || v.Reason() != netfilter.DropDefragOverlap {
+		t.Fatalf("fragment [16,24) past the end 16: %v, want dropped as an overlap", v)
+	}
 }
 
 // REJECT answers IPv6 in ICMPv6 with the mapped code.

@@ -318,6 +318,15 @@ func TestDefragBeforeNAT(t *testing.T) {
 	if v, _ := run(frag(1472, 16, true)); !v.Dropped() || v.Reason() != netfilter.DropDefragOverlap {
 		t.Fatalf("overlap: %+v", v)
 	}
+	// A fragment past the end a last fragment set (RFC 791: the last
+	// fragment fixes the datagram's length): the queue goes, and
+	// nothing is reassembled without the fragment at offset zero.
+	if v, _ := run(frag(8, 8, false)); !v.Stolen() {
+		t.Fatalf("last fragment [8,16): %+v", v)
+	}
+	if v, _ := run(frag(16, 8, true)); !v.Dropped() || v.Reason() != netfilter.DropDefragOverlap {
+		t.Fatalf("fragment [16,24) past the end 16: %+v, want dropped as an overlap", v)
+	}
 	// A lone fragment times out on the stack clock.
 	run(frag(0, 1480, true))
 	r.clk.Advance(31 * time.Second)
