@@ -439,6 +439,16 @@ func (a *StackAttacher) Attach(at *api.Attachment) (err error) {
 		if err := a.s.AddStaticNeighbor(id, pod6, podMAC); err != nil {
 			return fmt.Errorf("neighbour %v %v: %w", pod6, podMAC, err)
 		}
+		if at.RouterAdvert {
+			// RFC 4861 §6.2: the gateway's link-local address as the
+			// pod's default router, the link MTU (§4.6.4) and the
+			// gateway as DNS server (RFC 8106); no prefix: the pod's
+			// address comes from IPAM.
+			ra := &neigh.RouterAdvertConfig{LinkMTU: uint32(at.MTU), RDNSS: []netip.Addr{at.Gateway6}}
+			if err := a.s.SetRouterAdvert(id, ra); err != nil {
+				return fmt.Errorf("router advertisements on %s: %w", at.HostIfName, err)
+			}
+		}
 	}
 	// One policy for ARP and NDP: every target but the pod's own
 	// addresses (an IPv4-only pod's pod6 is the zero Addr, never a target).

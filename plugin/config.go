@@ -67,6 +67,10 @@ type NetConf struct {
 	// RoutedRanges (proxy mode) are CIDRs forwarded through the uplink
 	// with the pod's own address instead of proxied.
 	RoutedRanges []string `json:"routedRanges,omitempty"`
+	// RouterAdvertisements makes the stack send Router Advertisements
+	// to dual-stack pods (api.AttachRequest.RouterAdvert); off by
+	// default: the pod's routes come from CNI.
+	RouterAdvertisements bool `json:"routerAdvertisements,omitempty"`
 	// RuntimeConfig carries the capabilities' arguments the runtime
 	// injects (capabilities: {"portMappings": true}).
 	RuntimeConfig struct {

@@ -134,7 +134,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	_, err = cl.Attach(ctx, api.AttachRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, Network: conf.Name, PodNetNS: args.Netns,
 		HostIfName: hostIf, PodMAC: pair.PodMAC.String(), IP: pa.IP, Gateway: pa.Gateway, Range: pa.Range,
-		IP6: pa.IP6, Gateway6: pa.Gateway6, Range6: pa.Range6, MTU: conf.MTU, Mode: conf.Mode, RoutedRanges: conf.Routed(), PortMappings: pm,
+		IP6: pa.IP6, Gateway6: pa.Gateway6, Range6: pa.Range6, RouterAdvert: conf.RouterAdvertisements && pa.IP6.IsValid(), MTU: conf.MTU, Mode: conf.Mode, RoutedRanges: conf.Routed(), PortMappings: pm,
 		PodNamespace: podNS, PodName: podName,
 	})
 	if err != nil {

@@ -213,8 +213,14 @@ type AttachRequest struct {
 	IP6      netip.Prefix `json:"ip6,omitzero"`
 	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
 	Range6   netip.Prefix `json:"range6,omitzero"`
-	MTU      int          `json:"mtu"`
-	Mode     Mode         `json:"mode"`
+	// RouterAdvert (dual-stack only) makes the stack send the pod Router
+	// Advertisements on its link (RFC 4861 §6.2): the gateway's
+	// link-local address as a default router, the link MTU and Gateway6
+	// as a recursive DNS server (RFC 8106); no prefix (addresses come
+	// from IPAM). Off: routes come from CNI alone.
+	RouterAdvert bool `json:"routerAdvert,omitempty"`
+	MTU          int  `json:"mtu"`
+	Mode         Mode `json:"mode"`
 	// RoutedRanges (proxy mode) are destinations forwarded through the
 	// uplink with the pod's own source address instead of proxied, e.g.
 	// the cluster's pod range; the host routes them as it routes any node
@@ -280,6 +286,9 @@ func (r *AttachRequest) validate6() error {
 	if !r.IP6.IsValid() {
 		if r.Gateway6.IsValid() || r.Range6.IsValid() {
 			return fmt.Errorf("gateway6 %v / range6 %v without ip6", r.Gateway6, r.Range6)
+		}
+		if r.RouterAdvert {
+			return fmt.Errorf("routerAdvert without ip6: router advertisements are IPv6's")
 		}
 		return nil
 	}

@@ -43,6 +43,7 @@ func TestValidate(t *testing.T) {
 		{"dual stack", func(r *AttachRequest) { dual(r) }, "", nil},
 		{"ip6 without gateway6", func(r *AttachRequest) { dual(r); r.Gateway6 = netip.Addr{} }, "gateway6 invalid IP", nil},
 		{"gateway6 without ip6", func(r *AttachRequest) { r.Gateway6 = netip.MustParseAddr("fd00:1::1") }, "without ip6", nil},
+		{"router advertisements without ip6", func(r *AttachRequest) { r.RouterAdvert = true }, "routerAdvert without ip6", nil},
 		{"ip6 link-local", func(r *AttachRequest) { dual(r); r.IP6 = netip.MustParsePrefix("fe80::5/64") }, "global unicast", nil},
 		{"ip6 IPv4-mapped", func(r *AttachRequest) { dual(r); r.IP6 = netip.MustParsePrefix("::ffff:10.1.0.5/120") }, "global unicast", nil},
 		{"ip6 /127", func(r *AttachRequest) { dual(r); r.IP6 = netip.MustParsePrefix("fd00:1::5/127") }, "/126 or shorter", nil},

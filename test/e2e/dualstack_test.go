@@ -590,3 +590,42 @@ func TestDualStackAntiSpoofingAndRecovery(t *testing.T) {
 	}
 	e.assertNothingLeft()
 }
+
+// TestDualStackRouterAdvertisements: with "routerAdvertisements": true
+// the stack sends a dual-stack pod Router Advertisements (RFC 4861 §6.2)
+// from the gateway's link-local address, which the pod's kernel (accept_ra
+// on, not forwarding) turns into a default route "proto ra" via that
+// address and the link MTU; without the key it sends none. An IPv4-only
+// pod of the same network gets none either.
+func TestDualStackRouterAdvertisements(t *testing.T) {
+	e := newDualEnv(t)
+	e.startDaemon()
+	on := e.addDual(e.confList("1.1.0", e.plugin(map[string]any{"routerAdvertisements": true})))
+	off := e.addDual(e.confList("1.1.0", e.plugin(nil)))
+
+	var out string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ = nsRun(on.ns, "ip", "-6", "route", "show", "proto", "ra")
+		if strings.Contains(out, "default via fe80:") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(out, "default via fe80:") || !strings.Contains(out, "dev eth0") {
+		t.Fatalf("pod with routerAdvertisements: ip -6 route show proto ra:\n%s\nwant a default route via the gateway's link-local address", out)
+	}
+	t.Logf("pod with routerAdvertisements: %s", strings.TrimSpace(out))
+	st, err := e.client().Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Counters["Icmp6OutRouterAdvertisements"] == 0 {
+		t.Fatalf("Icmp6OutRouterAdvertisements not counted")
+	}
+	// The other pod (no key): nothing learnt from RAs, even after the
+	// first pod's were sent.
+	if out, _ := nsRun(off.ns, "ip", "-6", "route", "show", "proto", "ra"); strings.TrimSpace(out) != "" {
+		t.Fatalf("pod without routerAdvertisements learnt routes from RAs:\n%s", out)
+	}
+}
