@@ -574,15 +574,20 @@ func (w *wire) connect() (client, server *Sock) {
 	return c, server
 }
 
-// dump describes every connection of both Protos.
+// dump describes every connection of both Protos (DebugString), the
+// sockets copied out of the table first (lock order: Sock.mu > Proto.mu).
 func (w *wire) dump() string {
 	var out string
 	for i, p := range []*Proto{w.a, w.b} {
 		p.mu.RLock()
+		socks := make([]*Sock, 0, len(p.conns))
 		for _, s := range p.conns {
-			out += fmt.Sprintf("%c: %v\n", 'a'+i, s)
+			socks = append(socks, s)
 		}
 		p.mu.RUnlock()
+		for _, s := range socks {
+			out += fmt.Sprintf("%c: %s", 'a'+i, s.DebugString())
+		}
 	}
 	return out
 }
