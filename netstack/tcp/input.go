@@ -523,9 +523,18 @@ func (s *Sock) ackRcv(seg *segment) bool {
 		s.backoff = 0
 		s.recoveryAck(ack, acked, prevUna, now)
 		// RFC 6298 §5.2/§5.3: stop the timer when everything is
-		// acknowledged, otherwise restart it.
+		// acknowledged, otherwise restart it. A pending tail loss
+		// probe goes too: with nothing in flight it has nothing to
+		// probe (RFC 8985 §7.2 arms it for outstanding data; Linux
+		// tcp_rearm_rto clears ICSK_TIME_RETRANS when packets_out is
+		// 0, and the loss probe shares that timer). Left running it
+		// would stand in for the persist timer that writeXmit arms
+		// below when this ACK also closed the window (RFC 9293
+		// §3.8.6.1), then fire and do nothing: a lost window update
+		// would stall the connection for good. A persist timer
+		// already running stays: the window still needs probing.
 		if s.sndUna == s.sndMax {
-			if s.rtxMode == rtxRetrans {
+			if s.rtxMode != rtxProbe {
 				s.rtxTimer.Stop()
 			}
 		} else {
