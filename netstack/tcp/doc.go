@@ -106,7 +106,9 @@
 // retransmission timer (RTO per RFC 6298 with a 200 ms floor, doubling
 // per retransmission, restarted by an ACK of new data; also the tail
 // loss probe, and the persist timer for zero-window probes and the SWS
-// override; an ACK of everything sent stops it unless it is the persist
+// override: probing goes on while the peer answers, RFC 9293 MUST-37,
+// Retries2 unanswered probes end the connection, and the answers are no
+// duplicate ACKs; an ACK of everything sent stops it unless it is the persist
 // timer, which is armed whenever data waits, nothing is in flight and
 // the timer has no other work, rtxPending: a pending loss probe must not
 // hide a closed window, or a lost window update stalls the connection
