@@ -104,8 +104,15 @@
 //
 // Timers (per socket, five clock.Timer values, no goroutine): the
 // retransmission timer (RTO per RFC 6298 with a 200 ms floor, doubling
-// per retransmission, cleared by an ACK of new data; also the persist
-// timer for zero-window probes and the SWS override); the delayed ACK
+// per retransmission, restarted by an ACK of new data; also the tail
+// loss probe, and the persist timer for zero-window probes and the SWS
+// override: probing goes on while the peer answers, RFC 9293 MUST-37,
+// Retries2 unanswered probes end the connection, and the answers are no
+// duplicate ACKs; an ACK of everything sent stops it unless it is the persist
+// timer, which is armed whenever data waits, nothing is in flight and
+// the timer has no other work, rtxPending: a pending loss probe must not
+// hide a closed window, or a lost window update stalls the connection
+// for good); the delayed ACK
 // (40 ms; every second full segment is ACKed at once, the first 16
 // segments too, out-of-order data at once); the keepalive timer, which
 // also ends FIN-WAIT-2 of a closed socket (tcp_fin_timeout) and

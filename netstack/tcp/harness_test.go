@@ -356,6 +356,13 @@ type wireCfg struct {
 	corrupt   float64
 	seed      uint64
 	bothWays  bool // faults in both directions (else only a→b)
+	ackOnly   bool // faults only b→a: the receiver's ACKs (and window updates)
+	// readEvery makes the receiving application read at most this
+	// often (transferWith), as a reader starved of CPU: the receive
+	// window fills and closes between reads, and reopens with a window
+	// update when it reads.
+	readEvery time.Duration
+	rcvBuf    int // both ends' RcvBuf and MaxRcvBuf (no autotuning past it); 0: defaults
 	mtu       int
 	gso       bool
 	v6        bool // the connection is over IPv6 (fd00::1 → fd00::2)
@@ -389,6 +396,9 @@ func newWire(t testing.TB, cfg wireCfg, pcfg Config) *wire {
 	w.ipA = &fakeIP{local: localAddr, local6: localAddr6, mtu: cfg.mtu}
 	w.ipB = &fakeIP{local: remoteAddr, local6: remoteAddr6, mtu: cfg.mtu}
 	pcfg.Clock = clk
+	if cfg.rcvBuf > 0 {
+		pcfg.RcvBuf, pcfg.MaxRcvBuf = cfg.rcvBuf, cfg.rcvBuf
+	}
 	if cfg.gso {
 		pcfg.Device = func(int) (int, link.Caps, bool) { return max(cfg.mtu, 1500), linkGSO, true }
 	}
@@ -409,7 +419,7 @@ func (w *wire) send(dir int, skb *buf.SKB) {
 		skb.Consume()
 		return
 	}
-	faulty := dir == 0 || w.cfg.bothWays
+	faulty := dir == 0 && !w.cfg.ackOnly || dir == 1 && (w.cfg.bothWays || w.cfg.ackOnly)
 	if faulty && w.hit(w.cfg.loss) {
 		st.lost++
 		skb.Consume()
@@ -574,15 +584,20 @@ func (w *wire) connect() (client, server *Sock) {
 	return c, server
 }
 
-// dump describes every connection of both Protos.
+// dump describes every connection of both Protos (DebugString), the
+// sockets copied out of the table first (lock order: Sock.mu > Proto.mu).
 func (w *wire) dump() string {
 	var out string
 	for i, p := range []*Proto{w.a, w.b} {
 		p.mu.RLock()
+		socks := make([]*Sock, 0, len(p.conns))
 		for _, s := range p.conns {
-			out += fmt.Sprintf("%c: %v\n", 'a'+i, s)
+			socks = append(socks, s)
 		}
 		p.mu.RUnlock()
+		for _, s := range socks {
+			out += fmt.Sprintf("%c: %s", 'a'+i, s.DebugString())
+		}
 	}
 	return out
 }

@@ -470,6 +470,10 @@ func (s *Sock) ackRcv(seg *segment) bool {
 	now := s.now()
 	wnd := seg.wnd << s.sndWscale
 	prevUna := s.sndUna
+	// The peer answers: zero-window probes so far were not in vain
+	// (RFC 9293 §3.8.6.1 MUST-37: probing goes on while it does; Linux
+	// tcp_ack resets icsk_probes_out on every ACK).
+	s.probesOut = 0
 	// Window update (RFC 9293 §3.10.7.4: "If SND.UNA =< SEG.ACK =<
 	// SND.NXT ... if (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and
 	// SND.WL2 =< SEG.ACK)), set SND.WND <- SEG.WND").
@@ -523,9 +527,18 @@ func (s *Sock) ackRcv(seg *segment) bool {
 		s.backoff = 0
 		s.recoveryAck(ack, acked, prevUna, now)
 		// RFC 6298 §5.2/§5.3: stop the timer when everything is
-		// acknowledged, otherwise restart it.
+		// acknowledged, otherwise restart it. A pending tail loss
+		// probe goes too: with nothing in flight it has nothing to
+		// probe (RFC 8985 §7.2 arms it for outstanding data; Linux
+		// tcp_rearm_rto clears ICSK_TIME_RETRANS when packets_out is
+		// 0, and the loss probe shares that timer). Left running it
+		// would stand in for the persist timer that writeXmit arms
+		// below when this ACK also closed the window (RFC 9293
+		// §3.8.6.1), then fire and do nothing: a lost window update
+		// would stall the connection for good. A persist timer
+		// already running stays: the window still needs probing.
 		if s.sndUna == s.sndMax {
-			if s.rtxMode == rtxRetrans {
+			if s.rtxMode != rtxProbe {
 				s.rtxTimer.Stop()
 			}
 		} else {
@@ -536,9 +549,15 @@ func (s *Sock) ackRcv(seg *segment) bool {
 			s.tlpHigh = 0 // the probe episode is over (RFC 8985 §7.4)
 		}
 		s.wake(EventWritable) // send buffer space for writers
-	} else if ack == s.sndUna && len(seg.data) == 0 && !seg.hasFin && !wndUpdated && s.sndMax != s.sndUna {
+	} else if ack == s.sndUna && len(seg.data) == 0 && !seg.hasFin && !wndUpdated && s.sndMax != s.sndUna &&
+		s.rtxMode != rtxProbe {
 		// RFC 5681 §2 "DUPLICATE ACKNOWLEDGMENT" (a SACK block counts
-		// too, RFC 6675 §2).
+		// too, RFC 6675 §2). Not the answer to a zero-window probe:
+		// its byte beyond the window is no outstanding data lost (the
+		// definition's (a)), and three answers to a peer holding its
+		// window closed must not start a fast retransmit into it
+		// (Linux probes with SND.UNA - 1, which leaves nothing in
+		// flight: tcp_ack's no_queue path).
 		s.dupAck(now)
 	}
 	if s.sackOK && s.state.synchronized() {

@@ -375,9 +375,24 @@ func (s *Sock) writeXmit() {
 	// window, the persist timer probes the window; with a window too
 	// small for the sender's SWS rule it is §3.8.6.2.1's override
 	// timeout (tcp_check_probe_timer arms the same timer).
-	if s.sndNxt == s.sndUna && int(int32(s.dataEnd()-s.sndNxt)) > 0 && !s.rtxTimer.Armed() {
+	if s.sndNxt == s.sndUna && int(int32(s.dataEnd()-s.sndNxt)) > 0 && !s.rtxPending() {
 		s.armProbe()
 	}
+}
+
+// rtxPending reports whether the retransmission timer has work to do
+// when it fires (tcp_check_probe_timer's icsk_pending): it is armed, and
+// as the persist timer, or as the RTO or loss probe with data
+// outstanding (SND.UNA < SND.MAX). A retransmission or loss probe timer
+// with everything acknowledged does nothing when it fires (rtxFired,
+// tlpFired), so it must not keep the persist timer from being armed;
+// ackRcv stops such a timer (Linux tcp_rearm_rto), and this keeps the
+// persist decision right should one survive.
+func (s *Sock) rtxPending() bool {
+	if !s.rtxTimer.Armed() {
+		return false
+	}
+	return s.rtxMode == rtxProbe || s.sndUna != s.sndMax
 }
 
 // sendSeg sends a data or FIN segment at seq and advances SND.NXT.

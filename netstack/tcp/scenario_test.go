@@ -452,6 +452,84 @@ func TestZeroWindowProbe(t *testing.T) {
 	}
 }
 
+// nextOut steps the clock to the next segments the stack sends (at most
+// 100 timer deadlines) and returns them with the time they left.
+func (c *peer) nextOut() ([]seg, time.Duration) {
+	c.t.Helper()
+	for k := 0; k < 100; k++ {
+		if out := c.Out(); len(out) > 0 {
+			return out, c.now()
+		}
+		if !c.clk.Step() {
+			break
+		}
+	}
+	return c.Out(), c.now()
+}
+
+// RFC 9293 §3.8.6.1 MUST-37: "As long as the receiving TCP peer
+// continues to send acknowledgments in response to the probe segments,
+// the sending TCP peer MUST allow the connection to stay open." Probes the
+// peer answers (its window still zero) do not count towards Retries2;
+// probes it leaves unanswered do, and Retries2 of them in a row end the
+// connection. A socket the user closed gives up after Retries2 probes
+// answered or not (Linux tcp_probe_timer for a dead socket).
+func TestZeroWindowProbesWhileAnswered(t *testing.T) {
+	const retries = 3
+	for _, orphan := range []bool{false, true} {
+		t.Run(map[bool]string{false: "open", true: "closed-by-user"}[orphan], func(t *testing.T) {
+			c := newPeer(t, Config{NoTimestamps: true, Retries2: retries})
+			s := c.establishPassive(header.TCPOptions{})
+			c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.IRS + 1).Wnd(0))
+			if _, err := s.Write([]byte("0123456789")); err != nil {
+				t.Fatal(err)
+			}
+			if orphan {
+				s.Close()
+			}
+			answered := 3 * retries
+			if orphan {
+				answered = retries
+			}
+			var last time.Duration
+			for i := 0; i < answered; i++ {
+				out, at := c.nextOut()
+				if len(out) != 1 || len(out[0].data) != 1 || out[0].seq != c.IRS+1 {
+					t.Fatalf("probe %d: %v (state %v)\n%s", i, out, s.State(), s.DebugString())
+				}
+				if i > 1 && at-last < MinRTO<<min(i-1, 9) {
+					t.Fatalf("probe %d %v after the last: no backoff", i, at-last)
+				}
+				last = at
+				// Still zero: the byte is not taken.
+				c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.IRS + 1).Wnd(0))
+			}
+			if orphan {
+				if out, _ := c.nextOut(); len(out) != 0 || s.State() != Closed || c.p.Counter(TCPAbortOnTimeout) != 1 {
+					t.Fatalf("closed by the user, %d probes answered: want it ended, got %v (state %v, %v)",
+						retries, out, s.State(), nonzero(c.p))
+				}
+				return
+			}
+			if st := s.State(); st != Established {
+				t.Fatalf("after %d answered probes (Retries2 %d): %v", answered, retries, st)
+			}
+			// Now the peer falls silent: Retries2 unanswered probes,
+			// then the connection times out.
+			for i := 0; i < retries; i++ {
+				if out, _ := c.nextOut(); len(out) != 1 || len(out[0].data) != 1 {
+					t.Fatalf("unanswered probe %d: %v (state %v)", i, out, s.State())
+				}
+			}
+			c.nextOut()
+			if _, err := s.Write([]byte("x")); s.State() != Closed || !errors.Is(err, syscall.ETIMEDOUT) ||
+				c.p.Counter(TCPFastRetrans) != 0 || c.p.Counter(RetransSegs) != 0 {
+				t.Fatalf("after %d unanswered probes: state %v, write %v, %v", retries, s.State(), err, nonzero(c.p))
+			}
+		})
+	}
+}
+
 // RFC 9293 §3.10.7.4: our window closes when the reader does not read,
 // a segment beyond it is dropped with an ACK, and reading reopens it
 // with a window update (receiver SWS avoidance, §3.8.6.2.2).

@@ -153,9 +153,13 @@ type Sock struct {
 	rttTime           time.Time
 	rttTiming         bool
 	backoff           int // retransmissions of the current segment / probes
-	rtxMode           rtxMode
-	lastSend          time.Time
-	retransTotal      uint64
+	// probesOut is the zero-window probes the peer has not answered
+	// (icsk_probes_out): every ACK clears it, while backoff keeps
+	// spacing the probes out.
+	probesOut    int
+	rtxMode      rtxMode
+	lastSend     time.Time
+	retransTotal uint64
 
 	// Congestion control and recovery (recovery.go).
 	ca         cc.Algorithm

@@ -236,7 +236,15 @@ func (s *Sock) probeTimer() {
 		s.armRTO()
 		return
 	}
-	if s.backoff >= s.p.cfg.Retries2 {
+	// MUST-37: "As long as the receiving TCP peer continues to send
+	// acknowledgments in response to the probe segments, the sending
+	// TCP peer MUST allow the connection to stay open": only Retries2
+	// probes in a row that the peer left unanswered end it (Linux
+	// tcp_probe_timer with icsk_probes_out). An orphan (closed by the
+	// user) gives up after Retries2 probes answered or not, as Linux
+	// does for a dead socket (by icsk_backoff), so a peer that never
+	// opens its window cannot hold it forever.
+	if s.probesOut >= s.p.cfg.Retries2 || s.orphan && s.backoff >= s.p.cfg.Retries2 {
 		s.p.count(TCPAbortOnTimeout)
 		s.done(syscall.ETIMEDOUT)
 		return
@@ -250,6 +258,7 @@ func (s *Sock) probeTimer() {
 		s.sndMax = s.sndNxt + 1
 	}
 	s.backoff++
+	s.probesOut++
 	s.armProbe()
 }
 

@@ -205,3 +205,61 @@ func TestRACKRTORecovery(t *testing.T) {
 		t.Fatalf("after RTO recovery: reo_wnd %v (want %v), RTO recovery %v", reo, rackRTT/4, rto)
 	}
 }
+
+// RFC 9293 §3.8.6.1 (MUST-36) beside RFC 8985 §7.2: the receiver
+// acknowledges everything in flight with a zero window while data is
+// still queued (its reader is slow), and the window update it sends when
+// the reader catches up is lost. Only the persist timer can find the
+// window open again. The loss probe timer armed by the last send is
+// still pending at that ACK; it must not stand in for the persist timer
+// (with nothing in flight a loss probe has nothing to probe). The stack
+// probes the window one RTO after the ACK, and when the probe's ACK
+// shows the window open, the queued data goes out. The e2e stall of
+// TestKernelTCPUnderLoss under CPU load (a starved kernel receiver) was
+// this: the loss probe timer fired, did nothing, and no timer was left.
+func TestZeroWindowAfterLossProbeArmed(t *testing.T) {
+	c := newPeer(t, Config{NoTimestamps: true})
+	s := c.establishRACK()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("sender: %s", s.DebugString())
+		}
+	})
+	// Twelve segments queued, the initial window (10) sent: the loss
+	// probe timer is armed for 2·SRTT (RFC 8985 §7.2), before the RTO.
+	if _, err := s.Write(make([]byte, 12*rackMSS)); err != nil {
+		t.Fatal(err)
+	}
+	if out := c.Out(); len(out) != 10 {
+		t.Fatalf("want the initial window of 10 segments, got %d", len(out))
+	}
+	c.clk.Advance(rackRTT / 2)
+	if in := s.Info(); in.RTO <= 2*in.RTT {
+		t.Fatalf("scenario: RTO %v not after the PTO (SRTT %v)", in.RTO, in.RTT)
+	}
+	// Everything acknowledged, the window zero; the update that would
+	// reopen it is lost.
+	tAck := c.now()
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.segSeq(10)).Wnd(0))
+	c.ExpectNone("nothing into a zero window")
+	rto := s.Info().RTO
+	p := c.ExpectAt(tAck+rto, "zero-window probe one RTO after the ACK")
+	if p.seq != c.segSeq(10) || len(p.data) != 1 {
+		t.Fatalf("probe %v, want one byte at segment 10", p)
+	}
+	if c.p.Counter(TCPWinProbe) != 1 || c.p.Counter(TCPLossProbes) != 0 {
+		t.Fatalf("want one window probe and no loss probe: %v", nonzero(c.p))
+	}
+	// The peer's window is open again: it takes the byte and says so.
+	// The queued data follows (its 999-byte tail once the full segment
+	// before it is acknowledged: Nagle, RFC 9293 §3.7.4).
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.segSeq(10) + 1).Wnd(65535))
+	d := c.Expect("data once the window is open")
+	if d.seq != c.segSeq(10)+1 || len(d.data) != rackMSS {
+		t.Fatalf("after the window opened: %v, want %d bytes from segment 10 + 1", d, rackMSS)
+	}
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(d.seq + rackMSS).Wnd(65535))
+	if d := c.Expect("the tail"); d.seq != c.segSeq(11)+1 || len(d.data) != rackMSS-1 {
+		t.Fatalf("tail %v, want %d bytes from segment 11 + 1", d, rackMSS-1)
+	}
+}

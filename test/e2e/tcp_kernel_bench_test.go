@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -25,7 +26,7 @@ import (
 
 // attachFaulty is env.Peer.Attach with link/fault around the AF_PACKET
 // endpoint: loss on the stack's side of the veth, both directions.
-func attachFaulty(t testing.TB, p *env.Peer, opts ...fault.Option) (*netstack.Stack, *dev.NIC) {
+func attachFaulty(t testing.TB, p *env.Peer, opts ...fault.Option) (*netstack.Stack, *dev.NIC, *fault.Endpoint) {
 	t.Helper()
 	s := netstack.New()
 	t.Cleanup(func() { _ = s.Close() })
@@ -47,7 +48,7 @@ func attachFaulty(t testing.TB, p *env.Peer, opts ...fault.Option) (*netstack.St
 			t.Fatal(err)
 		}
 	}
-	return s, nic
+	return s, nic, fe
 }
 
 // With link/fault dropping 1% of the frames on the stack's side (both
@@ -55,8 +56,8 @@ func attachFaulty(t testing.TB, p *env.Peer, opts ...fault.Option) (*netstack.St
 func TestKernelTCPUnderLoss(t *testing.T) {
 	requireRoot(t)
 	p := newKernelPeer(t, "10.226.0.1/24", "10.226.0.2/24", 1500)
-	s, _ := attachFaulty(t, p, fault.Loss(0.01), fault.OnReceive(), fault.Seed(11))
-	kernelTCPUnderLoss(t, &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr()})
+	s, _, fe := attachFaulty(t, p, fault.Loss(0.01), fault.OnReceive(), fault.Seed(11))
+	kernelTCPUnderLoss(t, &tcpPair{p: p, s: s, kernel: p.KernelAddr.Addr(), stack: p.StackAddr.Addr(), fault: fe})
 }
 
 // TestKernelTCP6UnderLoss is TestKernelTCPUnderLoss over IPv6 (NDP
@@ -64,8 +65,8 @@ func TestKernelTCPUnderLoss(t *testing.T) {
 func TestKernelTCP6UnderLoss(t *testing.T) {
 	requireRoot(t)
 	p := newKernelPeer6(t, "10.235.0.1/24", "10.235.0.2/24", "fd00:235::1/64", "fd00:235::2/64", 1500)
-	s, _ := attachFaulty(t, p, fault.Loss(0.01), fault.OnReceive(), fault.Seed(11))
-	kernelTCPUnderLoss(t, &tcpPair{p: p, s: s, kernel: p.KernelAddr6.Addr(), stack: p.StackAddr6.Addr()})
+	s, _, fe := attachFaulty(t, p, fault.Loss(0.01), fault.OnReceive(), fault.Seed(11))
+	kernelTCPUnderLoss(t, &tcpPair{p: p, s: s, kernel: p.KernelAddr6.Addr(), stack: p.StackAddr6.Addr(), fault: fe})
 }
 
 // kernelTCPUnderLoss is TestKernelTCPUnderLoss's transfers over tp.
@@ -109,19 +110,93 @@ func kernelTCPUnderLoss(t *testing.T, tp *tcpPair) {
 	}
 	defer sc.Close()
 	sc.SetDeadline(time.Now().Add(5 * time.Minute))
+	stop := watchStall(t, tp, sc)
 	start = time.Now()
 	sum, err = sendPattern(sc, size)
 	if err != nil {
-		t.Fatal(err)
+		stop()
+		t.Fatalf("%v\n%s", err, stackSenderState(tp, sc))
 	}
 	sc.CloseWrite()
 	r = <-kgot
+	stop()
 	if r.Err != nil || r.N != int64(size) || r.Sum != sum {
-		t.Fatalf("stack→kernel under 1%% loss: %d of %d bytes, checksum %v, %v", r.N, size, r.Sum == sum, r.Err)
+		t.Fatalf("stack→kernel under 1%% loss: %d of %d bytes, checksum %v, %v\n%s", r.N, size, r.Sum == sum, r.Err,
+			stackSenderState(tp, sc))
 	}
 	in := sc.Info()
 	t.Logf("stack→kernel %d MiB under 1%% loss: %v (retransmits %d, rto %v)", size>>20,
 		time.Since(start).Round(time.Millisecond), in.TotalRetrans, in.RTO)
+}
+
+// stallAfter is how long a transfer may go without an acknowledgment of
+// new data before watchStall calls the connection stuck. Under 1% loss a
+// healthy sender is ACKed within an RTO or two; 60 s is RTO backoff
+// from 200 ms through eight lost retransmissions in a row.
+const stallAfter = 60 * time.Second
+
+// watchStall watches sc's acknowledged bytes while a transfer runs; when
+// they stand still for stallAfter it logs the sender's whole state (while
+// it is still stuck) and ends the transfer by expiring sc's deadline, so
+// a stall fails in a minute with the evidence instead of at the deadline.
+// The returned stop ends the watch.
+func watchStall(t *testing.T, tp *tcpPair, sc *tcp.Conn) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		last, since := sc.Sock().Info().BytesAcked, time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			in := sc.Sock().Info()
+			if in.BytesAcked != last || in.Unacked+in.NotSent == 0 {
+				last, since = in.BytesAcked, time.Now()
+				continue
+			}
+			if time.Since(since) >= stallAfter {
+				t.Errorf("stack sender stalled: no new data acknowledged for %v\n%s", stallAfter, stackSenderState(tp, sc))
+				sc.SetDeadline(time.Now())
+				return
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}
+
+// stackSenderState is everything about a stuck stack→kernel transfer:
+// the sender's TCP state, the stack's nonzero TCP counters, the fault
+// link's counters and the kernel receiver's view (ss -tinm).
+func stackSenderState(tp *tcpPair, sc *tcp.Conn) string {
+	var b strings.Builder
+	b.WriteString("stack sender: " + sc.Sock().DebugString())
+	ctr := tp.s.TCP().Counters()
+	names := make([]string, 0, len(ctr))
+	for k, v := range ctr {
+		if v != 0 {
+			names = append(names, k)
+		}
+	}
+	sort.Strings(names)
+	b.WriteString("stack TCP counters:")
+	for _, k := range names {
+		fmt.Fprintf(&b, " %s=%d", k, ctr[k])
+	}
+	b.WriteString("\n")
+	if tp.fault != nil {
+		fmt.Fprintf(&b, "fault link: %+v\n", tp.fault.Stats())
+	}
+	out, err := tp.p.Exec("ss", "-tinmoe", "state", "all")
+	fmt.Fprintf(&b, "kernel receiver (ss -tinmoe, err %v):\n%s", err, out)
+	return b.String()
 }
 
 // cpuTime is the process's user+system CPU time.

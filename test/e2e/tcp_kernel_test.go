@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/link/fault"
 	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 	"github.com/cni-userstack/cni-userstack/test/e2e/env"
@@ -41,6 +42,9 @@ type tcpPair struct {
 	s      *netstack.Stack
 	kernel netip.Addr
 	stack  netip.Addr
+	// fault is the lossy link's wrapper (attachFaulty), nil on a
+	// clean link.
+	fault *fault.Endpoint
 }
 
 func newTCPPair(t *testing.T, octet int) *tcpPair {
