@@ -3,7 +3,9 @@
 // MTU and link state, the receive loop that reads batches from a
 // link.Endpoint and dispatches each frame by EtherType (ptype_base), the
 // taps that see every frame (ptype_all: pcap capture, counters), the
-// bounded transmit queue, and the per-NIC counters and drop reasons.
+// bounded transmit queue, the per-NIC counters and drop reasons, and the
+// Backlog (netif_rx's per-CPU backlog) the IP layers loop packets back
+// through.
 //
 // Not owned here: what the frames carry (neigh answers ARP, ipv4 handles
 // IPv4; both register a Handler with AddPacketType), link-layer address

@@ -109,10 +109,10 @@
 //
 // The receive and transmit paths take no lock of this package except the
 // reassembly table's (inetfrag.Table.mu, fragments only), tokenBucket.mu
-// (ICMP errors only) and backlog.mu (loopback only). All are leaves held
-// without calling out of the package; the table's lock and backlog.mu are
+// (ICMP errors only) and dev.Backlog.mu (loopback only). All are leaves held
+// without calling out of the package; the table's lock and dev.Backlog.mu are
 // held while arming or stopping a clock timer, which the clock allows.
-// Lock order: inetfrag.Table.mu > clock, backlog.mu > clock. Timer
+// Lock order: inetfrag.Table.mu > clock, dev.Backlog.mu > clock. Timer
 // callbacks (reassembly expiry, the backlog) run with no lock held and
 // take these locks
 // themselves. The neighbour failure handler only enqueues to the backlog,

@@ -115,7 +115,7 @@ type Layer struct {
 
 	reasm   reassembler
 	icmpRL  tokenBucket
-	backlog backlog
+	backlog dev.Backlog // bound: backlogMax
 
 	mib   [numCounters]atomic.Uint64
 	drops buf.DropStats
@@ -167,7 +167,7 @@ func New(cfg Config) *Layer {
 		burst = DefaultICMPRateBurst
 	}
 	l.icmpRL.init(l.clk, rate, burst)
-	l.backlog.init(l)
+	l.backlog.Init(l.clk, backlogMax, backlogBudget, l.backlogProcess)
 	if l.neigh != nil {
 		l.neigh.SetFailureHandler(l.neighFailure)
 	}

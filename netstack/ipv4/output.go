@@ -2,11 +2,9 @@ package ipv4
 
 import (
 	"encoding/binary"
-	"sync"
 	"syscall"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
-	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
@@ -158,59 +156,11 @@ const (
 	kindICMPSend = 2 // send an ICMP error about this packet
 )
 
-type backlog struct {
-	l     *Layer
-	mu    sync.Mutex
-	q     buf.Queue
-	armed bool
-	timer *clock.Timer
-}
-
-func (b *backlog) init(l *Layer) {
-	b.l = l
-	b.timer = l.clk.NewTimer(b.run)
-}
-
-func (b *backlog) enqueue(skb *buf.SKB) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.q.Len() >= backlogMax {
-		return false
-	}
-	b.q.PushBack(skb)
-	if !b.armed {
-		b.armed = true
-		b.timer.Reset(0)
-	}
-	return true
-}
-
-func (b *backlog) run() {
-	for i := 0; i < backlogBudget; i++ {
-		b.mu.Lock()
-		skb := b.q.PopFront()
-		if skb == nil {
-			b.armed = false
-			b.mu.Unlock()
-			return
-		}
-		b.mu.Unlock()
-		b.l.backlogProcess(skb)
-	}
-	b.mu.Lock()
-	if b.q.Len() > 0 {
-		b.timer.Reset(0)
-	} else {
-		b.armed = false
-	}
-	b.mu.Unlock()
-}
-
 // loopback is the loopback device's xmit: the datagram re-enters the
 // receive path (PREROUTING, then local delivery) from the backlog.
 func (l *Layer) loopback(skb *buf.SKB) {
 	skb.CB[cbKind] = kindLoop
-	if !l.backlog.enqueue(skb) {
+	if !l.backlog.Enqueue(skb) {
 		l.count(OutDiscards)
 		skb.Free(DropBacklogFull)
 	}
@@ -263,7 +213,7 @@ func (l *Layer) neighFailure(skb *buf.SKB) {
 	c.CB[cbType] = header.ICMPv4DstUnreachable
 	c.CB[cbCode] = header.ICMPv4HostUnreachable
 	binary.BigEndian.PutUint32(c.CB[cbInfo:], 0)
-	if !l.backlog.enqueue(c) {
+	if !l.backlog.Enqueue(c) {
 		c.Free(DropBacklogFull)
 	}
 }

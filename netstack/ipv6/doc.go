@@ -144,9 +144,9 @@
 // As IPv4's: the receive and transmit paths take no lock of this package
 // except the reassembly table's (inetfrag.Table.mu, fragments only),
 // tokenBucket.mu (errors only),
-// backlog.mu (loopback only) and a PMTU shard's lock (a read lock on
+// dev.Backlog.mu (loopback only) and a PMTU shard's lock (a read lock on
 // output while the cache holds entries). All are leaves; the table's lock
-// and backlog.mu are held while arming or stopping a clock timer. Lock
-// order: inetfrag.Table.mu > clock, backlog.mu > clock. Registrations
+// and dev.Backlog.mu are held while arming or stopping a clock timer. Lock
+// order: inetfrag.Table.mu > clock, dev.Backlog.mu > clock. Registrations
 // (AddProtocol, SetRPFilter, SetForwarding) publish with atomics.
 package ipv6

@@ -131,7 +131,7 @@ type Layer struct {
 	reasm   reassembler
 	pmtu    pmtuCache
 	icmpRL  tokenBucket
-	backlog backlog
+	backlog dev.Backlog // bound: backlogMax
 
 	mib   [numCounters]atomic.Uint64
 	drops buf.DropStats
@@ -189,7 +189,7 @@ func New(cfg Config) *Layer {
 		burst = DefaultICMPRateBurst
 	}
 	l.icmpRL.init(l.clk, rate, burst)
-	l.backlog.init(l)
+	l.backlog.Init(l.clk, backlogMax, backlogBudget, l.backlogProcess)
 	if l.neigh != nil {
 		l.neigh.SetFailureHandler6(l.neighFailure)
 		l.neigh.SetRouter(cfg.Forwarding)
