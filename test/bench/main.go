@@ -241,6 +241,12 @@ type options struct {
 	// throughput false skips the iperf3 runs (and the port-mapping
 	// figure): quick rounds of RR and connections/s only.
 	throughput bool
+	// daemonFlags and daemonEnv are added to the serve flags and the
+	// environment of this tree's daemons (route, proxy); baseFlags and
+	// baseEnv to the baseline's (proxy-base). With -baseline naming this
+	// tree's own build they make an A/B of a flag or of the runtime's
+	// environment in one run.
+	daemonFlags, daemonEnv, baseFlags, baseEnv []string
 	// families are the address families the data-path variants run over
 	// (-families: 4, 6 or both, ascending); ipv6.go.
 	families []int
@@ -347,15 +353,27 @@ func main() {
 	flag.BoolVar(&o.memExchange, "mem-exchange", true, "memory benchmark: each connection sends 1 byte each way before it idles (false: connect only)")
 	flag.StringVar(&ms, "mem-variants", strings.Join(memVariantKeys, ","), "comma list of variants the memory benchmark runs: "+strings.Join(memVariantKeys, ","))
 	flag.StringVar(&o.baseline, "baseline", "", "directory holding another build of cni-userstack: variant proxy-base runs it in proxy mode beside this tree's (A/B in one run)")
+	var df, de, bf, be string
+	flag.StringVar(&df, "daemon-flags", "", "extra serve flags of this tree's daemons (route, proxy), space-separated, e.g. \"--busy-poll=50us --rx-queues=1\"")
+	flag.StringVar(&de, "daemon-env", "", "extra environment of this tree's daemons, space-separated VAR=value, e.g. GOMAXPROCS=1")
+	flag.StringVar(&bf, "base-flags", "", "extra serve flags of the baseline daemon (proxy-base): with -baseline naming this tree's build, an A/B of a flag")
+	flag.StringVar(&be, "base-env", "", "extra environment of the baseline daemon (proxy-base), space-separated VAR=value")
 	flag.BoolVar(&o.throughput, "throughput", true, "run the iperf3 throughput measurements (false: RR and connections/s only, for quick A/B rounds)")
 	flag.StringVar(&fs, "families", "4,6", "address families the data-path variants run over, in the same rounds: 4, 6 or 4,6 (6 alone leaves out the IPv4 tables, the memory and the CNI latency runs)")
 	flag.Parse()
+	o.daemonFlags, o.daemonEnv = strings.Fields(df), strings.Fields(de)
+	o.baseFlags, o.baseEnv = strings.Fields(bf), strings.Fields(be)
 	var err error
 	if o.variants, err = parseList(vs, variantKeys()); err == nil {
 		o.memVariants, err = parseList(ms, memVariantKeys)
 	}
 	if err == nil {
 		o.families, err = parseFamilies(fs)
+	}
+	for _, kv := range append(append([]string(nil), o.daemonEnv...), o.baseEnv...) {
+		if err == nil && !strings.Contains(kv, "=") {
+			err = fmt.Errorf("-daemon-env/-base-env %q: want VAR=value", kv)
+		}
 	}
 	if err == nil && !o.has4() {
 		o.memConns, o.cniLatency = 0, false
@@ -459,7 +477,7 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 		fmt.Fprintln(os.Stderr, "bench: starting the baseline build's daemon")
 		h.baseErr = catch(func() error {
 			var err error
-			h.base, err = h.startOursBin(2, []string{o.baseline, h.ourBin})
+			h.base, err = h.startOursBin(2, []string{o.baseline, h.ourBin}, o.baseEnv, o.baseFlags...)
 			return err
 		})
 		if h.baseErr != nil {

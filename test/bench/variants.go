@@ -246,7 +246,8 @@ type oursNode struct {
 // the one host netns apart: 10.(200+slot).X.0/24 and 169.254.(101+slot).X/30.
 func (h *harness) startOurs(slot int, extra ...string) (*oursNode, error) {
 	u6 := randULA64()
-	o, err := h.startOursBin(slot, []string{h.ourBin}, append([]string{"--uplink-subnet6", u6.String()}, extra...)...)
+	extra = append(append([]string{"--uplink-subnet6", u6.String()}, extra...), h.opts.daemonFlags...)
+	o, err := h.startOursBin(slot, []string{h.ourBin}, h.opts.daemonEnv, extra...)
 	if o != nil {
 		o.uplink6, o.subnet6 = u6, randULA64()
 	}
@@ -255,8 +256,8 @@ func (h *harness) startOurs(slot int, extra ...string) (*oursNode, error) {
 
 // startOursBin is startOurs with the plugin searched in bins, in order
 // (the daemon is the first dir's cni-userstack; IPAM plugins may come
-// from a later dir).
-func (h *harness) startOursBin(slot int, bins []string, extra ...string) (*oursNode, error) {
+// from a later dir), and env (VAR=value) added to the daemon's environment.
+func (h *harness) startOursBin(slot int, bins, env []string, extra ...string) (*oursNode, error) {
 	if slot < 0 || slot > 9 {
 		return nil, fmt.Errorf("daemon slot %d: 0..9", slot)
 	}
@@ -288,6 +289,9 @@ func (h *harness) startOursBin(slot int, bins []string, extra ...string) (*oursN
 		"--lock-dir", filepath.Join(dir, "lock"), "--metrics-addr", "127.0.0.1:0"}, extra...)
 	cmd := exec.Command("nsenter", args...) // nsenter execs: the pid is the daemon's
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	h.undo.add("stack netns "+o.stackNS, func() {
 		if err := veth.DeleteNetNS(o.stackNS); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
