@@ -151,8 +151,6 @@ type Config struct {
 	// Kube reports the Kubernetes route controller (serve --kubernetes)
 	// in the status and the stats; nil when it does not run.
 	Kube func() *api.KubeStatus
-	// Procs reports the GOMAXPROCS controller (serve --procs); nil: none.
-	Procs func() *api.ProcsStatus
 }
 
 // Daemon is the API server and the attachment table.
@@ -556,9 +554,6 @@ func (d *Daemon) Status() *api.Status {
 	st.Metrics = d.insp.metrics.Load()
 	if d.cfg.Kube != nil {
 		st.Kubernetes = d.cfg.Kube()
-	}
-	if d.cfg.Procs != nil {
-		st.Procs = d.cfg.Procs()
 	}
 	return st
 }

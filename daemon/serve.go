@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/daemon/api"
 	"github.com/cni-userstack/cni-userstack/daemon/metrics"
-	"github.com/cni-userstack/cni-userstack/daemon/procs"
 	"github.com/cni-userstack/cni-userstack/daemon/proxy"
 	"github.com/cni-userstack/cni-userstack/netstack/link/afpacket"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
@@ -63,8 +61,6 @@ type ServeFlags struct {
 	// RxQueues is every link's afpacket.Config.Queues: receive
 	// goroutines per link, flows spread over them by hash.
 	RxQueues int
-	// Procs is --procs: "auto" (procs.Auto) or a fixed GOMAXPROCS.
-	Procs string
 	// Kubernetes runs the Node informer and the route controller
 	// (daemon/kube) beside the stack; Kubeconfig is its client's config
 	// ("" is the in-cluster service account), NodeName this node's Node
@@ -118,15 +114,11 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Kubeconfig, "kubeconfig", "", "with --kubernetes: the kubeconfig of the API client; empty: the pod's in-cluster service account")
 	fs.StringVar(&f.NodeName, "node-name", "", "with --kubernetes: this node's Node object (default: $"+NodeNameEnv+", set from the downward API in the DaemonSet)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket before it sleeps (NAPI busy polling, one link at a time per 2 CPUs): lower round-trip latency for up to this much CPU per idle read, worth it only with cores to spare; 0 is off, at most "+afpacket.MaxBusyPoll.String())
-	fs.StringVar(&f.Procs, "procs", procs.Auto, "how many CPUs the daemon's Go code runs on at once (GOMAXPROCS): \"auto\" runs on one while its load fits one CPU and on all it may use (the CPUs, the cgroup's limit or $GOMAXPROCS) while it does not, which saves the Go scheduler's wake-ups of an idle CPU on every event; a number fixes it")
 	fs.IntVar(&f.RxQueues, "rx-queues", 0, "receive queues per link: AF_PACKET sockets in one PACKET_FANOUT group hashing flows, each read by its own goroutine, so one pod's flows use several CPUs; 0 is as many as CPUs up to 2, at most "+strconv.Itoa(afpacket.MaxQueues))
 }
 
 // Validate checks the flags' values together; its errors name the flag.
 func (f *ServeFlags) Validate() error {
-	if _, err := f.procs(); err != nil {
-		return err
-	}
 	switch {
 	case f.LockDir == "":
 		return fmt.Errorf("--lock-dir: a directory is required")
@@ -225,11 +217,6 @@ func (f *ServeFlags) subnet6() (netip.Prefix, error) {
 	return p.Masked(), nil
 }
 
-// procs reads --procs against the GOMAXPROCS the daemon started with.
-func (f *ServeFlags) procs() (procs.Config, error) {
-	return procs.ParseFlag(f.Procs, runtime.GOMAXPROCS(0))
-}
-
 func (f *ServeFlags) level() (slog.Level, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(strings.ToUpper(f.LogLevel))); err != nil {
@@ -292,14 +279,7 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		att.Close()
 		return err
 	}
-	// After the stack sized its links' receive queues from GOMAXPROCS.
-	pcfg, _ := f.procs() // Validate checked it
-	pc := procs.New(pcfg)
-	cfg := Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px,
-		Procs: func() *api.ProcsStatus {
-			s := pc.Stats()
-			return &api.ProcsStatus{Procs: s.Procs, Max: s.Max, Auto: s.Auto, Raises: s.Raises, Lowers: s.Lowers}
-		}}
+	cfg := Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px}
 	if agent != nil {
 		cfg.Kube = agent.status
 	}
@@ -312,9 +292,6 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	pcDone := make(chan struct{})
-	go func() { pc.Run(ctx); close(pcDone) }()
-	defer func() { stop(); <-pcDone }()
 	log.Info("serving", "socket", f.Socket, "stateDir", f.StateDir, "stackNetNS", f.StackNetNS,
 		"attachments", len(d.List()), "pid", os.Getpid(), "version", version, "kubernetes", f.Kubernetes)
 	if agent != nil {

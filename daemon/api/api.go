@@ -383,20 +383,6 @@ type Status struct {
 	// Kubernetes is the node agent's route controller (serve
 	// --kubernetes); nil when it does not run.
 	Kubernetes *KubeStatus `json:"kubernetes,omitempty"`
-	// Procs is how many CPUs the daemon's Go code runs on (serve --procs).
-	Procs *ProcsStatus `json:"procs,omitempty"`
-}
-
-// ProcsStatus is the GOMAXPROCS controller's state (daemon/procs.Stats).
-type ProcsStatus struct {
-	// Procs is the current GOMAXPROCS, Max the most --procs auto uses.
-	Procs int `json:"procs"`
-	Max   int `json:"max"`
-	// Auto is set when the controller samples the load (--procs auto).
-	Auto bool `json:"auto"`
-	// Raises and Lowers count its changes to Max and back to one.
-	Raises uint64 `json:"raises"`
-	Lowers uint64 `json:"lowers"`
 }
 
 // KubeStatus is what the route controller of `serve --kubernetes` has

@@ -292,8 +292,6 @@ type Stats struct {
 	// Kubernetes is the route controller's status (serve --kubernetes);
 	// nil when it does not run.
 	Kubernetes *KubeStatus `json:"kubernetes,omitempty"`
-	// Procs is the GOMAXPROCS controller's state (serve --procs).
-	Procs *ProcsStatus `json:"procs,omitempty"`
 }
 
 // Drop is one drop reason's count.

@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -470,15 +469,6 @@ func TestOpsInspectTwoPods(t *testing.T) {
 		if after[name] == nil {
 			t.Errorf("/metrics lacks %s", name)
 		}
-	}
-	// serve --procs auto (the default): GOMAXPROCS between one and the
-	// CPUs, in /metrics and in the status.
-	if v := mustMetric(t, after, "cni_userstack_procs", nil); v < 1 || v > float64(runtime.NumCPU()) {
-		t.Errorf("cni_userstack_procs = %v, want 1..%d", v, runtime.NumCPU())
-	}
-	if st, err := e.client().Status(context.Background()); err != nil || st.Procs == nil ||
-		st.Procs.Max != runtime.NumCPU() || st.Procs.Auto != (runtime.NumCPU() > 1) {
-		t.Errorf("status procs %+v, %v; want max %d, auto", st.Procs, err, runtime.NumCPU())
 	}
 	// A DEL is observed by the detach histogram.
 	if err := e.cni.DelNetworkList(context.Background(), e.list, b.rt); err != nil {
