@@ -74,6 +74,7 @@ var variants = []variant{
 	{"ptp", "kernel (ptp)", (*harness).attachPTP},
 	{"floor", "floor (ptp + Go relay)", func(h *harness) (*attached, error) { return h.attachFloor("goroutines") }},
 	{"floor-epoll", "floor (ptp + epoll relay)", func(h *harness) (*attached, error) { return h.attachFloor("epoll") }},
+	{"floor-route", "floor (AF_PACKET forwarder)", (*harness).attachFloorRoute},
 	{"route", "ours, route", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "route") }},
 	{"proxy", "ours, proxy", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "proxy") }},
 	{"proxy-base", "ours, proxy (-baseline build)", func(h *harness) (*attached, error) {
