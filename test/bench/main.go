@@ -346,7 +346,7 @@ func main() {
 	var vs, ms, fs string
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each iperf3 run, of the latency run and of the connect-rate run")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (each runs every variant once); the report gives median, min and max over them")
-	flag.StringVar(&vs, "variants", strings.Join(defaultVariants(), ","), "comma list of variants to run: "+strings.Join(variantKeys(), ",")+" (proxy-base needs -baseline)")
+	flag.StringVar(&vs, "variants", strings.Join(defaultVariants(), ","), "comma list of variants to run: "+strings.Join(variantKeys(), ",")+" (proxy-base and route-base need -baseline)")
 	flag.StringVar(&o.out, "out", "bench-report/bench.md", "markdown report to write")
 	flag.IntVar(&o.rrCount, "rr-count", 1000000, "maximum request/response round trips (also bounded by -duration)")
 	flag.BoolVar(&o.cniLatency, "cni-latency", true, "measure CNI ADD/DEL latency of our plugin beside ptp")
@@ -355,12 +355,12 @@ func main() {
 	flag.IntVar(&o.memConns, "mem-conns", 10000, "idle connections of the memory benchmark (0: skip it)")
 	flag.BoolVar(&o.memExchange, "mem-exchange", true, "memory benchmark: each connection sends 1 byte each way before it idles (false: connect only)")
 	flag.StringVar(&ms, "mem-variants", strings.Join(memVariantKeys, ","), "comma list of variants the memory benchmark runs: "+strings.Join(memVariantKeys, ","))
-	flag.StringVar(&o.baseline, "baseline", "", "directory holding another build of cni-userstack: variant proxy-base runs it in proxy mode beside this tree's (A/B in one run)")
+	flag.StringVar(&o.baseline, "baseline", "", "directory holding another build of cni-userstack: variants proxy-base and route-base run it in proxy and route mode beside this tree's (A/B in one run)")
 	var df, de, bf, be, fpf string
 	flag.StringVar(&df, "daemon-flags", "", "extra serve flags of this tree's daemons (route, proxy), space-separated, e.g. \"--busy-poll=50us --rx-queues=1\"")
 	flag.StringVar(&de, "daemon-env", "", "extra environment of this tree's daemons, space-separated VAR=value, e.g. GOMAXPROCS=1")
-	flag.StringVar(&bf, "base-flags", "", "extra serve flags of the baseline daemon (proxy-base): with -baseline naming this tree's build, an A/B of a flag")
-	flag.StringVar(&be, "base-env", "", "extra environment of the baseline daemon (proxy-base), space-separated VAR=value")
+	flag.StringVar(&bf, "base-flags", "", "extra serve flags of the baseline daemon (proxy-base, route-base): with -baseline naming this tree's build, an A/B of a flag")
+	flag.StringVar(&be, "base-env", "", "extra environment of the baseline daemon (proxy-base, route-base), space-separated VAR=value")
 	flag.StringVar(&fpf, "floor-route-flags", "", "extra flags of the floor forwarder (floor-route), space-separated, e.g. \"-qdisc-bypass -batch 32\"")
 	flag.BoolVar(&o.throughput, "throughput", true, "run the iperf3 throughput measurements (false: RR and connections/s only, for quick A/B rounds)")
 	flag.StringVar(&fs, "families", "4,6", "address families the data-path variants run over, in the same rounds: 4, 6 or 4,6 (6 alone leaves out the IPv4 tables, the memory and the CNI latency runs)")
@@ -387,8 +387,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
-	if contains(o.variants, "proxy-base") && o.baseline == "" {
-		fmt.Fprintln(os.Stderr, "bench: variant proxy-base needs -baseline DIR (a directory holding a cni-userstack binary)")
+	if (contains(o.variants, "proxy-base") || contains(o.variants, "route-base")) && o.baseline == "" {
+		fmt.Fprintln(os.Stderr, "bench: variants proxy-base and route-base need -baseline DIR (a directory holding a cni-userstack binary)")
 		os.Exit(2)
 	}
 	if o.duration < time.Second || o.cniPods < 1 || o.cniParallel < 1 || o.rrCount < 1 || o.rounds < 1 ||
@@ -478,7 +478,7 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 			fmt.Fprintln(os.Stderr, "bench: our daemon:", h.oursErr)
 		}
 	}
-	if need["proxy-base"] {
+	if need["proxy-base"] || need["route-base"] {
 		fmt.Fprintln(os.Stderr, "bench: starting the baseline build's daemon")
 		h.baseErr = catch(func() error {
 			var err error

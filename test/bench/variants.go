@@ -83,17 +83,24 @@ var variants = []variant{
 		}
 		return h.attachOurs(h.base, "proxy")
 	}},
+	{"route-base", "ours, route (-baseline build)", func(h *harness) (*attached, error) {
+		if h.base == nil {
+			return nil, fmt.Errorf("the baseline daemon: %w", h.baseErr)
+		}
+		return h.attachOurs(h.base, "route")
+	}},
 	{"gvisor", "gVisor relay", (*harness).attachGVisor},
 	{"pasta", "pasta, MTU 1500", func(h *harness) (*attached, error) { return h.attachPasta(1500) }},
 	{"pasta-64k", "pasta, MTU 65520", func(h *harness) (*attached, error) { return h.attachPasta(65520) }},
 	{"slirp4netns", "slirp4netns", (*harness).attachSlirp},
 }
 
-// defaultVariants is every variant but proxy-base, which needs -baseline.
+// defaultVariants is every variant but proxy-base and route-base, which
+// need -baseline.
 func defaultVariants() []string {
 	var out []string
 	for _, k := range variantKeys() {
-		if k != "proxy-base" {
+		if k != "proxy-base" && k != "route-base" {
 			out = append(out, k)
 		}
 	}
