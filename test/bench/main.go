@@ -9,8 +9,13 @@
 //   - floor, floor-epoll: ptp plus a floor relay (test/bench/floorrelay:
 //     a goroutine per direction, or an event loop per core), the least a
 //     proxy in the host can cost; see "The floor" below.
+//   - floor-route: route mode's topology with the least AF_PACKET
+//     forwarder (test/bench/floorpacket) where our stack sits, the least a
+//     userspace router can cost; see "The route floor" below.
 //   - route, proxy: cni-userstack in route and proxy mode, through libcni
 //     with a private daemon, as the e2e tests do.
+//   - proxy-base, route-base (with -baseline): another build's daemon in
+//     proxy or route mode beside this tree's, for A/B rounds in one run.
 //   - gvisor: a gVisor netstack relay built as runsc's netstack and
 //     gvisor-tap-vsock build theirs (test/bench/gvisorrelay, a Go module of
 //     its own: AF_PACKET with PACKET_VNET_HDR on the stack end of the pod's
@@ -142,6 +147,31 @@
 // 19-30), of which about 60% is the kernel's (the two sockets' TCP and
 // the peers' wake-ups) and the rest Go's scheduler and our stack; a
 // connection about 200 µs (the floor 105, pasta 115).
+//
+// # The route floor
+//
+// Route mode forwards the pod's frames: the stack end of the pod's veth
+// → AF_PACKET (PACKET_VNET_HDR, TSO/GSO super-frames of up to 64 KiB
+// whole) → our stack's receive, ipv4 forward, netfilter, route, neigh,
+// transmit → AF_PACKET on the stack end of the uplink veth → the host
+// kernel; and back. Every frame crosses user space: copied in by
+// recvmmsg, out by sendmmsg, where the kernel veth path copies nothing.
+// floor-route measures what that costs alone: the same topology (the pod's
+// eth0 on a veth whose far end is in a silent netns of its own, an uplink
+// veth from there into the host netns, the host's route to the pod's /24
+// via the uplink, static neighbours) with test/bench/floorpacket for our
+// stack: a locked OS thread per direction, blocking recvmmsg of up to 16
+// frames with vnet headers, the TTL and header checksum and the Ethernet
+// addresses rewritten, one sendmmsg; no epoll, no runtime hand-off, no
+// allocation. -floor-route-flags passes it more flags (-qdisc-bypass,
+// -batch). It forwards IPv4 only. PACKET_TX_RING, which would save the
+// transmit copy, is no floor: tpacket_snd maps the ring's pages into the
+// skb, and the slot goes back to user space from the skb's destructor,
+// which a veth into a local netns runs when the receiver orphans the skb
+// (ip_rcv_core), before its TCP has copied the data out; a forwarder
+// refilling the slot would rewrite queued bytes (floorpacket's doc).
+//
+// FLOOR_RESULTS
 //
 // # Memory per idle relayed connection
 //
