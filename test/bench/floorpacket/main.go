@@ -10,6 +10,10 @@
 // gives them back to the kernel as GSO skbs, so nothing is segmented or
 // checksummed here), and PACKET_IGNORE_OUTGOING.
 //
+// -netpoll is the Go shape for comparison: non-blocking sockets on the
+// runtime's netpoller, a goroutine per direction that parks while its
+// socket is empty, as every Go program's reader (and our daemon's) does.
+//
 // Per direction one OS thread (runtime.LockOSThread) loops: a blocking
 // recvmmsg(2) of up to -batch frames (MSG_WAITFORONE) from one socket, for
 // each frame what a router must do to an IPv4 datagram and nothing more —
@@ -73,7 +77,7 @@ type counters struct {
 func main() {
 	var netns, podLink, upLink, podMAC, hostMAC string
 	var batch int
-	var bypass bool
+	var bypass, netpoll bool
 	flag.StringVar(&netns, "netns", "", "netns path of the two links (empty: here)")
 	flag.StringVar(&podLink, "pod-link", "", "the stack end of the pod's veth")
 	flag.StringVar(&upLink, "uplink", "", "the stack end of the uplink veth")
@@ -81,6 +85,7 @@ func main() {
 	flag.StringVar(&hostMAC, "host-mac", "", "the host end of the uplink's MAC (next hop toward the host)")
 	flag.IntVar(&batch, "batch", 16, "frames per recvmmsg/sendmmsg")
 	flag.BoolVar(&bypass, "qdisc-bypass", false, "PACKET_QDISC_BYPASS on both sockets")
+	flag.BoolVar(&netpoll, "netpoll", false, "Go's shape instead: non-blocking sockets, a goroutine per direction parked on the runtime's netpoller (what a Go program's reader pays)")
 	flag.Parse()
 	pm, err1 := net.ParseMAC(podMAC)
 	hm, err2 := net.ParseMAC(hostMAC)
@@ -100,10 +105,21 @@ func main() {
 	toHostDir := &dir{name: "pod→host", in: pod.fd, out: up.fd, src: up.mac, dst: [6]byte(hm), c: &toHost}
 	toPodDir := &dir{name: "host→pod", in: up.fd, out: pod.fd, src: pod.mac, dst: [6]byte(pm), c: &toPod}
 	errs := make(chan error, 2)
+	if netpoll {
+		for _, s := range []*sock{pod, up} {
+			if err := s.useNetpoll(); err != nil {
+				fatal(err)
+			}
+		}
+		toHostDir.useNetpoll(pod, up)
+		toPodDir.useNetpoll(up, pod)
+	}
 	for _, d := range []*dir{toHostDir, toPodDir} {
 		d.setupBufs(batch)
 		go func(d *dir) {
-			runtime.LockOSThread()
+			if !netpoll {
+				runtime.LockOSThread()
+			}
 			errs <- d.loop()
 		}(d)
 	}
@@ -135,6 +151,7 @@ func fatal(err error) {
 type sock struct {
 	fd  int
 	mac [6]byte
+	rc  syscall.RawConn // -netpoll
 }
 
 // openIn creates the socket for link inside netns on a thread of its own
@@ -211,6 +228,12 @@ type dir struct {
 	msgs     []mmsghdr
 	iovs     []unix.Iovec
 	bufs     [][]byte
+	// -netpoll: the sockets' RawConns, the calls bound once (no
+	// allocation per batch) and their results.
+	inRC, outRC      syscall.RawConn
+	recvFn, sendFn   func(fd uintptr) bool
+	rn, sent, sendTo int
+	re               syscall.Errno
 }
 
 // mmsghdr is struct mmsghdr (x86-64 / arm64 layout).
@@ -277,10 +300,61 @@ func (d *dir) route(f []byte) bool {
 	return true
 }
 
+// useNetpoll makes s non-blocking and registers it with the Go netpoller
+// (os.NewFile on a non-blocking fd), once per socket: both directions use
+// its RawConn. The file is never closed.
+func (s *sock) useNetpoll() error {
+	if err := unix.SetNonblock(s.fd, true); err != nil {
+		return err
+	}
+	var err error
+	s.rc, err = os.NewFile(uintptr(s.fd), "afpacket").SyscallConn()
+	return err
+}
+
+// useNetpoll binds d's calls on the netpoller's RawConns of in and out.
+func (d *dir) useNetpoll(in, out *sock) {
+	d.inRC, d.outRC = in.rc, out.rc
+	d.recvFn = func(fd uintptr) bool {
+		n, _, e := syscall.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&d.msgs[0])), uintptr(len(d.msgs)), 0, 0, 0)
+		d.rn, d.re = int(n), e
+		return e != unix.EAGAIN
+	}
+	d.sendFn = func(fd uintptr) bool {
+		n, _, e := syscall.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&d.msgs[d.sent])), uintptr(d.sendTo-d.sent), 0, 0, 0)
+		d.rn, d.re = int(n), e
+		return e != unix.EAGAIN
+	}
+}
+
+// recv reads a batch: a blocking recvmmsg, or with -netpoll a
+// non-blocking one that parks on the netpoller while the socket is empty.
+func (d *dir) recv() (int, syscall.Errno) {
+	if d.inRC == nil {
+		return recvmmsg(d.in, d.msgs, unix.MSG_WAITFORONE)
+	}
+	if err := d.inRC.Read(d.recvFn); err != nil {
+		return 0, unix.EBADF
+	}
+	return d.rn, d.re
+}
+
+// send writes msgs[from:to]; -netpoll parks while the socket is full.
+func (d *dir) send(from, to int) (int, syscall.Errno) {
+	if d.outRC == nil {
+		return sendmmsg(d.out, d.msgs[from:to])
+	}
+	d.sent, d.sendTo = from, to
+	if err := d.outRC.Write(d.sendFn); err != nil {
+		return 0, unix.EBADF
+	}
+	return d.rn, d.re
+}
+
 // loop is the two-copy shape: recvmmsg into our buffers, sendmmsg out.
 func (d *dir) loop() error {
 	for {
-		n, e := recvmmsg(d.in, d.msgs, unix.MSG_WAITFORONE)
+		n, e := d.recv()
 		if e != 0 {
 			if e == unix.EINTR {
 				continue
@@ -308,7 +382,7 @@ func (d *dir) loop() error {
 			k++
 		}
 		for sent := 0; sent < k; {
-			s, e := sendmmsg(d.out, d.msgs[sent:k])
+			s, e := d.send(sent, k)
 			if e != 0 {
 				if e == unix.EINTR {
 					continue
