@@ -21,7 +21,10 @@ import (
 // them. Neighbours are static (the forwarder answers no ARP): the pod's
 // gateway and the uplink's far address map to the MACs of the stack ends.
 // The pod dials the host's primary address, as route mode's pod does.
-func (h *harness) attachFloorRoute() (*attached, error) {
+// flags are the forwarder's extra flags (-floor-route-flags, or
+// -floor-route-b-flags for the floor-route-b variant, an A/B of the
+// forwarder in one run).
+func (h *harness) attachFloorRoute(flags []string) (*attached, error) {
 	if h.tools.packetErr != nil {
 		return nil, fmt.Errorf("building the floor forwarder: %w", h.tools.packetErr)
 	}
@@ -100,12 +103,12 @@ func (h *harness) attachFloorRoute() (*attached, error) {
 	}
 	args := []string{"-netns", g.linkNS.Path(), "-pod-link", g.name, "-uplink", upStack,
 		"-pod-mac", podMAC.String(), "-host-mac", upHostMAC.String()}
-	args = append(args, h.opts.floorPacketFlags...)
+	args = append(args, flags...)
 	p, _, err := h.startLineProc("floorpacket", h.tools.packet, args...)
 	if err != nil {
 		return nil, err
 	}
 	P := h.host.addr()
 	return &attached{pod: pod, listen: P, dial: P, pids: []int{p.cmd.Process.Pid}, logs: p.logTail,
-		note: fmt.Sprintf("pod %v → %v (the host's primary address) through the floor forwarder (AF_PACKET, %v) and an uplink %v", g.pod.Addr(), P, h.opts.floorPacketFlags, hostEnd)}, nil
+		note: fmt.Sprintf("pod %v → %v (the host's primary address) through the floor forwarder (AF_PACKET, flags %q) and an uplink %v", g.pod.Addr(), P, flags, hostEnd)}, nil
 }

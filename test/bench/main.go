@@ -12,6 +12,8 @@
 //   - floor-route: route mode's topology with the least AF_PACKET
 //     forwarder (test/bench/floorpacket) where our stack sits, the least a
 //     userspace router can cost; see "The route floor" below.
+//     floor-route-b (not by default) is the same with the forwarder flags
+//     of -floor-route-b-flags, an A/B of the floor in one run.
 //   - route, proxy: cni-userstack in route and proxy mode, through libcni
 //     with a private daemon, as the e2e tests do.
 //   - proxy-base, route-base (with -baseline): another build's daemon in
@@ -299,6 +301,9 @@ type options struct {
 	// floorPacketFlags are extra flags of the floor forwarder
 	// (floor-route: test/bench/floorpacket), e.g. -qdisc-bypass.
 	floorPacketFlags []string
+	// floorPacketBFlags are floor-route-b's: the same forwarder with
+	// other flags beside floor-route, for an A/B of the floor in one run.
+	floorPacketBFlags []string
 	// families are the address families the data-path variants run over
 	// (-families: 4, 6 or both, ascending); ipv6.go.
 	families []int
@@ -405,18 +410,19 @@ func main() {
 	flag.BoolVar(&o.memExchange, "mem-exchange", true, "memory benchmark: each connection sends 1 byte each way before it idles (false: connect only)")
 	flag.StringVar(&ms, "mem-variants", strings.Join(memVariantKeys, ","), "comma list of variants the memory benchmark runs: "+strings.Join(memVariantKeys, ","))
 	flag.StringVar(&o.baseline, "baseline", "", "directory holding another build of cni-userstack: variants proxy-base and route-base run it in proxy and route mode beside this tree's (A/B in one run)")
-	var df, de, bf, be, fpf string
+	var df, de, bf, be, fpf, fpbf string
 	flag.StringVar(&df, "daemon-flags", "", "extra serve flags of this tree's daemons (route, proxy), space-separated, e.g. \"--busy-poll=50us --rx-queues=1\"")
 	flag.StringVar(&de, "daemon-env", "", "extra environment of this tree's daemons, space-separated VAR=value, e.g. GOMAXPROCS=1")
 	flag.StringVar(&bf, "base-flags", "", "extra serve flags of the baseline daemon (proxy-base, route-base): with -baseline naming this tree's build, an A/B of a flag")
 	flag.StringVar(&be, "base-env", "", "extra environment of the baseline daemon (proxy-base, route-base), space-separated VAR=value")
 	flag.StringVar(&fpf, "floor-route-flags", "", "extra flags of the floor forwarder (floor-route), space-separated, e.g. \"-qdisc-bypass -batch 32\"")
+	flag.StringVar(&fpbf, "floor-route-b-flags", "", "extra flags of variant floor-route-b's forwarder (floor-route-b is floor-route's A/B twin), e.g. -netpoll")
 	flag.BoolVar(&o.throughput, "throughput", true, "run the iperf3 throughput measurements (false: RR and connections/s only, for quick A/B rounds)")
 	flag.StringVar(&fs, "families", "4,6", "address families the data-path variants run over, in the same rounds: 4, 6 or 4,6 (6 alone leaves out the IPv4 tables, the memory and the CNI latency runs)")
 	flag.Parse()
 	o.daemonFlags, o.daemonEnv = strings.Fields(df), strings.Fields(de)
 	o.baseFlags, o.baseEnv = strings.Fields(bf), strings.Fields(be)
-	o.floorPacketFlags = strings.Fields(fpf)
+	o.floorPacketFlags, o.floorPacketBFlags = strings.Fields(fpf), strings.Fields(fpbf)
 	var err error
 	if o.variants, err = parseList(vs, variantKeys()); err == nil {
 		o.memVariants, err = parseList(ms, memVariantKeys)

@@ -126,7 +126,7 @@ func (h *harness) buildTools(need map[string]bool) *tools {
 		t.floor = filepath.Join(dir, "floorrelay")
 		t.floorErr = goBuild(h.ctx, filepath.Join(bench, "floorrelay"), t.floor, "GOFLAGS=-buildvcs=false")
 	}
-	if need["floor-route"] {
+	if need["floor-route"] || need["floor-route-b"] {
 		t.packet = filepath.Join(dir, "floorpacket")
 		t.packetErr = goBuild(h.ctx, filepath.Join(bench, "floorpacket"), t.packet, "GOFLAGS=-buildvcs=false")
 	}

@@ -332,7 +332,7 @@ const routeFloor = "floor-route"
 // median beats the kernel's by more than floorMargin.
 func floorAboveKernel(t *table) []string {
 	var out []string
-	for _, f := range append(floorVariants[:len(floorVariants):len(floorVariants)], routeFloor) {
+	for _, f := range append(floorVariants[:len(floorVariants):len(floorVariants)], routeFloor, routeFloor+"-b") {
 		for i := range metrics {
 			m := &metrics[i]
 			if m.unit != "Gbit/s" || m.noRatio {

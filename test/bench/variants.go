@@ -74,7 +74,10 @@ var variants = []variant{
 	{"ptp", "kernel (ptp)", (*harness).attachPTP},
 	{"floor", "floor (ptp + Go relay)", func(h *harness) (*attached, error) { return h.attachFloor("goroutines") }},
 	{"floor-epoll", "floor (ptp + epoll relay)", func(h *harness) (*attached, error) { return h.attachFloor("epoll") }},
-	{"floor-route", "floor (AF_PACKET forwarder)", (*harness).attachFloorRoute},
+	{"floor-route", "floor (AF_PACKET forwarder)", func(h *harness) (*attached, error) { return h.attachFloorRoute(h.opts.floorPacketFlags) }},
+	{"floor-route-b", "floor (AF_PACKET forwarder, -floor-route-b-flags)", func(h *harness) (*attached, error) {
+		return h.attachFloorRoute(h.opts.floorPacketBFlags)
+	}},
 	{"route", "ours, route", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "route") }},
 	{"proxy", "ours, proxy", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "proxy") }},
 	{"proxy-base", "ours, proxy (-baseline build)", func(h *harness) (*attached, error) {
@@ -96,11 +99,11 @@ var variants = []variant{
 }
 
 // defaultVariants is every variant but proxy-base and route-base, which
-// need -baseline.
+// need -baseline, and floor-route-b, the floor's A/B twin.
 func defaultVariants() []string {
 	var out []string
 	for _, k := range variantKeys() {
-		if k != "proxy-base" && k != "route-base" {
+		if k != "proxy-base" && k != "route-base" && k != "floor-route-b" {
 			out = append(out, k)
 		}
 	}
