@@ -173,26 +173,31 @@
 // (ip_rcv_core), before its TCP has copied the data out; a forwarder
 // refilling the slot would rewrite queued bytes (floorpacket's doc).
 //
-// Measured on this machine (route branch of 2026-12-07, 3 rounds of 3 s,
-// load average 2.8-3.7; the commit that wrote this paragraph quotes the
-// run), medians, the route floor against the kernel: one stream 0.67×
-// pod→host and 0.74× host→pod, four streams 0.54× and 0.58× (one thread
-// per direction), RR p50/p99 44/219 µs against 15/27, connections/s
-// 0.60×, 0.66 s/GB. So issue 11's "route mode one stream ≥ 0.8× the
-// kernel" lies above what any AF_PACKET forwarder reaches here. Route
-// mode against that floor: 0.82× one stream pod→host, 0.95× host→pod,
-// 1.17× and 1.22× with four streams (its two PACKET_FANOUT queues use
-// both CPUs, the floor's one thread per direction one), 0.88× its
-// connections/s and 0.98× its CPU per GB: the copies and the peer
-// kernel's TCP, not our stack, are the data path's cost (in a profile of
-// a one-stream run the daemon's own code is 11% of its CPU, recvmmsg 26%
-// and sendmmsg, with the receiver's softirq it runs, 58%). What is above
-// the floor is the wake-up: RR p50 124 µs against the floor's 44, the
-// daemon's CPU 46-62 µs per round trip against the floor's 24-54. The
-// floor's reader sleeps in recvmmsg and the kernel wakes its thread; our
-// receive goroutine parks on the Go netpoller, so a frame after a quiet
-// moment costs an epoll wake-up of a thread in the scheduler, the
-// goroutine's hand-off to it, and spinning threads.
+// Measured on this machine (route branch of 2026-12-07, three runs of 3
+// rounds of 3 s; the commit that wrote this paragraph quotes them),
+// medians, the route floor against the kernel: one stream 0.67×, 0.74×
+// (load average 2.8-3.7) and 0.74× (load 2.6-9.6) pod→host, 0.74× and
+// 0.86× host→pod, four streams 0.54-0.67× and 0.58-0.81× (one thread per
+// direction), RR p50 44-60 µs against the kernel's 14-15, connections/s
+// 0.48-0.60×, 0.62-0.66 s/GB. So issue 11's "route mode one stream ≥
+// 0.8× the kernel" lies at or above what any AF_PACKET forwarder reaches
+// here. Route mode against that floor: 0.82× one stream pod→host in both
+// runs, 0.95× and 0.66× host→pod (the second under a load average of
+// 7.6), four streams 1.17-1.22× in the quiet run (its two PACKET_FANOUT
+// queues use both CPUs, the floor's one thread per direction one),
+// connections/s 0.88-1.00×, CPU per GB 0.98-1.18×: the copies and the
+// peer kernel's TCP, not our stack, are the data path's cost (in a
+// profile of a one-stream run the daemon's own code is 11% of its CPU,
+// the Go scheduler's parking 6%, recvmmsg 26% and sendmmsg, with the
+// receiver's softirq it runs, 58%). RR does not separate them reliably:
+// route mode's p50 was 124 µs against the floor's 44 in the quiet run,
+// 51 against 60 in the loaded one. Nor does the reader's wake-up: with
+// -netpoll (floor-route-b: non-blocking sockets parked on the Go
+// netpoller, as our daemon's readers) the floor did as well as the
+// blocking one in the same run (one stream 0.94× and 0.69× the kernel
+// against 0.74× and 0.86×, RR p50 45 against 60 µs, 0.52 s/GB against
+// 0.62). PACKET_QDISC_BYPASS in the floor (-qdisc-bypass; a run of its
+// own, not an A/B) gave 0.77× and 0.82× one stream, RR p50 138 µs.
 //
 // # Memory per idle relayed connection
 //
