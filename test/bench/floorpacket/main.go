@@ -10,10 +10,6 @@
 // gives them back to the kernel as GSO skbs, so nothing is segmented or
 // checksummed here), and PACKET_IGNORE_OUTGOING.
 //
-// -netpoll is the Go shape for comparison: non-blocking sockets on the
-// runtime's netpoller, a goroutine per direction that parks while its
-// socket is empty, as every Go program's reader (and our daemon's) does.
-//
 // Per direction one OS thread (runtime.LockOSThread) loops: a blocking
 // recvmmsg(2) of up to -batch frames (MSG_WAITFORONE) from one socket, for
 // each frame what a router must do to an IPv4 datagram and nothing more —
@@ -27,6 +23,10 @@
 // socket. No epoll, no goroutine hand-off, no allocation in the loop:
 // each frame is copied twice (into this process by recvmmsg, out by
 // sendmmsg), as in route mode.
+//
+// -netpoll is the Go shape for comparison: non-blocking sockets on the
+// runtime's netpoller, a goroutine per direction that parks while its
+// socket is empty, as every Go program's reader (and our daemon's) does.
 //
 // -qdisc-bypass sets PACKET_QDISC_BYPASS on both sockets (packet_xmit:
 // the driver's ndo_start_xmit directly, no __dev_queue_xmit).
