@@ -117,8 +117,11 @@ var variants6 = []variant{
 // noIPv6 says, for each variant not in variants6, why it is not measured
 // over IPv6 (stated in the report's IPv6 section).
 var noIPv6 = map[string]string{
-	"gvisor":     "the gVisor relay (test/bench/gvisorrelay) registers only gVisor's ipv4 and arp protocols",
-	"proxy-base": "the -baseline build may predate IPv6: its daemon gets no IPv6 uplink, A/B rounds are IPv4 only",
+	"floor-route-b": "the floor forwarder (test/bench/floorpacket) forwards IPv4 only",
+	"floor-route":   "the floor forwarder (test/bench/floorpacket) forwards IPv4 only",
+	"gvisor":        "the gVisor relay (test/bench/gvisorrelay) registers only gVisor's ipv4 and arp protocols",
+	"proxy-base":    "the -baseline build may predate IPv6: its daemon gets no IPv6 uplink, A/B rounds are IPv4 only",
+	"route-base":    "the -baseline build may predate IPv6: its daemon gets no IPv6 uplink, A/B rounds are IPv4 only",
 }
 
 // results6 are the IPv6 results of the selected variants (keys) in run

@@ -9,8 +9,15 @@
 //   - floor, floor-epoll: ptp plus a floor relay (test/bench/floorrelay:
 //     a goroutine per direction, or an event loop per core), the least a
 //     proxy in the host can cost; see "The floor" below.
+//   - floor-route: route mode's topology with the least AF_PACKET
+//     forwarder (test/bench/floorpacket) where our stack sits, the least a
+//     userspace router can cost; see "The route floor" below.
+//     floor-route-b (not by default) is the same with the forwarder flags
+//     of -floor-route-b-flags, an A/B of the floor in one run.
 //   - route, proxy: cni-userstack in route and proxy mode, through libcni
 //     with a private daemon, as the e2e tests do.
+//   - proxy-base, route-base (with -baseline): another build's daemon in
+//     proxy or route mode beside this tree's, for A/B rounds in one run.
 //   - gvisor: a gVisor netstack relay built as runsc's netstack and
 //     gvisor-tap-vsock build theirs (test/bench/gvisorrelay, a Go module of
 //     its own: AF_PACKET with PACKET_VNET_HDR on the stack end of the pod's
@@ -143,6 +150,55 @@
 // the peers' wake-ups) and the rest Go's scheduler and our stack; a
 // connection about 200 µs (the floor 105, pasta 115).
 //
+// # The route floor
+//
+// Route mode forwards the pod's frames: the stack end of the pod's veth
+// → AF_PACKET (PACKET_VNET_HDR, TSO/GSO super-frames of up to 64 KiB
+// whole) → our stack's receive, ipv4 forward, netfilter, route, neigh,
+// transmit → AF_PACKET on the stack end of the uplink veth → the host
+// kernel; and back. Every frame crosses user space: copied in by
+// recvmmsg, out by sendmmsg, where the kernel veth path copies nothing.
+// floor-route measures what that costs alone: the same topology (the pod's
+// eth0 on a veth whose far end is in a silent netns of its own, an uplink
+// veth from there into the host netns, the host's route to the pod's /24
+// via the uplink, static neighbours) with test/bench/floorpacket for our
+// stack: a locked OS thread per direction, blocking recvmmsg of up to 16
+// frames with vnet headers, the TTL and header checksum and the Ethernet
+// addresses rewritten, one sendmmsg; no epoll, no runtime hand-off, no
+// allocation. -floor-route-flags passes it more flags (-qdisc-bypass,
+// -batch). It forwards IPv4 only. PACKET_TX_RING, which would save the
+// transmit copy, is no floor: tpacket_snd maps the ring's pages into the
+// skb, and the slot goes back to user space from the skb's destructor,
+// which a veth into a local netns runs when the receiver orphans the skb
+// (ip_rcv_core), before its TCP has copied the data out; a forwarder
+// refilling the slot would rewrite queued bytes (floorpacket's doc).
+//
+// Measured on this machine (route branch of 2026-12-07, three runs of 3
+// rounds of 3 s; the commit that wrote this paragraph quotes them),
+// medians, the route floor against the kernel: one stream 0.67×, 0.74×
+// (load average 2.8-3.7) and 0.74× (load 2.6-9.6) pod→host, 0.74× and
+// 0.86× host→pod, four streams 0.54-0.67× and 0.58-0.81× (one thread per
+// direction), RR p50 44-60 µs against the kernel's 14-15, connections/s
+// 0.48-0.60×, 0.62-0.66 s/GB. So issue 11's "route mode one stream ≥
+// 0.8× the kernel" lies at or above what any AF_PACKET forwarder reaches
+// here. Route mode against that floor: 0.82× one stream pod→host in both
+// runs, 0.95× and 0.66× host→pod (the second under a load average of
+// 7.6), four streams 1.17-1.22× in the quiet run (its two PACKET_FANOUT
+// queues use both CPUs, the floor's one thread per direction one),
+// connections/s 0.88-1.00×, CPU per GB 0.98-1.18×: the copies and the
+// peer kernel's TCP, not our stack, are the data path's cost (in a
+// profile of a one-stream run the daemon's own code is 11% of its CPU,
+// the Go scheduler's parking 6%, recvmmsg 26% and sendmmsg, with the
+// receiver's softirq it runs, 58%). RR does not separate them reliably:
+// route mode's p50 was 124 µs against the floor's 44 in the quiet run,
+// 51 against 60 in the loaded one. Nor does the reader's wake-up: with
+// -netpoll (floor-route-b: non-blocking sockets parked on the Go
+// netpoller, as our daemon's readers) the floor did as well as the
+// blocking one in the same run (one stream 0.94× and 0.69× the kernel
+// against 0.74× and 0.86×, RR p50 45 against 60 µs, 0.52 s/GB against
+// 0.62). PACKET_QDISC_BYPASS in the floor (-qdisc-bypass; a run of its
+// own, not an A/B) gave 0.77× and 0.82× one stream, RR p50 138 µs.
+//
 // # Memory per idle relayed connection
 //
 // -mem-conns (default 10 000) TCP connections from one pod to a hold
@@ -247,6 +303,12 @@ type options struct {
 	// tree's own build they make an A/B of a flag or of the runtime's
 	// environment in one run.
 	daemonFlags, daemonEnv, baseFlags, baseEnv []string
+	// floorPacketFlags are extra flags of the floor forwarder
+	// (floor-route: test/bench/floorpacket), e.g. -qdisc-bypass.
+	floorPacketFlags []string
+	// floorPacketBFlags are floor-route-b's: the same forwarder with
+	// other flags beside floor-route, for an A/B of the floor in one run.
+	floorPacketBFlags []string
 	// families are the address families the data-path variants run over
 	// (-families: 4, 6 or both, ascending); ipv6.go.
 	families []int
@@ -343,7 +405,7 @@ func main() {
 	var vs, ms, fs string
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each iperf3 run, of the latency run and of the connect-rate run")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (each runs every variant once); the report gives median, min and max over them")
-	flag.StringVar(&vs, "variants", strings.Join(defaultVariants(), ","), "comma list of variants to run: "+strings.Join(variantKeys(), ",")+" (proxy-base needs -baseline)")
+	flag.StringVar(&vs, "variants", strings.Join(defaultVariants(), ","), "comma list of variants to run: "+strings.Join(variantKeys(), ",")+" (proxy-base and route-base need -baseline)")
 	flag.StringVar(&o.out, "out", "bench-report/bench.md", "markdown report to write")
 	flag.IntVar(&o.rrCount, "rr-count", 1000000, "maximum request/response round trips (also bounded by -duration)")
 	flag.BoolVar(&o.cniLatency, "cni-latency", true, "measure CNI ADD/DEL latency of our plugin beside ptp")
@@ -352,17 +414,20 @@ func main() {
 	flag.IntVar(&o.memConns, "mem-conns", 10000, "idle connections of the memory benchmark (0: skip it)")
 	flag.BoolVar(&o.memExchange, "mem-exchange", true, "memory benchmark: each connection sends 1 byte each way before it idles (false: connect only)")
 	flag.StringVar(&ms, "mem-variants", strings.Join(memVariantKeys, ","), "comma list of variants the memory benchmark runs: "+strings.Join(memVariantKeys, ","))
-	flag.StringVar(&o.baseline, "baseline", "", "directory holding another build of cni-userstack: variant proxy-base runs it in proxy mode beside this tree's (A/B in one run)")
-	var df, de, bf, be string
+	flag.StringVar(&o.baseline, "baseline", "", "directory holding another build of cni-userstack: variants proxy-base and route-base run it in proxy and route mode beside this tree's (A/B in one run)")
+	var df, de, bf, be, fpf, fpbf string
 	flag.StringVar(&df, "daemon-flags", "", "extra serve flags of this tree's daemons (route, proxy), space-separated, e.g. \"--busy-poll=50us --rx-queues=1\"")
 	flag.StringVar(&de, "daemon-env", "", "extra environment of this tree's daemons, space-separated VAR=value, e.g. GOMAXPROCS=1")
-	flag.StringVar(&bf, "base-flags", "", "extra serve flags of the baseline daemon (proxy-base): with -baseline naming this tree's build, an A/B of a flag")
-	flag.StringVar(&be, "base-env", "", "extra environment of the baseline daemon (proxy-base), space-separated VAR=value")
+	flag.StringVar(&bf, "base-flags", "", "extra serve flags of the baseline daemon (proxy-base, route-base): with -baseline naming this tree's build, an A/B of a flag")
+	flag.StringVar(&be, "base-env", "", "extra environment of the baseline daemon (proxy-base, route-base), space-separated VAR=value")
+	flag.StringVar(&fpf, "floor-route-flags", "", "extra flags of the floor forwarder (floor-route), space-separated, e.g. \"-qdisc-bypass -batch 32\"")
+	flag.StringVar(&fpbf, "floor-route-b-flags", "", "extra flags of variant floor-route-b's forwarder (floor-route-b is floor-route's A/B twin), e.g. -netpoll")
 	flag.BoolVar(&o.throughput, "throughput", true, "run the iperf3 throughput measurements (false: RR and connections/s only, for quick A/B rounds)")
 	flag.StringVar(&fs, "families", "4,6", "address families the data-path variants run over, in the same rounds: 4, 6 or 4,6 (6 alone leaves out the IPv4 tables, the memory and the CNI latency runs)")
 	flag.Parse()
 	o.daemonFlags, o.daemonEnv = strings.Fields(df), strings.Fields(de)
 	o.baseFlags, o.baseEnv = strings.Fields(bf), strings.Fields(be)
+	o.floorPacketFlags, o.floorPacketBFlags = strings.Fields(fpf), strings.Fields(fpbf)
 	var err error
 	if o.variants, err = parseList(vs, variantKeys()); err == nil {
 		o.memVariants, err = parseList(ms, memVariantKeys)
@@ -382,8 +447,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
-	if contains(o.variants, "proxy-base") && o.baseline == "" {
-		fmt.Fprintln(os.Stderr, "bench: variant proxy-base needs -baseline DIR (a directory holding a cni-userstack binary)")
+	if (contains(o.variants, "proxy-base") || contains(o.variants, "route-base")) && o.baseline == "" {
+		fmt.Fprintln(os.Stderr, "bench: variants proxy-base and route-base need -baseline DIR (a directory holding a cni-userstack binary)")
 		os.Exit(2)
 	}
 	if o.duration < time.Second || o.cniPods < 1 || o.cniParallel < 1 || o.rrCount < 1 || o.rounds < 1 ||
@@ -473,7 +538,7 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 			fmt.Fprintln(os.Stderr, "bench: our daemon:", h.oursErr)
 		}
 	}
-	if need["proxy-base"] {
+	if need["proxy-base"] || need["route-base"] {
 		fmt.Fprintln(os.Stderr, "bench: starting the baseline build's daemon")
 		h.baseErr = catch(func() error {
 			var err error

@@ -95,13 +95,13 @@ func goBuild(ctx context.Context, dir, out string, env ...string) error {
 
 // tools are the programs the harness builds, each with its build error.
 type tools struct {
-	gvisor, floor, hold          string
-	gvisorErr, floorErr, holdErr error
-	gvisorVersion                string // the gVisor pseudo-version gvisorrelay/go.mod requires
+	gvisor, floor, hold, packet             string
+	gvisorErr, floorErr, holdErr, packetErr error
+	gvisorVersion                           string // the gVisor pseudo-version gvisorrelay/go.mod requires
 }
 
 // buildTools builds the programs need names ("gvisor", "floor" or
-// "floor-epoll", "hold")
+// "floor-epoll", "floor-route", "hold")
 // into a temp dir (removed at exit). The gVisor relay is built in its own
 // module with GOFLAGS=-mod=mod, so a fresh machine fetches gVisor through
 // the module proxy.
@@ -109,7 +109,7 @@ func (h *harness) buildTools(need map[string]bool) *tools {
 	t := &tools{}
 	root, err := sourceRoot()
 	if err != nil {
-		t.gvisorErr, t.floorErr, t.holdErr = err, err, err
+		t.gvisorErr, t.floorErr, t.holdErr, t.packetErr = err, err, err, err
 		return t
 	}
 	dir := h.tb.TempDir()
@@ -125,6 +125,10 @@ func (h *harness) buildTools(need map[string]bool) *tools {
 	if need["floor"] || need["floor-epoll"] {
 		t.floor = filepath.Join(dir, "floorrelay")
 		t.floorErr = goBuild(h.ctx, filepath.Join(bench, "floorrelay"), t.floor, "GOFLAGS=-buildvcs=false")
+	}
+	if need["floor-route"] || need["floor-route-b"] {
+		t.packet = filepath.Join(dir, "floorpacket")
+		t.packetErr = goBuild(h.ctx, filepath.Join(bench, "floorpacket"), t.packet, "GOFLAGS=-buildvcs=false")
 	}
 	if need["hold"] {
 		t.hold = filepath.Join(dir, "holdserver")

@@ -329,6 +329,8 @@ func (rep *report) markdown() string {
 		}
 	}
 
+	writeRouteFloor(&b, t, label)
+
 	b.WriteString("\n## Median, min and max per variant\n\n| variant | metric | median | min | max | median/kernel | samples with a value (one a round; the kernel two) |\n|---|---|---:|---:|---:|---:|---:|\n")
 	for _, k := range t.order {
 		for i := range metrics {
@@ -452,4 +454,62 @@ Method (details in the package doc of test/bench):
 		b.WriteString("\n## Errors\n\n" + strings.Join(errs, "\n") + "\n")
 	}
 	return b.String()
+}
+
+// writeRouteFloor writes route mode (and the -baseline build's, when it
+// ran) against its floor, the AF_PACKET forwarder in route mode's
+// topology: route/floor-route below 1× on throughput and connections/s,
+// above 1× on latency and CPU, is what our stack adds to what any
+// AF_PACKET forwarder pays here.
+func writeRouteFloor(b *strings.Builder, t *table, label map[string]string) {
+	if _, ok := t.by[routeFloor]; !ok {
+		return
+	}
+	var ours []string
+	for _, k := range []string{"route", "route-base"} {
+		if _, ok := t.by[k]; ok {
+			ours = append(ours, k)
+		}
+	}
+	if len(ours) == 0 {
+		return
+	}
+	b.WriteString("\n## Route mode against its floor\n\n" +
+		"The route floor is route mode's topology (the pod's veth, an uplink veth into the host netns, routes) with the least " +
+		"userspace forwarder on AF_PACKET where our stack sits (test/bench/floorpacket: a thread per direction, recvmmsg/sendmmsg " +
+		"batches with vnet headers, only the TTL and the Ethernet addresses rewritten): what route mode would cost if our stack " +
+		"were free. route/floor below 1× on throughput and connections/s, above 1× on latency and CPU, is what is left to win; " +
+		"floor/kernel is what any AF_PACKET forwarder pays here.\n\n| metric | kernel | " + label[routeFloor] + " |")
+	for _, k := range ours {
+		b.WriteString(" " + label[k] + " |")
+	}
+	b.WriteString(" floor/kernel |")
+	for _, k := range ours {
+		fmt.Fprintf(b, " %s/floor |", k)
+	}
+	b.WriteString("\n|---|---:|---:|" + strings.Repeat("---:|", 2*len(ours)+1) + "\n")
+	fl := func(key string) summary { return t.get(routeFloor, key) }
+	for i := range metrics {
+		m := &metrics[i]
+		if !m.ahead {
+			continue
+		}
+		fmt.Fprintf(b, "| %s, %s | %s | %s |", m.name, m.unit, fmtSummary(m, t.get(refVariant, m.key)), fmtSummary(m, fl(m.key)))
+		for _, k := range ours {
+			b.WriteString(" " + fmtSummary(m, t.get(k, m.key)) + " |")
+		}
+		c := "–"
+		if rt, ok := t.kernelRatio(routeFloor, m); ok {
+			c = fmt.Sprintf("%.2f×", rt)
+		}
+		b.WriteString(" " + c + " |")
+		for _, k := range ours {
+			c := "–"
+			if rt, ok := ratio(t.get(k, m.key), fl(m.key)); ok {
+				c = fmt.Sprintf("%.2f×", rt)
+			}
+			b.WriteString(" " + c + " |")
+		}
+		b.WriteString("\n")
+	}
 }

@@ -324,11 +324,15 @@ const floorMargin = 1.10
 // floorVariants are the variants that are the kernel path plus a relay.
 var floorVariants = []string{"floor", "floor-epoll"}
 
+// routeFloor is route mode's floor: route mode's topology with the
+// least AF_PACKET forwarder (test/bench/floorpacket) for our stack.
+const routeFloor = "floor-route"
+
 // floorAboveKernel lists the throughput metrics on which a floor's
 // median beats the kernel's by more than floorMargin.
 func floorAboveKernel(t *table) []string {
 	var out []string
-	for _, f := range floorVariants {
+	for _, f := range append(floorVariants[:len(floorVariants):len(floorVariants)], routeFloor, routeFloor+"-b") {
 		for i := range metrics {
 			m := &metrics[i]
 			if m.unit != "Gbit/s" || m.noRatio {

@@ -280,3 +280,31 @@ func TestFloorAboveKernelIsFlagged(t *testing.T) {
 		}
 	}
 }
+
+func TestReportHasRouteModeAgainstItsFloor(t *testing.T) {
+	k := []*sample{sampleWith(20, 10, 20, 1000, 0, 1e9), sampleWith(20, 10, 20, 1000, 0, 1e9)}
+	fl := []*sample{sampleWith(16, 30, 40, 800, time.Second, 1e9), sampleWith(16, 30, 40, 800, time.Second, 1e9)}
+	r := []*sample{sampleWith(12, 45, 60, 600, 2*time.Second, 1e9), sampleWith(12, 45, 60, 600, 2*time.Second, 1e9)}
+	rb := []*sample{sampleWith(8, 45, 60, 600, 2*time.Second, 1e9), sampleWith(8, 45, 60, 600, 2*time.Second, 1e9)}
+	rep := &report{opts: options{duration: time.Second, rounds: 2}, started: time.Now(),
+		results: results(map[string][]*sample{"ptp": k, "floor-route": fl, "route": r, "route-base": rb})}
+	md := rep.markdown()
+	for _, want := range []string{
+		"## Route mode against its floor",
+		"| metric | kernel | floor (AF_PACKET forwarder) | ours, route | ours, route (-baseline build) | floor/kernel | route/floor | route-base/floor |",
+		"| 1 stream pod→host, Gbit/s | 20.00 | 16.00 | 12.00 | 8.00 | 0.80× | 0.75× | 0.50× |",
+		"| datapath CPU s/GB, 1 stream, s/GB | 0.00 | 1.00 | 2.00 | 2.00 | – | 2.00× | 2.00× |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "## Proxy mode against the floor") {
+		t.Error("the route floor made a proxy-floor section")
+	}
+	// Without route mode there is nothing to set against the floor.
+	rep.results = results(map[string][]*sample{"ptp": k, "floor-route": fl})
+	if md := rep.markdown(); strings.Contains(md, "## Route mode against its floor") {
+		t.Error("route-floor section without route mode")
+	}
+}

@@ -74,6 +74,10 @@ var variants = []variant{
 	{"ptp", "kernel (ptp)", (*harness).attachPTP},
 	{"floor", "floor (ptp + Go relay)", func(h *harness) (*attached, error) { return h.attachFloor("goroutines") }},
 	{"floor-epoll", "floor (ptp + epoll relay)", func(h *harness) (*attached, error) { return h.attachFloor("epoll") }},
+	{"floor-route", "floor (AF_PACKET forwarder)", func(h *harness) (*attached, error) { return h.attachFloorRoute(h.opts.floorPacketFlags) }},
+	{"floor-route-b", "floor (AF_PACKET forwarder, -floor-route-b-flags)", func(h *harness) (*attached, error) {
+		return h.attachFloorRoute(h.opts.floorPacketBFlags)
+	}},
 	{"route", "ours, route", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "route") }},
 	{"proxy", "ours, proxy", func(h *harness) (*attached, error) { return h.attachOurs(h.ours, "proxy") }},
 	{"proxy-base", "ours, proxy (-baseline build)", func(h *harness) (*attached, error) {
@@ -82,17 +86,24 @@ var variants = []variant{
 		}
 		return h.attachOurs(h.base, "proxy")
 	}},
+	{"route-base", "ours, route (-baseline build)", func(h *harness) (*attached, error) {
+		if h.base == nil {
+			return nil, fmt.Errorf("the baseline daemon: %w", h.baseErr)
+		}
+		return h.attachOurs(h.base, "route")
+	}},
 	{"gvisor", "gVisor relay", (*harness).attachGVisor},
 	{"pasta", "pasta, MTU 1500", func(h *harness) (*attached, error) { return h.attachPasta(1500) }},
 	{"pasta-64k", "pasta, MTU 65520", func(h *harness) (*attached, error) { return h.attachPasta(65520) }},
 	{"slirp4netns", "slirp4netns", (*harness).attachSlirp},
 }
 
-// defaultVariants is every variant but proxy-base, which needs -baseline.
+// defaultVariants is every variant but proxy-base and route-base, which
+// need -baseline, and floor-route-b, the floor's A/B twin.
 func defaultVariants() []string {
 	var out []string
 	for _, k := range variantKeys() {
-		if k != "proxy-base" {
+		if k != "proxy-base" && k != "route-base" && k != "floor-route-b" {
 			out = append(out, k)
 		}
 	}

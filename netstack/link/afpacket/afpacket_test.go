@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -216,6 +217,17 @@ func TestKernelPeer(t *testing.T) {
 	if after := netnsOfThreads(t); len(after) != len(before) || !sameKeys(before, after) {
 		t.Fatalf("a thread was left in another namespace: before %v after %v", before, after)
 	}
+
+	t.Run("transmit bypasses the qdisc", func(t *testing.T) {
+		var v int
+		var err error
+		e.rxq[0].rc.Control(func(fd uintptr) { // rxq[0]'s socket transmits
+			v, err = unix.GetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS)
+		})
+		if err != nil || v != 1 {
+			t.Fatalf("PACKET_QDISC_BYPASS = %d, %v; want 1", v, err)
+		}
+	})
 
 	t.Run("kernel frame arrives", func(t *testing.T) {
 		// A UDP send from nsK makes its kernel ARP for our address.

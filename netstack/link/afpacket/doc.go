@@ -17,7 +17,12 @@
 // The socket is created with protocol 0, so it receives nothing until
 // bind(2) with ETH_P_ALL on the interface: it never sees frames of other
 // interfaces. PACKET_IGNORE_OUTGOING (Linux 4.20) keeps our own
-// transmissions out of our receive queue. Promiscuous mode is not needed:
+// transmissions out of our receive queue. PACKET_QDISC_BYPASS (Linux 3.14)
+// sends with packet_xmit → dev_direct_xmit straight to the driver's
+// ndo_start_xmit, skipping dev_queue_xmit: no qdisc (a veth's is noqueue
+// anyway) and no dev_queue_xmit_nit, so other packet sockets on the
+// interface (tcpdump) do not see our transmissions, only the peer does.
+// Promiscuous mode is not needed:
 // a veth has no hardware address filter (veth_xmit hands every frame to
 // the peer's receive path) and an ETH_P_ALL packet socket is a ptype_all
 // handler, which __netif_receive_skb_core runs for every frame, including

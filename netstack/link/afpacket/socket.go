@@ -135,6 +135,13 @@ func openSocket(cfg *Config) (fd int, info ifInfo, err error) {
 	if err = unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
 		return fd, info, fmt.Errorf("afpacket: PACKET_IGNORE_OUTGOING (needs Linux 4.20): %w", err)
 	}
+	// PACKET_QDISC_BYPASS (Linux 3.14): packet_snd transmits with
+	// packet_xmit → dev_direct_xmit, the driver's ndo_start_xmit, instead
+	// of dev_queue_xmit (no qdisc, no dev_queue_xmit_nit taps). Our links
+	// are veth ends in our own netns, whose qdisc is noqueue.
+	if err = unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
+		return fd, info, fmt.Errorf("afpacket: PACKET_QDISC_BYPASS: %w", err)
+	}
 	if !cfg.NoVnetHdr {
 		if err = unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
 			return fd, info, fmt.Errorf("afpacket: PACKET_VNET_HDR: %w", err)
