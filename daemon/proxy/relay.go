@@ -268,7 +268,7 @@ func (r *relay) connected() {
 	// Keepalive on both sockets, as every relay (keepalive.go).
 	_ = conn.SetKeepAliveConfig(r.e.keepAlive)
 	if h, ok := r.up.(*hostFD); ok {
-		if err := h.SetKeepAliveConfig(r.e.keepAlive); err != nil {
+		if err := h.SetKeepAliveConfig(r.e.hostKeepAlive); err != nil {
 			r.e.log.Debug("proxy: keepalive not set", "dst", r.f.dst, "err", err)
 		}
 	}
