@@ -23,7 +23,9 @@
 // TCP_NODELAY, connect). A connect to this host (loopback, a local
 // address) has completed by the time connect(2) returns — the kernel ran
 // the handshake in softirq on the way out — and is answered there, on the
-// NIC's goroutine, with no hand-off: the socket is registered with the
+// NIC's goroutine, with no hand-off (a second connect(2) to the same
+// address tells the outcome in one system call: EALREADY, connected, or
+// the error; connectResult): the socket is registered with the
 // poller for input only (EPOLLOUT, which it would report at once and for
 // nothing, is armed by EPOLL_CTL_MOD when a write to it is first
 // refused), and a refused one is never registered. A connect still in
