@@ -20,11 +20,20 @@
 // the NIC's receive goroutine (Interceptor.SetHandler); the engine checks
 // the per-pod flow limit, opens the host socket itself and starts a
 // non-blocking connect to the original destination (dialAsync: socket,
-// TCP_NODELAY, connect), registered with the poller. When the socket
-// reports the outcome (EPOLLOUT or an error, on the poller's goroutine)
-// the pod is answered: Request.AcceptAsync (SYN,ACK from the destination)
-// when the host connection is up, Request.Refuse (RST) otherwise; the
-// pod's ACK then completes the child and the relay starts moving bytes.
+// TCP_NODELAY, connect). A connect to this host (loopback, a local
+// address) has completed by the time connect(2) returns — the kernel ran
+// the handshake in softirq on the way out — and is answered there, on the
+// NIC's goroutine, with no hand-off (a second connect(2) to the same
+// address tells the outcome in one system call: EALREADY, connected, or
+// the error; connectResult): the socket is registered with the
+// poller for input only (EPOLLOUT, which it would report at once and for
+// nothing, is armed by EPOLL_CTL_MOD when a write to it is first
+// refused), and a refused one is never registered. A connect still in
+// progress is registered for output too, and answered when the socket
+// reports the outcome (EPOLLOUT or an error, on the poller's goroutine).
+// The answer is Request.AcceptAsync (SYN,ACK from the destination) when
+// the host connection is up, Request.Refuse (RST) otherwise; the pod's
+// ACK then completes the child and the relay starts moving bytes.
 // ConnectTimeout bounds connect and the pod's handshake together (one
 // runtime timer per pending flow; on expiry the pod gets an RST or its
 // half-open child is reset). A refused, unreachable (no route,
@@ -68,7 +77,11 @@
 // port mapping, DNS over TCP) get TCP keepalive with KeepAliveIdle,
 // KeepAliveInterval and KeepAliveCount (defaults the kernel's: 2 h, 75 s,
 // 9): the stack's socket through our TCP's keepalive timer, the host's
-// through the kernel's socket options. A peer that vanished without FIN
+// through the kernel's socket options — on the engine's own host sockets
+// only those that differ from the netns's sysctls (tcp_keepalive_time,
+// _intvl, _probes, read at New), which the kernel applies to a socket
+// that set none; with the defaults that is SO_KEEPALIVE alone, one
+// setsockopt per connection instead of four. A peer that vanished without FIN
 // or RST, on either side, fails its socket with ETIMEDOUT after Idle +
 // Count·Interval of silence; the relay then resets both sides as for any
 // error, and the flow leaves its pod's count.

@@ -156,6 +156,9 @@ type Engine struct {
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// keepAlive is what both sockets of a TCP relay get (keepalive.go).
 	keepAlive net.KeepAliveConfig
+	// hostKeepAlive is keepAlive for a host socket of dialAsync: the
+	// fields the netns's sysctls give already are left out.
+	hostKeepAlive net.KeepAliveConfig
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -249,7 +252,9 @@ func New(cfg Config) (_ *Engine, err error) {
 		alias:     map[netip.Addr]netip.Addr{},
 		resolv:    &resolvConf{path: cfg.ResolvConf},
 		keepAlive: cfg.keepAliveConfig(),
-		dnsSem:    make(chan struct{}, maxDNSInFlight),
+		// The kernel's own defaults (sysctls) need no setsockopt.
+		hostKeepAlive: cfg.hostKeepAliveConfig(ipv4Sysctl),
+		dnsSem:        make(chan struct{}, maxDNSInFlight),
 	}
 	if e.dial == nil {
 		d := &net.Dialer{}

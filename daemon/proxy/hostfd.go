@@ -41,6 +41,14 @@ func (h netHost) Abort()                           { abortConn(h.c) }
 type hostFD struct {
 	fd    int
 	state atomic.Int64
+	// sa is the connect(2) address of dialAsync (salen bytes of it), for
+	// connectResult.
+	sa    [unsafe.Sizeof(unix.RawSockaddrInet6{})]byte
+	salen uintptr
+	// connErr is connectResult's final answer once connDone is set: a
+	// failed connect asked again would start a new one.
+	connDone atomic.Bool
+	connErr  error
 }
 
 // Control runs f with the fd, unless the fd is closing.
@@ -169,21 +177,20 @@ func (h *hostFD) SetKeepAliveConfig(cfg net.KeepAliveConfig) error {
 // error here (no route, EACCES, out of descriptors) ends the attempt.
 func dialAsync(dst netip.AddrPort) (*hostFD, error) {
 	a := dst.Addr().Unmap()
-	// The sockaddr built by hand (no allocation, a raw syscall: the
+	// The sockaddr built by hand in the hostFD (a raw syscall: the
 	// goroutine keeps its P), the port in network byte order.
-	var sa4 unix.RawSockaddrInet4
-	var sa6 unix.RawSockaddrInet6
-	var sap unsafe.Pointer
-	var salen uintptr
+	h := &hostFD{}
 	var family int
 	var port *uint16
 	switch {
 	case a.Is4():
-		sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
-		sap, salen, family, port = unsafe.Pointer(&sa4), unsafe.Sizeof(sa4), unix.AF_INET, &sa4.Port
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&h.sa))
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+		h.salen, family, port = unsafe.Sizeof(*sa4), unix.AF_INET, &sa4.Port
 	case a.Is6() && a.Zone() == "":
-		sa6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
-		sap, salen, family, port = unsafe.Pointer(&sa6), unsafe.Sizeof(sa6), unix.AF_INET6, &sa6.Port
+		sa6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(&h.sa))
+		*sa6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
+		h.salen, family, port = unsafe.Sizeof(*sa6), unix.AF_INET6, &sa6.Port
 	default:
 		return nil, syscall.EAFNOSUPPORT
 	}
@@ -193,50 +200,52 @@ func dialAsync(dst netip.AddrPort) (*hostFD, error) {
 	if e != 0 {
 		return nil, e
 	}
-	fd := int(r)
-	_ = rawSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(sap), salen)
+	h.fd = int(r)
+	_ = rawSetsockoptInt(h.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(h.fd), uintptr(unsafe.Pointer(&h.sa)), h.salen)
 	if e != 0 && e != unix.EINPROGRESS && e != unix.EINTR {
-		rawClose(fd)
+		rawClose(h.fd)
 		return nil, e
 	}
-	return &hostFD{fd: fd}, nil
+	return h, nil
 }
 
-// connectResult is the outcome of dialAsync's connect once the socket
-// reported an event: nil when connected, the socket's error, or EAGAIN
-// while still in progress.
+// connectResult is the outcome of dialAsync's connect, looked at when
+// the socket reported an event or right after connect(2): nil when
+// connected, the connect's error, or EAGAIN while still in progress. It
+// costs one system call, connect(2) again to the same address (BSD's way
+// of asking; net/ipv4/af_inet.c __inet_stream_connect): a socket still in
+// SYN-SENT answers EALREADY; one that got established answers 0 (and is
+// marked connected) or, asked again, EISCONN; one whose connect failed
+// (reset, ICMP error, timeout: back in CLOSE) answers the error and
+// clears it — the SO_ERROR and getpeername(2) of Go's net package in
+// one. The final answer is kept: a socket back in CLOSE would take a
+// third connect(2) as a new connection attempt.
 func connectResult(h *hostFD) error {
-	var soErr int
-	var err error
+	if h.connDone.Load() {
+		return h.connErr
+	}
+	var e unix.Errno
 	if cerr := h.Control(func(fd uintptr) {
-		var v int32
-		vl := uint32(4)
-		if _, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_ERROR, uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&vl)), 0); e != 0 {
-			err = e
-			return
-		}
-		soErr = int(v)
-		if soErr == 0 {
-			// Writable and no error: connected, unless the event was
-			// for something else and the connect is still going
-			// (getpeername fails with ENOTCONN then).
-			var sa unix.RawSockaddrAny
-			sl := uint32(unsafe.Sizeof(sa))
-			if _, _, e := unix.RawSyscall(unix.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&sl))); e != 0 {
-				err = unix.EAGAIN
+		for {
+			_, _, e = unix.RawSyscall(unix.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&h.sa)), h.salen)
+			if e != unix.EINTR {
+				return
 			}
 		}
 	}); cerr != nil {
 		return cerr
 	}
-	if err != nil {
-		return err
+	switch e {
+	case unix.EALREADY, unix.EINPROGRESS:
+		return unix.EAGAIN
+	case 0, unix.EISCONN:
+		h.connErr = nil
+	default:
+		h.connErr = e
 	}
-	if soErr != 0 {
-		return syscall.Errno(soErr)
-	}
-	return nil
+	h.connDone.Store(true)
+	return h.connErr
 }
 
 // The host sockets' system calls on the connection path (socket, connect,

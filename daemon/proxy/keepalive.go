@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -40,4 +43,42 @@ func (e *Engine) setKeepAlive(c net.Conn) {
 			e.log.Debug("proxy: keepalive not set", "conn", c.LocalAddr(), "err", err)
 		}
 	}
+}
+
+// hostKeepAliveConfig is keepAliveConfig for a host socket the engine
+// opened itself (dialAsync), whose TCP_KEEPIDLE, TCP_KEEPINTVL and
+// TCP_KEEPCNT were never set: the kernel uses the netns's sysctls
+// (tcp_keepalive_time, _intvl, _probes; keepalive_time_when() and the
+// others in include/net/tcp.h) for those. A field equal to the sysctl
+// read when the engine started is left to the sysctl (negative: not
+// set), which saves its setsockopt(2) on every relayed connection: with
+// the defaults, only SO_KEEPALIVE is set. A sysctl changed later applies
+// to such a socket as it does to every socket of the host.
+func (c *Config) hostKeepAliveConfig(sysctl func(name string) (int, bool)) net.KeepAliveConfig {
+	k := c.keepAliveConfig()
+	if !k.Enable {
+		return k
+	}
+	secs := func(d time.Duration) int { return int((d + time.Second - 1) / time.Second) }
+	if v, ok := sysctl("tcp_keepalive_time"); ok && k.Idle > 0 && secs(k.Idle) == v {
+		k.Idle = -1
+	}
+	if v, ok := sysctl("tcp_keepalive_intvl"); ok && k.Interval > 0 && secs(k.Interval) == v {
+		k.Interval = -1
+	}
+	if v, ok := sysctl("tcp_keepalive_probes"); ok && k.Count > 0 && k.Count == v {
+		k.Count = -1
+	}
+	return k
+}
+
+// ipv4Sysctl reads /proc/sys/net/ipv4/name as an integer, in the netns of
+// the calling thread (the engine's, where its host sockets live).
+func ipv4Sysctl(name string) (int, bool) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/" + name)
+	if err != nil {
+		return 0, false
+	}
+	v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return v, err == nil
 }

@@ -164,3 +164,28 @@ func sockoptInt(t *testing.T, rc controller, level, opt int) int {
 	}
 	return v
 }
+
+// TestHostKeepAliveLeavesSysctlValues: a field equal to the netns's
+// sysctl is not set on the engine's own host sockets (negative), any
+// other is; a disabled keepalive stays disabled.
+func TestHostKeepAliveLeavesSysctlValues(t *testing.T) {
+	sysctl := func(v map[string]int) func(string) (int, bool) {
+		return func(name string) (int, bool) { n, ok := v[name]; return n, ok }
+	}
+	kernel := sysctl(map[string]int{"tcp_keepalive_time": 7200, "tcp_keepalive_intvl": 75, "tcp_keepalive_probes": 9})
+	c := Config{KeepAliveIdle: DefaultKeepAliveIdle, KeepAliveInterval: DefaultKeepAliveInterval, KeepAliveCount: DefaultKeepAliveCount}
+	if got := c.hostKeepAliveConfig(kernel); !got.Enable || got.Idle != -1 || got.Interval != -1 || got.Count != -1 {
+		t.Errorf("defaults against the kernel's defaults: %+v, want enabled and every field -1", got)
+	}
+	c2 := Config{KeepAliveIdle: 10 * time.Second, KeepAliveInterval: 75 * time.Second, KeepAliveCount: 3}
+	if got := c2.hostKeepAliveConfig(kernel); got.Idle != 10*time.Second || got.Interval != -1 || got.Count != 3 {
+		t.Errorf("idle 10s, count 3: %+v, want idle and count set, interval -1", got)
+	}
+	if got := c.hostKeepAliveConfig(sysctl(nil)); got.Idle != DefaultKeepAliveIdle || got.Interval != DefaultKeepAliveInterval || got.Count != DefaultKeepAliveCount {
+		t.Errorf("sysctls unreadable: %+v, want every field set", got)
+	}
+	off := Config{KeepAliveIdle: -1}
+	if got := off.hostKeepAliveConfig(kernel); got.Enable {
+		t.Errorf("disabled: %+v", got)
+	}
+}

@@ -74,15 +74,24 @@ func (p *poller) newID() uint64 {
 	return p.next
 }
 
+// pollEvents is a relay's full interest: input, output, the peer's FIN,
+// edge-triggered (hang-up and error come unasked).
+const pollEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+
 // add registers, as id (from newID), the fd behind rc (read through its
 // owner's RawConn, which keeps it open meanwhile) for edge-triggered
-// input, output, hang-up and error events, delivered to h.
-func (p *poller) add(id uint64, rc controller, h pollHandler) error {
+// input, hang-up and error events and, with out, output events,
+// delivered to h. A socket registered without out (a connected one whose
+// writes have not been refused yet) gets them with armOut.
+func (p *poller) add(id uint64, rc controller, h pollHandler, out bool) error {
 	p.mu.Lock()
 	p.flows[id] = h
 	p.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
-		Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	var events uint32 = pollEvents
+	if !out {
+		events &^= unix.EPOLLOUT
+	}
+	ev := unix.EpollEvent{Events: events, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
 	var err error
 	cerr := rc.Control(func(fd uintptr) {
 		err = p.ctl(unix.EPOLL_CTL_ADD, int(fd), &ev)
@@ -97,6 +106,19 @@ func (p *poller) add(id uint64, rc controller, h pollHandler) error {
 		return err
 	}
 	return nil
+}
+
+// armOut adds output events to registration id (added without out).
+// The kernel polls the socket as it modifies the registration
+// (ep_modify), so a socket writable by then reports EPOLLOUT at once: a
+// write refused just before is never left without its event.
+func (p *poller) armOut(id uint64, rc controller) error {
+	ev := unix.EpollEvent{Events: pollEvents, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	var err error
+	if cerr := rc.Control(func(fd uintptr) { err = p.ctl(unix.EPOLL_CTL_MOD, int(fd), &ev) }); cerr != nil {
+		return cerr
+	}
+	return err
 }
 
 // remove forgets registration id; events already fetched for it, and

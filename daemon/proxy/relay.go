@@ -77,6 +77,11 @@ type relay struct {
 	sendN, recvN     int
 	sendErr, recvErr unix.Errno
 
+	// outArmed: the host socket's registration includes EPOLLOUT (a
+	// connected socket is registered without it until a write is
+	// refused, armOut).
+	outArmed atomic.Bool
+
 	// sndFull: the last host → pod pump stopped on a full send buffer
 	// (the host socket may hold more), not on an empty host socket;
 	// only then do the pod's ACKs resume it (notify). hostEmpty is the
@@ -162,7 +167,8 @@ func (e *Engine) startRelay(f *flowHandle, down *tcp.Conn, up net.Conn, onEnd fu
 	if !f.add(r.abort) {
 		return // aborted already: abort closed everything
 	}
-	if err := e.poll.add(r.id, r.up, r); err != nil {
+	r.outArmed.Store(true)
+	if err := e.poll.add(r.id, r.up, r, true); err != nil {
 		// Closed under us (an abort), or the poller is gone.
 		r.finish(true)
 		return
@@ -220,15 +226,28 @@ func (e *Engine) tcpSYN(req *tcp.Request) {
 	if !f.add(r.abort) {
 		return
 	}
-	if err := e.poll.add(r.id, h, r); err != nil {
-		r.finish(true)
-		return
-	}
 	// A connect to this host (loopback, a local address) completes in
 	// connect(2) itself, its handshake run in softirq on our way out:
-	// answer the pod now instead of after a round through the poller.
-	// A connect still in progress leaves it to the poller's event.
-	r.connected()
+	// answer the pod now instead of after a round through the poller,
+	// and register the socket without EPOLLOUT — writable at once, it
+	// would report an event that only wakes the poller for nothing;
+	// output events are armed when a write is first refused (armOut).
+	// A refused connect is refused here, never registered. A connect
+	// still in progress leaves the answer to the poller's event
+	// (EPOLLOUT, or EPOLLERR), which a completion between this look and
+	// the registration raises too (epoll_ctl polls the socket).
+	cerr := connectResult(h)
+	if cerr == syscall.EAGAIN || cerr == nil {
+		r.outArmed.Store(cerr != nil)
+		if err := e.poll.add(r.id, h, r, cerr != nil); err != nil {
+			r.finish(true)
+			return
+		}
+		if cerr != nil {
+			return
+		}
+	}
+	r.answer(cerr)
 }
 
 // connected runs on the poller's goroutine when the connecting socket
@@ -243,6 +262,12 @@ func (r *relay) connected() {
 	if err == syscall.EAGAIN {
 		return // not this time
 	}
+	r.answer(err)
+}
+
+// answer answers the pod's SYN as the connect went (err: its outcome),
+// once, whichever of tcpSYN and the poller saw it first.
+func (r *relay) answer(err error) {
 	r.mu.Lock()
 	if r.finished || relayPhase(r.phase.Load()) != phaseConnecting {
 		r.mu.Unlock()
@@ -268,7 +293,7 @@ func (r *relay) connected() {
 	// Keepalive on both sockets, as every relay (keepalive.go).
 	_ = conn.SetKeepAliveConfig(r.e.keepAlive)
 	if h, ok := r.up.(*hostFD); ok {
-		if err := h.SetKeepAliveConfig(r.e.keepAlive); err != nil {
+		if err := h.SetKeepAliveConfig(r.e.hostKeepAlive); err != nil {
 			r.e.log.Debug("proxy: keepalive not set", "dst", r.f.dst, "err", err)
 		}
 	}
@@ -473,10 +498,22 @@ func (r *relay) writeHost(v [][]byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if r.sendErr == unix.EAGAIN && !r.outArmed.Load() {
+		r.armOut()
+	}
 	if r.sendErr != 0 {
 		return 0, r.sendErr
 	}
 	return r.sendN, nil
+}
+
+// armOut asks the poller for the host socket's EPOLLOUT from now on: a
+// write was refused (EAGAIN), and the pump waits for the space. Once per
+// relay; a registration whose fd is closing (an abort) needs none.
+func (r *relay) armOut() {
+	if r.outArmed.CompareAndSwap(false, true) {
+		_ = r.e.poll.armOut(r.id, r.up)
+	}
 }
 
 // sendmsg and readv are raw system calls (the goroutine keeps its P):
