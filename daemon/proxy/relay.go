@@ -32,7 +32,8 @@ import (
 //     tail chunk's room and fresh chunks, up to relayPodVec slices, so one
 //     readv can fill the whole send buffer), which then sends it: on the
 //     poller's goroutine when the host socket became readable, on the
-//     NIC's goroutine when an ACK from the pod freed send space. A full
+//     NIC's goroutine when an ACK from the pod freed send space (only
+//     the latter while the send buffer is full: kickHostData). A full
 //     send buffer leaves the host's bytes in the kernel — the host's
 //     window closes — until the pod ACKs.
 //
@@ -379,8 +380,11 @@ func (r *relay) ready(ev uint32) {
 		r.connected()
 		return
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+	switch {
+	case ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0:
 		r.kick(toPod)
+	case ev&unix.EPOLLIN != 0:
+		r.kickHostData()
 	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		r.kick(toHost)
@@ -405,6 +409,23 @@ func (r *relay) kick(d int) {
 			return
 		}
 	}
+}
+
+// kickHostData is kick(toPod) for new bytes in the host socket, except
+// while the send buffer is full (sndFull): then the pod's next ACK runs
+// the pump (notify), so the poller's goroutine neither reads in parallel
+// with the NIC's nor takes the pump's lock from it — in a bulk transfer
+// the host socket reports new bytes for every segment it receives, while
+// only the pod's ACKs make room for them. again is set first, so a pump
+// that is just clearing sndFull (a short read drained the socket before
+// these bytes came) sees it before it lets go and reads once more.
+func (r *relay) kickHostData() {
+	dir := &r.dirs[toPod]
+	dir.again.Store(true)
+	if r.sndFull.Load() {
+		return
+	}
+	r.kick(toPod)
 }
 
 // pumpToHost moves the pod's bytes to the host until the queue is empty
