@@ -56,8 +56,12 @@
 // queued the data, which is written to the host socket with one sendmsg
 // gathering the received SKBs' payloads in place (tcp.Sock.ReadTo), before
 // the batch's ACK; host → pod on the poller's goroutine (host readable) or
-// the NIC's (an ACK freed send space), reading the host socket with readv
-// straight into the stack socket's send queue (tcp.Sock.WriteFrom). A full
+// the NIC's (an ACK freed send space), reading the host socket with one
+// readv straight into the free space of the stack socket's send queue,
+// however many chunks that is (tcp.Sock.WriteFrom); while the send buffer
+// is full the host socket's EPOLLIN is left to the pod's ACKs, which
+// resume the pump as they free space (one goroutine reads, not two
+// contending for the pump). A full
 // sink is the backpressure: the bytes stay in the source's queue, whose
 // window closes (ours or the kernel's), until the sink's next event; so a
 // flow holds no memory beyond the two sockets' own buffers. Each

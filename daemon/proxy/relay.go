@@ -28,11 +28,14 @@ import (
 //     (EAGAIN) leaves the rest queued — the pod's window closes — until
 //     EPOLLOUT.
 //   - host → pod: the host socket is read with readv(2) straight into the
-//     free space of the stack socket's send queue (tcp.Sock.WriteFrom),
-//     which then sends it: on the poller's goroutine when the host socket
-//     became readable, on the NIC's goroutine when an ACK from the pod
-//     freed send space. A full send buffer leaves the host's bytes in the
-//     kernel — the host's window closes — until the pod ACKs.
+//     free space of the stack socket's send queue (tcp.Sock.WriteFrom: the
+//     tail chunk's room and fresh chunks, up to relayPodVec slices, so one
+//     readv can fill the whole send buffer), which then sends it: on the
+//     poller's goroutine when the host socket became readable, on the
+//     NIC's goroutine when an ACK from the pod freed send space (only
+//     the latter while the send buffer is full: kickHostData). A full
+//     send buffer leaves the host's bytes in the kernel — the host's
+//     window closes — until the pod ACKs.
 //
 // Each direction's pump runs on one goroutine at a time: kick takes the
 // direction's lock with TryLock, and a goroutine that finds it held only
@@ -70,8 +73,9 @@ type relay struct {
 	// Scratch of the pod → host pump, from a pool while it runs (under
 	// dirs[toHost].mu), so an idle relay holds none.
 	scr *relayScratch
-	// Scratch of the host → pod pump (under dirs[toPod].mu).
-	podIov [2]unix.Iovec
+	// Scratch of the host → pod pump, from a pool while it runs (under
+	// dirs[toPod].mu).
+	pscr *relayPodScratch
 
 	// Results of the syscalls run inside Control.
 	sendN, recvN     int
@@ -88,6 +92,12 @@ type relay struct {
 	// pump's scratch: its last readv found nothing.
 	sndFull   atomic.Bool
 	hostEmpty bool
+	// podVec is the slices the next readv of the host → pod pump offers
+	// (relayPodVecMin after a short read, doubling after each full one up
+	// to relayPodVec): a trickle does not take a megabyte of fresh
+	// chunks from the pool for every few bytes, a bulk stream fills the
+	// whole send buffer with one readv.
+	podVec int
 	// hostRdHup: the host socket reported its peer's FIN, a hang-up or
 	// an error (ready), so a short read is not taken as the end of what
 	// it holds: the EOF or the error must still be read.
@@ -95,7 +105,7 @@ type relay struct {
 
 	// Bound once, so a pump allocates nothing.
 	readToFn    func([][]byte) (int, error)
-	writeFromFn func(a, b []byte) (int, error)
+	writeFromFn func([][]byte) (int, error)
 	sendFn      func(fd uintptr)
 	recvFn      func(fd uintptr)
 }
@@ -139,6 +149,25 @@ type relayScratch struct {
 }
 
 var relayScratchPool = sync.Pool{New: func() any { return new(relayScratch) }}
+
+// relayPodScratch is what one readv of the host → pod pump needs: the
+// send queue's free space as slices, and their iovecs. relayPodVec
+// slices of a GSO chunk (64 KiB) each cover tcp.DefaultSndBuf (1 MiB):
+// a send buffer emptied at once (a window opened, a burst acknowledged)
+// is refilled with one readv, where two slices (the tail chunk and one
+// fresh) took eight — and eight rounds of the host socket's receive
+// and window update.
+type relayPodScratch struct {
+	vec [relayPodVec][]byte
+	iov [relayPodVec]unix.Iovec
+}
+
+var relayPodScratchPool = sync.Pool{New: func() any { return new(relayPodScratch) }}
+
+const (
+	relayPodVec    = 16
+	relayPodVecMin = 2
+)
 
 func newRelay(e *Engine, f *flowHandle, up hostConn) *relay {
 	r := &relay{e: e, f: f, up: up, id: e.poll.newID()}
@@ -376,8 +405,11 @@ func (r *relay) ready(ev uint32) {
 		r.connected()
 		return
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+	switch {
+	case ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0:
 		r.kick(toPod)
+	case ev&unix.EPOLLIN != 0:
+		r.kickHostData()
 	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		r.kick(toHost)
@@ -402,6 +434,23 @@ func (r *relay) kick(d int) {
 			return
 		}
 	}
+}
+
+// kickHostData is kick(toPod) for new bytes in the host socket, except
+// while the send buffer is full (sndFull): then the pod's next ACK runs
+// the pump (notify), so the poller's goroutine neither reads in parallel
+// with the NIC's nor takes the pump's lock from it — in a bulk transfer
+// the host socket reports new bytes for every segment it receives, while
+// only the pod's ACKs make room for them. again is set first, so a pump
+// that is just clearing sndFull (a short read drained the socket before
+// these bytes came) sees it before it lets go and reads once more.
+func (r *relay) kickHostData() {
+	dir := &r.dirs[toPod]
+	dir.again.Store(true)
+	if r.sndFull.Load() {
+		return
+	}
+	r.kick(toPod)
 }
 
 // pumpToHost moves the pod's bytes to the host until the queue is empty
@@ -440,9 +489,20 @@ func (r *relay) pumpToHost() {
 // pumpToPod moves the host's bytes to the pod until the host socket is
 // empty or the send buffer full.
 func (r *relay) pumpToPod() {
+	r.pscr = relayPodScratchPool.Get().(*relayPodScratch)
+	defer func() {
+		relayPodScratchPool.Put(r.pscr)
+		r.pscr = nil
+	}()
 	for r.state.Load()&(relayToPodDone|relayFinished) == 0 {
 		r.hostEmpty = false
-		_, err := r.down.WriteFrom(r.writeFromFn)
+		k := max(r.podVec, relayPodVecMin)
+		_, err := r.down.WriteFrom(r.pscr.vec[:k], r.writeFromFn)
+		if r.hostEmpty {
+			r.podVec = relayPodVecMin
+		} else if err == nil {
+			r.podVec = min(2*k, relayPodVec)
+		}
 		switch {
 		case err == nil:
 			if r.hostEmpty {
@@ -533,22 +593,22 @@ func (r *relay) sendmsg(fd uintptr) {
 }
 
 // readHost is WriteFrom's callback: one readv into the send queue's free
-// space (a, then b: the tail chunk, a fresh one); 0 bytes is the host's EOF.
-func (r *relay) readHost(a, b []byte) (int, error) {
-	if len(a) == 0 {
+// space (the tail chunk's room, then fresh chunks); 0 bytes is the host's
+// EOF.
+func (r *relay) readHost(v [][]byte) (int, error) {
+	iov := &r.pscr.iov
+	want := 0
+	for i, b := range v {
+		iov[i].Base = &b[0]
+		iov[i].SetLen(len(b))
+		want += len(b)
+	}
+	if want == 0 {
 		return 0, syscall.EAGAIN
 	}
-	r.podIov[0].Base = &a[0]
-	r.podIov[0].SetLen(len(a))
-	k := 1
-	if len(b) > 0 {
-		r.podIov[1].Base = &b[0]
-		r.podIov[1].SetLen(len(b))
-		k = 2
-	}
-	r.recvN = k
+	r.recvN = len(v)
 	err := r.up.Control(r.recvFn)
-	clear(r.podIov[:])
+	clear(iov[:len(v)])
 	switch {
 	case err != nil:
 		return 0, err
@@ -560,7 +620,7 @@ func (r *relay) readHost(a, b []byte) (int, error) {
 	case r.recvN == 0:
 		return 0, io.EOF
 	}
-	if r.recvN < len(a)+len(b) && !r.hostRdHup.Load() {
+	if r.recvN < want && !r.hostRdHup.Load() {
 		r.hostEmpty = true // a short read drained the socket
 	}
 	return r.recvN, nil
@@ -569,7 +629,7 @@ func (r *relay) readHost(a, b []byte) (int, error) {
 func (r *relay) readv(fd uintptr) {
 	k := r.recvN
 	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&r.podIov[0])), uintptr(k))
+		n, _, e := unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&r.pscr.iov[0])), uintptr(k))
 		if e == unix.EINTR {
 			continue
 		}

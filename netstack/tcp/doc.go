@@ -91,7 +91,11 @@
 // chunk goes out as a clone of it with the headers pushed in front, the
 // payload not copied (Linux clones its write-queue skbs), unless a clone
 // of that chunk is still in flight; other segments are copied out.
-// WriteFrom lets a relay read its host socket straight into the chunks. A segment carries at most curMSS bytes (tcp_current_mss):
+// WriteFrom lets a relay read its host socket straight into the chunks:
+// the tail chunk's room and as many fresh chunks as the caller has slices
+// for, up to the free send buffer space, reserved while the caller fills
+// them without the lock and queued at commit as far as it filled them
+// (the rest go back to the pool). A segment carries at most curMSS bytes (tcp_current_mss):
 // the MSS less the SACK blocks it carries while we hold out-of-order data
 // or owe a D-SACK (RFC 6691 §3), so it still fits the MTU with DF set.
 // Every segment is CsumPartial (the pseudo-header sum in

@@ -128,8 +128,9 @@ func TestReadToCloseDuringCallback(t *testing.T) {
 func TestWriteFromInPlaceAndReset(t *testing.T) {
 	c := newPeer(t, Config{})
 	s := c.establishPassive(batchSynOpts)
-	n, err := s.WriteFrom(func(a, _ []byte) (int, error) {
-		return copy(a, "abc"), nil
+	var v [4][]byte
+	n, err := s.WriteFrom(v[:], func(v [][]byte) (int, error) {
+		return copy(v[0], "abc"), nil
 	})
 	if n != 3 || err != nil {
 		t.Fatalf("WriteFrom: %d, %v", n, err)
@@ -137,9 +138,9 @@ func TestWriteFromInPlaceAndReset(t *testing.T) {
 	if d := c.Expect("data"); string(d.data) != "abc" || d.seq != c.IRS+1 {
 		t.Fatalf("sent %v %q", d, d.data)
 	}
-	n, err = s.WriteFrom(func(a, _ []byte) (int, error) {
+	n, err = s.WriteFrom(v[:], func(v [][]byte) (int, error) {
 		c.Send(c.Seg().Flags(RST).Seq(c.ISS + 1)) // the peer resets meanwhile
-		return copy(a, "def"), nil
+		return copy(v[0], "def"), nil
 	})
 	if n != 0 || err == nil {
 		t.Fatalf("WriteFrom on a reset connection: %d, %v", n, err)

@@ -30,12 +30,13 @@ type sndQueue struct {
 	curOff int
 
 	// A reservation (reserve .. commit): the tail chunk's tailroom and
-	// a fresh chunk. While reserved, discard keeps an emptied tail chunk
+	// fresh chunks. While reserved, discard keeps an emptied tail chunk
 	// and release only marks the queue released.
 	reserved, released bool
-	resTail            *buf.SKB // the tail chunk reserved into, nil if none
-	resTailRoom        int      // bytes of it reserved
-	resNew             *buf.SKB // fresh chunk, queued at commit if used
+	resTail            *buf.SKB  // the tail chunk reserved into, nil if none
+	resTailRoom        int       // bytes of it reserved
+	resNew             buf.Queue // fresh chunks, queued at commit as filled
+	resGoal            int       // the chunk size goal they were reserved with
 }
 
 func (q *sndQueue) len() int { return q.n }
@@ -64,57 +65,57 @@ func (q *sndQueue) write(p []byte, goal int) {
 	}
 }
 
-// reserve returns free space for at most max bytes as up to two slices:
-// the tail chunk's room and a fresh chunk's (or two fresh chunks' worth
-// when the tail is full, the second as b). Until commit, the chunks
-// stay put.
-func (q *sndQueue) reserve(max, goal int) (a, b []byte) {
-	q.reserved = true
-	if t := q.q.Back(); t != nil {
+// reserve returns free space for at most max bytes as up to len(v)
+// slices, in v: the tail chunk's room first, then fresh chunks' (a
+// readv(2) fills them in order). Until commit, the chunks stay put.
+func (q *sndQueue) reserve(max, goal int, v [][]byte) [][]byte {
+	q.reserved, q.resGoal = true, goal
+	k := 0
+	if t := q.q.Back(); t != nil && len(v) > 0 {
 		if r := min(room(t, goal), max); r > 0 {
 			q.resTail, q.resTailRoom = t, r
-			a = t.TailroomBytes()[:r]
+			v[k] = t.TailroomBytes()[:r]
+			k++
 			max -= r
 		}
 	}
-	if max <= 0 {
-		return a, nil
+	for ; max > 0 && k < len(v); k++ {
+		c := newChunk(goal)
+		q.resNew.PushBack(c)
+		v[k] = c.TailroomBytes()[:min(room(c, goal), max)]
+		max -= len(v[k])
 	}
-	q.resNew = newChunk(goal)
-	nb := q.resNew.TailroomBytes()[:min(room(q.resNew, goal), max)]
-	if a == nil {
-		// The tail was full: a fresh chunk is a (readv fills a first).
-		return nb, nil
-	}
-	return a, nb
+	return v[:k]
 }
 
 // commit ends a reservation, appending its first n bytes.
 func (q *sndQueue) commit(n int) {
-	t, room, nc := q.resTail, q.resTailRoom, q.resNew
-	q.reserved, q.resTail, q.resTailRoom, q.resNew = false, nil, 0, nil
+	t, tailRoom := q.resTail, q.resTailRoom
+	q.reserved, q.resTail, q.resTailRoom = false, nil, 0
 	if q.released {
 		// Released meanwhile (the connection ended): the bytes have
 		// nowhere to go.
 		q.released = false
 		q.release()
-		if nc != nil {
-			nc.Consume()
+		for c := q.resNew.PopFront(); c != nil; c = q.resNew.PopFront() {
+			c.Consume()
 		}
 		return
 	}
 	q.n += n
 	if t != nil {
-		k := min(n, room)
+		k := min(n, tailRoom)
 		t.Extend(k)
 		n -= k
 	}
-	if nc != nil {
+	for c := q.resNew.PopFront(); c != nil; c = q.resNew.PopFront() {
 		if n > 0 {
-			nc.Extend(n)
-			q.q.PushBack(nc)
+			k := min(n, room(c, q.resGoal))
+			c.Extend(k)
+			n -= k
+			q.q.PushBack(c)
 		} else {
-			nc.Consume()
+			c.Consume()
 		}
 	}
 	q.shrink()

@@ -24,6 +24,7 @@ func TestSendQueueStream(t *testing.T) {
 		return p
 	}
 	const goal = 3000
+	var vecs [4][]byte
 	for round := 0; round < 5000; round++ {
 		switch op := rng.IntN(6); {
 		case op == 0:
@@ -32,14 +33,22 @@ func TestSendQueueStream(t *testing.T) {
 			model = append(model, p...)
 		case op == 1:
 			max := rng.IntN(9000) + 1
-			a, b := q.reserve(max, goal)
-			if len(a)+len(b) > max {
-				t.Fatalf("reserved %d+%d of %d", len(a), len(b), max)
+			v := q.reserve(max, goal, vecs[:1+rng.IntN(len(vecs))])
+			total := 0
+			for _, b := range v {
+				if len(b) == 0 {
+					t.Fatal("an empty reserved slice")
+				}
+				total += len(b)
 			}
-			n := rng.IntN(len(a) + len(b) + 1)
+			if total > max {
+				t.Fatalf("reserved %d of %d", total, max)
+			}
+			n := rng.IntN(total + 1)
 			p := gen(n)
-			k := copy(a, p)
-			copy(b, p[k:])
+			for k, i := 0, 0; k < n; i++ {
+				k += copy(v[i], p[k:])
+			}
 			if d := rng.IntN(len(model) + 1); rng.IntN(2) == 0 {
 				q.discard(d) // an ACK while the writer fills
 				model = model[d:]
@@ -84,9 +93,9 @@ func TestSendQueueStream(t *testing.T) {
 		t.Fatal("the stream differs at the end")
 	}
 	// A release during a reservation drops what the writer read.
-	a, _ := q.reserve(100, goal)
+	v := q.reserve(100, goal, vecs[:])
 	q.release()
-	copy(a, "late")
+	copy(v[0], "late")
 	q.commit(4)
 	if q.len() != 0 || q.q.Len() != 0 {
 		t.Fatalf("after release: %d bytes in %d chunks", q.len(), q.q.Len())

@@ -455,15 +455,16 @@ func (s *Sock) writeErr() error {
 // WriteFrom lets r fill the send buffer's free space directly (a relay
 // readv(2)s its host socket into it: no copy through a buffer of its
 // own), then queues the n bytes r reports and pushes them out as Write
-// does. r gets the free space as a (the tail chunk's room) and b (a fresh
-// chunk's, or empty), at most the free send buffer space in all, to fill
-// in that order; the bytes land in the chunks that become the segments,
-// so they are not copied again on our side. r runs without the socket
-// lock, so ACKs are processed meanwhile. WriteFrom never blocks: with no space it returns
-// EAGAIN, on a connection that cannot send Write's error. A connection
-// that ends while r runs drops what r read. One writer at a time: Write
-// waits while a WriteFrom's r runs.
-func (s *Sock) WriteFrom(r func(a, b []byte) (int, error)) (int, error) {
+// does. r gets the free space as up to len(v) slices in v — the tail
+// chunk's room, then fresh chunks' — at most the free send buffer space
+// in all, to fill in that order; the bytes land in the chunks that
+// become the segments, so they are not copied again on our side. r runs
+// without the socket lock, so ACKs are processed meanwhile. WriteFrom
+// never blocks: with no space it returns EAGAIN, on a connection that
+// cannot send Write's error. A connection that ends while r runs drops
+// what r read. One writer at a time: Write waits while a WriteFrom's r
+// runs.
+func (s *Sock) WriteFrom(v [][]byte, r func([][]byte) (int, error)) (int, error) {
 	s.mu.Lock()
 	if err := s.writeErr(); err != nil {
 		s.mu.Unlock()
@@ -474,16 +475,21 @@ func (s *Sock) WriteFrom(r func(a, b []byte) (int, error)) (int, error) {
 		return 0, syscall.EALREADY
 	}
 	space := s.sndBufLimit - s.sndBuf.len()
-	if space <= 0 {
+	if space <= 0 || len(v) == 0 {
 		s.mu.Unlock()
 		return 0, syscall.EAGAIN
 	}
-	a, b := s.sndBuf.reserve(space, s.chunkGoal())
+	v = s.sndBuf.reserve(space, s.chunkGoal(), v)
 	s.writing = true
 	s.mu.Unlock()
 
-	n, rerr := r(a, b)
-	n = min(max(n, 0), len(a)+len(b))
+	total := 0
+	for _, b := range v {
+		total += len(b)
+	}
+	n, rerr := r(v)
+	clear(v) // the chunks are the queue's again
+	n = min(max(n, 0), total)
 
 	s.mu.Lock()
 	s.writing = false

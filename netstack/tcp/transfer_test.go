@@ -50,6 +50,7 @@ func transferWith(t *testing.T, w *wire, size int, both, vec bool) time.Duration
 	t.Helper()
 	c, s := w.connect()
 	start := w.clk.Now()
+	var vecs [5][]byte // WriteFrom gets 1 to 5 slices, varying
 	type dir struct {
 		from, to    *Sock
 		sent, rcvd  int
@@ -89,9 +90,9 @@ func transferWith(t *testing.T, w *wire, size int, both, vec bool) time.Duration
 				var m int
 				var err error
 				if vec {
-					m, err = d.from.WriteFrom(func(a, b []byte) (int, error) {
+					m, err = d.from.WriteFrom(vecs[:1+(d.sent/7)%len(vecs)], func(v [][]byte) (int, error) {
 						k := 0
-						for _, b := range [][]byte{a, b} {
+						for _, b := range v {
 							c := min(len(b), size-d.sent-k)
 							pattern(b[:c], d.sent+k)
 							d.wsum.write(b[:c])
