@@ -150,6 +150,20 @@
 // the peers' wake-ups) and the rest Go's scheduler and our stack; a
 // connection about 200 µs (the floor 105, pasta 115).
 //
+// On the VM of 2026-12-07's second session (firecracker with nested
+// virtualisation and guest halt-polling off, so every wake-up of an idle
+// vCPU is a VM exit: the kernel's own RR p50 is 15 µs, any relay's about
+// 125-150 µs), one run of 3 rounds with the floors, gVisor and pasta
+// beside it (commit 6ca2fb2; the closing note of that session pastes the
+// table): floor-epoll against the kernel one stream 0.59×/0.64×, four
+// streams 0.39×/0.39×, RR p50/p99 8.1×/21.8×, connections/s 0.47×, 0.59
+// s/GB; proxy mode against floor-epoll one stream 1.14×/1.14×, four
+// streams 1.02×/1.13×, RR p50 1.15× and p99 0.67×, connections/s 0.99×,
+// CPU per GB 1.02×. There proxy mode stands at its physical floor; the
+// issue's "RR p99 ≤ 1.5×" and "connections/s ≥ 0.6×" lie beyond it, and
+// only pasta (0.55× connections/s, RR p99 10×: its stack in C, one thread)
+// is left ahead, on those two rows.
+//
 // # The route floor
 //
 // Route mode forwards the pod's frames: the stack end of the pod's veth
