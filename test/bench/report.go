@@ -312,18 +312,10 @@ func (rep *report) markdown() string {
 			p := t.get("proxy", m.key)
 			b.WriteString(" " + fmtSummary(m, p) + " |")
 			for _, f := range floors {
-				c := "–"
-				if rt, ok := t.kernelRatio(f, m); ok {
-					c = fmt.Sprintf("%.2f×", rt)
-				}
-				b.WriteString(" " + c + " |")
+				b.WriteString(" " + ratioCell(t.kernelRatio(f, m)) + " |")
 			}
 			for _, f := range floors {
-				c := "–"
-				if rt, ok := ratio(p, t.get(f, m.key)); ok {
-					c = fmt.Sprintf("%.2f×", rt)
-				}
-				b.WriteString(" " + c + " |")
+				b.WriteString(" " + ratioCell(ratio(p, t.get(f, m.key))) + " |")
 			}
 			b.WriteString("\n")
 		}
@@ -339,13 +331,11 @@ func (rep *report) markdown() string {
 			if s.rounds == 0 {
 				continue
 			}
-			mn, mx, rt := "–", "–", "–"
+			mn, mx := "–", "–"
 			if s.ok() {
 				mn, mx = fmt.Sprintf(m.format, s.min), fmt.Sprintf(m.format, s.max)
 			}
-			if r, ok := t.kernelRatio(k, m); ok {
-				rt = fmt.Sprintf("%.2f×", r)
-			}
+			rt := ratioCell(t.kernelRatio(k, m))
 			fmt.Fprintf(&b, "| %s | %s, %s | %s | %s | %s | %s | %d of %d |\n", label[k], m.name, m.unit, fmtSummary(m, s), mn, mx, rt, s.n, s.rounds)
 		}
 	}
@@ -498,18 +488,19 @@ func writeRouteFloor(b *strings.Builder, t *table, label map[string]string) {
 		for _, k := range ours {
 			b.WriteString(" " + fmtSummary(m, t.get(k, m.key)) + " |")
 		}
-		c := "–"
-		if rt, ok := t.kernelRatio(routeFloor, m); ok {
-			c = fmt.Sprintf("%.2f×", rt)
-		}
-		b.WriteString(" " + c + " |")
+		b.WriteString(" " + ratioCell(t.kernelRatio(routeFloor, m)) + " |")
 		for _, k := range ours {
-			c := "–"
-			if rt, ok := ratio(t.get(k, m.key), fl(m.key)); ok {
-				c = fmt.Sprintf("%.2f×", rt)
-			}
-			b.WriteString(" " + c + " |")
+			b.WriteString(" " + ratioCell(ratio(t.get(k, m.key), fl(m.key))) + " |")
 		}
 		b.WriteString("\n")
 	}
+}
+
+// ratioCell is a table cell for a ratio: "1.23×", or "–" when there is
+// none (ok false: a side without a value).
+func ratioCell(rt float64, ok bool) string {
+	if !ok {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", rt)
 }

@@ -140,11 +140,7 @@ func (rep *report) writeIPv6(b *strings.Builder) {
 		for _, m := range ms {
 			fmt.Fprintf(b, "| %s |", m.name)
 			for _, k := range both {
-				c := "–"
-				if rt, ok := ratio(t.get(k, m.key), t4.get(k, m.key)); ok {
-					c = fmt.Sprintf("%.2f×", rt)
-				}
-				b.WriteString(" " + c + " |")
+				b.WriteString(" " + ratioCell(ratio(t.get(k, m.key), t4.get(k, m.key))) + " |")
 			}
 			b.WriteString("\n")
 		}
@@ -158,13 +154,11 @@ func (rep *report) writeIPv6(b *strings.Builder) {
 				if s.rounds == 0 {
 					continue
 				}
-				mn, mx, rt := "–", "–", "–"
+				mn, mx := "–", "–"
 				if s.ok() {
 					mn, mx = fmt.Sprintf(m.format, s.min), fmt.Sprintf(m.format, s.max)
 				}
-				if r, ok := t.kernelRatio(k, m); ok {
-					rt = fmt.Sprintf("%.2f×", r)
-				}
+				rt := ratioCell(t.kernelRatio(k, m))
 				fmt.Fprintf(b, "| %s | %s, %s | %s | %s | %s | %s | %d of %d |\n", label[k], m.name, m.unit, fmtSummary(m, s), mn, mx, rt, s.n, s.rounds)
 			}
 		}
