@@ -78,6 +78,12 @@ func (p *poller) newID() uint64 {
 // edge-triggered (hang-up and error come unasked).
 const pollEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
+// pollEvent is the registration of id for events: the 64-bit id rides
+// in the event's data (Fd and Pad), where dispatch finds it.
+func pollEvent(id uint64, events uint32) unix.EpollEvent {
+	return unix.EpollEvent{Events: events, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+}
+
 // add registers, as id (from newID), the fd behind rc (read through its
 // owner's RawConn, which keeps it open meanwhile) for edge-triggered
 // input, hang-up and error events and, with out, output events,
@@ -91,7 +97,7 @@ func (p *poller) add(id uint64, rc controller, h pollHandler, out bool) error {
 	if !out {
 		events &^= unix.EPOLLOUT
 	}
-	ev := unix.EpollEvent{Events: events, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	ev := pollEvent(id, events)
 	var err error
 	cerr := rc.Control(func(fd uintptr) {
 		err = p.ctl(unix.EPOLL_CTL_ADD, int(fd), &ev)
@@ -113,7 +119,7 @@ func (p *poller) add(id uint64, rc controller, h pollHandler, out bool) error {
 // (ep_modify), so a socket writable by then reports EPOLLOUT at once: a
 // write refused just before is never left without its event.
 func (p *poller) armOut(id uint64, rc controller) error {
-	ev := unix.EpollEvent{Events: pollEvents, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	ev := pollEvent(id, pollEvents)
 	var err error
 	if cerr := rc.Control(func(fd uintptr) { err = p.ctl(unix.EPOLL_CTL_MOD, int(fd), &ev) }); cerr != nil {
 		return cerr
