@@ -7,7 +7,12 @@
 // Not owned here: route choice (route; the layer calls Input, Output and
 // ReversePathOK), link-layer resolution (neigh.Output), hook functions
 // (netfilter; this package decides where the five hooks run), header
-// parsing (header), transports (registered upward, never imported).
+// parsing (header), transports (registered upward, never imported), and
+// the code IPv4 and IPv6 share where their logic is the same
+// (netstack/inet: the output tail between LOCAL_OUT and neigh output, the
+// loopback backlog, the ICMP rate limit's token bucket, the per-NIC
+// rp_filter setting, the ID hash; netstack/inetfrag: the reassembly queue
+// table). This package calls them; its paths keep their kernel names.
 //
 // # Paths
 //
@@ -27,19 +32,26 @@
 // Send (transports call QueueXmit with the transport header built):
 //
 //	QueueXmit (ip_queue_xmit: route.Output, push header, IP ID)
-//	  → localOut (__ip_local_out: LOCAL_OUT; re-route if a hook changed Dst,
-//	              or through netfilter's reply-to NIC)
-//	  → output (ip_output: POSTROUTING)
+//	  → localOut (__ip_local_out → inet.Output.LocalOut: LOCAL_OUT;
+//	              re-route if a hook changed Dst, or through netfilter's
+//	              reply-to NIC)
+//	  → output (ip_output → inet.Output.PostRouting: POSTROUTING)
 //	  → finishOutput (ip_finish_output: Local → loopback; > MTU → fragment
-//	                  (ip_fragment); → neigh.Output (ip_finish_output2))
+//	                  (ip_fragment), or Fragmentation Needed with DF;
+//	                  → inet.Output.NeighOutput → neigh.Output
+//	                  (ip_finish_output2))
+//
+// The calls into inet are the bodies IPv6 runs too; each returns here, so
+// the path reads down as ip_output.c does. finishOutput stays IPv4's: it
+// fragments at any hop (RFC 791), where IPv6 fragments only at the source.
 //
 // Loopback: datagrams to our own addresses never touch a NIC. They go,
-// after POSTROUTING, to the backlog (the loopback device + netif_rx
-// backlog), which a clock callback drains: PREROUTING (in NIC 0) →
-// localDeliver. So a transport that sends to itself is never re-entered
-// on its own call stack. With the manual clock the backlog runs on the
-// next Advance (Advance(0) is enough). Bound: 1000 entries
-// (netdev_max_backlog), 64 per run; overflow is CPU_BACKLOG.
+// after POSTROUTING, to the backlog (inet.Output.Loopback: the loopback
+// device + netif_rx backlog), which a clock callback drains into loopRcv:
+// PREROUTING (in NIC 0) → localDeliver. So a transport that sends to
+// itself is never re-entered on its own call stack. With the manual clock
+// the backlog runs on the next Advance (Advance(0) is enough). Bound: 1000
+// entries (netdev_max_backlog), 64 per run; overflow is CPU_BACKLOG.
 //
 // # Hooks
 //
@@ -108,9 +120,9 @@
 // # Locks
 //
 // The receive and transmit paths take no lock of this package except the
-// reassembly table's (inetfrag.Table.mu, fragments only), tokenBucket.mu
-// (ICMP errors only) and dev.Backlog.mu (loopback only). All are leaves held
-// without calling out of the package; the table's lock and dev.Backlog.mu are
+// reassembly table's (inetfrag.Table.mu, fragments only), inet.TokenBucket's
+// (ICMP errors only) and the backlog's dev.Backlog.mu (loopback only). All
+// are leaves held without calling out; the table's lock and dev.Backlog.mu are
 // held while arming or stopping a clock timer, which the clock allows.
 // Lock order: inetfrag.Table.mu > clock, dev.Backlog.mu > clock. Timer
 // callbacks (reassembly expiry, the backlog) run with no lock held and

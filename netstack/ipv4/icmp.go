@@ -2,12 +2,9 @@ package ipv4
 
 import (
 	"net/netip"
-	"sync"
 	"syscall"
-	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
-	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
@@ -238,7 +235,7 @@ func (l *Layer) SendICMPError(skb *buf.SKB, typ, code uint8, info uint32) {
 		}
 	}
 	toSelf := l.fib.IsLocal(src)
-	if !toSelf && !l.icmpRL.allow() {
+	if !toSelf && !l.icmpRL.Allow() {
 		l.count(IcmpOutRateLimited)
 		return
 	}
@@ -294,43 +291,4 @@ func singleHost(a netip.Addr) bool {
 	}
 	b := a.As4()
 	return b[0] != 0 && b[0] != 127 && b[0] < 224
-}
-
-// tokenBucket is the ICMP error rate limit (RFC 1812 §4.3.2.8: "the rate
-// limiting parameters SHOULD be settable"): rate tokens per second up to
-// burst, one token per error. One bucket per Layer, like icmp_global.
-type tokenBucket struct {
-	mu     sync.Mutex
-	clk    clock.Clock
-	rate   int // tokens per second; < 0 = unlimited
-	burst  int
-	tokens float64
-	last   time.Time
-}
-
-func (b *tokenBucket) init(clk clock.Clock, rate, burst int) {
-	b.clk, b.rate, b.burst = clk, rate, burst
-	b.tokens = float64(burst)
-	b.last = clk.Now()
-}
-
-func (b *tokenBucket) allow() bool {
-	if b.rate < 0 {
-		return true
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := b.clk.Now()
-	if d := now.Sub(b.last); d > 0 {
-		b.tokens += d.Seconds() * float64(b.rate)
-		if b.tokens > float64(b.burst) {
-			b.tokens = float64(b.burst)
-		}
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }

@@ -11,14 +11,10 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 )
 
-// Layout of skb.CB while ipv4 owns a packet (struct inet_skb_parm).
-const (
-	cbFlags = 0 // flag* bits set by rcvFinish
-	cbKind  = 1 // backlog entry kind
-	cbType  = 2 // deferred ICMP error type
-	cbCode  = 3 // deferred ICMP error code
-	cbInfo  = 4 // deferred ICMP error info, 4 bytes big-endian
-)
+// Layout of skb.CB while ipv4 owns a packet (struct inet_skb_parm): byte
+// cbFlags; bytes inet.CBBacklog..inet.CBBacklogEnd-1 are the backlog
+// entry's (netstack/inet) while a packet waits there.
+const cbFlags = 0 // flag* bits set by rcvFinish
 
 // flagBroadcast marks a packet routed as a broadcast (RTCF_BROADCAST).
 const flagBroadcast = 1
@@ -119,7 +115,7 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 	// fib_validate_source for a local route too): a pod cannot hand the
 	// proxy a flow from an address that is not its own.
 	if skb.Mark&netfilter.MarkDivert != 0 {
-		if l.rpStrict(skb.InNIC) && !l.fib.ReversePathOK(src, skb.InNIC) {
+		if l.rp.Strict(skb.InNIC) && !l.fib.ReversePathOK(src, skb.InNIC) {
 			l.count(RPFilterDrops)
 			skb.Free(DropRPFilter)
 			return
@@ -134,7 +130,7 @@ func (l *Layer) rcvFinish(skb *buf.SKB) {
 	}
 	// RFC 3704 §2.2 strict reverse-path forwarding, per NIC
 	// (fib_validate_source with rp_filter=1): -EXDEV, LINUX_MIB_IPRPFILTER.
-	if l.rpStrict(skb.InNIC) && !l.fib.ReversePathOK(src, skb.InNIC) {
+	if l.rp.Strict(skb.InNIC) && !l.fib.ReversePathOK(src, skb.InNIC) {
 		l.count(RPFilterDrops)
 		skb.Free(DropRPFilter)
 		return

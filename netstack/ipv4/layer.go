@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/inet"
 	"github.com/cni-userstack/cni-userstack/netstack/neigh"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
@@ -44,10 +44,10 @@ const (
 // Defaults for Config fields left zero.
 const (
 	DefaultTTL           = 64
-	DefaultReasmTimeout  = 30 * time.Second // RFC 1122 §3.3.2 suggests 60–120 s; Linux ipfrag_time is 30 s
-	DefaultReasmMemLimit = 4 << 20          // ipfrag_high_thresh
-	DefaultICMPRateLimit = 1000             // icmp_msgs_per_sec
-	DefaultICMPRateBurst = 50               // icmp_msgs_burst
+	DefaultReasmTimeout  = 30 * time.Second          // RFC 1122 §3.3.2 suggests 60–120 s; Linux ipfrag_time is 30 s
+	DefaultReasmMemLimit = 4 << 20                   // ipfrag_high_thresh
+	DefaultICMPRateLimit = inet.DefaultICMPRateLimit // icmp_msgs_per_sec
+	DefaultICMPRateBurst = inet.DefaultICMPRateBurst // icmp_msgs_burst
 )
 
 // Config wires a Layer to the rest of the stack.
@@ -90,20 +90,22 @@ type Layer struct {
 	hooks      *netfilter.Hooks
 	defaultTTL uint8
 	forwarding atomic.Bool
-	rpDefault  RPFilterMode
 
-	// out and nicMTU reach the link: neigh.Output and the NIC's MTU. They
-	// are fields so that the tests of this package can watch transmitted
-	// packets without a link.
+	// xmit is the output tail IPv6 shares (LOCAL_OUT, re-route,
+	// POSTROUTING, neigh output): netstack/inet.
+	xmit inet.Output
+
+	// out and nicMTU reach the link: xmit.NeighOutput and the NIC's MTU.
+	// They are fields so that the tests of this package can watch
+	// transmitted packets without a link.
 	out    func(nicID int, nextHop netip.Addr, skb *buf.SKB)
 	nicMTU func(nicID int) (int, bool)
 
 	// protos is inet_protos: one slot per protocol number, lock-free reads.
 	protos [256]atomic.Pointer[Protocol]
 
-	// rpOverride maps NIC ID → mode set by SetRPFilter (copy on write).
-	rpMu       sync.Mutex
-	rpOverride atomic.Pointer[map[int]RPFilterMode]
+	// rp is each NIC's rp_filter (SetRPFilter; copy on write).
+	rp inet.RPFilter
 
 	// idents is ip_idents: IP ID counters in idBuckets buckets chosen by
 	// a keyed hash of (src, dst, proto).
@@ -113,9 +115,8 @@ type Layer struct {
 	// echoFn receives diverted echo requests (SetEchoInterceptor).
 	echoFn atomic.Pointer[EchoFunc]
 
-	reasm   reassembler
-	icmpRL  tokenBucket
-	backlog dev.Backlog // bound: backlogMax
+	reasm  reassembler
+	icmpRL inet.TokenBucket // icmp_global
 
 	mib   [numCounters]atomic.Uint64
 	drops buf.DropStats
@@ -137,19 +138,23 @@ func New(cfg Config) *Layer {
 		fib:        cfg.FIB,
 		hooks:      cfg.Hooks,
 		defaultTTL: cfg.DefaultTTL,
-		rpDefault:  cfg.RPFilter,
 	}
 	if l.defaultTTL == 0 {
 		l.defaultTTL = DefaultTTL
 	}
 	l.forwarding.Store(cfg.Forwarding)
+	l.rp.Init(cfg.RPFilter == RPFilterStrict)
 	var seed [16]byte
 	_, _ = rand.Read(seed[:])
 	for i := range l.idSecret {
 		l.idSecret[i] = binary.LittleEndian.Uint32(seed[4*i:])
 	}
-	l.out = l.neighOutput
-	l.nicMTU = l.devMTU
+	l.xmit.Init(inet.OutputConfig{
+		Family: family{}, Clock: l.clk, FIB: l.fib, Hooks: l.hooks, Devices: l.devs, Neigh: l.neigh,
+		LoopRcv: l.loopRcv, SendICMPError: l.SendICMPError,
+		MIB: inet.MIB{OutNoRoutes: &l.mib[OutNoRoutes], OutDiscards: &l.mib[OutDiscards]},
+	})
+	l.out, l.nicMTU = l.xmit.NeighOutput, l.xmit.NICMTU
 	timeout := cfg.ReasmTimeout
 	if timeout <= 0 {
 		timeout = DefaultReasmTimeout
@@ -159,15 +164,7 @@ func New(cfg Config) *Layer {
 		memLimit = DefaultReasmMemLimit
 	}
 	l.reasm.init(l, timeout, memLimit)
-	rate, burst := cfg.ICMPRateLimit, cfg.ICMPRateBurst
-	if rate == 0 {
-		rate = DefaultICMPRateLimit
-	}
-	if burst <= 0 {
-		burst = DefaultICMPRateBurst
-	}
-	l.icmpRL.init(l.clk, rate, burst)
-	l.backlog.Init(l.clk, backlogMax, backlogBudget, l.backlogProcess)
+	l.icmpRL.Init(l.clk, cfg.ICMPRateLimit, cfg.ICMPRateBurst)
 	if l.neigh != nil {
 		l.neigh.SetFailureHandler(l.neighFailure)
 	}
@@ -193,31 +190,7 @@ func (l *Layer) Forwarding() bool { return l.forwarding.Load() }
 
 // SetRPFilter sets the reverse-path policy of one NIC: strict (RFC 3704
 // §2.2) or off (conf/<nic>/rp_filter).
-func (l *Layer) SetRPFilter(nicID int, strict bool) {
-	l.rpMu.Lock()
-	defer l.rpMu.Unlock()
-	m := map[int]RPFilterMode{}
-	if p := l.rpOverride.Load(); p != nil {
-		for k, v := range *p {
-			m[k] = v
-		}
-	}
-	if strict {
-		m[nicID] = RPFilterStrict
-	} else {
-		m[nicID] = RPFilterOff
-	}
-	l.rpOverride.Store(&m)
-}
-
-func (l *Layer) rpStrict(nicID int) bool {
-	if p := l.rpOverride.Load(); p != nil {
-		if m, ok := (*p)[nicID]; ok {
-			return m == RPFilterStrict
-		}
-	}
-	return l.rpDefault == RPFilterStrict
-}
+func (l *Layer) SetRPFilter(nicID int, strict bool) { l.rp.Set(nicID, strict) }
 
 // Drops are the drop counts of locally originated packets (the receive
 // path counts on the input NIC's DropStats).
@@ -226,29 +199,11 @@ func (l *Layer) Drops() *buf.DropStats { return &l.drops }
 // FIB is the routing table the layer uses.
 func (l *Layer) FIB() *route.Table { return l.fib }
 
-func (l *Layer) neighOutput(nicID int, nextHop netip.Addr, skb *buf.SKB) {
-	var nic *dev.NIC
-	if l.devs != nil {
-		nic = l.devs.ByID(nicID)
-	}
-	if nic == nil || l.neigh == nil {
-		l.count(OutDiscards)
-		skb.Free(DropNoDevice)
-		return
-	}
-	l.neigh.Output(nic, nextHop, skb)
-}
+// family is IPv4 as the shared output path sees it (inet.Family).
+type family struct{}
 
-func (l *Layer) devMTU(nicID int) (int, bool) {
-	if l.devs == nil {
-		return 0, false
-	}
-	nic := l.devs.ByID(nicID)
-	if nic == nil {
-		return 0, false
-	}
-	return nic.MTU(), true
-}
+func (family) Src(ip []byte) netip.Addr { return header.IPv4(ip).Src() }
+func (family) Dst(ip []byte) netip.Addr { return header.IPv4(ip).Dst() }
 
 // RouteOutput is ip_route_output_key for the transports: the route of a
 // locally originated flow (route.Table.Output).
@@ -268,27 +223,7 @@ const idBuckets = 2048
 // idle-rate inference); RFC 6864 §4.1 lets atomic datagrams use any value.
 func (l *Layer) selectID(src, dst netip.Addr, proto uint8, segs int) uint16 {
 	s4, d4 := src.As4(), dst.As4()
-	h := mix(binary.BigEndian.Uint32(s4[:])^l.idSecret[0], binary.BigEndian.Uint32(d4[:])^l.idSecret[1],
+	h := inet.Mix(binary.BigEndian.Uint32(s4[:])^l.idSecret[0], binary.BigEndian.Uint32(d4[:])^l.idSecret[1],
 		uint32(proto)^l.idSecret[2], l.idSecret[3])
 	return uint16(l.idents[h%idBuckets].Add(uint32(segs)) - uint32(segs))
-}
-
-// mix is a small keyed mixing function (Jenkins' final mix, as jhash_3words).
-func mix(a, b, c, d uint32) uint32 {
-	a += d
-	c ^= b
-	c -= b<<14 | b>>18
-	a ^= c
-	a -= c<<11 | c>>21
-	b ^= a
-	b -= a<<25 | a>>7
-	c ^= b
-	c -= b<<16 | b>>16
-	a ^= c
-	a -= c<<4 | c>>28
-	b ^= a
-	b -= a<<14 | a>>18
-	c ^= b
-	c -= b<<24 | b>>8
-	return c
 }

@@ -1,7 +1,6 @@
 package ipv4
 
 import (
-	"encoding/binary"
 	"syscall"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
@@ -65,48 +64,22 @@ func (l *Layer) QueueXmit(skb *buf.SKB, fl route.Flow) error {
 
 // localOut is __ip_local_out: the LOCAL_OUT hook, then dst_output. When a
 // hook rewrote the destination (DNAT of a local flow), the packet is routed
-// again, as ip_route_me_harder does.
+// again, as ip_route_me_harder does, and netfilter's reply-to NIC takes
+// the stack's own reply-direction packets back where their flow came in
+// (inet.Output.LocalOut: the same for IPv6).
 func (l *Layer) localOut(skb *buf.SKB, res route.Result, fl route.Flow) error {
-	switch v := l.hooks.Run(netfilter.LocalOut, skb, 0, res.NIC); {
-	case v.Stolen():
-		return nil
-	case v.Dropped():
-		skb.Free(v.Reason())
-		return syscall.EPERM
-	}
-	if h := header.IPv4(skb.Bytes()); h.Dst() != fl.Dst {
-		fl.Dst, fl.Src = h.Dst(), h.Src()
-		r2, err := l.fib.Output(fl)
-		if err != nil {
-			l.count(OutNoRoutes)
-			skb.Free(DropOutNoRoutes)
-			return err
-		}
-		res = r2
-		skb.OutNIC = res.NIC
-	}
-	// Netfilter's reply-to: the stack's own reply-direction packets of a
-	// flow that entered through a reply-to NIC (an ICMP error about a
-	// packet that came in there, RELATED) leave through that NIC, as
-	// ip_route_me_harder re-routes after mangle OUTPUT changed the mark.
-	// The source stays the one QueueXmit chose.
-	if n := netfilter.ReplyNIC(skb); n != 0 && n != res.NIC && res.Type == route.Unicast {
-		if r, ok := l.fib.Via(header.IPv4(skb.Bytes()).Dst(), n); ok {
-			res = r
-			skb.OutNIC = res.NIC
-		}
+	res, ok, err := l.xmit.LocalOut(skb, res, fl)
+	if !ok {
+		return err
 	}
 	return l.output(skb, res)
 }
 
-// output is ip_output: the POSTROUTING hook, then finishOutput.
+// output is ip_output: the POSTROUTING hook (inet.Output.PostRouting),
+// then finishOutput.
 func (l *Layer) output(skb *buf.SKB, res route.Result) error {
-	switch v := l.hooks.Run(netfilter.PostRouting, skb, skb.InNIC, res.NIC); {
-	case v.Stolen():
-		return nil
-	case v.Dropped():
-		skb.Free(v.Reason())
-		return syscall.EPERM
+	if ok, err := l.xmit.PostRouting(skb, res); !ok {
+		return err
 	}
 	return l.finishOutput(skb, res)
 }
@@ -115,7 +88,7 @@ func (l *Layer) output(skb *buf.SKB, res route.Result) error {
 // what exceeds the MTU (ip_fragment), then neigh output (ip_finish_output2).
 func (l *Layer) finishOutput(skb *buf.SKB, res route.Result) error {
 	if res.Type == route.Local {
-		l.loopback(skb)
+		l.xmit.Loopback(skb)
 		return nil
 	}
 	mtu := l.routeMTU(res)
@@ -134,54 +107,10 @@ func (l *Layer) finishOutput(skb *buf.SKB, res route.Result) error {
 	return l.fragment(skb, mtu, func(f *buf.SKB) { l.out(res.NIC, res.NextHop, f) })
 }
 
-// The backlog is the stack's loopback device and softirq work queue
-// (netif_rx's per-CPU backlog, process_backlog): packets to our own
-// addresses and ICMP errors deferred from the neighbour layer are queued
-// here and processed by a clock callback, never on the sender's call
-// stack, so a transport that sends to itself while holding its socket lock
-// does not re-enter itself. With the manual clock they are processed on
-// the next Advance (Advance(0) suffices).
-//
-// Bound: backlogMax entries (netdev_max_backlog); overflow frees the new
-// packet with DropBacklogFull. Each run processes at most backlogBudget
-// entries, then re-arms (the NAPI weight).
-const (
-	backlogMax    = 1000
-	backlogBudget = 64
-)
-
-// Backlog entry kinds (skb.CB[cbKind]).
-const (
-	kindLoop     = 1 // a looped-back datagram for local delivery
-	kindICMPSend = 2 // send an ICMP error about this packet
-)
-
-// loopback is the loopback device's xmit: the datagram re-enters the
-// receive path (PREROUTING, then local delivery) from the backlog.
-func (l *Layer) loopback(skb *buf.SKB) {
-	skb.CB[cbKind] = kindLoop
-	if !l.backlog.Enqueue(skb) {
-		l.count(OutDiscards)
-		skb.Free(DropBacklogFull)
-	}
-}
-
-func (l *Layer) backlogProcess(skb *buf.SKB) {
-	switch skb.CB[cbKind] {
-	case kindLoop:
-		l.loopRcv(skb)
-	case kindICMPSend:
-		info := binary.BigEndian.Uint32(skb.CB[cbInfo:])
-		l.SendICMPError(skb, skb.CB[cbType], skb.CB[cbCode], info)
-		skb.Consume()
-	default:
-		skb.Free(buf.DropNotSpecified)
-	}
-}
-
-// loopRcv is ip_rcv for a looped-back datagram: no validation (we built
-// it), no route lookup (the output route said Local), checksums trusted
-// (the loopback device's NETIF_F_HW_CSUM / CHECKSUM_UNNECESSARY).
+// loopRcv is ip_rcv for a looped-back datagram, the backlog's receive step
+// (inet.Output.Loopback): no validation (we built it), no route lookup
+// (the output route said Local), checksums trusted (the loopback device's
+// NETIF_F_HW_CSUM / CHECKSUM_UNNECESSARY).
 func (l *Layer) loopRcv(skb *buf.SKB) {
 	l.count(InReceives)
 	skb.InNIC = 0
@@ -207,13 +136,5 @@ func (l *Layer) loopRcv(skb *buf.SKB) {
 // sees EHOSTUNREACH). The error is deferred to the backlog: the neighbour
 // layer may hold its locks while calling us. skb is not consumed.
 func (l *Layer) neighFailure(skb *buf.SKB) {
-	c := skb.Clone()
-	c.SetNetworkHeader()
-	c.CB[cbKind] = kindICMPSend
-	c.CB[cbType] = header.ICMPv4DstUnreachable
-	c.CB[cbCode] = header.ICMPv4HostUnreachable
-	binary.BigEndian.PutUint32(c.CB[cbInfo:], 0)
-	if !l.backlog.Enqueue(c) {
-		c.Free(DropBacklogFull)
-	}
+	l.xmit.DeferICMPError(skb, header.ICMPv4DstUnreachable, header.ICMPv4HostUnreachable)
 }

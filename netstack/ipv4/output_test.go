@@ -8,6 +8,7 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/inet"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 )
 
@@ -174,14 +175,14 @@ func TestLoopback(t *testing.T) {
 		t.Fatalf("%d echo replies", replies)
 	}
 	// The backlog is bounded.
-	for i := 0; i < backlogMax+5; i++ {
+	for i := 0; i < inet.BacklogMax+5; i++ {
 		_ = tn.l.QueueXmit(buf.FromBytes(buf.MaxHeadroom, udpish(8)), flowTo("10.1.0.1"))
 	}
 	if tn.l.Drops().Get(DropBacklogFull) != 5 {
 		t.Fatalf("backlog overflow drops %d", tn.l.Drops().Get(DropBacklogFull))
 	}
 	tn.clk.Advance(0)
-	if n := len(tn.rcvd[header.ProtoUDP]); n != 1+backlogMax {
+	if n := len(tn.rcvd[header.ProtoUDP]); n != 1+inet.BacklogMax {
 		t.Fatalf("delivered %d", n)
 	}
 }
