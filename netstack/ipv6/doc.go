@@ -12,7 +12,12 @@
 // it NDP messages after checking their IPv6 header and ICMPv6 checksum,
 // and it resolves next hops in neigh.Output), hook functions (netfilter:
 // this package decides where the five hooks run, on hooks of its own, not
-// IPv4's), header parsing (header), transports (registered upward).
+// IPv4's), header parsing (header), transports (registered upward), and
+// the code IPv6 shares with IPv4 where the logic is the same
+// (netstack/inet: the output tail between LOCAL_OUT and neigh output, the
+// loopback backlog, the ICMPv6 rate limit's token bucket, the per-NIC
+// reverse-path setting, the identification and flow label hash;
+// netstack/inetfrag: the reassembly queue table).
 //
 // # IPv6 on a NIC
 //
@@ -45,16 +50,24 @@
 // Send (transports call QueueXmit with the upper-layer header built):
 //
 //	QueueXmit (ip6_xmit: route.Output, push header, flow label)
-//	  → localOut (LOCAL_OUT; re-route if a hook changed Dst, or through
-//	              netfilter's reply-to NIC)
-//	  → output (POSTROUTING)
-//	  → finishOutput (Local → loopback; > path MTU → fragment, or Packet
-//	                  Too Big to ourselves with DontFragment; → neigh.Output)
+//	  → localOut (__ip6_local_out → inet.Output.LocalOut: LOCAL_OUT;
+//	              re-route if a hook changed Dst, or through netfilter's
+//	              reply-to NIC)
+//	  → output (ip6_output → inet.Output.PostRouting: POSTROUTING)
+//	  → finishOutput (ip6_finish_output: Local → loopback; > path MTU →
+//	                  fragment, or Packet Too Big to ourselves with
+//	                  DontFragment; → inet.Output.NeighOutput → neigh.Output)
+//
+// The calls into inet are the bodies IPv4 runs too (package inet);
+// finishOutput stays IPv6's: it fragments only local packets (RFC 8200
+// §5: forwarded ones never), sizes them by the path MTU cache (RFC 8201)
+// and refuses links under 1280.
 //
 // LOCAL_IN sees reassembled packets, as IPv4's does (Linux runs it before
 // reassembly unless nf_defrag_ipv6 is loaded; with conntrack it is).
-// Loopback works as IPv4's: a backlog drained by a clock callback, bound
-// 1000 entries, 64 per run (see package ipv4).
+// Loopback works as IPv4's, on its own inet.Output backlog (the same
+// code): drained by a clock callback into loopRcv, bound 1000 entries, 64
+// per run (see package inet).
 //
 // # Extension headers
 //
@@ -143,9 +156,9 @@
 //
 // As IPv4's: the receive and transmit paths take no lock of this package
 // except the reassembly table's (inetfrag.Table.mu, fragments only),
-// tokenBucket.mu (errors only),
-// dev.Backlog.mu (loopback only) and a PMTU shard's lock (a read lock on
-// output while the cache holds entries). All are leaves; the table's lock
+// inet.TokenBucket's (errors only), the backlog's dev.Backlog.mu
+// (loopback only) and a PMTU shard's lock (a read lock on output while
+// the cache holds entries). All are leaves; the table's lock
 // and dev.Backlog.mu are held while arming or stopping a clock timer. Lock
 // order: inetfrag.Table.mu > clock, dev.Backlog.mu > clock. Registrations
 // (AddProtocol, SetRPFilter, SetForwarding) publish with atomics.

@@ -2,11 +2,8 @@ package ipv6
 
 import (
 	"net/netip"
-	"sync"
-	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
-	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 )
@@ -264,7 +261,7 @@ func (l *Layer) sendICMPError(skb *buf.SKB, typ, code uint8, info uint32, evenMu
 		// are processed before that): no error is reflected to us.
 		return
 	}
-	if !toSelf && !l.icmpRL.allow() {
+	if !toSelf && !l.icmpRL.Allow() {
 		l.count(IcmpOutRateLimited)
 		return
 	}
@@ -315,41 +312,4 @@ func (l *Layer) xmitICMPError(fl route.Flow, typ, code uint8, info uint32, quote
 		return err
 	}
 	return nil
-}
-
-// tokenBucket is the ICMPv6 error rate limit (RFC 4443 §2.4(f): "an IPv6
-// node MUST limit the rate of ICMPv6 error messages it originates ... A
-// recommended method for implementing the rate-limiting function is a
-// token bucket"): rate tokens per second up to burst, one per error.
-type tokenBucket struct {
-	mu     sync.Mutex
-	clk    clock.Clock
-	rate   int // < 0 = unlimited
-	burst  int
-	tokens float64
-	last   time.Time
-}
-
-func (b *tokenBucket) init(clk clock.Clock, rate, burst int) {
-	b.clk, b.rate, b.burst = clk, rate, burst
-	b.tokens = float64(burst)
-	b.last = clk.Now()
-}
-
-func (b *tokenBucket) allow() bool {
-	if b.rate < 0 {
-		return true
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := b.clk.Now()
-	if d := now.Sub(b.last); d > 0 {
-		b.tokens = min(b.tokens+d.Seconds()*float64(b.rate), float64(b.burst))
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }

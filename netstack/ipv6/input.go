@@ -6,20 +6,18 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/inet"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 )
 
-// Layout of skb.CB while ipv6 owns a packet (struct inet6_skb_parm).
-// Bytes 12..14 hold frag_max_size, written by netfilter's reassembly
+// Layout of skb.CB while ipv6 owns a packet (struct inet6_skb_parm): byte
+// cbFlags; bytes inet.CBBacklog..inet.CBBacklogEnd-1 are the backlog
+// entry's (netstack/inet) while a packet waits there; the path that takes
+// a packet in clears CB[:inet.CBBacklogEnd]. Bytes 12..14 hold
+// frag_max_size, written by netfilter's reassembly
 // (netfilter.FragMaxSize); bytes 16.. are netfilter's.
-const (
-	cbFlags = 0 // flag* bits
-	cbKind  = 1 // backlog entry kind
-	cbType  = 2 // deferred ICMPv6 error type
-	cbCode  = 3 // deferred ICMPv6 error code
-	cbInfo  = 4 // deferred ICMPv6 error info, 4 bytes big-endian
-)
+const cbFlags = 0 // flag* bits
 
 // CB flag bits.
 const (
@@ -40,7 +38,7 @@ func (l *Layer) Rcv(nic *dev.NIC, skb *buf.SKB) {
 		skb.InNIC = nic.ID()
 	}
 	l.count(InReceives)
-	clear(skb.CB[:cbInfo+4])
+	clear(skb.CB[:inet.CBBacklogEnd])
 	h, err := header.CheckIPv6(skb.Bytes())
 	if err != nil {
 		if err == header.ErrBadTotalLen {
@@ -155,7 +153,7 @@ func (l *Layer) replyRoute(res *route.Result, dst netip.Addr, nic int) {
 // strict: the route back to src must leave through the input NIC),
 // freeing skb when it fails.
 func (l *Layer) reversePathOK(skb *buf.SKB, src netip.Addr) bool {
-	if skb.InNIC == 0 || !l.rpStrict(skb.InNIC) || l.fib.ReversePathOK(src, skb.InNIC) {
+	if skb.InNIC == 0 || !l.rp.Strict(skb.InNIC) || l.fib.ReversePathOK(src, skb.InNIC) {
 		return true
 	}
 	l.count(RPFilterDrops)

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/inet"
 	"github.com/cni-userstack/cni-userstack/netstack/neigh"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
@@ -55,9 +55,9 @@ const (
 	// the reception of the first-arriving fragment of that packet,
 	// reassembly of that packet must be abandoned".
 	DefaultReasmTimeout  = 60 * time.Second
-	DefaultReasmMemLimit = 4 << 20 // ip6frag_high_thresh
-	DefaultICMPRateLimit = 1000    // icmp_msgs_per_sec (shared with IPv4 on Linux)
-	DefaultICMPRateBurst = 50      // icmp_msgs_burst
+	DefaultReasmMemLimit = 4 << 20                   // ip6frag_high_thresh
+	DefaultICMPRateLimit = inet.DefaultICMPRateLimit // icmp_msgs_per_sec (shared with IPv4 on Linux)
+	DefaultICMPRateBurst = inet.DefaultICMPRateBurst // icmp_msgs_burst
 	// DefaultPMTUExpires: RFC 8201 §4: an increase "MUST NOT be done less
 	// than 5 minutes after a Packet Too Big message has been received for
 	// the given path. The recommended setting for this timer is twice its
@@ -110,16 +110,20 @@ type Layer struct {
 	hooks      *netfilter.Hooks
 	defaultHop uint8
 	forwarding atomic.Bool
-	rpDefault  RPFilterMode
 
-	// out and nicMTU reach the link (fields, so tests watch output).
+	// xmit is the output tail IPv4 shares (LOCAL_OUT, re-route,
+	// POSTROUTING, neigh output): netstack/inet.
+	xmit inet.Output
+
+	// out and nicMTU reach the link: xmit.NeighOutput and the NIC's MTU
+	// (fields, so tests watch output).
 	out    func(nicID int, nextHop netip.Addr, skb *buf.SKB)
 	nicMTU func(nicID int) (int, bool)
 
 	protos [256]atomic.Pointer[Protocol]
 
-	rpMu       sync.Mutex
-	rpOverride atomic.Pointer[map[int]RPFilterMode]
+	// rp is each NIC's reverse-path policy (SetRPFilter; copy on write).
+	rp inet.RPFilter
 
 	// secret keys the fragment identification and flow label hashes.
 	secret [4]uint32
@@ -128,10 +132,9 @@ type Layer struct {
 	// echoFn receives diverted echo requests (SetEchoInterceptor).
 	echoFn atomic.Pointer[EchoFunc]
 
-	reasm   reassembler
-	pmtu    pmtuCache
-	icmpRL  tokenBucket
-	backlog dev.Backlog // bound: backlogMax
+	reasm  reassembler
+	pmtu   pmtuCache
+	icmpRL inet.TokenBucket // RFC 4443 §2.4(f)
 
 	mib   [numCounters]atomic.Uint64
 	drops buf.DropStats
@@ -149,12 +152,13 @@ func New(cfg Config) *Layer {
 	}
 	l := &Layer{
 		clk: cfg.Clock, devs: cfg.Devices, neigh: cfg.Neigh, fib: cfg.FIB, hooks: cfg.Hooks,
-		defaultHop: cfg.DefaultHopLimit, rpDefault: cfg.RPFilter,
+		defaultHop: cfg.DefaultHopLimit,
 	}
 	if l.defaultHop == 0 {
 		l.defaultHop = DefaultHopLimit
 	}
 	l.forwarding.Store(cfg.Forwarding)
+	l.rp.Init(cfg.RPFilter == RPFilterStrict)
 	var seed [16 + 4*identBuckets]byte
 	_, _ = rand.Read(seed[:])
 	for i := range l.secret {
@@ -165,8 +169,12 @@ func New(cfg Config) *Layer {
 	for i := range l.idents {
 		l.idents[i].Store(binary.LittleEndian.Uint32(seed[16+4*i:]))
 	}
-	l.out = l.neighOutput
-	l.nicMTU = l.devMTU
+	l.xmit.Init(inet.OutputConfig{
+		Family: family{}, Clock: l.clk, FIB: l.fib, Hooks: l.hooks, Devices: l.devs, Neigh: l.neigh,
+		LoopRcv: l.loopRcv, SendICMPError: l.SendICMPError,
+		MIB: inet.MIB{OutNoRoutes: &l.mib[OutNoRoutes], OutDiscards: &l.mib[OutDiscards]},
+	})
+	l.out, l.nicMTU = l.xmit.NeighOutput, l.xmit.NICMTU
 	timeout := cfg.ReasmTimeout
 	if timeout <= 0 {
 		timeout = DefaultReasmTimeout
@@ -181,15 +189,7 @@ func New(cfg Config) *Layer {
 		exp = DefaultPMTUExpires
 	}
 	l.pmtu.init(l.clk, exp)
-	rate, burst := cfg.ICMPRateLimit, cfg.ICMPRateBurst
-	if rate == 0 {
-		rate = DefaultICMPRateLimit
-	}
-	if burst <= 0 {
-		burst = DefaultICMPRateBurst
-	}
-	l.icmpRL.init(l.clk, rate, burst)
-	l.backlog.Init(l.clk, backlogMax, backlogBudget, l.backlogProcess)
+	l.icmpRL.Init(l.clk, cfg.ICMPRateLimit, cfg.ICMPRateBurst)
 	if l.neigh != nil {
 		l.neigh.SetFailureHandler6(l.neighFailure)
 		l.neigh.SetRouter(cfg.Forwarding)
@@ -225,31 +225,7 @@ func (l *Layer) SetForwarding(on bool) {
 func (l *Layer) Forwarding() bool { return l.forwarding.Load() }
 
 // SetRPFilter sets one NIC's reverse-path policy: strict or off.
-func (l *Layer) SetRPFilter(nicID int, strict bool) {
-	l.rpMu.Lock()
-	defer l.rpMu.Unlock()
-	m := map[int]RPFilterMode{}
-	if p := l.rpOverride.Load(); p != nil {
-		for k, v := range *p {
-			m[k] = v
-		}
-	}
-	if strict {
-		m[nicID] = RPFilterStrict
-	} else {
-		m[nicID] = RPFilterOff
-	}
-	l.rpOverride.Store(&m)
-}
-
-func (l *Layer) rpStrict(nicID int) bool {
-	if p := l.rpOverride.Load(); p != nil {
-		if m, ok := (*p)[nicID]; ok {
-			return m == RPFilterStrict
-		}
-	}
-	return l.rpDefault == RPFilterStrict
-}
+func (l *Layer) SetRPFilter(nicID int, strict bool) { l.rp.Set(nicID, strict) }
 
 // Drops are the drop counts of locally originated packets.
 func (l *Layer) Drops() *buf.DropStats { return &l.drops }
@@ -275,29 +251,11 @@ func (l *Layer) PathMTU(fl route.Flow) (int, error) {
 	return l.pathMTU(res, fl.Dst), nil
 }
 
-func (l *Layer) neighOutput(nicID int, nextHop netip.Addr, skb *buf.SKB) {
-	var nic *dev.NIC
-	if l.devs != nil {
-		nic = l.devs.ByID(nicID)
-	}
-	if nic == nil || l.neigh == nil {
-		l.count(OutDiscards)
-		skb.Free(DropNoDevice)
-		return
-	}
-	l.neigh.Output(nic, nextHop, skb)
-}
+// family is IPv6 as the shared output path sees it (inet.Family).
+type family struct{}
 
-func (l *Layer) devMTU(nicID int) (int, bool) {
-	if l.devs == nil {
-		return 0, false
-	}
-	nic := l.devs.ByID(nicID)
-	if nic == nil {
-		return 0, false
-	}
-	return nic.MTU(), true
-}
+func (family) Src(ip []byte) netip.Addr { return header.IPv6(ip).Src() }
+func (family) Dst(ip []byte) netip.Addr { return header.IPv6(ip).Dst() }
 
 // identBuckets is the number of fragment identification counters.
 const identBuckets = 2048
@@ -327,27 +285,7 @@ func (l *Layer) hash(a, b netip.Addr, x uint32) uint32 {
 		return binary.LittleEndian.Uint32(s[0:]) ^ binary.LittleEndian.Uint32(s[4:]) ^
 			binary.LittleEndian.Uint32(s[8:]) ^ binary.LittleEndian.Uint32(s[12:])
 	}
-	return mix(fold(a)^l.secret[0], fold(b)^l.secret[1], x^l.secret[2], l.secret[3])
-}
-
-// mix is Jenkins' final mix (jhash_3words), as ipv4's.
-func mix(a, b, c, d uint32) uint32 {
-	a += d
-	c ^= b
-	c -= b<<14 | b>>18
-	a ^= c
-	a -= c<<11 | c>>21
-	b ^= a
-	b -= a<<25 | a>>7
-	c ^= b
-	c -= b<<16 | b>>16
-	a ^= c
-	a -= c<<4 | c>>28
-	b ^= a
-	b -= a<<14 | a>>18
-	c ^= b
-	c -= b<<24 | b>>8
-	return c
+	return inet.Mix(fold(a)^l.secret[0], fold(b)^l.secret[1], x^l.secret[2], l.secret[3])
 }
 
 // ErrorOf is the header.ICMPError an ICMPv6 error of typ, code and info

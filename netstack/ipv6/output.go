@@ -1,12 +1,12 @@
 package ipv6
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"syscall"
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/inet"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 )
@@ -57,7 +57,7 @@ func (l *Layer) QueueXmit(skb *buf.SKB, fl route.Flow) error {
 	skb.InNIC = 0
 	skb.OutNIC = res.NIC
 	skb.Mark = fl.Mark
-	clear(skb.CB[:cbInfo+4])
+	clear(skb.CB[:inet.CBBacklogEnd])
 	if fl.DontFragment {
 		skb.CB[cbFlags] |= flagDontFrag
 	}
@@ -67,46 +67,23 @@ func (l *Layer) QueueXmit(skb *buf.SKB, fl route.Flow) error {
 
 // localOut is __ip6_local_out: LOCAL_OUT, then dst_output; a hook that
 // rewrote the destination (DNAT) makes the packet route again
-// (ip6_route_me_harder).
+// (ip6_route_me_harder), and netfilter's reply-to NIC takes the stack's
+// own reply-direction packets (an ICMPv6 error about a packet that came
+// in there) back through that NIC. The body is IPv4's too
+// (inet.Output.LocalOut).
 func (l *Layer) localOut(skb *buf.SKB, res route.Result, fl route.Flow) error {
-	switch v := l.hooks.Run(netfilter.LocalOut, skb, 0, res.NIC); {
-	case v.Stolen():
-		return nil
-	case v.Dropped():
-		skb.Free(v.Reason())
-		return syscall.EPERM
-	}
-	if h := header.IPv6(skb.Bytes()); h.Dst() != fl.Dst.WithZone("") {
-		fl.Dst, fl.Src = h.Dst(), h.Src()
-		r2, err := l.fib.Output(fl)
-		if err != nil {
-			l.count(OutNoRoutes)
-			skb.Free(DropOutNoRoutes)
-			return err
-		}
-		res = r2
-		skb.OutNIC = res.NIC
-	}
-	// Netfilter's reply-to, as IPv4's: the stack's own reply-direction
-	// packets of a flow that entered through a reply-to NIC (an ICMPv6
-	// error about a packet that came in there) leave through that NIC.
-	if n := netfilter.ReplyNIC(skb); n != 0 && n != res.NIC && res.Type == route.Unicast {
-		if r, ok := l.fib.Via(header.IPv6(skb.Bytes()).Dst(), n); ok {
-			res = r
-			skb.OutNIC = res.NIC
-		}
+	res, ok, err := l.xmit.LocalOut(skb, res, fl)
+	if !ok {
+		return err
 	}
 	return l.output(skb, res)
 }
 
-// output is ip6_output: POSTROUTING, then finishOutput.
+// output is ip6_output: POSTROUTING (inet.Output.PostRouting), then
+// finishOutput.
 func (l *Layer) output(skb *buf.SKB, res route.Result) error {
-	switch v := l.hooks.Run(netfilter.PostRouting, skb, skb.InNIC, res.NIC); {
-	case v.Stolen():
-		return nil
-	case v.Dropped():
-		skb.Free(v.Reason())
-		return syscall.EPERM
+	if ok, err := l.xmit.PostRouting(skb, res); !ok {
+		return err
 	}
 	return l.finishOutput(skb, res)
 }
@@ -117,7 +94,7 @@ func (l *Layer) output(skb *buf.SKB, res route.Result) error {
 // rest goes to the neighbour layer (ip6_finish_output2).
 func (l *Layer) finishOutput(skb *buf.SKB, res route.Result) error {
 	if res.Type == route.Local {
-		l.loopback(skb)
+		l.xmit.Loopback(skb)
 		return nil
 	}
 	if mtu, ok := l.nicMTU(res.NIC); ok && mtu < header.IPv6MinMTU {
@@ -178,50 +155,13 @@ func (l *Layer) pathMTU(res route.Result, dst netip.Addr) int {
 	return mtu
 }
 
-// The backlog is the loopback device and softirq work queue, as ipv4's
-// (see that package's doc): packets to our own addresses and ICMPv6
-// errors deferred from the neighbour layer are processed by a clock
-// callback, never on the sender's call stack. Bound: backlogMax entries;
-// overflow frees the new packet with CPU_BACKLOG. backlogBudget per run.
-const (
-	backlogMax    = 1000
-	backlogBudget = 64
-)
-
-// Backlog entry kinds (skb.CB[cbKind]).
-const (
-	kindLoop     = 1
-	kindICMPSend = 2
-)
-
-// loopback re-enters the receive path from the backlog.
-func (l *Layer) loopback(skb *buf.SKB) {
-	skb.CB[cbKind] = kindLoop
-	if !l.backlog.Enqueue(skb) {
-		l.count(OutDiscards)
-		skb.Free(DropBacklogFull)
-	}
-}
-
-func (l *Layer) backlogProcess(skb *buf.SKB) {
-	switch skb.CB[cbKind] {
-	case kindLoop:
-		l.loopRcv(skb)
-	case kindICMPSend:
-		info := binary.BigEndian.Uint32(skb.CB[cbInfo:])
-		l.SendICMPError(skb, skb.CB[cbType], skb.CB[cbCode], info)
-		skb.Consume()
-	default:
-		skb.Free(buf.DropNotSpecified)
-	}
-}
-
-// loopRcv is ipv6_rcv for a looped-back packet: no validation (we built
-// it), checksums trusted, PREROUTING, then local delivery.
+// loopRcv is ipv6_rcv for a looped-back packet, the backlog's receive
+// step (inet.Output.Loopback): no validation (we built it), checksums
+// trusted, PREROUTING, then local delivery.
 func (l *Layer) loopRcv(skb *buf.SKB) {
 	l.count(InReceives)
 	skb.InNIC = 0
-	clear(skb.CB[:cbInfo+4])
+	clear(skb.CB[:inet.CBBacklogEnd])
 	if skb.Csum != buf.CsumPartial {
 		skb.Csum = buf.CsumUnnecessary
 	}
@@ -243,13 +183,5 @@ func (l *Layer) loopRcv(skb *buf.SKB) {
 // ... the Code field is set to 3". Deferred to the backlog: neigh may hold
 // its locks. skb is not consumed.
 func (l *Layer) neighFailure(skb *buf.SKB) {
-	c := skb.Clone()
-	c.SetNetworkHeader()
-	c.CB[cbKind] = kindICMPSend
-	c.CB[cbType] = header.ICMPv6DstUnreachable
-	c.CB[cbCode] = header.ICMPv6AddrUnreachable
-	binary.BigEndian.PutUint32(c.CB[cbInfo:], 0)
-	if !l.backlog.Enqueue(c) {
-		c.Free(DropBacklogFull)
-	}
+	l.xmit.DeferICMPError(skb, header.ICMPv6DstUnreachable, header.ICMPv6AddrUnreachable)
 }

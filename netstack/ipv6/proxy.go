@@ -123,7 +123,7 @@ func (l *Layer) SendICMPErrorQuote(src, dst netip.Addr, typ, code uint8, info ui
 			return syscall.EINVAL
 		}
 	}
-	if !l.fib.IsLocal(dst) && !l.icmpRL.allow() {
+	if !l.fib.IsLocal(dst) && !l.icmpRL.Allow() {
 		l.count(IcmpOutRateLimited)
 		return ErrICMPRateLimited
 	}
