@@ -8,7 +8,10 @@
 // on but a NIC takes part only once it has an IPv6 address, which brings
 // its link-local address (stack6.go); IPv4 and IPv6 have separate
 // netfilter hooks (Hooks, Hooks6) and share the FIB and the neighbour
-// table. It also owns the configuration calls that span layers (an
+// table. What the two IP layers run alike sits below both of them:
+// netstack/inet (the output tail from LOCAL_OUT to neigh output, the
+// loopback backlog, the ICMP error rate limit, rp_filter settings) and
+// netstack/inetfrag (reassembly queues). It also owns the configuration calls that span layers (an
 // address is a NIC address, a local route and a connected route), the
 // options of a fresh stack, and one Stats snapshot over every layer.
 //
@@ -57,7 +60,8 @@
 // drains,
 // fault-injected delays and socket deadline wake-ups. Callbacks are short,
 // never block, and take only their owner's lock. Datagrams a stack sends
-// to its own addresses go through ipv4's loopback backlog, drained by a
+// to its own addresses go through the loopback backlog of their IP layer
+// (inet.Output's, one per family), drained by a
 // clock callback (with clock.Manual: on the next Advance, Advance(0) is
 // enough), so a transport is never re-entered on its own call stack.
 //
@@ -83,7 +87,8 @@
 //	    netfilter defrag and defrag6) > clock
 //
 // Leaves, held without calling out: route.Table.mu (writers only; lookups
-// read an atomic snapshot), the ipv4 token bucket and backlog locks,
+// read an atomic snapshot), the token bucket and backlog locks of each
+// IP layer (package inet, one of each per family),
 // dev's NIC.rxMu and NIC.txMu, the pipe's per-pair lock, the socket
 // registry's lock, the echo client's lock. No layer holds its lock while
 // calling into another layer, except that owners arm and stop clock
