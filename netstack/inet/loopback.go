@@ -1,6 +1,9 @@
 package inet
 
-import "github.com/cni-userstack/cni-userstack/netstack/buf"
+import (
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
+)
 
 // The backlog is the stack's loopback device and softirq work queue
 // (loopback_xmit → netif_rx's per-CPU backlog, process_backlog: code the
@@ -40,9 +43,9 @@ const (
 )
 
 // Loopback is the loopback device's xmit: skb, its IP header first,
-// re-enters the family's receive path (OutputConfig.LoopRcv: PREROUTING, then
-// local delivery) from the backlog. It consumes skb; a full backlog frees
-// it (OutDiscards, CPU_BACKLOG).
+// re-enters the receive path from the backlog (loopRcv: PREROUTING, then
+// the family's local delivery). It consumes skb; a full backlog frees it
+// (OutDiscards, CPU_BACKLOG).
 func (o *Output) Loopback(skb *buf.SKB) {
 	skb.CB[cbKind] = kindLoop
 	if !o.backlog.Enqueue(skb) {
@@ -79,4 +82,24 @@ func (o *Output) backlogProcess(skb *buf.SKB) {
 	default:
 		skb.Free(buf.DropNotSpecified)
 	}
+}
+
+// loopRcv is ip_rcv and ipv6_rcv for a packet the loopback device handed
+// back, the same for both families: no validation (we built it), no route
+// lookup (the output route said Local), checksums trusted (the loopback
+// device's NETIF_F_HW_CSUM / CHECKSUM_UNNECESSARY), the family's flags and
+// the backlog's bytes of skb.CB cleared; PREROUTING (in NIC 0), then the
+// family's local delivery. It consumes skb.
+func (o *Output) loopRcv(skb *buf.SKB) {
+	o.mib.InReceives.Add(1)
+	skb.InNIC = 0
+	clear(skb.CB[:CBBacklogEnd])
+	if skb.Csum != buf.CsumPartial {
+		skb.Csum = buf.CsumUnnecessary
+	}
+	skb.SetNetworkHeader()
+	if ok, _ := o.hook(netfilter.PreRouting, skb, 0, 0); !ok {
+		return
+	}
+	o.deliver(skb)
 }

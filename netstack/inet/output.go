@@ -25,6 +25,7 @@ type Family interface {
 type MIB struct {
 	OutNoRoutes *atomic.Uint64 // IPSTATS_MIB_OUTNOROUTES: no route after a hook's DNAT
 	OutDiscards *atomic.Uint64 // IPSTATS_MIB_OUTDISCARDS: no device for the route
+	InReceives  *atomic.Uint64 // IPSTATS_MIB_INRECEIVES: a looped-back packet received
 }
 
 // Drop reasons of the shared path; the families register the same names,
@@ -43,10 +44,10 @@ type OutputConfig struct {
 	Devices *dev.Devices
 	Neigh   *neigh.Table
 	MIB     MIB
-	// LoopRcv is the family's receive path for a looped-back packet
-	// (ip_rcv / ipv6_rcv without validation: PREROUTING, local
-	// delivery); it consumes skb.
-	LoopRcv func(skb *buf.SKB)
+	// LocalDeliver is the family's local delivery (ip_local_deliver,
+	// ip6_input), where a looped-back packet goes after PREROUTING; it
+	// consumes skb, whose bytes start at the IP header.
+	LocalDeliver func(skb *buf.SKB)
 	// SendICMPError is the family's icmp_send / icmp6_send, which the
 	// backlog calls for DeferICMPError; it does not consume skb.
 	SendICMPError func(skb *buf.SKB, typ, code uint8, info uint32)
@@ -63,14 +64,14 @@ type Output struct {
 	mib   MIB
 
 	backlog   dev.Backlog // bound: BacklogMax (loopback.go)
-	loopRcv   func(skb *buf.SKB)
+	deliver   func(skb *buf.SKB)
 	sendError func(skb *buf.SKB, typ, code uint8, info uint32)
 }
 
 // Init wires o.
 func (o *Output) Init(cfg OutputConfig) {
 	o.fam, o.fib, o.hooks, o.devs, o.neigh, o.mib = cfg.Family, cfg.FIB, cfg.Hooks, cfg.Devices, cfg.Neigh, cfg.MIB
-	o.loopRcv, o.sendError = cfg.LoopRcv, cfg.SendICMPError
+	o.deliver, o.sendError = cfg.LocalDeliver, cfg.SendICMPError
 	o.backlog.Init(cfg.Clock, BacklogMax, BacklogBudget, o.backlogProcess)
 }
 
@@ -120,9 +121,9 @@ func (o *Output) PostRouting(skb *buf.SKB, res route.Result) (bool, error) {
 	return o.hook(netfilter.PostRouting, skb, skb.InNIC, res.NIC)
 }
 
-// hook is nf_hook on an output path: Accept goes on; Stolen leaves skb to
-// the hook; Drop frees it with the hook's reason and fails the send with
-// EPERM, as the kernel reports a netfilter drop to a local sender.
+// hook is nf_hook: Accept goes on; Stolen leaves skb to the hook; Drop
+// frees it with the hook's reason and, on an output path, fails the send
+// with EPERM, as the kernel reports a netfilter drop to a local sender.
 func (o *Output) hook(h netfilter.Hook, skb *buf.SKB, in, out int) (bool, error) {
 	switch v := o.hooks.Run(h, skb, in, out); {
 	case v.Stolen():

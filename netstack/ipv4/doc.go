@@ -47,8 +47,9 @@
 //
 // Loopback: datagrams to our own addresses never touch a NIC. They go,
 // after POSTROUTING, to the backlog (inet.Output.Loopback: the loopback
-// device + netif_rx backlog), which a clock callback drains into loopRcv:
-// PREROUTING (in NIC 0) → localDeliver. So a transport that sends to
+// device + netif_rx backlog), which a clock callback drains (inet's
+// loopRcv, ip_rcv for a packet we built): PREROUTING (in NIC 0) →
+// localDeliver. So a transport that sends to
 // itself is never re-entered on its own call stack. With the manual clock
 // the backlog runs on the next Advance (Advance(0) is enough). Bound: 1000
 // entries (netdev_max_backlog), 64 per run; overflow is CPU_BACKLOG.

@@ -5,7 +5,6 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
-	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 )
 
@@ -105,28 +104,6 @@ func (l *Layer) finishOutput(skb *buf.SKB, res route.Result) error {
 		return syscall.EMSGSIZE
 	}
 	return l.fragment(skb, mtu, func(f *buf.SKB) { l.out(res.NIC, res.NextHop, f) })
-}
-
-// loopRcv is ip_rcv for a looped-back datagram, the backlog's receive step
-// (inet.Output.Loopback): no validation (we built it), no route lookup
-// (the output route said Local), checksums trusted (the loopback device's
-// NETIF_F_HW_CSUM / CHECKSUM_UNNECESSARY).
-func (l *Layer) loopRcv(skb *buf.SKB) {
-	l.count(InReceives)
-	skb.InNIC = 0
-	skb.CB[cbFlags] = 0
-	if skb.Csum != buf.CsumPartial {
-		skb.Csum = buf.CsumUnnecessary
-	}
-	skb.SetNetworkHeader()
-	switch v := l.hooks.Run(netfilter.PreRouting, skb, 0, 0); {
-	case v.Stolen():
-		return
-	case v.Dropped():
-		skb.Free(v.Reason())
-		return
-	}
-	l.localDeliver(skb)
 }
 
 // neighFailure is the neighbour layer's failure handler (arp_error_report

@@ -66,8 +66,8 @@
 // LOCAL_IN sees reassembled packets, as IPv4's does (Linux runs it before
 // reassembly unless nf_defrag_ipv6 is loaded; with conntrack it is).
 // Loopback works as IPv4's, on its own inet.Output backlog (the same
-// code): drained by a clock callback into loopRcv, bound 1000 entries, 64
-// per run (see package inet).
+// code): drained by a clock callback through PREROUTING (in NIC 0) into
+// localDeliver, bound 1000 entries, 64 per run (see package inet).
 //
 // # Extension headers
 //

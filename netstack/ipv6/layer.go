@@ -171,8 +171,8 @@ func New(cfg Config) *Layer {
 	}
 	l.xmit.Init(inet.OutputConfig{
 		Family: family{}, Clock: l.clk, FIB: l.fib, Hooks: l.hooks, Devices: l.devs, Neigh: l.neigh,
-		LoopRcv: l.loopRcv, SendICMPError: l.SendICMPError,
-		MIB: inet.MIB{OutNoRoutes: &l.mib[OutNoRoutes], OutDiscards: &l.mib[OutDiscards]},
+		LocalDeliver: l.localDeliver, SendICMPError: l.SendICMPError,
+		MIB: inet.MIB{OutNoRoutes: &l.mib[OutNoRoutes], OutDiscards: &l.mib[OutDiscards], InReceives: &l.mib[InReceives]},
 	})
 	l.out, l.nicMTU = l.xmit.NeighOutput, l.xmit.NICMTU
 	timeout := cfg.ReasmTimeout

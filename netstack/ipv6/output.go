@@ -155,27 +155,6 @@ func (l *Layer) pathMTU(res route.Result, dst netip.Addr) int {
 	return mtu
 }
 
-// loopRcv is ipv6_rcv for a looped-back packet, the backlog's receive
-// step (inet.Output.Loopback): no validation (we built it), checksums
-// trusted, PREROUTING, then local delivery.
-func (l *Layer) loopRcv(skb *buf.SKB) {
-	l.count(InReceives)
-	skb.InNIC = 0
-	clear(skb.CB[:inet.CBBacklogEnd])
-	if skb.Csum != buf.CsumPartial {
-		skb.Csum = buf.CsumUnnecessary
-	}
-	skb.SetNetworkHeader()
-	switch v := l.hooks.Run(netfilter.PreRouting, skb, 0, 0); {
-	case v.Stolen():
-		return
-	case v.Dropped():
-		skb.Free(v.Reason())
-		return
-	}
-	l.localDeliver(skb)
-}
-
 // neighFailure is the neighbour table's IPv6 failure handler
 // (ndisc_error_report → ip6_link_failure): for each packet whose next hop
 // never answered, RFC 4443 §3.1: Destination Unreachable, "inability to
