@@ -83,41 +83,45 @@ func (o *Output) Init(cfg OutputConfig) {
 // that came in there, RELATED) leave through that NIC, as
 // ip_route_me_harder re-routes after mangle OUTPUT changed the mark; the
 // source stays the one the family chose. skb's bytes start at the IP
-// header, res is its route and fl the flow it was routed by.
+// header, *res is its route, which LocalOut replaces when it routes again
+// (as the kernel replaces skb's dst), and fl the flow it was routed by.
+// Pointers, not values: a route.Result is 184 bytes, and this runs for
+// every packet sent.
 //
 // ok (the kernel's return of 1) means the packet goes on to dst_output
-// with the returned route. Otherwise skb is consumed: stolen by a hook
-// (err nil) or freed, err EPERM (a hook dropped it) or the route's error
-// (counted OutNoRoutes).
-func (o *Output) LocalOut(skb *buf.SKB, res route.Result, fl route.Flow) (route.Result, bool, error) {
+// with *res. Otherwise skb is consumed: stolen by a hook (err nil) or
+// freed, err EPERM (a hook dropped it) or the route's error (counted
+// OutNoRoutes).
+func (o *Output) LocalOut(skb *buf.SKB, res *route.Result, fl *route.Flow) (bool, error) {
 	if ok, err := o.hook(netfilter.LocalOut, skb, 0, res.NIC); !ok {
-		return res, false, err
+		return false, err
 	}
 	// The header carries no zone; a link-local fl.Dst may.
 	if dst := o.fam.Dst(skb.Bytes()); dst != fl.Dst.WithZone("") {
-		fl.Dst, fl.Src = dst, o.fam.Src(skb.Bytes())
-		r2, err := o.fib.Output(fl)
+		f := *fl
+		f.Dst, f.Src = dst, o.fam.Src(skb.Bytes())
+		r, err := o.fib.Output(f)
 		if err != nil {
 			o.mib.OutNoRoutes.Add(1)
 			skb.Free(DropOutNoRoutes)
-			return res, false, err
+			return false, err
 		}
-		res = r2
+		*res = r
 		skb.OutNIC = res.NIC
 	}
 	if n := netfilter.ReplyNIC(skb); n != 0 && n != res.NIC && res.Type == route.Unicast {
 		if r, ok := o.fib.Via(o.fam.Dst(skb.Bytes()), n); ok {
-			res = r
+			*res = r
 			skb.OutNIC = res.NIC
 		}
 	}
-	return res, true, nil
+	return true, nil
 }
 
 // PostRouting is the hook ip_output and ip6_output run before their
 // finish_output, on every packet that leaves, forwarded or local. ok means
 // the packet goes on; otherwise skb is consumed as LocalOut says.
-func (o *Output) PostRouting(skb *buf.SKB, res route.Result) (bool, error) {
+func (o *Output) PostRouting(skb *buf.SKB, res *route.Result) (bool, error) {
 	return o.hook(netfilter.PostRouting, skb, skb.InNIC, res.NIC)
 }
 

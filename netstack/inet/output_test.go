@@ -61,7 +61,7 @@ func (r *rig) send(dst netip.Addr) (*buf.SKB, route.Result, bool, error) {
 	skb := buf.FromBytes(buf.MaxHeadroom, r.f.packet(r.f.src, dst))
 	skb.Drops = &r.drops
 	skb.OutNIC = res.NIC
-	res, ok, err := r.o.LocalOut(skb, res, fl)
+	ok, err := r.o.LocalOut(skb, &res, &fl)
 	return skb, res, ok, err
 }
 
@@ -122,7 +122,7 @@ func TestOutputHookVerdicts(t *testing.T) {
 					if !ok {
 						return ok, err
 					}
-					return r.o.PostRouting(skb, res)
+					return r.o.PostRouting(skb, &res)
 				}
 				r.hook(h, func(*buf.SKB, *netfilter.State) netfilter.Verdict { return netfilter.Drop(dropped) })
 				if ok, err := run(); ok || err != syscall.EPERM || r.drops.Get(dropped) != 1 {

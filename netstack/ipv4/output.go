@@ -67,8 +67,7 @@ func (l *Layer) QueueXmit(skb *buf.SKB, fl route.Flow) error {
 // the stack's own reply-direction packets back where their flow came in
 // (inet.Output.LocalOut: the same for IPv6).
 func (l *Layer) localOut(skb *buf.SKB, res route.Result, fl route.Flow) error {
-	res, ok, err := l.xmit.LocalOut(skb, res, fl)
-	if !ok {
+	if ok, err := l.xmit.LocalOut(skb, &res, &fl); !ok {
 		return err
 	}
 	return l.output(skb, res)
@@ -77,7 +76,7 @@ func (l *Layer) localOut(skb *buf.SKB, res route.Result, fl route.Flow) error {
 // output is ip_output: the POSTROUTING hook (inet.Output.PostRouting),
 // then finishOutput.
 func (l *Layer) output(skb *buf.SKB, res route.Result) error {
-	if ok, err := l.xmit.PostRouting(skb, res); !ok {
+	if ok, err := l.xmit.PostRouting(skb, &res); !ok {
 		return err
 	}
 	return l.finishOutput(skb, res)

@@ -72,8 +72,7 @@ func (l *Layer) QueueXmit(skb *buf.SKB, fl route.Flow) error {
 // in there) back through that NIC. The body is IPv4's too
 // (inet.Output.LocalOut).
 func (l *Layer) localOut(skb *buf.SKB, res route.Result, fl route.Flow) error {
-	res, ok, err := l.xmit.LocalOut(skb, res, fl)
-	if !ok {
+	if ok, err := l.xmit.LocalOut(skb, &res, &fl); !ok {
 		return err
 	}
 	return l.output(skb, res)
@@ -82,7 +81,7 @@ func (l *Layer) localOut(skb *buf.SKB, res route.Result, fl route.Flow) error {
 // output is ip6_output: POSTROUTING (inet.Output.PostRouting), then
 // finishOutput.
 func (l *Layer) output(skb *buf.SKB, res route.Result) error {
-	if ok, err := l.xmit.PostRouting(skb, res); !ok {
+	if ok, err := l.xmit.PostRouting(skb, &res); !ok {
 		return err
 	}
 	return l.finishOutput(skb, res)
