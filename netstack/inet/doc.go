@@ -5,8 +5,10 @@
 // the loopback device's backlog (netif_rx, process_backlog) and the
 // receive of a looped-back packet, the ICMP/ICMPv6 error rate limit
 // (icmp_global, with Linux's shared defaults), the per-NIC
-// reverse-path policy (rp_filter) and the keyed hash behind IP IDs and
-// flow labels (jhash_3words). Both layers reach it through Output, built
+// reverse-path policy (rp_filter), the keyed hash behind IP IDs and
+// flow labels (jhash_3words), and proxy mode's diverted echo request
+// with the interceptor it goes to (EchoRequest, EchoInterceptor; the
+// families build the request from their own headers). Both layers reach it through Output, built
 // once per layer with a Family: the one thing the shared tail needs to
 // know about a family, how to read the addresses of its header.
 //

@@ -112,8 +112,8 @@ type Layer struct {
 	idSecret [4]uint32
 	idents   [idBuckets]atomic.Uint32
 
-	// echoFn receives diverted echo requests (SetEchoInterceptor).
-	echoFn atomic.Pointer[EchoFunc]
+	// echo receives diverted echo requests (SetEchoInterceptor).
+	echo inet.EchoInterceptor
 
 	reasm  reassembler
 	icmpRL inet.TokenBucket // icmp_global

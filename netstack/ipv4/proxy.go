@@ -7,6 +7,7 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/inet"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 )
 
@@ -15,39 +16,25 @@ import (
 // sends echo replies and ICMP errors from the foreign address a pod
 // talked to (route.Flow.Transparent).
 
-// EchoRequest is a diverted ICMP echo request (RFC 792). Its slices are
-// valid only during the EchoFunc call.
-type EchoRequest struct {
-	Src, Dst netip.Addr
-	ID, Seq  uint16
-	Payload  []byte
-	// Header is the request as it arrived, up to its data: the IPv4
-	// header with its options and the 8-byte ICMP header, which an ICMP
-	// error about the request quotes first (RFC 792, RFC 1122 §3.2.2).
-	Header []byte
-}
+// EchoRequest is a diverted ICMP echo request (inet.EchoRequest: the
+// same for both families).
+type EchoRequest = inet.EchoRequest
 
-// EchoFunc receives a diverted ICMP echo request. It must not block: it
-// runs on the receiving NIC's goroutine.
-type EchoFunc func(r EchoRequest)
+// EchoFunc receives a diverted echo request (inet.EchoFunc). It must not
+// block: it runs on the receiving NIC's goroutine.
+type EchoFunc = inet.EchoFunc
 
 // SetEchoInterceptor sets the function that receives diverted echo
 // requests (skb.Mark has netfilter.MarkDivert and the destination is not
 // ours). nil removes it: diverted echo requests are then dropped and
 // counted (IcmpExtInEchoDivertDrops, ICMP_ECHO_NO_INTERCEPTOR). Echo
 // requests to our own addresses are answered as before, diverted or not.
-func (l *Layer) SetEchoInterceptor(fn EchoFunc) {
-	if fn == nil {
-		l.echoFn.Store(nil)
-		return
-	}
-	l.echoFn.Store(&fn)
-}
+func (l *Layer) SetEchoInterceptor(fn EchoFunc) { l.echo.Set(fn) }
 
 // echoDiverted hands a diverted echo request to the interceptor. It
 // consumes skb.
 func (l *Layer) echoDiverted(skb *buf.SKB, m header.ICMPv4, src, dst netip.Addr) {
-	fn := l.echoFn.Load()
+	fn := l.echo.Load()
 	if fn == nil {
 		l.count(IcmpInEchoDivertDrops)
 		skb.Free(DropEchoNoInterceptor)
@@ -56,7 +43,7 @@ func (l *Layer) echoDiverted(skb *buf.SKB, m header.ICMPv4, src, dst netip.Addr)
 	l.count(IcmpInEchoDiverted)
 	nh := skb.NetworkHeader()
 	hl := header.IPv4(nh).HeaderLen()
-	(*fn)(EchoRequest{Src: src, Dst: dst, ID: m.ID(), Seq: m.Seq(), Payload: m.Payload(),
+	fn(EchoRequest{Src: src, Dst: dst, ID: m.ID(), Seq: m.Seq(), Payload: m.Payload(),
 		Header: nh[:hl+header.ICMPv4MinSize]})
 	skb.Consume()
 }

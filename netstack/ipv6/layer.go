@@ -129,8 +129,8 @@ type Layer struct {
 	secret [4]uint32
 	idents [identBuckets]atomic.Uint32
 
-	// echoFn receives diverted echo requests (SetEchoInterceptor).
-	echoFn atomic.Pointer[EchoFunc]
+	// echo receives diverted echo requests (SetEchoInterceptor).
+	echo inet.EchoInterceptor
 
 	reasm  reassembler
 	pmtu   pmtuCache

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/inet"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 )
 
@@ -15,40 +16,25 @@ import (
 // replies and ICMPv6 errors from the foreign address a pod talked to
 // (route.Flow.Transparent).
 
-// EchoRequest is a diverted ICMPv6 echo request (RFC 4443 §4.1), as
-// ipv4.EchoRequest: its addresses, identifier, sequence number and data.
-// Payload and Header are valid only during the EchoFunc call.
-type EchoRequest struct {
-	Src, Dst netip.Addr
-	ID, Seq  uint16
-	Payload  []byte
-	// Header is the request as it arrived, up to its data: the IPv6
-	// header, any extension headers and the 8-byte ICMPv6 header, which
-	// an ICMPv6 error about the request quotes first (RFC 4443 §2.4(c)).
-	Header []byte
-}
+// EchoRequest is a diverted ICMPv6 echo request (inet.EchoRequest: the
+// same for both families).
+type EchoRequest = inet.EchoRequest
 
-// EchoFunc receives a diverted ICMPv6 echo request. It must not block:
-// it runs on the receiving NIC's goroutine. Its shape is ipv4.EchoFunc's.
-type EchoFunc func(r EchoRequest)
+// EchoFunc receives a diverted echo request (inet.EchoFunc). It must not
+// block: it runs on the receiving NIC's goroutine.
+type EchoFunc = inet.EchoFunc
 
 // SetEchoInterceptor sets the function that receives diverted echo
 // requests (skb.Mark has netfilter.MarkDivert and the destination is not
 // ours); nil removes it, and they are then dropped and counted
 // (Icmp6InEchoDivertDrops). Requests to our own addresses are answered
 // as always.
-func (l *Layer) SetEchoInterceptor(fn EchoFunc) {
-	if fn == nil {
-		l.echoFn.Store(nil)
-		return
-	}
-	l.echoFn.Store(&fn)
-}
+func (l *Layer) SetEchoInterceptor(fn EchoFunc) { l.echo.Set(fn) }
 
 // echoDiverted hands a diverted echo request to the interceptor. It
 // consumes skb.
 func (l *Layer) echoDiverted(skb *buf.SKB, m header.ICMPv6, src, dst netip.Addr) {
-	fn := l.echoFn.Load()
+	fn := l.echo.Load()
 	if fn == nil {
 		l.count(IcmpInEchoDivertDrops)
 		skb.Free(DropEchoNoInterceptor)
@@ -57,7 +43,7 @@ func (l *Layer) echoDiverted(skb *buf.SKB, m header.ICMPv6, src, dst netip.Addr)
 	l.count(IcmpInEchoDiverted)
 	nh := skb.NetworkHeader()
 	hl := min(skb.TransportOffset()-skb.NetworkOffset()+header.ICMPv6MinSize, len(nh))
-	(*fn)(EchoRequest{Src: src, Dst: dst, ID: m.ID(), Seq: m.Seq(), Payload: m.Payload(), Header: nh[:hl]})
+	fn(EchoRequest{Src: src, Dst: dst, ID: m.ID(), Seq: m.Seq(), Payload: m.Payload(), Header: nh[:hl]})
 	skb.Consume()
 }
 
