@@ -52,6 +52,7 @@ func BenchmarkTCPRelay(b *testing.B) {
 			defer c.Close()
 			b.SetBytes(int64(len(chunk)))
 			b.ReportAllocs()
+			c0 := r.node.Stats().Counters
 			b.ResetTimer()
 			if dir == "pod-to-host" {
 				for i := 0; i < b.N; i++ {
@@ -68,6 +69,14 @@ func BenchmarkTCPRelay(b *testing.B) {
 				}
 			}
 			b.StopTimer()
+			// The relay's segments toward the pod whose payload was
+			// copied, not cloned from the send queue (tcp/sndq.go).
+			c1 := r.node.Stats().Counters
+			if out := c1["TcpOutSegs"] - c0["TcpOutSegs"]; out > 0 && dir == "host-to-pod" {
+				zc := c1["TcpExtTCPZeroCopySegs"] - c0["TcpExtTCPZeroCopySegs"]
+				b.ReportMetric(float64(out-zc)/float64(b.N), "copied-segs/op")
+				b.ReportMetric(float64(out)/float64(b.N), "segs/op")
+			}
 		})
 	}
 }

@@ -90,7 +90,11 @@
 // payload (the size goal) in SKBs with headroom; a segment starting at a
 // chunk goes out as a clone of it with the headers pushed in front, the
 // payload not copied (Linux clones its write-queue skbs), unless a clone
-// of that chunk is still in flight; other segments are copied out.
+// of that chunk is still in flight; other segments are copied out. A
+// segment ends where its chunk ends (when that leaves at least one MSS),
+// as Linux sends skb by skb: a chunk sent while still being filled (a
+// short read, then more) costs one copied segment, after which segments
+// start at chunks again.
 // WriteFrom lets a relay read its host socket straight into the chunks:
 // the tail chunk's room and as many fresh chunks as the caller has slices
 // for, up to the free send buffer space, reserved while the caller fills

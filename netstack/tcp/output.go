@@ -346,6 +346,16 @@ func (s *Sock) writeXmit() {
 		if n <= 0 {
 			break
 		}
+		// End the segment where its send-queue chunk ends, as Linux
+		// sends its write queue skb by skb (tcp_write_xmit): a segment
+		// that started inside a chunk (the chunk was sent while still
+		// being filled) is copied, and one that ran on into the next
+		// chunk would leave every later segment misaligned, and
+		// copied, too. Not below one MSS: that would change what
+		// Nagle holds back.
+		if r := s.sndBuf.chunkRest(int(s.sndNxt - s.bufSeq)); r >= mss && r < n {
+			n = r
+		}
 		if n < mss {
 			// RFC 9293 §3.8.6.2.1: send a partial segment only if it
 			// is everything queued and Nagle allows (MUST-27: no new

@@ -164,6 +164,18 @@ func (q *sndQueue) segment(off, n int) *buf.SKB {
 	return s
 }
 
+// chunkRest is how many bytes from offset off to the end of the chunk
+// holding it (0 past the end). A segment that ends there lets the next
+// one start at a chunk's first byte, where segment clones instead of
+// copying.
+func (q *sndQueue) chunkRest(off int) int {
+	c, in := q.at(off)
+	if c == nil {
+		return 0
+	}
+	return c.Len() - in
+}
+
 // discard drops n acknowledged bytes from the front; emptied chunks go
 // back to the pool (but a reserved tail chunk stays, empty).
 func (q *sndQueue) discard(n int) {

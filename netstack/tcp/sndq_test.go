@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/link"
 )
 
 // The send queue is one byte stream whatever the chunking: random
@@ -99,5 +102,50 @@ func TestSendQueueStream(t *testing.T) {
 	q.commit(4)
 	if q.len() != 0 || q.q.Len() != 0 {
 		t.Fatalf("after release: %d bytes in %d chunks", q.len(), q.q.Len())
+	}
+}
+
+// A send-queue chunk that went out while still being filled (a small
+// write, then a large one) costs one copied segment, not all the rest:
+// writeXmit ends the segment at the chunk's end, so the next starts at a
+// chunk's first byte and is cloned (segment). Without that, every later
+// segment straddled two chunks and was copied.
+func TestSendSegmentsRealignToChunks(t *testing.T) {
+	c := newPeer(t, Config{Device: func(int) (int, link.Caps, bool) { return 1500, linkGSO, true }})
+	s := c.establishPassive(header.TCPOptions{HasMSS: true, MSS: 1460, HasWScale: true, WScale: 7})
+	if _, err := s.Write(make([]byte, 10000)); err != nil {
+		t.Fatal(err)
+	}
+	first := c.Expect("the small write")
+	if len(first.data) != 10000 {
+		t.Fatalf("first segment %v", first)
+	}
+	const total = 600 << 10
+	if _, err := s.Write(make([]byte, total)); err != nil {
+		t.Fatal(err)
+	}
+	before := c.p.Counters()
+	acked := first.seq + uint32(len(first.data))
+	segs := 0
+	for round := 0; round < 200 && acked != c.IRS+1+10000+total; round++ {
+		for _, o := range c.Out() {
+			if len(o.data) > 0 {
+				segs++
+				if end := o.seq + uint32(len(o.data)); header.SeqGT(end, acked) {
+					acked = end
+				}
+			}
+		}
+		c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(acked).Wnd(0xffff))
+	}
+	if acked != c.IRS+1+10000+total {
+		t.Fatalf("acked %d of %d bytes", acked-c.IRS-1, 10000+total)
+	}
+	after := c.p.Counters()
+	copied := int(after["TcpOutSegs"]-before["TcpOutSegs"]) - int(after["TcpExtTCPZeroCopySegs"]-before["TcpExtTCPZeroCopySegs"])
+	// The first chunk's rest may take a segment or two (the congestion
+	// window cuts them); every later one is a clone.
+	if segs < 10 || copied > 3 {
+		t.Fatalf("%d data segments, %d copied", segs, copied)
 	}
 }
