@@ -172,13 +172,15 @@ func uname() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-// fmtSummary is "median" or "error"/"–".
+// fmtSummary is "median" or "error", "not run" or "–".
 func fmtSummary(m *metric, s summary) string {
 	switch {
 	case s.ok():
 		return fmt.Sprintf(m.format, s.median)
 	case s.rounds > 0:
 		return "error"
+	case s.notRun:
+		return "not run"
 	}
 	return "–"
 }

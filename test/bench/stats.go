@@ -56,17 +56,23 @@ type summary struct {
 	rounds           int // rounds run
 	median, min, max float64
 	errs             []string // why the other rounds have none (deduplicated)
+	notRun           bool     // the options left the measurement out (errNotRun)
 }
 
 func (s summary) ok() bool { return s.n > 0 }
 
 // summarize reduces one metric's rounds. A figure that was not measured
-// for this variant at all (errNotMeasured) is neither a value nor an error.
+// for this variant at all (errNotMeasured), or that the options left out
+// (errNotRun), is neither a value nor an error.
 func summarize(vals []measured) summary {
 	var s summary
 	var v []float64
 	for _, m := range vals {
 		if m.err == errNotMeasured {
+			continue
+		}
+		if m.err == errNotRun {
+			s.notRun = true
 			continue
 		}
 		s.rounds++

@@ -34,6 +34,10 @@ func TestSummarizeSkipsFailuresAndUnmeasured(t *testing.T) {
 	if len(s.errs) != 1 || s.errs[0] != "iperf3 failed" {
 		t.Fatalf("errs = %q, want the one error's first line once", s.errs)
 	}
+	// -throughput=false: "not run", not an error of every round.
+	if s := summarize([]measured{{err: errNotRun}, {err: errNotRun}}); s.rounds != 0 || s.ok() || !s.notRun || len(s.errs) != 0 {
+		t.Fatalf("not run: %+v", s)
+	}
 	if s := summarize([]measured{{err: errNotMeasured}}); s.rounds != 0 || s.ok() {
 		t.Fatalf("a figure the variant does not have: %+v, want no rounds", s)
 	}
