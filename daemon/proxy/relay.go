@@ -6,11 +6,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 )
 
@@ -59,7 +59,7 @@ type relay struct {
 	// answered once the host connect completed; timer bounds connect
 	// and handshake by ConnectTimeout. mu guards phase and finished.
 	req      *tcp.Request
-	timer    *time.Timer
+	timer    *clock.Timer
 	mu       sync.Mutex
 	phase    atomic.Uint32 // a relayPhase; changed under mu, read anywhere
 	finished bool
@@ -250,7 +250,12 @@ func (e *Engine) tcpSYN(req *tcp.Request) {
 		e.release(f)
 	}
 	r.mu.Lock() // timeout reads r.timer under mu
-	r.timer = time.AfterFunc(e.cfg.ConnectTimeout, r.timeout)
+	// The stack's clock, not time.AfterFunc: a runtime timer added
+	// ahead of the netpoller's sleep wakes an idle thread to re-arm it
+	// (wakeNetPoller), one cross-CPU wake-up per connection; the
+	// stack's timer heap wakes its goroutine only for a new earliest
+	// deadline, which a 10 s timeout rarely is.
+	r.timer = e.st.Clock().AfterFunc(e.cfg.ConnectTimeout, r.timeout)
 	r.mu.Unlock()
 	if !f.add(r.abort) {
 		return
