@@ -35,8 +35,9 @@
 // the host connection is up, Request.Refuse (RST) otherwise; the pod's
 // ACK then completes the child and the relay starts moving bytes.
 // ConnectTimeout bounds connect and the pod's handshake together (one
-// runtime timer per pending flow; on expiry the pod gets an RST or its
-// half-open child is reset). A refused, unreachable (no route,
+// timer of the stack's clock per pending flow — not a runtime timer,
+// whose arming wakes an idle thread to re-arm the netpoller — on expiry
+// the pod gets an RST or its half-open child is reset). A refused, unreachable (no route,
 // EHOSTUNREACH) and timed-out upstream all become an RST, counted apart
 // (TCPRefused, TCPUnreachable, TCPTimeouts); the pod never gets an ICMP
 // unreachable from us, and never hangs past ConnectTimeout. While the
