@@ -164,6 +164,23 @@
 // only pasta (0.55× connections/s, RR p99 10×: its stack in C, one thread)
 // is left ahead, on those two rows.
 //
+// Where pasta stays ahead, connections/s (same VM, 2026-12-07's third
+// session, an A/B run of 3 rounds at 07:47): proxy 0.46× the kernel,
+// pasta 0.54×, while proxy leads on RR (p50 8.5× against 9.1×, p99 8.8×
+// against 9.2×). Per connection the daemon spends 219-224 µs of CPU,
+// pasta 154-157, and switches context 5.3 times against pasta's 4.0-4.5.
+// The kernel work is alike (about 155 µs against 140: the host socket's
+// handshake and teardown, the pod's TCP run inside our sendmmsg as
+// inside pasta's tap write); the difference is user space, 27% of our
+// CPU against about 10% of pasta's. Of ours, netfilter with conntrack
+// (which pasta does not have) is about 18%, Go's scheduler 15%,
+// allocation and GC 7%, timers 5%. Measured and dropped: GOMAXPROCS=1
+// (3.3 switches per connection, connections/s +8-14%, but four streams
+// pod→host −20-35%); an EPOLLONESHOT gate in front of each AF_PACKET
+// socket, so that frames arriving while the reader runs wake no idle
+// thread (connections/s −10%: two more system calls per wake-up); one
+// receive queue (CPU per connection −7%, connections/s unchanged).
+//
 // # The route floor
 //
 // Route mode forwards the pod's frames: the stack end of the pod's veth
