@@ -116,13 +116,11 @@ type Conn struct {
 	status atomic.Uint32
 	Mark   atomic.Uint32
 
-	expires atomic.Int64 // clock ns of the idle deadline
-	timer   *clock.Timer
+	expires atomic.Int64 // clock ns of the idle deadline: dead from then on
 	created time.Time
 
-	mu    sync.Mutex // guards tcp and armedAt
-	tcp   tcpConn
-	armed int64 // deadline the timer is armed for
+	mu  sync.Mutex // guards tcp
+	tcp tcpConn
 
 	packets, bytes [2]atomic.Uint64
 	// replyNIC is the NIC the reply direction is routed out of, 0 for
@@ -183,6 +181,12 @@ type Table struct {
 	free   []uint32
 	count  int
 	cursor int // early drop scan position
+	hi     int // highest slot ever used + 1: the collector looks below it
+
+	// gc runs collect every gcInterval while the table holds Conns
+	// (gcArmed, under mu).
+	gc      *clock.Timer
+	gcArmed bool
 
 	found, new_, invalid, insert, insertFailed, drop, earlyDrop, expired, deleted atomic.Uint64
 }
@@ -198,6 +202,7 @@ func New(clk clock.Clock, cfg Config) *Table {
 		cfg.Max = DefaultMax
 	}
 	t := &Table{clk: clk, cfg: cfg, hash: map[Tuple]tupleRef{}}
+	t.gc = clk.NewTimer(t.collect)
 	t.to = fillTimeouts(cfg.Timeouts)
 	t.slots = make([]*Conn, cfg.Max)
 	t.gens = make([]uint32, cfg.Max)
@@ -241,12 +246,22 @@ func (t *Table) Get(id, gen uint32) *Conn {
 	return c
 }
 
-// Lookup finds the Conn a tuple belongs to and its direction.
+// Lookup finds the live Conn a tuple belongs to and its direction.
 func (t *Table) Lookup(tu Tuple) (*Conn, Dir, bool) {
+	return t.lookup(tu, t.clk.Now().UnixNano())
+}
+
+// lookup is Lookup at clock time now: a Conn past its deadline is not
+// found (nf_ct_is_expired; the collector or the next create of its
+// tuple removes it).
+func (t *Table) lookup(tu Tuple, now int64) (*Conn, Dir, bool) {
 	t.mu.RLock()
 	r, ok := t.hash[tu]
 	t.mu.RUnlock()
-	return r.c, r.dir, ok
+	if !ok || r.c.expires.Load() <= now {
+		return nil, Original, false
+	}
+	return r.c, r.dir, true
 }
 
 // In tracks one datagram (nf_conntrack_in): p was filled by Parse. It
@@ -272,9 +287,10 @@ func (t *Table) In(p *Packet) (*Conn, Dir, Info, error) {
 			return nil, Original, InfoUntracked, nil
 		}
 	}
-	if c, dir, ok := t.Lookup(tu); ok {
+	now := t.clk.Now()
+	if c, dir, ok := t.lookup(tu, now.UnixNano()); ok {
 		t.found.Add(1)
-		return t.packet(c, dir, p)
+		return t.packet(c, dir, p, now)
 	}
 	// A new flow: only some first packets may open one.
 	switch tu.Proto {
@@ -300,7 +316,7 @@ func (t *Table) In(p *Packet) (*Conn, Dir, Info, error) {
 			}
 		}
 	}
-	c, err := t.create(tu)
+	c, err := t.create(tu, now)
 	if err != nil {
 		if err == errRace {
 			return t.In(p)
@@ -321,14 +337,17 @@ var errRace = errors.New("conntrack: lost an insert race")
 
 // create inserts an unconfirmed Conn for tu (init_conntrack), evicting an
 // unreplied Conn when the table is full.
-func (t *Table) create(tu Tuple) (*Conn, error) {
-	now := t.clk.Now()
+func (t *Table) create(tu Tuple, now time.Time) (*Conn, error) {
 	t.mu.Lock()
+	// A dead Conn still holding either tuple goes first, as the kernel
+	// drops an expired conntrack it finds on insert.
+	t.reapLocked(tu, now.UnixNano())
+	t.reapLocked(tu.Reverse(), now.UnixNano())
 	if _, ok := t.hash[tu]; ok {
 		t.mu.Unlock()
 		return nil, errRace
 	}
-	if t.count >= t.cfg.Max && !t.earlyDropLocked() {
+	if t.count >= t.cfg.Max && !t.earlyDropLocked(now.UnixNano()) {
 		t.mu.Unlock()
 		t.drop.Add(1)
 		return nil, ErrTableFull
@@ -363,23 +382,32 @@ func (t *Table) create(tu Tuple) (*Conn, error) {
 	t.hash[c.Tuple(Reply)] = tupleRef{c, Reply}
 	t.count++
 	t.insert.Add(1)
-	c.timer = t.clk.NewTimer(c.fire)
-	dl := now.Add(t.to.Unconfirmed).UnixNano()
-	c.expires.Store(dl)
-	c.armed = dl
-	c.timer.ResetAt(time.Unix(0, dl))
+	c.expires.Store(now.Add(t.to.Unconfirmed).UnixNano())
+	t.hi = max(t.hi, int(id)+1)
+	if !t.gcArmed {
+		t.gcArmed = true
+		t.gc.Reset(gcInterval)
+	}
 	t.mu.Unlock()
 	return c, nil
 }
 
-// earlyDropLocked evicts one Conn that has seen no reply (early_drop),
-// scanning at most earlyDropScan slots from a rotating cursor.
-func (t *Table) earlyDropLocked() bool {
+// earlyDropLocked evicts one Conn that has seen no reply (early_drop), or
+// one past its deadline that the collector has not swept yet, scanning
+// at most earlyDropScan slots from a rotating cursor.
+func (t *Table) earlyDropLocked(now int64) bool {
 	n := len(t.slots)
 	for i := 0; i < earlyDropScan && i < n; i++ {
 		t.cursor = (t.cursor + 1) % n
 		c := t.slots[t.cursor]
-		if c != nil && c.status.Load()&StatusAssured == 0 {
+		switch {
+		case c == nil:
+		case c.expires.Load() <= now:
+			// Dead, not yet collected: its room is free.
+			t.removeLocked(c)
+			t.expired.Add(1)
+			return true
+		case c.status.Load()&StatusAssured == 0:
 			t.removeLocked(c)
 			t.earlyDrop.Add(1)
 			return true
@@ -399,8 +427,49 @@ func (t *Table) removeLocked(c *Conn) bool {
 	t.slots[c.id] = nil
 	t.free = append(t.free, c.id)
 	t.count--
-	c.timer.Stop()
 	return true
+}
+
+// reapLocked removes the Conn holding tu if it is past its deadline.
+func (t *Table) reapLocked(tu Tuple, now int64) {
+	if r, ok := t.hash[tu]; ok && r.c.expires.Load() <= now && t.removeLocked(r.c) {
+		t.expired.Add(1)
+	}
+}
+
+// The collector (gc_worker in nf_conntrack_core.c, which replaced the
+// per-conntrack timers in Linux 4.7): no Conn has a timer of its own;
+// a packet only stores its Conn's new deadline, lookups treat a Conn past
+// it as gone, and collect removes the dead ones, gcChunk slots per hold
+// of the table lock, every gcInterval while the table is not empty. So
+// a flow costs no timer, no timer heap operation when its state changes
+// its timeout, and an idle table no wake-up.
+const (
+	gcInterval = time.Second
+	gcChunk    = 1024
+)
+
+// collect is the gc timer's callback: one sweep of the used slots.
+func (t *Table) collect() {
+	now := t.clk.Now().UnixNano()
+	for lo := 0; ; lo += gcChunk {
+		t.mu.Lock()
+		if lo >= t.hi {
+			if t.count > 0 {
+				t.gc.Reset(gcInterval)
+			} else {
+				t.gcArmed = false
+			}
+			t.mu.Unlock()
+			return
+		}
+		for _, c := range t.slots[lo:min(lo+gcChunk, t.hi)] {
+			if c != nil && c.expires.Load() <= now && t.removeLocked(c) {
+				t.expired.Add(1)
+			}
+		}
+		t.mu.Unlock()
+	}
 }
 
 // Kill removes c at once (conntrack -D, or its first packet was dropped).
@@ -423,11 +492,11 @@ func (t *Table) Confirm(c *Conn) {
 	c.mu.Lock()
 	to := t.timeoutLocked(c)
 	c.mu.Unlock()
-	c.refresh(to, true)
+	c.refresh(t.clk.Now(), to)
 }
 
 // packet updates an existing Conn for a packet in direction dir.
-func (t *Table) packet(c *Conn, dir Dir, p *Packet) (*Conn, Dir, Info, error) {
+func (t *Table) packet(c *Conn, dir Dir, p *Packet, now time.Time) (*Conn, Dir, Info, error) {
 	info := InfoEstablished
 	if dir == Reply && c.status.Load()&StatusSeenReply == 0 {
 		c.status.Or(StatusSeenReply)
@@ -471,7 +540,7 @@ func (t *Table) packet(c *Conn, dir Dir, p *Packet) (*Conn, Dir, Info, error) {
 	to := t.timeoutLocked(c)
 	c.mu.Unlock()
 	if c.status.Load()&StatusConfirmed != 0 {
-		c.refresh(to, false)
+		c.refresh(now, to)
 	}
 	c.account(dir, p.Length)
 	return c, dir, info, nil
@@ -527,37 +596,11 @@ func (t *Table) timeoutLocked(c *Conn) time.Duration {
 	return t.to.Generic
 }
 
-// refresh moves the idle deadline to now+d. A later deadline is only
-// stored (the timer re-arms when it fires); an earlier one, or force,
-// re-arms now.
-func (c *Conn) refresh(d time.Duration, force bool) {
-	dl := c.t.clk.Now().Add(d).UnixNano()
-	c.expires.Store(dl)
-	c.mu.Lock()
-	if force || dl < c.armed {
-		c.armed = dl
-		c.timer.ResetAt(time.Unix(0, dl))
-	}
-	c.mu.Unlock()
-}
-
-// fire is the timer callback: expire the Conn or re-arm for its deadline.
-func (c *Conn) fire() {
-	now := c.t.clk.Now().UnixNano()
-	if dl := c.expires.Load(); dl > now {
-		c.mu.Lock()
-		c.armed = dl
-		c.timer.ResetAt(time.Unix(0, dl))
-		c.mu.Unlock()
-		return
-	}
-	t := c.t
-	t.mu.Lock()
-	if t.slots[c.id] == c {
-		t.removeLocked(c)
-		t.expired.Add(1)
-	}
-	t.mu.Unlock()
+// refresh moves the idle deadline to now+d (one atomic store; an
+// earlier deadline, TCP entering TIME_WAIT, is as cheap as a later one:
+// no timer to re-arm).
+func (c *Conn) refresh(now time.Time, d time.Duration) {
+	c.expires.Store(now.Add(d).UnixNano())
 }
 
 // Stats returns the counters.
@@ -594,8 +637,8 @@ func (t *Table) List() []Entry {
 	t.mu.RLock()
 	out := make([]Entry, 0, t.count)
 	var cs []*Conn
-	for _, c := range t.slots {
-		if c != nil {
+	for _, c := range t.slots[:t.hi] {
+		if c != nil && c.expires.Load() > now {
 			cs = append(cs, c)
 		}
 	}

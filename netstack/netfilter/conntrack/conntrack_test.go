@@ -376,3 +376,73 @@ func FuzzParseAndTrack(f *testing.F) {
 		}
 	})
 }
+
+// No Conn has a timer (the collector, gc_worker): a Conn past its
+// deadline is gone for lookups at once, even before the collector's next
+// sweep; the tuple's next packet opens a fresh flow; a full table takes
+// a dead assured Conn's room before it refuses; the collector stops when
+// the table empties, so an idle table costs no wake-up.
+func TestExpiryWithoutTimers(t *testing.T) {
+	clk := clock.NewManual()
+	tb := conntrack.New(clk, conntrack.Config{Max: 2})
+	a := stacktest.IPv4(cli, srv).UDP(1000, 53).Bytes()
+	ca, _, _ := in(t, tb, a)
+	tb.Confirm(ca) // dies at 30 s
+	clk.Advance(500 * time.Millisecond)
+	b := stacktest.IPv4(cli, srv).UDP(1001, 53).Bytes()
+	cb, _, _ := in(t, tb, b)
+	tb.Confirm(cb) // dies at 30.5 s
+	if clk.Pending() != 1 {
+		t.Fatalf("%d timers armed for two flows, want the collector's one", clk.Pending())
+	}
+	// 30.7 s: the collector last swept at 30 s, when b was alive.
+	clk.Advance(30200 * time.Millisecond)
+	if tb.Len() != 1 {
+		t.Fatalf("len %d: a swept at 30 s, b not yet", tb.Len())
+	}
+	if _, _, ok := tb.Lookup(ca.Tuple(conntrack.Original)); ok {
+		t.Fatal("a swept Conn found")
+	}
+	if _, _, ok := tb.Lookup(cb.Tuple(conntrack.Original)); ok {
+		t.Fatal("a Conn past its deadline found")
+	}
+	if l := tb.List(); len(l) != 0 {
+		t.Fatalf("conntrack -L lists dead flows: %v", l)
+	}
+	c2, _, info := in(t, tb, b)
+	if info != conntrack.InfoNew || c2 == cb {
+		t.Fatalf("the dead tuple's next packet: %v", info)
+	}
+	tb.Confirm(c2)
+	if st := tb.Stats(); st.Expired != 2 || st.Entries != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	// A full table of assured flows, one of them dead: its room is free.
+	in(t, tb, stacktest.IPv4(srv, cli).UDP(53, 1001).Bytes())
+	c3, _, _ := in(t, tb, stacktest.IPv4(cli, srv).UDP(1002, 53).Bytes())
+	tb.Confirm(c3)
+	in(t, tb, stacktest.IPv4(srv, cli).UDP(53, 1002).Bytes())
+	clk.Advance(200 * time.Second) // both dead (UDP stream: 120 s)...
+	if tb.Len() != 0 || clk.Pending() != 0 {
+		t.Fatalf("len %d, %d timers: the collector must sweep and stop", tb.Len(), clk.Pending())
+	}
+	// The collector restarts with the first new flow and sweeps every
+	// second from then; both flows' last packets come half a second
+	// later, so their deadlines fall between two sweeps.
+	for i := 0; i < 2; i++ {
+		c, _, _ := in(t, tb, stacktest.IPv4(cli, srv).UDP(uint16(2000+i), 53).Bytes())
+		tb.Confirm(c)
+		in(t, tb, stacktest.IPv4(srv, cli).UDP(53, uint16(2000+i)).Bytes())
+	}
+	clk.Advance(500 * time.Millisecond)
+	for i := 0; i < 2; i++ {
+		in(t, tb, stacktest.IPv4(srv, cli).UDP(53, uint16(2000+i)).Bytes())
+	}
+	clk.Advance(120*time.Second + 200*time.Millisecond) // dead for 0.2 s, swept in 0.3 s
+	if tb.Len() != 2 {
+		t.Fatalf("len %d: not swept yet", tb.Len())
+	}
+	if _, _, info := in(t, tb, stacktest.IPv4(cli, srv).UDP(3000, 53).Bytes()); info != conntrack.InfoNew {
+		t.Fatalf("new flow into a table of dead assured flows: %v", info)
+	}
+}

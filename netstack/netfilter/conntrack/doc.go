@@ -31,20 +31,26 @@
 //
 // # Timers
 //
-// Each Conn has one clock.Timer, armed lazily: a packet only stores the new
-// deadline in an atomic. When the timer fires before that deadline it is
-// re-armed for it; when the deadline has passed the Conn is removed. A
-// deadline that moves earlier (TCP entering TIME_WAIT or CLOSE) re-arms at
-// once. So the per-packet cost is one atomic store, and no Conn costs a
-// goroutine.
+// No Conn has a timer (Linux dropped its per-conntrack timers for the
+// gc_worker in 4.7). A packet stores its Conn's new deadline in an atomic
+// — a deadline that moves earlier (TCP entering TIME_WAIT) costs the same
+// one store — and a Conn past its deadline is dead: lookups do not find
+// it, the next create of either of its tuples removes it, and so does
+// the early-drop scan of a full table. The table's one collector timer
+// sweeps the used slots every gcInterval (in chunks of gcChunk slots per
+// hold of the table lock) while the table holds Conns, and stops when it
+// is empty. So a flow costs no timer and no timer-heap operation, and the
+// stack's timer heap holds sockets' timers only, not one per tracked flow
+// for the 120 s of TIME_WAIT.
 //
 // # Limits
 //
 // The table holds at most Config.Max Conns (nf_conntrack_max). A new flow
-// over the limit evicts an unreplied (not ASSURED) Conn found among the
-// next earlyDropScan slots (early_drop); when none is found the packet is
-// dropped and counted (Stats.Drop), and established flows are untouched.
+// over the limit evicts an unreplied (not ASSURED) or a dead Conn found
+// among the next earlyDropScan slots (early_drop); when none is found the
+// packet is dropped and counted (Stats.Drop), and established flows are
+// untouched.
 // NAT port allocation tries at most maxPortTries candidates.
 //
-// Lock order: Table.mu > Conn.mu. Timer callbacks take Table.mu.
+// Lock order: Table.mu > Conn.mu. The collector takes Table.mu.
 package conntrack
