@@ -33,13 +33,22 @@ type Clock interface {
 	NewTimer(f func()) *Timer
 	// AfterFunc runs f once after d.
 	AfterFunc(d time.Duration, f func()) *Timer
+	// InitTimer makes t, a Timer embedded in its owner, a stopped timer
+	// that calls h.Fire(t) when it fires: no allocation, neither for
+	// the Timer nor for a callback closure.
+	InitTimer(t *Timer, h Handler)
 }
+
+// Handler is the owner of embedded Timers (InitTimer): Fire(t) runs
+// when t fires, so one owner can tell its timers apart by address.
+type Handler interface{ Fire(t *Timer) }
 
 // Timer is one pending callback. Its zero value is not usable: get one
 // from a Clock.
 type Timer struct {
 	q    *queue
-	f    func()
+	f    func()  // NewTimer's callback, or nil
+	h    Handler // InitTimer's owner, or nil
 	when time.Time
 	idx  int // position in the heap, -1 when not armed
 }
@@ -98,6 +107,17 @@ func newQueue(now func() time.Time) *queue {
 
 func (q *queue) newTimer(f func()) *Timer { return &Timer{q: q, f: f, idx: -1} }
 
+func (q *queue) initTimer(t *Timer, h Handler) { *t = Timer{q: q, h: h, idx: -1} }
+
+// fire runs t's callback.
+func (t *Timer) fire() {
+	if t.f != nil {
+		t.f()
+		return
+	}
+	t.h.Fire(t)
+}
+
 func (q *queue) arm(t *Timer, when time.Time) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -145,7 +165,7 @@ func (q *queue) expire(now time.Time) time.Time {
 		}
 		t := heap.Pop(&q.h).(*Timer)
 		q.mu.Unlock()
-		t.f()
+		t.fire()
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()

@@ -157,3 +157,41 @@ func TestWakeOnlyForEarlierDeadline(t *testing.T) {
 		t.Fatalf("after the target the driver sleeps until %v, want the new head", next)
 	}
 }
+
+type firedTimers struct{ got []*Timer }
+
+func (f *firedTimers) Fire(t *Timer) { f.got = append(f.got, t) }
+
+// Timers embedded in their owner (InitTimer) fire through the owner's
+// Handler with their own address, re-arm and stop like NewTimer's, and
+// arming them allocates nothing.
+func TestEmbeddedTimers(t *testing.T) {
+	m := NewManual()
+	var owner struct {
+		a, b Timer
+		h    firedTimers
+	}
+	m.InitTimer(&owner.a, &owner.h)
+	m.InitTimer(&owner.b, &owner.h)
+	if owner.a.Armed() || owner.b.Stop() {
+		t.Fatal("an initialised timer must be stopped")
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		owner.a.Reset(2 * time.Second)
+		owner.b.Reset(time.Second)
+	}); n != 0 {
+		t.Fatalf("%v allocations per re-arm", n)
+	}
+	owner.a.Reset(2 * time.Second)
+	owner.b.Reset(time.Second)
+	m.Advance(3 * time.Second)
+	if len(owner.h.got) != 2 || owner.h.got[0] != &owner.b || owner.h.got[1] != &owner.a {
+		t.Fatalf("fired %v, want b then a", owner.h.got)
+	}
+	owner.a.Reset(time.Second)
+	owner.a.Stop()
+	m.Advance(2 * time.Second)
+	if len(owner.h.got) != 2 {
+		t.Fatal("a stopped embedded timer fired")
+	}
+}

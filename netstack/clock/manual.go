@@ -34,6 +34,9 @@ func (m *Manual) Now() time.Time {
 // NewTimer returns a stopped timer.
 func (m *Manual) NewTimer(f func()) *Timer { return m.q.newTimer(f) }
 
+// InitTimer makes the embedded t a stopped timer of this clock.
+func (m *Manual) InitTimer(t *Timer, h Handler) { m.q.initTimer(t, h) }
+
 // AfterFunc runs f once after d of simulated time.
 func (m *Manual) AfterFunc(d time.Duration, f func()) *Timer {
 	t := m.q.newTimer(f)

@@ -58,6 +58,9 @@ func (r *Real) Now() time.Time { return time.Now() }
 // NewTimer returns a stopped timer.
 func (r *Real) NewTimer(f func()) *Timer { return r.q.newTimer(f) }
 
+// InitTimer makes the embedded t a stopped timer of this clock.
+func (r *Real) InitTimer(t *Timer, h Handler) { r.q.initTimer(t, h) }
+
 // AfterFunc runs f once after d.
 func (r *Real) AfterFunc(d time.Duration, f func()) *Timer {
 	t := r.q.newTimer(f)

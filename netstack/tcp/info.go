@@ -166,11 +166,11 @@ func (s *Sock) DebugString() string {
 		s.srtt, s.rttvar, s.minRTT, s.rto, s.backoff, s.backedOffRTO(), s.rttTiming, ago(s.lastSend), s.retransTotal)
 	modes := [...]string{rtxRetrans: "retrans", rtxProbe: "probe", rtxTLP: "tlp"}
 	fmt.Fprintf(&b, "timers: rtxMode=%s", modes[s.rtxMode])
-	timer("rtx", s.rtxTimer)
-	timer("delack", s.delackTimer)
-	timer("ka", s.kaTimer)
-	timer("deadline", s.dlTimer)
-	timer("rack", s.rackTimer)
+	timer("rtx", &s.rtxTimer)
+	timer("delack", &s.delackTimer)
+	timer("ka", &s.kaTimer)
+	timer("deadline", &s.dlTimer)
+	timer("rack", &s.rackTimer)
 	fmt.Fprintf(&b, " kaArmed=%v\n", s.kaArmed)
 	fmt.Fprintf(&b, "sacked(%d):", len(s.sacked))
 	for _, r := range s.sacked {

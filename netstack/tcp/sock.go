@@ -228,8 +228,10 @@ type Sock struct {
 	bytesAcked, bytesReceived uint64
 	segsOut, segsIn           uint64
 
-	rtxTimer, delackTimer, kaTimer, dlTimer *clock.Timer
-	rackTimer                               *clock.Timer // RFC 8985 §6.3 reordering timer
+	// Embedded, so a socket's timers cost no allocation (Fire tells
+	// them apart).
+	rtxTimer, delackTimer, kaTimer, dlTimer clock.Timer
+	rackTimer                               clock.Timer // RFC 8985 §6.3 reordering timer
 }
 
 // NewSock returns an unbound socket (tcp_v4_init_sock). Its timers are
@@ -238,12 +240,31 @@ func (p *Proto) NewSock() *Sock {
 	s := &Sock{p: p, sndBufLimit: p.cfg.SndBuf, rcvBufLimit: p.cfg.RcvBuf, rto: InitialRTO,
 		keepIdle: DefaultKeepIdle, keepIntvl: DefaultKeepIntvl, keepCnt: DefaultKeepCount}
 	s.cond.L = &s.mu
-	s.rtxTimer = p.clk.NewTimer(s.rtxFired)
-	s.delackTimer = p.clk.NewTimer(s.delackFired)
-	s.kaTimer = p.clk.NewTimer(s.kaFired)
-	s.dlTimer = p.clk.NewTimer(s.deadlineFired)
-	s.rackTimer = p.clk.NewTimer(s.rackFired)
+	for _, t := range [...]*clock.Timer{&s.rtxTimer, &s.delackTimer, &s.kaTimer, &s.dlTimer, &s.rackTimer} {
+		p.clk.InitTimer(t, (*sockTimers)(s))
+	}
 	return s
+}
+
+// sockTimers is the socket as its timers' clock.Handler (kept off Sock's
+// own method set).
+type sockTimers Sock
+
+// Fire runs the callback of the socket's timer t.
+func (st *sockTimers) Fire(t *clock.Timer) {
+	s := (*Sock)(st)
+	switch t {
+	case &s.rtxTimer:
+		s.rtxFired()
+	case &s.delackTimer:
+		s.delackFired()
+	case &s.kaTimer:
+		s.kaFired()
+	case &s.dlTimer:
+		s.deadlineFired()
+	case &s.rackTimer:
+		s.rackFired()
+	}
 }
 
 // now is the current time: the operation's cached reading inside a
