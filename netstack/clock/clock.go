@@ -3,8 +3,12 @@
 // by one goroutine, and a manual clock for tests that only moves when told.
 //
 // Theory of operation: every Clock keeps its timers in one min-heap ordered
-// by deadline. A Timer is a value embedded in its owner (a connection, a
-// neighbour entry) and is armed and re-armed without allocating. The real
+// by deadline. A Timer is armed and re-armed without allocating. An owner
+// with timers of its own (a TCP socket has five) embeds them as values and
+// initialises them with InitTimer: they fire through the owner's Handler,
+// which tells them apart by address, so neither the Timer nor a callback
+// closure is allocated (as timer_setup embeds a timer_list in its owner);
+// NewTimer and AfterFunc allocate both, for one-off users. The real
 // clock runs one goroutine that sleeps until the earliest deadline and then
 // runs every due callback in deadline order; the manual clock runs them
 // inside Advance. So no timer costs a goroutine, and callbacks must be short
