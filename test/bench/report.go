@@ -144,7 +144,9 @@ type report struct {
 // variants' failures are reported in the tables and under Errors.
 func (rep *report) broken() bool {
 	for _, r := range rep.results {
-		if r.v.key == refVariant && (r.na != "" || !buildTable([]*variantResult{r}).get(refVariant, "tput-ph1").ok()) {
+		// The kernel reference must have its throughput, unless the
+		// options left throughput out (-throughput=false).
+		if s := buildTable([]*variantResult{r}).get(refVariant, "tput-ph1"); r.v.key == refVariant && (r.na != "" || !s.ok() && !s.notRun) {
 			return true
 		}
 	}

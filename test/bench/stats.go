@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -71,7 +72,7 @@ func summarize(vals []measured) summary {
 		if m.err == errNotMeasured {
 			continue
 		}
-		if m.err == errNotRun {
+		if errors.Is(m.err, errNotRun) { // also the CPU per GB of a throughput run not run
 			s.notRun = true
 			continue
 		}

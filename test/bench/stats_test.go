@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -37,6 +38,9 @@ func TestSummarizeSkipsFailuresAndUnmeasured(t *testing.T) {
 	// -throughput=false: "not run", not an error of every round.
 	if s := summarize([]measured{{err: errNotRun}, {err: errNotRun}}); s.rounds != 0 || s.ok() || !s.notRun || len(s.errs) != 0 {
 		t.Fatalf("not run: %+v", s)
+	}
+	if s := summarize([]measured{{err: fmt.Errorf("pod→host 1 stream: %w", errNotRun)}}); !s.notRun || s.rounds != 0 {
+		t.Fatalf("CPU per GB of a throughput run not run: %+v", s)
 	}
 	if s := summarize([]measured{{err: errNotMeasured}}); s.rounds != 0 || s.ok() {
 		t.Fatalf("a figure the variant does not have: %+v, want no rounds", s)
@@ -310,5 +314,29 @@ func TestReportHasRouteModeAgainstItsFloor(t *testing.T) {
 	rep.results = results(map[string][]*sample{"ptp": k, "floor-route": fl})
 	if md := rep.markdown(); strings.Contains(md, "## Route mode against its floor") {
 		t.Error("route-floor section without route mode")
+	}
+}
+
+// A quick run (-throughput=false) is not broken for lacking the
+// kernel's throughput, and its report says "not run", not "error".
+func TestThroughputNotRunIsNotBroken(t *testing.T) {
+	notRun := func() *sample {
+		s := sampleWith(10, 50, 100, 1000, 0, 1e9)
+		for i := range s.tput {
+			s.tput[i] = measured{err: errNotRun}
+		}
+		return s
+	}
+	rep := &report{opts: options{rounds: 1, families: []int{family4}}, results: results(map[string][]*sample{refVariant: {notRun()}, "proxy": {notRun()}})}
+	if rep.broken() {
+		t.Fatal("a quick run is broken")
+	}
+	md := rep.markdown()
+	if !strings.Contains(md, "| 1 stream pod→host, Gbit/s | not run | not run |") || !strings.Contains(md, "| datapath CPU s/GB, 1 stream, s/GB | not run | not run |") {
+		t.Fatalf("rows of a quick run:\n%s", md)
+	}
+	rep.results[0].samples[0].tput[casePH1] = measured{err: errors.New("iperf3 failed")}
+	if !rep.broken() {
+		t.Fatal("a kernel reference whose iperf3 failed is not broken")
 	}
 }
