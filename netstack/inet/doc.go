@@ -8,9 +8,10 @@
 // reverse-path policy (rp_filter), the keyed hash behind IP IDs and
 // flow labels (jhash_3words), and proxy mode's diverted echo request
 // with the interceptor it goes to (EchoRequest, EchoInterceptor; the
-// families build the request from their own headers). Both layers reach it through Output, built
-// once per layer with a Family: the one thing the shared tail needs to
-// know about a family, how to read the addresses of its header.
+// families build the request from their own headers). Both layers reach
+// it through Output, built once per layer with a Family: the one thing
+// the shared tail needs to know about a family, how to read the
+// addresses of its header.
 //
 // It does not own what differs between the families, and those paths
 // stay in netstack/ipv4 and netstack/ipv6 with their RFC citations:
