@@ -53,20 +53,33 @@ type hostFD struct {
 
 // Control runs f with the fd, unless the fd is closing.
 func (h *hostFD) Control(f func(fd uintptr)) error {
+	if !h.acquire() {
+		return net.ErrClosed
+	}
+	f(uintptr(h.fd))
+	h.release()
+	return nil
+}
+
+// acquire takes a use of fd (false once closed); release gives it back,
+// closing fd when Close came meanwhile. Control without a callback, for
+// callers that would otherwise allocate a closure per call.
+func (h *hostFD) acquire() bool {
 	for {
 		s := h.state.Load()
 		if s&1 != 0 {
-			return net.ErrClosed
+			return false
 		}
 		if h.state.CompareAndSwap(s, s+2) {
-			break
+			return true
 		}
 	}
-	f(uintptr(h.fd))
+}
+
+func (h *hostFD) release() {
 	if h.state.Add(-2) == 1 {
 		rawClose(h.fd)
 	}
-	return nil
 }
 
 // Close closes the fd once no Control runs.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -31,6 +32,15 @@ type poller struct {
 	flows map[uint64]pollHandler // by registration ID
 
 	evs [pollBatch]unix.EpollEvent // the goroutine's
+
+	// ctl's arguments and result for ctlFn (bound once, so a
+	// registration allocates no closure), under ctlMu.
+	ctlMu  sync.Mutex
+	ctlOp  int
+	ctlFD  int
+	ctlEv  unix.EpollEvent
+	ctlErr error
+	ctlFn  func(epfd uintptr)
 }
 
 // pollBatch is the most events one wait returns.
@@ -63,6 +73,7 @@ func newPoller() (*poller, error) {
 	}
 	p := &poller{f: f, rc: rc, flows: map[uint64]pollHandler{}}
 	p.waitFn = p.wait
+	p.ctlFn = p.doCtl
 	return p, nil
 }
 
@@ -97,14 +108,7 @@ func (p *poller) add(id uint64, rc controller, h pollHandler, out bool) error {
 	if !out {
 		events &^= unix.EPOLLOUT
 	}
-	ev := pollEvent(id, events)
-	var err error
-	cerr := rc.Control(func(fd uintptr) {
-		err = p.ctl(unix.EPOLL_CTL_ADD, int(fd), &ev)
-	})
-	if err == nil {
-		err = cerr
-	}
+	err := p.ctlConn(unix.EPOLL_CTL_ADD, rc, pollEvent(id, events))
 	if err != nil {
 		p.mu.Lock()
 		delete(p.flows, id)
@@ -119,9 +123,22 @@ func (p *poller) add(id uint64, rc controller, h pollHandler, out bool) error {
 // (ep_modify), so a socket writable by then reports EPOLLOUT at once: a
 // write refused just before is never left without its event.
 func (p *poller) armOut(id uint64, rc controller) error {
-	ev := pollEvent(id, pollEvents)
+	return p.ctlConn(unix.EPOLL_CTL_MOD, rc, pollEvent(id, pollEvents))
+}
+
+// ctlConn is ctl on the fd behind rc, kept open meanwhile. A host
+// socket of ours (hostFD) is held without a closure: nothing allocated.
+func (p *poller) ctlConn(op int, rc controller, ev unix.EpollEvent) error {
+	if h, ok := rc.(*hostFD); ok {
+		if !h.acquire() {
+			return net.ErrClosed
+		}
+		err := p.ctl(op, h.fd, ev)
+		h.release()
+		return err
+	}
 	var err error
-	if cerr := rc.Control(func(fd uintptr) { err = p.ctl(unix.EPOLL_CTL_MOD, int(fd), &ev) }); cerr != nil {
+	if cerr := rc.Control(func(fd uintptr) { err = p.ctl(op, int(fd), ev) }); cerr != nil {
 		return cerr
 	}
 	return err
@@ -137,12 +154,19 @@ func (p *poller) remove(id uint64) {
 	p.mu.Unlock()
 }
 
-func (p *poller) ctl(op, fd int, ev *unix.EpollEvent) error {
-	var err error
-	if cerr := p.rc.Control(func(epfd uintptr) { err = unix.EpollCtl(int(epfd), op, fd, ev) }); cerr != nil {
-		return cerr
+func (p *poller) ctl(op, fd int, ev unix.EpollEvent) error {
+	p.ctlMu.Lock()
+	defer p.ctlMu.Unlock()
+	p.ctlOp, p.ctlFD, p.ctlEv, p.ctlErr = op, fd, ev, nil
+	if err := p.rc.Control(p.ctlFn); err != nil {
+		return err
 	}
-	return err
+	return p.ctlErr
+}
+
+// doCtl is ctl's call on the epoll fd (ctlFn), ctlMu held.
+func (p *poller) doCtl(epfd uintptr) {
+	p.ctlErr = unix.EpollCtl(int(epfd), p.ctlOp, p.ctlFD, &p.ctlEv)
 }
 
 // wait runs inside rc.Read: it takes the ready events without blocking
