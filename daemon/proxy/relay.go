@@ -57,9 +57,10 @@ type relay struct {
 
 	// The upstream-first handshake (tcpSYN): req is the pod's SYN,
 	// answered once the host connect completed; timer bounds connect
-	// and handshake by ConnectTimeout. mu guards phase and finished.
+	// and handshake by ConnectTimeout (embedded: clock.InitTimer, fired
+	// through relayTimer). mu guards phase and finished.
 	req      *tcp.Request
-	timer    *clock.Timer
+	timer    clock.Timer
 	mu       sync.Mutex
 	phase    atomic.Uint32 // a relayPhase; changed under mu, read anywhere
 	finished bool
@@ -249,14 +250,13 @@ func (e *Engine) tcpSYN(req *tcp.Request) {
 		}
 		e.release(f)
 	}
-	r.mu.Lock() // timeout reads r.timer under mu
 	// The stack's clock, not time.AfterFunc: a runtime timer added
 	// ahead of the netpoller's sleep wakes an idle thread to re-arm it
 	// (wakeNetPoller), one cross-CPU wake-up per connection; the
 	// stack's timer heap wakes its goroutine only for a new earliest
 	// deadline, which a 10 s timeout rarely is.
-	r.timer = e.st.Clock().AfterFunc(e.cfg.ConnectTimeout, r.timeout)
-	r.mu.Unlock()
+	e.st.Clock().InitTimer(&r.timer, (*relayTimer)(r))
+	r.timer.Reset(e.cfg.ConnectTimeout)
 	if !f.add(r.abort) {
 		return
 	}
@@ -355,12 +355,16 @@ func (r *relay) established() {
 	}
 	r.phase.Store(uint32(phaseRelaying))
 	r.timer.Stop()
-	r.timer = nil
 	r.mu.Unlock()
 	r.e.c.pendingTCP.Add(-1)
 	r.e.c.tcpAccepted.Add(1)
 	r.e.c.activeTCP.Add(1)
 }
+
+// relayTimer is the relay as its timer's clock.Handler.
+type relayTimer relay
+
+func (rt *relayTimer) Fire(*clock.Timer) { (*relay)(rt).timeout() }
 
 // timeout is ConnectTimeout passing before the relay got to relaying:
 // the upstream connect timed out (the pod gets an RST) or the pod did
@@ -474,11 +478,7 @@ func (r *relay) pumpToHost() {
 			return
 		case err == io.EOF:
 			// RFC 9293 §3.6: the pod's FIN becomes ours to the host.
-			var serr error
-			if cerr := r.up.Control(func(fd uintptr) { serr = rawShutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
-				serr = cerr
-			}
-			if serr != nil {
+			if serr := r.shutdownHost(); serr != nil {
 				r.finish(true)
 				return
 			}
@@ -489,6 +489,31 @@ func (r *relay) pumpToHost() {
 			return
 		}
 	}
+}
+
+// shutdownHost sends the host our FIN (shutdown(SHUT_WR)). Our own host
+// socket is called through its concrete type, so the callback stays on
+// the stack (an interface's Control makes it escape: an allocation per
+// connection).
+func (r *relay) shutdownHost() error {
+	h, ok := r.up.(*hostFD)
+	if !ok {
+		return shutdownConn(r.up)
+	}
+	var serr error
+	if cerr := h.Control(func(fd uintptr) { serr = rawShutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
+		return cerr
+	}
+	return serr
+}
+
+// shutdownConn is shutdownHost for another hostConn (tests' Dialer).
+func shutdownConn(c hostConn) error {
+	var serr error
+	if cerr := c.Control(func(fd uintptr) { serr = rawShutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
+		return cerr
+	}
+	return serr
 }
 
 // pumpToPod moves the host's bytes to the pod until the host socket is
@@ -674,9 +699,7 @@ func (r *relay) finish(abort bool) {
 	}
 	r.finished = true
 	ph := relayPhase(r.phase.Load())
-	if r.timer != nil {
-		r.timer.Stop()
-	}
+	r.timer.Stop()
 	req := r.req
 	r.mu.Unlock()
 	r.state.Or(relayFinished)

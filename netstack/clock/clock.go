@@ -47,8 +47,9 @@ type Clock interface {
 // when t fires, so one owner can tell its timers apart by address.
 type Handler interface{ Fire(t *Timer) }
 
-// Timer is one pending callback. Its zero value is not usable: get one
-// from a Clock.
+// Timer is one pending callback. Get one from a Clock (NewTimer,
+// AfterFunc) or initialise an embedded one (InitTimer); a zero Timer may
+// only be stopped.
 type Timer struct {
 	q    *queue
 	f    func()  // NewTimer's callback, or nil
@@ -68,8 +69,14 @@ func (t *Timer) ResetAt(when time.Time) bool {
 	return t.q.arm(t, when)
 }
 
-// Stop disarms t, reporting whether it was armed.
-func (t *Timer) Stop() bool { return t.q.disarm(t) }
+// Stop disarms t, reporting whether it was armed. A zero Timer (an
+// embedded one its owner never initialised) is stopped: false.
+func (t *Timer) Stop() bool {
+	if t.q == nil {
+		return false
+	}
+	return t.q.disarm(t)
+}
 
 // Armed reports whether t is waiting to fire.
 func (t *Timer) Armed() bool {

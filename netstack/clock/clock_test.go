@@ -176,6 +176,10 @@ func TestEmbeddedTimers(t *testing.T) {
 	if owner.a.Armed() || owner.b.Stop() {
 		t.Fatal("an initialised timer must be stopped")
 	}
+	var zero Timer
+	if zero.Stop() {
+		t.Fatal("a zero timer must be stopped")
+	}
 	if n := testing.AllocsPerRun(100, func() {
 		owner.a.Reset(2 * time.Second)
 		owner.b.Reset(time.Second)
