@@ -187,6 +187,7 @@ type Table struct {
 	// (gcArmed, under mu).
 	gc      *clock.Timer
 	gcArmed bool
+	gcDead  []*Conn // collect's scratch (the timer's goroutine only); at most gcChunk
 
 	found, new_, invalid, insert, insertFailed, drop, earlyDrop, expired, deleted atomic.Uint64
 }
@@ -440,8 +441,8 @@ func (t *Table) reapLocked(tu Tuple, now int64) {
 // The collector (gc_worker in nf_conntrack_core.c, which replaced the
 // per-conntrack timers in Linux 4.7): no Conn has a timer of its own;
 // a packet only stores its Conn's new deadline, lookups treat a Conn past
-// it as gone, and collect removes the dead ones, gcChunk slots per hold
-// of the table lock, every gcInterval while the table is not empty. So
+// it as gone, and collect removes the dead ones every gcInterval while
+// the table is not empty, looking gcChunk slots at a time. So
 // a flow costs no timer, no timer heap operation when its state changes
 // its timeout, and an idle table no wake-up.
 const (
@@ -449,27 +450,46 @@ const (
 	gcChunk    = 1024
 )
 
-// collect is the gc timer's callback: one sweep of the used slots.
+// collect is the gc timer's callback: one sweep of the used slots. It
+// looks under the read lock, so packets' lookups go on meanwhile, and
+// takes the write lock only to remove what it found dead (looked at
+// again there: a packet of a flow it had just found may have moved the
+// deadline).
 func (t *Table) collect() {
 	now := t.clk.Now().UnixNano()
 	for lo := 0; ; lo += gcChunk {
-		t.mu.Lock()
-		if lo >= t.hi {
-			if t.count > 0 {
-				t.gc.Reset(gcInterval)
-			} else {
-				t.gcArmed = false
+		t.mu.RLock()
+		hi := t.hi
+		if lo < hi {
+			for _, c := range t.slots[lo:min(lo+gcChunk, hi)] {
+				if c != nil && c.expires.Load() <= now {
+					t.gcDead = append(t.gcDead, c)
+				}
+			}
+		}
+		t.mu.RUnlock()
+		if len(t.gcDead) > 0 {
+			t.mu.Lock()
+			for _, c := range t.gcDead {
+				if c.expires.Load() <= now && t.removeLocked(c) {
+					t.expired.Add(1)
+				}
 			}
 			t.mu.Unlock()
-			return
+			clear(t.gcDead)
+			t.gcDead = t.gcDead[:0]
 		}
-		for _, c := range t.slots[lo:min(lo+gcChunk, t.hi)] {
-			if c != nil && c.expires.Load() <= now && t.removeLocked(c) {
-				t.expired.Add(1)
-			}
+		if lo >= hi {
+			break
 		}
-		t.mu.Unlock()
 	}
+	t.mu.Lock()
+	if t.count > 0 {
+		t.gc.Reset(gcInterval)
+	} else {
+		t.gcArmed = false
+	}
+	t.mu.Unlock()
 }
 
 // Kill removes c at once (conntrack -D, or its first packet was dropped).

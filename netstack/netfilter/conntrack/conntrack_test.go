@@ -446,3 +446,36 @@ func TestExpiryWithoutTimers(t *testing.T) {
 		t.Fatalf("new flow into a table of dead assured flows: %v", info)
 	}
 }
+
+// The collector sweeps while packets are tracked on another goroutine
+// (run with -race): flows that keep getting packets live on, flows that
+// went quiet are collected.
+func TestCollectorBesideTraffic(t *testing.T) {
+	clk := clock.NewManual()
+	tb := conntrack.New(clk, conntrack.Config{Max: 4096})
+	const flows = 1500
+	pkt := func(i int) []byte { return stacktest.IPv4(cli, srv).UDP(uint16(10000+i), 53).Bytes() }
+	for i := 0; i < flows; i++ {
+		c, _, _ := in(t, tb, pkt(i))
+		tb.Confirm(c)
+	}
+	// Each round the clock moves half a second on one goroutine (the
+	// collector runs there, every second) while the even flows send on
+	// this one, so they are refreshed well within their 30 s; the odd
+	// ones go quiet.
+	for round := 0; round < 100; round++ {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			clk.Advance(500 * time.Millisecond)
+		}()
+		for i := 0; i < flows; i += 2 {
+			in(t, tb, pkt(i))
+		}
+		<-done
+	}
+	clk.Advance(2 * time.Second)
+	if n := tb.Len(); n != flows/2 {
+		t.Fatalf("%d flows left, want the %d that kept sending", n, flows/2)
+	}
+}

@@ -37,9 +37,10 @@
 // one store — and a Conn past its deadline is dead: lookups do not find
 // it, the next create of either of its tuples removes it, and so does
 // the early-drop scan of a full table. The table's one collector timer
-// sweeps the used slots every gcInterval (in chunks of gcChunk slots per
-// hold of the table lock) while the table holds Conns, and stops when it
-// is empty. So a flow costs no timer and no timer-heap operation, and the
+// sweeps the used slots every gcInterval while the table holds Conns,
+// gcChunk slots at a time under the read lock (lookups go on meanwhile),
+// removing the dead ones it found under the write lock, and stops when
+// the table is empty. So a flow costs no timer and no timer-heap operation, and the
 // stack's timer heap holds sockets' timers only, not one per tracked flow
 // for the 120 s of TIME_WAIT.
 //
