@@ -159,7 +159,7 @@ func TestReportStatesMedianMinMaxRatiosAndUnavailable(t *testing.T) {
 	rep := &report{opts: options{duration: time.Second, rounds: 3, memConns: 10}, started: time.Now(), results: rs,
 		mem: []memResult{{variant: "proxy", label: "ours, proxy", target: 10, conns: 10, flows: 10, rssBefore: 1 << 20, rssAfter: 1<<20 + 10*20*1024}}}
 	md := rep.markdown()
-	for _, want := range []string{
+	wantIn(t, "report", md,
 		"| 1 stream pod→host, Gbit/s | 20.00 | 20.00 (1.00×) | 10.00 (0.50×) |",
 		"| ours, proxy | 1 stream pod→host, Gbit/s | 10.00 | 8.00 | 12.00 | 0.50× | 3 of 3 |",
 		"| ours, proxy | 1 stream host→pod through a port mapping (proxy only), Gbit/s | 3.00 | 3.00 | 3.00 | – | 1 of 1 |",
@@ -171,11 +171,7 @@ func TestReportStatesMedianMinMaxRatiosAndUnavailable(t *testing.T) {
 		"| 1 stream pod→host, Gbit/s | 20.00 | 20.00 | 10.00 | 1.00× | 0.50× |",
 		"| proxy: memory per idle relayed connection ≤ 8 KiB (10 connections) | 20.00 KiB (daemon RSS) | FAIL |",
 		"| ours, proxy | 10 of 10 | 1.0 → 1.2 | 20.00 |",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q:\n%s", want, md)
-		}
-	}
+	)
 	if rep.broken() {
 		t.Fatal("report with a good kernel variant is broken")
 	}
@@ -282,11 +278,7 @@ func TestFloorAboveKernelIsFlagged(t *testing.T) {
 	rep := &report{opts: options{duration: time.Second, rounds: 1}, started: time.Now(),
 		results: results(map[string][]*sample{"ptp": k, "floor": f}), loads: []float64{0.5, 2, 1}}
 	md := rep.markdown()
-	for _, want := range []string{"**Warning:** a floor", "median 1.00, min 0.50, max 2.00"} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q", want)
-		}
-	}
+	wantIn(t, "report", md, "**Warning:** a floor", "median 1.00, min 0.50, max 2.00")
 }
 
 func TestReportHasRouteModeAgainstItsFloor(t *testing.T) {
@@ -297,16 +289,12 @@ func TestReportHasRouteModeAgainstItsFloor(t *testing.T) {
 	rep := &report{opts: options{duration: time.Second, rounds: 2}, started: time.Now(),
 		results: results(map[string][]*sample{"ptp": k, "floor-route": fl, "route": r, "route-base": rb})}
 	md := rep.markdown()
-	for _, want := range []string{
+	wantIn(t, "report", md,
 		"## Route mode against its floor",
 		"| metric | kernel | floor (AF_PACKET forwarder) | ours, route | ours, route (-baseline build) | floor/kernel | route/floor | route-base/floor |",
 		"| 1 stream pod→host, Gbit/s | 20.00 | 16.00 | 12.00 | 8.00 | 0.80× | 0.75× | 0.50× |",
 		"| datapath CPU s/GB, 1 stream, s/GB | 0.00 | 1.00 | 2.00 | 2.00 | – | 2.00× | 2.00× |",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q:\n%s", want, md)
-		}
-	}
+	)
 	if strings.Contains(md, "## Proxy mode against the floor") {
 		t.Error("the route floor made a proxy-floor section")
 	}
@@ -338,5 +326,16 @@ func TestThroughputNotRunIsNotBroken(t *testing.T) {
 	rep.results[0].samples[0].tput[casePH1] = measured{err: errors.New("iperf3 failed")}
 	if !rep.broken() {
 		t.Fatal("a kernel reference whose iperf3 failed is not broken")
+	}
+}
+
+// wantIn fails t for each of wants that text (what: "report", "IPv6
+// section") lacks, showing the text.
+func wantIn(t *testing.T, what, text string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(text, want) {
+			t.Errorf("%s lacks %q:\n%s", what, want, text)
+		}
 	}
 }
