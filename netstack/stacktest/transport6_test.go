@@ -611,7 +611,15 @@ func TestUDPIPv6ZeroChecksumDropped(t *testing.T) {
 	inject(a, frame().NoUDPChecksum().Bytes())
 	inject(a, frame().BadL4Checksum().Bytes())
 	inject(a, frame().Bytes())
-	stacktest.WaitFor(t, "B to see three datagrams", func() bool { return b.Stats().UDP.InErrors == 2 })
+	// The good datagram is queued after the two bad ones are counted:
+	// wait until it is there too (a peek leaves it for the receive below).
+	stacktest.WaitFor(t, "B to see three datagrams", func() bool {
+		if b.Stats().UDP.InErrors != 2 {
+			return false
+		}
+		_, _, err := srv.RecvMsg(make([]byte, 10), udp.MsgDontWait|udp.MsgPeek)
+		return err == nil
+	})
 	n, m, err := srv.RecvMsg(make([]byte, 10), udp.MsgDontWait)
 	if err != nil || n != 5 || m.From != netip.AddrPortFrom(a.Addr6(), 1000) {
 		t.Fatalf("received %d from %v: %v", n, m.From, err)
