@@ -78,6 +78,7 @@ func main() {
 	var netns, podLink, upLink, podMAC, hostMAC string
 	var batch int
 	var bypass, netpoll bool
+	var procs int
 	flag.StringVar(&netns, "netns", "", "netns path of the two links (empty: here)")
 	flag.StringVar(&podLink, "pod-link", "", "the stack end of the pod's veth")
 	flag.StringVar(&upLink, "uplink", "", "the stack end of the uplink veth")
@@ -86,7 +87,11 @@ func main() {
 	flag.IntVar(&batch, "batch", 16, "frames per recvmmsg/sendmmsg")
 	flag.BoolVar(&bypass, "qdisc-bypass", false, "PACKET_QDISC_BYPASS on both sockets")
 	flag.BoolVar(&netpoll, "netpoll", false, "Go's shape instead: non-blocking sockets, a goroutine per direction parked on the runtime's netpoller (what a Go program's reader pays)")
+	flag.IntVar(&procs, "procs", 0, "GOMAXPROCS (0: the runtime's default). A thread blocked in a system call holds its P until sysmon retakes it, so with as many blocked threads as Ps every wake-up of one goes through sysmon's retake and a new spinning M: -procs above the thread count shows that cost apart")
 	flag.Parse()
+	if procs > 0 {
+		runtime.GOMAXPROCS(procs)
+	}
 	pm, err1 := net.ParseMAC(podMAC)
 	hm, err2 := net.ParseMAC(hostMAC)
 	if podLink == "" || upLink == "" || err1 != nil || err2 != nil || len(pm) != 6 || len(hm) != 6 || batch < 1 || batch > 256 {
