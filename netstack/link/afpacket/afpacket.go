@@ -31,15 +31,19 @@ const (
 	rxHeadroom = buf.MaxHeadroom
 	ethHdrLen  = 14
 	// DefaultBusyPoll is the busy-poll budget the daemon's --busy-poll
-	// starts from: off. On a 2-vCPU VM, make bench with 50 µs, in
-	// interleaved runs, made the 1-byte round trip slower, not faster
-	// (route p50 131 vs 115-121 µs, proxy 118-127 vs 98-106 µs, route
-	// conn/s 0.37-0.40× vs 0.48-0.52× of the kernel's): the poller's CPU
-	// is one the pod's client and the host's server need. Between two
-	// endpoints with a core each (BenchmarkAFPacketPingPong) it does save
-	// the wake-up: 6.3-8.2 µs a round trip in most runs (noisy) vs
-	// 9.7-10.5 µs. Turn it on where the node has cores to spare, and
-	// measure.
+	// starts from: off. make bench on a 2-vCPU VM, proxy mode, 30 µs
+	// against off in one run (3 interleaved rounds, ratios to the kernel
+	// path), BusyPollAlso polling the host sockets: 1-byte RR p50 6.65×
+	// against 8.58×, but p99 10.4× against 8.9×, connections/s 0.42×
+	// against 0.45×, one stream 0.73×/0.55× against 0.69×/0.78×, four
+	// streams 0.44×/0.32× against 0.45×/0.54×, 0.46 CPU s/GB against
+	// 0.42: the poller holds one of the two Ps that the other queue and
+	// the host side need. With one receive queue (--rx-queues 1, another
+	// run, 5 rounds) connections/s rose to 0.54× (0.45× off; pasta
+	// 0.55×) and RR p50 to 5.9×, at the four streams' cost. Without
+	// BusyPollAlso (the host's answers still wake the proxy's poller) 50
+	// µs made round trips slower, not faster. Turn it on for
+	// request/response pods on nodes with cores to spare, and measure.
 	DefaultBusyPoll = 0
 	// MaxBusyPoll bounds Config.BusyPoll: the CPU a link may burn on an
 	// empty socket before it sleeps.
@@ -87,6 +91,17 @@ type Config struct {
 	// is up to BusyPoll of CPU per empty read, so an idle link still
 	// sleeps. 0 is off; at most MaxBusyPoll.
 	BusyPoll time.Duration
+	// BusyPollAlso, with BusyPoll on, is called on every try of a busy
+	// poll to poll the other event sources of the flows this link
+	// carries (the proxy's host sockets: daemon/proxy Engine.PollHost)
+	// without blocking, so that the next event of a flow is caught
+	// without a wake-up whichever side it comes from (epoll's busy
+	// poll, ep_busy_loop, the other way round: there a socket waiter
+	// polls the device queue). It returns how many events it handled;
+	// any restarts the budget, as a frame ends the poll. It runs on the
+	// reading goroutine with the queue held: it must not block, and
+	// must not read this link.
+	BusyPollAlso func() int
 	// Queues is the number of receive queues: that many sockets bound
 	// to the interface in one PACKET_FANOUT group that hashes flows
 	// (PACKET_FANOUT_HASH, IP fragments reassembled first), so a flow's
@@ -125,7 +140,8 @@ type Endpoint struct {
 	vnet       bool // PACKET_VNET_HDR is on
 	iovPer     int  // iovecs per message: 2 with vnet headers, else 1
 	busyPoll   time.Duration
-	maxPollers int32 // maxBusyPollers at Open
+	pollAlso   func() int // Config.BusyPollAlso
+	maxPollers int32      // maxBusyPollers at Open
 
 	closed atomic.Bool
 	once   sync.Once
@@ -146,12 +162,13 @@ type Endpoint struct {
 	txErr  unix.Errno
 	txFn   func(fd uintptr) bool
 
-	rxPackets, rxBytes, rxErrors atomic.Uint64
-	txPackets, txBytes, txErrors atomic.Uint64
-	kernelDrops                  atomic.Uint64 // accumulated PACKET_STATISTICS tp_drops
-	busyPollHits, busyPollSleeps atomic.Uint64
-	busyPollSkips                atomic.Uint64
-	drops                        buf.DropStats
+	rxPackets, rxBytes, rxErrors  atomic.Uint64
+	txPackets, txBytes, txErrors  atomic.Uint64
+	kernelDrops                   atomic.Uint64 // accumulated PACKET_STATISTICS tp_drops
+	busyPollHits, busyPollSleeps  atomic.Uint64
+	busyPollSkips, busyPollYields atomic.Uint64
+	busyPollAlso                  atomic.Uint64
+	drops                         buf.DropStats
 }
 
 // Open opens an AF_PACKET socket on the interface in cfg (see the package
@@ -210,7 +227,7 @@ func Open(cfg Config) (*Endpoint, error) {
 	}
 	e := &Endpoint{
 		info: info, frameSize: frameSize, batch: cfg.BatchSize,
-		vnet: vnet, iovPer: iovPer, busyPoll: cfg.BusyPoll, maxPollers: maxBusyPollers(),
+		vnet: vnet, iovPer: iovPer, busyPoll: cfg.BusyPoll, pollAlso: cfg.BusyPollAlso, maxPollers: maxBusyPollers(),
 		txSkbs: make([]*buf.SKB, cfg.BatchSize),
 		txIov:  make([]unix.Iovec, cfg.BatchSize*iovPer),
 		txHdr:  make([]vnetHdr, cfg.BatchSize),
@@ -334,19 +351,30 @@ var busyPollers atomic.Int32
 
 func maxBusyPollers() int32 { return int32(max(1, runtime.GOMAXPROCS(0)/2)) }
 
+// yieldTaken is how long a sched_yield(2) takes when it gave the CPU to
+// another thread: the call alone returns in about a microsecond. A
+// variable for the tests, which raise it to keep a poll going on a loaded
+// machine.
+var yieldTaken = 5 * time.Microsecond
+
 // read fills rxN and rxErr with one recvmmsg. With a busy-poll budget, and
 // a busy-poller slot free, it first retries the non-blocking read until a
 // frame or an error comes or the budget has passed since the first empty
 // try (napi_busy_loop until busy_loop_timeout), and only then sleeps in
 // the netpoller, so an idle link costs at most one budget of CPU per read.
-// Between tries it yields the CPU to other threads (sched_yield(2), as
-// napi_busy_loop yields on need_resched), so a peer that is about to
-// answer runs. It does not runtime.Gosched: that puts the goroutine on the
-// global run queue and wakes an idle P's thread on every try, which
-// measured slower than not polling at all; goroutines our frames woke are
-// taken by the other Ps (work stealing). Each rc.Read checks Close and the
-// read deadline, so both end the busy phase too. The budget is wall-clock
-// time, not protocol time.
+// Each try also runs BusyPollAlso, whose events restart the budget: a
+// relay's host socket answered, and the pod's answer to what we sent it
+// is likely next. Between tries it yields the CPU to other threads
+// (sched_yield(2), as napi_busy_loop yields on need_resched), so a peer
+// that is about to answer runs; a yield that took the CPU away (longer
+// than yieldTaken: a thread was waiting for this CPU) ends the poll after
+// one more try, so the poll spends only a CPU nobody else wants. It does
+// not runtime.Gosched: that puts the goroutine on the global run queue
+// and wakes an idle P's thread on every try, which measured slower than
+// not polling at all; goroutines our frames woke are taken by the other
+// Ps (work stealing). Each rc.Read checks Close and the read deadline, so
+// both end the busy phase too. The budget is wall-clock time, not
+// protocol time.
 func (e *Endpoint) read(q *rxQueue) error {
 	if e.busyPoll <= 0 {
 		return q.rc.Read(q.fn)
@@ -361,7 +389,15 @@ func (e *Endpoint) read(q *rxQueue) error {
 	}
 	start := time.Now()
 	for {
+		if e.pollAlso != nil {
+			if n := e.pollAlso(); n > 0 {
+				e.busyPollAlso.Add(uint64(n))
+				start = time.Now()
+			}
+		}
+		t := time.Now()
 		schedYield()
+		taken := time.Since(t) > yieldTaken
 		if err := q.rc.Read(q.try); err != nil || !q.none {
 			busyPollers.Add(-1)
 			if err == nil {
@@ -369,12 +405,16 @@ func (e *Endpoint) read(q *rxQueue) error {
 			}
 			return err
 		}
+		if taken {
+			e.busyPollYields.Add(1)
+			break
+		}
 		if time.Since(start) >= e.busyPoll {
+			e.busyPollSleeps.Add(1)
 			break
 		}
 	}
 	busyPollers.Add(-1)
-	e.busyPollSleeps.Add(1)
 	return q.rc.Read(q.fn)
 }
 
@@ -650,10 +690,13 @@ type Stats struct {
 	// BusyPollHits are reads whose frames came while busy polling, each
 	// a netpoller wake-up saved; BusyPollSleeps are reads whose budget
 	// ran out on an empty socket, so they slept in the netpoller;
-	// BusyPollSkips are reads that slept at once because the process's
-	// busy pollers were all taken.
-	BusyPollHits, BusyPollSleeps, BusyPollSkips uint64
-	Drops                                       map[string]uint64
+	// BusyPollYields are busy polls ended early because another thread
+	// wanted the CPU; BusyPollSkips are reads that slept at once because
+	// the process's busy pollers were all taken. BusyPollAlso counts the
+	// events Config.BusyPollAlso handled while polling.
+	BusyPollHits, BusyPollSleeps, BusyPollYields, BusyPollSkips uint64
+	BusyPollAlso                                                uint64
+	Drops                                                       map[string]uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -666,8 +709,9 @@ func (e *Endpoint) Stats() Stats {
 		TxPackets: e.txPackets.Load(), TxBytes: e.txBytes.Load(), TxErrors: e.txErrors.Load(),
 		KernelDrops:  e.kernelDrops.Load(),
 		BusyPollHits: e.busyPollHits.Load(), BusyPollSleeps: e.busyPollSleeps.Load(),
-		BusyPollSkips: e.busyPollSkips.Load(),
-		Drops:         e.drops.Snapshot(),
+		BusyPollYields: e.busyPollYields.Load(), BusyPollSkips: e.busyPollSkips.Load(),
+		BusyPollAlso: e.busyPollAlso.Load(),
+		Drops:        e.drops.Snapshot(),
 	}
 }
 

@@ -3,7 +3,11 @@ package afpacket
 import (
 	"errors"
 	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,6 +96,8 @@ func TestBusyPollConfig(t *testing.T) {
 // read without sleeping (a BusyPollHit), and every frame arrives.
 func TestBusyPollDelivers(t *testing.T) {
 	needRoot(t)
+	defer func(d time.Duration) { yieldTaken = d }(yieldTaken)
+	yieldTaken = time.Hour // the writer waking on the poller's CPU must not end the poll
 	path, devA, devB := quietPair(t)
 	a := open(t, Config{NetNS: path, Name: devA})
 	b := open(t, Config{NetNS: path, Name: devB, BusyPoll: MaxBusyPoll})
@@ -145,7 +151,9 @@ func TestBusyPollParksWhenIdle(t *testing.T) {
 		if used > wait/5 {
 			t.Fatalf("an idle read used %v of CPU in %v", used, wait)
 		}
-		if st := b.Stats(); st.BusyPollSleeps != 1 || st.BusyPollHits != 0 {
+		// The poll ends on its budget or, on a loaded machine, when
+		// another thread wants the CPU: either way once, and asleep.
+		if st := b.Stats(); st.BusyPollSleeps+st.BusyPollYields != 1 || st.BusyPollHits != 0 {
 			t.Fatalf("stats %+v, want one sleep", st)
 		}
 	})
@@ -181,6 +189,114 @@ func TestBusyPollParksWhenIdle(t *testing.T) {
 			t.Fatalf("%d busy-poll slots still held", busyPollers.Load())
 		}
 	})
+}
+
+// TestBusyPollAlso: each try of a busy poll runs Config.BusyPollAlso, and
+// the events it reports keep the poll going past its budget (they are
+// counted in BusyPollAlso); once they stop, the poll sleeps after one
+// budget. No frame arrives meanwhile.
+func TestBusyPollAlso(t *testing.T) {
+	needRoot(t)
+	defer func(d time.Duration) { yieldTaken = d }(yieldTaken)
+	yieldTaken = time.Hour // a loaded machine must not end the poll early
+	path, _, devB := quietPair(t)
+	// The largest budget: above a time slice, which a yield on a
+	// loaded machine may last.
+	const (
+		budget = MaxBusyPoll
+		events = 200 * time.Millisecond // far past the budget
+	)
+	var start time.Time
+	var calls, handled atomic.Int64
+	var lastEvent atomic.Int64 // ns after start of the last try that reported one
+	also := func() int {
+		calls.Add(1)
+		since := time.Since(start)
+		if since < events {
+			lastEvent.Store(int64(since))
+			handled.Add(1)
+			return 1
+		}
+		return 0
+	}
+	b := open(t, Config{NetNS: path, Name: devB, BusyPoll: budget, BusyPollAlso: also})
+	start = time.Now()
+	if err := <-readOne(b, 2*time.Second); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("ReadBatch: %v, want the deadline", err)
+	}
+	st := b.Stats()
+	if calls.Load() == 0 {
+		t.Fatal("BusyPollAlso was never called")
+	}
+	if got := time.Duration(lastEvent.Load()); got < events/2 {
+		t.Fatalf("the poll stopped %v after it started although BusyPollAlso reported events for %v (budget %v); calls %d, stats %+v", got, events, budget, calls.Load(), st)
+	}
+	if st.BusyPollAlso != uint64(handled.Load()) || st.BusyPollSleeps != 1 || st.BusyPollYields != 0 {
+		t.Fatalf("stats %+v, want BusyPollAlso %d and one sleep", st, handled.Load())
+	}
+}
+
+// TestBusyPollYieldsTheCPU: a busy poll whose CPU another thread wants
+// stops at its first yield and sleeps (BusyPollYields), instead of
+// sharing the CPU with that thread for its whole budget; the read still
+// gets the frame that comes later. The reader's thread and a spinning
+// process are pinned to the same CPU.
+func TestBusyPollYieldsTheCPU(t *testing.T) {
+	needRoot(t)
+	path, devA, devB := quietPair(t)
+	a := open(t, Config{NetNS: path, Name: devA})
+	b := open(t, Config{NetNS: path, Name: devB, BusyPoll: MaxBusyPoll})
+	var cpus unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &cpus); err != nil {
+		t.Fatal(err)
+	}
+	cpu := -1
+	for i := 0; i < 1024 && cpu < 0; i++ {
+		if cpus.IsSet(i) {
+			cpu = i
+		}
+	}
+	spin := exec.Command("taskset", "-c", strconv.Itoa(cpu), "sh", "-c", "while :; do :; done")
+	if err := spin.Start(); err != nil {
+		t.Skipf("taskset: %v", err)
+	}
+	defer func() { spin.Process.Kill(); spin.Wait() }()
+
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var one unix.CPUSet
+		one.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &one); err != nil {
+			errc <- err
+			return
+		}
+		defer unix.SchedSetaffinity(0, &cpus)
+		b.SetReadDeadline(time.Now().Add(5 * time.Second))
+		pkts := make([]*buf.SKB, 4)
+		n, err := b.ReadBatch(pkts)
+		for _, s := range pkts[:n] {
+			s.Consume()
+		}
+		if err == nil && n != 1 {
+			err = errors.New("want one frame")
+		}
+		errc <- err
+	}()
+	// Past one yield (the spinning process runs for a time slice then),
+	// well inside the 10 ms budget.
+	time.Sleep(50 * time.Millisecond)
+	if n, err := a.WriteBatch([]*buf.SKB{testFrame(b.MAC(), a.MAC(), 1, 60)}); n != 1 || err != nil {
+		t.Fatalf("WriteBatch = %d, %v", n, err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("ReadBatch: %v", err)
+	}
+	st := b.Stats()
+	if st.BusyPollYields != 1 || st.BusyPollSleeps != 0 || st.BusyPollHits != 0 {
+		t.Fatalf("stats %+v, want the poll ended by one yield, then a sleep", st)
+	}
 }
 
 // BenchmarkAFPacketPingPong: round trips of one 60-byte frame between two

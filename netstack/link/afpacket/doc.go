@@ -44,11 +44,21 @@
 // ReadBatch keeps retrying the non-blocking recvmmsg, with sched_yield(2)
 // between tries, until a frame comes or BusyPoll has passed, and only then
 // waits on the netpoller: a frame that arrives within the budget costs no
-// wake-up of a parked goroutine. At most GOMAXPROCS/2 (at least one) reads
+// wake-up of a parked goroutine. Each try also runs Config.BusyPollAlso,
+// the other event sources of the link's flows (the proxy's host sockets),
+// whose events restart the budget: a relayed round trip is then caught
+// on both sides by the polling goroutine (epoll's ep_busy_loop polls the
+// device queue for a socket waiter; this is the same pairing from the
+// device's side). A yield that gave the CPU away (another thread was
+// waiting for it) ends the poll after one more try: a poll spends only a
+// CPU nobody else wants. At most GOMAXPROCS/2 (at least one) reads
 // poll at once in the process; the others wait on the netpoller at once,
-// which keeps a P free to run the netpoller and the peers' threads a CPU. An idle link thus burns at most one budget of CPU
-// per read, then sleeps. Stats counts BusyPollHits (wake-ups saved),
-// BusyPollSleeps (budget spent, slept) and BusyPollSkips (no slot free).
+// which keeps a P free to run the netpoller and the peers' threads a CPU.
+// An idle link thus burns at most one budget of CPU per read, then
+// sleeps. Stats counts BusyPollHits (wake-ups saved), BusyPollSleeps
+// (budget spent, slept), BusyPollYields (CPU wanted, slept),
+// BusyPollSkips (no slot free) and BusyPollAlso (events BusyPollAlso
+// handled).
 //
 // Receive queues (Config.Queues, link.MultiQueue). With more than one,
 // Open binds that many sockets to the interface and joins them in one
