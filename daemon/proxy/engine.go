@@ -304,6 +304,16 @@ func New(cfg Config) (_ *Engine, err error) {
 	return e, nil
 }
 
+// PollHost dispatches the events of the engine's host sockets that are
+// ready now, on the caller's goroutine and without waiting, and returns
+// how many it dispatched: for a link's busy poll
+// (afpacket.Config.BusyPollAlso), so that a goroutine polling the pod's
+// side for its next frame also catches the host's answer, with no
+// wake-up of the engine's poller goroutine. It returns 0 at once while
+// another goroutine polls, and after Close. The handlers it runs (a
+// relay's pumps) never block.
+func (e *Engine) PollHost() int { return e.poll.poll() }
+
 // Close stops the interceptors and the DNS listeners, closes every pod's
 // port-mapping listeners, aborts every flow and returns when no goroutine
 // of the engine is left. Flows intercepted afterwards are not taken: the

@@ -33,6 +33,12 @@ type poller struct {
 
 	evs [pollBatch]unix.EpollEvent // the goroutine's
 
+	// poll's: one caller at a time (TryLock), its own events.
+	pollMu  sync.Mutex
+	pollEvs [pollBatch]unix.EpollEvent
+	pollN   int
+	pollFn  func(epfd uintptr) // p.doPoll, bound once
+
 	// ctl's arguments and result for ctlFn (bound once, so a
 	// registration allocates no closure), under ctlMu.
 	ctlMu  sync.Mutex
@@ -74,6 +80,7 @@ func newPoller() (*poller, error) {
 	p := &poller{f: f, rc: rc, flows: map[uint64]pollHandler{}}
 	p.waitFn = p.wait
 	p.ctlFn = p.doCtl
+	p.pollFn = p.doPoll
 	return p, nil
 }
 
@@ -188,17 +195,45 @@ func (p *poller) wait(fd uintptr) bool {
 		if e != 0 {
 			return true // rc.Read returns; run's next call finds the error
 		}
-		p.dispatch(int(n))
+		p.dispatch(p.evs[:n])
 		if n < pollBatch {
 			return false
 		}
 	}
 }
 
-// dispatch hands the first n events to their flows.
-func (p *poller) dispatch(n int) {
-	for i := 0; i < n; i++ {
-		ev := &p.evs[i]
+// poll dispatches, on the caller's goroutine and without waiting, the
+// events that are ready now: for a goroutine that polls anyway (a link's
+// busy poll), which then handles a relay's host side with no wake-up of
+// the poller's goroutine. Each event goes to one of the two, as epoll
+// hands an edge to one waiter. One caller polls at a time; the others
+// return 0 at once. It returns how many events it dispatched.
+func (p *poller) poll() int {
+	if !p.pollMu.TryLock() {
+		return 0
+	}
+	defer p.pollMu.Unlock()
+	p.pollN = 0
+	if p.rc.Control(p.pollFn) != nil {
+		return 0 // closed
+	}
+	return p.pollN
+}
+
+// doPoll is poll's epoll_pwait, with a zero timeout, pollMu held.
+func (p *poller) doPoll(epfd uintptr) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, epfd, uintptr(unsafe.Pointer(&p.pollEvs[0])), pollBatch, 0, 0, 0)
+	if e != 0 {
+		return
+	}
+	p.pollN = int(n)
+	p.dispatch(p.pollEvs[:n])
+}
+
+// dispatch hands events to their flows.
+func (p *poller) dispatch(evs []unix.EpollEvent) {
+	for i := range evs {
+		ev := &evs[i]
 		id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 		p.mu.Lock()
 		h := p.flows[id]
