@@ -68,7 +68,12 @@ func (a *StackAttacher) Links() []api.Link {
 			l.Kind = api.KindUplink
 		}
 		if ep, ok := n.Endpoint().(*afpacket.Endpoint); ok {
-			l.KernelDrops = ep.Stats().KernelDrops
+			st := ep.Stats()
+			l.KernelDrops = st.KernelDrops
+			if a.cfg.BusyPoll > 0 {
+				l.BusyPoll = &api.BusyPoll{Hits: st.BusyPollHits, Sleeps: st.BusyPollSleeps, Yields: st.BusyPollYields,
+					Skips: st.BusyPollSkips, HostEvents: st.BusyPollAlso}
+			}
 		}
 		out = append(out, l)
 	}

@@ -113,7 +113,7 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.Kubernetes, "kubernetes", false, "run the Kubernetes node agent: watch Nodes and route every other node's pod CIDRs via its InternalIP (host routes with proto 0x76); needs --node-name or $NODE_NAME")
 	fs.StringVar(&f.Kubeconfig, "kubeconfig", "", "with --kubernetes: the kubeconfig of the API client; empty: the pod's in-cluster service account")
 	fs.StringVar(&f.NodeName, "node-name", "", "with --kubernetes: this node's Node object (default: $"+NodeNameEnv+", set from the downward API in the DaemonSet)")
-	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket before it sleeps (NAPI busy polling, one link at a time per 2 CPUs): lower round-trip latency for up to this much CPU per idle read, worth it only with cores to spare; 0 is off, at most "+afpacket.MaxBusyPoll.String())
+	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket, and the proxy's host sockets, before it sleeps (NAPI busy polling, one link at a time per 2 CPUs, ended early when another thread wants the CPU): lower round-trip latency for up to this much CPU per idle read, at some cost to bulk throughput; 0 is off, at most "+afpacket.MaxBusyPoll.String())
 	fs.IntVar(&f.RxQueues, "rx-queues", 0, "receive queues per link: AF_PACKET sockets in one PACKET_FANOUT group hashing flows, each read by its own goroutine, so one pod's flows use several CPUs; 0 is as many as CPUs up to 2, at most "+strconv.Itoa(afpacket.MaxQueues))
 }
 
@@ -279,6 +279,7 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		att.Close()
 		return err
 	}
+	att.SetBusyPollAlso(px.Engine().PollHost)
 	cfg := Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px}
 	if agent != nil {
 		cfg.Kube = agent.status

@@ -85,10 +85,17 @@ type kernelOps struct {
 	nsPath, stackNetNS, uplinkHostIfName string
 	busyPoll                             time.Duration
 	rxQueues                             int
+	// pollAlso is every link's afpacket.Config.BusyPollAlso from
+	// SetBusyPollAlso on; shared by the copies of kernelOps.
+	pollAlso *atomic.Pointer[func() int]
 }
 
 func (k kernelOps) OpenLink(name string) (link.Endpoint, header.MAC, error) {
-	ep, err := afpacket.Open(afpacket.Config{NetNS: k.nsPath, Name: name, BusyPoll: k.busyPoll, Queues: k.rxQueues})
+	cfg := afpacket.Config{NetNS: k.nsPath, Name: name, BusyPoll: k.busyPoll, Queues: k.rxQueues}
+	if f := k.pollAlso.Load(); f != nil {
+		cfg.BusyPollAlso = *f
+	}
+	ep, err := afpacket.Open(cfg)
 	if err != nil {
 		return nil, header.MAC{}, fmt.Errorf("open %s in netns %s: %w", name, k.stackNetNS, err)
 	}
@@ -277,7 +284,18 @@ func NewStackAttacher(cfg StackConfig) (*StackAttacher, error) {
 		cfg.RxQueues = DefaultRxQueues()
 	}
 	return newStackAttacher(cfg, kernelOps{nsPath: path, stackNetNS: cfg.StackNetNS, uplinkHostIfName: cfg.UplinkHostIfName,
-		busyPoll: cfg.BusyPoll, rxQueues: cfg.RxQueues}), nil
+		busyPoll: cfg.BusyPoll, rxQueues: cfg.RxQueues, pollAlso: new(atomic.Pointer[func() int])}), nil
+}
+
+// SetBusyPollAlso makes f the other event source of every link opened
+// from now on (afpacket.Config.BusyPollAlso): serve passes the proxy
+// engine's PollHost, so that a link busy polling for a relay's next frame
+// from the pod also catches the host socket's answer. Call it before
+// the first attachment; a kernel other than the real one ignores it.
+func (a *StackAttacher) SetBusyPollAlso(f func() int) {
+	if k, ok := a.k.(kernelOps); ok && f != nil {
+		k.pollAlso.Store(&f)
+	}
 }
 
 // newStackAttacher builds the attacher over a kernel; cfg has its

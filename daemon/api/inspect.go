@@ -49,8 +49,24 @@ type Link struct {
 	// KernelDrops are frames the kernel dropped on the link's AF_PACKET
 	// socket (its receive buffer was full), when the link is one.
 	KernelDrops uint64 `json:"kernelDrops,omitempty"`
+	// BusyPoll counts the link's busy polls (serve --busy-poll), when
+	// the link is an AF_PACKET one and polling is on.
+	BusyPoll *BusyPoll `json:"busyPoll,omitempty"`
 	// Pod is the attachment the NIC belongs to (Kind KindPod).
 	Pod *LinkPod `json:"pod,omitempty"`
+}
+
+// BusyPoll are a link's busy-poll outcomes (afpacket.Stats): reads whose
+// frame came while polling (Hits: a wake-up saved), polls whose budget
+// ran out (Sleeps), polls ended because another thread wanted the CPU
+// (Yields), reads that slept at once because every polling slot was
+// taken (Skips), and host-socket events the polls handled (HostEvents).
+type BusyPoll struct {
+	Hits       uint64 `json:"hits"`
+	Sleeps     uint64 `json:"sleeps"`
+	Yields     uint64 `json:"yields"`
+	Skips      uint64 `json:"skips"`
+	HostEvents uint64 `json:"hostEvents"`
 }
 
 // LinkPod names the pod of a pod link: its Kubernetes namespace and name

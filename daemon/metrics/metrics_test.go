@@ -27,8 +27,9 @@ func (f *fakeSource) Links() []api.Link {
 	return []api.Link{
 		{NIC: 1, Name: "us-uplink", Kind: api.KindUplink, Up: true, Stats: api.NICStats{RxPackets: 10, TxPackets: 20, RxBytes: 1000}},
 		{NIC: 2, Name: "us0123456789ab", Kind: api.KindPod, Up: true, KernelDrops: 4,
-			Stats: api.NICStats{RxPackets: 7, TxDropped: 2},
-			Pod:   &api.LinkPod{Namespace: "default", Name: "web-0", ContainerID: "c0ffee", IP: netip.MustParsePrefix("10.1.0.5/24"), Mode: api.ModeProxy}},
+			BusyPoll: &api.BusyPoll{Hits: 6, Sleeps: 1, Yields: 8, Skips: 0, HostEvents: 9},
+			Stats:    api.NICStats{RxPackets: 7, TxDropped: 2},
+			Pod:      &api.LinkPod{Namespace: "default", Name: "web-0", ContainerID: "c0ffee", IP: netip.MustParsePrefix("10.1.0.5/24"), Mode: api.ModeProxy}},
 	}
 }
 
@@ -121,6 +122,9 @@ func TestMetricsFromSource(t *testing.T) {
 		{"cni_userstack_nic_bytes_total", []string{"nic", "us-uplink", "direction", "rx"}, 1000},
 		{"cni_userstack_nic_dropped_total", []string{"nic", "us0123456789ab", "direction", "tx"}, 2},
 		{"cni_userstack_nic_kernel_drops_total", []string{"nic", "us0123456789ab"}, 4},
+		{"cni_userstack_nic_busy_poll_total", []string{"nic", "us0123456789ab", "outcome", "hit"}, 6},
+		{"cni_userstack_nic_busy_poll_total", []string{"nic", "us0123456789ab", "outcome", "yield"}, 8},
+		{"cni_userstack_nic_busy_poll_host_events_total", []string{"nic", "us0123456789ab"}, 9},
 		{"cni_userstack_nic_info", []string{"nic", "us0123456789ab", "namespace", "default", "pod", "web-0", "ip", "10.1.0.5", "mode", "proxy"}, 1},
 		{"cni_userstack_drops_total", []string{"layer", "ipv4+tcp+udp", "reason", "NO_SOCKET"}, 9},
 		{"cni_userstack_netstat_total", []string{"counter", "PodSrcMACDrops"}, 5},
