@@ -190,6 +190,33 @@
 // 0.58×), 0.43 s/GB, 4.13 KiB per idle connection; floor-epoll's RR p99
 // 12.3×; the route floor 0.67×/0.64× one stream.
 //
+// The fourth session (same VM) looked at where a connection's time goes
+// system-wide (sched_switch and sched_wakeup of every CPU during the
+// connect run, 1.5 s): of the two CPUs' 2 × 433 µs per connection
+// (proxy; pasta 2 × 386), the bench's client and server run about 300
+// µs in both, the daemon 259 µs against pasta's 193, and the CPUs are
+// idle about 280 µs in both: every wake-up of a sleeping thread takes
+// 16-23 µs (p50) to run it here. The daemon sleeps and wakes 3.5 times a
+// connection, pasta 2.6: the client and server wake the daemon 2.6
+// times, as they wake pasta; the other 0.9 are the daemon's own threads
+// (a netpoll that readied two goroutines starting a second thread, 0.4;
+// a reply to our own sendmmsg making a socket readable under a thread
+// parked in the netpoller, 0.3). One receive queue removes most of
+// those (0.25 left), yet in an A/B of 3 rounds connections/s did not
+// move (0.46× against 0.47×; CPU per connection 203-222 against
+// 205-222 µs): the gap to pasta is the daemon's CPU, spread thin over
+// our stack, netfilter, the Go runtime and the syscalls, not its
+// wake-ups. Measured and left: a thread blocked in a system call per
+// queue (the route floor with blocking recvmmsg threads used 163-228 µs
+// of CPU per connection against 125-144 in the netpoller shape, at
+// GOMAXPROCS 2 or 4: -floor-route-flags "-procs 4"); PACKET_FANOUT_CPU
+// (connections/s 0.52×, four streams 0.32×/0.32×, and a flow's frames
+// may be read on two queues at once when its sender migrates); busy
+// polling the AF_PACKET socket and the proxy's host sockets together
+// (--busy-poll, off by default; see afpacket's DefaultBusyPoll: RR p50
+// −23%, but p99 +16% and the four-stream rows −30-40% with two queues;
+// connections/s 0.54× with one queue, level with pasta).
+//
 // # The route floor
 //
 // Route mode forwards the pod's frames: the stack end of the pod's veth
