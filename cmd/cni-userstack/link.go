@@ -117,11 +117,21 @@ func podLabel(p *api.LinkPod) string {
 	return shortID(p.ContainerID)
 }
 
+// busyPoll is the BUSY-POLL column: how the link's busy polls ended,
+// hits/sleeps/yields/skips, then the host-socket events they handled;
+// "-" with busy polling off.
+func busyPoll(b *api.BusyPoll) string {
+	if b == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%d/%d/%d/%d/%d", b.Hits, b.Sleeps, b.Yields, b.Skips, b.HostEvents)
+}
+
 func printLinks(w io.Writer, links []api.Link, wide bool) error {
 	h := []string{"NIC", "NAME", "KIND", "STATE", "MTU", "MAC", "POD", "RX-PACKETS", "RX-BYTES", "RX-DROPPED",
 		"TX-PACKETS", "TX-BYTES", "TX-DROPPED"}
 	if wide {
-		h = append(h, "RX-ERRORS", "TX-ERRORS", "KERNEL-DROPS", "TXQ", "OFFLOADS", "CONTAINER", "IFNAME", "MODE")
+		h = append(h, "RX-ERRORS", "TX-ERRORS", "KERNEL-DROPS", "BUSY-POLL", "TXQ", "OFFLOADS", "CONTAINER", "IFNAME", "MODE")
 	}
 	t := newTable(w, h...)
 	for _, l := range links {
@@ -133,7 +143,7 @@ func printLinks(w io.Writer, links []api.Link, wide bool) error {
 			if p := l.Pod; p != nil {
 				ctr, ifn, mode = p.ContainerID, p.IfName, string(p.Mode)
 			}
-			row = append(row, itoa(s.RxErrors), itoa(s.TxErrors), itoa(l.KernelDrops), fmt.Sprintf("%d/%d", l.TxQueued, l.TxQueue),
+			row = append(row, itoa(s.RxErrors), itoa(s.TxErrors), itoa(l.KernelDrops), busyPoll(l.BusyPoll), fmt.Sprintf("%d/%d", l.TxQueued, l.TxQueue),
 				strings.Join(l.Offloads, ","), ctr, ifn, mode)
 		}
 		t.row(row...)

@@ -169,6 +169,16 @@ func TestLinkAndAddrTables(t *testing.T) {
 		t.Errorf("link:\n%s\nwant\n%s", b.String(), want)
 	}
 	b.Reset()
+	links[1].BusyPoll = &api.BusyPoll{Hits: 258, Sleeps: 1, Yields: 51, Skips: 2, HostEvents: 256}
+	printLinks(&b, links, true)
+	want = `NIC  NAME       KIND    STATE  MTU   MAC                POD           RX-PACKETS  RX-BYTES  RX-DROPPED  TX-PACKETS  TX-BYTES  TX-DROPPED  RX-ERRORS  TX-ERRORS  KERNEL-DROPS  BUSY-POLL       TXQ     OFFLOADS  CONTAINER         IFNAME  MODE
+1    us-uplink  uplink  UP     1500  02:aa:00:00:00:01  -             1           60        0           2           120       0           0          0          0             -               0/1000  tso       -                 -       -
+2    us1        pod     DOWN   1500  02:aa:00:00:00:02  0123456789ab  0           0         0           0           0         0           0          0          0             258/1/51/2/256  0/0     -         0123456789abcdef  eth0    route
+`
+	if b.String() != want {
+		t.Errorf("link -o wide:\n%s\nwant\n%s", b.String(), want)
+	}
+	b.Reset()
 	printAddrs(&b, links)
 	want = `NIC  NAME       STATE  MAC                ADDRESSES         POD           POD-IP        POD-MAC
 1    us-uplink  UP     02:aa:00:00:00:01  169.254.100.2/30  -             -             -
