@@ -103,12 +103,6 @@ type relay struct {
 	// an error (ready), so a short read is not taken as the end of what
 	// it holds: the EOF or the error must still be read.
 	hostRdHup atomic.Bool
-
-	// Bound once, so a pump allocates nothing.
-	readToFn    func([][]byte) (int, error)
-	writeFromFn func([][]byte) (int, error)
-	sendFn      func(fd uintptr)
-	recvFn      func(fd uintptr)
 }
 
 // relayPhase is where a relay is in its life.
@@ -171,10 +165,7 @@ const (
 )
 
 func newRelay(e *Engine, f *flowHandle, up hostConn) *relay {
-	r := &relay{e: e, f: f, up: up, id: e.poll.newID()}
-	r.readToFn, r.writeFromFn = r.writeHost, r.readHost
-	r.sendFn, r.recvFn = r.sendmsg, r.readv
-	return r
+	return &relay{e: e, f: f, up: up, id: e.poll.newID()}
 }
 
 // startRelay relays between down (the stack's side) and up (the host's)
@@ -471,7 +462,7 @@ func (r *relay) pumpToHost() {
 		r.scr = nil
 	}()
 	for r.state.Load()&(relayToHostDone|relayFinished) == 0 {
-		_, err := r.down.ReadTo(r.scr.vec[:], r.readToFn)
+		_, err := r.down.ReadTo(r.scr.vec[:], r)
 		switch {
 		case err == nil:
 		case err == syscall.EAGAIN:
@@ -527,7 +518,7 @@ func (r *relay) pumpToPod() {
 	for r.state.Load()&(relayToPodDone|relayFinished) == 0 {
 		r.hostEmpty = false
 		k := max(r.podVec, relayPodVecMin)
-		_, err := r.down.WriteFrom(r.pscr.vec[:k], r.writeFromFn)
+		_, err := r.down.WriteFrom(r.pscr.vec[:k], r)
 		if r.hostEmpty {
 			r.podVec = relayPodVecMin
 		} else if err == nil {
@@ -565,8 +556,9 @@ func (r *relay) pumpToPod() {
 	}
 }
 
-// writeHost is ReadTo's callback: one sendmsg of the queued slices.
-func (r *relay) writeHost(v [][]byte) (int, error) {
+// WriteVec is ReadTo's callback (tcp.VecWriter): one sendmsg of the
+// queued slices to the host socket.
+func (r *relay) WriteVec(v [][]byte) (int, error) {
 	scr := r.scr
 	k := 0
 	for _, b := range v {
@@ -582,7 +574,7 @@ func (r *relay) writeHost(v [][]byte) (int, error) {
 	}
 	scr.msg.Iov = &scr.iov[0]
 	scr.msg.SetIovlen(k)
-	err := r.up.Control(r.sendFn)
+	err := r.hostCall(true)
 	clear(scr.iov[:k]) // do not keep the SKBs reachable
 	scr.msg.Iov = nil
 	if err != nil {
@@ -606,6 +598,30 @@ func (r *relay) armOut() {
 	}
 }
 
+// hostCall runs sendmsg (send) or readv with the host socket's fd, kept
+// open meanwhile. A host socket of ours is held without its Control and
+// the methods are called directly, so a pump allocates nothing; another
+// kernel socket (a port mapping's client, a nameserver's connection)
+// goes through its RawConn, with a method value made for the call.
+func (r *relay) hostCall(send bool) error {
+	if h, ok := r.up.(*hostFD); ok {
+		if !h.acquire() {
+			return net.ErrClosed
+		}
+		if send {
+			r.sendmsg(uintptr(h.fd))
+		} else {
+			r.readv(uintptr(h.fd))
+		}
+		h.release()
+		return nil
+	}
+	if send {
+		return r.up.Control(r.sendmsg)
+	}
+	return r.up.Control(r.readv)
+}
+
 // sendmsg and readv are raw system calls (the goroutine keeps its P):
 // both are non-blocking, and a sendmsg over loopback runs the host's TCP
 // receive inside the call, long enough for Go's sysmon to hand the P
@@ -622,10 +638,10 @@ func (r *relay) sendmsg(fd uintptr) {
 	}
 }
 
-// readHost is WriteFrom's callback: one readv into the send queue's free
-// space (the tail chunk's room, then fresh chunks); 0 bytes is the host's
-// EOF.
-func (r *relay) readHost(v [][]byte) (int, error) {
+// ReadVec is WriteFrom's callback (tcp.VecReader): one readv from the
+// host socket into the send queue's free space (the tail chunk's room,
+// then fresh chunks); 0 bytes is the host's EOF.
+func (r *relay) ReadVec(v [][]byte) (int, error) {
 	iov := &r.pscr.iov
 	want := 0
 	for i, b := range v {
@@ -637,7 +653,7 @@ func (r *relay) readHost(v [][]byte) (int, error) {
 		return 0, syscall.EAGAIN
 	}
 	r.recvN = len(v)
-	err := r.up.Control(r.recvFn)
+	err := r.hostCall(false)
 	clear(iov[:len(v)])
 	switch {
 	case err != nil:

@@ -99,7 +99,7 @@ func TestReadToCloseDuringCallback(t *testing.T) {
 	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.IRS + 1).Data(want))
 	c.Out()
 	var v [4][]byte
-	n, err := s.ReadTo(v[:], func(v [][]byte) (int, error) {
+	n, err := s.ReadTo(v[:], VecFunc(func(v [][]byte) (int, error) {
 		if len(v) != 1 || string(v[0]) != string(want) {
 			t.Fatalf("callback got %q", v)
 		}
@@ -108,7 +108,7 @@ func TestReadToCloseDuringCallback(t *testing.T) {
 			t.Fatal("bytes changed under the callback")
 		}
 		return len(v[0]), nil
-	})
+	}))
 	if n != len(want) || err != nil {
 		t.Fatalf("ReadTo: %d, %v", n, err)
 	}
@@ -118,7 +118,7 @@ func TestReadToCloseDuringCallback(t *testing.T) {
 	if rst := c.Expect("RST"); rst.flags&RST == 0 {
 		t.Fatalf("want RST, got %v", rst)
 	}
-	if _, err := s.ReadTo(v[:], func([][]byte) (int, error) { return 0, nil }); err == nil {
+	if _, err := s.ReadTo(v[:], VecFunc(func([][]byte) (int, error) { return 0, nil })); err == nil {
 		t.Fatal("ReadTo after Close succeeded")
 	}
 }
@@ -129,19 +129,19 @@ func TestWriteFromInPlaceAndReset(t *testing.T) {
 	c := newPeer(t, Config{})
 	s := c.establishPassive(batchSynOpts)
 	var v [4][]byte
-	n, err := s.WriteFrom(v[:], func(v [][]byte) (int, error) {
+	n, err := s.WriteFrom(v[:], VecFunc(func(v [][]byte) (int, error) {
 		return copy(v[0], "abc"), nil
-	})
+	}))
 	if n != 3 || err != nil {
 		t.Fatalf("WriteFrom: %d, %v", n, err)
 	}
 	if d := c.Expect("data"); string(d.data) != "abc" || d.seq != c.IRS+1 {
 		t.Fatalf("sent %v %q", d, d.data)
 	}
-	n, err = s.WriteFrom(v[:], func(v [][]byte) (int, error) {
+	n, err = s.WriteFrom(v[:], VecFunc(func(v [][]byte) (int, error) {
 		c.Send(c.Seg().Flags(RST).Seq(c.ISS + 1)) // the peer resets meanwhile
 		return copy(v[0], "def"), nil
-	})
+	}))
 	if n != 0 || err == nil {
 		t.Fatalf("WriteFrom on a reset connection: %d, %v", n, err)
 	}

@@ -300,6 +300,31 @@ func (s *Sock) readErr() error {
 	return nil
 }
 
+// VecWriter takes the bytes ReadTo hands over: WriteVec writes the
+// slices in order (a relay's sendmsg to its host socket) and says how
+// many bytes it took.
+type VecWriter interface {
+	WriteVec(v [][]byte) (int, error)
+}
+
+// VecReader fills the space WriteFrom offers: ReadVec fills the slices in
+// order (a relay's readv from its host socket) and says how many bytes it
+// put there.
+type VecReader interface {
+	ReadVec(v [][]byte) (int, error)
+}
+
+// VecFunc makes a function a VecWriter and a VecReader. A relay
+// implements the interfaces on itself instead, so a pump allocates no
+// closure per connection.
+type VecFunc func(v [][]byte) (int, error)
+
+// WriteVec calls f.
+func (f VecFunc) WriteVec(v [][]byte) (int, error) { return f(v) }
+
+// ReadVec calls f.
+func (f VecFunc) ReadVec(v [][]byte) (int, error) { return f(v) }
+
 // ReadTo hands the queued in-order bytes to w as they lie in the received
 // SKBs, without copying them (a relay writev(2)s them to its host socket),
 // and consumes the n bytes w reports; at most len(v) slices, which ReadTo
@@ -308,7 +333,7 @@ func (s *Sock) readErr() error {
 // without the socket lock, so receive goes on meanwhile; its slices stay
 // valid until it returns (a Close in the meantime frees them afterwards).
 // One reader at a time: Read waits while a ReadTo's w runs.
-func (s *Sock) ReadTo(v [][]byte, w func([][]byte) (int, error)) (int, error) {
+func (s *Sock) ReadTo(v [][]byte, w VecWriter) (int, error) {
 	s.mu.Lock()
 	if s.rcvq.len() == 0 || len(v) == 0 {
 		err := s.readErr()
@@ -326,7 +351,7 @@ func (s *Sock) ReadTo(v [][]byte, w func([][]byte) (int, error)) (int, error) {
 	s.reading = true
 	s.mu.Unlock()
 
-	n, err := w(v[:k])
+	n, err := w.WriteVec(v[:k])
 	clear(v[:k])
 	n = min(max(n, 0), total)
 
@@ -464,7 +489,7 @@ func (s *Sock) writeErr() error {
 // cannot send Write's error. A connection that ends while r runs drops
 // what r read. One writer at a time: Write waits while a WriteFrom's r
 // runs.
-func (s *Sock) WriteFrom(v [][]byte, r func([][]byte) (int, error)) (int, error) {
+func (s *Sock) WriteFrom(v [][]byte, r VecReader) (int, error) {
 	s.mu.Lock()
 	if err := s.writeErr(); err != nil {
 		s.mu.Unlock()
@@ -487,7 +512,7 @@ func (s *Sock) WriteFrom(v [][]byte, r func([][]byte) (int, error)) (int, error)
 	for _, b := range v {
 		total += len(b)
 	}
-	n, rerr := r(v)
+	n, rerr := r.ReadVec(v)
 	clear(v) // the chunks are the queue's again
 	n = min(max(n, 0), total)
 

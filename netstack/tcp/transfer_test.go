@@ -90,7 +90,7 @@ func transferWith(t *testing.T, w *wire, size int, both, vec bool) time.Duration
 				var m int
 				var err error
 				if vec {
-					m, err = d.from.WriteFrom(vecs[:1+(d.sent/7)%len(vecs)], func(v [][]byte) (int, error) {
+					m, err = d.from.WriteFrom(vecs[:1+(d.sent/7)%len(vecs)], VecFunc(func(v [][]byte) (int, error) {
 						k := 0
 						for _, b := range v {
 							c := min(len(b), size-d.sent-k)
@@ -99,7 +99,7 @@ func transferWith(t *testing.T, w *wire, size int, both, vec bool) time.Duration
 							k += c
 						}
 						return k, nil
-					})
+					}))
 					n = m + 1 // loop while it took something
 				} else {
 					pattern(buf[:n], d.sent)
@@ -136,7 +136,7 @@ func transferWith(t *testing.T, w *wire, size int, both, vec bool) time.Duration
 				var err error
 				if vec {
 					var v [4][]byte
-					n, err = d.to.ReadTo(v[:], func(v [][]byte) (int, error) {
+					n, err = d.to.ReadTo(v[:], VecFunc(func(v [][]byte) (int, error) {
 						k := 0
 						for i, b := range v {
 							if i == 3 {
@@ -146,7 +146,7 @@ func transferWith(t *testing.T, w *wire, size int, both, vec bool) time.Duration
 							k += len(b)
 						}
 						return k, nil
-					})
+					}))
 				} else {
 					n, err = d.to.Read(rb)
 					if n > 0 {
