@@ -814,12 +814,14 @@ func (h *harness) measure(v variant) (s *sample, note string, na *notAvailable) 
 	s.rrN = rr.N
 	s.rrP50 = measured{v: float64(rr.P50) / 1e3, err: err}
 	s.rrP99 = measured{v: float64(rr.P99) / 1e3, err: err}
+	s.rrCPU = cpuPerOp(len(a.pids) > 0, rrCPU, rr.N, err)
 	fmt.Fprintf(os.Stderr, "bench:   request/response: n=%d p50 %s p99 %s%s\n", rr.N, s.rrP50.fmt("%.1f µs"), s.rrP99.fmt("%.1f µs"), perOp(rrCPU, rr.N, "round trip"))
 	cm = startCPU(a.pids, nil)
 	cps, err := connectRate(h.ctx, a.pod, dst, dur)
 	cpsCPU := cm.stop().helpers
 	s.cps = measured{v: cps.PerSec, err: err}
 	s.cpsErrors = cps.Errors
+	s.cpsCPU = cpuPerOp(len(a.pids) > 0, cpsCPU, cps.Conns, err)
 	fmt.Fprintf(os.Stderr, "bench:   connections: %s (%d failed)%s\n", s.cps.fmt("%.0f /s"), cps.Errors, perOp(cpsCPU, cps.Conns, "connection"))
 	return s, a.note, nil
 }

@@ -67,9 +67,29 @@ type sample struct {
 	rrP99     measured // µs
 	cps       measured // connections per second
 	cpsErrors int
+	// The helpers' CPU per round trip and per connection, µs (the
+	// warm-up round trips and failed connects are in the CPU, not the
+	// count); not measured for a variant without a helper process.
+	rrCPU, cpsCPU measured
 }
 
-func newSample() *sample { return &sample{pm1: measured{err: errNotMeasured}} }
+func newSample() *sample {
+	return &sample{pm1: measured{err: errNotMeasured}, rrCPU: measured{err: errNotMeasured}, cpsCPU: measured{err: errNotMeasured}}
+}
+
+// cpuPerOp is the helpers' CPU per operation in µs: errNotMeasured
+// without helpers (the kernel path), the run's error if it failed.
+func cpuPerOp(helpers bool, cpu time.Duration, n int, err error) measured {
+	switch {
+	case !helpers:
+		return measured{err: errNotMeasured}
+	case err != nil:
+		return measured{err: err}
+	case n <= 0:
+		return measured{err: errors.New("no operation completed")}
+	}
+	return measured{v: float64(cpu) / float64(n) / 1e3}
+}
 
 // setupFailed marks every figure of s as failed with err.
 func (s *sample) setupFailed(err error) {
@@ -78,6 +98,9 @@ func (s *sample) setupFailed(err error) {
 		s.tput[i].err = e
 	}
 	s.rrP50.err, s.rrP99.err, s.cps.err = e, e, e
+	if s.rrCPU.err != errNotMeasured {
+		s.rrCPU.err, s.cpsCPU.err = e, e
+	}
 }
 
 // perGB is CPU seconds per GB (1e9 bytes) over the 1-stream runs, with
@@ -363,6 +386,7 @@ Method (details in the package doc of test/bench):
   in the pod and the client in the host netns at the mapped port.
 - RR: one TCP connection (TCP_NODELAY), 1 byte each way per round trip, 200 untimed first, then up to -rr-count or -duration.
 - conn/s: for -duration, one after another: connect, 1-byte request, 1-byte response, close.
+- Helper CPU per round trip / per connection: the helper process's CPU over the RR run and the connect run, divided by the round trips timed and the connections made (informative; none for the kernel path).
 - Datapath CPU s/GB: over the two 1-stream runs, (CPU of the helper processes — our daemon, a relay, pasta, slirp4netns —
   from /proc/PID/stat, + the ksoftirqd threads') / GB received. Softirq work that ran in a helper's context is in its
   system time (no IRQ time accounting on this kernel); the part in the iperf3 processes' context is the application's,

@@ -37,6 +37,8 @@ var metrics = []metric{
 	{"rr-p50", "1-byte RR p50", "µs", "%.1f", false, true, func(s *sample) measured { return s.rrP50 }, false},
 	{"rr-p99", "1-byte RR p99", "µs", "%.1f", false, true, func(s *sample) measured { return s.rrP99 }, false},
 	{"cps", "connections/s (connect, 1 B each way, close)", "/s", "%.0f", true, true, func(s *sample) measured { return s.cps }, false},
+	{"rr-cpu", "helper CPU per round trip (informative)", "µs", "%.1f", false, false, func(s *sample) measured { return s.rrCPU }, true},
+	{"cps-cpu", "helper CPU per connection (informative)", "µs", "%.0f", false, false, func(s *sample) measured { return s.cpsCPU }, true},
 	{"cpu", "datapath CPU s/GB, 1 stream", "s/GB", "%.2f", false, true, (*sample).datapathCPU, true},
 	{"syscpu", "whole-system CPU s/GB, 1 stream (informative)", "s/GB", "%.2f", false, false, (*sample).systemCPU, false},
 	{"pm-hp1", "1 stream host→pod through a port mapping (proxy only)", "Gbit/s", "%.2f", true, false, func(s *sample) measured { return s.pm1 }, false},

@@ -339,3 +339,24 @@ func wantIn(t *testing.T, what, text string, wants ...string) {
 		}
 	}
 }
+
+// TestCPUPerOp: µs of helper CPU per operation; no helper is not a
+// figure at all, a failed run is its error, a run of nothing an error.
+func TestCPUPerOp(t *testing.T) {
+	if m := cpuPerOp(true, 3*time.Millisecond, 20, nil); m.err != nil || m.v != 150 {
+		t.Fatalf("3 ms over 20 = %+v, want 150 µs", m)
+	}
+	if m := cpuPerOp(false, time.Millisecond, 20, nil); m.err != errNotMeasured {
+		t.Fatalf("no helper: %+v, want errNotMeasured", m)
+	}
+	boom := errors.New("boom")
+	if m := cpuPerOp(true, time.Millisecond, 20, boom); m.err != boom {
+		t.Fatalf("failed run: %+v", m)
+	}
+	if m := cpuPerOp(true, time.Millisecond, 0, nil); m.err == nil {
+		t.Fatalf("no operation: %+v", m)
+	}
+	if s := summarize([]measured{cpuPerOp(false, 0, 0, nil)}); s.rounds != 0 || s.ok() {
+		t.Fatalf("a variant without a helper summarizes to %+v", s)
+	}
+}
