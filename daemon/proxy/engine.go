@@ -498,9 +498,14 @@ type flowHandle struct {
 	mu      sync.Mutex
 	aborted bool
 	closers []func() // bound: the few sockets of one flow
+	// closersBuf holds the first closers: a flow registers one or two,
+	// so add allocates none.
+	closersBuf [2]func()
 
-	// relay is a TCP relay's two sockets once both are up (info.go).
+	// relay is a TCP relay's two sockets once both are up (info.go),
+	// ends where setRelay records them.
 	relay atomic.Pointer[relayEnds]
+	ends  relayEnds
 }
 
 func (e *Engine) newFlow() *flowHandle {
@@ -515,6 +520,9 @@ func (f *flowHandle) add(close func()) bool {
 		f.mu.Unlock()
 		close()
 		return false
+	}
+	if f.closers == nil {
+		f.closers = f.closersBuf[:0]
 	}
 	f.closers = append(f.closers, close)
 	f.mu.Unlock()

@@ -60,9 +60,12 @@ type endpoints interface {
 // tcpInfoer is the stack side's TCP_INFO (*tcp.Conn).
 type tcpInfoer interface{ Info() tcp.Info }
 
-// setRelay records the sockets of f's TCP relay for Relays.
+// setRelay records the sockets of f's TCP relay for Relays, once (a
+// relay's two sockets are up once), in f itself: nothing allocated. The
+// atomic store publishes what was written before it.
 func (f *flowHandle) setRelay(kind string, stack net.Conn, host endpoints) {
-	f.relay.Store(&relayEnds{kind: kind, stack: stack, host: host})
+	f.ends = relayEnds{kind: kind, stack: stack, host: host}
+	f.relay.Store(&f.ends)
 }
 
 // Relays lists every flow that is relaying now (TCP flows still

@@ -53,7 +53,10 @@ type relay struct {
 	downC *tcp.Conn
 	up    hostConn // the host's side
 	id    uint64   // the poller registration
-	onEnd func(phase relayPhase)
+	// onEnd runs once both directions ended; an outbound flow of
+	// tcpSYN (outbound set) runs endOutbound instead, without a closure.
+	onEnd    func(phase relayPhase)
+	outbound bool
 
 	// The upstream-first handshake (tcpSYN): req is the pod's SYN,
 	// answered once the host connect completed; timer bounds connect
@@ -233,14 +236,7 @@ func (e *Engine) tcpSYN(req *tcp.Request) {
 	}
 	r := newRelay(e, f, h)
 	r.req = req
-	r.onEnd = func(ph relayPhase) {
-		if ph == phaseRelaying {
-			e.c.activeTCP.Add(-1)
-		} else {
-			e.c.pendingTCP.Add(-1)
-		}
-		e.release(f)
-	}
+	r.outbound = true
 	// The stack's clock, not time.AfterFunc: a runtime timer added
 	// ahead of the netpoller's sleep wakes an idle thread to re-arm it
 	// (wakeNetPoller), one cross-CPU wake-up per connection; the
@@ -735,5 +731,20 @@ func (r *relay) finish(abort bool) {
 		r.downC.Close()
 		r.up.Close()
 	}
-	r.onEnd(ph)
+	if r.outbound {
+		r.endOutbound(ph)
+	} else {
+		r.onEnd(ph)
+	}
+}
+
+// endOutbound is an outbound flow's end (tcpSYN): the engine's counters
+// and the pod's flow count.
+func (r *relay) endOutbound(ph relayPhase) {
+	if ph == phaseRelaying {
+		r.e.c.activeTCP.Add(-1)
+	} else {
+		r.e.c.pendingTCP.Add(-1)
+	}
+	r.e.release(r.f)
 }
