@@ -211,7 +211,7 @@ func (e *Engine) dnsTCPLoop() {
 			f.done()
 			continue
 		}
-		f.add(func() { abortConn(c) })
+		f.add(abortFunc(func() { abortConn(c) }))
 		if !e.spawn(func() { e.dnsTCPRelay(c, f) }) {
 			abortConn(c)
 			e.release(f)
@@ -235,7 +235,7 @@ func (e *Engine) dnsTCPRelay(c *tcp.Conn, f *flowHandle) {
 			e.log.Debug("proxy: dns tcp dial failed", "ns", ns, "err", err)
 			continue
 		}
-		if !f.add(func() { abortConn(up) }) {
+		if !f.add(abortFunc(func() { abortConn(up) })) {
 			e.release(f)
 			f.done()
 			return

@@ -348,7 +348,7 @@ func (t *echoTable) openRawFlow(k echoKey, f *flowHandle) (*echoFlow, error) {
 	ef.idle = time.AfterFunc(e.cfg.UDPIdleTimeout, func() { t.markDue(ef) })
 	// An abort only marks the flow: f.add may call this at once, with
 	// mu held.
-	f.add(func() { ef.dead.Store(true); t.markDue(ef) })
+	f.add(abortFunc(func() { ef.dead.Store(true); t.markDue(ef) }))
 	return ef, nil
 }
 

@@ -394,7 +394,7 @@ func (e *Engine) spawn(fn func()) bool {
 // its reader; false, with the socket closed and the flow released, when
 // the engine is closing.
 func (e *Engine) adopt(f *flowHandle, c net.Conn, reader func()) bool {
-	f.add(func() { c.Close() })
+	f.add(abortFunc(func() { c.Close() }))
 	if !e.spawn(reader) {
 		c.Close()
 		e.release(f)
@@ -497,10 +497,10 @@ type flowHandle struct {
 
 	mu      sync.Mutex
 	aborted bool
-	closers []func() // bound: the few sockets of one flow
+	closers []aborter // bound: the few sockets of one flow
 	// closersBuf holds the first closers: a flow registers one or two,
 	// so add allocates none.
-	closersBuf [2]func()
+	closersBuf [2]aborter
 
 	// relay is a TCP relay's two sockets once both are up (info.go),
 	// ends where setRelay records them.
@@ -513,12 +513,21 @@ func (e *Engine) newFlow() *flowHandle {
 	return &flowHandle{ctx: ctx, cancel: cancel}
 }
 
-// add registers close; false (and close called) when already aborted.
-func (f *flowHandle) add(close func()) bool {
+// aborter is what a flow aborts: a relay itself (no closure per flow),
+// or an abortFunc.
+type aborter interface{ abort() }
+
+// abortFunc is a function as an aborter.
+type abortFunc func()
+
+func (f abortFunc) abort() { f() }
+
+// add registers close; false (and close aborted) when already aborted.
+func (f *flowHandle) add(close aborter) bool {
 	f.mu.Lock()
 	if f.aborted {
 		f.mu.Unlock()
-		close()
+		close.abort()
 		return false
 	}
 	if f.closers == nil {
@@ -543,7 +552,7 @@ func (f *flowHandle) abort() {
 		f.cancel()
 	}
 	for _, c := range cs {
-		c()
+		c.abort()
 	}
 }
 

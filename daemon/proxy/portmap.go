@@ -185,7 +185,7 @@ func (p *pod) acceptTCP(t tcpMapping) {
 			f.done()
 			continue
 		}
-		f.add(func() { abortConn(c) })
+		f.add(abortFunc(func() { abortConn(c) }))
 		src := netip.AddrPortFrom(p.peerAddr(client.Addr(), t.to), 0)
 		dst := netip.AddrPortFrom(t.to, uint16(t.m.ContainerPort))
 		if !e.spawn(func() { e.portMapTCP(c, src, dst, f) }) {
@@ -214,7 +214,7 @@ func (e *Engine) portMapTCP(c net.Conn, src, dst netip.AddrPort, f *flowHandle) 
 		f.done()
 		return
 	}
-	if !f.add(func() { abortConn(down) }) {
+	if !f.add(abortFunc(func() { abortConn(down) })) {
 		e.release(f)
 		f.done()
 		return
@@ -282,7 +282,7 @@ func (p *pod) udpFlow(u *udpMapping, client netip.AddrPort) *pmFlow {
 	}
 	pf := &pmFlow{client: client, sock: sock, f: f}
 	pf.touch()
-	f.add(func() { sock.Close() })
+	f.add(abortFunc(func() { sock.Close() }))
 	if !e.spawn(func() { p.udpFlowReader(u, pf) }) {
 		sock.Close()
 		e.release(f)

@@ -188,7 +188,7 @@ func (e *Engine) startRelay(f *flowHandle, down *tcp.Conn, up net.Conn, onEnd fu
 	r.phase.Store(uint32(phaseRelaying))
 	r.down, r.downC = down.Sock(), down
 	r.downReady.Store(true)
-	if !f.add(r.abort) {
+	if !f.add(r) {
 		return // aborted already: abort closed everything
 	}
 	r.outArmed.Store(true)
@@ -244,7 +244,7 @@ func (e *Engine) tcpSYN(req *tcp.Request) {
 	// deadline, which a 10 s timeout rarely is.
 	e.st.Clock().InitTimer(&r.timer, (*relayTimer)(r))
 	r.timer.Reset(e.cfg.ConnectTimeout)
-	if !f.add(r.abort) {
+	if !f.add(r) {
 		return
 	}
 	// A connect to this host (loopback, a local address) completes in

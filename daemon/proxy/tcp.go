@@ -66,7 +66,7 @@ func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
 		r.Refuse()
 		return
 	}
-	if !f.add(func() { abortConn(up) }) {
+	if !f.add(abortFunc(func() { abortConn(up) })) {
 		r.Refuse()
 		return
 	}
@@ -80,7 +80,7 @@ func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
 		abortConn(up)
 		return
 	}
-	if !f.add(func() { abortConn(down) }) {
+	if !f.add(abortFunc(func() { abortConn(down) })) {
 		abortConn(up)
 		return
 	}
