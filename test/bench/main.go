@@ -216,11 +216,13 @@
 // (--busy-poll, off by default; see afpacket's DefaultBusyPoll: RR p50
 // −23%, but p99 +16% and the four-stream rows −30-40% with two queues;
 // connections/s 0.54× with one queue, level with pasta). The session's
-// final run (10:31, 3 rounds, default flags, the floors, gVisor and
-// pasta beside it): proxy one stream 0.84×/0.61×, four streams
-// 0.50×/0.49×, RR p50/p99 8.5×/9.4× (pasta 8.9×/8.9×), connections/s
-// 0.45× (pasta 0.54×, floor-epoll 0.52×, floor-route 0.55×), 0.49 s/GB,
-// 4.42 KiB per idle connection, ahead of gVisor on every row.
+// final run (11:02, 3 rounds, default flags, the floors, gVisor and
+// pasta beside it): proxy one stream 0.72×/0.78×, four streams pod→host
+// 0.48× (host→pod 1.29×: the kernel's reference ran slow), RR p50/p99
+// 8.6×/9.6× (pasta 9.1×/10.6×, pasta-64k 9.0×/9.0×), connections/s
+// 0.45× (pasta 0.57×, floor-epoll 0.54×, floor-route 0.62×), helper CPU
+// per connection 233 µs (pasta 156, floor-epoll 180), 0.41 s/GB, 4.19
+// KiB per idle connection, ahead of gVisor on every row.
 //
 // # The route floor
 //
