@@ -56,8 +56,10 @@
 // pod → host on the NIC's receive goroutine at the end of the batch that
 // queued the data, which is written to the host socket with one sendmsg
 // gathering the received SKBs' payloads in place (tcp.Sock.ReadTo), before
-// the batch's ACK; host → pod on the poller's goroutine (host readable) or
-// the NIC's (an ACK freed send space), reading the host socket with one
+// the batch's ACK; host → pod on the poller's goroutine (host readable;
+// with serve --busy-poll, a NIC goroutine that is polling may take the
+// event first through Engine.PollHost) or the NIC's (an ACK freed send
+// space), reading the host socket with one
 // readv straight into the free space of the stack socket's send queue,
 // however many chunks that is (tcp.Sock.WriteFrom); while the send buffer
 // is full the host socket's EPOLLIN is left to the pod's ACKs, which

@@ -31,9 +31,11 @@ import (
 //     free space of the stack socket's send queue (tcp.Sock.WriteFrom: the
 //     tail chunk's room and fresh chunks, up to relayPodVec slices, so one
 //     readv can fill the whole send buffer), which then sends it: on the
-//     poller's goroutine when the host socket became readable, on the
-//     NIC's goroutine when an ACK from the pod freed send space (only
-//     the latter while the send buffer is full: kickHostData). A full
+//     poller's goroutine when the host socket became readable (or on a
+//     NIC's receive goroutine that busy polls and took the event first:
+//     Engine.PollHost), on the NIC's goroutine when an ACK from the pod
+//     freed send space (only the latter while the send buffer is full:
+//     kickHostData). A full
 //     send buffer leaves the host's bytes in the kernel — the host's
 //     window closes — until the pod ACKs.
 //
