@@ -83,9 +83,10 @@ type relay struct {
 	// dirs[toPod].mu).
 	pscr *relayPodScratch
 
-	// Results of the syscalls run inside Control.
+	// Results of the host socket's system calls (hostCall).
 	sendN, recvN     int
 	sendErr, recvErr unix.Errno
+	shutErr          error
 
 	// outArmed: the host socket's registration includes EPOLLOUT (a
 	// connected socket is registered without it until a write is
@@ -480,29 +481,12 @@ func (r *relay) pumpToHost() {
 	}
 }
 
-// shutdownHost sends the host our FIN (shutdown(SHUT_WR)). Our own host
-// socket is called through its concrete type, so the callback stays on
-// the stack (an interface's Control makes it escape: an allocation per
-// connection).
+// shutdownHost sends the host our FIN (shutdown(SHUT_WR)).
 func (r *relay) shutdownHost() error {
-	h, ok := r.up.(*hostFD)
-	if !ok {
-		return shutdownConn(r.up)
+	if err := r.hostCall(hostShut); err != nil {
+		return err
 	}
-	var serr error
-	if cerr := h.Control(func(fd uintptr) { serr = rawShutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
-		return cerr
-	}
-	return serr
-}
-
-// shutdownConn is shutdownHost for another hostConn (tests' Dialer).
-func shutdownConn(c hostConn) error {
-	var serr error
-	if cerr := c.Control(func(fd uintptr) { serr = rawShutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
-		return cerr
-	}
-	return serr
+	return r.shutErr
 }
 
 // pumpToPod moves the host's bytes to the pod until the host socket is
@@ -572,7 +556,7 @@ func (r *relay) WriteVec(v [][]byte) (int, error) {
 	}
 	scr.msg.Iov = &scr.iov[0]
 	scr.msg.SetIovlen(k)
-	err := r.hostCall(true)
+	err := r.hostCall(hostSend)
 	clear(scr.iov[:k]) // do not keep the SKBs reachable
 	scr.msg.Iov = nil
 	if err != nil {
@@ -596,28 +580,42 @@ func (r *relay) armOut() {
 	}
 }
 
-// hostCall runs sendmsg (send) or readv with the host socket's fd, kept
-// open meanwhile. A host socket of ours is held without its Control and
-// the methods are called directly, so a pump allocates nothing; another
-// kernel socket (a port mapping's client, a nameserver's connection)
-// goes through its RawConn, with a method value made for the call.
-func (r *relay) hostCall(send bool) error {
+// hostOp is a system call a pump makes on the host socket.
+type hostOp uint8
+
+const (
+	hostSend hostOp = iota // sendmsg of scr (WriteVec)
+	hostRecv               // readv into pscr (ReadVec)
+	hostShut               // shutdown(SHUT_WR): our FIN (shutdownHost)
+)
+
+// hostCall makes op's call with the host socket's fd, kept open
+// meanwhile. A host socket of ours is held without its Control and the
+// call made directly, so a pump allocates nothing; another kernel socket
+// (a port mapping's client, a nameserver's connection) goes through its
+// RawConn, with a closure made for the call.
+func (r *relay) hostCall(op hostOp) error {
 	if h, ok := r.up.(*hostFD); ok {
 		if !h.acquire() {
 			return net.ErrClosed
 		}
-		if send {
-			r.sendmsg(uintptr(h.fd))
-		} else {
-			r.readv(uintptr(h.fd))
-		}
+		r.hostSyscall(op, uintptr(h.fd))
 		h.release()
 		return nil
 	}
-	if send {
-		return r.up.Control(r.sendmsg)
+	return r.up.Control(func(fd uintptr) { r.hostSyscall(op, fd) })
+}
+
+// hostSyscall is hostCall's call; its result is left in the relay.
+func (r *relay) hostSyscall(op hostOp, fd uintptr) {
+	switch op {
+	case hostSend:
+		r.sendmsg(fd)
+	case hostRecv:
+		r.readv(fd)
+	case hostShut:
+		r.shutErr = rawShutdown(int(fd), unix.SHUT_WR)
 	}
-	return r.up.Control(r.readv)
 }
 
 // sendmsg and readv are raw system calls (the goroutine keeps its P):
@@ -651,7 +649,7 @@ func (r *relay) ReadVec(v [][]byte) (int, error) {
 		return 0, syscall.EAGAIN
 	}
 	r.recvN = len(v)
-	err := r.hostCall(false)
+	err := r.hostCall(hostRecv)
 	clear(iov[:len(v)])
 	switch {
 	case err != nil:
