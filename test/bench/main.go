@@ -817,24 +817,24 @@ func (h *harness) measure(v variant) (s *sample, note string, na *notAvailable) 
 	s.rrP50 = measured{v: float64(rr.P50) / 1e3, err: err}
 	s.rrP99 = measured{v: float64(rr.P99) / 1e3, err: err}
 	s.rrCPU = cpuPerOp(len(a.pids) > 0, rrCPU, rr.N, err)
-	fmt.Fprintf(os.Stderr, "bench:   request/response: n=%d p50 %s p99 %s%s\n", rr.N, s.rrP50.fmt("%.1f µs"), s.rrP99.fmt("%.1f µs"), perOp(rrCPU, rr.N, "round trip"))
+	fmt.Fprintf(os.Stderr, "bench:   request/response: n=%d p50 %s p99 %s%s\n", rr.N, s.rrP50.fmt("%.1f µs"), s.rrP99.fmt("%.1f µs"), perOp(s.rrCPU, "round trip"))
 	cm = startCPU(a.pids, nil)
 	cps, err := connectRate(h.ctx, a.pod, dst, dur)
 	cpsCPU := cm.stop().helpers
 	s.cps = measured{v: cps.PerSec, err: err}
 	s.cpsErrors = cps.Errors
 	s.cpsCPU = cpuPerOp(len(a.pids) > 0, cpsCPU, cps.Conns, err)
-	fmt.Fprintf(os.Stderr, "bench:   connections: %s (%d failed)%s\n", s.cps.fmt("%.0f /s"), cps.Errors, perOp(cpsCPU, cps.Conns, "connection"))
+	fmt.Fprintf(os.Stderr, "bench:   connections: %s (%d failed)%s\n", s.cps.fmt("%.0f /s"), cps.Errors, perOp(s.cpsCPU, "connection"))
 	return s, a.note, nil
 }
 
-// perOp is the helpers' CPU per operation for the log (informative: the
-// warm-up round trips and failed connects are in the CPU, not the count).
-func perOp(cpu time.Duration, n int, what string) string {
-	if n == 0 || cpu == 0 {
+// perOp is the log's note of the helpers' CPU per operation (cpuPerOp;
+// nothing when it was not measured).
+func perOp(m measured, what string) string {
+	if m.err != nil {
 		return ""
 	}
-	return fmt.Sprintf("; helper CPU %.1f µs per %s", float64(cpu)/float64(n)/1e3, what)
+	return fmt.Sprintf("; helper CPU %.1f µs per %s", m.v, what)
 }
 
 // errNotRun marks a measurement the options left out.

@@ -98,9 +98,6 @@ func (s *sample) setupFailed(err error) {
 		s.tput[i].err = e
 	}
 	s.rrP50.err, s.rrP99.err, s.cps.err = e, e, e
-	if s.rrCPU.err != errNotMeasured {
-		s.rrCPU.err, s.cpsCPU.err = e, e
-	}
 }
 
 // perGB is CPU seconds per GB (1e9 bytes) over the 1-stream runs, with
