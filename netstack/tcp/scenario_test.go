@@ -886,3 +886,75 @@ func TestFINRetransmission(t *testing.T) {
 		t.Fatalf("state %v after the FIN-WAIT-2 timeout", s.State())
 	}
 }
+
+// SetLazyFINAck: a lone FIN after acknowledged data is ACKed by the FIN
+// the owner sends when it closes in turn (one segment, FIN|ACK), or by
+// the delayed-ACK timer when the owner does not close (RFC 1122 §4.2.3.2:
+// an ACK may wait, less than 0.5 s). Data before the FIN still unACKed, or
+// a FIN with data, is ACKed at once as without the option.
+func TestLazyFINAck(t *testing.T) {
+	// The owner closes: its FIN carries the ACK.
+	c := newPeer(t, Config{NoTimestamps: true})
+	s := c.establishPassive(header.TCPOptions{})
+	s.SetLazyFINAck(true)
+	c.Send(c.Seg().Flags(FIN | ACK).Seq(c.ISS + 1).Ack(c.IRS + 1))
+	c.ExpectNone("the ACK of the FIN waits")
+	if s.State() != CloseWait {
+		t.Fatalf("state %v", s.State())
+	}
+	s.Close()
+	f := c.Expect("FIN carrying the ACK")
+	if f.flags&(FIN|ACK) != FIN|ACK || f.ack != c.ISS+2 || s.State() != LastAck {
+		t.Fatalf("got %v in %v", f, s.State())
+	}
+	c.clk.Advance(2 * delAckTimeout)
+	c.ExpectNone("no ACK of its own after the FIN carried it")
+
+	// The owner does not close: the delayed-ACK timer sends it.
+	c = newPeer(t, Config{NoTimestamps: true})
+	s = c.establishPassive(header.TCPOptions{})
+	s.SetLazyFINAck(true)
+	c.Send(c.Seg().Flags(FIN | ACK).Seq(c.ISS + 1).Ack(c.IRS + 1))
+	if a := c.ExpectAt(c.now()+delAckTimeout, "delayed ACK of the FIN"); a.flags != ACK || a.ack != c.ISS+2 {
+		t.Fatalf("got %v", a)
+	}
+
+	// Data in the FIN segment, or unACKed before it: at once.
+	c = newPeer(t, Config{NoTimestamps: true})
+	s = c.establishPassive(header.TCPOptions{})
+	s.SetLazyFINAck(true)
+	c.Send(c.Seg().Flags(FIN | ACK | PSH).Seq(c.ISS + 1).Ack(c.IRS + 1).Data([]byte("bye")))
+	if a := c.Expect("ACK of data and FIN"); a.ack != c.ISS+5 {
+		t.Fatalf("got %v", a)
+	}
+	c = newPeer(t, Config{NoTimestamps: true})
+	s = c.establishPassive(header.TCPOptions{})
+	s.SetLazyFINAck(true)
+	seq := c.ISS + 1
+	for i := 0; i < quickAcks; i++ { // spend the quick ACKs
+		c.Send(c.Seg().Flags(ACK).Seq(seq).Ack(c.IRS + 1).Data([]byte("q")))
+		seq++
+		c.Expect("quick ACK")
+	}
+	c.Send(c.Seg().Flags(ACK).Seq(seq).Ack(c.IRS + 1).Data([]byte("d")))
+	c.ExpectNone("a lone segment's ACK is delayed")
+	c.Send(c.Seg().Flags(FIN | ACK).Seq(seq + 1).Ack(c.IRS + 1))
+	if a := c.Expect("ACK of the delayed data and the FIN at once"); a.ack != seq+2 {
+		t.Fatalf("got %v", a)
+	}
+}
+
+// SetLazyFINAck leaves the peer's FIN after ours alone: in FIN-WAIT-2 it
+// is the last word, ACKed at once (TIME-WAIT).
+func TestLazyFINAckAfterOurFIN(t *testing.T) {
+	c := newPeer(t, Config{NoTimestamps: true, TimeWait: 60 * time.Second})
+	s := c.establishPassive(header.TCPOptions{})
+	s.SetLazyFINAck(true)
+	s.Shutdown(false, true)
+	c.Expect("our FIN")
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.IRS + 2))
+	c.Send(c.Seg().Flags(FIN | ACK).Seq(c.ISS + 1).Ack(c.IRS + 2))
+	if a := c.Expect("ACK of the FIN at once"); a.ack != c.ISS+2 || s.State() != TimeWait {
+		t.Fatalf("got %v in %v", a, s.State())
+	}
+}

@@ -223,6 +223,7 @@ type Sock struct {
 	keepCnt       int
 	keepProbes    int
 	lingerZero    bool
+	lazyFINAck    bool // SetLazyFINAck
 
 	// Counters for Info.
 	bytesAcked, bytesReceived uint64
