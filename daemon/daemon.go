@@ -9,9 +9,7 @@
 // what the plugin sends (plugin; the wire types are in daemon/api), the
 // Kubernetes node agent of `serve --kubernetes` (daemon/kube: the Node
 // informer and the routes to other nodes' pod CIDRs; kubeagent.go starts
-// it beside the API and turns host IPv4 forwarding on), and how many Ps
-// the runtime runs (daemon/procs; procs.go applies serve --procs and
-// feeds its Governor the process's CPU time and the NICs' byte counters).
+// it beside the API and turns host IPv4 forwarding on).
 //
 // # Theory of operation
 //
@@ -153,9 +151,6 @@ type Config struct {
 	// Kube reports the Kubernetes route controller (serve --kubernetes)
 	// in the status and the stats; nil when it does not run.
 	Kube func() *api.KubeStatus
-	// Procs reports serve --procs in the status and the stats; nil
-	// leaves it out.
-	Procs func() *api.ProcsStatus
 }
 
 // Daemon is the API server and the attachment table.
@@ -559,9 +554,6 @@ func (d *Daemon) Status() *api.Status {
 	st.Metrics = d.insp.metrics.Load()
 	if d.cfg.Kube != nil {
 		st.Kubernetes = d.cfg.Kube()
-	}
-	if d.cfg.Procs != nil {
-		st.Procs = d.cfg.Procs()
 	}
 	return st
 }

@@ -254,9 +254,6 @@ func (d *Daemon) Stats() *api.Stats {
 	if d.cfg.Kube != nil {
 		st.Kubernetes = d.cfg.Kube()
 	}
-	if d.cfg.Procs != nil {
-		st.Procs = d.cfg.Procs()
-	}
 	d.mu.Lock()
 	for _, a := range d.attachments {
 		st.Attached[a.Mode]++

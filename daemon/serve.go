@@ -61,9 +61,6 @@ type ServeFlags struct {
 	// RxQueues is every link's afpacket.Config.Queues: receive
 	// goroutines per link, flows spread over them by hash.
 	RxQueues int
-	// Procs is --procs: "auto" (a daemon/procs.Governor picks one P or
-	// the runtime's default by the traffic) or a fixed count of Ps.
-	Procs string
 	// Kubernetes runs the Node informer and the route controller
 	// (daemon/kube) beside the stack; Kubeconfig is its client's config
 	// ("" is the in-cluster service account), NodeName this node's Node
@@ -117,7 +114,6 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Kubeconfig, "kubeconfig", "", "with --kubernetes: the kubeconfig of the API client; empty: the pod's in-cluster service account")
 	fs.StringVar(&f.NodeName, "node-name", "", "with --kubernetes: this node's Node object (default: $"+NodeNameEnv+", set from the downward API in the DaemonSet)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultBusyPoll, "how long a link's receive goroutine keeps polling its empty AF_PACKET socket, and the proxy's host sockets, before it sleeps (NAPI busy polling, one link at a time per 2 CPUs, ended early when another thread wants the CPU): lower round-trip latency for up to this much CPU per idle read, at some cost to bulk throughput; 0 is off, at most "+afpacket.MaxBusyPoll.String())
-	fs.StringVar(&f.Procs, "procs", ProcsAuto, "threads running Go code at once (GOMAXPROCS): \"auto\" keeps one while the traffic is light (fewer cross-CPU wake-ups per round trip and connection) and every CPU while it is bulk (64 MiB/s and more) or one CPU is full; a number fixes it (at most "+strconv.Itoa(maxProcs)+"); a GOMAXPROCS environment variable fixes it too")
 	fs.IntVar(&f.RxQueues, "rx-queues", 0, "receive queues per link: AF_PACKET sockets in one PACKET_FANOUT group hashing flows, each read by its own goroutine, so one pod's flows use several CPUs; 0 is as many as CPUs up to 2, at most "+strconv.Itoa(afpacket.MaxQueues))
 }
 
@@ -142,8 +138,6 @@ func (f *ServeFlags) Validate() error {
 		return fmt.Errorf("--busy-poll %v: must be between 0 and %v", f.BusyPoll, afpacket.MaxBusyPoll)
 	case f.RxQueues < 0 || f.RxQueues > afpacket.MaxQueues:
 		return fmt.Errorf("--rx-queues %d: must be between 0 (the default) and %d", f.RxQueues, afpacket.MaxQueues)
-	case !validProcs(f.Procs):
-		return fmt.Errorf("--procs %q: must be %q or a number from 1 to %d", f.Procs, ProcsAuto, maxProcs)
 	case f.ProxyKeepAliveIdle != 0 && !keepAliveTime(f.ProxyKeepAliveIdle):
 		return fmt.Errorf("--proxy-keepalive-idle %v: must be 0 (off) or whole seconds from 1s to %v", f.ProxyKeepAliveIdle, maxKeepAliveTime)
 	case !keepAliveTime(f.ProxyKeepAliveInterval):
@@ -286,10 +280,7 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 		return err
 	}
 	att.SetBusyPollAlso(px.Engine().PollHost)
-	pr := runProcs(f.Procs, att.Stack(), log)
-	defer pr.close()
-	cfg := Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px,
-		Procs: pr.Status}
+	cfg := Config{Socket: f.Socket, StateDir: f.StateDir, StackNetNS: f.StackNetNS, Version: version, Logger: log, Proxy: px}
 	if agent != nil {
 		cfg.Kube = agent.status
 	}

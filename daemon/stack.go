@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -148,15 +149,14 @@ type StackConfig struct {
 }
 
 // DefaultRxQueues is the receive queues per link when none are asked
-// for: as many as CPUs (the runtime's default count of Ps at start,
-// whatever --procs does later), at most 2. Two spread one pod's flows over two
+// for: as many as CPUs, at most 2. Two spread one pod's flows over two
 // CPUs (make bench, 2 CPUs, 3 interleaved rounds: proxy 4 streams
 // pod→host 15.2 → 17.4 Gbit/s and host→pod 11.4 → 14.6, medians; one
 // stream and connections/s unchanged within noise); more would cost
 // every pod a goroutine and a socket each for CPUs its flows rarely
 // fill.
 func DefaultRxQueues() int {
-	return min(startProcs, 2)
+	return min(runtime.GOMAXPROCS(0), 2)
 }
 
 // UplinkAddrs returns the host and stack addresses of an uplink subnet:

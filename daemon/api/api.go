@@ -383,34 +383,6 @@ type Status struct {
 	// Kubernetes is the node agent's route controller (serve
 	// --kubernetes); nil when it does not run.
 	Kubernetes *KubeStatus `json:"kubernetes,omitempty"`
-	// Procs is how many threads run Go code at once (serve --procs); nil
-	// from a daemon that does not report it (tests' daemons).
-	Procs *ProcsStatus `json:"procs,omitempty"`
-}
-
-// Modes of serve --procs.
-const (
-	ProcsAuto  = "auto"  // daemon/procs.Governor: one P or the default, by the traffic
-	ProcsFixed = "fixed" // Reason says who fixed it
-)
-
-// ProcsStatus is serve --procs at work (daemon/procs).
-type ProcsStatus struct {
-	// Mode is ProcsAuto or ProcsFixed; Reason says why a count is fixed
-	// ("--procs 2", "GOMAXPROCS=1 in the environment", "one CPU").
-	Mode   string `json:"mode"`
-	Reason string `json:"reason,omitempty"`
-	// Procs is GOMAXPROCS now; Default the runtime's default at start
-	// (what auto spreads to).
-	Procs   int `json:"procs"`
-	Default int `json:"default"`
-	// Under auto: changes to the default (Spreads) and to one P
-	// (Narrows), and the last window's CPU use (in CPUs) and bytes per
-	// second through the stack's NICs.
-	Spreads        uint64  `json:"spreads"`
-	Narrows        uint64  `json:"narrows"`
-	CPU            float64 `json:"cpu"`
-	BytesPerSecond uint64  `json:"bytesPerSecond"`
 }
 
 // KubeStatus is what the route controller of `serve --kubernetes` has

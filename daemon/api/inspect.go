@@ -308,9 +308,6 @@ type Stats struct {
 	// Kubernetes is the route controller's status (serve --kubernetes);
 	// nil when it does not run.
 	Kubernetes *KubeStatus `json:"kubernetes,omitempty"`
-	// Procs is serve --procs at work; nil from a daemon that does not
-	// report it.
-	Procs *ProcsStatus `json:"procs,omitempty"`
 }
 
 // Drop is one drop reason's count.

@@ -32,7 +32,6 @@ type collector struct {
 	neighbours, tcpRetrans, tcpRTO, tcpSockets              *prometheus.Desc
 	attachments, readyDesc, buildInfo                       *prometheus.Desc
 	kubePodCIDRs, kubeRoutes, kubeReconciles, kubeConflicts *prometheus.Desc
-	procs, procsDefault, procsChanges                       *prometheus.Desc
 }
 
 func newCollector(src Source, version string, ready func() bool) *collector {
@@ -72,9 +71,6 @@ func newCollector(src Source, version string, ready func() bool) *collector {
 		attachments:     desc("attachments", "Pod links attached, by egress mode (proxy, route).", "mode"),
 		readyDesc:       desc("ready", "1 once start-up recovery finished (what /readyz says)."),
 		buildInfo:       desc("build_info", "The daemon's version; value 1.", "version"),
-		procs:           desc("procs", "Threads running the daemon's Go code at once (GOMAXPROCS) now, and the --procs mode (auto: one while the traffic is light, the default while it is bulk or one CPU is full; fixed).", "mode"),
-		procsDefault:    desc("procs_default", "The runtime's default GOMAXPROCS at start (the CPUs the daemon may use): what --procs auto spreads to."),
-		procsChanges:    desc("procs_changes_total", "--procs auto: changes of GOMAXPROCS, to the default (spread: bulk traffic or one CPU full) or to one (narrow: light traffic).", "to"),
 		kubePodCIDRs:    desc("kube_pod_cidrs", "serve --kubernetes: this node's pod CIDRs (spec.podCIDRs) as the route controller last read them; 0 while it waits for them and routes nothing."),
 		kubeRoutes:      desc("kube_routes", "serve --kubernetes: host routes to other nodes' pod CIDRs the route controller owns (proto 0x76) after its last pass."),
 		kubeReconciles:  desc("kube_reconciles_total", "serve --kubernetes: route controller passes, by result (ok, error: the daemon's log and `cni-userstack status` say why).", "result"),
@@ -88,7 +84,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.nicUp, c.drops, c.netstat, c.ctEntries, c.ctLimit, c.ctOps, c.flowsActive, c.flowsPending, c.flowsOpened,
 		c.flowsRefused, c.flowsTimeouts, c.flowLimitDrops, c.udpPortUnreach, c.echoReq, c.echoRaw, c.icmpErrors, c.portMapConns, c.dnsQueries,
 		c.dnsFailures, c.neighbours, c.tcpRetrans, c.tcpRTO, c.tcpSockets, c.attachments, c.readyDesc, c.buildInfo,
-		c.kubePodCIDRs, c.kubeRoutes, c.kubeReconciles, c.kubeConflicts, c.procs, c.procsDefault, c.procsChanges} {
+		c.kubePodCIDRs, c.kubeRoutes, c.kubeReconciles, c.kubeConflicts} {
 		ch <- d
 	}
 }
@@ -165,12 +161,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			"insert_failed": s.InsertFailed, "drop": s.Drop, "early_drop": s.EarlyDrop, "expired": s.Expired, "deleted": s.Deleted} {
 			counter(c.ctOps, v, op)
 		}
-	}
-	if p := st.Procs; p != nil {
-		gauge(c.procs, float64(p.Procs), p.Mode)
-		gauge(c.procsDefault, float64(p.Default))
-		counter(c.procsChanges, p.Spreads, "default")
-		counter(c.procsChanges, p.Narrows, "one")
 	}
 	if k := st.Kubernetes; k != nil {
 		gauge(c.kubePodCIDRs, float64(len(k.PodCIDRs)))

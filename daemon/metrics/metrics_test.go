@@ -48,7 +48,6 @@ func stats() *api.Stats {
 			Routes: []api.KubeRoute{{Dst: netip.MustParsePrefix("10.244.1.0/24"), Via: netip.MustParseAddr("192.168.1.2"), Node: "n2"},
 				{Dst: netip.MustParsePrefix("10.244.2.0/24"), Via: netip.MustParseAddr("192.168.1.3"), Node: "n3"}},
 			Reconciles: 9, Errors: 2, Conflicts: 1},
-		Procs: &api.ProcsStatus{Mode: api.ProcsAuto, Procs: 1, Default: 2, Spreads: 3, Narrows: 4},
 	}
 }
 
@@ -159,10 +158,6 @@ func TestMetricsFromSource(t *testing.T) {
 		{"cni_userstack_kube_reconciles_total", []string{"result", "ok"}, 7},
 		{"cni_userstack_kube_reconciles_total", []string{"result", "error"}, 2},
 		{"cni_userstack_kube_route_conflicts_total", nil, 1},
-		{"cni_userstack_procs", []string{"mode", "auto"}, 1},
-		{"cni_userstack_procs_default", nil, 2},
-		{"cni_userstack_procs_changes_total", []string{"to", "default"}, 3},
-		{"cni_userstack_procs_changes_total", []string{"to", "one"}, 4},
 	} {
 		if got := value(t, fams, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)

@@ -522,10 +522,6 @@ type Stats struct {
 	Drops map[string]uint64
 }
 
-// ByteCounts returns RxBytes and TxBytes alone: what a sampler reading
-// every NIC often wants, without Stats' copy of the drop counters.
-func (n *NIC) ByteCounts() (rx, tx uint64) { return n.rxBytes.Load(), n.txBytes.Load() }
-
 // Stats returns a snapshot of the counters.
 func (n *NIC) Stats() Stats {
 	return Stats{
