@@ -72,12 +72,7 @@
 // again flag: a goroutine that finds it running makes the runner loop
 // once more, so no event is lost and nobody waits). RFC 9293 §3.6: a FIN
 // read on one side becomes shutdown(SHUT_WR) on the other, and the other
-// direction keeps flowing (half-close). The pod's lone FIN is not ACKed
-// at once (tcp.Sock.SetLazyFINAck): the host usually closes in turn
-// within a round trip, and the FIN we then send the pod carries the ACK,
-// one segment fewer per connection the pod closes first (connections/s
-// 0.46× → 0.51× of the kernel path in make bench's A/B); a host that
-// stays open gets the ACK sent by the delayed-ACK timer. A reset, or any error, on either
+// direction keeps flowing (half-close). A reset, or any error, on either
 // side closes both sides abortively (linger 0: an RST), once. When both
 // directions have ended both sockets are closed and the flow is counted
 // out. The flow keeps its pod and peer addresses and the bytes moved each

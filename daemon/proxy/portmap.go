@@ -219,7 +219,7 @@ func (e *Engine) portMapTCP(c net.Conn, src, dst netip.AddrPort, f *flowHandle) 
 		f.done()
 		return
 	}
-	podSideOptions(down)
+	down.SetNoDelay(true)
 	e.setKeepAlive(down)
 	e.setKeepAlive(c)
 	e.c.portMapConns.Add(1)

@@ -313,7 +313,7 @@ func (r *relay) answer(err error) {
 		r.finish(true)
 		return
 	}
-	podSideOptions(conn)
+	conn.SetNoDelay(true)
 	// Keepalive on both sockets, as every relay (keepalive.go).
 	_ = conn.SetKeepAliveConfig(r.e.keepAlive)
 	if h, ok := r.up.(*hostFD); ok {

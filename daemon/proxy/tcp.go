@@ -88,7 +88,7 @@ func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
 	// as any proxy does: Nagle with the peer's delayed ACKs would hold a
 	// small write behind an unacknowledged one. Go's net.Dialer sets it
 	// on kernel sockets already; a configured Dialer's conns may not.
-	podSideOptions(down)
+	down.SetNoDelay(true)
 	setNoDelay(up)
 	e.setKeepAlive(down)
 	e.setKeepAlive(up)
@@ -101,16 +101,6 @@ func (e *Engine) tcpFlow(r *tcp.Request, f *flowHandle) {
 
 // relayTCP relays an established pair and counts it active until it ends,
 // then counts the flow out.
-// podSideOptions sets what every relay wants of its stack socket (the
-// pod's side): TCP_NODELAY, and the ACK of the pod's FIN carried by the
-// FIN the relay sends once the host side has closed too
-// (tcp.Sock.SetLazyFINAck): a connection the pod closes first then costs
-// the pod one segment fewer.
-func podSideOptions(down *tcp.Conn) {
-	down.SetNoDelay(true)
-	down.Sock().SetLazyFINAck(true)
-}
-
 func (e *Engine) relayTCP(f *flowHandle, down *tcp.Conn, up net.Conn) {
 	e.c.activeTCP.Add(1)
 	e.startRelay(f, down, up, func() {

@@ -122,9 +122,7 @@
 // hide a closed window, or a lost window update stalls the connection
 // for good); the delayed ACK
 // (40 ms; every second full segment is ACKed at once, the first 16
-// segments too, out-of-order data at once; a FIN at once, unless the
-// owner asked, with SetLazyFINAck, for a lone FIN's ACK to wait for its
-// own FIN); the keepalive timer, which
+// segments too, out-of-order data at once); the keepalive timer, which
 // also ends FIN-WAIT-2 of a closed socket (tcp_fin_timeout) and
 // TIME-WAIT (2 MSL); the deadline timer that wakes blocked callers;
 // RACK's reordering timer (RFC 8985 §6.3).

@@ -681,13 +681,6 @@ func (s *Sock) dataQueue(seg *segment) {
 			s.ofoDrain()
 		}
 		s.wake(EventReadable)
-		if fin && s.lazyFINAck && s.state == CloseWait && !had && len(data) == 0 && s.unackedBytes == 0 && !s.ackPending {
-			// A lone FIN after acknowledged data, ours still to come:
-			// its ACK may wait for our FIN (SetLazyFINAck). After our
-			// FIN (TIME-WAIT, CLOSING) it is the last word and goes now.
-			s.delayAck()
-			return
-		}
 		// RFC 5681 §4.2: ACK at once when the segment fills a gap.
 		s.scheduleAck(had || fin)
 		return

@@ -223,7 +223,6 @@ type Sock struct {
 	keepCnt       int
 	keepProbes    int
 	lingerZero    bool
-	lazyFINAck    bool // SetLazyFINAck
 
 	// Counters for Info.
 	bytesAcked, bytesReceived uint64

@@ -706,22 +706,6 @@ func (s *Sock) SetKeepAlive(on bool, idle, intvl time.Duration, count int) {
 	}
 }
 
-// SetLazyFINAck lets the ACK of the peer's FIN wait for the delayed-ACK
-// timer instead of going at once, when the FIN came alone and everything
-// before it is acknowledged: the FIN this socket's owner sends when it
-// closes in turn carries the ACK, and the peer gets one segment fewer. It
-// is for a relay that closes its side once the far side has closed too
-// (the proxy). RFC 1122 §4.2.3.2 allows an ACK to wait (less than 0.5
-// s; we wait delAckTimeout); Linux ACKs a FIN at once (tcp_fin enters
-// quick-ACK mode). The peer then has its FIN alone in flight, for which
-// its loss probe waits 2·SRTT plus its minimum RTO (Linux
-// tcp_schedule_loss_probe: 200 ms), longer than the delay.
-func (s *Sock) SetLazyFINAck(on bool) {
-	s.mu.Lock()
-	s.lazyFINAck = on
-	s.mu.Unlock()
-}
-
 // SetLingerZero makes Close abortive (SO_LINGER with l_linger 0): RST.
 func (s *Sock) SetLingerZero(on bool) {
 	s.mu.Lock()

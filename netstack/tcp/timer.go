@@ -283,13 +283,6 @@ func (s *Sock) scheduleAck(now bool) {
 		s.sendAck()
 		return
 	}
-	s.delayAck()
-}
-
-// delayAck owes the peer an ACK within the delayed-ACK timeout: the
-// timer sends it unless a segment of ours carries it first.
-func (s *Sock) delayAck() {
-	s.ackPending = true
 	if !s.delackTimer.Armed() {
 		s.delackTimer.ResetAt(s.now().Add(delAckTimeout))
 	}
