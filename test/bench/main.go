@@ -224,6 +224,44 @@
 // per connection 233 µs (pasta 156, floor-epoll 180), 0.41 s/GB, 4.19
 // KiB per idle connection, ahead of gVisor on every row.
 //
+// The fifth session (same VM) looked at a connection from the pod's side
+// and at two ways to spend less on it; both were measured, then reverted.
+// A capture on the pod's eth0 during the connect run shows the same 11
+// segments per connection through proxy mode as through pasta (SYN,
+// SYN-ACK, ACK, the request, its ACK, the answer, its ACK, FIN, its ACK,
+// FIN, ACK), each gap of the client's critical path about 20% longer
+// with us; per connection (perf stat and /proc over the connect run) the
+// daemon runs 61 µs in user space against pasta's 14, 173 µs in the
+// kernel against 146, and switches context 6.0 times against 3.9. So
+// the gap is user-space CPU spread over about a dozen events, and the
+// Go scheduler's extra switches. First, the Go scheduler: a governor
+// that kept GOMAXPROCS at 1 while the traffic was light (under 64 MiB/s
+// and 0.85 CPU) and gave the runtime its default back for bulk traffic.
+// A fixed GOMAXPROCS=1 had shown connections/s 0.50× against 0.45× and
+// 199 against 231 µs of CPU per connection, but one stream host→pod
+// 0.52× against 0.65× and four streams 0.37×/0.28× against 0.46×/0.35×.
+// In five A/Bs the governor moved connections/s by +11, +2, +7, +7 and
+// −4% (the last, 5 rounds against a fixed 2 of the same build: 0.48×
+// against 0.50×), CPU per connection by −10 to −14%, but CPU per round
+// trip by +5 to +20%, RR p50 by 0 to −11% and, in that last run, RR p99
+// 11.6× against 9.0×: a spinning second thread catches a round trip's
+// answer that a lone thread has to be woken for. Second, one segment
+// fewer: the pod's lone FIN ACKed by the relay's own FIN when the host
+// closes in turn (RFC 1122 §4.2.3.2 lets an ACK wait), 10 segments per
+// connection instead of 11; two A/Bs of 5 and 6 rounds gave
+// connections/s +0.7% and +1.7% and CPU per connection −2% and −4.5%,
+// against a pod's SO_LINGER close waiting up to the 40 ms delayed-ACK
+// timer for a host that does not close at once, and an ACK that costs a
+// timer wake-up instead of riding the batch's flush toward a distant
+// host. Also measured: the kernel of the stack netns parses every frame
+// a pod sends (ip_rcv, a route lookup, a drop counted in
+// IpInAddrErrors: about 35 000 a second during the connect run) beside
+// our AF_PACKET tap; an ingress drop after the taps (an nft netdev
+// chain by hand, 3 pairs of runs) removed them with connections/s within
+// noise. This kernel has neither cls_matchall nor act_gact, so the
+// product would need a cls_bpf program to do it; left for a profile that
+// shows it.
+//
 // # The route floor
 //
 // Route mode forwards the pod's frames: the stack end of the pod's veth
