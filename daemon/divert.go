@@ -143,7 +143,7 @@ type proxyPod struct {
 
 // proxyDivert is the "proxy-divert" hook function. It reads the NIC and
 // pod-address tables without a lock (copy-on-write maps).
-func (a *StackAttacher) proxyDivert(skb *buf.SKB, st *netfilter.State) netfilter.Verdict {
+func (a *StackAttacher) proxyDivert(skb *buf.SKB, st netfilter.State) netfilter.Verdict {
 	pp, ok := (*a.proxyNICs.Load())[st.In]
 	if !ok {
 		return netfilter.Accept()

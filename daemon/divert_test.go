@@ -273,7 +273,7 @@ func BenchmarkProxyDivert(b *testing.B) {
 	if v := a.s.Hooks().Run(netfilter.PreRouting, skb, at.NIC, 0); !v.Accepted() || skb.Mark&netfilter.MarkDivert == 0 {
 		b.Fatalf("first packet: verdict %+v, mark %#x", v, skb.Mark)
 	}
-	st := &netfilter.State{Hook: netfilter.PreRouting, In: at.NIC}
+	st := netfilter.State{Hook: netfilter.PreRouting, In: at.NIC}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

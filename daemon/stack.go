@@ -341,7 +341,7 @@ func (a *StackAttacher) Netfilter() *netfilter.Netfilter { return a.nf }
 // checkSrcMAC drops a frame from a pod link whose Ethernet source is not
 // the pod's MAC: the pod may not impersonate another host on its link
 // (the IP source is checked by strict rp_filter, RFC 3704 §2.2).
-func (a *StackAttacher) checkSrcMAC(skb *buf.SKB, st *netfilter.State) netfilter.Verdict {
+func (a *StackAttacher) checkSrcMAC(skb *buf.SKB, st netfilter.State) netfilter.Verdict {
 	want, ok := (*a.macs.Load())[st.In]
 	if !ok {
 		return netfilter.Accept()

@@ -36,7 +36,7 @@ func proxyPair6(t *testing.T) (pod, node *stacktest.Node) {
 	}
 	nf := node.EnableNetfilter(netfilter.Config{})
 	node.Hooks6().Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriMangle, Name: "test-divert6",
-		Fn: func(skb *buf.SKB, _ *netfilter.State) netfilter.Verdict {
+		Fn: func(skb *buf.SKB, _ netfilter.State) netfilter.Verdict {
 			if st, ok := nf.CtState(skb); !ok || st != netfilter.CtNew {
 				return netfilter.Accept()
 			}

@@ -40,7 +40,7 @@ func proxyPair(t *testing.T) (pod, node *stacktest.Node, nf *netfilter.Netfilter
 	}
 	nf = node.EnableNetfilter(netfilter.Config{})
 	node.Hooks().Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriMangle, Name: "test-divert",
-		Fn: func(skb *buf.SKB, _ *netfilter.State) netfilter.Verdict {
+		Fn: func(skb *buf.SKB, _ netfilter.State) netfilter.Verdict {
 			if st, ok := nf.CtState(skb); !ok || st != netfilter.CtNew {
 				return netfilter.Accept()
 			}

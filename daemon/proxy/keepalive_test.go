@@ -69,7 +69,7 @@ func testRelayKeepalive(t *testing.T, dialer bool) {
 	var vanished atomic.Bool
 	var probes, resets atomic.Int32
 	r.pod.Hooks().Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriRaw, Name: "vanished",
-		Fn: func(skb *buf.SKB, _ *netfilter.State) netfilter.Verdict {
+		Fn: func(skb *buf.SKB, _ netfilter.State) netfilter.Verdict {
 			if !vanished.Load() {
 				return netfilter.Accept()
 			}

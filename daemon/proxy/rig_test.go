@@ -95,7 +95,7 @@ func newRigLink(t testing.TB, mod func(*Config), linkOpts []pipe.Option, opts ..
 	// The daemon's proxy-divert decision, reduced to the test: a NEW
 	// flow from the pod link to an address that is not the stack's.
 	node.Hooks().Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriMangle, Name: "proxy-divert",
-		Fn: func(skb *buf.SKB, st *netfilter.State) netfilter.Verdict {
+		Fn: func(skb *buf.SKB, st netfilter.State) netfilter.Verdict {
 			if st.In != podNIC {
 				return netfilter.Accept()
 			}

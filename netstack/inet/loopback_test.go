@@ -48,7 +48,7 @@ func TestBacklog(t *testing.T) {
 			// ends them before local delivery.
 			r.looped = nil
 			var in []int
-			r.hook(netfilter.PreRouting, func(_ *buf.SKB, st *netfilter.State) netfilter.Verdict {
+			r.hook(netfilter.PreRouting, func(_ *buf.SKB, st netfilter.State) netfilter.Verdict {
 				in = append(in, st.In)
 				return netfilter.Drop(buf.DropNotSpecified)
 			})

@@ -83,7 +83,7 @@ func TestLocalOutRoutesAgainAfterDNAT(t *testing.T) {
 		}{{"to NIC 2", f.dst2, 2}, {"nowhere", f.nowhere, 0}, {"none", netip.Addr{}, 1}} {
 			t.Run(f.name+"/"+tc.name, func(t *testing.T) {
 				r := newRig(t, f)
-				r.hook(netfilter.LocalOut, func(skb *buf.SKB, _ *netfilter.State) netfilter.Verdict {
+				r.hook(netfilter.LocalOut, func(skb *buf.SKB, _ netfilter.State) netfilter.Verdict {
 					if tc.dnat.IsValid() {
 						f.setDst(skb.Bytes(), tc.dnat)
 					}
@@ -124,13 +124,13 @@ func TestOutputHookVerdicts(t *testing.T) {
 					}
 					return r.o.PostRouting(skb, &res)
 				}
-				r.hook(h, func(*buf.SKB, *netfilter.State) netfilter.Verdict { return netfilter.Drop(dropped) })
+				r.hook(h, func(*buf.SKB, netfilter.State) netfilter.Verdict { return netfilter.Drop(dropped) })
 				if ok, err := run(); ok || err != syscall.EPERM || r.drops.Get(dropped) != 1 {
 					t.Fatalf("drop: ok %v err %v, %d drops", ok, err, r.drops.Get(dropped))
 				}
 				r.hooks.Unregister(h, "test")
 				var stolen *buf.SKB
-				r.hook(h, func(skb *buf.SKB, _ *netfilter.State) netfilter.Verdict { stolen = skb; return netfilter.Stolen() })
+				r.hook(h, func(skb *buf.SKB, _ netfilter.State) netfilter.Verdict { stolen = skb; return netfilter.Stolen() })
 				if ok, err := run(); ok || err != nil || stolen == nil {
 					t.Fatalf("stolen: ok %v err %v, hook has %v", ok, err, stolen)
 				}

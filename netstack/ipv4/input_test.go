@@ -121,7 +121,7 @@ func TestHookPlacement(t *testing.T) {
 			tn := newTestNet(t)
 			var seen []netfilter.Hook
 			for h := netfilter.Hook(0); h < netfilter.NumHooks; h++ {
-				tn.hooks.Register(netfilter.Ops{Hook: h, Name: "watch", Fn: func(skb *buf.SKB, st *netfilter.State) netfilter.Verdict {
+				tn.hooks.Register(netfilter.Ops{Hook: h, Name: "watch", Fn: func(skb *buf.SKB, st netfilter.State) netfilter.Verdict {
 					seen = append(seen, st.Hook)
 					return netfilter.Accept()
 				}})
@@ -136,7 +136,7 @@ func TestHookPlacement(t *testing.T) {
 			seen = nil
 			for h := netfilter.Hook(0); h < netfilter.NumHooks; h++ {
 				h := h
-				tn.hooks.Register(netfilter.Ops{Hook: h, Name: "watch", Fn: func(skb *buf.SKB, st *netfilter.State) netfilter.Verdict {
+				tn.hooks.Register(netfilter.Ops{Hook: h, Name: "watch", Fn: func(skb *buf.SKB, st netfilter.State) netfilter.Verdict {
 					seen = append(seen, st.Hook)
 					if h == tc.hook {
 						return netfilter.Drop(reason)
@@ -174,7 +174,7 @@ func equalHooks(a, b []netfilter.Hook) bool {
 func TestHookStolen(t *testing.T) {
 	tn := newTestNet(t)
 	var kept *buf.SKB
-	tn.hooks.Register(netfilter.Ops{Hook: netfilter.PreRouting, Name: "divert", Fn: func(skb *buf.SKB, st *netfilter.State) netfilter.Verdict {
+	tn.hooks.Register(netfilter.Ops{Hook: netfilter.PreRouting, Name: "divert", Fn: func(skb *buf.SKB, st netfilter.State) netfilter.Verdict {
 		kept = skb
 		return netfilter.Stolen()
 	}})

@@ -224,7 +224,7 @@ func TestHooks(t *testing.T) {
 	tn := newTestNet(t)
 	var seen []netfilter.Hook
 	for h := netfilter.Hook(0); h < netfilter.NumHooks; h++ {
-		tn.hooks.Register(netfilter.Ops{Hook: h, Name: "rec", Fn: func(skb *buf.SKB, st *netfilter.State) netfilter.Verdict {
+		tn.hooks.Register(netfilter.Ops{Hook: h, Name: "rec", Fn: func(skb *buf.SKB, st netfilter.State) netfilter.Verdict {
 			seen = append(seen, st.Hook)
 			if _, err := header.CheckIPv6(skb.Bytes()); err != nil {
 				t.Errorf("hook %v saw a non-IPv6 packet", st.Hook)
@@ -253,7 +253,7 @@ func TestHooks(t *testing.T) {
 	}
 	want("output", netfilter.LocalOut, netfilter.PostRouting)
 	drop := buf.NewDropReason("TEST_HOOK_DROP")
-	tn.hooks.Register(netfilter.Ops{Hook: netfilter.LocalIn, Priority: 1, Name: "drop", Fn: func(*buf.SKB, *netfilter.State) netfilter.Verdict {
+	tn.hooks.Register(netfilter.Ops{Hook: netfilter.LocalIn, Priority: 1, Name: "drop", Fn: func(*buf.SKB, netfilter.State) netfilter.Verdict {
 		return netfilter.Drop(drop)
 	}})
 	tn.rcv(1, pkt{src: pod, dst: gw, proto: header.ProtoUDP, payload: udpish(8)}.bytes())

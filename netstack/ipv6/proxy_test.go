@@ -14,7 +14,7 @@ import (
 
 // divertAll marks every packet at PREROUTING as a DIVERT rule would.
 func divertAll(tn *testNet) {
-	tn.hooks.Register(netfilter.Ops{Hook: netfilter.PreRouting, Name: "divert", Fn: func(skb *buf.SKB, _ *netfilter.State) netfilter.Verdict {
+	tn.hooks.Register(netfilter.Ops{Hook: netfilter.PreRouting, Name: "divert", Fn: func(skb *buf.SKB, _ netfilter.State) netfilter.Verdict {
 		skb.Mark |= netfilter.MarkDivert
 		return netfilter.Accept()
 	}})

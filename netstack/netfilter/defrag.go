@@ -179,7 +179,7 @@ func (d *defrag) init(nf *Netfilter, timeout time.Duration, mem int) {
 	d.fragTable.init(nf, timeout, mem)
 }
 
-func (nf *Netfilter) defragHook(skb *buf.SKB, st *State) Verdict {
+func (nf *Netfilter) defragHook(skb *buf.SKB, st State) Verdict {
 	b := skb.Bytes()
 	if len(b) < header.IPv4MinSize {
 		return Accept()

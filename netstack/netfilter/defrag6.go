@@ -63,7 +63,7 @@ func findFragment(b []byte) (fhoff, nhoff int, ok bool) {
 	return 0, 0, false
 }
 
-func (nf *Netfilter) defrag6Hook(skb *buf.SKB, st *State) Verdict {
+func (nf *Netfilter) defrag6Hook(skb *buf.SKB, st State) Verdict {
 	ip, err := header.CheckIPv6(skb.Bytes())
 	if err != nil {
 		return Accept() // the IPv6 layer counted it already

@@ -21,7 +21,7 @@ func TestCtStateAndDivertFromAHook(t *testing.T) {
 	}
 	var log []seen
 	r.hooks.Register(netfilter.Ops{Hook: netfilter.PreRouting, Priority: netfilter.PriMangle, Name: "divert",
-		Fn: func(skb *buf.SKB, _ *netfilter.State) netfilter.Verdict {
+		Fn: func(skb *buf.SKB, _ netfilter.State) netfilter.Verdict {
 			st, ok := r.nf.CtState(skb)
 			log = append(log, seen{st, ok})
 			if ok && st == netfilter.CtNew {

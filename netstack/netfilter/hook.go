@@ -80,7 +80,7 @@ type State struct {
 // Func is a hook function (nf_hookfn). It may modify skb (after
 // skb.Writable) and returns a verdict; with Stolen it owns skb. It must
 // not keep st after returning.
-type Func func(skb *buf.SKB, st *State) Verdict
+type Func func(skb *buf.SKB, st State) Verdict
 
 // Ops is one registration (nf_hook_ops).
 type Ops struct {
@@ -144,18 +144,14 @@ func (h *Hooks) Run(hook Hook, skb *buf.SKB, in, out int) Verdict {
 	if p == nil || len(*p) == 0 {
 		return Accept()
 	}
-	// The State is pooled: passed through a func value it would escape
-	// and cost an allocation per call.
-	st := statePool.Get().(*State)
-	*st = State{Hook: hook, In: in, Out: out}
+	// The State goes by value: three words, where a pointer passed
+	// through a func value would escape and need a pool.
+	st := State{Hook: hook, In: in, Out: out}
 	v := Accept()
 	for _, o := range *p {
 		if v = o.Fn(skb, st); !v.Accepted() {
 			break
 		}
 	}
-	statePool.Put(st)
 	return v
 }
-
-var statePool = sync.Pool{New: func() any { return new(State) }}

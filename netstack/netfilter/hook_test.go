@@ -10,7 +10,7 @@ func TestHooksRunInPriorityOrderUntilVerdict(t *testing.T) {
 	var h Hooks
 	var order []string
 	add := func(name string, pri int, v Verdict) {
-		h.Register(Ops{Hook: PreRouting, Priority: pri, Name: name, Fn: func(_ *buf.SKB, st *State) Verdict {
+		h.Register(Ops{Hook: PreRouting, Priority: pri, Name: name, Fn: func(_ *buf.SKB, st State) Verdict {
 			if st.Hook != PreRouting || st.In != 3 {
 				t.Errorf("%s saw state %+v", name, st)
 			}

@@ -12,17 +12,17 @@ import (
 // natDst runs at PREROUTING and OUTPUT (nf_nat_ipv4_pre_routing,
 // nf_nat_ipv4_local_fn): DNAT bindings of new flows, then the destination
 // rewrite of every packet that needs one.
-func (nf *Netfilter) natDst(skb *buf.SKB, st *State) Verdict {
+func (nf *Netfilter) natDst(skb *buf.SKB, st State) Verdict {
 	return nf.natHook(conntrack.ManipDst, skb, st)
 }
 
 // natSrc runs at POSTROUTING and INPUT (nf_nat_ipv4_out, nf_nat_ipv4_fn).
-func (nf *Netfilter) natSrc(skb *buf.SKB, st *State) Verdict {
+func (nf *Netfilter) natSrc(skb *buf.SKB, st State) Verdict {
 	return nf.natHook(conntrack.ManipSrc, skb, st)
 }
 
 // natHook is nf_nat_inet_fn.
-func (nf *Netfilter) natHook(m conntrack.Manip, skb *buf.SKB, st *State) Verdict {
+func (nf *Netfilter) natHook(m conntrack.Manip, skb *buf.SKB, st State) Verdict {
 	c, dir, info, ok := nf.ref(skb)
 	if !ok || c == nil {
 		return Accept()

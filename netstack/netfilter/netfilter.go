@@ -272,7 +272,7 @@ func (nf *Netfilter) ref(skb *buf.SKB) (c *conntrack.Conn, dir conntrack.Dir, in
 type pkt struct {
 	nf  *Netfilter
 	skb *buf.SKB
-	st  *State
+	st  State
 	ct  conntrack.Packet
 	ok  bool // parsed
 
@@ -293,7 +293,7 @@ type pkt struct {
 
 var pktPool = sync.Pool{New: func() any { return new(pkt) }}
 
-func (nf *Netfilter) getPkt(skb *buf.SKB, st *State) *pkt {
+func (nf *Netfilter) getPkt(skb *buf.SKB, st State) *pkt {
 	p := pktPool.Get().(*pkt)
 	*p = pkt{nf: nf, skb: skb, st: st}
 	err := conntrack.Parse(skb.Bytes(), &p.ct)
@@ -416,7 +416,7 @@ func toVerdict(v verdict) Verdict {
 }
 
 // runTable evaluates the built-in chain of table ti at st.Hook.
-func (nf *Netfilter) runTable(ti int, skb *buf.SKB, st *State) Verdict {
+func (nf *Netfilter) runTable(ti int, skb *buf.SKB, st State) Verdict {
 	c := nf.rules.Load().byHook[ti][st.Hook]
 	if c == nil {
 		return Accept()
@@ -451,16 +451,16 @@ const (
 	tiMangle = 2
 )
 
-func (nf *Netfilter) filterHook(skb *buf.SKB, st *State) Verdict {
+func (nf *Netfilter) filterHook(skb *buf.SKB, st State) Verdict {
 	return nf.runTable(tiFilter, skb, st)
 }
-func (nf *Netfilter) mangleHook(skb *buf.SKB, st *State) Verdict {
+func (nf *Netfilter) mangleHook(skb *buf.SKB, st State) Verdict {
 	return nf.runTable(tiMangle, skb, st)
 }
 
 // conntrackIn is the conntrack hook at PREROUTING and OUTPUT
 // (ipv4_conntrack_in / ipv4_conntrack_local → nf_conntrack_in).
-func (nf *Netfilter) conntrackIn(skb *buf.SKB, st *State) Verdict {
+func (nf *Netfilter) conntrackIn(skb *buf.SKB, st State) Verdict {
 	if st.Hook == PreRouting && st.In == 0 {
 		// Looped back: tracked already on the way out (the kernel's
 		// skb->_nfct survives the loopback device).
@@ -534,7 +534,7 @@ func (nf *Netfilter) Divert(skb *buf.SKB) {
 
 // confirm is the last function at POSTROUTING and INPUT
 // (ipv4_confirm → nf_conntrack_confirm).
-func (nf *Netfilter) confirm(skb *buf.SKB, st *State) Verdict {
+func (nf *Netfilter) confirm(skb *buf.SKB, st State) Verdict {
 	if c, _, _, ok := nf.ref(skb); ok && c != nil {
 		nf.ct.Confirm(c)
 	}
