@@ -78,8 +78,8 @@ type State struct {
 }
 
 // Func is a hook function (nf_hookfn). It may modify skb (after
-// skb.Writable) and returns a verdict; with Stolen it owns skb. It must
-// not keep st after returning.
+// skb.Writable) and returns a verdict; with Stolen it owns skb. st, the
+// hook point and the NICs, is its own copy.
 type Func func(skb *buf.SKB, st State) Verdict
 
 // Ops is one registration (nf_hook_ops).
