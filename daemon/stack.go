@@ -88,6 +88,7 @@ type kernelOps struct {
 	// pollAlso is every link's afpacket.Config.BusyPollAlso from
 	// SetBusyPollAlso on; shared by the copies of kernelOps.
 	pollAlso *atomic.Pointer[func() int]
+	log      *slog.Logger
 }
 
 func (k kernelOps) OpenLink(name string) (link.Endpoint, header.MAC, error) {
@@ -98,6 +99,13 @@ func (k kernelOps) OpenLink(name string) (link.Endpoint, header.MAC, error) {
 	ep, err := afpacket.Open(cfg)
 	if err != nil {
 		return nil, header.MAC{}, fmt.Errorf("open %s in netns %s: %w", name, k.stackNetNS, err)
+	}
+	// The link is the stack's whole: its frames reach our taps, and
+	// the stack netns's kernel, which would parse each and drop it
+	// (IpInAddrErrors), gets none. Without it (no cls_bpf, no BPF
+	// allowed) the kernel keeps dropping them itself: slower, not wrong.
+	if err := veth.DropKernelInput(k.nsPath, name); err != nil {
+		k.log.Warn("link: the stack netns's kernel will parse this link's frames before dropping them", "link", name, "err", err)
 	}
 	return ep, header.MAC(ep.MAC()), nil
 }
@@ -284,7 +292,7 @@ func NewStackAttacher(cfg StackConfig) (*StackAttacher, error) {
 		cfg.RxQueues = DefaultRxQueues()
 	}
 	return newStackAttacher(cfg, kernelOps{nsPath: path, stackNetNS: cfg.StackNetNS, uplinkHostIfName: cfg.UplinkHostIfName,
-		busyPoll: cfg.BusyPoll, rxQueues: cfg.RxQueues, pollAlso: new(atomic.Pointer[func() int])}), nil
+		busyPoll: cfg.BusyPoll, rxQueues: cfg.RxQueues, pollAlso: new(atomic.Pointer[func() int]), log: cfg.Logger}), nil
 }
 
 // SetBusyPollAlso makes f the other event source of every link opened

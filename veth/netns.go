@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -265,6 +266,39 @@ func ReadSysctlIn(nsPath, name string) (string, error) {
 		var err error
 		v, err = readSysctl(name)
 		return err
+	})
+	return v, err
+}
+
+// ReadSNMPIn reads one counter of /proc/net/snmp (e.g. "Ip",
+// "InAddrErrors": what nstat calls IpInAddrErrors) as the kernel of the
+// netns at nsPath counts it.
+func ReadSNMPIn(nsPath, group, name string) (uint64, error) {
+	var v uint64
+	err := ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
+		// thread-self: the locked thread is the one inside the netns.
+		b, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		var names []string
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != group+":" {
+				continue
+			}
+			if names == nil {
+				names = f // the header line comes first
+				continue
+			}
+			for i, n := range names {
+				if n == name && i < len(f) {
+					v, err = strconv.ParseUint(f[i], 10, 64)
+					return err
+				}
+			}
+		}
+		return fmt.Errorf("/proc/net/snmp has no %s %s", group, name)
 	})
 	return v, err
 }

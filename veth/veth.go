@@ -3,8 +3,11 @@
 // the pod's netns and configured with its MTU, MAC, addresses and routes;
 // the far end, with a stable name derived from the container ID and
 // interface name, in the persistent stack netns "cni-userstack" with no
-// kernel addresses and IPv6 off; and the route-mode uplink pair between the
-// host netns and the stack netns.
+// kernel addresses and IPv6 off; the route-mode uplink pair between the
+// host netns and the stack netns; and, for the daemon, the ingress drop
+// that keeps the stack netns's kernel from parsing the frames of a link
+// the stack owns (DropKernelInput, kernelinput.go: a clsact qdisc and a
+// cls_bpf program, run after the packet taps).
 //
 // Not owned here: addressing policy (which addresses and routes a pod gets:
 // plugin), the stack that drives the far ends (the daemon, over AF_PACKET).
