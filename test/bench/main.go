@@ -240,10 +240,10 @@
 // A fixed GOMAXPROCS=1 had shown connections/s 0.50× against 0.45× and
 // 199 against 231 µs of CPU per connection, but one stream host→pod
 // 0.52× against 0.65× and four streams 0.37×/0.28× against 0.46×/0.35×.
-// In five A/Bs the governor moved connections/s by +11, +2, +7, +7 and
-// −4% (the last, 5 rounds against a fixed 2 of the same build: 0.48×
-// against 0.50×), CPU per connection by −10 to −14%, but CPU per round
-// trip by +5 to +20%, RR p50 by 0 to −11% and, in that last run, RR p99
+// In four A/Bs the governor moved connections/s by +2, +7, +7 and −4%
+// (the last, 5 rounds against a fixed 2 of the same build: 0.48×
+// against 0.50×), CPU per connection by −4 to −14%, but CPU per round
+// trip by −2 to +28%, RR p50 by 0 to −11% and, in that last run, RR p99
 // 11.6× against 9.0×: a spinning second thread catches a round trip's
 // answer that a lone thread has to be woken for. Second, one segment
 // fewer: the pod's lone FIN ACKed by the relay's own FIN when the host
