@@ -187,7 +187,12 @@ type Table struct {
 	// (gcArmed, under mu).
 	gc      *clock.Timer
 	gcArmed bool
-	gcDead  []*Conn // collect's scratch (the timer's goroutine only); at most gcChunk
+	// gcCrowded is set (under mu) when a new flow was refused for a
+	// full table: the collector's next sweep also evicts what
+	// canEarlyDrop while the table is over 95% full, then clears it
+	// (gc_worker's early_drop).
+	gcCrowded bool
+	gcDead    []*Conn // collect's scratch (the timer's goroutine only); at most gcChunk
 
 	found, new_, invalid, insert, insertFailed, drop, earlyDrop, expired, deleted atomic.Uint64
 }
@@ -349,6 +354,7 @@ func (t *Table) create(tu Tuple, now time.Time) (*Conn, error) {
 		return nil, errRace
 	}
 	if t.count >= t.cfg.Max && !t.earlyDropLocked(now.UnixNano()) {
+		t.gcCrowded = true
 		t.mu.Unlock()
 		t.drop.Add(1)
 		return nil, ErrTableFull
@@ -408,11 +414,39 @@ func (t *Table) earlyDropLocked(now int64) bool {
 			t.removeLocked(c)
 			t.expired.Add(1)
 			return true
-		case c.status.Load()&StatusAssured == 0:
+		case c.canEarlyDrop():
 			t.removeLocked(c)
 			t.earlyDrop.Add(1)
 			return true
 		}
+	}
+	return false
+}
+
+// canEarlyDrop is the kernel's gc_worker_can_early_drop: c may make room
+// for a new flow when it was never answered (not ASSURED) or is a TCP
+// flow already closing (tcp_can_early_drop: FIN_WAIT, CLOSE_WAIT,
+// LAST_ACK, TIME_WAIT, CLOSE), whose endpoints have said goodbye. Those
+// last hold a full table for up to 120 s after their connection ended:
+// a node opening short connections faster than Max / 120 s would
+// otherwise refuse every new flow. The kernel's insert path (early_drop)
+// takes only the unanswered ones and leaves closing ones to its
+// collector, which evicts them down to 95% once an insert has failed;
+// ours takes both at once, so no new flow is refused while an ended one
+// holds a slot in the scanned range. Lock order: Table.mu is held.
+func (c *Conn) canEarlyDrop() bool {
+	if c.status.Load()&StatusAssured == 0 {
+		return true
+	}
+	if c.orig.Proto != header.ProtoTCP {
+		return false
+	}
+	c.mu.Lock()
+	st := c.tcp.state
+	c.mu.Unlock()
+	switch st {
+	case TCPFinWait, TCPCloseWait, TCPLastAck, TCPTimeWait, TCPClose:
+		return true
 	}
 	return false
 }
@@ -454,15 +488,25 @@ const (
 // looks under the read lock, so packets' lookups go on meanwhile, and
 // takes the write lock only to remove what it found dead (looked at
 // again there: a packet of a flow it had just found may have moved the
-// deadline).
+// deadline). After a new flow was refused for a full table (gcCrowded),
+// the sweep also evicts the Conns that canEarlyDrop while the table is
+// over 95% full (gc_worker's nf_conntrack_max95), counted as early
+// drops: the scan of a full table's insert looks at earlyDropScan slots
+// only, the sweep at all of them.
 func (t *Table) collect() {
 	now := t.clk.Now().UnixNano()
+	max95 := t.cfg.Max / 100 * 95
+	t.mu.Lock()
+	crowding := t.gcCrowded
+	t.gcCrowded = false
+	t.mu.Unlock()
 	for lo := 0; ; lo += gcChunk {
 		t.mu.RLock()
 		hi := t.hi
+		crowded := crowding && t.count > max95
 		if lo < hi {
 			for _, c := range t.slots[lo:min(lo+gcChunk, hi)] {
-				if c != nil && c.expires.Load() <= now {
+				if c != nil && (c.expires.Load() <= now || crowded && c.canEarlyDrop()) {
 					t.gcDead = append(t.gcDead, c)
 				}
 			}
@@ -471,8 +515,15 @@ func (t *Table) collect() {
 		if len(t.gcDead) > 0 {
 			t.mu.Lock()
 			for _, c := range t.gcDead {
-				if c.expires.Load() <= now && t.removeLocked(c) {
-					t.expired.Add(1)
+				switch {
+				case c.expires.Load() <= now:
+					if t.removeLocked(c) {
+						t.expired.Add(1)
+					}
+				case crowded && t.count > max95 && c.canEarlyDrop():
+					if t.removeLocked(c) {
+						t.earlyDrop.Add(1)
+					}
 				}
 			}
 			t.mu.Unlock()

@@ -267,6 +267,128 @@ func TestFullTable(t *testing.T) {
 	}
 }
 
+// tcpFlow walks a TCP connection from client port sp through the
+// handshake and, with closed, through both FINs to TIME_WAIT.
+func tcpFlow(t *testing.T, tb *conntrack.Table, sp uint16, closed bool) *conntrack.Conn {
+	t.Helper()
+	c, _, _ := in(t, tb, tcp(cli, srv, sp, 80, header.SYN, 100, 0, 0))
+	tb.Confirm(c)
+	in(t, tb, tcp(srv, cli, 80, sp, header.SYN|header.ACK, 500, 101, 0))
+	in(t, tb, tcp(cli, srv, sp, 80, header.ACK, 101, 501, 0))
+	if closed {
+		in(t, tb, tcp(cli, srv, sp, 80, header.FIN|header.ACK, 101, 501, 0))
+		in(t, tb, tcp(srv, cli, 80, sp, header.FIN|header.ACK, 501, 102, 0))
+		in(t, tb, tcp(cli, srv, sp, 80, header.ACK, 102, 502, 0))
+	}
+	want := conntrack.TCPEstablished
+	if closed {
+		want = conntrack.TCPTimeWait
+	}
+	if c.TCPState() != want || c.Status()&conntrack.StatusAssured == 0 {
+		t.Fatalf("flow from %d: %v, status %#x; want %v, assured", sp, c.TCPState(), c.Status(), want)
+	}
+	return c
+}
+
+// A table full of ended TCP flows (TIME_WAIT, 120 s) takes new flows in
+// their place (tcp_can_early_drop), while one full of established flows
+// still refuses them: otherwise a node opening short connections faster
+// than Max / 120 s would find every new flow refused.
+func TestFullTableEvictsClosingTCP(t *testing.T) {
+	tb := conntrack.New(clock.NewManual(), conntrack.Config{Max: 4})
+	for i := range 4 {
+		tcpFlow(t, tb, uint16(40000+i), true)
+	}
+	for i := range 8 { // twice the table: each new flow evicts an ended one
+		tcpFlow(t, tb, uint16(41000+i), true)
+	}
+	if st := tb.Stats(); st.EarlyDrop != 8 || st.Drop != 0 || st.Entries != 4 {
+		t.Fatalf("closing flows not evicted: %+v", st)
+	}
+	// Established flows take the ended ones' places, then no more fit.
+	for i := range 4 {
+		tcpFlow(t, tb, uint16(42000+i), false)
+	}
+	var p conntrack.Packet
+	if err := conntrack.Parse(tcp(cli, srv, 42004, 80, header.SYN, 100, 0, 0), &p); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := tb.In(&p); !errors.Is(err, conntrack.ErrTableFull) {
+		t.Fatalf("new flow into a table of established flows: %v", err)
+	}
+	for _, e := range tb.List() {
+		if e.Original.SrcPort < 42000 || e.TCPState != conntrack.TCPEstablished {
+			t.Fatalf("left in the table: %v", e)
+		}
+	}
+}
+
+// After a new flow was refused for a full table, the collector evicts
+// ended TCP flows down to 95% full (gc_worker's early_drop with
+// nf_conntrack_max95), established ones never; without a refusal it
+// leaves a crowded table alone.
+func TestCollectorEvictsClosingTCPOver95(t *testing.T) {
+	clk := clock.NewManual()
+	tb := conntrack.New(clk, conntrack.Config{Max: 100})
+	for i := range 100 {
+		tcpFlow(t, tb, uint16(40000+i), false)
+	}
+	closeFlow := func(sp uint16) {
+		in(t, tb, tcp(cli, srv, sp, 80, header.FIN|header.ACK, 101, 501, 0))
+		in(t, tb, tcp(srv, cli, 80, sp, header.FIN|header.ACK, 501, 102, 0))
+		in(t, tb, tcp(cli, srv, sp, 80, header.ACK, 102, 502, 0))
+	}
+	for i := range 10 {
+		closeFlow(uint16(40000 + 10*i))
+	}
+	clk.Advance(time.Second) // no refusal yet: nothing evicted
+	if st := tb.Stats(); st.Entries != 100 || st.EarlyDrop != 0 {
+		t.Fatalf("collector evicted without a refusal: %+v", st)
+	}
+	// The insert path scans 256 slots: with 100 it finds an ended flow.
+	// Make all of them established again to get a refusal.
+	for i := range 10 {
+		sp := uint16(40000 + 10*i)
+		var p conntrack.Packet
+		if err := conntrack.Parse(tcp(cli, srv, sp, 80, header.SYN, 100, 0, 0), &p); err != nil {
+			t.Fatal(err)
+		}
+		// A SYN on TIME_WAIT reopens the flow in place (tcp_new).
+		if _, _, _, err := tb.In(&p); err != nil {
+			t.Fatal(err)
+		}
+		in(t, tb, tcp(srv, cli, 80, sp, header.SYN|header.ACK, 500, 101, 0))
+		in(t, tb, tcp(cli, srv, sp, 80, header.ACK, 101, 501, 0))
+	}
+	var p conntrack.Packet
+	if err := conntrack.Parse(tcp(cli, srv, 45000, 80, header.SYN, 100, 0, 0), &p); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := tb.In(&p); !errors.Is(err, conntrack.ErrTableFull) {
+		t.Fatalf("new flow into a table of established flows: %v", err)
+	}
+	for i := range 10 {
+		closeFlow(uint16(40001 + 10*i))
+	}
+	clk.Advance(time.Second) // the sweep after the refusal
+	if st := tb.Stats(); st.Entries != 95 || st.EarlyDrop != 5 {
+		t.Fatalf("collector after a refusal: %+v", st)
+	}
+	ended := 0
+	for _, e := range tb.List() {
+		if e.TCPState != conntrack.TCPEstablished {
+			ended++
+		}
+	}
+	if ended != 5 {
+		t.Fatalf("%d ended flows left, want 5 (established flows are never evicted)", ended)
+	}
+	clk.Advance(time.Second) // no new refusal: nothing more goes
+	if st := tb.Stats(); st.Entries != 95 || st.EarlyDrop != 5 {
+		t.Fatalf("collector without a new refusal: %+v", st)
+	}
+}
+
 // NAT tuple handling (get_unique_tuple): many clients masqueraded behind
 // one address with the same source port get distinct reply tuples; the
 // port is kept when free; a range that runs out refuses the flow.

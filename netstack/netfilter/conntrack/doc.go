@@ -47,10 +47,15 @@
 // # Limits
 //
 // The table holds at most Config.Max Conns (nf_conntrack_max). A new flow
-// over the limit evicts an unreplied (not ASSURED) or a dead Conn found
-// among the next earlyDropScan slots (early_drop); when none is found the
-// packet is dropped and counted (Stats.Drop), and established flows are
-// untouched.
+// over the limit evicts a dead Conn, an unreplied (not ASSURED) one or a
+// TCP flow already closing (FIN_WAIT through CLOSE: tcp_can_early_drop)
+// found among the next earlyDropScan slots (early_drop); when none is
+// found the packet is dropped and counted (Stats.Drop), and established
+// flows are untouched; the collector's next sweep then evicts those in
+// every slot while the table is over 95% full (gc_worker's early_drop
+// with nf_conntrack_max95). Without the closing flows' eviction, the
+// 120 s of TIME_WAIT would cap a node at Max / 120 new TCP flows a
+// second (546 with the default Max) once the table had filled.
 // NAT port allocation tries at most maxPortTries candidates.
 //
 // Lock order: Table.mu > Conn.mu. The collector takes Table.mu.
