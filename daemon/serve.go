@@ -20,6 +20,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/daemon/proxy"
 	"github.com/cni-userstack/cni-userstack/netstack/link/afpacket"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter/conntrack"
 	"github.com/cni-userstack/cni-userstack/veth"
 	"github.com/spf13/pflag"
 )
@@ -45,6 +46,9 @@ type ServeFlags struct {
 	// Rules is a netfilter ruleset file (netstack/netfilter's
 	// iptables-save-like text) loaded into the stack at start.
 	Rules string
+	// ConntrackMax bounds the stack's connection table
+	// (conntrack.Config.Max, the kernel's nf_conntrack_max).
+	ConntrackMax int
 	// Proxy engine settings (daemon/proxy.Config).
 	ResolvConf          string
 	ProxyConnectTimeout time.Duration
@@ -72,6 +76,10 @@ type ServeFlags struct {
 	// (daemon/metrics); "" turns them off.
 	MetricsAddr string
 }
+
+// MaxConntrackMax bounds --conntrack-max: the table preallocates 16
+// bytes a slot, and a tracked flow costs about half a KiB more.
+const MaxConntrackMax = 1 << 22
 
 // Defaults of the proxy engine's flags.
 const (
@@ -102,6 +110,7 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.UplinkSubnet6, "uplink-subnet6", DefaultUplinkSubnet6.String(), "the uplink's IPv6 subnet (/126 or shorter; a ULA by default), set up with the first dual-stack pod: the host end gets ::1, the stack ::2, and the host routes pods' IPv6 ranges via ::2")
 	fs.StringVar(&f.UplinkHostIfName, "uplink-host-ifname", DefaultUplinkHostIfName, "name of the uplink's end in the host netns")
 	fs.StringVar(&f.Rules, "rules", "", "netfilter ruleset file (iptables-save-like text) for the stack's hooks; empty: no rules (every policy ACCEPT)")
+	fs.IntVar(&f.ConntrackMax, "conntrack-max", conntrack.DefaultMax, "most flows the stack's connection table tracks (nf_conntrack_max); a new flow past it evicts an unanswered one or a TCP flow already closing (TIME_WAIT and the like), or is dropped; 1 to "+strconv.Itoa(MaxConntrackMax))
 	fs.StringVar(&f.ResolvConf, "resolv-conf", DefaultResolvConf, "resolv.conf whose nameservers the gateway's DNS relay (proxy mode) forwards to; re-read when it changes")
 	fs.DurationVar(&f.ProxyConnectTimeout, "proxy-connect-timeout", DefaultProxyConnectTimeout, "proxy mode: bound of a pod's upstream TCP connect; the pod gets an RST when it passes")
 	fs.DurationVar(&f.ProxyUDPIdleTimeout, "proxy-udp-idle-timeout", DefaultProxyUDPIdleTimeout, "proxy mode: a UDP or ICMP echo flow with no traffic for this long is closed")
@@ -136,6 +145,8 @@ func (f *ServeFlags) Validate() error {
 		return fmt.Errorf("--proxy-max-flows-per-pod %d: must be positive", f.ProxyMaxFlowsPerPod)
 	case f.BusyPoll < 0 || f.BusyPoll > afpacket.MaxBusyPoll:
 		return fmt.Errorf("--busy-poll %v: must be between 0 and %v", f.BusyPoll, afpacket.MaxBusyPoll)
+	case f.ConntrackMax < 1 || f.ConntrackMax > MaxConntrackMax:
+		return fmt.Errorf("--conntrack-max %d: must be between 1 and %d", f.ConntrackMax, MaxConntrackMax)
 	case f.RxQueues < 0 || f.RxQueues > afpacket.MaxQueues:
 		return fmt.Errorf("--rx-queues %d: must be between 0 (the default) and %d", f.RxQueues, afpacket.MaxQueues)
 	case f.ProxyKeepAliveIdle != 0 && !keepAliveTime(f.ProxyKeepAliveIdle):
@@ -263,7 +274,7 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	}
 	subnet6, _ := f.subnet6() // Validate checked it
 	att, err := NewStackAttacher(StackConfig{StackNetNS: f.StackNetNS, UplinkSubnet: subnet, UplinkSubnet6: subnet6,
-		UplinkHostIfName: f.UplinkHostIfName, BusyPoll: f.BusyPoll, RxQueues: f.RxQueues, Logger: log})
+		UplinkHostIfName: f.UplinkHostIfName, BusyPoll: f.BusyPoll, RxQueues: f.RxQueues, ConntrackMax: f.ConntrackMax, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/link/afpacket"
 	"github.com/cni-userstack/cni-userstack/netstack/neigh"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter/conntrack"
 	"github.com/cni-userstack/cni-userstack/netstack/route"
 	"github.com/cni-userstack/cni-userstack/veth"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -151,7 +152,10 @@ type StackConfig struct {
 	// RxQueues is every link's afpacket.Config.Queues; 0 is
 	// DefaultRxQueues.
 	RxQueues int
-	Logger   *slog.Logger
+	// ConntrackMax bounds the connection table; 0 is
+	// conntrack.DefaultMax.
+	ConntrackMax int
+	Logger       *slog.Logger
 	// Options are passed to netstack.New (forwarding is always on).
 	Options []netstack.Option
 }
@@ -329,7 +333,7 @@ func newStackAttacher(cfg StackConfig, k kernel) *StackAttacher {
 	// the flows' later packets carry the divert mark from their conntrack
 	// entry. Route mode pays a conntrack lookup per packet for it; the
 	// ruleset stays empty (policy ACCEPT) unless `serve --rules` loads one.
-	a.nf = a.s.EnableNetfilter(netfilter.Config{Logger: cfg.Logger})
+	a.nf = a.s.EnableNetfilter(netfilter.Config{Logger: cfg.Logger, Conntrack: conntrack.Config{Max: cfg.ConntrackMax}})
 	// Both families' PREROUTING: the source-MAC check and the divert rule
 	// hold a dual-stack pod's IPv6 as they hold its IPv4.
 	for _, hooks := range []*netfilter.Hooks{a.s.Hooks(), a.s.Hooks6()} {
