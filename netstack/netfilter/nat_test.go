@@ -371,6 +371,9 @@ func TestFullTableDropsNewFlows(t *testing.T) {
 	for i := uint16(0); i < 2; i++ {
 		r.outb(udpDgram(client, server, 1000+i, 53))
 		r.backb(udpDgram(server, client, 53, 1000+i))
+	}
+	r.clk.Advance(3 * time.Second) // still active after 2 s: streams
+	for i := uint16(0); i < 2; i++ {
 		r.outb(udpDgram(client, server, 1000+i, 53)) // assured
 	}
 	v, _ := r.outb(udpDgram(client, server, 2000, 53))

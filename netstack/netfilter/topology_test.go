@@ -165,6 +165,13 @@ func TestMemMasquerade(t *testing.T) {
 	if got, err := read(t, cli); err != nil || got != "ho" {
 		t.Fatalf("A got %q: %v", got, err)
 	}
+	// Still active 2 s on: a stream (ASSURED, 120 s), not a lone
+	// query and answer (30 s).
+	clk.Advance(3 * time.Second)
+	if _, err := cli.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	readFrom(t, srv)
 	// The ping of natChain and this flow.
 	var udp []conntrack.Entry
 	for _, e := range nf.Conntrack().List() {

@@ -233,11 +233,49 @@ func TestICMPEchoAndRelated(t *testing.T) {
 	}
 }
 
+// A UDP query and its answer (DNS) are no stream: the flow keeps the
+// 30 s timeout and is not ASSURED, so a full table evicts it; a flow
+// still active 2 s after it began is a stream, ASSURED for 120 s
+// (nf_conntrack_udp_packet's stream_ts).
+func TestUDPQueryAnswerIsNoStream(t *testing.T) {
+	clk := clock.NewManual()
+	tb := conntrack.New(clk, conntrack.Config{Max: 2})
+	timeout := func(sport uint16) (time.Duration, uint32) {
+		for _, e := range tb.List() {
+			if e.Original.SrcPort == sport {
+				return e.Timeout, e.Status
+			}
+		}
+		t.Fatalf("no flow from port %d", sport)
+		return 0, 0
+	}
+	for _, sp := range []uint16{1000, 1001} {
+		c, _, _ := in(t, tb, stacktest.IPv4(cli, srv).UDP(sp, 53).Bytes())
+		tb.Confirm(c)
+		in(t, tb, stacktest.IPv4(srv, cli).UDP(53, sp).Bytes())
+		if to, st := timeout(sp); to != 30*time.Second || st&conntrack.StatusAssured != 0 {
+			t.Fatalf("query and answer: timeout %v status %#x, want 30s, not assured", to, st)
+		}
+	}
+	c, _, info := in(t, tb, stacktest.IPv4(cli, srv).UDP(1002, 53).Bytes())
+	tb.Confirm(c)
+	if info != conntrack.InfoNew || tb.Stats().EarlyDrop != 1 || tb.Len() != 2 {
+		t.Fatalf("a full table of answered queries: %v %+v", info, tb.Stats())
+	}
+	in(t, tb, stacktest.IPv4(srv, cli).UDP(53, 1002).Bytes())
+	clk.Advance(3 * time.Second)
+	in(t, tb, stacktest.IPv4(cli, srv).UDP(1002, 53).Bytes())
+	if to, st := timeout(1002); to != 120*time.Second || st&conntrack.StatusAssured == 0 {
+		t.Fatalf("a stream: timeout %v status %#x, want 120s, assured", to, st)
+	}
+}
+
 // A full table evicts an unreplied flow (early_drop); with only assured
 // flows it refuses the new one and counts it, and established flows keep
 // working.
 func TestFullTable(t *testing.T) {
-	tb := conntrack.New(clock.NewManual(), conntrack.Config{Max: 4})
+	clk := clock.NewManual()
+	tb := conntrack.New(clk, conntrack.Config{Max: 4})
 	var p conntrack.Packet
 	for i := 0; i < 4; i++ {
 		c, _, _ := in(t, tb, stacktest.IPv4(cli, srv).UDP(uint16(1000+i), 53).Bytes())
@@ -248,7 +286,9 @@ func TestFullTable(t *testing.T) {
 	if st := tb.Stats(); st.EarlyDrop != 1 || st.Entries != 4 {
 		t.Fatalf("early drop: %+v", st)
 	}
-	// Make every flow assured: a reply each.
+	// Make every flow assured: a reply each, and a packet more once the
+	// flow is 2 s old (a stream).
+	clk.Advance(3 * time.Second)
 	for _, l := range tb.List() {
 		in(t, tb, stacktest.IPv4(srv, cli).UDP(53, l.Original.SrcPort).Bytes())
 		in(t, tb, stacktest.IPv4(cli, srv).UDP(l.Original.SrcPort, 53).Bytes())
@@ -544,19 +584,20 @@ func TestExpiryWithoutTimers(t *testing.T) {
 	c3, _, _ := in(t, tb, stacktest.IPv4(cli, srv).UDP(1002, 53).Bytes())
 	tb.Confirm(c3)
 	in(t, tb, stacktest.IPv4(srv, cli).UDP(53, 1002).Bytes())
-	clk.Advance(200 * time.Second) // both dead (UDP stream: 120 s)...
+	clk.Advance(200 * time.Second) // both dead (replied UDP: 30 s)...
 	if tb.Len() != 0 || clk.Pending() != 0 {
 		t.Fatalf("len %d, %d timers: the collector must sweep and stop", tb.Len(), clk.Pending())
 	}
 	// The collector restarts with the first new flow and sweeps every
-	// second from then; both flows' last packets come half a second
-	// later, so their deadlines fall between two sweeps.
+	// second from then; both flows' last packets come 2.5 s later (the
+	// flows are streams by then: ASSURED, 120 s), so their deadlines
+	// fall between two sweeps.
 	for i := 0; i < 2; i++ {
 		c, _, _ := in(t, tb, stacktest.IPv4(cli, srv).UDP(uint16(2000+i), 53).Bytes())
 		tb.Confirm(c)
 		in(t, tb, stacktest.IPv4(srv, cli).UDP(53, uint16(2000+i)).Bytes())
 	}
-	clk.Advance(500 * time.Millisecond)
+	clk.Advance(2500 * time.Millisecond)
 	for i := 0; i < 2; i++ {
 		in(t, tb, stacktest.IPv4(srv, cli).UDP(53, uint16(2000+i)).Bytes())
 	}

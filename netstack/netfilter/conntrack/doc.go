@@ -24,6 +24,11 @@
 // left the stack; until then it carries the short Unconfirmed timeout and
 // the rule engine removes it (Kill) when its own rules drop the packet.
 //
+// A TCP flow is ASSURED once established; a UDP flow once it has been
+// answered and is still active 2 s after it began (a stream: 120 s
+// instead of 30 s), so a query and its answer (DNS) are not, and a full
+// table may evict them; an ICMP query once answered.
+//
 // A Conn may carry a reply NIC (SetReplyNIC, ReplyNIC): the NIC the
 // flow's first packet arrived on, recorded by netfilter's reply-to so
 // that the flow's replies leave through it again. It is set once, by the
