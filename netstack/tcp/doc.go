@@ -237,7 +237,12 @@
 // records while data is in flight. Per listener: backlog (default 128, at most 4096) accepted
 // connections; MaxSynBacklog (1024) in SYN-RECEIVED; overflow drops the
 // SYN (ListenDrops/ListenOverflows). Per Proto: MaxSockets connections
-// (default 131072); 1000 challenge ACKs per second (RFC 5961 §7). A SYN
+// (default 131072), of which at most MaxTimeWait (default half of them,
+// tcp_max_tw_buckets) in TIME-WAIT: a socket closing past that bound
+// skips TIME-WAIT and is gone at once (TCPTimeWaitOverflow), so sockets
+// waiting out the 60 s of a connection this stack closed first (a proxied
+// server that closes first) never refuse new ones; 1000 challenge ACKs
+// per second (RFC 5961 §7). A SYN
 // flood past the SYN queue costs no memory: cookies hold the state.
 //
 // # Concurrency and lock order

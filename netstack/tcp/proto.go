@@ -51,6 +51,9 @@ const (
 	MaxBacklog           = 4096             // somaxconn
 	DefaultMaxSynBacklog = 1024             // tcp_max_syn_backlog per listener
 	DefaultMaxSockets    = 1 << 17          // bound of the connection table
+	// DefaultMaxTimeWait is half the connection table: sockets waiting
+	// out TIME-WAIT never take the room of more than half of it.
+	DefaultMaxTimeWait   = DefaultMaxSockets / 2
 	DefaultKeepIdle      = 2 * time.Hour    // tcp_keepalive_time
 	DefaultKeepIntvl     = 75 * time.Second // tcp_keepalive_intvl
 	DefaultKeepCount     = 9                // tcp_keepalive_probes
@@ -94,6 +97,10 @@ type Config struct {
 	MaxSynBacklog int
 	// MaxSockets bounds the connection table (ENOBUFS/drop past it).
 	MaxSockets int
+	// MaxTimeWait bounds the sockets in TIME-WAIT (tcp_max_tw_buckets);
+	// a socket that would enter it past the bound closes at once
+	// (TcpExtTCPTimeWaitOverflow).
+	MaxTimeWait int
 	// NoTimestamps, NoWindowScaling and NoSACK turn off RFC 7323 and
 	// RFC 2018 options (tcp_timestamps=0 ...).
 	NoTimestamps, NoWindowScaling, NoSACK bool
@@ -149,8 +156,11 @@ type Proto struct {
 	// when none: diverted SYNs matching no connection go there.
 	icpt atomic.Pointer[Interceptor]
 
-	mib   [numCounters]atomic.Uint64
-	drops buf.DropStats
+	mib [numCounters]atomic.Uint64
+	// timeWait counts the sockets in TIME-WAIT (enterTimeWait adds one
+	// if under MaxTimeWait, done takes it back).
+	timeWait atomic.Int64
+	drops    buf.DropStats
 }
 
 // New returns TCP sending IPv4 through ip and IPv6 through ip6 (nil: no
@@ -175,6 +185,7 @@ func New(ip, ip6 family, cfg Config) *Proto {
 	def(&cfg.Retries2, DefaultRetries2, 1, 127)
 	def(&cfg.MaxSynBacklog, DefaultMaxSynBacklog, 1, 1<<20)
 	def(&cfg.MaxSockets, DefaultMaxSockets, 1, 1<<24)
+	def(&cfg.MaxTimeWait, DefaultMaxTimeWait, 1, 1<<24)
 	if cfg.TimeWait <= 0 {
 		cfg.TimeWait = DefaultTimeWait
 	}

@@ -312,6 +312,9 @@ func (s *Sock) done(err error) {
 		s.err = err
 	}
 	prev := s.state
+	if prev == TimeWait {
+		s.p.timeWait.Add(-1)
+	}
 	s.setState(Closed)
 	s.rtxTimer.Stop()
 	s.delackTimer.Stop()

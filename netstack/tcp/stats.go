@@ -55,6 +55,7 @@ const (
 	InterceptNoInterceptor
 	TWReopened
 	TCPZeroCopySegs
+	TimeWaitOverflow
 	numCounters
 )
 
@@ -70,7 +71,7 @@ var counterNames = [numCounters]string{
 	"TcpExtTCPECNReduce", "TcpExtTCPLossProbes", "TcpExtTCPLossProbeRecovery", "TcpExtTCPACKSkippedSeq",
 	"TcpExtTCPLostRetransmit", "TcpExtTCPSACKReorder", "TcpExtTCPDSACKRecv",
 	"TcpExtInterceptRequests", "TcpExtInterceptSynDups", "TcpExtInterceptOverflows", "TcpExtInterceptRefused",
-	"TcpExtInterceptNoInterceptor", "TcpExtTWReopened", "TcpExtTCPZeroCopySegs",
+	"TcpExtInterceptNoInterceptor", "TcpExtTWReopened", "TcpExtTCPZeroCopySegs", "TcpExtTCPTimeWaitOverflow",
 }
 
 // String is the nstat name.

@@ -377,6 +377,16 @@ func (s *Sock) kaStop() {
 // enterTimeWait is tcp_time_wait: RFC 9293 §3.10.7.4: stay 2 MSL so a
 // lost final ACK can be repeated and old duplicates die out.
 func (s *Sock) enterTimeWait() {
+	// tcp_time_wait: past tcp_max_tw_buckets the socket closes without
+	// waiting (inet_twsk_alloc fails: TCPTimeWaitOverflow). TIME-WAIT only
+	// guards against old duplicates of this incarnation; a full table of
+	// it would refuse new connections instead.
+	if s.p.timeWait.Add(1) > int64(s.p.cfg.MaxTimeWait) {
+		s.p.timeWait.Add(-1)
+		s.p.count(TimeWaitOverflow)
+		s.done(nil)
+		return
+	}
 	s.setState(TimeWait)
 	s.rtxTimer.Stop()
 	s.delackTimer.Stop()

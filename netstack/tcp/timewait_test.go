@@ -1,6 +1,7 @@
 package tcp
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -137,5 +138,56 @@ func TestListenerReopensTimeWaitEqualTimestamp(t *testing.T) {
 		Opts(header.TCPOptions{HasTS: true, TSVal: 5003, TSEcr: sa.opts.TSVal}))
 	if s, err := l.Accept(time.Time{}); err != nil || s.State() != Established {
 		t.Fatalf("accept: %v %v", s, err)
+	}
+}
+
+// tcp_max_tw_buckets: at most MaxTimeWait sockets wait in TIME-WAIT; one
+// more that would enter it closes at once instead (tcp_time_wait without
+// a timewait sock, TCPTimeWaitOverflow). TIME-WAIT is the closer's to
+// pay, and the stack closes first whenever a proxied server does: with
+// 60 s of it, a node answering more than MaxSockets / 60 s such
+// connections would otherwise fill the connection table with them and
+// refuse every new connection.
+func TestTimeWaitBound(t *testing.T) {
+	c := newPeer(t, Config{NoTimestamps: true, MaxSockets: 6, MaxTimeWait: 3})
+	l := c.listen()
+	defer l.Close()
+	conns := func() int {
+		c.p.mu.RLock()
+		defer c.p.mu.RUnlock()
+		return len(c.p.conns)
+	}
+	for i := range 10 {
+		c.raddr = netip.AddrPortFrom(remoteAddr, uint16(41000+i))
+		c.Send(c.Seg().Flags(SYN).Seq(c.ISS))
+		sa := c.Expect("SYN,ACK")
+		if sa.flags != SYN|ACK {
+			t.Fatalf("connection %d: %v, want SYN,ACK (the table holds %d)", i, sa, conns())
+		}
+		c.IRS = sa.seq
+		c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.IRS + 1))
+		s, err := l.Accept(time.Time{})
+		if err != nil {
+			t.Fatalf("connection %d: accept: %v", i, err)
+		}
+		s.Close()
+		c.Expect("FIN")
+		c.Send(c.Seg().Flags(FIN | ACK).Seq(c.ISS + 1).Ack(c.IRS + 2))
+		c.Expect("ACK of the peer's FIN")
+		want := TimeWait
+		if i >= 3 {
+			want = Closed
+		}
+		if s.State() != want {
+			t.Fatalf("connection %d: %v, want %v", i, s.State(), want)
+		}
+	}
+	if n := c.p.Counter(TimeWaitOverflow); n != 7 {
+		t.Fatalf("TcpExtTCPTimeWaitOverflow %d, want 7", n)
+	}
+	// TIME-WAIT's end frees its place for the next closer.
+	c.clk.Advance(61 * time.Second)
+	if n := conns(); n != 0 {
+		t.Fatalf("%d sockets after TIME-WAIT, want none", n)
 	}
 }
