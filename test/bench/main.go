@@ -263,6 +263,24 @@
 // connections/s 0.50× against 0.47× and 222 against 243 µs of daemon
 // CPU per connection, RR unchanged.
 //
+// The sixth session (same VM) traced the daemon's own wake-ups during
+// the connect run (sched_waking with stacks). 0.29 a connection came
+// from our AF_PACKET socket's write space: each frame we send is
+// orphaned in the pod's ip_rcv (sock_wfree → sock_def_write_space), and
+// Go's netpoller registers every fd for EPOLLOUT too, so a thread
+// parked in epoll_wait was woken for an event nobody waits for. Putting
+// each socket behind an epoll set of its own that asks for EPOLLIN only
+// (EPOLLOUT armed only while a send waits for space) removed those, but
+// not the wake-ups themselves: the frame the pod answers with arrives a
+// moment later and wakes the same thread, which the write-space event
+// had merely woken early. Two A/Bs of 5 rounds gave CPU per connection
+// +6% both times (264 against 249 µs, 245 against 231) and
+// connections/s −10% and −2%; reverted. The same run's count: the
+// daemon makes 7 epoll_pwait, 4.1 sendmmsg and 4.4 recvmmsg calls a
+// connection (strace -c), and its user-space CPU is spread as before
+// (conntrack 3% of its CPU, netfilter's hooks 1%, TCP 5%, Go's
+// scheduler 3%).
+//
 // # The route floor
 //
 // Route mode forwards the pod's frames: the stack end of the pod's veth
