@@ -115,10 +115,8 @@ type Config struct {
 // rxQueue is one receive socket: slot i's SKB holds frameSize bytes of
 // data that iov[i] points at; msgs[i] points at iov[i]. Guarded by mu.
 type rxQueue struct {
-	sock *os.File // the packet socket: blocking, so not on Go's netpoller
-	fd   int      // sock's descriptor, read with q.mu held (Close takes q.mu before closing sock)
-	f    *os.File // an epoll set holding fd for EPOLLIN, on Go's netpoller
-	rc   syscall.RawConn
+	f  *os.File
+	rc syscall.RawConn
 
 	mu   sync.Mutex
 	skbs []*buf.SKB
@@ -163,13 +161,6 @@ type Endpoint struct {
 	txN    int
 	txErr  unix.Errno
 	txFn   func(fd uintptr) bool
-	// txFD is a dup of rxq[0]'s socket, used with txMu held (Close takes
-	// txMu before closing it). txEP is an epoll set holding txFD with no
-	// events but while a send waits for space (EPOLLOUT), on Go's
-	// netpoller; txRC is its RawConn.
-	txFD int
-	txEP *os.File
-	txRC syscall.RawConn
 
 	rxPackets, rxBytes, rxErrors  atomic.Uint64
 	txPackets, txBytes, txErrors  atomic.Uint64
@@ -241,22 +232,19 @@ func Open(cfg Config) (*Endpoint, error) {
 		txIov:  make([]unix.Iovec, cfg.BatchSize*iovPer),
 		txHdr:  make([]vnetHdr, cfg.BatchSize),
 		txMsgs: make([]unix.Mmsghdr, cfg.BatchSize),
-		txFD:   -1,
 	}
 	for i, fd := range fds {
-		// fd is blocking, so os.NewFile leaves it off the netpoller; q.f,
-		// the epoll set, stands in for it there (see Readiness in the doc).
-		sock := os.NewFile(uintptr(fd), "afpacket:"+info.name)
-		f, rc, err := epollOf(fd, unix.EPOLLIN|unix.EPOLLET, "afpacket-rx:"+info.name)
+		f := os.NewFile(uintptr(fd), "afpacket:"+info.name)
+		rc, err := f.SyscallConn()
 		if err != nil {
-			sock.Close()
+			f.Close()
 			for _, fd := range fds[i+1:] {
 				unix.Close(fd)
 			}
 			e.closeQueues()
-			return nil, err
+			return nil, fmt.Errorf("afpacket: %w", err)
 		}
-		q := &rxQueue{sock: sock, fd: fd, f: f, rc: rc,
+		q := &rxQueue{f: f, rc: rc,
 			skbs: make([]*buf.SKB, rxBatch),
 			iov:  make([]unix.Iovec, rxBatch*iovPer),
 			hdr:  make([]vnetHdr, rxBatch),
@@ -271,18 +259,9 @@ func Open(cfg Config) (*Endpoint, error) {
 			}
 			e.refill(q, i)
 		}
-		q.fn = func(uintptr) bool { return e.recv(q) }
-		q.try = func(uintptr) bool { return e.tryRecv(q) }
+		q.fn = func(fd uintptr) bool { return e.recv(q, fd) }
+		q.try = func(fd uintptr) bool { return e.tryRecv(q, fd) }
 		e.rxq = append(e.rxq, q)
-	}
-	if e.txFD, err = unix.FcntlInt(uintptr(fds[0]), unix.F_DUPFD_CLOEXEC, 0); err != nil {
-		e.txFD = -1
-		e.closeQueues()
-		return nil, fmt.Errorf("afpacket: dup: %w", err)
-	}
-	if e.txEP, e.txRC, err = epollOf(e.txFD, unix.EPOLLET, "afpacket-tx:"+info.name); err != nil {
-		e.closeQueues()
-		return nil, err
 	}
 	for i := range e.txMsgs {
 		e.txMsgs[i].Hdr.Iov = &e.txIov[i*iovPer]
@@ -292,7 +271,7 @@ func Open(cfg Config) (*Endpoint, error) {
 			e.txIov[i*2].SetLen(vnetHdrLen)
 		}
 	}
-	e.txFn = func(uintptr) bool { return e.send() }
+	e.txFn = e.send
 	return e, nil
 }
 
@@ -330,37 +309,12 @@ func (e *Endpoint) refill(q *rxQueue, i int) {
 	iov.SetLen(e.frameSize)
 }
 
-// epollOf returns a new epoll set holding fd for events, registered with
-// Go's netpoller, and its RawConn.
-func epollOf(fd int, events uint32, name string) (*os.File, syscall.RawConn, error) {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, nil, fmt.Errorf("afpacket: epoll_create1: %w", err)
-	}
-	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		unix.Close(ep)
-		return nil, nil, fmt.Errorf("afpacket: epoll_ctl: %w", err)
-	}
-	if err := unix.SetNonblock(ep, true); err != nil {
-		unix.Close(ep)
-		return nil, nil, fmt.Errorf("afpacket: epoll fd: %w", err)
-	}
-	f := os.NewFile(uintptr(ep), name)
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("afpacket: epoll fd: %w", err)
-	}
-	return f, rc, nil
-}
-
 // recv runs inside q.rc.Read; false asks the poller to wait for
 // readability.
-func (e *Endpoint) recv(q *rxQueue) bool {
+func (e *Endpoint) recv(q *rxQueue, fd uintptr) bool {
 	for {
 		// MSG_TRUNC: msg_len is the frame's real length (packet(7)).
-		n, errno := recvmmsg(uintptr(q.fd), q.msgs[:q.vlen], unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+		n, errno := recvmmsg(fd, q.msgs[:q.vlen], unix.MSG_TRUNC)
 		switch errno {
 		case 0:
 			q.n, q.err = n, 0
@@ -378,8 +332,8 @@ func (e *Endpoint) recv(q *rxQueue) bool {
 
 // tryRecv runs inside q.rc.Read and never asks the poller to wait: an
 // empty socket sets q.none.
-func (e *Endpoint) tryRecv(q *rxQueue) bool {
-	if e.recv(q) {
+func (e *Endpoint) tryRecv(q *rxQueue, fd uintptr) bool {
+	if e.recv(q, fd) {
 		q.none = false
 	} else {
 		q.n, q.err, q.none = 0, 0, true
@@ -562,11 +516,13 @@ func (e *Endpoint) SetReadDeadline(t time.Time) error {
 	return err
 }
 
-// send is one sendmmsg of txMsgs[txOff:txLen], txMu held; false: the
-// socket's send buffer is full (EAGAIN).
-func (e *Endpoint) send() bool {
+// tx is the transmitting socket: the first queue's.
+func (e *Endpoint) tx() syscall.RawConn { return e.rxq[0].rc }
+
+// send runs inside rc.Write over txMsgs[txOff:txLen].
+func (e *Endpoint) send(fd uintptr) bool {
 	for {
-		n, errno := sendmmsg(uintptr(e.txFD), e.txMsgs[e.txOff:e.txLen], unix.MSG_DONTWAIT)
+		n, errno := sendmmsg(fd, e.txMsgs[e.txOff:e.txLen], 0)
 		switch errno {
 		case 0:
 			e.txN, e.txErr = n, 0
@@ -638,7 +594,7 @@ func (e *Endpoint) WriteBatch(pkts []*buf.SKB) (int, error) {
 func (e *Endpoint) flush() (int, error) {
 	sent := 0
 	for e.txOff = 0; e.txOff < e.txLen; {
-		if err := e.sendWait(); err != nil {
+		if err := e.tx().Write(e.txFn); err != nil {
 			for i := e.txOff; i < e.txLen; i++ {
 				e.free(e.txSkbs[i], link.DropTxClosed)
 			}
@@ -671,40 +627,6 @@ func (e *Endpoint) flush() (int, error) {
 	return sent, nil
 }
 
-// sendWait is send, waiting while the send buffer is full: for that
-// wait alone txEP holds txFD for EPOLLOUT (armed with EPOLL_CTL_MOD, which
-// polls the socket, so space freed since the refusal is not missed), and
-// back to no events after, so that the frames' completions (sock_wfree's
-// write-space wake-ups) reach no one the rest of the time.
-func (e *Endpoint) sendWait() error {
-	if e.closed.Load() {
-		return link.ErrClosed
-	}
-	if e.send() {
-		return nil
-	}
-	if err := e.txArm(unix.EPOLLOUT | unix.EPOLLET); err != nil {
-		return err
-	}
-	err := e.txRC.Read(e.txFn)
-	if aerr := e.txArm(unix.EPOLLET); err == nil {
-		err = aerr
-	}
-	return err
-}
-
-// txArm sets txFD's events in txEP.
-func (e *Endpoint) txArm(events uint32) error {
-	var err error
-	if cerr := e.txRC.Control(func(ep uintptr) {
-		ev := unix.EpollEvent{Events: events, Fd: int32(e.txFD)}
-		err = unix.EpollCtl(int(ep), unix.EPOLL_CTL_MOD, e.txFD, &ev)
-	}); cerr != nil {
-		return cerr
-	}
-	return err
-}
-
 func (e *Endpoint) resetTx() {
 	for i := 0; i < e.txLen; i++ {
 		e.txSkbs[i] = nil
@@ -730,27 +652,12 @@ func (e *Endpoint) Close() error {
 	return err
 }
 
-// closeQueues closes every receive socket and frees its slots, and the
-// transmit descriptor. Closing the epoll sets first wakes a reader or a
-// writer waiting on them; each descriptor is closed once its user (q.mu,
-// txMu) has left.
+// closeQueues closes every receive socket and frees its slots.
 func (e *Endpoint) closeQueues() error {
 	var err error
 	for _, q := range e.rxq {
 		err = errors.Join(err, q.f.Close())
-	}
-	if e.txEP != nil {
-		err = errors.Join(err, e.txEP.Close())
-	}
-	e.txMu.Lock()
-	if e.txFD >= 0 {
-		err = errors.Join(err, unix.Close(e.txFD))
-		e.txFD = -1
-	}
-	e.txMu.Unlock()
-	for _, q := range e.rxq {
 		q.mu.Lock()
-		err = errors.Join(err, q.sock.Close())
 		for i, s := range q.skbs {
 			s.Consume() // never received: not a drop
 			q.skbs[i] = nil
@@ -765,11 +672,7 @@ func (e *Endpoint) closeQueues() error {
 // each read) into kernelDrops.
 func (e *Endpoint) pollKernelStats() {
 	for _, q := range e.rxq {
-		rc, err := q.sock.SyscallConn()
-		if err != nil {
-			continue
-		}
-		rc.Control(func(fd uintptr) {
+		q.rc.Control(func(fd uintptr) {
 			if st, err := unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
 				e.kernelDrops.Add(uint64(st.Drops))
 			}

@@ -221,7 +221,9 @@ func TestKernelPeer(t *testing.T) {
 	t.Run("transmit bypasses the qdisc", func(t *testing.T) {
 		var v int
 		var err error
-		v, err = unix.GetsockoptInt(e.txFD, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS)
+		e.rxq[0].rc.Control(func(fd uintptr) { // rxq[0]'s socket transmits
+			v, err = unix.GetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS)
+		})
 		if err != nil || v != 1 {
 			t.Fatalf("PACKET_QDISC_BYPASS = %d, %v; want 1", v, err)
 		}

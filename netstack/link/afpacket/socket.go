@@ -119,7 +119,7 @@ func openSockets(cfg *Config) (fds []int, info ifInfo, err error) {
 // namespace and reads the interface's index, name, MTU and MAC.
 func openSocket(cfg *Config) (fd int, info ifInfo, err error) {
 	// Protocol 0: nothing is queued before bind narrows us to one interface.
-	fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+	fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, info, fmt.Errorf("afpacket: socket: %w", err)
 	}
