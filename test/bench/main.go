@@ -275,11 +275,18 @@
 // moment later and wakes the same thread, which the write-space event
 // had merely woken early. Two A/Bs of 5 rounds gave CPU per connection
 // +6% both times (264 against 249 µs, 245 against 231) and
-// connections/s −10% and −2%; reverted. The same run's count: the
-// daemon makes 7 epoll_pwait, 4.1 sendmmsg and 4.4 recvmmsg calls a
-// connection (strace -c), and its user-space CPU is spread as before
-// (conntrack 3% of its CPU, netfilter's hooks 1%, TCP 5%, Go's
-// scheduler 3%).
+// connections/s −10% and −2%; reverted (70d517d, daae3ef). Counted
+// the same day: the daemon makes 7 epoll_pwait, 4.1 sendmmsg and 4.4
+// recvmmsg calls a connection (strace -c), and its user-space CPU is
+// spread as before (conntrack 3% of its CPU, netfilter's hooks 1%, TCP
+// 5%, Go's scheduler 3%). The session's final run (14:12, 3 rounds, the
+// floors, gVisor and pasta beside it): proxy one stream 0.74×/0.73×,
+// four streams 0.52×/0.50×, RR p50 9.3× (pasta 9.4×), p99 14.1× (pasta
+// 9.8×; an A/B right after gave 291.7 against 291.6 µs for this tree
+// and c6b3f21: the machine's tail, not the code's), connections/s 0.43×
+// (pasta 0.52×, floor-epoll 0.55×, floor-route 0.62×), 249 µs of CPU
+// per connection (pasta 178), 0.45 s/GB, 4.33 KiB per idle connection,
+// ahead of gVisor on every row.
 //
 // # The route floor
 //
