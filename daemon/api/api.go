@@ -446,6 +446,7 @@ type ProxyStats struct {
 	PortMapConns        uint64 `json:"portMapConns"`
 	EchoFlowsOpened     uint64 `json:"echoFlowsOpened"`
 	UDPIdleTimeouts     uint64 `json:"udpIdleTimeouts"`
+	UDPEvicted          uint64 `json:"udpEvicted"`
 	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`
 
 	// Pods are per-pod counters by attachment ID.

@@ -55,7 +55,7 @@ func newCollector(src Source, version string, ready func() bool) *collector {
 		flowsPending:    desc("proxy_flows_pending", "Proxy-mode TCP flows whose upstream connect or pod handshake is in progress.", "protocol"),
 		flowsOpened:     desc("proxy_flows_opened_total", "Proxy-mode flows opened, by protocol: TCP upstream connections accepted, UDP host sockets, ICMP ping sockets.", "protocol"),
 		flowsRefused:    desc("proxy_flows_refused_total", "Proxy-mode flows refused, by protocol and reason: tcp refused (ECONNREFUSED) or unreachable (no route, other dial errors), icmp denied (ping sockets refused by the host).", "protocol", "reason"),
-		flowsTimeouts:   desc("proxy_flows_timeouts_total", "Proxy-mode flows ended by a timeout, by protocol and kind: tcp connect (upstream connect bound), udp and icmp idle (no traffic for the idle timeout).", "protocol", "kind"),
+		flowsTimeouts:   desc("proxy_flows_timeouts_total", "Proxy-mode flows ended by a timeout, by protocol and kind: tcp connect (upstream connect bound), udp and icmp idle (no traffic for the idle timeout), udp evicted (an answered flow gone quiet, closed early to make room for a new one at a flow limit).", "protocol", "kind"),
 		flowLimitDrops:  desc("proxy_flow_limit_drops_total", "Proxy-mode flows refused by the per-pod or per-node flow limit."),
 		udpPortUnreach:  desc("proxy_udp_port_unreachables_total", "ICMP port unreachables passed to pods for UDP datagrams the host refused."),
 		echoReq:         desc("proxy_echo_requests_total", "ICMP echo requests from pods to the outside, by result: relayed, denied (neither a ping socket nor the raw socket allowed), dropped.", "result"),
@@ -182,6 +182,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.flowsRefused, p.EchoDenied, "icmp", "denied")
 		counter(c.flowsTimeouts, p.TCPTimeouts, "tcp", "connect")
 		counter(c.flowsTimeouts, p.UDPIdleTimeouts, "udp", "idle")
+		counter(c.flowsTimeouts, p.UDPEvicted, "udp", "evicted")
 		counter(c.flowsTimeouts, p.EchoIdleTimeouts, "icmp", "idle")
 		counter(c.flowLimitDrops, p.FlowLimitDrops)
 		counter(c.udpPortUnreach, p.UDPPortUnreachables)

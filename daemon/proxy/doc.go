@@ -104,7 +104,10 @@
 // and the data the host's error quoted, so the quote is what the pod sent
 // (RFC 792, RFC 1122 §3.2.2) and a port unreachable reaches the pod's connected
 // socket as ECONNREFUSED (RFC 1122 §4.1.3.1). A flow idle (no datagram either
-// way) for UDPIdleTimeout is closed.
+// way) for UDPIdleTimeout is closed. At a flow limit, a new flow takes the
+// place of the oldest flow that is no stream and has gone quiet
+// (udpEvictLocked in udp.go: a name lookup and its answer), counted in
+// UDPEvicted; a stream is never taken.
 //
 // ICMP echo. The stack calls the echo interceptor on its receive goroutine,
 // which must not block: the request is copied into a bounded queue

@@ -72,6 +72,10 @@ type Config struct {
 	// Tests inject one.
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 
+	// udpQuiet and udpStream, for tests only, replace
+	// DefaultUDPEvictQuiet and udpStreamAfter (udp.go).
+	udpQuiet, udpStream time.Duration
+
 	// mapDst, for tests only, makes intercepted TCP flows connect
 	// without a goroutine (tcpSYN) even with a Dialer, to the
 	// destination it returns (the rig's outside addresses on loopback).
@@ -124,6 +128,7 @@ type Stats struct {
 	PortMapConns        uint64 `json:"portMapConns"`        // port-mapping TCP connections relayed into a pod
 	EchoFlowsOpened     uint64 `json:"echoFlowsOpened"`     // ping sockets opened
 	UDPIdleTimeouts     uint64 `json:"udpIdleTimeouts"`     // UDP flows (outbound and port-mapping) closed after UDPIdleTimeout
+	UDPEvicted          uint64 `json:"udpEvicted"`          // answered, quiet UDP flows closed to make room for a new flow at a limit (udp.go)
 	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`    // echo flows closed after UDPIdleTimeout
 
 	Pods map[string]PodStats `json:"pods,omitempty"` // by pod ID
@@ -146,6 +151,7 @@ type counters struct {
 	// Per flow, not per packet: echo flows opened, UDP and echo flows
 	// closed for idling past UDPIdleTimeout.
 	echoFlowsOpened, udpIdleTimeouts, echoIdleTimeouts atomic.Uint64
+	udpEvicted                                         atomic.Uint64
 }
 
 // Engine is the proxy-mode relay engine of one stack.
@@ -225,6 +231,12 @@ func New(cfg Config) (_ *Engine, err error) {
 	}
 	if cfg.MaxUDPFlows <= 0 {
 		cfg.MaxUDPFlows = DefaultMaxUDPFlows
+	}
+	if cfg.udpQuiet <= 0 {
+		cfg.udpQuiet = udpEvictQuiet
+	}
+	if cfg.udpStream <= 0 {
+		cfg.udpStream = udpStreamAfter
 	}
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = DefaultResolvConf
@@ -428,10 +440,19 @@ const (
 // acquire counts a new flow of pod address a, within MaxFlowsPerPod (and
 // MaxUDPFlows for UDP); false means over a limit (counted) or closed.
 func (e *Engine) acquire(a netip.Addr, f *flowHandle, kind flowKind) bool {
+	ok, _, _ := e.tryAcquire(a, f, kind, true)
+	return ok
+}
+
+// tryAcquire is acquire; with count false a refusal is not counted (the
+// caller makes room and tries again). It returns the address the flow
+// counts under (a dual-stack pod's IPv4 one) and whether the pod's own
+// limit refused it (else the node's UDP table, or the engine closed).
+func (e *Engine) tryAcquire(a netip.Addr, f *flowHandle, kind flowKind, count bool) (ok bool, pod netip.Addr, podFull bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return false
+		return false, a, false
 	}
 	if k, ok := e.alias[a]; ok {
 		a = k
@@ -441,13 +462,15 @@ func (e *Engine) acquire(a netip.Addr, f *flowHandle, kind flowKind) bool {
 		st = &addrState{flows: map[*flowHandle]struct{}{}}
 		e.addrs[a] = st
 	}
-	if st.active >= e.cfg.MaxFlowsPerPod || (kind == kindUDP && e.udpFlows >= e.cfg.MaxUDPFlows) {
-		st.drops++
-		e.c.flowLimitDrops.Add(1)
+	if podFull = st.active >= e.cfg.MaxFlowsPerPod; podFull || (kind == kindUDP && e.udpFlows >= e.cfg.MaxUDPFlows) {
+		if count {
+			st.drops++
+			e.c.flowLimitDrops.Add(1)
+		}
 		if st.active == 0 && !st.registered {
 			delete(e.addrs, a)
 		}
-		return false
+		return false, a, podFull
 	}
 	st.active++
 	st.flows[f] = struct{}{}
@@ -455,7 +478,7 @@ func (e *Engine) acquire(a netip.Addr, f *flowHandle, kind flowKind) bool {
 	if kind == kindUDP {
 		e.udpFlows++
 	}
-	return true
+	return true, a, false
 }
 
 // release counts a flow out; it does not close anything.
@@ -588,6 +611,7 @@ func (e *Engine) Stats() Stats {
 		PortMapConns:        e.c.portMapConns.Load(),
 		EchoFlowsOpened:     e.c.echoFlowsOpened.Load(),
 		UDPIdleTimeouts:     e.c.udpIdleTimeouts.Load(),
+		UDPEvicted:          e.c.udpEvicted.Load(),
 		EchoIdleTimeouts:    e.c.echoIdleTimeouts.Load(),
 		Pods:                map[string]PodStats{},
 	}

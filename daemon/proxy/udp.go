@@ -28,6 +28,7 @@ type udpFlow struct {
 	key  udpKey
 	conn net.Conn
 	raw  syscall.RawConn // nil when conn is not a kernel socket
+	born int64           // wall-clock nanoseconds of the flow's opening
 	last atomic.Int64    // wall-clock nanoseconds of the last datagram either way
 	f    *flowHandle
 	// quote is the pod's last datagram's header (icmperr.go).
@@ -85,9 +86,12 @@ func (e *Engine) udpFlowFor(k udpKey) *udpFlow {
 		return nil
 	}
 	f := e.newFlow()
-	if !e.acquire(k.pod.Addr(), f, kindUDP) {
-		f.done()
-		return nil
+	if ok, pod, podFull := e.tryAcquire(k.pod.Addr(), f, kindUDP, false); !ok {
+		e.udpEvictLocked(pod, podFull)
+		if !e.acquire(k.pod.Addr(), f, kindUDP) { // counts a refusal
+			f.done()
+			return nil
+		}
 	}
 	ctx, cancel := context.WithTimeout(f.ctx, e.cfg.ConnectTimeout)
 	c, err := e.dial(ctx, "udp", k.dst.String())
@@ -98,7 +102,7 @@ func (e *Engine) udpFlowFor(k udpKey) *udpFlow {
 		f.done()
 		return nil
 	}
-	u := &udpFlow{key: k, conn: c, f: f, raw: rawConn(c)}
+	u := &udpFlow{key: k, conn: c, f: f, raw: rawConn(c), born: time.Now().UnixNano()}
 	u.touch()
 	if err := setRecvErr(u.raw); err != nil {
 		e.log.Debug("proxy: IP_RECVERR not set; only port unreachable reaches the pod", "err", err)
@@ -110,6 +114,62 @@ func (e *Engine) udpFlowFor(k udpKey) *udpFlow {
 	e.c.udpFlowsOpened.Add(1)
 	e.c.activeUDP.Add(1)
 	return u
+}
+
+// A pod's limit (MaxFlowsPerPod) and the node's UDP table (MaxUDPFlows)
+// count flows that are open, and a UDP flow stays open until
+// UDPIdleTimeout without a datagram: every name lookup opens one (a
+// resolver's socket per lookup), so a pod resolving more than
+// MaxFlowsPerPod / UDPIdleTimeout names a second (68 with the defaults;
+// the node 273), and then any flow at all, would be refused while the
+// answered lookups waited out their timeout. At a limit, a new flow
+// therefore takes the place of a flow that is no stream — all its
+// datagrams within udpStreamAfter of its opening — and has been quiet
+// for udpEvictQuiet: the oldest such flow of the pod (of any pod when the
+// node's table is full) among udpEvictScan looked at. This is conntrack's
+// early drop for UDP (nf_conntrack_udp_packet marks a replied flow
+// ASSURED, safe from early_drop, only once it is still active 2 s after
+// it began). A stream is never evicted, so a pod with MaxFlowsPerPod live
+// streams is still refused, and counted in FlowLimitDrops.
+const (
+	udpStreamAfter = 2 * time.Second
+	udpEvictQuiet  = time.Second
+	udpEvictScan   = 1024
+)
+
+// udpEvictLocked closes the flow a new one may take the place of (see
+// above), pod's when podFull, else any pod's; e.udp.mu is held. The
+// flow leaves the table and the counts at once; its reader ends when it
+// finds the socket closed (udpFlowEnd, which finds it gone).
+func (e *Engine) udpEvictLocked(pod netip.Addr, podFull bool) bool {
+	now := time.Now().UnixNano()
+	quiet, stream := e.cfg.udpQuiet.Nanoseconds(), e.cfg.udpStream.Nanoseconds()
+	var victim *udpFlow
+	var victimLast int64
+	n := 0
+	for _, u := range e.udp.m {
+		if n++; n > udpEvictScan {
+			break
+		}
+		if podFull && u.f.addr != pod {
+			continue
+		}
+		last := u.last.Load()
+		if now-last < quiet || last-u.born >= stream {
+			continue
+		}
+		if victim == nil || last < victimLast {
+			victim, victimLast = u, last
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	delete(e.udp.m, victim.key)
+	e.release(victim.f)
+	victim.conn.Close()
+	e.c.udpEvicted.Add(1)
+	return true
 }
 
 // udpFlowReader relays the host socket's datagrams back to the pod until

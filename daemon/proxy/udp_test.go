@@ -2,12 +2,15 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cni-userstack/cni-userstack/netstack/socket"
 )
 
 // udpEchoServer answers every datagram on 127.0.0.1 with "re:"+payload.
@@ -130,4 +133,75 @@ func TestFlowLimits(t *testing.T) {
 			t.Errorf("stats %+v", s)
 		}
 	})
+}
+
+// At a pod's flow limit a new UDP flow takes the place of the oldest
+// answered query gone quiet (conntrack's early drop for UDP): a pod that
+// resolves names faster than MaxFlowsPerPod / UDPIdleTimeout keeps
+// resolving. A stream (a flow still active udpStream after it opened) is
+// never taken: with only streams open the new flow is refused.
+func TestUDPQuietFlowsMakeRoom(t *testing.T) {
+	const quiet, stream = 50 * time.Millisecond, 400 * time.Millisecond
+	r := newRig(t, func(c *Config) { c.MaxFlowsPerPod = 3; c.udpQuiet = quiet; c.udpStream = stream })
+	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	dst := netip.AddrPortFrom(server, udpEchoServer(t))
+	b := make([]byte, 64)
+	ask := func(c *socket.Conn, q string) error {
+		if _, err := c.Write([]byte(q)); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := c.Read(b)
+		if err == nil && string(b[:n]) != "re:"+q {
+			err = fmt.Errorf("answer %q", b[:n])
+		}
+		return err
+	}
+	dial := func() *socket.Conn {
+		c, err := r.pod.DialUDP(netip.AddrPort{}, dst)
+		must(t, err)
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// Ten lookups, each from a socket of its own, through a limit of 3.
+	for i := range 10 {
+		if err := ask(dial(), fmt.Sprintf("lookup %d", i)); err != nil {
+			t.Fatalf("lookup %d: %v (stats %+v)", i, err, r.e.Stats())
+		}
+		time.Sleep(2 * quiet)
+	}
+	s := r.e.Stats()
+	if s.UDPEvicted != 7 || s.FlowLimitDrops != 0 || s.Pods["p"].ActiveFlows > 3 {
+		t.Fatalf("after 10 lookups: %+v, want 7 evicted, none refused, at most 3 open", s)
+	}
+	r.waitStats("evicted flows' readers end", func(s Stats) bool { return s.ActiveUDP <= 3 })
+
+	// Three streams: each still talking after udpStream.
+	var streams []*socket.Conn
+	for i := range 3 {
+		c := dial()
+		if err := ask(c, fmt.Sprintf("stream %d", i)); err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		streams = append(streams, c)
+	}
+	time.Sleep(stream + quiet)
+	for i, c := range streams {
+		if err := ask(c, "still here"); err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+	}
+	time.Sleep(2 * quiet)
+	c := dial()
+	c.Write([]byte("one more"))
+	r.waitStats("the flow over the limit refused", func(s Stats) bool { return s.FlowLimitDrops == 1 })
+	for i, c := range streams {
+		if err := ask(c, "and now"); err != nil {
+			t.Fatalf("stream %d after the refusal: %v", i, err)
+		}
+	}
+	if s := r.e.Stats(); s.UDPEvicted != 7+3 {
+		// The streams took the places of the three quiet lookups left.
+		t.Fatalf("evictions %d, want 10", s.UDPEvicted)
+	}
 }
