@@ -74,3 +74,11 @@ func TestConntrackMaxFlag(t *testing.T) {
 		{"--conntrack-max=0", 0, false}, {"--conntrack-max=4194305", 0, false}, {"--conntrack-max=-3", 0, false},
 	})
 }
+
+// --nice takes -20 to 19; the default is DefaultNice.
+func TestNiceFlag(t *testing.T) {
+	checkFlag(t, "nice", func(f *ServeFlags) int { return f.Nice }, []flagCase[int]{
+		{"", DefaultNice, true}, {"--nice=0", 0, true}, {"--nice=-20", -20, true}, {"--nice=19", 19, true},
+		{"--nice=-21", 0, false}, {"--nice=20", 0, false},
+	})
+}

@@ -286,7 +286,17 @@
 // and c6b3f21: the machine's tail, not the code's), connections/s 0.43×
 // (pasta 0.52×, floor-epoll 0.55×, floor-route 0.62×), 249 µs of CPU
 // per connection (pasta 178), 0.45 s/GB, 4.33 KiB per idle connection,
-// ahead of gVisor on every row.
+// ahead of gVisor on every row. Then serve --nice (default -10, as
+// ovs-vswitchd runs): the pod's receive runs inside the daemon's
+// sendmmsg, and the pod's thread it wakes preempted the daemon mid-batch
+// (__cond_resched in __sys_sendmmsg: 4 µs of switch per connection in
+// the profile). Three A/Bs of nice -10 against 0 (two with the daemon's
+// threads reniced by hand, 5 rounds without and 3 with the throughput
+// runs; one of this tree's flag against --nice=0, 5 rounds) gave
+// connections/s +7.6%, +7.7% and +15.7%, RR p99 −4%, +4% and −16%, RR
+// p50 −12%, +39% and −5% (the p50 is bimodal across rounds here: 50-65
+// µs or 110-130), CPU per connection +2%, – and −7%; the one run with
+// throughput moved the stream rows by −6 to +49%, within its noise.
 //
 // # The route floor
 //
