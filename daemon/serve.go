@@ -112,7 +112,7 @@ func (f *ServeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.UplinkSubnet6, "uplink-subnet6", DefaultUplinkSubnet6.String(), "the uplink's IPv6 subnet (/126 or shorter; a ULA by default), set up with the first dual-stack pod: the host end gets ::1, the stack ::2, and the host routes pods' IPv6 ranges via ::2")
 	fs.StringVar(&f.UplinkHostIfName, "uplink-host-ifname", DefaultUplinkHostIfName, "name of the uplink's end in the host netns")
 	fs.StringVar(&f.Rules, "rules", "", "netfilter ruleset file (iptables-save-like text) for the stack's hooks; empty: no rules (every policy ACCEPT)")
-	fs.IntVar(&f.Nice, "nice", DefaultNice, "nice value of the daemon's threads, -20 (first) to 19 (last): below 0 a pod woken by the frames the daemon sends does not preempt it mid-batch, and the daemon's wake-ups run ahead of the pods' own work, at the cost of their CPU share when the node is busy; lowering it needs CAP_SYS_NICE (refused: logged, the daemon runs on)")
+	fs.IntVar(&f.Nice, "nice", DefaultNice, "nice value of the daemon's threads, -20 (first) to 19 (last): below 0 a pod woken by the frames the daemon sends does not preempt it mid-batch and the daemon's wake-ups run ahead of the pods' own work (more connections/s), at the cost of the pods' CPU share and bulk throughput when the node is busy; 0, the default, keeps the value the daemon was started with; lowering it needs CAP_SYS_NICE (refused: logged, the daemon runs on)")
 	fs.IntVar(&f.ConntrackMax, "conntrack-max", conntrack.DefaultMax, "most flows the stack's connection table tracks (nf_conntrack_max); a new flow past it evicts an unanswered one or a TCP flow already closing (TIME_WAIT and the like), or is dropped; 1 to "+strconv.Itoa(MaxConntrackMax))
 	fs.StringVar(&f.ResolvConf, "resolv-conf", DefaultResolvConf, "resolv.conf whose nameservers the gateway's DNS relay (proxy mode) forwards to; re-read when it changes")
 	fs.DurationVar(&f.ProxyConnectTimeout, "proxy-connect-timeout", DefaultProxyConnectTimeout, "proxy mode: bound of a pod's upstream TCP connect; the pod gets an RST when it passes")
@@ -250,8 +250,10 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 	lvl, _ := f.level()
 	subnet, _ := f.subnet()
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
-	if err := setNice(f.Nice); err != nil {
-		log.Warn("the daemon's threads keep their nice value", "err", err)
+	if f.Nice != 0 { // 0 keeps the value the daemon was started with
+		if err := setNice(f.Nice); err != nil {
+			log.Warn("the daemon's threads keep their nice value", "err", err)
+		}
 	}
 
 	rules, err := loadRules(f.Rules)

@@ -286,17 +286,24 @@
 // and c6b3f21: the machine's tail, not the code's), connections/s 0.43×
 // (pasta 0.52×, floor-epoll 0.55×, floor-route 0.62×), 249 µs of CPU
 // per connection (pasta 178), 0.45 s/GB, 4.33 KiB per idle connection,
-// ahead of gVisor on every row. Then serve --nice (default -10, as
-// ovs-vswitchd runs): the pod's receive runs inside the daemon's
-// sendmmsg, and the pod's thread it wakes preempted the daemon mid-batch
-// (__cond_resched in __sys_sendmmsg: 4 µs of switch per connection in
-// the profile). Three A/Bs of nice -10 against 0 (two with the daemon's
-// threads reniced by hand, 5 rounds without and 3 with the throughput
-// runs; one of this tree's flag against --nice=0, 5 rounds) gave
+// ahead of gVisor on every row. Then serve --nice (ovs-vswitchd runs at
+// -10): the pod's receive runs inside the daemon's sendmmsg, and the
+// pod's thread it wakes preempted the daemon mid-batch (__cond_resched
+// in __sys_sendmmsg: 4 µs of switch per connection in the profile).
+// Three A/Bs of nice -10 against 0 (two with the daemon's threads
+// reniced by hand, 5 rounds without and 3 with the throughput runs; one
+// of the flag against --nice=0 on the same build, 5 rounds) gave
 // connections/s +7.6%, +7.7% and +15.7%, RR p99 −4%, +4% and −16%, RR
 // p50 −12%, +39% and −5% (the p50 is bimodal across rounds here: 50-65
-// µs or 110-130), CPU per connection +2%, – and −7%; the one run with
-// throughput moved the stream rows by −6 to +49%, within its noise.
+// µs or 110-130). But a full run with -10 as the default (14:48, 3
+// rounds) moved proxy's one stream to 0.60×/0.67× and four streams to
+// 0.38×/0.38× the kernel, from 0.74×/0.73× and 0.52×/0.50× in the run
+// before: with both CPUs busy the daemon takes CPU from the iperf3
+// processes that send and receive the bulk, which the A/B with
+// throughput (one stream −6%, four streams −1% and −8%) had understated.
+// Connections/s 0.45× (pasta 0.52×), RR p50 5.45× (pasta 9.39×). So
+// --nice is the operator's knob and 0, the default, keeps the value the
+// daemon was started with.
 //
 // # The route floor
 //

@@ -8,14 +8,15 @@ import (
 	"testing"
 )
 
-// TestDaemonNice: every thread of a daemon runs at serve --nice (-10 by
-// default): the value is set on the threads there are at start, and the
-// ones the runtime starts later inherit it.
+// TestDaemonNice: every thread of a daemon runs at serve --nice: the
+// value is set on the threads there are at start, and the ones the
+// runtime starts later inherit it. By default the daemon keeps the value
+// it was started with (this test's, 0).
 func TestDaemonNice(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
 		want int
-	}{{nil, -10}, {[]string{"--nice=3"}, 3}} {
+	}{{nil, 0}, {[]string{"--nice=-5"}, -5}, {[]string{"--nice=3"}, 3}} {
 		e := newCNIEnv(t)
 		e.serveArgs = tc.args
 		e.startDaemon()
