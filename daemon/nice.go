@@ -10,14 +10,15 @@ import (
 )
 
 // DefaultNice is serve --nice: 0 leaves the nice value the daemon was
-// started with untouched (Run calls setNice for any other). A negative one (ovs-vswitchd runs at -10) keeps a pod
-// woken by a frame the daemon sends (its receive runs inside the
-// daemon's sendmmsg) from preempting the daemon before the rest of the
-// batch is out, and runs the daemon's wake-ups ahead of the pods' own
-// work: connections/s +8 to +16% in make bench's A/Bs, but bulk
-// throughput through proxy mode −6 to −25%, as the daemon takes CPU
-// from the pods that send and receive it (test/bench's package doc). So
-// it is the operator's choice, not the default.
+// started with untouched (Run calls setNice for any other). A negative
+// one (ovs-vswitchd runs at -10) keeps a pod woken by a frame the daemon
+// sends (its receive runs inside the daemon's sendmmsg) from preempting
+// the daemon before the rest of the batch is out, and runs the daemon's
+// wake-ups ahead of the pods' own work: connections/s +8 to +16% in
+// make bench's A/Bs, but bulk throughput through proxy mode −6 to −25%,
+// as the daemon takes CPU from the pods that send and receive it
+// (test/bench's package doc). So it is the operator's choice, not the
+// default.
 const DefaultNice = 0
 
 // setNice gives every thread of the process the nice value n. Linux
