@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cni-userstack/cni-userstack/netstack"
+	"github.com/cni-userstack/cni-userstack/netstack/netfilter/conntrack"
 	"github.com/cni-userstack/cni-userstack/netstack/socket"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 	"github.com/cni-userstack/cni-userstack/netstack/udp"
@@ -72,8 +73,8 @@ type Config struct {
 	// Tests inject one.
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 
-	// udpQuiet and udpStream, for tests only, replace
-	// DefaultUDPEvictQuiet and udpStreamAfter (udp.go).
+	// udpQuiet and udpStream, for tests only, replace udpEvictQuiet
+	// (udp.go) and conntrack.UDPStreamAfter.
 	udpQuiet, udpStream time.Duration
 
 	// mapDst, for tests only, makes intercepted TCP flows connect
@@ -236,7 +237,7 @@ func New(cfg Config) (_ *Engine, err error) {
 		cfg.udpQuiet = udpEvictQuiet
 	}
 	if cfg.udpStream <= 0 {
-		cfg.udpStream = udpStreamAfter
+		cfg.udpStream = conntrack.UDPStreamAfter
 	}
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = DefaultResolvConf

@@ -124,7 +124,7 @@ func (e *Engine) udpFlowFor(k udpKey) *udpFlow {
 // the node 273), and then any flow at all, would be refused while the
 // answered lookups waited out their timeout. At a limit, a new flow
 // therefore takes the place of a flow that is no stream — all its
-// datagrams within udpStreamAfter of its opening — and has been quiet
+// datagrams within conntrack.UDPStreamAfter of its opening — and has been quiet
 // for udpEvictQuiet: the oldest such flow of the pod (of any pod when the
 // node's table is full) among udpEvictScan looked at. This is conntrack's
 // early drop for UDP (nf_conntrack_udp_packet marks a replied flow
@@ -132,9 +132,8 @@ func (e *Engine) udpFlowFor(k udpKey) *udpFlow {
 // it began). A stream is never evicted, so a pod with MaxFlowsPerPod live
 // streams is still refused, and counted in FlowLimitDrops.
 const (
-	udpStreamAfter = 2 * time.Second
-	udpEvictQuiet  = time.Second
-	udpEvictScan   = 1024
+	udpEvictQuiet = time.Second
+	udpEvictScan  = 1024
 )
 
 // udpEvictLocked closes the flow a new one may take the place of (see

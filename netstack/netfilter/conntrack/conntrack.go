@@ -51,9 +51,10 @@ const (
 const (
 	DefaultMax = 65536
 
-	// udpStreamAfter is how long a replied UDP flow must stay active to
-	// become a stream (the kernel's stream_ts: 2 s).
-	udpStreamAfter = 2 * time.Second
+	// UDPStreamAfter is how long a replied UDP flow must stay active to
+	// become a stream (the kernel's stream_ts: 2 s). The proxy's UDP
+	// flows use the same line (daemon/proxy, udp.go).
+	UDPStreamAfter = 2 * time.Second
 
 	// earlyDropScan bounds the slots examined for an unreplied Conn when
 	// the table is full (NF_CT_EVICTION_RANGE is 8 hash buckets).
@@ -602,12 +603,12 @@ func (t *Table) packet(c *Conn, dir Dir, p *Packet, now time.Time) (*Conn, Dir, 
 	case header.ProtoUDP:
 		// nf_conntrack_udp_packet: a replied flow is a stream, ASSURED
 		// and kept UDPStream (120 s), only once it is still active
-		// udpStreamAfter after it began; a query and its answer (DNS)
+		// UDPStreamAfter after it began; a query and its answer (DNS)
 		// keep the UDP timeout (30 s) and may be evicted from a full
 		// table, as each of a node's lookups opens a flow.
 		if c.status.Load()&StatusSeenReply == 0 {
 			info = InfoNew
-		} else if now.Sub(c.created) > udpStreamAfter {
+		} else if now.Sub(c.created) > UDPStreamAfter {
 			c.status.Or(StatusAssured)
 		}
 	case header.ProtoICMP, header.ProtoICMPv6:
