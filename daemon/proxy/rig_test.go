@@ -329,3 +329,47 @@ func fill(n int, seed byte) []byte {
 func itoa(p uint16) string { return fmt.Sprint(p) }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// dump describes what a test that found a transfer stuck needs to tell
+// where it stopped: every TCP connection of both stacks (DebugDump) and
+// every relay's pumps and host socket. It reads the relays without
+// their pump locks (taking one would make a kick that finds it taken
+// leave its event to the dump).
+func (r *rig) dump() string {
+	var b strings.Builder
+	b.WriteString("pod stack:\n" + r.pod.TCP().DebugDump())
+	b.WriteString("node stack:\n" + r.node.TCP().DebugDump())
+	var flows []*flowHandle
+	r.e.mu.Lock()
+	for _, a := range r.e.addrs {
+		for f := range a.flows {
+			flows = append(flows, f)
+		}
+	}
+	r.e.mu.Unlock()
+	for _, f := range flows {
+		f.mu.Lock()
+		closers := append([]aborter(nil), f.closers...)
+		f.mu.Unlock()
+		for _, c := range closers {
+			if rl, ok := c.(*relay); ok {
+				b.WriteString(rl.debugString())
+			}
+		}
+	}
+	return b.String()
+}
+
+// debugString is a relay's state for dump.
+func (r *relay) debugString() string {
+	inq, outq := -1, -1
+	if r.up != nil {
+		r.up.Control(func(fd uintptr) {
+			inq, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+			outq, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
+		})
+	}
+	return fmt.Sprintf("relay: phase=%d state=%#x downReady=%v sndFull=%v hostRdHup=%v outArmed=%v again=[%v %v] podVec=%d host inq=%d outq=%d\n",
+		r.phase.Load(), r.state.Load(), r.downReady.Load(), r.sndFull.Load(), r.hostRdHup.Load(), r.outArmed.Load(),
+		r.dirs[toHost].again.Load(), r.dirs[toPod].again.Load(), r.podVec, inq, outq)
+}

@@ -385,7 +385,7 @@ func TestTCPBackpressureToPod(t *testing.T) {
 					if err == io.EOF {
 						break
 					}
-					t.Fatalf("read after %d bytes: %v", len(got), err)
+					t.Fatalf("read after %d bytes: %v\n%s", len(got), err, r.dump())
 				}
 				if len(got) < 4<<20 {
 					time.Sleep(time.Millisecond) // a slow reader first

@@ -584,20 +584,7 @@ func (w *wire) connect() (client, server *Sock) {
 	return c, server
 }
 
-// dump describes every connection of both Protos (DebugString), the
-// sockets copied out of the table first (lock order: Sock.mu > Proto.mu).
+// dump describes every connection of both Protos (DebugDump).
 func (w *wire) dump() string {
-	var out string
-	for i, p := range []*Proto{w.a, w.b} {
-		p.mu.RLock()
-		socks := make([]*Sock, 0, len(p.conns))
-		for _, s := range p.conns {
-			socks = append(socks, s)
-		}
-		p.mu.RUnlock()
-		for _, s := range socks {
-			out += fmt.Sprintf("%c: %s", 'a'+i, s.DebugString())
-		}
-	}
-	return out
+	return "a:\n" + w.a.DebugDump() + "b:\n" + w.b.DebugDump()
 }

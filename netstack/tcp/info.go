@@ -189,6 +189,25 @@ func (s *Sock) DebugString() string {
 	return b.String()
 }
 
+// DebugDump is DebugString of every connection of p, TIME-WAIT's
+// included, for a test that found a transfer stuck and cannot reach the
+// sockets itself (a relay's, behind an interceptor). Not on any packet
+// path. The sockets are copied out of the table first (lock order:
+// Sock.mu > Proto.mu).
+func (p *Proto) DebugDump() string {
+	p.mu.RLock()
+	socks := make([]*Sock, 0, len(p.conns))
+	for _, s := range p.conns {
+		socks = append(socks, s)
+	}
+	p.mu.RUnlock()
+	var b strings.Builder
+	for _, s := range socks {
+		b.WriteString(s.DebugString())
+	}
+	return b.String()
+}
+
 func (s *Sock) ccName() string {
 	if s.ca == nil {
 		return "none"
