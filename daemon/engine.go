@@ -89,7 +89,7 @@ func apiProxyStats(s proxy.Stats) *api.ProxyStats {
 		EchoRelayed:   s.EchoRelayed, EchoRawRelayed: s.EchoRawRelayed, EchoDenied: s.EchoDenied, EchoICMPErrors: s.EchoICMPErrors, EchoDropped: s.EchoDropped,
 		DNSQueries: s.DNSQueries, DNSFailures: s.DNSFailures,
 		PortMapConns: s.PortMapConns, EchoFlowsOpened: s.EchoFlowsOpened,
-		UDPIdleTimeouts: s.UDPIdleTimeouts, UDPEvicted: s.UDPEvicted, EchoIdleTimeouts: s.EchoIdleTimeouts,
+		UDPIdleTimeouts: s.UDPIdleTimeouts, UDPEvicted: s.UDPEvicted, UDPDropped: s.UDPDropped, EchoIdleTimeouts: s.EchoIdleTimeouts,
 	}
 	if len(s.Pods) > 0 {
 		out.Pods = make(map[string]api.ProxyPodStats, len(s.Pods))

@@ -447,6 +447,7 @@ type ProxyStats struct {
 	EchoFlowsOpened     uint64 `json:"echoFlowsOpened"`
 	UDPIdleTimeouts     uint64 `json:"udpIdleTimeouts"`
 	UDPEvicted          uint64 `json:"udpEvicted"`
+	UDPDropped          uint64 `json:"udpDropped"`
 	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`
 
 	// Pods are per-pod counters by attachment ID.

@@ -27,6 +27,7 @@ type collector struct {
 	ctEntries, ctLimit, ctOps                               *prometheus.Desc
 	flowsActive, flowsPending, flowsOpened, flowsRefused    *prometheus.Desc
 	flowsTimeouts, flowLimitDrops, udpPortUnreach, echoReq  *prometheus.Desc
+	udpDropped                                              *prometheus.Desc
 	icmpErrors, echoRaw                                     *prometheus.Desc
 	portMapConns, dnsQueries, dnsFailures                   *prometheus.Desc
 	neighbours, tcpRetrans, tcpRTO, tcpSockets              *prometheus.Desc
@@ -58,6 +59,7 @@ func newCollector(src Source, version string, ready func() bool) *collector {
 		flowsTimeouts:   desc("proxy_flows_timeouts_total", "Proxy-mode flows ended by a timeout, by protocol and kind: tcp connect (upstream connect bound), udp and icmp idle (no traffic for the idle timeout), udp evicted (an answered flow gone quiet, closed early to make room for a new one at a flow limit).", "protocol", "kind"),
 		flowLimitDrops:  desc("proxy_flow_limit_drops_total", "Proxy-mode flows refused by the per-pod or per-node flow limit."),
 		udpPortUnreach:  desc("proxy_udp_port_unreachables_total", "ICMP port unreachables passed to pods for UDP datagrams the host refused."),
+		udpDropped:      desc("proxy_udp_dropped_total", "Pods' UDP datagrams to the outside dropped because the flow's host socket's send buffer was full."),
 		echoReq:         desc("proxy_echo_requests_total", "ICMP echo requests from pods to the outside, by result: relayed, denied (neither a ping socket nor the raw socket allowed), dropped.", "result"),
 		echoRaw:         desc("proxy_echo_raw_requests_total", "Of the relayed echo requests, those sent through the daemon's raw ICMP socket because the host refuses ping sockets."),
 		icmpErrors:      desc("proxy_icmp_errors_total", "ICMP errors the host reported about a pod's relayed datagram (protocol udp, port unreachables included) or echo request (icmp), passed on to the pod quoting what it sent.", "protocol"),
@@ -82,7 +84,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.nicPackets, c.nicBytes, c.nicDropped, c.nicErrors, c.nicKernelDrops, c.nicInfo,
 		c.nicBusyPoll, c.nicBusyPollHost,
 		c.nicUp, c.drops, c.netstat, c.ctEntries, c.ctLimit, c.ctOps, c.flowsActive, c.flowsPending, c.flowsOpened,
-		c.flowsRefused, c.flowsTimeouts, c.flowLimitDrops, c.udpPortUnreach, c.echoReq, c.echoRaw, c.icmpErrors, c.portMapConns, c.dnsQueries,
+		c.flowsRefused, c.flowsTimeouts, c.flowLimitDrops, c.udpPortUnreach, c.udpDropped, c.echoReq, c.echoRaw, c.icmpErrors, c.portMapConns, c.dnsQueries,
 		c.dnsFailures, c.neighbours, c.tcpRetrans, c.tcpRTO, c.tcpSockets, c.attachments, c.readyDesc, c.buildInfo,
 		c.kubePodCIDRs, c.kubeRoutes, c.kubeReconciles, c.kubeConflicts} {
 		ch <- d
@@ -186,6 +188,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.flowsTimeouts, p.EchoIdleTimeouts, "icmp", "idle")
 		counter(c.flowLimitDrops, p.FlowLimitDrops)
 		counter(c.udpPortUnreach, p.UDPPortUnreachables)
+		counter(c.udpDropped, p.UDPDropped)
 		counter(c.echoReq, p.EchoRelayed, "relayed")
 		counter(c.echoReq, p.EchoDenied, "denied")
 		counter(c.echoReq, p.EchoDropped, "dropped")

@@ -5,8 +5,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cni-userstack/cni-userstack/netstack/link/pipe"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
@@ -192,5 +195,122 @@ func BenchmarkTCPRelayConnect(b *testing.B) {
 			b.Fatal(err)
 		}
 		c.Close()
+	}
+}
+
+// rawUDPEcho is a loopback UDP server answering each datagram with its
+// payload, on a bare fd (no Go object per flow), so what a benchmark
+// counts on the heap and in goroutines is the engine's.
+func rawUDPEcho(tb testing.TB) uint16 {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	must(tb, err)
+	must(tb, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+	must(tb, unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000}))
+	sa, err := unix.Getsockname(fd)
+	must(tb, err)
+	var stop atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b := make([]byte, 2048)
+		for !stop.Load() {
+			n, from, err := unix.Recvfrom(fd, b, 0)
+			if err == nil {
+				unix.Sendto(fd, b[:n], 0, from)
+			}
+		}
+	}()
+	tb.Cleanup(func() { stop.Store(true); <-done; unix.Close(fd) })
+	return uint16(sa.(*unix.SockaddrInet4).Port)
+}
+
+// BenchmarkUDPQueryNewFlow is one name lookup's shape per op: the pod
+// opens a UDP socket (a new source port, so a new flow through the
+// relay), sends a datagram, reads the answer and closes. allocs/op is
+// per flow, both stacks' sockets included; the flows stay open until
+// the idle timeout, as a resolver's do. Each op binds the next of 50 000
+// source ports (a stack's ephemeral choice may take a port whose flow is
+// still open).
+func BenchmarkUDPQueryNewFlow(b *testing.B) {
+	r := newRig(b, func(c *Config) { c.MaxFlowsPerPod, c.MaxUDPFlows = 1<<20, 1<<20 })
+	must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	dst := netip.AddrPortFrom(server, rawUDPEcho(b))
+	p := make([]byte, 64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, err := r.pod.DialUDP(netip.AddrPortFrom(podAddr, uint16(10000+i%50000)), dst)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Write(p[:32]); err != nil {
+			b.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(p); err != nil {
+			b.Fatalf("query %d: %v", i, err)
+		}
+		c.Close()
+	}
+}
+
+// BenchmarkIdleUDPFlowMemory is the engine's memory and goroutines per
+// open, quiet UDP flow: n flows (n source ports), each after one
+// datagram each way. The pod's sockets are closed, so what stays is the engine's flow (its
+// host socket's kernel memory is not on Go's heap).
+func BenchmarkIdleUDPFlowMemory(b *testing.B) {
+	const n = 2000
+	for i := 0; i < b.N; i++ {
+		r := newRig(b, func(c *Config) { c.MaxFlowsPerPod, c.MaxUDPFlows = 1<<20, 1<<20 })
+		must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+		dst := netip.AddrPortFrom(server, rawUDPEcho(b))
+		p := make([]byte, 64)
+		query := func(port uint16) {
+			c, err := r.pod.DialUDP(netip.AddrPortFrom(podAddr, port), dst)
+			must(b, err)
+			defer c.Close()
+			if _, err := c.Write(p[:32]); err != nil {
+				b.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Read(p); err != nil {
+				b.Fatalf("%v; engine %+v", err, r.e.Stats())
+			}
+		}
+		query(10000) // warm the pools and tables
+		before, g0 := heapNow()
+		for j := 0; j < n; j++ {
+			query(uint16(10001 + j))
+		}
+		after, g1 := heapNow()
+		if got := r.e.Stats().ActiveUDP; got != n+1 {
+			b.Fatalf("%d UDP flows open, want %d", got, n+1)
+		}
+		b.ReportMetric(float64(after-before)/n, "B/flow")
+		b.ReportMetric(float64(g1-g0)/n, "goroutines/flow")
+	}
+}
+
+// BenchmarkUDPRelayRR is a datagram each way per op on one flow (a
+// stream's steady state): allocs/op is per relayed request and reply,
+// both stacks and the echo server included — the server's recvfrom
+// allocates two (the sender's sockaddr); the stacks and the relay none.
+func BenchmarkUDPRelayRR(b *testing.B) {
+	r := newRig(b, nil)
+	must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	c, err := r.pod.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(server, rawUDPEcho(b)))
+	must(b, err)
+	defer c.Close()
+	p := make([]byte, 64)
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Write(p[:32]); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Read(p); err != nil {
+			b.Fatalf("datagram %d: %v", i, err)
+		}
 	}
 }

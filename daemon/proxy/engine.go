@@ -130,6 +130,7 @@ type Stats struct {
 	EchoFlowsOpened     uint64 `json:"echoFlowsOpened"`     // ping sockets opened
 	UDPIdleTimeouts     uint64 `json:"udpIdleTimeouts"`     // UDP flows (outbound and port-mapping) closed after UDPIdleTimeout
 	UDPEvicted          uint64 `json:"udpEvicted"`          // answered, quiet UDP flows closed to make room for a new flow at a limit (udp.go)
+	UDPDropped          uint64 `json:"udpDropped"`          // pods' datagrams dropped: the flow's host socket's send buffer was full
 	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`    // echo flows closed after UDPIdleTimeout
 
 	Pods map[string]PodStats `json:"pods,omitempty"` // by pod ID
@@ -152,7 +153,7 @@ type counters struct {
 	// Per flow, not per packet: echo flows opened, UDP and echo flows
 	// closed for idling past UDPIdleTimeout.
 	echoFlowsOpened, udpIdleTimeouts, echoIdleTimeouts atomic.Uint64
-	udpEvicted                                         atomic.Uint64
+	udpEvicted, udpDropped                             atomic.Uint64
 }
 
 // Engine is the proxy-mode relay engine of one stack.
@@ -613,6 +614,7 @@ func (e *Engine) Stats() Stats {
 		EchoFlowsOpened:     e.c.echoFlowsOpened.Load(),
 		UDPIdleTimeouts:     e.c.udpIdleTimeouts.Load(),
 		UDPEvicted:          e.c.udpEvicted.Load(),
+		UDPDropped:          e.c.udpDropped.Load(),
 		EchoIdleTimeouts:    e.c.echoIdleTimeouts.Load(),
 		Pods:                map[string]PodStats{},
 	}

@@ -108,7 +108,8 @@ func (h *hostFD) Abort() {
 }
 
 // LocalAddr and RemoteAddr are getsockname(2) and getpeername(2), for
-// the relay list (info.go); nil when the fd is closed or unconnected.
+// the relay list (info.go), which reads them as AddrPorts (a TCPAddr
+// whatever the socket type); nil when the fd is closed or unconnected.
 func (h *hostFD) LocalAddr() net.Addr  { return h.sockAddr(unix.Getsockname) }
 func (h *hostFD) RemoteAddr() net.Addr { return h.sockAddr(unix.Getpeername) }
 
@@ -189,6 +190,43 @@ func (h *hostFD) SetKeepAliveConfig(cfg net.KeepAliveConfig) error {
 // when the socket becomes writable (EPOLLOUT; SO_ERROR says how). An
 // error here (no route, EACCES, out of descriptors) ends the attempt.
 func dialAsync(dst netip.AddrPort) (*hostFD, error) {
+	h, err := newHostFD(dst, unix.SOCK_STREAM, unix.IPPROTO_TCP)
+	if err != nil {
+		return nil, err
+	}
+	_ = rawSetsockoptInt(h.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if e := h.connect(); e != 0 && e != unix.EINPROGRESS && e != unix.EINTR {
+		rawClose(h.fd)
+		return nil, e
+	}
+	return h, nil
+}
+
+// dialUDP opens a UDP socket of dst's family connected to dst: the
+// kernel picks the source address and port, and the socket receives
+// only dst's datagrams (and the ICMP errors about ours). A UDP connect
+// sends nothing, so it is done when connect(2) returns.
+func dialUDP(dst netip.AddrPort) (*hostFD, error) {
+	h, err := newHostFD(dst, unix.SOCK_DGRAM, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		e := h.connect()
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			rawClose(h.fd)
+			return nil, e
+		}
+		return h, nil
+	}
+}
+
+// newHostFD opens a non-blocking socket of dst's family and type typ,
+// with dst as its connect(2) address (connect).
+func newHostFD(dst netip.AddrPort, typ, proto int) (*hostFD, error) {
 	a := dst.Addr().Unmap()
 	// The sockaddr built by hand in the hostFD (a raw syscall: the
 	// goroutine keeps its P), the port in network byte order.
@@ -209,18 +247,18 @@ func dialAsync(dst netip.AddrPort) (*hostFD, error) {
 	}
 	pb := (*[2]byte)(unsafe.Pointer(port))
 	pb[0], pb[1] = byte(dst.Port()>>8), byte(dst.Port())
-	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), uintptr(typ)|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, uintptr(proto))
 	if e != 0 {
 		return nil, e
 	}
 	h.fd = int(r)
-	_ = rawSetsockoptInt(h.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(h.fd), uintptr(unsafe.Pointer(&h.sa)), h.salen)
-	if e != 0 && e != unix.EINPROGRESS && e != unix.EINTR {
-		rawClose(h.fd)
-		return nil, e
-	}
 	return h, nil
+}
+
+// connect is connect(2) to the address newHostFD recorded.
+func (h *hostFD) connect() unix.Errno {
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(h.fd), uintptr(unsafe.Pointer(&h.sa)), h.salen)
+	return e
 }
 
 // connectResult is the outcome of dialAsync's connect, looked at when

@@ -78,7 +78,7 @@ func (q *udpQuote) get() udp.Header {
 
 // setRecvErr turns IP_RECVERR on for a host socket, IPV6_RECVERR for an
 // AF_INET6 one (nil: not a kernel socket, nothing to do).
-func setRecvErr(raw syscall.RawConn) error {
+func setRecvErr(raw controller) error {
 	if raw == nil {
 		return nil
 	}
@@ -108,7 +108,7 @@ type hostICMP struct {
 // drainErrQueue reads up to maxErrQueue entries of raw's error queue
 // (recvmsg MSG_ERRQUEUE, never blocking) and hands each to fn. It
 // returns how many it read.
-func drainErrQueue(raw syscall.RawConn, fn func(hostICMP)) int {
+func drainErrQueue(raw controller, fn func(hostICMP)) int {
 	if raw == nil {
 		return 0
 	}
@@ -168,7 +168,7 @@ func parseErrQueue(oob []byte) (hostICMP, bool) {
 // Without a queued entry (IP_RECVERR could not be set) ECONNREFUSED still
 // means port unreachable (RFC 1122 §4.1.3.1).
 func (e *Engine) udpHostICMP(u *udpFlow, err error) {
-	n := drainErrQueue(u.raw, func(h hostICMP) {
+	n := drainErrQueue(u.ctl(), func(h hostICMP) {
 		if h.origin != unix.SO_EE_ORIGIN_ICMP && h.origin != unix.SO_EE_ORIGIN_ICMP6 {
 			return
 		}

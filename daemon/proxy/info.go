@@ -107,8 +107,12 @@ func (e *Engine) Relays() []Relay {
 
 	e.udp.mu.Lock()
 	for _, u := range e.udp.m {
-		rl := Relay{Kind: RelayOutbound, Proto: "udp", PodAddr: u.key.pod.Addr(), PodLocal: u.key.dst, PodRemote: u.key.pod,
-			HostLocal: addrPort(u.conn.LocalAddr()), HostRemote: addrPort(u.conn.RemoteAddr())}
+		rl := Relay{Kind: RelayOutbound, Proto: "udp", PodAddr: u.key.pod.Addr(), PodLocal: u.key.dst, PodRemote: u.key.pod}
+		if u.h != nil {
+			rl.HostLocal, rl.HostRemote = addrPort(u.h.LocalAddr()), addrPort(u.h.RemoteAddr())
+		} else {
+			rl.HostLocal, rl.HostRemote = addrPort(u.conn.LocalAddr()), addrPort(u.conn.RemoteAddr())
+		}
 		rl.FromPod, rl.ToPod = ctBytes(ct, conntrack.Tuple{Src: u.key.pod.Addr(), Dst: u.key.dst.Addr(),
 			SrcPort: u.key.pod.Port(), DstPort: u.key.dst.Port(), Proto: header.ProtoUDP}, false)
 		out = append(out, rl)

@@ -10,9 +10,11 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/udp"
 )
 
@@ -23,14 +25,27 @@ var dgramBufs = sync.Pool{New: func() any { b := make([]byte, maxDatagram); retu
 // udpKey names an outbound UDP flow.
 type udpKey struct{ pod, dst netip.AddrPort }
 
-// udpFlow is one outbound UDP flow: a connected host socket.
+// udpFlow is one outbound UDP flow: a connected host socket. Without a
+// Config.Dialer (or with mapDst) the socket is the engine's own (h,
+// dialUDP): registered with the engine's poller, which relays its
+// datagrams to the pod (ready), and timed out by a timer on the stack's
+// clock (idle) — no goroutine, no runtime timer and no Go net.Conn per
+// flow, as passt's udp.c keeps a socket per flow in its one epoll set. A
+// Dialer's conn is read by a goroutine of its own (udpFlowReader).
 type udpFlow struct {
 	key  udpKey
-	conn net.Conn
-	raw  syscall.RawConn // nil when conn is not a kernel socket
-	born int64           // wall-clock nanoseconds of the flow's opening
-	last atomic.Int64    // wall-clock nanoseconds of the last datagram either way
-	f    *flowHandle
+	e    *Engine
+	h    *hostFD // the engine's own socket, or nil
+	id   uint64  // h's poller registration
+	idle clock.Timer
+	// ended: udpEnd ran (h's flows end once, by idle timeout, eviction
+	// or abort).
+	ended atomic.Bool
+	conn  net.Conn        // a Dialer's conn, when h is nil
+	raw   syscall.RawConn // conn's, nil when conn is not a kernel socket
+	born  int64           // wall-clock nanoseconds of the flow's opening
+	last  atomic.Int64    // wall-clock nanoseconds of the last datagram either way
+	f     *flowHandle
 	// quote is the pod's last datagram's header (icmperr.go).
 	quote udpQuote
 }
@@ -68,7 +83,7 @@ func (e *Engine) udpLoop() {
 		}
 		u.touch()
 		u.quote.set(&hdr)
-		if _, err := u.conn.Write(buf[:n]); err != nil {
+		if err := u.write(buf[:n]); err != nil {
 			e.udpHostError(u, err)
 		}
 	}
@@ -78,10 +93,25 @@ func (e *Engine) udpLoop() {
 // refused it.
 func (e *Engine) udpFlowFor(k udpKey) *udpFlow {
 	e.udp.mu.Lock()
-	defer e.udp.mu.Unlock()
-	if u := e.udp.m[k]; u != nil {
+	u := e.udp.m[k]
+	if u != nil {
+		e.udp.mu.Unlock()
 		return u
 	}
+	u = e.udpOpenLocked(k)
+	e.udp.mu.Unlock()
+	// The flow's abort (RemovePod, Close) takes e.udp.mu: it is added
+	// to the flow only now, and runs here at once if the flow was
+	// aborted meanwhile.
+	if u != nil && u.h != nil && !u.f.add(u) {
+		return nil
+	}
+	return u
+}
+
+// udpOpenLocked opens the flow of k (e.udp.mu held); nil when a limit or
+// the dial refused it.
+func (e *Engine) udpOpenLocked(k udpKey) *udpFlow {
 	if !k.pod.IsValid() || !k.dst.IsValid() {
 		return nil
 	}
@@ -93,27 +123,187 @@ func (e *Engine) udpFlowFor(k udpKey) *udpFlow {
 			return nil
 		}
 	}
-	ctx, cancel := context.WithTimeout(f.ctx, e.cfg.ConnectTimeout)
-	c, err := e.dial(ctx, "udp", k.dst.String())
-	cancel()
-	if err != nil {
-		e.log.Debug("proxy: udp flow dial failed", "pod", k.pod, "dst", k.dst, "err", err)
-		e.release(f)
-		f.done()
-		return nil
-	}
-	u := &udpFlow{key: k, conn: c, f: f, raw: rawConn(c), born: time.Now().UnixNano()}
+	u := &udpFlow{key: k, e: e, f: f, born: time.Now().UnixNano()}
 	u.touch()
-	if err := setRecvErr(u.raw); err != nil {
-		e.log.Debug("proxy: IP_RECVERR not set; only port unreachable reaches the pod", "err", err)
-	}
-	if !e.adopt(f, c, func() { e.udpFlowReader(u) }) {
-		return nil
+	if e.cfg.Dialer == nil || e.cfg.mapDst != nil {
+		dst := k.dst
+		if e.cfg.mapDst != nil {
+			dst = e.cfg.mapDst(dst)
+		}
+		h, err := dialUDP(dst)
+		if err != nil {
+			e.log.Debug("proxy: udp flow dial failed", "pod", k.pod, "dst", k.dst, "err", err)
+			e.release(f)
+			f.done()
+			return nil
+		}
+		u.h, u.id = h, e.poll.newID()
+		if err := setRecvErr(h); err != nil {
+			e.log.Debug("proxy: IP_RECVERR not set; only port unreachable reaches the pod", "err", err)
+		}
+		// Input only: a UDP socket is writable at once, and a full send
+		// buffer drops the datagram (write).
+		if err := e.poll.add(u.id, h, u, false); err != nil {
+			e.log.Debug("proxy: udp flow not polled", "pod", k.pod, "dst", k.dst, "err", err)
+			h.Close()
+			e.release(f)
+			f.done()
+			return nil
+		}
+		e.st.Clock().InitTimer(&u.idle, (*udpIdleTimer)(u))
+		u.idle.Reset(e.cfg.UDPIdleTimeout)
+	} else {
+		ctx, cancel := context.WithTimeout(f.ctx, e.cfg.ConnectTimeout)
+		c, err := e.dial(ctx, "udp", k.dst.String())
+		cancel()
+		if err != nil {
+			e.log.Debug("proxy: udp flow dial failed", "pod", k.pod, "dst", k.dst, "err", err)
+			e.release(f)
+			f.done()
+			return nil
+		}
+		u.conn, u.raw = c, rawConn(c)
+		if err := setRecvErr(u.ctl()); err != nil {
+			e.log.Debug("proxy: IP_RECVERR not set; only port unreachable reaches the pod", "err", err)
+		}
+		if !e.adopt(f, c, func() { e.udpFlowReader(u) }) {
+			return nil
+		}
 	}
 	e.udp.m[k] = u
 	e.c.udpFlowsOpened.Add(1)
 	e.c.activeUDP.Add(1)
 	return u
+}
+
+// ctl is the flow's kernel socket, nil when it has none (a Dialer's
+// in-memory conn).
+func (u *udpFlow) ctl() controller {
+	switch {
+	case u.h != nil:
+		return u.h
+	case u.raw != nil:
+		return u.raw
+	}
+	return nil
+}
+
+// write sends the pod's datagram p to the host. On the engine's own
+// socket a full send buffer drops it (UDPDropped), as a full qdisc
+// would, rather than hold up every pod's datagrams behind it; a closed
+// one (the flow just ended) drops it too.
+func (u *udpFlow) write(p []byte) error {
+	if u.h == nil {
+		_, err := u.conn.Write(p)
+		return err
+	}
+	if !u.h.acquire() {
+		return nil
+	}
+	defer u.h.release()
+	for {
+		_, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(u.h.fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+		switch e {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			u.e.c.udpDropped.Add(1)
+			return nil
+		}
+		return e
+	}
+}
+
+// ready is the engine's own socket's poller callback: every datagram it
+// holds goes to the pod, from the original destination (the transparent
+// side of the intercept socket); an error it reports goes to the pod as
+// the ICMP error behind it (udpHostError). Edge-triggered, so it reads
+// until the socket is empty.
+func (u *udpFlow) ready(ev uint32) {
+	if !u.h.acquire() {
+		return // ended
+	}
+	defer u.h.release()
+	e := u.e
+	bp := dgramBufs.Get().(*[]byte)
+	defer dgramBufs.Put(bp)
+	b := *bp
+	sawErr := false
+	for {
+		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(u.h.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch errno {
+		case 0:
+			u.touch()
+			if _, err := e.udpIC.SendFromTo(b[:n], u.key.dst, u.key.pod); err != nil {
+				e.log.Debug("proxy: udp reply to pod failed", "pod", u.key.pod, "err", err)
+			}
+			continue
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+		default:
+			// The socket's pending error, reported once.
+			sawErr = true
+			e.udpHostError(u, errno)
+			continue
+		}
+		break
+	}
+	if ev&unix.EPOLLERR != 0 && !sawErr {
+		e.udpHostError(u, nil) // an error queued without a pending one
+	}
+}
+
+// udpIdleTimer is the flow as its idle timer's clock.Handler.
+type udpIdleTimer udpFlow
+
+func (t *udpIdleTimer) Fire(*clock.Timer) { (*udpFlow)(t).idleFired() }
+
+// idleFired ends the flow after UDPIdleTimeout without a datagram either
+// way, or waits for the rest of it.
+func (u *udpFlow) idleFired() {
+	idle := u.e.cfg.UDPIdleTimeout
+	if quiet := time.Duration(time.Now().UnixNano() - u.last.Load()); quiet < idle {
+		u.idle.Reset(idle - quiet)
+		return
+	}
+	if u.e.udpEnd(u) {
+		u.e.c.udpIdleTimeouts.Add(1)
+	}
+}
+
+// abort ends a flow of the engine's own socket (flowHandle's aborter).
+func (u *udpFlow) abort() { u.e.udpEnd(u) }
+
+// udpEnd ends a flow of the engine's own socket, once: out of the table,
+// its timer stopped, its socket closed, counted out. It reports whether
+// this call ended it.
+func (e *Engine) udpEnd(u *udpFlow) bool {
+	if u.ended.Load() {
+		return false
+	}
+	e.udp.mu.Lock()
+	defer e.udp.mu.Unlock()
+	return e.udpEndLocked(u)
+}
+
+// udpEndLocked is udpEnd with e.udp.mu held.
+func (e *Engine) udpEndLocked(u *udpFlow) bool {
+	if u.ended.Swap(true) {
+		return false
+	}
+	if e.udp.m[u.key] == u {
+		delete(e.udp.m, u.key)
+	}
+	u.idle.Stop()
+	e.poll.remove(u.id)
+	u.h.Close()
+	e.release(u.f)
+	u.f.done()
+	e.c.activeUDP.Add(-1)
+	return true
 }
 
 // A pod's limit (MaxFlowsPerPod) and the node's UDP table (MaxUDPFlows)
@@ -164,14 +354,18 @@ func (e *Engine) udpEvictLocked(pod netip.Addr, podFull bool) bool {
 	if victim == nil {
 		return false
 	}
+	e.c.udpEvicted.Add(1)
+	if victim.h != nil {
+		e.udpEndLocked(victim)
+		return true
+	}
 	delete(e.udp.m, victim.key)
 	e.release(victim.f)
 	victim.conn.Close()
-	e.c.udpEvicted.Add(1)
 	return true
 }
 
-// udpFlowReader relays the host socket's datagrams back to the pod until
+// udpFlowReader relays a Dialer's conn's datagrams back to the pod until
 // the flow is idle for UDPIdleTimeout or aborted.
 func (e *Engine) udpFlowReader(u *udpFlow) {
 	defer e.udpFlowEnd(u)
@@ -207,7 +401,7 @@ func (e *Engine) udpFlowReader(u *udpFlow) {
 // errors behind it go to the pod about its own datagram (icmperr.go).
 func (e *Engine) udpHostError(u *udpFlow, err error) { e.udpHostICMP(u, err) }
 
-// udpFlowEnd removes u from the table and closes it.
+// udpFlowEnd removes u (a Dialer's conn) from the table and closes it.
 func (e *Engine) udpFlowEnd(u *udpFlow) {
 	e.udp.mu.Lock()
 	if e.udp.m[u.key] == u {

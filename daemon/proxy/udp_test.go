@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -204,4 +205,84 @@ func TestUDPQuietFlowsMakeRoom(t *testing.T) {
 		// The streams took the places of the three quiet lookups left.
 		t.Fatalf("evictions %d, want 10", s.UDPEvicted)
 	}
+}
+
+// The engine's own UDP sockets (no Config.Dialer) cost no goroutine per
+// flow, and RemovePod and Close end their flows with their host sockets:
+// the ports they held are free again.
+func TestUDPFlowsOwnSocketsEnd(t *testing.T) {
+	for _, end := range []string{"RemovePod", "Close"} {
+		t.Run(end, func(t *testing.T) {
+			r := newRig(t, nil)
+			must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+			port := udpEchoServer(t)
+			const n = 20
+			g0 := runtime.NumGoroutine()
+			b := make([]byte, 64)
+			for i := range n {
+				c, err := r.pod.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(server, port))
+				must(t, err)
+				defer c.Close()
+				c.Write([]byte("q"))
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := c.Read(b); err != nil {
+					t.Fatalf("flow %d: %v", i, err)
+				}
+			}
+			if g := runtime.NumGoroutine() - g0; g > 2 {
+				t.Errorf("%d goroutines more for %d UDP flows", g, n)
+			}
+			var hostPorts []netip.AddrPort
+			for _, rl := range r.e.Relays() {
+				if rl.Proto == "udp" {
+					hostPorts = append(hostPorts, rl.HostLocal)
+				}
+			}
+			if s := r.e.Stats(); s.ActiveUDP != n || len(hostPorts) != n {
+				t.Fatalf("%d flows, %d listed (%v), want %d", s.ActiveUDP, len(hostPorts), hostPorts, n)
+			}
+			if end == "RemovePod" {
+				r.e.RemovePod("p")
+			} else {
+				r.e.Close()
+			}
+			s := r.e.Stats()
+			if s.ActiveUDP != 0 || s.UDPIdleTimeouts != 0 || len(s.Pods) != 0 {
+				t.Errorf("after %s: %+v", end, s)
+			}
+			for _, hp := range hostPorts {
+				c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(hp))
+				if err != nil {
+					t.Errorf("host port %v still bound after %s: %v", hp, end, err)
+					continue
+				}
+				c.Close()
+			}
+		})
+	}
+}
+
+// With a Config.Dialer (and no mapDst) a flow's host side is the
+// Dialer's conn, read by a goroutine of its own: datagrams both ways and
+// the idle timeout as with the engine's own sockets.
+func TestUDPThroughDialer(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.mapDst, c.UDPIdleTimeout = nil, 300*time.Millisecond })
+	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	port := udpEchoServer(t)
+	c, err := r.pod.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(server, port))
+	must(t, err)
+	defer c.Close()
+	b := make([]byte, 64)
+	for _, msg := range []string{"one", "two"} {
+		c.Write([]byte(msg))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(b)
+		if err != nil || string(b[:n]) != "re:"+msg {
+			t.Fatalf("%q: %q %v", msg, b[:n], err)
+		}
+	}
+	if s := r.e.Stats(); s.ActiveUDP != 1 || s.UDPFlowsOpened != 1 {
+		t.Errorf("stats %+v", s)
+	}
+	r.waitStats("flow idles out", func(s Stats) bool { return s.ActiveUDP == 0 && s.UDPIdleTimeouts == 1 })
 }
