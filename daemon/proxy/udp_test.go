@@ -250,10 +250,19 @@ func TestUDPFlowsOwnSocketsEnd(t *testing.T) {
 			if s.ActiveUDP != 0 || s.UDPIdleTimeouts != 0 || len(s.Pods) != 0 {
 				t.Errorf("after %s: %+v", end, s)
 			}
+			// A socket the poller's goroutine is still reading (the last
+			// reply's readiness) closes when that read lets go of it.
 			for _, hp := range hostPorts {
-				c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(hp))
+				var c *net.UDPConn
+				var err error
+				for try := 0; try < 200; try++ {
+					if c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(hp)); err == nil {
+						break
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
 				if err != nil {
-					t.Errorf("host port %v still bound after %s: %v", hp, end, err)
+					t.Errorf("host port %v still bound 2 s after %s: %v", hp, end, err)
 					continue
 				}
 				c.Close()

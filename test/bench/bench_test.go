@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -141,6 +142,25 @@ func TestRequestResponseAndConnectRateOnLoopback(t *testing.T) {
 	s.close()
 	if _, err := connectRate(ctx, nil, dst, 5*time.Second); err == nil {
 		t.Fatal("connectRate to a closed port: no error")
+	}
+}
+
+// TestUDPQueryRateOnLoopback: udpQueryRate against startUDPServer
+// counts answered queries, and fails, bounded, when nobody answers.
+func TestUDPQueryRateOnLoopback(t *testing.T) {
+	s, err := startUDPServer(nil, netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := s.c.LocalAddr().(*net.UDPAddr).AddrPort()
+	ctx := context.Background()
+	q, err := udpQueryRate(ctx, nil, dst, 200*time.Millisecond)
+	if err != nil || q.Conns == 0 || q.Errors != 0 || q.PerSec <= 0 {
+		t.Fatalf("udpQueryRate = %+v, %v", q, err)
+	}
+	s.close()
+	if q, err := udpQueryRate(ctx, nil, dst, 5*time.Second); err == nil || q.Errors != maxCPSErrors {
+		t.Fatalf("udpQueryRate to a closed port = %+v, %v; want %d failures and an error", q, err, maxCPSErrors)
 	}
 }
 

@@ -508,6 +508,101 @@ func connectRate(ctx context.Context, pod ns.NetNS, dst netip.AddrPort, dur time
 	return r, err
 }
 
+// udpServer answers every datagram with its payload: the UDP side of the
+// request/response server, on the same address and port.
+type udpServer struct {
+	c    *net.UDPConn
+	done chan struct{}
+}
+
+func startUDPServer(n ns.NetNS, ap netip.AddrPort) (*udpServer, error) {
+	var c *net.UDPConn
+	err := do(n, func() error {
+		var err error
+		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen udp on %v: %w", ap, err)
+	}
+	s := &udpServer{c: c, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		b := make([]byte, 2048)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(b)
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if err == nil {
+				c.WriteToUDPAddrPort(b[:n], from)
+			}
+		}
+	}()
+	return s, nil
+}
+
+func (s *udpServer) close() {
+	s.c.Close()
+	<-s.done
+}
+
+// udpQueryBytes is a query's size and its answer's: a small DNS
+// lookup's.
+const udpQueryBytes = 32
+
+// udpQueryRate runs, for dur, one query after another from pod to dst in
+// a name lookup's shape: a new UDP socket (a new source port, as a stub
+// resolver takes for each query, RFC 5452 §9.2), one datagram, its
+// answer, close. A query unanswered within a second counts as failed.
+// The loop runs on one OS thread locked inside pod, as connectRate's.
+func udpQueryRate(ctx context.Context, pod ns.NetNS, dst netip.AddrPort, dur time.Duration) (cpsResult, error) {
+	var r cpsResult
+	var lastErr error
+	start := time.Now()
+	err := do(pod, func() error {
+		end := start.Add(dur)
+		q := make([]byte, udpQueryBytes)
+		a := make([]byte, 2*udpQueryBytes)
+		for time.Now().Before(end) && ctx.Err() == nil {
+			err := func() error {
+				c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(time.Second))
+				if _, err := c.Write(q); err != nil {
+					return err
+				}
+				n, err := c.Read(a)
+				if err == nil && n != len(q) {
+					err = fmt.Errorf("answer of %d bytes, want %d", n, len(q))
+				}
+				return err
+			}()
+			if err != nil {
+				r.Errors++
+				lastErr = err
+				if r.Errors >= maxCPSErrors {
+					return fmt.Errorf("%d failed queries, last: %w", r.Errors, err)
+				}
+				continue
+			}
+			r.Conns++
+		}
+		return nil
+	})
+	r.PerSec = float64(r.Conns) / time.Since(start).Seconds()
+	if err == nil && r.Conns == 0 && lastErr != nil {
+		err = lastErr
+	}
+	if err == nil {
+		err = ctx.Err()
+	}
+	return r, err
+}
+
 // killWait signals a child we started and waits for it (bounded), then
 // kills it.
 func killWait(cmd *exec.Cmd, done <-chan error, sig syscall.Signal, d time.Duration) {

@@ -341,7 +341,11 @@ func (h *harness) attachGVisor() (*attached, error) {
 		return nil, err
 	}
 	p, ready, err := h.startLineProc("gvisorrelay", h.tools.gvisor,
-		"-netns", g.linkNS.Path(), "-link", g.name, "-addr", g.gw.String())
+		"-netns", g.linkNS.Path(), "-link", g.name, "-addr", g.gw.String(),
+		// Its flow table (4096 by default, 60 s idle) sized so that the
+		// UDP query run, a flow per query, never fills it: ours evicts
+		// answered flows gone quiet at its limit instead.
+		"-max-udp-flows", "65536")
 	if err != nil {
 		return nil, err
 	}

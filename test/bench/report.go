@@ -67,14 +67,17 @@ type sample struct {
 	rrP99     measured // µs
 	cps       measured // connections per second
 	cpsErrors int
+	udp       measured // UDP queries per second (udpQueryRate)
+	udpErrors int
 	// The helpers' CPU per round trip and per connection, µs (the
 	// warm-up round trips and failed connects are in the CPU, not the
 	// count); not measured for a variant without a helper process.
-	rrCPU, cpsCPU measured
+	rrCPU, cpsCPU, udpCPU measured
 }
 
 func newSample() *sample {
-	return &sample{pm1: measured{err: errNotMeasured}, rrCPU: measured{err: errNotMeasured}, cpsCPU: measured{err: errNotMeasured}}
+	return &sample{pm1: measured{err: errNotMeasured}, rrCPU: measured{err: errNotMeasured}, cpsCPU: measured{err: errNotMeasured},
+		udpCPU: measured{err: errNotMeasured}}
 }
 
 // cpuPerOp is the helpers' CPU per operation in µs: errNotMeasured
@@ -97,7 +100,7 @@ func (s *sample) setupFailed(err error) {
 	for i := range s.tput {
 		s.tput[i].err = e
 	}
-	s.rrP50.err, s.rrP99.err, s.cps.err = e, e, e
+	s.rrP50.err, s.rrP99.err, s.cps.err, s.udp.err = e, e, e, e
 }
 
 // perGB is CPU seconds per GB (1e9 bytes) over the 1-stream runs, with
@@ -367,12 +370,14 @@ func (rep *report) markdown() string {
 	b.WriteString("\nHow each pod reaches its host side:\n\n")
 	for _, r := range rep.results {
 		if r.note != "" {
-			rr, fails := 0, 0
+			rr, fails, ufails := 0, 0, 0
 			for _, s := range r.samples {
 				rr += s.rrN
 				fails += s.cpsErrors
+				ufails += s.udpErrors
 			}
-			fmt.Fprintf(&b, "- %s: %s; %d round trips timed, %d failed connects over the rounds.\n", r.v.label, r.note, rr, fails)
+			fmt.Fprintf(&b, "- %s: %s; %d round trips timed, %d failed connects and %d unanswered UDP queries over the rounds.\n",
+				r.v.label, r.note, rr, fails, ufails)
 		}
 	}
 	b.WriteString(`
@@ -383,6 +388,8 @@ Method (details in the package doc of test/bench):
   in the pod and the client in the host netns at the mapped port.
 - RR: one TCP connection (TCP_NODELAY), 1 byte each way per round trip, 200 untimed first, then up to -rr-count or -duration.
 - conn/s: for -duration, one after another: connect, 1-byte request, 1-byte response, close.
+- UDP queries/s: for -duration, one after another in a name lookup's shape: a new UDP socket (a new source port), a 32-byte
+  datagram to the RR server's port, its 32-byte answer (1 s to come), close. Not through the floor relay (TCP only).
 - Helper CPU per round trip / per connection: the helper process's CPU over the RR run and the connect run, divided by the round trips timed and the connections made (informative; none for the kernel path).
 - Datapath CPU s/GB: over the two 1-stream runs, (CPU of the helper processes — our daemon, a relay, pasta, slirp4netns —
   from /proc/PID/stat, + the ksoftirqd threads') / GB received. Softirq work that ran in a helper's context is in its

@@ -167,12 +167,14 @@ func (rep *report) writeIPv6(b *strings.Builder) {
 	b.WriteString("\nHow each pod reaches its host side over IPv6:\n\n")
 	for _, r := range v.results {
 		if r.note != "" {
-			rr, fails := 0, 0
+			rr, fails, ufails := 0, 0, 0
 			for _, s := range r.samples {
 				rr += s.rrN
 				fails += s.cpsErrors
+				ufails += s.udpErrors
 			}
-			fmt.Fprintf(b, "- %s: %s; %d round trips timed, %d failed connects over the rounds.\n", r.v.label, r.note, rr, fails)
+			fmt.Fprintf(b, "- %s: %s; %d round trips timed, %d failed connects and %d unanswered UDP queries over the rounds.\n",
+				r.v.label, r.note, rr, fails, ufails)
 		}
 	}
 
