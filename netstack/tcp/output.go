@@ -450,6 +450,20 @@ func (s *Sock) retransmitHead() {
 func (s *Sock) retransmitAt(seq uint32) int {
 	end := s.dataEnd()
 	n := min(int(int32(end-seq)), s.curMSS())
+	// A retransmission resends bytes sent before, never more (Linux's
+	// tcp_retransmit_skb resends one sent skb): only below SND.MAX, or
+	// a peer that took them would acknowledge past SND.MAX, an ACK we
+	// must drop as acknowledging data not yet sent (RFC 9293
+	// §3.10.7.4) — every ACK after it too, and the connection stalls
+	// for good; and only the hole seq is in, up to the next SACKed
+	// range (RFC 6675 §4, NextSeg: the bytes of the hole).
+	n = min(n, int(int32(s.sndMax-seq)))
+	for _, r := range s.sacked {
+		if header.SeqLT(seq, r.start) {
+			n = min(n, int(r.start-seq))
+			break
+		}
+	}
 	if n < 0 {
 		n = 0
 	}

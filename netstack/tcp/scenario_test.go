@@ -342,6 +342,51 @@ func TestPureACKAfterTimeoutCarriesSndMax(t *testing.T) {
 	}
 }
 
+// A retransmission resends what was sent, never more: the hole it is in,
+// below SND.MAX. The last segments out were short (TCP_NODELAY writes)
+// and more data waits behind a closed window; the peer SACKs the last
+// one, and RACK resends the two before it. The second, 500 bytes when it
+// was sent, once went out as a full MSS of bytes never sent (past
+// SND.MAX and the peer's window): a peer that took them acknowledged
+// past SND.MAX, an ACK dropped as acknowledging unsent data (RFC 9293
+// §3.10.7.4), like every ACK after it — a relay's transfer to a pod
+// stalled for good (TestTCPBackpressureToPod/gso in daemon/proxy).
+func TestRetransmissionStaysBelowSndMax(t *testing.T) {
+	c := newPeer(t, Config{NoTimestamps: true})
+	s := c.establishPassive(header.TCPOptions{HasMSS: true, MSS: 1000, SACKPermitted: true})
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.IRS + 1).Wnd(1600))
+	s.SetNoDelay(true)
+	s.Write(make([]byte, 1500)) // [1,1001) [1001,1501)
+	s.Write(make([]byte, 100))  // [1501,1601): the window is full
+	if out := c.Out(); len(out) != 3 {
+		t.Fatalf("sent %v, want 3 segments", out)
+	}
+	s.Write(make([]byte, 3000))
+	sndMax := c.IRS + 1601
+	o := header.TCPOptions{NumSACK: 1}
+	o.SACKBlocks[0] = header.SACKBlock{Start: c.IRS + 1501, End: sndMax}
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(c.IRS + 1).Wnd(1600).Opts(o))
+	c.clk.Advance(MinRTO / 4) // RACK's reordering window passes
+	high := c.IRS + 1
+	for _, r := range c.Out() {
+		end := r.seq + uint32(len(r.data))
+		if header.SeqGT(end, sndMax) {
+			t.Errorf("retransmission %v ends at %d, past SND.MAX %d", r, end-c.IRS, sndMax-c.IRS)
+		}
+		if r.seq == c.IRS+1001 && len(r.data) != 500 {
+			t.Errorf("the 500-byte segment resent as %d bytes: %v", len(r.data), r)
+		}
+		high = header.SeqMax(high, end)
+	}
+	// The peer has everything it was sent and acknowledges it all, as a
+	// receiver with room to spare does even past the window it offered.
+	high = header.SeqMax(high, sndMax)
+	c.Send(c.Seg().Flags(ACK).Seq(c.ISS + 1).Ack(high).Wnd(1600))
+	if got, want := s.Info().BytesAcked, uint64(high-c.IRS-1); got != want {
+		t.Fatalf("bytes acknowledged %d after the peer acknowledged %d", got, want)
+	}
+}
+
 // RFC 6298 §5.3 and Karn's rule: an ACK of new data restarts the timer
 // and clears the backoff.
 func TestAckResetsBackoff(t *testing.T) {

@@ -194,7 +194,10 @@ func TestBusyPollParksWhenIdle(t *testing.T) {
 // TestBusyPollAlso: each try of a busy poll runs Config.BusyPollAlso, and
 // the events it reports keep the poll going past its budget (they are
 // counted in BusyPollAlso); once they stop, the poll sleeps after one
-// budget. No frame arrives meanwhile.
+// budget. No frame arrives meanwhile. A poll whose thread was off the
+// CPU longer than the budget between two tries ends by design (no try
+// saw an event within the budget); on a loaded machine that attempt is
+// not the case under test and another is made, at most three.
 func TestBusyPollAlso(t *testing.T) {
 	needRoot(t)
 	defer func(d time.Duration) { yieldTaken = d }(yieldTaken)
@@ -206,33 +209,44 @@ func TestBusyPollAlso(t *testing.T) {
 		budget = MaxBusyPoll
 		events = 200 * time.Millisecond // far past the budget
 	)
-	var start time.Time
-	var calls, handled atomic.Int64
-	var lastEvent atomic.Int64 // ns after start of the last try that reported one
-	also := func() int {
-		calls.Add(1)
-		since := time.Since(start)
-		if since < events {
-			lastEvent.Store(int64(since))
-			handled.Add(1)
-			return 1
+	for attempt := 1; ; attempt++ {
+		var start time.Time
+		var calls, handled atomic.Int64
+		var lastEvent atomic.Int64 // ns after start of the last try that reported one
+		var lastCall, maxGap time.Duration
+		also := func() int {
+			calls.Add(1)
+			since := time.Since(start)
+			maxGap, lastCall = max(maxGap, since-lastCall), since
+			if since < events {
+				lastEvent.Store(int64(since))
+				handled.Add(1)
+				return 1
+			}
+			return 0
 		}
-		return 0
-	}
-	b := open(t, Config{NetNS: path, Name: devB, BusyPoll: budget, BusyPollAlso: also})
-	start = time.Now()
-	if err := <-readOne(b, 2*time.Second); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("ReadBatch: %v, want the deadline", err)
-	}
-	st := b.Stats()
-	if calls.Load() == 0 {
-		t.Fatal("BusyPollAlso was never called")
-	}
-	if got := time.Duration(lastEvent.Load()); got < events/2 {
-		t.Fatalf("the poll stopped %v after it started although BusyPollAlso reported events for %v (budget %v); calls %d, stats %+v", got, events, budget, calls.Load(), st)
-	}
-	if st.BusyPollAlso != uint64(handled.Load()) || st.BusyPollSleeps != 1 || st.BusyPollYields != 0 {
-		t.Fatalf("stats %+v, want BusyPollAlso %d and one sleep", st, handled.Load())
+		b := open(t, Config{NetNS: path, Name: devB, BusyPoll: budget, BusyPollAlso: also})
+		start = time.Now()
+		if err := <-readOne(b, 2*time.Second); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("ReadBatch: %v, want the deadline", err)
+		}
+		st := b.Stats()
+		b.Close()
+		if calls.Load() == 0 {
+			t.Fatal("BusyPollAlso was never called")
+		}
+		if got := time.Duration(lastEvent.Load()); got < events/2 {
+			if maxGap >= budget && attempt < 3 {
+				t.Logf("attempt %d: the poll's thread was off the CPU %v between two tries (budget %v); again", attempt, maxGap, budget)
+				continue
+			}
+			t.Fatalf("the poll stopped %v after it started although BusyPollAlso reported events for %v (budget %v, longest gap between tries %v); calls %d, stats %+v",
+				got, events, budget, maxGap, calls.Load(), st)
+		}
+		if st.BusyPollAlso != uint64(handled.Load()) || st.BusyPollSleeps != 1 || st.BusyPollYields != 0 {
+			t.Fatalf("stats %+v, want BusyPollAlso %d and one sleep", st, handled.Load())
+		}
+		return
 	}
 }
 
