@@ -93,19 +93,24 @@
 // Count·Interval of silence; the relay then resets both sides as for any
 // error, and the flow leaves its pod's count.
 //
-// UDP. One goroutine reads the intercept socket (Meta.From is the pod, Meta.To
-// the original destination). A flow is a (pod, destination) pair with its own
+// UDP. The intercept socket (Meta.From is the pod, Meta.To the original
+// destination) is read where the stack queued the datagrams: its Notify
+// callback (udpDrain) runs at the end of the NIC's receive batch and
+// relays everything queued, one drain at a time (in order), with no
+// goroutine of ours woken per datagram — as the TCP SYN is answered on
+// the NIC's goroutine. A flow is a (pod, destination) pair with its own
 // connected host socket (dialUDP: socket and connect(2), raw) registered
 // with the engine's poller, as passt's udp.c keeps its flows in its one
 // epoll set: no goroutine, no Go net.Conn, no runtime timer per flow (an
 // idle flow is about 1.7 KiB of heap, BenchmarkIdleUDPFlowMemory). The
 // poller's goroutine reads a ready socket dry and sends each reply with
 // SendFromTo(from = destination, to = pod); the pod's datagrams are
-// written with write(2) on the intercept socket's goroutine, and one that
-// finds the host socket's send buffer full is dropped (UDPDropped), not
-// waited for: every pod's datagrams come through that one goroutine.
+// written with write(2) by the drain, and one that finds the host
+// socket's send buffer full is dropped (UDPDropped), not waited for:
+// every pod's datagrams come through the drain, on a NIC's goroutine.
 // With a Config.Dialer (and no mapDst) the flow's host side is the
-// Dialer's conn, read by a goroutine of its own. The host socket has IP_RECVERR
+// Dialer's conn, read by a goroutine of its own (its dial runs in the
+// drain, so a Dialer must not block on a UDP dial). The host socket has IP_RECVERR
 // on: an ICMP error the host gets for a relayed datagram (port or protocol
 // unreachable, the other unreachables, time exceeded) goes to the pod as the
 // same error about its own datagram (icmperr.go): the IPv4 and UDP headers the

@@ -195,8 +195,15 @@ type Engine struct {
 	alias    map[netip.Addr]netip.Addr
 	udpFlows int // outbound and port-mapping UDP flows; bound MaxUDPFlows
 
-	udp  udpTable
-	echo echoTable
+	udp udpTable
+	// udpDrainMu: one udpDrain reads the intercept socket at a time (in
+	// order), with udpBuf and udpHdr; udpDrainAgain makes the one
+	// running read again (a drain that found it taken sets it).
+	udpDrainMu    sync.Mutex
+	udpDrainAgain atomic.Bool
+	udpBuf        []byte // maxDatagram
+	udpHdr        udp.Header
+	echo          echoTable
 }
 
 // addrState is one pod address's flows.
@@ -211,6 +218,7 @@ type addrState struct {
 // socket.
 type interceptSocket interface {
 	RecvMsgHeader(p []byte, h *udp.Header, flags udp.Flags) (int, udp.Meta, error)
+	SetNotify(fn func())
 	SendFromTo(p []byte, from, to netip.AddrPort) (int, error)
 	Close() error
 }
@@ -311,7 +319,12 @@ func New(cfg Config) (_ *Engine, err error) {
 	} else {
 		e.spawn(e.tcpLoop)
 	}
-	e.spawn(e.udpLoop)
+	// The pods' datagrams are read where the stack queued them, at the
+	// end of the receive batch (udpDrain), not by a goroutine of ours
+	// that each datagram would wake; a first drain takes what came
+	// before the callback was set.
+	e.udpIC.SetNotify(e.udpDrain)
+	e.udpDrain()
 	e.spawn(e.echo.dispatch)
 	e.spawn(e.dnsUDPLoop)
 	e.spawn(e.dnsTCPLoop)

@@ -61,20 +61,40 @@ type udpTable struct {
 
 func (t *udpTable) init() { t.m = map[udpKey]*udpFlow{} }
 
-// udpLoop reads the intercept socket until the engine closes.
-func (e *Engine) udpLoop() {
-	buf := make([]byte, maxDatagram)
-	var hdr udp.Header
+// udpDrain is the intercept socket's data-ready callback (SetNotify):
+// it relays every datagram queued, on the goroutine that queued them (a
+// NIC's, at the end of its receive batch), and returns when the queue is
+// empty. One drain runs at a time, so a flow's datagrams leave in the
+// order they came; a drain that finds another running makes it read
+// again and returns (TryLock and udpDrainAgain, as a relay's kick).
+func (e *Engine) udpDrain() {
+	e.udpDrainAgain.Store(true)
+	for e.udpDrainMu.TryLock() {
+		for e.udpDrainAgain.Swap(false) {
+			e.udpDrainQueue()
+		}
+		e.udpDrainMu.Unlock()
+		if !e.udpDrainAgain.Load() {
+			return
+		}
+	}
+}
+
+// udpDrainQueue relays the queued datagrams until none is left (e.udpDrainMu held).
+func (e *Engine) udpDrainQueue() {
+	if e.udpBuf == nil {
+		e.udpBuf = make([]byte, maxDatagram)
+	}
 	for {
-		n, meta, err := e.udpIC.RecvMsgHeader(buf, &hdr, 0)
-		if err != nil {
-			if e.ctx.Err() != nil || isClosed(err) {
-				return
-			}
-			if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) || isErrno(err) {
-				continue // a pending socket error, reported once
-			}
-			e.log.Warn("proxy: udp intercept stopped", "err", err)
+		n, meta, err := e.udpIC.RecvMsgHeader(e.udpBuf, &e.udpHdr, udp.MsgDontWait)
+		switch {
+		case err == nil:
+		case errors.Is(err, syscall.EAGAIN), isClosed(err):
+			return
+		case isErrno(err):
+			continue // a pending socket error, reported once
+		default:
+			e.log.Warn("proxy: udp intercept read failed", "err", err)
 			return
 		}
 		u := e.udpFlowFor(udpKey{pod: meta.From, dst: meta.To})
@@ -82,8 +102,8 @@ func (e *Engine) udpLoop() {
 			continue // counted
 		}
 		u.touch()
-		u.quote.set(&hdr)
-		if err := u.write(buf[:n]); err != nil {
+		u.quote.set(&e.udpHdr)
+		if err := u.write(e.udpBuf[:n]); err != nil {
 			e.udpHostError(u, err)
 		}
 	}

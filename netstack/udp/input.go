@@ -102,8 +102,11 @@ func (p *Proto) rcv(skb *buf.SKB, src, dst netip.Addr, v6 bool) {
 		skb.Free(DropNoSocket)
 		return
 	}
-	s.enqueue(skb, src, sport, dst, dport)
+	notify := s.enqueue(skb, src, sport, dst, dport)
 	p.mu.RUnlock()
+	if notify != nil {
+		notify()
+	}
 }
 
 // V4Err is __udp4_lib_err: an ICMP error quoting one of our datagrams.

@@ -41,8 +41,11 @@ func (p *Proto) divertRcv(skb *buf.SKB, src netip.Addr, sport uint16, dst netip.
 		return
 	}
 	p.count(InDiverted)
-	s.enqueue(skb, src, sport, dst, dport)
+	notify := s.enqueue(skb, src, sport, dst, dport)
 	p.mu.RUnlock()
+	if notify != nil {
+		notify()
+	}
 }
 
 // lookupConnected finds the connected socket whose 4-tuple is exactly

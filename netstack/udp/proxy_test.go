@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/netfilter"
 )
@@ -116,5 +117,74 @@ func TestSendFromToFlow(t *testing.T) {
 		t.Fatalf("Intercept after Close: %v", err)
 	} else {
 		s2.Close()
+	}
+}
+
+// SetNotify: the callback runs once at the end of a receive batch for all
+// the datagrams the batch queued, right after the datagram outside one,
+// with no lock held (it reads the queue itself, and may send), and not
+// at all once removed.
+func TestSetNotify(t *testing.T) {
+	p, _ := newProto(t, Config{})
+	icpt, err := p.Intercept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer icpt.Close()
+	s := bindSock(t, p, "0.0.0.0:53")
+	for _, tc := range []struct {
+		name string
+		sock *Socket
+		dst  netip.Addr
+		mark uint32
+	}{
+		{"intercept socket (diverted)", icpt, foreign, netfilter.MarkDivert},
+		{"bound socket", s, local, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			calls, read := 0, 0
+			tc.sock.SetNotify(func() {
+				calls++
+				var b [8]byte
+				for {
+					if _, _, err := tc.sock.RecvMsg(b[:], MsgDontWait); err != nil {
+						return
+					}
+					read++
+					// No lock of the Proto is held: a send works.
+					if _, err := tc.sock.SendFromTo([]byte("a"), netip.AddrPortFrom(tc.dst, 53), netip.AddrPortFrom(peer, 999)); err != nil {
+						t.Errorf("send from the callback: %v", err)
+					}
+				}
+			})
+			in := func(b *buf.Batch) {
+				skb := datagram{src: peer, dst: tc.dst, sport: 999, dport: 53, payload: []byte("q")}.skb()
+				skb.Mark, skb.Batch = tc.mark, b
+				p.V4Rcv(skb)
+			}
+			var b buf.Batch
+			for range 3 {
+				in(&b)
+			}
+			if calls != 0 {
+				t.Fatalf("callback ran %d times inside the batch", calls)
+			}
+			b.Flush()
+			if calls != 1 || read != 3 {
+				t.Fatalf("after the batch: %d calls, %d datagrams read; want 1 and 3", calls, read)
+			}
+			in(nil)
+			if calls != 2 || read != 4 {
+				t.Fatalf("outside a batch: %d calls, %d datagrams read; want 2 and 4", calls, read)
+			}
+			tc.sock.SetNotify(nil)
+			in(nil)
+			if calls != 2 {
+				t.Fatalf("callback ran after SetNotify(nil)")
+			}
+			if n, _ := tc.sock.Queued(); n != 1 {
+				t.Fatalf("%d datagrams queued, want 1", n)
+			}
+		})
 	}
 }

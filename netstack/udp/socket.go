@@ -61,6 +61,12 @@ type Socket struct {
 	transparent bool
 	// intercept marks the Proto's intercept socket (set at creation).
 	intercept bool
+
+	// notify is SetNotify's callback; inBatch: the socket is registered
+	// with the receive batch being carried up (its FlushBatch runs
+	// notify once at the batch's end).
+	notify  func()
+	inBatch bool
 }
 
 // Flags modify one call (MSG_*).
@@ -102,14 +108,17 @@ const (
 )
 
 // enqueue is __udp_enqueue_schedule_skb; called with p.mu held for
-// reading. It consumes skb.
-func (s *Socket) enqueue(skb *buf.SKB, src netip.Addr, sport uint16, dst netip.Addr, dport uint16) {
+// reading. It consumes skb. It returns the socket's Notify callback when
+// the caller must run it once p.mu is released (a datagram queued
+// outside a receive batch); inside one, the batch's end runs it
+// (FlushBatch).
+func (s *Socket) enqueue(skb *buf.SKB, src netip.Addr, sport uint16, dst netip.Addr, dport uint16) (notify func()) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		s.p.count(InErrors)
 		skb.Free(DropClose)
-		return
+		return nil
 	}
 	skb.SetTransportHeader()
 	skb.Pull(header.UDPSize)
@@ -120,7 +129,7 @@ func (s *Socket) enqueue(skb *buf.SKB, src netip.Addr, sport uint16, dst netip.A
 		s.p.count(RcvbufErrors)
 		s.p.count(InErrors)
 		skb.Free(DropRcvBuf)
-		return
+		return nil
 	}
 	if src.Is4() {
 		s4, d4 := src.As4(), dst.As4()
@@ -133,10 +142,46 @@ func (s *Socket) enqueue(skb *buf.SKB, src netip.Addr, sport uint16, dst netip.A
 	}
 	binary.BigEndian.PutUint16(skb.CB[cbSport:], sport)
 	binary.BigEndian.PutUint16(skb.CB[cbDport:], dport)
+	batch := skb.Batch
 	s.rcvq.PushBack(skb)
 	s.rmem += size
 	s.cond.Signal()
+	if s.notify != nil {
+		if batch == nil {
+			notify = s.notify
+		} else if !s.inBatch {
+			s.inBatch = true
+			batch.Defer(s)
+		}
+	}
 	s.mu.Unlock()
+	return notify
+}
+
+// SetNotify makes fn the socket's data-ready callback (sk_data_ready for
+// an event-driven owner), nil removes it: fn runs once a datagram was
+// queued, with no lock of the stack held, on the goroutine that queued
+// it — at the end of its receive batch (buf.Batch: once for all the
+// batch's datagrams), or right after the datagram outside a batch. It
+// must not block; it reads the queue with MsgDontWait. A datagram
+// queued before SetNotify is not announced: the caller reads the queue
+// once after setting fn. Receivers blocked in a read are woken as ever.
+func (s *Socket) SetNotify(fn func()) {
+	s.mu.Lock()
+	s.notify = fn
+	s.mu.Unlock()
+}
+
+// FlushBatch is the end of a receive batch that queued datagrams
+// (buf.Flusher): the Notify callback runs once for all of them.
+func (s *Socket) FlushBatch() {
+	s.mu.Lock()
+	s.inBatch = false
+	fn := s.notify
+	s.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
 }
 
 // setError stores an ICMP-reported error (sk_err) and wakes everyone.
