@@ -120,7 +120,8 @@
 // socket as ECONNREFUSED (RFC 1122 §4.1.3.1). A flow idle (no datagram either
 // way) for UDPIdleTimeout is closed (a timer on the stack's clock that
 // re-arms itself for the rest while datagrams keep coming). At a flow limit, a new flow takes the
-// place of the oldest flow that is no stream and has gone quiet
+// place of a flow that is no stream: the least recently used of those
+// answered as often as they asked, else of those gone quiet
 // (udpEvictLocked in udp.go: a name lookup and its answer), counted in
 // UDPEvicted; a stream is never taken.
 //

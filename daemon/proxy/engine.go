@@ -129,7 +129,7 @@ type Stats struct {
 	PortMapConns        uint64 `json:"portMapConns"`        // port-mapping TCP connections relayed into a pod
 	EchoFlowsOpened     uint64 `json:"echoFlowsOpened"`     // ping sockets opened
 	UDPIdleTimeouts     uint64 `json:"udpIdleTimeouts"`     // UDP flows (outbound and port-mapping) closed after UDPIdleTimeout
-	UDPEvicted          uint64 `json:"udpEvicted"`          // answered, quiet UDP flows closed to make room for a new flow at a limit (udp.go)
+	UDPEvicted          uint64 `json:"udpEvicted"`          // UDP flows that are no stream, answered or quiet, closed to make room for a new flow at a limit (udp.go)
 	UDPDropped          uint64 `json:"udpDropped"`          // pods' datagrams dropped: the flow's host socket's send buffer was full
 	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`    // echo flows closed after UDPIdleTimeout
 

@@ -45,7 +45,11 @@ type udpFlow struct {
 	raw   syscall.RawConn // conn's, nil when conn is not a kernel socket
 	born  int64           // wall-clock nanoseconds of the flow's opening
 	last  atomic.Int64    // wall-clock nanoseconds of the last datagram either way
-	f     *flowHandle
+	// sent and answered count the pod's datagrams and the host's: a
+	// flow with as many answers as questions waits for nothing
+	// (udpEvictLocked).
+	sent, answered atomic.Uint64
+	f              *flowHandle
 	// quote is the pod's last datagram's header (icmperr.go).
 	quote udpQuote
 }
@@ -102,6 +106,7 @@ func (e *Engine) udpDrainQueue() {
 			continue // counted
 		}
 		u.touch()
+		u.sent.Add(1)
 		u.quote.set(&e.udpHdr)
 		if err := u.write(e.udpBuf[:n]); err != nil {
 			e.udpHostError(u, err)
@@ -256,6 +261,7 @@ func (u *udpFlow) ready(ev uint32) {
 		switch errno {
 		case 0:
 			u.touch()
+			u.answered.Add(1)
 			if _, err := e.udpIC.SendFromTo(b[:n], u.key.dst, u.key.pod); err != nil {
 				e.log.Debug("proxy: udp reply to pod failed", "pod", u.key.pod, "err", err)
 			}
@@ -334,13 +340,21 @@ func (e *Engine) udpEndLocked(u *udpFlow) bool {
 // the node 273), and then any flow at all, would be refused while the
 // answered lookups waited out their timeout. At a limit, a new flow
 // therefore takes the place of a flow that is no stream — all its
-// datagrams within conntrack.UDPStreamAfter of its opening — and has been quiet
-// for udpEvictQuiet: the oldest such flow of the pod (of any pod when the
-// node's table is full) among udpEvictScan looked at. This is conntrack's
-// early drop for UDP (nf_conntrack_udp_packet marks a replied flow
-// ASSURED, safe from early_drop, only once it is still active 2 s after
-// it began). A stream is never evicted, so a pod with MaxFlowsPerPod live
-// streams is still refused, and counted in FlowLimitDrops.
+// datagrams within conntrack.UDPStreamAfter of its opening — of the pod
+// (of any pod when the node's table is full), among udpEvictScan looked
+// at: the least recently used of those that got as many datagrams from
+// the host as they sent (a lookup and its answer, or the A and AAAA
+// queries a resolver sends on one socket and both answers: nothing is
+// pending, and a further query from the same socket opens a new flow
+// that its answer comes back through), else the least recently used of
+// those quiet for udpEvictQuiet (an answer that was to come is given up
+// on). So a pod resolving names as fast as it can, thousands a second,
+// is not refused once MaxFlowsPerPod lookups are open. This is
+// conntrack's early drop for UDP (nf_conntrack_udp_packet marks a
+// replied flow ASSURED, safe from early_drop, only once it is still
+// active 2 s after it began; early_drop takes any other). A stream is
+// never evicted, so a pod with MaxFlowsPerPod live streams is still
+// refused, and counted in FlowLimitDrops.
 const (
 	udpEvictQuiet = time.Second
 	udpEvictScan  = 1024
@@ -355,6 +369,7 @@ func (e *Engine) udpEvictLocked(pod netip.Addr, podFull bool) bool {
 	quiet, stream := e.cfg.udpQuiet.Nanoseconds(), e.cfg.udpStream.Nanoseconds()
 	var victim *udpFlow
 	var victimLast int64
+	var victimDone bool
 	n := 0
 	for _, u := range e.udp.m {
 		if n++; n > udpEvictScan {
@@ -364,11 +379,15 @@ func (e *Engine) udpEvictLocked(pod netip.Addr, podFull bool) bool {
 			continue
 		}
 		last := u.last.Load()
-		if now-last < quiet || last-u.born >= stream {
+		if last-u.born >= stream {
 			continue
 		}
-		if victim == nil || last < victimLast {
-			victim, victimLast = u, last
+		done := u.answered.Load() >= u.sent.Load()
+		if !done && now-last < quiet {
+			continue
+		}
+		if victim == nil || done && !victimDone || done == victimDone && last < victimLast {
+			victim, victimLast, victimDone = u, last, done
 		}
 	}
 	if victim == nil {
@@ -399,6 +418,7 @@ func (e *Engine) udpFlowReader(u *udpFlow) {
 		_ = u.conn.SetReadDeadline(last.Add(idle))
 		err := recvDatagram(u.conn, u.raw, func(p []byte) {
 			u.touch()
+			u.answered.Add(1)
 			// From the original destination to the pod (the
 			// transparent side of the intercept socket).
 			if _, err := e.udpIC.SendFromTo(p, u.key.dst, u.key.pod); err != nil {

@@ -295,3 +295,43 @@ func TestUDPThroughDialer(t *testing.T) {
 	}
 	r.waitStats("flow idles out", func(s Stats) bool { return s.ActiveUDP == 0 && s.UDPIdleTimeouts == 1 })
 }
+
+// A flow with as many answers as questions waits for nothing: at the
+// limit it makes room at once, however recently it spoke, so a pod
+// resolving names as fast as it can is not refused. A flow still owed
+// an answer keeps its place until it has been quiet for udpQuiet.
+func TestUDPAnsweredFlowsMakeRoomAtOnce(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.MaxFlowsPerPod = 3; c.udpQuiet = time.Hour })
+	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	echo := netip.AddrPortFrom(server, udpEchoServer(t))
+	sink, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}) // reads nothing, answers nothing
+	must(t, err)
+	defer sink.Close()
+	silent := netip.AddrPortFrom(server, uint16(sink.LocalAddr().(*net.UDPAddr).Port))
+	b := make([]byte, 64)
+	for i := range 20 {
+		c, err := r.pod.DialUDP(netip.AddrPort{}, echo)
+		must(t, err)
+		c.Write([]byte("q"))
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Read(b); err != nil {
+			t.Fatalf("lookup %d: %v (stats %+v)", i, err, r.e.Stats())
+		}
+		c.Close()
+	}
+	if s := r.e.Stats(); s.UDPEvicted != 17 || s.FlowLimitDrops != 0 {
+		t.Fatalf("after 20 lookups through a limit of 3: %+v, want 17 evicted, none refused", s)
+	}
+	// Three queries nobody answers take the three places; a fourth flow
+	// finds none it may take.
+	for range 4 {
+		c, err := r.pod.DialUDP(netip.AddrPort{}, silent)
+		must(t, err)
+		defer c.Close()
+		c.Write([]byte("anyone?"))
+	}
+	s := r.waitStats("the fourth unanswered flow refused", func(s Stats) bool { return s.FlowLimitDrops == 1 })
+	if s.UDPEvicted != 17+3 || s.Pods["p"].ActiveFlows != 3 {
+		t.Fatalf("stats %+v, want 3 more evicted (the answered ones) and 3 open", s)
+	}
+}
