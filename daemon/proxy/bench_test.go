@@ -228,18 +228,30 @@ func rawUDPEcho(tb testing.TB) uint16 {
 // opens a UDP socket (a new source port, so a new flow through the
 // relay), sends a datagram, reads the answer and closes. allocs/op is
 // per flow, both stacks' sockets included; the flows stay open until
-// the idle timeout, as a resolver's do. Each op binds the next of 50 000
-// source ports (a stack's ephemeral choice may take a port whose flow is
-// still open).
+// the idle timeout, as a resolver's do (limits raised). Each op binds
+// the next of 10 000 source ports, so past 10 000 ops lookups reuse open
+// flows (a host socket each: the process's descriptors bound how many
+// can be open), and the stack's ephemeral choice cannot take a port
+// whose flow is still open.
 func BenchmarkUDPQueryNewFlow(b *testing.B) {
-	r := newRig(b, func(c *Config) { c.MaxFlowsPerPod, c.MaxUDPFlows = 1<<20, 1<<20 })
+	benchUDPQueries(b, func(c *Config) { c.MaxFlowsPerPod, c.MaxUDPFlows = 1<<20, 1<<20 })
+}
+
+// BenchmarkUDPQueryAtLimit is BenchmarkUDPQueryNewFlow with the default
+// limits: past MaxFlowsPerPod lookups every new flow evicts an answered
+// one (udpEvictLocked), whose cost is in ns/op; evicted/op says how
+// many ops did.
+func BenchmarkUDPQueryAtLimit(b *testing.B) { benchUDPQueries(b, nil) }
+
+func benchUDPQueries(b *testing.B, mod func(*Config)) {
+	r := newRig(b, mod)
 	must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
 	dst := netip.AddrPortFrom(server, rawUDPEcho(b))
 	p := make([]byte, 64)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c, err := r.pod.DialUDP(netip.AddrPortFrom(podAddr, uint16(10000+i%50000)), dst)
+		c, err := r.pod.DialUDP(netip.AddrPortFrom(podAddr, uint16(10000+i%10000)), dst)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -248,10 +260,11 @@ func BenchmarkUDPQueryNewFlow(b *testing.B) {
 		}
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := c.Read(p); err != nil {
-			b.Fatalf("query %d: %v", i, err)
+			b.Fatalf("query %d: %v (%+v)", i, err, r.e.Stats())
 		}
 		c.Close()
 	}
+	b.ReportMetric(float64(r.e.Stats().UDPEvicted)/float64(b.N), "evicted/op")
 }
 
 // BenchmarkIdleUDPFlowMemory is the engine's memory and goroutines per
