@@ -90,7 +90,11 @@
 // Close broadcast. Deadlines are instants on the stack's clock (wall time
 // with the real clock); a blocked receiver arms the socket's one clock
 // timer for its deadline, whose callback broadcasts. No goroutine is
-// started per packet, per socket or per wait.
+// started per packet, per socket or per wait. An event-driven owner sets
+// a Notify callback instead of blocking (SetNotify, sk_data_ready): it
+// runs once at the end of the receive batch that queued datagrams
+// (buf.Batch, as TCP's), or after the Proto's lock is released for a
+// datagram queued outside a batch, and reads the queue without waiting.
 //
 // Transparent proxying (proxy.go). A datagram whose skb.Mark carries
 // netfilter.MarkDivert (a flow netfilter diverted to local delivery with
