@@ -927,7 +927,7 @@ func (h *harness) measure(v variant) (s *sample, note string, na *notAvailable) 
 	s.cpsCPU = cpuPerOp(len(a.pids) > 0, cpsCPU, cps.Conns, err)
 	fmt.Fprintf(os.Stderr, "bench:   connections: %s (%d failed)%s\n", s.cps.fmt("%.0f /s"), cps.Errors, perOp(s.cpsCPU, "connection"))
 	if usrv == nil {
-		s.udp = measured{err: errTCPOnly}
+		s.udp = measured{err: errNotMeasured} // the floor relay carries TCP only
 		return s, a.note, nil
 	}
 	cm = startCPU(a.pids, nil)
@@ -948,10 +948,6 @@ func perOp(m measured, what string) string {
 	}
 	return fmt.Sprintf("; helper CPU %.1f µs per %s", m.v, what)
 }
-
-// errTCPOnly marks the UDP figure of a variant whose relay carries TCP
-// only (the floor relay).
-var errTCPOnly = errors.New("not run: the floor relay carries TCP only")
 
 // errNotRun marks a measurement the options left out.
 var errNotRun = errors.New("not run (-throughput=false)")
