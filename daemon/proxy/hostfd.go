@@ -255,6 +255,19 @@ func newHostFD(dst netip.AddrPort, typ, proto int) (*hostFD, error) {
 	return h, nil
 }
 
+// setRecvErr is setRecvErr (icmperr.go) for a socket of ours: the
+// family is the connect address's, and the call is raw.
+func (h *hostFD) setRecvErr() error {
+	if !h.acquire() {
+		return net.ErrClosed
+	}
+	defer h.release()
+	if (*unix.RawSockaddr)(unsafe.Pointer(&h.sa)).Family == unix.AF_INET6 {
+		return rawSetsockoptInt(h.fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
+	}
+	return rawSetsockoptInt(h.fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+}
+
 // connect is connect(2) to the address newHostFD recorded.
 func (h *hostFD) connect() unix.Errno {
 	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(h.fd), uintptr(unsafe.Pointer(&h.sa)), h.salen)

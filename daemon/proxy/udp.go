@@ -163,7 +163,7 @@ func (e *Engine) udpOpenLocked(k udpKey) *udpFlow {
 			return nil
 		}
 		u.h, u.id = h, e.poll.newID()
-		if err := setRecvErr(h); err != nil {
+		if err := h.setRecvErr(); err != nil {
 			e.log.Debug("proxy: IP_RECVERR not set; only port unreachable reaches the pod", "err", err)
 		}
 		// Input only: a UDP socket is writable at once, and a full send
