@@ -46,6 +46,7 @@ type poller struct {
 	ctlFD  int
 	ctlEv  unix.EpollEvent
 	ctlErr error
+	ctlRaw bool
 	ctlFn  func(epfd uintptr)
 }
 
@@ -106,8 +107,9 @@ func pollEvent(id uint64, events uint32) unix.EpollEvent {
 // owner's RawConn, which keeps it open meanwhile) for edge-triggered
 // input, hang-up and error events and, with out, output events,
 // delivered to h. A socket registered without out (a connected one whose
-// writes have not been refused yet) gets them with armOut.
-func (p *poller) add(id uint64, rc controller, h pollHandler, out bool) error {
+// writes have not been refused yet) gets them with armOut. raw makes the
+// epoll_ctl a raw system call (doCtl says when).
+func (p *poller) add(id uint64, rc controller, h pollHandler, out, raw bool) error {
 	p.mu.Lock()
 	p.flows[id] = h
 	p.mu.Unlock()
@@ -115,7 +117,7 @@ func (p *poller) add(id uint64, rc controller, h pollHandler, out bool) error {
 	if !out {
 		events &^= unix.EPOLLOUT
 	}
-	err := p.ctlConn(unix.EPOLL_CTL_ADD, rc, pollEvent(id, events))
+	err := p.ctlConn(unix.EPOLL_CTL_ADD, rc, pollEvent(id, events), raw)
 	if err != nil {
 		p.mu.Lock()
 		delete(p.flows, id)
@@ -130,22 +132,22 @@ func (p *poller) add(id uint64, rc controller, h pollHandler, out bool) error {
 // (ep_modify), so a socket writable by then reports EPOLLOUT at once: a
 // write refused just before is never left without its event.
 func (p *poller) armOut(id uint64, rc controller) error {
-	return p.ctlConn(unix.EPOLL_CTL_MOD, rc, pollEvent(id, pollEvents))
+	return p.ctlConn(unix.EPOLL_CTL_MOD, rc, pollEvent(id, pollEvents), false)
 }
 
 // ctlConn is ctl on the fd behind rc, kept open meanwhile. A host
 // socket of ours (hostFD) is held without a closure: nothing allocated.
-func (p *poller) ctlConn(op int, rc controller, ev unix.EpollEvent) error {
+func (p *poller) ctlConn(op int, rc controller, ev unix.EpollEvent, raw bool) error {
 	if h, ok := rc.(*hostFD); ok {
 		if !h.acquire() {
 			return net.ErrClosed
 		}
-		err := p.ctl(op, h.fd, ev)
+		err := p.ctl(op, h.fd, ev, raw)
 		h.release()
 		return err
 	}
 	var err error
-	if cerr := rc.Control(func(fd uintptr) { err = p.ctl(op, int(fd), ev) }); cerr != nil {
+	if cerr := rc.Control(func(fd uintptr) { err = p.ctl(op, int(fd), ev, raw) }); cerr != nil {
 		return cerr
 	}
 	return err
@@ -161,24 +163,33 @@ func (p *poller) remove(id uint64) {
 	p.mu.Unlock()
 }
 
-func (p *poller) ctl(op, fd int, ev unix.EpollEvent) error {
+func (p *poller) ctl(op, fd int, ev unix.EpollEvent, raw bool) error {
 	p.ctlMu.Lock()
 	defer p.ctlMu.Unlock()
-	p.ctlOp, p.ctlFD, p.ctlEv, p.ctlErr = op, fd, ev, nil
+	p.ctlOp, p.ctlFD, p.ctlEv, p.ctlRaw, p.ctlErr = op, fd, ev, raw, nil
 	if err := p.rc.Control(p.ctlFn); err != nil {
 		return err
 	}
 	return p.ctlErr
 }
 
-// doCtl is ctl's call on the epoll fd (ctlFn), ctlMu held. Raw (the
-// P kept), as the host sockets' other calls on the connection path
-// (hostfd.go): epoll_ctl never sleeps, and a syscall.Syscall wakes Go's
-// sysmon whenever it parked with every P idle, which between two
-// lookups or connections it had — a wake-up, then 20 µs naps until it
-// parks again, for every flow (13% of the daemon's CPU in a profile of
-// make bench's UDP run).
+// doCtl is ctl's call on the epoll fd (ctlFn), ctlMu held. With ctlRaw
+// it is a raw system call (the P kept; epoll_ctl never sleeps): a
+// syscall.Syscall wakes Go's sysmon whenever it parked with every P
+// idle, as it does between two lookups, and sysmon then naps 20 µs at a
+// time until it parks again — 13% of the daemon's CPU in a profile of
+// make bench's UDP query run, where each new flow made three such calls.
+// A UDP flow's registration is raw (with its IP_RECVERR, hostFD.setRecvErr:
+// UDP queries/s +20%, CPU per query -34% in an A/B of 5 rounds). A TCP
+// relay's is not: the same A/B gave connections/s -7% (2560 against
+// 2740/s, every round below) and CPU per connection +5% with it raw —
+// on this VM a sysmon awake keeps a vCPU from halting between the
+// handshake's cross-thread wake-ups, which then cost less.
 func (p *poller) doCtl(epfd uintptr) {
+	if !p.ctlRaw {
+		p.ctlErr = unix.EpollCtl(int(epfd), p.ctlOp, p.ctlFD, &p.ctlEv)
+		return
+	}
 	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, epfd, uintptr(p.ctlOp), uintptr(p.ctlFD), uintptr(unsafe.Pointer(&p.ctlEv)), 0, 0)
 	if e != 0 {
 		p.ctlErr = e

@@ -38,7 +38,7 @@ func TestPollerPoll(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &countHandler{}
-	if err := p.add(p.newID(), rc, h, false); err != nil {
+	if err := p.add(p.newID(), rc, h, false, true); err != nil {
 		t.Fatal(err)
 	}
 	if n := p.poll(); n != 0 || h.calls.Load() != 0 {

@@ -195,7 +195,7 @@ func (e *Engine) startRelay(f *flowHandle, down *tcp.Conn, up net.Conn, onEnd fu
 		return // aborted already: abort closed everything
 	}
 	r.outArmed.Store(true)
-	if err := e.poll.add(r.id, r.up, r, true); err != nil {
+	if err := e.poll.add(r.id, r.up, r, true, false); err != nil {
 		// Closed under us (an abort), or the poller is gone.
 		r.finish(true)
 		return
@@ -263,7 +263,7 @@ func (e *Engine) tcpSYN(req *tcp.Request) {
 	cerr := connectResult(h)
 	if cerr == syscall.EAGAIN || cerr == nil {
 		r.outArmed.Store(cerr != nil)
-		if err := e.poll.add(r.id, h, r, cerr != nil); err != nil {
+		if err := e.poll.add(r.id, h, r, cerr != nil, false); err != nil {
 			r.finish(true)
 			return
 		}

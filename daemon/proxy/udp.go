@@ -168,7 +168,7 @@ func (e *Engine) udpOpenLocked(k udpKey) *udpFlow {
 		}
 		// Input only: a UDP socket is writable at once, and a full send
 		// buffer drops the datagram (write).
-		if err := e.poll.add(u.id, h, u, false); err != nil {
+		if err := e.poll.add(u.id, h, u, false, true); err != nil {
 			e.log.Debug("proxy: udp flow not polled", "pod", k.pod, "dst", k.dst, "err", err)
 			h.Close()
 			e.release(f)
