@@ -182,9 +182,11 @@ func (p *poller) ctl(op, fd int, ev unix.EpollEvent, raw bool) error {
 // A UDP flow's registration is raw (with its IP_RECVERR, hostFD.setRecvErr:
 // UDP queries/s +20%, CPU per query -34% in an A/B of 5 rounds). A TCP
 // relay's is not: the same A/B gave connections/s -7% (2560 against
-// 2740/s, every round below) and CPU per connection +5% with it raw —
-// on this VM a sysmon awake keeps a vCPU from halting between the
-// handshake's cross-thread wake-ups, which then cost less.
+// 2740/s) and CPU per connection +5% with both raw. With only the UDP
+// calls raw, a second A/B still gave connections/s -3% and CPU per
+// connection +7% though the TCP path is then the baseline's: what the
+// faster UDP run before it leaves behind (conntrack entries), or this
+// machine's noise; left as measured.
 func (p *poller) doCtl(epfd uintptr) {
 	if !p.ctlRaw {
 		p.ctlErr = unix.EpollCtl(int(epfd), p.ctlOp, p.ctlFD, &p.ctlEv)
