@@ -46,8 +46,24 @@ func silentUDPServer(t *testing.T) uint16 {
 	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }
 
+// Datagrams both ways, a port unreachable, and the idle timeout: through
+// the engine's own sockets on its poller, and through a Config.Dialer's
+// conns (no mapDst), each read by a goroutine of its own.
 func TestUDPEchoAndPortUnreachable(t *testing.T) {
-	r := newRig(t, func(c *Config) { c.UDPIdleTimeout = 300 * time.Millisecond })
+	for _, dialer := range []bool{false, true} {
+		t.Run(map[bool]string{false: "own sockets", true: "Dialer"}[dialer], func(t *testing.T) {
+			testUDPEchoAndPortUnreachable(t, dialer)
+		})
+	}
+}
+
+func testUDPEchoAndPortUnreachable(t *testing.T, dialer bool) {
+	r := newRig(t, func(c *Config) {
+		c.UDPIdleTimeout = 300 * time.Millisecond
+		if dialer {
+			c.mapDst = nil
+		}
+	})
 	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
 
 	port := udpEchoServer(t)
@@ -89,7 +105,9 @@ func TestUDPEchoAndPortUnreachable(t *testing.T) {
 	}
 
 	// Both flows idle out.
-	r.waitStats("flows idle out", func(s Stats) bool { return s.ActiveUDP == 0 && s.Pods["p"].ActiveFlows == 0 })
+	r.waitStats("flows idle out", func(s Stats) bool {
+		return s.ActiveUDP == 0 && s.Pods["p"].ActiveFlows == 0 && s.UDPIdleTimeouts == 2
+	})
 }
 
 func TestFlowLimits(t *testing.T) {
@@ -281,31 +299,6 @@ func TestUDPFlowsOwnSocketsEnd(t *testing.T) {
 			}
 		})
 	}
-}
-
-// With a Config.Dialer (and no mapDst) a flow's host side is the
-// Dialer's conn, read by a goroutine of its own: datagrams both ways and
-// the idle timeout as with the engine's own sockets.
-func TestUDPThroughDialer(t *testing.T) {
-	r := newRig(t, func(c *Config) { c.mapDst, c.UDPIdleTimeout = nil, 300*time.Millisecond })
-	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
-	port := udpEchoServer(t)
-	c, err := r.pod.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(server, port))
-	must(t, err)
-	defer c.Close()
-	b := make([]byte, 64)
-	for _, msg := range []string{"one", "two"} {
-		c.Write([]byte(msg))
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, err := c.Read(b)
-		if err != nil || string(b[:n]) != "re:"+msg {
-			t.Fatalf("%q: %q %v", msg, b[:n], err)
-		}
-	}
-	if s := r.e.Stats(); s.ActiveUDP != 1 || s.UDPFlowsOpened != 1 {
-		t.Errorf("stats %+v", s)
-	}
-	r.waitStats("flow idles out", func(s Stats) bool { return s.ActiveUDP == 0 && s.UDPIdleTimeouts == 1 })
 }
 
 // A flow with as many answers as questions waits for nothing: at the

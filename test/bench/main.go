@@ -919,25 +919,30 @@ func (h *harness) measure(v variant) (s *sample, note string, na *notAvailable) 
 	s.rrP99 = measured{v: float64(rr.P99) / 1e3, err: err}
 	s.rrCPU = cpuPerOp(len(a.pids) > 0, rrCPU, rr.N, err)
 	fmt.Fprintf(os.Stderr, "bench:   request/response: n=%d p50 %s p99 %s%s\n", rr.N, s.rrP50.fmt("%.1f µs"), s.rrP99.fmt("%.1f µs"), perOp(s.rrCPU, "round trip"))
-	cm = startCPU(a.pids, nil)
-	cps, err := connectRate(h.ctx, a.pod, dst, dur)
-	cpsCPU := cm.stop().helpers
-	s.cps = measured{v: cps.PerSec, err: err}
-	s.cpsErrors = cps.Errors
-	s.cpsCPU = cpuPerOp(len(a.pids) > 0, cpsCPU, cps.Conns, err)
-	fmt.Fprintf(os.Stderr, "bench:   connections: %s (%d failed)%s\n", s.cps.fmt("%.0f /s"), cps.Errors, perOp(s.cpsCPU, "connection"))
+	s.cps, s.cpsErrors, s.cpsCPU = measureRate(a, "connections", "connection", func() (cpsResult, error) {
+		return connectRate(h.ctx, a.pod, dst, dur)
+	})
 	if usrv == nil {
 		s.udp = measured{err: errNotMeasured} // the floor relay carries TCP only
 		return s, a.note, nil
 	}
-	cm = startCPU(a.pids, nil)
-	uq, err := udpQueryRate(h.ctx, a.pod, dst, dur)
-	udpCPU := cm.stop().helpers
-	s.udp = measured{v: uq.PerSec, err: err}
-	s.udpErrors = uq.Errors
-	s.udpCPU = cpuPerOp(len(a.pids) > 0, udpCPU, uq.Conns, err)
-	fmt.Fprintf(os.Stderr, "bench:   UDP queries: %s (%d failed)%s\n", s.udp.fmt("%.0f /s"), uq.Errors, perOp(s.udpCPU, "query"))
+	s.udp, s.udpErrors, s.udpCPU = measureRate(a, "UDP queries", "query", func() (cpsResult, error) {
+		return udpQueryRate(h.ctx, a.pod, dst, dur)
+	})
 	return s, a.note, nil
+}
+
+// measureRate runs one rate measurement (connectRate, udpQueryRate) with
+// the helpers' CPU metered, logs it, and returns the rate, the failed
+// operations and the helpers' CPU per operation.
+func measureRate(a *attached, name, op string, run func() (cpsResult, error)) (rate measured, errs int, cpu measured) {
+	cm := startCPU(a.pids, nil)
+	r, err := run()
+	used := cm.stop().helpers
+	rate = measured{v: r.PerSec, err: err}
+	cpu = cpuPerOp(len(a.pids) > 0, used, r.Conns, err)
+	fmt.Fprintf(os.Stderr, "bench:   %s: %s (%d failed)%s\n", name, rate.fmt("%.0f /s"), r.Errors, perOp(cpu, op))
+	return rate, r.Errors, cpu
 }
 
 // perOp is the log's note of the helpers' CPU per operation (cpuPerOp;

@@ -461,36 +461,48 @@ const maxCPSErrors = 50
 // range (its own sysctls, not the host's) so TIME_WAIT does not run it
 // out of ports.
 func connectRate(ctx context.Context, pod ns.NetNS, dst netip.AddrPort, dur time.Duration) (cpsResult, error) {
-	var r cpsResult
-	var lastErr error
-	start := time.Now()
-	err := do(pod, func() error {
+	setup := func() {
 		if pod != nil {
 			os.WriteFile("/proc/sys/net/ipv4/tcp_tw_reuse", []byte("1"), 0o644)
 			os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("1024 65000"), 0o644)
 		}
+	}
+	var b [1]byte
+	return rateLoop(ctx, pod, dur, "connections", setup, func() error {
+		d := net.Dialer{Timeout: 2 * time.Second}
+		c, err := d.DialContext(ctx, "tcp", dst.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write(b[:]); err != nil {
+			return err
+		}
+		_, err = io.ReadFull(c, b[:])
+		return err
+	})
+}
+
+// rateLoop runs op one after another inside pod for dur, on one OS
+// thread locked there (ns.Do), after setup (when not nil), and counts
+// the operations that succeeded; maxCPSErrors failures end it with an
+// error (a variant that fails this often is broken, not slow).
+func rateLoop(ctx context.Context, pod ns.NetNS, dur time.Duration, what string, setup func(), op func() error) (cpsResult, error) {
+	var r cpsResult
+	var lastErr error
+	start := time.Now()
+	err := do(pod, func() error {
+		if setup != nil {
+			setup()
+		}
 		end := start.Add(dur)
-		var b [1]byte
 		for time.Now().Before(end) && ctx.Err() == nil {
-			err := func() error {
-				d := net.Dialer{Timeout: 2 * time.Second}
-				c, err := d.DialContext(ctx, "tcp", dst.String())
-				if err != nil {
-					return err
-				}
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(2 * time.Second))
-				if _, err := c.Write(b[:]); err != nil {
-					return err
-				}
-				_, err = io.ReadFull(c, b[:])
-				return err
-			}()
-			if err != nil {
+			if err := op(); err != nil {
 				r.Errors++
 				lastErr = err
 				if r.Errors >= maxCPSErrors {
-					return fmt.Errorf("%d failed connections, last: %w", r.Errors, err)
+					return fmt.Errorf("%d failed %s, last: %w", r.Errors, what, err)
 				}
 				continue
 			}
@@ -557,50 +569,24 @@ const udpQueryBytes = 32
 // answer, close. A query unanswered within a second counts as failed.
 // The loop runs on one OS thread locked inside pod, as connectRate's.
 func udpQueryRate(ctx context.Context, pod ns.NetNS, dst netip.AddrPort, dur time.Duration) (cpsResult, error) {
-	var r cpsResult
-	var lastErr error
-	start := time.Now()
-	err := do(pod, func() error {
-		end := start.Add(dur)
-		q := make([]byte, udpQueryBytes)
-		a := make([]byte, 2*udpQueryBytes)
-		for time.Now().Before(end) && ctx.Err() == nil {
-			err := func() error {
-				c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
-				if err != nil {
-					return err
-				}
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(time.Second))
-				if _, err := c.Write(q); err != nil {
-					return err
-				}
-				n, err := c.Read(a)
-				if err == nil && n != len(q) {
-					err = fmt.Errorf("answer of %d bytes, want %d", n, len(q))
-				}
-				return err
-			}()
-			if err != nil {
-				r.Errors++
-				lastErr = err
-				if r.Errors >= maxCPSErrors {
-					return fmt.Errorf("%d failed queries, last: %w", r.Errors, err)
-				}
-				continue
-			}
-			r.Conns++
+	q := make([]byte, udpQueryBytes)
+	a := make([]byte, 2*udpQueryBytes)
+	return rateLoop(ctx, pod, dur, "queries", nil, func() error {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
+		if err != nil {
+			return err
 		}
-		return nil
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write(q); err != nil {
+			return err
+		}
+		n, err := c.Read(a)
+		if err == nil && n != len(q) {
+			err = fmt.Errorf("answer of %d bytes, want %d", n, len(q))
+		}
+		return err
 	})
-	r.PerSec = float64(r.Conns) / time.Since(start).Seconds()
-	if err == nil && r.Conns == 0 && lastErr != nil {
-		err = lastErr
-	}
-	if err == nil {
-		err = ctx.Err()
-	}
-	return r, err
 }
 
 // killWait signals a child we started and waits for it (bounded), then
