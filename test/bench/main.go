@@ -315,6 +315,39 @@
 // 0.60×), 243 µs of CPU per connection (pasta 162), 0.50 s/GB, 4.23 KiB
 // per idle connection, ahead of gVisor on every row.
 //
+// The seventh session (same VM) found the rare failure of make test
+// (TestTCPBackpressureToPod/gso) to be a TCP bug, a retransmission that
+// carried bytes never sent, after which the relay dropped every ACK of
+// the pod's: not a performance matter, but a transfer that stalled for
+// good. It then added the UDP row and worked on proxy mode's UDP, which
+// had a goroutine, a Go net.Conn and a runtime deadline per flow and woke
+// the engine's goroutine for every datagram a pod sent. Now: the flow's
+// socket on the engine's poller; the pods' datagrams relayed at the end
+// of the receive batch (udp.Socket.SetNotify); an answered flow taken
+// first at a pod's flow limit (the faster path reached 4096 flows in
+// 0.6 s, and the rule of 1 s quiet left two queries a run unanswered);
+// the eviction scan bounded (it was 26% of a profile at the limit); a
+// UDP flow's setup calls raw (a syscall.Syscall wakes Go's sysmon when it
+// parked with every P idle, as between two lookups: 13% of the daemon's
+// CPU in a profile of the UDP run). A/Bs of 5 rounds: UDP queries/s 3538
+// against 4553, then 3402 against 4808 (CPU per query 202-210 against
+// 103 µs) with the session's start as baseline, then 4526 against 5229
+// (108 against 76 µs) for the raw calls. The same raw epoll_ctl for TCP
+// relays gave connections/s -7% and was not kept; with it for UDP only,
+// connections/s still measured -3% (the TCP path unchanged: poll.go's
+// doCtl has both A/Bs). What is left against pasta on UDP (43-48 µs of
+// CPU per query, ours 76-86) is wake-ups: finish_task_switch and
+// _raw_spin_unlock_irqrestore are 39% of the daemon's UDP profile, a
+// lookup waking the NIC's goroutine and then the poller's. The session's
+// last run (17:08, 3 rounds, the floors, gVisor and pasta beside it, load
+// average 1.1-2.8): proxy one stream 0.71×/0.72×, four streams
+// 0.53×/0.51×, RR p50 9.65× (pasta 10.69×, pasta-64k 9.87×), p99 14.95×
+// (pasta 13.46×, pasta-64k 11.36×, floor-epoll 12.98×), connections/s
+// 0.46× (pasta 0.49×, pasta-64k 0.53×, floor-epoll 0.48×, floor-route
+// 0.52×), 256 µs of CPU per connection (pasta 190), UDP queries/s 0.49×
+// (pasta 0.51×, pasta-64k 0.56×, route 0.57×, gVisor 0.23×), 0.51 s/GB,
+// 4.07 KiB per idle connection, ahead of gVisor on every row.
+//
 // # The route floor
 //
 // Route mode forwards the pod's frames: the stack end of the pod's veth
