@@ -59,7 +59,7 @@ func newCollector(src Source, version string, ready func() bool) *collector {
 		flowsTimeouts:   desc("proxy_flows_timeouts_total", "Proxy-mode flows ended by a timeout, by protocol and kind: tcp connect (upstream connect bound), udp and icmp idle (no traffic for the idle timeout), udp evicted (a flow that is no stream, answered or quiet, closed early to make room for a new one at a flow limit).", "protocol", "kind"),
 		flowLimitDrops:  desc("proxy_flow_limit_drops_total", "Proxy-mode flows refused by the per-pod or per-node flow limit."),
 		udpPortUnreach:  desc("proxy_udp_port_unreachables_total", "ICMP port unreachables passed to pods for UDP datagrams the host refused."),
-		udpDropped:      desc("proxy_udp_dropped_total", "Pods' UDP datagrams to the outside dropped because the flow's host socket's send buffer was full."),
+		udpDropped:      desc("proxy_udp_dropped_total", "Pods' UDP datagrams to the outside dropped: no host socket could be opened for the flow (no route, EACCES, out of descriptors), or its send buffer was full."),
 		echoReq:         desc("proxy_echo_requests_total", "ICMP echo requests from pods to the outside, by result: relayed, denied (neither a ping socket nor the raw socket allowed), dropped.", "result"),
 		echoRaw:         desc("proxy_echo_raw_requests_total", "Of the relayed echo requests, those sent through the daemon's raw ICMP socket because the host refuses ping sockets."),
 		icmpErrors:      desc("proxy_icmp_errors_total", "ICMP errors the host reported about a pod's relayed datagram (protocol udp, port unreachables included) or echo request (icmp), passed on to the pod quoting what it sent.", "protocol"),

@@ -130,7 +130,7 @@ type Stats struct {
 	EchoFlowsOpened     uint64 `json:"echoFlowsOpened"`     // ping sockets opened
 	UDPIdleTimeouts     uint64 `json:"udpIdleTimeouts"`     // UDP flows (outbound and port-mapping) closed after UDPIdleTimeout
 	UDPEvicted          uint64 `json:"udpEvicted"`          // UDP flows that are no stream, answered or quiet, closed to make room for a new flow at a limit (udp.go)
-	UDPDropped          uint64 `json:"udpDropped"`          // pods' datagrams dropped: the flow's host socket's send buffer was full
+	UDPDropped          uint64 `json:"udpDropped"`          // pods' datagrams dropped: no host socket could be opened for the flow (no route, EACCES, out of descriptors), or its send buffer was full
 	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`    // echo flows closed after UDPIdleTimeout
 
 	Pods map[string]PodStats `json:"pods,omitempty"` // by pod ID

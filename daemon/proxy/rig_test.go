@@ -158,9 +158,10 @@ func testDialer(ctx context.Context, network, addr string) (net.Conn, error) {
 	return d.DialContext(ctx, network, ap.String())
 }
 
-// testMapDst is testDialer's mapping for tcpSYN's own connects: the
-// outside prefix to loopback, unreach to a multicast address (TCP's
-// connect fails with ENETUNREACH before any packet leaves), blackhole to
+// testMapDst is testDialer's mapping for the engine's own connects
+// (tcpSYN, dialUDP): the outside prefix to loopback, unreach to the
+// limited broadcast address (TCP's connect fails with ENETUNREACH, UDP's
+// with EACCES without SO_BROADCAST, before any packet leaves), blackhole to
 // a loopback listener whose accept queue is full, so the kernel drops
 // the SYNs (ListenOverflows) and the connect never completes.
 func testMapDst(t testing.TB) func(netip.AddrPort) netip.AddrPort {
@@ -169,7 +170,7 @@ func testMapDst(t testing.TB) func(netip.AddrPort) netip.AddrPort {
 	return func(ap netip.AddrPort) netip.AddrPort {
 		switch {
 		case ap.Addr() == unreach:
-			return netip.AddrPortFrom(netip.MustParseAddr("224.0.0.1"), ap.Port())
+			return netip.AddrPortFrom(netip.MustParseAddr("255.255.255.255"), ap.Port())
 		case ap.Addr() == blackhole:
 			once.Do(func() { hole = fullListener(t) })
 			return hole

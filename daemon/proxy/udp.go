@@ -158,6 +158,7 @@ func (e *Engine) udpOpenLocked(k udpKey) *udpFlow {
 		h, err := dialUDP(dst)
 		if err != nil {
 			e.log.Debug("proxy: udp flow dial failed", "pod", k.pod, "dst", k.dst, "err", err)
+			e.c.udpDropped.Add(1) // the datagram that opened it
 			e.release(f)
 			f.done()
 			return nil
@@ -183,6 +184,7 @@ func (e *Engine) udpOpenLocked(k udpKey) *udpFlow {
 		cancel()
 		if err != nil {
 			e.log.Debug("proxy: udp flow dial failed", "pod", k.pod, "dst", k.dst, "err", err)
+			e.c.udpDropped.Add(1) // the datagram that opened it
 			e.release(f)
 			f.done()
 			return nil
@@ -214,9 +216,10 @@ func (u *udpFlow) ctl() controller {
 }
 
 // write sends the pod's datagram p to the host. On the engine's own
-// socket a full send buffer drops it (UDPDropped), as a full qdisc
-// would, rather than hold up every pod's datagrams behind it; a closed
-// one (the flow just ended) drops it too.
+// socket a full send buffer drops it (UDPDropped, which also counts the
+// first datagram of a flow whose socket could not be opened), as a full
+// qdisc would, rather than hold up every pod's datagrams behind it; a
+// closed one (the flow just ended) drops it too.
 func (u *udpFlow) write(p []byte) error {
 	if u.h == nil {
 		_, err := u.conn.Write(p)

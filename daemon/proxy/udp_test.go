@@ -337,3 +337,38 @@ func TestUDPAnsweredFlowsMakeRoomAtOnce(t *testing.T) {
 		t.Fatalf("stats %+v, want 3 more evicted (the answered ones) and 3 open", s)
 	}
 }
+
+// A datagram whose flow's host socket cannot be opened (here the
+// engine's connect to the limited broadcast address is refused with
+// EACCES, and the test Dialer answers EHOSTUNREACH) is dropped and
+// counted in UDPDropped, the flow counted out, through the
+// engine's own sockets and a Dialer's alike; the next flow is relayed.
+func TestUDPFlowNotOpenedIsCounted(t *testing.T) {
+	for _, dialer := range []bool{false, true} {
+		t.Run(map[bool]string{false: "own sockets", true: "Dialer"}[dialer], func(t *testing.T) {
+			r := newRig(t, func(c *Config) {
+				if dialer {
+					c.mapDst = nil
+				}
+			})
+			must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+			c, err := r.pod.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(unreach, 53))
+			must(t, err)
+			defer c.Close()
+			c.Write([]byte("q"))
+			s := r.waitStats("the datagram dropped", func(s Stats) bool { return s.UDPDropped == 1 })
+			if s.ActiveUDP != 0 || s.UDPFlowsOpened != 0 || s.Pods["p"].ActiveFlows != 0 {
+				t.Fatalf("stats %+v, want no flow open", s)
+			}
+			port := udpEchoServer(t)
+			c2, err := r.pod.DialUDP(netip.AddrPort{}, netip.AddrPortFrom(server, port))
+			must(t, err)
+			defer c2.Close()
+			c2.Write([]byte("q"))
+			c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c2.Read(make([]byte, 16)); err != nil {
+				t.Fatalf("the next flow: %v", err)
+			}
+		})
+	}
+}
