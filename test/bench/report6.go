@@ -31,7 +31,8 @@ func (v *ipv6Report) broken() bool {
 		return false
 	}
 	for _, r := range v.results {
-		if r.v.key == refVariant && (r.na != "" || !buildTable([]*variantResult{r}).get(refVariant, "tput-ph1").ok()) {
+		// As over IPv4: unless the options left throughput out.
+		if s := buildTable([]*variantResult{r}).get(refVariant, "tput-ph1"); r.v.key == refVariant && (r.na != "" || !s.ok() && !s.notRun) {
 			return true
 		}
 	}

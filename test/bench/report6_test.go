@@ -196,6 +196,13 @@ func TestReportHasAnIPv6SectionWithRatiosToTheKernelOverIPv6(t *testing.T) {
 	if !rep.broken() {
 		t.Fatal("a report whose kernel over IPv6 has no 1-stream figure is not broken")
 	}
+	// -throughput=false: no 1-stream figure, and nothing broken.
+	for _, s := range k6 {
+		s.tput[casePH1].err = errNotRun
+	}
+	if rep.broken() {
+		t.Fatal("a report of a run without throughput is broken by its IPv6 kernel")
+	}
 
 	// The host netns got no IPv6: the section says so, and the run is not
 	// broken by it (the IPv4 figures stand).
