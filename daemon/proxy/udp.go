@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -150,57 +151,68 @@ func (e *Engine) udpOpenLocked(k udpKey) *udpFlow {
 	}
 	u := &udpFlow{key: k, e: e, f: f, born: time.Now().UnixNano()}
 	u.touch()
+	var err error
 	if e.cfg.Dialer == nil || e.cfg.mapDst != nil {
-		dst := k.dst
-		if e.cfg.mapDst != nil {
-			dst = e.cfg.mapDst(dst)
-		}
-		h, err := dialUDP(dst)
-		if err != nil {
-			e.log.Debug("proxy: udp flow dial failed", "pod", k.pod, "dst", k.dst, "err", err)
-			e.c.udpDropped.Add(1) // the datagram that opened it
-			e.release(f)
-			f.done()
-			return nil
-		}
-		u.h, u.id = h, e.poll.newID()
-		if err := h.setRecvErr(); err != nil {
-			e.log.Debug("proxy: IP_RECVERR not set; only port unreachable reaches the pod", "err", err)
-		}
-		// Input only: a UDP socket is writable at once, and a full send
-		// buffer drops the datagram (write).
-		if err := e.poll.add(u.id, h, u, false, true); err != nil {
-			e.log.Debug("proxy: udp flow not polled", "pod", k.pod, "dst", k.dst, "err", err)
-			h.Close()
-			e.release(f)
-			f.done()
-			return nil
-		}
-		e.st.Clock().InitTimer(&u.idle, (*udpIdleTimer)(u))
-		u.idle.Reset(e.cfg.UDPIdleTimeout)
+		err = e.udpOpenOwn(u)
 	} else {
-		ctx, cancel := context.WithTimeout(f.ctx, e.cfg.ConnectTimeout)
-		c, err := e.dial(ctx, "udp", k.dst.String())
-		cancel()
-		if err != nil {
-			e.log.Debug("proxy: udp flow dial failed", "pod", k.pod, "dst", k.dst, "err", err)
-			e.c.udpDropped.Add(1) // the datagram that opened it
-			e.release(f)
-			f.done()
-			return nil
-		}
-		u.conn, u.raw = c, rawConn(c)
-		if err := setRecvErr(u.ctl()); err != nil {
-			e.log.Debug("proxy: IP_RECVERR not set; only port unreachable reaches the pod", "err", err)
-		}
-		if !e.adopt(f, c, func() { e.udpFlowReader(u) }) {
-			return nil
-		}
+		err = e.udpOpenDialer(u)
+	}
+	if err != nil {
+		e.log.Debug("proxy: udp flow not opened", "pod", k.pod, "dst", k.dst, "err", err)
+		e.c.udpDropped.Add(1) // the datagram that opened it
+		e.release(f)
+		f.done()
+		return nil
+	}
+	if u.conn != nil && !e.adopt(f, u.conn, func() { e.udpFlowReader(u) }) {
+		return nil
 	}
 	e.udp.m[k] = u
 	e.c.udpFlowsOpened.Add(1)
 	e.c.activeUDP.Add(1)
 	return u
+}
+
+// udpOpenOwn gives u the engine's own socket: connected to the
+// destination (dialUDP), IP_RECVERR on, on the poller (input only: a UDP
+// socket is writable at once, and a full send buffer drops the datagram,
+// write), and the idle timer armed.
+func (e *Engine) udpOpenOwn(u *udpFlow) error {
+	dst := u.key.dst
+	if e.cfg.mapDst != nil {
+		dst = e.cfg.mapDst(dst)
+	}
+	h, err := dialUDP(dst)
+	if err != nil {
+		return err
+	}
+	u.h, u.id = h, e.poll.newID()
+	if err := h.setRecvErr(); err != nil {
+		e.log.Debug("proxy: IP_RECVERR not set; only port unreachable reaches the pod", "err", err)
+	}
+	if err := e.poll.add(u.id, h, u, false, true); err != nil {
+		h.Close()
+		return fmt.Errorf("poller: %w", err)
+	}
+	e.st.Clock().InitTimer(&u.idle, (*udpIdleTimer)(u))
+	u.idle.Reset(e.cfg.UDPIdleTimeout)
+	return nil
+}
+
+// udpOpenDialer gives u a Config.Dialer's conn (its reader is started
+// by the caller, once the flow is counted).
+func (e *Engine) udpOpenDialer(u *udpFlow) error {
+	ctx, cancel := context.WithTimeout(u.f.ctx, e.cfg.ConnectTimeout)
+	c, err := e.dial(ctx, "udp", u.key.dst.String())
+	cancel()
+	if err != nil {
+		return err
+	}
+	u.conn, u.raw = c, rawConn(c)
+	if err := setRecvErr(u.ctl()); err != nil {
+		e.log.Debug("proxy: IP_RECVERR not set; only port unreachable reaches the pod", "err", err)
+	}
+	return nil
 }
 
 // ctl is the flow's kernel socket, nil when it has none (a Dialer's
