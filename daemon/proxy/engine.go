@@ -196,14 +196,12 @@ type Engine struct {
 	udpFlows int // outbound and port-mapping UDP flows; bound MaxUDPFlows
 
 	udp udpTable
-	// udpDrainMu: one udpDrain reads the intercept socket at a time (in
-	// order), with udpBuf and udpHdr; udpDrainAgain makes the one
-	// running read again (a drain that found it taken sets it).
-	udpDrainMu    sync.Mutex
-	udpDrainAgain atomic.Bool
-	udpBuf        []byte // maxDatagram
-	udpHdr        udp.Header
-	echo          echoTable
+	// udpDrains runs one udpDrainQueue at a time (the intercept socket
+	// read in order), with udpBuf and udpHdr.
+	udpDrains serial[*Engine]
+	udpBuf    []byte // maxDatagram
+	udpHdr    udp.Header
+	echo      echoTable
 }
 
 // addrState is one pod address's flows.
@@ -323,6 +321,7 @@ func New(cfg Config) (_ *Engine, err error) {
 	// end of the receive batch (udpDrain), not by a goroutine of ours
 	// that each datagram would wake; a first drain takes what came
 	// before the callback was set.
+	e.udpBuf = make([]byte, maxDatagram)
 	e.udpIC.SetNotify(e.udpDrain)
 	e.udpDrain()
 	e.spawn(e.echo.dispatch)

@@ -262,10 +262,8 @@ func (h *hostFD) setRecvErr() error {
 		return net.ErrClosed
 	}
 	defer h.release()
-	if (*unix.RawSockaddr)(unsafe.Pointer(&h.sa)).Family == unix.AF_INET6 {
-		return rawSetsockoptInt(h.fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
-	}
-	return rawSetsockoptInt(h.fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+	level, opt := recvErrOpt(int((*unix.RawSockaddr)(unsafe.Pointer(&h.sa)).Family))
+	return rawSetsockoptInt(h.fd, level, opt, 1)
 }
 
 // connect is connect(2) to the address newHostFD recorded.

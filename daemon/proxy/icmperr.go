@@ -84,15 +84,23 @@ func setRecvErr(raw controller) error {
 	}
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
-		if d, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN); err == nil && d == unix.AF_INET6 {
-			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
-			return
-		}
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+		d, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+		level, opt := recvErrOpt(d)
+		serr = unix.SetsockoptInt(int(fd), level, opt, 1)
 	}); err != nil {
 		return err
 	}
 	return serr
+}
+
+// recvErrOpt is the socket option that turns the error queue on for a
+// socket of address family af: IPV6_RECVERR for AF_INET6, else
+// IP_RECVERR.
+func recvErrOpt(af int) (level, opt int) {
+	if af == unix.AF_INET6 {
+		return unix.IPPROTO_IPV6, unix.IPV6_RECVERR
+	}
+	return unix.IPPROTO_IP, unix.IP_RECVERR
 }
 
 // hostICMP is one entry of a host socket's error queue.

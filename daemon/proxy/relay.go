@@ -73,8 +73,8 @@ type relay struct {
 	// before AcceptAsync's caller stored down.
 	downReady atomic.Bool
 
-	dirs  [2]relayDir
-	state atomic.Uint32 // relay* bits
+	dirs  [2]serial[*relay] // each direction's pump (kick)
+	state atomic.Uint32     // relay* bits
 
 	// Scratch of the pod → host pump, from a pool while it runs (under
 	// dirs[toHost].mu), so an idle relay holds none.
@@ -136,11 +136,6 @@ const (
 	relayToPodDone                     // the host's EOF went on to the pod
 	relayFinished                      // sockets closed, flow counted out
 )
-
-type relayDir struct {
-	mu    sync.Mutex
-	again atomic.Bool
-}
 
 // relayScratch is what one sendmsg of the pod → host pump needs.
 type relayScratch struct {
@@ -418,20 +413,10 @@ func (r *relay) ready(ev uint32) {
 // kick runs direction d's pump on this goroutine, or, when another
 // goroutine runs it, makes that one run it again.
 func (r *relay) kick(d int) {
-	dir := &r.dirs[d]
-	dir.again.Store(true)
-	for dir.mu.TryLock() {
-		for dir.again.Swap(false) {
-			if d == toHost {
-				r.pumpToHost()
-			} else {
-				r.pumpToPod()
-			}
-		}
-		dir.mu.Unlock()
-		if !dir.again.Load() {
-			return
-		}
+	if d == toHost {
+		r.dirs[toHost].run((*relay).pumpToHost, r)
+	} else {
+		r.dirs[toPod].run((*relay).pumpToPod, r)
 	}
 }
 

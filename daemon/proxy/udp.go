@@ -39,8 +39,8 @@ type udpFlow struct {
 	h    *hostFD // the engine's own socket, or nil
 	id   uint64  // h's poller registration
 	idle clock.Timer
-	// ended: udpEnd ran (h's flows end once, by idle timeout, eviction
-	// or abort).
+	// ended: udpEnd ran (a flow ends once, by idle timeout, eviction,
+	// abort or a failed conn).
 	ended atomic.Bool
 	conn  net.Conn        // a Dialer's conn, when h is nil
 	raw   syscall.RawConn // conn's, nil when conn is not a kernel socket
@@ -69,27 +69,13 @@ func (t *udpTable) init() { t.m = map[udpKey]*udpFlow{} }
 // udpDrain is the intercept socket's data-ready callback (SetNotify):
 // it relays every datagram queued, on the goroutine that queued them (a
 // NIC's, at the end of its receive batch), and returns when the queue is
-// empty. One drain runs at a time, so a flow's datagrams leave in the
-// order they came; a drain that finds another running makes it read
-// again and returns (TryLock and udpDrainAgain, as a relay's kick).
-func (e *Engine) udpDrain() {
-	e.udpDrainAgain.Store(true)
-	for e.udpDrainMu.TryLock() {
-		for e.udpDrainAgain.Swap(false) {
-			e.udpDrainQueue()
-		}
-		e.udpDrainMu.Unlock()
-		if !e.udpDrainAgain.Load() {
-			return
-		}
-	}
-}
+// empty. One drain runs at a time (serial), so a flow's datagrams leave
+// in the order they came.
+func (e *Engine) udpDrain() { e.udpDrains.run((*Engine).udpDrainQueue, e) }
 
-// udpDrainQueue relays the queued datagrams until none is left (e.udpDrainMu held).
+// udpDrainQueue relays the queued datagrams until none is left (run by
+// e.udpDrains only).
 func (e *Engine) udpDrainQueue() {
-	if e.udpBuf == nil {
-		e.udpBuf = make([]byte, maxDatagram)
-	}
 	for {
 		n, meta, err := e.udpIC.RecvMsgHeader(e.udpBuf, &e.udpHdr, udp.MsgDontWait)
 		switch {
@@ -315,12 +301,16 @@ func (u *udpFlow) idleFired() {
 	}
 }
 
-// abort ends a flow of the engine's own socket (flowHandle's aborter).
+// abort ends a flow of the engine's own socket (flowHandle's aborter; a
+// Dialer's conn is closed by the aborter adopt registers, and its reader
+// ends the flow).
 func (u *udpFlow) abort() { u.e.udpEnd(u) }
 
-// udpEnd ends a flow of the engine's own socket, once: out of the table,
-// its timer stopped, its socket closed, counted out. It reports whether
-// this call ended it.
+// udpEnd ends a flow, once, whichever way it ends (idle timeout,
+// eviction, abort, a failed conn): out of the table, its host side
+// closed (the engine's own socket with its timer and registration, or a
+// Dialer's conn, whose reader then ends), counted out. It reports
+// whether this call ended it.
 func (e *Engine) udpEnd(u *udpFlow) bool {
 	if u.ended.Load() {
 		return false
@@ -338,9 +328,13 @@ func (e *Engine) udpEndLocked(u *udpFlow) bool {
 	if e.udp.m[u.key] == u {
 		delete(e.udp.m, u.key)
 	}
-	u.idle.Stop()
-	e.poll.remove(u.id)
-	u.h.Close()
+	if u.h != nil {
+		u.idle.Stop()
+		e.poll.remove(u.id)
+		u.h.Close()
+	} else {
+		u.conn.Close()
+	}
 	e.release(u.f)
 	u.f.done()
 	e.c.activeUDP.Add(-1)
@@ -385,8 +379,8 @@ const (
 
 // udpEvictLocked closes the flow a new one may take the place of (see
 // above), pod's when podFull, else any pod's; e.udp.mu is held. The
-// flow leaves the table and the counts at once; its reader ends when it
-// finds the socket closed (udpFlowEnd, which finds it gone).
+// flow ends at once (udpEndLocked); a Dialer's conn's reader finds it
+// closed and ended.
 func (e *Engine) udpEvictLocked(pod netip.Addr, podFull bool) bool {
 	now := time.Now().UnixNano()
 	quiet, stream := e.cfg.udpQuiet.Nanoseconds(), e.cfg.udpStream.Nanoseconds()
@@ -422,25 +416,20 @@ func (e *Engine) udpEvictLocked(pod netip.Addr, podFull bool) bool {
 		return false
 	}
 	e.c.udpEvicted.Add(1)
-	if victim.h != nil {
-		e.udpEndLocked(victim)
-		return true
-	}
-	delete(e.udp.m, victim.key)
-	e.release(victim.f)
-	victim.conn.Close()
+	e.udpEndLocked(victim)
 	return true
 }
 
 // udpFlowReader relays a Dialer's conn's datagrams back to the pod until
 // the flow is idle for UDPIdleTimeout or aborted.
 func (e *Engine) udpFlowReader(u *udpFlow) {
-	defer e.udpFlowEnd(u)
 	idle := e.cfg.UDPIdleTimeout
 	for {
 		last := time.Unix(0, u.last.Load())
 		if time.Since(last) >= idle {
-			e.c.udpIdleTimeouts.Add(1)
+			if e.udpEnd(u) {
+				e.c.udpIdleTimeouts.Add(1)
+			}
 			return
 		}
 		_ = u.conn.SetReadDeadline(last.Add(idle))
@@ -460,6 +449,7 @@ func (e *Engine) udpFlowReader(u *udpFlow) {
 		case isErrno(err) && !isClosed(err):
 			e.udpHostError(u, err)
 		default:
+			e.udpEnd(u) // aborted or evicted (closed), or the conn failed
 			return
 		}
 	}
@@ -468,19 +458,6 @@ func (e *Engine) udpFlowReader(u *udpFlow) {
 // udpHostError handles an error the host socket reported: the ICMP
 // errors behind it go to the pod about its own datagram (icmperr.go).
 func (e *Engine) udpHostError(u *udpFlow, err error) { e.udpHostICMP(u, err) }
-
-// udpFlowEnd removes u (a Dialer's conn) from the table and closes it.
-func (e *Engine) udpFlowEnd(u *udpFlow) {
-	e.udp.mu.Lock()
-	if e.udp.m[u.key] == u {
-		delete(e.udp.m, u.key)
-	}
-	e.udp.mu.Unlock()
-	u.conn.Close()
-	e.release(u.f)
-	u.f.done()
-	e.c.activeUDP.Add(-1)
-}
 
 // recvDatagram reads one datagram from c and hands it to fn. On a kernel
 // socket (raw set) it waits for readability first and takes a buffer only
