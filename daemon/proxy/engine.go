@@ -153,7 +153,9 @@ type counters struct {
 	// Per flow, not per packet: echo flows opened, UDP and echo flows
 	// closed for idling past UDPIdleTimeout.
 	echoFlowsOpened, udpIdleTimeouts, echoIdleTimeouts atomic.Uint64
-	udpEvicted, udpDropped                             atomic.Uint64
+	udpEvicted                                         atomic.Uint64
+	// Per datagram, on drop paths only.
+	udpDropped atomic.Uint64
 }
 
 // Engine is the proxy-mode relay engine of one stack.
