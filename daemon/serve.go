@@ -255,6 +255,7 @@ func Run(f *ServeFlags, version string, stderr io.Writer) error {
 			log.Warn("the daemon's threads keep their nice value", "err", err)
 		}
 	}
+	checkOpenFileLimit(f.ProxyMaxFlowsPerPod, log)
 
 	rules, err := loadRules(f.Rules)
 	if err != nil {

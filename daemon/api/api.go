@@ -432,6 +432,7 @@ type ProxyStats struct {
 	TCPRefused          uint64 `json:"tcpRefused"`
 	TCPTimeouts         uint64 `json:"tcpTimeouts"`
 	TCPUnreachable      uint64 `json:"tcpUnreachable"`
+	TCPNoResources      uint64 `json:"tcpNoResources"`
 	FlowLimitDrops      uint64 `json:"flowLimitDrops"`
 	UDPFlowsOpened      uint64 `json:"udpFlowsOpened"`
 	UDPPortUnreachables uint64 `json:"udpPortUnreachables"`
@@ -448,6 +449,7 @@ type ProxyStats struct {
 	UDPIdleTimeouts     uint64 `json:"udpIdleTimeouts"`
 	UDPEvicted          uint64 `json:"udpEvicted"`
 	UDPDropped          uint64 `json:"udpDropped"`
+	UDPNoResources      uint64 `json:"udpNoResources"`
 	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`
 
 	// Pods are per-pod counters by attachment ID.

@@ -115,6 +115,7 @@ type Stats struct {
 	TCPRefused          uint64 `json:"tcpRefused"`          // upstream refused: RST to the pod
 	TCPTimeouts         uint64 `json:"tcpTimeouts"`         // upstream connect timed out: RST to the pod
 	TCPUnreachable      uint64 `json:"tcpUnreachable"`      // no route or other dial error: RST to the pod
+	TCPNoResources      uint64 `json:"tcpNoResources"`      // no host socket: the daemon out of file descriptors or kernel memory (noResources): RST to the pod
 	FlowLimitDrops      uint64 `json:"flowLimitDrops"`      // flows refused by MaxFlowsPerPod or MaxUDPFlows
 	UDPFlowsOpened      uint64 `json:"udpFlowsOpened"`      // host sockets (or port-mapping flows) opened
 	UDPPortUnreachables uint64 `json:"udpPortUnreachables"` // port unreachables for a relayed datagram passed to its pod
@@ -131,6 +132,7 @@ type Stats struct {
 	UDPIdleTimeouts     uint64 `json:"udpIdleTimeouts"`     // UDP flows (outbound and port-mapping) closed after UDPIdleTimeout
 	UDPEvicted          uint64 `json:"udpEvicted"`          // UDP flows that are no stream, answered or quiet, closed to make room for a new flow at a limit (udp.go)
 	UDPDropped          uint64 `json:"udpDropped"`          // pods' datagrams dropped: no host socket could be opened for the flow (no route, EACCES, out of descriptors), or its send buffer was full
+	UDPNoResources      uint64 `json:"udpNoResources"`      // UDP flows not opened for want of file descriptors or kernel memory (noResources); their datagrams are in UDPDropped
 	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`    // echo flows closed after UDPIdleTimeout
 
 	Pods map[string]PodStats `json:"pods,omitempty"` // by pod ID
@@ -156,6 +158,11 @@ type counters struct {
 	udpEvicted                                         atomic.Uint64
 	// Per datagram, on drop paths only.
 	udpDropped atomic.Uint64
+	// Flows whose host socket could not be opened for want of file
+	// descriptors or kernel memory (noResources), and when that was last
+	// logged (Unix nanoseconds).
+	tcpNoResources, udpNoResources atomic.Uint64
+	noResourcesLogged              atomic.Int64
 }
 
 // Engine is the proxy-mode relay engine of one stack.
@@ -613,6 +620,7 @@ func (e *Engine) Stats() Stats {
 		TCPRefused:          e.c.tcpRefused.Load(),
 		TCPTimeouts:         e.c.tcpTimeouts.Load(),
 		TCPUnreachable:      e.c.tcpUnreachable.Load(),
+		TCPNoResources:      e.c.tcpNoResources.Load(),
 		FlowLimitDrops:      e.c.flowLimitDrops.Load(),
 		UDPFlowsOpened:      e.c.udpFlowsOpened.Load(),
 		UDPPortUnreachables: e.c.udpPortUnreachables.Load(),
@@ -629,6 +637,7 @@ func (e *Engine) Stats() Stats {
 		UDPIdleTimeouts:     e.c.udpIdleTimeouts.Load(),
 		UDPEvicted:          e.c.udpEvicted.Load(),
 		UDPDropped:          e.c.udpDropped.Load(),
+		UDPNoResources:      e.c.udpNoResources.Load(),
 		EchoIdleTimeouts:    e.c.echoIdleTimeouts.Load(),
 		Pods:                map[string]PodStats{},
 	}
@@ -777,10 +786,38 @@ func (e *Engine) countDialErr(err error) {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT),
 		errors.As(err, &ne) && ne.Timeout():
 		e.c.tcpTimeouts.Add(1)
+	case e.noResources(err):
+		e.c.tcpNoResources.Add(1)
 	default:
 		e.c.tcpUnreachable.Add(1)
 	}
 }
+
+// noResources reports whether err says the host ran out of what a socket
+// needs — the daemon's open-file limit (EMFILE), the system's (ENFILE),
+// kernel memory (ENOBUFS, ENOMEM) — rather than the destination's doing.
+// Flows are then refused until something closes, so the first such
+// error in noResourcesLogEvery is logged as a warning with the limit:
+// an operator sees the cause, not only a counter.
+func (e *Engine) noResources(err error) bool {
+	if !errors.Is(err, syscall.EMFILE) && !errors.Is(err, syscall.ENFILE) &&
+		!errors.Is(err, syscall.ENOBUFS) && !errors.Is(err, syscall.ENOMEM) {
+		return false
+	}
+	now := time.Now().UnixNano()
+	last := e.c.noResourcesLogged.Load()
+	if (last == 0 || now-last >= int64(noResourcesLogEvery)) && e.c.noResourcesLogged.CompareAndSwap(last, now) {
+		var l syscall.Rlimit
+		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l)
+		e.log.Warn("proxy: no host socket for a pod's flow, flows are refused: the daemon is out of file descriptors or kernel memory",
+			"err", err, "openFileLimit", l.Cur,
+			"fix", "raise the daemon's open-file limit (systemd LimitNOFILE=, ulimit -n) or lower --proxy-max-flows-per-pod")
+	}
+	return true
+}
+
+// noResourcesLogEvery spaces noResources' warnings.
+const noResourcesLogEvery = time.Minute
 
 // isClosed reports an error that means the socket was closed under us.
 func isClosed(err error) bool {

@@ -146,6 +146,9 @@ func (e *Engine) udpOpenLocked(k udpKey) *udpFlow {
 	if err != nil {
 		e.log.Debug("proxy: udp flow not opened", "pod", k.pod, "dst", k.dst, "err", err)
 		e.c.udpDropped.Add(1) // the datagram that opened it
+		if e.noResources(err) {
+			e.c.udpNoResources.Add(1)
+		}
 		e.release(f)
 		f.done()
 		return nil
