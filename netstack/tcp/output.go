@@ -458,6 +458,12 @@ func (s *Sock) retransmitAt(seq uint32) int {
 	// for good; and only the hole seq is in, up to the next SACKed
 	// range (RFC 6675 §4, NextSeg: the bytes of the hole).
 	n = min(n, int(int32(s.sndMax-seq)))
+	// Not trimmed to the peer's window: those bytes were inside it when
+	// first sent, and a peer that shrank it since may drop them — RFC
+	// 9293 §3.8.6: "The sender MAY also retransmit old data beyond
+	// SND.UNA+SND.WND" (MAY-7). Linux's __tcp_retransmit_skb trims
+	// instead; a receiver SHOULD NOT shrink (SHLD-14), so it rarely
+	// matters.
 	for _, r := range s.sacked {
 		if header.SeqLT(seq, r.start) {
 			n = min(n, int(r.start-seq))
