@@ -5,7 +5,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -325,5 +327,99 @@ func BenchmarkUDPRelayRR(b *testing.B) {
 		if _, err := c.Read(p); err != nil {
 			b.Fatalf("datagram %d: %v", i, err)
 		}
+	}
+}
+
+// BenchmarkIdleEchoFlowMemory is the engine's memory and goroutines per
+// open, quiet ICMP echo flow: n flows (Stack.Ping takes a new identifier
+// each time, so a flow each), each after one request and its reply.
+// ping: each flow through its own ping socket (opened in a private netns
+// where ping sockets are allowed, pingNetns, to its loopback); raw: the
+// engine's raw ICMP socket (ping sockets refused), an identifier each.
+func BenchmarkIdleEchoFlowMemory(b *testing.B) {
+	for _, mode := range []string{"ping", "raw"} {
+		b.Run(mode, func(b *testing.B) {
+			const n = 1000
+			for i := 0; i < b.N; i++ {
+				r := newRig(b, func(c *Config) { c.MaxFlowsPerPod = 1 << 20 })
+				must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+				r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+				if mode == "ping" {
+					r.e.echo.openPing = inNetns(newPingNetns(b), openPingSocket)
+				} else {
+					if pc, err := openRawICMP(); err != nil {
+						b.Skipf("raw ICMP socket: %v", err)
+					} else {
+						pc.Close()
+					}
+					r.e.echo.openPing = refusePing(r.e.echo.openPing)
+				}
+				payload := make([]byte, 56)
+				ping := func() {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					if _, err := r.pod.Ping(ctx, server, 1, payload); err != nil {
+						b.Fatalf("%v; engine %+v", err, r.e.Stats())
+					}
+				}
+				ping() // warm the pools and tables
+				before, g0 := heapNow()
+				for j := 0; j < n; j++ {
+					ping()
+				}
+				after, g1 := heapNow()
+				if got := r.e.Stats().ActiveEcho; got != n+1 {
+					b.Fatalf("%d echo flows open, want %d", got, n+1)
+				}
+				b.ReportMetric(float64(after-before)/n, "B/flow")
+				b.ReportMetric(float64(g1-g0)/n, "goroutines/flow")
+			}
+		})
+	}
+}
+
+// refusePing is an openPing that fails as a host refusing ping sockets
+// does (EACCES), of open's type.
+func refusePing[T any](open func(netip.Addr) (T, error)) func(netip.Addr) (T, error) {
+	return func(netip.Addr) (T, error) {
+		var zero T
+		return zero, os.NewSyscallError("socket", syscall.EACCES)
+	}
+}
+
+// BenchmarkEchoNewFlow is one ping per op from the pod through a new echo
+// flow (Stack.Ping takes a new identifier each time): the request path
+// (intercept, flow open, send), the reply path and the pod's stack, in
+// process; allocs/op per flow. ping and raw as in
+// BenchmarkIdleEchoFlowMemory. Flows stay open (a socket each in ping
+// mode): run it with -benchtime of at most a few thousand ops.
+func BenchmarkEchoNewFlow(b *testing.B) {
+	for _, mode := range []string{"ping", "raw"} {
+		b.Run(mode, func(b *testing.B) {
+			r := newRig(b, func(c *Config) { c.MaxFlowsPerPod = 1 << 20 })
+			must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+			r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+			if mode == "ping" {
+				r.e.echo.openPing = inNetns(newPingNetns(b), openPingSocket)
+			} else {
+				if pc, err := openRawICMP(); err != nil {
+					b.Skipf("raw ICMP socket: %v", err)
+				} else {
+					pc.Close()
+				}
+				r.e.echo.openPing = refusePing(r.e.echo.openPing)
+			}
+			payload := make([]byte, 56)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err := r.pod.Ping(ctx, server, 1, payload)
+				cancel()
+				if err != nil {
+					b.Fatalf("ping %d: %v; engine %+v", i, err, r.e.Stats())
+				}
+			}
+		})
 	}
 }
