@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
@@ -22,10 +24,22 @@ import (
 )
 
 // fakePing stands in for the kernel's ping socket: it answers each echo
-// request with a reply carrying its own identifier, as ping.c does.
-func fakePing(t *testing.T, kernelID uint16) func(netip.Addr) (net.Conn, error) {
-	return func(dst netip.Addr) (net.Conn, error) {
-		ours, kernel := net.Pipe()
+// request with a reply carrying its own identifier, as ping.c does. The
+// engine's end is a datagram socketpair's (an fd for its poller), the
+// kernel's the other end, served by a goroutine of the test.
+func fakePing(t *testing.T, kernelID uint16) func(netip.Addr) (*hostFD, error) {
+	return func(dst netip.Addr) (*hostFD, error) {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		f := os.NewFile(uintptr(fds[1]), "fake-ping")
+		kernel, err := net.FileConn(f) // dups the descriptor
+		f.Close()
+		if err != nil {
+			unix.Close(fds[0])
+			return nil, err
+		}
 		t.Cleanup(func() { kernel.Close() })
 		go func() {
 			b := make([]byte, 65536)
@@ -46,7 +60,7 @@ func fakePing(t *testing.T, kernelID uint16) func(netip.Addr) (net.Conn, error) 
 				}
 			}
 		}()
-		return ours, nil
+		return &hostFD{fd: fds[0]}, nil
 	}
 }
 
@@ -88,7 +102,7 @@ func TestEcho(t *testing.T) {
 	})
 	t.Run("host refuses ping and raw sockets", func(t *testing.T) {
 		r := newRig(t, nil)
-		r.e.echo.openPing = func(netip.Addr) (net.Conn, error) {
+		r.e.echo.openPing = func(netip.Addr) (*hostFD, error) {
 			return nil, os.NewSyscallError("socket", syscall.EACCES)
 		}
 		r.e.echo.openRaw = func() (net.PacketConn, error) {
@@ -157,7 +171,7 @@ func TestEchoRawSocket(t *testing.T) {
 	openRawOrSkip(t)
 	r := newRig(t, func(c *Config) { c.UDPIdleTimeout = 300 * time.Millisecond; c.MaxFlowsPerPod = 3 })
 	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
-	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) {
+	r.e.echo.openPing = func(netip.Addr) (*hostFD, error) {
 		return nil, os.NewSyscallError("socket", syscall.EACCES)
 	}
 	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
@@ -205,7 +219,7 @@ func TestEchoRawSocketClose(t *testing.T) {
 	openRawOrSkip(t)
 	r := newRig(t, nil)
 	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
-	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) { return nil, syscall.EPERM }
+	r.e.echo.openPing = func(netip.Addr) (*hostFD, error) { return nil, syscall.EPERM }
 	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -265,7 +279,7 @@ func TestEchoErrorQuotesThePodsRequest(t *testing.T) {
 	hostAddr := netip.MustParseAddr("198.51.100.2")
 	r := newRig(t, nil)
 	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
-	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) { return nil, syscall.EACCES }
+	r.e.echo.openPing = func(netip.Addr) (*hostFD, error) { return nil, syscall.EACCES }
 	var raw *fakeRaw
 	raw = newFakeRaw(func(msg []byte, to netip.Addr) {
 		// The host's request as a router saw it, then its error.
