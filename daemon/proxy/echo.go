@@ -95,9 +95,10 @@ type echoTable struct {
 	// rawSock is the engine's one raw ICMP socket, opened when ping
 	// sockets are first refused and kept until close; rawSock6 the raw
 	// ICMPv6 socket, the same for IPv6 destinations. Each has a reader
-	// goroutine.
-	rawSock  net.PacketConn
-	rawSock6 net.PacketConn
+	// goroutine. rawRC and rawRC6 are their kernel sockets (nil: a
+	// test's conn).
+	rawSock, rawSock6 net.PacketConn
+	rawRC, rawRC6     syscall.RawConn
 	closed   bool // close ran: no raw socket is opened any more
 
 	// openPing opens a ping socket connected to dst; openRaw the raw
@@ -216,14 +217,13 @@ func (t *echoTable) sendLocked(ef *echoFlow, seq uint16, payload, hdr []byte) {
 	var err error
 	if ef.viaRaw {
 		e.c.echoRawRelayed.Add(1)
-		sock := t.rawSock
+		sock, rc := t.rawSock, t.rawRC
 		if v6 {
-			sock = t.rawSock6
+			sock, rc = t.rawSock6, t.rawRC6
 		} else {
 			header.ICMPv4(msg).SetChecksum()
 		}
-		_, err = sock.WriteTo(msg, &net.IPAddr{IP: ef.rawKey.dst.AsSlice()})
-		if err != nil {
+		if err = rawSendTo(sock, rc, msg, ef.rawKey.dst); err != nil {
 			e.c.echoRawRelayed.Add(^uint64(0))
 		}
 	} else {
@@ -234,6 +234,36 @@ func (t *echoTable) sendLocked(ef *echoFlow, seq uint16, payload, hdr []byte) {
 		e.c.echoDropped.Add(1)
 		e.log.Debug("proxy: echo send failed", "pod", ef.key.pod, "dst", ef.key.dst, "raw", ef.viaRaw, "err", err)
 	}
+}
+
+// rawSendTo sends msg to dst on a raw socket: sendto(2) with
+// MSG_DONTWAIT through rc (pc's kernel socket), so that a full send
+// buffer fails the send (EAGAIN) instead of parking the NIC's goroutine
+// until the socket is writable, as pc.WriteTo would; pc.WriteTo only for
+// a test's conn (rc nil).
+func rawSendTo(pc net.PacketConn, rc syscall.RawConn, msg []byte, dst netip.Addr) error {
+	if rc == nil {
+		_, err := pc.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()})
+		return err
+	}
+	var sa unix.Sockaddr
+	if dst.Is4() {
+		sa = &unix.SockaddrInet4{Addr: dst.As4()}
+	} else {
+		sa = &unix.SockaddrInet6{Addr: dst.As16()}
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			serr = unix.Sendto(int(fd), msg, unix.MSG_DONTWAIT, sa)
+			if serr != unix.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 // write sends msg on the flow's ping socket: write(2), raw (the P kept;
@@ -358,21 +388,23 @@ func (t *echoTable) openRawFlow(ef *echoFlow, dst netip.Addr) error {
 		if err != nil {
 			return err
 		}
-		if !e.spawn(func() { t.rawReader6(pc, rawConn(pc)) }) {
+		rc := rawConn(pc)
+		if !e.spawn(func() { t.rawReader6(pc, rc) }) {
 			pc.Close() // closing: close may have run already
 			return net.ErrClosed
 		}
-		t.rawSock6 = pc
+		t.rawSock6, t.rawRC6 = pc, rc
 	} else if !v6 && t.rawSock == nil {
 		pc, err := t.openRaw()
 		if err != nil {
 			return err
 		}
-		if !e.spawn(func() { t.rawReader(pc, rawConn(pc)) }) {
+		rc := rawConn(pc)
+		if !e.spawn(func() { t.rawReader(pc, rc) }) {
 			pc.Close() // closing: close may have run already
 			return net.ErrClosed
 		}
-		t.rawSock = pc
+		t.rawSock, t.rawRC = pc, rc
 	}
 	var b [2]byte
 	_, _ = rand.Read(b[:])
