@@ -147,11 +147,12 @@
 // one raw ICMP socket instead (SOCK_RAW, which the daemon may open as root
 // with CAP_NET_RAW; opened at the first such flow, kept until Close): the
 // flow gets an identifier of ours, unique among the raw flows to its
-// destination, and the request is sent with it; one goroutine reads the
-// socket (the kernel's ICMP_FILTER passes echo replies and the errors that
-// may be about a request only) and hands a reply to the flow named by its
-// source and identifier, which answers the pod with the pod's identifier
-// (EchoRawRelayed counts these requests). Replies to other programs' pings
+// destination, and the request is sent with it (sendto(2), MSG_DONTWAIT:
+// a full send buffer drops it). The raw socket is on the poller too
+// (rawSock.ready; the kernel's ICMP_FILTER passes echo replies and the
+// errors that may be about a request only): a reply goes to the flow named
+// by its source and identifier, which answers the pod with the pod's
+// identifier (EchoRawRelayed counts these requests). Replies to other programs' pings
 // find no flow and are ignored. Every echo flow, ping socket or raw, has an
 // idle timer on the stack's clock (echoIdleTimer) that ends it after
 // UDPIdleTimeout without a request, reply or error: a message only moves

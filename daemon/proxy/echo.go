@@ -92,20 +92,18 @@ type echoTable struct {
 	mu    sync.Mutex
 	m     map[echoKey]*echoFlow
 	byRaw map[rawKey]*echoFlow // raw-mode flows by reply key
-	// rawSock is the engine's one raw ICMP socket, opened when ping
-	// sockets are first refused and kept until close; rawSock6 the raw
-	// ICMPv6 socket, the same for IPv6 destinations. Each has a reader
-	// goroutine. rawRC and rawRC6 are their kernel sockets (nil: a
-	// test's conn).
-	rawSock, rawSock6 net.PacketConn
-	rawRC, rawRC6     syscall.RawConn
-	closed   bool // close ran: no raw socket is opened any more
+	// raw is the engine's one raw ICMP socket, opened when ping
+	// sockets are first refused and kept until close; raw6 the raw
+	// ICMPv6 socket, the same for IPv6 destinations. Both are on the
+	// poller (rawSock.ready reads them), nil until opened.
+	raw, raw6 *rawSock
+	closed    bool // close ran: no raw socket is opened any more
 
 	// openPing opens a ping socket connected to dst; openRaw the raw
 	// ICMP socket; tests replace them.
 	openPing func(dst netip.Addr) (*hostFD, error)
-	openRaw  func() (net.PacketConn, error)
-	openRaw6 func() (net.PacketConn, error)
+	openRaw  func() (*hostFD, error)
+	openRaw6 func() (*hostFD, error)
 	// hostDst maps a pod's destination to the address pinged; tests use
 	// it to reach loopback. nil = identity.
 	hostDst func(netip.Addr) netip.Addr
@@ -120,14 +118,15 @@ func (t *echoTable) init(e *Engine) {
 	t.openRaw6 = openRawICMPv6
 }
 
-// close closes the raw sockets, which ends their readers, and ends any
-// flow left (Engine.Close has aborted them all already).
+// close closes the raw sockets and ends any flow left (Engine.Close has
+// aborted them all already).
 func (t *echoTable) close() {
 	t.mu.Lock()
 	t.closed = true
-	for _, pc := range []net.PacketConn{t.rawSock, t.rawSock6} {
-		if pc != nil {
-			pc.Close()
+	for _, rs := range []*rawSock{t.raw, t.raw6} {
+		if rs != nil {
+			t.e.poll.remove(rs.id)
+			rs.h.Close()
 		}
 	}
 	var left []*echoFlow
@@ -217,13 +216,13 @@ func (t *echoTable) sendLocked(ef *echoFlow, seq uint16, payload, hdr []byte) {
 	var err error
 	if ef.viaRaw {
 		e.c.echoRawRelayed.Add(1)
-		sock, rc := t.rawSock, t.rawRC
+		rs := t.raw
 		if v6 {
-			sock, rc = t.rawSock6, t.rawRC6
+			rs = t.raw6
 		} else {
 			header.ICMPv4(msg).SetChecksum()
 		}
-		if err = rawSendTo(sock, rc, msg, ef.rawKey.dst); err != nil {
+		if err = rs.sendTo(msg, ef.rawKey.dst); err != nil {
 			e.c.echoRawRelayed.Add(^uint64(0))
 		}
 	} else {
@@ -236,34 +235,26 @@ func (t *echoTable) sendLocked(ef *echoFlow, seq uint16, payload, hdr []byte) {
 	}
 }
 
-// rawSendTo sends msg to dst on a raw socket: sendto(2) with
-// MSG_DONTWAIT through rc (pc's kernel socket), so that a full send
-// buffer fails the send (EAGAIN) instead of parking the NIC's goroutine
-// until the socket is writable, as pc.WriteTo would; pc.WriteTo only for
-// a test's conn (rc nil).
-func rawSendTo(pc net.PacketConn, rc syscall.RawConn, msg []byte, dst netip.Addr) error {
-	if rc == nil {
-		_, err := pc.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()})
-		return err
-	}
+// sendTo sends msg to dst: sendto(2) with MSG_DONTWAIT, so that a full
+// send buffer fails the send (EAGAIN) instead of waiting: the caller is
+// the NIC's goroutine.
+func (rs *rawSock) sendTo(msg []byte, dst netip.Addr) error {
 	var sa unix.Sockaddr
 	if dst.Is4() {
 		sa = &unix.SockaddrInet4{Addr: dst.As4()}
 	} else {
 		sa = &unix.SockaddrInet6{Addr: dst.As16()}
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			serr = unix.Sendto(int(fd), msg, unix.MSG_DONTWAIT, sa)
-			if serr != unix.EINTR {
-				return
-			}
-		}
-	}); err != nil {
-		return err
+	if !rs.h.acquire() {
+		return net.ErrClosed
 	}
-	return serr
+	defer rs.h.release()
+	for {
+		err := unix.Sendto(rs.h.fd, msg, unix.MSG_DONTWAIT, sa)
+		if err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 // write sends msg on the flow's ping socket: write(2), raw (the P kept;
@@ -375,36 +366,49 @@ func (t *echoTable) startLocked(ef *echoFlow) {
 	ef.idle.Reset(e.cfg.UDPIdleTimeout)
 }
 
+// rawSock is one of the engine's raw sockets on the poller (ICMP, or
+// ICMPv6: v6).
+type rawSock struct {
+	t  *echoTable
+	h  *hostFD
+	id uint64 // h's poller registration
+	v6 bool
+}
+
+// openRawSock opens a raw socket with open and registers it with the
+// poller (mu held).
+func (t *echoTable) openRawSock(open func() (*hostFD, error), v6 bool) (*rawSock, error) {
+	h, err := open()
+	if err != nil {
+		return nil, err
+	}
+	rs := &rawSock{t: t, h: h, id: t.e.poll.newID(), v6: v6}
+	if err := t.e.poll.add(rs.id, h, rs, false, false); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("poller: %w", err)
+	}
+	return rs, nil
+}
+
 // openRawFlow gives ef an identifier on the raw socket (opened on first
-// use, with its reader) unused by any other raw flow to the same
+// use, on the poller) unused by any other raw flow to the same
 // destination dst. Called with mu held.
 func (t *echoTable) openRawFlow(ef *echoFlow, dst netip.Addr) error {
-	e := t.e
 	if t.closed {
 		return net.ErrClosed
 	}
-	if v6 := ef.key.dst.Is6(); v6 && t.rawSock6 == nil {
-		pc, err := t.openRaw6()
+	if v6 := ef.key.dst.Is6(); v6 && t.raw6 == nil {
+		rs, err := t.openRawSock(t.openRaw6, true)
 		if err != nil {
 			return err
 		}
-		rc := rawConn(pc)
-		if !e.spawn(func() { t.rawReader6(pc, rc) }) {
-			pc.Close() // closing: close may have run already
-			return net.ErrClosed
-		}
-		t.rawSock6, t.rawRC6 = pc, rc
-	} else if !v6 && t.rawSock == nil {
-		pc, err := t.openRaw()
+		t.raw6 = rs
+	} else if !v6 && t.raw == nil {
+		rs, err := t.openRawSock(t.openRaw, false)
 		if err != nil {
 			return err
 		}
-		rc := rawConn(pc)
-		if !e.spawn(func() { t.rawReader(pc, rc) }) {
-			pc.Close() // closing: close may have run already
-			return net.ErrClosed
-		}
-		t.rawSock, t.rawRC = pc, rc
+		t.raw = rs
 	}
 	var b [2]byte
 	_, _ = rand.Read(b[:])
@@ -544,29 +548,50 @@ func (t *echoTable) pingErrors(ef *echoFlow) {
 	})
 }
 
-// rawReader reads the raw ICMP socket until it is closed: echo replies to
-// a raw-mode flow's identifier from its destination go to the pod with the
-// pod's identifier. The socket sees the ICMP messages of the whole host
-// (the kernel's filter passes echo replies only, ICMP_FILTER); replies to
-// others' pings find no flow and are ignored.
-func (t *echoTable) rawReader(pc net.PacketConn, rc syscall.RawConn) {
-	t.rawLoop(pc, rc, "ICMP", func(p []byte, _ netip.AddrPort) { t.rawReply(p) })
-}
-
-// rawLoop reads a raw socket (ICMP or ICMPv6, what) until it is closed,
-// handing each message and its source to handle.
-func (t *echoTable) rawLoop(pc net.PacketConn, rc syscall.RawConn, what string, handle func(p []byte, src netip.AddrPort)) {
-	e := t.e
+// ready is a raw socket's poller callback (edge-triggered: it reads
+// until the socket is empty). Echo replies to a raw-mode flow's identifier
+// from its destination go to the pod with the pod's identifier; errors
+// quoting one of its requests go to the pod about its own request. The
+// socket sees the ICMP messages of the whole host that its filter passes
+// (ICMP_FILTER, ICMPV6_FILTER); those for others find no flow and are
+// ignored. An ICMP socket's message starts with the IPv4 header, the
+// source in it (read(2)); an ICMPv6 socket's is the message alone, the
+// source from recvfrom(2).
+func (rs *rawSock) ready(uint32) {
+	if !rs.h.acquire() {
+		return // closed
+	}
+	defer rs.h.release()
+	t := rs.t
+	bp := dgramBufs.Get().(*[]byte)
+	defer dgramBufs.Put(bp)
+	b := *bp
 	for {
-		err := recvFrom(pc, rc, handle)
+		var n int
+		var from netip.AddrPort
+		var err error
+		if rs.v6 {
+			n, from, err = recvfromNonblock(rs.h.fd, b)
+		} else {
+			r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(rs.h.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			n = int(r)
+			if errno != 0 {
+				err = errno
+			}
+		}
 		switch {
 		case err == nil:
-		case isErrno(err) && !isClosed(err):
-		default:
-			if e.ctx.Err() == nil {
-				e.log.Warn("proxy: raw "+what+" socket stopped", "err", err)
+			if rs.v6 {
+				t.rawReply6(from.Addr(), b[:n])
+			} else {
+				t.rawReply(b[:n])
 			}
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
 			return
+		default:
+			// A pending socket error, reported once: read on.
+			t.e.log.Debug("proxy: raw ICMP socket error", "v6", rs.v6, "err", err)
 		}
 	}
 }
@@ -655,7 +680,7 @@ const icmpFilterPass = ^uint32(1<<header.ICMPv4EchoReply | 1<<header.ICMPv4DstUn
 // CAP_NET_RAW, EPERM without) with the filter above. Reads return the
 // IPv4 header and the message; writes take the message and get a header
 // from the kernel.
-func openRawICMP() (net.PacketConn, error) {
+func openRawICMP() (*hostFD, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
@@ -666,7 +691,7 @@ func openRawICMP() (net.PacketConn, error) {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("setsockopt ICMP_FILTER", err)
 	}
-	return filePacketConn(fd, "raw-icmp")
+	return &hostFD{fd: fd}, nil
 }
 
 // openRawICMPv6 opens the raw ICMPv6 socket (SOCK_RAW, IPPROTO_ICMPV6:
@@ -674,7 +699,7 @@ func openRawICMP() (net.PacketConn, error) {
 // that type) passing echo replies only. Reads return the message without
 // the IPv6 header, the source in the address; the kernel computes the
 // checksum of what is written (RFC 3542 §3.1).
-func openRawICMPv6() (net.PacketConn, error) {
+func openRawICMPv6() (*hostFD, error) {
 	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMPV6)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
@@ -693,24 +718,7 @@ func openRawICMPv6() (net.PacketConn, error) {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("setsockopt ICMPV6_FILTER", err)
 	}
-	return filePacketConn(fd, "raw-icmpv6")
-}
-
-// filePacketConn makes the socket fd a net.PacketConn (which dups it) and
-// closes fd.
-func filePacketConn(fd int, name string) (net.PacketConn, error) {
-	f := os.NewFile(uintptr(fd), name)
-	pc, err := net.FilePacketConn(f)
-	f.Close()
-	return pc, err
-}
-
-// rawReader6 reads the raw ICMPv6 socket until it is closed: echo
-// replies to a raw-mode flow's identifier from its destination go to the
-// pod with the pod's identifier (rawReader's twin; the source comes with
-// recvfrom, not in a header).
-func (t *echoTable) rawReader6(pc net.PacketConn, rc syscall.RawConn) {
-	t.rawLoop(pc, rc, "ICMPv6", func(p []byte, src netip.AddrPort) { t.rawReply6(src.Addr(), p) })
+	return &hostFD{fd: fd}, nil
 }
 
 // rawReply6 handles one message of the raw ICMPv6 socket from src.

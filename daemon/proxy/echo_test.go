@@ -20,7 +20,6 @@ import (
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
-	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
 )
 
 // fakePing stands in for the kernel's ping socket: it answers each echo
@@ -105,7 +104,7 @@ func TestEcho(t *testing.T) {
 		r.e.echo.openPing = func(netip.Addr) (*hostFD, error) {
 			return nil, os.NewSyscallError("socket", syscall.EACCES)
 		}
-		r.e.echo.openRaw = func() (net.PacketConn, error) {
+		r.e.echo.openRaw = func() (*hostFD, error) {
 			return nil, os.NewSyscallError("socket", syscall.EPERM)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -232,62 +231,27 @@ func TestEchoRawSocketClose(t *testing.T) {
 	waitNoEngineGoroutines(t)
 }
 
-// fakeRaw stands in for the raw ICMP socket: ReadFrom returns what the
-// test injects (IPv4 header and ICMP message, as a raw socket reads), and
-// each echo request written is handed to onWrite.
-type fakeRaw struct {
-	in      chan []byte
-	closed  chan struct{}
-	once    sync.Once
-	onWrite func(msg []byte, to netip.Addr)
-}
-
-func newFakeRaw(onWrite func(msg []byte, to netip.Addr)) *fakeRaw {
-	return &fakeRaw{in: make(chan []byte, 16), closed: make(chan struct{}), onWrite: onWrite}
-}
-
-func (f *fakeRaw) ReadFrom(p []byte) (int, net.Addr, error) {
-	select {
-	case b := <-f.in:
-		return copy(p, b), &net.IPAddr{}, nil
-	case <-f.closed:
-		return 0, nil, net.ErrClosed
-	}
-}
-
-func (f *fakeRaw) WriteTo(p []byte, a net.Addr) (int, error) {
-	to, _ := netip.AddrFromSlice(a.(*net.IPAddr).IP)
-	f.onWrite(append([]byte(nil), p...), to.Unmap())
-	return len(p), nil
-}
-
-func (f *fakeRaw) Close() error                          { f.once.Do(func() { close(f.closed) }); return nil }
-func (f *fakeRaw) LocalAddr() net.Addr                   { return &net.IPAddr{} }
-func (f *fakeRaw) SetDeadline(time.Time) error           { return nil }
-func (f *fakeRaw) SetReadDeadline(time.Time) error       { return nil }
-func (f *fakeRaw) SetWriteDeadline(time.Time) error      { return nil }
-func (f *fakeRaw) inject(b []byte)                       { f.in <- b }
-func (f *fakeRaw) SyscallConn() (syscall.RawConn, error) { return nil, errors.New("not a socket") }
-
 // RFC 792 / RFC 1122 §3.2.2 for echo: a router on the host's path answers
 // the relayed request with host unreachable; the pod gets host unreachable
 // from that router about its own request, quoting the request's headers
 // as the pod sent them (its identifier, sequence number and checksum, not
-// the relay's), and its ping fails with EHOSTUNREACH.
+// the relay's), and its ping fails with EHOSTUNREACH. Through the raw
+// socket (ping sockets refused): TestEchoPingSocketErrorRelayed does the
+// same through a ping socket.
 func TestEchoErrorQuotesThePodsRequest(t *testing.T) {
 	router := netip.MustParseAddr("192.0.2.1")
-	hostAddr := netip.MustParseAddr("198.51.100.2")
 	r := newRig(t, nil)
 	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
 	r.e.echo.openPing = func(netip.Addr) (*hostFD, error) { return nil, syscall.EACCES }
-	var raw *fakeRaw
-	raw = newFakeRaw(func(msg []byte, to netip.Addr) {
-		// The host's request as a router saw it, then its error.
-		req := stacktest.IPv4(hostAddr.String(), to.String()).Proto(header.ProtoICMP).Payload(msg).Bytes()
-		raw.inject(stacktest.IPv4(router.String(), hostAddr.String()).
-			ICMP(header.ICMPv4DstUnreachable, header.ICMPv4HostUnreachable, 0).Payload(req).Bytes())
-	})
-	r.e.echo.openRaw = func() (net.PacketConn, error) { return raw, nil }
+	// The raw socket in a private netns whose router answers every
+	// request with host unreachable (pingNetns.router), to its loopback.
+	ns := newPingNetns(t)
+	ns.router(t, router)
+	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+	r.e.echo.openRaw = func() (h *hostFD, err error) {
+		ns.do(func() { h, err = openRawICMP() })
+		return h, err
+	}
 
 	var mu sync.Mutex
 	var sent, got []byte

@@ -188,6 +188,25 @@ func TestEchoPingSocketErrorRelayed(t *testing.T) {
 	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
 	ns := newPingNetns(t)
 	r.e.echo.openPing = inNetns(ns, openPingSocket)
+	ns.router(t, router)
+
+	err := r.ping(5)
+	if !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Fatalf("ping: %v, want EHOSTUNREACH (stats %+v)", err, r.e.Stats())
+	}
+	if s := r.e.Stats(); s.EchoICMPErrors != 1 || s.EchoRelayed != 1 || s.EchoRawRelayed != 0 {
+		t.Fatalf("stats %+v, want one error relayed about one request through a ping socket", s)
+	}
+}
+
+// router makes ns answer every echo request to one of its addresses with
+// host unreachable from router quoting the request (RFC 792: the IP
+// header and at least 8 bytes of data; here all of it), as a router on
+// the way that lost the next hop, and the kernel answer no echo
+// (icmp_echo_ignore_all). A raw ICMP socket of ns sees the requests, an
+// IPPROTO_RAW one (IP_HDRINCL) sends the errors from router's address.
+func (ns *pingNetns) router(t *testing.T, router netip.Addr) {
+	t.Helper()
 	var lis, inj int
 	var err error
 	ns.do(func() {
@@ -197,7 +216,7 @@ func TestEchoPingSocketErrorRelayed(t *testing.T) {
 		if lis, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP); err != nil {
 			return
 		}
-		inj, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW) // IP_HDRINCL
+		inj, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 	})
 	must(t, err)
 	must(t, unix.SetsockoptTimeval(lis, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000}))
@@ -215,19 +234,10 @@ func TestEchoPingSocketErrorRelayed(t *testing.T) {
 			if err != nil || header.ICMPv4(ip.Payload()).Type() != header.ICMPv4Echo {
 				continue
 			}
-			// Host unreachable from the router, quoting the request.
 			e := stacktest.IPv4(router.String(), ip.Src().String()).
 				ICMP(header.ICMPv4DstUnreachable, header.ICMPv4HostUnreachable, 0).Payload(b[:n]).Bytes()
 			unix.Sendto(inj, e, 0, &unix.SockaddrInet4{Addr: ip.Src().As4()})
 		}
 	}()
 	t.Cleanup(func() { stop.Store(true); <-done; unix.Close(lis); unix.Close(inj) })
-
-	err = r.ping(5)
-	if !errors.Is(err, syscall.EHOSTUNREACH) {
-		t.Fatalf("ping: %v, want EHOSTUNREACH (stats %+v)", err, r.e.Stats())
-	}
-	if s := r.e.Stats(); s.EchoICMPErrors != 1 || s.EchoRelayed != 1 || s.EchoRawRelayed != 0 {
-		t.Fatalf("stats %+v, want one error relayed about one request through a ping socket", s)
-	}
 }
