@@ -152,8 +152,8 @@
 // (rawSock.ready; the kernel's ICMP_FILTER passes echo replies and the
 // errors that may be about a request only): a reply goes to the flow named
 // by its source and identifier, which answers the pod with the pod's
-// identifier (EchoRawRelayed counts these requests). Replies to other programs' pings
-// find no flow and are ignored. Every echo flow, ping socket or raw, has an
+// identifier (EchoRawRelayed counts these requests). Replies to other
+// programs' pings find no flow and are ignored. Every echo flow, ping socket or raw, has an
 // idle timer on the stack's clock (echoIdleTimer) that ends it after
 // UDPIdleTimeout without a request, reply or error: a message only moves
 // the flow's last time, and the timer, when it fires early, waits for the
@@ -230,8 +230,9 @@
 //     connection with the stack socket and conntrack entry); the sockets' own
 //     buffers (the stack's SndBuf/RcvBuf, the kernel's) hold the bytes in
 //     flight, and a relay whose peer died silently holds them until
-//     keepalive finds it. Poller: one registration per relayed flow,
-//     pollBatch events per wait.
+//     keepalive finds it. Poller: one registration per relayed flow (TCP,
+//     UDP, echo through a ping socket) and per raw ICMP socket, pollBatch
+//     events per wait.
 //   - UDP and echo replies, and echo requests: a pooled maxDatagram buffer
 //     held only while a datagram or message is handled, never while a flow
 //     waits.
