@@ -13,6 +13,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/dev"
+	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
 	"github.com/cni-userstack/cni-userstack/netstack/link/pipe"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 )
@@ -419,6 +423,72 @@ func BenchmarkEchoNewFlow(b *testing.B) {
 				if err != nil {
 					b.Fatalf("ping %d: %v; engine %+v", i, err, r.e.Stats())
 				}
+			}
+		})
+	}
+}
+
+// BenchmarkEchoRelayRR is one echo request and its reply per op on one
+// open flow (a ping's steady state), from the engine's side: the request
+// handed to the interceptor as the NIC's goroutine does, the reply seen
+// arriving at the pod (a tap on its link). What it measures is the
+// relay's path both ways — its hand-offs between goroutines included —
+// and its allocations per round trip. ping and raw as in
+// BenchmarkIdleEchoFlowMemory.
+func BenchmarkEchoRelayRR(b *testing.B) {
+	for _, mode := range []string{"ping", "raw"} {
+		b.Run(mode, func(b *testing.B) {
+			r := newRig(b, nil)
+			must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+			r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+			if mode == "ping" {
+				r.e.echo.openPing = inNetns(newPingNetns(b), openPingSocket)
+			} else {
+				if pc, err := openRawICMP(); err != nil {
+					b.Skipf("raw ICMP socket: %v", err)
+				} else {
+					pc.Close()
+				}
+				r.e.echo.openPing = refusePing(r.e.echo.openPing)
+			}
+			const id = 0x4242
+			replies := make(chan struct{}, 1)
+			remove := r.pod.Devices().AddTap(func(_ *dev.NIC, skb *buf.SKB, dir dev.Direction) {
+				if dir != dev.Rx {
+					return
+				}
+				eth, err := header.CheckEthernet(skb.Bytes())
+				if err != nil || eth.Type() != header.EtherTypeIPv4 {
+					return
+				}
+				ip, err := header.CheckIPv4(eth.Payload())
+				if err != nil || ip.Protocol() != header.ProtoICMP {
+					return
+				}
+				if m := header.ICMPv4(ip.Payload()); m.Type() == header.ICMPv4EchoReply && m.ID() == id {
+					select {
+					case replies <- struct{}{}:
+					default:
+					}
+				}
+			})
+			defer remove()
+			payload := make([]byte, 56)
+			rr := func(seq uint16) {
+				r.e.echo.intercept(ipv4.EchoRequest{Src: podAddr, Dst: server, ID: id, Seq: seq, Payload: payload})
+				select {
+				case <-replies:
+				case <-time.After(5 * time.Second):
+					b.Fatalf("no reply to request %d; engine %+v", seq, r.e.Stats())
+				}
+			}
+			for i := 0; i < 100; i++ {
+				rr(uint16(i))
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				rr(uint16(i))
 			}
 		})
 	}
