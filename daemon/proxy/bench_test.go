@@ -5,12 +5,18 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cni-userstack/cni-userstack/netstack/buf"
+	"github.com/cni-userstack/cni-userstack/netstack/dev"
+	"github.com/cni-userstack/cni-userstack/netstack/header"
+	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
 	"github.com/cni-userstack/cni-userstack/netstack/link/pipe"
 	"github.com/cni-userstack/cni-userstack/netstack/tcp"
 )
@@ -325,5 +331,165 @@ func BenchmarkUDPRelayRR(b *testing.B) {
 		if _, err := c.Read(p); err != nil {
 			b.Fatalf("datagram %d: %v", i, err)
 		}
+	}
+}
+
+// BenchmarkIdleEchoFlowMemory is the engine's memory and goroutines per
+// open, quiet ICMP echo flow: n flows (Stack.Ping takes a new identifier
+// each time, so a flow each), each after one request and its reply.
+// ping: each flow through its own ping socket (opened in a private netns
+// where ping sockets are allowed, pingNetns, to its loopback); raw: the
+// engine's raw ICMP socket (ping sockets refused), an identifier each.
+func BenchmarkIdleEchoFlowMemory(b *testing.B) {
+	for _, mode := range []string{"ping", "raw"} {
+		b.Run(mode, func(b *testing.B) {
+			const n = 1000
+			for i := 0; i < b.N; i++ {
+				r := newRig(b, func(c *Config) { c.MaxFlowsPerPod = 1 << 20 })
+				must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+				r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+				if mode == "ping" {
+					r.e.echo.openPing = inNetns(newPingNetns(b), openPingSocket)
+				} else {
+					if pc, err := openRawICMP(); err != nil {
+						b.Skipf("raw ICMP socket: %v", err)
+					} else {
+						pc.Close()
+					}
+					r.e.echo.openPing = refusePing(r.e.echo.openPing)
+				}
+				payload := make([]byte, 56)
+				ping := func() {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					if _, err := r.pod.Ping(ctx, server, 1, payload); err != nil {
+						b.Fatalf("%v; engine %+v", err, r.e.Stats())
+					}
+				}
+				ping() // warm the pools and tables
+				before, g0 := heapNow()
+				for j := 0; j < n; j++ {
+					ping()
+				}
+				after, g1 := heapNow()
+				if got := r.e.Stats().ActiveEcho; got != n+1 {
+					b.Fatalf("%d echo flows open, want %d", got, n+1)
+				}
+				b.ReportMetric(float64(after-before)/n, "B/flow")
+				b.ReportMetric(float64(g1-g0)/n, "goroutines/flow")
+			}
+		})
+	}
+}
+
+// refusePing is an openPing that fails as a host refusing ping sockets
+// does (EACCES), of open's type.
+func refusePing[T any](open func(netip.Addr) (T, error)) func(netip.Addr) (T, error) {
+	return func(netip.Addr) (T, error) {
+		var zero T
+		return zero, os.NewSyscallError("socket", syscall.EACCES)
+	}
+}
+
+// BenchmarkEchoNewFlow is one ping per op from the pod through a new echo
+// flow (Stack.Ping takes a new identifier each time): the request path
+// (intercept, flow open, send), the reply path and the pod's stack, in
+// process; allocs/op per flow. ping and raw as in
+// BenchmarkIdleEchoFlowMemory. Flows stay open (a socket each in ping
+// mode): run it with -benchtime of at most a few thousand ops.
+func BenchmarkEchoNewFlow(b *testing.B) {
+	for _, mode := range []string{"ping", "raw"} {
+		b.Run(mode, func(b *testing.B) {
+			r := newRig(b, func(c *Config) { c.MaxFlowsPerPod = 1 << 20 })
+			must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+			r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+			if mode == "ping" {
+				r.e.echo.openPing = inNetns(newPingNetns(b), openPingSocket)
+			} else {
+				if pc, err := openRawICMP(); err != nil {
+					b.Skipf("raw ICMP socket: %v", err)
+				} else {
+					pc.Close()
+				}
+				r.e.echo.openPing = refusePing(r.e.echo.openPing)
+			}
+			payload := make([]byte, 56)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err := r.pod.Ping(ctx, server, 1, payload)
+				cancel()
+				if err != nil {
+					b.Fatalf("ping %d: %v; engine %+v", i, err, r.e.Stats())
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkEchoRelayRR is one echo request and its reply per op on one
+// open flow (a ping's steady state), from the engine's side: the request
+// handed to the interceptor as the NIC's goroutine does, the reply seen
+// arriving at the pod (a tap on its link). What it measures is the
+// relay's path both ways — its hand-offs between goroutines included —
+// and its allocations per round trip. ping and raw as in
+// BenchmarkIdleEchoFlowMemory.
+func BenchmarkEchoRelayRR(b *testing.B) {
+	for _, mode := range []string{"ping", "raw"} {
+		b.Run(mode, func(b *testing.B) {
+			r := newRig(b, nil)
+			must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+			r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+			if mode == "ping" {
+				r.e.echo.openPing = inNetns(newPingNetns(b), openPingSocket)
+			} else {
+				if pc, err := openRawICMP(); err != nil {
+					b.Skipf("raw ICMP socket: %v", err)
+				} else {
+					pc.Close()
+				}
+				r.e.echo.openPing = refusePing(r.e.echo.openPing)
+			}
+			const id = 0x4242
+			replies := make(chan struct{}, 1)
+			remove := r.pod.Devices().AddTap(func(_ *dev.NIC, skb *buf.SKB, dir dev.Direction) {
+				if dir != dev.Rx {
+					return
+				}
+				eth, err := header.CheckEthernet(skb.Bytes())
+				if err != nil || eth.Type() != header.EtherTypeIPv4 {
+					return
+				}
+				ip, err := header.CheckIPv4(eth.Payload())
+				if err != nil || ip.Protocol() != header.ProtoICMP {
+					return
+				}
+				if m := header.ICMPv4(ip.Payload()); m.Type() == header.ICMPv4EchoReply && m.ID() == id {
+					select {
+					case replies <- struct{}{}:
+					default:
+					}
+				}
+			})
+			defer remove()
+			payload := make([]byte, 56)
+			rr := func(seq uint16) {
+				r.e.echo.intercept(ipv4.EchoRequest{Src: podAddr, Dst: server, ID: id, Seq: seq, Payload: payload})
+				select {
+				case <-replies:
+				case <-time.After(5 * time.Second):
+					b.Fatalf("no reply to request %d; engine %+v", seq, r.e.Stats())
+				}
+			}
+			for i := 0; i < 100; i++ {
+				rr(uint16(i))
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				rr(uint16(i))
+			}
+		})
 	}
 }

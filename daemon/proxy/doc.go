@@ -125,36 +125,51 @@
 // (udpEvictLocked in udp.go: a name lookup and its answer), counted in
 // UDPEvicted; a stream is never taken.
 //
-// ICMP echo. The stack calls the echo interceptor on its receive goroutine,
-// which must not block: the request is copied into a bounded queue
-// (echoQueueLen; full → dropped, EchoDropped) that one dispatcher goroutine
-// drains. Each (pod, destination, identifier) flow owns an unprivileged ping
-// socket (socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP), net/ipv4/ping.c) connected
-// to the destination, and a goroutine reading its replies. The kernel rewrites
-// the identifier to the socket's own; replies are mapped back to the pod's and
-// answered with SendEchoReply from the destination. Where the host refuses ping
+// ICMP echo. The stack calls the echo interceptor on the receiving NIC's
+// goroutine, at the request's local delivery, and the request is relayed
+// there (echoTable.request), as the UDP intercept socket is drained on that
+// goroutine: no queue and no goroutine of ours is woken per request, and
+// everything it does is a non-blocking system call. Each (pod, destination,
+// identifier) flow owns an unprivileged ping socket (socket(AF_INET,
+// SOCK_DGRAM, IPPROTO_ICMP), net/ipv4/ping.c; socket and connect(2) raw,
+// openPingSocket) connected to the destination and registered with the
+// engine's poller, as a UDP flow's socket is: no goroutine, no Go net.Conn,
+// no runtime timer per flow (an idle flow is about 2 KiB of heap,
+// BenchmarkIdleEchoFlowMemory, against 6.5 KiB and a goroutine when each
+// had a reader). The request is written with write(2); a full send buffer
+// drops it (EchoDropped), as a full qdisc would, rather than hold up the
+// NIC's goroutine. The kernel rewrites the identifier to the socket's own;
+// the poller's goroutine reads a ready socket dry (echoFlow.ready: the
+// replies ping_rcv queued) and answers the pod with the pod's identifier,
+// from the destination (SendEchoReply). Where the host refuses ping
 // sockets (EACCES: the daemon's group is outside net.ipv4.ping_group_range,
-// whose default "1 0" refuses everyone) the flow goes through the engine's one
-// raw ICMP socket instead (SOCK_RAW, which the daemon may open as root with
-// CAP_NET_RAW; opened at the first such flow, kept until Close): the flow gets
-// an identifier of ours, unique among the raw flows to its destination, and
-// the request is sent with it; one goroutine reads the socket (the kernel's
-// ICMP_FILTER passes echo replies only) and hands a reply to the flow named by
-// its source and identifier, which answers the pod with the pod's identifier
-// (EchoRawRelayed counts these requests). Replies to other programs' pings find
-// no flow and are ignored. Raw-mode flows have no socket or goroutine of their
-// own: a timer per flow marks it for one sweeper goroutine, which ends it after
-// UDPIdleTimeout without traffic or when it is aborted. Large echoes work the
-// same way: the stack has reassembled the pod's request, the host socket sends
-// it whole, and SendEchoReply fragments the reply to the pod's MTU. ICMP errors
-// about a relayed request (destination unreachable but fragmentation needed,
-// time exceeded: from the ping socket's error queue, IP_RECVERR, or the raw
-// socket, whose filter passes them too) go to the pod quoting its own request
-// as it arrived (EchoRequest.Header; each flow keeps the last echoQuotes) and
-// the data the host's error quoted (EchoICMPErrors). Only when
-// both sockets are refused is the request dropped and counted in EchoDenied:
-// pods can still ping their gateway, which the stack answers itself. Ping
-// socket flows close after UDPIdleTimeout without traffic too.
+// whose default "1 0" refuses everyone) the flow goes through the engine's
+// one raw ICMP socket instead (SOCK_RAW, which the daemon may open as root
+// with CAP_NET_RAW; opened at the first such flow, kept until Close): the
+// flow gets an identifier of ours, unique among the raw flows to its
+// destination, and the request is sent with it (sendto(2), MSG_DONTWAIT:
+// a full send buffer drops it). The raw socket is on the poller too
+// (rawSock.ready; the kernel's ICMP_FILTER passes echo replies and the
+// errors that may be about a request only): a reply goes to the flow named
+// by its source and identifier, which answers the pod with the pod's
+// identifier (EchoRawRelayed counts these requests). Replies to other
+// programs' pings find no flow and are ignored. Every echo flow, ping socket or raw, has an
+// idle timer on the stack's clock (echoIdleTimer) that ends it after
+// UDPIdleTimeout without a request, reply or error: a message only moves
+// the flow's last time, and the timer, when it fires early, waits for the
+// rest. A flow ends once (echoTable.end: idle timeout, RemovePod or Close),
+// its ping socket closed with its registration, or its raw identifier
+// given back. Large echoes work the same way: the stack has reassembled the
+// pod's request, the host socket sends it whole, and SendEchoReply
+// fragments the reply to the pod's MTU. ICMP errors about a relayed request
+// (destination unreachable but fragmentation needed, time exceeded: from the
+// ping socket's error queue, IP_RECVERR, which ping_err fills and which
+// raises EPOLLERR, or the raw socket, whose filter passes them too) go to
+// the pod quoting its own request as it arrived (EchoRequest.Header; each
+// flow keeps the last echoQuotes) and the data the host's error quoted
+// (EchoICMPErrors). Only when both sockets are refused is the request
+// dropped and counted in EchoDenied: pods can still ping their gateway,
+// which the stack answers itself.
 //
 // IPv6 (a dual-stack pod: Pod.Addr6, Pod.Gateway6). The interceptors hand
 // over IPv6 flows as IPv4 ones, and each is relayed over a host socket of
@@ -215,11 +230,14 @@
 //     connection with the stack socket and conntrack entry); the sockets' own
 //     buffers (the stack's SndBuf/RcvBuf, the kernel's) hold the bytes in
 //     flight, and a relay whose peer died silently holds them until
-//     keepalive finds it. Poller: one registration per relayed flow,
-//     pollBatch events per wait.
-//   - UDP and echo replies: a pooled maxDatagram buffer held only while a
-//     datagram is handled, never while a flow waits.
-//   - Echo queue: echoQueueLen requests. DNS: maxDNSInFlight UDP queries.
+//     keepalive finds it. Poller: one registration per relayed flow (TCP,
+//     UDP, echo through a ping socket) and per raw ICMP socket, pollBatch
+//     events per wait.
+//   - UDP and echo replies, and echo requests: a pooled maxDatagram buffer
+//     held only while a datagram or message is handled, never while a flow
+//     waits.
+//   - Echo requests: none queued (relayed on the NIC's goroutine). DNS:
+//     maxDNSInFlight UDP queries.
 //   - Echo flows count against MaxFlowsPerPod, ping-socket and raw alike;
 //     raw-mode flows also against the 65536 identifiers per destination.
 //   - ICMP errors from a host UDP socket's error queue: maxErrQueue read per
@@ -232,13 +250,13 @@
 // locks (udpTable.mu, echoTable.mu, udpMapping.mu) are taken before it when
 // a flow is opened: lock order table > Engine.mu > flowHandle.mu, and a
 // flowHandle closes its sockets after releasing its own. echoTable.mu is
-// held across a ping or raw socket's creation and a send; a raw-mode
-// flow's abort only marks it for the sweeper (echoTable.dueMu, a leaf), as
-// flowHandle may run it with echoTable.mu held. udpQuote.mu is a leaf.
-// The idle timers of raw-mode flows (time.AfterFunc) only mark the flow
-// too: the sweeper, an Engine.spawn goroutine, ends it. A UDP flow's
-// abort takes udpTable.mu, so udpFlowFor adds it to its flowHandle only
-// after releasing that lock. Each flow has
+// held across a ping or raw socket's creation and a send. udpQuote.mu is a
+// leaf. A UDP flow's abort takes udpTable.mu, so udpFlowFor adds it to its
+// flowHandle only after releasing that lock; an echo flow's abort takes
+// echoTable.mu, so echoTable.request does the same. An idle timer's
+// callback (the stack clock's goroutine) takes the table's lock to end
+// its flow; a flow's last time is an atomic, so a message never touches
+// the timer. Each flow has
 // a flowHandle that aborts it whatever phase it is in (dialling, accepting,
 // relaying). Every goroutine is started through Engine.spawn and counted in
 // Engine.wg (a relay's second direction is waited for by its first; a pod's
@@ -254,5 +272,7 @@
 // Time: the deadlines of host sockets and the idle times are wall-clock (the
 // kernel's); the stack's sockets get deadlines on the stack's clock, and
 // so do the timers that wake for a TCP flow's connect timeout and a UDP
-// flow's idle time (measured on the wall clock when they fire).
+// flow's idle time (measured on the wall clock when they fire). An echo
+// flow's idle time is measured on the stack's clock as well, so a test's
+// manual clock ends it.
 package proxy

@@ -12,30 +12,21 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
 	"github.com/cni-userstack/cni-userstack/netstack/ipv6"
 )
-
-// echoQueueLen bounds the echo requests waiting for the dispatcher; a
-// request past it is dropped (EchoDropped), as a full socket queue would.
-const echoQueueLen = 1024
 
 // echoKey names an echo flow: the kernel gives each ping socket an
 // identifier of its own, so a flow is per pod identifier.
 type echoKey struct {
 	pod, dst netip.Addr
 	id       uint16
-}
-
-type echoReq struct {
-	key     echoKey
-	seq     uint16
-	payload []byte
-	hdr     []byte // the request's IP and ICMP headers as they arrived
 }
 
 // echoQuotes is how many of a flow's last requests it keeps the headers
@@ -60,17 +51,25 @@ type rawKey struct {
 	id  uint16
 }
 
-// echoFlow is one pod identifier's echo flow: a ping socket connected to
-// the destination (conn), or an identifier of its own on the engine's raw
-// ICMP socket (raw mode, hostID).
+// echoFlow is one pod identifier's echo flow: a ping socket of its own
+// connected to the destination (h, registered with the engine's poller as
+// id, which relays its replies: ready), or an identifier of its own on the
+// engine's raw ICMP socket (raw mode, hostID). Either way an idle timer on
+// the stack's clock ends it: no goroutine, no Go net.Conn and no runtime
+// timer per flow, as a UDP flow (udp.go).
 type echoFlow struct {
-	key  echoKey
-	conn net.Conn
-	raw  syscall.RawConn
-	last atomic.Int64 // wall-clock nanoseconds of the last request or reply
-	f    *flowHandle
+	key echoKey
+	t   *echoTable
+	f   *flowHandle
+	h   *hostFD // the ping socket; nil in raw mode
+	id  uint64  // h's poller registration
+	// last is the stack clock's time (UnixNano) of the last request,
+	// reply or error; idle fires UDPIdleTimeout after it.
+	last  atomic.Int64
+	idle  clock.Timer
+	ended atomic.Bool // end ran: a flow ends once
 	// quotes are the headers of the last requests, a ring guarded by
-	// echoTable.mu (written by send, read by the error relay).
+	// echoTable.mu (written by request, read by the error relay).
 	quotes [echoQuotes]echoQuote
 	nextQ  int
 
@@ -78,45 +77,33 @@ type echoFlow struct {
 	viaRaw bool
 	hostID uint16
 	rawKey rawKey
-	idle   *time.Timer // marks the flow due for the sweeper; no goroutine per flow
-	dead   atomic.Bool // aborted (RemovePod, Close): the sweeper ends it
 }
 
-func (ef *echoFlow) touch() { ef.last.Store(time.Now().UnixNano()) }
+func (ef *echoFlow) touch() { ef.last.Store(ef.t.e.st.Clock().Now().UnixNano()) }
 
-// echoTable is the echo relay: the queue from the stack's receive
-// goroutine and the flows. Bound: the flows count against MaxFlowsPerPod;
-// raw-mode flows also against 65536 identifiers per destination.
+// echoTable is the echo relay: the flows, and the raw sockets of raw
+// mode. Bound: the flows count against MaxFlowsPerPod; raw-mode flows
+// also against 65536 identifiers per destination.
 type echoTable struct {
 	e *Engine
-	q chan echoReq // bound: echoQueueLen
 
-	// mu guards m, byRaw and rawSock; held across a socket's creation
-	// and a send.
+	// mu guards m, byRaw, the raw sockets, closed and the flows'
+	// quotes; held across a socket's creation and a send.
 	mu    sync.Mutex
 	m     map[echoKey]*echoFlow
 	byRaw map[rawKey]*echoFlow // raw-mode flows by reply key
-	// rawSock is the engine's one raw ICMP socket, opened when ping
-	// sockets are first refused and kept until Close; rawSock6 the raw
-	// ICMPv6 socket, the same for IPv6 destinations. sweeping: the
-	// sweeper runs (started with the first of them; it closes both).
-	rawSock  net.PacketConn
-	rawRC    syscall.RawConn
-	rawSock6 net.PacketConn
-	sweeping bool
-
-	// dueMu guards due: raw-mode flows whose idle timer fired or which
-	// were aborted, for the sweeper (rawSweeper) to look at. Bound: the
-	// raw-mode flows. wake (capacity 1) says due is not empty.
-	dueMu sync.Mutex
-	due   map[*echoFlow]struct{}
-	wake  chan struct{}
+	// raw is the engine's one raw ICMP socket, opened when ping
+	// sockets are first refused and kept until close; raw6 the raw
+	// ICMPv6 socket, the same for IPv6 destinations. Both are on the
+	// poller (rawSock.ready reads them), nil until opened.
+	raw, raw6 *rawSock
+	closed    bool // close ran: no raw socket is opened any more
 
 	// openPing opens a ping socket connected to dst; openRaw the raw
 	// ICMP socket; tests replace them.
-	openPing func(dst netip.Addr) (net.Conn, error)
-	openRaw  func() (net.PacketConn, error)
-	openRaw6 func() (net.PacketConn, error)
+	openPing func(dst netip.Addr) (*hostFD, error)
+	openRaw  func() (*hostFD, error)
+	openRaw6 func() (*hostFD, error)
 	// hostDst maps a pod's destination to the address pinged; tests use
 	// it to reach loopback. nil = identity.
 	hostDst func(netip.Addr) netip.Addr
@@ -124,105 +111,170 @@ type echoTable struct {
 
 func (t *echoTable) init(e *Engine) {
 	t.e = e
-	t.q = make(chan echoReq, echoQueueLen)
 	t.m = map[echoKey]*echoFlow{}
 	t.byRaw = map[rawKey]*echoFlow{}
-	t.due = map[*echoFlow]struct{}{}
-	t.wake = make(chan struct{}, 1)
 	t.openPing = openPingSocket
 	t.openRaw = openRawICMP
 	t.openRaw6 = openRawICMPv6
 }
 
-// intercept is the stack's ipv4.EchoFunc, intercept6 its ipv6.EchoFunc:
-// they run on the receive goroutine, so they only copy the request, with
-// the header an ICMP error about it quotes, into the queue.
+// close closes the raw sockets and ends any flow left (Engine.Close has
+// aborted them all already).
+func (t *echoTable) close() {
+	t.mu.Lock()
+	t.closed = true
+	for _, rs := range []*rawSock{t.raw, t.raw6} {
+		if rs != nil {
+			t.e.poll.remove(rs.id)
+			rs.h.Close()
+		}
+	}
+	var left []*echoFlow
+	for _, ef := range t.m {
+		left = append(left, ef)
+	}
+	t.mu.Unlock()
+	for _, ef := range left {
+		t.end(ef)
+	}
+}
+
+// intercept is the stack's ipv4.EchoFunc, intercept6 its ipv6.EchoFunc.
+// They run on the receiving NIC's goroutine, at the request's local
+// delivery, and relay the request there (request) — as the UDP intercept
+// socket is drained on that goroutine (udpDrain) — instead of waking a
+// goroutine of ours per request: the flow's open and its send are
+// non-blocking system calls, as a UDP flow's are.
 func (t *echoTable) intercept(q ipv4.EchoRequest) {
-	t.enqueue(q.Src, q.Dst, q.ID, q.Seq, q.Payload, q.Header, header.ICMPv4MinSize)
+	t.request(q.Src, q.Dst, q.ID, q.Seq, q.Payload, q.Header, header.ICMPv4MinSize)
 }
 
 func (t *echoTable) intercept6(q ipv6.EchoRequest) {
-	t.enqueue(q.Src, q.Dst, q.ID, q.Seq, q.Payload, q.Header, header.ICMPv6MinSize)
+	t.request(q.Src, q.Dst, q.ID, q.Seq, q.Payload, q.Header, header.ICMPv6MinSize)
 }
 
-func (t *echoTable) enqueue(src, dst netip.Addr, id, seq uint16, payload, hdr []byte, icmpHdr int) {
+// request sends the pod's echo request src→dst (identifier id, sequence
+// seq) out of its flow's socket, opening the flow first if it has none.
+// A request too big for one message, or whose flow cannot be opened (a
+// failure of the moment; refusals are EchoDenied) or whose send fails (a
+// full send buffer: dropped, not waited for, as a full qdisc drops) is
+// counted in EchoDropped.
+func (t *echoTable) request(src, dst netip.Addr, id, seq uint16, payload, hdr []byte, icmpHdr int) {
+	e := t.e
 	if len(payload) > maxDatagram-icmpHdr {
-		t.e.c.echoDropped.Add(1)
+		e.c.echoDropped.Add(1)
 		return
 	}
-	r := echoReq{key: echoKey{pod: src, dst: dst, id: id}, seq: seq, payload: append([]byte(nil), payload...),
-		hdr: append([]byte(nil), hdr...)}
-	select {
-	case t.q <- r:
-	default:
-		t.e.c.echoDropped.Add(1)
-	}
-}
-
-// dispatch sends queued requests through their flows' sockets.
-func (t *echoTable) dispatch() {
-	for {
-		select {
-		case <-t.e.ctx.Done():
-			return
-		case r := <-t.q:
-			t.send(r)
-		}
-	}
-}
-
-func (t *echoTable) send(r echoReq) {
-	e := t.e
+	k := echoKey{pod: src, dst: dst, id: id}
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	ef := t.m[r.key]
+	ef := t.m[k]
+	opened := false
 	if ef == nil {
-		if ef = t.open(r.key); ef == nil {
+		if ef = t.openLocked(k); ef == nil {
+			t.mu.Unlock()
 			return
 		}
+		opened = true
 	}
+	t.sendLocked(ef, seq, payload, hdr)
+	t.mu.Unlock()
+	// The flow's abort (RemovePod, Close) takes mu: it is added to the
+	// flow only now, and runs here at once if the flow was aborted
+	// meanwhile.
+	if opened {
+		ef.f.add(ef)
+	}
+}
+
+// sendLocked writes the request to the host (mu held).
+func (t *echoTable) sendLocked(ef *echoFlow, seq uint16, payload, hdr []byte) {
+	e := t.e
 	ef.touch()
-	ef.keepQuote(r.seq, r.hdr)
+	ef.keepQuote(seq, hdr)
 	// RFC 792 echo. A ping socket sets the identifier to its own and
 	// computes the checksum (ping_v4_sendmsg); on the raw socket both
 	// are ours to write. ICMPv6 (RFC 4443 §4.1): the same, except that
 	// the kernel computes the checksum on a raw ICMPv6 socket too (RFC
 	// 3542 §3.1), over a pseudo-header only it knows the source of.
-	v6 := r.key.dst.Is6()
-	msg := make([]byte, header.ICMPv4MinSize+len(r.payload))
-	id := r.key.id
+	v6 := ef.key.dst.Is6()
+	bp := dgramBufs.Get().(*[]byte)
+	defer dgramBufs.Put(bp)
+	msg := (*bp)[:header.ICMPv4MinSize+len(payload)]
+	id := ef.key.id
 	if ef.viaRaw {
 		id = ef.hostID
 	}
 	if v6 {
-		header.ICMPv6(msg).Encode(header.ICMPv6Fields{Type: header.ICMPv6EchoRequest, RestOfHeader: header.EchoRest(id, r.seq)})
+		header.ICMPv6(msg).Encode(header.ICMPv6Fields{Type: header.ICMPv6EchoRequest, RestOfHeader: header.EchoRest(id, seq)})
 	} else {
-		header.ICMPv4(msg).Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(id, r.seq)})
+		header.ICMPv4(msg).Encode(header.ICMPv4Fields{Type: header.ICMPv4Echo, RestOfHeader: header.EchoRest(id, seq)})
 	}
-	copy(msg[header.ICMPv4MinSize:], r.payload)
-	// Counted before the send: the reply may be relayed before Write
-	// returns.
+	copy(msg[header.ICMPv4MinSize:], payload)
+	// Counted before the send: the reply may be relayed before the
+	// send returns.
 	e.c.echoRelayed.Add(1)
 	var err error
 	if ef.viaRaw {
 		e.c.echoRawRelayed.Add(1)
-		sock := t.rawSock
+		rs := t.raw
 		if v6 {
-			sock = t.rawSock6
+			rs = t.raw6
 		} else {
 			header.ICMPv4(msg).SetChecksum()
 		}
-		_, err = sock.WriteTo(msg, &net.IPAddr{IP: t.pinged(r.key.dst).AsSlice()})
-		if err != nil {
+		if err = rs.sendTo(msg, ef.rawKey.dst); err != nil {
 			e.c.echoRawRelayed.Add(^uint64(0))
 		}
 	} else {
-		_, err = ef.conn.Write(msg)
+		err = ef.write(msg)
 	}
 	if err != nil {
 		e.c.echoRelayed.Add(^uint64(0))
 		e.c.echoDropped.Add(1)
-		e.log.Debug("proxy: echo send failed", "pod", r.key.pod, "dst", r.key.dst, "raw", ef.viaRaw, "err", err)
+		e.log.Debug("proxy: echo send failed", "pod", ef.key.pod, "dst", ef.key.dst, "raw", ef.viaRaw, "err", err)
+	}
+}
+
+// sendTo sends msg to dst: sendto(2) with MSG_DONTWAIT, so that a full
+// send buffer fails the send (EAGAIN) instead of waiting: the caller is
+// the NIC's goroutine.
+func (rs *rawSock) sendTo(msg []byte, dst netip.Addr) error {
+	var sa unix.Sockaddr
+	if dst.Is4() {
+		sa = &unix.SockaddrInet4{Addr: dst.As4()}
+	} else {
+		sa = &unix.SockaddrInet6{Addr: dst.As16()}
+	}
+	if !rs.h.acquire() {
+		return net.ErrClosed
+	}
+	defer rs.h.release()
+	for {
+		err := unix.Sendto(rs.h.fd, msg, unix.MSG_DONTWAIT, sa)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// write sends msg on the flow's ping socket: write(2), raw (the P kept;
+// a ping socket's send never sleeps: non-blocking). A full send buffer
+// (EAGAIN) fails it, and so does a socket closed meanwhile (the flow
+// just ended).
+func (ef *echoFlow) write(msg []byte) error {
+	if !ef.h.acquire() {
+		return net.ErrClosed
+	}
+	defer ef.h.release()
+	for {
+		_, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(ef.h.fd), uintptr(unsafe.Pointer(unsafe.SliceData(msg))), uintptr(len(msg)))
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			return e
+		}
+		return nil
 	}
 }
 
@@ -241,32 +293,22 @@ func refused(err error) bool {
 		errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.EAFNOSUPPORT)
 }
 
-// open makes the flow of k; nil when denied, over a limit or failed (all
-// counted). Called with mu held. A ping socket first; where the host
-// refuses those (net.ipv4.ping_group_range excludes our group, its
-// default "1 0" everyone) an identifier on the raw ICMP socket, which the
-// daemon may open as root with CAP_NET_RAW.
-func (t *echoTable) open(k echoKey) *echoFlow {
+// openLocked makes the flow of k; nil when denied, over a limit or
+// failed (all counted). Called with mu held. A ping socket first; where
+// the host refuses those (net.ipv4.ping_group_range excludes our group,
+// its default "1 0" everyone) an identifier on the raw ICMP socket, which
+// the daemon may open as root with CAP_NET_RAW.
+func (t *echoTable) openLocked(k echoKey) *echoFlow {
 	e := t.e
 	f := e.newFlow()
 	if !e.acquire(k.pod, f, kindEcho) {
 		f.done()
 		return nil
 	}
+	ef := &echoFlow{key: k, t: t, f: f}
 	dst := t.pinged(k.dst)
-	c, err := t.openPing(dst)
+	err := t.openPingFlow(ef, dst)
 	if err == nil {
-		ef := &echoFlow{key: k, conn: c, f: f, raw: rawConn(c)}
-		ef.touch()
-		if err := setRecvErr(ef.raw); err != nil {
-			e.log.Debug("proxy: IP_RECVERR not set on a ping socket; its ICMP errors are not passed on", "err", err)
-		}
-		if !e.adopt(f, c, func() { t.reader(ef) }) {
-			return nil
-		}
-		t.m[k] = ef
-		e.c.activeEcho.Add(1)
-		e.c.echoFlowsOpened.Add(1)
 		return ef
 	}
 	if !refused(err) {
@@ -276,8 +318,7 @@ func (t *echoTable) open(k echoKey) *echoFlow {
 		f.done()
 		return nil
 	}
-	ef, rerr := t.openRawFlow(k, f)
-	if rerr != nil {
+	if rerr := t.openRawFlow(ef, dst); rerr != nil {
 		if refused(rerr) {
 			e.c.echoDenied.Add(1)
 		} else {
@@ -291,162 +332,266 @@ func (t *echoTable) open(k echoKey) *echoFlow {
 	return ef
 }
 
-// openRawFlow gives k an identifier on the raw socket (opened on first
-// use, with its reader and sweeper) unused by any other raw flow to the
-// same destination, and arms its idle timer. Called with mu held.
-func (t *echoTable) openRawFlow(k echoKey, f *flowHandle) (*echoFlow, error) {
+// openPingFlow gives ef a ping socket connected to dst, IP_RECVERR on
+// (its ICMP errors: ping_err queues them), on the poller (input only: a
+// full send buffer drops the request, write), and counts the flow in.
+// Called with mu held.
+func (t *echoTable) openPingFlow(ef *echoFlow, dst netip.Addr) error {
 	e := t.e
-	if !t.sweeping {
-		// The sweeper closes the raw sockets when the engine closes,
-		// which ends their readers.
-		if !e.spawn(t.rawSweeper) {
-			return nil, net.ErrClosed
-		}
-		t.sweeping = true
+	h, err := t.openPing(dst)
+	if err != nil {
+		return err
 	}
-	if v6 := k.dst.Is6(); v6 && t.rawSock6 == nil {
-		pc, err := t.openRaw6()
-		if err != nil {
-			return nil, err
-		}
-		if !e.spawn(func() { t.rawReader6(pc, rawConn(pc)) }) {
-			pc.Close() // closing: the sweeper may be gone already
-			return nil, net.ErrClosed
-		}
-		t.rawSock6 = pc
-	} else if !v6 && t.rawSock == nil {
-		pc, err := t.openRaw()
-		if err != nil {
-			return nil, err
-		}
-		rc := rawConn(pc)
-		if !e.spawn(func() { t.rawReader(pc, rc) }) {
-			pc.Close() // closing: the sweeper may be gone already
-			return nil, net.ErrClosed
-		}
-		t.rawSock, t.rawRC = pc, rc
+	ef.h, ef.id = h, e.poll.newID()
+	if err := h.setRecvErr(); err != nil {
+		e.log.Debug("proxy: IP_RECVERR not set on a ping socket; its ICMP errors are not passed on", "err", err)
 	}
-	dst := t.pinged(k.dst)
+	if err := e.poll.add(ef.id, h, ef, false, true); err != nil {
+		h.Close()
+		return fmt.Errorf("poller: %w", err)
+	}
+	t.startLocked(ef)
+	return nil
+}
+
+// startLocked puts ef in the table, counts it in and arms its idle
+// timer (mu held).
+func (t *echoTable) startLocked(ef *echoFlow) {
+	e := t.e
+	ef.touch()
+	t.m[ef.key] = ef
+	e.c.activeEcho.Add(1)
+	e.c.echoFlowsOpened.Add(1)
+	e.st.Clock().InitTimer(&ef.idle, (*echoIdleTimer)(ef))
+	ef.idle.Reset(e.cfg.UDPIdleTimeout)
+}
+
+// rawSock is one of the engine's raw sockets on the poller (ICMP, or
+// ICMPv6: v6).
+type rawSock struct {
+	t  *echoTable
+	h  *hostFD
+	id uint64 // h's poller registration
+	v6 bool
+}
+
+// openRawSock opens a raw socket with open and registers it with the
+// poller (mu held).
+func (t *echoTable) openRawSock(open func() (*hostFD, error), v6 bool) (*rawSock, error) {
+	h, err := open()
+	if err != nil {
+		return nil, err
+	}
+	rs := &rawSock{t: t, h: h, id: t.e.poll.newID(), v6: v6}
+	if err := t.e.poll.add(rs.id, h, rs, false, false); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("poller: %w", err)
+	}
+	return rs, nil
+}
+
+// openRawFlow gives ef an identifier on the raw socket (opened on first
+// use, on the poller) unused by any other raw flow to the same
+// destination dst. Called with mu held.
+func (t *echoTable) openRawFlow(ef *echoFlow, dst netip.Addr) error {
+	if t.closed {
+		return net.ErrClosed
+	}
+	if v6 := ef.key.dst.Is6(); v6 && t.raw6 == nil {
+		rs, err := t.openRawSock(t.openRaw6, true)
+		if err != nil {
+			return err
+		}
+		t.raw6 = rs
+	} else if !v6 && t.raw == nil {
+		rs, err := t.openRawSock(t.openRaw, false)
+		if err != nil {
+			return err
+		}
+		t.raw = rs
+	}
 	var b [2]byte
 	_, _ = rand.Read(b[:])
 	id := binary.BigEndian.Uint16(b[:])
 	for i := 0; ; i++ {
 		if i == 1<<16 {
-			return nil, fmt.Errorf("echo to %v: all 65536 identifiers in use: %w", dst, syscall.EAGAIN)
+			return fmt.Errorf("echo to %v: all 65536 identifiers in use: %w", dst, syscall.EAGAIN)
 		}
 		if t.byRaw[rawKey{dst, id}] == nil {
 			break
 		}
 		id++
 	}
-	ef := &echoFlow{key: k, f: f, viaRaw: true, hostID: id, rawKey: rawKey{dst, id}}
-	ef.touch()
-	t.m[k] = ef
+	ef.viaRaw, ef.hostID, ef.rawKey = true, id, rawKey{dst, id}
 	t.byRaw[ef.rawKey] = ef
-	e.c.activeEcho.Add(1)
-	e.c.echoFlowsOpened.Add(1)
-	ef.idle = time.AfterFunc(e.cfg.UDPIdleTimeout, func() { t.markDue(ef) })
-	// An abort only marks the flow: f.add may call this at once, with
-	// mu held.
-	f.add(abortFunc(func() { ef.dead.Store(true); t.markDue(ef) }))
-	return ef, nil
+	t.startLocked(ef)
+	return nil
 }
 
-// markDue hands ef to the sweeper.
-func (t *echoTable) markDue(ef *echoFlow) {
-	t.dueMu.Lock()
-	t.due[ef] = struct{}{}
-	t.dueMu.Unlock()
-	select {
-	case t.wake <- struct{}{}:
-	default:
-	}
-}
+// echoIdleTimer is the flow as its idle timer's clock.Handler.
+type echoIdleTimer echoFlow
 
-// rawSweeper ends raw-mode flows idle for UDPIdleTimeout (a request or
-// reply since re-arms the timer for the rest) or aborted, and at Close
-// every raw-mode flow and the raw sockets.
-func (t *echoTable) rawSweeper() {
-	e := t.e
-	for {
-		select {
-		case <-e.ctx.Done():
-			t.mu.Lock()
-			for _, pc := range []net.PacketConn{t.rawSock, t.rawSock6} {
-				if pc != nil {
-					pc.Close()
-				}
-			}
-			var all []*echoFlow
-			for _, ef := range t.byRaw {
-				all = append(all, ef)
-			}
-			t.mu.Unlock()
-			for _, ef := range all {
-				t.rawEnd(ef)
-			}
-			return
-		case <-t.wake:
-		}
-		t.dueMu.Lock()
-		due := t.due
-		t.due = map[*echoFlow]struct{}{}
-		t.dueMu.Unlock()
-		for ef := range due {
-			left := e.cfg.UDPIdleTimeout - time.Since(time.Unix(0, ef.last.Load()))
-			if !ef.dead.Load() && left > 0 {
-				ef.idle.Reset(left)
-				continue
-			}
-			if !ef.dead.Load() {
-				e.c.echoIdleTimeouts.Add(1)
-			}
-			t.rawEnd(ef)
-		}
-	}
-}
+func (it *echoIdleTimer) Fire(*clock.Timer) { (*echoFlow)(it).idleFired() }
 
-// rawEnd ends a raw-mode flow, once.
-func (t *echoTable) rawEnd(ef *echoFlow) {
-	t.mu.Lock()
-	if t.byRaw[ef.rawKey] != ef {
-		t.mu.Unlock()
+// idleFired ends the flow after UDPIdleTimeout without a request, reply
+// or error, or waits for the rest of it (a request or reply since only
+// moved last: no timer is touched per message).
+func (ef *echoFlow) idleFired() {
+	if ef.ended.Load() {
 		return
 	}
-	delete(t.byRaw, ef.rawKey)
+	t := ef.t
+	idle := t.e.cfg.UDPIdleTimeout
+	if quiet := time.Duration(t.e.st.Clock().Now().UnixNano() - ef.last.Load()); quiet < idle {
+		ef.idle.Reset(idle - quiet)
+		return
+	}
+	if t.end(ef) {
+		t.e.c.echoIdleTimeouts.Add(1)
+	}
+}
+
+// abort ends the flow (flowHandle's aborter: RemovePod, Close).
+func (ef *echoFlow) abort() { ef.t.end(ef) }
+
+// end ends a flow, once, whichever way it ends (idle timeout, abort):
+// out of the tables, its ping socket closed with its timer and
+// registration (a raw-mode flow gives back its identifier), counted out.
+// It reports whether this call ended it.
+func (t *echoTable) end(ef *echoFlow) bool {
+	if ef.ended.Load() {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if ef.ended.Swap(true) {
+		return false
+	}
 	if t.m[ef.key] == ef {
 		delete(t.m, ef.key)
 	}
-	t.mu.Unlock()
 	ef.idle.Stop()
+	if ef.viaRaw {
+		if t.byRaw[ef.rawKey] == ef {
+			delete(t.byRaw, ef.rawKey)
+		}
+	} else {
+		t.e.poll.remove(ef.id)
+		ef.h.Close()
+	}
 	t.e.release(ef.f)
 	ef.f.done()
 	t.e.c.activeEcho.Add(-1)
+	return true
 }
 
-// rawReader reads the raw ICMP socket until it is closed: echo replies to
-// a raw-mode flow's identifier from its destination go to the pod with the
-// pod's identifier. The socket sees the ICMP messages of the whole host
-// (the kernel's filter passes echo replies only, ICMP_FILTER); replies to
-// others' pings find no flow and are ignored.
-func (t *echoTable) rawReader(pc net.PacketConn, rc syscall.RawConn) {
-	t.rawLoop(pc, rc, "ICMP", func(p []byte, _ netip.AddrPort) { t.rawReply(p) })
-}
-
-// rawLoop reads a raw socket (ICMP or ICMPv6, what) until it is closed,
-// handing each message and its source to handle.
-func (t *echoTable) rawLoop(pc net.PacketConn, rc syscall.RawConn, what string, handle func(p []byte, src netip.AddrPort)) {
+// ready is the ping socket's poller callback (edge-triggered: it reads
+// until the socket is empty). Each echo reply (ping_rcv queued it: the
+// kernel's identifier, from the destination) goes to the pod with the
+// pod's identifier, from the destination (SendEchoReply). An ICMP error
+// for one of our requests (ping_err: the socket's pending error, reported
+// once by the read, and an entry on the error queue with IP_RECVERR; the
+// queue alone raises EPOLLERR) goes to the pod about its own request
+// (pingErrors).
+func (ef *echoFlow) ready(ev uint32) {
+	if !ef.h.acquire() {
+		return // ended
+	}
+	defer ef.h.release()
+	t := ef.t
 	e := t.e
+	bp := dgramBufs.Get().(*[]byte)
+	defer dgramBufs.Put(bp)
+	b := *bp
+	sawErr := false
 	for {
-		err := recvFrom(pc, rc, handle)
+		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(ef.h.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch errno {
+		case 0:
+			seq, payload, ok := echoReplyOf(b[:n], ef.key.dst.Is6())
+			if !ok {
+				continue // ping sockets deliver only replies to us; anything else is ignored
+			}
+			ef.touch()
+			if err := e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, seq, payload); err != nil {
+				e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
+			}
+			continue
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+		default:
+			// The pending error (EHOSTUNREACH ...), reported once.
+			sawErr = true
+			t.pingErrors(ef)
+			continue
+		}
+		break
+	}
+	if ev&unix.EPOLLERR != 0 && !sawErr {
+		t.pingErrors(ef)
+	}
+}
+
+// pingErrors relays the ICMP errors queued on the flow's ping socket
+// (IP_RECVERR), whose data starts at the quoted ICMP header (ping_err
+// queues it so), to the pod about its own request. The quoted header's
+// layout (type, code, checksum, identifier, sequence) is the same in
+// ICMPv6 (RFC 4443 §4.1) as in ICMP (RFC 792).
+func (t *echoTable) pingErrors(ef *echoFlow) {
+	drainErrQueue(ef.h, func(h hostICMP) {
+		if (h.origin != unix.SO_EE_ORIGIN_ICMP && h.origin != unix.SO_EE_ORIGIN_ICMP6) || len(h.data) < header.ICMPv4MinSize {
+			return
+		}
+		q := header.ICMPv4(h.data)
+		t.relayError(ef, h.typ, h.code, h.offender, q.Seq(), q.Payload())
+	})
+}
+
+// ready is a raw socket's poller callback (edge-triggered: it reads
+// until the socket is empty). Echo replies to a raw-mode flow's identifier
+// from its destination go to the pod with the pod's identifier; errors
+// quoting one of its requests go to the pod about its own request. The
+// socket sees the ICMP messages of the whole host that its filter passes
+// (ICMP_FILTER, ICMPV6_FILTER); those for others find no flow and are
+// ignored. An ICMP socket's message starts with the IPv4 header, the
+// source in it (read(2)); an ICMPv6 socket's is the message alone, the
+// source from recvfrom(2).
+func (rs *rawSock) ready(uint32) {
+	if !rs.h.acquire() {
+		return // closed
+	}
+	defer rs.h.release()
+	t := rs.t
+	bp := dgramBufs.Get().(*[]byte)
+	defer dgramBufs.Put(bp)
+	b := *bp
+	for {
+		var n int
+		var from netip.AddrPort
+		var err error
+		if rs.v6 {
+			n, from, err = recvfromNonblock(rs.h.fd, b)
+		} else {
+			r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(rs.h.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			n = int(r)
+			if errno != 0 {
+				err = errno
+			}
+		}
 		switch {
 		case err == nil:
-		case isErrno(err) && !isClosed(err):
-		default:
-			if e.ctx.Err() == nil {
-				e.log.Warn("proxy: raw "+what+" socket stopped", "err", err)
+			if rs.v6 {
+				t.rawReply6(from.Addr(), b[:n])
+			} else {
+				t.rawReply(b[:n])
 			}
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
 			return
+		default:
+			// A pending socket error, reported once: read on.
+			t.e.log.Debug("proxy: raw ICMP socket error", "v6", rs.v6, "err", err)
 		}
 	}
 }
@@ -481,74 +626,6 @@ func (t *echoTable) rawReply(p []byte) {
 	}
 }
 
-// reader relays the ping socket's echo replies to the pod, with the pod's
-// identifier, until the flow idles out or is aborted.
-func (t *echoTable) reader(ef *echoFlow) {
-	e := t.e
-	defer t.end(ef)
-	idle := e.cfg.UDPIdleTimeout
-	for {
-		last := time.Unix(0, ef.last.Load())
-		if time.Since(last) >= idle {
-			t.mu.Lock()
-			// A request may have arrived since: re-check under mu,
-			// so send never writes to a socket being closed.
-			if time.Since(time.Unix(0, ef.last.Load())) >= idle {
-				if t.m[ef.key] == ef {
-					delete(t.m, ef.key)
-				}
-				t.mu.Unlock()
-				e.c.echoIdleTimeouts.Add(1)
-				return
-			}
-			t.mu.Unlock()
-			continue
-		}
-		_ = ef.conn.SetReadDeadline(last.Add(idle))
-		err := recvDatagram(ef.conn, ef.raw, func(p []byte) {
-			seq, payload, ok := echoReplyOf(p, ef.key.dst.Is6())
-			if !ok {
-				return // ping sockets deliver only replies to us; anything else is ignored
-			}
-			ef.touch()
-			if err := e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, seq, payload); err != nil {
-				e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
-			}
-		})
-		switch {
-		case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
-		case isErrno(err) && !isClosed(err):
-			// An ICMP error for our request (EHOSTUNREACH ...): the
-			// error queue has it (IP_RECVERR), its data starting at
-			// the quoted ICMP header (ping_err).
-			drainErrQueue(ef.raw, func(h hostICMP) {
-				// The quoted header's layout (type, code, checksum,
-				// identifier, sequence) is the same in ICMPv6 (RFC 4443
-				// §4.1) as in ICMP (RFC 792).
-				if (h.origin != unix.SO_EE_ORIGIN_ICMP && h.origin != unix.SO_EE_ORIGIN_ICMP6) || len(h.data) < header.ICMPv4MinSize {
-					return
-				}
-				q := header.ICMPv4(h.data)
-				t.relayError(ef, h.typ, h.code, h.offender, q.Seq(), q.Payload())
-			})
-		default:
-			return
-		}
-	}
-}
-
-func (t *echoTable) end(ef *echoFlow) {
-	t.mu.Lock()
-	if t.m[ef.key] == ef {
-		delete(t.m, ef.key)
-	}
-	t.mu.Unlock()
-	ef.conn.Close()
-	t.e.release(ef.f)
-	ef.f.done()
-	t.e.c.activeEcho.Add(-1)
-}
-
 // echoReplyOf reads an echo reply a ping socket delivered: ICMP, or
 // ICMPv6 for an IPv6 flow (v6); false for anything else.
 func echoReplyOf(p []byte, v6 bool) (seq uint16, payload []byte, ok bool) {
@@ -568,33 +645,29 @@ func echoReplyOf(p []byte, v6 bool) (seq uint16, payload []byte, ok bool) {
 
 // openPingSocket opens an unprivileged ICMP socket (SOCK_DGRAM,
 // IPPROTO_ICMP: net/ipv4/ping.c; for an IPv6 dst AF_INET6, IPPROTO_ICMPV6:
-// net/ipv6/ping.c) connected to dst. The kernel refuses it with EACCES
-// when the caller's group is outside net.ipv4.ping_group_range (which
-// governs both families).
-func openPingSocket(dst netip.Addr) (net.Conn, error) {
-	family, proto := unix.AF_INET, unix.IPPROTO_ICMP
-	if dst.Is6() {
-		family, proto = unix.AF_INET6, unix.IPPROTO_ICMPV6
+// net/ipv6/ping.c) connected to dst, non-blocking, with raw system calls
+// (newHostFD). The kernel refuses it with EACCES when the caller's group
+// is outside net.ipv4.ping_group_range (which governs both families).
+func openPingSocket(dst netip.Addr) (*hostFD, error) {
+	proto := unix.IPPROTO_ICMP
+	if !dst.Unmap().Is4() {
+		proto = unix.IPPROTO_ICMPV6
 	}
-	sa, _, err := sockaddr(netip.AddrPortFrom(dst, 0))
-	if err != nil {
-		return nil, err
-	}
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	h, err := newHostFD(netip.AddrPortFrom(dst, 0), unix.SOCK_DGRAM, proto)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
 	}
-	if err := unix.Connect(fd, sa); err != nil {
-		unix.Close(fd)
-		return nil, os.NewSyscallError("connect", err)
+	for {
+		e := h.connect()
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			rawClose(h.fd)
+			return nil, os.NewSyscallError("connect", e)
+		}
+		return h, nil
 	}
-	f := os.NewFile(uintptr(fd), fmt.Sprintf("ping:%v", dst))
-	c, err := net.FileConn(f) // dups the descriptor
-	f.Close()
-	if err != nil {
-		return nil, err
-	}
-	return c, nil
 }
 
 // icmpFilterPass is the ICMP_FILTER of the raw socket (net/ipv4/raw.c,
@@ -607,7 +680,7 @@ const icmpFilterPass = ^uint32(1<<header.ICMPv4EchoReply | 1<<header.ICMPv4DstUn
 // CAP_NET_RAW, EPERM without) with the filter above. Reads return the
 // IPv4 header and the message; writes take the message and get a header
 // from the kernel.
-func openRawICMP() (net.PacketConn, error) {
+func openRawICMP() (*hostFD, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
@@ -618,7 +691,7 @@ func openRawICMP() (net.PacketConn, error) {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("setsockopt ICMP_FILTER", err)
 	}
-	return filePacketConn(fd, "raw-icmp")
+	return &hostFD{fd: fd}, nil
 }
 
 // openRawICMPv6 opens the raw ICMPv6 socket (SOCK_RAW, IPPROTO_ICMPV6:
@@ -626,7 +699,7 @@ func openRawICMP() (net.PacketConn, error) {
 // that type) passing echo replies only. Reads return the message without
 // the IPv6 header, the source in the address; the kernel computes the
 // checksum of what is written (RFC 3542 §3.1).
-func openRawICMPv6() (net.PacketConn, error) {
+func openRawICMPv6() (*hostFD, error) {
 	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMPV6)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
@@ -645,24 +718,7 @@ func openRawICMPv6() (net.PacketConn, error) {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("setsockopt ICMPV6_FILTER", err)
 	}
-	return filePacketConn(fd, "raw-icmpv6")
-}
-
-// filePacketConn makes the socket fd a net.PacketConn (which dups it) and
-// closes fd.
-func filePacketConn(fd int, name string) (net.PacketConn, error) {
-	f := os.NewFile(uintptr(fd), name)
-	pc, err := net.FilePacketConn(f)
-	f.Close()
-	return pc, err
-}
-
-// rawReader6 reads the raw ICMPv6 socket until it is closed: echo
-// replies to a raw-mode flow's identifier from its destination go to the
-// pod with the pod's identifier (rawReader's twin; the source comes with
-// recvfrom, not in a header).
-func (t *echoTable) rawReader6(pc net.PacketConn, rc syscall.RawConn) {
-	t.rawLoop(pc, rc, "ICMPv6", func(p []byte, src netip.AddrPort) { t.rawReply6(src.Addr(), p) })
+	return &hostFD{fd: fd}, nil
 }
 
 // rawReply6 handles one message of the raw ICMPv6 socket from src.

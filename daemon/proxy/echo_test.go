@@ -15,17 +15,30 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cni-userstack/cni-userstack/netstack/buf"
 	"github.com/cni-userstack/cni-userstack/netstack/dev"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
-	"github.com/cni-userstack/cni-userstack/netstack/stacktest"
 )
 
 // fakePing stands in for the kernel's ping socket: it answers each echo
-// request with a reply carrying its own identifier, as ping.c does.
-func fakePing(t *testing.T, kernelID uint16) func(netip.Addr) (net.Conn, error) {
-	return func(dst netip.Addr) (net.Conn, error) {
-		ours, kernel := net.Pipe()
+// request with a reply carrying its own identifier, as ping.c does. The
+// engine's end is a datagram socketpair's (an fd for its poller), the
+// kernel's the other end, served by a goroutine of the test.
+func fakePing(t *testing.T, kernelID uint16) func(netip.Addr) (*hostFD, error) {
+	return func(dst netip.Addr) (*hostFD, error) {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		f := os.NewFile(uintptr(fds[1]), "fake-ping")
+		kernel, err := net.FileConn(f) // dups the descriptor
+		f.Close()
+		if err != nil {
+			unix.Close(fds[0])
+			return nil, err
+		}
 		t.Cleanup(func() { kernel.Close() })
 		go func() {
 			b := make([]byte, 65536)
@@ -46,7 +59,7 @@ func fakePing(t *testing.T, kernelID uint16) func(netip.Addr) (net.Conn, error) 
 				}
 			}
 		}()
-		return ours, nil
+		return &hostFD{fd: fds[0]}, nil
 	}
 }
 
@@ -88,10 +101,10 @@ func TestEcho(t *testing.T) {
 	})
 	t.Run("host refuses ping and raw sockets", func(t *testing.T) {
 		r := newRig(t, nil)
-		r.e.echo.openPing = func(netip.Addr) (net.Conn, error) {
+		r.e.echo.openPing = func(netip.Addr) (*hostFD, error) {
 			return nil, os.NewSyscallError("socket", syscall.EACCES)
 		}
-		r.e.echo.openRaw = func() (net.PacketConn, error) {
+		r.e.echo.openRaw = func() (*hostFD, error) {
 			return nil, os.NewSyscallError("socket", syscall.EPERM)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -157,7 +170,7 @@ func TestEchoRawSocket(t *testing.T) {
 	openRawOrSkip(t)
 	r := newRig(t, func(c *Config) { c.UDPIdleTimeout = 300 * time.Millisecond; c.MaxFlowsPerPod = 3 })
 	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
-	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) {
+	r.e.echo.openPing = func(netip.Addr) (*hostFD, error) {
 		return nil, os.NewSyscallError("socket", syscall.EACCES)
 	}
 	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
@@ -205,7 +218,7 @@ func TestEchoRawSocketClose(t *testing.T) {
 	openRawOrSkip(t)
 	r := newRig(t, nil)
 	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
-	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) { return nil, syscall.EPERM }
+	r.e.echo.openPing = func(netip.Addr) (*hostFD, error) { return nil, syscall.EPERM }
 	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -218,62 +231,27 @@ func TestEchoRawSocketClose(t *testing.T) {
 	waitNoEngineGoroutines(t)
 }
 
-// fakeRaw stands in for the raw ICMP socket: ReadFrom returns what the
-// test injects (IPv4 header and ICMP message, as a raw socket reads), and
-// each echo request written is handed to onWrite.
-type fakeRaw struct {
-	in      chan []byte
-	closed  chan struct{}
-	once    sync.Once
-	onWrite func(msg []byte, to netip.Addr)
-}
-
-func newFakeRaw(onWrite func(msg []byte, to netip.Addr)) *fakeRaw {
-	return &fakeRaw{in: make(chan []byte, 16), closed: make(chan struct{}), onWrite: onWrite}
-}
-
-func (f *fakeRaw) ReadFrom(p []byte) (int, net.Addr, error) {
-	select {
-	case b := <-f.in:
-		return copy(p, b), &net.IPAddr{}, nil
-	case <-f.closed:
-		return 0, nil, net.ErrClosed
-	}
-}
-
-func (f *fakeRaw) WriteTo(p []byte, a net.Addr) (int, error) {
-	to, _ := netip.AddrFromSlice(a.(*net.IPAddr).IP)
-	f.onWrite(append([]byte(nil), p...), to.Unmap())
-	return len(p), nil
-}
-
-func (f *fakeRaw) Close() error                          { f.once.Do(func() { close(f.closed) }); return nil }
-func (f *fakeRaw) LocalAddr() net.Addr                   { return &net.IPAddr{} }
-func (f *fakeRaw) SetDeadline(time.Time) error           { return nil }
-func (f *fakeRaw) SetReadDeadline(time.Time) error       { return nil }
-func (f *fakeRaw) SetWriteDeadline(time.Time) error      { return nil }
-func (f *fakeRaw) inject(b []byte)                       { f.in <- b }
-func (f *fakeRaw) SyscallConn() (syscall.RawConn, error) { return nil, errors.New("not a socket") }
-
 // RFC 792 / RFC 1122 §3.2.2 for echo: a router on the host's path answers
 // the relayed request with host unreachable; the pod gets host unreachable
 // from that router about its own request, quoting the request's headers
 // as the pod sent them (its identifier, sequence number and checksum, not
-// the relay's), and its ping fails with EHOSTUNREACH.
+// the relay's), and its ping fails with EHOSTUNREACH. Through the raw
+// socket (ping sockets refused): TestEchoPingSocketErrorRelayed does the
+// same through a ping socket.
 func TestEchoErrorQuotesThePodsRequest(t *testing.T) {
 	router := netip.MustParseAddr("192.0.2.1")
-	hostAddr := netip.MustParseAddr("198.51.100.2")
 	r := newRig(t, nil)
 	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
-	r.e.echo.openPing = func(netip.Addr) (net.Conn, error) { return nil, syscall.EACCES }
-	var raw *fakeRaw
-	raw = newFakeRaw(func(msg []byte, to netip.Addr) {
-		// The host's request as a router saw it, then its error.
-		req := stacktest.IPv4(hostAddr.String(), to.String()).Proto(header.ProtoICMP).Payload(msg).Bytes()
-		raw.inject(stacktest.IPv4(router.String(), hostAddr.String()).
-			ICMP(header.ICMPv4DstUnreachable, header.ICMPv4HostUnreachable, 0).Payload(req).Bytes())
-	})
-	r.e.echo.openRaw = func() (net.PacketConn, error) { return raw, nil }
+	r.e.echo.openPing = func(netip.Addr) (*hostFD, error) { return nil, syscall.EACCES }
+	// The raw socket in a private netns whose router answers every
+	// request with host unreachable (pingNetns.router), to its loopback.
+	ns := newPingNetns(t)
+	ns.router(t, router)
+	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
+	r.e.echo.openRaw = func() (h *hostFD, err error) {
+		ns.do(func() { h, err = openRawICMP() })
+		return h, err
+	}
 
 	var mu sync.Mutex
 	var sent, got []byte

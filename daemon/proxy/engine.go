@@ -124,7 +124,7 @@ type Stats struct {
 	EchoRawRelayed      uint64 `json:"echoRawRelayed"`      // of those, through the raw ICMP socket (ping sockets refused)
 	EchoDenied          uint64 `json:"echoDenied"`          // both ping and raw ICMP sockets refused
 	EchoICMPErrors      uint64 `json:"echoICMPErrors"`      // ICMP errors about a pod's echo request passed to it
-	EchoDropped         uint64 `json:"echoDropped"`         // echo queue full, oversized or send failed
+	EchoDropped         uint64 `json:"echoDropped"`         // oversized, flow not opened (not a refusal) or send failed (send buffer full)
 	DNSQueries          uint64 `json:"dnsQueries"`          // UDP queries and TCP connections to the gateway's port 53
 	DNSFailures         uint64 `json:"dnsFailures"`         // no nameserver answered, malformed, or over maxDNSInFlight
 	PortMapConns        uint64 `json:"portMapConns"`        // port-mapping TCP connections relayed into a pod
@@ -333,7 +333,6 @@ func New(cfg Config) (_ *Engine, err error) {
 	e.udpBuf = make([]byte, maxDatagram)
 	e.udpIC.SetNotify(e.udpDrain)
 	e.udpDrain()
-	e.spawn(e.echo.dispatch)
 	e.spawn(e.dnsUDPLoop)
 	e.spawn(e.dnsTCPLoop)
 	return e, nil
@@ -395,6 +394,8 @@ func (e *Engine) Close() error {
 	if e.poll != nil {
 		errs = append(errs, ignoreClosed(e.poll.close()))
 	}
+	// The raw ICMP sockets' readers end when the sockets close.
+	e.echo.close()
 	e.wg.Wait()
 	for _, p := range pods {
 		p.wg.Wait()

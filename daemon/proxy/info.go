@@ -128,8 +128,8 @@ func (e *Engine) Relays() []Relay {
 			// uses on it, towards the address pinged.
 			rl.HostLocal = netip.AddrPortFrom(netip.IPv4Unspecified(), ef.hostID)
 			rl.HostRemote = netip.AddrPortFrom(ef.rawKey.dst, ef.hostID)
-		} else if ef.conn != nil {
-			rl.HostLocal, rl.HostRemote = addrPort(ef.conn.LocalAddr()), addrPort(ef.conn.RemoteAddr())
+		} else if ef.h != nil {
+			rl.HostLocal, rl.HostRemote = addrPort(ef.h.LocalAddr()), addrPort(ef.h.RemoteAddr())
 		}
 		rl.FromPod, rl.ToPod = ctBytes(ct, conntrack.Tuple{Src: ef.key.pod, Dst: ef.key.dst, SrcPort: ef.key.id,
 			Proto: header.ProtoICMP}, false)
