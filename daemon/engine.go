@@ -84,7 +84,7 @@ func apiProxyStats(s proxy.Stats) *api.ProxyStats {
 	out := &api.ProxyStats{
 		ActiveTCP: s.ActiveTCP, ActiveUDP: s.ActiveUDP, ActiveEcho: s.ActiveEcho, PendingTCP: s.PendingTCP,
 		TCPAccepted: s.TCPAccepted, TCPRefused: s.TCPRefused, TCPTimeouts: s.TCPTimeouts, TCPUnreachable: s.TCPUnreachable,
-		TCPNoResources: s.TCPNoResources, UDPNoResources: s.UDPNoResources,
+		TCPNoResources: s.TCPNoResources, UDPNoResources: s.UDPNoResources, EchoNoResources: s.EchoNoResources,
 		FlowLimitDrops: s.FlowLimitDrops, UDPFlowsOpened: s.UDPFlowsOpened, UDPPortUnreachables: s.UDPPortUnreachables,
 		UDPICMPErrors: s.UDPICMPErrors,
 		EchoRelayed:   s.EchoRelayed, EchoRawRelayed: s.EchoRawRelayed, EchoDenied: s.EchoDenied, EchoICMPErrors: s.EchoICMPErrors, EchoDropped: s.EchoDropped,

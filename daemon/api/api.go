@@ -450,6 +450,7 @@ type ProxyStats struct {
 	UDPEvicted          uint64 `json:"udpEvicted"`
 	UDPDropped          uint64 `json:"udpDropped"`
 	UDPNoResources      uint64 `json:"udpNoResources"`
+	EchoNoResources     uint64 `json:"echoNoResources"`
 	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`
 
 	// Pods are per-pod counters by attachment ID.

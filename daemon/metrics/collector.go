@@ -55,7 +55,7 @@ func newCollector(src Source, version string, ready func() bool) *collector {
 		flowsActive:     desc("proxy_flows_active", "Proxy-mode flows relaying now, by protocol (tcp, udp, icmp).", "protocol"),
 		flowsPending:    desc("proxy_flows_pending", "Proxy-mode TCP flows whose upstream connect or pod handshake is in progress.", "protocol"),
 		flowsOpened:     desc("proxy_flows_opened_total", "Proxy-mode flows opened, by protocol: TCP upstream connections accepted, UDP host sockets, ICMP ping sockets.", "protocol"),
-		flowsRefused:    desc("proxy_flows_refused_total", "Proxy-mode flows refused, by protocol and reason: tcp refused (ECONNREFUSED) or unreachable (no route, other dial errors), tcp and udp no_resources (no host socket: the daemon out of file descriptors or kernel memory), icmp denied (ping sockets refused by the host).", "protocol", "reason"),
+		flowsRefused:    desc("proxy_flows_refused_total", "Proxy-mode flows refused, by protocol and reason: tcp refused (ECONNREFUSED) or unreachable (no route, other dial errors), tcp, udp and icmp no_resources (no host socket: the daemon out of file descriptors or kernel memory), icmp denied (ping sockets refused by the host).", "protocol", "reason"),
 		flowsTimeouts:   desc("proxy_flows_timeouts_total", "Proxy-mode flows ended by a timeout, by protocol and kind: tcp connect (upstream connect bound), udp and icmp idle (no traffic for the idle timeout), udp evicted (a flow that is no stream, answered or quiet, closed early to make room for a new one at a flow limit).", "protocol", "kind"),
 		flowLimitDrops:  desc("proxy_flow_limit_drops_total", "Proxy-mode flows refused by the per-pod or per-node flow limit."),
 		udpPortUnreach:  desc("proxy_udp_port_unreachables_total", "ICMP port unreachables passed to pods for UDP datagrams the host refused."),
@@ -183,6 +183,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.flowsRefused, p.TCPUnreachable, "tcp", "unreachable")
 		counter(c.flowsRefused, p.TCPNoResources, "tcp", "no_resources")
 		counter(c.flowsRefused, p.UDPNoResources, "udp", "no_resources")
+		counter(c.flowsRefused, p.EchoNoResources, "icmp", "no_resources")
 		counter(c.flowsRefused, p.EchoDenied, "icmp", "denied")
 		counter(c.flowsTimeouts, p.TCPTimeouts, "tcp", "connect")
 		counter(c.flowsTimeouts, p.UDPIdleTimeouts, "udp", "idle")

@@ -313,6 +313,9 @@ func (t *echoTable) openLocked(k echoKey) *echoFlow {
 	}
 	if !refused(err) {
 		e.c.echoDropped.Add(1)
+		if e.noResources(err) {
+			e.c.echoNoResources.Add(1)
+		}
 		e.log.Debug("proxy: ping socket failed", "dst", dst, "err", err)
 		e.release(f)
 		f.done()
@@ -323,6 +326,9 @@ func (t *echoTable) openLocked(k echoKey) *echoFlow {
 			e.c.echoDenied.Add(1)
 		} else {
 			e.c.echoDropped.Add(1)
+			if e.noResources(rerr) {
+				e.c.echoNoResources.Add(1)
+			}
 		}
 		e.log.Debug("proxy: ping socket and raw ICMP socket refused", "dst", dst, "ping", err, "raw", rerr)
 		e.release(f)

@@ -133,6 +133,7 @@ type Stats struct {
 	UDPEvicted          uint64 `json:"udpEvicted"`          // UDP flows that are no stream, answered or quiet, closed to make room for a new flow at a limit (udp.go)
 	UDPDropped          uint64 `json:"udpDropped"`          // pods' datagrams dropped: no host socket could be opened for the flow (no route, EACCES, out of descriptors), or its send buffer was full
 	UDPNoResources      uint64 `json:"udpNoResources"`      // UDP flows not opened for want of file descriptors or kernel memory (noResources); their datagrams are in UDPDropped
+	EchoNoResources     uint64 `json:"echoNoResources"`     // echo flows not opened for want of file descriptors or kernel memory; their requests are in EchoDropped
 	EchoIdleTimeouts    uint64 `json:"echoIdleTimeouts"`    // echo flows closed after UDPIdleTimeout
 
 	Pods map[string]PodStats `json:"pods,omitempty"` // by pod ID
@@ -161,8 +162,8 @@ type counters struct {
 	// Flows whose host socket could not be opened for want of file
 	// descriptors or kernel memory (noResources), and when that was last
 	// logged (Unix nanoseconds).
-	tcpNoResources, udpNoResources atomic.Uint64
-	noResourcesLogged              atomic.Int64
+	tcpNoResources, udpNoResources, echoNoResources atomic.Uint64
+	noResourcesLogged                               atomic.Int64
 }
 
 // Engine is the proxy-mode relay engine of one stack.
@@ -639,6 +640,7 @@ func (e *Engine) Stats() Stats {
 		UDPEvicted:          e.c.udpEvicted.Load(),
 		UDPDropped:          e.c.udpDropped.Load(),
 		UDPNoResources:      e.c.udpNoResources.Load(),
+		EchoNoResources:     e.c.echoNoResources.Load(),
 		EchoIdleTimeouts:    e.c.echoIdleTimeouts.Load(),
 		Pods:                map[string]PodStats{},
 	}

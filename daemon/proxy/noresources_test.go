@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -14,12 +15,13 @@ import (
 )
 
 // A daemon out of file descriptors refuses the pods' new flows — an RST
-// for TCP, the datagram dropped for UDP — counts them apart from the
-// destinations' failures (TCPNoResources, UDPNoResources), and relays
-// again once descriptors are free.
+// for TCP, the datagram or echo request dropped — counts them apart from
+// the destinations' failures (TCPNoResources, UDPNoResources,
+// EchoNoResources), and relays again once descriptors are free.
 func TestFlowsRefusedWithoutFileDescriptors(t *testing.T) {
 	r := newRig(t, nil)
 	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
+	echoMode(t, r, "raw") // the raw ICMP socket, not opened yet
 	// A listener nobody accepts on while descriptors are short (a Go
 	// listener's goroutine would fail its accept with EMFILE and stop):
 	// the handshake completes in its backlog, the test accepts after.
@@ -39,10 +41,18 @@ func TestFlowsRefusedWithoutFileDescriptors(t *testing.T) {
 	}
 	defer uc.Close()
 	uc.Write([]byte("q"))
-	s := r.waitStats("the UDP flow refused", func(s Stats) bool { return s.UDPNoResources == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, perr := r.pod.Ping(ctx, server, 1, []byte("x"))
+	cancel()
+	if perr == nil {
+		restore()
+		t.Fatal("a ping was answered without descriptors")
+	}
+	s := r.waitStats("the flows refused", func(s Stats) bool { return s.UDPNoResources == 1 && s.EchoNoResources == 1 })
 	restore()
-	if s.TCPNoResources != 1 || s.TCPUnreachable != 0 || s.UDPDropped != 1 || s.UDPFlowsOpened != 0 {
-		t.Fatalf("stats %+v, want one TCP and one UDP flow refused for want of descriptors, nothing else", s)
+	if s.TCPNoResources != 1 || s.TCPUnreachable != 0 || s.UDPDropped != 1 || s.UDPFlowsOpened != 0 ||
+		s.EchoDropped != 1 || s.EchoFlowsOpened != 0 || s.EchoDenied != 0 {
+		t.Fatalf("stats %+v, want one TCP, one UDP and one echo flow refused for want of descriptors, nothing else", s)
 	}
 
 	// Descriptors free again: both relay.
@@ -63,6 +73,9 @@ func TestFlowsRefusedWithoutFileDescriptors(t *testing.T) {
 	uc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := uc.Read(make([]byte, 16)); err != nil {
 		t.Fatalf("UDP after the limit was raised: %v", err)
+	}
+	if err := r.ping(2); err != nil {
+		t.Fatalf("echo after the limit was raised: %v", err)
 	}
 }
 
