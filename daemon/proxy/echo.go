@@ -527,7 +527,11 @@ func (ef *echoFlow) ready(ev uint32) {
 			continue
 		case unix.EAGAIN:
 		default:
-			// The pending error (EHOSTUNREACH ...), reported once.
+			// The pending error (EHOSTUNREACH ...), reported once; a
+			// second in a row is not that, and the loop must end.
+			if sawErr {
+				break
+			}
 			sawErr = true
 			t.pingErrors(ef)
 			continue
@@ -572,7 +576,7 @@ func (rs *rawSock) ready(uint32) {
 	bp := dgramBufs.Get().(*[]byte)
 	defer dgramBufs.Put(bp)
 	b := *bp
-	for {
+	for errs := 0; ; {
 		var n int
 		var from netip.AddrPort
 		var err error
@@ -596,9 +600,16 @@ func (rs *rawSock) ready(uint32) {
 		case err == unix.EAGAIN:
 			return
 		default:
-			// A pending socket error, reported once: read on.
+			// A pending socket error, reported once: read on — but
+			// not after a second in a row, which is no such error
+			// and would keep the poller's goroutine here.
 			t.e.log.Debug("proxy: raw ICMP socket error", "v6", rs.v6, "err", err)
+			if errs++; errs > 1 {
+				return
+			}
+			continue
 		}
+		errs = 0
 	}
 }
 
