@@ -506,38 +506,16 @@ func (ef *echoFlow) ready(ev uint32) {
 	defer ef.h.release()
 	t := ef.t
 	e := t.e
-	bp := dgramBufs.Get().(*[]byte)
-	defer dgramBufs.Put(bp)
-	b := *bp
-	sawErr := false
-	for {
-		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(ef.h.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		switch errno {
-		case 0:
-			seq, payload, ok := echoReplyOf(b[:n], ef.key.dst.Is6())
-			if !ok {
-				continue // ping sockets deliver only replies to us; anything else is ignored
-			}
-			ef.touch()
-			if err := e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, seq, payload); err != nil {
-				e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
-			}
-			continue
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-		default:
-			// The pending error (EHOSTUNREACH ...), reported once; a
-			// second in a row is not that, and the loop must end.
-			if sawErr {
-				break
-			}
-			sawErr = true
-			t.pingErrors(ef)
-			continue
+	sawErr := ef.h.readDry(func(b []byte) {
+		seq, payload, ok := echoReplyOf(b, ef.key.dst.Is6())
+		if !ok {
+			return // ping sockets deliver only replies to us; anything else is ignored
 		}
-		break
-	}
+		ef.touch()
+		if err := e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, seq, payload); err != nil {
+			e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
+		}
+	}, func(unix.Errno) { t.pingErrors(ef) })
 	if ev&unix.EPOLLERR != 0 && !sawErr {
 		t.pingErrors(ef)
 	}

@@ -342,3 +342,34 @@ func rawSetsockopt(fd, level, opt int, p unsafe.Pointer, n uintptr) error {
 	}
 	return nil
 }
+
+// readDry reads the datagram socket behind h (held by the caller) until
+// it is empty (EAGAIN), as an edge-triggered poller callback must: each
+// message to msg, in a pooled buffer that msg must not keep; the socket's
+// pending error (an ICMP error's errno, which a read reports once) to
+// fail. A second error in a row is no such error and ends the loop, which
+// must not keep the poller's goroutine — every relay's — spinning. It
+// reports whether fail ran.
+func (h *hostFD) readDry(msg func(b []byte), fail func(unix.Errno)) (sawErr bool) {
+	bp := dgramBufs.Get().(*[]byte)
+	defer dgramBufs.Put(bp)
+	b := *bp
+	lastErr := false
+	for {
+		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(h.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch errno {
+		case 0:
+			lastErr = false
+			msg(b[:n])
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return sawErr
+		default:
+			if lastErr {
+				return sawErr
+			}
+			lastErr, sawErr = true, true
+			fail(errno)
+		}
+	}
+}

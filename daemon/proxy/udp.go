@@ -256,31 +256,13 @@ func (u *udpFlow) ready(ev uint32) {
 	}
 	defer u.h.release()
 	e := u.e
-	bp := dgramBufs.Get().(*[]byte)
-	defer dgramBufs.Put(bp)
-	b := *bp
-	sawErr := false
-	for {
-		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(u.h.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		switch errno {
-		case 0:
-			u.touch()
-			u.answered.Add(1)
-			if _, err := e.udpIC.SendFromTo(b[:n], u.key.dst, u.key.pod); err != nil {
-				e.log.Debug("proxy: udp reply to pod failed", "pod", u.key.pod, "err", err)
-			}
-			continue
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-		default:
-			// The socket's pending error, reported once.
-			sawErr = true
-			e.udpHostError(u, errno)
-			continue
+	sawErr := u.h.readDry(func(b []byte) {
+		u.touch()
+		u.answered.Add(1)
+		if _, err := e.udpIC.SendFromTo(b, u.key.dst, u.key.pod); err != nil {
+			e.log.Debug("proxy: udp reply to pod failed", "pod", u.key.pod, "err", err)
 		}
-		break
-	}
+	}, func(errno unix.Errno) { e.udpHostError(u, errno) })
 	if ev&unix.EPOLLERR != 0 && !sawErr {
 		e.udpHostError(u, nil) // an error queued without a pending one
 	}
