@@ -145,12 +145,12 @@ func results6(keys []string) (rs []*variantResult, left []string) {
 	return rs, left
 }
 
-// runOrder is one round over both families: the IPv4 variants with the
-// kernel at both ends (roundOrder), then the IPv6 ones with the kernel
+// runOrder is round (from 1) over both families: the IPv4 variants with
+// the kernel at both ends (roundOrder), then the IPv6 ones with the kernel
 // over IPv6 at both ends, so that each family's reference brackets the
 // variants it is the reference of.
-func runOrder(r4, r6 []*variantResult) []*variantResult {
-	return append(roundOrder(r4), roundOrder(r6)...)
+func runOrder(r4, r6 []*variantResult, round int) []*variantResult {
+	return append(roundOrder(r4, round), roundOrder(r6, round)...)
 }
 
 // name is the result's label with its family when that is IPv6 (the log).

@@ -63,7 +63,10 @@
 // round 2 runs every variant again, and so on, each with a fresh pod, so
 // drift on a shared machine hits every variant alike. The kernel reference
 // runs at the start and again at the end of each round (roundOrder), so its
-// median is over twice as many samples and brackets the variants between.
+// median is over twice as many samples and brackets the variants between,
+// which run in reverse order in every even round (ABBA: a slot has a bias
+// of its own, up to 10% of connections/s in an A/A run; roundOrder). An
+// A/B with -baseline is best read over an even number of rounds.
 // The 1-minute load average before each measurement is reported, and a
 // floor faster than the kernel path (impossible but for load) is flagged. For each metric the
 // report states the median, min and max over the rounds and the ratio of
@@ -782,7 +785,7 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 		rep.v6.results, rep.v6.left = results6(o.variants)
 	}
 	for round := 1; round <= o.rounds && ctx.Err() == nil; round++ {
-		for _, r := range runOrder(rep.results, rep.v6.results) {
+		for _, r := range runOrder(rep.results, rep.v6.results, round) {
 			if r.na != "" || ctx.Err() != nil {
 				continue
 			}
@@ -832,18 +835,36 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 	return 0
 }
 
-// roundOrder is the order of one round: every variant once, and the
-// kernel reference again at the end when at least two others run between,
-// so that drift within a round moves the reference as it moves them.
-func roundOrder(rs []*variantResult) []*variantResult {
-	out := append([]*variantResult(nil), rs...)
+// roundOrder is the order of round (counted from 1): every variant once,
+// and the kernel reference again at the end when at least two others run
+// between, so that drift within a round moves the reference as it moves
+// them. The variants between go in reverse order in every even round
+// (ABBA), so that over two rounds each stands as often right after the
+// kernel as right before it: a slot has a bias of its own here. An A/A
+// run of 5 rounds (proxy and proxy-base the same build, 2026-12-07) gave
+// the second slot 10% more connections/s than the first, the variant
+// after the kernel's run paying for what that run leaves behind (its pod's
+// namespace, torn down by the kernel after the run returns, with thousands
+// of sockets in it); an A/B with a fixed order then reads 10% for the
+// slot.
+func roundOrder(rs []*variantResult, round int) []*variantResult {
 	var ref *variantResult
+	var mid []*variantResult
 	for _, r := range rs {
-		if r.v.key == refVariant {
+		if r.v.key == refVariant && ref == nil {
 			ref = r
+			continue
 		}
+		mid = append(mid, r)
 	}
-	if ref != nil && len(rs) >= 3 {
+	if round%2 == 0 {
+		slices.Reverse(mid)
+	}
+	if ref == nil {
+		return mid
+	}
+	out := append([]*variantResult{ref}, mid...)
+	if len(rs) >= 3 {
 		out = append(out, ref)
 	}
 	return out

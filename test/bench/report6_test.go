@@ -88,7 +88,7 @@ func TestResults6AndTheRunOrderOverBothFamilies(t *testing.T) {
 
 	r4 := results(map[string][]*sample{"ptp": nil, "route": nil, "proxy": nil})
 	var order []string
-	for _, r := range runOrder(r4, r6) {
+	for _, r := range runOrder(r4, r6, 1) {
 		order = append(order, r.name())
 	}
 	want := "kernel (ptp),ours, route,ours, proxy,kernel (ptp)," +
@@ -96,7 +96,7 @@ func TestResults6AndTheRunOrderOverBothFamilies(t *testing.T) {
 	if strings.Join(order, ",") != want {
 		t.Fatalf("runOrder = %q,\nwant each family's kernel at both ends of its variants: %q", strings.Join(order, ","), want)
 	}
-	if o := runOrder(nil, r6); len(o) != 6 || o[0].family != family6 {
+	if o := runOrder(nil, r6, 2); len(o) != 6 || o[0].family != family6 {
 		t.Fatalf("runOrder of IPv6 alone has %d entries", len(o))
 	}
 }

@@ -250,16 +250,27 @@ func TestRoundOrderBracketsWithTheKernel(t *testing.T) {
 		return strings.Join(k, ",")
 	}
 	three := results(map[string][]*sample{"ptp": nil, "proxy": nil, "gvisor": nil})
-	if got := keys(roundOrder(three)); got != "ptp,proxy,gvisor,ptp" {
+	if got := keys(roundOrder(three, 1)); got != "ptp,proxy,gvisor,ptp" {
 		t.Errorf("roundOrder = %s, want the kernel at both ends", got)
 	}
+	// ABBA: the variants between the kernel's runs swap slots every
+	// other round; the kernel stays at both ends.
+	if got := keys(roundOrder(three, 2)); got != "ptp,gvisor,proxy,ptp" {
+		t.Errorf("roundOrder of round 2 = %s, want the variants reversed", got)
+	}
+	if got := keys(roundOrder(three, 3)); got != "ptp,proxy,gvisor,ptp" {
+		t.Errorf("roundOrder of round 3 = %s, want round 1's", got)
+	}
 	two := results(map[string][]*sample{"ptp": nil, "proxy": nil})
-	if got := keys(roundOrder(two)); got != "ptp,proxy" {
+	if got := keys(roundOrder(two, 2)); got != "ptp,proxy" {
 		t.Errorf("roundOrder of two = %s, want no repeat", got)
 	}
 	noRef := results(map[string][]*sample{"floor": nil, "proxy": nil, "gvisor": nil})
-	if got := keys(roundOrder(noRef)); got != "floor,proxy,gvisor" {
+	if got := keys(roundOrder(noRef, 1)); got != "floor,proxy,gvisor" {
 		t.Errorf("roundOrder without the kernel = %s", got)
+	}
+	if got := keys(roundOrder(noRef, 2)); got != "gvisor,proxy,floor" {
+		t.Errorf("roundOrder of round 2 without the kernel = %s", got)
 	}
 	if l, err := loadAvg(); err != nil || l < 0 {
 		t.Errorf("loadAvg = %v, %v", l, err)
