@@ -307,6 +307,7 @@ func BenchmarkIdleUDPFlowMemory(b *testing.B) {
 		}
 		b.ReportMetric(float64(after-before)/n, "B/flow")
 		b.ReportMetric(float64(g1-g0)/n, "goroutines/flow")
+		r.e.Close() // its sockets now, not at cleanup: b.N rigs' would run out of descriptors
 	}
 }
 
@@ -347,17 +348,7 @@ func BenchmarkIdleEchoFlowMemory(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				r := newRig(b, func(c *Config) { c.MaxFlowsPerPod = 1 << 20 })
 				must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
-				r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
-				if mode == "ping" {
-					r.e.echo.openPing = inNetns(newPingNetns(b), openPingSocket)
-				} else {
-					if pc, err := openRawICMP(); err != nil {
-						b.Skipf("raw ICMP socket: %v", err)
-					} else {
-						pc.Close()
-					}
-					r.e.echo.openPing = refusePing(r.e.echo.openPing)
-				}
+				echoMode(b, r, mode)
 				payload := make([]byte, 56)
 				ping := func() {
 					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -377,6 +368,7 @@ func BenchmarkIdleEchoFlowMemory(b *testing.B) {
 				}
 				b.ReportMetric(float64(after-before)/n, "B/flow")
 				b.ReportMetric(float64(g1-g0)/n, "goroutines/flow")
+				r.e.Close() // its sockets now: b.N rigs' would run out of descriptors
 			}
 		})
 	}
@@ -402,17 +394,7 @@ func BenchmarkEchoNewFlow(b *testing.B) {
 		b.Run(mode, func(b *testing.B) {
 			r := newRig(b, func(c *Config) { c.MaxFlowsPerPod = 1 << 20 })
 			must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
-			r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
-			if mode == "ping" {
-				r.e.echo.openPing = inNetns(newPingNetns(b), openPingSocket)
-			} else {
-				if pc, err := openRawICMP(); err != nil {
-					b.Skipf("raw ICMP socket: %v", err)
-				} else {
-					pc.Close()
-				}
-				r.e.echo.openPing = refusePing(r.e.echo.openPing)
-			}
+			echoMode(b, r, mode)
 			payload := make([]byte, 56)
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -440,29 +422,15 @@ func BenchmarkEchoRelayRR(b *testing.B) {
 		b.Run(mode, func(b *testing.B) {
 			r := newRig(b, nil)
 			must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
-			r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
-			if mode == "ping" {
-				r.e.echo.openPing = inNetns(newPingNetns(b), openPingSocket)
-			} else {
-				if pc, err := openRawICMP(); err != nil {
-					b.Skipf("raw ICMP socket: %v", err)
-				} else {
-					pc.Close()
-				}
-				r.e.echo.openPing = refusePing(r.e.echo.openPing)
-			}
+			echoMode(b, r, mode)
 			const id = 0x4242
 			replies := make(chan struct{}, 1)
 			remove := r.pod.Devices().AddTap(func(_ *dev.NIC, skb *buf.SKB, dir dev.Direction) {
 				if dir != dev.Rx {
 					return
 				}
-				eth, err := header.CheckEthernet(skb.Bytes())
-				if err != nil || eth.Type() != header.EtherTypeIPv4 {
-					return
-				}
-				ip, err := header.CheckIPv4(eth.Payload())
-				if err != nil || ip.Protocol() != header.ProtoICMP {
+				ip, ok := icmpFrame(skb)
+				if !ok {
 					return
 				}
 				if m := header.ICMPv4(ip.Payload()); m.Type() == header.ICMPv4EchoReply && m.ID() == id {

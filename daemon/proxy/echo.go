@@ -648,21 +648,7 @@ func openPingSocket(dst netip.Addr) (*hostFD, error) {
 	if !dst.Unmap().Is4() {
 		proto = unix.IPPROTO_ICMPV6
 	}
-	h, err := newHostFD(netip.AddrPortFrom(dst, 0), unix.SOCK_DGRAM, proto)
-	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
-	}
-	for {
-		e := h.connect()
-		if e == unix.EINTR {
-			continue
-		}
-		if e != 0 {
-			rawClose(h.fd)
-			return nil, os.NewSyscallError("connect", e)
-		}
-		return h, nil
-	}
+	return connectDgram(netip.AddrPortFrom(dst, 0), proto)
 }
 
 // icmpFilterPass is the ICMP_FILTER of the raw socket (net/ipv4/raw.c,

@@ -151,7 +151,7 @@ func TestEcho(t *testing.T) {
 
 // openRawOrSkip is openRawICMP, or a skip where the test may not open
 // raw sockets (no CAP_NET_RAW).
-func openRawOrSkip(t *testing.T) {
+func openRawOrSkip(t testing.TB) {
 	t.Helper()
 	pc, err := openRawICMP()
 	if err != nil {
@@ -256,12 +256,8 @@ func TestEchoErrorQuotesThePodsRequest(t *testing.T) {
 	var mu sync.Mutex
 	var sent, got []byte
 	r.pod.Devices().AddTap(func(_ *dev.NIC, skb *buf.SKB, dir dev.Direction) {
-		eth, err := header.CheckEthernet(skb.Bytes())
-		if err != nil || eth.Type() != header.EtherTypeIPv4 {
-			return
-		}
-		ip, err := header.CheckIPv4(eth.Payload())
-		if err != nil || ip.Protocol() != header.ProtoICMP {
+		ip, ok := icmpFrame(skb)
+		if !ok {
 			return
 		}
 		mu.Lock()
@@ -290,4 +286,18 @@ func TestEchoErrorQuotesThePodsRequest(t *testing.T) {
 	if s := r.e.Stats(); s.EchoICMPErrors != 1 || s.EchoRawRelayed != 1 {
 		t.Fatalf("stats %+v", s)
 	}
+}
+
+// icmpFrame is the IPv4 packet of an Ethernet frame a tap saw, when it
+// carries ICMP.
+func icmpFrame(skb *buf.SKB) (header.IPv4, bool) {
+	eth, err := header.CheckEthernet(skb.Bytes())
+	if err != nil || eth.Type() != header.EtherTypeIPv4 {
+		return nil, false
+	}
+	ip, err := header.CheckIPv4(eth.Payload())
+	if err != nil || ip.Protocol() != header.ProtoICMP {
+		return nil, false
+	}
+	return ip, true
 }

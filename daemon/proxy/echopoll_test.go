@@ -24,7 +24,7 @@ import (
 // own ping socket, opened in a private netns where they are allowed) or
 // "raw" (the engine's raw ICMP socket, ping sockets refused), both to
 // loopback.
-func echoMode(t *testing.T, r *rig, mode string) {
+func echoMode(t testing.TB, r *rig, mode string) {
 	t.Helper()
 	r.e.echo.hostDst = func(netip.Addr) netip.Addr { return loopback }
 	if mode == "ping" {

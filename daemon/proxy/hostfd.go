@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"net/netip"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -207,9 +208,16 @@ func dialAsync(dst netip.AddrPort) (*hostFD, error) {
 // only dst's datagrams (and the ICMP errors about ours). A UDP connect
 // sends nothing, so it is done when connect(2) returns.
 func dialUDP(dst netip.AddrPort) (*hostFD, error) {
-	h, err := newHostFD(dst, unix.SOCK_DGRAM, unix.IPPROTO_UDP)
+	return connectDgram(dst, unix.IPPROTO_UDP)
+}
+
+// connectDgram opens a datagram socket of protocol proto (UDP, or ICMP
+// for a ping socket) connected to dst, with raw system calls (newHostFD);
+// its errors name the call that failed.
+func connectDgram(dst netip.AddrPort, proto int) (*hostFD, error) {
+	h, err := newHostFD(dst, unix.SOCK_DGRAM, proto)
 	if err != nil {
-		return nil, err
+		return nil, os.NewSyscallError("socket", err)
 	}
 	for {
 		e := h.connect()
@@ -218,7 +226,7 @@ func dialUDP(dst netip.AddrPort) (*hostFD, error) {
 		}
 		if e != 0 {
 			rawClose(h.fd)
-			return nil, e
+			return nil, os.NewSyscallError("connect", e)
 		}
 		return h, nil
 	}
