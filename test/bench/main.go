@@ -375,7 +375,28 @@
 // rounds), gave 2174 against 2246 connections/s and 265 against 261 µs
 // of CPU per connection. Nor is the order of the work: the host socket's
 // sendmsg and shutdown run before the ACK they cause to the pod, and the
-// SYN-ACK leaves as soon as the host connect returns.
+// SYN-ACK leaves as soon as the host connect returns. What the session
+// did change: proxy mode's echo flows moved onto the engine's poller (no
+// goroutine, net.Conn or runtime timer per flow: 6.2-6.8 KB and a
+// goroutine per idle ping flow before, 1.9-2.0 KB and none after), and
+// the rounds alternate their order (roundOrder: an A/A run had given the
+// second slot 10% more connections/s). With that order, an A/B of the
+// session's end against its start (6 rounds, with the throughput runs)
+// gave connections/s 2217 against 2140, RR p50 127 against 139 µs, UDP
+// queries/s 4884 against 4360, one stream host→pod 11.83 against 11.09
+// Gbit/s, and pod→host 10.85 against 12.59 (7.87-13.97 against
+// 11.51-13.62 over the rounds: the TCP path is the same code, and
+// BenchmarkTCPRelay in process gave 2653 against 2655 MB/s pod→host). The
+// session's last run (19:33, 3 rounds, load average 1.3-2.6) had the
+// kernel at 32 Gbit/s with four streams (28.7 the session before):
+// proxy one stream 0.68×/0.65×, four streams 0.43×/0.43× (floor-epoll
+// 0.43×/0.57×, floor-route 0.43×/0.47×), RR p50 9.61× (pasta 10.03×), p99
+// 14.82× (pasta 12.58×, floor-epoll 11.10×), connections/s 0.42× (pasta
+// 0.49×, pasta-64k 0.54×, floor-epoll 0.56×), 271 µs of CPU per
+// connection (pasta 186), 0.56 s/GB, 4.21 KiB per idle connection, ahead
+// of gVisor on every row; the run before it (18:53, before the order
+// changed) had four streams 0.42×/0.45×, connections/s 0.49× and pasta
+// at 0.65×.
 //
 // # The route floor
 //
