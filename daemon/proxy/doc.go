@@ -39,7 +39,11 @@
 // whose arming wakes an idle thread to re-arm the netpoller — on expiry
 // the pod gets an RST or its half-open child is reset). A refused, unreachable (no route,
 // EHOSTUNREACH) and timed-out upstream all become an RST, counted apart
-// (TCPRefused, TCPUnreachable, TCPTimeouts); the pod never gets an ICMP
+// (TCPRefused, TCPUnreachable, TCPTimeouts), as does a host socket the
+// daemon could not open for want of descriptors or kernel memory
+// (TCPNoResources; UDPNoResources and EchoNoResources for the other
+// flows, and a warning with the open-file limit at most once a minute:
+// noResources); the pod never gets an ICMP
 // unreachable from us, and never hangs past ConnectTimeout. While the
 // upstream connect is pending, the pod's retransmitted SYNs are absorbed
 // by the interceptor (a SYN for a tuple already pending). With a
