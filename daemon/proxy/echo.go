@@ -349,12 +349,8 @@ func (t *echoTable) openPingFlow(ef *echoFlow, dst netip.Addr) error {
 		return err
 	}
 	ef.h, ef.id = h, e.poll.newID()
-	if err := h.setRecvErr(); err != nil {
-		e.log.Debug("proxy: IP_RECVERR not set on a ping socket; its ICMP errors are not passed on", "err", err)
-	}
-	if err := e.poll.add(ef.id, h, ef, false, true); err != nil {
-		h.Close()
-		return fmt.Errorf("poller: %w", err)
+	if err := e.pollDgram(h, ef.id, ef); err != nil {
+		return err
 	}
 	t.startLocked(ef)
 	return nil

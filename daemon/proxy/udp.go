@@ -163,9 +163,8 @@ func (e *Engine) udpOpenLocked(k udpKey) *udpFlow {
 }
 
 // udpOpenOwn gives u the engine's own socket: connected to the
-// destination (dialUDP), IP_RECVERR on, on the poller (input only: a UDP
-// socket is writable at once, and a full send buffer drops the datagram,
-// write), and the idle timer armed.
+// destination (dialUDP), on the poller (pollDgram), and the idle timer
+// armed.
 func (e *Engine) udpOpenOwn(u *udpFlow) error {
 	dst := u.key.dst
 	if e.cfg.mapDst != nil {
@@ -176,15 +175,27 @@ func (e *Engine) udpOpenOwn(u *udpFlow) error {
 		return err
 	}
 	u.h, u.id = h, e.poll.newID()
-	if err := h.setRecvErr(); err != nil {
-		e.log.Debug("proxy: IP_RECVERR not set; only port unreachable reaches the pod", "err", err)
-	}
-	if err := e.poll.add(u.id, h, u, false, true); err != nil {
-		h.Close()
-		return fmt.Errorf("poller: %w", err)
+	if err := e.pollDgram(h, u.id, u); err != nil {
+		return err
 	}
 	e.st.Clock().InitTimer(&u.idle, (*udpIdleTimer)(u))
 	u.idle.Reset(e.cfg.UDPIdleTimeout)
+	return nil
+}
+
+// pollDgram readies h, a connected datagram socket of ours (a UDP flow's
+// or a ping socket), for its flow r: IP_RECVERR on (the ICMP errors about
+// what it sends, beyond the pending one a read reports), then registered
+// with the poller as id for input only — a datagram socket is writable at
+// once, and a full send buffer drops the message. On failure h is closed.
+func (e *Engine) pollDgram(h *hostFD, id uint64, r pollHandler) error {
+	if err := h.setRecvErr(); err != nil {
+		e.log.Debug("proxy: IP_RECVERR not set; only a socket's pending error reaches the pod", "err", err)
+	}
+	if err := e.poll.add(id, h, r, false, true); err != nil {
+		h.Close()
+		return fmt.Errorf("poller: %w", err)
+	}
 	return nil
 }
 
