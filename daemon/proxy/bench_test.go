@@ -311,6 +311,112 @@ func BenchmarkIdleUDPFlowMemory(b *testing.B) {
 	}
 }
 
+// BenchmarkIdlePortMapUDPFlowMemory is the engine's memory and goroutines
+// per open, quiet UDP port-mapping flow: n host clients (bare sockets, so
+// the test's own Go heap does not grow with them) each send one datagram
+// to a mapped host port and read the pod's reply.
+func BenchmarkIdlePortMapUDPFlowMemory(b *testing.B) {
+	const n = 1000
+	for i := 0; i < b.N; i++ {
+		r := newRig(b, func(c *Config) { c.MaxFlowsPerPod, c.MaxUDPFlows = 1<<20, 1<<20 })
+		r.podUDPServer(b, 9090)
+		hp := closedPort(b, "udp")
+		must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr, PortMappings: []PortMapping{
+			{HostPort: int(hp), ContainerPort: 9090, Protocol: "udp"},
+		}}))
+		to := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(hp)}
+		p := make([]byte, 64)
+		var fds []int
+		query := func() {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			must(b, err)
+			fds = append(fds, fd)
+			must(b, unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}))
+			must(b, unix.Sendto(fd, p[:32], 0, to))
+			for {
+				_, _, err := unix.Recvfrom(fd, p, 0)
+				if err == unix.EINTR { // the runtime's preemption signal
+					continue
+				}
+				if err != nil {
+					b.Fatalf("%v; engine %+v", err, r.e.Stats())
+				}
+				break
+			}
+		}
+		query() // warm the pools and tables
+		before, g0 := heapNow()
+		for j := 0; j < n; j++ {
+			query()
+		}
+		after, g1 := heapNow()
+		if got := r.e.Stats().ActiveUDP; got != n+1 {
+			b.Fatalf("%d UDP flows open, want %d", got, n+1)
+		}
+		b.ReportMetric(float64(after-before)/n, "B/flow")
+		b.ReportMetric(float64(g1-g0)/n, "goroutines/flow")
+		r.e.Close()
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}
+}
+
+// BenchmarkPortMapUDPRR is a datagram each way per op through a UDP port
+// mapping's flow: a host client's request to the mapped port, the pod's
+// reply back (relayed by the flow's drain). allocs/op is per request and
+// reply, both stacks and the pod's server (which reuses its buffer)
+// included; the client is a bare socket.
+func BenchmarkPortMapUDPRR(b *testing.B) {
+	r := newRig(b, nil)
+	pc, err := r.pod.ListenUDP(netip.AddrPortFrom(podAddr, 9090))
+	must(b, err)
+	done := make(chan struct{})
+	b.Cleanup(func() { pc.Close(); <-done })
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	hp := closedPort(b, "udp")
+	must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr, PortMappings: []PortMapping{
+		{HostPort: int(hp), ContainerPort: 9090, Protocol: "udp"},
+	}}))
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	must(b, err)
+	defer unix.Close(fd)
+	must(b, unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}))
+	must(b, unix.Connect(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(hp)}))
+	p := make([]byte, 64)
+	rr := func() {
+		if _, err := unix.Write(fd, p[:32]); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			_, err := unix.Read(fd, p)
+			if err == unix.EINTR { // the runtime's preemption signal
+				continue
+			}
+			if err != nil {
+				b.Fatalf("%v; engine %+v", err, r.e.Stats())
+			}
+			return
+		}
+	}
+	rr()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rr()
+	}
+}
+
 // BenchmarkUDPRelayRR is a datagram each way per op on one flow (a
 // stream's steady state): allocs/op is per relayed request and reply,
 // both stacks and the echo server included — the server's recvfrom

@@ -122,8 +122,8 @@
 // and the data the host's error quoted, so the quote is what the pod sent
 // (RFC 792, RFC 1122 §3.2.2) and a port unreachable reaches the pod's connected
 // socket as ECONNREFUSED (RFC 1122 §4.1.3.1). A flow idle (no datagram either
-// way) for UDPIdleTimeout is closed (a timer on the stack's clock that
-// re-arms itself for the rest while datagrams keep coming). At a flow limit, a new flow takes the
+// way) for UDPIdleTimeout is closed (idle, below; a Dialer's conn too, whose
+// reader then returns). At a flow limit, a new flow takes the
 // place of a flow that is no stream: the least recently used of those
 // answered as often as they asked, else of those gone quiet
 // (udpEvictLocked in udp.go: a name lookup and its answer), counted in
@@ -157,11 +157,9 @@
 // errors that may be about a request only): a reply goes to the flow named
 // by its source and identifier, which answers the pod with the pod's
 // identifier (EchoRawRelayed counts these requests). Replies to other
-// programs' pings find no flow and are ignored. Every echo flow, ping socket or raw, has an
-// idle timer on the stack's clock (echoIdleTimer) that ends it after
-// UDPIdleTimeout without a request, reply or error: a message only moves
-// the flow's last time, and the timer, when it fires early, waits for the
-// rest. A flow ends once (echoTable.end: idle timeout, RemovePod or Close),
+// programs' pings find no flow and are ignored. Every echo flow, ping socket
+// or raw, ends after UDPIdleTimeout without a request, reply or error (idle,
+// below). A flow ends once (echoTable.end: idle timeout, RemovePod or Close),
 // its ping socket closed with its registration, or its raw identifier
 // given back. Large echoes work the same way: the stack has reassembled the
 // pod's request, the host socket sends it whole, and SendEchoReply
@@ -215,9 +213,24 @@
 // listener's kernel completes the client's handshake before the stack
 // dials the pod (accept first, unlike the outbound relay's upstream-first
 // handshake, which needs the SYN in hand): a pod that refuses gets the
-// accepted client reset, not refused. A UDP client gets a flow of its own (a transparent stack
-// socket, idle timeout as above). AddPod fails when a host port cannot be bound,
-// and then holds nothing of that pod.
+// accepted client reset, not refused. A UDP client gets a flow of its own: a
+// transparent stack socket, whose replies are relayed where the stack queued
+// them (its Notify callback, pmFlow.drain, on the NIC's goroutine at the end
+// of the receive batch, as the intercept socket is drained) and sent from the
+// mapping's host socket without waiting (a full send buffer drops the reply,
+// UDPDropped): no goroutine per client. The mapping's one goroutine reads its
+// host socket. Idle timeout as below. AddPod fails when a host port cannot be
+// bound, and then holds nothing of that pod.
+//
+// Idle timeouts (idle.go). A UDP flow (outbound or a port mapping's) and an
+// echo flow end after UDPIdleTimeout without a message either way. A message
+// only stores the time (idle.touch, an atomic); the flow's one timer on the
+// stack's clock, armed once the flow is open, fires UDPIdleTimeout later and
+// either ends the flow (its owner's idleEnd: counted in UDPIdleTimeouts or
+// EchoIdleTimeouts) or, when a message came meanwhile, re-arms itself for
+// the rest. So no timer is touched per message, no flow costs a goroutine or
+// a runtime timer for its timeout, and a flow's opening, its last message and
+// the eviction's "now" (udpEvictLocked) are read from one clock.
 //
 // # Limits
 //
@@ -273,10 +286,8 @@
 // tables under their locks; bytes come from TCP_INFO and conntrack, so the
 // data path counts nothing for it.
 //
-// Time: the deadlines of host sockets and the idle times are wall-clock (the
-// kernel's); the stack's sockets get deadlines on the stack's clock, and
-// so do the timers that wake for a TCP flow's connect timeout and a UDP
-// flow's idle time (measured on the wall clock when they fire). An echo
-// flow's idle time is measured on the stack's clock as well, so a test's
-// manual clock ends it.
+// Time: the deadlines of host sockets are wall-clock (the kernel's); the
+// stack's sockets get deadlines on the stack's clock, and so do a TCP
+// flow's connect timeout and every UDP and echo flow's idle time, so a
+// test's manual clock ends them.
 package proxy

@@ -11,12 +11,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/header"
 	"github.com/cni-userstack/cni-userstack/netstack/ipv4"
 	"github.com/cni-userstack/cni-userstack/netstack/ipv6"
@@ -63,10 +61,9 @@ type echoFlow struct {
 	f   *flowHandle
 	h   *hostFD // the ping socket; nil in raw mode
 	id  uint64  // h's poller registration
-	// last is the stack clock's time (UnixNano) of the last request,
-	// reply or error; idle fires UDPIdleTimeout after it.
-	last  atomic.Int64
-	idle  clock.Timer
+	// idle ends the flow UDPIdleTimeout after its last request, reply
+	// or error.
+	idle  idle
 	ended atomic.Bool // end ran: a flow ends once
 	// quotes are the headers of the last requests, a ring guarded by
 	// echoTable.mu (written by request, read by the error relay).
@@ -78,8 +75,6 @@ type echoFlow struct {
 	hostID uint16
 	rawKey rawKey
 }
-
-func (ef *echoFlow) touch() { ef.last.Store(ef.t.e.st.Clock().Now().UnixNano()) }
 
 // echoTable is the echo relay: the flows, and the raw sockets of raw
 // mode. Bound: the flows count against MaxFlowsPerPod; raw-mode flows
@@ -189,7 +184,7 @@ func (t *echoTable) request(src, dst netip.Addr, id, seq uint16, payload, hdr []
 // sendLocked writes the request to the host (mu held).
 func (t *echoTable) sendLocked(ef *echoFlow, seq uint16, payload, hdr []byte) {
 	e := t.e
-	ef.touch()
+	ef.idle.touch()
 	ef.keepQuote(seq, hdr)
 	// RFC 792 echo. A ping socket sets the identifier to its own and
 	// computes the checksum (ping_v4_sendmsg); on the raw socket both
@@ -306,6 +301,7 @@ func (t *echoTable) openLocked(k echoKey) *echoFlow {
 		return nil
 	}
 	ef := &echoFlow{key: k, t: t, f: f}
+	ef.idle.init(e, ef)
 	dst := t.pinged(k.dst)
 	err := t.openPingFlow(ef, dst)
 	if err == nil {
@@ -360,12 +356,10 @@ func (t *echoTable) openPingFlow(ef *echoFlow, dst netip.Addr) error {
 // timer (mu held).
 func (t *echoTable) startLocked(ef *echoFlow) {
 	e := t.e
-	ef.touch()
 	t.m[ef.key] = ef
 	e.c.activeEcho.Add(1)
 	e.c.echoFlowsOpened.Add(1)
-	e.st.Clock().InitTimer(&ef.idle, (*echoIdleTimer)(ef))
-	ef.idle.Reset(e.cfg.UDPIdleTimeout)
+	ef.idle.arm()
 }
 
 // rawSock is one of the engine's raw sockets on the poller (ICMP, or
@@ -430,26 +424,11 @@ func (t *echoTable) openRawFlow(ef *echoFlow, dst netip.Addr) error {
 	return nil
 }
 
-// echoIdleTimer is the flow as its idle timer's clock.Handler.
-type echoIdleTimer echoFlow
-
-func (it *echoIdleTimer) Fire(*clock.Timer) { (*echoFlow)(it).idleFired() }
-
-// idleFired ends the flow after UDPIdleTimeout without a request, reply
-// or error, or waits for the rest of it (a request or reply since only
-// moved last: no timer is touched per message).
-func (ef *echoFlow) idleFired() {
-	if ef.ended.Load() {
-		return
-	}
-	t := ef.t
-	idle := t.e.cfg.UDPIdleTimeout
-	if quiet := time.Duration(t.e.st.Clock().Now().UnixNano() - ef.last.Load()); quiet < idle {
-		ef.idle.Reset(idle - quiet)
-		return
-	}
-	if t.end(ef) {
-		t.e.c.echoIdleTimeouts.Add(1)
+// idleEnd ends the flow after UDPIdleTimeout without a request, reply
+// or error (idle's owner).
+func (ef *echoFlow) idleEnd() {
+	if ef.t.end(ef) {
+		ef.t.e.c.echoIdleTimeouts.Add(1)
 	}
 }
 
@@ -472,7 +451,7 @@ func (t *echoTable) end(ef *echoFlow) bool {
 	if t.m[ef.key] == ef {
 		delete(t.m, ef.key)
 	}
-	ef.idle.Stop()
+	ef.idle.stop()
 	if ef.viaRaw {
 		if t.byRaw[ef.rawKey] == ef {
 			delete(t.byRaw, ef.rawKey)
@@ -507,7 +486,7 @@ func (ef *echoFlow) ready(ev uint32) {
 		if !ok {
 			return // ping sockets deliver only replies to us; anything else is ignored
 		}
-		ef.touch()
+		ef.idle.touch()
 		if err := e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, seq, payload); err != nil {
 			e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
 		}
@@ -553,18 +532,15 @@ func (rs *rawSock) ready(uint32) {
 	for errs := 0; ; {
 		var n int
 		var from netip.AddrPort
-		var err error
+		var err unix.Errno
 		if rs.v6 {
 			n, from, err = recvfromNonblock(rs.h.fd, b)
 		} else {
 			r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(rs.h.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-			n = int(r)
-			if errno != 0 {
-				err = errno
-			}
+			n, err = int(r), errno
 		}
 		switch {
-		case err == nil:
+		case err == 0:
 			if rs.v6 {
 				t.rawReply6(from.Addr(), b[:n])
 			} else {
@@ -611,7 +587,7 @@ func (t *echoTable) rawReply(p []byte) {
 	if ef == nil {
 		return
 	}
-	ef.touch()
+	ef.idle.touch()
 	if err := t.e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, m.Seq(), m.Payload()); err != nil {
 		t.e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
 	}
@@ -714,7 +690,7 @@ func (t *echoTable) rawReply6(src netip.Addr, p []byte) {
 	if ef == nil {
 		return
 	}
-	ef.touch()
+	ef.idle.touch()
 	if err := t.e.st.SendEchoReply(ef.key.dst, ef.key.pod, ef.key.id, seq, payload); err != nil {
 		t.e.log.Debug("proxy: echo reply to pod failed", "pod", ef.key.pod, "err", err)
 	}
@@ -807,7 +783,7 @@ func (t *echoTable) relayError(ef *echoFlow, typ, code uint8, offender netip.Add
 	if quote == nil {
 		return // about a request too old to remember
 	}
-	ef.touch()
+	ef.idle.touch()
 	// Counted before the send: the pod may act on it first.
 	e.c.echoICMPErrors.Add(1)
 	if err := e.st.SendICMPErrorQuote(from, ef.key.pod, typ, code, 0, quote); err != nil {

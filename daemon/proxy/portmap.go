@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cni-userstack/cni-userstack/netstack/udp"
 )
@@ -36,6 +38,11 @@ type udpMapping struct {
 	m   PortMapping
 	ln  *net.UDPConn
 	raw syscall.RawConn
+	// out is a duplicate of ln's descriptor (the same socket) that the
+	// flows' replies are sent on (sendTo): with no closure per datagram
+	// and never waiting, and closed safely under a reply being sent
+	// (hostFD's references).
+	out *hostFD
 	to  netip.Addr // the pod address of the listener's family
 
 	mu sync.Mutex
@@ -45,15 +52,20 @@ type udpMapping struct {
 }
 
 // pmFlow is one UDP client of a mapping: a transparent stack socket from
-// the client's address to the pod.
+// the client's address to the pod, whose replies are relayed where the
+// stack queued them (drain, its Notify callback: no goroutine per flow),
+// ended after UDPIdleTimeout without a datagram either way (idle).
 type pmFlow struct {
+	p      *pod
+	u      *udpMapping
 	client netip.AddrPort
+	sa     unix.Sockaddr // the client's, for sendto
 	sock   *udp.Socket
-	last   atomic.Int64 // wall-clock nanoseconds
+	idle   idle
+	ended  atomic.Bool // end ran: a flow ends once
+	drains serial[*pmFlow]
 	f      *flowHandle
 }
-
-func (p *pmFlow) touch() { p.last.Store(time.Now().UnixNano()) }
 
 // hostBind is one host socket of a mapping: where it listens and the pod
 // address its clients reach.
@@ -106,6 +118,10 @@ func (p *pod) listen() error {
 					return fmt.Errorf("port mapping %s/%d on %v: %w", m.Protocol, m.HostPort, hb.addr.Addr(), err)
 				}
 				um := &udpMapping{m: m, ln: ln, flows: map[netip.AddrPort]*pmFlow{}, raw: rawConn(ln), to: hb.to}
+				if um.out, err = dupHostFD(um.raw); err != nil {
+					ln.Close()
+					return fmt.Errorf("port mapping %s/%d on %v: %w", m.Protocol, m.HostPort, hb.addr.Addr(), err)
+				}
 				p.udp = append(p.udp, um)
 			}
 		}
@@ -137,7 +153,23 @@ func (p *pod) closeListeners() {
 	}
 	for _, u := range p.udp {
 		u.ln.Close()
+		u.out.Close()
 	}
+}
+
+// dupHostFD duplicates the socket of raw (F_DUPFD_CLOEXEC) as a hostFD.
+func dupHostFD(raw syscall.RawConn) (*hostFD, error) {
+	nfd := -1
+	var derr error
+	if err := raw.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("dup: %w", derr)
+	}
+	return &hostFD{fd: nfd}, nil
 }
 
 // peerAddr is the address the pod is shown for client c when reaching
@@ -242,30 +274,72 @@ func (p *pod) serveUDP(u *udpMapping) {
 			pf.f.abort()
 		}
 	}()
-	for {
-		err := recvFrom(u.ln, u.raw, func(b []byte, from netip.AddrPort) {
-			pf := p.udpFlow(u, from)
-			if pf == nil {
-				return
+	bp := dgramBufs.Get().(*[]byte)
+	defer dgramBufs.Put(bp)
+	b := *bp
+	// One Read for the listener's life: its callback reads the socket
+	// until it is empty and asks to wait for more (false), so nothing is
+	// allocated per datagram; it returns only when the socket is closed.
+	_ = u.raw.Read(func(fd uintptr) bool {
+		for errs := 0; ; {
+			n, from, errno := recvfromNonblock(int(fd), b)
+			switch errno {
+			case 0:
+				errs = 0
+				p.udpIn(u, b[:n], from)
+				continue
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false
 			}
-			pf.touch()
-			if _, err := pf.sock.Send(b); err != nil {
-				e.log.Debug("proxy: port mapping send into pod failed", "pod", p.ID, "err", err)
+			// A pending socket error, reported once; a second in a row
+			// is no such error: wait for readability rather than spin.
+			e.log.Debug("proxy: port mapping socket error", "pod", p.ID, "err", errno)
+			if errs++; errs > 1 {
+				return false
 			}
-		})
-		if err != nil && !isErrno(err) {
-			return // closed
 		}
+	})
+}
+
+// udpIn relays client's datagram b into the pod through its flow.
+func (p *pod) udpIn(u *udpMapping, b []byte, client netip.AddrPort) {
+	pf := p.udpFlow(u, client)
+	if pf == nil {
+		return
+	}
+	pf.idle.touch()
+	if _, err := pf.sock.Send(b); err != nil {
+		p.e.log.Debug("proxy: port mapping send into pod failed", "pod", p.ID, "err", err)
 	}
 }
 
 // udpFlow finds or opens the flow of client.
 func (p *pod) udpFlow(u *udpMapping, client netip.AddrPort) *pmFlow {
-	e := p.e
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	if pf := u.flows[client]; pf != nil {
+	pf := u.flows[client]
+	if pf == nil {
+		pf = p.udpOpenLocked(u, client)
+	}
+	u.mu.Unlock()
+	// The flow's abort (RemovePod, Close) takes u.mu: it is added to the
+	// flow only now, and runs here at once if the flow was aborted
+	// meanwhile.
+	if pf != nil && pf.f.add(pf) {
 		return pf
+	}
+	return nil
+}
+
+// udpOpenLocked opens the flow of client (u.mu held); nil when a limit or
+// the stack refused it.
+func (p *pod) udpOpenLocked(u *udpMapping, client netip.AddrPort) *pmFlow {
+	e := p.e
+	sa, _, err := clientSockaddr(client)
+	if err != nil {
+		e.log.Debug("proxy: port mapping client address", "client", client, "err", err)
+		return nil
 	}
 	f := e.newFlow()
 	if !e.acquire(p.Addr, f, kindUDP) {
@@ -280,65 +354,120 @@ func (p *pod) udpFlow(u *udpMapping, client netip.AddrPort) *pmFlow {
 		f.done()
 		return nil
 	}
-	pf := &pmFlow{client: client, sock: sock, f: f}
-	pf.touch()
-	f.add(abortFunc(func() { sock.Close() }))
-	if !e.spawn(func() { p.udpFlowReader(u, pf) }) {
-		sock.Close()
-		e.release(f)
-		f.done()
-		return nil
-	}
+	pf := &pmFlow{p: p, u: u, client: client, sa: sa, sock: sock, f: f}
+	pf.idle.init(e, pf)
+	sock.SetNotify(pf.notify)
 	u.flows[client] = pf
 	e.c.udpFlowsOpened.Add(1)
 	e.c.activeUDP.Add(1)
+	pf.idle.arm()
 	return pf
 }
 
-// udpFlowReader relays the pod's replies to the client until the flow
-// idles out or is aborted. It peeks for the length first, so an idle flow
-// holds no buffer.
-func (p *pod) udpFlowReader(u *udpMapping, pf *pmFlow) {
-	e := p.e
-	defer func() {
-		u.mu.Lock()
-		if u.flows[pf.client] == pf {
-			delete(u.flows, pf.client)
-		}
-		u.mu.Unlock()
-		pf.sock.Close()
-		e.release(pf.f)
-		pf.f.done()
-		e.c.activeUDP.Add(-1)
-	}()
-	idle := e.cfg.UDPIdleTimeout
-	for {
-		last := time.Unix(0, pf.last.Load())
-		left := idle - time.Since(last)
-		if left <= 0 {
-			e.c.udpIdleTimeouts.Add(1)
-			return
-		}
-		// The stack socket's deadline is on the stack's clock.
-		_ = pf.sock.SetReadDeadline(e.st.Clock().Now().Add(left))
-		_, meta, err := pf.sock.RecvMsg(nil, udp.MsgPeek)
-		if err == nil {
-			bp := dgramBufs.Get().(*[]byte)
-			buf := (*bp)[:min(meta.Len, len(*bp))]
-			n, err := pf.sock.Recv(buf)
-			if err == nil {
-				pf.touch()
-				if _, err := u.ln.WriteToUDPAddrPort(buf[:n], pf.client); err != nil {
-					e.log.Debug("proxy: port mapping reply failed", "client", pf.client, "err", err)
-				}
-			}
-			dgramBufs.Put(bp)
+// notify is the flow socket's data-ready callback (udp.Socket.SetNotify):
+// on the NIC's goroutine that queued the pod's replies, at the end of its
+// receive batch. One drain runs at a time, so replies leave in order.
+func (pf *pmFlow) notify() { pf.drains.run((*pmFlow).drain, pf) }
+
+// drain relays the pod's queued replies to the client until none is
+// left (run by pf.drains only). The host socket is written without
+// waiting: a full send buffer drops the reply (UDPDropped), as for the
+// pod's datagrams to the host (udpFlow.write), rather than hold up the
+// NIC's goroutine. A pending socket error is reported once; a second
+// error in a row ends the drain, as hostFD.readDry does. The buffer is
+// taken only while a reply is handled.
+func (pf *pmFlow) drain() {
+	e := pf.p.e
+	bp := dgramBufs.Get().(*[]byte)
+	defer dgramBufs.Put(bp)
+	for errs := 0; errs < 2; {
+		n, _, err := pf.sock.RecvMsg(*bp, udp.MsgDontWait)
+		switch {
+		case err == nil:
+			errs = 0
+		case errors.Is(err, syscall.EAGAIN), isClosed(err):
+			return // empty, or closed (the flow ended)
+		default:
+			errs++
 			continue
 		}
-		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded), isErrno(err) && !isClosed(err):
+		pf.idle.touch()
+		switch err := pf.u.sendTo((*bp)[:n], pf.sa); {
+		case err == nil, isClosed(err): // sent, or the mapping ended
+		case errors.Is(err, unix.EAGAIN):
+			e.c.udpDropped.Add(1)
 		default:
-			return
+			e.log.Debug("proxy: port mapping reply failed", "client", pf.client, "err", err)
 		}
 	}
+}
+
+// sendTo writes one datagram from the mapping's host socket to sa
+// without waiting for room (MSG_DONTWAIT); net.ErrClosed once the
+// mapping ended.
+func (u *udpMapping) sendTo(b []byte, sa unix.Sockaddr) error {
+	if !u.out.acquire() {
+		return net.ErrClosed
+	}
+	defer u.out.release()
+	for {
+		if err := unix.Sendto(u.out.fd, b, unix.MSG_DONTWAIT, sa); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// clientSockaddr is a mapping client's address for sendto(2): of its own
+// family, and for an IPv6 link-local client with its zone as the
+// interface index (sin6_scope_id, RFC 4007 §6), as Go's UDPConn writes
+// it.
+func clientSockaddr(ap netip.AddrPort) (unix.Sockaddr, int, error) {
+	a := ap.Addr()
+	if !a.Is6() || a.Is4In6() || a.Zone() == "" {
+		return sockaddr(ap)
+	}
+	zone := a.Zone()
+	idx, err := strconv.Atoi(zone)
+	if err != nil {
+		ifi, ierr := net.InterfaceByName(zone)
+		if ierr != nil {
+			return nil, 0, fmt.Errorf("zone %q: %w", zone, ierr)
+		}
+		idx = ifi.Index
+	}
+	return &unix.SockaddrInet6{Addr: a.As16(), Port: int(ap.Port()), ZoneId: uint32(idx)}, unix.AF_INET6, nil
+}
+
+// abort ends the flow (flowHandle's aborter: RemovePod, Close, the
+// mapping's end).
+func (pf *pmFlow) abort() { pf.end() }
+
+// idleEnd ends the flow after UDPIdleTimeout without a datagram either
+// way (idle's owner).
+func (pf *pmFlow) idleEnd() {
+	if pf.end() {
+		pf.p.e.c.udpIdleTimeouts.Add(1)
+	}
+}
+
+// end ends the flow, once, whichever way it ends (idle timeout, abort,
+// its mapping's end): out of the mapping's table, its socket closed (the
+// reader then returns), counted out. It reports whether this call ended
+// it.
+func (pf *pmFlow) end() bool {
+	if pf.ended.Swap(true) {
+		return false
+	}
+	e := pf.p.e
+	pf.u.mu.Lock()
+	if pf.u.flows[pf.client] == pf {
+		delete(pf.u.flows, pf.client)
+	}
+	pf.u.mu.Unlock()
+	pf.idle.stop()
+	pf.sock.Close()
+	e.release(pf.f)
+	pf.f.done()
+	e.c.activeUDP.Add(-1)
+	return true
 }

@@ -38,7 +38,7 @@ func (r *rig) podTCPServer(t *testing.T, port uint16) <-chan netip.AddrPort {
 }
 
 // podUDPServer answers "pod:"+payload on the pod's port.
-func (r *rig) podUDPServer(t *testing.T, port uint16) {
+func (r *rig) podUDPServer(t testing.TB, port uint16) {
 	t.Helper()
 	pc, err := r.pod.ListenUDP(netip.AddrPortFrom(podAddr, port))
 	must(t, err)

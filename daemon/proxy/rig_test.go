@@ -260,7 +260,7 @@ func kernelListener(t testing.TB, serve func(c *net.TCPConn)) uint16 {
 }
 
 // closedPort returns a loopback port nothing listens on (TCP or UDP).
-func closedPort(t *testing.T, network string) uint16 {
+func closedPort(t testing.TB, network string) uint16 {
 	t.Helper()
 	switch network {
 	case "udp":

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -15,7 +14,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cni-userstack/cni-userstack/netstack/clock"
 	"github.com/cni-userstack/cni-userstack/netstack/udp"
 )
 
@@ -29,23 +27,22 @@ type udpKey struct{ pod, dst netip.AddrPort }
 // udpFlow is one outbound UDP flow: a connected host socket. Without a
 // Config.Dialer (or with mapDst) the socket is the engine's own (h,
 // dialUDP): registered with the engine's poller, which relays its
-// datagrams to the pod (ready), and timed out by a timer on the stack's
-// clock (idle) — no goroutine, no runtime timer and no Go net.Conn per
+// datagrams to the pod (ready) — no goroutine and no Go net.Conn per
 // flow, as passt's udp.c keeps a socket per flow in its one epoll set. A
 // Dialer's conn is read by a goroutine of its own (udpFlowReader).
+// Either way the flow ends after UDPIdleTimeout without a datagram
+// (idle, on the stack's clock: no runtime timer per flow).
 type udpFlow struct {
 	key  udpKey
 	e    *Engine
 	h    *hostFD // the engine's own socket, or nil
 	id   uint64  // h's poller registration
-	idle clock.Timer
+	idle idle
 	// ended: udpEnd ran (a flow ends once, by idle timeout, eviction,
 	// abort or a failed conn).
 	ended atomic.Bool
 	conn  net.Conn        // a Dialer's conn, when h is nil
 	raw   syscall.RawConn // conn's, nil when conn is not a kernel socket
-	born  int64           // wall-clock nanoseconds of the flow's opening
-	last  atomic.Int64    // wall-clock nanoseconds of the last datagram either way
 	// sent and answered count the pod's datagrams and the host's: a
 	// flow with as many answers as questions waits for nothing
 	// (udpEvictLocked).
@@ -54,8 +51,6 @@ type udpFlow struct {
 	// quote is the pod's last datagram's header (icmperr.go).
 	quote udpQuote
 }
-
-func (u *udpFlow) touch() { u.last.Store(time.Now().UnixNano()) }
 
 // udpTable is the outbound flow table. Bound: MaxUDPFlows (with the
 // port-mapping flows), enforced by Engine.acquire.
@@ -92,7 +87,7 @@ func (e *Engine) udpDrainQueue() {
 		if u == nil {
 			continue // counted
 		}
-		u.touch()
+		u.idle.touch()
 		u.sent.Add(1)
 		u.quote.set(&e.udpHdr)
 		if err := u.write(e.udpBuf[:n]); err != nil {
@@ -135,8 +130,8 @@ func (e *Engine) udpOpenLocked(k udpKey) *udpFlow {
 			return nil
 		}
 	}
-	u := &udpFlow{key: k, e: e, f: f, born: time.Now().UnixNano()}
-	u.touch()
+	u := &udpFlow{key: k, e: e, f: f}
+	u.idle.init(e, u)
 	var err error
 	if e.cfg.Dialer == nil || e.cfg.mapDst != nil {
 		err = e.udpOpenOwn(u)
@@ -156,6 +151,7 @@ func (e *Engine) udpOpenLocked(k udpKey) *udpFlow {
 	if u.conn != nil && !e.adopt(f, u.conn, func() { e.udpFlowReader(u) }) {
 		return nil
 	}
+	u.idle.arm()
 	e.udp.m[k] = u
 	e.c.udpFlowsOpened.Add(1)
 	e.c.activeUDP.Add(1)
@@ -163,8 +159,7 @@ func (e *Engine) udpOpenLocked(k udpKey) *udpFlow {
 }
 
 // udpOpenOwn gives u the engine's own socket: connected to the
-// destination (dialUDP), on the poller (pollDgram), and the idle timer
-// armed.
+// destination (dialUDP) and on the poller (pollDgram).
 func (e *Engine) udpOpenOwn(u *udpFlow) error {
 	dst := u.key.dst
 	if e.cfg.mapDst != nil {
@@ -175,12 +170,7 @@ func (e *Engine) udpOpenOwn(u *udpFlow) error {
 		return err
 	}
 	u.h, u.id = h, e.poll.newID()
-	if err := e.pollDgram(h, u.id, u); err != nil {
-		return err
-	}
-	e.st.Clock().InitTimer(&u.idle, (*udpIdleTimer)(u))
-	u.idle.Reset(e.cfg.UDPIdleTimeout)
-	return nil
+	return e.pollDgram(h, u.id, u)
 }
 
 // pollDgram readies h, a connected datagram socket of ours (a UDP flow's
@@ -268,7 +258,7 @@ func (u *udpFlow) ready(ev uint32) {
 	defer u.h.release()
 	e := u.e
 	sawErr := u.h.readDry(func(b []byte) {
-		u.touch()
+		u.idle.touch()
 		u.answered.Add(1)
 		if _, err := e.udpIC.SendFromTo(b, u.key.dst, u.key.pod); err != nil {
 			e.log.Debug("proxy: udp reply to pod failed", "pod", u.key.pod, "err", err)
@@ -279,19 +269,9 @@ func (u *udpFlow) ready(ev uint32) {
 	}
 }
 
-// udpIdleTimer is the flow as its idle timer's clock.Handler.
-type udpIdleTimer udpFlow
-
-func (t *udpIdleTimer) Fire(*clock.Timer) { (*udpFlow)(t).idleFired() }
-
-// idleFired ends the flow after UDPIdleTimeout without a datagram either
-// way, or waits for the rest of it.
-func (u *udpFlow) idleFired() {
-	idle := u.e.cfg.UDPIdleTimeout
-	if quiet := time.Duration(time.Now().UnixNano() - u.last.Load()); quiet < idle {
-		u.idle.Reset(idle - quiet)
-		return
-	}
+// idleEnd ends the flow after UDPIdleTimeout without a datagram either
+// way (idle's owner).
+func (u *udpFlow) idleEnd() {
 	if u.e.udpEnd(u) {
 		u.e.c.udpIdleTimeouts.Add(1)
 	}
@@ -324,8 +304,8 @@ func (e *Engine) udpEndLocked(u *udpFlow) bool {
 	if e.udp.m[u.key] == u {
 		delete(e.udp.m, u.key)
 	}
+	u.idle.stop()
 	if u.h != nil {
-		u.idle.Stop()
 		e.poll.remove(u.id)
 		u.h.Close()
 	} else {
@@ -378,7 +358,7 @@ const (
 // flow ends at once (udpEndLocked); a Dialer's conn's reader finds it
 // closed and ended.
 func (e *Engine) udpEvictLocked(pod netip.Addr, podFull bool) bool {
-	now := time.Now().UnixNano()
+	now := e.now()
 	quiet, stream := e.cfg.udpQuiet.Nanoseconds(), e.cfg.udpStream.Nanoseconds()
 	var victim *udpFlow
 	var victimLast int64
@@ -391,8 +371,8 @@ func (e *Engine) udpEvictLocked(pod netip.Addr, podFull bool) bool {
 		if podFull && u.f.addr != pod {
 			continue
 		}
-		last := u.last.Load()
-		if last-u.born >= stream {
+		last := u.idle.last.Load()
+		if last-u.idle.born >= stream {
 			continue
 		}
 		answered := u.answered.Load() >= u.sent.Load()
@@ -417,20 +397,12 @@ func (e *Engine) udpEvictLocked(pod netip.Addr, podFull bool) bool {
 }
 
 // udpFlowReader relays a Dialer's conn's datagrams back to the pod until
-// the flow is idle for UDPIdleTimeout or aborted.
+// the conn is closed: the flow ended (idle timeout, eviction, abort) or
+// the conn failed.
 func (e *Engine) udpFlowReader(u *udpFlow) {
-	idle := e.cfg.UDPIdleTimeout
 	for {
-		last := time.Unix(0, u.last.Load())
-		if time.Since(last) >= idle {
-			if e.udpEnd(u) {
-				e.c.udpIdleTimeouts.Add(1)
-			}
-			return
-		}
-		_ = u.conn.SetReadDeadline(last.Add(idle))
 		err := recvDatagram(u.conn, u.raw, func(p []byte) {
-			u.touch()
+			u.idle.touch()
 			u.answered.Add(1)
 			// From the original destination to the pod (the
 			// transparent side of the intercept socket).
@@ -440,12 +412,10 @@ func (e *Engine) udpFlowReader(u *udpFlow) {
 		})
 		switch {
 		case err == nil:
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			// loop: re-check the idle time
 		case isErrno(err) && !isClosed(err):
 			e.udpHostError(u, err)
 		default:
-			e.udpEnd(u) // aborted or evicted (closed), or the conn failed
+			e.udpEnd(u) // ended (closed), or the conn failed
 			return
 		}
 	}
@@ -500,65 +470,34 @@ func isErrno(err error) bool {
 	return errors.As(err, &en)
 }
 
-// recvFrom is recvDatagram for an unconnected socket (UDP, or raw ICMP
-// and ICMPv6), with the sender's address: through raw, its kernel
-// socket, when not nil (no deadline, no allocation), else pc's ReadFrom
-// (a test's conn). The buffer is pooled: fn must not keep p.
-func recvFrom(pc net.PacketConn, raw syscall.RawConn, fn func(p []byte, from netip.AddrPort)) error {
-	bp := dgramBufs.Get().(*[]byte)
-	defer dgramBufs.Put(bp)
-	if raw == nil {
-		n, from, err := pc.ReadFrom(*bp)
-		if err != nil {
-			return err
-		}
-		var ap netip.AddrPort
-		switch a := from.(type) {
-		case *net.UDPAddr:
-			ap = a.AddrPort()
-		case *net.IPAddr:
-			ip, _ := netip.AddrFromSlice(a.IP)
-			ap = netip.AddrPortFrom(ip, 0)
-		}
-		fn((*bp)[:n], netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
-		return nil
-	}
-	var rerr error
-	err := raw.Read(func(fd uintptr) bool {
-		for {
-			n, from, err := recvfromNonblock(int(fd), *bp)
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return false // wait for readability
-			case err != nil:
-				rerr = err
-			default:
-				fn((*bp)[:n], from)
-			}
-			return true
-		}
-	})
-	if err == nil {
-		err = rerr
-	}
-	return err
-}
-
 // recvfromNonblock is recvfrom(MSG_DONTWAIT) with the sender as an
-// AddrPort (IPv4-mapped addresses unmapped).
-func recvfromNonblock(fd int, p []byte) (int, netip.AddrPort, error) {
-	n, sa, err := unix.Recvfrom(fd, p, unix.MSG_DONTWAIT)
-	if err != nil {
-		return 0, netip.AddrPort{}, err
+// AddrPort (IPv4-mapped addresses unmapped), raw: no allocation (x/sys's
+// Recvfrom allocates the sender's Sockaddr). The error is 0 or an errno.
+func recvfromNonblock(fd int, p []byte) (int, netip.AddrPort, unix.Errno) {
+	if len(p) == 0 {
+		return 0, netip.AddrPort{}, unix.EINVAL
+	}
+	var rsa unix.RawSockaddrAny
+	salen := uint32(unsafe.Sizeof(rsa))
+	r, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
+		unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&salen)))
+	if errno != 0 {
+		return 0, netip.AddrPort{}, errno
 	}
 	var from netip.AddrPort
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		from = netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
-	case *unix.SockaddrInet6:
-		from = netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		from = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port))
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
+		from = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), ntohs(sa.Port))
 	}
-	return n, from, nil
+	return int(r), from, 0
+}
+
+// ntohs is a port of a raw sockaddr (network byte order) as a number.
+func ntohs(port uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&port))
+	return uint16(b[0])<<8 | uint16(b[1])
 }

@@ -357,8 +357,8 @@ func podServer6(t *testing.T, n ns.NetNS, port int) {
 // checked; UDP to the host is relayed and a closed host port answers the
 // pod with ICMPv6 port unreachable; ping (ICMPv6 echo) to the host is relayed; DNS to the IPv6 gateway (UDP and TCP) is answered through the
 // relay (the result names both gateways); a port mapping on an IPv6 host
-// address reaches the pod's IPv6 server, which sees the client's own IPv6
-// address; the pod's IPv4 keeps working beside it; DEL leaves nothing of
+// address reaches the pod's IPv6 servers, TCP and UDP on one port number,
+// which see the client's own IPv6 address; the pod's IPv4 keeps working beside it; DEL leaves nothing of
 // either family.
 func TestDualStackProxyMode(t *testing.T) {
 	r := randBytes(3)
@@ -379,7 +379,10 @@ func TestDualStackProxyMode(t *testing.T) {
 	hostAddr6Link(t, client6)
 	hostPort := freePort(t)
 	list := e.confList("1.1.0", e.plugin(map[string]any{"mode": "proxy", "capabilities": map[string]bool{"portMappings": true}}))
-	p := e.addDual(list, portMapping{HostPort: hostPort, ContainerPort: 8080, Protocol: "tcp", HostIP: e.hostAddr6().String()})
+	p := e.addDual(list,
+		portMapping{HostPort: hostPort, ContainerPort: 8080, Protocol: "tcp", HostIP: e.hostAddr6().String()},
+		portMapping{HostPort: hostPort, ContainerPort: 8081, Protocol: "udp", HostIP: e.hostAddr6().String()},
+	)
 
 	gw4 := e.subnet.Masked().Addr().Next()
 	if got := p.res.DNS.Nameservers; !slices.Equal(got, []string{gw4.String(), p.gw6.String()}) {
@@ -518,6 +521,45 @@ func TestDualStackProxyMode(t *testing.T) {
 	}
 	if st := e.proxyStats(); st.PortMapConns < 1 {
 		t.Fatalf("no port-mapping connection counted: %s", statsJSON(st))
+	}
+	// The UDP mapping on the same IPv6 host port: the pod's server sees
+	// the client's own address and its answer comes back to the client
+	// (the flow's reply path sends to an IPv6 sockaddr).
+	var us *net.UDPConn
+	if err := do(p.ns, func() (err error) {
+		us, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.ip6, 8081)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer us.Close()
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			n, from, err := us.ReadFromUDPAddrPort(b)
+			if err != nil {
+				return
+			}
+			us.WriteToUDPAddrPort([]byte(from.Addr().String()+" "+string(b[:n])), from)
+		}
+	}()
+	uc6, err := net.DialUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(client6, 0)), net.UDPAddrFromAddrPort(netip.AddrPortFrom(e.hostAddr6(), uint16(hostPort))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc6.Close()
+	wantUDP := client6.String() + " over udp6"
+	var gotUDP string
+	for try := 0; try < 3 && gotUDP != wantUDP; try++ {
+		uc6.Write([]byte("over udp6"))
+		uc6.SetReadDeadline(time.Now().Add(2 * time.Second))
+		b := make([]byte, 2048)
+		if n, err := uc6.Read(b); err == nil {
+			gotUDP = string(b[:n])
+		}
+	}
+	if gotUDP != wantUDP {
+		t.Fatalf("UDP port mapping on [%v]:%d: got %q, want %q\nproxy stats %s", e.hostAddr6(), hostPort, gotUDP, wantUDP, statsJSON(e.proxyStats()))
 	}
 
 	if err := e.cni.CheckNetworkList(context.Background(), list, p.rt); err != nil {
