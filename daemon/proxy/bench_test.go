@@ -296,17 +296,8 @@ func BenchmarkIdleUDPFlowMemory(b *testing.B) {
 				b.Fatalf("%v; engine %+v", err, r.e.Stats())
 			}
 		}
-		query(10000) // warm the pools and tables
-		before, g0 := heapNow()
-		for j := 0; j < n; j++ {
-			query(uint16(10001 + j))
-		}
-		after, g1 := heapNow()
-		if got := r.e.Stats().ActiveUDP; got != n+1 {
-			b.Fatalf("%d UDP flows open, want %d", got, n+1)
-		}
-		b.ReportMetric(float64(after-before)/n, "B/flow")
-		b.ReportMetric(float64(g1-g0)/n, "goroutines/flow")
+		port := uint16(10000)
+		reportFlowMemory(b, n, func() { query(port); port++ }, func() int { return r.e.Stats().ActiveUDP }, "UDP")
 		r.e.Close() // its sockets now, not at cleanup: b.N rigs' would run out of descriptors
 	}
 }
@@ -344,17 +335,7 @@ func BenchmarkIdlePortMapUDPFlowMemory(b *testing.B) {
 				break
 			}
 		}
-		query() // warm the pools and tables
-		before, g0 := heapNow()
-		for j := 0; j < n; j++ {
-			query()
-		}
-		after, g1 := heapNow()
-		if got := r.e.Stats().ActiveUDP; got != n+1 {
-			b.Fatalf("%d UDP flows open, want %d", got, n+1)
-		}
-		b.ReportMetric(float64(after-before)/n, "B/flow")
-		b.ReportMetric(float64(g1-g0)/n, "goroutines/flow")
+		reportFlowMemory(b, n, query, func() int { return r.e.Stats().ActiveUDP }, "port-mapping UDP")
 		r.e.Close()
 		for _, fd := range fds {
 			unix.Close(fd)
@@ -365,25 +346,11 @@ func BenchmarkIdlePortMapUDPFlowMemory(b *testing.B) {
 // BenchmarkPortMapUDPRR is a datagram each way per op through a UDP port
 // mapping's flow: a host client's request to the mapped port, the pod's
 // reply back (relayed by the flow's drain). allocs/op is per request and
-// reply, both stacks and the pod's server (which reuses its buffer)
-// included; the client is a bare socket.
+// reply, both stacks and the pod's server (podUDPServer, which reuses its
+// buffer) included; the client is a bare socket.
 func BenchmarkPortMapUDPRR(b *testing.B) {
 	r := newRig(b, nil)
-	pc, err := r.pod.ListenUDP(netip.AddrPortFrom(podAddr, 9090))
-	must(b, err)
-	done := make(chan struct{})
-	b.Cleanup(func() { pc.Close(); <-done })
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
+	r.podUDPServer(b, 9090)
 	hp := closedPort(b, "udp")
 	must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr, PortMappings: []PortMapping{
 		{HostPort: int(hp), ContainerPort: 9090, Protocol: "udp"},
@@ -463,17 +430,7 @@ func BenchmarkIdleEchoFlowMemory(b *testing.B) {
 						b.Fatalf("%v; engine %+v", err, r.e.Stats())
 					}
 				}
-				ping() // warm the pools and tables
-				before, g0 := heapNow()
-				for j := 0; j < n; j++ {
-					ping()
-				}
-				after, g1 := heapNow()
-				if got := r.e.Stats().ActiveEcho; got != n+1 {
-					b.Fatalf("%d echo flows open, want %d", got, n+1)
-				}
-				b.ReportMetric(float64(after-before)/n, "B/flow")
-				b.ReportMetric(float64(g1-g0)/n, "goroutines/flow")
+				reportFlowMemory(b, n, ping, func() int { return r.e.Stats().ActiveEcho }, "echo")
 				r.e.Close() // its sockets now: b.N rigs' would run out of descriptors
 			}
 		})

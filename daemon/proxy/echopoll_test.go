@@ -80,38 +80,30 @@ func TestEchoFlowIdlesOutOnTheStackClock(t *testing.T) {
 			must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr}))
 			echoMode(t, r, mode)
 			fds := openFDs(t)
-			if err := r.ping(1); err != nil {
-				t.Fatalf("ping: %v (stats %+v)", err, r.e.Stats())
-			}
-			if mode == "ping" {
-				waitFDs(t, fds+1, "the flow's ping socket")
-			}
-			r.e.echo.mu.Lock()
 			var k echoKey
-			for k = range r.e.echo.m {
-			}
-			r.e.echo.mu.Unlock()
-
-			clk.Advance(40 * time.Second)
-			// The same flow's next request (its identifier, the next
-			// sequence number), as the NIC's goroutine hands it over.
-			reps := r.pod.Stats().Counters["IcmpInEchoReps"]
-			r.e.echo.intercept(ipv4.EchoRequest{Src: k.pod, Dst: k.dst, ID: k.id, Seq: 2, Payload: []byte("still here")})
-			// Its reply reaches the pod (unasked for: its Ping is done)
-			// before the clock moves on.
-			stacktest.WaitFor(t, "the second reply", func() bool { return r.pod.Stats().Counters["IcmpInEchoReps"] > reps })
-			if s := r.e.Stats(); s.EchoRelayed != 2 || s.EchoFlowsOpened != 1 {
-				t.Fatalf("the second request did not go through the open flow: %+v", s)
-			}
-			clk.Advance(30 * time.Second) // 70 s after the first request, 30 s after the last
-			if s := r.e.Stats(); s.ActiveEcho != 1 || s.EchoIdleTimeouts != 0 {
-				t.Fatalf("70 s after the first request, 30 s after the last: %+v, want the flow open", s)
-			}
-			clk.Advance(30 * time.Second)
-			s := r.e.Stats()
-			if s.ActiveEcho != 0 || s.EchoIdleTimeouts != 1 || s.Pods["p"].ActiveFlows != 0 {
-				t.Fatalf("60 s after the last request: %+v, want the flow ended by its idle timeout", s)
-			}
+			idleTimeline(t, r, clk, func() {
+				if err := r.ping(1); err != nil {
+					t.Fatalf("ping: %v (stats %+v)", err, r.e.Stats())
+				}
+				if mode == "ping" {
+					waitFDs(t, fds+1, "the flow's ping socket")
+				}
+				r.e.echo.mu.Lock()
+				for k = range r.e.echo.m {
+				}
+				r.e.echo.mu.Unlock()
+			}, func() {
+				// The same flow's next request (its identifier, the
+				// next sequence number), as the NIC's goroutine hands
+				// it over. Its reply reaches the pod (unasked for: its
+				// Ping is done) before the clock moves on.
+				reps := r.pod.Stats().Counters["IcmpInEchoReps"]
+				r.e.echo.intercept(ipv4.EchoRequest{Src: k.pod, Dst: k.dst, ID: k.id, Seq: 2, Payload: []byte("still here")})
+				stacktest.WaitFor(t, "the second reply", func() bool { return r.pod.Stats().Counters["IcmpInEchoReps"] > reps })
+				if s := r.e.Stats(); s.EchoRelayed != 2 {
+					t.Fatalf("the second request was not relayed: %+v", s)
+				}
+			}, echoCounts)
 			if mode == "ping" {
 				waitFDs(t, fds, "the ping socket after the idle end")
 			}

@@ -63,21 +63,7 @@ func TestUDPFlowIdlesOutOnTheStackClock(t *testing.T) {
 			defer c.Close()
 			fds, g0 := openFDs(t), runtime.NumGoroutine()
 
-			exchangeWithin(t, c, "one", "re:one")
-			clk.Advance(40 * time.Second)
-			exchangeWithin(t, c, "two", "re:two")
-			if s := r.e.Stats(); s.UDPFlowsOpened != 1 || s.ActiveUDP != 1 {
-				t.Fatalf("the second datagram did not go through the open flow: %+v", s)
-			}
-			clk.Advance(30 * time.Second) // 70 s after the first, 30 s after the last
-			if s := r.e.Stats(); s.ActiveUDP != 1 || s.UDPIdleTimeouts != 0 {
-				t.Fatalf("70 s after the first datagram, 30 s after the last: %+v, want the flow open", s)
-			}
-			clk.Advance(30 * time.Second)
-			s := r.e.Stats()
-			if s.ActiveUDP != 0 || s.UDPIdleTimeouts != 1 || s.Pods["p"].ActiveFlows != 0 {
-				t.Fatalf("60 s after the last datagram: %+v, want the flow ended by its idle timeout", s)
-			}
+			idleTimeline(t, r, clk, func() { exchangeWithin(t, c, "one", "re:one") }, func() { exchangeWithin(t, c, "two", "re:two") }, udpCounts)
 			waitFDs(t, fds, "the flow's host socket after the idle end")
 			waitGoroutines(t, g0, "the flow's")
 		})
@@ -109,26 +95,47 @@ func TestPortMapUDPFlowIdlesOutOnTheStackClock(t *testing.T) {
 			t.Fatalf("udp mapping: %q, %v", b[:n], err)
 		}
 	}
-	exchange("one")
-	waitGoroutines(t, g0, "an open mapping flow (no goroutine of its own)")
-	clk.Advance(40 * time.Second)
-	exchange("two")
-	if s := r.e.Stats(); s.UDPFlowsOpened != 1 || s.ActiveUDP != 1 {
-		t.Fatalf("the second datagram did not go through the open flow: %+v", s)
-	}
-	clk.Advance(30 * time.Second)
-	if s := r.e.Stats(); s.ActiveUDP != 1 || s.UDPIdleTimeouts != 0 {
-		t.Fatalf("30 s after the last datagram: %+v, want the flow open", s)
-	}
-	clk.Advance(30 * time.Second)
-	if s := r.e.Stats(); s.ActiveUDP != 0 || s.UDPIdleTimeouts != 1 || s.Pods["p"].ActiveFlows != 0 {
-		t.Fatalf("60 s after the last datagram: %+v, want the flow ended by its idle timeout", s)
-	}
+	idleTimeline(t, r, clk, func() {
+		exchange("one")
+		waitGoroutines(t, g0, "an open mapping flow (no goroutine of its own)")
+	}, func() { exchange("two") }, udpCounts)
 	// A new datagram opens a new flow.
 	exchange("three")
 	if s := r.e.Stats(); s.UDPFlowsOpened != 2 || s.ActiveUDP != 1 {
 		t.Fatalf("after the idle end: %+v, want a second flow", s)
 	}
+}
+
+// idleTimeline drives a flow's one-minute idle timeout on the manual
+// clock clk: first opens the flow at 0 s, again sends through it at 40 s;
+// at 70 s (30 s after the last message) the flow is still open, at 100 s
+// it has ended, counted once as an idle timeout and out of pod p's flows.
+// counts reads the flows of the kind open, opened and idled out.
+func idleTimeline(t *testing.T, r *rig, clk *clock.Manual, first, again func(), counts func(Stats) (open int, opened, idled uint64)) {
+	t.Helper()
+	first()
+	clk.Advance(40 * time.Second)
+	again()
+	if open, opened, _ := counts(r.e.Stats()); open != 1 || opened != 1 {
+		t.Fatalf("at 40 s the message did not go through the open flow: %d open, %d opened", open, opened)
+	}
+	clk.Advance(30 * time.Second)
+	if open, _, idled := counts(r.e.Stats()); open != 1 || idled != 0 {
+		t.Fatalf("70 s after the first message, 30 s after the last: %d open, %d idled out, want the flow open", open, idled)
+	}
+	clk.Advance(30 * time.Second)
+	s := r.e.Stats()
+	if open, _, idled := counts(s); open != 0 || idled != 1 || s.Pods["p"].ActiveFlows != 0 {
+		t.Fatalf("60 s after the last message: %d open, %d idled out, pod %+v: want the flow ended by its idle timeout", open, idled, s.Pods["p"])
+	}
+}
+
+func udpCounts(s Stats) (int, uint64, uint64) {
+	return s.ActiveUDP, s.UDPFlowsOpened, s.UDPIdleTimeouts
+}
+
+func echoCounts(s Stats) (int, uint64, uint64) {
+	return s.ActiveEcho, s.EchoFlowsOpened, s.EchoIdleTimeouts
 }
 
 // waitGoroutines waits (bounded) until at most want goroutines run.

@@ -72,6 +72,25 @@ func heapNow() (uint64, int) {
 	return m.HeapAlloc + m.StackInuse, runtime.NumGoroutine()
 }
 
+// reportFlowMemory reports the heap and goroutines each of n flows holds
+// once open and quiet: open opens one (the first warms the pools and
+// tables and is not counted), active says how many the engine has open,
+// n+1 by then.
+func reportFlowMemory(b *testing.B, n int, open func(), active func() int, kind string) {
+	b.Helper()
+	open()
+	before, g0 := heapNow()
+	for range n {
+		open()
+	}
+	after, g1 := heapNow()
+	if got := active(); got != n+1 {
+		b.Fatalf("%d %s flows open, want %d", got, kind, n+1)
+	}
+	b.ReportMetric(float64(after-before)/float64(n), "B/flow")
+	b.ReportMetric(float64(g1-g0)/float64(n), "goroutines/flow")
+}
+
 // idleConns opens n connections from the pod, each moving one byte each
 // way (a pod write, the server's byte read back), then left idle; relay
 // says whether they go through the relay to the raw listener or end in
