@@ -560,6 +560,9 @@ type options struct {
 	// families are the address families the data-path variants run over
 	// (-families: 4, 6 or both, ascending); ipv6.go.
 	families []int
+	// rrTrace, when set, is a directory the latency runs write each
+	// round trip's start and duration to (rrtrace.go).
+	rrTrace string
 }
 
 // harness holds what the variants share.
@@ -578,6 +581,9 @@ type harness struct {
 	// refBin and ourBin are the plugin dirs cnitest built (the reference
 	// plugins; ours with them), built once before the rounds.
 	refBin, ourBin string
+	// measuring names the variant, family and round being measured (the
+	// -rr-trace file's name).
+	measuring string
 }
 
 // buildPlugins builds the reference plugins and ours once (cnitest caches
@@ -671,6 +677,7 @@ func main() {
 	flag.StringVar(&fpf, "floor-route-flags", "", "extra flags of the floor forwarder (floor-route), space-separated, e.g. \"-qdisc-bypass -batch 32\"")
 	flag.StringVar(&fpbf, "floor-route-b-flags", "", "extra flags of variant floor-route-b's forwarder (floor-route-b is floor-route's A/B twin), e.g. -netpoll")
 	flag.BoolVar(&o.throughput, "throughput", true, "run the iperf3 throughput measurements (false: RR and connections/s only, for quick A/B rounds)")
+	flag.StringVar(&o.rrTrace, "rr-trace", "", "diagnostic: directory to write every timed round trip of each latency run to (start on CLOCK_MONOTONIC and duration, ns; one file per variant, family and round), to set beside `perf record -k CLOCK_MONOTONIC`")
 	flag.StringVar(&fs, "families", "4,6", "address families the data-path variants run over, in the same rounds: 4, 6 or 4,6 (6 alone leaves out the IPv4 tables, the memory and the CNI latency runs)")
 	flag.Parse()
 	o.daemonFlags, o.daemonEnv = strings.Fields(df), strings.Fields(de)
@@ -814,6 +821,7 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 			if l, err := loadAvg(); err == nil {
 				rep.loads = append(rep.loads, l)
 			}
+			h.measuring = fmt.Sprintf("%s-ipv%d-round%d", r.v.key, max(r.family, family4), round)
 			s, note, na := h.measure(r.v)
 			if na != nil {
 				r.na = "n/a (" + na.reason + ")"
@@ -1013,8 +1021,11 @@ func (h *harness) measure(v variant) (s *sample, note string, na *notAvailable) 
 
 	dst := netip.AddrPortFrom(a.dial, uint16(srv.port()))
 	cm := startCPU(a.pids, nil)
-	rr, err := requestResponse(h.ctx, a.pod, dst, h.opts.rrCount, dur)
+	rr, err := requestResponse(h.ctx, a.pod, dst, h.opts.rrCount, dur, h.opts.rrTrace != "")
 	rrCPU := cm.stop().helpers
+	if h.opts.rrTrace != "" && err == nil {
+		h.writeRRTrace(a, rr)
+	}
 	s.rrN = rr.N
 	s.rrP50 = measured{v: float64(rr.P50) / 1e3, err: err}
 	s.rrP99 = measured{v: float64(rr.P99) / 1e3, err: err}
