@@ -451,9 +451,9 @@
 // in the run right after, without perf (21:22, 2 rounds, -rr-trace
 // alone), proxy's p50/p99 were 123/258 and 125/293 µs, floor-epoll's
 // 129/276 and 127/278, the kernel's 14/22. There too the slow 1% come
-// in episodes, as the machine's would: 53-66% of proxy's and 44-58% of
+// in episodes, as the machine's would: 57-66% of proxy's and 44-58% of
 // the floor's lie next to another slow one (2% if they fell at random),
-// 87-94% within 10 ms of another. No product change: what
+// 87-95% within 10 ms of another. No product change: what
 // acts on halts and wake-ups was measured before (busy polling,
 // GOMAXPROCS=1 and its governor, nice -10, a blocking reader thread per
 // queue) and cost more elsewhere than it won here. The harness's own
