@@ -130,7 +130,7 @@ func TestRequestResponseAndConnectRateOnLoopback(t *testing.T) {
 	defer s.close()
 	dst := netip.AddrPortFrom(lo, uint16(s.port()))
 	ctx := context.Background()
-	rr, err := requestResponse(ctx, nil, dst, 500, 5*time.Second)
+	rr, err := requestResponse(ctx, nil, dst, 500, 5*time.Second, false)
 	if err != nil || rr.N != 500 || rr.P50 <= 0 || rr.P99 < rr.P50 {
 		t.Fatalf("requestResponse = %+v, %v; want 500 round trips, 0 < p50 ≤ p99", rr, err)
 	}

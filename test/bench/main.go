@@ -40,6 +40,10 @@
 // gVisor relay and proxy-base (-families; "Over IPv6" below). Then, once: memory per idle relayed connection
 // (-mem-conns through proxy mode, the gVisor relay and the floor relay) and
 // the CNI ADD/DEL latency of our plugin beside ptp.
+// -rr-trace (a diagnostic) writes every timed round trip of each RR run to
+// a file, its start on CLOCK_MONOTONIC and its duration, to be set beside
+// a system-wide `perf record -k CLOCK_MONOTONIC` trace (rrtrace.go; the
+// ninth session's paragraph below).
 //
 // Not owned here: the plugins and the daemon (measured, not changed), the
 // cnitest helpers it reuses (plugin builds, pod namespaces, libcni, the
@@ -398,6 +402,63 @@
 // changed) had four streams 0.42×/0.45×, connections/s 0.49× and pasta
 // at 0.65×.
 //
+// The ninth session looked at the slowest 1% of round trips one by one.
+// -rr-trace writes every timed round trip's start, on CLOCK_MONOTONIC, and
+// duration; perf record -k CLOCK_MONOTONIC -a took sched_switch,
+// sched_waking (with kernel and Go stacks), sched_wakeup, power:cpu_idle
+// and the IPI and timer interrupts of both CPUs during a run (21:16, ptp,
+// floor-epoll and proxy, 2 rounds of 3 s, the daemon with
+// GODEBUG=gctrace=1), and each round trip's window was cut out of it. At
+// every instant of a round trip the trace says what ran (the daemon or the
+// relay, the harness's client and server, another task) or, when nothing
+// of ours ran, what the woken thread waited for: its vCPU still halted
+// (the wake-up is a VM exit here), or its CPU running another task.
+// Against the median of the round trips within 5% of the p50, each slow
+// one is put in the class where it lost the most. Round 1, the quiet one:
+// proxy p50/p99 148/455 µs, floor-epoll 230/449 (the p50 is the bimodal
+// one, the p99 the same). Of proxy's 174 slowest, 108 (62%) lost most
+// waiting for halted vCPUs: 3.9 wake-ups from halt in each, 284 µs
+// together, the longest 105 µs (mean), where the p50 band had 0.8 taking
+// 23 µs; 45 (26%) waited while the woken thread's CPU ran another task (of
+// all such waiting in the slowest 1%, perf writing its buffers 57%, a
+// kworker 22%, kdamond 15%); 12 (7%) in the daemon's own run, 5 (3%) in
+// the harness's, 4 (2%) other tasks with nothing of ours waiting. Of
+// floor-epoll's 131: 73 (56%) in the relay's run, 26 (20%) behind another
+// task, 25 (19%) in the harness's run, 6 (5%) halted vCPUs. What the slow
+// ones do not have: the daemon ran one thread in 168 of the 174 and was
+// woken 1.9 times in each, by the pod's frame and the server's answer (by
+// a futex of its own 0.03 times); there was no collection during either RR
+// run (gctrace: the cycles fall at the attach and in the connect runs) and
+// the stack's timers do not wake the daemon (0.0017 kicks per round trip,
+// measured in process). The floor relay, a Go event loop per core, hopped
+// more than we do: 2.7 threads, 7.0 wake-ups and 2.7 of its own per slow
+// round trip (0.3 in its p50 band). The daemon's stretches of CPU over 100
+// µs in slow round trips (59; the relay's 10) have a quiet gap in them, 49
+// µs at the median, that ends at a timer interrupt (38) or at the wake-up
+// of the pod's reader from inside sendmmsg (17; the relay's: 7 and 2,
+// inside splice). A run with perf -g sampling the daemon at 20 kHz (which
+// doubled its CPU per round trip: it tells where, not how much) put 42% of
+// the samples of such stretches, against 9.7% of all its samples, where
+// sock_def_readable turns interrupts back on after waking the pod's reader
+// on the other vCPU, a wake-up that sends an IPI, a VM exit here. So the
+// tail is the machine's, wake-ups of halted vCPUs and their IPIs, and what
+// else runs (here mostly the tracer), by the same mechanisms as the
+// floor's; proxy's p99 is its p50's slow mode plus slower exits, and
+// nothing in it is the daemon's scheduling, collection or timers. The
+// tracer has its cost: in the run right after, without perf (21:22, 2
+// rounds, -rr-trace alone), proxy's p50/p99 were 123/258 and 125/293 µs,
+// floor-epoll's 129/276 and 127/278, the kernel's 14/22. There too the
+// slow 1% come in episodes, as the machine's would: 57-66% of proxy's and
+// 44-58% of the floor's lie next to another slow one (2% if they fell at
+// random), 87-95% within 10 ms of another. No product change: what acts on
+// halts and wake-ups was measured before (busy polling, GOMAXPROCS=1 and
+// its governor, nice -10, a blocking reader thread per queue) and cost
+// more elsewhere than it won here. The harness's own client and server,
+// one Go process, add wake-ups in slow round trips (4.6 against 3.5 for
+// proxy; 1.2 of them futex wakes of its sysmon on the client's write,
+// entersyscallWakeSysmon, after sysmon parked), as they do for every
+// variant.
+//
 // # The route floor
 //
 // Route mode forwards the pod's frames: the stack end of the pod's veth
@@ -560,6 +621,9 @@ type options struct {
 	// families are the address families the data-path variants run over
 	// (-families: 4, 6 or both, ascending); ipv6.go.
 	families []int
+	// rrTrace, when set, is a directory the latency runs write each
+	// round trip's start and duration to (rrtrace.go).
+	rrTrace string
 }
 
 // harness holds what the variants share.
@@ -578,6 +642,9 @@ type harness struct {
 	// refBin and ourBin are the plugin dirs cnitest built (the reference
 	// plugins; ours with them), built once before the rounds.
 	refBin, ourBin string
+	// measuring names the variant, family and round being measured (the
+	// -rr-trace file's name).
+	measuring string
 }
 
 // buildPlugins builds the reference plugins and ours once (cnitest caches
@@ -671,6 +738,7 @@ func main() {
 	flag.StringVar(&fpf, "floor-route-flags", "", "extra flags of the floor forwarder (floor-route), space-separated, e.g. \"-qdisc-bypass -batch 32\"")
 	flag.StringVar(&fpbf, "floor-route-b-flags", "", "extra flags of variant floor-route-b's forwarder (floor-route-b is floor-route's A/B twin), e.g. -netpoll")
 	flag.BoolVar(&o.throughput, "throughput", true, "run the iperf3 throughput measurements (false: RR and connections/s only, for quick A/B rounds)")
+	flag.StringVar(&o.rrTrace, "rr-trace", "", "diagnostic: directory to write every timed round trip of each latency run to (start on CLOCK_MONOTONIC and duration, ns; one file per variant, family and round), to set beside `perf record -k CLOCK_MONOTONIC`")
 	flag.StringVar(&fs, "families", "4,6", "address families the data-path variants run over, in the same rounds: 4, 6 or 4,6 (6 alone leaves out the IPv4 tables, the memory and the CNI latency runs)")
 	flag.Parse()
 	o.daemonFlags, o.daemonEnv = strings.Fields(df), strings.Fields(de)
@@ -814,6 +882,7 @@ func run(ctx context.Context, o options, undo *cleanups) int {
 			if l, err := loadAvg(); err == nil {
 				rep.loads = append(rep.loads, l)
 			}
+			h.measuring = fmt.Sprintf("%s-ipv%d-round%d", r.v.key, max(r.family, family4), round)
 			s, note, na := h.measure(r.v)
 			if na != nil {
 				r.na = "n/a (" + na.reason + ")"
@@ -1013,8 +1082,11 @@ func (h *harness) measure(v variant) (s *sample, note string, na *notAvailable) 
 
 	dst := netip.AddrPortFrom(a.dial, uint16(srv.port()))
 	cm := startCPU(a.pids, nil)
-	rr, err := requestResponse(h.ctx, a.pod, dst, h.opts.rrCount, dur)
+	rr, err := requestResponse(h.ctx, a.pod, dst, h.opts.rrCount, dur, h.opts.rrTrace != "")
 	rrCPU := cm.stop().helpers
+	if h.opts.rrTrace != "" && err == nil {
+		h.writeRRTrace(a, rr)
+	}
 	s.rrN = rr.N
 	s.rrP50 = measured{v: float64(rr.P50) / 1e3, err: err}
 	s.rrP99 = measured{v: float64(rr.P99) / 1e3, err: err}

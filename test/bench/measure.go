@@ -386,12 +386,17 @@ func (s *server) close() {
 type rrResult struct {
 	N        int
 	P50, P99 time.Duration
+	// Starts and Lat, with trace, are every timed round trip's start and
+	// duration, in order (-rr-trace).
+	Starts []time.Time
+	Lat    []time.Duration
 }
 
 // requestResponse dials addr:port from pod and runs round trips of one
 // byte each way on that one connection: rrWarmup first, then up to count
-// (or until dur has passed), each timed.
-func requestResponse(ctx context.Context, pod ns.NetNS, dst netip.AddrPort, count int, dur time.Duration) (rrResult, error) {
+// (or until dur has passed), each timed; with trace, the result keeps
+// each round trip's start and duration.
+func requestResponse(ctx context.Context, pod ns.NetNS, dst netip.AddrPort, count int, dur time.Duration, trace bool) (rrResult, error) {
 	const rrWarmup = 200
 	var c *net.TCPConn
 	err := do(pod, func() error {
@@ -409,6 +414,10 @@ func requestResponse(ctx context.Context, pod ns.NetNS, dst netip.AddrPort, coun
 	c.SetNoDelay(true)
 	c.SetDeadline(time.Now().Add(dur + 30*time.Second))
 	lat := make([]time.Duration, 0, count)
+	var starts []time.Time
+	if trace {
+		starts = make([]time.Time, 0, count) // as lat: no growth (and no copy or collection) mid-run
+	}
 	var b [1]byte
 	end := time.Now().Add(dur)
 	for i := 0; i < rrWarmup+count; i++ {
@@ -424,12 +433,19 @@ func requestResponse(ctx context.Context, pod ns.NetNS, dst netip.AddrPort, coun
 		}
 		if i >= rrWarmup {
 			lat = append(lat, time.Since(start))
+			if trace {
+				starts = append(starts, start)
+			}
 			if time.Now().After(end) {
 				break
 			}
 		}
 	}
-	return rrResult{N: len(lat), P50: percentile(lat, 50), P99: percentile(lat, 99)}, nil
+	r := rrResult{N: len(lat), P50: percentile(lat, 50), P99: percentile(lat, 99)}
+	if trace {
+		r.Starts, r.Lat = starts, lat
+	}
+	return r, nil
 }
 
 // percentile is the nearest-rank p-th percentile (0 for none).
