@@ -186,7 +186,12 @@ func (p *poller) ctl(op, fd int, ev unix.EpollEvent, raw bool) error {
 // calls raw, a second A/B still gave connections/s -3% and CPU per
 // connection +7% though the TCP path is then the baseline's: what the
 // faster UDP run before it leaves behind (conntrack entries), or this
-// machine's noise; left as measured.
+// machine's noise; left as measured. Those A/Bs ran the variants in a
+// fixed order, which gave one slot up to 10% more connections/s (make
+// bench's roundOrder now alternates it); the ninth session measured the
+// TCP registration raw again in alternating order (6 rounds): connections/s
+// 2000 against 2236 (1840-2558 against 1801-2627 over the rounds), CPU
+// per connection 290 against 265 µs. So it stays a syscall.Syscall.
 func (p *poller) doCtl(epfd uintptr) {
 	if !p.ctlRaw {
 		p.ctlErr = unix.EpollCtl(int(epfd), p.ctlOp, p.ctlFD, &p.ctlEv)
