@@ -234,22 +234,18 @@ func (t *echoTable) sendLocked(ef *echoFlow, seq uint16, payload, hdr []byte) {
 // send buffer fails the send (EAGAIN) instead of waiting: the caller is
 // the NIC's goroutine.
 func (rs *rawSock) sendTo(msg []byte, dst netip.Addr) error {
-	var sa unix.Sockaddr
-	if dst.Is4() {
-		sa = &unix.SockaddrInet4{Addr: dst.As4()}
-	} else {
-		sa = &unix.SockaddrInet6{Addr: dst.As16()}
+	var sa rawSockaddr
+	if _, err := sa.set(netip.AddrPortFrom(dst, 0)); err != nil {
+		return err
 	}
 	if !rs.h.acquire() {
 		return net.ErrClosed
 	}
 	defer rs.h.release()
-	for {
-		err := unix.Sendto(rs.h.fd, msg, unix.MSG_DONTWAIT, sa)
-		if err != unix.EINTR {
-			return err
-		}
+	if e := sendtoNonblock(rs.h.fd, msg, &sa); e != 0 {
+		return e
 	}
+	return nil
 }
 
 // write sends msg on the flow's ping socket: write(2), raw (the P kept;

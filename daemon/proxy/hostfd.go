@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -42,10 +44,8 @@ func (h netHost) Abort()                           { abortConn(h.c) }
 type hostFD struct {
 	fd    int
 	state atomic.Int64
-	// sa is the connect(2) address of dialAsync (salen bytes of it), for
-	// connectResult.
-	sa    [unsafe.Sizeof(unix.RawSockaddrInet6{})]byte
-	salen uintptr
+	// sa is the connect(2) address, also asked again by connectResult.
+	sa rawSockaddr
 	// connErr is connectResult's final answer once connDone is set: a
 	// failed connect asked again would start a new one.
 	connDone atomic.Bool
@@ -128,18 +128,70 @@ func (h *hostFD) sockAddr(get func(int) (unix.Sockaddr, error)) net.Addr {
 	return nil
 }
 
-// sockaddr is dst as a connect(2) address of its own family (an IPv6
-// destination gets an AF_INET6 socket, never an IPv4-mapped address), with
-// that family.
-func sockaddr(dst netip.AddrPort) (unix.Sockaddr, int, error) {
-	a := dst.Addr().Unmap()
+// rawSockaddr is a socket address as the kernel reads it: a sockaddr_in
+// or sockaddr_in6, len bytes of b, built in place, so that the system
+// calls given it allocate nothing (x/sys's Sockaddr values are heap
+// objects, one per call).
+type rawSockaddr struct {
+	b   [unsafe.Sizeof(unix.RawSockaddrInet6{})]byte
+	len uintptr
+}
+
+// set makes sa ap of its own family (an IPv4-mapped address as IPv4: an
+// IPv6 socket is never given one) and returns the family. An IPv6 zone
+// becomes the scope id, the interface named or numbered (RFC 4007 §6), as
+// Go's net package does for a zoned address.
+func (sa *rawSockaddr) set(ap netip.AddrPort) (int, error) {
+	a := ap.Addr().Unmap()
+	var port *uint16
+	var family int
 	switch {
 	case a.Is4():
-		return &unix.SockaddrInet4{Addr: a.As4(), Port: int(dst.Port())}, unix.AF_INET, nil
-	case a.Is6() && a.Zone() == "":
-		return &unix.SockaddrInet6{Addr: a.As16(), Port: int(dst.Port())}, unix.AF_INET6, nil
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sa.b))
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+		sa.len, family, port = unsafe.Sizeof(*sa4), unix.AF_INET, &sa4.Port
+	case a.Is6():
+		var scope uint32
+		if zone := a.Zone(); zone != "" {
+			idx, err := strconv.Atoi(zone)
+			if err != nil {
+				ifi, ierr := net.InterfaceByName(zone)
+				if ierr != nil {
+					return 0, fmt.Errorf("zone %q: %w", zone, ierr)
+				}
+				idx = ifi.Index
+			}
+			scope = uint32(idx)
+		}
+		sa6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(&sa.b))
+		*sa6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16(), Scope_id: scope}
+		sa.len, family, port = unsafe.Sizeof(*sa6), unix.AF_INET6, &sa6.Port
+	default:
+		return 0, syscall.EAFNOSUPPORT
 	}
-	return nil, 0, syscall.EAFNOSUPPORT
+	pb := (*[2]byte)(unsafe.Pointer(port)) // network byte order
+	pb[0], pb[1] = byte(ap.Port()>>8), byte(ap.Port())
+	return family, nil
+}
+
+// family is sa's address family.
+func (sa *rawSockaddr) family() int { return int((*unix.RawSockaddr)(unsafe.Pointer(&sa.b)).Family) }
+
+// sendtoNonblock is sendto(2) of p to sa with MSG_DONTWAIT, raw (the
+// goroutine keeps its P: it never sleeps): a full send buffer fails with
+// EAGAIN. The caller holds fd open.
+func sendtoNonblock(fd int, p []byte, sa *rawSockaddr) unix.Errno {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	for {
+		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(ptr), uintptr(len(p)),
+			unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&sa.b)), sa.len)
+		if e != unix.EINTR {
+			return e
+		}
+	}
 }
 
 // SetKeepAliveConfig is (*net.TCPConn).SetKeepAliveConfig for the fd:
@@ -235,26 +287,14 @@ func connectDgram(dst netip.AddrPort, proto int) (*hostFD, error) {
 // newHostFD opens a non-blocking socket of dst's family and type typ,
 // with dst as its connect(2) address (connect).
 func newHostFD(dst netip.AddrPort, typ, proto int) (*hostFD, error) {
-	a := dst.Addr().Unmap()
-	// The sockaddr built by hand in the hostFD (a raw syscall: the
-	// goroutine keeps its P), the port in network byte order.
-	h := &hostFD{}
-	var family int
-	var port *uint16
-	switch {
-	case a.Is4():
-		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&h.sa))
-		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
-		h.salen, family, port = unsafe.Sizeof(*sa4), unix.AF_INET, &sa4.Port
-	case a.Is6() && a.Zone() == "":
-		sa6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(&h.sa))
-		*sa6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
-		h.salen, family, port = unsafe.Sizeof(*sa6), unix.AF_INET6, &sa6.Port
-	default:
-		return nil, syscall.EAFNOSUPPORT
+	if dst.Addr().Zone() != "" {
+		return nil, syscall.EAFNOSUPPORT // a destination outside has no zone
 	}
-	pb := (*[2]byte)(unsafe.Pointer(port))
-	pb[0], pb[1] = byte(dst.Port()>>8), byte(dst.Port())
+	h := &hostFD{}
+	family, err := h.sa.set(dst)
+	if err != nil {
+		return nil, err
+	}
 	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), uintptr(typ)|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, uintptr(proto))
 	if e != 0 {
 		return nil, e
@@ -270,13 +310,13 @@ func (h *hostFD) setRecvErr() error {
 		return net.ErrClosed
 	}
 	defer h.release()
-	level, opt := recvErrOpt(int((*unix.RawSockaddr)(unsafe.Pointer(&h.sa)).Family))
+	level, opt := recvErrOpt(h.sa.family())
 	return rawSetsockoptInt(h.fd, level, opt, 1)
 }
 
 // connect is connect(2) to the address newHostFD recorded.
 func (h *hostFD) connect() unix.Errno {
-	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(h.fd), uintptr(unsafe.Pointer(&h.sa)), h.salen)
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(h.fd), uintptr(unsafe.Pointer(&h.sa.b)), h.sa.len)
 	return e
 }
 
@@ -298,7 +338,7 @@ func connectResult(h *hostFD) error {
 	var e unix.Errno
 	if cerr := h.Control(func(fd uintptr) {
 		for {
-			_, _, e = unix.RawSyscall(unix.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&h.sa)), h.salen)
+			_, _, e = unix.RawSyscall(unix.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&h.sa.b)), h.sa.len)
 			if e != unix.EINTR {
 				return
 			}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,7 +58,7 @@ type pmFlow struct {
 	p      *pod
 	u      *udpMapping
 	client netip.AddrPort
-	sa     unix.Sockaddr // the client's, for sendto
+	sa     rawSockaddr // the client's, for sendto
 	sock   *udp.Socket
 	idle   idle
 	ended  atomic.Bool // end ran: a flow ends once
@@ -336,8 +335,8 @@ func (p *pod) udpFlow(u *udpMapping, client netip.AddrPort) *pmFlow {
 // the stack refused it.
 func (p *pod) udpOpenLocked(u *udpMapping, client netip.AddrPort) *pmFlow {
 	e := p.e
-	sa, _, err := clientSockaddr(client)
-	if err != nil {
+	var sa rawSockaddr
+	if _, err := sa.set(client); err != nil {
 		e.log.Debug("proxy: port mapping client address", "client", client, "err", err)
 		return nil
 	}
@@ -392,7 +391,7 @@ func (pf *pmFlow) drain() {
 			continue
 		}
 		pf.idle.touch()
-		switch err := pf.u.sendTo((*bp)[:n], pf.sa); {
+		switch err := pf.u.sendTo((*bp)[:n], &pf.sa); {
 		case err == nil, isClosed(err): // sent, or the mapping ended
 		case errors.Is(err, unix.EAGAIN):
 			e.c.udpDropped.Add(1)
@@ -403,39 +402,17 @@ func (pf *pmFlow) drain() {
 }
 
 // sendTo writes one datagram from the mapping's host socket to sa
-// without waiting for room (MSG_DONTWAIT); net.ErrClosed once the
+// without waiting for room (sendtoNonblock); net.ErrClosed once the
 // mapping ended.
-func (u *udpMapping) sendTo(b []byte, sa unix.Sockaddr) error {
+func (u *udpMapping) sendTo(b []byte, sa *rawSockaddr) error {
 	if !u.out.acquire() {
 		return net.ErrClosed
 	}
 	defer u.out.release()
-	for {
-		if err := unix.Sendto(u.out.fd, b, unix.MSG_DONTWAIT, sa); err != unix.EINTR {
-			return err
-		}
+	if e := sendtoNonblock(u.out.fd, b, sa); e != 0 {
+		return e
 	}
-}
-
-// clientSockaddr is a mapping client's address for sendto(2): of its own
-// family, and for an IPv6 link-local client with its zone as the
-// interface index (sin6_scope_id, RFC 4007 §6), as Go's UDPConn writes
-// it.
-func clientSockaddr(ap netip.AddrPort) (unix.Sockaddr, int, error) {
-	a := ap.Addr()
-	if !a.Is6() || a.Is4In6() || a.Zone() == "" {
-		return sockaddr(ap)
-	}
-	zone := a.Zone()
-	idx, err := strconv.Atoi(zone)
-	if err != nil {
-		ifi, ierr := net.InterfaceByName(zone)
-		if ierr != nil {
-			return nil, 0, fmt.Errorf("zone %q: %w", zone, ierr)
-		}
-		idx = ifi.Index
-	}
-	return &unix.SockaddrInet6{Addr: a.As16(), Port: int(ap.Port()), ZoneId: uint32(idx)}, unix.AF_INET6, nil
+	return nil
 }
 
 // abort ends the flow (flowHandle's aborter: RemovePod, Close, the
