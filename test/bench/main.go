@@ -459,6 +459,22 @@
 // entersyscallWakeSysmon, after sysmon parked), as they do for every
 // variant.
 //
+// The same session measured again, in the alternating order, the one
+// change on the connection's path that the seventh session had read as a
+// loss in the fixed order: the TCP relay's registration with the poller
+// as a raw epoll_ctl. An A/B of 6 rounds (connect and RR only) gave 2000
+// against 2236 connections/s (1840-2558 against 1801-2627 over the
+// rounds) and 290 against 265 µs of CPU per connection, so it stays a
+// syscall.Syscall (daemon/proxy poll.go, doCtl). Its last run (21:31,
+// 6cbf067, 3 rounds, load average 0.8-2.9): proxy one stream
+// 0.61×/0.64×, four streams 0.38×/0.50× (10.3-16.9 Gbit/s pod→host over
+// the rounds against the kernel's 33.7; floor-epoll 0.46×/0.53×), RR p50
+// 8.95× (pasta 10.00×), p99 11.74× (pasta 12.57×, pasta-64k 9.97×,
+// floor-epoll 11.46×), connections/s 0.41× (pasta 0.45×, pasta-64k
+// 0.50×, floor-epoll 0.50×), 250 µs of CPU per connection (pasta 188),
+// UDP queries/s 0.41× (pasta 0.33×, pasta-64k 0.50×), 0.50 s/GB, 4.21
+// KiB per idle connection, ahead of gVisor on every row.
+//
 // # The route floor
 //
 // Route mode forwards the pod's frames: the stack end of the pod's veth
