@@ -311,10 +311,7 @@ func BenchmarkIdlePortMapUDPFlowMemory(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		r := newRig(b, func(c *Config) { c.MaxFlowsPerPod, c.MaxUDPFlows = 1<<20, 1<<20 })
 		r.podUDPServer(b, 9090)
-		hp := closedPort(b, "udp")
-		must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr, PortMappings: []PortMapping{
-			{HostPort: int(hp), ContainerPort: 9090, Protocol: "udp"},
-		}}))
+		hp := r.addMappedPod(b, "udp", 9090)
 		to := &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(hp)}
 		p := make([]byte, 64)
 		var fds []int
@@ -351,10 +348,7 @@ func BenchmarkIdlePortMapUDPFlowMemory(b *testing.B) {
 func BenchmarkPortMapUDPRR(b *testing.B) {
 	r := newRig(b, nil)
 	r.podUDPServer(b, 9090)
-	hp := closedPort(b, "udp")
-	must(b, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr, PortMappings: []PortMapping{
-		{HostPort: int(hp), ContainerPort: 9090, Protocol: "udp"},
-	}}))
+	hp := r.addMappedPod(b, "udp", 9090)
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	must(b, err)
 	defer unix.Close(fd)

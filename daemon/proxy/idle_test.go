@@ -77,10 +77,7 @@ func TestPortMapUDPFlowIdlesOutOnTheStackClock(t *testing.T) {
 	clk := clock.NewManual()
 	r := newRigWith(t, func(c *Config) { c.UDPIdleTimeout = time.Minute }, netstack.WithClock(clk))
 	r.podUDPServer(t, 9090)
-	hp := closedPort(t, "udp")
-	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr, PortMappings: []PortMapping{
-		{HostPort: int(hp), ContainerPort: 9090, Protocol: "udp"},
-	}}))
+	hp := r.addMappedPod(t, "udp", 9090)
 	c, err := net.Dial("udp4", net.JoinHostPort("127.0.0.1", itoa(hp)))
 	must(t, err)
 	defer c.Close()

@@ -60,6 +60,17 @@ func (r *rig) podUDPServer(t testing.TB, port uint16) {
 	}()
 }
 
+// addMappedPod adds pod "p" with one mapping of a free host port of
+// protocol proto ("tcp" or "udp") to containerPort, and returns that port.
+func (r *rig) addMappedPod(tb testing.TB, proto string, containerPort uint16) uint16 {
+	tb.Helper()
+	hp := closedPort(tb, proto)
+	must(tb, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr, PortMappings: []PortMapping{
+		{HostPort: int(hp), ContainerPort: int(containerPort), Protocol: proto},
+	}}))
+	return hp
+}
+
 // hostIPv4 is a non-loopback address of this host, if any.
 func hostIPv4() (netip.Addr, bool) {
 	addrs, err := net.InterfaceAddrs()
@@ -253,10 +264,7 @@ func TestAddPodValidation(t *testing.T) {
 func TestCloseLeavesNothing(t *testing.T) {
 	r := newRig(t, nil)
 	r.podTCPServer(t, 8080)
-	hp := closedPort(t, "tcp")
-	must(t, r.e.AddPod(Pod{ID: "p", Addr: podAddr, Gateway: gwAddr, PortMappings: []PortMapping{
-		{HostPort: int(hp), ContainerPort: 8080, Protocol: "tcp"},
-	}}))
+	hp := r.addMappedPod(t, "tcp", 8080)
 	port := kernelListener(t, echoServe)
 	c, err := r.dialPod(ctxT(t, 5*time.Second), server, port)
 	must(t, err)
