@@ -465,7 +465,16 @@
 // as a raw epoll_ctl. An A/B of 6 rounds (connect and RR only) gave 2000
 // against 2236 connections/s (1840-2558 against 1801-2627 over the
 // rounds) and 290 against 265 µs of CPU per connection, so it stays a
-// syscall.Syscall (daemon/proxy poll.go, doCtl). Its last run (21:31,
+// syscall.Syscall (daemon/proxy poll.go, doCtl). Nor is four streams'
+// spread over the rounds (10.3-16.9 Gbit/s pod→host in the run below)
+// the PACKET_FANOUT hash putting 3 or 4 of the flows on one queue: a
+// build that logged each receive queue's bytes every 250 ms (4 rounds,
+// 21:55) had the four streams split 5/11, 8/8, 7.5/7.5 and 10/5 Gbit/s
+// between the two queues and totalling 16.3, 15.7, 14.5 and 14.5: an
+// even split carries no more, each queue then moving about half of what
+// one queue moves alone (12-14 Gbit/s), as the two CPUs are shared with
+// the iperf3 processes and the kernel's TCP (the whole system spent
+// 1.52× the kernel path's CPU per GB in that run). Its last run (21:31,
 // 6cbf067, 3 rounds, load average 0.8-2.9): proxy one stream
 // 0.61×/0.64×, four streams 0.38×/0.50× (10.3-16.9 Gbit/s pod→host over
 // the rounds against the kernel's 33.7; floor-epoll 0.46×/0.53×), RR p50
