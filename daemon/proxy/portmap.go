@@ -318,12 +318,14 @@ func (p *pod) udpIn(u *udpMapping, b []byte, client netip.AddrPort) {
 func (p *pod) udpFlow(u *udpMapping, client netip.AddrPort) *pmFlow {
 	u.mu.Lock()
 	pf := u.flows[client]
-	if pf == nil {
-		pf = p.udpOpenLocked(u, client)
+	if pf != nil {
+		u.mu.Unlock()
+		return pf
 	}
+	pf = p.udpOpenLocked(u, client)
 	u.mu.Unlock()
-	// The flow's abort (RemovePod, Close) takes u.mu: it is added to the
-	// flow only now, and runs here at once if the flow was aborted
+	// The new flow's abort (RemovePod, Close) takes u.mu: it is added to
+	// the flow only now, and runs here at once if the flow was aborted
 	// meanwhile.
 	if pf != nil && pf.f.add(pf) {
 		return pf
@@ -355,6 +357,8 @@ func (p *pod) udpOpenLocked(u *udpMapping, client netip.AddrPort) *pmFlow {
 	}
 	pf := &pmFlow{p: p, u: u, client: client, sa: sa, sock: sock, f: f}
 	pf.idle.init(e, pf)
+	// Nothing is queued on the socket yet (the client's first datagram
+	// goes to the pod after this), so no reply goes unannounced.
 	sock.SetNotify(pf.notify)
 	u.flows[client] = pf
 	e.c.udpFlowsOpened.Add(1)
@@ -428,8 +432,8 @@ func (pf *pmFlow) idleEnd() {
 }
 
 // end ends the flow, once, whichever way it ends (idle timeout, abort,
-// its mapping's end): out of the mapping's table, its socket closed (the
-// reader then returns), counted out. It reports whether this call ended
+// its mapping's end): out of the mapping's table, its socket closed (a
+// drain running then stops), counted out. It reports whether this call ended
 // it.
 func (pf *pmFlow) end() bool {
 	if pf.ended.Swap(true) {

@@ -305,3 +305,40 @@ func TestCloseLeavesNothing(t *testing.T) {
 	waitNoEngineGoroutines(t)
 	_ = tcp.Established
 }
+
+// A UDP mapping's flow registers its abort once, however many datagrams
+// it carries (each used to add it again: a list that grew without bound).
+func TestPortMapUDPFlowRegistersOnce(t *testing.T) {
+	r := newRig(t, nil)
+	r.podUDPServer(t, 9090)
+	hp := r.addMappedPod(t, "udp", 9090)
+	c, err := net.Dial("udp4", net.JoinHostPort("127.0.0.1", itoa(hp)))
+	must(t, err)
+	defer c.Close()
+	b := make([]byte, 64)
+	for i := range 10 {
+		c.Write([]byte("dgram"))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(b); err != nil || string(b[:n]) != "pod:dgram" {
+			t.Fatalf("datagram %d: %q, %v", i, b[:n], err)
+		}
+	}
+	var flows []*pmFlow
+	for _, u := range r.e.pods["p"].udp {
+		u.mu.Lock()
+		for _, pf := range u.flows {
+			flows = append(flows, pf)
+		}
+		u.mu.Unlock()
+	}
+	if len(flows) != 1 {
+		t.Fatalf("%d mapping flows, want 1", len(flows))
+	}
+	f := flows[0].f
+	f.mu.Lock()
+	n := len(f.closers)
+	f.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("the flow registered %d aborters for 10 datagrams, want 1", n)
+	}
+}
