@@ -16,14 +16,13 @@ type idleOwner interface {
 }
 
 // idle is a flow's idle timeout, on the stack's clock. A message either
-// way only stores the time (touch): the timer, armed once for the
-// timeout when the flow starts, fires at most once per timeout and then
-// ends the flow or waits for the rest, so no timer is touched per
-// message (as a conntrack entry stores its deadline per packet and one
-// collector expires them). The stack's clock and not the wall clock, so
-// that a manual clock moves every part of it in tests, and a flow's
-// opening, its last message and the engine's "now" (udpEvictLocked)
-// are read from one clock.
+// way only stores the time (touch): the timer, armed once the flow is
+// open (arm), fires at most once per timeout and then ends the flow or
+// waits for the rest, so no timer is touched per message (as a conntrack
+// entry stores its deadline per packet and one collector expires them).
+// The stack's clock and not the wall clock, so that a manual clock moves
+// every part of it in tests, and a flow's opening, its last message and
+// the engine's "now" (udpEvictLocked) are read from one clock.
 type idle struct {
 	e     *Engine
 	owner idleOwner
