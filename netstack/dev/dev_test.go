@@ -117,10 +117,52 @@ func frame(dst header.MAC, t header.EtherType, n int) []byte {
 	return b
 }
 
+// loopEP is fakeEP as a link.LoopReader: ReadLoop carries each batch up
+// itself, as afpacket's does; a failure stored in fail is returned once
+// by the next ReadLoop, before it reads.
+type loopEP struct {
+	*fakeEP
+	fail  atomic.Pointer[error]
+	loops atomic.Int32 // ReadLoop calls
+}
+
+func (l *loopEP) ReadLoop(q int, pkts []*buf.SKB, handle func(n int) bool) error {
+	l.loops.Add(1)
+	if err := l.fail.Swap(nil); err != nil {
+		return *err
+	}
+	for {
+		n, err := l.ReadBatch(pkts)
+		if err != nil {
+			return err
+		}
+		if !handle(n) {
+			return nil
+		}
+	}
+}
+
+// endpoints are the two ways dev reads a link: ReadBatch (poll) and the
+// endpoint's own loop (link.LoopReader).
+var endpoints = []struct {
+	name string
+	new  func() (*fakeEP, link.Endpoint)
+}{
+	{"ReadBatch", func() (*fakeEP, link.Endpoint) { f := newFakeEP(); return f, f }},
+	{"ReadLoop", func() (*fakeEP, link.Endpoint) { f := newFakeEP(); return f, &loopEP{fakeEP: f} }},
+}
+
 func newNIC(t testing.TB, cfg Config) (*Devices, *NIC, *fakeEP) {
 	t.Helper()
-	d := NewDevices(clock.NewManual())
 	ep := newFakeEP()
+	d, n := newNICOn(t, cfg, ep)
+	return d, n, ep
+}
+
+// newNICOn is newNIC on the endpoint ep.
+func newNICOn(t testing.TB, cfg Config, ep link.Endpoint) (*Devices, *NIC) {
+	t.Helper()
+	d := NewDevices(clock.NewManual())
 	if cfg.Name == "" {
 		cfg.Name = "eth0"
 	}
@@ -132,7 +174,7 @@ func newNIC(t testing.TB, cfg Config) (*Devices, *NIC, *fakeEP) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Remove(n.ID()) })
-	return d, n, ep
+	return d, n
 }
 
 // recorder is a Handler that remembers what it was given.
@@ -414,7 +456,16 @@ func TestXmitWhenDownDrops(t *testing.T) {
 }
 
 func TestRemoveStopsRxGoroutineAndClosesEndpoint(t *testing.T) {
-	d, n, ep := newNIC(t, Config{})
+	for _, kind := range endpoints {
+		t.Run(kind.name, func(t *testing.T) {
+			ep, lep := kind.new()
+			d, n := newNICOn(t, Config{}, lep)
+			testRemoveStopsRxGoroutine(t, d, n, ep)
+		})
+	}
+}
+
+func testRemoveStopsRxGoroutine(t *testing.T, d *Devices, n *NIC, ep *fakeEP) {
 	n.Up()
 	if err := d.Remove(n.ID()); err != nil {
 		t.Fatal(err)
@@ -441,7 +492,16 @@ func TestRemoveStopsRxGoroutineAndClosesEndpoint(t *testing.T) {
 }
 
 func TestDownStopsDispatchAndUpResumes(t *testing.T) {
-	d, n, ep := newNIC(t, Config{})
+	for _, kind := range endpoints {
+		t.Run(kind.name, func(t *testing.T) {
+			ep, lep := kind.new()
+			d, n := newNICOn(t, Config{}, lep)
+			testDownStopsDispatch(t, d, n, ep)
+		})
+	}
+}
+
+func testDownStopsDispatch(t *testing.T, d *Devices, n *NIC, ep *fakeEP) {
 	ip := newRecorder()
 	d.AddPacketType(header.EtherTypeIPv4, ip.handle)
 	n.Up()
@@ -686,5 +746,23 @@ func TestXmitFinishesPartialChecksum(t *testing.T) {
 	}
 	if !header.UDP(sent[0][34:]).ChecksumValid(src, dst) {
 		t.Fatal("checksum not completed in software")
+	}
+}
+
+// A LoopReader's read error is counted and the loop read again after a
+// backoff; the frames after it are dispatched.
+func TestLoopReaderErrorIsCountedAndRetried(t *testing.T) {
+	f := newFakeEP()
+	ep := &loopEP{fakeEP: f}
+	fail := errors.New("injected read error")
+	ep.fail.Store(&fail)
+	d, n := newNICOn(t, Config{}, ep)
+	ip := newRecorder()
+	d.AddPacketType(header.EtherTypeIPv4, ip.handle)
+	n.Up()
+	f.rx <- buf.FromBytes(0, frame(ourMAC, header.EtherTypeIPv4, 20))
+	waitFor(t, ip.seen, "dispatch after the read error")
+	if n.Stats().RxErrors != 1 || ep.loops.Load() != 2 {
+		t.Fatalf("rx errors %d, ReadLoop calls %d: want the error counted once and the loop read again", n.Stats().RxErrors, ep.loops.Load())
 	}
 }

@@ -19,7 +19,9 @@
 // queues, AF_PACKET's PACKET_FANOUT sockets, which keep each flow on one
 // queue), the NAPI poll loop (napi_poll → __netif_receive_skb_core). It
 // reads up to Config.RxBatch frames with one ReadBatch (ReadQueue) into
-// its queue's preallocated slice, takes clock.Now once per batch
+// its queue's preallocated slice — or lets an endpoint that runs the loop
+// itself (link.LoopReader, AF_PACKET's) hand it each batch — takes
+// clock.Now once per batch
 // (buf.Batch.Now, RxTime), and runs every frame to completion on that
 // goroutine: taps, Ethernet check (eth_type_trans),
 // the PACKET_OTHERHOST filter, then the handler registered for the

@@ -63,9 +63,15 @@ func (n *NIC) read(rq *rxQueue) (int, error) {
 }
 
 // poll is the NAPI poll loop of one receive queue: one read per round,
-// then each frame is carried up to completion.
+// then each frame is carried up to completion. An endpoint that runs the
+// loop itself (link.LoopReader) hands each batch up from inside its
+// read (loop).
 func (n *NIC) poll(rq *rxQueue) {
 	defer n.rxWG.Done()
+	if lr, ok := n.ep.(link.LoopReader); ok {
+		n.loop(rq, lr)
+		return
+	}
 	backoff := minReadBackoff
 	for {
 		k, err := n.read(rq)
@@ -98,6 +104,51 @@ func (n *NIC) poll(rq *rxQueue) {
 				return
 			}
 			n.rxMu.Unlock()
+		}
+	}
+}
+
+// loop is poll's loop on a link.LoopReader: each batch is carried up
+// inside the endpoint's read; the loop ends as poll's does, when the
+// endpoint is closed or the NIC is down once a batch is done. Other read
+// errors are counted and backed off as in poll.
+func (n *NIC) loop(rq *rxQueue, lr link.LoopReader) {
+	stopped := false
+	handle := func(k int) bool {
+		k = min(max(k, 0), len(rq.pkts)) // a misbehaving endpoint must not panic us
+		now := n.devs.clk.Now()
+		n.rxTimeNs.Store(now.UnixNano())
+		rq.batch.Now = now
+		n.rxBatch(rq, rq.pkts[:k])
+		clear(rq.pkts[:k])
+		if !n.up.Load() {
+			n.rxMu.Lock()
+			if !n.up.Load() {
+				rq.running, stopped = false, true
+				n.rxMu.Unlock()
+				return false
+			}
+			n.rxMu.Unlock()
+		}
+		return true
+	}
+	backoff := minReadBackoff
+	for {
+		err := lr.ReadLoop(rq.q, rq.pkts, handle)
+		switch {
+		case stopped:
+			return
+		case errors.Is(err, link.ErrClosed):
+			n.exitPoll(rq)
+			return
+		case err != nil:
+			n.rxErrors.Add(1)
+			time.Sleep(backoff)
+			backoff = min(2*backoff, maxReadBackoff)
+		default:
+			// nil without a stop: the endpoint has no such queue.
+			n.exitPoll(rq)
+			return
 		}
 	}
 }

@@ -65,6 +65,19 @@ type MultiQueue interface {
 	ReadQueue(q int, pkts []*buf.SKB) (n int, err error)
 }
 
+// LoopReader is an Endpoint that runs a receive queue's loop itself, as
+// NAPI's poll runs inside the driver: ReadLoop reads queue q's frames
+// into pkts and hands each batch (pkts[:n], owned by handle) to handle
+// from inside its wait for readability, so that after a batch shorter
+// than pkts it can wait for the next frame without another read to find
+// the queue empty (a frame that arrived meanwhile is still announced).
+// It returns nil when handle returns false, ErrClosed after Close, or
+// the read's error. An Endpoint without it is read with ReadBatch and
+// ReadQueue.
+type LoopReader interface {
+	ReadLoop(q int, pkts []*buf.SKB, handle func(n int) bool) error
+}
+
 // ErrClosed is returned by an Endpoint after Close.
 var ErrClosed = errors.New("link: endpoint closed")
 

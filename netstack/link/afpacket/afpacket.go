@@ -163,6 +163,7 @@ type Endpoint struct {
 	txFn   func(fd uintptr) bool
 
 	rxPackets, rxBytes, rxErrors  atomic.Uint64
+	rxEmpty                       atomic.Uint64 // recvmmsg calls that found the socket empty (EAGAIN)
 	txPackets, txBytes, txErrors  atomic.Uint64
 	kernelDrops                   atomic.Uint64 // accumulated PACKET_STATISTICS tp_drops
 	busyPollHits, busyPollSleeps  atomic.Uint64
@@ -312,6 +313,9 @@ func (e *Endpoint) refill(q *rxQueue, i int) {
 // recv runs inside q.rc.Read; false asks the poller to wait for
 // readability.
 func (e *Endpoint) recv(q *rxQueue, fd uintptr) bool {
+	for i := 0; i < q.vlen; i++ {
+		q.msgs[i].Hdr.Flags = 0
+	}
 	for {
 		// MSG_TRUNC: msg_len is the frame's real length (packet(7)).
 		n, errno := recvmmsg(fd, q.msgs[:q.vlen], unix.MSG_TRUNC)
@@ -322,6 +326,7 @@ func (e *Endpoint) recv(q *rxQueue, fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
+			e.rxEmpty.Add(1)
 			return false
 		default:
 			q.n, q.err = 0, errno
@@ -438,72 +443,148 @@ func (e *Endpoint) ReadQueue(qi int, pkts []*buf.SKB) (int, error) {
 			return 0, link.ErrClosed
 		}
 		q.vlen = min(len(pkts), len(q.msgs))
-		for i := 0; i < q.vlen; i++ {
-			q.msgs[i].Hdr.Flags = 0
-		}
 		if err := e.read(q); err != nil {
 			if e.closed.Load() || errors.Is(err, os.ErrClosed) {
 				return 0, link.ErrClosed
 			}
 			return 0, err
 		}
-		if q.err != 0 {
-			e.rxErrors.Add(1)
-			if q.err == unix.ENETDOWN {
-				// The interface went down (packet_notifier reports it
-				// once); it may come back: keep reading.
-				continue
-			}
-			return 0, fmt.Errorf("afpacket: recvmmsg on %s: %w", e.info.name, q.err)
+		if n, ok, err := e.harvest(q, pkts); ok {
+			return n, err
 		}
-		n := 0
-		for i := 0; i < q.n; i++ {
-			m := &q.msgs[i]
-			l := int(m.Len)
+	}
+}
+
+// ReadLoop is link.LoopReader: queue qi's receive loop inside one
+// rc.Read, each batch handed to handle from the read's callback. After a
+// batch shorter than pkts whose handling sent nothing on this link, it
+// waits for readability at once, without the recvmmsg that would find
+// the socket empty (one per wake-up otherwise: rc.Read forgets, when it
+// starts, a readiness that came before it, so ReadQueue must read until
+// EAGAIN; within one rc.Read the netpoller keeps a frame's edge that came
+// during the batch for the wait). After a batch that sent, it reads
+// again: the peer may have answered inside our send. With a busy-poll
+// budget it is ReadQueue's loop.
+func (e *Endpoint) ReadLoop(qi int, pkts []*buf.SKB, handle func(n int) bool) error {
+	if len(pkts) == 0 || qi < 0 || qi >= len(e.rxq) {
+		return nil
+	}
+	if e.busyPoll > 0 {
+		for {
+			n, err := e.ReadQueue(qi, pkts)
+			if n > 0 && !handle(n) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	q := e.rxq[qi]
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.vlen = min(len(pkts), len(q.msgs))
+	var ret error
+	err := q.rc.Read(func(fd uintptr) bool {
+		for {
+			if e.closed.Load() {
+				ret = link.ErrClosed
+				return true
+			}
+			if !e.recv(q, fd) {
+				return false // empty: wait
+			}
+			n, ok, err := e.harvest(q, pkts)
 			switch {
-			case m.Hdr.Flags&unix.MSG_TRUNC != 0 || l > e.frameSize:
-				// The slot keeps its SKB for the next read.
-				e.rxErrors.Add(1)
-				e.drops.Add(DropAFPacketRxTruncated)
-				continue
-			case l < ethHdrLen:
+			case !ok:
+				continue // nothing to hand up (dropped frames, a link down)
+			case err != nil:
+				ret = err
+				return true
+			}
+			sent := e.txPackets.Load()
+			if !handle(n) {
+				return true
+			}
+			// A short batch whose handling sent nothing on this link
+			// leaves the queue empty but for what came meanwhile, which
+			// the wait sees. A frame sent may have been answered inside
+			// the send (the peer's receive runs in our sendmmsg on a
+			// veth: a SYN-ACK's ACK, a request's answer): read again.
+			if q.n < q.vlen && e.txPackets.Load() == sent {
+				return false
+			}
+		}
+	})
+	if err != nil {
+		if e.closed.Load() || errors.Is(err, os.ErrClosed) {
+			return link.ErrClosed
+		}
+		return err
+	}
+	return ret
+}
+
+// harvest turns the frames of q's last recvmmsg (q.n, q.err) into SKBs in
+// pkts and refills their slots. ok is false when there is nothing to
+// hand up and the caller reads again: every frame was dropped, or the
+// interface went down (ENETDOWN, which packet_notifier reports once; it
+// may come back).
+func (e *Endpoint) harvest(q *rxQueue, pkts []*buf.SKB) (n int, ok bool, err error) {
+	if q.err != 0 {
+		e.rxErrors.Add(1)
+		if q.err == unix.ENETDOWN {
+			return 0, false, nil
+		}
+		return 0, true, fmt.Errorf("afpacket: recvmmsg on %s: %w", e.info.name, q.err)
+	}
+	for i := 0; i < q.n; i++ {
+		m := &q.msgs[i]
+		l := int(m.Len)
+		switch {
+		case m.Hdr.Flags&unix.MSG_TRUNC != 0 || l > e.frameSize:
+			// The slot keeps its SKB for the next read.
+			e.rxErrors.Add(1)
+			e.drops.Add(DropAFPacketRxTruncated)
+			continue
+		case l < ethHdrLen:
+			e.rxErrors.Add(1)
+			e.drops.Add(DropAFPacketRxRunt)
+			continue
+		}
+		if e.vnet {
+			l -= vnetHdrLen // msg_len counts the virtio_net_hdr
+			if l < ethHdrLen {
 				e.rxErrors.Add(1)
 				e.drops.Add(DropAFPacketRxRunt)
 				continue
 			}
-			if e.vnet {
-				l -= vnetHdrLen // msg_len counts the virtio_net_hdr
-				if l < ethHdrLen {
-					e.rxErrors.Add(1)
-					e.drops.Add(DropAFPacketRxRunt)
-					continue
-				}
-			}
-			s := q.skbs[i]
-			if l+rxHeadroom <= copyBreak {
-				// copybreak: a small frame moves to a small buffer and the
-				// slot keeps its 64 KiB one, so queues never pin big
-				// buffers for small packets.
-				s = buf.FromBytes(rxHeadroom, s.Bytes()[:l])
-			} else {
-				s.Trim(l)
-				e.refill(q, i)
-			}
-			s.SetMACHeader()
-			if e.vnet && !q.hdr[i].toSKB(s) {
-				e.rxErrors.Add(1)
-				e.free(s, DropAFPacketBadVnetHdr)
-				continue
-			}
-			pkts[n] = s
-			n++
-			e.rxBytes.Add(uint64(l))
 		}
-		if n > 0 {
-			e.rxPackets.Add(uint64(n))
-			return n, nil
+		s := q.skbs[i]
+		if l+rxHeadroom <= copyBreak {
+			// copybreak: a small frame moves to a small buffer and the
+			// slot keeps its 64 KiB one, so queues never pin big
+			// buffers for small packets.
+			s = buf.FromBytes(rxHeadroom, s.Bytes()[:l])
+		} else {
+			s.Trim(l)
+			e.refill(q, i)
 		}
+		s.SetMACHeader()
+		if e.vnet && !q.hdr[i].toSKB(s) {
+			e.rxErrors.Add(1)
+			e.free(s, DropAFPacketBadVnetHdr)
+			continue
+		}
+		pkts[n] = s
+		n++
+		e.rxBytes.Add(uint64(l))
 	}
+	if n == 0 {
+		return 0, false, nil
+	}
+	e.rxPackets.Add(uint64(n))
+	return n, true, nil
 }
 
 // SetReadDeadline bounds a blocked ReadBatch (os.File semantics; the zero

@@ -471,3 +471,115 @@ func BenchmarkAFPacketBatch(b *testing.B) {
 	b.ReportMetric(float64(lost), "lost")
 	_ = sent
 }
+
+// ReadLoop hands every frame up in order, through bursts with quiet
+// between them, and parks after a short batch without reading the socket
+// empty first: a burst smaller than the batch costs one recvmmsg. A
+// ReadQueue loop (dev's poll on other endpoints) reads until EAGAIN
+// before it parks, an empty read per burst: the comparison. handle
+// returning false ends ReadLoop with nil; Close ends it with ErrClosed.
+func TestReadLoop(t *testing.T) {
+	needRoot(t)
+	ns, path := newNetNS(t, "loop")
+	devA, devB := vethPair(t, ns, ns)
+	a := open(t, Config{NetNS: path, Name: devA})
+	b := open(t, Config{NetNS: path, Name: devB, BatchSize: 16})
+	const bursts, perBurst = 20, 3
+	pkts := make([]*buf.SKB, 16)
+	// frames sends bursts of perBurst frames, each burst once the one
+	// before was received in order, then the stop frame (9999); it
+	// returns the empty reads meanwhile.
+	frames := func(got <-chan uint32) uint64 {
+		t.Helper()
+		recv := func(want uint32) {
+			t.Helper()
+			select {
+			case id := <-got:
+				if id != want {
+					t.Fatalf("frame %d, want %d", id, want)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("frame %d not received", want)
+			}
+		}
+		empty0 := b.rxEmpty.Load()
+		next := uint32(0)
+		for range bursts {
+			var out []*buf.SKB
+			for i := range perBurst {
+				out = append(out, testFrame(b.MAC(), a.MAC(), next+uint32(i), 100))
+			}
+			if n, err := a.WriteBatch(out); n != perBurst || err != nil {
+				t.Fatalf("WriteBatch = %d, %v", n, err)
+			}
+			for range perBurst {
+				recv(next)
+				next++
+			}
+		}
+		empty := b.rxEmpty.Load() - empty0
+		if n, err := a.WriteBatch([]*buf.SKB{testFrame(b.MAC(), a.MAC(), 9999, 100)}); n != 1 || err != nil {
+			t.Fatalf("WriteBatch = %d, %v", n, err)
+		}
+		recv(9999)
+		return empty
+	}
+	// ids hands the test frames of pkts[:n] to got (consuming them) and
+	// reports whether the stop frame was among them.
+	ids := func(n int, got chan<- uint32) (stop bool) {
+		for _, s := range pkts[:n] {
+			if f := s.Bytes(); binary.BigEndian.Uint16(f[12:]) == etherTypeTest {
+				id := binary.BigEndian.Uint32(f[14:])
+				stop = stop || id == 9999
+				got <- id
+			}
+			s.Consume()
+		}
+		return stop
+	}
+
+	got, done := make(chan uint32, 64), make(chan error, 1)
+	go func() { done <- b.ReadLoop(0, pkts, func(n int) bool { return !ids(n, got) }) }()
+	loopEmpty := frames(got)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("ReadLoop stopped by its handler: %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ReadLoop did not return when its handler said stop")
+	}
+
+	go func() {
+		for {
+			n, err := b.ReadQueue(0, pkts)
+			if err != nil || ids(n, got) {
+				done <- err
+				return
+			}
+		}
+	}()
+	queueEmpty := frames(got)
+	if err := <-done; err != nil {
+		t.Fatalf("ReadQueue: %v", err)
+	}
+	t.Logf("empty reads for %d bursts: ReadLoop %d, ReadQueue %d", bursts, loopEmpty, queueEmpty)
+	if queueEmpty < bursts {
+		t.Errorf("ReadQueue: %d empty reads for %d bursts, want one a burst at least (the comparison is void)", queueEmpty, bursts)
+	}
+	if loopEmpty >= bursts/2 {
+		t.Errorf("ReadLoop: %d empty reads for %d bursts: it reads the socket empty before it parks", loopEmpty, bursts)
+	}
+
+	go func() { done <- b.ReadLoop(0, pkts, func(int) bool { return true }) }()
+	time.Sleep(50 * time.Millisecond) // parked in its wait
+	b.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, link.ErrClosed) {
+			t.Fatalf("ReadLoop after Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ReadLoop did not return after Close")
+	}
+}
