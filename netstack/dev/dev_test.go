@@ -455,14 +455,19 @@ func TestXmitWhenDownDrops(t *testing.T) {
 	}
 }
 
-func TestRemoveStopsRxGoroutineAndClosesEndpoint(t *testing.T) {
+// onEachEndpoint runs test on a NIC over each kind of endpoint.
+func onEachEndpoint(t *testing.T, test func(t *testing.T, d *Devices, n *NIC, ep *fakeEP)) {
 	for _, kind := range endpoints {
 		t.Run(kind.name, func(t *testing.T) {
 			ep, lep := kind.new()
 			d, n := newNICOn(t, Config{}, lep)
-			testRemoveStopsRxGoroutine(t, d, n, ep)
+			test(t, d, n, ep)
 		})
 	}
+}
+
+func TestRemoveStopsRxGoroutineAndClosesEndpoint(t *testing.T) {
+	onEachEndpoint(t, testRemoveStopsRxGoroutine)
 }
 
 func testRemoveStopsRxGoroutine(t *testing.T, d *Devices, n *NIC, ep *fakeEP) {
@@ -492,13 +497,7 @@ func testRemoveStopsRxGoroutine(t *testing.T, d *Devices, n *NIC, ep *fakeEP) {
 }
 
 func TestDownStopsDispatchAndUpResumes(t *testing.T) {
-	for _, kind := range endpoints {
-		t.Run(kind.name, func(t *testing.T) {
-			ep, lep := kind.new()
-			d, n := newNICOn(t, Config{}, lep)
-			testDownStopsDispatch(t, d, n, ep)
-		})
-	}
+	onEachEndpoint(t, testDownStopsDispatch)
 }
 
 func testDownStopsDispatch(t *testing.T, d *Devices, n *NIC, ep *fakeEP) {
