@@ -477,7 +477,7 @@ func (ef *echoFlow) ready(ev uint32) {
 	defer ef.h.release()
 	t := ef.t
 	e := t.e
-	sawErr := ef.h.readDry(func(b []byte) {
+	sawErr := readDgrams(ef.h.fd, false, func(b []byte, _ netip.AddrPort) {
 		seq, payload, ok := echoReplyOf(b, ef.key.dst.Is6())
 		if !ok {
 			return // ping sockets deliver only replies to us; anything else is ignored
@@ -522,41 +522,16 @@ func (rs *rawSock) ready(uint32) {
 	}
 	defer rs.h.release()
 	t := rs.t
-	bp := dgramBufs.Get().(*[]byte)
-	defer dgramBufs.Put(bp)
-	b := *bp
-	for errs := 0; ; {
-		var n int
-		var from netip.AddrPort
-		var err unix.Errno
+	readDgrams(rs.h.fd, rs.v6, func(b []byte, from netip.AddrPort) {
 		if rs.v6 {
-			n, from, err = recvfromNonblock(rs.h.fd, b)
+			t.rawReply6(from.Addr(), b)
 		} else {
-			r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(rs.h.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-			n, err = int(r), errno
+			t.rawReply(b)
 		}
-		switch {
-		case err == 0:
-			if rs.v6 {
-				t.rawReply6(from.Addr(), b[:n])
-			} else {
-				t.rawReply(b[:n])
-			}
-		case err == unix.EINTR:
-		case err == unix.EAGAIN:
-			return
-		default:
-			// A pending socket error, reported once: read on — but
-			// not after a second in a row, which is no such error
-			// and would keep the poller's goroutine here.
-			t.e.log.Debug("proxy: raw ICMP socket error", "v6", rs.v6, "err", err)
-			if errs++; errs > 1 {
-				return
-			}
-			continue
-		}
-		errs = 0
-	}
+	}, func(errno unix.Errno) {
+		// A pending socket error, reported once.
+		t.e.log.Debug("proxy: raw ICMP socket error", "v6", rs.v6, "err", errno)
+	})
 }
 
 // rawReply handles one datagram of the raw socket: an IPv4 header, then

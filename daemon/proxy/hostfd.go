@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -169,9 +170,22 @@ func (sa *rawSockaddr) set(ap netip.AddrPort) (int, error) {
 	default:
 		return 0, syscall.EAFNOSUPPORT
 	}
-	pb := (*[2]byte)(unsafe.Pointer(port)) // network byte order
-	pb[0], pb[1] = byte(ap.Port()>>8), byte(ap.Port())
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(port))[:], ap.Port())
 	return family, nil
+}
+
+// addrPort is the address sa holds (as recvfrom(2) filled it), an
+// IPv4-mapped one unmapped; the zero AddrPort for another family.
+func (sa *rawSockaddr) addrPort() netip.AddrPort {
+	switch sa.family() {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sa.b))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:]))
+	case unix.AF_INET6:
+		sa6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(&sa.b))
+		return netip.AddrPortFrom(netip.AddrFrom16(sa6.Addr).Unmap(), binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa6.Port))[:]))
+	}
+	return netip.AddrPort{}
 }
 
 // family is sa's address family.
@@ -391,24 +405,35 @@ func rawSetsockopt(fd, level, opt int, p unsafe.Pointer, n uintptr) error {
 	return nil
 }
 
-// readDry reads the datagram socket behind h (held by the caller) until
+// readDgrams reads the datagram socket fd (held open by the caller) until
 // it is empty (EAGAIN), as an edge-triggered poller callback must: each
-// message to msg, in a pooled buffer that msg must not keep; the socket's
-// pending error (an ICMP error's errno, which a read reports once) to
-// fail. A second error in a row is no such error and ends the loop, which
-// must not keep the poller's goroutine — every relay's — spinning. It
-// reports whether fail ran.
-func (h *hostFD) readDry(msg func(b []byte), fail func(unix.Errno)) (sawErr bool) {
+// message to msg, in a pooled buffer that msg must not keep, with its
+// sender when from is set (recvfrom(2); read(2) otherwise, and from is the
+// zero AddrPort); the socket's pending error (an ICMP error's errno, which
+// a read reports once) to fail. A second error in a row is no such error
+// and ends the loop, which must not keep the poller's goroutine — every
+// relay's — spinning. It reports whether fail ran. The one such loop of
+// UDP flows, ping sockets, the raw ICMP sockets and port mappings.
+func readDgrams(fd int, from bool, msg func(b []byte, from netip.AddrPort), fail func(unix.Errno)) (sawErr bool) {
 	bp := dgramBufs.Get().(*[]byte)
 	defer dgramBufs.Put(bp)
 	b := *bp
 	lastErr := false
 	for {
-		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(h.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		var n int
+		var sender netip.AddrPort
+		var errno unix.Errno
+		if from {
+			n, sender, errno = recvfromNonblock(fd, b)
+		} else {
+			var r uintptr
+			r, _, errno = unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			n = int(r)
+		}
 		switch errno {
 		case 0:
 			lastErr = false
-			msg(b[:n])
+			msg(b[:n], sender)
 		case unix.EINTR:
 		case unix.EAGAIN:
 			return sawErr

@@ -273,32 +273,14 @@ func (p *pod) serveUDP(u *udpMapping) {
 			pf.f.abort()
 		}
 	}()
-	bp := dgramBufs.Get().(*[]byte)
-	defer dgramBufs.Put(bp)
-	b := *bp
 	// One Read for the listener's life: its callback reads the socket
 	// until it is empty and asks to wait for more (false), so nothing is
 	// allocated per datagram; it returns only when the socket is closed.
 	_ = u.raw.Read(func(fd uintptr) bool {
-		for errs := 0; ; {
-			n, from, errno := recvfromNonblock(int(fd), b)
-			switch errno {
-			case 0:
-				errs = 0
-				p.udpIn(u, b[:n], from)
-				continue
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			}
-			// A pending socket error, reported once; a second in a row
-			// is no such error: wait for readability rather than spin.
+		readDgrams(int(fd), true, func(b []byte, from netip.AddrPort) { p.udpIn(u, b, from) }, func(errno unix.Errno) {
 			e.log.Debug("proxy: port mapping socket error", "pod", p.ID, "err", errno)
-			if errs++; errs > 1 {
-				return false
-			}
-		}
+		})
+		return false
 	})
 }
 

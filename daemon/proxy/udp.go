@@ -257,7 +257,7 @@ func (u *udpFlow) ready(ev uint32) {
 	}
 	defer u.h.release()
 	e := u.e
-	sawErr := u.h.readDry(func(b []byte) {
+	sawErr := readDgrams(u.h.fd, false, func(b []byte, _ netip.AddrPort) {
 		u.idle.touch()
 		u.answered.Add(1)
 		if _, err := e.udpIC.SendFromTo(b, u.key.dst, u.key.pod); err != nil {
@@ -471,33 +471,19 @@ func isErrno(err error) bool {
 }
 
 // recvfromNonblock is recvfrom(MSG_DONTWAIT) with the sender as an
-// AddrPort (IPv4-mapped addresses unmapped), raw: no allocation (x/sys's
-// Recvfrom allocates the sender's Sockaddr). The error is 0 or an errno.
+// AddrPort (IPv4-mapped addresses unmapped), raw and into a rawSockaddr:
+// no allocation (x/sys's Recvfrom allocates the sender's Sockaddr). The
+// error is 0 or an errno.
 func recvfromNonblock(fd int, p []byte) (int, netip.AddrPort, unix.Errno) {
 	if len(p) == 0 {
 		return 0, netip.AddrPort{}, unix.EINVAL
 	}
-	var rsa unix.RawSockaddrAny
-	salen := uint32(unsafe.Sizeof(rsa))
+	var sa rawSockaddr
+	salen := uint32(len(sa.b))
 	r, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
-		unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&salen)))
+		unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&sa.b)), uintptr(unsafe.Pointer(&salen)))
 	if errno != 0 {
 		return 0, netip.AddrPort{}, errno
 	}
-	var from netip.AddrPort
-	switch rsa.Addr.Family {
-	case unix.AF_INET:
-		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
-		from = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port))
-	case unix.AF_INET6:
-		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
-		from = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), ntohs(sa.Port))
-	}
-	return int(r), from, 0
-}
-
-// ntohs is a port of a raw sockaddr (network byte order) as a number.
-func ntohs(port uint16) uint16 {
-	b := (*[2]byte)(unsafe.Pointer(&port))
-	return uint16(b[0])<<8 | uint16(b[1])
+	return int(r), sa.addrPort(), 0
 }
