@@ -75,14 +75,7 @@ func (n *NIC) poll(rq *rxQueue) {
 	backoff := minReadBackoff
 	for {
 		k, err := n.read(rq)
-		k = min(max(k, 0), len(rq.pkts)) // a misbehaving endpoint must not panic us
-		if k > 0 {
-			now := n.devs.clk.Now()
-			n.rxTimeNs.Store(now.UnixNano())
-			rq.batch.Now = now
-			n.rxBatch(rq, rq.pkts[:k])
-			clear(rq.pkts[:k])
-		}
+		n.carry(rq, k)
 		if err != nil {
 			if errors.Is(err, link.ErrClosed) {
 				n.exitPoll(rq)
@@ -96,16 +89,38 @@ func (n *NIC) poll(rq *rxQueue) {
 		} else {
 			backoff = minReadBackoff
 		}
-		if !n.up.Load() {
-			n.rxMu.Lock()
-			if !n.up.Load() {
-				rq.running = false
-				n.rxMu.Unlock()
-				return
-			}
-			n.rxMu.Unlock()
+		if n.stopIfDown(rq) {
+			return
 		}
 	}
+}
+
+// carry takes a batch of k frames read into rq.pkts up the stack.
+func (n *NIC) carry(rq *rxQueue, k int) {
+	k = min(max(k, 0), len(rq.pkts)) // a misbehaving endpoint must not panic us
+	if k == 0 {
+		return
+	}
+	now := n.devs.clk.Now()
+	n.rxTimeNs.Store(now.UnixNano())
+	rq.batch.Now = now
+	n.rxBatch(rq, rq.pkts[:k])
+	clear(rq.pkts[:k])
+}
+
+// stopIfDown marks rq's goroutine stopped when the NIC is down (Down
+// came) and reports whether it was: the goroutine then returns.
+func (n *NIC) stopIfDown(rq *rxQueue) bool {
+	if n.up.Load() {
+		return false
+	}
+	n.rxMu.Lock()
+	defer n.rxMu.Unlock()
+	if n.up.Load() {
+		return false
+	}
+	rq.running = false
+	return true
 }
 
 // loop is poll's loop on a link.LoopReader: each batch is carried up
@@ -115,22 +130,9 @@ func (n *NIC) poll(rq *rxQueue) {
 func (n *NIC) loop(rq *rxQueue, lr link.LoopReader) {
 	stopped := false
 	handle := func(k int) bool {
-		k = min(max(k, 0), len(rq.pkts)) // a misbehaving endpoint must not panic us
-		now := n.devs.clk.Now()
-		n.rxTimeNs.Store(now.UnixNano())
-		rq.batch.Now = now
-		n.rxBatch(rq, rq.pkts[:k])
-		clear(rq.pkts[:k])
-		if !n.up.Load() {
-			n.rxMu.Lock()
-			if !n.up.Load() {
-				rq.running, stopped = false, true
-				n.rxMu.Unlock()
-				return false
-			}
-			n.rxMu.Unlock()
-		}
-		return true
+		n.carry(rq, k)
+		stopped = n.stopIfDown(rq)
+		return !stopped
 	}
 	backoff := minReadBackoff
 	for {
